@@ -1,0 +1,32 @@
+"""Test-wide setup: 8 fake CPU devices, quiet TensorFlow, fast-failing JAX.
+
+XLA_FLAGS must be set before jax is first imported; conftest.py is imported by
+pytest before any test module, so every test (and every pmapped path) sees 8
+CPU devices. Single-device code still runs on device 0.
+"""
+import os
+import pathlib
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / 'shared'
+CIFAR_TARBALL = SHARED / 'data' / 'cifar10-jpg' / 'cifar10-jpg.tar.gz'
+
+
+@pytest.fixture(scope='session')
+def cifar10_jpg_dir():
+  """The CIFAR-10 JPEG folders unpacked once per machine, or a skip."""
+  if not CIFAR_TARBALL.exists():
+    pytest.skip(f'needs ../shared/data/cifar10-jpg beside the repo '
+                f'(looked for {CIFAR_TARBALL}); absent on this machine')
+  import subprocess  # pylint: disable=g-import-not-at-top
+  dest = os.environ.get('BYOL_CIFAR10_DIR', '/tmp/byol_jax_cifar10-jpg')
+  out = subprocess.run(['bash', str(CIFAR_TARBALL.parent / 'unpack.sh'), dest],
+                       check=True, capture_output=True, text=True)
+  return pathlib.Path(out.stdout.strip().splitlines()[-1])
