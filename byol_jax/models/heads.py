@@ -1,0 +1,62 @@
+"""BYOL's projector / predictor MLP and the linear classifier head."""
+
+from typing import Optional
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from byol_jax.models import layers
+
+# BYOL (Grill et al., 2020, §3.3) and this paper: hidden 4096, output 256.
+MLP_HIDDEN_SIZE = 4096
+MLP_OUTPUT_SIZE = 256
+
+
+class MLP(hk.Module):
+  """Linear(hidden) -> norm -> ReLU -> Linear(output), the BYOL head.
+
+  Used for both the projector g and the predictor q; each gets its own norm
+  kind (paper Table 1 varies them independently).
+  """
+
+  def __init__(self, hidden_size: int = MLP_HIDDEN_SIZE,
+               output_size: int = MLP_OUTPUT_SIZE, norm='bn',
+               weight_standardization: bool = False, dtype=jnp.float32,
+               name: Optional[str] = None):
+    """Args:
+      hidden_size: width of the hidden layer.
+      output_size: width of the output.
+      norm: a layers.NormSpec or kind string for the hidden layer's norm.
+      weight_standardization: standardise both linear layers' weights.
+      dtype: compute dtype; the output is float32.
+      name: module name ('projector' / 'predictor').
+    """
+    super().__init__(name=name)
+    self.hidden_size, self.output_size = hidden_size, output_size
+    self.norm = layers.as_norm_spec(norm)
+    self.ws, self.dtype = weight_standardization, dtype
+
+  def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
+    x = x.astype(self.dtype)
+    x = layers.Linear(self.hidden_size, weight_standardization=self.ws,
+                      name='linear_0')(x)
+    x = layers.make_norm(self.norm, 'norm_0')(x, is_training)
+    x = jax.nn.relu(x)
+    x = layers.Linear(self.output_size, weight_standardization=self.ws,
+                      name='linear_1')(x)
+    return x.astype(jnp.float32)
+
+
+class LinearClassifier(hk.Module):
+  """Logits from representations (linear evaluation and online monitor)."""
+
+  def __init__(self, num_classes: int, name: Optional[str] = 'classifier'):
+    super().__init__(name=name)
+    self.num_classes = num_classes
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    # Zero init, as the official linear-evaluation code: the initial logits
+    # are uniform and the probe starts from a loss of log(num_classes).
+    return layers.Linear(self.num_classes, w_init=jnp.zeros,
+                         name='linear')(x.astype(jnp.float32))

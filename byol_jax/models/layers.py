@@ -1,0 +1,276 @@
+"""Layers with injectable normalisation and Weight Standardisation.
+
+The paper's whole subject is the choice of normalisation per network component
+(Richemond et al., 2020, Tables 1 and 2), so normalisation is one argument here,
+never a fork of the network code:
+
+  * `bn`     BatchNorm, decay 0.9, eps 1e-5 (the official BYOL values), batch
+             statistics optionally averaged across replicas (`axis_name`).
+  * `gn`     GroupNorm, 16 groups by default (paper §3.3).
+  * `ln`     LayerNorm as the paper defines it: normalise over H, W and C,
+             i.e. GroupNorm with a single group.
+  * `none`   identity (the collapsing "no normalisation" baseline, Table 2).
+  * `affine` per-channel scale and offset only, no statistics: the layer the
+             BN-free "modified init" of paper §3.2 puts where BN was.
+
+Every kind with parameters stores them as `scale` and `offset` of shape [C]
+under the same module name, so a checkpoint path does not depend on the kind
+and a BN layer's statistics map one-to-one onto an `affine` layer.
+
+Conv2D and Linear take `weight_standardization`: W_hat = (W - mean) /
+sqrt(var + eps) over the fan-in of each output unit, eps = 1e-4, as defined in
+the paper (§2; used with GroupNorm in §3.3). The raw W is the trainable
+parameter (gradients flow through the standardisation); there is no extra gain.
+
+Mixed precision: Conv2D and Linear compute in the dtype of their input (cast
+the network input to bfloat16 to compute in bfloat16); parameters are always
+float32, and every normalisation computes its statistics in float32.
+"""
+
+import dataclasses
+from typing import Callable, Optional, Sequence
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NORM_KINDS = ('bn', 'gn', 'ln', 'none', 'affine')
+WS_EPS = 1e-4  # paper §2: eps of Weight Standardisation.
+BN_DECAY = 0.9  # official BYOL bn_config.
+BN_EPS = 1e-5  # official BYOL bn_config.
+GN_GROUPS = 16  # paper §3.3: "GroupNorm with 16 groups".
+
+
+def check_norm_kind(kind: str, field: str = 'norm') -> str:
+  """Returns `kind` if it names a normalisation, else raises naming `field`."""
+  if kind not in NORM_KINDS:
+    raise ValueError(f'{field}={kind!r} is not a normalisation kind; use one '
+                     f'of {", ".join(NORM_KINDS)}.')
+  return kind
+
+
+@dataclasses.dataclass(frozen=True)
+class NormSpec:
+  """Which normalisation a network component uses, and its settings.
+
+  Attributes:
+    kind: one of NORM_KINDS.
+    groups: GroupNorm groups (kind 'gn' only).
+    axis_name: collective axis over which BatchNorm averages its batch
+      statistics (cross-replica BN, as the official code does on TPU), or None
+      for per-device statistics.
+    decay: BatchNorm moving-average decay.
+    eps: variance epsilon of bn / gn / ln.
+  """
+  kind: str = 'bn'
+  groups: int = GN_GROUPS
+  axis_name: Optional[str] = None
+  decay: float = BN_DECAY
+  eps: float = BN_EPS
+
+  def __post_init__(self):
+    check_norm_kind(self.kind)
+    if self.kind == 'gn' and (not isinstance(self.groups, int) or
+                              self.groups < 1):
+      raise ValueError(f'gn groups={self.groups!r} must be a positive integer.')
+
+
+def as_norm_spec(norm) -> NormSpec:
+  """Accepts a NormSpec or a kind string ('bn', 'gn', ...)."""
+  if isinstance(norm, NormSpec):
+    return norm
+  if isinstance(norm, str):
+    return NormSpec(kind=norm)
+  raise TypeError(f'norm must be a NormSpec or a kind string, got {norm!r}.')
+
+
+def standardize_weight(w: jax.Array, fan_in_axes: Sequence[int],
+                       eps: float = WS_EPS) -> jax.Array:
+  """Weight Standardisation (paper §2): zero mean, unit variance per output unit.
+
+  Args:
+    w: raw weight; the output units are on the last axis.
+    fan_in_axes: the axes that make up each output unit's fan-in.
+    eps: added to the variance; the standardised kernel has variance
+      var / (var + eps) over its fan-in.
+
+  Returns:
+    (w - mean) / sqrt(var + eps), same shape and dtype as w.
+  """
+  mean = jnp.mean(w, axis=fan_in_axes, keepdims=True)
+  var = jnp.var(w, axis=fan_in_axes, keepdims=True)
+  return (w - mean) * jax.lax.rsqrt(var + eps)
+
+
+def _fan_in_init(fan_in: int) -> hk.initializers.Initializer:
+  # Haiku's default for Conv2D and Linear, which the official BYOL code uses.
+  return hk.initializers.TruncatedNormal(stddev=1. / np.sqrt(fan_in))
+
+
+class Conv2D(hk.Module):
+  """2-D convolution (NHWC, no bias), optionally weight-standardised."""
+
+  def __init__(self, output_channels: int, kernel_shape: int, stride: int = 1,
+               weight_standardization: bool = False, name: Optional[str] = None):
+    super().__init__(name=name)
+    self.output_channels = output_channels
+    self.kernel_shape = kernel_shape
+    self.stride = stride
+    self.weight_standardization = weight_standardization
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, cin = self.kernel_shape, x.shape[-1]
+    w = hk.get_parameter('w', (k, k, cin, self.output_channels), jnp.float32,
+                         init=_fan_in_init(k * k * cin))
+    if self.weight_standardization:
+      w = standardize_weight(w, fan_in_axes=(0, 1, 2))
+    return jax.lax.conv_general_dilated(
+        x, w.astype(x.dtype), window_strides=(self.stride, self.stride),
+        padding='SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+class Linear(hk.Module):
+  """Dense layer, optionally weight-standardised (over its input axis)."""
+
+  def __init__(self, output_size: int, with_bias: bool = True,
+               weight_standardization: bool = False,
+               w_init: Optional[hk.initializers.Initializer] = None,
+               name: Optional[str] = None):
+    super().__init__(name=name)
+    self.output_size = output_size
+    self.with_bias = with_bias
+    self.weight_standardization = weight_standardization
+    self.w_init = w_init
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    fan_in = x.shape[-1]
+    w = hk.get_parameter('w', (fan_in, self.output_size), jnp.float32,
+                         init=self.w_init or _fan_in_init(fan_in))
+    if self.weight_standardization:
+      w = standardize_weight(w, fan_in_axes=(0,))
+    out = jnp.dot(x, w.astype(x.dtype))
+    if self.with_bias:
+      b = hk.get_parameter('b', (self.output_size,), jnp.float32,
+                           init=jnp.zeros)
+      out = out + b.astype(x.dtype)
+    return out
+
+
+def _scale_offset(channels: int, scale_init) -> tuple[jax.Array, jax.Array]:
+  scale = hk.get_parameter('scale', (channels,), jnp.float32,
+                           init=scale_init or jnp.ones)
+  offset = hk.get_parameter('offset', (channels,), jnp.float32, init=jnp.zeros)
+  return scale, offset
+
+
+class BatchNorm(hk.Module):
+  """BatchNorm over all axes but the last, with [C] scale/offset parameters.
+
+  In training mode it normalises with the batch statistics (averaged over
+  `axis_name` when given: cross-replica BN) and updates moving averages kept
+  in Haiku state as `mean` and `var`; in eval mode it uses the moving averages.
+  """
+
+  def __init__(self, decay: float = BN_DECAY, eps: float = BN_EPS,
+               axis_name: Optional[str] = None, scale_init=None,
+               name: Optional[str] = None):
+    super().__init__(name=name)
+    self.decay, self.eps, self.axis_name = decay, eps, axis_name
+    self.scale_init = scale_init
+
+  def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
+    c = x.shape[-1]
+    scale, offset = _scale_offset(c, self.scale_init)
+    ema_mean = hk.get_state('mean', (c,), jnp.float32, init=jnp.zeros)
+    ema_var = hk.get_state('var', (c,), jnp.float32, init=jnp.ones)
+    if is_training:
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(x, axes)
+      mean_sq = jnp.mean(jnp.square(x), axes)
+      if self.axis_name is not None:
+        # Equal per-device batches: the mean of means is the global mean.
+        mean, mean_sq = jax.lax.pmean((mean, mean_sq), self.axis_name)
+      var = jnp.maximum(mean_sq - jnp.square(mean), 0.)
+      if not hk.running_init():
+        hk.set_state('mean', self.decay * ema_mean + (1 - self.decay) * mean)
+        hk.set_state('var', self.decay * ema_var + (1 - self.decay) * var)
+    else:
+      mean, var = ema_mean, ema_var
+    inv = scale * jax.lax.rsqrt(var + self.eps)
+    return x * inv + (offset - mean * inv)
+
+
+class GroupNorm(hk.Module):
+  """GroupNorm over (spatial axes, channels within a group); [C] parameters.
+
+  groups=1 is the paper's LayerNorm (normalise over H, W and C). Accepts
+  [N, C] inputs (MLP hidden layers) as well as [N, H, W, C].
+  """
+
+  def __init__(self, groups: int, eps: float = BN_EPS, scale_init=None,
+               name: Optional[str] = None):
+    super().__init__(name=name)
+    self.groups, self.eps, self.scale_init = groups, eps, scale_init
+
+  def __call__(self, x: jax.Array, is_training: bool = True) -> jax.Array:
+    del is_training  # No batch statistics: train and eval are the same.
+    c = x.shape[-1]
+    if c % self.groups:
+      raise ValueError(
+          f'GroupNorm {self.module_name!r}: groups={self.groups} does not '
+          f'divide the {c} channels; set the norm groups (config '
+          f'`model.gn_groups`) to a divisor of every channel count.')
+    scale, offset = _scale_offset(c, self.scale_init)
+    grouped = x.reshape(x.shape[:-1] + (self.groups, c // self.groups))
+    axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)  # spatial + in-group.
+    mean = jnp.mean(grouped, axes, keepdims=True)
+    var = jnp.var(grouped, axes, keepdims=True)
+    normed = ((grouped - mean) * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
+    return normed * scale + offset
+
+
+class Affine(hk.Module):
+  """Per-channel scale and offset, no statistics (paper §3.2, modified init)."""
+
+  def __init__(self, scale_init=None, name: Optional[str] = None):
+    super().__init__(name=name)
+    self.scale_init = scale_init
+
+  def __call__(self, x: jax.Array, is_training: bool = True) -> jax.Array:
+    del is_training
+    scale, offset = _scale_offset(x.shape[-1], self.scale_init)
+    return x * scale + offset
+
+
+NormFn = Callable[[jax.Array, bool], jax.Array]
+
+
+def make_norm(norm, name: str, zero_init: bool = False) -> NormFn:
+  """Builds the normalisation `norm` as a function (x, is_training) -> x.
+
+  Args:
+    norm: a NormSpec or a kind string (see NORM_KINDS).
+    name: module name; the same for every kind, so checkpoint paths are stable.
+    zero_init: initialise the scale to 0 (last norm of a residual block).
+
+  Returns:
+    A callable applying the normalisation. Statistics are computed in float32
+    and the result is cast back to the input dtype.
+  """
+  spec = as_norm_spec(norm)
+  scale_init = jnp.zeros if zero_init else None
+  if spec.kind == 'none':
+    return lambda x, is_training: x
+  if spec.kind == 'bn':
+    module = BatchNorm(spec.decay, spec.eps, spec.axis_name, scale_init,
+                       name=name)
+  elif spec.kind in ('gn', 'ln'):
+    groups = spec.groups if spec.kind == 'gn' else 1
+    module = GroupNorm(groups, spec.eps, scale_init, name=name)
+  else:  # affine
+    module = Affine(scale_init, name=name)
+
+  def apply(x, is_training):
+    return module(x.astype(jnp.float32), is_training).astype(x.dtype)
+  return apply

@@ -1,0 +1,162 @@
+"""ResNet v1 encoders with injected normalisation and Weight Standardisation.
+
+Depths 18/34 use basic blocks, 50/101/152/200 bottleneck blocks (He et al.,
+2016; the stride sits on the 3x3 convolution, as in Haiku's ResNet v1 that the
+official BYOL code uses). Depth 10 ([1, 1, 1, 1] basic blocks) is a
+non-standard small network for CPU tests and tiny configs.
+
+The width multiplier scales every layer including the stem, as in the
+SimCLR/BYOL ResNet-50 (2x, 3x, 4x). Returns globally average-pooled features:
+2048 * width for bottleneck networks, 512 * width for basic ones.
+
+Module names are explicit and independent of the normalisation kind:
+  encoder/stem_conv, encoder/stem_norm,
+  encoder/stage{s}_block{b}/conv_{i}, .../norm_{i},
+  .../shortcut_conv, .../shortcut_norm.
+"""
+
+from typing import Optional
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from byol_jax.models import layers
+
+# depth -> (block kind, blocks per stage).
+DEPTHS = {
+    10: ('basic', (1, 1, 1, 1)),
+    18: ('basic', (2, 2, 2, 2)),
+    34: ('basic', (3, 4, 6, 3)),
+    50: ('bottleneck', (3, 4, 6, 3)),
+    101: ('bottleneck', (3, 4, 23, 3)),
+    152: ('bottleneck', (3, 8, 36, 3)),
+    200: ('bottleneck', (3, 24, 36, 3)),
+}
+STEMS = ('imagenet', 'small')
+_STAGE_WIDTHS = (64, 128, 256, 512)  # Bottleneck blocks output 4x these.
+_STAGE_STRIDES = (1, 2, 2, 2)
+
+
+def check_depth(depth: int, field: str = 'depth') -> int:
+  if depth not in DEPTHS:
+    raise ValueError(f'{field}={depth!r} is not a supported ResNet depth; use '
+                     f'one of {sorted(DEPTHS)}.')
+  return depth
+
+
+def feature_size(depth: int, width_multiplier: float = 1) -> int:
+  """Size of the pooled representation of ResNet-`depth` at this width."""
+  block, _ = DEPTHS[check_depth(depth)]
+  return _width(512 * (4 if block == 'bottleneck' else 1), width_multiplier)
+
+
+def _width(channels: int, multiplier: float) -> int:
+  width = channels * multiplier
+  if width != int(width) or width < 1:
+    raise ValueError(f'width_multiplier={multiplier} gives {width} channels '
+                     f'for a {channels}-channel layer; use a multiplier that '
+                     'gives whole channel counts (e.g. 0.25, 0.5, 1, 2, 4).')
+  return int(width)
+
+
+class _Block(hk.Module):
+  """Residual block v1: (conv -> norm -> relu)* -> conv -> norm, + shortcut."""
+
+  def __init__(self, channels: int, stride: int, bottleneck: bool,
+               project: bool, norm: layers.NormSpec, ws: bool,
+               zero_init_last: bool, name: str):
+    super().__init__(name=name)
+    self.channels, self.stride = channels, stride
+    self.bottleneck, self.project = bottleneck, project
+    self.norm, self.ws, self.zero_init_last = norm, ws, zero_init_last
+
+  def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
+    if self.bottleneck:
+      # (out channels, kernel, stride): 1x1 reduce, 3x3 (strided), 1x1 expand.
+      convs = ((self.channels // 4, 1, 1), (self.channels // 4, 3, self.stride),
+               (self.channels, 1, 1))
+    else:
+      convs = ((self.channels, 3, self.stride), (self.channels, 3, 1))
+    shortcut = x
+    if self.project:
+      shortcut = layers.Conv2D(self.channels, 1, self.stride, self.ws,
+                               name='shortcut_conv')(x)
+      shortcut = layers.make_norm(self.norm, 'shortcut_norm')(shortcut,
+                                                              is_training)
+    out = x
+    for i, (channels, kernel, stride) in enumerate(convs):
+      last = i == len(convs) - 1
+      out = layers.Conv2D(channels, kernel, stride, self.ws,
+                          name=f'conv_{i}')(out)
+      out = layers.make_norm(self.norm, f'norm_{i}',
+                             zero_init=last and self.zero_init_last)(
+                                 out, is_training)
+      if not last:
+        out = jax.nn.relu(out)
+    return jax.nn.relu(out + shortcut)
+
+
+class ResNet(hk.Module):
+  """ResNet v1 encoder returning pooled features [N, feature_size]."""
+
+  def __init__(self, depth: int = 50, width_multiplier: float = 1,
+               stem: str = 'imagenet', norm='bn',
+               weight_standardization: bool = False,
+               zero_init_last: bool = True,
+               dtype=jnp.float32, name: Optional[str] = 'encoder'):
+    """Builds the network description (no parameters are created here).
+
+    Args:
+      depth: one of DEPTHS.
+      width_multiplier: scales every layer's channels (1 to 4 in the paper;
+        fractions such as 0.25 give CPU-sized networks).
+      stem: 'imagenet' (7x7 stride-2 conv + 3x3 stride-2 max-pool) or 'small'
+        (3x3 stride-1 conv, no pooling; for 32-pixel images).
+      norm: a layers.NormSpec or kind string, used for every norm layer.
+      weight_standardization: standardise every convolution's kernel.
+      zero_init_last: initialise the scale of each block's last norm to 0
+        (Haiku's ResNet v1, which the official BYOL code uses; also the
+        gamma0 = 0 of the modified init, paper §3.2).
+      dtype: compute dtype (bfloat16 for mixed precision); parameters and
+        norm statistics stay float32; the pooled output is float32.
+      name: module name.
+    """
+    super().__init__(name=name)
+    self.block, self.blocks_per_stage = DEPTHS[check_depth(depth)]
+    if stem not in STEMS:
+      raise ValueError(f'stem={stem!r} is not a ResNet stem; use one of '
+                       f'{", ".join(STEMS)}.')
+    self.depth, self.stem = depth, stem
+    self.width_multiplier = width_multiplier
+    self.norm = layers.as_norm_spec(norm)
+    self.ws = weight_standardization
+    self.zero_init_last = zero_init_last
+    self.dtype = dtype
+    _width(64, width_multiplier)  # Validate early, before any tracing.
+
+  def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
+    """Args: x [N, H, W, C] images; is_training selects BN batch statistics."""
+    x = x.astype(self.dtype)
+    stem_width = _width(64, self.width_multiplier)
+    if self.stem == 'imagenet':
+      x = layers.Conv2D(stem_width, 7, 2, self.ws, name='stem_conv')(x)
+    else:
+      x = layers.Conv2D(stem_width, 3, 1, self.ws, name='stem_conv')(x)
+    x = jax.nn.relu(layers.make_norm(self.norm, 'stem_norm')(x, is_training))
+    if self.stem == 'imagenet':
+      x = hk.max_pool(x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1),
+                      padding='SAME')
+    bottleneck = self.block == 'bottleneck'
+    in_channels = stem_width
+    for s, (num_blocks, width, stride) in enumerate(
+        zip(self.blocks_per_stage, _STAGE_WIDTHS, _STAGE_STRIDES)):
+      channels = _width(width * (4 if bottleneck else 1), self.width_multiplier)
+      for b in range(num_blocks):
+        block_stride = stride if b == 0 else 1
+        project = b == 0 and (block_stride != 1 or in_channels != channels)
+        x = _Block(channels, block_stride, bottleneck, project, self.norm,
+                   self.ws, self.zero_init_last, name=f'stage{s}_block{b}')(
+                       x, is_training)
+        in_channels = channels
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

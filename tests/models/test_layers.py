@@ -1,0 +1,135 @@
+"""Normalisation layers and Weight Standardisation against NumPy references."""
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from byol_jax.models import layers
+
+
+def _apply(fn, x, is_training=True, rng=0):
+  f = hk.transform_with_state(fn)
+  params, state = f.init(jax.random.PRNGKey(rng), x, is_training)
+  out, new_state = f.apply(params, state, None, x, is_training)
+  return out, params, state, new_state
+
+
+def _np_group_norm(x, groups, eps=1e-5):
+  n, c = x.shape[0], x.shape[-1]
+  g = x.reshape(n, -1, groups, c // groups).astype(np.float64)
+  mean = g.mean(axis=(1, 3), keepdims=True)
+  var = g.var(axis=(1, 3), keepdims=True)
+  return ((g - mean) / np.sqrt(var + eps)).reshape(x.shape)
+
+
+@pytest.mark.parametrize('kind,groups', [('gn', 4), ('gn', 16), ('ln', 1)])
+def test_group_and_layer_norm_match_numpy(kind, groups):
+  x = np.random.RandomState(0).randn(3, 5, 5, 16).astype(np.float32) * 3 + 1
+  spec = layers.NormSpec(kind, groups=groups)
+  out, *_ = _apply(lambda x, t: layers.make_norm(spec, 'n')(x, t), x)
+  np.testing.assert_allclose(out, _np_group_norm(x, groups), atol=1e-4)
+  # LN normalises over H, W and C jointly: one mean and variance per example.
+  if kind == 'ln':
+    flat = np.asarray(out).reshape(3, -1)
+    np.testing.assert_allclose(flat.mean(1), 0, atol=1e-5)
+    np.testing.assert_allclose(flat.std(1), 1, atol=1e-3)
+
+
+def test_layer_norm_on_mlp_features_matches_numpy():
+  x = np.random.RandomState(1).randn(4, 32).astype(np.float32)
+  out, *_ = _apply(lambda x, t: layers.make_norm('ln', 'n')(x, t), x)
+  ref = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
+  np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_batch_norm_train_eval_and_moving_averages():
+  x = np.random.RandomState(2).randn(8, 3, 3, 4).astype(np.float32) * 2 + 5
+  out, params, state, new_state = _apply(
+      lambda x, t: layers.make_norm('bn', 'bn')(x, t), x)
+  mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+  np.testing.assert_allclose(out, (x - mean) / np.sqrt(var + 1e-5), atol=1e-4)
+  assert params['bn']['scale'].shape == (4,)  # [C], like GN / affine.
+  # decay 0.9 (official BYOL): m' = 0.9 m + 0.1 batch_mean, from m = 0, v = 1.
+  np.testing.assert_allclose(new_state['bn']['mean'], 0.1 * mean, rtol=1e-5)
+  np.testing.assert_allclose(new_state['bn']['var'], 0.9 + 0.1 * var, rtol=1e-5)
+  f = hk.transform_with_state(lambda x, t: layers.make_norm('bn', 'bn')(x, t))
+  eval_out, same_state = f.apply(params, new_state, None, x, False)
+  ref = (x - new_state['bn']['mean']) / np.sqrt(new_state['bn']['var'] + 1e-5)
+  np.testing.assert_allclose(eval_out, ref, atol=1e-4)
+  assert jax.tree.all(jax.tree.map(np.array_equal, same_state, new_state))
+
+
+def test_affine_and_none():
+  x = np.random.RandomState(3).randn(2, 4, 4, 8).astype(np.float32)
+  out, params, state, _ = _apply(
+      lambda x, t: layers.make_norm('affine', 'a')(x, t), x)
+  np.testing.assert_array_equal(out, x)  # scale 1, offset 0 at init.
+  assert sorted(params['a']) == ['offset', 'scale'] and not state
+  out, params, *_ = _apply(lambda x, t: layers.make_norm('none', 'n')(x, t), x)
+  np.testing.assert_array_equal(out, x)
+  assert not params
+
+
+def _np_ws(w, axes, eps=1e-4):
+  w = w.astype(np.float64)
+  mean = w.mean(axis=axes, keepdims=True)
+  var = w.var(axis=axes, keepdims=True)
+  return (w - mean) / np.sqrt(var + eps), var
+
+
+def test_weight_standardization_statistics_and_reference():
+  rs = np.random.RandomState(4)
+  # Small raw weights make eps matter: var/(var+eps) is visibly below 1.
+  w = (rs.randn(3, 3, 8, 5) * 0.01 + 0.3).astype(np.float32)
+  ws = np.asarray(layers.standardize_weight(jnp.asarray(w), (0, 1, 2)))
+  ref, var = _np_ws(w, (0, 1, 2))
+  np.testing.assert_allclose(ws, ref, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(ws.mean(axis=(0, 1, 2)), 0, atol=1e-5)
+  np.testing.assert_allclose(ws.var(axis=(0, 1, 2)),
+                             (var / (var + 1e-4)).ravel(), rtol=1e-4)
+  assert np.all(ws.var(axis=(0, 1, 2)) < 0.6)  # eps = 1e-4 really applied.
+
+
+@pytest.mark.parametrize('layer', ['conv', 'linear'])
+def test_ws_layers_forward_and_gradient_reach_raw_weights(layer):
+  rs = np.random.RandomState(5)
+  if layer == 'conv':
+    x = rs.randn(2, 6, 6, 4).astype(np.float32)
+    make = lambda ws: layers.Conv2D(7, 3, 1, ws, name='c')
+    axes = (0, 1, 2)
+  else:
+    x = rs.randn(5, 12).astype(np.float32)
+    make = lambda ws: layers.Linear(7, weight_standardization=ws, name='c')
+    axes = (0,)
+  f_ws = hk.without_apply_rng(hk.transform(lambda x: make(True)(x)))
+  f_raw = hk.without_apply_rng(hk.transform(lambda x: make(False)(x)))
+  params = f_ws.init(jax.random.PRNGKey(0), x)
+  # No extra trainable parameter: the same tree as the plain layer.
+  assert jax.tree.structure(params) == jax.tree.structure(
+      f_raw.init(jax.random.PRNGKey(0), x))
+  # Forward = plain layer applied to the NumPy-standardised kernel.
+  w_hat, _ = _np_ws(np.asarray(params['c']['w']), axes)
+  std_params = jax.tree.map(lambda p: p, params)
+  std_params['c'] = dict(params['c'], w=jnp.asarray(w_hat, jnp.float32))
+  np.testing.assert_allclose(f_ws.apply(params, x), f_raw.apply(std_params, x),
+                             rtol=1e-4, atol=1e-4)
+  # Gradients reach the raw W, and are orthogonal to per-unit shifts of W
+  # (the output is invariant to adding a constant to a unit's fan-in).
+  grad = jax.grad(lambda p: jnp.sum(jnp.sin(f_ws.apply(p, x))))(params)
+  g = np.asarray(grad['c']['w'])
+  assert np.linalg.norm(g) > 1e-3
+  np.testing.assert_allclose(g.sum(axis=axes), 0, atol=1e-4)
+
+
+def test_norm_kind_errors_name_the_field():
+  with pytest.raises(ValueError, match=r"norm='bogus'.*bn, gn, ln, none"):
+    layers.NormSpec('bogus')
+  with pytest.raises(ValueError, match=r"model.encoder_norm='x'"):
+    layers.check_norm_kind('x', field='model.encoder_norm')
+  with pytest.raises(ValueError, match='groups=0'):
+    layers.NormSpec('gn', groups=0)
+  with pytest.raises(ValueError, match='groups=3 does not divide the 8'):
+    _apply(lambda x, t: layers.make_norm(layers.NormSpec('gn', groups=3),
+                                         'g')(x, t), np.ones((1, 2, 2, 8)))
