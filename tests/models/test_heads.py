@@ -1,0 +1,80 @@
+"""Heads, and the paper's claim as a property: no batch statistics, no coupling."""
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from byol_jax.models import heads
+from byol_jax.models import layers
+from byol_jax.models import resnet
+
+
+def test_mlp_shapes_and_parameter_count():
+  fwd = hk.transform_with_state(
+      lambda x: heads.MLP(name='projector')(x, is_training=True))
+  params, state = jax.eval_shape(fwd.init, jax.random.PRNGKey(0),
+                                 jnp.zeros((2, 2048)))
+  shapes = jax.tree.map(lambda p: p.shape, params)
+  assert shapes == {
+      'projector/linear_0': {'w': (2048, 4096), 'b': (4096,)},
+      'projector/norm_0': {'scale': (4096,), 'offset': (4096,)},
+      'projector/linear_1': {'w': (4096, 256), 'b': (256,)},
+  }
+  # 2048*4096 + 4096 + 2*4096 + 4096*256 + 256 (BYOL's ResNet-50 projector).
+  assert sum(np.prod(s.shape) for s in jax.tree.leaves(params)) == 9_449_728
+  assert set(state) == {'projector/norm_0'}
+
+
+def test_mlp_without_norm_and_classifier():
+  fwd = hk.transform_with_state(
+      lambda x: heads.MLP(64, 16, norm='none', name='predictor')(x, True))
+  params, state = fwd.init(jax.random.PRNGKey(0), jnp.ones((3, 16)))
+  assert sorted(params) == ['predictor/linear_0', 'predictor/linear_1']
+  assert not state
+  clf = hk.without_apply_rng(hk.transform(
+      lambda x: heads.LinearClassifier(10)(x)))
+  p = clf.init(jax.random.PRNGKey(0), jnp.ones((3, 16)))
+  logits = clf.apply(p, jnp.ones((3, 16)))
+  assert logits.shape == (3, 10)
+  np.testing.assert_array_equal(logits, 0.)  # zero init: uniform logits.
+
+
+def _online_network(norm, ws):
+  """Tiny encoder -> projector -> predictor, all with the same norm."""
+  def f(x, is_training):
+    r = resnet.ResNet(10, 0.25, 'small', norm, weight_standardization=ws,
+                      zero_init_last=False)(x, is_training)
+    z = heads.MLP(64, 32, norm, ws, name='projector')(r, is_training)
+    return heads.MLP(64, 32, norm, ws, name='predictor')(z, is_training)
+  return hk.transform_with_state(f)
+
+
+@pytest.mark.parametrize('ws', [False, True])
+@pytest.mark.parametrize('kind', ['gn', 'ln', 'none', 'affine', 'bn'])
+def test_batch_independence(kind, ws):
+  """Each example's output is the same inside a batch of 8 or alone.
+
+  This is the paper's subject as a property: every normalisation but BN makes
+  the network a per-example function. BN in training mode couples examples.
+  """
+  norm = layers.NormSpec(kind, groups=8)
+  net = _online_network(norm, ws)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (8, 16, 16, 3))
+  params, state = net.init(jax.random.PRNGKey(0), x, True)
+  # Random affine parameters so norm layers are not the identity at init.
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+  params = jax.tree.unflatten(tree, [
+      p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+  apply = jax.jit(lambda x: net.apply(params, state, None, x, True)[0])
+  batched = apply(x)
+  alone = jnp.concatenate([apply(x[i:i + 1]) for i in range(8)])
+  assert batched.shape == (8, 32)
+  assert float(jnp.std(batched)) > 1e-3  # the outputs are not trivial.
+  err = float(jnp.max(jnp.abs(batched - alone)))
+  if kind == 'bn':
+    assert err > 1e-2, 'BN in training mode must couple the examples'
+  else:
+    assert err < 1e-4 * max(1., float(jnp.max(jnp.abs(batched))))
