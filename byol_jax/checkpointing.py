@@ -1,0 +1,421 @@
+"""Checkpoints of the whole TrainState with orbax, and preemption handling.
+
+A run's checkpoints live in WORKDIR/checkpoints, one directory per step
+(`<dir>/<step>/state` holds the pytree, `<dir>/<step>/extra` a small JSON dict:
+data position, config hash, metrics). The directory may be local or a `gs://`
+path: all I/O goes through orbax and `etils.epath`, never `os.path`.
+
+Guarantees the training loop relies on (issue 5, "exact resume"):
+  * Atomic writes. orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and
+    renames it to `<step>` only once every file is written (on GCS, where there
+    is no atomic rename, it marks completion with `commit_success.txt`);
+    unfinished directories never parse as a step, so a save killed half-way is
+    never picked up. `tests/test_checkpointing.py` kills a saving process with
+    SIGKILL to check this.
+  * Saving is synchronous: `save` returns once the checkpoint is on disk, so a
+    process that exits right after `save` (preemption) loses nothing.
+  * A state with a NaN/Inf floating leaf is refused (`NonFiniteStateError`),
+    so the last good checkpoint is never rotated out by a diverged one.
+  * `restore_latest` falls back to the previous step when the newest one is
+    unreadable (and moves the corrupt one aside, so later saves are not
+    skipped), and raises when checkpoints exist but none is readable: a run
+    never silently starts from scratch.
+
+Multi-host: call `save` / `restore_latest` on every host with the same
+arguments (orbax synchronises them); the state is saved from host memory as
+NumPy arrays, so pass the unreplicated, host-side state.
+"""
+import json
+import signal
+import threading
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+from absl import logging
+from etils import epath
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+_STATE = 'state'
+_EXTRA = 'extra'
+
+
+class NonFiniteStateError(ValueError):
+  """The state holds a NaN or Inf; saving it would rotate out a good one."""
+
+
+class CheckpointRestoreError(RuntimeError):
+  """Checkpoints exist but none of them could be restored."""
+
+
+class Restored(NamedTuple):
+  step: int
+  state: Any
+  extra: dict
+
+
+def _path_str(path) -> str:
+  """('params', 'conv', 'w') style key path -> 'params/conv/w'."""
+  def name(k):
+    for attr in ('name', 'key', 'idx'):
+      if hasattr(k, attr):
+        return str(getattr(k, attr))
+    return str(k)
+  return '/'.join(name(k) for k in path)
+
+
+def _check_finite(state) -> None:
+  """Raises NonFiniteStateError naming every floating leaf with a NaN/Inf."""
+  bad = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    dtype = getattr(leaf, 'dtype', None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+      continue
+    if not np.all(np.isfinite(np.asarray(leaf))):
+      bad.append(_path_str(path))
+  if bad:
+    raise NonFiniteStateError(
+        f'refusing to checkpoint a state with non-finite values in '
+        f'{len(bad)} leaves (first: {", ".join(bad[:5])}); the previous '
+        'checkpoint is kept. The run diverged: lower the learning rate or '
+        'check the inputs, then resume from the last good checkpoint.')
+
+
+def _jsonable(x):
+  """json.dumps `default=` hook for NumPy/JAX scalars and small arrays."""
+  if isinstance(x, (np.generic, np.ndarray, jax.Array)):
+    return np.asarray(x).tolist()
+  raise TypeError(f'{type(x).__name__} is not JSON-serialisable')
+
+
+def _to_abstract(template):
+  """Template leaves -> what orbax restores into.
+
+  jax.Array and jax.ShapeDtypeStruct-with-sharding leaves restore as jax
+  arrays with that sharding; NumPy arrays/scalars and plain ShapeDtypeStructs
+  restore as NumPy arrays (host-side, as the train loop expects).
+  """
+  def leaf(x):
+    if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
+      return x
+    x = np.asarray(x)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype)
+  return jax.tree.map(leaf, template)
+
+
+class Checkpointer:
+  """Keeps the last `max_to_keep` checkpoints of a run in one directory.
+
+  Usage in the train loop:
+
+    ckpt = Checkpointer(workdir / 'checkpoints', save_interval_steps=1000)
+    restored = ckpt.restore_latest(template_state)
+    ...
+    if watcher.requested or ckpt.should_save(step):
+      ckpt.save(step, state, {'data_position': ...}, force=True)
+  """
+
+  def __init__(self,
+               directory,
+               *,
+               max_to_keep: int = 3,
+               save_interval_steps: Optional[int] = None,
+               save_interval_secs: Optional[float] = None,
+               time_fn: Callable[[], float] = time.monotonic):
+    """Opens (and creates) the checkpoint directory.
+
+    Args:
+      directory: local path or `gs://` URL, usually WORKDIR/checkpoints.
+      max_to_keep: how many most recent checkpoints to keep (>= 1).
+      save_interval_steps: `should_save(step)` is true when step is a multiple
+        of this; None disables the step schedule.
+      save_interval_secs: `should_save` is also true once this many seconds
+        have passed since the last save (or since construction); None disables
+        the time schedule.
+      time_fn: clock for the time schedule (injectable for tests).
+    """
+    if max_to_keep is None or max_to_keep < 1:
+      raise ValueError(f'max_to_keep={max_to_keep}: keep at least 1.')
+    if save_interval_steps is not None and save_interval_steps < 1:
+      raise ValueError(f'save_interval_steps={save_interval_steps}: use a '
+                       'positive integer, or None for no step schedule.')
+    if save_interval_secs is not None and save_interval_secs <= 0:
+      raise ValueError(f'save_interval_secs={save_interval_secs}: use a '
+                       'positive number, or None to disable the time schedule.')
+    self._directory = epath.Path(directory)
+    self._save_interval_steps = save_interval_steps
+    self._save_interval_secs = save_interval_secs
+    self._time_fn = time_fn
+    self._last_save_time = time_fn()
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        create=True,
+        # Synchronous: `save` returns with the checkpoint committed, which is
+        # what a preempted process about to exit needs. Async saving would
+        # overlap I/O with training but is not worth the risk here.
+        enable_async_checkpointing=False,
+        # Removes `*.orbax-checkpoint-tmp-*` left by a process killed mid-save.
+        cleanup_tmp_directories=True,
+    )
+    self._manager = ocp.CheckpointManager(
+        self._directory, options=options, item_names=(_STATE, _EXTRA))
+
+  @property
+  def directory(self) -> epath.Path:
+    return self._directory
+
+  def all_steps(self) -> list[int]:
+    """Steps of the complete checkpoints on disk, ascending."""
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> Optional[int]:
+    """The newest complete checkpoint's step, or None when there is none."""
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def should_save(self, step: int) -> bool:
+    """Whether the step / wall-time schedule asks for a checkpoint at `step`.
+
+    Args:
+      step: the number of updates applied to the state about to be saved.
+
+    Returns:
+      True when `step` is a multiple of `save_interval_steps` or at least
+      `save_interval_secs` have passed since the last save; False when
+      neither schedule is set or `step` is already saved.
+    """
+    due = False
+    if self._save_interval_steps and step % self._save_interval_steps == 0:
+      due = True
+    if self._save_interval_secs is not None:
+      if self._time_fn() - self._last_save_time >= self._save_interval_secs:
+        due = True
+      if jax.process_count() > 1:
+        # Clocks differ between hosts, and every host must join a save (or
+        # orbax's barrier hangs): follow process 0's decision. This is a small
+        # collective, so on pods call should_save every few steps at most.
+        due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
+    return due and step not in self._manager.all_steps()
+
+  def save(self, step: int, state: Any, extra: Optional[dict] = None, *,
+           force: bool = False) -> bool:
+    """Writes `state` and `extra` as the checkpoint of `step`, synchronously.
+
+    Args:
+      step: training step (number of updates applied to `state`).
+      state: pytree of jax/NumPy arrays (host-side, unreplicated TrainState).
+      extra: small JSON-able dict (data position, config hash, metrics);
+        NumPy/JAX scalars are converted.
+      force: save even when `should_save(step)` is False (preemption, end of
+        training).
+
+    Returns:
+      True when a checkpoint was written; False when the schedule did not ask
+      for one or `step` is already saved.
+
+    Raises:
+      NonFiniteStateError: a floating leaf of `state` holds NaN/Inf (nothing
+        is written, earlier checkpoints are untouched).
+      TypeError: `extra` is not JSON-serialisable.
+    """
+    step = int(step)
+    if not force and not self.should_save(step):
+      return False
+    if step in self._manager.all_steps():
+      logging.info('Checkpoint for step %d already in %s; not saving again.',
+                   step, self._directory)
+      return False
+    _check_finite(state)
+    # Round-trip through JSON now so a bad `extra` fails before any write.
+    extra = json.loads(json.dumps(extra or {}, default=_jsonable))
+    # Host-side NumPy copies: each host holds the same unreplicated state, and
+    # orbax writes NumPy leaves from the primary host only.
+    host_state = jax.tree.map(np.asarray, jax.device_get(state))
+    start = time.monotonic()
+    self._manager.save(
+        step,
+        args=ocp.args.Composite(**{
+            _STATE: ocp.args.StandardSave(host_state),
+            _EXTRA: ocp.args.JsonSave(extra),
+        }),
+        force=True)
+    self._manager.wait_until_finished()
+    self._last_save_time = self._time_fn()
+    logging.info('Saved checkpoint %s in %.1fs.',
+                 self._directory / str(step), time.monotonic() - start)
+    return True
+
+  def restore_latest(self, template: Any) -> Optional[Restored]:
+    """Restores the newest readable checkpoint into the structure of template.
+
+    Args:
+      template: pytree with the structure of the saved state; its leaves
+        (arrays or jax.ShapeDtypeStruct) give the shapes and dtypes. NumPy
+        leaves and plain ShapeDtypeStructs restore as NumPy arrays, jax.Array
+        leaves as jax arrays with the same sharding.
+
+    Returns:
+      None when the directory holds no checkpoint, else
+      `Restored(step, state, extra)`.
+
+    Raises:
+      CheckpointRestoreError: checkpoints exist but none can be read.
+      ValueError: a restored leaf's shape differs from the template's.
+    """
+    steps = self.all_steps()
+    if not steps:
+      return None
+    abstract = _to_abstract(template)
+    corrupt = []
+    last_error = None
+    for step in reversed(steps):
+      try:
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(**{
+                _STATE: ocp.args.StandardRestore(abstract),
+                _EXTRA: ocp.args.JsonRestore(),
+            }))
+      except Exception as e:  # pylint: disable=broad-except
+        # Any failure to read (missing/truncated file, bad metadata) counts as
+        # corruption of this step: report it and try the previous one.
+        logging.warning(
+            'Checkpoint %s is unreadable (%s: %s); falling back to the '
+            'previous checkpoint.', self._directory / str(step),
+            type(e).__name__, str(e)[:500])
+        corrupt.append(step)
+        last_error = e
+        continue
+      state = restored[_STATE]
+      _check_shapes(state, abstract, self._directory / str(step))
+      self._quarantine(corrupt)
+      logging.info('Restored checkpoint %s.', self._directory / str(step))
+      return Restored(step, state, dict(restored[_EXTRA] or {}))
+    raise CheckpointRestoreError(
+        f'{self._directory} holds checkpoints for steps {steps} but none could '
+        f'be restored (last error: {type(last_error).__name__}: '
+        f'{str(last_error)[:500]}). Refusing to start from scratch: repair or '
+        'move these checkpoints away, or use a fresh workdir.') from last_error
+
+  def _quarantine(self, steps: list[int]) -> None:
+    """Renames corrupt step dirs to `<step>.corrupt` (kept for inspection).
+
+    orbax ignores names that are not plain integers, and would otherwise skip
+    every later save up to the corrupt step's number.
+    """
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      for step in steps:
+        src = self._directory / str(step)
+        dst = self._directory / f'{step}.corrupt'
+        n = 1
+        while dst.exists():
+          dst = self._directory / f'{step}.corrupt.{n}'
+          n += 1
+        try:
+          src.rename(dst)
+        except Exception as e:  # pylint: disable=broad-except
+          raise CheckpointRestoreError(
+              f'could not move the corrupt checkpoint {src} aside ({e}); move '
+              'or delete it by hand, then restart.') from e
+        logging.warning('Moved corrupt checkpoint %s to %s.', src, dst)
+    ocp.multihost.sync_global_processes('byol_jax_checkpoint_quarantine')
+    self._manager.reload()
+
+  def close(self) -> None:
+    """Waits for pending writes and releases the manager."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+    return False
+
+
+def _check_shapes(state, abstract, where) -> None:
+  for (path, got), want in zip(
+      jax.tree_util.tree_flatten_with_path(state)[0],
+      jax.tree_util.tree_leaves(abstract)):
+    if tuple(np.shape(got)) != tuple(want.shape):
+      raise ValueError(
+          f'checkpoint {where}: leaf {_path_str(path)} has shape '
+          f'{np.shape(got)} but the model expects {want.shape}. The config '
+          'changed since this checkpoint was written: use a fresh workdir.')
+
+
+class PreemptionWatcher:
+  """Turns SIGTERM / SIGINT into a flag the train loop polls.
+
+    with PreemptionWatcher() as watcher:
+      for step in ...:
+        state = update(...)
+        if watcher.requested:
+          ckpt.save(step, state, extra, force=True)
+          break
+
+  The first signal only sets the flag (the loop saves and exits cleanly). After
+  a first SIGINT the previous SIGINT handler is back, so a second Ctrl-C still
+  kills the process. Handlers are restored on exit. Signals are delivered to
+  the main thread only, so the watcher is inactive (with a warning) when
+  entered from another thread. On multi-host runs the signal may reach only
+  some hosts: agree on the flag across hosts (e.g. an all-gather every N
+  steps) before saving, since every host must take part in the save.
+  """
+
+  def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+    self._signals = tuple(signals)
+    self._previous = {}
+    self._signal_name = None
+
+  @property
+  def requested(self) -> bool:
+    """True once a watched signal has arrived."""
+    return self._signal_name is not None
+
+  @property
+  def signal_name(self) -> Optional[str]:
+    """Name of the first signal received ('SIGTERM'), or None."""
+    return self._signal_name
+
+  def _handle(self, signum, frame):
+    del frame
+    name = signal.Signals(signum).name
+    if self._signal_name is None:
+      self._signal_name = name
+      logging.warning('Received %s: will checkpoint and stop after this step.',
+                      name)
+    if signum == signal.SIGINT:
+      previous = _restorable(self._previous[signal.SIGINT])
+      if previous is signal.SIG_IGN:
+        # An ignored SIGINT would make a second Ctrl-C a no-op; use Python's
+        # default (KeyboardInterrupt) so the user can always stop the process.
+        previous = signal.default_int_handler
+      signal.signal(signal.SIGINT, previous)
+
+  def __enter__(self):
+    if threading.current_thread() is not threading.main_thread():
+      logging.warning('PreemptionWatcher entered outside the main thread: '
+                      'signal handlers not installed, preemption not watched.')
+      return self
+    for sig in self._signals:
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, previous in self._previous.items():
+      signal.signal(sig, _restorable(previous))
+    self._previous = {}
+    return False
+
+
+def _restorable(handler):
+  """signal.getsignal() returns None for handlers installed outside Python."""
+  return signal.SIG_DFL if handler is None else handler

@@ -1,0 +1,152 @@
+"""Representation monitors: collapse statistics and kNN accuracy.
+
+Pure jnp functions of embeddings, cheap enough to run every few hundred steps.
+The paper is about whether BYOL without batch statistics collapses (paper §1,
+§3); these numbers show collapse as it happens, long before linear evaluation.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_EPS = 1e-12
+
+
+def _l2_normalize(x: jnp.ndarray) -> jnp.ndarray:
+  x = jnp.asarray(x, jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), _EPS))
+
+
+def _check_2d(name: str, z) -> None:
+  if np.ndim(z) != 2 or np.shape(z)[0] < 2:
+    raise ValueError(f'{name} must be [N, D] with N >= 2 embeddings; got shape '
+                     f'{np.shape(z)}. Flatten devices/views into N first.')
+
+
+def collapse_std(z: jnp.ndarray) -> jnp.ndarray:
+  """Per-dimension std of L2-normalised embeddings, times sqrt(D).
+
+  Each row z_i is normalised to unit length; the standard deviation of every
+  dimension over the batch is averaged over the D dimensions and multiplied by
+  sqrt(D). For embeddings spread uniformly on the unit sphere each coordinate
+  has variance 1/D, so the statistic is about 1; when all embeddings collapse
+  to one point (the trivial solution BYOL must avoid) it is 0. It measures
+  spread around the mean direction, not dimensionality (embeddings filling a
+  random low-dimensional subspace can still score ~1): pair it with
+  `effective_rank` to see dimensional collapse. This is the
+  collapse monitor of SimSiam (Chen & He, 2021, §4.1, "std of l2-normalized
+  output", there without the sqrt(D) scale), applied here to BYOL projections.
+
+  Args:
+    z: [N, D] embeddings (N >= 2), any float dtype.
+
+  Returns:
+    float32 scalar, ~1 healthy, ~0 collapsed.
+  """
+  _check_2d('z', z)
+  zn = _l2_normalize(z)
+  return jnp.mean(jnp.std(zn, axis=0)) * jnp.sqrt(jnp.float32(zn.shape[1]))
+
+
+def effective_rank(z: jnp.ndarray) -> jnp.ndarray:
+  """Effective rank of an embedding matrix (Roy & Vetterli, 2007).
+
+  exp(H(p)) with p_k = s_k / sum_j s_j the normalised singular values of z and
+  H the Shannon entropy: k for a matrix with k equal non-zero singular values,
+  1 when every row is the same vector, and at most min(N, D). The matrix is
+  used as given (not centred), as in the definition; normalise rows first to
+  ignore scale.
+
+  Args:
+    z: [N, D] embeddings (N >= 2).
+
+  Returns:
+    float32 scalar in [1, min(N, D)] (0 for an all-zero matrix).
+  """
+  _check_2d('z', z)
+  s = jnp.linalg.svd(jnp.asarray(z, jnp.float32), compute_uv=False)
+  p = s / jnp.maximum(jnp.sum(s), _EPS)
+  entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.)),
+                               0.))
+  return jnp.where(jnp.sum(s) > 0, jnp.exp(entropy), 0.)
+
+
+@functools.partial(jax.jit, static_argnames=('num_classes', 'k'))
+def _knn_chunk_correct(train_n, train_labels, test_chunk, test_labels, valid,
+                       *, num_classes, k, temperature):
+  """Number of correct weighted-kNN predictions in one chunk of test points."""
+  # HIGHEST: the default TPU matmul precision (bf16) reorders near neighbours.
+  sim = jnp.dot(_l2_normalize(test_chunk), train_n.T,
+                precision=jax.lax.Precision.HIGHEST)            # [B, N_train]
+  top_sim, top_idx = jax.lax.top_k(sim, k)                      # [B, k]
+  weights = jnp.exp(top_sim / temperature)
+  votes = jnp.sum(jax.nn.one_hot(train_labels[top_idx], num_classes) *
+                  weights[..., None], axis=1)                   # [B, C]
+  correct = (jnp.argmax(votes, -1) == test_labels) & valid
+  return jnp.sum(correct.astype(jnp.int32))
+
+
+def knn_accuracy(train_features, train_labels, test_features, test_labels, *,
+                 num_classes: int, k: int = 20, temperature: float = 0.07,
+                 batch_size: int = 256) -> float:
+  """Top-1 accuracy of a weighted k-nearest-neighbour classifier.
+
+  The protocol of Wu et al. (2018, "Unsupervised feature learning via
+  non-parametric instance discrimination", §3.4), used by the public BYOL /
+  SimSiam CIFAR codebases as a training monitor: features are L2-normalised,
+  each test point takes the k training points of highest cosine similarity
+  s_i, and class c gets the vote sum_i exp(s_i / T) [y_i = c]; the prediction
+  is the class with the most votes. Test points are processed batch_size at a
+  time (the last chunk padded), so 50k x 10k needs only a [batch_size, 50k]
+  similarity block at once.
+
+  Args:
+    train_features: [N_train, D] features of the labelled reference set.
+    train_labels: [N_train] integer labels in [0, num_classes).
+    test_features: [N_test, D] features to classify.
+    test_labels: [N_test] integer labels.
+    num_classes: number of classes.
+    k: neighbours per test point (InstDisc default 200; 20 is common on
+      CIFAR-sized sets).
+    temperature: T of the exp(s / T) vote weights.
+    batch_size: test points per chunk.
+
+  Returns:
+    accuracy in [0, 1] as a Python float.
+  """
+  _check_2d('train_features', train_features)
+  _check_2d('test_features', test_features)
+  n_train, dim = np.shape(train_features)
+  n_test = np.shape(test_features)[0]
+  if np.shape(test_features)[1] != dim:
+    raise ValueError(f'test_features has dim {np.shape(test_features)[1]} but '
+                     f'train_features has dim {dim}; use the same encoder.')
+  if np.shape(train_labels) != (n_train,) or np.shape(test_labels) != (n_test,):
+    raise ValueError(
+        f'labels must be [N]: train_labels {np.shape(train_labels)} for '
+        f'{n_train} train features, test_labels {np.shape(test_labels)} for '
+        f'{n_test} test features.')
+  if not 1 <= k <= n_train:
+    raise ValueError(f'k={k} must be in [1, {n_train}] (the train set size).')
+  if temperature <= 0:
+    raise ValueError(f'temperature={temperature} must be > 0.')
+  if batch_size < 1:
+    raise ValueError(f'batch_size={batch_size} must be >= 1.')
+  train_n = _l2_normalize(train_features)
+  train_labels = jnp.asarray(train_labels, jnp.int32)
+  test_features = np.asarray(test_features, np.float32)
+  test_labels = np.asarray(test_labels, np.int32)
+  batch_size = min(batch_size, n_test)
+  correct = 0
+  for start in range(0, n_test, batch_size):
+    chunk = test_features[start:start + batch_size]
+    labels = test_labels[start:start + batch_size]
+    n = chunk.shape[0]
+    pad = batch_size - n  # Fixed chunk shape: one compilation.
+    valid = np.arange(batch_size) < n
+    correct += int(_knn_chunk_correct(
+        train_n, train_labels,
+        np.pad(chunk, ((0, pad), (0, 0))), np.pad(labels, (0, pad)), valid,
+        num_classes=num_classes, k=k, temperature=temperature))
+  return correct / n_test

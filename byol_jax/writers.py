@@ -1,0 +1,272 @@
+"""Metric output of a run: WORKDIR/metrics.jsonl, TensorBoard and the console.
+
+Named `writers` (not `logging`) so it never shadows the standard library.
+
+  * metrics.jsonl: one JSON object per `write` call, `{"step": int, name:
+    float, ...}`; `read_metrics` parses it back for report code. After a resume
+    `truncate_after(step)` drops rows past the restored step, so the file has
+    no duplicated steps.
+  * TensorBoard: scalars through `tf.summary`, with TensorFlow imported lazily
+    (GPU hosts may not have it). Without TensorFlow one warning says so and the
+    jsonl file is still written.
+  * Console: one line per `console` call with step, loss, lr, tau, images/s and
+    ETA measured from the wall time between calls.
+
+Only the chief process (process 0) writes; on other hosts every method is a
+no-op, so the train loop calls them unconditionally.
+"""
+import json
+import time
+from typing import Callable, Mapping, Optional
+
+from absl import logging
+from etils import epath
+import numpy as np
+
+METRICS_FILENAME = 'metrics.jsonl'
+
+
+def _scalar(name: str, value) -> float:
+  """NumPy/JAX/Python scalar (or size-1 array) -> float, else ValueError."""
+  arr = np.asarray(value)
+  if arr.size != 1:
+    raise ValueError(
+        f'metric {name!r} has shape {arr.shape}; write scalars only (take the '
+        'first replica of pmapped metrics, e.g. jax.tree.map(lambda x: x[0], '
+        'metrics), or average them).')
+  return float(arr.reshape(()))
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  if h:
+    return f'{h}h{m:02d}m'
+  if m:
+    return f'{m}m{s:02d}s'
+  return f'{s}s'
+
+
+class MetricWriter:
+  """Writes scalar metrics of one run to jsonl, TensorBoard and the console."""
+
+  def __init__(self,
+               workdir,
+               *,
+               is_chief: bool = True,
+               total_steps: Optional[int] = None,
+               images_per_step: Optional[int] = None,
+               filename: str = METRICS_FILENAME,
+               tensorboard: bool = True,
+               time_fn: Callable[[], float] = time.monotonic):
+    """Creates a writer; nothing is written until `write` / `console`.
+
+    Args:
+      workdir: run directory (local path or gs:// URL); TensorBoard event files
+        go directly into it.
+      is_chief: True on process 0 only; other processes write nothing.
+      total_steps: steps of the whole run, for the ETA (None: no ETA).
+      images_per_step: global batch size, for images/s (None: not shown).
+      filename: name of the jsonl file inside workdir.
+      tensorboard: False to skip TensorBoard (and the TensorFlow import).
+      time_fn: clock for images/s and ETA (injectable for tests).
+    """
+    self._workdir = epath.Path(workdir)
+    self._path = self._workdir / filename
+    self._is_chief = is_chief
+    self._total_steps = total_steps
+    self._images_per_step = images_per_step
+    self._use_tb = tensorboard
+    self._time_fn = time_fn
+    self._tb_writer = None
+    self._tf = None
+    self._scalar_metadata = None
+    self._last = None  # (time, step) of the previous console() call.
+    if is_chief:
+      self._workdir.mkdir(parents=True, exist_ok=True)
+
+  @property
+  def path(self) -> epath.Path:
+    """The metrics.jsonl file."""
+    return self._path
+
+  def write(self, step: int, metrics: Mapping[str, object]) -> None:
+    """Appends `{"step": step, **metrics}` to the jsonl and TensorBoard.
+
+    Args:
+      step: training step (int).
+      metrics: name -> scalar (float, int, NumPy/JAX 0-d or size-1 array).
+        Non-finite values are written as NaN/Infinity, which Python's json
+        (and `read_metrics`) parses back.
+
+    Raises:
+      ValueError: a metric is not a scalar, or is named 'step'.
+    """
+    if not self._is_chief:
+      return
+    if 'step' in metrics:
+      raise ValueError("metrics must not contain 'step'; pass it as `step`.")
+    row = {'step': int(step)}
+    row.update({k: _scalar(k, v) for k, v in metrics.items()})
+    line = json.dumps(row) + '\n'
+    if '://' in str(self._path):
+      # Object stores (gs://) cannot append: rewrite the (small) file.
+      old = self._path.read_text() if self._path.exists() else ''
+      self._path.write_text(old + line)
+    else:
+      with self._path.open('a') as f:
+        f.write(line)
+    tb = self._tensorboard()
+    if tb is not None:
+      tf = self._tf
+      with tb.as_default(step=int(step)):
+        for k, v in row.items():
+          if k != 'step':
+            # tf.summary.write with the scalars-plugin metadata is what
+            # tf.summary.scalar does, minus its need for the `tensorboard`
+            # package, which tensorflow-cpu 2.21 no longer pulls in.
+            tf.summary.write(k, tf.constant(v, tf.float32),
+                             metadata=self._scalar_metadata)
+
+  def _tensorboard(self):
+    """The tf.summary writer, created on first use; None when unavailable."""
+    if not self._use_tb:
+      return None
+    if self._tb_writer is None:
+      try:
+        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      except ImportError as e:
+        logging.warning(
+            'TensorBoard logging disabled: tensorflow is not importable (%s). '
+            'Metrics are still written to %s.', e, self._path)
+        self._use_tb = False
+        return None
+      # Keep TF off the accelerators JAX uses (TF-GPU would grab memory).
+      try:
+        tf.config.set_visible_devices([], 'GPU')
+      except RuntimeError:  # Already initialised by another user of TF.
+        pass
+      # pylint: disable-next=g-import-not-at-top
+      from tensorflow.core.framework import summary_pb2
+      self._scalar_metadata = summary_pb2.SummaryMetadata(
+          plugin_data=summary_pb2.SummaryMetadata.PluginData(
+              plugin_name='scalars'),
+          data_class=summary_pb2.DATA_CLASS_SCALAR).SerializeToString()
+      self._tf = tf
+      self._tb_writer = tf.summary.create_file_writer(str(self._workdir))
+    return self._tb_writer
+
+  def console(self, step: int, metrics: Mapping[str, object]) -> Optional[str]:
+    """Logs one progress line and returns it (None on non-chief processes).
+
+    Example: `step 200/1000 (20.0%) | loss 0.4321 | lr 1.20e-01 |
+    tau 0.99612 | 512.0 img/s | ETA 2m40s`. images/s and ETA come from the
+    wall time and steps since the previous call (shown as '--' on the first).
+
+    Args:
+      step: training step.
+      metrics: name -> scalar; 'loss', 'lr' and 'tau' are shown when present,
+        other metrics are not.
+    """
+    if not self._is_chief:
+      return None
+    now = self._time_fn()
+    step = int(step)
+    parts = [f'step {step}' if self._total_steps is None else
+             f'step {step}/{self._total_steps} '
+             f'({100.0 * step / max(self._total_steps, 1):.1f}%)']
+    for name, fmt in (('loss', '.4f'), ('lr', '.2e'), ('tau', '.5f')):
+      if name in metrics:
+        parts.append(f'{name} {_scalar(name, metrics[name]):{fmt}}')
+    secs_per_step = None
+    if self._last is not None:
+      dt, dstep = now - self._last[0], step - self._last[1]
+      if dt > 0 and dstep > 0:
+        secs_per_step = dt / dstep
+    if self._images_per_step is not None:
+      parts.append('-- img/s' if secs_per_step is None else
+                   f'{self._images_per_step / secs_per_step:.1f} img/s')
+    if self._total_steps is not None:
+      parts.append('ETA --' if secs_per_step is None else 'ETA ' +
+                   _format_duration(max(self._total_steps - step, 0) *
+                                    secs_per_step))
+    self._last = (now, step)
+    line = ' | '.join(parts)
+    logging.info(line)
+    return line
+
+  def truncate_after(self, step: int) -> int:
+    """Drops jsonl rows with row step > `step` (call after a resume).
+
+    Also drops a partial last line left by a process killed mid-write. The
+    file is rewritten to a temporary name and renamed over the original.
+
+    Args:
+      step: the restored checkpoint's step.
+
+    Returns:
+      the number of rows dropped (0 on non-chief processes).
+    """
+    if not self._is_chief or not self._path.exists():
+      return 0
+    rows = read_metrics(self._path.parent, filename=self._path.name)
+    kept = [r for r in rows if r['step'] <= step]
+    tmp = self._path.parent / (self._path.name + '.tmp')
+    with tmp.open('w') as f:
+      f.writelines(json.dumps(r) + '\n' for r in kept)
+    tmp.replace(self._path)
+    dropped = len(rows) - len(kept)
+    if dropped:
+      logging.info('Dropped %d rows after step %d from %s.', dropped, step,
+                   self._path)
+    return dropped
+
+  def flush(self) -> None:
+    """Flushes TensorBoard (the jsonl is flushed on every write)."""
+    if self._tb_writer is not None:
+      self._tb_writer.flush()
+
+  def close(self) -> None:
+    """Flushes and closes TensorBoard; later writes reopen it."""
+    if self._tb_writer is not None:
+      self._tb_writer.close()
+      self._tb_writer = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+    return False
+
+
+def read_metrics(workdir, filename: str = METRICS_FILENAME) -> list[dict]:
+  """Parses WORKDIR/metrics.jsonl into a list of dicts (file order).
+
+  Args:
+    workdir: run directory.
+    filename: jsonl file name inside it.
+
+  Returns:
+    One dict per row ({'step': int, name: float}); [] when the file is absent.
+    A truncated last line (a process killed mid-write) is skipped with a
+    warning; a malformed line elsewhere raises ValueError naming it.
+  """
+  path = epath.Path(workdir) / filename
+  if not path.exists():
+    return []
+  lines = path.read_text().splitlines()
+  rows = []
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if i == len(lines) - 1:
+        logging.warning('Skipping a truncated last line of %s.', path)
+        continue
+      raise ValueError(f'{path}:{i + 1} is not valid JSON ({e}).') from e
+  return rows
+

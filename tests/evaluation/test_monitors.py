@@ -1,0 +1,112 @@
+"""Tests for byol_jax/evaluation/monitors.py."""
+import numpy as np
+import pytest
+
+from byol_jax.evaluation import monitors
+
+
+def test_collapse_std_isotropic_gaussian_is_one():
+  z = np.random.RandomState(0).randn(4096, 256).astype(np.float32)
+  value = float(monitors.collapse_std(z))
+  assert abs(value - 1.0) < 0.05, value
+
+
+def test_collapse_std_identical_rows_is_zero():
+  z = np.tile(np.random.RandomState(1).randn(1, 64), (128, 1))
+  assert float(monitors.collapse_std(z)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_collapse_std_ignores_row_scale():
+  z = np.random.RandomState(2).randn(256, 32).astype(np.float32)
+  scale = np.random.RandomState(3).uniform(0.1, 10., (256, 1))
+  np.testing.assert_allclose(monitors.collapse_std(z),
+                             monitors.collapse_std(z * scale), rtol=1e-5)
+
+
+def test_collapse_std_rejects_1d():
+  with pytest.raises(ValueError, match=r'\[N, D\]'):
+    monitors.collapse_std(np.ones(8))
+
+
+@pytest.mark.parametrize('r', [1, 5, 16])
+def test_effective_rank_equal_singular_values_is_r(r):
+  rng = np.random.RandomState(r)
+  u, _ = np.linalg.qr(rng.randn(200, r))
+  v, _ = np.linalg.qr(rng.randn(64, r))
+  z = 3.0 * u @ v.T  # r singular values, all equal to 3.
+  assert float(monitors.effective_rank(z)) == pytest.approx(r, rel=1e-3)
+
+
+def test_effective_rank_random_low_rank_data_is_near_r():
+  rng = np.random.RandomState(4)
+  z = rng.randn(1000, 8) @ rng.randn(8, 128)
+  value = float(monitors.effective_rank(z))
+  # Unequal singular values make it a bit below 8, never above.
+  assert 6.5 < value <= 8.0 + 1e-3, value
+
+
+def test_effective_rank_identical_rows_is_one():
+  z = np.tile(np.random.RandomState(5).randn(1, 64), (128, 1))
+  assert float(monitors.effective_rank(z)) == pytest.approx(1.0, abs=1e-3)
+
+
+def _clusters(n_per_class, num_classes, dim, seed, spread=0.05):
+  rng = np.random.RandomState(seed)
+  centres = np.eye(num_classes, dim) * 5.0
+  labels = np.repeat(np.arange(num_classes), n_per_class)
+  feats = centres[labels] + spread * rng.randn(labels.size, dim)
+  perm = rng.permutation(labels.size)
+  return feats[perm].astype(np.float32), labels[perm]
+
+
+def test_knn_separable_clusters_is_perfect():
+  x_tr, y_tr = _clusters(50, 10, 16, seed=0)
+  x_te, y_te = _clusters(20, 10, 16, seed=1)
+  # batch_size 64 does not divide 200: exercises the padded last chunk.
+  acc = monitors.knn_accuracy(x_tr, y_tr, x_te, y_te, num_classes=10, k=20,
+                              batch_size=64)
+  assert acc == 1.0
+
+
+def test_knn_shuffled_labels_is_near_chance():
+  x_tr, y_tr = _clusters(200, 10, 16, seed=2)
+  x_te, y_te = _clusters(100, 10, 16, seed=3)
+  y_tr = np.random.RandomState(4).permutation(y_tr)
+  acc = monitors.knn_accuracy(x_tr, y_tr, x_te, y_te, num_classes=10, k=20)
+  # Chance is 0.1; 1000 test points give a std of about 0.01.
+  assert 0.05 < acc < 0.16, acc
+
+
+def _knn_reference(x_tr, y_tr, x_te, y_te, num_classes, k, temperature):
+  """Brute-force NumPy weighted kNN in float64."""
+  x_tr = x_tr / np.linalg.norm(x_tr, axis=1, keepdims=True)
+  x_te = x_te / np.linalg.norm(x_te, axis=1, keepdims=True)
+  correct = 0
+  for x, y in zip(x_te, y_te):
+    sim = x_tr @ x
+    nn = np.argsort(-sim)[:k]
+    votes = np.zeros(num_classes)
+    for i in nn:
+      votes[y_tr[i]] += np.exp(sim[i] / temperature)
+    correct += int(np.argmax(votes) == y)
+  return correct / len(y_te)
+
+
+@pytest.mark.parametrize('k,temperature', [(1, 0.07), (7, 0.07), (15, 0.5)])
+def test_knn_matches_numpy_reference(k, temperature):
+  rng = np.random.RandomState(k)
+  x_tr = rng.randn(300, 12)
+  y_tr = rng.randint(0, 5, 300)
+  x_te = rng.randn(97, 12)
+  y_te = rng.randint(0, 5, 97)
+  want = _knn_reference(x_tr, y_tr, x_te, y_te, 5, k, temperature)
+  got = monitors.knn_accuracy(x_tr, y_tr, x_te, y_te, num_classes=5, k=k,
+                              temperature=temperature, batch_size=32)
+  assert got == pytest.approx(want, abs=1e-9)
+  assert 0.1 < want < 0.5  # Random data: a non-trivial number of hits.
+
+
+def test_knn_rejects_k_larger_than_train_set():
+  x = np.ones((4, 3), np.float32)
+  with pytest.raises(ValueError, match='k=5'):
+    monitors.knn_accuracy(x, np.zeros(4), x, np.zeros(4), num_classes=2, k=5)
