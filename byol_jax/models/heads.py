@@ -51,12 +51,20 @@ class MLP(hk.Module):
 class LinearClassifier(hk.Module):
   """Logits from representations (linear evaluation and online monitor)."""
 
-  def __init__(self, num_classes: int, name: Optional[str] = 'classifier'):
+  def __init__(self, num_classes: int, zero_init: bool = False,
+               name: Optional[str] = 'classifier'):
+    """Args:
+      num_classes: number of logits.
+      zero_init: zero weights (uniform initial logits). Only for plain SGD:
+        under LARS the trust ratio eta*||w||/||g|| keeps zero weights near
+        zero, so the online classifier (trained with LARS, as in the official
+        code) uses Haiku's default truncated-normal init.
+      name: module name.
+    """
     super().__init__(name=name)
-    self.num_classes = num_classes
+    self.num_classes, self.zero_init = num_classes, zero_init
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    # Zero init, as the official linear-evaluation code: the initial logits
-    # are uniform and the probe starts from a loss of log(num_classes).
-    return layers.Linear(self.num_classes, w_init=jnp.zeros,
+    return layers.Linear(self.num_classes,
+                         w_init=jnp.zeros if self.zero_init else None,
                          name='linear')(x.astype(jnp.float32))

@@ -188,8 +188,9 @@ class BatchNorm(hk.Module):
       axes = tuple(range(x.ndim - 1))
       mean = jnp.mean(x, axes)
       mean_sq = jnp.mean(jnp.square(x), axes)
-      if self.axis_name is not None:
+      if self.axis_name is not None and not hk.running_init():
         # Equal per-device batches: the mean of means is the global mean.
+        # (Skipped at init, which runs outside pmap and discards the output.)
         mean, mean_sq = jax.lax.pmean((mean, mean_sq), self.axis_name)
       var = jnp.maximum(mean_sq - jnp.square(mean), 0.)
       if not hk.running_init():

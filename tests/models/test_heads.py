@@ -33,12 +33,14 @@ def test_mlp_without_norm_and_classifier():
   params, state = fwd.init(jax.random.PRNGKey(0), jnp.ones((3, 16)))
   assert sorted(params) == ['predictor/linear_0', 'predictor/linear_1']
   assert not state
-  clf = hk.without_apply_rng(hk.transform(
-      lambda x: heads.LinearClassifier(10)(x)))
-  p = clf.init(jax.random.PRNGKey(0), jnp.ones((3, 16)))
-  logits = clf.apply(p, jnp.ones((3, 16)))
-  assert logits.shape == (3, 10)
-  np.testing.assert_array_equal(logits, 0.)  # zero init: uniform logits.
+  for zero_init in (False, True):
+    clf = hk.without_apply_rng(hk.transform(
+        lambda x: heads.LinearClassifier(10, zero_init)(x)))  # pylint: disable=cell-var-from-loop
+    p = clf.init(jax.random.PRNGKey(0), jnp.ones((3, 16)))
+    logits = clf.apply(p, jnp.ones((3, 16)))
+    assert logits.shape == (3, 10)
+    # Zero init gives uniform logits; the default init must not (LARS).
+    assert bool(jnp.all(logits == 0.)) == zero_init
 
 
 def _online_network(norm, ws):

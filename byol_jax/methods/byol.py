@@ -1,0 +1,67 @@
+"""BYOL (Grill et al., 2020) as pure functions over online and target trees.
+
+Online: encoder -> projector -> predictor, plus a linear classifier on the
+stop-gradient representation of view 1 (the official code's online accuracy
+monitor; it does not influence the representation). Target: encoder ->
+projector, a separate parameter tree (the online tree restricted to those
+modules), moved by the EMA in train_state.py, never by gradients.
+
+Each view is forwarded separately, so BN statistics are per view, as in the
+official code; the online BN state is threaded view 1 -> view 2, and the
+target's BN state is updated by the target's own forward passes.
+"""
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from byol_jax import losses
+from byol_jax.methods import networks
+
+
+def make_byol(model, num_classes: int,
+              axis_name: Optional[str] = None) -> networks.Method:
+  """BYOL's init and loss for the `model` sub-config.
+
+  Args:
+    model: the `model` sub-config (see methods/networks.py).
+    num_classes: outputs of the online classifier.
+    axis_name: collective axis for cross-replica BN, or None.
+
+  Returns:
+    A networks.Method with has_target=True.
+  """
+  online = networks.make_forward(model, num_classes, with_predictor=True,
+                                 with_classifier=True, axis_name=axis_name)
+  target = networks.make_forward(model, num_classes, with_predictor=False,
+                                 with_classifier=False, axis_name=axis_name)
+
+  def init(rng, images):
+    params, state = online.init(rng, images, is_training=True)
+    # BYOL initialises the target as a copy of the online network (§3.1).
+    # A real copy: the state is donated, and aliased buffers cannot be.
+    copy = lambda tree: jax.tree.map(jnp.copy, networks.restrict(tree))
+    return params, state, copy(params), copy(state)
+
+  def loss(online_params, online_state, target_params, target_state, views,
+           labels):
+    view1, view2 = views
+    out1, online_state = online.apply(online_params, online_state, None, view1,
+                                      is_training=True)
+    out2, online_state = online.apply(online_params, online_state, None, view2,
+                                      is_training=True)
+    # Target forward in training mode (batch statistics), as the official
+    # code; byol_loss applies the stop-gradient on its outputs.
+    tgt1, target_state = target.apply(target_params, target_state, None,
+                                      view1, is_training=True)
+    tgt2, target_state = target.apply(target_params, target_state, None,
+                                      view2, is_training=True)
+    byol = losses.byol_loss(out1['prediction'], out2['prediction'],
+                            tgt1['projection'], tgt2['projection'])
+    classif, metrics = networks.classifier_and_monitors(out1, labels)
+    metrics['loss'] = byol
+    return byol + classif, (online_state, target_state,
+                            jax.lax.stop_gradient(metrics))
+
+  return networks.Method(init=init, loss=loss, has_target=True)

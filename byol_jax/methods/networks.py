@@ -1,0 +1,143 @@
+"""The networks a method trains, built from the `model` sub-config.
+
+One Haiku function builds encoder -> projector [-> predictor] [+ classifier];
+the online and target networks are two transforms of it, so their parameter
+trees share module paths ('encoder/...', 'projector/...') and the target tree
+is exactly the online tree restricted to those two components.
+
+The `model` config fields (see experiments/common.py):
+  depth, width_multiplier, stem, zero_init_last, dtype ('float32'|'bfloat16'),
+  encoder_norm, projector_norm, predictor_norm (each in layers.NORM_KINDS),
+  gn_groups, encoder_ws, heads_ws, cross_replica_bn,
+  projector_hidden_size, projector_output_size, predictor_hidden_size.
+"""
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from byol_jax import losses
+from byol_jax.evaluation import monitors
+from byol_jax.models import heads
+from byol_jax.models import layers
+from byol_jax.models import resnet
+
+TARGET_MODULES = ('encoder', 'projector')
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def validate_model_config(model) -> None:
+  """Raises a ValueError naming the first bad `model.*` field."""
+  resnet.check_depth(model.depth, 'model.depth')
+  if model.stem not in resnet.STEMS:
+    raise ValueError(f'model.stem={model.stem!r} is not a stem; use one of '
+                     f'{", ".join(resnet.STEMS)}.')
+  for component in ('encoder', 'projector', 'predictor'):
+    layers.check_norm_kind(model[f'{component}_norm'],
+                           f'model.{component}_norm')
+  if model.dtype not in _DTYPES:
+    raise ValueError(f'model.dtype={model.dtype!r}; use float32 or bfloat16.')
+  widths = [64 * m * model.width_multiplier for m in (1, 2, 4, 8)]
+  if 'gn' in (model.encoder_norm, model.projector_norm, model.predictor_norm):
+    channels = widths + [model.projector_hidden_size,
+                         model.predictor_hidden_size]
+    bad = [c for c in channels if c % model.gn_groups]
+    if bad:
+      raise ValueError(f'model.gn_groups={model.gn_groups} does not divide the '
+                       f'channel count(s) {bad}; pick a divisor of all of '
+                       f'{sorted(set(int(c) for c in channels))}.')
+
+
+def norm_spec(model, component: str,
+              axis_name: Optional[str]) -> layers.NormSpec:
+  return layers.NormSpec(
+      kind=model[f'{component}_norm'], groups=model.gn_groups,
+      axis_name=axis_name if model.cross_replica_bn else None)
+
+
+def make_forward(model, num_classes: int, *, with_predictor: bool,
+                 with_classifier: bool, axis_name: Optional[str] = None
+                 ) -> hk.TransformedWithState:
+  """Transformed network: images -> dict of representation/projection/...
+
+  Args:
+    model: the `model` sub-config.
+    num_classes: classifier outputs (online classifier / linear probe).
+    with_predictor: add the BYOL predictor (online network only).
+    with_classifier: add a linear classifier on the stop-gradient
+      representation (the official code's online accuracy monitor).
+    axis_name: collective axis for cross-replica BN (None outside pmap).
+
+  Returns:
+    hk.TransformedWithState of f(images, is_training) -> dict with
+    'representation', 'projection' and optionally 'prediction', 'logits'.
+  """
+  dtype = _DTYPES[model.dtype]
+
+  def forward(images, is_training):
+    out = {}
+    out['representation'] = resnet.ResNet(
+        model.depth, model.width_multiplier, model.stem,
+        norm_spec(model, 'encoder', axis_name), model.encoder_ws,
+        model.zero_init_last, dtype, name='encoder')(images, is_training)
+    out['projection'] = heads.MLP(
+        model.projector_hidden_size, model.projector_output_size,
+        norm_spec(model, 'projector', axis_name), model.heads_ws, dtype,
+        name='projector')(out['representation'], is_training)
+    if with_predictor:
+      out['prediction'] = heads.MLP(
+          model.predictor_hidden_size, model.projector_output_size,
+          norm_spec(model, 'predictor', axis_name), model.heads_ws, dtype,
+          name='predictor')(out['projection'], is_training)
+    if with_classifier:
+      out['logits'] = heads.LinearClassifier(num_classes)(
+          jax.lax.stop_gradient(out['representation']))
+    return out
+
+  return hk.transform_with_state(forward)
+
+
+def restrict(tree: dict, modules=TARGET_MODULES) -> dict:
+  """The entries of a Haiku params/state dict under the given modules."""
+  return {k: v for k, v in tree.items() if k.split('/')[0] in modules}
+
+
+def classifier_and_monitors(out: dict, labels: jax.Array):
+  """The online classifier's loss and the collapse monitors of one view.
+
+  Args:
+    out: make_forward outputs for a view (needs 'logits', 'projection',
+      'representation').
+    labels: [B] integer labels.
+
+  Returns:
+    (classifier loss, metrics dict). The classifier sees the stop-gradient
+    representation, so adding its loss leaves the encoder's gradient unchanged.
+  """
+  classif = losses.softmax_cross_entropy(out['logits'], labels)
+  metrics = {
+      'classif_loss': classif,
+      'online_top1': losses.topk_correct(out['logits'], labels, 1).mean(),
+      # Collapse statistic: per-dimension std of L2-normalised vectors times
+      # sqrt(dim); about 1 when spread out, 0 when collapsed (paper Table 2).
+      'collapse_std_projection': monitors.collapse_std(out['projection']),
+      'collapse_std_representation': monitors.collapse_std(
+          out['representation']),
+  }
+  return classif, metrics
+
+
+class Method(NamedTuple):
+  """A self-supervised method as two pure functions.
+
+  init(rng, images) -> (online_params, online_state, target_params,
+    target_state); the target trees are {} for methods without a target.
+  loss(online_params, online_state, target_params, target_state, views,
+    labels) -> (loss, (online_state, target_state, metrics)), where views is
+    (view1, view2) of augmented images; differentiate w.r.t. online_params.
+  """
+  init: Callable[..., Any]
+  loss: Callable[..., Any]
+  has_target: bool

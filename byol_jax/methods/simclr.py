@@ -1,0 +1,53 @@
+"""SimCLR (Chen et al., 2020), the contrastive baseline of the paper's Table 1.
+
+Same encoder, projector, normalisation options and online classifier as BYOL;
+no predictor and no target network. Negatives span the global batch: the
+InfoNCE loss all-gathers the projections over `axis_name`.
+"""
+
+from typing import Optional
+
+import jax
+
+from byol_jax import losses
+from byol_jax.methods import networks
+
+
+def make_simclr(model, num_classes: int, *, temperature: float,
+                axis_name: Optional[str] = None) -> networks.Method:
+  """SimCLR's init and loss.
+
+  Args:
+    model: the `model` sub-config (see methods/networks.py).
+    num_classes: outputs of the online classifier.
+    temperature: InfoNCE temperature.
+    axis_name: collective axis for cross-replica BN and cross-device
+      negatives, or None on one device.
+
+  Returns:
+    A networks.Method with has_target=False (target trees are {}).
+  """
+  online = networks.make_forward(model, num_classes, with_predictor=False,
+                                 with_classifier=True, axis_name=axis_name)
+
+  def init(rng, images):
+    params, state = online.init(rng, images, is_training=True)
+    return params, state, {}, {}
+
+  def loss(online_params, online_state, target_params, target_state, views,
+           labels):
+    view1, view2 = views
+    out1, online_state = online.apply(online_params, online_state, None, view1,
+                                      is_training=True)
+    out2, online_state = online.apply(online_params, online_state, None, view2,
+                                      is_training=True)
+    contrastive, info = losses.infonce_loss(
+        out1['projection'], out2['projection'], temperature=temperature,
+        axis_name=axis_name)
+    classif, metrics = networks.classifier_and_monitors(out1, labels)
+    metrics.update(loss=contrastive,
+                   contrastive_top1=info['contrastive_top1_acc'])
+    return contrastive + classif, (online_state, target_state,
+                                   jax.lax.stop_gradient(metrics))
+
+  return networks.Method(init=init, loss=loss, has_target=False)

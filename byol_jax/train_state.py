@@ -1,0 +1,187 @@
+"""TrainState, its initialisation, and the update step.
+
+All mutable training state is one pytree. `make_update` returns the pure step
+`update(state, batch, rng) -> (state, metrics)`, written against a collective
+axis name: gradients and metrics are pmean'd over it, BN statistics are
+cross-replica when the model config asks for it, and InfoNCE gathers negatives
+over it. `pmap_update` is the one place that applies jax.pmap (axis 'i', state
+donated); moving to jit/shard_map later touches only it.
+
+Randomness: `state.rng` is a fixed base key. The step's key is
+fold_in(rng, step), and every example's augmentation key is fold_in(step key,
+global example index), where the global index counts across devices (and
+hosts: lax.axis_index is global under multi-controller pmap). So a step's
+result depends only on (seed, step, global batch), not on how the batch is
+split over devices: this is what makes 1-device and 8-device updates equal.
+"""
+
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from byol_jax.methods import networks
+
+AXIS_NAME = 'i'
+# augment_fn(keys [B] of PRNG keys, images [B, H, W, C] in [0, 1], view 1|2)
+#   -> augmented, normalised images [B, H, W, C].
+AugmentFn = Callable[[jax.Array, jax.Array, int], jax.Array]
+
+
+class TrainState(NamedTuple):
+  step: jax.Array  # int32 scalar: number of updates applied.
+  rng: jax.Array  # base PRNG key; per-step keys are derived from it.
+  online_params: Any
+  online_state: Any
+  target_params: Any  # {} for methods without a target network (SimCLR).
+  target_state: Any
+  opt_state: Any
+
+
+def init_train_state(method: networks.Method,
+                     optimizer: optax.GradientTransformation,
+                     rng: jax.Array, sample_images: jax.Array) -> TrainState:
+  """Initialises parameters (target = copy of online) and optimizer state.
+
+  Args:
+    method: from methods.byol.make_byol / methods.simclr.make_simclr.
+    optimizer: from optim.make_optimizer.
+    rng: a PRNG key (the run's seed).
+    sample_images: [B, H, W, C] images fixing the input shape.
+
+  Returns:
+    A TrainState at step 0, unreplicated.
+  """
+  init_rng, base_rng = jax.random.split(rng)
+  params, state, target_params, target_state = method.init(init_rng,
+                                                           sample_images)
+  return TrainState(step=jnp.zeros((), jnp.int32), rng=base_rng,
+                    online_params=params, online_state=state,
+                    target_params=target_params, target_state=target_state,
+                    opt_state=optimizer.init(params))
+
+
+def example_keys(rng: jax.Array, batch_size: int,
+                 axis_name: Optional[str]) -> jax.Array:
+  """One key per example, from its index in the global batch."""
+  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * batch_size
+  index = offset + jnp.arange(batch_size)
+  return jax.vmap(lambda i: jax.random.fold_in(rng, i))(index)
+
+
+def ema_update(target_params, online_params, tau):
+  """target <- tau * target + (1 - tau) * online (BYOL eq. 1), per module.
+
+  Only the modules the target has (encoder, projector) are read from online.
+  """
+  return {
+      name: jax.tree.map(lambda t, o: tau * t + (1. - tau) * o, module,
+                         online_params[name])
+      for name, module in target_params.items()
+  }
+
+
+def make_update(method: networks.Method,
+                optimizer: optax.GradientTransformation, *,
+                learning_rate_fn: Callable[[jax.Array], jax.Array],
+                target_ema_fn: Callable[[jax.Array], jax.Array],
+                augment_fn: AugmentFn,
+                axis_name: Optional[str] = AXIS_NAME):
+  """Builds update(state, batch, rng) -> (state, metrics).
+
+  Args:
+    method: the method's init/loss.
+    optimizer: optax transformation of the online parameters (LARS).
+    learning_rate_fn: step -> lr, for logging (the optimizer holds its own).
+    target_ema_fn: step -> tau (schedules.target_ema).
+    augment_fn: per-example augmentation, see AugmentFn.
+    axis_name: the collective axis the step runs under, or None for a plain
+      single-device (jit) step.
+
+  Returns:
+    The pure update function. batch is a dict with 'view1', 'view2' ([B, H, W,
+    C] float in [0, 1]) and 'label' ([B] int), the local (per-device) part.
+  """
+
+  def update(state: TrainState, batch: Dict[str, jax.Array],
+             rng: jax.Array) -> Tuple[TrainState, Dict[str, jax.Array]]:
+    rng1, rng2 = jax.random.split(rng)
+    batch_size = batch['view1'].shape[0]
+    views = (augment_fn(example_keys(rng1, batch_size, axis_name),
+                        batch['view1'], 1),
+             augment_fn(example_keys(rng2, batch_size, axis_name),
+                        batch['view2'], 2))
+    grad_fn = jax.grad(method.loss, has_aux=True)
+    grads, (online_state, target_state, metrics) = grad_fn(
+        state.online_params, state.online_state, state.target_params,
+        state.target_state, views, batch['label'])
+    if axis_name is not None:
+      grads = jax.lax.pmean(grads, axis_name)
+      metrics = jax.lax.pmean(metrics, axis_name)
+    updates, opt_state = optimizer.update(grads, state.opt_state,
+                                          state.online_params)
+    online_params = optax.apply_updates(state.online_params, updates)
+    tau = target_ema_fn(state.step)
+    # The EMA uses the freshly updated online weights (official code order).
+    target_params = ema_update(state.target_params, online_params, tau)
+    metrics = dict(metrics, learning_rate=learning_rate_fn(state.step),
+                   tau=jnp.asarray(tau, jnp.float32),
+                   grad_norm=optax.tree.norm(grads))
+    new_state = TrainState(step=state.step + 1, rng=state.rng,
+                           online_params=online_params,
+                           online_state=online_state,
+                           target_params=target_params,
+                           target_state=target_state, opt_state=opt_state)
+    return new_state, metrics
+
+  return update
+
+
+def step_rng(state: TrainState) -> jax.Array:
+  return jax.random.fold_in(state.rng, state.step)
+
+
+def pmap_update(update, axis_name: str = AXIS_NAME, devices=None):
+  """The one place pmap is applied: (replicated state, sharded batch).
+
+  Args:
+    update: from make_update with the same axis_name.
+    axis_name: the collective axis.
+    devices: devices to map over (default: all local devices).
+
+  Returns:
+    pmapped fn(state, batch) -> (state, metrics); the state is donated.
+  """
+  def step(state, batch):
+    return update(state, batch, step_rng(state))
+  return jax.pmap(step, axis_name=axis_name, donate_argnums=(0,),
+                  devices=devices)
+
+
+def jit_update(update):
+  """Single-device step (update built with axis_name=None); state donated."""
+  return jax.jit(lambda state, batch: update(state, batch, step_rng(state)),
+                 donate_argnums=(0,))
+
+
+def device_sharding(devices=None) -> jax.sharding.NamedSharding:
+  """Sharding of a [devices, ...] array that pmap consumes without a copy."""
+  devices = devices or jax.local_devices()
+  mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS_NAME,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS_NAME))
+
+
+def replicate(tree, devices=None):
+  """Copies a pytree onto each device (new leading axis = device)."""
+  sharding = device_sharding(devices)
+  n = sharding.mesh.size
+  return jax.tree.map(
+      lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)),
+                               sharding), tree)
+
+
+def unreplicate(tree):
+  """The first device's copy of a replicated pytree."""
+  return jax.tree.map(lambda x: x[0], tree)
