@@ -126,7 +126,7 @@ def make_update(method: networks.Method,
     tau = target_ema_fn(state.step)
     # The EMA uses the freshly updated online weights (official code order).
     target_params = ema_update(state.target_params, online_params, tau)
-    metrics = dict(metrics, learning_rate=learning_rate_fn(state.step),
+    metrics = dict(metrics, lr=learning_rate_fn(state.step),
                    tau=jnp.asarray(tau, jnp.float32),
                    grad_norm=optax.tree.norm(grads))
     new_state = TrainState(step=state.step + 1, rng=state.rng,

@@ -8,7 +8,7 @@ is exactly the online tree restricted to those two components.
 The `model` config fields (see experiments/common.py):
   depth, width_multiplier, stem, zero_init_last, dtype ('float32'|'bfloat16'),
   encoder_norm, projector_norm, predictor_norm (each in layers.NORM_KINDS),
-  gn_groups, encoder_ws, heads_ws, cross_replica_bn,
+  gn_groups, encoder_ws, heads_ws, cross_replica_bn, bn_decay,
   projector_hidden_size, projector_output_size, predictor_hidden_size.
 """
 
@@ -54,7 +54,8 @@ def norm_spec(model, component: str,
               axis_name: Optional[str]) -> layers.NormSpec:
   return layers.NormSpec(
       kind=model[f'{component}_norm'], groups=model.gn_groups,
-      axis_name=axis_name if model.cross_replica_bn else None)
+      axis_name=axis_name if model.cross_replica_bn else None,
+      decay=model.get('bn_decay', layers.BN_DECAY))
 
 
 def make_forward(model, num_classes: int, *, with_predictor: bool,

@@ -1,0 +1,222 @@
+"""The experiment config: its schema, the official presets, and options.
+
+Each experiments/<name>.py is a thin `get_config(arg)` that calls
+`build(arg, ...)` with its variant and then `finalize(config)`. `arg` is the string after the colon in
+`--config=experiments/<name>.py:<arg>`: comma-separated options, e.g.
+`tiny,dataset=digits,epochs=100`. Options common to every config:
+
+  tiny             a CPU-sized model (ResNet-10 at width 1/4, 16 px images),
+                   batch 64 and 300 steps, on the digits by default.
+  dataset=SOURCE   tfds:<name> | folder:<path> | digits | synthetic[:side].
+  epochs=N         pre-training epochs; 40/100/300/1000 also select the
+                   official BYOL presets of lr, weight decay and tau.
+  batch=N          global batch size.
+  steps=N          total pre-training steps (overrides epochs).
+  bf16             compute in bfloat16 (float32 parameters and statistics).
+
+Derived values (steps from epochs, warm-up steps) are computed here, so the
+config printed at start-up is the config that runs.
+"""
+
+import ml_collections
+
+# Official BYOL presets by number of pre-training epochs (byol/configs/byol.py
+# of the official code; BYOL paper Appendix C): base learning rate (for batch
+# 256, scaled linearly), weight decay and base target decay tau.
+LR_PRESETS = {40: 0.45, 100: 0.45, 300: 0.3, 1000: 0.2}
+WD_PRESETS = {40: 1e-6, 100: 1e-6, 300: 1e-6, 1000: 1.5e-6}
+EMA_PRESETS = {40: 0.97, 100: 0.99, 300: 0.99, 1000: 0.996}
+
+# Training-split sizes for sources whose size is known before reading them;
+# other sources are counted at start-up (see byol_jax/experiment.py).
+NUM_TRAIN_EXAMPLES = {
+    'tfds:imagenet2012': 1_281_167,
+    'tfds:cifar10': 50_000,
+    'tfds:cifar100': 50_000,
+    'tfds:stl10': 5_000,
+    'tfds:imagenette': 9_469,
+    'digits': 1_500,
+}
+NUM_CLASSES = {'tfds:imagenet2012': 1000, 'tfds:cifar10': 10,
+               'tfds:cifar100': 100, 'tfds:stl10': 10, 'tfds:imagenette': 10,
+               'digits': 10}
+
+COMMON_OPTIONS = ('tiny', 'dataset', 'epochs', 'batch', 'steps', 'bf16')
+
+
+def parse_options(arg, allowed) -> dict:
+  """'tiny,dataset=digits' -> {'tiny': True, 'dataset': 'digits'}.
+
+  Args:
+    arg: the config string (None or '' for no options).
+    allowed: option names this config accepts.
+
+  Returns:
+    A dict of option name -> string value (True for flags).
+  """
+  options = {}
+  for item in filter(None, (arg or '').split(',')):
+    name, _, value = item.partition('=')
+    name = name.strip()
+    if name not in allowed:
+      raise ValueError(
+          f'unknown config option {name!r} in {arg!r}; this config accepts: '
+          f'{", ".join(sorted(allowed))}.')
+    options[name] = value.strip() if value else True
+  return options
+
+
+def _int_option(options, name):
+  try:
+    return int(options[name])
+  except ValueError:
+    raise ValueError(f'config option {name}={options[name]!r} must be an '
+                     'integer.') from None
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+  """ResNet-50 + BYOL heads, BN everywhere (vanilla BYOL, paper Table 2)."""
+  model = ml_collections.ConfigDict(dict(
+      depth=50,
+      width_multiplier=1.0,
+      stem='imagenet',
+      zero_init_last=True,
+      dtype='float32',
+      encoder_norm='bn',
+      projector_norm='bn',
+      predictor_norm='bn',
+      gn_groups=16,  # paper §3.3.
+      encoder_ws=False,
+      heads_ws=False,
+      cross_replica_bn=True,  # BN statistics over the global batch (official).
+      bn_decay=0.9,  # BN moving-average decay (official bn_config).
+      projector_hidden_size=4096,  # BYOL §3.3: MLP 4096 -> 256.
+      projector_output_size=256,
+      predictor_hidden_size=4096,
+  ))
+  model.update(overrides)
+  return model
+
+
+def build(arg=None, *, method='byol', extra_options=(), model=None,
+          epochs=300, training=None, options=None):
+  """The full experiment config.
+
+  Args:
+    arg: the config string (options).
+    method: 'byol' or 'simclr'.
+    extra_options: option names the calling config accepts besides
+      COMMON_OPTIONS (it applies them itself, from `options`).
+    model: overrides of model_config().
+    epochs: default number of pre-training epochs (selects the presets).
+    training: overrides of the training section, applied after the presets.
+    options: already-parsed options (else parsed from arg).
+
+  Returns:
+    ml_collections.ConfigDict.
+  """
+  if options is None:
+    options = parse_options(arg, COMMON_OPTIONS + tuple(extra_options))
+  if 'epochs' in options:
+    epochs = _int_option(options, 'epochs')
+  preset = epochs if epochs in LR_PRESETS else 300
+  config = ml_collections.ConfigDict()
+  config.mode = 'pretrain'  # or 'linear_eval'
+  config.seed = 0
+  # The paper's ImageNet linear-eval top-1 for this variant (-1: none).
+  config.paper_top1 = -1.
+  config.method = method
+  config.data = ml_collections.ConfigDict(dict(
+      source='tfds:imagenet2012',
+      data_dir='',  # TFDS data_dir ('' for the TFDS default).
+      image_size=224, pretrain_split='pretrain', num_train_examples=-1,
+      num_classes=-1))
+  config.model = model_config(**(model or {}))
+  config.training = ml_collections.ConfigDict(dict(
+      num_epochs=epochs,
+      total_steps=-1,  # derived from num_epochs unless set.
+      max_steps=-1,  # stop (with a checkpoint) before total_steps; -1: don't.
+      global_batch_size=4096,  # BYOL §3.3: 4096 over 512 TPU v3 cores.
+      base_learning_rate=LR_PRESETS[preset],  # x batch / 256 (BYOL §3.3).
+      warmup_epochs=10,  # BYOL §3.3.
+      warmup_steps=-1,  # derived.
+      weight_decay=WD_PRESETS[preset],
+      base_ema=EMA_PRESETS[preset],  # tau_base (BYOL §3.3).
+      temperature=0.1,  # SimCLR InfoNCE temperature (SimCLR, batch 4096).
+      # Paper §3.2: BN-free modified initialisation from one BN forward pass.
+      modified_init=False,
+      modified_init_batch_size=4096,
+  ))
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=1000, every_secs=600, max_to_keep=3))
+  config.logging = ml_collections.ConfigDict(dict(
+      every_steps=50,
+      knn_every_steps=5000,  # kNN monitor on the test split; 0 disables.
+      knn_max_train_examples=10_000,
+  ))
+  # Linear evaluation, the paper's protocol (BYOL Appendix C.1): frozen
+  # encoder, SGD with Nesterov momentum 0.9, no weight decay, cosine lr,
+  # random-resized crop + flip for training, centre crop for testing.
+  config.eval = ml_collections.ConfigDict(dict(
+      after_pretraining=True,
+      pretrain_workdir='',  # mode 'linear_eval': the workdir to evaluate.
+      num_epochs=80,
+      global_batch_size=1024,
+      learning_rate=0.2,  # the paper sweeps {0.4, 0.3, 0.2, 0.1, 0.05}.
+      momentum=0.9,
+      train_split='linear_train',
+      test_split='test',
+      augment=True,  # crop + flip per step; False: features computed once.
+      random_baseline=False,  # also evaluate a randomly initialised encoder.
+  ))
+
+  if options.get('tiny'):
+    apply_tiny(config)
+  if 'dataset' in options:
+    config.data.source = options['dataset']
+  if 'batch' in options:
+    config.training.global_batch_size = _int_option(options, 'batch')
+  if 'steps' in options:
+    config.training.total_steps = _int_option(options, 'steps')
+  if options.get('bf16'):
+    config.model.dtype = 'bfloat16'
+  if training:
+    config.training.update(training)
+  return config
+
+
+def apply_tiny(config) -> None:
+  """CPU-sized model, batch and step count (2-core laptop, minutes)."""
+  config.model.update(dict(depth=10, width_multiplier=0.25, stem='small',
+                           projector_hidden_size=128, projector_output_size=32,
+                           predictor_hidden_size=128))
+  config.data.source = 'digits'
+  config.data.image_size = 16
+  config.training.update(dict(global_batch_size=64, total_steps=300,
+                              warmup_steps=10, modified_init_batch_size=256))
+  config.checkpoint.update(dict(every_steps=100, every_secs=120))
+  config.logging.update(dict(every_steps=10, knn_every_steps=100,
+                             knn_max_train_examples=1500))
+  config.eval.update(dict(num_epochs=20, global_batch_size=256,
+                          learning_rate=0.4))
+
+
+def finalize(config) -> ml_collections.ConfigDict:
+  """Fills the derived fields (steps from epochs) once the dataset is known.
+
+  Called by each get_config for known sources, and again at start-up with
+  the counted size for other sources.
+  """
+  data, training = config.data, config.training
+  if data.num_train_examples < 0 and data.source in NUM_TRAIN_EXAMPLES:
+    data.num_train_examples = NUM_TRAIN_EXAMPLES[data.source]
+  if data.num_classes < 0 and data.source in NUM_CLASSES:
+    data.num_classes = NUM_CLASSES[data.source]
+  steps_per_epoch = max(1, data.num_train_examples //
+                        training.global_batch_size)
+  if training.total_steps < 0 and data.num_train_examples > 0:
+    training.total_steps = training.num_epochs * steps_per_epoch
+  if training.warmup_steps < 0 and data.num_train_examples > 0:
+    training.warmup_steps = min(training.warmup_epochs * steps_per_epoch,
+                                training.total_steps)
+  return config

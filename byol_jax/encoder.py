@@ -1,0 +1,197 @@
+"""The pre-trained encoder of a run: build it, load it, apply it.
+
+Downstream use (README, "Using a pre-trained encoder"):
+
+    from byol_jax.encoder import load_encoder
+    encode = load_encoder('/tmp/byol_quickstart')
+    features = encode(images)   # float [N, H, W, 3] in [0, 1] -> [N, D]
+
+The encoder is the online network's ResNet (the paper evaluates the online
+encoder f_theta, BYOL §3.1 and Appendix C.1; the official eval_experiment.py
+reads `online_params`), run in inference mode: BatchNorm uses its moving
+averages, so a representation depends only on its own image.
+"""
+
+import dataclasses
+import json
+from typing import Any, Callable
+
+from etils import epath
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from byol_jax.data import augment
+from byol_jax.methods import networks
+from byol_jax.models import resnet
+
+CONFIG_FILE = 'config.json'
+CHECKPOINT_DIR = 'checkpoints'
+ENCODER_MODULES = ('encoder',)
+_RUN_HINT = ('run a pre-training first: python -m byol_jax.main '
+             '--config=experiments/quickstart.py --workdir={workdir}')
+
+
+def _encoder_transform(model) -> hk.TransformedWithState:
+  """The encoder alone: the 'encoder' module of networks.make_forward.
+
+  Built on its own (not as make_forward(...)['representation']) so that the
+  projector's parameters are not needed to compute representations. Same
+  constructor arguments and module name, hence the same parameter paths;
+  tests/test_encoder.py checks it against make_forward.
+  """
+  def forward(images, is_training):
+    return resnet.ResNet(
+        model.depth, model.width_multiplier, model.stem,
+        networks.norm_spec(model, 'encoder', None), model.encoder_ws,
+        model.zero_init_last, jnp.dtype(model.dtype), name='encoder')(
+            images, is_training)
+  return hk.transform_with_state(forward)
+
+
+def encoder_apply(config) -> Callable[[Any, Any, jax.Array], jax.Array]:
+  """The frozen encoder as a pure function of (params, state, images).
+
+  Args:
+    config: the experiment config (only `config.model` is read).
+
+  Returns:
+    fn(params, state, images) -> representations float32 [N, D]: images are
+    float [N, H, W, 3] in [0, 1], normalised here with augment.normalize (the
+    ImageNet mean/std the pre-training augmentation ends with); params / state
+    are Haiku trees holding (at least) the 'encoder' modules (others are
+    ignored); BN runs with is_training=False. Pure and jit-able.
+  """
+  networks.validate_model_config(config.model)
+  transformed = _encoder_transform(config.model)
+
+  def apply(params, state, images):
+    out, _ = transformed.apply(
+        networks.restrict(params, ENCODER_MODULES),
+        networks.restrict(state, ENCODER_MODULES), None,
+        augment.normalize(images), is_training=False)
+    return out
+  return apply
+
+
+def init_encoder(config, rng: jax.Array, images: jax.Array):
+  """Fresh encoder (params, state) of config.model (no pre-trained weights)."""
+  return _encoder_transform(config.model).init(
+      rng, augment.normalize(images), is_training=True)
+
+
+@dataclasses.dataclass
+class Pretrained:
+  """A pre-training run's config and online encoder, restored from disk.
+
+  Attributes:
+    config: the run's finalised config (WORKDIR/config.json).
+    params: online encoder parameters (host NumPy, 'encoder/...' modules).
+    state: online encoder state (BN moving averages; {} without BN).
+    step: the restored checkpoint's step.
+    workdir: the run directory.
+  """
+  config: ml_collections.ConfigDict
+  params: Any
+  state: Any
+  step: int
+  workdir: str
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+  """WORKDIR/config.json as a ConfigDict; a clear error when it is missing."""
+  workdir = epath.Path(workdir)
+  path = workdir / CONFIG_FILE
+  if not workdir.exists():
+    raise FileNotFoundError(
+        f'{workdir} does not exist: expected a pre-training workdir holding '
+        f'{CONFIG_FILE} and {CHECKPOINT_DIR}/; ' +
+        _RUN_HINT.format(workdir=workdir))
+  if not path.exists():
+    raise FileNotFoundError(
+        f'{path} not found: {workdir} is not a pre-training workdir (the run '
+        f'writes {CONFIG_FILE} when it starts); ' +
+        _RUN_HINT.format(workdir=workdir))
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def load_pretrained(workdir) -> Pretrained:
+  """Restores the online encoder of the latest checkpoint of a run.
+
+  Multi-host: call it on every host (orbax synchronises the restore).
+
+  Args:
+    workdir: a pre-training run directory (local or gs://).
+
+  Returns:
+    A Pretrained.
+
+  Raises:
+    FileNotFoundError: no config.json or no checkpoint, naming the path and
+      the command that creates them.
+  """
+  # Imported here: checkpointing pulls in orbax, experiment the methods.
+  from byol_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from byol_jax import experiment  # pylint: disable=g-import-not-at-top
+  workdir = epath.Path(workdir)
+  config = load_config(workdir)
+  ckpt_dir = workdir / CHECKPOINT_DIR
+  no_ckpt = FileNotFoundError(
+      f'{ckpt_dir} holds no checkpoint: the pre-training run in {workdir} has '
+      'not saved one yet (it saves every checkpoint.every_steps steps and on '
+      'SIGTERM); resume it with the same --workdir, or ' +
+      _RUN_HINT.format(workdir=workdir))
+  if not ckpt_dir.exists():  # Checkpointer would create it: check first.
+    raise no_ckpt
+  with checkpointing.Checkpointer(ckpt_dir) as ckpt:
+    restored = ckpt.restore_latest(experiment.state_template(config))
+  if restored is None:
+    raise no_ckpt
+  state = restored.state
+  return Pretrained(
+      config=config,
+      params=networks.restrict(state.online_params, ENCODER_MODULES),
+      state=networks.restrict(state.online_state, ENCODER_MODULES),
+      step=int(restored.step), workdir=str(workdir))
+
+
+def load_encoder(workdir) -> Callable[[Any], jax.Array]:
+  """The pre-trained online encoder of a run, as a jitted function of images.
+
+  Example:
+
+    encode = load_encoder('/tmp/byol_quickstart')
+    feats = encode(images)  # images: float [N, H, W, 3] in [0, 1]
+
+  Images should have the run's `data.image_size` side (any side works, the
+  encoder pools globally, but that is what it was trained on). Each distinct
+  N compiles once; feed fixed-size batches for speed.
+
+  Args:
+    workdir: a pre-training run directory (holding config.json and
+      checkpoints/), local or gs://.
+
+  Returns:
+    encode(images) -> jax.Array float32 [N, D] of representations (D = 2048
+    for ResNet-50, times the width multiplier). `encode.pretrained` holds the
+    restored Pretrained (config, params, state, step).
+
+  Raises:
+    FileNotFoundError: the workdir has no config.json or no checkpoint.
+  """
+  pretrained = load_pretrained(workdir)
+  params, state = jax.device_put((pretrained.params, pretrained.state))
+  jitted = jax.jit(encoder_apply(pretrained.config))
+
+  def encode(images) -> jax.Array:
+    if jnp.ndim(images) != 4 or jnp.shape(images)[-1] != 3:
+      raise ValueError(f'images must be [N, H, W, 3] floats in [0, 1]; got '
+                       f'shape {jnp.shape(images)}.')
+    if jnp.issubdtype(jnp.result_type(images), jnp.integer):
+      raise ValueError('images must be floats in [0, 1], got integers; '
+                       'divide uint8 images by 255 first.')
+    return jitted(params, state, images)
+
+  encode.pretrained = pretrained
+  return encode

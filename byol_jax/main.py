@@ -1,0 +1,76 @@
+r"""Entry point: pre-training or linear evaluation, chosen by the config.
+
+    python -m byol_jax.main --config=experiments/gn_ws.py --workdir=/tmp/run
+    python -m byol_jax.main --config=experiments/quickstart.py \
+        --workdir=/tmp/byol_quickstart
+    python -m byol_jax.main --config=experiments/ablation.py:encoder=bn,tiny \
+        --workdir=/tmp/abl --config.training.total_steps=100
+
+Rerunning the same command on a workdir that holds a checkpoint resumes it.
+This is the only module that reads flags.
+"""
+
+import logging as logging_lib
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from byol_jax import experiment
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file, e.g. experiments/gn_ws.py[:opts].',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (local or '
+                               'gs://); holds checkpoints, logs, results.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def run(config, workdir: str) -> dict:
+  """Runs the experiment `config` in `workdir`; returns its summary."""
+  experiment.validate(config, check_steps=False)
+  source = experiment.resolve_dataset(config)
+  experiment.validate(config)
+  logging.info('Config:\n%s', config)
+  logging.info('%d host(s), %d local device(s): %s', jax.process_count(),
+               jax.local_device_count(), jax.local_devices())
+  if config.mode == 'linear_eval':
+    from byol_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
+    return linear_eval.run_linear_eval_from_workdir(config, workdir)
+  from byol_jax import pretrain  # pylint: disable=g-import-not-at-top
+  summary = pretrain.run(config, workdir, source=source)
+  if (config.eval.after_pretraining and not summary['preempted'] and
+      summary['step'] >= config.training.total_steps):
+    from byol_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
+    state = pretrain.load_latest_state(config, workdir)
+    summary['eval'] = linear_eval.run_linear_eval(
+        config, workdir, state.online_params, state.online_state,
+        source=source)
+  return summary
+
+
+class _QuietLibraries(logging_lib.Filter):
+  """Drops INFO records of chatty libraries (orbax logs every save step)."""
+
+  def filter(self, record):
+    return record.levelno >= logging_lib.WARNING or not any(
+        f'/{lib}/' in record.pathname for lib in ('orbax', 'etils'))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  try:
+    run(_CONFIG.value, _WORKDIR.value)
+  except experiment.ConfigError as e:
+    # One clear line, no stack trace: a config problem is the user's to fix.
+    print(f'Config error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)

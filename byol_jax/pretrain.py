@@ -1,0 +1,185 @@
+"""The pre-training loop: data -> pmapped update -> metrics and checkpoints.
+
+Resume is exact: the checkpoint holds the whole TrainState (parameters,
+target, optimizer state, base rng, step), the data stream is a function of
+(seed, step) and restarts at the restored step without decoding the skipped
+batches, and per-step randomness is fold_in(rng, step). A run stopped at step
+k and resumed ends bit-identical (on CPU) to an uninterrupted one.
+
+Failure handling: SIGTERM/SIGINT (preemption) -> checkpoint and clean exit;
+a non-finite loss -> NonFiniteLossError naming the first bad step, and no
+checkpoint of that state is written (the last good one stays).
+"""
+
+import json
+import time
+from typing import Optional
+
+from absl import logging
+from etils import epath
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from byol_jax import checkpointing
+from byol_jax import experiment
+from byol_jax import modified_init
+from byol_jax import train_state as ts
+from byol_jax import writers
+from byol_jax.data import pipeline
+
+
+class NonFiniteLossError(RuntimeError):
+  """Raised when the training loss becomes NaN or infinite."""
+
+
+def write_config(config, workdir: epath.Path) -> None:
+  """Saves the finalised config as WORKDIR/config.json (chief only)."""
+  if jax.process_index() == 0:
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+
+
+def _initial_state(config, method, optimizer, source):
+  """Fresh TrainState (with the modified init of §3.2 when configured)."""
+  rng = jax.random.PRNGKey(config.seed)
+  state = ts.init_train_state(method, optimizer, rng,
+                              experiment.sample_images(config))
+  if config.training.modified_init:
+    # A batch of augmented view-1 images, from its own data seed.
+    batch = next(pipeline.make_pretrain_iterator(
+        source, split=config.data.pretrain_split,
+        global_batch_size=config.training.modified_init_batch_size,
+        image_size=config.data.image_size, seed=config.seed + 1,
+        process_index=0, process_count=1, local_device_count=1))
+    images = batch['view1'][0]
+    keys = ts.example_keys(jax.random.PRNGKey(config.seed + 2),
+                           images.shape[0], None)
+    images = experiment.byol_augment(keys, jnp.asarray(images), 1)
+    state = modified_init.apply_to_state(
+        state, config.model, config.data.num_classes, images,
+        with_predictor=config.method == 'byol')
+    logging.info('Modified init (paper §3.2): calibrated %s on %d images.',
+                 ', '.join(modified_init.calibrated_components(config.model)),
+                 images.shape[0])
+  return state
+
+
+def _first_non_finite(history):
+  for step, metrics in history:
+    if not np.isfinite(metrics['loss']):
+      return step, metrics['loss']
+  return None
+
+
+def run(config, workdir, *, source=None) -> dict:
+  """Pre-trains (or resumes) in `workdir`.
+
+  Args:
+    config: a finalised experiment config (mode 'pretrain').
+    workdir: run directory (local path or gs://); created if needed.
+    source: an already-opened data source (else opened from config.data).
+
+  Returns:
+    {'step': last step, 'preempted': bool, 'metrics': last logged metrics}.
+  """
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  source = source or experiment.resolve_dataset(config)
+  experiment.validate(config)
+  write_config(config, workdir)
+  t = config.training
+  method, optimizer, update = experiment.make_update(config)
+  ckpt = checkpointing.Checkpointer(
+      workdir / 'checkpoints', max_to_keep=config.checkpoint.max_to_keep,
+      save_interval_steps=config.checkpoint.every_steps or None,
+      save_interval_secs=config.checkpoint.every_secs or None)
+  restored = ckpt.restore_latest(experiment.state_template(config))
+  if restored is not None:
+    state = restored.state
+    logging.info('Resumed from %s at step %d.', ckpt.directory, restored.step)
+  else:
+    state = _initial_state(config, method, optimizer, source)
+  step = int(state.step)
+  stop_at = t.total_steps if t.max_steps < 0 else min(t.max_steps,
+                                                      t.total_steps)
+  writer = writers.MetricWriter(workdir, is_chief=jax.process_index() == 0,
+                                total_steps=t.total_steps,
+                                images_per_step=t.global_batch_size)
+  writer.truncate_after(step)
+  data = pipeline.prefetch_to_device(pipeline.make_pretrain_iterator(
+      source, split=config.data.pretrain_split,
+      global_batch_size=t.global_batch_size, image_size=config.data.image_size,
+      seed=config.seed, start_step=step))
+  p_update = ts.pmap_update(update)
+  rstate = ts.replicate(state)
+  del state
+  history, last, preempted = [], {}, False
+
+  def save(step, force=False):
+    if force or ckpt.should_save(step):
+      flush_metrics()  # Never checkpoint a state whose loss is not finite.
+      host = jax.device_get(ts.unreplicate(rstate))
+      ckpt.save(step, host, {'data_step': step, 'time': time.time()},
+                force=True)
+
+  def flush_metrics():
+    nonlocal history, last
+    if not history:
+      return
+    history = [(s, jax.tree.map(lambda x: x[0], m))
+               for s, m in jax.device_get(history)]
+    bad = _first_non_finite(history)
+    if bad is not None:
+      raise NonFiniteLossError(
+          f'loss became {bad[1]} at step {bad[0]}; stopping. The last good '
+          f'checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is '
+          'kept; lower training.base_learning_rate or check the data.')
+    last_step, last = history[-1]
+    last = {k: float(v) for k, v in last.items()}
+    writer.write(last_step, last)
+    writer.console(last_step, last)
+    history = []
+
+  with checkpointing.PreemptionWatcher() as watcher:
+    while step < stop_at:
+      rstate, metrics = p_update(rstate, next(data))
+      step += 1
+      history.append((step, metrics))
+      if step % config.logging.every_steps == 0 or step == stop_at:
+        flush_metrics()
+      if (config.logging.knn_every_steps and
+          step % config.logging.knn_every_steps == 0):
+        flush_metrics()
+        writer.write(step, {'knn_top1': knn_monitor(config, source, rstate)})
+      if watcher.requested:
+        flush_metrics()
+        save(step, force=True)
+        logging.warning('%s received at step %d: checkpoint saved in %s; '
+                        'rerun the same command to resume.',
+                        watcher.signal_name, step, ckpt.directory)
+        preempted = True
+        break
+      save(step, force=step == stop_at)
+  flush_metrics()
+  writer.close()
+  ckpt.close()
+  if jax.process_index() == 0 and not preempted:
+    (workdir / 'pretrain_done.json').write_text(json.dumps(
+        {'step': step, 'total_steps': t.total_steps, 'metrics': last}))
+  return {'step': step, 'preempted': preempted, 'metrics': last}
+
+
+def knn_monitor(config, source, rstate) -> float:
+  """kNN top-1 of the online encoder (frozen, eval mode)."""
+  from byol_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
+  state = ts.unreplicate(rstate)
+  return linear_eval.knn_eval(config, source, state.online_params,
+                              state.online_state)
+
+
+def load_latest_state(config, workdir) -> Optional[ts.TrainState]:
+  """The latest checkpointed TrainState of a workdir, or None."""
+  ckpt = checkpointing.Checkpointer(epath.Path(workdir) / 'checkpoints')
+  restored = ckpt.restore_latest(experiment.state_template(config))
+  ckpt.close()
+  return None if restored is None else restored.state

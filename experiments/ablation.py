@@ -1,0 +1,39 @@
+r"""Table 1: normalisation per component, for BYOL and SimCLR.
+
+Options (besides the common ones): encoder=, projector=, predictor=, each in
+bn | ln | none (default bn), and method=byol|simclr (default byol). `ln` is
+the paper's LayerNorm: normalisation over H, W and C (GroupNorm, one group).
+Table 1's runs are 300-epoch ResNet-50 runs; the config sets paper_top1 to
+-1 here, and the reproduce command holds the table's numbers.
+
+  python -m byol_jax.main \
+      --config=experiments/ablation.py:encoder=bn,projector=none,predictor=none \
+      --workdir=$WORKDIR
+  python -m byol_jax.main \
+      --config=experiments/ablation.py:method=simclr,encoder=ln,tiny \
+      --workdir=/tmp/abl
+"""
+
+from byol_jax import configs
+
+KINDS = ('bn', 'ln', 'none')
+METHODS = ('byol', 'simclr')
+
+
+def get_config(arg=None):
+  options = configs.parse_options(
+      arg, configs.COMMON_OPTIONS + ('encoder', 'projector', 'predictor',
+                                     'method'))
+  norms = {}
+  for component in ('encoder', 'projector', 'predictor'):
+    kind = options.get(component, 'bn')
+    if kind not in KINDS:
+      raise ValueError(f'ablation option {component}={kind!r}: use one of '
+                       f'{", ".join(KINDS)} (paper Table 1).')
+    norms[f'{component}_norm'] = kind
+  method = options.get('method', 'byol')
+  if method not in METHODS:
+    raise ValueError(f'ablation option method={method!r}: use byol or simclr.')
+  config = configs.build(arg, method=method, epochs=300, model=norms,
+                         options=options)
+  return configs.finalize(config)

@@ -1,0 +1,16 @@
+r"""Vanilla BYOL: BatchNorm in encoder, projector and predictor.
+
+Paper Table 2, "BN": 74.3% ImageNet top-1 (linear eval), ResNet-50, 1000
+epochs, batch 4096, LARS, lr 0.2 x B/256, wd 1.5e-6, tau_base 0.996.
+
+  python -m byol_jax.main --config=experiments/byol_bn.py --workdir=$WORKDIR
+  python -m byol_jax.main --config=experiments/byol_bn.py:tiny --workdir=/tmp/bn
+"""
+
+from byol_jax import configs
+
+
+def get_config(arg=None):
+  config = configs.build(arg, epochs=1000)
+  config.paper_top1 = 74.3
+  return configs.finalize(config)

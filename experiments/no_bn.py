@@ -1,0 +1,17 @@
+r"""BYOL with no normalisation anywhere: it collapses.
+
+Paper Table 2, "no normalisation": 0.1% ImageNet top-1. Same recipe as
+byol_bn.py; every norm layer is removed (norm kind 'none').
+
+  python -m byol_jax.main --config=experiments/no_bn.py --workdir=$WORKDIR
+  python -m byol_jax.main --config=experiments/no_bn.py:tiny --workdir=/tmp/nobn
+"""
+
+from byol_jax import configs
+
+
+def get_config(arg=None):
+  config = configs.build(arg, epochs=1000, model=dict(
+      encoder_norm='none', projector_norm='none', predictor_norm='none'))
+  config.paper_top1 = 0.1
+  return configs.finalize(config)
