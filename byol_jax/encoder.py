@@ -13,6 +13,7 @@ averages, so a representation depends only on its own image.
 """
 
 import dataclasses
+import functools
 import json
 from typing import Any, Callable
 
@@ -75,10 +76,41 @@ def encoder_apply(config) -> Callable[[Any, Any, jax.Array], jax.Array]:
   return apply
 
 
-def init_encoder(config, rng: jax.Array, images: jax.Array):
-  """Fresh encoder (params, state) of config.model (no pre-trained weights)."""
-  return _encoder_transform(config.model).init(
-      rng, augment.normalize(images), is_training=True)
+@functools.lru_cache(maxsize=2)
+def _jitted_init(config_json: str):
+  """jit(init_train_state) of a config, cached: compiling the random
+  initialisers is the slow part (about 10 s for the tiny model on CPU)."""
+  from byol_jax import experiment  # pylint: disable=g-import-not-at-top
+  from byol_jax import train_state as ts  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(json.loads(config_json))
+  method, optimizer, _ = experiment.make_update(config, axis_name=None)
+  return jax.jit(functools.partial(ts.init_train_state, method, optimizer))
+
+
+def random_encoder(config):
+  """(params, state) of the encoder at pre-training step 0 for config.seed.
+
+  The same initialisation as pre-training (train_state.init_train_state from
+  PRNGKey(config.seed)), restricted to the encoder, so the random baseline of
+  linear evaluation is the trained encoder's own starting point (before any
+  modified-init calibration, paper §3.2).
+
+  Args:
+    config: the experiment config (method, model, training, data, seed).
+
+  Returns:
+    (params, state) as host NumPy trees of 'encoder/...' modules.
+  """
+  from byol_jax import experiment  # pylint: disable=g-import-not-at-top
+  # Keyed on what the initialisation depends on (not eval/logging fields).
+  key = {k: config[k].to_dict() for k in ('model', 'training', 'data')}
+  init = _jitted_init(json.dumps(dict(key, method=config.method),
+                                 sort_keys=True))
+  state = init(jax.random.PRNGKey(config.seed),
+               experiment.sample_images(config))
+  return jax.device_get(
+      (networks.restrict(state.online_params, ENCODER_MODULES),
+       networks.restrict(state.online_state, ENCODER_MODULES)))
 
 
 @dataclasses.dataclass

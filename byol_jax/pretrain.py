@@ -119,8 +119,16 @@ def run(config, workdir, *, source=None) -> dict:
     if force or ckpt.should_save(step):
       flush_metrics()  # Never checkpoint a state whose loss is not finite.
       host = jax.device_get(ts.unreplicate(rstate))
-      ckpt.save(step, host, {'data_step': step, 'time': time.time()},
-                force=True)
+      try:
+        ckpt.save(step, host, {'data_step': step, 'time': time.time()},
+                  force=True)
+      except checkpointing.NonFiniteStateError as e:
+        # The weights went non-finite in this step's update; its loss (computed
+        # before the update) was still finite.
+        raise NonFiniteLossError(
+            f'the training state became non-finite at step {step}; stopping '
+            f'without saving it. The last good checkpoint (step '
+            f'{ckpt.latest_step()}) in {ckpt.directory} is kept. ({e})') from e
 
   def flush_metrics():
     nonlocal history, last

@@ -11,6 +11,11 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Identical programs (the same tiny config in several tests and in the
+# subprocesses they start) compile once per machine.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', '/tmp/byol_jax_test_jax_cache')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
 
 import pytest  # pylint: disable=g-import-not-at-top
 

@@ -1,0 +1,447 @@
+"""Linear evaluation of a frozen encoder (the paper's protocol) and kNN.
+
+Protocol (BYOL Appendix C.1, used unchanged by Richemond et al. 2020, §3):
+the encoder is frozen and run in inference mode; a linear classifier on its
+representation is trained with SGD + Nesterov momentum 0.9, no weight decay,
+a cosine-decayed learning rate, batch 1024 for 80 epochs, on random-resized
+crops with horizontal flips; top-1 / top-5 are measured on centre crops.
+
+Learning rate: the paper sweeps {0.4, 0.3, 0.2, 0.1, 0.05} without saying
+how it depends on the batch; the official code (byol/eval_experiment.py with
+byol/utils/schedules.learning_schedule) treats the swept value as a base
+rate for batch 256 and uses base * global_batch / 256, with no warm-up. We do
+the same: `config.eval.learning_rate` is the base rate, scaled linearly.
+
+With `config.eval.augment=False` the representation of every training image
+is computed once (centre crop) and the classifier is trained on those: the
+same optimisation without augmentation, orders of magnitude cheaper on CPU.
+
+Multi-host: every host runs the same steps; features are all-gathered, so
+every host computes the same numbers; only process 0 writes files.
+"""
+
+import dataclasses
+import functools
+import json
+from typing import Optional
+
+from absl import logging
+from etils import epath
+import haiku as hk
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+import optax
+
+from byol_jax import encoder as encoder_lib
+from byol_jax import experiment
+from byol_jax import losses
+from byol_jax import train_state as ts
+from byol_jax.data import pipeline
+from byol_jax.data import sources
+from byol_jax.evaluation import monitors
+from byol_jax.models import heads
+from byol_jax.methods import networks
+
+RESULTS_FILE = 'eval_results.json'
+# kNN monitor: k = 20 neighbours, T = 0.07 (monitors.knn_accuracy's defaults:
+# the weighted kNN of Wu et al. 2018 with DINO's k = 20, Caron et al. 2021).
+KNN_K = 20
+KNN_TEMPERATURE = 0.07
+_SUBSET_SEED = 0  # fixed, so kNN numbers are comparable across steps/runs.
+
+encoder_apply = encoder_lib.encoder_apply  # fn(params, state, images) -> [N, D]
+
+
+def _check_eval_config(config, source, num_devices: int) -> None:
+  """Raises ValueError naming the first bad `eval.*` field."""
+  e = config.eval
+  devices = jax.process_count() * num_devices
+  if e.global_batch_size <= 0 or e.global_batch_size % devices:
+    raise ValueError(
+        f'eval.global_batch_size={e.global_batch_size} does not divide over '
+        f'{jax.process_count()} host(s) x {num_devices} device(s); use a '
+        f'multiple of {devices}.')
+  if e.num_epochs < 1:
+    raise ValueError(f'eval.num_epochs={e.num_epochs} must be >= 1.')
+  if e.learning_rate <= 0:
+    raise ValueError(f'eval.learning_rate={e.learning_rate} must be > 0.')
+  if not 0 <= e.momentum < 1:
+    raise ValueError(f'eval.momentum={e.momentum} must be in [0, 1).')
+  for field in ('train_split', 'test_split'):
+    if not source.has_split(e[field]):
+      raise ValueError(f'eval.{field}={e[field]!r} is not a split of '
+                       f'{source.name}; use a logical split (linear_train, '
+                       'linear_valid, test) or one of its own split names.')
+
+
+def _num_classes(config, source) -> int:
+  n = config.data.get('num_classes', -1)
+  return n if n and n > 0 else source.num_classes
+
+
+# ------------------------------------------------------------- features
+@functools.lru_cache(maxsize=8)
+def _pmapped_encoder(model_json: str, devices: Optional[tuple]):
+  """pmapped encoder_apply, cached so monitors do not recompile each call."""
+  config = ml_collections.ConfigDict({'model': json.loads(model_json)})
+  return jax.pmap(encoder_apply(config), devices=devices)
+
+
+def _subset_indices(n: int, max_examples: Optional[int]) -> np.ndarray:
+  """A fixed random subset (sorted) of range(n), or all of it."""
+  if max_examples is None or max_examples >= n:
+    return np.arange(n)
+  rng = np.random.default_rng(_SUBSET_SEED)
+  return np.sort(rng.choice(n, max_examples, replace=False))
+
+
+def _limit(source, split: str, max_examples: Optional[int]):
+  """(source, split, max_batches) reading about max_examples of split.
+
+  Image folders are sorted by class, so the first N images would hold only a
+  few classes: for in-memory and folder sources we read a fixed random subset
+  instead. TFDS files are shuffled when prepared, so for them reading stops
+  after enough batches.
+  """
+  if max_examples is None or max_examples >= source.num_examples(split):
+    return source, split, None
+  if isinstance(source, (sources.InMemorySource, sources.FolderSource)):
+    raw = source.resolve_split(split)
+    idx = _subset_indices(source.num_examples(split), max_examples)
+    field = 'images' if isinstance(source, sources.InMemorySource) else 'files'
+    data = getattr(source, field)
+    return dataclasses.replace(
+        source, **{field: {**data, raw: data[raw][idx]},
+                   'labels': {**source.labels, raw: source.labels[raw][idx]}}
+    ), raw, None
+  return source, split, max_examples
+
+
+def extract_features(config, source, params, state, *, split: str,
+                     max_examples: Optional[int] = None, devices=None):
+  """Representations of one pass over `split` (centre crops, frozen encoder).
+
+  Args:
+    config: the experiment config (model, data.image_size,
+      eval.global_batch_size are read).
+    source: a data source (sources.get_source).
+    params: unreplicated encoder params (trees with other modules are fine).
+    state: unreplicated encoder state (BN moving averages).
+    split: logical or raw split name.
+    max_examples: read at most this many examples: a fixed random subset for
+      in-memory / folder sources, the first ones for TFDS.
+    devices: local devices to pmap over (default: all; must be all of them
+      on multi-host runs).
+
+  Returns:
+    (features float32 [N, D], labels int32 [N]) as NumPy, padding dropped;
+    on multi-host runs gathered from every host.
+  """
+  local = list(devices or jax.local_devices())
+  gb = config.eval.global_batch_size
+  source, split, max_examples = _limit(source, split, max_examples)
+  it = pipeline.make_eval_iterator(
+      source, split=split, global_batch_size=gb,
+      image_size=config.data.image_size, local_device_count=len(local))
+  num_batches = pipeline.num_eval_batches(source.num_examples(split), gb)
+  if max_examples is not None:
+    num_batches = min(num_batches, -(-max_examples // gb))
+  fn = _pmapped_encoder(config.model.to_json(),
+                        None if devices is None else tuple(local))
+  rparams = ts.replicate(networks.restrict(params, ('encoder',)), local)
+  rstate = ts.replicate(networks.restrict(state, ('encoder',)), local)
+  feats, labels, masks = [], [], []
+  for _, batch in zip(range(num_batches),
+                      pipeline.prefetch_to_device(it, devices=local)):
+    out = fn(rparams, rstate, batch['image'])
+    feats.append(np.asarray(out).reshape(-1, out.shape[-1]))
+    labels.append(np.asarray(batch['label']).reshape(-1))
+    masks.append(np.asarray(batch['mask']).reshape(-1))
+  feats, labels, masks = (np.concatenate(x) for x in (feats, labels, masks))
+  if jax.process_count() > 1:
+    feats, labels, masks = (
+        np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        for x in (feats, labels, masks))
+  feats, labels = feats[masks], labels[masks]
+  if max_examples is not None:
+    feats, labels = feats[:max_examples], labels[:max_examples]
+  return feats.astype(np.float32), labels.astype(np.int32)
+
+
+def _knn(config, num_classes, train, test) -> float:
+  feats, labels = train
+  idx = _subset_indices(len(labels), config.logging.knn_max_train_examples)
+  return monitors.knn_accuracy(
+      feats[idx], labels[idx], test[0], test[1], num_classes=num_classes,
+      k=min(KNN_K, len(idx)), temperature=KNN_TEMPERATURE)
+
+
+def knn_eval(config, source, params, state, *, devices=None) -> float:
+  """Weighted kNN top-1 of the frozen encoder (a cheap training monitor).
+
+  Reference set: up to config.logging.knn_max_train_examples images of the
+  'linear_train' split (a fixed subset); queries: config.eval.test_split;
+  centre crops; k = KNN_K, T = KNN_TEMPERATURE (see monitors.knn_accuracy).
+
+  Args:
+    config: the experiment config.
+    source: the data source.
+    params: unreplicated online params (only 'encoder' modules are used).
+    state: unreplicated online state.
+    devices: local devices to pmap over (default: all).
+
+  Returns:
+    Accuracy in [0, 1].
+  """
+  train = extract_features(
+      config, source, params, state, split='linear_train',
+      max_examples=config.logging.knn_max_train_examples, devices=devices)
+  test = extract_features(config, source, params, state,
+                          split=config.eval.test_split, devices=devices)
+  return _knn(config, _num_classes(config, source), train, test)
+
+
+# --------------------------------------------------------- linear probe
+def _classifier(num_classes: int) -> hk.Transformed:
+  return hk.without_apply_rng(hk.transform(
+      lambda x: heads.LinearClassifier(num_classes, zero_init=True)(x)))
+
+
+def make_loss(config, num_classes: int, *, encode: bool):
+  """The probe's loss(clf_params, enc_params, enc_state, inputs, labels).
+
+  Args:
+    config: the experiment config.
+    num_classes: classifier outputs.
+    encode: inputs are images in [0, 1] passed through the frozen encoder
+      (augmented training); else inputs are precomputed features.
+
+  Returns:
+    loss(...) -> (mean cross-entropy, logits). Its gradient with respect to
+    the encoder arguments is zero: the representation is stop-gradient'ed.
+  """
+  classifier = _classifier(num_classes)
+  enc = encoder_apply(config) if encode else None
+
+  def loss(clf_params, enc_params, enc_state, inputs, labels):
+    feats = enc(enc_params, enc_state, inputs) if encode else inputs
+    # Frozen encoder (BYOL App. C.1): nothing flows back into it.
+    pass
+    logits = classifier.apply(clf_params, feats)
+    return losses.softmax_cross_entropy(logits, labels), logits
+  return loss
+
+
+def make_train_step(loss_fn, optimizer: optax.GradientTransformation,
+                    axis_name: Optional[str] = ts.AXIS_NAME):
+  """step(clf_params, opt_state, enc_params, enc_state, inputs, labels).
+
+  Differentiates only the classifier parameters; gradients are pmean'd over
+  axis_name (the mean over the global batch, as the official psum of
+  loss / num_devices). Returns (clf_params, opt_state, metrics).
+  """
+  def step(clf_params, opt_state, enc_params, enc_state, inputs, labels):
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        clf_params, enc_params, enc_state, inputs, labels)
+    metrics = {'loss': loss,
+               'top1': losses.topk_correct(logits, labels, 1).mean()}
+    if axis_name is not None:
+      grads = jax.lax.pmean(grads, axis_name)
+      metrics = jax.lax.pmean(metrics, axis_name)
+    updates, opt_state = optimizer.update(grads, opt_state, clf_params)
+    return optax.apply_updates(clf_params, updates), opt_state, metrics
+  return step
+
+
+def _feature_batches(feats, labels, host_batch, ndev, seed):
+  """Infinite per-epoch-shuffled batches of precomputed features."""
+  n = len(labels)
+  step = 0
+  perms = {}
+  while True:
+    pos = step * host_batch + np.arange(host_batch)
+    idx = np.empty_like(pos)
+    for e in np.unique(pos // n):
+      if e not in perms:
+        perms = {e: np.random.default_rng([seed, int(e)]).permutation(n)}
+      sel = pos // n == e
+      idx[sel] = perms[e][pos[sel] % n]
+    yield {'image': feats[idx].reshape(ndev, -1, feats.shape[-1]),
+           'label': labels[idx].reshape(ndev, -1)}
+    step += 1
+
+
+def _probe(config, source, params, state, num_classes, devices):
+  """Trains and tests a linear probe on one encoder; returns its numbers."""
+  e = config.eval
+  local = list(devices or jax.local_devices())
+  gb = e.global_batch_size
+  num_train = source.num_examples(e.train_split)
+  steps = e.num_epochs * max(1, num_train // gb)
+  # Official schedules.learning_schedule: base lr * batch / 256, cosine decay
+  # to 0 over all steps, no warm-up (configs/eval.py: warmup_steps=0).
+  peak_lr = e.learning_rate * gb / 256.
+  schedule = optax.cosine_decay_schedule(peak_lr, steps)
+  optimizer = optax.sgd(schedule, momentum=e.momentum, nesterov=True)
+  params = networks.restrict(params, ('encoder',))
+  state = networks.restrict(state, ('encoder',))
+
+  test = extract_features(config, source, params, state, split=e.test_split,
+                          devices=devices)
+  if e.augment:
+    train = extract_features(config, source, params, state,
+                             split=e.train_split,
+                             max_examples=config.logging.knn_max_train_examples,
+                             devices=devices)
+    it = pipeline.make_supervised_iterator(
+        source, split=e.train_split, global_batch_size=gb,
+        image_size=config.data.image_size, seed=config.seed,
+        local_device_count=len(local))
+    enc_args = (params, state)
+  else:
+    train = extract_features(config, source, params, state,
+                             split=e.train_split, devices=devices)
+    shard = slice(jax.process_index(), None, jax.process_count())
+    it = _feature_batches(train[0][shard], train[1][shard],
+                          gb // jax.process_count(), len(local), config.seed)
+    enc_args = ({}, {})
+  dim = test[0].shape[-1]
+  classifier = _classifier(num_classes)
+  clf_params = classifier.init(jax.random.PRNGKey(config.seed),
+                               np.zeros((1, dim), np.float32))
+  opt_state = optimizer.init(clf_params)
+  step_fn = jax.pmap(
+      make_train_step(make_loss(config, num_classes, encode=e.augment),
+                      optimizer),
+      axis_name=ts.AXIS_NAME, devices=devices, donate_argnums=(0, 1))
+  rclf, ropt = ts.replicate((clf_params, opt_state), local)
+  renc = ts.replicate(enc_args, local)
+  log_every = max(1, steps // 10)
+  for i, batch in zip(range(steps),
+                      pipeline.prefetch_to_device(it, devices=local)):
+    rclf, ropt, metrics = step_fn(rclf, ropt, *renc, batch['image'],
+                                  batch['label'])
+    if (i + 1) % log_every == 0 or i + 1 == steps:
+      m = jax.device_get(ts.unreplicate(metrics))
+      logging.info('linear eval step %d/%d: loss %.4f, batch top-1 %.3f, '
+                   'lr %.3g', i + 1, steps, m['loss'], m['top1'],
+                   schedule(i))
+  clf_params = jax.device_get(ts.unreplicate(rclf))
+  logits = jax.jit(classifier.apply)(clf_params, test[0])
+  top5 = min(5, num_classes)
+  return {
+      'top1': float(losses.topk_correct(logits, test[1], 1).mean()),
+      'top5': float(losses.topk_correct(logits, test[1], top5).mean()),
+      'knn_top1': _knn(config, num_classes, train, test),
+      'num_train': int(num_train), 'num_test': int(len(test[1])),
+      'epochs': int(e.num_epochs), 'steps': int(steps),
+      'learning_rate': float(peak_lr), 'global_batch_size': int(gb),
+      'augment': bool(e.augment),
+  }
+
+
+def _percent(x):
+  return f'{100. * x:.2f}%'
+
+
+def run_linear_eval(config, workdir, params, state, *, source=None,
+                    tag: str = '', devices=None,
+                    extra: Optional[dict] = None) -> dict:
+  """Linear evaluation of a frozen encoder; writes WORKDIR/eval_results.json.
+
+  Args:
+    config: the experiment config (its `eval` section, `model`, `data`).
+    workdir: where eval_results.json goes (local or gs://).
+    params: unreplicated online params (only 'encoder/...' modules are used).
+    state: unreplicated online state (BN moving averages).
+    source: the data source (default: opened from config.data).
+    tag: free-form label stored in the results.
+    devices: local devices to pmap over (default: all; tests use fewer).
+    extra: more JSON-able entries for the results (e.g. checkpoint step).
+
+  Returns:
+    {'top1', 'top5', 'knn_top1', 'num_train', 'num_test', 'epochs', 'steps',
+    'tag', ...}, accuracies in [0, 1] (top5: top-min(5, classes)); with
+    config.eval.random_baseline also 'random_init': the same numbers for a
+    randomly initialised encoder of the same architecture.
+  """
+  if source is None:
+    source = experiment.resolve_dataset(config)
+  local = list(devices or jax.local_devices())
+  _check_eval_config(config, source, len(local))
+  num_classes = _num_classes(config, source)
+  results = _probe(config, source, params, state, num_classes, devices)
+  results.update(tag=tag, **(extra or {}))
+  logging.info('Linear eval%s: top-1 %s, top-%d %s, kNN top-1 %s (%d train / '
+               '%d test images, %d steps)', f' [{tag}]' if tag else '',
+               _percent(results['top1']), min(5, num_classes),
+               _percent(results['top5']), _percent(results['knn_top1']),
+               results['num_train'], results['num_test'], results['steps'])
+  if config.eval.random_baseline:
+    rparams, rstate = encoder_lib.random_encoder(config)
+    results['random_init'] = _probe(config, source, rparams, rstate,
+                                    num_classes, devices)
+    logging.info('trained encoder top-1 %s vs random encoder top-1 %s',
+                 _percent(results['top1']),
+                 _percent(results['random_init']['top1']))
+  if jax.process_index() == 0:
+    path = epath.Path(workdir) / RESULTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / (RESULTS_FILE + '.tmp')
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(path)  # readers never see a half-written file
+    logging.info('Wrote %s', path)
+  return results
+
+
+def eval_config_for(config, pretrained_config) -> ml_collections.ConfigDict:
+  """The config a 'linear_eval' run evaluates with.
+
+  model, method, training: from the pre-training run (the checkpoint's
+  architecture; never overridden). eval, logging, seed: from `config`.
+  data: from `config` when config.data.source is set, else the run's.
+  """
+  merged = ml_collections.ConfigDict(pretrained_config.to_dict())
+  merged.mode = 'linear_eval'
+  merged.seed = config.seed
+  merged.eval = ml_collections.ConfigDict(config.eval.to_dict())
+  merged.logging = ml_collections.ConfigDict(config.logging.to_dict())
+  if config.data.source:
+    merged.data = ml_collections.ConfigDict(config.data.to_dict())
+    old = pretrained_config.data
+    if (config.data.source, config.data.image_size) != (old.source,
+                                                        old.image_size):
+      logging.warning(
+          'Evaluating on %s at %dpx an encoder pre-trained on %s at %dpx.',
+          config.data.source, config.data.image_size, old.source,
+          old.image_size)
+  return merged
+
+
+def run_linear_eval_from_workdir(config, workdir) -> dict:
+  """Mode 'linear_eval': evaluates config.eval.pretrain_workdir's encoder.
+
+  Loads the run's config.json and latest checkpoint (load_pretrained), merges
+  configs with eval_config_for, and writes eval_results.json into `workdir`.
+
+  Args:
+    config: the linear-evaluation config.
+    workdir: output directory (may be the pre-training workdir itself).
+
+  Returns:
+    The results dict of run_linear_eval (plus 'pretrain_workdir' and
+    'checkpoint_step').
+  """
+  if not config.eval.pretrain_workdir:
+    raise ValueError(
+        'eval.pretrain_workdir is empty: set it to the pre-training run to '
+        'evaluate, e.g. --config.eval.pretrain_workdir=/tmp/byol_quickstart.')
+  pretrained = encoder_lib.load_pretrained(config.eval.pretrain_workdir)
+  merged = eval_config_for(config, pretrained.config)
+  source = experiment.resolve_dataset(merged)
+  return run_linear_eval(
+      merged, workdir, pretrained.params, pretrained.state, source=source,
+      extra={'pretrain_workdir': pretrained.workdir,
+             'checkpoint_step': pretrained.step})

@@ -1,0 +1,51 @@
+"""Modified init (paper §3.2): the BN-free network reproduces BN at init."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from byol_jax import configs
+from byol_jax import modified_init
+from byol_jax.methods import networks
+
+
+def _affine_model():
+  model = configs.model_config(
+      depth=10, width_multiplier=0.25, stem='small', encoder_norm='affine',
+      projector_norm='affine', predictor_norm='affine',
+      projector_hidden_size=32, projector_output_size=16,
+      predictor_hidden_size=32)
+  return model
+
+
+def test_calibrated_network_equals_bn_network_on_the_calibration_batch():
+  model = _affine_model()
+  forward = networks.make_forward(model, 10, with_predictor=True,
+                                  with_classifier=True)
+  images = 2. * jax.random.normal(jax.random.PRNGKey(1), (32, 16, 16, 3)) + 1
+  params, state = forward.init(jax.random.PRNGKey(0), images, True)
+  assert state == {}  # no layer of the affine network keeps statistics.
+  calibrated = modified_init.calibrate(model, 10, params, images)
+  out, new_state = jax.jit(lambda p: forward.apply(p, state, None, images,
+                                                   True))(calibrated)
+  assert new_state == {}
+  ref = modified_init.reference_outputs(model, 10, params, images)
+  for key in ('representation', 'projection', 'prediction'):
+    scale = float(jnp.max(jnp.abs(ref[key])))
+    assert scale > 1e-3
+    np.testing.assert_allclose(out[key], ref[key], atol=2e-4 * scale,
+                               rtol=1e-3)
+  # ... and it differs from the uncalibrated affine network (identity norms).
+  raw, _ = forward.apply(params, state, None, images, True)
+  assert float(jnp.max(jnp.abs(raw['projection'] - ref['projection']))) > 1e-2
+  # gamma0 = 0 for the last norm of each block: its calibrated scale stays 0;
+  # gamma0 = 1 elsewhere: scale = 1/std > 0, and beta = -mean * gamma.
+  last = calibrated['encoder/stage1_block0/norm_1']
+  np.testing.assert_array_equal(last['scale'], 0.)
+  first = calibrated['encoder/stage1_block0/norm_0']
+  assert np.all(first['scale'] > 0)
+  assert not np.allclose(first['offset'], 0.)
+  # Only affine layers changed: every convolution is untouched.
+  for name in params:
+    if 'conv' in name or 'linear' in name:
+      np.testing.assert_array_equal(calibrated[name]['w'], params[name]['w'])
