@@ -63,8 +63,9 @@ def test_encoder_matches_make_forward_representation(saved):
   x = images()
   shapes, _ = jax.eval_shape(
       lambda: forward.init(jax.random.PRNGKey(0), x, is_training=True))
-  enc_shapes, _ = jax.eval_shape(lambda: encoder._encoder_transform(  # pylint: disable=protected-access
-      config.model).init(jax.random.PRNGKey(0), x, is_training=True))
+  transform = encoder._encoder_transform(config.model)  # pylint: disable=protected-access
+  enc_shapes, _ = jax.eval_shape(
+      lambda: transform.init(jax.random.PRNGKey(0), x, is_training=True))
   assert (jax.tree.map(lambda s: s.shape, enc_shapes) == jax.tree.map(
       lambda s: s.shape, networks.restrict(shapes, ('encoder',))))
   # Full online trees (with projector/predictor/classifier): extra modules
@@ -134,3 +135,20 @@ def test_linear_eval_mode_uses_the_pretrained_model(saved, tmp_path):
   config.eval.pretrain_workdir = ''
   with pytest.raises(ValueError, match='eval.pretrain_workdir is empty'):
     linear_eval.run_linear_eval_from_workdir(config, str(tmp_path))
+
+
+def test_random_encoder_is_a_function_of_the_seed():
+  config = tiny_config()
+  params, state = encoder.random_encoder(config)
+  assert set(params) == set(networks.restrict(params, ('encoder',)))
+  config.eval.num_epochs = 3  # eval settings do not change the init
+  again, _ = encoder.random_encoder(config)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(a, b)
+  config.seed = 1
+  other, _ = encoder.random_encoder(config)
+  assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(params),
+                                             jax.tree.leaves(other)))
+  assert jax.tree.structure(state) == jax.tree.structure(
+      networks.restrict(experiment.state_template(config).online_state,
+                        ('encoder',)))

@@ -90,8 +90,8 @@ def _pmapped_encoder(model_json: str, devices: Optional[tuple]):
 
 
 def _subset_indices(n: int, max_examples: Optional[int]) -> np.ndarray:
-  """A fixed random subset (sorted) of range(n), or all of it."""
-  if max_examples is None or max_examples >= n:
+  """A fixed random subset (sorted) of range(n); all of it for None / <= 0."""
+  if max_examples is None or max_examples <= 0 or max_examples >= n:
     return np.arange(n)
   rng = np.random.default_rng(_SUBSET_SEED)
   return np.sort(rng.choice(n, max_examples, replace=False))
@@ -105,7 +105,8 @@ def _limit(source, split: str, max_examples: Optional[int]):
   instead. TFDS files are shuffled when prepared, so for them reading stops
   after enough batches.
   """
-  if max_examples is None or max_examples >= source.num_examples(split):
+  if (max_examples is None or max_examples <= 0 or
+      max_examples >= source.num_examples(split)):
     return source, split, None
   if isinstance(source, (sources.InMemorySource, sources.FolderSource)):
     raw = source.resolve_split(split)
@@ -228,7 +229,7 @@ def make_loss(config, num_classes: int, *, encode: bool):
   def loss(clf_params, enc_params, enc_state, inputs, labels):
     feats = enc(enc_params, enc_state, inputs) if encode else inputs
     # Frozen encoder (BYOL App. C.1): nothing flows back into it.
-    pass
+    feats = jax.lax.stop_gradient(feats)
     logits = classifier.apply(clf_params, feats)
     return losses.softmax_cross_entropy(logits, labels), logits
   return loss

@@ -135,7 +135,8 @@ def test_extract_features_subset_matches_full_pass(setup):
   np.testing.assert_array_equal(labels, source.labels['test'])
   sub_feats, sub_labels = linear_eval.extract_features(
       config, source, params, state, split='test', max_examples=100)
-  idx = linear_eval._subset_indices(297, 100)  # pylint: disable=protected-access
+  idx = linear_eval._subset_indices(  # pylint: disable=protected-access
+      297, 100)
   assert len(np.unique(idx)) == 100
   np.testing.assert_array_equal(sub_labels, labels[idx])
   np.testing.assert_allclose(sub_feats, feats[idx], rtol=1e-5, atol=1e-6)
