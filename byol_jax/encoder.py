@@ -25,7 +25,6 @@ import ml_collections
 
 from byol_jax.data import augment
 from byol_jax.methods import networks
-from byol_jax.models import resnet
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
@@ -35,20 +34,14 @@ _RUN_HINT = ('run a pre-training first: python -m byol_jax.main '
 
 
 def _encoder_transform(model) -> hk.TransformedWithState:
-  """The encoder alone: the 'encoder' module of networks.make_forward.
+  """The encoder alone (networks.make_encoder, as in networks.make_forward).
 
-  Built on its own (not as make_forward(...)['representation']) so that the
-  projector's parameters are not needed to compute representations. Same
-  constructor arguments and module name, hence the same parameter paths;
-  tests/test_encoder.py checks it against make_forward.
+  Built on its own so that the projector's parameters are not needed to
+  compute representations; same module, hence the same parameter paths.
   """
-  def forward(images, is_training):
-    return resnet.ResNet(
-        model.depth, model.width_multiplier, model.stem,
-        networks.norm_spec(model, 'encoder', None), model.encoder_ws,
-        model.zero_init_last, jnp.dtype(model.dtype), name='encoder')(
-            images, is_training)
-  return hk.transform_with_state(forward)
+  return hk.transform_with_state(
+      lambda images, is_training: networks.make_encoder(model)(images,
+                                                               is_training))
 
 
 def encoder_apply(config) -> Callable[[Any, Any, jax.Array], jax.Array]:

@@ -10,10 +10,8 @@ The model and data come from the pre-training run's config.json.
       --workdir=/path/to/eval_workdir
 """
 
-import json
-import pathlib
-
 from byol_jax import configs
+from byol_jax import encoder
 
 
 def get_config(arg=None):
@@ -24,12 +22,8 @@ def get_config(arg=None):
   config.eval.pretrain_workdir = pretrain
   if pretrain:
     # The pre-training run's model and data describe the encoder to load.
-    saved = pathlib.Path(pretrain) / 'config.json'
-    if not saved.exists():
-      raise ValueError(f'linear_eval option pretrain={pretrain!r}: no '
-                       f'{saved}; pass the --workdir of a pre-training run.')
-    run = json.loads(saved.read_text())
-    config.model.update(run['model'])
-    config.data.update(run['data'])
-    config.seed = run['seed']
+    run = encoder.load_config(pretrain)  # clear error when it is missing.
+    config.model.update(run.model)
+    config.data.update(run.data)
+    config.seed = run.seed
   return configs.finalize(config)

@@ -58,6 +58,18 @@ def norm_spec(model, component: str,
       decay=model.get('bn_decay', layers.BN_DECAY))
 
 
+def make_encoder(model, axis_name: Optional[str] = None) -> resnet.ResNet:
+  """The encoder module ('encoder') described by the `model` config.
+
+  Call inside a Haiku transform; used by make_forward and by encoder.py, so
+  the two always build the same network with the same parameter paths.
+  """
+  return resnet.ResNet(
+      model.depth, model.width_multiplier, model.stem,
+      norm_spec(model, 'encoder', axis_name), model.encoder_ws,
+      model.zero_init_last, _DTYPES[model.dtype], name='encoder')
+
+
 def make_forward(model, num_classes: int, *, with_predictor: bool,
                  with_classifier: bool, axis_name: Optional[str] = None
                  ) -> hk.TransformedWithState:
@@ -79,10 +91,7 @@ def make_forward(model, num_classes: int, *, with_predictor: bool,
 
   def forward(images, is_training):
     out = {}
-    out['representation'] = resnet.ResNet(
-        model.depth, model.width_multiplier, model.stem,
-        norm_spec(model, 'encoder', axis_name), model.encoder_ws,
-        model.zero_init_last, dtype, name='encoder')(images, is_training)
+    out['representation'] = make_encoder(model, axis_name)(images, is_training)
     out['projection'] = heads.MLP(
         model.projector_hidden_size, model.projector_output_size,
         norm_spec(model, 'projector', axis_name), model.heads_ws, dtype,

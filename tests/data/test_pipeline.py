@@ -10,6 +10,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from byol_jax.data import crops
 from byol_jax.data import pipeline
 from byol_jax.data import sources
 
@@ -246,8 +247,8 @@ def test_resume_far_ahead_skips_without_decoding(ids_folder, monkeypatch):
   assert time.perf_counter() - start < 10
   assert batch['view1'].shape == (1, 8, 8, 8, 3)
   calls = []
-  original = pipeline._np_crop_resize
-  monkeypatch.setattr(pipeline, '_np_crop_resize',
+  original = crops.np_crop_resize
+  monkeypatch.setattr(crops, 'np_crop_resize',
                       lambda *a, **k: calls.append(1) or original(*a, **k))
   next(pipeline.make_pretrain_iterator(
       _ids_source(), split='train', global_batch_size=8, image_size=8,
@@ -287,16 +288,16 @@ def test_eval_center_crop_numpy_matches_tf(tmp_path):
   assert np.abs(a - b).mean() < 2e-3  # same crop, same bicubic kernel
   # The crop is the central 56 of 64 pixels (224/256): a 32px resize of it
   # differs from a resize of the whole image.
-  whole = pipeline._np_crop_resize(
+  whole = crops.np_crop_resize(
       src.images['test'][:8] / 255., (0, 0, 64, 64), 32)
   assert np.abs(a - whole).mean() > 0.05
 
 
 def test_crop_sampler_numpy_equals_tf_and_distribution():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  u = np.random.default_rng(0).random((4000, pipeline._NUM_U))
-  box_np = pipeline._sample_crop(np, u, 375, 500)
-  box_tf = pipeline._sample_crop(pipeline._TfOps(tf), tf.constant(u), 375, 500)
+  u = np.random.default_rng(0).random((4000, crops.NUM_U))
+  box_np = crops.sample_crop(np, u, 375, 500)
+  box_tf = crops.sample_crop(crops.TfOps(tf), tf.constant(u), 375, 500)
   for a, b in zip(box_np, box_tf):
     np.testing.assert_array_equal(a, b.numpy())
   y0, x0, h, w = box_np
@@ -310,10 +311,10 @@ def test_crop_sampler_numpy_equals_tf_and_distribution():
   assert np.abs(np.log(w / h)).max() < np.log(4 / 3) + 0.02
   # Log-uniform ratio: on a square image, as many crops wider than tall as
   # taller than wide (on the 4:3 image wide ones fit more often).
-  _, _, h, w = pipeline._sample_crop(np, u, 400, 400)
+  _, _, h, w = crops.sample_crop(np, u, 400, 400)
   assert abs((w > h).mean() - (w < h).mean()) < 0.05
   # A 10x1000 strip never fits a 3/4..4/3 crop: fallback, still inside.
-  y0, x0, h, w = pipeline._sample_crop(np, u[:50], 10, 1000)
+  y0, x0, h, w = crops.sample_crop(np, u[:50], 10, 1000)
   assert (h == 10).all() and (w == 13).all() and (x0 + w <= 1000).all()
 
 

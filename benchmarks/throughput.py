@@ -1,0 +1,472 @@
+r"""Training-step throughput, FLOPs, MFU and memory of the pmapped update.
+
+For each row (method x normalisation x per-device batch x dtype) the update
+that training runs (`experiment.make_update`: augmentation of both views,
+forward, backward, pmean, LARS, target EMA) is compiled ahead of time and
+timed on device-resident synthetic batches, so the input pipeline is excluded
+(benchmarks/input_pipeline.py measures it) and the augmentation included.
+Reported per row:
+
+  * images_per_sec = global batch / median step time; step time median and
+    p10/p90 over `--steps` steps, each ended by block_until_ready, after
+    `--warmup` untimed steps;
+  * compile_time_s: lowering + XLA compilation of the step (AOT), with the
+    persistent compilation cache off, so it is a real compile;
+  * flops_per_step: XLA's cost analysis of the lowered (pre-optimisation)
+    HLO of one device's program, times the number of devices;
+    flops_per_image = that / global batch, also compared with the analytic
+    count (benchmarks/flops.py); tflops_per_sec = flops_per_step / median
+    step time; mfu = that / the devices' dense peak (flops.PEAK_FLOPS; null
+    where no defensible peak is known, CPUs included, with a note);
+  * peak_memory_bytes: the allocator's peak_bytes_in_use where
+    device.memory_stats() has it (GPU, TPU); on CPU it has none, and the
+    process's peak resident set size stands in, labelled so in
+    peak_memory_kind; plus compiled_memory_bytes, XLA's buffer assignment
+    for the step on one device.
+
+Each row runs in a fresh child process (unless --no-isolate), so its peak
+memory and compile time are its own, and the parent never initialises an
+accelerator (on GPU it would preallocate the memory the child needs). The
+results file also holds `flop_check`: issue 7's acceptance test, XLA's FLOPs
+of ResNet-50 BYOL at 224 px against the analytic 65.8 GFLOP per image.
+
+    # CPU (one real device; no --xla_force_host_platform_device_count):
+    python -m benchmarks.throughput --method byol,simclr --norm bn,gn_ws
+    # H100 / H200 (issue 7):
+    python -m benchmarks.throughput --depth 50 --stem imagenet \
+        --image-size 224 --per-device-batch 128,256 --dtype bfloat16 \
+        --norm bn,gn_ws
+    # a quick smoke run that writes nothing:
+    python -m benchmarks.throughput --depth 10 --width 0.25 --image-size 16 \
+        --per-device-batch 8 --steps 3 --no-write --no-flop-check
+"""
+import argparse
+import functools
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from benchmarks import _results
+from benchmarks import flops
+
+# Normalisation presets, one key per component (DESIGN.md rule 7).
+NORM_PRESETS = {
+    'bn': dict(encoder_norm='bn', projector_norm='bn', predictor_norm='bn',
+               encoder_ws=False, heads_ws=False),  # vanilla BYOL, Table 2.
+    # GroupNorm(16) + WS in the encoder, GroupNorm heads: experiments/gn_ws.py
+    # (paper §3.3).
+    'gn_ws': dict(encoder_norm='gn', projector_norm='gn', predictor_norm='gn',
+                  encoder_ws=True, heads_ws=False),
+    'none': dict(encoder_norm='none', projector_norm='none',
+                 predictor_norm='none', encoder_ws=False, heads_ws=False),
+}
+OVERRIDES = ('encoder_norm', 'projector_norm', 'predictor_norm', 'encoder_ws',
+             'heads_ws', 'gn_groups')
+DEFAULT_SPEC = dict(method='byol', norm='bn', depth=18, width=1.,
+                    stem='small', image_size=32, per_device_batch=32,
+                    dtype='float32', num_classes=10, num_devices=None,
+                    steps=20, warmup=3, overrides={})
+
+
+def make_config(spec: dict, num_devices: int):
+  """The experiment config of one benchmark row.
+
+  Args:
+    spec: a row spec (keys of DEFAULT_SPEC): method, norm preset, depth,
+      width, stem, image_size, per_device_batch, dtype, num_classes, and
+      `overrides` of model fields (OVERRIDES) applied over the preset.
+    num_devices: devices the step is pmapped over.
+
+  Returns:
+    A finalised ml_collections.ConfigDict; raises ValueError (ConfigError)
+    naming the field when the row cannot run.
+  """
+  from byol_jax import configs  # pylint: disable=g-import-not-at-top
+  from byol_jax import experiment  # pylint: disable=g-import-not-at-top
+  if spec['norm'] not in NORM_PRESETS:
+    raise ValueError(f'norm={spec["norm"]!r}; use one of '
+                     f'{", ".join(NORM_PRESETS)} (and --encoder-norm etc. to '
+                     'override one component).')
+  model = dict(NORM_PRESETS[spec['norm']], depth=spec['depth'],
+               width_multiplier=spec['width'], stem=spec['stem'],
+               dtype=spec['dtype'])
+  model.update(spec.get('overrides') or {})
+  config = configs.build(None, method=spec['method'], model=model)
+  global_batch = spec['per_device_batch'] * num_devices
+  config.data.update(dict(source=f'synthetic:{spec["image_size"]}',
+                          image_size=spec['image_size'],
+                          num_classes=spec['num_classes'],
+                          num_train_examples=100 * global_batch))
+  # The schedules only need to be well defined: their values do not change
+  # the cost of a step.
+  config.training.update(dict(global_batch_size=global_batch,
+                              total_steps=1000, warmup_steps=10))
+  config.eval.global_batch_size = global_batch
+  configs.finalize(config)
+  experiment.validate(config, process_count=1, local_device_count=num_devices)
+  return config
+
+
+def _batch(config, num_devices, seed=0):
+  """Synthetic [devices, per-device batch, ...] views in [0, 1] and labels."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  b = config.training.global_batch_size // num_devices
+  size = config.data.image_size
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+  shape = (num_devices, b, size, size, 3)
+  return {'view1': jax.random.uniform(k1, shape, jnp.float32),
+          'view2': jax.random.uniform(k2, shape, jnp.float32),
+          'label': jax.random.randint(k3, shape[:2], 0,
+                                      config.data.num_classes, jnp.int32)}
+
+
+def _reset_peak_rss() -> bool:
+  """Resets the kernel's peak-RSS mark (Linux >= 4.0); False if impossible."""
+  try:
+    with open('/proc/self/clear_refs', 'w') as f:
+      f.write('5')
+    return True
+  except OSError:
+    return False
+
+
+def _peak_rss_bytes() -> int:
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  import resource  # pylint: disable=g-import-not-at-top
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _peak_memory(devices, rss_reset: bool):
+  """(bytes, kind): the device allocator's peak, else the host RSS peak."""
+  stats = [d.memory_stats() for d in devices]
+  if all(s and 'peak_bytes_in_use' in s for s in stats):
+    return (max(s['peak_bytes_in_use'] for s in stats),
+            'device_peak_bytes_in_use (max over devices)')
+  return _peak_rss_bytes(), (
+      f'host_rss_peak: device.memory_stats() has no peak on '
+      f'{devices[0].platform}, so the peak resident set size of the whole '
+      'process (Python, XLA compilation, buffers) stands in, '
+      f'{"from row start" if rss_reset else "since process start"}')
+
+
+def run_row(spec: dict) -> dict:
+  """Compiles and times one row in this process.
+
+  Args:
+    spec: a row spec (see make_config), with num_devices (None: all local
+      devices), steps (timed) and warmup (untimed steps after compilation).
+
+  Returns:
+    The row's result dict (config fields and measurements).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from byol_jax import experiment  # pylint: disable=g-import-not-at-top
+  from byol_jax import train_state as ts  # pylint: disable=g-import-not-at-top
+  devices = jax.local_devices()
+  n = spec.get('num_devices') or len(devices)
+  if n > len(devices):
+    raise ValueError(f'num_devices={n} but this host has {len(devices)} '
+                     'local devices; pass --num-devices <= that.')
+  devices = devices[:n]
+  config = make_config(spec, n)
+  rss_reset = _reset_peak_rss()
+  method, optimizer, update = experiment.make_update(config)
+  init = jax.jit(functools.partial(ts.init_train_state, method, optimizer))
+  state = ts.replicate(init(jax.random.PRNGKey(0),
+                            experiment.sample_images(config)), devices)
+  batch = jax.device_put(jax.jit(functools.partial(_batch, config, n))(),
+                         ts.device_sharding(devices))
+  step = ts.pmap_update(update, devices=devices)
+
+  start = time.perf_counter()
+  lowered = step.lower(state, batch)
+  lower_time = time.perf_counter() - start
+  compiled = lowered.compile()
+  compile_time = time.perf_counter() - start  # lowering included.
+  flops_per_step = flops.cost_flops(lowered) * n
+  compiled_flops = flops.cost_flops(compiled)
+  memory = compiled.memory_analysis()
+
+  times, metrics = [], None
+  for i in range(spec['warmup'] + spec['steps']):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    if i >= spec['warmup']:
+      times.append(time.perf_counter() - start)
+  p10, median, p90 = (float(t) for t in np.percentile(times, [10, 50, 90]))
+
+  peak_memory, peak_memory_kind = _peak_memory(devices, rss_reset)
+  global_batch = config.training.global_batch_size
+  peak, peak_name = flops.peak_flops(devices[0].device_kind, spec['dtype'])
+  achieved = flops_per_step / median
+  analytic = flops.analytic_flops_per_image(config)
+  m = config.model
+  row = dict(
+      method=spec['method'], norm=spec['norm'], encoder_norm=m.encoder_norm,
+      projector_norm=m.projector_norm, predictor_norm=m.predictor_norm,
+      encoder_ws=m.encoder_ws, heads_ws=m.heads_ws, gn_groups=m.gn_groups,
+      depth=m.depth, width=m.width_multiplier, stem=m.stem,
+      image_size=config.data.image_size, dtype=m.dtype,
+      num_classes=config.data.num_classes, num_devices=n,
+      per_device_batch=spec['per_device_batch'], global_batch=global_batch,
+      steps_timed=spec['steps'], warmup_steps=spec['warmup'],
+      images_per_sec=global_batch / median, step_time_median_s=median,
+      step_time_p10_s=p10, step_time_p90_s=p90,
+      lower_time_s=lower_time, compile_time_s=compile_time,
+      peak_memory_bytes=peak_memory, peak_memory_kind=peak_memory_kind,
+      # XLA's buffer assignment for the step, per device (what it needs
+      # beyond the runtime: inputs + outputs - donated aliases + temporaries).
+      compiled_memory_bytes=(memory.argument_size_in_bytes +
+                             memory.output_size_in_bytes -
+                             memory.alias_size_in_bytes +
+                             memory.temp_size_in_bytes) if memory else None,
+      flops_per_step=flops_per_step,
+      flops_per_image=flops_per_step / global_batch,
+      compiled_flops_per_step=compiled_flops * n if compiled_flops else None,
+      analytic_flops_per_image=analytic,
+      flops_vs_analytic_ratio=flops_per_step / global_batch / analytic,
+      tflops_per_sec=achieved / 1e12,
+      peak_tflops_per_sec=peak * n / 1e12 if peak else None,
+      peak_source=peak_name, mfu=achieved / (peak * n) if peak else None,
+      loss_last_step=float(np.asarray(metrics['loss'])[0]),
+      persistent_compilation_cache=bool(
+          jax.config.jax_enable_compilation_cache and
+          jax.config.jax_compilation_cache_dir),
+      platform=devices[0].platform, device_kind=devices[0].device_kind)
+  if not peak:
+    row['mfu_note'] = (flops.CPU_MFU_NOTE if devices[0].platform == 'cpu' else
+                       f'no peak FLOP/s known for {devices[0].device_kind!r}; '
+                       'add it to benchmarks/flops.py PEAK_FLOPS')
+  return row
+
+
+def flop_check(per_device_batch: int = 8) -> dict:
+  """Issue 7's acceptance: XLA's FLOPs of ResNet-50 BYOL at 224 px vs 65.8 G.
+
+  Lowering only, on one device (~10 s on a CPU); per-device batch 8 makes the
+  batch-independent costs (LARS, EMA: ~0.1 GFLOP per step) negligible.
+  """
+  spec = dict(DEFAULT_SPEC, depth=50, width=1., stem='imagenet',
+              image_size=224, num_classes=1000,
+              per_device_batch=per_device_batch)
+  config = make_config(spec, 1)
+  start = time.perf_counter()
+  per_image = flops.step_flops(config, 1) / per_device_batch
+  issue = flops.ISSUE_RESNET50_BYOL_FLOPS_PER_IMAGE
+  return dict(
+      config='byol resnet50 bn float32 224px', per_device_batch=per_device_batch,
+      flops_per_image=per_image, issue_flops_per_image=issue,
+      flops_vs_issue_ratio=per_image / issue,
+      analytic_flops_per_image=flops.analytic_flops_per_image(config),
+      seconds=time.perf_counter() - start)
+
+
+def _in_child(code: str):
+  """Runs `code` (which prints one JSON line last) in a fresh interpreter.
+
+  Rows run in children so that the peak memory, the compile time and the
+  allocator belong to one row, and so that this parent never initialises an
+  accelerator (on GPU it would preallocate the memory the child needs). The
+  persistent compilation cache is off there: a hit would time a load, not a
+  compile.
+  """
+  env = dict(os.environ, JAX_ENABLE_COMPILATION_CACHE='false')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=_results.REPO,
+                        env=env, capture_output=True, text=True, check=False)
+  if proc.returncode:
+    tail = (proc.stdout + proc.stderr).strip().splitlines()[-12:]
+    raise RuntimeError(f'child exited with {proc.returncode}:\n' +
+                       '\n'.join(tail))
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _run_isolated(spec: dict) -> dict:
+  return _in_child('import json; from benchmarks import throughput as t; '
+                   f'print(json.dumps(t.run_row(json.loads({json.dumps(spec)!r}))))')
+
+
+def _flop_check_isolated() -> dict:
+  return _in_child('import json; from benchmarks import throughput as t; '
+                   'print(json.dumps(t.flop_check()))')
+
+
+def row_specs(args) -> list:
+  """The rows of a command line: method x norm x dtype x per-device batch."""
+  overrides = {k: getattr(args, k) for k in OVERRIDES
+               if getattr(args, k) is not None}
+  num_classes = args.num_classes or (1000 if args.stem == 'imagenet' else 10)
+  return [dict(method=method, norm=norm, depth=args.depth, width=args.width,
+               stem=args.stem, image_size=args.image_size,
+               per_device_batch=batch, dtype=dtype, num_classes=num_classes,
+               num_devices=args.num_devices, steps=args.steps,
+               warmup=args.warmup, overrides=overrides)
+          for method in args.method for norm in args.norm
+          for dtype in args.dtype for batch in args.per_device_batch]
+
+
+def _fmt(value, scale=1., digits=1, suffix=''):
+  return '-' if value is None else f'{value / scale:.{digits}f}{suffix}'
+
+
+def print_table(rows) -> None:
+  """One line per row: throughput, spread, compile, FLOPs, MFU, memory."""
+  print(f'\n{"method":7s} {"norm":6s} {"dtype":8s} {"batch":>5s} '
+        f'{"img/s":>8s} {"step ms":>8s} {"p10-p90 ms":>13s} {"compile s":>9s} '
+        f'{"GFLOP/img":>9s} {"TFLOP/s":>8s} {"MFU":>6s} {"mem GiB":>7s}')
+  for r in rows:
+    head = (f'{r["method"]:7s} {r["norm"]:6s} {r["dtype"]:8s} '
+            f'{r["per_device_batch"]:5d} ')
+    if 'error' in r:
+      print(head + 'error: ' + r['error'].splitlines()[-1])
+      continue
+    spread = (f'{r["step_time_p10_s"] * 1e3:.1f}-'
+              f'{r["step_time_p90_s"] * 1e3:.1f}')
+    print(head + f'{r["images_per_sec"]:8.1f} '
+          f'{r["step_time_median_s"] * 1e3:8.1f} {spread:>13s} '
+          f'{r["compile_time_s"]:9.1f} '
+          f'{_fmt(r["flops_per_image"], 1e9, 2):>9s} '
+          f'{_fmt(r["tflops_per_sec"], 1., 3):>8s} '
+          f'{_fmt(r["mfu"], 0.01, 1, "%"):>6s} '
+          f'{_fmt(r["peak_memory_bytes"], 2**30, 2):>7s}')
+
+
+def _bool(text):
+  if text.lower() in ('1', 'true', 'yes'):
+    return True
+  if text.lower() in ('0', 'false', 'no'):
+    return False
+  raise argparse.ArgumentTypeError(f'{text!r} is not a boolean')
+
+
+def _csv(kind):
+  return lambda text: [kind(x) for x in text.split(',') if x]
+
+
+def parse_args(argv):
+  """The command line (see the module docstring)."""
+  parser = argparse.ArgumentParser(
+      description=__doc__.split('\n')[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  add = parser.add_argument
+  add('--method', type=_csv(str), default=['byol'],
+      help='comma-separated: byol,simclr')
+  add('--norm', type=_csv(str), default=['bn', 'gn_ws'],
+      help=f'comma-separated presets from {",".join(NORM_PRESETS)}')
+  add('--depth', type=int, default=DEFAULT_SPEC['depth'])
+  add('--width', type=float, default=DEFAULT_SPEC['width'])
+  add('--stem', default=DEFAULT_SPEC['stem'], help='small | imagenet')
+  add('--image-size', type=int, default=DEFAULT_SPEC['image_size'])
+  add('--per-device-batch', type=_csv(int),
+      default=[DEFAULT_SPEC['per_device_batch']], help='comma-separated')
+  add('--dtype', type=_csv(str), default=['float32'],
+      help='comma-separated: float32,bfloat16')
+  add('--num-classes', type=int, default=None,
+      help='online classifier outputs (default 1000 with the imagenet stem, '
+      'else 10)')
+  add('--num-devices', type=int, default=None,
+      help='devices to pmap over (default: all local devices)')
+  for component in ('encoder', 'projector', 'predictor'):
+    add(f'--{component}-norm', default=None,
+        help=f'override the preset\'s {component} norm')
+  add('--encoder-ws', type=_bool, default=None)
+  add('--heads-ws', type=_bool, default=None)
+  add('--gn-groups', type=int, default=None)
+  add('--steps', type=int, default=DEFAULT_SPEC['steps'], help='timed steps')
+  add('--warmup', type=int, default=DEFAULT_SPEC['warmup'],
+      help='untimed steps after compilation')
+  add('--no-isolate', action='store_true',
+      help='run rows in this process (peak memory then spans rows)')
+  add('--no-flop-check', action='store_true',
+      help='skip the ResNet-50 BYOL 224px FLOP check (~10 s)')
+  add('--out', default=str(_results.RESULTS_DIR),
+      help='folder of the results file')
+  add('--no-write', action='store_true')
+  args = parser.parse_args(argv)
+  if args.steps < 1 or args.warmup < 0:
+    parser.error('--steps must be >= 1 and --warmup >= 0')
+  for dtype in args.dtype:
+    if dtype not in ('float32', 'bfloat16'):
+      parser.error(f'--dtype {dtype!r}: use float32 or bfloat16')
+  return args
+
+
+def main(argv=None) -> dict:
+  """Runs the rows of a command line and writes the results file.
+
+  Args:
+    argv: command-line arguments (default sys.argv[1:]).
+
+  Returns:
+    The result dict (device, date, command, versions, flop_check, rows), as
+    written to <out>/throughput-<device>-<date>.json unless --no-write.
+  """
+  argv = sys.argv[1:] if argv is None else list(argv)
+  args = parse_args(argv)
+  specs = row_specs(args)
+  for spec in specs:  # Bad configs fail here, before anything compiles.
+    make_config(spec, spec['num_devices'] or 1)
+  rows = []
+  for spec in specs:
+    print(f'{spec["method"]} {spec["norm"]} {spec["dtype"]} per-device batch '
+          f'{spec["per_device_batch"]} ...', flush=True)
+    try:
+      row = run_row(spec) if args.no_isolate else _run_isolated(spec)
+    except RuntimeError as e:  # e.g. out of memory at a big batch: record it.
+      row = dict(spec, error=str(e))
+      print(f'  failed: {e}', file=sys.stderr, flush=True)
+    else:
+      print(f'  {row["images_per_sec"]:.1f} img/s, '
+            f'{row["step_time_median_s"] * 1e3:.1f} ms/step', flush=True)
+    rows.append(row)
+  done = [r for r in rows if 'error' not in r]
+  if not done:
+    raise RuntimeError('every row failed; see the errors above.')
+  check = None
+  if not args.no_flop_check:
+    check = flop_check() if args.no_isolate else _flop_check_isolated()
+
+  import jax  # pylint: disable=g-import-not-at-top  (no backend initialised)
+  first = done[0]
+  cpu = first['platform'] == 'cpu'
+  result = dict(
+      benchmark='throughput',
+      device=(f'cpu: {_results.cpu_name()} ({_results.cpu_cores()} cores)'
+              if cpu else first['device_kind']),
+      platform=first['platform'], device_kind=first['device_kind'],
+      num_devices=first['num_devices'], date=_results.today(),
+      command=' '.join(['python -m benchmarks.throughput'] +
+                       [shlex.quote(a) for a in argv]),
+      jax_version=jax.__version__, python_version=sys.version.split()[0],
+      isolated=not args.no_isolate,
+      load_average_1min_after=round(os.getloadavg()[0], 2),
+      flop_check=check, rows=rows)
+  print_table(rows)
+  if check:
+    print(f'\nResNet-50 BYOL 224px: {check["flops_per_image"] / 1e9:.2f} '
+          'GFLOP/image (XLA cost analysis) vs '
+          f'{check["issue_flops_per_image"] / 1e9:.1f} (issue 7): ratio '
+          f'{check["flops_vs_issue_ratio"]:.3f}')
+  if not args.no_write:
+    device = _results.device_slug(first['platform'], first['device_kind'],
+                                  first['num_devices'])
+    path = _results.results_path('throughput', device, result['date'],
+                                 args.out)
+    print(f'wrote {_results.write_json(path, result)}')
+  return result
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,186 @@
+"""Crop boxes and the numpy bicubic resize shared by both host streams.
+
+`sample_crop` (random-resized crop) and `center_crop` (eval) are written once
+against a tiny numpy-like namespace `xp`: `numpy` for the in-memory stream
+(`np_stream.py`) and `TfOps(tf)` for the tf.data one (`tf_stream.py`), so both
+streams cut exactly the same boxes from the same uniforms. `np_crop_resize`
+is the numpy twin of TF's bicubic resize (Keys' kernel, half-pixel centres),
+then clip to [0, 1], as the official byol/utils/dataset.py.
+
+No TensorFlow import here: `TfOps` receives the module from its caller.
+"""
+import concurrent.futures
+import math
+import os
+
+import numpy as np
+
+# Random-resized crop (paper Appendix B; torchvision's RandomResizedCrop):
+# area fraction ~ U[0.08, 1], log aspect ratio ~ U[log 3/4, log 4/3], 10 tries
+# then the whole image clamped to the ratio range. The official BYOL code uses
+# tf.image.sample_distorted_bounding_box (uniform ratio, min_object_covered
+# 0.1, centre-crop fallback); we follow the log-uniform convention.
+AREA_RANGE = (0.08, 1.0)
+ASPECT_RANGE = (3. / 4., 4. / 3.)
+CROP_ATTEMPTS = 10
+# Eval: centre crop of 224/256 of the shorter side, then resize (official
+# byol/utils/dataset.py). Images whose shorter side is already <= image_size
+# (32px CIFAR, 8px digits) are not cropped: the central square is resized.
+CENTER_CROP_FRACTION = 224. / 256.
+NUM_U = 2 * CROP_ATTEMPTS + 2  # uniforms per crop
+# Salts of the stateless random draws (see pipeline.py's docstring): the same
+# values in both streams, so a (seed, epoch, index, view) draws the same.
+SALT_PERM, SALT_CROP, SALT_FILES, SALT_WINDOW = 1, 2, 3, 4
+
+
+def sample_crop(xp, u, height, width):
+  """Random-resized-crop box from uniforms; xp is numpy or `TfOps`.
+
+  Args:
+    xp: `numpy` or a `TfOps` (the same few numpy functions in TensorFlow).
+    u: [..., NUM_U] float64 uniforms in [0, 1).
+    height: image height(s), broadcastable to u[..., 0].
+    width: image width(s).
+
+  Returns:
+    (y0, x0, crop_height, crop_width) int64 arrays of shape u.shape[:-1].
+  """
+  h = xp.asarray(height, xp.float64)[..., None]
+  w = xp.asarray(width, xp.float64)[..., None]
+  a = CROP_ATTEMPTS
+  area = h * w * (AREA_RANGE[0] + (AREA_RANGE[1] - AREA_RANGE[0]) * u[..., :a])
+  lo, hi = math.log(ASPECT_RANGE[0]), math.log(ASPECT_RANGE[1])
+  ratio = xp.exp(lo + (hi - lo) * u[..., a:2 * a])
+  cw, ch = xp.round(xp.sqrt(area * ratio)), xp.round(xp.sqrt(area / ratio))
+  ok = (cw >= 1) & (ch >= 1) & (cw <= w) & (ch <= h)
+  tries = xp.arange(a, dtype=xp.float64)
+  first = xp.min(xp.where(ok, tries, float(a)), axis=-1)  # first success
+  pick = tries == first[..., None]
+  cw = xp.sum(xp.where(pick, cw, 0.), -1)
+  ch = xp.sum(xp.where(pick, ch, 0.), -1)
+  h, w = h[..., 0], w[..., 0]
+  # Fallback: the whole image cut to the nearest allowed aspect ratio (at a
+  # random position; torchvision centres it).
+  fb_w = xp.minimum(w, xp.round(h * ASPECT_RANGE[1]))
+  fb_h = xp.minimum(h, xp.round(w / ASPECT_RANGE[0]))
+  cw, ch = xp.where(first < a, cw, fb_w), xp.where(first < a, ch, fb_h)
+  y0 = xp.floor(u[..., 2 * a] * (h - ch + 1))
+  x0 = xp.floor(u[..., 2 * a + 1] * (w - cw + 1))
+  return tuple(xp.asarray(v, xp.int64) for v in (y0, x0, ch, cw))
+
+
+class TfOps:
+  """The numpy functions `sample_crop` / `center_crop` use, in TensorFlow."""
+
+  def __init__(self, tf):
+    self.float64, self.int64 = tf.float64, tf.int64
+    self.asarray = lambda x, dtype: tf.cast(x, dtype)
+    self.arange = lambda n, dtype: tf.range(n, dtype=dtype)
+    self.min = lambda x, axis: tf.reduce_min(x, axis)
+    self.sum = lambda x, axis: tf.reduce_sum(x, axis)
+    self.exp, self.sqrt, self.floor = tf.exp, tf.sqrt, tf.floor
+    self.round = tf.round  # half to even, as np.round
+    self.minimum, self.where = tf.minimum, tf.where
+
+
+def center_crop(xp, height, width, image_size):
+  """Centre-crop box (y0, x0, side, side); see CENTER_CROP_FRACTION."""
+  side = xp.minimum(height, width)
+  fraction = xp.asarray(side, xp.float64) * CENTER_CROP_FRACTION
+  crop = xp.where(side > image_size, xp.asarray(fraction, xp.int64),
+                  xp.asarray(side, xp.int64))
+  return ((height - crop + 1) // 2, (width - crop + 1) // 2, crop, crop)
+
+
+# ------------------------------------------------ numpy bicubic crop-resize
+def _keys_cubic(x):
+  """Keys' cubic convolution kernel, a = -0.5 (TF's bicubic)."""
+  x = np.abs(x)
+  return np.where(x <= 1, (1.5 * x - 2.5) * x * x + 1,
+                  np.where(x < 2, ((-0.5 * x + 2.5) * x - 4) * x + 2, 0.))
+
+
+def _taps(start, length, out):
+  """Bicubic taps resampling [start, start + length) to `out` samples.
+
+  Half-pixel centres and edge clamping within the crop, as TF's resize.
+
+  Returns:
+    ([B, out, 4] int source indices, [B, out, 4] float32 weights).
+  """
+  c = start[:, None] + (np.arange(out) + 0.5) * (length / out)[:, None] - 0.5
+  f = np.floor(c)[..., None]
+  k = np.arange(-1, 3)
+  last = (start + length - 1)[:, None, None]
+  idx = np.clip(f + k, start[:, None, None], last)
+  return idx.astype(np.intp), _keys_cubic(c[..., None] - f - k).astype(
+      np.float32)
+
+
+def _resample_rows(x, idx, weights):
+  """out[b, s] = sum_k weights[b, s, k] * x[b, idx[b, s, k]] (contiguous)."""
+  b = np.arange(len(x))[:, None]
+  out = np.multiply(weights[:, :, 0, None, None], x[b, idx[:, :, 0]],
+                    dtype=np.float32)
+  tmp = np.empty_like(out)
+  for k in range(1, 4):
+    out += np.multiply(weights[:, :, k, None, None], x[b, idx[:, :, k]],
+                       out=tmp)
+  return out
+
+
+_POOL = None
+
+
+def numpy_threads() -> int:
+  """Threads of the in-memory (numpy) path: the cores, at most 16."""
+  cores = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+           else os.cpu_count() or 1)
+  return min(16, cores)
+
+
+def _pool():
+  global _POOL  # pylint: disable=global-statement
+  if _POOL is None:  # numpy releases the GIL in gathers and arithmetic
+    _POOL = concurrent.futures.ThreadPoolExecutor(
+        numpy_threads(), thread_name_prefix='np_crop')
+  return _POOL
+
+
+def np_crop_resize(images, box, size, flip=None):
+  """Crops box (y0, x0, h, w) of each image, bicubic-resizes to size^2.
+
+  Separable 4-tap gathers (rows, then columns) on chunks of about 1 MB
+  spread over a thread pool; a flip reverses the column taps. uint8 images
+  are scaled to [0, 1].
+
+  Args:
+    images: [B, H, W, 3] uint8 (0..255) or float (0..1) images.
+    box: (y0, x0, crop_height, crop_width), each a scalar or a [B] array.
+    size: output side.
+    flip: optional [B] bool, True to mirror that image horizontally.
+
+  Returns:
+    [B, size, size, 3] float32 in [0, 1].
+  """
+  n, h, w = images.shape[:3]
+  y0, x0, ch, cw = (np.broadcast_to(np.asarray(v, np.int64), (n,))
+                    for v in box)
+  iy, wy = _taps(y0, ch, size)
+  ix, wx = _taps(x0, cw, size)
+  if flip is not None:
+    ix = np.where(flip[:, None, None], ix[:, ::-1], ix)
+    wx = np.where(flip[:, None, None], wx[:, ::-1], wx)
+  if images.dtype == np.uint8:  # fold the 1/255 into the row weights
+    wy = wy * np.float32(1. / 255.)
+  out = np.empty((n, size, size, 3), np.float32)
+
+  def work(j):
+    rows = _resample_rows(images[j], iy[j], wy[j])  # [m, size, w, 3]
+    rows = np.ascontiguousarray(rows.transpose(0, 2, 1, 3))
+    cols = _resample_rows(rows, ix[j], wx[j])  # [m, size(x), size(y), 3]
+    np.clip(cols.transpose(0, 2, 1, 3), 0., 1., out=out[j])
+
+  chunk = max(1, 2**18 // (size * max(w, size) * 3))
+  list(_pool().map(work, [slice(i, i + chunk) for i in range(0, n, chunk)]))
+  return out

@@ -1,0 +1,105 @@
+"""benchmarks/throughput.py and benchmarks/flops.py.
+
+The tiny benchmark run writes into tmp_path (never benchmarks/results/), in
+a child process as the command does; it inherits conftest's 8 fake CPU
+devices, of which it pmaps over 2 so the global-batch arithmetic is checked.
+"""
+import json
+import math
+
+import pytest
+
+from benchmarks import flops
+from benchmarks import throughput
+
+TINY = ['--depth', '10', '--width', '0.25', '--image-size', '16',
+        '--per-device-batch', '4', '--num-devices', '2', '--steps', '3',
+        '--warmup', '1', '--norm', 'bn', '--no-flop-check']
+
+ROW_NUMBERS = ('images_per_sec', 'step_time_median_s', 'step_time_p10_s',
+               'step_time_p90_s', 'lower_time_s', 'compile_time_s',
+               'peak_memory_bytes', 'compiled_memory_bytes', 'flops_per_step',
+               'flops_per_image', 'analytic_flops_per_image',
+               'flops_vs_analytic_ratio', 'tflops_per_sec')
+
+
+def test_tiny_run_writes_a_consistent_results_file(tmp_path):
+  result = throughput.main(TINY + ['--out', str(tmp_path)])
+  files = list(tmp_path.glob('throughput-cpu-*-x2-*.json'))
+  assert len(files) == 1, list(tmp_path.iterdir())
+  written = json.loads(files[0].read_text())
+  assert written == json.loads(json.dumps(result))
+  for field in ('device', 'date', 'command', 'jax_version', 'platform'):
+    assert written[field], field
+  assert written['command'].startswith('python -m benchmarks.throughput ')
+  assert '--num-devices 2' in written['command']
+  assert written['platform'] == 'cpu' and written['num_devices'] == 2
+  assert written['flop_check'] is None  # --no-flop-check
+  (row,) = written['rows']
+  assert (row['method'], row['norm'], row['depth'], row['image_size'],
+          row['dtype']) == ('byol', 'bn', 10, 16, 'float32')
+  assert row['per_device_batch'] == 4 and row['global_batch'] == 8
+  for field in ROW_NUMBERS:
+    value = row[field]
+    assert isinstance(value, (int, float)) and math.isfinite(value), field
+    assert value > 0, field
+  assert row['step_time_p10_s'] <= row['step_time_median_s']
+  assert row['step_time_median_s'] <= row['step_time_p90_s']
+  assert row['lower_time_s'] < row['compile_time_s']
+  assert row['images_per_sec'] == pytest.approx(
+      row['global_batch'] / row['step_time_median_s'], rel=1e-9)
+  assert row['flops_per_image'] == pytest.approx(
+      row['flops_per_step'] / row['global_batch'], rel=1e-9)
+  assert row['tflops_per_sec'] == pytest.approx(
+      row['flops_per_step'] / row['step_time_median_s'] / 1e12, rel=1e-9)
+  # The encoder and heads are nearly all of the step's arithmetic.
+  assert 0.8 < row['flops_vs_analytic_ratio'] < 1.2
+  # No defensible CPU peak: no MFU, and the file says why.
+  assert row['mfu'] is None and 'CPU' in row['mfu_note']
+  assert row['peak_memory_kind'].startswith('host_rss_peak')
+  assert row['persistent_compilation_cache'] is False  # a real compile.
+  assert math.isfinite(row['loss_last_step'])
+
+
+def test_resnet50_byol_flops_match_issue_7():
+  """Acceptance: XLA's count is within 10% of the analytic 65.8 GFLOP."""
+  check = throughput.flop_check()
+  assert check['flops_vs_issue_ratio'] == pytest.approx(1., abs=0.1)
+  # The analytic rule reproduces the issue's number from the architecture.
+  assert check['analytic_flops_per_image'] == pytest.approx(65.8e9, rel=0.01)
+  # ResNet-50 forward at 224 px: the often quoted 4.1 G multiply-adds.
+  assert flops.encoder_macs(50, 1., 'imagenet', 224) == pytest.approx(
+      4.1e9, rel=0.01)
+
+
+def test_analytic_count_follows_the_method():
+  spec = dict(throughput.DEFAULT_SPEC, depth=10, width=0.25, image_size=16)
+  byol = flops.analytic_flops_per_image(throughput.make_config(spec, 1))
+  simclr = flops.analytic_flops_per_image(
+      throughput.make_config(dict(spec, method='simclr'), 1))
+  # BYOL = SimCLR's 3 passes per view + a target forward (+ predictor).
+  assert 4 / 3 < byol / simclr < 1.5
+
+
+@pytest.mark.parametrize('kind,dtype,peak', [
+    ('NVIDIA H100 80GB HBM3', 'bfloat16', 989.4e12),
+    ('NVIDIA H100 80GB HBM3', 'float32', 494.7e12),
+    ('NVIDIA H100 PCIe', 'bfloat16', 756e12),
+    ('NVIDIA H200', 'bfloat16', 989.4e12),
+    ('NVIDIA A100-SXM4-40GB', 'bfloat16', 312e12),
+    ('TPU v3', 'bfloat16', 61.5e12),
+    ('TPU v5 lite', 'bfloat16', 197e12),
+    ('TPU v5', 'bfloat16', 459e12),
+    ('cpu', 'float32', None),
+])
+def test_peak_flops_table(kind, dtype, peak):
+  assert flops.peak_flops(kind, dtype)[0] == peak
+
+
+def test_bad_config_fails_before_compiling(tmp_path):
+  with pytest.raises(ValueError, match='encoder_norm'):
+    throughput.main(TINY + ['--encoder-norm', 'batchnorm',
+                            '--out', str(tmp_path)])
+  with pytest.raises(ValueError, match='norm=.bn_ws.'):
+    throughput.main(TINY[:-3] + ['--norm', 'bn_ws', '--out', str(tmp_path)])
+  assert not list(tmp_path.iterdir())
