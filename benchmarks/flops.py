@@ -108,7 +108,7 @@ def analytic_flops_per_image(config) -> float:
   trained network costs 3 forwards (forward + backward) and, for BYOL, the
   target network 1 more. Norms, activations, augmentation, the online
   classifier and the optimizer are left out. ResNet-50 BYOL at 224 px gives
-  65.5 GFLOP, issue 7's 65.8.
+  65.6 GFLOP, issue 7's 65.8.
 
   Args:
     config: an experiment config (method, model, data.image_size).
@@ -146,7 +146,14 @@ def step_flops(config, num_devices: int = 1) -> float:
   Nothing is initialised or compiled: the TrainState comes from
   jax.eval_shape, the batch is ShapeDtypeStructs, and the count is XLA's cost
   analysis of the lowered (pre-optimisation) HLO of one device's program,
-  times num_devices. ResNet-50 BYOL at 224 px takes ~10 s on a CPU.
+  times num_devices. ResNet-50 BYOL at 224 px takes 5-10 s on a CPU.
+
+  XLA counts only the kernel taps that fall inside the image, whereas the
+  usual ResNet figures (and analytic_flops_per_image) count the zero padding
+  of 'SAME' convolutions too; so XLA's count is lower, by ~3% for ResNet-50
+  at 224 px (63.6 vs 65.6 GFLOP per image) and ~13% for ResNet-18 at 32 px,
+  where the last stage is 4x4 and a 3x3 kernel overhangs a quarter of it.
+  MFU uses XLA's count: it is the arithmetic the step actually asks for.
 
   Args:
     config: an experiment config (see throughput.make_config).

@@ -74,11 +74,17 @@ def test_resnet50_byol_flops_match_issue_7():
 
 def test_analytic_count_follows_the_method():
   spec = dict(throughput.DEFAULT_SPEC, depth=10, width=0.25, image_size=16)
-  byol = flops.analytic_flops_per_image(throughput.make_config(spec, 1))
+  config = throughput.make_config(spec, 1)
+  byol = flops.analytic_flops_per_image(config)
   simclr = flops.analytic_flops_per_image(
       throughput.make_config(dict(spec, method='simclr'), 1))
-  # BYOL = SimCLR's 3 passes per view + a target forward (+ predictor).
-  assert 4 / 3 < byol / simclr < 1.5
+  # Per view, SimCLR trains encoder + projector (3 passes); BYOL adds their
+  # target forward (1 pass) and the trained predictor (3 passes); 2 views,
+  # 2 FLOP per multiply-add.
+  m = config.model
+  predictor = 2 * m.projector_output_size * m.predictor_hidden_size
+  assert byol == pytest.approx(simclr * 4 / 3 + 2 * 2 * 3 * predictor,
+                               rel=1e-12)
 
 
 @pytest.mark.parametrize('kind,dtype,peak', [
