@@ -130,6 +130,7 @@ def build(arg=None, *, method='byol', extra_options=(), model=None,
       source='tfds:imagenet2012',
       data_dir='',  # TFDS data_dir ('' for the TFDS default).
       image_size=224, pretrain_split='pretrain', num_train_examples=-1,
+      min_crop_area=0.08,  # random-resized-crop scale range [0.08, 1] (BYOL).
       num_classes=-1))
   config.model = model_config(**(model or {}))
   config.training = ml_collections.ConfigDict(dict(
@@ -197,8 +198,12 @@ def apply_tiny(config) -> None:
   config.checkpoint.update(dict(every_steps=100, every_secs=120))
   config.logging.update(dict(every_steps=10, knn_every_steps=100,
                              knn_max_train_examples=1500))
-  config.eval.update(dict(num_epochs=20, global_batch_size=256,
-                          learning_rate=0.4))
+  # CPU-sized probe: features computed once (centre crop) and 100 cheap
+  # epochs. The per-step-augmented probe of the paper needs far more steps
+  # than a laptop run affords (measured on digits: 44% vs 85% top-1 for the
+  # same random encoder after 100 steps).
+  config.eval.update(dict(num_epochs=100, global_batch_size=256,
+                          learning_rate=0.4, augment=False))
 
 
 def finalize(config) -> ml_collections.ConfigDict:

@@ -50,7 +50,8 @@ def _initial_state(config, method, optimizer, source):
         source, split=config.data.pretrain_split,
         global_batch_size=config.training.modified_init_batch_size,
         image_size=config.data.image_size, seed=config.seed + 1,
-        process_index=0, process_count=1, local_device_count=1))
+        process_index=0, process_count=1, local_device_count=1,
+        min_crop_area=config.data.min_crop_area))
     images = batch['view1'][0]
     keys = ts.example_keys(jax.random.PRNGKey(config.seed + 2),
                            images.shape[0], None)
@@ -109,7 +110,8 @@ def run(config, workdir, *, source=None) -> dict:
   data = pipeline.prefetch_to_device(pipeline.make_pretrain_iterator(
       source, split=config.data.pretrain_split,
       global_batch_size=t.global_batch_size, image_size=config.data.image_size,
-      seed=config.seed, start_step=step))
+      seed=config.seed, start_step=step,
+      min_crop_area=config.data.min_crop_area))
   p_update = ts.pmap_update(update)
   rstate = ts.replicate(state)
   del state

@@ -33,7 +33,7 @@ NUM_U = 2 * CROP_ATTEMPTS + 2  # uniforms per crop
 SALT_PERM, SALT_CROP, SALT_FILES, SALT_WINDOW = 1, 2, 3, 4
 
 
-def sample_crop(xp, u, height, width):
+def sample_crop(xp, u, height, width, min_area=AREA_RANGE[0]):
   """Random-resized-crop box from uniforms; xp is numpy or `TfOps`.
 
   Args:
@@ -41,6 +41,7 @@ def sample_crop(xp, u, height, width):
     u: [..., NUM_U] float64 uniforms in [0, 1).
     height: image height(s), broadcastable to u[..., 0].
     width: image width(s).
+    min_area: smallest crop area as a fraction of the image (BYOL: 0.08).
 
   Returns:
     (y0, x0, crop_height, crop_width) int64 arrays of shape u.shape[:-1].
@@ -48,7 +49,7 @@ def sample_crop(xp, u, height, width):
   h = xp.asarray(height, xp.float64)[..., None]
   w = xp.asarray(width, xp.float64)[..., None]
   a = CROP_ATTEMPTS
-  area = h * w * (AREA_RANGE[0] + (AREA_RANGE[1] - AREA_RANGE[0]) * u[..., :a])
+  area = h * w * (min_area + (AREA_RANGE[1] - min_area) * u[..., :a])
   lo, hi = math.log(ASPECT_RANGE[0]), math.log(ASPECT_RANGE[1])
   ratio = xp.exp(lo + (hi - lo) * u[..., a:2 * a])
   cw, ch = xp.round(xp.sqrt(area * ratio)), xp.round(xp.sqrt(area / ratio))

@@ -16,7 +16,7 @@ def _split_devices(batch, layout):
 
 
 def random_iterator(source, split, layout, seed, start_step, image_size,
-                    views, flip):
+                    views, flip, min_area=crops.AREA_RANGE[0]):
   """Infinite numpy iterator over an in-memory split; see pipeline.py.
 
   Args:
@@ -61,7 +61,7 @@ def random_iterator(source, split, layout, seed, start_step, image_size,
     x = images[idx]
     out = {}
     for v in range(views):
-      box = crops.sample_crop(np, u[:, v, :crops.NUM_U], h, w)
+      box = crops.sample_crop(np, u[:, v, :crops.NUM_U], h, w, min_area)
       out[f'view{v + 1}'] = crops.np_crop_resize(
           x, box, image_size, (u[:, v, crops.NUM_U] < 0.5) if flip else None)
     out['label'] = labels[idx].astype(np.int32)

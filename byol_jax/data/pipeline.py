@@ -101,7 +101,8 @@ def make_pretrain_iterator(
     image_size: int, seed: int, start_step: int = 0,
     process_index: int | None = None, process_count: int | None = None,
     local_device_count: int | None = None,
-    num_threads: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    num_threads: int | None = None,
+    min_crop_area: float = AREA_RANGE[0]) -> Iterator[dict[str, np.ndarray]]:
   """Infinite, shuffled, resumable stream of BYOL's two crops per image.
 
   Args:
@@ -118,6 +119,8 @@ def make_pretrain_iterator(
     process_count: hosts (default jax.process_count()).
     local_device_count: devices of this host (default jax.local_device_count()).
     num_threads: tf.data private thread pool size (default: all cores).
+    min_crop_area: smallest crop area, as a fraction of the image (BYOL's
+      0.08; tiny images such as the 8x8 digits need larger crops).
 
   Returns:
     Iterator of {'view1', 'view2': float32 [local_devices, per_device,
@@ -128,7 +131,8 @@ def make_pretrain_iterator(
   layout = _Layout(global_batch_size, process_index, process_count,
                    local_device_count)
   return _random_iterator(source, split, layout, seed, start_step, image_size,
-                          views=2, flip=False, num_threads=num_threads)
+                          views=2, flip=False, num_threads=num_threads,
+                          min_area=min_crop_area)
 
 
 def make_supervised_iterator(
@@ -136,7 +140,8 @@ def make_supervised_iterator(
     image_size: int, seed: int, start_step: int = 0,
     process_index: int | None = None, process_count: int | None = None,
     local_device_count: int | None = None,
-    num_threads: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    num_threads: int | None = None,
+    min_crop_area: float = AREA_RANGE[0]) -> Iterator[dict[str, np.ndarray]]:
   """Infinite stream for linear-probe training: random-resized crop + flip.
 
   Same arguments and guarantees as `make_pretrain_iterator`.
@@ -150,7 +155,8 @@ def make_supervised_iterator(
   layout = _Layout(global_batch_size, process_index, process_count,
                    local_device_count)
   it = _random_iterator(source, split, layout, seed, start_step, image_size,
-                        views=1, flip=True, num_threads=num_threads)
+                        views=1, flip=True, num_threads=num_threads,
+                        min_area=min_crop_area)
   return ({'image': b['view1'], 'label': b['label']} for b in it)
 
 
@@ -229,10 +235,12 @@ def prefetch_to_device(iterator: Iterator[Any], size: int = 2,
 
 
 def _random_iterator(source, split, layout, seed, start_step, image_size,
-                     views, flip, num_threads):
+                     views, flip, num_threads, min_area):
   raw = source.resolve_split(split)
   if isinstance(source, sources_lib.InMemorySource):
     return np_stream.random_iterator(source, raw, layout, seed,
-                                     start_step, image_size, views, flip)
+                                     start_step, image_size, views, flip,
+                                     min_area)
   return tf_stream.random_iterator(source, raw, layout, seed, start_step,
-                                   image_size, views, flip, num_threads)
+                                   image_size, views, flip, num_threads,
+                                   min_area)

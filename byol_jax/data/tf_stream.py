@@ -199,7 +199,7 @@ def _tf_finish(tf, ds, layout, num_threads):
 
 
 def random_iterator(source, split, layout, seed, start_step, image_size,
-                    views, flip, num_threads):
+                    views, flip, num_threads, min_area=crops.AREA_RANGE[0]):
   """Infinite tf.data iterator of random crops; see pipeline.py.
 
   Args:
@@ -231,7 +231,8 @@ def random_iterator(source, split, layout, seed, start_step, image_size,
       u = tf.random.stateless_uniform([crops.NUM_U + 1],
                                       _fold(tf, example_seed, v),
                                       dtype=tf.float64)
-      box = lambda h, w, u=u: crops.sample_crop(tnp, u[:crops.NUM_U], h, w)
+      box = lambda h, w, u=u: crops.sample_crop(tnp, u[:crops.NUM_U], h, w,
+                                                min_area)
       image = _tf_resize(tf, _tf_decode_crop(tf, image_bytes, box), image_size)
       if flip:
         image = tf.where(u[crops.NUM_U] < 0.5, tf.reverse(image, [1]), image)

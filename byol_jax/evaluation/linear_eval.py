@@ -299,7 +299,8 @@ def _probe(config, source, params, state, num_classes, devices):
     it = pipeline.make_supervised_iterator(
         source, split=e.train_split, global_batch_size=gb,
         image_size=config.data.image_size, seed=config.seed,
-        local_device_count=len(local))
+        local_device_count=len(local),
+        min_crop_area=config.data.get('min_crop_area', 0.08))
     enc_args = (params, state)
   else:
     train = extract_features(config, source, params, state,
