@@ -21,13 +21,9 @@ it is robust to other load on a shared machine, wall-clock numbers are not.
     python -m benchmarks.input_pipeline --batches 5 --no-write   # smoke run
 """
 import argparse
-import datetime
 import io
-import json
 import os
 import pathlib
-import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +31,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from benchmarks import _results
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CIFAR_TARBALL = (REPO.parent / 'shared' / 'data' / 'cifar10-jpg' /
@@ -93,17 +91,6 @@ def time_iterator(iterator, images_per_batch, batches, warmup=3):
   return images / wall, images / cpu
 
 
-def cpu_name():
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batches', type=int, default=20)
@@ -115,8 +102,7 @@ def main(argv=None):
   from byol_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from byol_jax.data import sources  # pylint: disable=g-import-not-at-top
 
-  cores = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
-           else os.cpu_count())
+  cores = _results.cpu_cores()
   thread_counts = sorted({1, cores})
   configs = []
   tmp = tempfile.mkdtemp(prefix='byol_jax_bench_')
@@ -166,8 +152,8 @@ def main(argv=None):
     print(configs[-1], flush=True)
 
   result = dict(
-      device=f'cpu: {cpu_name()}', cores=cores,
-      date=datetime.date.today().isoformat(),
+      device=f'cpu: {_results.cpu_name()}', cores=cores,
+      date=_results.today(),
       command='python -m benchmarks.input_pipeline ' + ' '.join(
           argv if argv is not None else sys.argv[1:]),
       load_average_1min_after=round(os.getloadavg()[0], 2),
@@ -180,11 +166,9 @@ def main(argv=None):
     print(f'{c["name"]:40s} {c["image_size"]:4d} {c["threads"]:7d} '
           f'{c["images_per_sec"]:9.1f} {c["images_per_sec_per_core"]:10.1f}')
   if not args.no_write:
-    slug = re.sub(r'[^a-z0-9]+', '-', cpu_name().lower()).strip('-')
-    path = pathlib.Path(args.out) / (
-        f'input_pipeline-{slug}-{cores}cores-{result["date"]}.json')
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + '\n')
+    path = _results.write_json(_results.results_path(
+        'input_pipeline', f'{_results.slug(_results.cpu_name())}-{cores}cores',
+        result['date'], args.out), result)
     print(f'wrote {path}')
   return result
 

@@ -95,6 +95,11 @@ def run(config, workdir, *, source=None) -> dict:
       save_interval_steps=config.checkpoint.every_steps or None,
       save_interval_secs=config.checkpoint.every_secs or None)
   restored = ckpt.restore_latest(experiment.state_template(config))
+  # Wall time summed over every segment of a resumed run.
+  wall_base = 0. if restored is None else float(
+      (restored.extra or {}).get('wall_time_s', 0.))
+  start_time = time.time()
+  wall_time = lambda: wall_base + time.time() - start_time
   if restored is not None:
     state = restored.state
     logging.info('Resumed from %s at step %d.', ckpt.directory, restored.step)
@@ -122,8 +127,8 @@ def run(config, workdir, *, source=None) -> dict:
       flush_metrics()  # Never checkpoint a state whose loss is not finite.
       host = jax.device_get(ts.unreplicate(rstate))
       try:
-        ckpt.save(step, host, {'data_step': step, 'time': time.time()},
-                  force=True)
+        ckpt.save(step, host, {'data_step': step, 'time': time.time(),
+                               'wall_time_s': wall_time()}, force=True)
       except checkpointing.NonFiniteStateError as e:
         # The weights went non-finite in this step's update; its loss (computed
         # before the update) was still finite.
@@ -175,7 +180,8 @@ def run(config, workdir, *, source=None) -> dict:
   ckpt.close()
   if jax.process_index() == 0 and not preempted:
     (workdir / 'pretrain_done.json').write_text(json.dumps(
-        {'step': step, 'total_steps': t.total_steps, 'metrics': last}))
+        {'step': step, 'total_steps': t.total_steps, 'metrics': last,
+         'wall_time_s': wall_time()}))
   return {'step': step, 'preempted': preempted, 'metrics': last}
 
 

@@ -37,7 +37,8 @@ def _scalar(name: str, value) -> float:
   return float(arr.reshape(()))
 
 
-def _format_duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+  """12 -> '12s', 754 -> '12m34s', 7380 -> '2h03m'."""
   seconds = int(round(seconds))
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
@@ -189,7 +190,7 @@ class MetricWriter:
                    f'{self._images_per_step / secs_per_step:.1f} img/s')
     if self._total_steps is not None:
       parts.append('ETA --' if secs_per_step is None else 'ETA ' +
-                   _format_duration(max(self._total_steps - step, 0) *
+                   format_duration(max(self._total_steps - step, 0) *
                                     secs_per_step))
     self._last = (now, step)
     line = ' | '.join(parts)

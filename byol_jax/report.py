@@ -1,0 +1,320 @@
+"""Results tables and plots from one or many run workdirs.
+
+Reads what a run leaves behind and nothing else, so it works on any set of
+finished (or still running) workdirs, copied from anywhere:
+
+  * config.json (byol_jax/pretrain.py): method, per-component norms, whether
+    the modified init of paper §3.2 is on, paper_top1 (the paper's ImageNet
+    top-1 in %, -1: none), training.total_steps.
+  * metrics.jsonl (byol_jax/writers.py): loss, collapse statistics and
+    online-classifier accuracy against step. Required.
+  * pretrain_done.json: written when pre-training finished; its optional
+    'wall_time_s' is the recorded pre-training wall time.
+  * eval_results.json (byol_jax/evaluation/linear_eval.py): linear top-1/top-5
+    and kNN top-1 of the frozen encoder, fractions in [0, 1].
+
+Usage:
+
+  python -m byol_jax.report --workdirs=/tmp/bn,/tmp/gnws,/tmp/nonorm \
+      --out=/tmp/report --title='Table 2, tiny scale'
+
+writes OUT/report.md (the table) and OUT/plots/{loss,collapse_std_projection,
+collapse_std_representation,online_top1}.png, one line per run.
+"""
+import json
+import math
+import os
+from typing import Optional, Sequence
+
+from etils import epath
+
+from byol_jax import writers
+
+# Metrics plotted against step, one PNG each (names as in metrics.jsonl).
+PLOT_METRICS = ('loss', 'collapse_std_projection',
+                'collapse_std_representation', 'online_top1')
+_PLOT_YLABELS = {
+    'loss': 'regression loss 2 - 2cos (BYOL) / InfoNCE (SimCLR)',
+    'collapse_std_projection': 'std of l2-normalised projection x sqrt(dim)',
+    'collapse_std_representation':
+        'std of l2-normalised representation x sqrt(dim)',
+    'online_top1': 'online classifier top-1 (train batch)',
+}
+_DASH = '—'
+
+
+def _read_json(path: epath.Path) -> Optional[dict]:
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path} is not valid JSON ({e}); delete or fix it.') from e
+
+
+def _last(rows: Sequence[dict], key: str) -> Optional[float]:
+  """The value of `key` in the last row that has it (rows may be partial)."""
+  for row in reversed(rows):
+    if key in row:
+      return float(row[key])
+  return None
+
+
+def _norm_label(model: dict, component: str) -> str:
+  norm = model.get(f'{component}_norm', '?')
+  ws_key = 'encoder_ws' if component == 'encoder' else 'heads_ws'
+  return norm + ('+ws' if model.get(ws_key) else '')
+
+
+def variant_label(config: dict) -> str:
+  """'BYOL enc=gn+ws proj=gn pred=gn' (+ ' +modified init') from a config.
+
+  Args:
+    config: the run's config.json as a dict.
+
+  Returns:
+    The method in capitals and each component's normalisation ('+ws' where
+    weight standardisation is on). SimCLR has no predictor, so none is shown.
+  """
+  method = str(config.get('method', '?'))
+  model = config.get('model', {})
+  parts = [method.upper(), 'enc=' + _norm_label(model, 'encoder'),
+           'proj=' + _norm_label(model, 'projector')]
+  if method != 'simclr':
+    parts.append('pred=' + _norm_label(model, 'predictor'))
+  if config.get('training', {}).get('modified_init'):
+    parts.append('+modified init')  # paper §3.2
+  return ' '.join(parts)
+
+
+def _wall_time(workdir: epath.Path, done: Optional[dict]):
+  """(seconds, exact) of pre-training, or (None, False) when unknown.
+
+  Exact: pretrain_done.json's 'wall_time_s'. Otherwise approximate: the
+  mtime of metrics.jsonl (last metric written) minus that of config.json
+  (written when a run starts). A resumed run rewrites config.json, so the
+  approximation then covers only the last segment.
+  """
+  if done and 'wall_time_s' in done:
+    return float(done['wall_time_s']), True
+  config_path = workdir / 'config.json'
+  if '://' in os.fspath(workdir) or not config_path.exists():
+    return None, False
+  start = os.path.getmtime(os.fspath(config_path))
+  end = os.path.getmtime(os.fspath(workdir / writers.METRICS_FILENAME))
+  return max(end - start, 0.), False
+
+
+def load_run(workdir) -> dict:
+  """Everything the table and plots need from one run directory.
+
+  Args:
+    workdir: a run directory (local path or gs://) holding metrics.jsonl and
+      usually config.json, pretrain_done.json and eval_results.json.
+
+  Returns:
+    dict with 'name' (basename), 'workdir', 'variant', 'paper_top1' (% or
+    None), 'rows' (metrics.jsonl rows), 'last_step', 'total_steps' (None if
+    unknown), 'final' (last value of each of loss, collapse_std_projection,
+    collapse_std_representation, online_top1, knn_top1; None if never logged),
+    'wall_time_s' and 'wall_time_exact' (see _wall_time), 'finished',
+    'top1', 'top5', 'knn_top1' (linear-eval fractions, None without
+    eval_results.json).
+
+  Raises:
+    ValueError: the workdir has no metrics.jsonl (or it has no rows).
+  """
+  workdir = epath.Path(workdir)
+  metrics_path = workdir / writers.METRICS_FILENAME
+  if not metrics_path.exists():
+    raise ValueError(
+        f'{metrics_path} does not exist: {workdir} is not a pre-training '
+        'workdir, or pre-training has not logged yet. Run `python -m '
+        f'byol_jax.main --config=experiments/<variant>.py --workdir={workdir}`'
+        ' first (or pass the right --workdirs).')
+  rows = writers.read_metrics(workdir)
+  if not rows:
+    raise ValueError(f'{metrics_path} has no metric rows; let pre-training '
+                     'run to its first logging step.')
+  config = _read_json(workdir / 'config.json') or {}
+  done = _read_json(workdir / 'pretrain_done.json')
+  results = _read_json(workdir / 'eval_results.json') or {}
+  paper = config.get('paper_top1', -1.)
+  total = config.get('training', {}).get('total_steps', -1)
+  wall, exact = _wall_time(workdir, done)
+  return {
+      'name': workdir.name,
+      'workdir': os.fspath(workdir),
+      'variant': variant_label(config) if config else workdir.name,
+      'paper_top1': None if paper is None or paper < 0 else float(paper),
+      'rows': rows,
+      'last_step': max(int(r['step']) for r in rows),
+      'total_steps': int(total) if total and total > 0 else None,
+      'final': {k: _last(rows, k) for k in PLOT_METRICS + ('knn_top1',)},
+      'wall_time_s': wall,
+      'wall_time_exact': exact,
+      'finished': done is not None,
+      'top1': results.get('top1'),
+      'top5': results.get('top5'),
+      'knn_top1': results.get('knn_top1'),
+  }
+
+
+def _fmt(x: Optional[float], fmt: str) -> str:
+  if x is None:
+    return _DASH
+  if not math.isfinite(x):
+    return str(x)  # 'nan' / 'inf': a diverged run stays visible.
+  return format(x, fmt)
+
+
+def _pct(x: Optional[float]) -> str:
+  return _DASH if x is None else _fmt(100. * x, '.1f')
+
+
+def format_duration(seconds: Optional[float]) -> str:
+  """12 -> '12s', 754 -> '12m34s', 7380 -> '2h03m'; None -> '—'."""
+  return _DASH if seconds is None else writers.format_duration(seconds)
+
+
+_COLUMNS = ('run', 'variant', 'paper top-1 (%)', 'linear top-1 (%)',
+            'kNN top-1 (%)', 'collapse std proj', 'collapse std repr',
+            'final loss', 'steps', 'wall time')
+
+
+def table_row(run: dict) -> list[str]:
+  """The table cells of one load_run() dict (fixed decimals)."""
+  final = run['final']
+  knn = _pct(run['knn_top1'])
+  if run['knn_top1'] is None and final['knn_top1'] is not None:
+    knn = _pct(final['knn_top1']) + ' (monitor)'  # training-time kNN monitor.
+  steps = str(run['last_step'])
+  if run['total_steps']:
+    steps += f'/{run["total_steps"]}'
+  wall = format_duration(run['wall_time_s'])
+  if run['wall_time_s'] is not None and not run['wall_time_exact']:
+    wall = '~' + wall  # from file mtimes (see _wall_time).
+  return [run['name'], run['variant'], _fmt(run['paper_top1'], '.1f'),
+          _pct(run['top1']), knn,
+          _fmt(final['collapse_std_projection'], '.3f'),
+          _fmt(final['collapse_std_representation'], '.3f'),
+          _fmt(final['loss'], '.4f'), steps, wall]
+
+
+def markdown_table(runs: Sequence[dict]) -> str:
+  """A markdown table, one row per run, in the given order.
+
+  Args:
+    runs: load_run() dicts.
+
+  Returns:
+    The table (header, separator, rows), newline-terminated. Accuracies in %
+    with 1 decimal (as the paper reports them), collapse statistics with 3,
+    loss with 4; '—' where a number is unknown. The paper's numbers are
+    ImageNet top-1 of ResNet-50 runs (Tables 1-2): compare the ordering of
+    variants, not the values, at small scale.
+  """
+  lines = ['| ' + ' | '.join(_COLUMNS) + ' |',
+           '|' + '|'.join(['---'] * len(_COLUMNS)) + '|']
+  for run in runs:
+    cells = [c.replace('|', '\\|') for c in table_row(run)]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot(runs: Sequence[dict], out_dir, title: str = '') -> dict:
+  """One PNG per metric in PLOT_METRICS, one line per run (x = step).
+
+  Args:
+    runs: load_run() dicts.
+    out_dir: the PNGs go to out_dir/plots/<metric>.png (local path).
+    title: prefix of each plot's title.
+
+  Returns:
+    {metric: {'path': str, 'num_lines': int, 'labels': [str]}}; a run that
+    never logged a metric has no line in its plot.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')  # No display on servers / CI.
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  plot_dir = os.path.join(os.fspath(out_dir), 'plots')
+  os.makedirs(plot_dir, exist_ok=True)
+  out = {}
+  for metric in PLOT_METRICS:
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    labels = []
+    for run in runs:
+      points = [(r['step'], r[metric]) for r in run['rows'] if metric in r]
+      if not points:
+        continue
+      label = f'{run["variant"]} ({run["name"]})'
+      ax.plot([p[0] for p in points], [p[1] for p in points], marker='.',
+              label=label)
+      labels.append(label)
+    ax.set_xlabel('step')
+    ax.set_ylabel(_PLOT_YLABELS[metric], fontsize=8)
+    ax.set_title(f'{title}: {metric}' if title else metric)
+    ax.grid(alpha=0.3)
+    if labels:
+      ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(plot_dir, f'{metric}.png')
+    fig.savefig(path)
+    out[metric] = {'path': path, 'num_lines': len(ax.get_lines()),
+                   'labels': labels}
+    plt.close(fig)
+  return out
+
+
+def write_report(workdirs: Sequence[str], out_dir,
+                 table_name: str = 'report.md', title: str = '') -> dict:
+  """Writes out_dir/<table_name> (title, table, plot links) and the plots.
+
+  Args:
+    workdirs: run directories, in table order.
+    out_dir: output directory (local path), created if needed.
+    table_name: file name of the markdown report inside out_dir.
+    title: heading of the report and prefix of the plot titles.
+
+  Returns:
+    {'table_path': str, 'table': str, 'plots': plot()'s dict, 'runs': [...]}.
+
+  Raises:
+    ValueError: no workdirs, or one of them has no metrics.jsonl.
+  """
+  if not workdirs:
+    raise ValueError('write_report needs at least one workdir (--workdirs).')
+  runs = [load_run(w) for w in workdirs]
+  table = markdown_table(runs)
+  plots = plot(runs, out_dir, title=title)
+  parts = [f'# {title}\n' if title else '', table]
+  parts.append('\nPaper top-1: the paper\'s ImageNet linear top-1 of the '
+               'variant (ResNet-50, Tables 1-2). Collapse std: per-dimension '
+               'std of l2-normalised embeddings x sqrt(dim), ~1 healthy, 0 '
+               'collapsed. Wall time with ~: from file modification times.\n')
+  parts += [f'\n![{m}](plots/{m}.png)\n' for m in PLOT_METRICS]
+  path = os.path.join(os.fspath(out_dir), table_name)
+  with open(path, 'w') as f:
+    f.write(''.join(parts))
+  return {'table_path': path, 'table': table, 'plots': plots, 'runs': runs}
+
+
+def main(argv):
+  del argv
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  out = write_report([w for w in f.workdirs if w], f.out, title=f.title)
+  print(out['table'], end='')
+  print(f'Wrote {out["table_path"]} and {len(out["plots"])} plots in '
+        f'{os.path.join(f.out, "plots")}.')
+
+
+if __name__ == '__main__':
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_list('workdirs', None, 'Run directories, comma-separated.')
+  flags.DEFINE_string('out', None, 'Output directory for report and plots.')
+  flags.DEFINE_string('title', '', 'Report title.')
+  flags.mark_flags_as_required(['workdirs', 'out'])
+  app.run(main)
