@@ -46,17 +46,12 @@ def make_byol(model, num_classes: int,
 
   def loss(online_params, online_state, target_params, target_state, views,
            labels):
-    view1, view2 = views
-    out1, online_state = online.apply(online_params, online_state, None, view1,
-                                      is_training=True)
-    out2, online_state = online.apply(online_params, online_state, None, view2,
-                                      is_training=True)
+    (out1, out2), online_state = networks.apply_views(
+        online, online_params, online_state, views)
     # Target forward in training mode (batch statistics), as the official
     # code; byol_loss applies the stop-gradient on its outputs.
-    tgt1, target_state = target.apply(target_params, target_state, None,
-                                      view1, is_training=True)
-    tgt2, target_state = target.apply(target_params, target_state, None,
-                                      view2, is_training=True)
+    (tgt1, tgt2), target_state = networks.apply_views(
+        target, target_params, target_state, views)
     byol = losses.byol_loss(out1['prediction'], out2['prediction'],
                             tgt1['projection'], tgt2['projection'])
     classif, metrics = networks.classifier_and_monitors(out1, labels)

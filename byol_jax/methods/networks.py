@@ -109,6 +109,21 @@ def make_forward(model, num_classes: int, *, with_predictor: bool,
   return hk.transform_with_state(forward)
 
 
+def apply_views(transformed: hk.TransformedWithState, params, state, views):
+  """Forwards each view separately (training mode), threading the state.
+
+  Separate passes give per-view BN statistics, as the official BYOL code.
+
+  Returns:
+    (list of output dicts, one per view; the state after the last view).
+  """
+  outputs = []
+  for view in views:
+    out, state = transformed.apply(params, state, None, view, is_training=True)
+    outputs.append(out)
+  return outputs, state
+
+
 def restrict(tree: dict, modules=TARGET_MODULES) -> dict:
   """The entries of a Haiku params/state dict under the given modules."""
   return {k: v for k, v in tree.items() if k.split('/')[0] in modules}

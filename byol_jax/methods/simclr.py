@@ -36,11 +36,8 @@ def make_simclr(model, num_classes: int, *, temperature: float,
 
   def loss(online_params, online_state, target_params, target_state, views,
            labels):
-    view1, view2 = views
-    out1, online_state = online.apply(online_params, online_state, None, view1,
-                                      is_training=True)
-    out2, online_state = online.apply(online_params, online_state, None, view2,
-                                      is_training=True)
+    (out1, out2), online_state = networks.apply_views(
+        online, online_params, online_state, views)
     contrastive, info = losses.infonce_loss(
         out1['projection'], out2['projection'], temperature=temperature,
         axis_name=axis_name)
