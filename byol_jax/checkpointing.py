@@ -146,6 +146,10 @@ class Checkpointer:
       raise ValueError(f'save_interval_secs={save_interval_secs}: use a '
                        'positive number, or None to disable the time schedule.')
     self._directory = epath.Path(directory)
+    if '://' not in str(directory):
+      # orbax restores only from absolute local paths; a relative workdir
+      # (`--workdir=runs/x`) would save fine and then fail to resume.
+      self._directory = self._directory.absolute()
     self._save_interval_steps = save_interval_steps
     self._save_interval_secs = save_interval_secs
     self._time_fn = time_fn

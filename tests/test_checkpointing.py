@@ -79,6 +79,19 @@ def test_round_trip_is_bit_identical(tmp_path):
   assert isinstance(again.params['head']['w'], jax.Array)
 
 
+def test_relative_directory_restores(tmp_path, monkeypatch):
+  # `--workdir=runs/x`: orbax restores only from absolute paths, so a relative
+  # directory used to save fine and then fail to resume.
+  monkeypatch.chdir(tmp_path)
+  state = make_state(5)
+  checkpointing.Checkpointer('runs/x/checkpoints').save(4, state, force=True)
+  ckpt = checkpointing.Checkpointer(pathlib.Path('runs/x/checkpoints'))
+  assert ckpt.directory == tmp_path / 'runs/x/checkpoints'
+  restored = ckpt.restore_latest(abstract(state))
+  assert restored.step == 4
+  assert_identical(restored.state, state)
+
+
 def test_optax_state_round_trip_from_eval_shape_template(tmp_path):
   optax = pytest.importorskip('optax')
   params = {'w': jnp.full((3, 2), 0.5), 'b': jnp.zeros(2)}
