@@ -14,7 +14,10 @@ MLP_OUTPUT_SIZE = 256
 
 
 class MLP(hk.Module):
-  """Linear(hidden) -> norm -> ReLU -> Linear(output), the BYOL head.
+  """Linear(hidden) -> norm -> ReLU -> Linear(output, no bias), the BYOL head.
+
+  As the official code's MLP (byol/utils/networks.py): the hidden layer has a
+  bias, the output layer none.
 
   Used for both the projector g and the predictor q; each gets its own norm
   kind (paper Table 1 varies them independently).
@@ -43,8 +46,8 @@ class MLP(hk.Module):
                       name='linear_0')(x)
     x = layers.make_norm(self.norm, 'norm_0')(x, is_training)
     x = jax.nn.relu(x)
-    x = layers.Linear(self.output_size, weight_standardization=self.ws,
-                      name='linear_1')(x)
+    x = layers.Linear(self.output_size, with_bias=False,
+                      weight_standardization=self.ws, name='linear_1')(x)
     return x.astype(jnp.float32)
 
 

@@ -20,10 +20,10 @@ def test_mlp_shapes_and_parameter_count():
   assert shapes == {
       'projector/linear_0': {'w': (2048, 4096), 'b': (4096,)},
       'projector/norm_0': {'scale': (4096,), 'offset': (4096,)},
-      'projector/linear_1': {'w': (4096, 256), 'b': (256,)},
+      'projector/linear_1': {'w': (4096, 256)},  # no bias (official code).
   }
-  # 2048*4096 + 4096 + 2*4096 + 4096*256 + 256 (BYOL's ResNet-50 projector).
-  assert sum(np.prod(s.shape) for s in jax.tree.leaves(params)) == 9_449_728
+  # 2048*4096 + 4096 + 2*4096 + 4096*256 (BYOL's ResNet-50 projector).
+  assert sum(np.prod(s.shape) for s in jax.tree.leaves(params)) == 9_449_472
   assert set(state) == {'projector/norm_0'}
 
 
