@@ -25,7 +25,8 @@ follow the official BYOL order, in which the current lr_t scales the whole
 trace. tests/test_optim.py checks both the hand-computed update and that it
 differs from optax.lars under a changing learning rate.
 """
-from typing import Any, Callable, Union
+import functools
+from typing import Any, Callable, Mapping, Optional, Union
 
 import jax
 import optax
@@ -94,6 +95,27 @@ def lars_mask(params) -> Any:
   return jax.tree_util.tree_map_with_path(_is_lars_weight, params)
 
 
+def _module_name(path) -> str:
+  """The first key of a pytree path ('predictor/linear_0' in Haiku trees)."""
+  if not path:
+    return ''
+  key = path[0]
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def module_mask(params, component: str) -> Any:
+  """True for the parameters of `component`: modules named `component` or
+  `component/...` (e.g. 'predictor' matches 'predictor/linear_0')."""
+  def select(path, leaf):
+    del leaf
+    name = _module_name(path)
+    return name == component or name.startswith(component + '/')
+  return jax.tree_util.tree_map_with_path(select, params)
+
+
 def make_optimizer(
     learning_rate_fn: ScalarOrSchedule,
     *,
@@ -102,6 +124,7 @@ def make_optimizer(
     trust_coefficient: float = 1e-3,
     eps: float = 0.0,
     nesterov: bool = False,
+    lr_multipliers: Optional[Mapping[str, float]] = None,
 ) -> optax.GradientTransformation:
   """LARS with BYOL's exclusions, in the official BYOL order of operations.
 
@@ -122,6 +145,10 @@ def make_optimizer(
       none: 0).
     nesterov: Nesterov momentum (update mu_t' = a_t + momentum * mu_t); not in
       the official code.
+    lr_multipliers: {component: factor}: the updates of that component's
+      parameters (Haiku modules `component/...`, see module_mask) are scaled
+      by factor, i.e. it trains with factor x the learning rate. None or {}
+      (the paper and the official code): one learning rate for everything.
 
   Returns:
     An optax.GradientTransformation; its update needs `params`.
@@ -137,6 +164,15 @@ def make_optimizer(
                      f'{trust_coefficient}.')
   if not eps >= 0:
     raise ValueError(f'make_optimizer: eps must be >= 0, got {eps}.')
+  multipliers = []
+  for component, factor in sorted((lr_multipliers or {}).items()):
+    if not factor > 0:
+      raise ValueError(f'make_optimizer: the learning-rate multiplier of '
+                       f'{component!r} must be > 0, got {factor}.')
+    if factor != 1:
+      multipliers.append(optax.masked(
+          optax.scale(factor),
+          mask=functools.partial(module_mask, component=component)))
   return optax.chain(
       optax.add_decayed_weights(weight_decay, mask=lars_mask),
       # eta * ||w|| / (||d|| + eps), 1 where either norm is 0: the official
@@ -148,4 +184,5 @@ def make_optimizer(
       # Momentum before the learning rate, as the official code (see above).
       optax.trace(decay=momentum, nesterov=nesterov),
       optax.scale_by_learning_rate(learning_rate_fn),
+      *multipliers,
   )
