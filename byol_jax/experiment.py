@@ -70,6 +70,10 @@ def validate(config, *, check_steps: bool = True,
   if check_steps and not 0 <= training.warmup_steps <= training.total_steps:
     raise ConfigError(f'training.warmup_steps={training.warmup_steps} must be '
                       f'in [0, total_steps={training.total_steps}].')
+  if not training.predictor_lr_multiplier > 0:
+    raise ConfigError(
+        f'training.predictor_lr_multiplier={training.predictor_lr_multiplier} '
+        'must be > 0 (1: the paper\'s single learning rate).')
   if not 0. <= training.base_ema <= 1.:
     raise ConfigError(f'training.base_ema={training.base_ema} must be in '
                       '[0, 1].')
@@ -127,8 +131,11 @@ def target_ema_fn(config):
 
 
 def make_optimizer(config):
-  return optim.make_optimizer(learning_rate_fn(config),
-                              weight_decay=config.training.weight_decay)
+  return optim.make_optimizer(
+      learning_rate_fn(config), weight_decay=config.training.weight_decay,
+      trust_coefficient=config.training.trust_coefficient,
+      lr_multipliers={
+          'predictor': config.training.predictor_lr_multiplier})
 
 
 def byol_augment(keys: jax.Array, images: jax.Array, view: int) -> jax.Array:
