@@ -144,6 +144,7 @@ def load_run(workdir) -> dict:
   wall, exact = _wall_time(workdir, done)
   return {
       'name': workdir.name,
+      'method': str(config.get('method', 'byol')),
       'workdir': os.fspath(workdir),
       'variant': variant_label(config) if config else workdir.name,
       'paper_top1': None if paper is None or paper < 0 else float(paper),
@@ -222,13 +223,15 @@ def markdown_table(runs: Sequence[dict]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def plot(runs: Sequence[dict], out_dir, title: str = '') -> dict:
+def plot(runs: Sequence[dict], out_dir, title: str = '',
+         prefix: str = '') -> dict:
   """One PNG per metric in PLOT_METRICS, one line per run (x = step).
 
   Args:
     runs: load_run() dicts.
-    out_dir: the PNGs go to out_dir/plots/<metric>.png (local path).
+    out_dir: the PNGs go to out_dir/plots/<prefix><metric>.png (local path).
     title: prefix of each plot's title.
+    prefix: file-name prefix of the PNGs (e.g. 'byol_').
 
   Returns:
     {metric: {'path': str, 'num_lines': int, 'labels': [str]}}; a run that
@@ -259,7 +262,7 @@ def plot(runs: Sequence[dict], out_dir, title: str = '') -> dict:
     if labels:
       ax.legend(fontsize=7)
     fig.tight_layout()
-    path = os.path.join(plot_dir, f'{metric}.png')
+    path = os.path.join(plot_dir, f'{prefix}{metric}.png')
     fig.savefig(path)
     out[metric] = {'path': path, 'num_lines': len(ax.get_lines()),
                    'labels': labels}
@@ -268,7 +271,9 @@ def plot(runs: Sequence[dict], out_dir, title: str = '') -> dict:
 
 
 def write_report(workdirs: Sequence[str], out_dir,
-                 table_name: str = 'report.md', title: str = '') -> dict:
+                 table_name: str = 'report.md', title: str = '',
+                 notes: Sequence[str] = (),
+                 group_by_method: bool = False) -> dict:
   """Writes out_dir/<table_name> (title, table, plot links) and the plots.
 
   Args:
@@ -276,9 +281,13 @@ def write_report(workdirs: Sequence[str], out_dir,
     out_dir: output directory (local path), created if needed.
     table_name: file name of the markdown report inside out_dir.
     title: heading of the report and prefix of the plot titles.
+    notes: lines added under the table (e.g. variants not run yet).
+    group_by_method: one set of plots per method (plots/<method>_<metric>.png)
+      instead of one for all runs; for tables with many runs.
 
   Returns:
-    {'table_path': str, 'table': str, 'plots': plot()'s dict, 'runs': [...]}.
+    {'table_path': str, 'table': str, 'plots': {metric or
+    '<method>_<metric>': plot info}, 'runs': [...]}.
 
   Raises:
     ValueError: no workdirs, or one of them has no metrics.jsonl.
@@ -287,13 +296,24 @@ def write_report(workdirs: Sequence[str], out_dir,
     raise ValueError('write_report needs at least one workdir (--workdirs).')
   runs = [load_run(w) for w in workdirs]
   table = markdown_table(runs)
-  plots = plot(runs, out_dir, title=title)
+  groups = {'': runs}
+  if group_by_method:
+    groups = {}
+    for run in runs:
+      groups.setdefault(run['method'] + '_', []).append(run)
+  plots = {}
+  for prefix, group in groups.items():
+    group_title = f'{title}, {prefix[:-1].upper()}' if prefix else title
+    plots.update({prefix + m: info for m, info in
+                  plot(group, out_dir, title=group_title,
+                       prefix=prefix).items()})
   parts = [f'# {title}\n' if title else '', table]
+  parts += [f'\n{line}\n' for line in notes]
   parts.append('\nPaper top-1: the paper\'s ImageNet linear top-1 of the '
                'variant (ResNet-50, Tables 1-2). Collapse std: per-dimension '
                'std of l2-normalised embeddings x sqrt(dim), ~1 healthy, 0 '
                'collapsed. Wall time with ~: from file modification times.\n')
-  parts += [f'\n![{m}](plots/{m}.png)\n' for m in PLOT_METRICS]
+  parts += [f'\n![{m}](plots/{m}.png)\n' for m in plots]
   path = os.path.join(os.fspath(out_dir), table_name)
   with open(path, 'w') as f:
     f.write(''.join(parts))
