@@ -95,11 +95,17 @@ def main(argv):
   except distributed.DistributedConfigError as e:
     print(f'Distributed setup error: {e}', file=sys.stderr)
     sys.exit(2)
+  from byol_jax import checkpointing  # pylint: disable=g-import-not-at-top
   try:
     run(_CONFIG.value, _WORKDIR.value)
   except experiment.ConfigError as e:
     # One clear line, no stack trace: a config problem is the user's to fix.
     print(f'Config error: {e}', file=sys.stderr)
+    sys.exit(2)
+  except checkpointing.CheckpointRestoreError as e:
+    # Likewise for checkpoints that cannot be resumed (unreadable, or hosts
+    # that do not share the workdir): the message says what to do.
+    print(f'Checkpoint error: {e}', file=sys.stderr)
     sys.exit(2)
 
 

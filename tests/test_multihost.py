@@ -110,7 +110,8 @@ def _env(devices: int) -> dict:
 class Job:
   """The processes of one multi-process run of main, logging to files."""
 
-  def __init__(self, name, workdir, config, *, processes=2, extra=()):
+  def __init__(self, name, workdir, config, *, processes=2, extra=(),
+               cwds=None, logdir=None):
     self.name, self.workdir = name, pathlib.Path(workdir)
     port = _free_port()
     self.procs, self.logs = [], []
@@ -119,22 +120,30 @@ class Job:
              f'--workdir={workdir}', f'--coordinator_address=127.0.0.1:{port}',
              f'--num_processes={processes}', f'--process_id={i}',
              *(f'--config.{k}={v}' for k, v in OVERRIDES.items()), *extra]
-      log = self.workdir.parent / f'{name}.process{i}.log'
+      log = (logdir or self.workdir.parent) / f'{name}.process{i}.log'
       self.logs.append(log)
       with log.open('w') as f:
         self.procs.append(subprocess.Popen(
-            cmd, cwd=REPO, env=_env(DEVICES_PER_PROCESS), stdout=f,
-            stderr=subprocess.STDOUT))
+            cmd, cwd=cwds[i] if cwds else REPO, env=_env(DEVICES_PER_PROCESS),
+            stdout=f, stderr=subprocess.STDOUT))
 
-  def wait(self, deadline) -> dict:
-    """Waits for every process; on a failure kills the rest and fails."""
+  def wait(self, deadline, expect_failure=False) -> dict:
+    """Waits for every process; on a failure kills the rest and fails.
+
+    With expect_failure, waits for all to exit and returns their logs and
+    return codes instead.
+    """
     while any(p.poll() is None for p in self.procs):
-      if any(p.poll() not in (None, 0) for p in self.procs):
+      if (not expect_failure and
+          any(p.poll() not in (None, 0) for p in self.procs)):
         break
       if time.time() > deadline:
         break
       time.sleep(0.5)
-    if all(p.poll() == 0 for p in self.procs):
+    if expect_failure and all(p.poll() is not None for p in self.procs):
+      return {'returncodes': [p.returncode for p in self.procs],
+              'logs': [log.read_text() for log in self.logs]}
+    if not expect_failure and all(p.poll() == 0 for p in self.procs):
       return {'workdir': self.workdir, 'pids': [p.pid for p in self.procs],
               'logs': [log.read_text() for log in self.logs]}
     for p in self.procs:
@@ -298,6 +307,37 @@ def test_only_process_zero_writes_logs(runs):
     # The console progress line is process 0's alone.
     assert f'step {steps[-1]}/' in logs[0] and f'step {steps[-1]}/' not in logs[1]
     assert 'Process 1 of 2, 4 local device(s) of 8' in logs[1]
+
+
+def test_hosts_that_see_different_checkpoints_refuse_to_resume(runs,
+                                                              tmp_path):
+  """A workdir on each host's local disk: process 0 finds a checkpoint there,
+  process 1 finds none. Both must stop, not train from different states."""
+  disks = [tmp_path / 'host0', tmp_path / 'host1']
+  shutil.copytree(runs['gn2']['workdir'], disks[0] / 'run')
+  disks[1].mkdir()
+  job = Job('unshared', 'run',
+            f'{REPO}/experiments/gn_ws.py:tiny,steps={STEPS},batch={BATCH}',
+            cwds=disks, logdir=tmp_path)
+  out = job.wait(time.time() + 300, expect_failure=True)
+  assert out['returncodes'] == [2, 2]
+  for log in out['logs']:
+    assert 'Traceback' not in log
+    assert ('Checkpoint error: processes see different checkpoints in '
+            'run/checkpoints') in log
+    assert '[2, -1]' in log and 'must share one workdir' in log
+    assert 'Compiled the training step' not in log  # stopped before training
+  assert not (disks[1] / 'run' / 'checkpoints' / '2').exists()
+
+
+def test_global_batch_must_split_over_all_devices_of_all_hosts():
+  config = _config('gn_ws')
+  config.training.global_batch_size = 20
+  with pytest.raises(experiment.ConfigError,
+                     match=r'training.global_batch_size=20 does not divide '
+                     r'over 2 host\(s\) x 4 device\(s\) = 8; use a multiple '
+                     r'of 8 \(e.g. --config.training.global_batch_size=16\)'):
+    experiment.validate(config, process_count=2, local_device_count=4)
 
 
 def test_host_shards_are_disjoint_and_make_the_global_batch():
