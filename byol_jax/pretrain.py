@@ -238,11 +238,14 @@ def _check_same_state(state, step: int, which: str) -> str:
   fingerprint = distributed.fingerprint(state)
   logging.info('Process %d: %s state (step %d) sha256 %s', jax.process_index(),
                which, step, fingerprint)
+  hint = ('every process must start from the same checkpoint: use one '
+          'workdir that all hosts share (gs:// on TPU pods)' if
+          which == 'starting' else 'the processes diverged while training '
+          '(a host-dependent computation outside the pmapped step?)')
   distributed.check_same_on_all_processes(
       distributed.fingerprint_words(fingerprint),
       f'the {which} training state at step {step} (sha256 prefixes as int32 '
-      'words); every process must restore the same checkpoint: use one '
-      'workdir that all hosts share (gs:// on TPU pods)')
+      f'words); {hint}')
   return fingerprint
 
 
