@@ -23,8 +23,8 @@ Over these runs the differences stay below 1e-6 of the largest value in each
 part of the state (the tolerance, see _excess), while a few training steps
 move it by far more than that (asserted).
 
-Runs (a module fixture; the multi-process runs go in the background while
-this process computes the references):
+Runs (once, in test_two_processes_like_two_hosts; the multi-process runs go
+in the background while this process computes the references):
   gn2  GN+WS, 2 processes, 12 steps; once step 1 is logged, process 1 alone
        gets SIGTERM (a preemption notice reaching one host): both processes
        must checkpoint the same step k and exit cleanly
@@ -183,10 +183,10 @@ def _reference(name, arg, workdir, **overrides):
     return main_lib.run(config, str(workdir))
 
 
-@pytest.fixture(scope='module')
-def runs(tmp_path_factory):
+def _run_all(root):
+  """The runs of the module docstring; {name: their workdir, pids, logs}."""
   assert jax.local_device_count() == 8  # conftest.py
-  root = tmp_path_factory.mktemp('multihost')
+  root.mkdir(parents=True)
   gn = f'tiny,steps={STEPS},batch={BATCH}'
   bn = f'tiny,steps=2,batch={BATCH}'
   deadline = time.time() + TIMEOUT_S
@@ -272,12 +272,22 @@ def _stopped_at(runs):
   return _fingerprints(runs['gn2']['logs'])[0][0]
 
 
-@pytest.mark.parametrize('two,one,config', [
-    ('gn2', 'gn1', 'gn_ws'),
-    ('bn2', 'bn1', 'byol_bn'),
-])
-def test_two_processes_equal_one_process_with_eight_devices(
-    runs, tmp_path, two, one, config):
+def test_two_processes_like_two_hosts(tmp_path):
+  """All the checks on the runs, in one test.
+
+  One test function, so that the runs happen once even when pytest-xdist
+  spreads a module's tests over several workers (each would redo a fixture).
+  """
+  runs = _run_all(tmp_path / 'runs')
+  for two, one, config in (('gn2', 'gn1', 'gn_ws'), ('bn2', 'bn1', 'byol_bn')):
+    _check_equal_to_one_process(runs, tmp_path / two, two, one, config)
+  _check_signal_to_one_process_stops_both(runs)
+  _check_resume_in_a_second_two_process_run(runs, tmp_path / 'resume')
+  _check_only_process_zero_writes_logs(runs)
+  _check_unshared_workdir_refused(runs, tmp_path / 'unshared')
+
+
+def _check_equal_to_one_process(runs, tmp_path, two, one, config):
   final = _fingerprints(runs[two]['logs'])
   # Both processes end with the same state, bit for bit.
   assert set(final) == {0, 1} and final[0] == final[1]
@@ -293,7 +303,7 @@ def test_two_processes_equal_one_process_with_eight_devices(
   assert start[0] == start[1] and start[0][1] != final[0][1]
 
 
-def test_a_signal_to_one_process_stops_both_at_the_same_step(runs):
+def _check_signal_to_one_process_stops_both(runs):
   logs, workdir = runs['gn2']['logs'], runs['gn2']['workdir']
   k = _stopped_at(runs)
   assert 1 <= k < STEPS
@@ -304,7 +314,7 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step(runs):
   assert not (workdir / 'pretrain_done.json').exists()  # not finished
 
 
-def test_checkpoint_restores_in_a_second_two_process_run(runs, tmp_path):
+def _check_resume_in_a_second_two_process_run(runs, tmp_path):
   logs = runs['gn2r']['logs']
   k = _stopped_at(runs)
   start = _fingerprints(logs, _START)
@@ -324,7 +334,7 @@ def test_checkpoint_restores_in_a_second_two_process_run(runs, tmp_path):
                  straight, parts=['online_params', 'target_params']) > 100.
 
 
-def test_only_process_zero_writes_logs(runs):
+def _check_only_process_zero_writes_logs(runs):
   k = _stopped_at(runs)
   for name, steps in (('gn2', range(1, k + 1)), ('gn2r', range(1, STEPS + 1)),
                       ('bn2', [1, 2])):
@@ -352,13 +362,12 @@ def test_only_process_zero_writes_logs(runs):
     assert 'Process 1 of 2, 4 local device(s) of 8' in logs[1]
 
 
-def test_hosts_that_see_different_checkpoints_refuse_to_resume(runs,
-                                                              tmp_path):
+def _check_unshared_workdir_refused(runs, tmp_path):
   """A workdir on each host's local disk: process 0 finds a checkpoint there,
   process 1 finds none. Both must stop, not train from different states."""
   disks = [tmp_path / 'host0', tmp_path / 'host1']
   shutil.copytree(runs['gn2']['workdir'], disks[0] / 'run')
-  disks[1].mkdir()
+  disks[1].mkdir(parents=True)
   job = Job('unshared', 'run',
             f'{REPO}/experiments/gn_ws.py:tiny,steps={STEPS},batch={BATCH}',
             cwds=disks, logdir=tmp_path)
