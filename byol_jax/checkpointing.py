@@ -23,7 +23,11 @@ Guarantees the training loop relies on (issue 5, "exact resume"):
 
 Multi-host: call `save` / `restore_latest` on every host with the same
 arguments (orbax synchronises them); the state is saved from host memory as
-NumPy arrays, so pass the unreplicated, host-side state.
+NumPy arrays, so pass the unreplicated, host-side state. orbax writes NumPy
+leaves from process 0 only (every process holds the same copy) and every
+process reads them back. The directory must be shared by all hosts (gs:// or
+a shared filesystem); `restore_latest` raises when the processes see
+different latest steps, rather than let them resume from different states.
 """
 import json
 import signal
@@ -271,6 +275,7 @@ class Checkpointer:
       ValueError: a restored leaf's shape differs from the template's.
     """
     steps = self.all_steps()
+    self._check_processes_see(steps)
     if not steps:
       return None
     abstract = _to_abstract(template)
@@ -304,6 +309,24 @@ class Checkpointer:
         f'be restored (last error: {type(last_error).__name__}: '
         f'{str(last_error)[:500]}). Refusing to start from scratch: repair or '
         'move these checkpoints away, or use a fresh workdir.') from last_error
+
+  def _check_processes_see(self, steps: list[int]) -> None:
+    """Raises on every process unless all see the same latest checkpoint.
+
+    Each host lists the directory itself. A workdir on each host's local disk
+    (not shared) would let process 0 resume from its checkpoint while the
+    others start from scratch; the run must stop instead.
+    """
+    if jax.process_count() == 1:
+      return
+    latest = np.asarray(steps[-1] if steps else -1, np.int32)
+    seen = np.asarray(multihost_utils.process_allgather(latest)).reshape(-1)
+    if len(set(seen.tolist())) > 1:
+      raise CheckpointRestoreError(
+          f'processes see different checkpoints in {self._directory} (latest '
+          f'step per process, -1 for none: {seen.tolist()}). All hosts must '
+          'share one workdir: a gs:// bucket on TPU pods, a shared filesystem '
+          'on GPU clusters, not a local path on each host.')
 
   def _quarantine(self, steps: list[int]) -> None:
     """Renames corrupt step dirs to `<step>.corrupt` (kept for inspection).

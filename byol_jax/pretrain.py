@@ -9,8 +9,20 @@ k and resumed ends bit-identical (on CPU) to an uninterrupted one.
 Failure handling: SIGTERM/SIGINT (preemption) -> checkpoint and clean exit;
 a non-finite loss -> NonFiniteLossError naming the first bad step, and no
 checkpoint of that state is written (the last good one stays).
+
+Multi-process (one process per host, all running this loop in lock-step):
+each reads its own shard of the data (pipeline's default process_index /
+process_count), the pmapped step's collectives span every host's devices, only
+process 0 writes config.json, metrics, TensorBoard and pretrain_done.json, and
+every process takes part in each checkpoint save and restore (orbax writes the
+host-side arrays from process 0). The processes check that they start from,
+and end with, the same TrainState (a sha256 fingerprint), and agree on a
+preemption signal at logging steps, since a signal may reach only some hosts
+and every host must join the final save.
 """
 
+import functools
+import itertools
 import json
 import time
 from typing import Optional
@@ -22,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from byol_jax import checkpointing
+from byol_jax import distributed
 from byol_jax import experiment
 from byol_jax import modified_init
 from byol_jax import train_state as ts
@@ -42,8 +55,12 @@ def write_config(config, workdir: epath.Path) -> None:
 def _initial_state(config, method, optimizer, source):
   """Fresh TrainState (with the modified init of §3.2 when configured)."""
   rng = jax.random.PRNGKey(config.seed)
-  state = ts.init_train_state(method, optimizer, rng,
-                              experiment.sample_images(config))
+  # Jitted: one compilation instead of one per initialiser op, which matters
+  # on multi-host runs where every host initialises and hosts other than
+  # process 0 never hit the persistent compilation cache. (Same values as
+  # the eager init, bit for bit, on the tiny GN+WS and BN configs on CPU.)
+  init = jax.jit(functools.partial(ts.init_train_state, method, optimizer))
+  state = init(rng, experiment.sample_images(config))
   if config.training.modified_init:
     # A batch of augmented view-1 images, from its own data seed.
     batch = next(pipeline.make_pretrain_iterator(
@@ -106,20 +123,33 @@ def run(config, workdir, *, source=None) -> dict:
   else:
     state = _initial_state(config, method, optimizer, source)
   step = int(state.step)
+  _check_same_state(state, step, 'starting')
   stop_at = t.total_steps if t.max_steps < 0 else min(t.max_steps,
                                                       t.total_steps)
   writer = writers.MetricWriter(workdir, is_chief=jax.process_index() == 0,
                                 total_steps=t.total_steps,
                                 images_per_step=t.global_batch_size)
   writer.truncate_after(step)
+  logging.info('Process %d of %d reads its own data shard: %d of the %d '
+               'images of each step, %d per local device.',
+               jax.process_index(), jax.process_count(),
+               t.global_batch_size // jax.process_count(), t.global_batch_size,
+               t.global_batch_size // jax.device_count())
   data = pipeline.prefetch_to_device(pipeline.make_pretrain_iterator(
       source, split=config.data.pretrain_split,
       global_batch_size=t.global_batch_size, image_size=config.data.image_size,
       seed=config.seed, start_step=step,
       min_crop_area=config.data.min_crop_area))
-  p_update = ts.pmap_update(update)
   rstate = ts.replicate(state)
   del state
+  p_update = ts.pmap_update(update)
+  if step < stop_at:
+    # Compiled before the loop, then a barrier: every process enters the
+    # first step's collectives together (see distributed.barrier).
+    first_batch = next(data)
+    distributed.compile_then_sync(p_update, rstate, first_batch,
+                                  name='the training step')
+    data = itertools.chain([first_batch], data)
   history, last, preempted = [], {}, False
 
   def save(step, force=False):
@@ -166,23 +196,57 @@ def run(config, workdir, *, source=None) -> dict:
           step % config.logging.knn_every_steps == 0):
         flush_metrics()
         writer.write(step, {'knn_top1': knn_monitor(config, source, rstate)})
-      if watcher.requested:
+      if _preemption_requested(watcher, step, config.logging.every_steps):
         flush_metrics()
         save(step, force=True)
         logging.warning('%s received at step %d: checkpoint saved in %s; '
                         'rerun the same command to resume.',
-                        watcher.signal_name, step, ckpt.directory)
+                        watcher.signal_name or 'A preemption signal (on '
+                        'another host)', step, ckpt.directory)
         preempted = True
         break
       save(step, force=step == stop_at)
   flush_metrics()
   writer.close()
   ckpt.close()
+  fingerprint = _check_same_state(ts.unreplicate(rstate), step, 'final')
   if jax.process_index() == 0 and not preempted:
     (workdir / 'pretrain_done.json').write_text(json.dumps(
         {'step': step, 'total_steps': t.total_steps, 'metrics': last,
-         'wall_time_s': wall_time()}))
-  return {'step': step, 'preempted': preempted, 'metrics': last}
+         'wall_time_s': wall_time(), 'state_sha256': fingerprint}))
+  return {'step': step, 'preempted': preempted, 'metrics': last,
+          'state_sha256': fingerprint}
+
+
+def _preemption_requested(watcher, step: int, every_steps: int) -> bool:
+  """Whether to checkpoint and stop now, the same answer on every process.
+
+  One process: as soon as the signal arrives. Several: a signal may reach only
+  some hosts, and a save that not every host joins hangs, so the processes
+  agree (a tiny all-gather) every `every_steps` steps, where the loop already
+  waits for the step's metrics.
+  """
+  if jax.process_count() == 1:
+    return watcher.requested
+  if step % every_steps:
+    return False
+  return distributed.any_process(watcher.requested)
+
+
+def _check_same_state(state, step: int, which: str) -> str:
+  """Logs the state's fingerprint; raises unless every process has it."""
+  fingerprint = distributed.fingerprint(state)
+  logging.info('Process %d: %s state (step %d) sha256 %s', jax.process_index(),
+               which, step, fingerprint)
+  hint = ('every process must start from the same checkpoint: use one '
+          'workdir that all hosts share (gs:// on TPU pods)' if
+          which == 'starting' else 'the processes diverged while training '
+          '(a host-dependent computation outside the pmapped step?)')
+  distributed.check_same_on_all_processes(
+      distributed.fingerprint_words(fingerprint),
+      f'the {which} training state at step {step} (sha256 prefixes as int32 '
+      f'words); {hint}')
+  return fingerprint
 
 
 def knn_monitor(config, source, rstate) -> float:

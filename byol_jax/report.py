@@ -23,7 +23,6 @@ collapse_std_representation,online_top1}.png, one line per run.
 """
 import json
 import math
-import os
 from typing import Optional, Sequence
 
 from etils import epath
@@ -98,11 +97,14 @@ def _wall_time(workdir: epath.Path, done: Optional[dict]):
   if done and 'wall_time_s' in done:
     return float(done['wall_time_s']), True
   config_path = workdir / 'config.json'
-  if '://' in os.fspath(workdir) or not config_path.exists():
+  if not config_path.exists():
     return None, False
-  start = os.path.getmtime(os.fspath(config_path))
-  end = os.path.getmtime(os.fspath(workdir / writers.METRICS_FILENAME))
-  return max(end - start, 0.), False
+  # epath's stat() works on local paths and on gs:// objects alike.
+  start = config_path.stat().mtime
+  end = (workdir / writers.METRICS_FILENAME).stat().mtime
+  if start is None or end is None:
+    return None, False
+  return max(float(end) - float(start), 0.), False
 
 
 def load_run(workdir) -> dict:
@@ -145,7 +147,7 @@ def load_run(workdir) -> dict:
   return {
       'name': workdir.name,
       'method': str(config.get('method', 'byol')),
-      'workdir': os.fspath(workdir),
+      'workdir': str(workdir),
       'variant': variant_label(config) if config else workdir.name,
       'paper_top1': None if paper is None or paper < 0 else float(paper),
       'rows': rows,
@@ -229,7 +231,8 @@ def plot(runs: Sequence[dict], out_dir, title: str = '',
 
   Args:
     runs: load_run() dicts.
-    out_dir: the PNGs go to out_dir/plots/<prefix><metric>.png (local path).
+    out_dir: the PNGs go to out_dir/plots/<prefix><metric>.png (local or
+      gs://).
     title: prefix of each plot's title.
     prefix: file-name prefix of the PNGs (e.g. 'byol_').
 
@@ -241,8 +244,8 @@ def plot(runs: Sequence[dict], out_dir, title: str = '',
   matplotlib.use('Agg')  # No display on servers / CI.
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  plot_dir = os.path.join(os.fspath(out_dir), 'plots')
-  os.makedirs(plot_dir, exist_ok=True)
+  plot_dir = epath.Path(out_dir) / 'plots'
+  plot_dir.mkdir(parents=True, exist_ok=True)
   out = {}
   for metric in PLOT_METRICS:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
@@ -262,9 +265,10 @@ def plot(runs: Sequence[dict], out_dir, title: str = '',
     if labels:
       ax.legend(fontsize=7)
     fig.tight_layout()
-    path = os.path.join(plot_dir, f'{prefix}{metric}.png')
-    fig.savefig(path)
-    out[metric] = {'path': path, 'num_lines': len(ax.get_lines()),
+    path = plot_dir / f'{prefix}{metric}.png'
+    with path.open('wb') as f:
+      fig.savefig(f, format='png')
+    out[metric] = {'path': str(path), 'num_lines': len(ax.get_lines()),
                    'labels': labels}
     plt.close(fig)
   return out
@@ -278,7 +282,7 @@ def write_report(workdirs: Sequence[str], out_dir,
 
   Args:
     workdirs: run directories, in table order.
-    out_dir: output directory (local path), created if needed.
+    out_dir: output directory (local path or gs://), created if needed.
     table_name: file name of the markdown report inside out_dir.
     title: heading of the report and prefix of the plot titles.
     notes: lines added under the table (e.g. variants not run yet).
@@ -314,10 +318,10 @@ def write_report(workdirs: Sequence[str], out_dir,
                'std of l2-normalised embeddings x sqrt(dim), ~1 healthy, 0 '
                'collapsed. Wall time with ~: from file modification times.\n')
   parts += [f'\n![{m}](plots/{m}.png)\n' for m in plots]
-  path = os.path.join(os.fspath(out_dir), table_name)
-  with open(path, 'w') as f:
-    f.write(''.join(parts))
-  return {'table_path': path, 'table': table, 'plots': plots, 'runs': runs}
+  path = epath.Path(out_dir) / table_name
+  path.write_text(''.join(parts))
+  return {'table_path': str(path), 'table': table, 'plots': plots,
+          'runs': runs}
 
 
 def main(argv):
@@ -327,7 +331,7 @@ def main(argv):
   out = write_report([w for w in f.workdirs if w], f.out, title=f.title)
   print(out['table'], end='')
   print(f'Wrote {out["table_path"]} and {len(out["plots"])} plots in '
-        f'{os.path.join(f.out, "plots")}.')
+        f'{epath.Path(f.out) / "plots"}.')
 
 
 if __name__ == '__main__':

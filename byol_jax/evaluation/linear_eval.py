@@ -22,6 +22,7 @@ every host computes the same numbers; only process 0 writes files.
 
 import dataclasses
 import functools
+import itertools
 import json
 from typing import Optional
 
@@ -34,6 +35,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from byol_jax import distributed
 from byol_jax import encoder as encoder_lib
 from byol_jax import experiment
 from byol_jax import losses
@@ -162,6 +164,9 @@ def extract_features(config, source, params, state, *, split: str,
     masks.append(np.asarray(batch['mask']).reshape(-1))
   feats, labels, masks = (np.concatenate(x) for x in (feats, labels, masks))
   if jax.process_count() > 1:
+    # Hosts arrive after unequal work (compiling, reading); see
+    # distributed.barrier for why CPU hosts must meet before a collective.
+    distributed.barrier('features extracted')
     feats, labels, masks = (
         np.asarray(multihost_utils.process_allgather(x, tiled=True))
         for x in (feats, labels, masks))
@@ -321,8 +326,11 @@ def _probe(config, source, params, state, num_classes, devices):
   rclf, ropt = ts.replicate((clf_params, opt_state), local)
   renc = ts.replicate(enc_args, local)
   log_every = max(1, steps // 10)
-  for i, batch in zip(range(steps),
-                      pipeline.prefetch_to_device(it, devices=local)):
+  batches = pipeline.prefetch_to_device(it, devices=local)
+  first = next(batches)
+  distributed.compile_then_sync(step_fn, rclf, ropt, *renc, first['image'],
+                                first['label'], name='the linear probe step')
+  for i, batch in zip(range(steps), itertools.chain([first], batches)):
     rclf, ropt, metrics = step_fn(rclf, ropt, *renc, batch['image'],
                                   batch['label'])
     if (i + 1) % log_every == 0 or i + 1 == steps:

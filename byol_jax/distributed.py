@@ -1,0 +1,396 @@
+"""Multi-process runs: deciding how to start jax.distributed, and host agreement.
+
+JAX's multi-controller runtime runs one Python process per host (per TPU VM
+worker, per GPU node); every process runs the same program on its own local
+devices and its own data shard, and pmap's axis spans the devices of all
+processes. `jax.distributed.initialize` connects the processes; it must run
+before anything touches the XLA backend (main.py calls it first).
+
+Where the settings come from is decided here, explicitly and in this order
+(`plan`, a pure function of its arguments and an environment dict, so it is
+unit-tested without starting anything):
+
+  1. flags: --coordinator_address, --num_processes, --process_id (all three);
+  2. BYOL_COORDINATOR_ADDRESS, BYOL_NUM_PROCESSES, BYOL_PROCESS_ID (all three);
+  3. SLURM (SLURM_JOB_ID, SLURM_NTASKS, SLURM_PROCID, a node list) with more
+     than one task: coordinator = JAX_COORDINATOR_ADDRESS, else the job's first
+     node at BYOL_COORDINATOR_PORT (default: JAX's port for the job id);
+  4. a Cloud TPU VM: jax.distributed.initialize() with no arguments, which
+     reads the pod's worker list from the TPU metadata server;
+  5. otherwise one process: nothing to initialise.
+
+A half-specified source (a coordinator but no process count, a process id out
+of range) is a `DistributedConfigError` naming the flag or variable.
+
+The rest of the module holds the small cross-host agreements the training loop
+needs (`any_process`, `check_same_on_all_processes`) and a state fingerprint
+for comparing states bit for bit across hosts and runs.
+"""
+
+import dataclasses
+import hashlib
+import itertools
+import re
+import time
+from typing import Any, Callable, Mapping, Optional
+
+from absl import logging
+import jax
+import numpy as np
+
+FLAG_NAMES = ('--coordinator_address', '--num_processes', '--process_id')
+ENV_NAMES = ('BYOL_COORDINATOR_ADDRESS', 'BYOL_NUM_PROCESSES',
+             'BYOL_PROCESS_ID')
+MODES = ('auto', 'off')
+# Compiling a ResNet-50 step can take minutes on a loaded host.
+BARRIER_TIMEOUT_S = 1800
+# JAX's own choice of coordinator port for a SLURM job (jax._src.clusters.
+# slurm_cluster): the job id folded into the top 4096 ports, so every task of
+# the job computes the same port without talking to the others.
+_SLURM_PORT_RANGE = 2**12
+
+
+class DistributedConfigError(ValueError):
+  """Inconsistent multi-process settings; the message names the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """How (and whether) this process joins a multi-process run.
+
+  Attributes:
+    source: 'flags', 'env', 'slurm', 'tpu' or 'none' (single process).
+    coordinator_address: 'host:port' of process 0's coordinator service (None
+      for 'tpu', where JAX finds it, and for 'none').
+    num_processes: processes in the run (None for 'tpu' and 'none').
+    process_id: this process, in [0, num_processes) (None likewise).
+    local_device_ids: accelerators this process may use (None: all of the
+      host's); set for SLURM jobs with several tasks on a node.
+  """
+  source: str
+  coordinator_address: Optional[str] = None
+  num_processes: Optional[int] = None
+  process_id: Optional[int] = None
+  local_device_ids: Optional[tuple[int, ...]] = None
+
+  @property
+  def is_multiprocess(self) -> bool:
+    return self.source != 'none'
+
+  def describe(self) -> str:
+    """One human line, logged at start-up."""
+    if self.source == 'none':
+      return 'single process (no jax.distributed)'
+    if self.source == 'tpu':
+      return ('Cloud TPU VM: jax.distributed.initialize() detects the pod '
+              'from the TPU metadata')
+    devices = ('all local devices' if self.local_device_ids is None else
+               f'local devices {list(self.local_device_ids)}')
+    return (f'process {self.process_id} of {self.num_processes}, coordinator '
+            f'{self.coordinator_address}, {devices} (from {self.source})')
+
+
+def _int(value, name: str) -> int:
+  try:
+    return int(value)
+  except (TypeError, ValueError):
+    raise DistributedConfigError(f'{name}={value!r} must be an integer.') from None
+
+
+def _check_address(address: str, name: str) -> str:
+  host, sep, port = str(address).rpartition(':')
+  if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise DistributedConfigError(
+        f'{name}={address!r} must be host:port (e.g. 10.0.0.1:1234), the '
+        'address of process 0 and a free port on it.')
+  return address
+
+
+def _explicit(values, names, source) -> Optional[Plan]:
+  """A Plan from three explicit values, None when none is given."""
+  given = [v is not None and v != '' for v in values]
+  if not any(given):
+    return None
+  if not all(given):
+    have = ', '.join(n for n, g in zip(names, given) if g)
+    missing = ', '.join(n for n, g in zip(names, given) if not g)
+    raise DistributedConfigError(
+        f'{have} set but {missing} not: a multi-process run needs all of '
+        f'{", ".join(names)} (or none of them, to detect SLURM or a Cloud '
+        'TPU VM).')
+  address = _check_address(values[0], names[0])
+  count, index = _int(values[1], names[1]), _int(values[2], names[2])
+  if count < 1:
+    raise DistributedConfigError(f'{names[1]}={count} must be >= 1.')
+  if not 0 <= index < count:
+    raise DistributedConfigError(
+        f'{names[2]}={index} is out of range for {names[1]}={count}; use '
+        f'0..{count - 1}, a different one on each process.')
+  return Plan(source, address, count, index)
+
+
+def first_slurm_host(nodelist: str) -> str:
+  """The first host of a SLURM node list.
+
+  Args:
+    nodelist: e.g. 'node001', 'node001,gpu2', 'node[003-005,009],gpu2'.
+
+  Returns:
+    'node001', 'node001', 'node003'.
+  """
+  m = re.match(r'([^,\[]*)(\[([^\]]*)\])?', nodelist)
+  prefix, ranges = m.group(1), m.group(3)
+  if not prefix and not ranges:
+    raise DistributedConfigError(f'SLURM node list {nodelist!r} is empty.')
+  return prefix + (re.split(r'[,-]', ranges)[0] if ranges else '')
+
+
+def _tasks_on_node(env: Mapping[str, str]) -> int:
+  """Tasks SLURM runs on this node, from '2(x3),1'-style task counts."""
+  spec = env.get('SLURM_STEP_TASKS_PER_NODE') or env.get(
+      'SLURM_TASKS_PER_NODE')
+  if not spec:
+    return 1
+  counts = []
+  for part in spec.split(','):
+    m = re.fullmatch(r'(\d+)(?:\(x(\d+)\))?', part.strip())
+    if not m:
+      return 1
+    counts += [int(m.group(1))] * int(m.group(2) or 1)
+  node = _int(env.get('SLURM_NODEID', 0), 'SLURM_NODEID')
+  return counts[node] if node < len(counts) else counts[-1]
+
+
+def _slurm(env: Mapping[str, str]) -> Optional[Plan]:
+  """A Plan from a SLURM step's variables; None outside SLURM or 1 task."""
+  needed = ('SLURM_JOB_ID', 'SLURM_NTASKS', 'SLURM_PROCID')
+  nodelist = env.get('SLURM_STEP_NODELIST') or env.get('SLURM_JOB_NODELIST')
+  if not all(n in env for n in needed) or not nodelist:
+    return None
+  count = _int(env['SLURM_NTASKS'], 'SLURM_NTASKS')
+  if count <= 1:
+    return None
+  index = _int(env['SLURM_PROCID'], 'SLURM_PROCID')
+  if not 0 <= index < count:
+    raise DistributedConfigError(
+        f'SLURM_PROCID={index} is out of range for SLURM_NTASKS={count}.')
+  address = env.get('JAX_COORDINATOR_ADDRESS')
+  if address:
+    _check_address(address, 'JAX_COORDINATOR_ADDRESS')
+  else:
+    port = env.get('BYOL_COORDINATOR_PORT') or str(
+        _int(env['SLURM_JOB_ID'], 'SLURM_JOB_ID') % _SLURM_PORT_RANGE +
+        65536 - _SLURM_PORT_RANGE)
+    address = _check_address(f'{first_slurm_host(nodelist)}:{port}',
+                             'BYOL_COORDINATOR_PORT')
+  # One task per node sees all the node's GPUs (pmap over them); several
+  # tasks on a node get one GPU each, by local rank. (JAX's own SLURM
+  # detection always restricts a task to one GPU, which would leave all but
+  # one GPU of a node idle with one task per node.)
+  local = None
+  if _tasks_on_node(env) > 1:
+    local = (_int(env.get('SLURM_LOCALID', 0), 'SLURM_LOCALID'),)
+  return Plan('slurm', address, count, index, local)
+
+
+def plan(*, mode: str = 'auto', coordinator_address: Optional[str] = None,
+         num_processes: Optional[int] = None, process_id: Optional[int] = None,
+         env: Mapping[str, str], on_cloud_tpu: bool = False) -> Plan:
+  """Decides how this process starts (see the module docstring's order).
+
+  Args:
+    mode: 'auto' (the order above) or 'off' (one process, whatever the
+      environment says; explicit flags are then an error).
+    coordinator_address: --coordinator_address ('host:port') or None.
+    num_processes: --num_processes or None.
+    process_id: --process_id or None.
+    env: the environment (os.environ), read for BYOL_*, JAX_* and SLURM_*.
+    on_cloud_tpu: whether this is a Cloud TPU VM (`on_cloud_tpu_vm()`).
+
+  Returns:
+    The Plan; `initialize(plan)` carries it out.
+
+  Raises:
+    DistributedConfigError: a half-specified or inconsistent source.
+  """
+  if mode not in MODES:
+    raise DistributedConfigError(f'--distributed={mode!r}; use one of '
+                                 f'{", ".join(MODES)}.')
+  flags = _explicit((coordinator_address, num_processes, process_id),
+                    FLAG_NAMES, 'flags')
+  if mode == 'off':
+    if flags is not None:
+      raise DistributedConfigError(
+          '--distributed=off contradicts --coordinator_address/'
+          '--num_processes/--process_id; drop one or the other.')
+    return Plan('none')
+  if flags is not None:
+    return flags
+  from_env = _explicit(tuple(env.get(n) for n in ENV_NAMES), ENV_NAMES, 'env')
+  if from_env is not None:
+    return from_env
+  slurm = _slurm(env)
+  if slurm is not None:
+    return slurm
+  if on_cloud_tpu:
+    return Plan('tpu')
+  if env.get('JAX_COORDINATOR_ADDRESS'):
+    raise DistributedConfigError(
+        f'JAX_COORDINATOR_ADDRESS={env["JAX_COORDINATOR_ADDRESS"]} is set but '
+        'nothing gives the process count and id (no SLURM job, not a Cloud '
+        'TPU VM): set BYOL_NUM_PROCESSES and BYOL_PROCESS_ID too, or unset it.')
+  return Plan('none')
+
+
+def on_cloud_tpu_vm() -> bool:
+  """Whether JAX found TPU chips and libtpu on this VM (set at jax import)."""
+  try:
+    from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  return bool(getattr(cloud_tpu_init, 'running_in_cloud_tpu_vm', False))
+
+
+def initialize(the_plan: Plan, *,
+               initialize_fn: Optional[Callable[..., None]] = None,
+               config_update: Optional[Callable[[str, Any], None]] = None
+               ) -> bool:
+  """Carries out a Plan: starts jax.distributed unless it is single-process.
+
+  Call before anything touches the backend (jax.devices(), any computation).
+
+  Args:
+    the_plan: from `plan`.
+    initialize_fn: jax.distributed.initialize (injectable for tests).
+    config_update: jax.config.update (injectable for tests).
+
+  Returns:
+    True when jax.distributed was initialised.
+  """
+  logging.info('Distributed: %s.', the_plan.describe())
+  if not the_plan.is_multiprocess:
+    return False
+  initialize_fn = initialize_fn or jax.distributed.initialize
+  config_update = config_update or jax.config.update
+  # Cross-process collectives on CPU need an implementation (gloo over TCP);
+  # jax 0.10 defaults to it, older versions to none, and then a multi-process
+  # pmap on CPU hosts fails. GPU and TPU backends ignore this setting.
+  config_update('jax_cpu_collectives_implementation', 'gloo')
+  if the_plan.source == 'tpu':
+    initialize_fn()
+  else:
+    # 'deactivate': use exactly these values; JAX's own cluster detection
+    # would otherwise restrict each SLURM task to one GPU.
+    initialize_fn(coordinator_address=the_plan.coordinator_address,
+                  num_processes=the_plan.num_processes,
+                  process_id=the_plan.process_id,
+                  local_device_ids=(None if the_plan.local_device_ids is None
+                                    else list(the_plan.local_device_ids)),
+                  cluster_detection_method='deactivate')
+  return True
+
+
+# ------------------------------------------------------- host agreement
+_barrier_ids = itertools.count()
+
+
+def barrier(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
+  """Waits until every process reaches this barrier (no-op on one process).
+
+  Uses the coordination service of jax.distributed, not a device collective:
+  on CPU hosts the first cross-process collective of each program sets up a
+  gloo context and gives up when a peer is more than 30 s late (a fixed
+  timeout in XLA), and compile times differ between processes (one may load
+  the program from the persistent compilation cache while another compiles
+  it). A barrier after compiling and before running absorbs that skew.
+
+  Args:
+    name: what is being waited for (for the id and errors).
+    timeout_s: how long to wait for the slowest process.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  client = jax_distributed.global_state.client
+  barrier_id = f'byol_jax/{name}/{next(_barrier_ids)}'
+  if client is None:  # Multi-process without jax.distributed.initialize.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(barrier_id)
+    return
+  client.wait_at_barrier(barrier_id, timeout_in_ms=timeout_s * 1000)
+
+
+def compile_then_sync(fn, *args, name: str) -> None:
+  """Compiles fn (jit/pmap-ed) for args without running it, then a barrier.
+
+  Call `fn` itself afterwards: JAX keeps the executable compiled here in its
+  in-memory cache and the next call with arguments like `args` reuses it
+  (checked with jax_log_compiles on jax 0.10: one compilation). The
+  executable returned by `.compile()` cannot be called directly on several
+  processes: a multi-process pmap lowers for the global shape [all devices,
+  ...] while each process passes its local [local devices, ...] arrays.
+
+  Args:
+    fn: a jax.pmap / jax.jit function.
+    *args: example arguments (shapes, dtypes and shardings are what count).
+    name: what fn is, for the log and the barrier.
+  """
+  start = time.monotonic()
+  fn.lower(*args).compile()
+  logging.info('Compiled %s in %.1fs.', name, time.monotonic() - start)
+  barrier(f'compiled {name}')
+
+
+def _allgather(x: np.ndarray) -> np.ndarray:
+  """[process_count, ...] stack of every process's x (x itself on one)."""
+  if jax.process_count() == 1:
+    return np.asarray(x)[None]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  barrier('allgather')  # Processes arrive here after unequal work.
+  return np.asarray(multihost_utils.process_allgather(np.asarray(x)))
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process when `flag` is True on at least one.
+
+  A collective: every process must call it at the same point.
+  """
+  return bool(_allgather(np.asarray(bool(flag), np.int32)).max())
+
+
+def check_same_on_all_processes(values: np.ndarray, what: str) -> None:
+  """Raises RuntimeError on every process unless all hold equal `values`.
+
+  A collective: every process must call it at the same point.
+
+  Args:
+    values: a small int array (a step, a fingerprint's words).
+    what: what the values are, for the message.
+  """
+  values = np.asarray(values)
+  gathered = _allgather(values)
+  if not all(np.array_equal(g, gathered[0]) for g in gathered):
+    per_process = '; '.join(f'process {i}: {g.tolist()}'
+                            for i, g in enumerate(gathered))
+    raise RuntimeError(f'processes disagree on {what} ({per_process}).')
+
+
+def fingerprint(tree) -> str:
+  """sha256 (hex) of a pytree's structure, shapes, dtypes and bytes.
+
+  Equal fingerprints mean bit-identical trees: used to check that every host
+  holds the same TrainState, and by tests to compare runs.
+  """
+  h = hashlib.sha256()
+  leaves, treedef = jax.tree_util.tree_flatten(jax.device_get(tree))
+  h.update(str(treedef).encode())
+  for leaf in leaves:
+    leaf = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f'{leaf.dtype}{leaf.shape}'.encode())
+    h.update(leaf.tobytes())
+  return h.hexdigest()
+
+
+def fingerprint_words(hexdigest: str) -> np.ndarray:
+  """The first 128 bits of a fingerprint as int32 words (for an allgather)."""
+  return np.frombuffer(bytes.fromhex(hexdigest)[:16], np.int32).copy()

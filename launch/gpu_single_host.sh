@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Pre-trains on the GPUs of one machine.
+#
+#   launch/gpu_single_host.sh --config=experiments/gn_ws.py \
+#       --workdir=/data/runs/gn_ws [--gpus=0,1,2,3] [--processes=1] \
+#       [--port=12355] [--dry-run] [-- extra main.py flags]
+#
+# --processes=1 (default): one process pmaps over all the chosen GPUs; no
+# jax.distributed. --processes=N splits the GPUs into N groups and starts one
+# process per group, connected by jax.distributed on 127.0.0.1:PORT: the
+# multi-host code path (per-host data shards, process-0-only logs, checkpoints
+# from several processes) on one machine, for debugging before a pod run.
+# --gpus defaults to every GPU nvidia-smi lists. Output lines of process i are
+# prefixed with [i]. --dry-run prints every command without running any.
+set -euo pipefail
+
+usage() {
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
+}
+
+die() {
+  echo "gpu_single_host.sh: $*" >&2
+  echo "Run with --help for usage." >&2
+  exit 2
+}
+
+config='' workdir='' gpus='' processes=1 port=12355 dry_run=0
+python=${PYTHON:-python}
+extra=()
+while (($#)); do
+  case $1 in
+    --config=*) config=${1#*=} ;;
+    --workdir=*) workdir=${1#*=} ;;
+    --gpus=*) gpus=${1#*=} ;;
+    --processes=*) processes=${1#*=} ;;
+    --port=*) port=${1#*=} ;;
+    --dry-run) dry_run=1 ;;
+    -h | --help) usage; exit 0 ;;
+    --) shift; extra=("$@"); break ;;
+    *) die "unknown argument '$1'" ;;
+  esac
+  shift
+done
+
+[[ -n $config ]] || die "--config is required (e.g. --config=experiments/gn_ws.py)"
+[[ -n $workdir ]] || die "--workdir is required (a local path or gs:// URL)"
+[[ $processes =~ ^[1-9][0-9]*$ ]] || die "--processes=$processes must be a positive integer"
+if ! [[ $port =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
+  die "--port=$port must be a TCP port (1-65535)"
+fi
+if [[ -z $gpus ]]; then
+  command -v nvidia-smi > /dev/null ||
+    die "nvidia-smi not found: pass the GPUs to use, e.g. --gpus=0,1,2,3"
+  gpus=$(nvidia-smi --query-gpu=index --format=csv,noheader | paste -sd, -)
+fi
+[[ $gpus =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--gpus=$gpus must be comma-separated GPU indices"
+IFS=, read -r -a gpu_list <<< "$gpus"
+((${#gpu_list[@]} % processes == 0)) ||
+  die "--gpus=$gpus (${#gpu_list[@]} GPUs) does not split into --processes=$processes equal groups"
+per_process=$((${#gpu_list[@]} / processes))
+
+cd "$(dirname "$0")/.."
+
+# The arguments as one shell-quoted line (single quotes where needed).
+quote() {
+  local out='' arg
+  for arg in "$@"; do
+    if [[ $arg =~ ^[-A-Za-z0-9_./:=,@+%]+$ ]]; then
+      out+=" $arg"
+    else
+      out+=" '${arg//\'/\'\\\'\'}'"
+    fi
+  done
+  printf '%s' "${out# }"
+}
+
+main=("$python" -m byol_jax.main --config="$config" --workdir="$workdir")
+if ((processes == 1)); then
+  cmd=(env CUDA_VISIBLE_DEVICES="$gpus" "${main[@]}" --distributed=off "${extra[@]}")
+  printf '+ %s\n' "$(quote "${cmd[@]}")"
+  ((dry_run)) || exec "${cmd[@]}"
+  exit 0
+fi
+
+pids=()
+for ((i = 0; i < processes; i++)); do
+  group=$(IFS=,; echo "${gpu_list[*]:i*per_process:per_process}")
+  cmd=(env CUDA_VISIBLE_DEVICES="$group" "${main[@]}"
+    --coordinator_address="127.0.0.1:$port" --num_processes="$processes"
+    --process_id="$i" "${extra[@]}")
+  printf '+ %s 2>&1 | sed "s/^/[%d] /" &\n' "$(quote "${cmd[@]}")" "$i"
+  if ((!dry_run)); then
+    # A subshell, so that `wait` reports the pipeline's status (pipefail),
+    # not sed's.
+    ("${cmd[@]}" 2>&1 | sed "s/^/[$i] /") &
+    pids+=($!)
+  fi
+done
+((!dry_run)) || exit 0
+# When one process fails, jax.distributed stops the others (the coordination
+# service reports the failure to every process).
+status=0
+for pid in "${pids[@]}"; do
+  wait "$pid" || status=$?
+done
+exit "$status"

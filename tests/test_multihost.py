@@ -1,0 +1,439 @@
+"""Two processes on one machine, as on a 2-host pod: jax.distributed + gloo.
+
+The multi-process runs are `python -m byol_jax.main` in fresh processes on
+127.0.0.1, each process with 4 fake CPU devices (XLA_FLAGS), jax.distributed
+started from the --coordinator_address/--num_processes/--process_id flags and
+cross-process collectives over gloo. The reference is the same config run in
+this (pytest) process on its 8 CPU devices, on the same global batches
+(two_host_batches: host 0's batch on devices 0-3, host 1's on devices 4-7,
+pmap's global device order).
+
+Exactness. The two processes of a run end bit-identical (their sha256 state
+fingerprints are equal). The one-process, 8-device reference is equal to a
+tight tolerance, not bit for bit, for two measured reasons on XLA:CPU:
+  * the cross-process all-reduce (gloo) sums the 8 devices in another order
+    than the in-process one (a psum of 8 float32 normals: 584 of 1000 sums
+    differ, by up to 9.5e-7); gloo with one process and 8 devices matches the
+    two-process gloo sums exactly;
+  * XLA:CPU's convolution-gradient kernels round differently depending on
+    how many devices the process has (the same jitted conv weight gradient on
+    1, 4 or 8 fake devices: ~80% of its 432 values differ in the last bits),
+    so even with gloo in both, 4-device processes differ from an 8-device one.
+Over these runs the differences stay below 1e-6 of the largest value in each
+part of the state (the tolerance, see _excess), while a few training steps
+move it by far more than that (asserted).
+
+Runs (once, in test_two_processes_like_two_hosts; the multi-process runs go
+in the background while this process computes the references):
+  gn2  GN+WS, 2 processes, 12 steps; once step 1 is logged, process 1 alone
+       gets SIGTERM (a preemption notice reaching one host): both processes
+       must checkpoint the same step k and exit cleanly
+  bn2  BN (cross-replica statistics), 2 processes, 2 steps
+  gn1  GN+WS, this process with 8 devices, 12 steps (a checkpoint every step)
+  bn1  BN, this process with 8 devices, 2 steps
+then
+  gn2r a copy of gn2's workdir resumed by 2 new processes, from k to 12.
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from byol_jax import checkpointing
+from byol_jax import distributed
+from byol_jax import experiment
+from byol_jax import main as main_lib
+from byol_jax.data import pipeline
+from byol_jax.data import sources
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TIMEOUT_S = 900
+HOSTS, DEVICES_PER_PROCESS = 2, 4
+STEPS = 12  # GN+WS; BN runs 2.
+BATCH = 16  # 2 per device on 8 devices.
+OVERRIDES = {
+    'training.warmup_steps': 1,
+    'eval.after_pretraining': False,
+    'logging.knn_every_steps': 0,
+    'logging.every_steps': 1,
+    'checkpoint.every_steps': 1000,  # Only the final or preempted step.
+    'checkpoint.every_secs': 0,
+}
+_FINAL = re.compile(r'Process (\d+): final state \(step (\d+)\) sha256 (\w+)')
+_START = re.compile(r'Process (\d+): starting state \(step (\d+)\) sha256 (\w+)')
+
+
+def two_host_batches(make_iterator, **kwargs):
+  """The global batches of a 2-host x 4-device run, stacked by device.
+
+  Args:
+    make_iterator: pipeline.make_pretrain_iterator (or a function like it).
+    **kwargs: its arguments, without process_index / process_count /
+      local_device_count.
+
+  Yields:
+    Dicts of [8, per_device, ...] numpy arrays: host 0's batch, then host
+    1's (pmap's global device order: process 0's devices come first).
+  """
+  hosts = [make_iterator(**kwargs, process_index=p, process_count=HOSTS,
+                         local_device_count=DEVICES_PER_PROCESS)
+           for p in range(HOSTS)]
+  for parts in zip(*hosts):
+    yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _env(devices: int) -> dict:
+  env = dict(os.environ, PYTHONUNBUFFERED='1', JAX_PLATFORMS='cpu',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  # The subprocesses must import this checkout's byol_jax.
+  env['PYTHONPATH'] = os.pathsep.join(
+      [str(REPO)] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep)
+                     if p])
+  return env
+
+
+class Job:
+  """The processes of one multi-process run of main, logging to files."""
+
+  def __init__(self, name, workdir, config, *, processes=2, extra=(),
+               cwds=None, logdir=None):
+    self.name, self.workdir = name, pathlib.Path(workdir)
+    port = _free_port()
+    self.procs, self.logs = [], []
+    for i in range(processes):
+      cmd = [sys.executable, '-m', 'byol_jax.main', f'--config={config}',
+             f'--workdir={workdir}', f'--coordinator_address=127.0.0.1:{port}',
+             f'--num_processes={processes}', f'--process_id={i}',
+             *(f'--config.{k}={v}' for k, v in OVERRIDES.items()), *extra]
+      log = (logdir or self.workdir.parent) / f'{name}.process{i}.log'
+      self.logs.append(log)
+      with log.open('w') as f:
+        self.procs.append(subprocess.Popen(
+            cmd, cwd=cwds[i] if cwds else REPO, env=_env(DEVICES_PER_PROCESS),
+            stdout=f, stderr=subprocess.STDOUT))
+
+  def wait(self, deadline, expect_failure=False) -> dict:
+    """Waits for every process; on a failure kills the rest and fails.
+
+    With expect_failure, waits for all to exit and returns their logs and
+    return codes instead.
+    """
+    while any(p.poll() is None for p in self.procs):
+      if (not expect_failure and
+          any(p.poll() not in (None, 0) for p in self.procs)):
+        break
+      if time.time() > deadline:
+        break
+      time.sleep(0.5)
+    if expect_failure and all(p.poll() is not None for p in self.procs):
+      return {'returncodes': [p.returncode for p in self.procs],
+              'logs': [log.read_text() for log in self.logs]}
+    if not expect_failure and all(p.poll() == 0 for p in self.procs):
+      return {'workdir': self.workdir, 'pids': [p.pid for p in self.procs],
+              'logs': [log.read_text() for log in self.logs]}
+    for p in self.procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+    tails = '\n'.join(f'--- {log.name} (rc {p.returncode}):\n'
+                      + log.read_text()[-3000:]
+                      for p, log in zip(self.procs, self.logs))
+    pytest.fail(f'run {self.name} failed or timed out:\n{tails}')
+
+
+def _config(name, arg='tiny'):
+  spec = importlib.util.spec_from_file_location(
+      name, REPO / 'experiments' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def _reference(name, arg, workdir, **overrides):
+  """The one-process run (8 devices) on the two hosts' global batches."""
+  config = _config(name, arg)
+  with config.unlocked():
+    for key, value in {**OVERRIDES, **overrides}.items():
+      section, field = key.split('.')
+      config[section][field] = value
+  original = pipeline.make_pretrain_iterator
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(pipeline, 'make_pretrain_iterator',
+                  lambda source, **kw: two_host_batches(
+                      original, source=source, **kw))
+    return main_lib.run(config, str(workdir))
+
+
+def _run_all(root):
+  """The runs of the module docstring; {name: their workdir, pids, logs}."""
+  assert jax.local_device_count() == 8  # conftest.py
+  root.mkdir(parents=True)
+  gn = f'tiny,steps={STEPS},batch={BATCH}'
+  bn = f'tiny,steps=2,batch={BATCH}'
+  deadline = time.time() + TIMEOUT_S
+  jobs = {'gn2': Job('gn2', root / 'gn2', f'experiments/gn_ws.py:{gn}'),
+          'bn2': Job('bn2', root / 'bn2', f'experiments/byol_bn.py:{bn}')}
+  signaller = threading.Thread(
+      target=_sigterm_process_1_after_step_1, args=(jobs['gn2'], deadline),
+      daemon=True)
+  signaller.start()
+  out = {'gn1': _reference('gn_ws', gn, root / 'gn1',
+                           **{'checkpoint.every_steps': 1,
+                              'checkpoint.max_to_keep': STEPS}),
+         'bn1': _reference('byol_bn', bn, root / 'bn1')}
+  out['gn1']['workdir'], out['bn1']['workdir'] = root / 'gn1', root / 'bn1'
+  out.update((name, job.wait(deadline)) for name, job in jobs.items())
+  signaller.join()
+  # The second two-process run resumes a copy of gn2 (gn2 itself keeps its
+  # step-k checkpoint for the comparison with gn1's).
+  shutil.copytree(root / 'gn2', root / 'gn2r')
+  out['gn2r'] = Job('gn2r', root / 'gn2r',
+                    f'experiments/gn_ws.py:{gn}').wait(deadline)
+  return out
+
+
+def _sigterm_process_1_after_step_1(job, deadline):
+  """SIGTERM to process 1 only, once process 0 has logged step 1."""
+  metrics = job.workdir / 'metrics.jsonl'
+  while time.time() < deadline and job.procs[1].poll() is None:
+    if metrics.exists() and metrics.read_text().strip():
+      job.procs[1].send_signal(signal.SIGTERM)
+      return
+    time.sleep(0.05)
+
+
+def _fingerprints(logs, pattern=_FINAL):
+  """{process: (step, sha256)} from each process's log."""
+  found = {}
+  for log in logs:
+    for m in pattern.finditer(log):
+      found[int(m.group(1))] = (int(m.group(2)), m.group(3))
+  return found
+
+
+def _restore(workdir, step, config_name, tmp_path):
+  """The TrainState of checkpoint `step` of a run (host NumPy)."""
+  only = tmp_path / f'{workdir.name}-{step}'
+  shutil.copytree(workdir / 'checkpoints' / str(step), only / str(step))
+  restored = checkpointing.Checkpointer(only).restore_latest(
+      experiment.state_template(_config(config_name)))
+  assert restored.step == step
+  return restored.state
+
+
+def _excess(two, one, parts=None) -> float:
+  """max |two - one| / tolerance over all leaves; <= 1 means close.
+
+  The tolerance of a leaf is 1e-6 of the largest value in its part of the
+  TrainState (online/target params, BN state, optimizer state), not of the
+  leaf itself: a bias followed by BatchNorm gets a gradient that is 0 up to
+  rounding, so its values (and momentum) are round-off noise, ~1e-11, and
+  differ between any two summation orders.
+  """
+  worst = 0.
+  assert two._fields == one._fields
+  for part in parts or one._fields:
+    a, b = getattr(two, part), getattr(one, part)
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b), part
+    if not leaves_b:
+      continue
+    scale = max(float(np.max(np.abs(np.asarray(y, np.float64)), initial=0.))
+                for y in leaves_b)
+    for x, y in zip(leaves_a, leaves_b):
+      x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+      assert x.shape == y.shape, part
+      diff = float(np.max(np.abs(x - y), initial=0.))
+      worst = max(worst, diff / (1e-6 * scale) if scale else diff * np.inf)
+  return worst
+
+
+def _stopped_at(runs):
+  """The step at which gn2's processes checkpointed and stopped."""
+  return _fingerprints(runs['gn2']['logs'])[0][0]
+
+
+def test_two_processes_like_two_hosts(tmp_path):
+  """All the checks on the runs, in one test.
+
+  One test function, so that the runs happen once even when pytest-xdist
+  spreads a module's tests over several workers (each would redo a fixture).
+  """
+  runs = _run_all(tmp_path / 'runs')
+  for two, one, config in (('gn2', 'gn1', 'gn_ws'), ('bn2', 'bn1', 'byol_bn')):
+    _check_equal_to_one_process(runs, tmp_path / two, two, one, config)
+  _check_signal_to_one_process_stops_both(runs)
+  _check_resume_in_a_second_two_process_run(runs, tmp_path / 'resume')
+  _check_only_process_zero_writes_logs(runs)
+  _check_unshared_workdir_refused(runs, tmp_path / 'unshared')
+
+
+def _check_equal_to_one_process(runs, tmp_path, two, one, config):
+  final = _fingerprints(runs[two]['logs'])
+  # Both processes end with the same state, bit for bit.
+  assert set(final) == {0, 1} and final[0] == final[1]
+  step = final[0][0]
+  a = _restore(runs[two]['workdir'], step, config, tmp_path)
+  b = _restore(runs[one]['workdir'], step, config, tmp_path)
+  # The checkpoint (written by process 0) is that state ...
+  assert distributed.fingerprint(a) == final[0][1]
+  # ... and equals the one-process, 8-device run on the same data.
+  assert _excess(a, b) <= 1.
+  # Training moved the parameters (the comparison is not of two inits).
+  start = _fingerprints(runs[two]['logs'], _START)
+  assert start[0] == start[1] and start[0][1] != final[0][1]
+
+
+def _check_signal_to_one_process_stops_both(runs):
+  logs, workdir = runs['gn2']['logs'], runs['gn2']['workdir']
+  k = _stopped_at(runs)
+  assert 1 <= k < STEPS
+  assert f'SIGTERM received at step {k}: checkpoint saved' in logs[1]
+  assert ('A preemption signal (on another host) received at step '
+          f'{k}: checkpoint saved') in logs[0]
+  assert checkpointing.Checkpointer(workdir / 'checkpoints').latest_step() == k
+  assert not (workdir / 'pretrain_done.json').exists()  # not finished
+
+
+def _check_resume_in_a_second_two_process_run(runs, tmp_path):
+  logs = runs['gn2r']['logs']
+  k = _stopped_at(runs)
+  start = _fingerprints(logs, _START)
+  first_final = _fingerprints(runs['gn2']['logs'])
+  # Both processes resumed from the step-k checkpoint, to the same state.
+  assert start == {0: first_final[0], 1: first_final[0]}
+  assert all(f'at step {k}.' in log and 'Resumed from' in log for log in logs)
+  final = _fingerprints(logs)
+  assert final[0] == final[1] and final[0][0] == STEPS
+  resumed = _restore(runs['gn2r']['workdir'], STEPS, 'gn_ws', tmp_path)
+  straight = _restore(runs['gn1']['workdir'], STEPS, 'gn_ws', tmp_path)
+  assert distributed.fingerprint(resumed) == final[0][1]
+  assert _excess(resumed, straight) <= 1.
+  # The tolerance tells training steps apart: the parameters at step k are
+  # far from those at the end.
+  assert _excess(_restore(runs['gn2']['workdir'], k, 'gn_ws', tmp_path),
+                 straight, parts=['online_params', 'target_params']) > 100.
+
+
+def _check_only_process_zero_writes_logs(runs):
+  k = _stopped_at(runs)
+  for name, steps in (('gn2', range(1, k + 1)), ('gn2r', range(1, STEPS + 1)),
+                      ('bn2', [1, 2])):
+    steps = list(steps)
+    workdir, pids, logs = (runs[name][key] for key in ('workdir', 'pids',
+                                                       'logs'))
+    rows = [json.loads(l) for l in (workdir / 'metrics.jsonl').open()]
+    # One row per step: a second writer would have appended duplicates.
+    assert [r['step'] for r in rows] == steps, name
+    events = sorted(p.name for p in workdir.glob('events.out.tfevents.*'))
+    # TensorBoard files end in .<pid>.<n>.v2: all from a process 0.
+    writers = {int(e.split('.')[-3]) for e in events}
+    chiefs = {pids[0]} | ({runs['gn2']['pids'][0]} if name == 'gn2r' else
+                          set())
+    assert events and writers <= chiefs, (name, events, pids)
+    if name != 'gn2':  # gn2 was preempted: no pretrain_done.json.
+      done = json.loads((workdir / 'pretrain_done.json').read_text())
+      assert done['step'] == steps[-1]
+      assert done['state_sha256'] == _fingerprints(logs)[0][1]
+    assert json.loads((workdir / 'config.json').read_text())['training'][
+        'global_batch_size'] == BATCH
+    # The console progress line is process 0's alone.
+    last = f'step {steps[-1]}/'
+    assert last in logs[0] and last not in logs[1]
+    assert 'Process 1 of 2, 4 local device(s) of 8' in logs[1]
+
+
+def _check_unshared_workdir_refused(runs, tmp_path):
+  """A workdir on each host's local disk: process 0 finds a checkpoint there,
+  process 1 finds none. Both must stop, not train from different states."""
+  disks = [tmp_path / 'host0', tmp_path / 'host1']
+  shutil.copytree(runs['gn2']['workdir'], disks[0] / 'run')
+  disks[1].mkdir(parents=True)
+  job = Job('unshared', 'run',
+            f'{REPO}/experiments/gn_ws.py:tiny,steps={STEPS},batch={BATCH}',
+            cwds=disks, logdir=tmp_path)
+  out = job.wait(time.time() + 300, expect_failure=True)
+  assert out['returncodes'] == [2, 2]
+  for log in out['logs']:
+    assert 'Traceback' not in log
+    assert ('Checkpoint error: processes see different checkpoints in '
+            'run/checkpoints') in log
+    assert f'[{_stopped_at(runs)}, -1]' in log
+    assert 'must share one workdir' in log
+    assert 'Compiled the training step' not in log  # stopped before training
+  assert not (disks[1] / 'run' / 'checkpoints' / '2').exists()
+
+
+def test_global_batch_must_split_over_all_devices_of_all_hosts():
+  config = _config('gn_ws')
+  config.training.global_batch_size = 20
+  with pytest.raises(experiment.ConfigError,
+                     match=r'training.global_batch_size=20 does not divide '
+                     r'over 2 host\(s\) x 4 device\(s\) = 8; use a multiple '
+                     r'of 8 \(e.g. --config.training.global_batch_size=16\)'):
+    experiment.validate(config, process_count=2, local_device_count=4)
+
+
+def test_host_shards_are_disjoint_and_make_the_global_batch():
+  """The two hosts' streams of the runs above (digits, labels -> indices)."""
+  digits = sources.get_source('digits')
+  split = digits.resolve_split('pretrain')
+  n = digits.num_examples(split)
+  ids = sources.InMemorySource('ids', n, {split: digits.images[split]},
+                               {split: np.arange(n, dtype=np.int32)})
+  kwargs = dict(source=ids, split='pretrain', global_batch_size=BATCH,
+                image_size=16, seed=0)
+  host_batch = BATCH // HOSTS
+  steps = n // BATCH  # About one epoch of each host's shard.
+  hosts = [pipeline.make_pretrain_iterator(
+      **kwargs, process_index=p, process_count=2, local_device_count=4)
+           for p in range(2)]
+  # What the reference feeds its 8 devices: host 0's batch, then host 1's.
+  merged = two_host_batches(
+      pipeline.make_pretrain_iterator, **kwargs)
+  seen = [[], []]
+  for _, a, b, both in zip(range(steps), *hosts, merged):
+    assert a['label'].shape == b['label'].shape == (4, host_batch // 4)
+    assert not set(a['label'].ravel()) & set(b['label'].ravel())
+    for key in ('view1', 'view2', 'label'):
+      np.testing.assert_array_equal(both[key],
+                                    np.concatenate([a[key], b[key]]))
+    seen[0] += list(a['label'].ravel())
+    seen[1] += list(b['label'].ravel())
+  # Within an epoch a host never repeats an example, and the hosts' shards
+  # never overlap.
+  assert len(set(seen[0])) == len(seen[0]) == steps * host_batch
+  assert len(set(seen[1])) == len(seen[1]) == steps * host_batch
+  assert not set(seen[0]) & set(seen[1])
+
+
+def test_half_specified_distributed_flags_exit_with_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'byol_jax.main',
+       '--config=experiments/gn_ws.py:tiny', f'--workdir={tmp_path}',
+       '--coordinator_address=127.0.0.1:1234'], cwd=REPO, env=_env(1),
+      capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert 'Traceback' not in proc.stderr
+  line = proc.stderr.strip().splitlines()[-1]
+  assert line.startswith('Distributed setup error: --coordinator_address '
+                         'set but --num_processes, --process_id not')
