@@ -17,18 +17,16 @@ SLURM or the Cloud TPU metadata (byol_jax/distributed.py decides):
         --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0
 """
 
-import logging as logging_lib
 import os
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging
-import jax
 from ml_collections import config_flags
 
 from byol_jax import distributed
 from byol_jax import experiment
+from byol_jax import runner
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. experiments/gn_ws.py[:opts].',
@@ -49,43 +47,13 @@ _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'This process, in [0, num_processes).')
 
 
-def run(config, workdir: str) -> dict:
-  """Runs the experiment `config` in `workdir`; returns its summary."""
-  experiment.validate(config, check_steps=False)
-  source = experiment.resolve_dataset(config)
-  experiment.validate(config)
-  logging.info('Config:\n%s', config)
-  logging.info('Process %d of %d, %d local device(s) of %d: %s',
-               jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count(),
-               jax.local_devices())
-  if config.mode == 'linear_eval':
-    from byol_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
-    return linear_eval.run_linear_eval_from_workdir(config, workdir)
-  from byol_jax import pretrain  # pylint: disable=g-import-not-at-top
-  summary = pretrain.run(config, workdir, source=source)
-  if (config.eval.after_pretraining and not summary['preempted'] and
-      summary['step'] >= config.training.total_steps):
-    from byol_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
-    state = pretrain.load_latest_state(config, workdir)
-    summary['eval'] = linear_eval.run_linear_eval(
-        config, workdir, state.online_params, state.online_state,
-        source=source)
-  return summary
-
-
-class _QuietLibraries(logging_lib.Filter):
-  """Drops INFO records of chatty libraries (orbax logs every save step)."""
-
-  def filter(self, record):
-    return record.levelno >= logging_lib.WARNING or not any(
-        f'/{lib}/' in record.pathname for lib in ('orbax', 'etils'))
+run = runner.run  # the experiment itself (byol_jax/runner.py).
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  runner.quiet_libraries()
   try:
     # Before anything touches the XLA backend (jax.distributed's rule).
     distributed.initialize(distributed.plan(

@@ -160,6 +160,8 @@ def load_run(workdir) -> dict:
       'top1': results.get('top1'),
       'top5': results.get('top5'),
       'knn_top1': results.get('knn_top1'),
+      # The same probe on a randomly initialised encoder (eval.random_baseline).
+      'random_top1': (results.get('random_init') or {}).get('top1'),
   }
 
 
@@ -181,7 +183,7 @@ def format_duration(seconds: Optional[float]) -> str:
 
 
 _COLUMNS = ('run', 'variant', 'paper top-1 (%)', 'linear top-1 (%)',
-            'kNN top-1 (%)', 'collapse std proj', 'collapse std repr',
+            'random-init top-1 (%)', 'kNN top-1 (%)', 'collapse std proj', 'collapse std repr',
             'final loss', 'steps', 'wall time')
 
 
@@ -198,7 +200,7 @@ def table_row(run: dict) -> list[str]:
   if run['wall_time_s'] is not None and not run['wall_time_exact']:
     wall = '~' + wall  # from file mtimes (see _wall_time).
   return [run['name'], run['variant'], _fmt(run['paper_top1'], '.1f'),
-          _pct(run['top1']), knn,
+          _pct(run['top1']), _pct(run['random_top1']), knn,
           _fmt(final['collapse_std_projection'], '.3f'),
           _fmt(final['collapse_std_representation'], '.3f'),
           _fmt(final['loss'], '.4f'), steps, wall]
@@ -314,7 +316,9 @@ def write_report(workdirs: Sequence[str], out_dir,
   parts = [f'# {title}\n' if title else '', table]
   parts += [f'\n{line}\n' for line in notes]
   parts.append('\nPaper top-1: the paper\'s ImageNet linear top-1 of the '
-               'variant (ResNet-50, Tables 1-2). Collapse std: per-dimension '
+               'variant (ResNet-50, Tables 1-2). Random-init top-1: the same '
+               'probe on a randomly initialised encoder of the same '
+               'architecture. Collapse std: per-dimension '
                'std of l2-normalised embeddings x sqrt(dim), ~1 healthy, 0 '
                'collapsed. Wall time with ~: from file modification times.\n')
   parts += [f'\n![{m}](plots/{m}.png)\n' for m in plots]

@@ -7,7 +7,7 @@ r"""Reproduce the paper's tables at small scale: every variant, then a report.
 
 Each variant of the table is one normal experiment config
 (experiments/<name>.py with the scale's option: `tiny` or `cifar10`), run by
-byol_jax.main's `run` in WORKDIR/<variant>: pre-training, then linear
+byol_jax.runner.run (what byol_jax.main runs) in WORKDIR/<variant>: pre-training, then linear
 evaluation. Nothing is special-cased: the command prints each variant's
 `python -m byol_jax.main` equivalent, and running those by hand gives the
 same workdirs. Then byol_jax/report.py writes WORKDIR/table<N>.md (the
@@ -174,11 +174,11 @@ def _write_failures(root: epath.Path, failures: dict) -> None:
 
 def run_variant(variant: Variant, config, workdir: epath.Path) -> dict:
   """Pre-trains and evaluates one variant (resuming what is there)."""
-  from byol_jax import main as main_lib  # pylint: disable=g-import-not-at-top
+  from byol_jax import runner  # pylint: disable=g-import-not-at-top
   if not config.eval.after_pretraining:
     raise ValueError(f'{variant.name}: eval.after_pretraining is False; the '
                      'table needs the linear evaluation of every variant.')
-  summary = main_lib.run(config, str(workdir))
+  summary = runner.run(config, str(workdir))
   if summary.get('preempted'):
     raise KeyboardInterrupt(f'{variant.name} was interrupted at step '
                             f'{summary["step"]} (checkpoint saved)')
@@ -273,6 +273,8 @@ def write_table(table: int, scale: str, root: epath.Path,
 def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from byol_jax import runner  # pylint: disable=g-import-not-at-top
+  runner.quiet_libraries()
   f = flags.FLAGS
   try:
     out = reproduce(int(f.table), f.scale, f.workdir, variants=f.variants or (),

@@ -3,8 +3,9 @@ r"""Table 1: normalisation per component, for BYOL and SimCLR.
 Options (besides the common ones): encoder=, projector=, predictor=, each in
 bn | ln | none (default bn), and method=byol|simclr (default byol). `ln` is
 the paper's LayerNorm: normalisation over H, W and C (GroupNorm, one group).
-Table 1's runs are 300-epoch ResNet-50 runs; the config sets paper_top1 to
--1 here, and the reproduce command holds the table's numbers.
+Table 1's runs are 300-epoch ResNet-50 runs. Its per-cell numbers are not
+transcribed here: paper_top1 is -1 (reports show a dash) rather than a value
+we could not check against the paper.
 
   python -m byol_jax.main \
       --config=experiments/ablation.py:encoder=bn,projector=none,predictor=none \

@@ -1,8 +1,10 @@
 r"""Quick start: GN+WS BYOL on the bundled 8x8 digits, on a laptop CPU.
 
-Pre-trains a tiny ResNet (GroupNorm + WS, no batch statistics) on
-scikit-learn's digits (no download), then runs linear evaluation and prints
-the trained encoder's accuracy next to a randomly initialised one's.
+Pre-trains a tiny ResNet with GroupNorm + WS (no batch statistics anywhere)
+on scikit-learn's digits (no download), then runs linear evaluation and
+prints the trained encoder's accuracy next to a randomly initialised one's.
+It is experiments/gn_ws.py:tiny with the random-encoder baseline turned on
+(tests/test_tiny_scale.py checks both, and the margin).
 
   python -m byol_jax.main --config=experiments/quickstart.py \
       --workdir=/tmp/byol_quickstart
@@ -13,12 +15,11 @@ from byol_jax import configs
 
 def get_config(arg=None):
   options = configs.parse_options(arg, configs.COMMON_OPTIONS)
-  options.setdefault('tiny', True)
-  config = configs.build(
-      arg, options=options,
-      model=dict(encoder_norm='gn', projector_norm='gn', predictor_norm='gn',
-                 gn_groups=16, encoder_ws=True),
-      training=dict(base_learning_rate=0.24, weight_decay=3e-8,
-                    base_ema=0.99))
+  if not options.get('cifar10'):
+    options.setdefault('tiny', True)
+  config = configs.build(arg, options=options, epochs=1000,
+                         model=configs.GN_WS_MODEL,
+                         training=configs.GN_WS_TRAINING)
+  config.paper_top1 = configs.GN_WS_PAPER_TOP1
   config.eval.random_baseline = True
   return configs.finalize(config)

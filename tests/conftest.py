@@ -35,3 +35,13 @@ def cifar10_jpg_dir():
   out = subprocess.run(['bash', str(CIFAR_TARBALL.parent / 'unpack.sh'), dest],
                        check=True, capture_output=True, text=True)
   return pathlib.Path(out.stdout.strip().splitlines()[-1])
+
+
+# The longest test (several minutes: a slice of the tiny Table 2 in a
+# subprocess) goes first, so that pytest-xdist runs it beside the others
+# rather than alone at the end of the run.
+_LONGEST = 'tests/test_tiny_scale.py::test_tiny_table2_collapse_and_quickstart_margin'
+
+
+def pytest_collection_modifyitems(items):
+  items.sort(key=lambda item: item.nodeid != _LONGEST)  # stable sort

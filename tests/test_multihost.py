@@ -373,10 +373,11 @@ def _check_unshared_workdir_refused(runs, tmp_path):
             cwds=disks, logdir=tmp_path)
   out = job.wait(time.time() + 300, expect_failure=True)
   assert out['returncodes'] == [2, 2]
-  for log in out['logs']:
+  for log, disk in zip(out['logs'], disks):
     assert 'Traceback' not in log
+    # The relative workdir is reported resolved against each host's cwd.
     assert ('Checkpoint error: processes see different checkpoints in '
-            'run/checkpoints') in log
+            f'{disk.resolve()}/run/checkpoints') in log
     assert f'[{_stopped_at(runs)}, -1]' in log
     assert 'must share one workdir' in log
     assert 'Compiled the training step' not in log  # stopped before training

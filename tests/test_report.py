@@ -51,6 +51,7 @@ def test_load_run_fields(workdirs):
   assert (nonorm['wall_time_s'], nonorm['wall_time_exact']) == (95., False)
   assert nonorm['top1'] is None and not nonorm['finished']
   assert bn['finished'] and bn['top1'] == 0.9512
+  assert (gn_ws['random_top1'], bn['random_top1']) == (0.9, None)
 
 
 def test_variant_label_simclr_and_modified_init():

@@ -22,6 +22,9 @@ from byol_jax import pretrain
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (REPO / 'experiments').glob('*.py'))
 PRETRAIN_CONFIGS = [e for e in EXPERIMENTS if e != 'linear_eval']
+# The tiny preset at a quarter of its batch (256): these tests check the
+# runner's mechanics over a few steps, not what a tiny run learns.
+QUICK = 'tiny,batch=64'
 
 
 def load_config(name, arg='tiny', **overrides):
@@ -36,7 +39,7 @@ def load_config(name, arg='tiny', **overrides):
   return config
 
 
-def _quick(name, arg='tiny', steps=2, **overrides):
+def _quick(name, arg=QUICK, steps=2, **overrides):
   overrides = {'training.total_steps': steps, 'training.warmup_steps': 0,
                'eval.after_pretraining': False,
                'logging.knn_every_steps': 0, 'logging.every_steps': 1,
@@ -163,7 +166,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_last_checkpoint(
 
 def _launch(workdir, steps):
   cmd = [sys.executable, '-m', 'byol_jax.main',
-         '--config=experiments/gn_ws.py:tiny', f'--workdir={workdir}',
+         f'--config=experiments/gn_ws.py:{QUICK}', f'--workdir={workdir}',
          f'--config.training.total_steps={steps}',
          '--config.training.warmup_steps=2',
          '--config.eval.after_pretraining=False',

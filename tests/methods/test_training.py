@@ -163,7 +163,8 @@ def test_tiny_byol_learns_and_bfloat16_has_no_nan():
   # 0.41 at step 50; a collapsed one is ~0). The online classifier is not
   # checked: under LARS (trust ratio 1e-3) it needs far more than 50 steps.
   assert hist[-1]['collapse_std_representation'] > 0.2
-  state, hist16 = _train(tiny_model(dtype='bfloat16'), 20)
+  # bfloat16 compute is emulated on CPU (slow): a few steps show no NaN.
+  state, hist16 = _train(tiny_model(dtype='bfloat16'), 6)  # warm-up is 5.
   assert all(np.isfinite(h['loss']) for h in hist16)
   assert jax.tree.leaves(state.online_params)[0].dtype == jnp.float32
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state))
