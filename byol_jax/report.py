@@ -183,8 +183,8 @@ def format_duration(seconds: Optional[float]) -> str:
 
 
 _COLUMNS = ('run', 'variant', 'paper top-1 (%)', 'linear top-1 (%)',
-            'random-init top-1 (%)', 'kNN top-1 (%)', 'collapse std proj', 'collapse std repr',
-            'final loss', 'steps', 'wall time')
+            'random-init top-1 (%)', 'kNN top-1 (%)', 'collapse std proj',
+            'collapse std repr', 'final loss', 'steps', 'wall time')
 
 
 def table_row(run: dict) -> list[str]:

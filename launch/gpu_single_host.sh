@@ -18,11 +18,9 @@ usage() {
   sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
 }
 
-die() {
-  echo "gpu_single_host.sh: $*" >&2
-  echo "Run with --help for usage." >&2
-  exit 2
-}
+script=gpu_single_host.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "$0")/lib.sh"
 
 config='' workdir='' gpus='' processes=1 port=12355 dry_run=0
 python=${PYTHON:-python}
@@ -60,19 +58,6 @@ IFS=, read -r -a gpu_list <<< "$gpus"
 per_process=$((${#gpu_list[@]} / processes))
 
 cd "$(dirname "$0")/.."
-
-# The arguments as one shell-quoted line (single quotes where needed).
-quote() {
-  local out='' arg
-  for arg in "$@"; do
-    if [[ $arg =~ ^[-A-Za-z0-9_./:=,@+%]+$ ]]; then
-      out+=" $arg"
-    else
-      out+=" '${arg//\'/\'\\\'\'}'"
-    fi
-  done
-  printf '%s' "${out# }"
-}
 
 main=("$python" -m byol_jax.main --config="$config" --workdir="$workdir")
 if ((processes == 1)); then

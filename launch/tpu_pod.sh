@@ -19,11 +19,9 @@ usage() {
   sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
 }
 
-die() {
-  echo "tpu_pod.sh: $*" >&2
-  echo "Run with --help for usage." >&2
-  exit 2
-}
+script=tpu_pod.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "$0")/lib.sh"
 
 name='' zone='' accelerator_type='' runtime_version='' bucket='' project=''
 run_name=''
@@ -66,27 +64,6 @@ workdir=$bucket/$run_name
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 [[ -f $repo/$config_file ]] || die "--config=$config: $config_file is not a file of $repo"
-
-# The arguments as one shell-quoted line (single quotes where needed).
-quote() {
-  local out='' arg
-  for arg in "$@"; do
-    if [[ $arg =~ ^[-A-Za-z0-9_./:=,@+%]+$ ]]; then
-      out+=" $arg"
-    else
-      out+=" '${arg//\'/\'\\\'\'}'"
-    fi
-  done
-  printf '%s' "${out# }"
-}
-
-# Prints a command (runnable as printed), then runs it unless --dry-run.
-run() {
-  printf '+ %s\n' "$(quote "$@")"
-  if ((!dry_run)); then
-    "$@"
-  fi
-}
 
 scope=(--zone="$zone")
 [[ -z $project ]] || scope+=(--project="$project")

@@ -158,7 +158,8 @@ def test_shellcheck(script):
   if shutil.which('shellcheck') is None:
     pytest.skip('shellcheck is not installed (Debian/Ubuntu: apt-get install '
                 'shellcheck; .ci/run installs it)')
-  proc = subprocess.run(['shellcheck', '--severity=style',
+  # -x: follow the scripts' `source lib.sh` (checked with them).
+  proc = subprocess.run(['shellcheck', '-x', '--severity=style',
                          str(LAUNCH / script)], capture_output=True, text=True,
                         timeout=60)
   assert proc.returncode == 0, proc.stdout + proc.stderr
