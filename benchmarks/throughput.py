@@ -13,7 +13,9 @@ Reported per row:
   * compile_time_s: lowering + XLA compilation of the step (AOT), with the
     persistent compilation cache off, so it is a real compile;
   * flops_per_step: XLA's cost analysis of the lowered (pre-optimisation)
-    HLO of one device's program, times the number of devices;
+    HLO of one device's program, times the number of devices (where the
+    backend gives none, e.g. GPU under jax 0.11, the same step lowered for
+    the CPU backend: flops_source says which);
     flops_per_image = that / global batch, also compared with the analytic
     count (benchmarks/flops.py); tflops_per_sec = flops_per_step / median
     step time; mfu = that / the devices' dense peak (flops.PEAK_FLOPS; null
@@ -195,7 +197,15 @@ def run_row(spec: dict) -> dict:
   lower_time = time.perf_counter() - start
   compiled = lowered.compile()
   compile_time = time.perf_counter() - start  # lowering included.
-  flops_per_step = flops.cost_flops(lowered) * n
+  per_device_flops = flops.cost_flops(lowered)
+  flops_source = 'lowered HLO, this backend'
+  if per_device_flops is None:
+    # Some backends (GPU under jax 0.11) give no cost analysis of the
+    # pre-optimisation HLO; the step's arithmetic does not depend on the
+    # backend, so count the same one-device step lowered for the CPU.
+    per_device_flops = _cpu_step_flops(spec)
+    flops_source = 'lowered HLO, cpu backend (this backend gave none)'
+  flops_per_step = per_device_flops * n
   compiled_flops = flops.cost_flops(compiled)
   memory = compiled.memory_analysis()
 
@@ -233,7 +243,7 @@ def run_row(spec: dict) -> dict:
                              memory.output_size_in_bytes -
                              memory.alias_size_in_bytes +
                              memory.temp_size_in_bytes) if memory else None,
-      flops_per_step=flops_per_step,
+      flops_per_step=flops_per_step, flops_source=flops_source,
       flops_per_image=flops_per_step / global_batch,
       compiled_flops_per_step=compiled_flops * n if compiled_flops else None,
       analytic_flops_per_image=analytic,
@@ -274,7 +284,7 @@ def flop_check(per_device_batch: int = 8) -> dict:
       seconds=time.perf_counter() - start)
 
 
-def _in_child(code: str):
+def _in_child(code: str, **env_overrides):
   """Runs `code` (which prints one JSON line last) in a fresh interpreter.
 
   Rows run in children so that the peak memory, the compile time and the
@@ -283,7 +293,7 @@ def _in_child(code: str):
   persistent compilation cache is off there: a hit would time a load, not a
   compile.
   """
-  env = dict(os.environ, JAX_ENABLE_COMPILATION_CACHE='false')
+  env = dict(os.environ, JAX_ENABLE_COMPILATION_CACHE='false', **env_overrides)
   proc = subprocess.run([sys.executable, '-c', code], cwd=_results.REPO,
                         env=env, capture_output=True, text=True, check=False)
   if proc.returncode:
@@ -299,8 +309,24 @@ def _run_isolated(spec: dict) -> dict:
 
 
 def _flop_check_isolated() -> dict:
+  # Lowering only, and the count is backend-independent: on the CPU backend,
+  # which every jax has and which always cost-analyses lowered HLO.
   return _in_child('import json; from benchmarks import throughput as t; '
-                   'print(json.dumps(t.flop_check()))')
+                   'print(json.dumps(t.flop_check()))', JAX_PLATFORMS='cpu')
+
+
+def _cpu_step_flops(spec: dict) -> float:
+  """XLA's FLOPs of one device's step of `spec`, lowered on the CPU backend.
+
+  For backends whose Lowered.cost_analysis() is empty. Runs in a child with
+  JAX_PLATFORMS=cpu (this process has its accelerator initialised).
+  """
+  one = dict(spec, num_devices=1)
+  return float(_in_child(
+      'import json; from benchmarks import throughput as t, flops as f; '
+      f'spec = json.loads({json.dumps(one)!r}); '
+      'print(json.dumps(f.step_flops(t.make_config(spec, 1), 1)))',
+      JAX_PLATFORMS='cpu'))
 
 
 def row_specs(args) -> list:
