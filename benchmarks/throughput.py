@@ -85,11 +85,11 @@ def make_config(spec: dict, num_devices: int):
     num_devices: devices the step is pmapped over.
 
   Returns:
-    A finalised ml_collections.ConfigDict; raises ValueError (ConfigError)
+    The built config (plan.build); raises ValueError (plan.ConfigError)
     naming the field when the row cannot run.
   """
   from byol_jax import configs  # pylint: disable=g-import-not-at-top
-  from byol_jax import experiment  # pylint: disable=g-import-not-at-top
+  from byol_jax import plan  # pylint: disable=g-import-not-at-top
   if spec['norm'] not in NORM_PRESETS:
     raise ValueError(f'norm={spec["norm"]!r}; use one of '
                      f'{", ".join(NORM_PRESETS)} (and --encoder-norm etc. to '
@@ -102,15 +102,16 @@ def make_config(spec: dict, num_devices: int):
   global_batch = spec['per_device_batch'] * num_devices
   config.data.update(dict(source=f'synthetic:{spec["image_size"]}',
                           image_size=spec['image_size'],
-                          num_classes=spec['num_classes'],
-                          num_train_examples=100 * global_batch))
+                          num_classes=spec['num_classes']))
   # The schedules only need to be well defined: their values do not change
   # the cost of a step.
   config.training.update(dict(global_batch_size=global_batch,
                               total_steps=1000, warmup_steps=10))
   config.eval.global_batch_size = global_batch
-  configs.finalize(config)
-  experiment.validate(config, process_count=1, local_device_count=num_devices)
+  # Built like every run (plan.build validates and derives); no image is
+  # read: the synthetic source's sizes are known.
+  config = plan.build(config, topology=plan.Topology(1, num_devices),
+                      read_data=False).config
   return config
 
 
@@ -125,7 +126,7 @@ def _batch(config, num_devices, seed=0):
   return {'view1': jax.random.uniform(k1, shape, jnp.float32),
           'view2': jax.random.uniform(k2, shape, jnp.float32),
           'label': jax.random.randint(k3, shape[:2], 0,
-                                      config.data.num_classes, jnp.int32)}
+                                      config.derived.num_classes, jnp.int32)}
 
 
 def _reset_peak_rss() -> bool:
@@ -230,7 +231,7 @@ def run_row(spec: dict) -> dict:
       encoder_ws=m.encoder_ws, heads_ws=m.heads_ws, gn_groups=m.gn_groups,
       depth=m.depth, width=m.width_multiplier, stem=m.stem,
       image_size=config.data.image_size, dtype=m.dtype,
-      num_classes=config.data.num_classes, num_devices=n,
+      num_classes=config.derived.num_classes, num_devices=n,
       per_device_batch=spec['per_device_batch'], global_batch=global_batch,
       steps_timed=spec['steps'], warmup_steps=spec['warmup'],
       images_per_sec=global_batch / median, step_time_median_s=median,

@@ -257,6 +257,30 @@ class Checkpointer:
                  self._directory / str(step), time.monotonic() - start)
     return True
 
+  def latest_extra(self) -> Optional[tuple[int, dict]]:
+    """(step, extra) of the newest checkpoint whose `extra` item is readable.
+
+    Reads only the small JSON item (data position, config trajectory), not
+    the state: cheap enough to check a resume before anything is built.
+    Call it on every process, like restore_latest. None when there is no
+    checkpoint.
+
+    Raises:
+      CheckpointRestoreError: processes see different latest steps.
+    """
+    steps = self.all_steps()
+    self._check_processes_see(steps)
+    for step in reversed(steps):
+      try:
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(**{_EXTRA: ocp.args.JsonRestore()}))
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning('Checkpoint %s: its extra item is unreadable (%s).',
+                        self._directory / str(step), type(e).__name__)
+        continue
+      return step, dict(restored[_EXTRA] or {})
+    return None
+
   def restore_latest(self, template: Any) -> Optional[Restored]:
     """Restores the newest readable checkpoint into the structure of template.
 

@@ -1,23 +1,28 @@
 """The experiment config: its schema, the official presets, and options.
 
-Each experiments/<name>.py is a thin `get_config(arg)` that calls
-`build(arg, ...)` with its variant and then `finalize(config)`. `arg` is the string after the colon in
-`--config=experiments/<name>.py:<arg>`: comma-separated options, e.g.
-`tiny,dataset=digits,epochs=100`. Options common to every config:
+Each experiments/<name>.py is a thin `get_config(arg)` that returns
+`build(arg, ...)` with its variant: a config of inputs only. `arg` is the
+string after the colon in `--config=experiments/<name>.py:<arg>`:
+comma-separated options, e.g. `tiny,dataset=digits,epochs=100`. Options
+common to every config:
 
   tiny             a CPU-sized model (ResNet-10 at width 1/4, 16 px images),
                    batch 256 and 150 steps, on the digits by default.
   cifar10          ResNet-18 with the small-image stem at 32 px, batch 512,
                    200 epochs, on tfds:cifar10 by default (one GPU).
   dataset=SOURCE   tfds:<name> | folder:<path> | digits | synthetic[:side].
-  epochs=N         pre-training epochs; 40/100/300/1000 also select the
-                   official BYOL presets of lr, weight decay and tau.
+  epochs=N         pre-training epochs (clears a preset's step count);
+                   40/100/300/1000 also select the official BYOL presets of
+                   lr, weight decay and tau.
   batch=N          global batch size.
-  steps=N          total pre-training steps (overrides epochs).
+  steps=N          total pre-training steps (wins over epochs).
   bf16             compute in bfloat16 (float32 parameters and statistics).
 
-Derived values (steps from epochs, warm-up steps) are computed here, so the
-config printed at start-up is the config that runs.
+Nothing is derived here: the step counts, warm-up, batch-scaled learning
+rate and dataset size are derived once at start-up by byol_jax/plan.py,
+after any `--config.<field>=<value>` overrides, so an override of epochs or
+batch always takes effect. -1 in training.total_steps / warmup_steps and in
+data.num_classes means "derive it".
 """
 
 import ml_collections
@@ -28,20 +33,6 @@ import ml_collections
 LR_PRESETS = {40: 0.45, 100: 0.45, 300: 0.3, 1000: 0.2}
 WD_PRESETS = {40: 1e-6, 100: 1e-6, 300: 1e-6, 1000: 1.5e-6}
 EMA_PRESETS = {40: 0.97, 100: 0.99, 300: 0.99, 1000: 0.996}
-
-# Training-split sizes for sources whose size is known before reading them;
-# other sources are counted at start-up (see byol_jax/experiment.py).
-NUM_TRAIN_EXAMPLES = {
-    'tfds:imagenet2012': 1_281_167,
-    'tfds:cifar10': 50_000,
-    'tfds:cifar100': 50_000,
-    'tfds:stl10': 5_000,
-    'tfds:imagenette': 9_469,
-    'digits': 1_500,
-}
-NUM_CLASSES = {'tfds:imagenet2012': 1000, 'tfds:cifar10': 10,
-               'tfds:cifar100': 100, 'tfds:stl10': 10, 'tfds:imagenette': 10,
-               'digits': 10}
 
 # BYOL with GroupNorm + Weight Standardisation, paper §3.3: GN with 16 groups
 # and WS in every convolution of the encoder; base lr 0.24, weight decay
@@ -134,7 +125,9 @@ def build(arg=None, *, method='byol', extra_options=(), model=None,
     epochs = _int_option(options, 'epochs')
   preset = epochs if epochs in LR_PRESETS else 300
   config = ml_collections.ConfigDict()
-  config.mode = 'pretrain'  # or 'linear_eval'
+  # 'pretrain' (then linear evaluation, eval.after_pretraining) or
+  # 'linear_eval'; a non-empty eval.pretrain_workdir means 'linear_eval'.
+  config.mode = 'pretrain'
   config.seed = 0
   # The paper's ImageNet linear-eval top-1 for this variant (-1: none).
   config.paper_top1 = -1.
@@ -142,18 +135,22 @@ def build(arg=None, *, method='byol', extra_options=(), model=None,
   config.data = ml_collections.ConfigDict(dict(
       source='tfds:imagenet2012',
       data_dir='',  # TFDS data_dir ('' for the TFDS default).
-      image_size=224, pretrain_split='pretrain', num_train_examples=-1,
+      image_size=224, pretrain_split='pretrain',
       min_crop_area=0.08,  # random-resized-crop scale range [0.08, 1] (BYOL).
-      num_classes=-1))
+      # Hold this many training examples out as a split of their own
+      # ('held_out': the test split of sources without one, else the linear
+      # probe's validation split). 0: none.
+      held_out_examples=0,
+      num_classes=-1))  # -1: the dataset's.
   config.model = model_config(**(model or {}))
   config.training = ml_collections.ConfigDict(dict(
       num_epochs=epochs,
-      total_steps=-1,  # derived from num_epochs unless set.
+      total_steps=-1,  # > 0 wins over num_epochs; -1: from num_epochs.
       max_steps=-1,  # stop (with a checkpoint) before total_steps; -1: don't.
       global_batch_size=4096,  # BYOL §3.3: 4096 over 512 TPU v3 cores.
       base_learning_rate=LR_PRESETS[preset],  # x batch / 256 (BYOL §3.3).
       warmup_epochs=10,  # BYOL §3.3.
-      warmup_steps=-1,  # derived.
+      warmup_steps=-1,  # >= 0 wins over warmup_epochs; -1: derived.
       weight_decay=WD_PRESETS[preset],
       # LARS trust coefficient eta (BYOL §3.3 / official optimizer: 1e-3).
       trust_coefficient=1e-3,
@@ -167,7 +164,11 @@ def build(arg=None, *, method='byol', extra_options=(), model=None,
       modified_init_batch_size=4096,
   ))
   config.checkpoint = ml_collections.ConfigDict(dict(
-      every_steps=1000, every_secs=600, max_to_keep=3))
+      every_steps=1000, every_secs=600, max_to_keep=3,
+      # Resume a workdir whose checkpoint was trained under another
+      # trajectory (plan.trajectory), e.g. to extend a finished run; the
+      # change is recorded in WORKDIR/config_history.jsonl.
+      allow_changed_config=False))
   config.logging = ml_collections.ConfigDict(dict(
       every_steps=50,
       knn_every_steps=5000,  # kNN monitor on the test split; 0 disables.
@@ -178,7 +179,9 @@ def build(arg=None, *, method='byol', extra_options=(), model=None,
   # random-resized crop + flip for training, centre crop for testing.
   config.eval = ml_collections.ConfigDict(dict(
       after_pretraining=True,
-      pretrain_workdir='',  # mode 'linear_eval': the workdir to evaluate.
+      # Set: evaluate this pre-training run's encoder instead of training
+      # (any config; data from the run unless data.source is set).
+      pretrain_workdir='',
       num_epochs=80,
       global_batch_size=1024,
       learning_rate=0.2,  # the paper sweeps {0.4, 0.3, 0.2, 0.1, 0.05}.
@@ -204,7 +207,9 @@ def build(arg=None, *, method='byol', extra_options=(), model=None,
   if 'dataset' in options:
     config.data.source = options['dataset']
   if 'epochs' in options:
+    # Chosen by the user: it replaces a scale preset's explicit step count.
     config.training.num_epochs = epochs
+    config.training.total_steps = -1
   if 'batch' in options:
     config.training.global_batch_size = _int_option(options, 'batch')
   if 'steps' in options:
@@ -286,24 +291,3 @@ def apply_cifar10(config) -> None:
   # The paper's probe protocol (augmented crops, 80 epochs), cheap at 32 px.
   config.eval.update(dict(num_epochs=80, global_batch_size=1024,
                           learning_rate=0.2, augment=True))
-
-
-def finalize(config) -> ml_collections.ConfigDict:
-  """Fills the derived fields (steps from epochs) once the dataset is known.
-
-  Called by each get_config for known sources, and again at start-up with
-  the counted size for other sources.
-  """
-  data, training = config.data, config.training
-  if data.num_train_examples < 0 and data.source in NUM_TRAIN_EXAMPLES:
-    data.num_train_examples = NUM_TRAIN_EXAMPLES[data.source]
-  if data.num_classes < 0 and data.source in NUM_CLASSES:
-    data.num_classes = NUM_CLASSES[data.source]
-  steps_per_epoch = max(1, data.num_train_examples //
-                        training.global_batch_size)
-  if training.total_steps < 0 and data.num_train_examples > 0:
-    training.total_steps = training.num_epochs * steps_per_epoch
-  if training.warmup_steps < 0 and data.num_train_examples > 0:
-    training.warmup_steps = min(training.warmup_epochs * steps_per_epoch,
-                                training.total_steps)
-  return config

@@ -76,7 +76,7 @@ def _jitted_init(config_json: str):
   from byol_jax import experiment  # pylint: disable=g-import-not-at-top
   from byol_jax import train_state as ts  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(json.loads(config_json))
-  method, optimizer, _ = experiment.make_update(config, axis_name=None)
+  method, optimizer = experiment.init_objects(config)
   return jax.jit(functools.partial(ts.init_train_state, method, optimizer))
 
 
@@ -96,7 +96,8 @@ def random_encoder(config):
   """
   from byol_jax import experiment  # pylint: disable=g-import-not-at-top
   # Keyed on what the initialisation depends on (not eval/logging fields).
-  key = {k: config[k].to_dict() for k in ('model', 'training', 'data')}
+  key = {k: config[k].to_dict() for k in ('model', 'training')}
+  key['derived'] = {'num_classes': config.derived.num_classes}
   init = _jitted_init(json.dumps(dict(key, method=config.method),
                                  sort_keys=True))
   state = init(jax.random.PRNGKey(config.seed),
@@ -125,7 +126,18 @@ class Pretrained:
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
-  """WORKDIR/config.json as a ConfigDict; a clear error when it is missing."""
+  """WORKDIR/config.json (the run's built config); clear error when missing.
+
+  Args:
+    workdir: a pre-training run directory (local or gs://).
+
+  Returns:
+    The built config (plan.build's), as plan.from_saved reads it.
+
+  Raises:
+    FileNotFoundError: no workdir or no config.json, naming the command that
+      creates them.
+  """
   workdir = epath.Path(workdir)
   path = workdir / CONFIG_FILE
   if not workdir.exists():
@@ -138,7 +150,8 @@ def load_config(workdir) -> ml_collections.ConfigDict:
         f'{path} not found: {workdir} is not a pre-training workdir (the run '
         f'writes {CONFIG_FILE} when it starts); ' +
         _RUN_HINT.format(workdir=workdir))
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  from byol_jax import plan  # pylint: disable=g-import-not-at-top
+  return plan.from_saved(json.loads(path.read_text()))
 
 
 def load_pretrained(workdir) -> Pretrained:

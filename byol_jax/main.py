@@ -6,7 +6,17 @@ r"""Entry point: pre-training or linear evaluation, chosen by the config.
     python -m byol_jax.main --config=experiments/ablation.py:encoder=bn,tiny \
         --workdir=/tmp/abl --config.training.total_steps=100
 
-Rerunning the same command on a workdir that holds a checkpoint resumes it.
+Rerunning the same command on a workdir that holds a checkpoint resumes it
+(and refuses, in one line, to resume under a changed config; see
+byol_jax/plan.py). Linear evaluation of a finished run:
+
+    python -m byol_jax.main --config=experiments/linear_eval.py \
+        --config.eval.pretrain_workdir=/tmp/byol_quickstart --workdir=/tmp/eval
+
+`--dry_run` prints the built config (inputs and derived values: steps,
+warm-up, peak learning rate, per-host batch) as JSON on stdout and exits,
+writing nothing and reading no image. Every config error, in the config file,
+an override or a value, ends the process with one line and exit code 2.
 This is the only module that reads flags.
 
 Multi-process runs (TPU pods, several GPU nodes) run this same command on every
@@ -17,7 +27,9 @@ SLURM or the Cloud TPU metadata (byol_jax/distributed.py decides):
         --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0
 """
 
+import json
 import os
+import re
 import sys
 
 from absl import app
@@ -25,7 +37,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from byol_jax import distributed
-from byol_jax import experiment
+from byol_jax import plan
 from byol_jax import runner
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -33,7 +45,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (local or '
                                'gs://); holds checkpoints, logs, results.')
-flags.mark_flags_as_required(['config', 'workdir'])
+_DRY_RUN = flags.DEFINE_bool(
+    'dry_run', False, 'Print the built config (derived values included) as '
+    'JSON and exit: nothing is written, no image is read, nothing compiles.')
 _DISTRIBUTED = flags.DEFINE_enum(
     'distributed', 'auto', distributed.MODES,
     'auto: start jax.distributed from the flags below, BYOL_* variables, '
@@ -50,32 +64,96 @@ _PROCESS_ID = flags.DEFINE_integer(
 run = runner.run  # the experiment itself (byol_jax/runner.py).
 
 
+def _exit(kind: str, message: str):
+  """One line on stderr, exit code 2: the user's to fix, no stack trace."""
+  print(f'{kind}: {" ".join(str(message).split())}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _one_line(error: Exception) -> str:
+  """The user-facing line of a flag-parsing error.
+
+  ml_collections wraps an exception raised in get_config in a message that
+  holds its whole traceback; the last 'SomeError: message' line is the one
+  that says what is wrong.
+  """
+  text = str(error)
+  if 'Error whilst parsing config file' in text:
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    for line in reversed(lines):
+      match = re.match(r'^[\w.]*(Error|Exception): (.*)$', line)
+      if match:
+        return match.group(2)
+    return lines[-1]
+  return text.splitlines()[0] if text else type(error).__name__
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with every error as one line and exit code 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _exit('Config error', _one_line(e))
+  except (ValueError, TypeError, KeyError, AttributeError) as e:
+    _exit('Config error', _one_line(e))
+
+
+def _config():
+  if _CONFIG.value is None:
+    _exit('Usage error', '--config is required, e.g. '
+          '--config=experiments/gn_ws.py:tiny (experiments/ lists them).')
+  try:
+    return _CONFIG.value
+  except (OSError, ValueError, AttributeError) as e:  # e.g. a missing file.
+    _exit('Config error', f'--config: {e}')
+
+
+def _dry_run(the_plan) -> None:
+  """Prints the built config as JSON on stdout; writes nothing."""
+  import jax  # pylint: disable=g-import-not-at-top
+  topology = plan.Topology(the_plan.num_processes or 1,
+                           jax.local_device_count())
+  try:
+    built = plan.build(_config(), topology=topology, read_data=False)
+  except plan.ConfigError as e:
+    _exit('Config error', e)
+  print(json.dumps(built.config.to_dict(), indent=2, sort_keys=True))
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    _exit('Usage error', f'unexpected arguments {argv[1:]}; flags only, '
+          'e.g. --config=experiments/gn_ws.py --workdir=/tmp/run.')
   runner.quiet_libraries()
+  config = _config()
   try:
-    # Before anything touches the XLA backend (jax.distributed's rule).
-    distributed.initialize(distributed.plan(
+    the_plan = distributed.plan(
         mode=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
         num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
-        env=os.environ, on_cloud_tpu=distributed.on_cloud_tpu_vm()))
+        env=os.environ, on_cloud_tpu=distributed.on_cloud_tpu_vm())
   except distributed.DistributedConfigError as e:
-    print(f'Distributed setup error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _exit('Distributed setup error', e)
+  if _DRY_RUN.value:
+    # No jax.distributed: a dry run plans for the flags' process count and
+    # this host's devices.
+    _dry_run(the_plan)
+    return
+  if not _WORKDIR.value:
+    _exit('Usage error', '--workdir is required: the run directory (local or '
+          'gs://), e.g. --workdir=/tmp/byol_run; or pass --dry_run.')
+  # Before anything touches the XLA backend (jax.distributed's rule).
+  distributed.initialize(the_plan)
   from byol_jax import checkpointing  # pylint: disable=g-import-not-at-top
   try:
-    run(_CONFIG.value, _WORKDIR.value)
-  except experiment.ConfigError as e:
+    run(config, _WORKDIR.value)
+  except plan.ConfigError as e:
     # One clear line, no stack trace: a config problem is the user's to fix.
-    print(f'Config error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _exit('Config error', e)
   except checkpointing.CheckpointRestoreError as e:
     # Likewise for checkpoints that cannot be resumed (unreadable, or hosts
     # that do not share the workdir): the message says what to do.
-    print(f'Checkpoint error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _exit('Checkpoint error', e)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -21,6 +21,7 @@ preemption signal at logging steps, since a signal may reach only some hosts
 and every host must join the final save.
 """
 
+import datetime
 import functools
 import itertools
 import json
@@ -37,6 +38,7 @@ from byol_jax import checkpointing
 from byol_jax import distributed
 from byol_jax import experiment
 from byol_jax import modified_init
+from byol_jax import plan
 from byol_jax import train_state as ts
 from byol_jax import writers
 from byol_jax.data import pipeline
@@ -46,10 +48,74 @@ class NonFiniteLossError(RuntimeError):
   """Raised when the training loss becomes NaN or infinite."""
 
 
-def write_config(config, workdir: epath.Path) -> None:
-  """Saves the finalised config as WORKDIR/config.json (chief only)."""
-  if jax.process_index() == 0:
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+CONFIG_FILE = 'config.json'
+HISTORY_FILE = 'config_history.jsonl'
+
+
+def check_resume(config, ckpt: checkpointing.Checkpointer) -> dict:
+  """Compares the run's trajectory with the latest checkpoint's.
+
+  Args:
+    config: the built config.
+    ckpt: the run's Checkpointer.
+
+  Returns:
+    {field: (old, new)} of the changes the run resumes under (empty when
+    nothing changed, there is no checkpoint, or the checkpoint predates
+    recorded trajectories).
+
+  Raises:
+    plan.ConfigError: the trajectory changed and
+      checkpoint.allow_changed_config is False; the workdir is untouched.
+  """
+  latest = ckpt.latest_extra()
+  if latest is None:
+    return {}
+  step, extra = latest
+  old = extra.get('trajectory')
+  if old is None:
+    logging.warning('Checkpoint %s records no config trajectory (written by '
+                    'an older version): resuming without checking it.',
+                    ckpt.directory / str(step))
+    return {}
+  diff = plan.changes(old, plan.trajectory(config))
+  if diff and not config.checkpoint.allow_changed_config:
+    raise plan.ConfigError(
+        f'{ckpt.directory} holds step {step} of a run trained under another '
+        f'config: {plan.describe_changes(diff)}. Resume with the old values, '
+        'use a fresh --workdir, or pass '
+        '--config.checkpoint.allow_changed_config=true to resume anyway (e.g. '
+        f'to extend a finished run; recorded in {HISTORY_FILE}).')
+  if diff:
+    logging.warning('Resuming step %d under a changed config (allowed by '
+                    'checkpoint.allow_changed_config): %s', step,
+                    plan.describe_changes(diff))
+  return diff
+
+
+def write_config(config, workdir: epath.Path, *, start_step: int,
+                 trajectory_changes: dict) -> None:
+  """Writes WORKDIR/config.json and appends to the config history (chief).
+
+  config.json is the built config (inputs and derived values). A line is
+  appended to config_history.jsonl when the run starts for the first time or
+  under a config that differs from the previous config.json: the time, the
+  step it starts from, and every changed field (old, new).
+  """
+  if jax.process_index() != 0:
+    return
+  path = workdir / CONFIG_FILE
+  new = json.loads(config.to_json_best_effort())
+  old = json.loads(path.read_text()) if path.exists() else None
+  diff = {} if old is None else plan.changes(plan.flatten(old),
+                                             plan.flatten(new))
+  if old is None or diff or trajectory_changes:
+    entry = {'time': datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec='seconds'), 'start_step': start_step,
+             'config_changes': diff, 'trajectory_changes': trajectory_changes}
+    with (workdir / HISTORY_FILE).open('a') as f:
+      f.write(json.dumps(entry) + '\n')
+  path.write_text(config.to_json_best_effort(indent=2))
 
 
 def _initial_state(config, method, optimizer, source):
@@ -74,7 +140,7 @@ def _initial_state(config, method, optimizer, source):
                            images.shape[0], None)
     images = experiment.byol_augment(keys, jnp.asarray(images), 1)
     state = modified_init.apply_to_state(
-        state, config.model, config.data.num_classes, images,
+        state, config.model, config.derived.num_classes, images,
         with_predictor=config.method == 'byol')
     logging.info('Modified init (paper §3.2): calibrated %s on %d images.',
                  ', '.join(modified_init.calibrated_components(config.model)),
@@ -89,29 +155,37 @@ def _first_non_finite(history):
   return None
 
 
-def run(config, workdir, *, source=None) -> dict:
+def run(config, workdir, *, source) -> dict:
   """Pre-trains (or resumes) in `workdir`.
 
   Args:
-    config: a finalised experiment config (mode 'pretrain').
+    config: a built config (plan.build) in mode 'pretrain'.
     workdir: run directory (local path or gs://); created if needed.
-    source: an already-opened data source (else opened from config.data).
+    source: the data source plan.build opened.
 
   Returns:
-    {'step': last step, 'preempted': bool, 'metrics': last logged metrics}.
+    {'step': last step, 'preempted': bool, 'metrics': last logged metrics,
+    'state_sha256': the final state's fingerprint}.
+
+  Raises:
+    plan.ConfigError: the workdir's checkpoint was trained under another
+      trajectory (see check_resume); nothing is written.
+    NonFiniteLossError: the loss or the state became NaN/Inf.
   """
+  plan.check_built(config)
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  source = source or experiment.resolve_dataset(config)
-  experiment.validate(config)
-  write_config(config, workdir)
-  t = config.training
-  method, optimizer, update = experiment.make_update(config)
+  t, d = config.training, config.derived
   ckpt = checkpointing.Checkpointer(
       workdir / 'checkpoints', max_to_keep=config.checkpoint.max_to_keep,
       save_interval_steps=config.checkpoint.every_steps or None,
       save_interval_secs=config.checkpoint.every_secs or None)
+  trajectory_changes = check_resume(config, ckpt)
+  trajectory = plan.trajectory(config)
+  method, optimizer, update = experiment.make_update(config)
   restored = ckpt.restore_latest(experiment.state_template(config))
+  write_config(config, workdir, start_step=0 if restored is None else
+               int(restored.step), trajectory_changes=trajectory_changes)
   # Wall time summed over every segment of a resumed run.
   wall_base = 0. if restored is None else float(
       (restored.extra or {}).get('wall_time_s', 0.))
@@ -122,12 +196,11 @@ def run(config, workdir, *, source=None) -> dict:
     logging.info('Resumed from %s at step %d.', ckpt.directory, restored.step)
   else:
     state = _initial_state(config, method, optimizer, source)
-  step = int(state.step)
+  step = start_step = int(state.step)
   _check_same_state(state, step, 'starting')
-  stop_at = t.total_steps if t.max_steps < 0 else min(t.max_steps,
-                                                      t.total_steps)
+  stop_at = d.stop_step
   writer = writers.MetricWriter(workdir, is_chief=jax.process_index() == 0,
-                                total_steps=t.total_steps,
+                                total_steps=d.total_steps,
                                 images_per_step=t.global_batch_size)
   writer.truncate_after(step)
   logging.info('Process %d of %d reads its own data shard: %d of the %d '
@@ -158,7 +231,10 @@ def run(config, workdir, *, source=None) -> dict:
       host = jax.device_get(ts.unreplicate(rstate))
       try:
         ckpt.save(step, host, {'data_step': step, 'time': time.time(),
-                               'wall_time_s': wall_time()}, force=True)
+                               'wall_time_s': wall_time(),
+                               'trajectory': trajectory,
+                               'trajectory_sha256': plan.fingerprint(
+                                   trajectory)}, force=True)
       except checkpointing.NonFiniteStateError as e:
         # The weights went non-finite in this step's update; its loss (computed
         # before the update) was still finite.
@@ -210,9 +286,12 @@ def run(config, workdir, *, source=None) -> dict:
   writer.close()
   ckpt.close()
   fingerprint = _check_same_state(ts.unreplicate(rstate), step, 'final')
-  if jax.process_index() == 0 and not preempted:
-    (workdir / 'pretrain_done.json').write_text(json.dumps(
-        {'step': step, 'total_steps': t.total_steps, 'metrics': last,
+  done_path = workdir / 'pretrain_done.json'
+  # A rerun of a finished run trains nothing and leaves the record alone.
+  if (jax.process_index() == 0 and not preempted and
+      (step > start_step or not done_path.exists())):
+    done_path.write_text(json.dumps(
+        {'step': step, 'total_steps': d.total_steps, 'metrics': last,
          'wall_time_s': wall_time(), 'state_sha256': fingerprint}))
   return {'step': step, 'preempted': preempted, 'metrics': last,
           'state_sha256': fingerprint}

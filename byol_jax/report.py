@@ -5,7 +5,8 @@ finished (or still running) workdirs, copied from anywhere:
 
   * config.json (byol_jax/pretrain.py): method, per-component norms, whether
     the modified init of paper §3.2 is on, paper_top1 (the paper's ImageNet
-    top-1 in %, -1: none), training.total_steps.
+    top-1 in %, -1: none), derived.total_steps (training.total_steps in
+    config.json files written before the derived section existed).
   * metrics.jsonl (byol_jax/writers.py): loss, collapse statistics and
     online-classifier accuracy against step. Required.
   * pretrain_done.json: written when pre-training finished; its optional
@@ -142,7 +143,8 @@ def load_run(workdir) -> dict:
   done = _read_json(workdir / 'pretrain_done.json')
   results = _read_json(workdir / 'eval_results.json') or {}
   paper = config.get('paper_top1', -1.)
-  total = config.get('training', {}).get('total_steps', -1)
+  total = config.get('derived', {}).get(
+      'total_steps', config.get('training', {}).get('total_steps', -1))
   wall, exact = _wall_time(workdir, done)
   return {
       'name': workdir.name,

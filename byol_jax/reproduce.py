@@ -111,7 +111,7 @@ def load_config(variant: Variant, scale: str, dataset: str = '',
     experiments_dir: where the experiment configs live.
 
   Returns:
-    The finalised ml_collections.ConfigDict.
+    The config of inputs (runner.run builds it).
   """
   path = pathlib.Path(experiments_dir) / f'{variant.config}.py'
   if not path.exists():
@@ -209,7 +209,10 @@ def reproduce(table: int, scale: str, workdir, *, variants=(), dataset='',
   chosen = select(table_variants(table), variants)
   root = epath.Path(workdir)
   configs = [load_config(v, scale, dataset, overrides, experiments_dir)
-             for v in chosen]  # every config error before any training.
+             for v in chosen]
+  from byol_jax import plan  # pylint: disable=g-import-not-at-top
+  for config in configs:  # every config error before any training.
+    plan.build(config, read_data=False)
   commands = [v.command(scale, dataset, root / v.name, overrides)
               for v in chosen]
   out = {'commands': commands, 'ran': [], 'skipped': [], 'failed': {},

@@ -4,44 +4,88 @@ Kept apart from main.py, which defines absl flags when imported, so that other
 entry points (byol_jax.reproduce, tests) run experiments without its flags.
 """
 
+import json
 import logging as logging_lib
 
 from absl import logging
+from etils import epath
 import jax
 
-from byol_jax import experiment
+from byol_jax import plan
 
 
-def run(config, workdir: str) -> dict:
-  """Runs the experiment `config` in `workdir`; returns its summary.
+def run(config, workdir: str, *, topology=None) -> dict:
+  """Builds the run from `config` and runs it in `workdir`; returns a summary.
 
-  mode 'pretrain': pre-training (resumed from the workdir's latest
-  checkpoint, if any), then linear evaluation of the final encoder when
-  config.eval.after_pretraining. mode 'linear_eval': evaluates
-  config.eval.pretrain_workdir's encoder. Raises experiment.ConfigError
-  (before anything compiles) for a config that cannot run.
+  Pre-training (resumed from the workdir's latest checkpoint, if any), then
+  linear evaluation of the final encoder when config.eval.after_pretraining
+  (skipped when WORKDIR/eval_results.json already holds it: a rerun of a
+  finished run does nothing). With eval.pretrain_workdir set: linear
+  evaluation of that run's encoder only.
+
+  Args:
+    config: an experiment config of inputs (get_config + overrides).
+    workdir: the run directory (local or gs://).
+    topology: plan.Topology (default: this process's devices).
+
+  Returns:
+    pretrain.run's summary (plus 'eval' when evaluated), or the linear
+    evaluation's results in 'linear_eval' mode.
+
+  Raises:
+    plan.ConfigError: before anything compiles, for a config that cannot run
+      (or would resume a checkpoint trained under another config).
   """
-  experiment.validate(config, check_steps=False)
-  source = experiment.resolve_dataset(config)
-  experiment.validate(config)
-  logging.info('Config:\n%s', config)
+  built = plan.build(config, topology=topology)
+  config, source = built.config, built.source
+  logging.info('Config (inputs and derived values):\n%s', config)
+  for note in config.derived.notes:
+    logging.warning('Note: %s.', note)
   logging.info('Process %d of %d, %d local device(s) of %d: %s',
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(),
                jax.local_devices())
-  if config.mode == 'linear_eval':
-    from byol_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
-    return linear_eval.run_linear_eval_from_workdir(config, workdir)
+  from byol_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
+  if config.derived.mode == 'linear_eval':
+    return linear_eval.run_linear_eval_from_workdir(config, workdir,
+                                                    source=source)
   from byol_jax import pretrain  # pylint: disable=g-import-not-at-top
   summary = pretrain.run(config, workdir, source=source)
   if (config.eval.after_pretraining and not summary['preempted'] and
-      summary['step'] >= config.training.total_steps):
-    from byol_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
+      summary['step'] >= config.derived.total_steps):
+    done = _done_eval(config, workdir, summary['step'])
+    if done is not None:
+      logging.info('Linear evaluation of step %d already in %s; skipped.',
+                   summary['step'], epath.Path(workdir) / linear_eval.RESULTS_FILE)
+      summary['eval'] = done
+      return summary
     state = pretrain.load_latest_state(config, workdir)
     summary['eval'] = linear_eval.run_linear_eval(
         config, workdir, state.online_params, state.online_state,
-        source=source)
+        source=source, extra={'checkpoint_step': summary['step'],
+                              'eval_inputs': eval_signature(config)})
   return summary
+
+
+def eval_signature(config) -> dict:
+  """What a linear evaluation's numbers depend on besides the encoder."""
+  return plan.flatten({'eval': config.eval.to_dict(), 'seed': config.seed,
+                       'data': config.data.to_dict(),
+                       'splits': config.derived.splits.to_dict()})
+
+
+def _done_eval(config, workdir, step):
+  """eval_results.json when it holds this step's evaluation under config."""
+  from byol_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
+  path = epath.Path(workdir) / linear_eval.RESULTS_FILE
+  if not path.exists():
+    return None
+  results = json.loads(path.read_text())
+  if (results.get('checkpoint_step') == step and
+      results.get('eval_inputs') == json.loads(json.dumps(
+          eval_signature(config)))):
+    return results
+  return None
 
 
 class _QuietLibraries(logging_lib.Filter):

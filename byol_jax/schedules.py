@@ -25,6 +25,23 @@ def _cosine_decay(step: jnp.ndarray, decay_steps, init_value) -> jnp.ndarray:
   return init_value * 0.5 * (1.0 + jnp.cos(jnp.pi * step / decay_steps))
 
 
+def peak_learning_rate(base_learning_rate: float,
+                       global_batch_size: int) -> float:
+  """base * global_batch_size / 256: the linear scaling rule.
+
+  BYOL paper section 3.3 ("LearningRate = 0.2 x BatchSize/256"); the
+  official learning_schedule. Used for pre-training and the linear probe.
+
+  Args:
+    base_learning_rate: the rate for a batch of 256.
+    global_batch_size: batch size summed over all devices and hosts.
+
+  Returns:
+    The peak learning rate (a Python float).
+  """
+  return float(base_learning_rate) * int(global_batch_size) / 256.
+
+
 def learning_rate(step, *, base_learning_rate: float, global_batch_size: int,
                   total_steps: int, warmup_steps: int) -> jnp.ndarray:
   """Linear warmup then cosine decay of the batch-size-scaled learning rate.
@@ -58,7 +75,7 @@ def learning_rate(step, *, base_learning_rate: float, global_batch_size: int,
   if not base_learning_rate >= 0:
     raise ValueError(f'learning_rate: base_learning_rate must be >= 0, got '
                      f'{base_learning_rate}.')
-  peak = base_learning_rate * global_batch_size / 256.
+  peak = peak_learning_rate(base_learning_rate, global_batch_size)
   step = jnp.asarray(step).astype(jnp.float32)
   warm = step / max(warmup_steps, 1) * peak
   # max(., 1) only guards the degenerate warmup_steps == total_steps case, in

@@ -37,4 +37,4 @@ def get_config(arg=None):
     raise ValueError(f'ablation option method={method!r}: use byol or simclr.')
   config = configs.build(arg, method=method, epochs=300, model=norms,
                          options=options)
-  return configs.finalize(config)
+  return config

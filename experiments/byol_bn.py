@@ -13,4 +13,4 @@ from byol_jax import configs
 def get_config(arg=None):
   config = configs.build(arg, epochs=1000)
   config.paper_top1 = 74.3
-  return configs.finalize(config)
+  return config

@@ -18,4 +18,4 @@ def get_config(arg=None):
   config = configs.build(arg, epochs=1000, model=configs.GN_WS_MODEL,
                          training=configs.GN_WS_TRAINING)
   config.paper_top1 = configs.GN_WS_PAPER_TOP1
-  return configs.finalize(config)
+  return config

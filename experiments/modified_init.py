@@ -21,4 +21,4 @@ def get_config(arg=None):
                  predictor_norm='affine'),
       training=dict(modified_init=True, warmup_epochs=50))  # paper §3.2
   config.paper_top1 = 65.7
-  return configs.finalize(config)
+  return config

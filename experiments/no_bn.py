@@ -14,4 +14,4 @@ def get_config(arg=None):
   config = configs.build(arg, epochs=1000, model=dict(
       encoder_norm='none', projector_norm='none', predictor_norm='none'))
   config.paper_top1 = 0.1
-  return configs.finalize(config)
+  return config

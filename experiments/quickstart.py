@@ -22,4 +22,4 @@ def get_config(arg=None):
                          training=configs.GN_WS_TRAINING)
   config.paper_top1 = configs.GN_WS_PAPER_TOP1
   config.eval.random_baseline = True
-  return configs.finalize(config)
+  return config

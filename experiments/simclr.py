@@ -15,4 +15,4 @@ def get_config(arg=None):
   config = configs.build(arg, method='simclr', epochs=300,
                          training=dict(base_learning_rate=0.3,
                                        weight_decay=1e-6))
-  return configs.finalize(config)
+  return config

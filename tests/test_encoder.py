@@ -14,6 +14,7 @@ from byol_jax import checkpointing
 from byol_jax import configs
 from byol_jax import encoder
 from byol_jax import experiment
+from byol_jax import plan
 from byol_jax.data import augment
 from byol_jax.evaluation import linear_eval
 from byol_jax.methods import networks
@@ -23,9 +24,7 @@ STEP = 7
 
 
 def tiny_config():
-  config = configs.build('tiny')
-  configs.finalize(config)
-  return config
+  return plan.build(configs.build('tiny')).config
 
 
 def random_tree(template, seed):
@@ -125,7 +124,10 @@ def test_linear_eval_mode_uses_the_pretrained_model(saved, tmp_path):
                           num_epochs=2))
   config.data.source = ''  # '' = the pre-training run's data
   config.model.depth = 18  # ignored: the architecture is the checkpoint's
-  results = linear_eval.run_linear_eval_from_workdir(config, str(tmp_path))
+  run = plan.build(config)
+  assert run.config.model.depth == 10 and run.config.data.source == 'digits'
+  results = linear_eval.run_linear_eval_from_workdir(
+      run.config, str(tmp_path), source=run.source)
   on_disk = json.loads((tmp_path / 'eval_results.json').read_text())
   assert on_disk == results
   assert results['checkpoint_step'] == STEP
@@ -133,8 +135,9 @@ def test_linear_eval_mode_uses_the_pretrained_model(saved, tmp_path):
   assert results['steps'] == 2 * (1500 // 256)
   assert 0. <= results['top1'] <= results['top5'] <= 1.
   config.eval.pretrain_workdir = ''
-  with pytest.raises(ValueError, match='eval.pretrain_workdir is empty'):
-    linear_eval.run_linear_eval_from_workdir(config, str(tmp_path))
+  with pytest.raises(plan.ConfigError, match="eval.pretrain_workdir='': set "
+                     'it to the pre-training run'):
+    plan.build(config)
 
 
 def test_random_encoder_is_a_function_of_the_seed():

@@ -56,6 +56,7 @@ from byol_jax import checkpointing
 from byol_jax import distributed
 from byol_jax import experiment
 from byol_jax import main as main_lib
+from byol_jax import plan
 from byol_jax.data import pipeline
 from byol_jax.data import sources
 
@@ -235,7 +236,7 @@ def _restore(workdir, step, config_name, tmp_path):
   only = tmp_path / f'{workdir.name}-{step}'
   shutil.copytree(workdir / 'checkpoints' / str(step), only / str(step))
   restored = checkpointing.Checkpointer(only).restore_latest(
-      experiment.state_template(_config(config_name)))
+      experiment.state_template(plan.build(_config(config_name)).config))
   assert restored.step == step
   return restored.state
 
@@ -387,11 +388,12 @@ def _check_unshared_workdir_refused(runs, tmp_path):
 def test_global_batch_must_split_over_all_devices_of_all_hosts():
   config = _config('gn_ws')
   config.training.global_batch_size = 20
-  with pytest.raises(experiment.ConfigError,
-                     match=r'training.global_batch_size=20 does not divide '
-                     r'over 2 host\(s\) x 4 device\(s\) = 8; use a multiple '
-                     r'of 8 \(e.g. --config.training.global_batch_size=16\)'):
-    experiment.validate(config, process_count=2, local_device_count=4)
+  with pytest.raises(plan.ConfigError,
+                     match=r'training.global_batch_size=20: must be a positive '
+                     r'multiple of the 8 devices \(2 host\(s\) x 4 '
+                     r'device\(s\)\), e.g. '
+                     r'--config.training.global_batch_size=16'):
+    plan.build(config, topology=plan.Topology(2, 4), read_data=False)
 
 
 def test_host_shards_are_disjoint_and_make_the_global_batch():

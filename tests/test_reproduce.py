@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from byol_jax import plan
 from byol_jax import reproduce
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -42,7 +43,10 @@ def test_every_table2_variant_is_the_normal_config(scale):
     if scale == 'cifar10':
       assert (config.model.depth, config.model.stem,
               config.data.image_size) == (18, 'small', 32)
-      assert config.training.total_steps == 200 * (50_000 // 512)
+      built = plan.build(config, topology=plan.Topology(1, 1),
+                         read_data=False).config
+      # floor(epochs * examples / batch), the official formula.
+      assert built.derived.total_steps == 200 * 50_000 // 512 == 19_531
     else:
       assert config.model.depth == 10 and config.data.image_size == 16
   # The variant's own hyper-parameters survive the scale preset; tau is the

@@ -17,6 +17,7 @@ import pytest
 from byol_jax import checkpointing
 from byol_jax import experiment
 from byol_jax import main as main_lib
+from byol_jax import plan
 from byol_jax import pretrain
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -68,7 +69,8 @@ def test_every_experiment_has_a_launch_command_and_paper_number():
   bn300 = load_config('byol_bn', 'epochs=300')
   assert (bn300.training.base_learning_rate, bn300.training.base_ema) == (
       0.3, 0.99)
-  assert bn300.training.total_steps == 300 * (1_281_167 // 4096)
+  built = plan.build(bn300, topology=plan.Topology(1, 1), read_data=False)
+  assert built.config.derived.total_steps == 300 * 1_281_167 // 4096
   assert load_config('modified_init', '').training.warmup_epochs == 50
 
 
@@ -114,8 +116,8 @@ def test_bad_option_exits_nonzero_in_seconds_naming_it(tmp_path):
 
 
 @pytest.mark.parametrize('field,value,message', [
-    ('training.global_batch_size', 60, 'training.global_batch_size=60 does '
-     'not divide over 1 host'),
+    ('training.global_batch_size', 60, r'training.global_batch_size=60: must '
+     r'be a positive multiple of the 8 devices \(1 host'),
     ('model.encoder_norm', 'batchnorm', "model.encoder_norm='batchnorm'"),
     ('model.depth', 42, 'model.depth=42'),
     ('model.gn_groups', 24, 'model.gn_groups=24 does not divide'),
@@ -124,14 +126,14 @@ def test_validation_names_the_field(field, value, message):
   config = load_config('gn_ws', 'tiny')
   section, name = field.split('.')
   config[section][name] = value
-  with pytest.raises(experiment.ConfigError, match=message):
-    experiment.validate(config, process_count=1, local_device_count=8)
+  with pytest.raises(plan.ConfigError, match=message):
+    plan.build(config, topology=plan.Topology(1, 8), read_data=False)
 
 
 def test_missing_dataset_is_a_config_error(tmp_path):
   config = load_config('gn_ws', 'tiny,dataset=folder:' + str(tmp_path / 'no'))
-  with pytest.raises(experiment.ConfigError, match='data.source'):
-    experiment.resolve_dataset(config)
+  with pytest.raises(plan.ConfigError, match='data.source'):
+    plan.build(config)
 
 
 def _nan_from_step(nan_step):
@@ -153,7 +155,9 @@ experiment_learning_rate_fn = experiment.learning_rate_fn
 ])
 def test_non_finite_loss_stops_naming_the_step_and_keeps_last_checkpoint(
     tmp_path, monkeypatch, every_steps, message):
-  main_lib.run(_quick('gn_ws', steps=2), str(tmp_path))
+  # Stopped at step 2 of an 8-step run (max_steps), then resumed.
+  main_lib.run(_quick('gn_ws', steps=8, **{'training.max_steps': 2}),
+               str(tmp_path))
   monkeypatch.setattr(experiment, 'learning_rate_fn', _nan_from_step(3))
   config = _quick('gn_ws', steps=8, **{'checkpoint.every_steps': every_steps})
   with pytest.raises(pretrain.NonFiniteLossError, match=message):
@@ -192,7 +196,7 @@ def _wait_for_step(workdir, step, proc, timeout=300):
 
 
 def _final_state(workdir):
-  config = load_config('gn_ws', 'tiny')
+  config = plan.build(load_config('gn_ws', 'tiny')).config
   restored = checkpointing.Checkpointer(
       pathlib.Path(workdir) / 'checkpoints').restore_latest(
           experiment.state_template(config))

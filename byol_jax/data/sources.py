@@ -4,12 +4,22 @@
     get_source('folder:/data/pets')   class sub-folders of JPEG/PNG images
     get_source('digits')              scikit-learn's 8x8 digits (offline)
     get_source('synthetic:64')        random images for benchmarks (side 64)
+    hold_out(source, 500)             the same, with 500 training examples
+                                      moved to a new 'held_out' split
 
 A `Source` only describes the data (classes, splits, where the bytes are); the
 iterators that decode, crop and batch it live in `pipeline.py`. Split names are
 either a source's own split names ('train', 'test', 'train[10000:]', ...) or
 the logical names of the paper's protocol (`LOGICAL_SPLITS`), which each
 source maps with `resolve_split`.
+
+Datasets with only a train split (an image folder without a test/ folder, a
+TFDS dataset with only 'train') have nothing for the linear probe or the kNN
+monitor to report on. `hold_out` carves a fixed slice out of 'train' into a
+raw split 'held_out' (the config's `data.held_out_examples`); the logical
+'test' and 'linear_valid' then fall back on it, and 'pretrain' /
+'linear_train' ('train') no longer contain it. ImageNet needs none of this:
+its protocol already holds out train[:10000] (`IMAGENET_SPLITS`).
 
 TensorFlow and TFDS are imported lazily: `digits` and `synthetic` work on
 machines without TensorFlow (GPU hosts).
@@ -41,6 +51,11 @@ _TAIL_BYTES = 1024  # a JPEG ends in FFD9, a PNG in an IEND chunk; trailing
 
 DIGITS_NUM_TRAIN = 1500  # first 1500 of a seed-0 permutation; last 297: test
 
+HELD_OUT = 'held_out'  # the raw split that `hold_out` adds
+_HOLD_OUT_SEED = 0  # fixed: the same held-out examples for every run and seed
+_HOLD_OUT_HINT = ('hold out part of train with '
+                  '--config.data.held_out_examples=N')
+
 
 def tfds_split(name: str, logical: str, available=()) -> str:
   """Maps a logical split name to a TFDS split string for dataset `name`.
@@ -48,10 +63,16 @@ def tfds_split(name: str, logical: str, available=()) -> str:
   Args:
     name: TFDS dataset name, e.g. 'imagenet2012' or 'cifar10'.
     logical: one of `LOGICAL_SPLITS`.
-    available: the dataset's split names (used for non-ImageNet datasets).
+    available: the dataset's split names (used for non-ImageNet datasets),
+      with 'held_out' among them when part of train is held out.
 
   Returns:
-    The TFDS split string, e.g. 'train[10000:]'.
+    The TFDS split string, e.g. 'train[10000:]', or 'held_out' (which
+    `TfdsSource.resolve_split` turns into 'train[:N]').
+
+  Raises:
+    ValueError: `logical` is not a logical split, or the dataset has no split
+      for it (see `_generic_split`).
   """
   if logical not in LOGICAL_SPLITS:
     raise ValueError(f'logical split {logical!r} is not one of '
@@ -62,18 +83,40 @@ def tfds_split(name: str, logical: str, available=()) -> str:
 
 
 def _generic_split(logical: str, available: tuple[str, ...], what: str) -> str:
-  """Logical -> raw split for datasets with a train split and maybe val/test."""
-  held_out = [s for s in ('validation', 'val') if s in available]
+  """Logical -> raw split for datasets with a train split and maybe val/test.
+
+  'pretrain' and 'linear_train' -> 'train' (without the held-out examples,
+  when `hold_out` made some). 'test' -> 'test', else 'validation' / 'val',
+  else 'held_out'. 'linear_valid' -> 'held_out', else 'validation' / 'val'
+  when there is also a 'test' to report on.
+
+  Args:
+    logical: one of `LOGICAL_SPLITS`.
+    available: the raw split names of the dataset.
+    what: the dataset, for the error message.
+
+  Returns:
+    A name in `available`.
+
+  Raises:
+    ValueError: no split of `available` serves `logical`.
+  """
+  val = [s for s in ('validation', 'val') if s in available]
   if logical in ('pretrain', 'linear_train'):
     return 'train'
   if logical == 'test':
-    for s in ('test', *held_out):
+    for s in ('test', *val, HELD_OUT):
       if s in available:
         return s
-  if logical == 'linear_valid' and 'test' in available and held_out:
-    return held_out[0]
+  if logical == 'linear_valid':
+    if HELD_OUT in available:
+      return HELD_OUT
+    if 'test' in available and val:
+      return val[0]
+  hint = '' if HELD_OUT in available else f', or {_HOLD_OUT_HINT}'
   raise ValueError(f'{what} has no split for {logical!r} (its splits: '
-                   f'{sorted(available)}); pass a split name it has instead.')
+                   f'{sorted(available)}); pass a split name it has '
+                   f'instead{hint}.')
 
 
 class Source:
@@ -94,8 +137,10 @@ class Source:
     if split in LOGICAL_SPLITS:
       return _generic_split(split, self.raw_splits(), self.name)
     if split not in self.raw_splits():
+      hint = f', or {_HOLD_OUT_HINT}' if split == HELD_OUT else ''
       raise ValueError(f'split {split!r} of {self.name} is unknown; use one of '
-                       f'{sorted(self.raw_splits())} or {LOGICAL_SPLITS}')
+                       f'{sorted(self.raw_splits())} or {LOGICAL_SPLITS}'
+                       f'{hint}')
     return split
 
   def has_split(self, split: str) -> bool:
@@ -152,20 +197,40 @@ class FolderSource(Source):
 
 @dataclasses.dataclass
 class TfdsSource(Source):
-  """A prepared TFDS dataset; `builder` is a `tfds.core.DatasetBuilder`."""
+  """A prepared TFDS dataset; `builder` is a `tfds.core.DatasetBuilder`.
+
+  Attributes:
+    held_out_examples: N > 0 (set by `hold_out`): TFDS's train[:N] is the raw
+      split 'held_out' and 'train' means train[N:]. Other split strings,
+      slices of 'train' included, go to TFDS as they are (so an explicit
+      'train[:100]' does overlap 'held_out'). 0: nothing held out.
+  """
   name: str
   num_classes: int
   builder: object
   image_key: str
   label_key: str
   mocked: bool = False  # under tfds.testing.mock_data: no split sizes/files
+  held_out_examples: int = 0
 
   def raw_splits(self):
-    return tuple(self.builder.info.splits) or ('train', 'validation', 'test')
+    splits = (tuple(self.builder.info.splits) or
+              ('train', 'validation', 'test'))
+    return splits + (HELD_OUT,) if self.held_out_examples else splits
 
   def resolve_split(self, split):
+    """The TFDS split string for `split` (logical, 'held_out' or TFDS's)."""
     if split in LOGICAL_SPLITS:
-      return tfds_split(self.builder.name, split, self.raw_splits())
+      split = tfds_split(self.builder.name, split, self.raw_splits())
+    n = self.held_out_examples
+    if split == HELD_OUT:
+      if not n:
+        raise ValueError(f'split {split!r} of {self.name} is unknown; use one '
+                         f'of {sorted(self.raw_splits())} or {LOGICAL_SPLITS}'
+                         f', or {_HOLD_OUT_HINT}')
+      return f'train[:{n}]'
+    if split == 'train' and n:
+      return f'train[{n}:]'
     return split  # TFDS validates (and slices) it when reading.
 
   def num_examples(self, split):
@@ -176,6 +241,91 @@ class TfdsSource(Source):
           split=split, decoders={self.image_key: tfds.decode.SkipDecoding()})
       return int(ds.cardinality())
     return self.builder.info.splits[split].num_examples
+
+
+# Split sizes and class counts of the sources whose size is known without
+# opening them (TFDS's catalogue; the bundled sets): used when no image may
+# be read (`--dry_run`, benchmarks). A run that reads its data counts it.
+SYNTHETIC_SIZES = {'train': 1024, 'test': 256}
+KNOWN_SIZES = {
+    'tfds:imagenet2012': ({'train': 1_281_167, 'validation': 50_000}, 1000),
+    'tfds:cifar10': ({'train': 50_000, 'test': 10_000}, 10),
+    'tfds:cifar100': ({'train': 50_000, 'test': 10_000}, 100),
+    'tfds:stl10': ({'train': 5_000, 'test': 8_000, 'unlabelled': 100_000},
+                   10),
+    'tfds:imagenette': ({'train': 9_469, 'validation': 3_925}, 10),
+    'digits': ({'train': DIGITS_NUM_TRAIN, 'test': 1797 - DIGITS_NUM_TRAIN},
+               10),
+}
+
+
+def _slice_size(split: str, sizes: Mapping[str, int]) -> int:
+  """Examples of 'name' or a 'name[a:b]' slice (integer bounds) of sizes."""
+  name, bracket, rest = split.partition('[')
+  if name not in sizes:
+    raise ValueError(f'split {split!r} is unknown; the splits are '
+                     f'{sorted(sizes)}')
+  if not bracket:
+    return sizes[name]
+  start, _, stop = rest.rstrip(']').partition(':')
+  bounds = slice(int(start) if start else None, int(stop) if stop else None)
+  return len(range(sizes[name])[bounds])
+
+
+@dataclasses.dataclass
+class SizedSource(Source):
+  """A stand-in for a source of known size: split sizes, no images.
+
+  What `build` uses when no image may be read (`--dry_run`, benchmarks):
+  split names resolve as the real source's do (TFDS's logical mapping for
+  tfds: names, held-out examples as TFDS slices), and num_examples gives
+  their sizes. It has no iterator.
+
+  Attributes:
+    split_sizes: raw split -> number of examples.
+    held_out_examples: as TfdsSource's (set by `hold_out`).
+    stand_in: always True: nothing was read.
+  """
+  name: str
+  num_classes: int
+  split_sizes: Mapping[str, int]
+  held_out_examples: int = 0
+  stand_in: bool = True
+
+  def raw_splits(self):
+    splits = tuple(self.split_sizes)
+    return splits + (HELD_OUT,) if self.held_out_examples else splits
+
+  def resolve_split(self, split):
+    if split in LOGICAL_SPLITS:
+      if self.name.startswith('tfds:'):
+        split = tfds_split(self.name[5:], split, self.raw_splits())
+      else:
+        split = _generic_split(split, self.raw_splits(), self.name)
+    n = self.held_out_examples
+    if split == HELD_OUT and n:
+      return f'train[:{n}]'
+    if split == 'train' and n:
+      return f'train[{n}:]'
+    if split.partition('[')[0] not in self.split_sizes:
+      raise ValueError(f'split {split!r} of {self.name} is unknown; use one '
+                       f'of {sorted(self.raw_splits())} or {LOGICAL_SPLITS}')
+    return split
+
+  def num_examples(self, split):
+    return _slice_size(self.resolve_split(split), self.split_sizes)
+
+
+def known_source(spec: str):
+  """A SizedSource for a spec in KNOWN_SIZES (or synthetic), else None."""
+  kind, _, arg = spec.partition(':')
+  if kind == 'synthetic':
+    return SizedSource(spec, 10, dict(SYNTHETIC_SIZES))
+  if spec in KNOWN_SIZES:
+    sizes, classes = KNOWN_SIZES[spec]
+    return SizedSource(spec, classes, dict(sizes))
+  del arg
+  return None
 
 
 def get_source(spec: str, *, data_dir: str | None = None,
@@ -204,6 +354,77 @@ def get_source(spec: str, *, data_dir: str | None = None,
                    "folder:<path>, 'digits', 'synthetic[:<side>]'")
 
 
+def hold_out(source: Source, num_examples: int) -> Source:
+  """A copy of `source` whose 'train' split lends `num_examples` to 'held_out'.
+
+  For datasets with only a train split: the logical 'test' and 'linear_valid'
+  then resolve to 'held_out' (see `_generic_split`), while 'pretrain' and
+  'linear_train' read the rest of 'train'. The held-out examples are the same
+  for every run, seed and method: for in-memory and folder sources they are a
+  fixed (seed 0) random subset of train, and both parts keep train's order
+  (folders: sorted by class); for TFDS (files shuffled when prepared) they
+  are train[:num_examples] and 'train' becomes train[num_examples:]. `name`
+  is unchanged; `source` is not modified.
+
+  Args:
+    source: an `InMemorySource`, `FolderSource` or `TfdsSource` with a
+      'train' split and no 'held_out' one.
+    num_examples: how many training examples to hold out, in
+      [1, train size - 1].
+
+  Returns:
+    A new source of the same class with the split 'held_out'.
+
+  Raises:
+    ValueError: `num_examples` is not in that range, `source` already has a
+      'held_out' split or has no 'train' one, or it is tfds:imagenet2012
+      (whose protocol already holds out train[:10000]).
+    TypeError: `source` is of another class.
+  """
+  if not isinstance(source, (InMemorySource, FolderSource, TfdsSource,
+                             SizedSource)):
+    raise TypeError(f'hold_out: {type(source).__name__} ({source.name}) is '
+                    'not an in-memory, folder or TFDS source')
+  if source.name.split('/')[0] == 'tfds:imagenet2012':
+    raise ValueError(
+        f'cannot hold out num_examples={num_examples!r} of {source.name}: its '
+        'paper protocol already holds out train[:10000] as linear_valid '
+        '(IMAGENET_SPLITS); set held_out_examples to 0 for it.')
+  splits = source.raw_splits()
+  if HELD_OUT in splits:
+    raise ValueError(f'cannot hold out num_examples={num_examples!r} of '
+                     f'{source.name}: it already has a {HELD_OUT!r} split '
+                     f'(its splits: {sorted(splits)}); hold out once, from '
+                     'the source get_source returns.')
+  if 'train' not in splits:
+    raise ValueError(f'{source.name} has no train split to hold out from '
+                     f'(its splits: {sorted(splits)}); set '
+                     'held_out_examples to 0.')
+  total = source.num_examples('train')
+  if (isinstance(num_examples, bool) or
+      not isinstance(num_examples, (int, np.integer)) or
+      not 0 < num_examples < total):
+    raise ValueError(f'cannot hold out num_examples={num_examples!r} of the '
+                     f'{total} training examples of {source.name}; use an int '
+                     f'from 1 to {total - 1}.')
+  num_examples = int(num_examples)
+  if isinstance(source, (TfdsSource, SizedSource)):
+    # SizedSource: the sizes of either kind of hold-out (a stand-in).
+    return dataclasses.replace(source, held_out_examples=num_examples)
+  perm = np.random.default_rng(_HOLD_OUT_SEED).permutation(total)
+  held, rest = np.sort(perm[:num_examples]), np.sort(perm[num_examples:])
+  field = 'images' if isinstance(source, InMemorySource) else 'files'
+  data = getattr(source, field)
+  changes = {
+      field: {**data, 'train': data['train'][rest],
+              HELD_OUT: data['train'][held]},
+      'labels': {**source.labels, 'train': source.labels['train'][rest],
+                 HELD_OUT: source.labels['train'][held]}}
+  if isinstance(source, FolderSource):  # skipped files stay counted in train
+    changes['num_skipped'] = {**source.num_skipped, HELD_OUT: 0}
+  return dataclasses.replace(source, **changes)
+
+
 def digits_source() -> InMemorySource:
   """scikit-learn's 1,797 8x8 digits, grey 0..16 -> RGB float32 in [0, 1].
 
@@ -221,8 +442,10 @@ def digits_source() -> InMemorySource:
                         {'train': labels[train], 'test': labels[test]})
 
 
-def synthetic_source(side: int = 32, num_train: int = 1024,
-                     num_test: int = 256, num_classes: int = 10):
+def synthetic_source(side: int = 32,
+                     num_train: int = SYNTHETIC_SIZES['train'],
+                     num_test: int = SYNTHETIC_SIZES['test'],
+                     num_classes: int = 10):
   """Uniform random uint8 images (seed 0) with random labels, for benchmarks."""
   rng = np.random.default_rng(0)
   def make(n):

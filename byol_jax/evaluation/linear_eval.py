@@ -37,8 +37,8 @@ import optax
 
 from byol_jax import distributed
 from byol_jax import encoder as encoder_lib
-from byol_jax import experiment
 from byol_jax import losses
+from byol_jax import plan
 from byol_jax import train_state as ts
 from byol_jax.data import pipeline
 from byol_jax.data import sources
@@ -56,31 +56,8 @@ _SUBSET_SEED = 0  # fixed, so kNN numbers are comparable across steps/runs.
 encoder_apply = encoder_lib.encoder_apply  # fn(params, state, images) -> [N, D]
 
 
-def _check_eval_config(config, source, num_devices: int) -> None:
-  """Raises ValueError naming the first bad `eval.*` field."""
-  e = config.eval
-  devices = jax.process_count() * num_devices
-  if e.global_batch_size <= 0 or e.global_batch_size % devices:
-    raise ValueError(
-        f'eval.global_batch_size={e.global_batch_size} does not divide over '
-        f'{jax.process_count()} host(s) x {num_devices} device(s); use a '
-        f'multiple of {devices}.')
-  if e.num_epochs < 1:
-    raise ValueError(f'eval.num_epochs={e.num_epochs} must be >= 1.')
-  if e.learning_rate <= 0:
-    raise ValueError(f'eval.learning_rate={e.learning_rate} must be > 0.')
-  if not 0 <= e.momentum < 1:
-    raise ValueError(f'eval.momentum={e.momentum} must be in [0, 1).')
-  for field in ('train_split', 'test_split'):
-    if not source.has_split(e[field]):
-      raise ValueError(f'eval.{field}={e[field]!r} is not a split of '
-                       f'{source.name}; use a logical split (linear_train, '
-                       'linear_valid, test) or one of its own split names.')
-
-
-def _num_classes(config, source) -> int:
-  n = config.data.get('num_classes', -1)
-  return n if n and n > 0 else source.num_classes
+def _num_classes(config) -> int:
+  return config.derived.num_classes
 
 
 # ------------------------------------------------------------- features
@@ -206,7 +183,7 @@ def knn_eval(config, source, params, state, *, devices=None) -> float:
       max_examples=config.logging.knn_max_train_examples, devices=devices)
   test = extract_features(config, source, params, state,
                           split=config.eval.test_split, devices=devices)
-  return _knn(config, _num_classes(config, source), train, test)
+  return _knn(config, _num_classes(config), train, test)
 
 
 # --------------------------------------------------------- linear probe
@@ -281,14 +258,13 @@ def _feature_batches(feats, labels, host_batch, ndev, seed):
 
 def _probe(config, source, params, state, num_classes, devices):
   """Trains and tests a linear probe on one encoder; returns its numbers."""
-  e = config.eval
+  e, d = config.eval, config.derived
   local = list(devices or jax.local_devices())
   gb = e.global_batch_size
-  num_train = source.num_examples(e.train_split)
-  steps = e.num_epochs * max(1, num_train // gb)
+  num_train, steps = d.eval_num_train_examples, d.eval_steps
   # Official schedules.learning_schedule: base lr * batch / 256, cosine decay
   # to 0 over all steps, no warm-up (configs/eval.py: warmup_steps=0).
-  peak_lr = e.learning_rate * gb / 256.
+  peak_lr = d.eval_peak_learning_rate
   schedule = optax.cosine_decay_schedule(peak_lr, steps)
   optimizer = optax.sgd(schedule, momentum=e.momentum, nesterov=True)
   params = networks.restrict(params, ('encoder',))
@@ -356,17 +332,18 @@ def _percent(x):
   return f'{100. * x:.2f}%'
 
 
-def run_linear_eval(config, workdir, params, state, *, source=None,
+def run_linear_eval(config, workdir, params, state, *, source,
                     tag: str = '', devices=None,
                     extra: Optional[dict] = None) -> dict:
   """Linear evaluation of a frozen encoder; writes WORKDIR/eval_results.json.
 
   Args:
-    config: the experiment config (its `eval` section, `model`, `data`).
+    config: a built config (plan.build; its `eval`, `model`, `data` and
+      `derived` sections are read).
     workdir: where eval_results.json goes (local or gs://).
     params: unreplicated online params (only 'encoder/...' modules are used).
     state: unreplicated online state (BN moving averages).
-    source: the data source (default: opened from config.data).
+    source: the data source plan.build opened.
     tag: free-form label stored in the results.
     devices: local devices to pmap over (default: all; tests use fewer).
     extra: more JSON-able entries for the results (e.g. checkpoint step).
@@ -377,11 +354,8 @@ def run_linear_eval(config, workdir, params, state, *, source=None,
     config.eval.random_baseline also 'random_init': the same numbers for a
     randomly initialised encoder of the same architecture.
   """
-  if source is None:
-    source = experiment.resolve_dataset(config)
-  local = list(devices or jax.local_devices())
-  _check_eval_config(config, source, len(local))
-  num_classes = _num_classes(config, source)
+  plan.check_built(config)
+  num_classes = _num_classes(config)
   results = _probe(config, source, params, state, num_classes, devices)
   results.update(tag=tag, **(extra or {}))
   logging.info('Linear eval%s: top-1 %s, top-%d %s, kNN top-1 %s (%d train / '
@@ -406,52 +380,25 @@ def run_linear_eval(config, workdir, params, state, *, source=None,
   return results
 
 
-def eval_config_for(config, pretrained_config) -> ml_collections.ConfigDict:
-  """The config a 'linear_eval' run evaluates with.
-
-  model, method, training: from the pre-training run (the checkpoint's
-  architecture; never overridden). eval, logging, seed: from `config`.
-  data: from `config` when config.data.source is set, else the run's.
-  """
-  merged = ml_collections.ConfigDict(pretrained_config.to_dict())
-  merged.mode = 'linear_eval'
-  merged.seed = config.seed
-  merged.eval = ml_collections.ConfigDict(config.eval.to_dict())
-  merged.logging = ml_collections.ConfigDict(config.logging.to_dict())
-  if config.data.source:
-    merged.data = ml_collections.ConfigDict(config.data.to_dict())
-    old = pretrained_config.data
-    if (config.data.source, config.data.image_size) != (old.source,
-                                                        old.image_size):
-      logging.warning(
-          'Evaluating on %s at %dpx an encoder pre-trained on %s at %dpx.',
-          config.data.source, config.data.image_size, old.source,
-          old.image_size)
-  return merged
-
-
-def run_linear_eval_from_workdir(config, workdir) -> dict:
-  """Mode 'linear_eval': evaluates config.eval.pretrain_workdir's encoder.
-
-  Loads the run's config.json and latest checkpoint (load_pretrained), merges
-  configs with eval_config_for, and writes eval_results.json into `workdir`.
+def run_linear_eval_from_workdir(config, workdir, *, source) -> dict:
+  """Linear evaluation of config.eval.pretrain_workdir's encoder.
 
   Args:
-    config: the linear-evaluation config.
+    config: the built linear-evaluation config (plan.build merged it with
+      the pre-training run's config, plan.eval_inputs).
     workdir: output directory (may be the pre-training workdir itself).
+    source: the data source plan.build opened.
 
   Returns:
     The results dict of run_linear_eval (plus 'pretrain_workdir' and
-    'checkpoint_step').
+    'checkpoint_step'), also written to WORKDIR/eval_results.json.
+
+  Raises:
+    FileNotFoundError: the pre-training run holds no checkpoint.
   """
-  if not config.eval.pretrain_workdir:
-    raise ValueError(
-        'eval.pretrain_workdir is empty: set it to the pre-training run to '
-        'evaluate, e.g. --config.eval.pretrain_workdir=/tmp/byol_quickstart.')
+  plan.check_built(config)
   pretrained = encoder_lib.load_pretrained(config.eval.pretrain_workdir)
-  merged = eval_config_for(config, pretrained.config)
-  source = experiment.resolve_dataset(merged)
   return run_linear_eval(
-      merged, workdir, pretrained.params, pretrained.state, source=source,
+      config, workdir, pretrained.params, pretrained.state, source=source,
       extra={'pretrain_workdir': pretrained.workdir,
              'checkpoint_step': pretrained.step})

@@ -118,3 +118,281 @@ def test_unprepared_tfds_errors_with_instructions(tmp_path):
   assert 'ILSVRC2012_img_train.tar' in message and 'manual' in message
   with pytest.raises(ValueError, match='tfds build mnist'):
     sources.get_source('tfds:mnist', data_dir=str(tmp_path))
+
+
+# ------------------------------------------------------------ hold_out
+ONE_HOST = dict(process_index=0, process_count=1)
+
+
+def _png_folder(root, per_class=(5, 4, 3)):
+  """Train-only folder: class c<k>/ holds per_class[k] tiny PNGs."""
+  for k, n in enumerate(per_class):
+    (root / f'c{k}').mkdir(parents=True)
+    for i in range(n):
+      PIL.Image.fromarray(np.full((6, 7, 3), 20 * k + i, np.uint8)).save(
+          root / f'c{k}' / f'{i}.png')
+  return root
+
+
+def _check_partition(before, after, field):
+  """train + held_out of `after` is exactly `before`'s train, disjointly."""
+  data, labels = getattr(before, field)['train'], before.labels['train']
+  new = getattr(after, field)
+  n_train, n_held = len(new['train']), len(new['held_out'])
+  assert n_train + n_held == len(data)
+  assert len(after.labels['train']) == n_train
+  assert len(after.labels['held_out']) == n_held
+  # Both parts are in the original order: recover their original indices.
+  keys = [x.tobytes() if field == 'images' else x for x in data]
+  assert len(set(keys)) == len(keys)  # examples are distinct
+  where = {k: i for i, k in enumerate(keys)}
+  idx = {s: np.asarray([where[x.tobytes() if field == 'images' else x]
+                        for x in new[s]]) for s in ('train', 'held_out')}
+  assert not set(idx['train']) & set(idx['held_out'])
+  np.testing.assert_array_equal(
+      np.sort(np.concatenate([idx['train'], idx['held_out']])),
+      np.arange(len(data)))
+  for s in ('train', 'held_out'):
+    assert (np.diff(idx[s]) > 0).all()  # ascending: original order kept
+    np.testing.assert_array_equal(after.labels[s], labels[idx[s]])
+  return idx
+
+
+def test_hold_out_digits_partitions_train():
+  src = sources.digits_source()
+  train_before = src.images['train'].copy()
+  held = sources.hold_out(src, 200)
+  assert type(held) is sources.InMemorySource
+  assert held.name == 'digits' and held.num_classes == 10
+  assert held.raw_splits() == ('train', 'test', 'held_out')
+  assert held.num_examples('train') == 1300
+  assert held.num_examples('held_out') == 200
+  assert held.num_examples('pretrain') == 1300
+  assert held.num_examples('linear_train') == 1300
+  idx = _check_partition(src, held, 'images')
+  # The selection: a seed-0 permutation's first 200, sorted.
+  perm = np.random.default_rng(0).permutation(1500)
+  np.testing.assert_array_equal(idx['held_out'], np.sort(perm[:200]))
+  # The argument is untouched, test too.
+  assert src.raw_splits() == ('train', 'test')
+  np.testing.assert_array_equal(src.images['train'], train_before)
+  assert held.images['test'] is src.images['test']
+  # Digits has a test split: 'test' stays 'test'; 'linear_valid' is held_out.
+  assert held.resolve_split('test') == 'test'
+  assert held.resolve_split('linear_valid') == 'held_out'
+  assert held.resolve_split('pretrain') == 'train'
+
+
+def test_hold_out_is_deterministic():
+  a = sources.hold_out(sources.digits_source(), 97)
+  b = sources.hold_out(sources.digits_source(), 97)
+  np.testing.assert_array_equal(a.images['held_out'], b.images['held_out'])
+  np.testing.assert_array_equal(a.labels['held_out'], b.labels['held_out'])
+  np.testing.assert_array_equal(a.images['train'], b.images['train'])
+  # Independent of numpy's global state and of any run seed.
+  np.random.seed(123)
+  c = sources.hold_out(sources.digits_source(), 97)
+  np.testing.assert_array_equal(a.labels['held_out'], c.labels['held_out'])
+  assert len(np.unique(a.labels['held_out'])) == 10  # random, not the first
+
+
+def test_hold_out_folder_partitions_and_maps_test(tmp_path):
+  root = _png_folder(tmp_path / 'pets')
+  src = sources.get_source(f'folder:{root}')
+  assert src.raw_splits() == ('train',)
+  with pytest.raises(ValueError) as err:
+    src.resolve_split('test')
+  assert "['train']" in str(err.value)  # lists the splits it has
+  assert '--config.data.held_out_examples=N' in str(err.value)
+  with pytest.raises(ValueError, match='held_out_examples=N'):
+    src.resolve_split('held_out')
+
+  held = sources.hold_out(src, 4)
+  assert type(held) is sources.FolderSource
+  assert held.name == f'folder:{root}' == src.name
+  assert held.class_names == ('c0', 'c1', 'c2')
+  assert held.num_examples('train') == 8
+  assert held.num_examples('held_out') == 4
+  assert held.num_skipped == {'train': 0, 'held_out': 0}
+  assert src.num_skipped == {'train': 0} and src.raw_splits() == ('train',)
+  idx = _check_partition(src, held, 'files')
+  np.testing.assert_array_equal(
+      idx['held_out'], np.sort(np.random.default_rng(0).permutation(12)[:4]))
+  for s in ('train', 'held_out'):  # still sorted by class, then path
+    assert list(held.files[s]) == sorted(held.files[s])
+    for path, label in zip(held.files[s], held.labels[s]):
+      assert os.path.basename(os.path.dirname(path)) == f'c{label}'
+  # Train-only folder: both 'test' and 'linear_valid' report on held_out.
+  assert held.resolve_split('test') == 'held_out'
+  assert held.resolve_split('linear_valid') == 'held_out'
+  assert held.resolve_split('pretrain') == 'train'
+  assert held.resolve_split('linear_train') == 'train'
+  assert held.num_examples('test') == 4
+  assert held.has_split('test') and not src.has_split('test')
+
+
+def test_hold_out_folder_with_test_keeps_test(tmp_path):
+  for split, per_class in (('train', (6, 6)), ('test', (2, 2))):
+    _png_folder(tmp_path / 'd' / split, per_class)
+  src = sources.get_source(f'folder:{tmp_path / "d"}')
+  with pytest.raises(ValueError, match='held_out_examples=N'):
+    src.resolve_split('linear_valid')
+  held = sources.hold_out(src, 3)
+  assert held.num_examples('train') == 9
+  assert held.resolve_split('test') == 'test'
+  assert held.num_examples('test') == 4
+  assert held.resolve_split('linear_valid') == 'held_out'
+  assert held.num_examples('linear_valid') == 3
+
+
+def test_logical_mapping_with_held_out():
+  gs = sources._generic_split  # pylint: disable=protected-access
+  assert gs('test', ('train', 'held_out'), 'x') == 'held_out'
+  assert gs('test', ('train', 'test', 'held_out'), 'x') == 'test'
+  assert gs('test', ('train', 'validation', 'held_out'), 'x') == 'validation'
+  assert gs('test', ('train', 'val', 'held_out'), 'x') == 'val'
+  assert gs('linear_valid', ('train', 'held_out'), 'x') == 'held_out'
+  assert gs('linear_valid', ('train', 'validation', 'test', 'held_out'),
+            'x') == 'held_out'
+  assert gs('linear_valid', ('train', 'validation', 'test'),
+            'x') == 'validation'  # unchanged without a held-out split
+  for logical in ('pretrain', 'linear_train'):
+    assert gs(logical, ('train', 'held_out'), 'x') == 'train'
+  with pytest.raises(ValueError) as err:
+    gs('linear_valid', ('train', 'test'), 'tfds:cifar10')
+  message = str(err.value)
+  assert 'tfds:cifar10' in message and "'linear_valid'" in message
+  assert "['test', 'train']" in message
+  assert 'hold out part of train with --config.data.held_out_examples=N' in (
+      message)
+
+
+def test_hold_out_errors(tmp_path):
+  src = sources.digits_source()
+  for bad in (0, -3, 1500, 1501, 2.5, True):
+    with pytest.raises(ValueError, match=rf'num_examples={bad!r} .*1 to 1499'):
+      sources.hold_out(src, bad)
+  assert sources.hold_out(src, 1499).num_examples('train') == 1
+  assert sources.hold_out(src, np.int64(1)).num_examples('held_out') == 1
+  with pytest.raises(ValueError, match="already has a 'held_out' split"):
+    sources.hold_out(sources.hold_out(src, 10), 10)
+  folder = sources.get_source(f'folder:{_png_folder(tmp_path / "f")}')
+  with pytest.raises(ValueError, match='num_examples=12 .*12 training'):
+    sources.hold_out(folder, 12)
+  no_train = sources.InMemorySource('x', 2, {'test': src.images['test']},
+                                    {'test': src.labels['test']})
+  with pytest.raises(ValueError, match='no train split'):
+    sources.hold_out(no_train, 5)
+
+
+def test_hold_out_tfds_mocked():
+  tfds = pytest.importorskip('tensorflow_datasets')
+  with tfds.testing.mock_data(num_examples=20,
+                              policy=tfds.testing.MockPolicy.USE_CODE):
+    src = sources.get_source('tfds:cifar10')
+    assert src.mocked and src.held_out_examples == 0
+    assert src.resolve_split('train') == 'train'
+    assert src.resolve_split('linear_valid') == 'validation'
+    with pytest.raises(ValueError, match='held_out_examples=N'):
+      src.resolve_split('held_out')
+    held = sources.hold_out(src, 7)
+    assert held.name == 'tfds:cifar10' and held.held_out_examples == 7
+    assert src.held_out_examples == 0  # not mutated
+    assert 'held_out' in held.raw_splits()
+    assert held.resolve_split('held_out') == 'train[:7]'
+    assert held.resolve_split('train') == 'train[7:]'
+    assert held.resolve_split('pretrain') == 'train[7:]'
+    assert held.resolve_split('linear_train') == 'train[7:]'
+    assert held.resolve_split('linear_valid') == 'train[:7]'
+    assert held.resolve_split('test') == 'test'  # mocked cifar10 has test
+    assert held.resolve_split('train[7:]') == 'train[7:]'  # idempotent
+    assert held.has_split('held_out')
+    # mock_data ignores slices: every split reads num_examples examples.
+    assert held.num_examples('held_out') == 20
+    for bad in (0, 20):
+      with pytest.raises(ValueError, match=f'num_examples={bad} .*1 to 19'):
+        sources.hold_out(src, bad)
+    with pytest.raises(ValueError, match="already has a 'held_out'"):
+      sources.hold_out(held, 3)
+    imagenet = sources.get_source('tfds:imagenet2012')
+    with pytest.raises(ValueError, match=r'train\[:10000\] as linear_valid'):
+      sources.hold_out(imagenet, 100)
+
+
+def test_hold_out_tfds_prepared_slices_sizes(tmp_path):
+  tfds = pytest.importorskip('tensorflow_datasets')
+
+  class ByolJaxHeldOutImages(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self, supervised_keys=('image', 'label'),
+          features=tfds.features.FeaturesDict({
+              'image': tfds.features.Image(shape=(None, None, 3),
+                                           encoding_format='png'),
+              'label': tfds.features.ClassLabel(num_classes=3)}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {'train': self._generate_examples(30)}
+
+    def _generate_examples(self, n):
+      for i in range(n):
+        yield i, {'image': np.full((8, 8, 3), 5 * i, np.uint8),
+                  'label': i % 3}
+
+  ByolJaxHeldOutImages(data_dir=str(tmp_path)).download_and_prepare()
+  src = sources.get_source('tfds:byol_jax_held_out_images',
+                           data_dir=str(tmp_path))
+  assert not src.mocked and src.raw_splits() == ('train',)
+  with pytest.raises(ValueError, match='held_out_examples=N'):
+    src.resolve_split('test')
+  held = sources.hold_out(src, 8)
+  assert held.raw_splits() == ('train', 'held_out')
+  assert held.resolve_split('test') == 'train[:8]'
+  assert held.num_examples('test') == 8
+  assert held.num_examples('held_out') == 8
+  assert held.num_examples('pretrain') == 22
+  assert held.num_examples('train') == 22
+  with pytest.raises(ValueError, match='1 to 29'):
+    sources.hold_out(src, 30)
+  from byol_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  batches = list(pipeline.make_eval_iterator(
+      held, split='test', global_batch_size=6, image_size=8,
+      local_device_count=1, **ONE_HOST))
+  mask = np.concatenate([b['mask'].ravel() for b in batches])
+  assert len(batches) == 2 and mask.sum() == 8
+  # Together, train[8:] and train[:8] are the whole of TFDS's train.
+  seen = []
+  for split in ('held_out', 'train'):
+    ds = held.builder.as_dataset(split=held.resolve_split(split))
+    seen.append(sorted(int(ex['image'][0, 0, 0]) // 5 for ex in ds))
+  assert seen[0] == sorted(set(seen[0])) and len(seen[0]) == 8
+  assert sorted(seen[0] + seen[1]) == list(range(30))
+
+
+def test_eval_iterator_reads_exactly_the_held_out_examples(tmp_path):
+  from byol_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  digits = sources.hold_out(sources.digits_source(), 37)
+  folder = sources.hold_out(
+      sources.get_source(f'folder:{_png_folder(tmp_path / "f", (9, 8, 7))}'),
+      5)
+  for src, split, n, size in ((digits, 'held_out', 37, 8),
+                              (digits, 'linear_valid', 37, 8),
+                              (folder, 'test', 5, 6),
+                              (folder, 'held_out', 5, 6)):
+    batches = list(pipeline.make_eval_iterator(
+        src, split=split, global_batch_size=16, image_size=size,
+        local_device_count=2, **ONE_HOST))
+    assert len(batches) == pipeline.num_eval_batches(n, 16, 1)
+    mask = np.concatenate([b['mask'].ravel() for b in batches])
+    labels = np.concatenate([b['label'].ravel() for b in batches])
+    assert mask.sum() == n and mask[:n].all()
+    np.testing.assert_array_equal(labels[:n], src.labels['held_out'])
+  # Digits are 8x8 at image_size 8: the images are the held-out ones.
+  batch = next(pipeline.make_eval_iterator(
+      digits, split='held_out', global_batch_size=8, image_size=8,
+      local_device_count=1, **ONE_HOST))
+  np.testing.assert_allclose(batch['image'][0], digits.images['held_out'][:8],
+                             atol=1e-6)

@@ -16,27 +16,29 @@ import pytest
 
 from byol_jax import configs
 from byol_jax import encoder
-from byol_jax import experiment
 from byol_jax import losses
+from byol_jax import plan
 from byol_jax.evaluation import linear_eval
 
 CHANCE = 0.1  # 10 balanced-ish digit classes
 
 
-def tiny_config(**eval_overrides):
+def tiny_inputs(**eval_overrides):
   config = configs.build('tiny')
-  configs.finalize(config)
   config.eval.update(dict(num_epochs=20, augment=False, random_baseline=False))
   config.eval.update(eval_overrides)
   return config
 
 
+def tiny_config(**eval_overrides):
+  return plan.build(tiny_inputs(**eval_overrides)).config
+
+
 @pytest.fixture(scope='module')
 def setup():
-  config = tiny_config()
-  source = experiment.resolve_dataset(config)
-  params, state = encoder.random_encoder(config)
-  return config, source, params, state
+  run = plan.build(tiny_inputs())
+  params, state = encoder.random_encoder(run.config)
+  return run.config, run.source, params, state
 
 
 @pytest.fixture(scope='module')
@@ -153,10 +155,6 @@ def test_extract_features_subset_matches_full_pass(setup):
     ('test_split', 'bogus', "eval.test_split='bogus'"),
     ('num_epochs', 0, 'eval.num_epochs=0'),
 ])
-def test_bad_eval_config_fails_early(setup, tmp_path, field, value, match):
-  _, source, params, state = setup
-  config = tiny_config(**{field: value})
-  with pytest.raises(ValueError, match=match):
-    linear_eval.run_linear_eval(config, str(tmp_path), params, state,
-                                source=source)
-  assert not (tmp_path / linear_eval.RESULTS_FILE).exists()
+def test_bad_eval_config_fails_at_build(field, value, match):
+  with pytest.raises(plan.ConfigError, match=match):
+    plan.build(tiny_inputs(**{field: value}))

@@ -1,0 +1,548 @@
+"""The run plan: a config of inputs + the dataset + the devices -> the run.
+
+Experiment configs (experiments/*.py) hold inputs only: epochs or an explicit
+step count, the global batch, base learning rates, the variant. `build` runs
+once at start-up, after ml_collections has applied the `--config.*`
+overrides, and turns them into the run:
+
+  1. the mode: pre-training, or linear evaluation of `eval.pretrain_workdir`
+     (any config with that field set; `eval_inputs` is the one merge rule);
+  2. every input field validated (ConfigError: one line naming the field, the
+     bad value and what is allowed) before anything is opened or compiled;
+  3. the data source opened (or, with read_data=False, only listed: folder
+     file names, or the known-size table of sources.KNOWN_SIZES), with
+     `data.held_out_examples` carved from train when asked;
+  4. every split the run will read (pre-training, the kNN monitor, linear
+     evaluation) checked to exist;
+  5. the derived values, in a `derived` section of the returned config:
+     dataset size and classes, total and warm-up steps, the batch-scaled peak
+     learning rates, per-host and per-device batches, the resolved split
+     names, the linear probe's step count.
+
+Pre-training, linear evaluation, load_encoder, reproduce and the benchmarks
+take the built config; nothing downstream re-derives or re-validates.
+WORKDIR/config.json is the built config: the values actually used.
+
+Run length, in order of precedence:
+  * training.total_steps > 0 (the `steps=` option) is the step count;
+  * else floor(training.num_epochs * examples / global_batch_size), the
+    official BYOL code's formula (byol/configs/byol.py: num_epochs *
+    train_images // batch_size);
+  * the `epochs=` option sets num_epochs and clears a preset's step count
+    (`tiny,epochs=30` runs 30 epochs); `--config.training.num_epochs` does
+    not clear an explicit training.total_steps: derived.total_steps_from says
+    which one was used.
+  * training.warmup_steps >= 0 is the warm-up; else warmup_epochs * examples
+    // batch. A warm-up longer than the run is shortened to the run (logged,
+    and listed in derived.notes).
+
+Resume contract: `trajectory(config)` is what shapes the training trajectory
+(model, method, seed, batch, step counts and schedules, optimiser, data
+source, size and crops); each checkpoint records it, and a run that would
+resume under a different one stops (pretrain.py).
+"""
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, Optional
+
+from absl import logging
+import ml_collections
+
+from byol_jax import schedules
+
+METHODS = ('byol', 'simclr')
+MODES = ('pretrain', 'linear_eval')
+
+
+class ConfigError(ValueError):
+  """A config value that cannot run; the message names the field and fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  """The devices a run is planned for.
+
+  Attributes:
+    process_count: hosts (processes) in the run.
+    local_device_count: devices per host.
+  """
+  process_count: int
+  local_device_count: int
+
+  @property
+  def device_count(self) -> int:
+    return self.process_count * self.local_device_count
+
+  @classmethod
+  def current(cls) -> 'Topology':
+    """This run's topology (jax.distributed must already be initialised)."""
+    import jax  # pylint: disable=g-import-not-at-top
+    return cls(jax.process_count(), jax.local_device_count())
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What `build` returns.
+
+  Attributes:
+    config: the built config: the inputs plus the `derived` section, locked.
+    source: the opened data source (sources.Source); with read_data=False a
+      listing or a sources.SizedSource stand-in that reads no images.
+  """
+  config: ml_collections.ConfigDict
+  source: Any
+
+
+# ------------------------------------------------------------------ checks
+def _fail(field: str, value, allowed: str):
+  raise ConfigError(f'{field}={value!r}: {allowed}')
+
+
+def _check(ok: bool, field: str, value, allowed: str) -> None:
+  if not ok:
+    _fail(field, value, allowed)
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _positive_int(section, name, field=None, *, allow_auto=False):
+  value = section[name]
+  field = field or name
+  if allow_auto and value == -1:
+    return
+  _check(_is_int(value) and value > 0, field, value,
+         'must be a positive integer' + (' (or -1: derive it)'
+                                          if allow_auto else '') + '.')
+
+
+def check_batch(field: str, batch, topology: Topology) -> None:
+  """Raises unless `batch` is a positive multiple of the device count."""
+  devices = topology.device_count
+  if not _is_int(batch) or batch <= 0 or batch % devices:
+    hint = max(1, (batch if _is_int(batch) else 0) // devices) * devices
+    _fail(field, batch,
+          f'must be a positive multiple of the {devices} devices '
+          f'({topology.process_count} host(s) x {topology.local_device_count} '
+          f'device(s)), e.g. --config.{field}={hint}.')
+
+
+def validate_inputs(config, mode: str) -> None:
+  """Checks every input field that needs neither data nor devices.
+
+  Args:
+    config: the experiment config of inputs (byol_jax/configs.py).
+    mode: 'pretrain' or 'linear_eval' (fields that mode reads are checked).
+
+  Raises:
+    ConfigError naming the first bad field, its value and what is allowed.
+  """
+  from byol_jax.methods import networks  # pylint: disable=g-import-not-at-top
+  _check(config.method in METHODS, 'method', config.method,
+         f'use one of {", ".join(METHODS)}.')
+  _check(_is_int(config.seed) and config.seed >= 0, 'seed', config.seed,
+         'must be an integer >= 0.')
+  model = config.model
+  _check(_is_int(model.gn_groups) and model.gn_groups >= 1, 'model.gn_groups',
+         model.gn_groups, 'must be an integer >= 1 (the paper uses 16).')
+  _check(model.width_multiplier > 0, 'model.width_multiplier',
+         model.width_multiplier, 'must be > 0.')
+  for name in ('projector_hidden_size', 'projector_output_size',
+               'predictor_hidden_size'):
+    _positive_int(model, name, f'model.{name}')
+  _check(0 <= model.bn_decay < 1, 'model.bn_decay', model.bn_decay,
+         'must be in [0, 1) (the official value is 0.9).')
+  try:
+    networks.validate_model_config(model)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+  data = config.data
+  _positive_int(data, 'image_size', 'data.image_size')
+  _check(0 < data.min_crop_area <= 1, 'data.min_crop_area', data.min_crop_area,
+         'must be in (0, 1] (BYOL: 0.08).')
+  _check(_is_int(data.held_out_examples) and data.held_out_examples >= 0,
+         'data.held_out_examples', data.held_out_examples,
+         'must be an integer >= 0 (0: hold nothing out).')
+  _check(data.num_classes == -1 or (_is_int(data.num_classes) and
+                                    data.num_classes > 0),
+         'data.num_classes', data.num_classes,
+         'must be > 0, or -1 to take it from the dataset.')
+  if mode == 'pretrain':
+    _check(bool(data.source), 'data.source', data.source,
+           'name a dataset: tfds:<name> | folder:<path> | digits | '
+           'synthetic[:<side>].')
+
+  t = config.training
+  _positive_int(t, 'total_steps', 'training.total_steps', allow_auto=True)
+  if t.total_steps == -1:
+    _check(_is_int(t.num_epochs) and t.num_epochs > 0, 'training.num_epochs',
+           t.num_epochs, 'must be a positive integer (or set '
+           'training.total_steps).')
+  _positive_int(t, 'max_steps', 'training.max_steps', allow_auto=True)
+  _check(_is_int(t.warmup_epochs) and t.warmup_epochs >= 0,
+         'training.warmup_epochs', t.warmup_epochs, 'must be an integer >= 0.')
+  _check(t.warmup_steps == -1 or (_is_int(t.warmup_steps) and
+                                  t.warmup_steps >= 0),
+         'training.warmup_steps', t.warmup_steps,
+         'must be >= 0, or -1 to derive it from training.warmup_epochs.')
+  _check(t.base_learning_rate > 0, 'training.base_learning_rate',
+         t.base_learning_rate, 'must be > 0 (scaled by batch / 256).')
+  _check(t.weight_decay >= 0, 'training.weight_decay', t.weight_decay,
+         'must be >= 0.')
+  _check(t.trust_coefficient > 0, 'training.trust_coefficient',
+         t.trust_coefficient, 'must be > 0 (LARS eta; the paper uses 1e-3).')
+  _check(t.predictor_lr_multiplier > 0, 'training.predictor_lr_multiplier',
+         t.predictor_lr_multiplier,
+         "must be > 0 (1: the paper's single learning rate).")
+  _check(0. <= t.base_ema <= 1., 'training.base_ema', t.base_ema,
+         'must be in [0, 1] (tau_base).')
+  _check(t.temperature > 0, 'training.temperature', t.temperature,
+         'must be > 0 (SimCLR InfoNCE temperature).')
+  _positive_int(t, 'modified_init_batch_size',
+                'training.modified_init_batch_size')
+  if t.modified_init and model.encoder_norm != 'affine':
+    _fail('training.modified_init', True,
+          'needs model.encoder_norm=affine (the BN layers are replaced by '
+          'calibrated affine layers, paper §3.2).')
+
+  c = config.checkpoint
+  for name in ('every_steps', 'every_secs'):
+    _check(c[name] >= 0, f'checkpoint.{name}', c[name],
+           'must be >= 0 (0: no such schedule).')
+  _positive_int(c, 'max_to_keep', 'checkpoint.max_to_keep')
+
+  lg = config.logging
+  _positive_int(lg, 'every_steps', 'logging.every_steps')
+  _check(_is_int(lg.knn_every_steps) and lg.knn_every_steps >= 0,
+         'logging.knn_every_steps', lg.knn_every_steps,
+         'must be an integer >= 0 (0: no kNN monitor).')
+
+  e = config.eval
+  _positive_int(e, 'num_epochs', 'eval.num_epochs')
+  _check(e.learning_rate > 0, 'eval.learning_rate', e.learning_rate,
+         'must be > 0 (a base rate for batch 256).')
+  _check(0 <= e.momentum < 1, 'eval.momentum', e.momentum,
+         'must be in [0, 1).')
+
+
+# ------------------------------------------------------------------ mode
+def mode_of(config) -> str:
+  """'linear_eval' when eval.pretrain_workdir is set or mode says so."""
+  _check(config.mode in MODES, 'mode', config.mode,
+         f'use one of {", ".join(MODES)}.')
+  if config.eval.pretrain_workdir:
+    return 'linear_eval'
+  if config.mode == 'linear_eval':
+    _fail('eval.pretrain_workdir', '',
+          'set it to the pre-training run to evaluate, e.g. '
+          '--config.eval.pretrain_workdir=/tmp/byol_quickstart.')
+  return config.mode
+
+
+def eval_inputs(config, pretrained) -> ml_collections.ConfigDict:
+  """The one merge rule of linear evaluation of a pre-training run.
+
+  model, method, training (and the run's derived step counts): the
+  pre-training run's, never overridden (they describe the checkpoint).
+  eval, logging, checkpoint, seed: this config's. data: this config's when
+  it names a source (data.source non-empty), else the run's.
+
+  Args:
+    config: the linear-evaluation config (inputs).
+    pretrained: the pre-training run's config.json (a built config).
+
+  Returns:
+    A new, unlocked ConfigDict of inputs (plus the run's `derived`).
+  """
+  merged = ml_collections.ConfigDict(pretrained.to_dict())
+  merged.mode = 'linear_eval'
+  merged.seed = config.seed
+  for section in ('eval', 'logging', 'checkpoint'):
+    merged[section] = ml_collections.ConfigDict(config[section].to_dict())
+  if config.data.source:
+    merged.data = ml_collections.ConfigDict(config.data.to_dict())
+    old = pretrained.data
+    if (config.data.source, config.data.image_size) != (old.source,
+                                                        old.image_size):
+      logging.warning(
+          'Evaluating on %s at %dpx an encoder pre-trained on %s at %dpx.',
+          config.data.source, config.data.image_size, old.source,
+          old.image_size)
+  return merged
+
+
+# ------------------------------------------------------------------ data
+def _open_source(data, read_data: bool):
+  """The data source named by data.source (ConfigError when it cannot be)."""
+  from byol_jax.data import sources  # pylint: disable=g-import-not-at-top
+  spec = data.source
+  try:
+    if not read_data:
+      known = sources.known_source(spec)
+      if known is not None:
+        source = known
+      else:
+        source = sources.get_source(spec, data_dir=data.data_dir or None,
+                                    validate_files=False)
+    else:
+      source = sources.get_source(spec, data_dir=data.data_dir or None)
+  except (ValueError, FileNotFoundError, OSError) as e:
+    raise ConfigError(f'data.source={spec!r}: {e}') from None
+  if data.held_out_examples:
+    try:
+      source = sources.hold_out(source, data.held_out_examples)
+    except ValueError as e:
+      raise ConfigError(f'data.held_out_examples={data.held_out_examples}: '
+                        f'{e}') from None
+  return source
+
+
+def _splits_read(config, mode: str) -> dict:
+  """{config field: split name} of every split the run will read."""
+  needed = {}
+  if mode == 'pretrain':
+    needed['data.pretrain_split'] = config.data.pretrain_split
+    if config.logging.knn_every_steps:
+      needed['logging.knn_every_steps (reference: linear_train)'] = (
+          'linear_train')
+      needed['eval.test_split'] = config.eval.test_split
+  if mode == 'linear_eval' or config.eval.after_pretraining:
+    needed['eval.train_split'] = config.eval.train_split
+    needed['eval.test_split'] = config.eval.test_split
+  return needed
+
+
+def _check_splits(config, mode: str, source) -> dict:
+  resolved = {}
+  for field, split in _splits_read(config, mode).items():
+    try:
+      resolved[split] = source.resolve_split(split)
+      n = source.num_examples(split)
+    except ValueError as e:
+      raise ConfigError(f'{field}={split!r} cannot be read from '
+                        f'data.source={config.data.source!r}: {e}') from None
+    if n is not None and n <= 0:
+      _fail(field, split, f'split is empty in {config.data.source}.')
+  return resolved
+
+
+# ------------------------------------------------------------------ derive
+def epochs_to_steps(epochs: int, num_examples: int, batch: int) -> int:
+  """floor(epochs * examples / batch): the official byol/configs/byol.py."""
+  return int(epochs) * int(num_examples) // int(batch)
+
+
+def _derive(config, mode: str, source, topology: Topology) -> dict:
+  t, e = config.training, config.eval
+  notes = []
+  d = dict(mode=mode, process_count=topology.process_count,
+           local_device_count=topology.local_device_count,
+           device_count=topology.device_count)
+  d['num_classes'] = (config.data.num_classes if config.data.num_classes > 0
+                      else int(source.num_classes))
+  d['splits'] = _check_splits(config, mode, source)
+  if mode == 'pretrain':
+    n = int(source.num_examples(config.data.pretrain_split))
+    b = t.global_batch_size
+    d['num_train_examples'] = n
+    if t.total_steps > 0:
+      total, d['total_steps_from'] = t.total_steps, 'training.total_steps'
+    else:
+      total = epochs_to_steps(t.num_epochs, n, b)
+      d['total_steps_from'] = 'training.num_epochs'
+      if total <= 0:
+        _fail('training.num_epochs', t.num_epochs,
+              f'gives 0 steps of batch {b} over {n} examples; raise it, lower '
+              'training.global_batch_size, or set training.total_steps.')
+    if t.warmup_steps >= 0:
+      warmup = t.warmup_steps
+    else:
+      warmup = epochs_to_steps(t.warmup_epochs, n, b)
+    if warmup > total:
+      notes.append(f'warm-up shortened from {warmup} to the run\'s '
+                   f'{total} steps')
+      logging.warning('Warm-up of %d steps is longer than the run: shortened '
+                      'to total_steps=%d.', warmup, total)
+      warmup = total
+    d.update(
+        total_steps=int(total), warmup_steps=int(warmup),
+        stop_step=int(total if t.max_steps < 0 else min(t.max_steps, total)),
+        epochs=round(total * b / n, 4),
+        peak_learning_rate=schedules.peak_learning_rate(
+            t.base_learning_rate, b),
+        per_host_batch_size=b // topology.process_count,
+        per_device_batch_size=b // topology.device_count)
+  if mode == 'linear_eval' or e.after_pretraining:
+    n = source.num_examples(e.train_split)
+    d['eval_num_train_examples'] = n
+    # Steps of the probe: eval.num_epochs full passes of whole batches.
+    d['eval_steps'] = int(e.num_epochs * max(1, n // e.global_batch_size))
+    d['eval_peak_learning_rate'] = schedules.peak_learning_rate(
+        e.learning_rate, e.global_batch_size)
+    d['eval_per_device_batch_size'] = (e.global_batch_size //
+                                       topology.device_count)
+  d['data_read'] = not getattr(source, 'stand_in', False)
+  d['notes'] = notes
+  return d
+
+
+def build(config, *, topology: Optional[Topology] = None, source=None,
+          read_data: bool = True) -> Run:
+  """Validates the inputs, opens the data and derives the run, once.
+
+  Args:
+    config: an experiment config of inputs (get_config + overrides). A built
+      config (with `derived`) is rebuilt from its inputs.
+    topology: the devices (default: this process's, via jax).
+    source: an already-opened data source for config.data (else opened).
+    read_data: False for dry runs and benchmarks: no image is read; sizes
+      come from a folder listing or sources.KNOWN_SIZES.
+
+  Returns:
+    A Run: the built config (inputs + `derived`, locked) and the source.
+
+  Raises:
+    ConfigError: one line naming the field, the value and what is allowed.
+  """
+  inputs = ml_collections.ConfigDict(config.to_dict())
+  with inputs.unlocked():
+    if 'derived' in inputs:
+      del inputs['derived']
+  mode = mode_of(inputs)
+  validate_inputs(inputs, mode)
+  if mode == 'linear_eval':
+    from byol_jax import encoder  # pylint: disable=g-import-not-at-top
+    try:
+      pretrained = encoder.load_config(inputs.eval.pretrain_workdir)
+    except FileNotFoundError as e:
+      raise ConfigError(f'eval.pretrain_workdir='
+                        f'{inputs.eval.pretrain_workdir!r}: {e}') from None
+    inputs = eval_inputs(inputs, pretrained)
+    run_derived = pretrained.get('derived')
+    with inputs.unlocked():
+      if 'derived' in inputs:
+        del inputs['derived']
+  topology = topology or Topology.current()
+  if mode == 'pretrain':
+    check_batch('training.global_batch_size',
+                inputs.training.global_batch_size, topology)
+  if mode == 'linear_eval' or inputs.eval.after_pretraining:
+    check_batch('eval.global_batch_size', inputs.eval.global_batch_size,
+                topology)
+  if source is None:
+    source = _open_source(inputs.data, read_data)
+  derived = _derive(inputs, mode, source, topology)
+  if mode == 'linear_eval' and run_derived:
+    # The pre-training run's own plan (its schedules shape the checkpoint).
+    for key in ('num_train_examples', 'total_steps', 'warmup_steps',
+                'peak_learning_rate'):
+      if key in run_derived:
+        derived[f'pretrain_{key}'] = run_derived[key]
+  with inputs.unlocked():
+    inputs.derived = ml_collections.ConfigDict(derived)
+  inputs.lock()
+  return Run(inputs, source)
+
+
+def _deep_update(base: dict, new: dict) -> dict:
+  for key, value in new.items():
+    if isinstance(value, dict) and isinstance(base.get(key), dict):
+      _deep_update(base[key], value)
+    else:
+      base[key] = value
+  return base
+
+
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+  """A built config from a run's config.json (WORKDIR/config.json).
+
+  Fields added to the schema since the run was written take their defaults.
+  A config.json written before configs were built here (no `derived`
+  section; step counts and class count filled in place) gets the `derived`
+  values it implies.
+
+  Args:
+    saved: the parsed JSON.
+
+  Returns:
+    An unlocked ConfigDict with a `derived` section.
+  """
+  from byol_jax import configs  # pylint: disable=g-import-not-at-top
+  tree = _deep_update(configs.build(None).to_dict(), saved)
+  if 'derived' not in saved:
+    t, data = saved.get('training', {}), saved.get('data', {})
+    tree['derived'] = dict(
+        num_classes=data.get('num_classes', -1),
+        num_train_examples=data.get('num_train_examples', -1),
+        total_steps=t.get('total_steps', -1),
+        warmup_steps=t.get('warmup_steps', -1))
+  return ml_collections.ConfigDict(tree)
+
+
+def check_built(config) -> None:
+  """Raises TypeError for a config that did not go through `build`."""
+  if 'derived' not in config:
+    raise TypeError('this function takes a built config: call '
+                    'byol_jax.plan.build(config) first (it derives the step '
+                    'counts and validates the fields).')
+
+
+# ------------------------------------------------------------ resume contract
+# Fields that do not change the trajectory of pre-training: when to stop
+# (max_steps), how it is logged, checkpointed and evaluated, where TFDS lives,
+# and the inputs the derived step counts replace.
+_NOT_TRAJECTORY = ('training.max_steps', 'training.num_epochs',
+                   'training.total_steps', 'training.warmup_epochs',
+                   'training.warmup_steps', 'data.data_dir',
+                   'data.num_classes')
+_TRAJECTORY_SECTIONS = ('model', 'training', 'data')
+_TRAJECTORY_DERIVED = ('num_train_examples', 'num_classes', 'total_steps',
+                       'warmup_steps')
+
+
+def flatten(tree: dict, prefix: str = '') -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  out = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict):
+      out.update(flatten(value, name + '.'))
+    else:
+      out[name] = value
+  return out
+
+
+def trajectory(config) -> dict:
+  """{field: value} of everything that shapes pre-training's trajectory.
+
+  model.*, method, seed, training.* (but max_steps), data source, size,
+  image size and crops, and the derived step counts and class count.
+  """
+  check_built(config)
+  tree = {'method': config.method, 'seed': config.seed}
+  for section in _TRAJECTORY_SECTIONS:
+    tree[section] = config[section].to_dict()
+  tree['derived'] = {k: config.derived[k] for k in _TRAJECTORY_DERIVED}
+  flat = flatten(tree)
+  return {k: v for k, v in sorted(flat.items()) if k not in _NOT_TRAJECTORY}
+
+
+def fingerprint(values: dict) -> str:
+  """sha256 of a trajectory dict (stable JSON)."""
+  return hashlib.sha256(json.dumps(values, sort_keys=True).encode()
+                        ).hexdigest()
+
+
+def changes(old: dict, new: dict) -> dict:
+  """{field: (old, new)} of the fields that differ (missing: None)."""
+  keys = sorted(set(old) | set(new))
+  return {k: (old.get(k), new.get(k)) for k in keys
+          if old.get(k) != new.get(k)}
+
+
+def describe_changes(diff: dict) -> str:
+  return ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in diff.items())
