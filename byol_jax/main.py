@@ -94,7 +94,8 @@ def parse_flags(argv):
     return flags.FLAGS(argv)
   except flags.Error as e:
     _exit('Config error', _one_line(e))
-  except (ValueError, TypeError, KeyError, AttributeError) as e:
+  except (ValueError, TypeError, KeyError, AttributeError, OSError) as e:
+    # Raised by get_config or the config file itself.
     _exit('Config error', _one_line(e))
 
 
@@ -102,10 +103,18 @@ def _config():
   if _CONFIG.value is None:
     _exit('Usage error', '--config is required, e.g. '
           '--config=experiments/gn_ws.py:tiny (experiments/ lists them).')
+  config = _CONFIG.value
   try:
-    return _CONFIG.value
-  except (OSError, ValueError, AttributeError) as e:  # e.g. a missing file.
-    _exit('Config error', f'--config: {e}')
+    config.to_dict()  # a config file that failed to load raises here.
+  except OSError as e:
+    errno = re.search(r'\[Errno \d+\].*', str(e))
+    _exit('Config error', f'--config={_config_path()}: '
+          f'{errno.group(0) if errno else e}')
+  return config
+
+
+def _config_path() -> str:
+  return flags.FLAGS['config'].serialize().partition('=')[2] or '?'
 
 
 def _dry_run(the_plan) -> None:

@@ -115,7 +115,9 @@ def write_config(config, workdir: epath.Path, *, start_step: int,
              'config_changes': diff, 'trajectory_changes': trajectory_changes}
     with (workdir / HISTORY_FILE).open('a') as f:
       f.write(json.dumps(entry) + '\n')
-  path.write_text(config.to_json_best_effort(indent=2))
+  text = config.to_json_best_effort(indent=2)
+  if old is None or path.read_text() != text:
+    path.write_text(text)
 
 
 def _initial_state(config, method, optimizer, source):

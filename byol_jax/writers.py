@@ -213,9 +213,11 @@ class MetricWriter:
       return 0
     rows = read_metrics(self._path.parent, filename=self._path.name)
     kept = [r for r in rows if r['step'] <= step]
+    text = ''.join(json.dumps(r) + '\n' for r in kept)
+    if text == self._path.read_text():
+      return 0  # nothing to drop: leave the file (and its mtime) alone.
     tmp = self._path.parent / (self._path.name + '.tmp')
-    with tmp.open('w') as f:
-      f.writelines(json.dumps(r) + '\n' for r in kept)
+    tmp.write_text(text)
     tmp.replace(self._path)
     dropped = len(rows) - len(kept)
     if dropped:
