@@ -34,12 +34,16 @@ LR_PRESETS = {40: 0.45, 100: 0.45, 300: 0.3, 1000: 0.2}
 WD_PRESETS = {40: 1e-6, 100: 1e-6, 300: 1e-6, 1000: 1.5e-6}
 EMA_PRESETS = {40: 0.97, 100: 0.99, 300: 0.99, 1000: 0.996}
 
-# BYOL with GroupNorm + Weight Standardisation, paper §3.3: GN with 16 groups
-# and WS in every convolution of the encoder; base lr 0.24, weight decay
-# 3e-8, tau_base 0.999. The projector and predictor use GN too (no WS on
-# their linear layers), so no layer anywhere uses batch statistics.
+# BYOL with GroupNorm + Weight Standardisation, paper §3.3: "we apply weight
+# standardization to convolutional and linear parameters ... and replace all
+# BN by GN layers", G = 16; base lr 0.24, weight decay 3e-8, tau_base 0.999.
+# WS in every convolution of the encoder and every linear layer of the
+# projector and predictor; GN everywhere BN was. No layer uses batch
+# statistics. (The online classifier, a monitor on the stop-gradient
+# representation that plays no part in BYOL's objective, stays a plain
+# linear layer.)
 GN_WS_MODEL = dict(encoder_norm='gn', projector_norm='gn', predictor_norm='gn',
-                   gn_groups=16, encoder_ws=True)
+                   gn_groups=16, encoder_ws=True, heads_ws=True)
 GN_WS_TRAINING = dict(base_learning_rate=0.24, weight_decay=3e-8,
                       base_ema=0.999)
 GN_WS_PAPER_TOP1 = 73.9
@@ -162,6 +166,8 @@ def build(arg=None, *, method='byol', extra_options=(), model=None,
       # Paper §3.2: BN-free modified initialisation from one BN forward pass.
       modified_init=False,
       modified_init_batch_size=4096,
+      # Images per device per forward pass of the calibration (memory).
+      modified_init_chunk_size=256,
   ))
   config.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=1000, every_secs=600, max_to_keep=3,
@@ -184,7 +190,11 @@ def build(arg=None, *, method='byol', extra_options=(), model=None,
       pretrain_workdir='',
       num_epochs=80,
       global_batch_size=1024,
-      learning_rate=0.2,  # the paper sweeps {0.4, 0.3, 0.2, 0.1, 0.05}.
+      # Base rates (x batch / 256) the protocol chooses from on a held-out
+      # part of train; one value: no selection.
+      learning_rates=(0.4, 0.3, 0.2, 0.1, 0.05),
+      # The held-out part: ImageNet's train[:10000] (official protocol).
+      sweep_valid_examples=10_000,
       momentum=0.9,
       train_split='linear_train',
       test_split='test',
@@ -265,7 +275,7 @@ def apply_tiny(config) -> None:
   # convergence (random GN+WS encoder: 84.8%, vs 87.9% for an L-BFGS
   # logistic regression on the same features; 87.2% after 400 epochs).
   config.eval.update(dict(num_epochs=400, global_batch_size=256,
-                          learning_rate=0.4, augment=False))
+                          sweep_valid_examples=300, augment=False))
 
 
 def apply_cifar10(config) -> None:
@@ -290,4 +300,4 @@ def apply_cifar10(config) -> None:
                              knn_max_train_examples=10_000))
   # The paper's probe protocol (augmented crops, 80 epochs), cheap at 32 px.
   config.eval.update(dict(num_epochs=80, global_batch_size=1024,
-                          learning_rate=0.2, augment=True))
+                          sweep_valid_examples=5000, augment=True))

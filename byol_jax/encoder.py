@@ -113,7 +113,8 @@ class Pretrained:
 
   Attributes:
     config: the run's finalised config (WORKDIR/config.json).
-    params: online encoder parameters (host NumPy, 'encoder/...' modules).
+    params: online encoder parameters (host NumPy, 'encoder/...' modules)
+      and the online classifier's ('classifier/...').
     state: online encoder state (BN moving averages; {} without BN).
     step: the restored checkpoint's step.
     workdir: the run directory.
@@ -189,7 +190,9 @@ def load_pretrained(workdir) -> Pretrained:
   state = restored.state
   return Pretrained(
       config=config,
-      params=networks.restrict(state.online_params, ENCODER_MODULES),
+      # The online classifier too: linear evaluation scores it on test.
+      params=networks.restrict(state.online_params,
+                               ENCODER_MODULES + ('classifier',)),
       state=networks.restrict(state.online_state, ENCODER_MODULES),
       step=int(restored.step), workdir=str(workdir))
 

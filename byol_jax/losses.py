@@ -102,21 +102,31 @@ def byol_loss(online_pred_1: jnp.ndarray, online_pred_2: jnp.ndarray,
   return jnp.mean(loss)
 
 
-def softmax_cross_entropy(logits: jnp.ndarray,
-                          labels: jnp.ndarray) -> jnp.ndarray:
+def softmax_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
+                          where: Optional[jnp.ndarray] = None) -> jnp.ndarray:
   """Mean softmax cross-entropy with integer labels.
 
   Args:
     logits: [B, C] unnormalised log-probabilities.
     labels: [B] integer class indices in [0, C).
+    where: optional [B] bool: average over these examples only (0 when none).
 
   Returns:
-    Scalar: mean over the batch of -log softmax(logits)[label].
+    Scalar: mean over the (selected) batch of -log softmax(logits)[label].
   """
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  picked = jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32),
+  safe = jnp.maximum(labels, 0) if where is not None else labels
+  picked = jnp.take_along_axis(log_probs, safe[..., None].astype(jnp.int32),
                                axis=-1)[..., 0]
-  return -jnp.mean(picked)
+  return -masked_mean(picked, where)
+
+
+def masked_mean(x: jnp.ndarray, where: Optional[jnp.ndarray]) -> jnp.ndarray:
+  """mean(x[where]) (0 when nothing is selected); mean(x) for where=None."""
+  if where is None:
+    return jnp.mean(x)
+  where = where.astype(x.dtype)
+  return jnp.sum(x * where) / jnp.maximum(jnp.sum(where), 1.)
 
 
 def topk_correct(logits: jnp.ndarray, labels: jnp.ndarray,

@@ -204,6 +204,8 @@ def validate_inputs(config, mode: str) -> None:
          'must be > 0 (SimCLR InfoNCE temperature).')
   _positive_int(t, 'modified_init_batch_size',
                 'training.modified_init_batch_size')
+  _positive_int(t, 'modified_init_chunk_size',
+                'training.modified_init_chunk_size')
   if t.modified_init and model.encoder_norm != 'affine':
     _fail('training.modified_init', True,
           'needs model.encoder_norm=affine (the BN layers are replaced by '
@@ -223,8 +225,11 @@ def validate_inputs(config, mode: str) -> None:
 
   e = config.eval
   _positive_int(e, 'num_epochs', 'eval.num_epochs')
-  _check(e.learning_rate > 0, 'eval.learning_rate', e.learning_rate,
-         'must be > 0 (a base rate for batch 256).')
+  rates = tuple(e.learning_rates)
+  _check(len(rates) > 0 and all(r > 0 for r in rates), 'eval.learning_rates',
+         rates, 'must be one or more base rates > 0 (for batch 256), e.g. '
+         '(0.4, 0.3, 0.2, 0.1, 0.05).')
+  _positive_int(e, 'sweep_valid_examples', 'eval.sweep_valid_examples')
   _check(0 <= e.momentum < 1, 'eval.momentum', e.momentum,
          'must be in [0, 1).')
 
@@ -381,8 +386,17 @@ def _derive(config, mode: str, source, topology: Topology) -> dict:
     d['eval_num_train_examples'] = n
     # Steps of the probe: eval.num_epochs full passes of whole batches.
     d['eval_steps'] = int(e.num_epochs * max(1, n // e.global_batch_size))
-    d['eval_peak_learning_rate'] = schedules.peak_learning_rate(
-        e.learning_rate, e.global_batch_size)
+    d['eval_peak_learning_rates'] = [
+        schedules.peak_learning_rate(r, e.global_batch_size)
+        for r in e.learning_rates]
+    if len(e.learning_rates) > 1:
+      valid = e.sweep_valid_examples
+      _check(valid < n, 'eval.sweep_valid_examples', valid,
+             f'must be below the {n} examples of eval.train_split '
+             f'{e.train_split!r}: the learning-rate sweep trains on the rest.')
+      d['eval_sweep_valid_examples'] = valid
+      d['eval_sweep_steps'] = int(
+          e.num_epochs * max(1, (n - valid) // e.global_batch_size))
     d['eval_per_device_batch_size'] = (e.global_batch_size //
                                        topology.device_count)
   d['data_read'] = not getattr(source, 'stand_in', False)
@@ -497,7 +511,8 @@ def check_built(config) -> None:
 # and the inputs the derived step counts replace.
 _NOT_TRAJECTORY = ('training.max_steps', 'training.num_epochs',
                    'training.total_steps', 'training.warmup_epochs',
-                   'training.warmup_steps', 'data.data_dir',
+                   'training.warmup_steps', 'training.modified_init_chunk_size',
+                   'data.data_dir',
                    'data.num_classes')
 _TRAJECTORY_SECTIONS = ('model', 'training', 'data')
 _TRAJECTORY_DERIVED = ('num_train_examples', 'num_classes', 'total_steps',

@@ -140,10 +140,15 @@ def _initial_state(config, method, optimizer, source):
     images = batch['view1'][0]
     keys = ts.example_keys(jax.random.PRNGKey(config.seed + 2),
                            images.shape[0], None)
-    images = experiment.byol_augment(keys, jnp.asarray(images), 1)
+    # Per-example augmentation, so chunking it changes nothing but memory.
+    chunk = config.training.modified_init_chunk_size
+    augment = jax.jit(functools.partial(experiment.byol_augment, view=1))
+    images = np.concatenate([
+        np.asarray(augment(keys[i:i + chunk], jnp.asarray(images[i:i + chunk])))
+        for i in range(0, len(images), chunk)])
     state = modified_init.apply_to_state(
         state, config.model, config.derived.num_classes, images,
-        with_predictor=config.method == 'byol')
+        with_predictor=config.method == 'byol', chunk_size=chunk)
     logging.info('Modified init (paper §3.2): calibrated %s on %d images.',
                  ', '.join(modified_init.calibrated_components(config.model)),
                  images.shape[0])

@@ -49,3 +49,33 @@ def test_calibrated_network_equals_bn_network_on_the_calibration_batch():
   for name in params:
     if 'conv' in name or 'linear' in name:
       np.testing.assert_array_equal(calibrated[name]['w'], params[name]['w'])
+
+
+def test_chunked_statistics_equal_the_single_pass_ones():
+  """Layer by layer, 4 images per chunk, over 8 devices and 1: the BN
+  twin's one-pass batch statistics within 1e-5 (relative)."""
+  model = _affine_model()
+  forward = networks.make_forward(model, 10, with_predictor=True,
+                                  with_classifier=False)
+  images = 2. * jax.random.normal(jax.random.PRNGKey(1), (36, 16, 16, 3)) + 1
+  params, _ = forward.init(jax.random.PRNGKey(0), images, True)
+  reference = modified_init.bn_statistics(model, 10, params, images)
+  assert len(reference) == 14  # stem, 8 in blocks, 3 shortcuts, 2 heads
+  runs = {
+      'one pass': dict(devices=jax.local_devices()[:1]),
+      '8 devices x 4': dict(chunk_size=4),  # 36 = 32 + a remainder of 4
+      '1 device x 5': dict(chunk_size=5, devices=jax.local_devices()[:1]),
+  }
+  assert jax.local_device_count() == 8
+  for label, kwargs in runs.items():
+    calibrated, stats = modified_init.calibrate(
+        model, 10, params, images, return_statistics=True, **kwargs)
+    assert sorted(stats) == sorted(reference), label
+    for name, (mean, var) in stats.items():
+      ref_mean, ref_var = (np.asarray(v, np.float64) for v in reference[name])
+      scale = np.abs(ref_mean).max() + np.sqrt(ref_var).max()
+      np.testing.assert_allclose(mean, ref_mean, rtol=1e-5,
+                                 atol=1e-5 * scale, err_msg=label + name)
+      np.testing.assert_allclose(var, ref_var, rtol=1e-5,
+                                 atol=1e-5 * ref_var.max(),
+                                 err_msg=label + name)

@@ -15,26 +15,33 @@ import os
 
 import numpy as np
 
-# Random-resized crop (paper Appendix B; torchvision's RandomResizedCrop):
-# area fraction ~ U[0.08, 1], log aspect ratio ~ U[log 3/4, log 4/3], 10 tries
-# then the whole image clamped to the ratio range. The official BYOL code uses
-# tf.image.sample_distorted_bounding_box (uniform ratio, min_object_covered
-# 0.1, centre-crop fallback); we follow the log-uniform convention.
+# Random-resized crop, the official BYOL sampler (byol/utils/dataset.py,
+# _decode_and_random_crop): ONE draw of the area fraction ~ U[0.08, 1] and of
+# the log aspect ratio ~ U[log 3/4, log 4/3]; width = round(sqrt(area x
+# ratio)), height = round(sqrt(area / ratio)), each clamped to the image; the
+# box is placed uniformly. No rejection: a draw that overflows the image is
+# clamped, not redrawn (torchvision's RandomResizedCrop and SimCLR's
+# sample_distorted_bounding_box retry up to 10 times and then fall back,
+# which biases them towards smaller crops).
 AREA_RANGE = (0.08, 1.0)
 ASPECT_RANGE = (3. / 4., 4. / 3.)
-CROP_ATTEMPTS = 10
 # Eval: centre crop of 224/256 of the shorter side, then resize (official
 # byol/utils/dataset.py). Images whose shorter side is already <= image_size
 # (32px CIFAR, 8px digits) are not cropped: the central square is resized.
 CENTER_CROP_FRACTION = 224. / 256.
-NUM_U = 2 * CROP_ATTEMPTS + 2  # uniforms per crop
+NUM_U = 4  # uniforms per crop: area, log-ratio, y offset, x offset.
 # Salts of the stateless random draws (see pipeline.py's docstring): the same
 # values in both streams, so a (seed, epoch, index, view) draws the same.
 SALT_PERM, SALT_CROP, SALT_FILES, SALT_WINDOW = 1, 2, 3, 4
 
 
 def sample_crop(xp, u, height, width, min_area=AREA_RANGE[0]):
-  """Random-resized-crop box from uniforms; xp is numpy or `TfOps`.
+  """Random-resized-crop box from uniforms: the official BYOL sampler.
+
+  area = U[min_area, 1] x height x width, ratio = exp(U[log 3/4, log 4/3]),
+  crop width = min(round(sqrt(area x ratio)), width), crop height =
+  min(round(sqrt(area / ratio)), height) (at least 1 pixel), offsets uniform
+  over the positions where the box fits.
 
   Args:
     xp: `numpy` or a `TfOps` (the same few numpy functions in TensorFlow).
@@ -46,27 +53,16 @@ def sample_crop(xp, u, height, width, min_area=AREA_RANGE[0]):
   Returns:
     (y0, x0, crop_height, crop_width) int64 arrays of shape u.shape[:-1].
   """
-  h = xp.asarray(height, xp.float64)[..., None]
-  w = xp.asarray(width, xp.float64)[..., None]
-  a = CROP_ATTEMPTS
-  area = h * w * (min_area + (AREA_RANGE[1] - min_area) * u[..., :a])
+  h = xp.asarray(height, xp.float64)
+  w = xp.asarray(width, xp.float64)
+  area = h * w * (min_area + (AREA_RANGE[1] - min_area) * u[..., 0])
   lo, hi = math.log(ASPECT_RANGE[0]), math.log(ASPECT_RANGE[1])
-  ratio = xp.exp(lo + (hi - lo) * u[..., a:2 * a])
-  cw, ch = xp.round(xp.sqrt(area * ratio)), xp.round(xp.sqrt(area / ratio))
-  ok = (cw >= 1) & (ch >= 1) & (cw <= w) & (ch <= h)
-  tries = xp.arange(a, dtype=xp.float64)
-  first = xp.min(xp.where(ok, tries, float(a)), axis=-1)  # first success
-  pick = tries == first[..., None]
-  cw = xp.sum(xp.where(pick, cw, 0.), -1)
-  ch = xp.sum(xp.where(pick, ch, 0.), -1)
-  h, w = h[..., 0], w[..., 0]
-  # Fallback: the whole image cut to the nearest allowed aspect ratio (at a
-  # random position; torchvision centres it).
-  fb_w = xp.minimum(w, xp.round(h * ASPECT_RANGE[1]))
-  fb_h = xp.minimum(h, xp.round(w / ASPECT_RANGE[0]))
-  cw, ch = xp.where(first < a, cw, fb_w), xp.where(first < a, ch, fb_h)
-  y0 = xp.floor(u[..., 2 * a] * (h - ch + 1))
-  x0 = xp.floor(u[..., 2 * a + 1] * (w - cw + 1))
+  ratio = xp.exp(lo + (hi - lo) * u[..., 1])
+  # round() is half-to-even in both numpy and TF, as tf.round officially.
+  cw = xp.minimum(xp.maximum(xp.round(xp.sqrt(area * ratio)), 1.), w)
+  ch = xp.minimum(xp.maximum(xp.round(xp.sqrt(area / ratio)), 1.), h)
+  y0 = xp.floor(u[..., 2] * (h - ch + 1))
+  x0 = xp.floor(u[..., 3] * (w - cw + 1))
   return tuple(xp.asarray(v, xp.int64) for v in (y0, x0, ch, cw))
 
 
@@ -81,7 +77,8 @@ class TfOps:
     self.sum = lambda x, axis: tf.reduce_sum(x, axis)
     self.exp, self.sqrt, self.floor = tf.exp, tf.sqrt, tf.floor
     self.round = tf.round  # half to even, as np.round
-    self.minimum, self.where = tf.minimum, tf.where
+    self.minimum, self.maximum = tf.minimum, tf.maximum
+    self.where = tf.where
 
 
 def center_crop(xp, height, width, image_size):

@@ -36,7 +36,6 @@ from byol_jax.data import tf_stream
 # module's public API (benchmarks/input_pipeline.py uses numpy_threads).
 AREA_RANGE = crops.AREA_RANGE
 ASPECT_RANGE = crops.ASPECT_RANGE
-CROP_ATTEMPTS = crops.CROP_ATTEMPTS
 CENTER_CROP_FRACTION = crops.CENTER_CROP_FRACTION
 numpy_threads = crops.numpy_threads
 

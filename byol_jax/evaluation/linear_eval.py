@@ -6,11 +6,25 @@ representation is trained with SGD + Nesterov momentum 0.9, no weight decay,
 a cosine-decayed learning rate, batch 1024 for 80 epochs, on random-resized
 crops with horizontal flips; top-1 / top-5 are measured on centre crops.
 
-Learning rate: the paper sweeps {0.4, 0.3, 0.2, 0.1, 0.05} without saying
-how it depends on the batch; the official code (byol/eval_experiment.py with
-byol/utils/schedules.learning_schedule) treats the swept value as a base
-rate for batch 256 and uses base * global_batch / 256, with no warm-up. We do
-the same: `config.eval.learning_rate` is the base rate, scaled linearly.
+Learning rate: the protocol picks it from {0.4, 0.3, 0.2, 0.1, 0.05}
+(`config.eval.learning_rates`) on a held-out part of train, then trains the
+probe on all of train at the chosen rate and reports test top-1 (on
+ImageNet: selected on train[:10000] with the probe trained on
+train[10000:], as the official byol/utils/dataset.py splits it). As the
+official code (byol/eval_experiment.py, byol/utils/schedules.py), each rate
+is a base rate for batch 256, scaled to base * global_batch / 256, cosine
+decayed to 0, no warm-up.
+
+The selection (`sweep_learning_rate`) runs on frozen centre-crop features,
+extracted once; the grid's probes are trained together (vmapped over the
+rate) on the same batches, so the sweep costs about one probe on features.
+Where the protocol trains on augmented crops (`eval.augment=True`), the rate
+is thus chosen without augmentation; that is our simplification (the
+official code re-runs the augmented probe per rate), stated in
+eval_results.json as 'sweep_on': 'centre-crop features'. The held-out part:
+`eval.sweep_valid_examples` training examples, the first ones for TFDS
+sources (shuffled when prepared: train[:N]) and a fixed random subset for
+folders and in-memory sources (sorted by class).
 
 With `config.eval.augment=False` the representation of every training image
 is computed once (centre crop) and the classifier is trained on those: the
@@ -44,6 +58,7 @@ from byol_jax.data import pipeline
 from byol_jax.data import sources
 from byol_jax.evaluation import monitors
 from byol_jax.models import heads
+from byol_jax.models import resnet
 from byol_jax.methods import networks
 
 RESULTS_FILE = 'eval_results.json'
@@ -256,51 +271,133 @@ def _feature_batches(feats, labels, host_batch, ndev, seed):
     step += 1
 
 
-def _probe(config, source, params, state, num_classes, devices):
-  """Trains and tests a linear probe on one encoder; returns its numbers."""
+def _probe_optimizer(peak, steps: int, momentum: float):
+  """SGD + Nesterov momentum, lr peak x cosine to 0 over `steps` (official)."""
+  cosine = optax.cosine_decay_schedule(1., steps)
+  return optax.sgd(lambda step: peak * cosine(step), momentum=momentum,
+                   nesterov=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _probes_step(num_classes: int, steps: int, momentum: float):
+  """jit(step) training K probes at K peak rates on one batch (vmapped)."""
+  classifier = _classifier(num_classes)
+
+  def one(params, opt_state, peak, feats, labels):
+    def loss(p):
+      return losses.softmax_cross_entropy(classifier.apply(p, feats), labels)
+    grads = jax.grad(loss)(params)
+    updates, opt_state = _probe_optimizer(peak, steps, momentum).update(
+        grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None, None)),
+                 donate_argnums=(0, 1))
+
+
+def train_probes(feats: np.ndarray, labels: np.ndarray, peaks, *,
+                 num_classes: int, steps: int, batch_size: int,
+                 momentum: float, seed: int):
+  """Linear probes on frozen features, one per peak rate, trained together.
+
+  Every probe starts from the same (zero) weights and sees the same
+  batches (per-epoch shuffles of `seed`); probe k follows SGD + Nesterov
+  momentum with lr peaks[k] x cosine. One device; every host computes the
+  same (the features are all-gathered).
+
+  Args:
+    feats: [N, D] float32 features.
+    labels: [N] int32 labels in [0, num_classes).
+    peaks: K peak learning rates.
+    num_classes: classifier outputs.
+    steps: SGD steps.
+    batch_size: examples per step.
+    momentum: Nesterov momentum.
+    seed: the batch order.
+
+  Returns:
+    Classifier params with a leading axis of size K (host NumPy).
+  """
+  classifier = _classifier(num_classes)
+  init = classifier.init(jax.random.PRNGKey(0),
+                         np.zeros((1, feats.shape[-1]), np.float32))
+  k = len(peaks)
+  params = jax.tree.map(lambda x: np.repeat(np.asarray(x)[None], k, 0), init)
+  opt_state = jax.vmap(_probe_optimizer(1., steps, momentum).init)(params)
+  step = _probes_step(num_classes, steps, momentum)
+  peaks = np.asarray(peaks, np.float32)
+  batches = _feature_batches(feats, labels, batch_size, 1, seed)
+  for _, batch in zip(range(steps), batches):
+    params, opt_state = step(params, opt_state, peaks, batch['image'][0],
+                             batch['label'][0])
+  return jax.device_get(params)
+
+
+def _valid_indices(source, n: int, num_valid: int) -> np.ndarray:
+  """The sweep's held-out examples among the n of the training split."""
+  if isinstance(source, sources.TfdsSource):
+    return np.arange(num_valid)  # train[:N], as the ImageNet protocol.
+  rng = np.random.default_rng(_SUBSET_SEED)
+  return np.sort(rng.choice(n, num_valid, replace=False))
+
+
+def sweep_learning_rate(config, source, train, num_classes: int):
+  """Chooses the probe's learning rate on a held-out part of train.
+
+  Args:
+    config: the built config (eval.learning_rates, eval.sweep_valid_examples
+      and the derived sweep step count are read).
+    source: the data source (TFDS: the first examples are held out).
+    train: (features [N, D], labels [N]) of the whole training split.
+    num_classes: classifier outputs.
+
+  Returns:
+    (index of the chosen rate in eval.learning_rates, {base rate: held-out
+    top-1 of the probe trained on the rest of train}).
+  """
+  e, d = config.eval, config.derived
+  feats, labels = train
+  valid = _valid_indices(source, len(labels), d.eval_sweep_valid_examples)
+  rest = np.setdiff1d(np.arange(len(labels)), valid)
+  probes = train_probes(
+      feats[rest], labels[rest], d.eval_peak_learning_rates,
+      num_classes=num_classes, steps=d.eval_sweep_steps,
+      batch_size=e.global_batch_size, momentum=e.momentum, seed=config.seed)
+  classifier = _classifier(num_classes)
+  logits = jax.jit(jax.vmap(classifier.apply, in_axes=(0, None)))(
+      probes, feats[valid])
+  top1 = np.asarray(jax.vmap(
+      lambda l: losses.topk_correct(l, labels[valid], 1).mean())(logits))
+  chosen = int(np.argmax(top1))  # ties: the first (largest) rate in the grid
+  table = {str(rate): float(t) for rate, t in zip(e.learning_rates, top1)}
+  logging.info('Linear probe learning rate: %s chosen on %d held-out '
+               'examples (top-1 per base rate: %s)', e.learning_rates[chosen],
+               len(valid), table)
+  return chosen, table
+
+
+def _train_augmented(config, source, params, state, num_classes, peak,
+                     devices):
+  """The probe on per-step random crops of train (frozen encoder), pmapped."""
   e, d = config.eval, config.derived
   local = list(devices or jax.local_devices())
-  gb = e.global_batch_size
-  num_train, steps = d.eval_num_train_examples, d.eval_steps
-  # Official schedules.learning_schedule: base lr * batch / 256, cosine decay
-  # to 0 over all steps, no warm-up (configs/eval.py: warmup_steps=0).
-  peak_lr = d.eval_peak_learning_rate
-  schedule = optax.cosine_decay_schedule(peak_lr, steps)
-  optimizer = optax.sgd(schedule, momentum=e.momentum, nesterov=True)
-  params = networks.restrict(params, ('encoder',))
-  state = networks.restrict(state, ('encoder',))
-
-  test = extract_features(config, source, params, state, split=e.test_split,
-                          devices=devices)
-  if e.augment:
-    train = extract_features(config, source, params, state,
-                             split=e.train_split,
-                             max_examples=config.logging.knn_max_train_examples,
-                             devices=devices)
-    it = pipeline.make_supervised_iterator(
-        source, split=e.train_split, global_batch_size=gb,
-        image_size=config.data.image_size, seed=config.seed,
-        local_device_count=len(local),
-        min_crop_area=config.data.get('min_crop_area', 0.08))
-    enc_args = (params, state)
-  else:
-    train = extract_features(config, source, params, state,
-                             split=e.train_split, devices=devices)
-    shard = slice(jax.process_index(), None, jax.process_count())
-    it = _feature_batches(train[0][shard], train[1][shard],
-                          gb // jax.process_count(), len(local), config.seed)
-    enc_args = ({}, {})
-  dim = test[0].shape[-1]
+  steps = d.eval_steps
+  optimizer = _probe_optimizer(peak, steps, e.momentum)
+  it = pipeline.make_supervised_iterator(
+      source, split=e.train_split, global_batch_size=e.global_batch_size,
+      image_size=config.data.image_size, seed=config.seed,
+      local_device_count=len(local),
+      min_crop_area=config.data.get('min_crop_area', 0.08))
   classifier = _classifier(num_classes)
-  clf_params = classifier.init(jax.random.PRNGKey(config.seed),
+  dim = resnet.feature_size(config.model.depth, config.model.width_multiplier)
+  clf_params = classifier.init(jax.random.PRNGKey(0),
                                np.zeros((1, dim), np.float32))
   opt_state = optimizer.init(clf_params)
   step_fn = jax.pmap(
-      make_train_step(make_loss(config, num_classes, encode=e.augment),
-                      optimizer),
+      make_train_step(make_loss(config, num_classes, encode=True), optimizer),
       axis_name=ts.AXIS_NAME, devices=devices, donate_argnums=(0, 1))
   rclf, ropt = ts.replicate((clf_params, opt_state), local)
-  renc = ts.replicate(enc_args, local)
+  renc = ts.replicate((params, state), local)
   log_every = max(1, steps // 10)
   batches = pipeline.prefetch_to_device(it, devices=local)
   first = next(batches)
@@ -311,21 +408,81 @@ def _probe(config, source, params, state, num_classes, devices):
                                   batch['label'])
     if (i + 1) % log_every == 0 or i + 1 == steps:
       m = jax.device_get(ts.unreplicate(metrics))
-      logging.info('linear eval step %d/%d: loss %.4f, batch top-1 %.3f, '
-                   'lr %.3g', i + 1, steps, m['loss'], m['top1'],
-                   schedule(i))
-  clf_params = jax.device_get(ts.unreplicate(rclf))
-  logits = jax.jit(classifier.apply)(clf_params, test[0])
+      logging.info('linear eval step %d/%d: loss %.4f, batch top-1 %.3f',
+                   i + 1, steps, m['loss'], m['top1'])
+  return jax.device_get(ts.unreplicate(rclf))
+
+
+def _probe(config, source, params, state, num_classes, devices, test=None):
+  """Selects the rate, trains and tests a linear probe on one encoder."""
+  e, d = config.eval, config.derived
+  params = networks.restrict(params, ('encoder',))
+  state = networks.restrict(state, ('encoder',))
+  if test is None:
+    test = extract_features(config, source, params, state,
+                            split=e.test_split, devices=devices)
+  sweep = len(e.learning_rates) > 1
+  # The sweep and the feature-based probe need every training example's
+  # features; the augmented probe alone needs only the kNN reference set.
+  every = sweep or not e.augment
+  train = extract_features(
+      config, source, params, state, split=e.train_split,
+      max_examples=None if every else config.logging.knn_max_train_examples,
+      devices=devices)
+  results = {}
+  chosen = 0
+  if sweep:
+    chosen, results['sweep'] = sweep_learning_rate(config, source, train,
+                                                   num_classes)
+    results.update(sweep_on='centre-crop features',
+                   sweep_valid_examples=int(d.eval_sweep_valid_examples))
+  peak = d.eval_peak_learning_rates[chosen]
+  if e.augment:
+    clf_params = _train_augmented(config, source, params, state, num_classes,
+                                  peak, devices)
+  else:
+    clf_params = jax.tree.map(lambda x: x[0], train_probes(
+        train[0], train[1], [peak], num_classes=num_classes,
+        steps=d.eval_steps, batch_size=e.global_batch_size,
+        momentum=e.momentum, seed=config.seed))
+  logits = jax.jit(_classifier(num_classes).apply)(clf_params, test[0])
   top5 = min(5, num_classes)
-  return {
+  results.update({
       'top1': float(losses.topk_correct(logits, test[1], 1).mean()),
       'top5': float(losses.topk_correct(logits, test[1], top5).mean()),
       'knn_top1': _knn(config, num_classes, train, test),
-      'num_train': int(num_train), 'num_test': int(len(test[1])),
-      'epochs': int(e.num_epochs), 'steps': int(steps),
-      'learning_rate': float(peak_lr), 'global_batch_size': int(gb),
-      'augment': bool(e.augment),
-  }
+      'num_train': int(d.eval_num_train_examples),
+      'num_test': int(len(test[1])),
+      'epochs': int(e.num_epochs), 'steps': int(d.eval_steps),
+      'base_learning_rate': float(e.learning_rates[chosen]),
+      'learning_rate': float(peak), 'global_batch_size':
+          int(e.global_batch_size), 'augment': bool(e.augment),
+  })
+  return results
+
+
+def online_top1(params, test, num_classes: int) -> Optional[float]:
+  """Test top-1 of the online classifier trained during pre-training.
+
+  The official code scores it on the test split too: the linear classifier
+  the pre-training loss trains on the stop-gradient representation
+  (networks.classifier_and_monitors), applied to the eval-mode features.
+
+  Args:
+    params: online params; None is returned when they hold no classifier
+      or its class count differs from the evaluation data's.
+    test: (features [N, D], labels [N]) of the test split.
+    num_classes: the evaluation data's classes.
+
+  Returns:
+    Top-1 in [0, 1], or None.
+  """
+  clf = params.get('classifier/linear') if hasattr(params, 'get') else None
+  if clf is None or clf['w'].shape[-1] != num_classes:
+    return None
+  logits = jax.jit(_classifier(num_classes).apply)(
+      {'classifier/linear': clf}, test[0])
+  return float(losses.topk_correct(logits, test[1], 1).mean())
 
 
 def _percent(x):
@@ -350,13 +507,24 @@ def run_linear_eval(config, workdir, params, state, *, source,
 
   Returns:
     {'top1', 'top5', 'knn_top1', 'num_train', 'num_test', 'epochs', 'steps',
-    'tag', ...}, accuracies in [0, 1] (top5: top-min(5, classes)); with
-    config.eval.random_baseline also 'random_init': the same numbers for a
-    randomly initialised encoder of the same architecture.
+    'learning_rate', 'base_learning_rate', 'sweep' (held-out top-1 per base
+    rate, when eval.learning_rates has several), 'online_top1' (the
+    pre-training run's online classifier on the test split, when `params`
+    holds it), 'tag', ...}, accuracies in [0, 1] (top5: top-min(5,
+    classes)); with config.eval.random_baseline also 'random_init': the same
+    numbers for a randomly initialised encoder of the same architecture.
   """
   plan.check_built(config)
   num_classes = _num_classes(config)
-  results = _probe(config, source, params, state, num_classes, devices)
+  enc_params = networks.restrict(params, ('encoder',))
+  enc_state = networks.restrict(state, ('encoder',))
+  test = extract_features(config, source, enc_params, enc_state,
+                          split=config.eval.test_split, devices=devices)
+  results = _probe(config, source, enc_params, enc_state, num_classes,
+                   devices, test=test)
+  online = online_top1(params, test, num_classes)
+  if online is not None:
+    results['online_top1'] = online
   results.update(tag=tag, **(extra or {}))
   logging.info('Linear eval%s: top-1 %s, top-%d %s, kNN top-1 %s (%d train / '
                '%d test images, %d steps)', f' [{tag}]' if tag else '',

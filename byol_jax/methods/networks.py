@@ -135,16 +135,20 @@ def classifier_and_monitors(out: dict, labels: jax.Array):
   Args:
     out: make_forward outputs for a view (needs 'logits', 'projection',
       'representation').
-    labels: [B] integer labels.
+    labels: [B] integer labels; a label < 0 marks an unlabelled example
+      (e.g. STL-10's unlabelled split), left out of the classifier's loss
+      and accuracy (rather than wrapping to the last class).
 
   Returns:
     (classifier loss, metrics dict). The classifier sees the stop-gradient
     representation, so adding its loss leaves the encoder's gradient unchanged.
   """
-  classif = losses.softmax_cross_entropy(out['logits'], labels)
+  labelled = labels >= 0
+  classif = losses.softmax_cross_entropy(out['logits'], labels, labelled)
   metrics = {
       'classif_loss': classif,
-      'online_top1': losses.topk_correct(out['logits'], labels, 1).mean(),
+      'online_top1': losses.masked_mean(
+          losses.topk_correct(out['logits'], labels, 1), labelled),
       # Collapse statistic: per-dimension std of L2-normalised vectors times
       # sqrt(dim); about 1 when spread out, 0 when collapsed (paper Table 2).
       'collapse_std_projection': monitors.collapse_std(out['projection']),

@@ -44,21 +44,60 @@ def test_layer_norm_on_mlp_features_matches_numpy():
   np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
-def test_batch_norm_train_eval_and_moving_averages():
-  x = np.random.RandomState(2).randn(8, 3, 3, 4).astype(np.float32) * 2 + 5
-  out, params, state, new_state = _apply(
-      lambda x, t: layers.make_norm('bn', 'bn')(x, t), x)
-  mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
-  np.testing.assert_allclose(out, (x - mean) / np.sqrt(var + 1e-5), atol=1e-4)
-  assert params['bn']['scale'].shape == (4,)  # [C], like GN / affine.
-  # decay 0.9 (official BYOL): m' = 0.9 m + 0.1 batch_mean, from m = 0, v = 1.
-  np.testing.assert_allclose(new_state['bn']['mean'], 0.1 * mean, rtol=1e-5)
-  np.testing.assert_allclose(new_state['bn']['var'], 0.9 + 0.1 * var, rtol=1e-5)
+def test_batch_norm_train_eval_and_debiased_moving_averages():
+  rng = np.random.RandomState(2)
+  batches = [rng.randn(8, 3, 3, 4).astype(np.float32) * (2 + i % 3) + 5 - i
+             for i in range(10)]
   f = hk.transform_with_state(lambda x, t: layers.make_norm('bn', 'bn')(x, t))
-  eval_out, same_state = f.apply(params, new_state, None, x, False)
-  ref = (x - new_state['bn']['mean']) / np.sqrt(new_state['bn']['var'] + 1e-5)
-  np.testing.assert_allclose(eval_out, ref, atol=1e-4)
-  assert jax.tree.all(jax.tree.map(np.array_equal, same_state, new_state))
+  params, state = f.init(None, batches[0], True)
+  assert params['bn']['scale'].shape == (4,)  # [C], like GN / affine.
+  step = jax.jit(lambda s, x: f.apply(params, s, None, x, True))
+  evaluate = jax.jit(lambda s, x: f.apply(params, s, None, x, False)[0])
+  # Before any update eval mode does not normalise (mean 0, variance 1).
+  np.testing.assert_allclose(evaluate(state, batches[0]),
+                             batches[0] / np.sqrt(1 + 1e-5), rtol=1e-6)
+  d = 0.9  # official BYOL decay; zero-debiased as hk.BatchNorm's EMA.
+  hidden_m, hidden_v = np.zeros(4), np.zeros(4)
+  for t, x in enumerate(batches, start=1):
+    out, state = step(state, x)
+    mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+    np.testing.assert_allclose(out, (x - mean) / np.sqrt(var + 1e-5),
+                               atol=1e-4)
+    hidden_m = d * hidden_m + (1 - d) * mean
+    hidden_v = d * hidden_v + (1 - d) * var
+    if t in (1, 2, 10):
+      m_hat, v_hat = hidden_m / (1 - d ** t), hidden_v / (1 - d ** t)
+      if t == 1:  # after one update: that batch's statistics exactly.
+        np.testing.assert_allclose(m_hat, mean, rtol=1e-6)
+      assert int(state['bn']['counter']) == t
+      probe = batches[0]
+      np.testing.assert_allclose(
+          evaluate(state, probe), (probe - m_hat) / np.sqrt(v_hat + 1e-5),
+          rtol=1e-4, atol=1e-4)
+  _, same = f.apply(params, state, None, batches[0], False)
+  assert jax.tree.all(jax.tree.map(np.array_equal, same, state))
+
+
+def test_batch_norm_variance_is_stable_for_large_means():
+  """E[x^2] - E[x]^2 would give ~+-316 here, not +-1 (float32)."""
+  x = np.array([4999., 5001.] * 4, np.float32).reshape(8, 1)
+  out, *_ = _apply(lambda x, t: layers.make_norm('bn', 'bn')(x, t), x)
+  np.testing.assert_allclose(np.abs(out), 1., atol=1e-3)
+  rng = np.random.RandomState(4)
+  x = (1e4 + rng.randn(64, 4, 4, 3)).astype(np.float32)
+  out, *_ = _apply(lambda x, t: layers.make_norm('bn', 'bn')(x, t), x)
+  x64 = x.astype(np.float64)
+  ref = (x64 - x64.mean((0, 1, 2))) / np.sqrt(x64.var((0, 1, 2)) + 1e-5)
+  np.testing.assert_allclose(out, ref, atol=1e-3)
+
+
+def test_cross_replica_moments_equal_the_global_batch():
+  x = (1e3 + 3 * np.random.RandomState(5).randn(8, 6, 5)).astype(np.float32)
+  mean, var = jax.pmap(lambda v: layers.batch_moments(v, 'i'),
+                       axis_name='i')(x)
+  flat = x.reshape(-1, 5).astype(np.float64)
+  np.testing.assert_allclose(mean[0], flat.mean(0), rtol=1e-6)
+  np.testing.assert_allclose(var[0], flat.var(0), rtol=1e-4)
 
 
 def test_affine_and_none():
