@@ -88,7 +88,12 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       depth=50,
       width_multiplier=1.0,
       stem='imagenet',
-      zero_init_last=True,
+      # Scale of each residual block's last norm at init: 1 (False) as the
+      # BYOL paper's runs (the official byol/README.md, "Note on batch
+      # normalization": results were obtained with Haiku's default gamma =
+      # 1, not the zero init its code ships with); the modified init sets
+      # True: gamma0 = 0 for that layer (paper §3.2).
+      zero_init_last=False,
       dtype='float32',
       encoder_norm='bn',
       projector_norm='bn',

@@ -17,8 +17,9 @@ from byol_jax import configs
 def get_config(arg=None):
   config = configs.build(
       arg, epochs=1000,
+      # gamma0 = 0 for the last norm of each residual block (paper §3.2).
       model=dict(encoder_norm='affine', projector_norm='affine',
-                 predictor_norm='affine'),
+                 predictor_norm='affine', zero_init_last=True),
       training=dict(modified_init=True, warmup_epochs=50))  # paper §3.2
   config.paper_top1 = 65.7
   return config

@@ -14,7 +14,7 @@ def _affine_model():
       depth=10, width_multiplier=0.25, stem='small', encoder_norm='affine',
       projector_norm='affine', predictor_norm='affine',
       projector_hidden_size=32, projector_output_size=16,
-      predictor_hidden_size=32)
+      predictor_hidden_size=32, zero_init_last=True)  # gamma0 = 0, §3.2
   return model
 
 

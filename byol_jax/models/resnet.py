@@ -9,6 +9,21 @@ The width multiplier scales every layer including the stem, as in the
 SimCLR/BYOL ResNet-50 (2x, 3x, 4x). Returns globally average-pooled features:
 2048 * width for bottleneck networks, 512 * width for basic ones.
 
+Conventions where ResNet implementations differ (the paper's networks are
+ResNet-50s, where they agree):
+  * Shortcuts: a 1x1 projection (+ norm) only where the shape changes. In a
+    bottleneck network that includes stage 0's first block (64 -> 256
+    channels), as everywhere. In basic-block networks (18/34) stage 0 keeps
+    64 channels at stride 1, so its first block has an identity shortcut, as
+    in He et al. (2016) and torchvision; Haiku's ResNet18/34 (the official
+    BYOL code's small-scale encoder) projects there.
+  * zero_init_last: the scale of each block's last norm starts at 0 (Goyal
+    et al., 2017) in every block kind, bottleneck and basic, when set; Haiku
+    zero-inits it in bottleneck blocks only. Paper configs set it False
+    (gamma = 1, as the BYOL paper's runs, byol/README.md) except the
+    modified init, whose gamma0 = 0 for that layer is part of the method
+    (§3.2).
+
 Module names are explicit and independent of the normalisation kind:
   encoder/stem_conv, encoder/stem_norm,
   encoder/stage{s}_block{b}/conv_{i}, .../norm_{i},
@@ -103,7 +118,7 @@ class ResNet(hk.Module):
   def __init__(self, depth: int = 50, width_multiplier: float = 1,
                stem: str = 'imagenet', norm='bn',
                weight_standardization: bool = False,
-               zero_init_last: bool = True,
+               zero_init_last: bool = False,
                dtype=jnp.float32, name: Optional[str] = 'encoder'):
     """Builds the network description (no parameters are created here).
 
@@ -116,8 +131,9 @@ class ResNet(hk.Module):
       norm: a layers.NormSpec or kind string, used for every norm layer.
       weight_standardization: standardise every convolution's kernel.
       zero_init_last: initialise the scale of each block's last norm to 0
-        (Haiku's ResNet v1, which the official BYOL code uses; also the
-        gamma0 = 0 of the modified init, paper §3.2).
+        (Goyal et al.'s init, which the official BYOL code ships with; the
+        gamma0 = 0 of the modified init, paper §3.2). See the module
+        docstring for which config uses which.
       dtype: compute dtype (bfloat16 for mixed precision); parameters and
         norm statistics stay float32; the pooled output is float32.
       name: module name.

@@ -80,3 +80,47 @@ def test_batch_independence(kind, ws):
     assert err > 1e-2, 'BN in training mode must couple the examples'
   else:
     assert err < 1e-4 * max(1., float(jnp.max(jnp.abs(batched))))
+
+
+def test_gn_ws_config_standardises_the_projector_and_predictor():
+  """Paper §3.3: WS on every linear layer of the heads. A WS layer's output
+  ignores a shift w -> w + c of each output unit's fan-in exactly, and a
+  scaling w -> a w up to eps (var / (var + 1e-4): 1-2% at these fan-ins,
+  less after scaling by 10-20); with `ws=conv` (the conv-only variant) the
+  heads' outputs change."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  from byol_jax.methods import networks  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(__file__).resolve().parents[2] / 'experiments/gn_ws.py'
+  spec = importlib.util.spec_from_file_location('gn_ws_cfg', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  images = jax.random.uniform(jax.random.PRNGKey(0), (4, 16, 16, 3))
+  rng = np.random.default_rng(0)
+  for option, ws in (('tiny', True), ('tiny,ws=conv', False)):
+    model = module.get_config(option).model
+    assert (model.encoder_ws, model.heads_ws) == (True, ws)
+    assert (model.encoder_norm, model.projector_norm,
+            model.predictor_norm, model.gn_groups) == ('gn', 'gn', 'gn', 16)
+    forward = networks.make_forward(model, 10, with_predictor=True,
+                                    with_classifier=False)
+    params, state = forward.init(jax.random.PRNGKey(1), images, True)
+    assert sorted(k for k in params if k.split('/')[0] != 'encoder') == [
+        'predictor/linear_0', 'predictor/linear_1', 'predictor/norm_0',
+        'projector/linear_0', 'projector/linear_1', 'projector/norm_0']
+    out, _ = forward.apply(params, state, None, images, True)
+    for layer in ('projector/linear_0', 'projector/linear_1',
+                  'predictor/linear_0', 'predictor/linear_1'):
+      w = np.asarray(params[layer]['w'])
+      shift = rng.normal(0., 1., (1, w.shape[1])).astype(np.float32)
+      scale = rng.uniform(10., 20., (1, w.shape[1])).astype(np.float32)
+      size = float(jnp.max(jnp.abs(out['prediction'])))
+      for new_w, tolerance in ((w + shift, 1e-4), (w * scale, 2e-2)):
+        moved = dict(params, **{layer: dict(params[layer], w=new_w)})
+        again, _ = forward.apply(moved, state, None, images, True)
+        diff = float(jnp.max(jnp.abs(again['prediction'] -
+                                     out['prediction'])))
+        if ws:
+          assert diff < tolerance * size, (option, layer, diff)
+        else:
+          assert diff > 0.1 * size, (option, layer, diff)

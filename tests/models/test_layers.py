@@ -172,3 +172,22 @@ def test_norm_kind_errors_name_the_field():
   with pytest.raises(ValueError, match='groups=3 does not divide the 8'):
     _apply(lambda x, t: layers.make_norm(layers.NormSpec('gn', groups=3),
                                          'g')(x, t), np.ones((1, 2, 2, 8)))
+
+
+def test_ws_linear_effective_weight_has_unit_statistics_per_output_unit():
+  """Each output unit's fan-in (a column of W [in, out]) is standardised."""
+  x = np.random.RandomState(6).randn(3, 64).astype(np.float32)
+  f = hk.without_apply_rng(hk.transform(
+      lambda x: layers.Linear(32, weight_standardization=True, name='l')(x)))
+  params = f.init(jax.random.PRNGKey(1), x)
+  w = np.asarray(params['l']['w'], np.float64)
+  w_hat = np.asarray(layers.standardize_weight(params['l']['w'], (0,)),
+                     np.float64)
+  np.testing.assert_allclose(w_hat.mean(0), 0., atol=1e-6)
+  # Unit variance up to eps: var / (var + 1e-4), var ~ 1/64 here.
+  np.testing.assert_allclose(w_hat.var(0), w.var(0) / (w.var(0) + 1e-4),
+                             rtol=1e-4)
+  np.testing.assert_allclose(w_hat.var(0), 1., atol=0.015)
+  np.testing.assert_allclose(f.apply(params, x),
+                             x @ w_hat + np.asarray(params['l']['b']),
+                             rtol=1e-4, atol=1e-4)

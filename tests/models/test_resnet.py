@@ -102,7 +102,8 @@ def test_module_names_are_stable_across_norm_kinds():
 
 def test_zero_init_last_norm_scale():
   fwd = hk.transform_with_state(
-      lambda x: resnet.ResNet(50, 0.25, 'small', 'gn')(x, is_training=True))
+      lambda x: resnet.ResNet(50, 0.25, 'small', 'gn', zero_init_last=True)(
+          x, is_training=True))
   params, _ = fwd.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
   for name, p in params.items():
     if 'norm' not in name:
@@ -110,9 +111,22 @@ def test_zero_init_last_norm_scale():
     last = name.endswith('norm_2')  # bottleneck blocks have norm_0..norm_2.
     np.testing.assert_array_equal(p['scale'], 0. if last else 1.)
   fwd = hk.transform_with_state(lambda x: resnet.ResNet(
-      50, 0.25, 'small', 'gn', zero_init_last=False)(x, is_training=True))
+      50, 0.25, 'small', 'gn')(x, is_training=True))  # the default: gamma 1
   params, _ = fwd.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
   assert all(np.all(p['scale'] == 1.) for n, p in params.items() if 'norm' in n)
+
+
+def test_paper_configs_zero_init_only_the_modified_init():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(__file__).resolve().parents[2] / 'experiments'
+  for name, expected in (('byol_bn', False), ('no_bn', False),
+                         ('gn_ws', False), ('ablation', False),
+                         ('simclr', False), ('modified_init', True)):
+    spec = importlib.util.spec_from_file_location(name, root / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.get_config('').model.zero_init_last is expected, name
 
 
 def test_bfloat16_compute_matches_float32():
