@@ -27,6 +27,8 @@ data.num_classes means "derive it".
 
 import ml_collections
 
+from byol_jax import paper
+
 # Official BYOL presets by number of pre-training epochs (byol/configs/byol.py
 # of the official code; BYOL paper Appendix C): base learning rate (for batch
 # 256, scaled linearly), weight decay and base target decay tau.
@@ -46,7 +48,7 @@ GN_WS_MODEL = dict(encoder_norm='gn', projector_norm='gn', predictor_norm='gn',
                    gn_groups=16, encoder_ws=True, heads_ws=True)
 GN_WS_TRAINING = dict(base_learning_rate=0.24, weight_decay=3e-8,
                       base_ema=0.999)
-GN_WS_PAPER_TOP1 = 73.9
+GN_WS_PAPER_TOP1 = paper.TABLE2['gn_ws']
 
 COMMON_OPTIONS = ('tiny', 'cifar10', 'dataset', 'epochs', 'batch', 'steps',
                   'bf16')

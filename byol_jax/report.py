@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 
 from etils import epath
 
+from byol_jax import paper
 from byol_jax import writers
 
 # Metrics plotted against step, one PNG each (names as in metrics.jsonl).
@@ -186,7 +187,29 @@ def format_duration(seconds: Optional[float]) -> str:
 
 _COLUMNS = ('run', 'variant', 'paper top-1 (%)', 'linear top-1 (%)',
             'random-init top-1 (%)', 'kNN top-1 (%)', 'collapse std proj',
-            'collapse std repr', 'final loss', 'steps', 'wall time')
+            'collapse std repr', 'collapse: paper / ours', 'final loss',
+            'steps', 'wall time')
+# Our runs count as collapsed when the projection collapse statistic ends
+# below this (the no-normalisation BYOL runs end at 0.000; healthy runs
+# above 0.1).
+COLLAPSE_STD_BELOW = 0.05
+
+
+def collapse_cell(run: dict) -> str:
+  """'paper / ours (agree)': each 'collapsed' or 'learns', or a dash.
+
+  The paper's cell collapses when its top-1 is below
+  paper.COLLAPSED_BELOW %; ours when the final projection collapse
+  statistic is below COLLAPSE_STD_BELOW.
+  """
+  theirs = paper.collapsed(run['paper_top1'])
+  std = run['final']['collapse_std_projection']
+  ours = None if std is None else std < COLLAPSE_STD_BELOW
+  word = lambda c: _DASH if c is None else ('collapsed' if c else 'learns')
+  cell = f'{word(theirs)} / {word(ours)}'
+  if theirs is not None and ours is not None:
+    cell += ' (agree)' if theirs == ours else ' (DIFFER)'
+  return cell
 
 
 def table_row(run: dict) -> list[str]:
@@ -205,7 +228,7 @@ def table_row(run: dict) -> list[str]:
           _pct(run['top1']), _pct(run['random_top1']), knn,
           _fmt(final['collapse_std_projection'], '.3f'),
           _fmt(final['collapse_std_representation'], '.3f'),
-          _fmt(final['loss'], '.4f'), steps, wall]
+          collapse_cell(run), _fmt(final['loss'], '.4f'), steps, wall]
 
 
 def markdown_table(runs: Sequence[dict]) -> str:
@@ -318,11 +341,15 @@ def write_report(workdirs: Sequence[str], out_dir,
   parts = [f'# {title}\n' if title else '', table]
   parts += [f'\n{line}\n' for line in notes]
   parts.append('\nPaper top-1: the paper\'s ImageNet linear top-1 of the '
-               'variant (ResNet-50, Tables 1-2). Random-init top-1: the same '
-               'probe on a randomly initialised encoder of the same '
-               'architecture. Collapse std: per-dimension '
-               'std of l2-normalised embeddings x sqrt(dim), ~1 healthy, 0 '
-               'collapsed. Wall time with ~: from file modification times.\n')
+               f'variant (ResNet-50, Tables 1-2; {paper.CITATION}; byol_jax/'
+               'paper.py), a dash where the paper has no such cell. '
+               'Random-init top-1: the same probe on a randomly initialised '
+               'encoder of the same architecture. Collapse std: '
+               'per-dimension std of l2-normalised embeddings x sqrt(dim), ~1 '
+               'healthy, 0 collapsed. Collapse, paper / ours: the paper\'s '
+               f'cell below {paper.COLLAPSED_BELOW:g}% top-1; ours with the '
+               f'projection statistic below {COLLAPSE_STD_BELOW:g}. Wall time '
+               'with ~: from file modification times.\n')
   parts += [f'\n![{m}](plots/{m}.png)\n' for m in plots]
   path = epath.Path(out_dir) / table_name
   path.write_text(''.join(parts))

@@ -3,9 +3,9 @@ r"""Table 1: normalisation per component, for BYOL and SimCLR.
 Options (besides the common ones): encoder=, projector=, predictor=, each in
 bn | ln | none (default bn), and method=byol|simclr (default byol). `ln` is
 the paper's LayerNorm: normalisation over H, W and C (GroupNorm, one group).
-Table 1's runs are 300-epoch ResNet-50 runs. Its per-cell numbers are not
-transcribed here: paper_top1 is -1 (reports show a dash) rather than a value
-we could not check against the paper.
+Table 1's runs are 300-epoch ResNet-50 runs; paper_top1 is the cell's number
+(byol_jax/paper.py), or -1 for the 12 BYOL and 2 SimCLR combinations the
+paper did not run (e.g. LN encoder with a BN projector).
 
   python -m byol_jax.main \
       --config=experiments/ablation.py:encoder=bn,projector=none,predictor=none \
@@ -16,6 +16,7 @@ we could not check against the paper.
 """
 
 from byol_jax import configs
+from byol_jax import paper
 
 KINDS = ('bn', 'ln', 'none')
 METHODS = ('byol', 'simclr')
@@ -37,4 +38,7 @@ def get_config(arg=None):
     raise ValueError(f'ablation option method={method!r}: use byol or simclr.')
   config = configs.build(arg, method=method, epochs=300, model=norms,
                          options=options)
+  top1 = paper.table1(method, norms['encoder_norm'], norms['projector_norm'],
+                      norms['predictor_norm'])
+  config.paper_top1 = -1. if top1 is None else top1
   return config

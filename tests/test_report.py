@@ -113,3 +113,17 @@ def test_empty_metrics_file_is_refused(tmp_path):
 def test_format_duration():
   assert [report.format_duration(s) for s in (None, 12, 754.4, 7380)] == [
       '—', '12s', '12m34s', '2h03m']
+
+
+@pytest.mark.parametrize('paper_top1,std,cell', [
+    (73.2, 0.6, 'learns / learns (agree)'),
+    (0.1, 0.001, 'collapsed / collapsed (agree)'),
+    (5.4, 0.3, 'collapsed / learns (DIFFER)'),  # BYOL LN/LN/-, Table 1
+    (0.1, 0.7, 'collapsed / learns (DIFFER)'),
+    (None, 0.7, '— / learns'),  # a cell the paper did not run
+    (62.6, None, 'learns / —'),
+])
+def test_collapse_cell(paper_top1, std, cell):
+  run = {'paper_top1': paper_top1,
+         'final': {'collapse_std_projection': std}}
+  assert report.collapse_cell(run) == cell
