@@ -380,7 +380,8 @@ def run_linear_eval(config, workdir, params, state, *, source,
   return results
 
 
-def run_linear_eval_from_workdir(config, workdir, *, source) -> dict:
+def run_linear_eval_from_workdir(config, workdir, *, source,
+                                 extra: Optional[dict] = None) -> dict:
   """Linear evaluation of config.eval.pretrain_workdir's encoder.
 
   Args:
@@ -388,10 +389,12 @@ def run_linear_eval_from_workdir(config, workdir, *, source) -> dict:
       the pre-training run's config, plan.eval_inputs).
     workdir: output directory (may be the pre-training workdir itself).
     source: the data source plan.build opened.
+    extra: more JSON-able entries for the results.
 
   Returns:
-    The results dict of run_linear_eval (plus 'pretrain_workdir' and
-    'checkpoint_step'), also written to WORKDIR/eval_results.json.
+    The results dict of run_linear_eval (plus 'pretrain_workdir',
+    'checkpoint_step', 'pretrain_finished', 'data_source'), also written to
+    WORKDIR/eval_results.json.
 
   Raises:
     FileNotFoundError: the pre-training run holds no checkpoint.
@@ -401,4 +404,6 @@ def run_linear_eval_from_workdir(config, workdir, *, source) -> dict:
   return run_linear_eval(
       config, workdir, pretrained.params, pretrained.state, source=source,
       extra={'pretrain_workdir': pretrained.workdir,
-             'checkpoint_step': pretrained.step})
+             'checkpoint_step': pretrained.step,
+             'pretrain_finished': bool(config.derived.pretrain_finished),
+             'data_source': config.data.source, **(extra or {})})
