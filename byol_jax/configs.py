@@ -52,6 +52,8 @@ GN_WS_PAPER_TOP1 = paper.TABLE2['gn_ws']
 
 COMMON_OPTIONS = ('tiny', 'cifar10', 'dataset', 'epochs', 'batch', 'steps',
                   'bf16')
+# Options that take no value (all others need one: `name=value`).
+FLAG_OPTIONS = ('tiny', 'cifar10', 'bf16')
 
 
 def parse_options(arg, allowed) -> dict:
@@ -62,26 +64,45 @@ def parse_options(arg, allowed) -> dict:
     allowed: option names this config accepts.
 
   Returns:
-    A dict of option name -> string value (True for flags).
+    A dict of option name -> string value (True for FLAG_OPTIONS).
+
+  Raises:
+    ValueError: an unknown or repeated option, a value on a flag option
+      (`bf16=no`), or a missing value (`dataset=`).
   """
   options = {}
   for item in filter(None, (arg or '').split(',')):
-    name, _, value = item.partition('=')
-    name = name.strip()
+    name, sep, value = (x.strip() for x in item.partition('='))
     if name not in allowed:
       raise ValueError(
           f'unknown config option {name!r} in {arg!r}; this config accepts: '
           f'{", ".join(sorted(allowed))}.')
-    options[name] = value.strip() if value else True
+    if name in options:
+      raise ValueError(f'config option {name!r} is given twice in {arg!r}; '
+                       'give it once.')
+    if name in FLAG_OPTIONS:
+      if sep:
+        raise ValueError(f'config option {name} takes no value (got '
+                         f'{item.strip()!r}); write {name} to turn it on, '
+                         'or leave it out.')
+      options[name] = True
+    elif not value:
+      raise ValueError(f'config option {name} needs a value: {name}=VALUE.')
+    else:
+      options[name] = value
   return options
 
 
 def _int_option(options, name):
+  """A positive integer option (epochs=, batch=, steps=)."""
   try:
-    return int(options[name])
+    value = int(options[name])
   except ValueError:
-    raise ValueError(f'config option {name}={options[name]!r} must be an '
-                     'integer.') from None
+    value = None
+  if value is None or value <= 0:
+    raise ValueError(f'config option {name}={options[name]!r} must be a '
+                     'positive integer.')
+  return value
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
@@ -136,6 +157,9 @@ def build(arg=None, *, method='byol', extra_options=(), model=None,
     epochs = _int_option(options, 'epochs')
   preset = epochs if epochs in LR_PRESETS else 300
   config = ml_collections.ConfigDict()
+  # The config string's options as given (config.json records them; linear
+  # evaluation reads whether `dataset=` named the data).
+  config.options = arg or ''
   # 'pretrain' (then linear evaluation, eval.after_pretraining) or
   # 'linear_eval'; a non-empty eval.pretrain_workdir means 'linear_eval'.
   config.mode = 'pretrain'
@@ -200,8 +224,10 @@ def build(arg=None, *, method='byol', extra_options=(), model=None,
       # Base rates (x batch / 256) the protocol chooses from on a held-out
       # part of train; one value: no selection.
       learning_rates=(0.4, 0.3, 0.2, 0.1, 0.05),
-      # The held-out part: ImageNet's train[:10000] (official protocol).
-      sweep_valid_examples=10_000,
+      # Chosen on the dataset's validation split when it has one (ImageNet:
+      # train[:10000], the official protocol); else on this many held-out
+      # training examples, -1: a fifth of them, at most 10,000.
+      sweep_valid_examples=-1,
       momentum=0.9,
       train_split='linear_train',
       test_split='test',
@@ -282,7 +308,7 @@ def apply_tiny(config) -> None:
   # convergence (random GN+WS encoder: 84.8%, vs 87.9% for an L-BFGS
   # logistic regression on the same features; 87.2% after 400 epochs).
   config.eval.update(dict(num_epochs=400, global_batch_size=256,
-                          sweep_valid_examples=300, augment=False))
+                          sweep_valid_examples=-1, augment=False))
 
 
 def apply_cifar10(config) -> None:
@@ -307,4 +333,4 @@ def apply_cifar10(config) -> None:
                              knn_max_train_examples=10_000))
   # The paper's probe protocol (augmented crops, 80 epochs), cheap at 32 px.
   config.eval.update(dict(num_epochs=80, global_batch_size=1024,
-                          sweep_valid_examples=5000, augment=True))
+                          sweep_valid_examples=-1, augment=True))

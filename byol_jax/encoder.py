@@ -138,6 +138,7 @@ def load_config(workdir) -> ml_collections.ConfigDict:
   Raises:
     FileNotFoundError: no workdir or no config.json, naming the command that
       creates them.
+    ValueError: config.json is not valid JSON.
   """
   workdir = epath.Path(workdir)
   path = workdir / CONFIG_FILE
@@ -152,7 +153,37 @@ def load_config(workdir) -> ml_collections.ConfigDict:
         f'writes {CONFIG_FILE} when it starts); ' +
         _RUN_HINT.format(workdir=workdir))
   from byol_jax import plan  # pylint: disable=g-import-not-at-top
-  return plan.from_saved(json.loads(path.read_text()))
+  try:
+    saved = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path} is not valid JSON ({e}); it was damaged: copy '
+                     'it from a backup, or rerun the pre-training.') from None
+  return plan.from_saved(saved)
+
+
+def _no_checkpoint(workdir) -> FileNotFoundError:
+  return FileNotFoundError(
+      f'{workdir / CHECKPOINT_DIR} holds no checkpoint: the pre-training run '
+      f'in {workdir} has not saved one yet (it saves every '
+      'checkpoint.every_steps steps and on SIGTERM); resume it with the same '
+      '--workdir, or ' + _RUN_HINT.format(workdir=workdir))
+
+
+def latest_checkpoint_step(workdir) -> int:
+  """The newest finished checkpoint's step of a run, from a directory listing.
+
+  Raises:
+    FileNotFoundError: the run holds no finished checkpoint (orbax names a
+      finished step directory by its step alone; unfinished ones carry a
+      suffix), with the command that makes one.
+  """
+  workdir = epath.Path(workdir)
+  ckpt_dir = workdir / CHECKPOINT_DIR
+  steps = ([int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()]
+           if ckpt_dir.exists() else [])
+  if not steps:
+    raise _no_checkpoint(workdir)
+  return max(steps)
 
 
 def load_pretrained(workdir) -> Pretrained:
@@ -176,17 +207,11 @@ def load_pretrained(workdir) -> Pretrained:
   workdir = epath.Path(workdir)
   config = load_config(workdir)
   ckpt_dir = workdir / CHECKPOINT_DIR
-  no_ckpt = FileNotFoundError(
-      f'{ckpt_dir} holds no checkpoint: the pre-training run in {workdir} has '
-      'not saved one yet (it saves every checkpoint.every_steps steps and on '
-      'SIGTERM); resume it with the same --workdir, or ' +
-      _RUN_HINT.format(workdir=workdir))
-  if not ckpt_dir.exists():  # Checkpointer would create it: check first.
-    raise no_ckpt
+  latest_checkpoint_step(workdir)  # a clear error when there is none.
   with checkpointing.Checkpointer(ckpt_dir) as ckpt:
     restored = ckpt.restore_latest(experiment.state_template(config))
   if restored is None:
-    raise no_ckpt
+    raise _no_checkpoint(workdir)
   state = restored.state
   return Pretrained(
       config=config,

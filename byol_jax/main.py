@@ -34,6 +34,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from byol_jax import distributed
@@ -88,13 +89,38 @@ def _one_line(error: Exception) -> str:
   return text.splitlines()[0] if text else type(error).__name__
 
 
+def _unknown_field(argv, error: Exception) -> str:
+  """The line for an override of a field the config does not have.
+
+  ml_collections raises KeyError("'name'") or AttributeError("'name'\nDid
+  you mean ...?") naming only the missing key.
+  """
+  text = str(error)
+  name = re.search(r'[A-Za-z_]\w*', text)
+  name = name.group(0) if name else text
+  flag = next((a.split('=', 1)[0] for a in argv[1:]
+               if a.startswith('--config.') and
+               name in a.split('=', 1)[0].split('.')), '--config.*')
+  hint = re.search(r'Did you mean "([^"]+)"', text)
+  if name == 'derived':
+    return (f'{flag}: derived values are computed at start-up and cannot be '
+            'set; set the input instead (e.g. training.total_steps, '
+            'training.global_batch_size).')
+  return (f'{flag}: the config has no field {name!r}' +
+          (f' (did you mean {hint.group(1)!r}?)' if hint else '') +
+          '; --dry_run prints every field.')
+
+
 def parse_flags(argv):
   """absl's flag parsing, with every error as one line and exit code 2."""
   try:
     return flags.FLAGS(argv)
+  except (KeyError, AttributeError) as e:
+    # An override of a field the config does not have.
+    _exit('Config error', _unknown_field(argv, e))
   except flags.Error as e:
     _exit('Config error', _one_line(e))
-  except (ValueError, TypeError, KeyError, AttributeError, OSError) as e:
+  except (ValueError, TypeError, OSError) as e:
     # Raised by get_config or the config file itself.
     _exit('Config error', _one_line(e))
 
@@ -117,13 +143,19 @@ def _config_path() -> str:
   return flags.FLAGS['config'].serialize().partition('=')[2] or '?'
 
 
+def _explicit() -> frozenset:
+  """Dotted names of the fields set by --config.<field> overrides."""
+  return frozenset(config_flags.get_override_values(flags.FLAGS['config']))
+
+
 def _dry_run(the_plan) -> None:
   """Prints the built config as JSON on stdout; writes nothing."""
   import jax  # pylint: disable=g-import-not-at-top
   topology = plan.Topology(the_plan.num_processes or 1,
                            jax.local_device_count())
   try:
-    built = plan.build(_config(), topology=topology, read_data=False)
+    built = plan.build(_config(), topology=topology, read_data=False,
+                       explicit=_explicit())
   except plan.ConfigError as e:
     _exit('Config error', e)
   print(json.dumps(built.config.to_dict(), indent=2, sort_keys=True))
@@ -134,6 +166,10 @@ def main(argv):
     _exit('Usage error', f'unexpected arguments {argv[1:]}; flags only, '
           'e.g. --config=experiments/gn_ws.py --workdir=/tmp/run.')
   runner.quiet_libraries()
+  # Until the run is built and its workdir checked, only warnings and the
+  # error line reach the console: a bad input reads as one line.
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.WARNING)
   config = _config()
   try:
     the_plan = distributed.plan(
@@ -153,8 +189,10 @@ def main(argv):
   # Before anything touches the XLA backend (jax.distributed's rule).
   distributed.initialize(the_plan)
   from byol_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from byol_jax import pretrain  # pylint: disable=g-import-not-at-top
   try:
-    run(config, _WORKDIR.value)
+    run(config, _WORKDIR.value, explicit=_explicit(),
+        on_checked=lambda: logging.set_verbosity(verbosity))
   except plan.ConfigError as e:
     # One clear line, no stack trace: a config problem is the user's to fix.
     _exit('Config error', e)
@@ -162,6 +200,12 @@ def main(argv):
     # Likewise for checkpoints that cannot be resumed (unreadable, or hosts
     # that do not share the workdir): the message says what to do.
     _exit('Checkpoint error', e)
+  except FileNotFoundError as e:
+    _exit('Error', e)  # e.g. a pre-training run's checkpoint disappeared.
+  except pretrain.NonFiniteLossError as e:
+    # Training diverged: not a config error, but the message says it all.
+    print(f'Training stopped: {" ".join(str(e).split())}', file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == '__main__':

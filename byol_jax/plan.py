@@ -45,9 +45,9 @@ resume under a different one stops (pretrain.py).
 import dataclasses
 import hashlib
 import json
+import math
 from typing import Any, Optional
 
-from absl import logging
 import ml_collections
 
 from byol_jax import schedules
@@ -109,14 +109,23 @@ def _is_int(x) -> bool:
   return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _positive_int(section, name, field=None, *, allow_auto=False):
+def _positive_int(section, name, field=None, *, auto=''):
+  """Checks a positive integer field; `auto` describes what -1 means."""
   value = section[name]
   field = field or name
-  if allow_auto and value == -1:
+  if auto and value == -1:
     return
   _check(_is_int(value) and value > 0, field, value,
-         'must be a positive integer' + (' (or -1: derive it)'
-                                          if allow_auto else '') + '.')
+         'must be a positive integer' + (f' (or -1: {auto})' if auto else '')
+         + '.')
+
+
+def _number(value, field: str, low: float, allowed: str, *,
+            above: bool = True) -> None:
+  """A finite number > low (or >= low with above=False)."""
+  ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and
+        math.isfinite(value) and (value > low if above else value >= low))
+  _check(ok, field, value, allowed)
 
 
 def check_batch(field: str, batch, topology: Topology) -> None:
@@ -124,6 +133,7 @@ def check_batch(field: str, batch, topology: Topology) -> None:
   devices = topology.device_count
   if not _is_int(batch) or batch <= 0 or batch % devices:
     hint = max(1, (batch if _is_int(batch) else 0) // devices) * devices
+    hint = max(hint, devices)
     _fail(field, batch,
           f'must be a positive multiple of the {devices} devices '
           f'({topology.process_count} host(s) x {topology.local_device_count} '
@@ -148,8 +158,8 @@ def validate_inputs(config, mode: str) -> None:
   model = config.model
   _check(_is_int(model.gn_groups) and model.gn_groups >= 1, 'model.gn_groups',
          model.gn_groups, 'must be an integer >= 1 (the paper uses 16).')
-  _check(model.width_multiplier > 0, 'model.width_multiplier',
-         model.width_multiplier, 'must be > 0.')
+  _number(model.width_multiplier, 'model.width_multiplier', 0.,
+          'must be a finite number > 0.')
   for name in ('projector_hidden_size', 'projector_output_size',
                'predictor_hidden_size'):
     _positive_int(model, name, f'model.{name}')
@@ -177,31 +187,32 @@ def validate_inputs(config, mode: str) -> None:
            'synthetic[:<side>].')
 
   t = config.training
-  _positive_int(t, 'total_steps', 'training.total_steps', allow_auto=True)
+  _positive_int(t, 'total_steps', 'training.total_steps',
+                auto='derive it from training.num_epochs')
   if t.total_steps == -1:
     _check(_is_int(t.num_epochs) and t.num_epochs > 0, 'training.num_epochs',
            t.num_epochs, 'must be a positive integer (or set '
            'training.total_steps).')
-  _positive_int(t, 'max_steps', 'training.max_steps', allow_auto=True)
+  _positive_int(t, 'max_steps', 'training.max_steps',
+                auto='no early stop')
   _check(_is_int(t.warmup_epochs) and t.warmup_epochs >= 0,
          'training.warmup_epochs', t.warmup_epochs, 'must be an integer >= 0.')
   _check(t.warmup_steps == -1 or (_is_int(t.warmup_steps) and
                                   t.warmup_steps >= 0),
          'training.warmup_steps', t.warmup_steps,
          'must be >= 0, or -1 to derive it from training.warmup_epochs.')
-  _check(t.base_learning_rate > 0, 'training.base_learning_rate',
-         t.base_learning_rate, 'must be > 0 (scaled by batch / 256).')
-  _check(t.weight_decay >= 0, 'training.weight_decay', t.weight_decay,
-         'must be >= 0.')
-  _check(t.trust_coefficient > 0, 'training.trust_coefficient',
-         t.trust_coefficient, 'must be > 0 (LARS eta; the paper uses 1e-3).')
-  _check(t.predictor_lr_multiplier > 0, 'training.predictor_lr_multiplier',
-         t.predictor_lr_multiplier,
-         "must be > 0 (1: the paper's single learning rate).")
+  _number(t.base_learning_rate, 'training.base_learning_rate', 0.,
+          'must be a finite number > 0 (scaled by batch / 256).')
+  _number(t.weight_decay, 'training.weight_decay', 0.,
+          'must be a finite number >= 0.', above=False)
+  _number(t.trust_coefficient, 'training.trust_coefficient', 0.,
+          'must be a finite number > 0 (LARS eta; the paper uses 1e-3).')
+  _number(t.predictor_lr_multiplier, 'training.predictor_lr_multiplier', 0.,
+          "must be a finite number > 0 (1: the paper's single learning rate).")
   _check(0. <= t.base_ema <= 1., 'training.base_ema', t.base_ema,
          'must be in [0, 1] (tau_base).')
-  _check(t.temperature > 0, 'training.temperature', t.temperature,
-         'must be > 0 (SimCLR InfoNCE temperature).')
+  _number(t.temperature, 'training.temperature', 0.,
+          'must be a finite number > 0 (SimCLR InfoNCE temperature).')
   _positive_int(t, 'modified_init_batch_size',
                 'training.modified_init_batch_size')
   _positive_int(t, 'modified_init_chunk_size',
@@ -222,14 +233,23 @@ def validate_inputs(config, mode: str) -> None:
   _check(_is_int(lg.knn_every_steps) and lg.knn_every_steps >= 0,
          'logging.knn_every_steps', lg.knn_every_steps,
          'must be an integer >= 0 (0: no kNN monitor).')
+  _check(_is_int(lg.knn_max_train_examples) and lg.knn_max_train_examples >= 0,
+         'logging.knn_max_train_examples', lg.knn_max_train_examples,
+         'must be an integer >= 0 (0: every training example).')
 
   e = config.eval
   _positive_int(e, 'num_epochs', 'eval.num_epochs')
   rates = tuple(e.learning_rates)
-  _check(len(rates) > 0 and all(r > 0 for r in rates), 'eval.learning_rates',
-         rates, 'must be one or more base rates > 0 (for batch 256), e.g. '
+  _check(len(rates) > 0 and all(
+      isinstance(r, (int, float)) and math.isfinite(r) and r > 0
+      for r in rates), 'eval.learning_rates', rates,
+         'must be one or more finite base rates > 0 (for batch 256), e.g. '
          '(0.4, 0.3, 0.2, 0.1, 0.05).')
-  _positive_int(e, 'sweep_valid_examples', 'eval.sweep_valid_examples')
+  _check(_is_int(e.sweep_valid_examples) and (
+      e.sweep_valid_examples > 0 or e.sweep_valid_examples == -1),
+         'eval.sweep_valid_examples', e.sweep_valid_examples,
+         'must be a positive count, or -1 for a fifth of the training split '
+         '(at most 10000).')
   _check(0 <= e.momentum < 1, 'eval.momentum', e.momentum,
          'must be in [0, 1).')
 
@@ -248,35 +268,58 @@ def mode_of(config) -> str:
   return config.mode
 
 
-def eval_inputs(config, pretrained) -> ml_collections.ConfigDict:
+# Sections that describe the checkpoint: linear evaluation takes them from
+# the pre-training run and refuses explicit overrides of them.
+RUN_SECTIONS = ('method', 'model', 'training')
+
+
+def option_names(options: str) -> set:
+  """{'tiny', 'dataset'} from a config string 'tiny,dataset=digits'."""
+  return {item.partition('=')[0].strip()
+          for item in (options or '').split(',') if item.strip()}
+
+
+def eval_inputs(config, pretrained, explicit=frozenset()
+                ) -> ml_collections.ConfigDict:
   """The one merge rule of linear evaluation of a pre-training run.
 
-  model, method, training (and the run's derived step counts): the
-  pre-training run's, never overridden (they describe the checkpoint).
-  eval, logging, checkpoint, seed: this config's. data: this config's when
-  it names a source (data.source non-empty), else the run's.
+  method, model, training (and the run's derived step counts): the
+  pre-training run's (they describe the checkpoint). eval, logging,
+  checkpoint, seed: this config's. data: the run's, except the fields this
+  config sets explicitly: a `--config.data.<field>` override, or data.source
+  when the config string has `dataset=` (e.g. linear_eval.py:dataset=...).
+  A preset's data (gn_ws.py:tiny's digits) is not explicit: the run's wins.
 
   Args:
     config: the linear-evaluation config (inputs).
     pretrained: the pre-training run's config.json (a built config).
+    explicit: dotted names of the fields the user set with `--config.*`
+      overrides (main.py passes them; programmatic callers may too).
 
   Returns:
     A new, unlocked ConfigDict of inputs (plus the run's `derived`).
+
+  Raises:
+    ConfigError: an explicit override of a field the run owns.
   """
+  for field in sorted(explicit):
+    if field.split('.')[0] in RUN_SECTIONS:
+      raise ConfigError(
+          f'{field}: linear evaluation takes {field.split(".")[0]} from the '
+          f'pre-training run (eval.pretrain_workdir='
+          f'{config.eval.pretrain_workdir!r}), which describes its '
+          f'checkpoint; drop --config.{field}.')
   merged = ml_collections.ConfigDict(pretrained.to_dict())
   merged.mode = 'linear_eval'
   merged.seed = config.seed
+  merged.options = config.options
   for section in ('eval', 'logging', 'checkpoint'):
     merged[section] = ml_collections.ConfigDict(config[section].to_dict())
-  if config.data.source:
-    merged.data = ml_collections.ConfigDict(config.data.to_dict())
-    old = pretrained.data
-    if (config.data.source, config.data.image_size) != (old.source,
-                                                        old.image_size):
-      logging.warning(
-          'Evaluating on %s at %dpx an encoder pre-trained on %s at %dpx.',
-          config.data.source, config.data.image_size, old.source,
-          old.image_size)
+  chosen = {f.split('.', 1)[1] for f in explicit if f.startswith('data.')}
+  if 'dataset' in option_names(config.options):
+    chosen.add('source')
+  for field in sorted(chosen):
+    merged.data[field] = config.data[field]
   return merged
 
 
@@ -341,14 +384,52 @@ def epochs_to_steps(epochs: int, num_examples: int, batch: int) -> int:
   return int(epochs) * int(num_examples) // int(batch)
 
 
-def _derive(config, mode: str, source, topology: Topology) -> dict:
+# Held-out examples for the probe's learning-rate sweep when the dataset has
+# no validation split and eval.sweep_valid_examples is -1: a fifth of the
+# training split, at most ImageNet's 10,000.
+SWEEP_VALID_MAX = 10_000
+
+
+def sweep_valid_split(config, source) -> str:
+  """The split the linear probe's learning rate is chosen on, or ''.
+
+  The dataset's own 'linear_valid' split when it has one that is neither the
+  probe's training split nor its test split (ImageNet: train[:10000], with
+  the probes trained on train[10000:], as the official byol/utils/dataset.py
+  splits it); '' otherwise, and `eval.sweep_valid_examples` of the training
+  split are held out instead (linear_eval.sweep_learning_rate).
+
+  Args:
+    config: the experiment config (eval.train_split / eval.test_split).
+    source: the opened data source.
+
+  Returns:
+    A split name `source` accepts, or ''.
+  """
+  try:
+    valid = source.resolve_split('linear_valid')
+  except ValueError:
+    return ''
+  others = {source.resolve_split(config.eval.train_split),
+            source.resolve_split(config.eval.test_split)}
+  return '' if valid in others else 'linear_valid'
+
+
+def _derive(config, mode: str, source, topology: Topology,
+            read_data: bool) -> dict:
   t, e = config.training, config.eval
   notes = []
-  d = dict(mode=mode, process_count=topology.process_count,
+  d = dict(mode=mode, data_read=read_data,
+           process_count=topology.process_count,
            local_device_count=topology.local_device_count,
            device_count=topology.device_count)
-  d['num_classes'] = (config.data.num_classes if config.data.num_classes > 0
-                      else int(source.num_classes))
+  d['num_classes'] = int(source.num_classes)
+  if config.data.num_classes > 0:
+    if config.data.num_classes < source.num_classes:
+      _fail('data.num_classes', config.data.num_classes,
+            f'{config.data.source} has {source.num_classes} classes: use at '
+            'least that many outputs, or -1 to take them from the dataset.')
+    d['num_classes'] = config.data.num_classes
   d['splits'] = _check_splits(config, mode, source)
   if mode == 'pretrain':
     n = int(source.num_examples(config.data.pretrain_split))
@@ -364,14 +445,13 @@ def _derive(config, mode: str, source, topology: Topology) -> dict:
               f'gives 0 steps of batch {b} over {n} examples; raise it, lower '
               'training.global_batch_size, or set training.total_steps.')
     if t.warmup_steps >= 0:
-      warmup = t.warmup_steps
+      warmup, d['warmup_steps_from'] = t.warmup_steps, 'training.warmup_steps'
     else:
       warmup = epochs_to_steps(t.warmup_epochs, n, b)
-    if warmup > total:
+      d['warmup_steps_from'] = 'training.warmup_epochs'
+    if warmup > total:  # runner.py logs the notes once the run may start.
       notes.append(f'warm-up shortened from {warmup} to the run\'s '
                    f'{total} steps')
-      logging.warning('Warm-up of %d steps is longer than the run: shortened '
-                      'to total_steps=%d.', warmup, total)
       warmup = total
     d.update(
         total_steps=int(total), warmup_steps=int(warmup),
@@ -390,22 +470,33 @@ def _derive(config, mode: str, source, topology: Topology) -> dict:
         schedules.peak_learning_rate(r, e.global_batch_size)
         for r in e.learning_rates]
     if len(e.learning_rates) > 1:
-      valid = e.sweep_valid_examples
-      _check(valid < n, 'eval.sweep_valid_examples', valid,
-             f'must be below the {n} examples of eval.train_split '
-             f'{e.train_split!r}: the learning-rate sweep trains on the rest.')
+      valid_split = sweep_valid_split(config, source)
+      if valid_split:  # ImageNet: train[:10000], apart from train[10000:].
+        valid, rest = int(source.num_examples(valid_split)), n
+      else:
+        valid = e.sweep_valid_examples
+        if valid == -1:
+          valid = max(1, min(SWEEP_VALID_MAX, n // 5))
+        _check(valid < n, 'eval.sweep_valid_examples', valid,
+               f'must be below the {n} examples of eval.train_split '
+               f'{e.train_split!r}: the learning-rate sweep trains on the '
+               'rest.')
+        rest = n - valid
+      d['eval_sweep_valid_split'] = valid_split or ''
       d['eval_sweep_valid_examples'] = valid
       d['eval_sweep_steps'] = int(
-          e.num_epochs * max(1, (n - valid) // e.global_batch_size))
+          e.num_epochs * max(1, rest // e.global_batch_size))
     d['eval_per_device_batch_size'] = (e.global_batch_size //
                                        topology.device_count)
-  d['data_read'] = not getattr(source, 'stand_in', False)
+  # Whether image files were opened (checked) rather than only listed.
+  d['data_read'] = d.get('data_read', True) and not getattr(
+      source, 'stand_in', False)
   d['notes'] = notes
   return d
 
 
 def build(config, *, topology: Optional[Topology] = None, source=None,
-          read_data: bool = True) -> Run:
+          read_data: bool = True, explicit=frozenset()) -> Run:
   """Validates the inputs, opens the data and derives the run, once.
 
   Args:
@@ -415,6 +506,8 @@ def build(config, *, topology: Optional[Topology] = None, source=None,
     source: an already-opened data source for config.data (else opened).
     read_data: False for dry runs and benchmarks: no image is read; sizes
       come from a folder listing or sources.KNOWN_SIZES.
+    explicit: dotted names of the fields set by `--config.*` overrides
+      (linear evaluation's merge rule, eval_inputs, reads them).
 
   Returns:
     A Run: the built config (inputs + `derived`, locked) and the source.
@@ -430,12 +523,13 @@ def build(config, *, topology: Optional[Topology] = None, source=None,
   validate_inputs(inputs, mode)
   if mode == 'linear_eval':
     from byol_jax import encoder  # pylint: disable=g-import-not-at-top
+    workdir = inputs.eval.pretrain_workdir
     try:
-      pretrained = encoder.load_config(inputs.eval.pretrain_workdir)
-    except FileNotFoundError as e:
-      raise ConfigError(f'eval.pretrain_workdir='
-                        f'{inputs.eval.pretrain_workdir!r}: {e}') from None
-    inputs = eval_inputs(inputs, pretrained)
+      pretrained = encoder.load_config(workdir)
+      checkpoint_step = encoder.latest_checkpoint_step(workdir)
+    except (FileNotFoundError, ValueError) as e:
+      raise ConfigError(f'eval.pretrain_workdir={workdir!r}: {e}') from None
+    inputs = eval_inputs(inputs, pretrained, explicit)
     run_derived = pretrained.get('derived')
     with inputs.unlocked():
       if 'derived' in inputs:
@@ -449,13 +543,26 @@ def build(config, *, topology: Optional[Topology] = None, source=None,
                 topology)
   if source is None:
     source = _open_source(inputs.data, read_data)
-  derived = _derive(inputs, mode, source, topology)
-  if mode == 'linear_eval' and run_derived:
+  derived = _derive(inputs, mode, source, topology, read_data)
+  if mode == 'linear_eval':
     # The pre-training run's own plan (its schedules shape the checkpoint).
     for key in ('num_train_examples', 'total_steps', 'warmup_steps',
                 'peak_learning_rate'):
-      if key in run_derived:
+      if key in (run_derived or {}):
         derived[f'pretrain_{key}'] = run_derived[key]
+    total = derived.get('pretrain_total_steps', -1)
+    derived['pretrain_checkpoint_step'] = checkpoint_step
+    derived['pretrain_finished'] = bool(total > 0 and checkpoint_step >= total)
+    if not derived['pretrain_finished']:
+      derived['notes'].append(
+          f'evaluating step {checkpoint_step} of a pre-training run of '
+          f'{total} steps: the run is unfinished')
+    old = pretrained.data
+    if (inputs.data.source, inputs.data.image_size) != (old.source,
+                                                        old.image_size):
+      derived['notes'].append(
+          f'evaluating on {inputs.data.source} at {inputs.data.image_size}px '
+          f'an encoder pre-trained on {old.source} at {old.image_size}px')
   with inputs.unlocked():
     inputs.derived = ml_collections.ConfigDict(derived)
   inputs.lock()

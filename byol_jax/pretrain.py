@@ -79,6 +79,14 @@ def check_resume(config, ckpt: checkpointing.Checkpointer) -> dict:
                     ckpt.directory / str(step))
     return {}
   diff = plan.changes(old, plan.trajectory(config))
+  structural = [k for k in diff if k.split('.')[0] in ('method', 'model') or
+                k == 'derived.num_classes']
+  if structural:
+    raise plan.ConfigError(
+        f'{ckpt.directory} holds step {step} of a run with another network: '
+        f'{plan.describe_changes({k: diff[k] for k in structural})}; a '
+        'checkpoint cannot be resumed under another architecture (not even '
+        'with checkpoint.allow_changed_config): use a fresh --workdir.')
   if diff and not config.checkpoint.allow_changed_config:
     raise plan.ConfigError(
         f'{ckpt.directory} holds step {step} of a run trained under another '
@@ -91,6 +99,29 @@ def check_resume(config, ckpt: checkpointing.Checkpointer) -> dict:
                     'checkpoint.allow_changed_config): %s', step,
                     plan.describe_changes(diff))
   return diff
+
+
+def _checkpointer(config, workdir) -> checkpointing.Checkpointer:
+  return checkpointing.Checkpointer(
+      epath.Path(workdir) / 'checkpoints',
+      max_to_keep=config.checkpoint.max_to_keep,
+      save_interval_steps=config.checkpoint.every_steps or None,
+      save_interval_secs=config.checkpoint.every_secs or None)
+
+
+def check_workdir(config, workdir) -> dict:
+  """check_resume on the workdir's checkpoints, before anything is written.
+
+  Every process calls it (the check gathers the processes' latest steps).
+
+  Returns:
+    The allowed trajectory changes (see check_resume).
+
+  Raises:
+    plan.ConfigError: see check_resume.
+  """
+  with _checkpointer(config, workdir) as ckpt:
+    return check_resume(config, ckpt)
 
 
 def write_config(config, workdir: epath.Path, *, start_step: int,
@@ -183,10 +214,7 @@ def run(config, workdir, *, source) -> dict:
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   t, d = config.training, config.derived
-  ckpt = checkpointing.Checkpointer(
-      workdir / 'checkpoints', max_to_keep=config.checkpoint.max_to_keep,
-      save_interval_steps=config.checkpoint.every_steps or None,
-      save_interval_secs=config.checkpoint.every_secs or None)
+  ckpt = _checkpointer(config, workdir)
   trajectory_changes = check_resume(config, ckpt)
   trajectory = plan.trajectory(config)
   method, optimizer, update = experiment.make_update(config)
@@ -247,8 +275,7 @@ def run(config, workdir, *, source) -> dict:
         # before the update) was still finite.
         raise NonFiniteLossError(
             f'the training state became non-finite at step {step}; stopping '
-            f'without saving it. The last good checkpoint (step '
-            f'{ckpt.latest_step()}) in {ckpt.directory} is kept. ({e})') from e
+            f'without saving it. {_kept(ckpt)} ({e})') from e
 
   def flush_metrics():
     nonlocal history, last
@@ -259,9 +286,8 @@ def run(config, workdir, *, source) -> dict:
     bad = _first_non_finite(history)
     if bad is not None:
       raise NonFiniteLossError(
-          f'loss became {bad[1]} at step {bad[0]}; stopping. The last good '
-          f'checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is '
-          'kept; lower training.base_learning_rate or check the data.')
+          f'loss became {bad[1]} at step {bad[0]}; stopping. {_kept(ckpt)} '
+          'Lower training.base_learning_rate or check the data.')
     last_step, last = history[-1]
     last = {k: float(v) for k, v in last.items()}
     writer.write(last_step, last)
@@ -294,14 +320,24 @@ def run(config, workdir, *, source) -> dict:
   ckpt.close()
   fingerprint = _check_same_state(ts.unreplicate(rstate), step, 'final')
   done_path = workdir / 'pretrain_done.json'
-  # A rerun of a finished run trains nothing and leaves the record alone.
+  # Written when the run is complete (not when max_steps stopped it early);
+  # a rerun of a finished run trains nothing and leaves the record alone.
   if (jax.process_index() == 0 and not preempted and
+      step >= d.total_steps and
       (step > start_step or not done_path.exists())):
     done_path.write_text(json.dumps(
         {'step': step, 'total_steps': d.total_steps, 'metrics': last,
          'wall_time_s': wall_time(), 'state_sha256': fingerprint}))
   return {'step': step, 'preempted': preempted, 'metrics': last,
           'state_sha256': fingerprint}
+
+
+def _kept(ckpt) -> str:
+  latest = ckpt.latest_step()
+  if latest is None:
+    return f'No checkpoint was saved yet in {ckpt.directory}.'
+  return (f'The last good checkpoint (step {latest}) in {ckpt.directory} is '
+          'kept.')
 
 
 def _preemption_requested(watcher, step: int, every_steps: int) -> bool:

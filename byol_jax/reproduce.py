@@ -125,8 +125,13 @@ def load_config(variant: Variant, scale: str, dataset: str = '',
   for key, value in overrides:
     *parents, leaf = key.split('.')
     node = config
-    for p in parents:
-      node = node[p]
+    try:
+      for p in parents:
+        node = node[p]
+      node[leaf]  # pylint: disable=pointless-statement
+    except (KeyError, AttributeError, TypeError):
+      raise ValueError(f'--override {key}={value}: the config has no field '
+                       f'{key!r}.') from None
     # The type of the default, as ml_collections' --config.<field> flags do.
     node[leaf] = _cast(value, node[leaf], key)
   return config

@@ -14,7 +14,8 @@ import jax
 from byol_jax import plan
 
 
-def run(config, workdir: str, *, topology=None) -> dict:
+def run(config, workdir: str, *, topology=None, explicit=frozenset(),
+        on_checked=None) -> dict:
   """Builds the run from `config` and runs it in `workdir`; returns a summary.
 
   Pre-training (resumed from the workdir's latest checkpoint, if any), then
@@ -27,6 +28,11 @@ def run(config, workdir: str, *, topology=None) -> dict:
     config: an experiment config of inputs (get_config + overrides).
     workdir: the run directory (local or gs://).
     topology: plan.Topology (default: this process's devices).
+    explicit: dotted names of the fields set by `--config.*` overrides
+      (plan.build).
+    on_checked: called once the run is built and the workdir's checkpoint
+      checked against it (main.py turns INFO logging back on there, so that
+      a refused start prints one line).
 
   Returns:
     pretrain.run's summary (plus 'eval' when evaluated), or the linear
@@ -36,8 +42,13 @@ def run(config, workdir: str, *, topology=None) -> dict:
     plan.ConfigError: before anything compiles, for a config that cannot run
       (or would resume a checkpoint trained under another config).
   """
-  built = plan.build(config, topology=topology)
+  built = plan.build(config, topology=topology, explicit=explicit)
   config, source = built.config, built.source
+  from byol_jax import pretrain  # pylint: disable=g-import-not-at-top
+  if config.derived.mode == 'pretrain':
+    pretrain.check_workdir(config, workdir)  # before anything is logged
+  if on_checked is not None:
+    on_checked()
   logging.info('Config (inputs and derived values):\n%s', config)
   for note in config.derived.notes:
     logging.warning('Note: %s.', note)
@@ -47,16 +58,17 @@ def run(config, workdir: str, *, topology=None) -> dict:
                jax.local_devices())
   from byol_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
   if config.derived.mode == 'linear_eval':
-    return linear_eval.run_linear_eval_from_workdir(config, workdir,
-                                                    source=source)
-  from byol_jax import pretrain  # pylint: disable=g-import-not-at-top
+    done = _done_eval(config, workdir, config.derived.pretrain_checkpoint_step)
+    if done is not None:
+      return done
+    return linear_eval.run_linear_eval_from_workdir(
+        config, workdir, source=source,
+        extra={'eval_inputs': eval_signature(config)})
   summary = pretrain.run(config, workdir, source=source)
   if (config.eval.after_pretraining and not summary['preempted'] and
       summary['step'] >= config.derived.total_steps):
     done = _done_eval(config, workdir, summary['step'])
     if done is not None:
-      logging.info('Linear evaluation of step %d already in %s; skipped.',
-                   summary['step'], epath.Path(workdir) / linear_eval.RESULTS_FILE)
       summary['eval'] = done
       return summary
     state = pretrain.load_latest_state(config, workdir)
@@ -68,10 +80,15 @@ def run(config, workdir: str, *, topology=None) -> dict:
 
 
 def eval_signature(config) -> dict:
-  """What a linear evaluation's numbers depend on besides the encoder."""
-  return plan.flatten({'eval': config.eval.to_dict(), 'seed': config.seed,
-                       'data': config.data.to_dict(),
-                       'splits': config.derived.splits.to_dict()})
+  """What a linear evaluation's numbers depend on besides the encoder.
+
+  Returns:
+    A flat {field: value} dict, as JSON gives it back (tuples as lists).
+  """
+  return json.loads(json.dumps(plan.flatten({
+      'eval': config.eval.to_dict(), 'seed': config.seed,
+      'data': config.data.to_dict(), 'splits': config.derived.splits.to_dict(),
+      'num_classes': config.derived.num_classes})))
 
 
 def _done_eval(config, workdir, step):
@@ -82,8 +99,9 @@ def _done_eval(config, workdir, step):
     return None
   results = json.loads(path.read_text())
   if (results.get('checkpoint_step') == step and
-      results.get('eval_inputs') == json.loads(json.dumps(
-          eval_signature(config)))):
+      results.get('eval_inputs') == eval_signature(config)):
+    logging.info('Linear evaluation of step %d already in %s; skipped.', step,
+                 path)
     return results
   return None
 

@@ -4,9 +4,10 @@ Frozen encoder; linear classifier trained with SGD + Nesterov momentum 0.9,
 no weight decay, cosine lr, 80 epochs, batch 1024, random-resized crop + flip;
 centre-crop test (BYOL Appendix C.1). Results: WORKDIR/eval_results.json.
 The model comes from the pre-training run's config.json, and so does the
-data unless `dataset=` (or --config.data.source) names other data
-(byol_jax/plan.py, eval_inputs). Setting --config.eval.pretrain_workdir on
-any experiment config evaluates the same way.
+data, except what you name explicitly: `dataset=` or a --config.data.<field>
+override (byol_jax/plan.py, eval_inputs). Setting --config.eval.pretrain_workdir
+on any experiment config evaluates the same way; its presets' data does not
+count as named.
 
   python -m byol_jax.main \
       --config=experiments/linear_eval.py:pretrain=/path/to/pretrain_workdir \
@@ -24,6 +25,4 @@ def get_config(arg=None):
   config = configs.build(arg, options=options)
   config.mode = 'linear_eval'
   config.eval.pretrain_workdir = options.get('pretrain', '')
-  if 'dataset' not in options:
-    config.data.source = ''  # '': the pre-training run's data.
   return config

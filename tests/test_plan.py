@@ -29,13 +29,19 @@ EXPERIMENTS = REPO / 'experiments'
 EIGHT = plan.Topology(1, 8)
 
 
-def parse(config_arg: str, *overrides: str):
-  """The config exactly as `main --config=... --config.x=y` gets it."""
+def parse(config_arg: str, *overrides: str, with_explicit=False):
+  """The config exactly as `main --config=... --config.x=y` gets it.
+
+  With with_explicit: (config, dotted names of the overridden fields), what
+  main.py passes to plan.build as `explicit`.
+  """
   argv = ['main', f'--config={EXPERIMENTS}/{config_arg}', *overrides]
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file('config', None, flag_values=fv,
                                   lock_config=True, sys_argv=argv)
   fv(argv)
+  if with_explicit:
+    return fv.config, frozenset(config_flags.get_override_values(fv['config']))
   return fv.config
 
 
@@ -135,9 +141,14 @@ def test_derived_section_values():
   assert d.splits.to_dict() == {'pretrain': 'train',
                                 'linear_train': 'train[10000:]',
                                 'test': 'validation'}
-  # The probe: 80 epochs x (1271167 // 1024) steps, lr 0.2 x 1024 / 256.
+  # The probe: 80 epochs x (1271167 // 1024) steps; the grid of base rates
+  # (0.4, 0.3, 0.2, 0.1, 0.05) x 1024 / 256, chosen on train[:10000] with the
+  # probes trained on train[10000:] (all 1241 batches per epoch).
   assert d.eval_num_train_examples == 1_271_167
-  assert d.eval_steps == 80 * 1241 and d.eval_peak_learning_rate == 0.8
+  assert d.eval_steps == 80 * 1241
+  assert d.eval_peak_learning_rates == [1.6, 1.2, 0.8, 0.4, 0.2]
+  assert (d.eval_sweep_valid_split, d.eval_sweep_valid_examples,
+          d.eval_sweep_steps) == ('linear_valid', 10_000, 80 * 1241)
   assert config.training.total_steps == -1  # inputs are kept as given
 
 
@@ -239,6 +250,62 @@ def test_linear_eval_by_flag_on_a_tiny_run(tmp_path):
   assert 0. <= results['top1'] <= results['top5'] <= 1.
 
 
+def _fake_run(root: pathlib.Path, checkpoint_step: int) -> pathlib.Path:
+  """A pre-training workdir as plan.build sees it: config.json (a 4-class
+  folder at 24 px, 6 steps) and a finished checkpoint directory."""
+  data = _folder(root / 'data', {'train': 40, 'test': 8}, classes=4)
+  config = parse(f'gn_ws.py:tiny,steps=6,dataset=folder:{data}',
+                 '--config.data.image_size=24')
+  built = plan.build(config, topology=EIGHT).config
+  run = root / 'run'
+  (run / 'checkpoints' / str(checkpoint_step)).mkdir(parents=True)
+  (run / 'config.json').write_text(built.to_json())
+  return run
+
+
+def test_linear_eval_takes_the_runs_data_unless_named(tmp_path):
+  run = _fake_run(tmp_path, checkpoint_step=6)
+  saved = json.loads((run / 'config.json').read_text())
+  def build(arg, *overrides):
+    config, explicit = parse(arg, f'--config.eval.pretrain_workdir={run}',
+                             *overrides, with_explicit=True)
+    return plan.build(config, topology=EIGHT, explicit=explicit).config
+  # Any config: its presets' data (gn_ws:tiny's digits) is not "named".
+  for arg in ('gn_ws.py:tiny', 'linear_eval.py', 'byol_bn.py'):
+    config = build(arg)
+    assert config.derived.mode == 'linear_eval'
+    assert config.data.to_dict() == saved['data'], arg
+    assert config.model.to_dict() == saved['model'], arg
+    assert config.derived.num_classes == 4 and not config.derived.notes
+    assert config.derived.pretrain_finished
+  # Named: `dataset=` names the source; the run's image size stays.
+  config = build('linear_eval.py:dataset=digits')
+  assert (config.data.source, config.data.image_size) == ('digits', 24)
+  assert config.derived.notes == [
+      f'evaluating on digits at 24px an encoder pre-trained on '
+      f'{saved["data"]["source"]} at 24px']
+  # ... and an override names a field.
+  config = build('gn_ws.py:tiny', '--config.data.image_size=32')
+  assert (config.data.source, config.data.image_size) == (
+      saved['data']['source'], 32)
+  # The run owns its model and training: overriding them is an error.
+  with pytest.raises(plan.ConfigError, match=r'model.depth: linear '
+                     r'evaluation takes model from the pre-training run'):
+    build('linear_eval.py', '--config.model.depth=18')
+
+
+def test_linear_eval_of_an_unfinished_run_says_so(tmp_path):
+  run = _fake_run(tmp_path, checkpoint_step=3)
+  config = plan.build(parse('linear_eval.py',
+                            f'--config.eval.pretrain_workdir={run}'),
+                      topology=EIGHT).config
+  assert config.derived.pretrain_checkpoint_step == 3
+  assert not config.derived.pretrain_finished
+  assert config.derived.notes == [
+      'evaluating step 3 of a pre-training run of 6 steps: the run is '
+      'unfinished']
+
+
 def _train_only_folder(tmp_path):
   return _folder(tmp_path / 'train_only', {'train': 40})
 
@@ -247,6 +314,12 @@ def _train_only_folder(tmp_path):
 BAD_INPUTS = [
     ('unknown option', ['gn_ws.py:tiny,colour=red'],
      "unknown config option 'colour'"),
+    ('repeated option', ['gn_ws.py:tiny,steps=4,steps=5'],
+     "config option 'steps' is given twice"),
+    ('value on a flag option', ['gn_ws.py:tiny,bf16=no'],
+     'config option bf16 takes no value'),
+    ('option without value', ['gn_ws.py:tiny,dataset='],
+     'config option dataset needs a value'),
     ('ablation norm in get_config', ['ablation.py:tiny,encoder=bogus'],
      "ablation option encoder='bogus'"),
     ('unknown norm kind', ['gn_ws.py:tiny', '--config.model.encoder_norm=bn2'],
@@ -256,27 +329,51 @@ BAD_INPUTS = [
     ('gn_groups negative', ['gn_ws.py:tiny', '--config.model.gn_groups=-4'],
      'model.gn_groups=-4: must be an integer >= 1'),
     ('gn_groups not dividing', ['gn_ws.py:tiny', '--config.model.gn_groups=24'],
-     'model.gn_groups=24 does not divide the channel count'),
-    ('batch 0', ['gn_ws.py:tiny,batch=0'],
-     'training.global_batch_size=0: must be a positive multiple of the 8'),
+     'model.gn_groups=24 does not divide the channel count(s) [16, 32, 64,'),
+    ('batch 0 option', ['gn_ws.py:tiny,batch=0'],
+     "config option batch='0' must be a positive integer"),
+    ('batch 0', ['gn_ws.py:tiny', '--config.training.global_batch_size=0'],
+     'training.global_batch_size=0: must be a positive multiple of the 8 '
+     'devices (1 host(s) x 8 device(s)), e.g. '
+     '--config.training.global_batch_size=8'),
     ('batch negative', ['gn_ws.py:tiny',
                         '--config.training.global_batch_size=-8'],
      'training.global_batch_size=-8: must be a positive multiple'),
     ('batch not over devices', ['gn_ws.py:tiny,batch=60'],
      'e.g. --config.training.global_batch_size=56'),
-    ('epochs 0', ['gn_ws.py:epochs=0'],
+    ('epochs 0 option', ['gn_ws.py:epochs=0'],
+     "config option epochs='0' must be a positive integer"),
+    ('epochs 0', ['gn_ws.py', '--config.training.num_epochs=0'],
      'training.num_epochs=0: must be a positive integer'),
+    ('steps -1 option', ['gn_ws.py:tiny,steps=-1'],
+     "config option steps='-1' must be a positive integer"),
+    ('infinite lr', ['gn_ws.py:tiny',
+                     '--config.training.base_learning_rate=inf'],
+     'training.base_learning_rate=inf: must be a finite number > 0'),
     ('unknown method', ['gn_ws.py:tiny', '--config.method=moco'],
      "method='moco': use one of byol, simclr"),
     ('bad override type', ['gn_ws.py:tiny', '--config.training.num_epochs=x'],
      'flag --config.training.num_epochs=x'),
+    ('unknown field', ['gn_ws.py:tiny', '--config.trainin.num_epochs=3'],
+     "--config.trainin.num_epochs: the config has no field 'trainin'"),
+    ('misspelt field', ['gn_ws.py:tiny',
+                        '--config.training.global_batch_sizee=64'],
+     "no field 'global_batch_sizee' (did you mean 'global_batch_size'?)"),
+    ('derived field', ['gn_ws.py:tiny', '--config.derived.total_steps=5'],
+     'derived values are computed at start-up and cannot be set'),
     ('missing config file', ['nope.py'], 'nope.py'),
     ('missing dataset', ['gn_ws.py:tiny,dataset=folder:/no/such/dir'],
      "data.source='folder:/no/such/dir'"),
+    ('bad synthetic side', ['gn_ws.py:tiny,dataset=synthetic:0'],
+     'the synthetic image side must be a positive integer'),
+    ('too few classes', ['gn_ws.py:tiny', '--config.data.num_classes=3'],
+     'data.num_classes=3: digits has 10 classes'),
     ('missing eval split', ['gn_ws.py:tiny,dataset=folder:{train_only}'],
      "eval.test_split='test' cannot be read"),
     ('linear eval without a run', ['linear_eval.py'],
      "eval.pretrain_workdir='': set it"),
+    ('linear eval of a run without checkpoint',
+     ['linear_eval.py:pretrain={no_checkpoint}'], 'holds no checkpoint'),
 ]
 
 
@@ -285,7 +382,13 @@ BAD_INPUTS = [
 def test_bad_input_is_one_line_exit_2(tmp_path, name, args, message):
   del name
   train_only = _train_only_folder(tmp_path)
-  args = [a.format(train_only=train_only) for a in args]
+  no_checkpoint = tmp_path / 'no_checkpoint'  # config.json, no checkpoint
+  no_checkpoint.mkdir()
+  (no_checkpoint / 'config.json').write_text(
+      plan.build(configs.build('tiny'), topology=EIGHT,
+                 read_data=False).config.to_json())
+  args = [a.format(train_only=train_only, no_checkpoint=no_checkpoint)
+          for a in args]
   workdir = tmp_path / 'run'
   start = time.time()
   proc = _main(f'--config={EXPERIMENTS}/{args[0]}', *args[1:],
@@ -293,10 +396,9 @@ def test_bad_input_is_one_line_exit_2(tmp_path, name, args, message):
   elapsed = time.time() - start
   assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
-  errors = [l for l in lines if l.startswith(('Config error:',
-                                              'Usage error:'))]
-  assert len(errors) == 1, proc.stderr[-2000:]
-  assert message in errors[0], errors[0]
+  assert len(lines) == 1, proc.stderr[-2000:]  # nothing but the error
+  assert lines[0].startswith('Config error: '), lines[0]
+  assert message in lines[0], lines[0]
   assert 'Traceback' not in proc.stderr
   assert not list(workdir.glob('checkpoints/*'))
   assert not (workdir / 'config.json').exists()
@@ -305,7 +407,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, name, args, message):
 
 # ----------------------------------------------------------------- resume
 def _quick(**overrides):
-  config = configs.build('tiny,batch=64,steps=2')
+  config = parse('gn_ws.py:tiny,batch=64,steps=2')
   config.logging.update(dict(knn_every_steps=0, every_steps=1))
   config.eval.update(dict(num_epochs=1, augment=False))
   for key, value in overrides.items():
@@ -346,21 +448,40 @@ def test_resume_contract(tmp_path):
 
   # Non-trajectory changes (logging, stopping early) resume freely.
   main_lib.run(_quick(**{'logging.every_steps': 2}), str(workdir))
+  before = _snapshot(workdir)
+  # Another network cannot resume, even when changes are allowed.
+  with pytest.raises(plan.ConfigError, match=r'run with another network: '
+                     r"model.encoder_norm 'gn' -> 'bn'"):
+    main_lib.run(_quick(**{'model.encoder_norm': 'bn',
+                           'checkpoint.allow_changed_config': True}),
+                 str(workdir))
+  assert _snapshot(workdir) == before
 
   # Allowed: the run is extended from step 2 to 4, and the history says so.
+  # Allowed, stopped early by max_steps: not finished, so no
+  # pretrain_done.json update and no evaluation of step 3.
+  extended = _quick(**{'training.total_steps': 4, 'training.max_steps': 3,
+                       'checkpoint.allow_changed_config': True})
+  summary = main_lib.run(extended, str(workdir))
+  assert summary['step'] == 3 and 'eval' not in summary
+  assert json.loads((workdir / 'pretrain_done.json').read_text())['step'] == 2
   extended = _quick(**{'training.total_steps': 4,
                        'checkpoint.allow_changed_config': True})
   summary = main_lib.run(extended, str(workdir))
   assert summary['step'] == 4
+  assert json.loads((workdir / 'pretrain_done.json').read_text())['step'] == 4
   saved = json.loads((workdir / 'config.json').read_text())
   assert saved['derived']['total_steps'] == 4
   entries = [json.loads(l) for l in
              (workdir / 'config_history.jsonl').read_text().splitlines()]
-  assert entries[-1]['start_step'] == 2
+  assert [e['start_step'] for e in entries] == [0, 2, 2, 3]
   # (The tiny preset's 10 warm-up steps were shortened to the run.)
-  assert entries[-1]['trajectory_changes'] == {
+  assert entries[2]['trajectory_changes'] == {
       'derived.total_steps': [2, 4], 'derived.warmup_steps': [2, 4]}
-  assert entries[-1]['config_changes']['derived.total_steps'] == [2, 4]
+  assert entries[2]['config_changes']['derived.total_steps'] == [2, 4]
+  assert entries[3]['trajectory_changes'] == {}
+  assert entries[3]['config_changes'] == {'training.max_steps': [3, -1],
+                                          'derived.stop_step': [3, 4]}
   rows = [json.loads(l) for l in (workdir / 'metrics.jsonl').open()]
   assert [r['step'] for r in rows] == [1, 2, 3, 4]
   results = json.loads((workdir / 'eval_results.json').read_text())

@@ -320,6 +320,8 @@ def known_source(spec: str):
   """A SizedSource for a spec in KNOWN_SIZES (or synthetic), else None."""
   kind, _, arg = spec.partition(':')
   if kind == 'synthetic':
+    if arg and not (arg.isdigit() and int(arg) > 0):
+      return None  # get_source explains what is wrong.
     return SizedSource(spec, 10, dict(SYNTHETIC_SIZES))
   if spec in KNOWN_SIZES:
     sizes, classes = KNOWN_SIZES[spec]
@@ -349,7 +351,11 @@ def get_source(spec: str, *, data_dir: str | None = None,
   if spec == 'digits':
     return digits_source()
   if kind == 'synthetic':
-    return synthetic_source(int(arg) if arg else 32)
+    side = int(arg) if arg.isdigit() else -1 if arg else 32
+    if side <= 0:
+      raise ValueError(f'dataset spec {spec!r}: the synthetic image side must '
+                       'be a positive integer, e.g. synthetic:32')
+    return synthetic_source(side)
   raise ValueError(f'dataset spec {spec!r} is not one of tfds:<name>, '
                    "folder:<path>, 'digits', 'synthetic[:<side>]'")
 
@@ -578,7 +584,12 @@ def _validate(paths) -> list[bool]:
 def tfds_source(name: str, *, data_dir: str | None = None) -> TfdsSource:
   """A TFDS image-classification dataset; it must already be prepared."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder(name, data_dir=data_dir)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise ValueError(f'tfds:{name} is not a TFDS dataset name; '
+                     'tfds.list_builders() lists them (e.g. tfds:cifar10, '
+                     'tfds:imagenet2012).') from None
   mocked = _tfds_is_mocked()
   if not mocked and not builder.is_prepared():
     raise ValueError(_unprepared_message(builder, name, data_dir))

@@ -8,9 +8,11 @@ crops with horizontal flips; top-1 / top-5 are measured on centre crops.
 
 Learning rate: the protocol picks it from {0.4, 0.3, 0.2, 0.1, 0.05}
 (`config.eval.learning_rates`) on a held-out part of train, then trains the
-probe on all of train at the chosen rate and reports test top-1 (on
-ImageNet: selected on train[:10000] with the probe trained on
-train[10000:], as the official byol/utils/dataset.py splits it). As the
+probe on all of its training split at the chosen rate and reports test
+top-1. On ImageNet the rate is selected on train[:10000] ('linear_valid')
+with the probes trained on train[10000:] ('linear_train', also the final
+probe's data), as the official byol/utils/dataset.py splits it; any dataset
+with its own validation split does the same (plan.sweep_valid_split). As the
 official code (byol/eval_experiment.py, byol/utils/schedules.py), each rate
 is a base rate for batch 256, scaled to base * global_batch / 256, cosine
 decayed to 0, no warm-up.
@@ -21,8 +23,9 @@ rate) on the same batches, so the sweep costs about one probe on features.
 Where the protocol trains on augmented crops (`eval.augment=True`), the rate
 is thus chosen without augmentation; that is our simplification (the
 official code re-runs the augmented probe per rate), stated in
-eval_results.json as 'sweep_on': 'centre-crop features'. The held-out part:
-`eval.sweep_valid_examples` training examples, the first ones for TFDS
+eval_results.json as 'sweep_on': 'centre-crop features'. Datasets without
+a validation split hold out `eval.sweep_valid_examples` training examples
+for the selection instead, the first ones for TFDS
 sources (shuffled when prepared: train[:N]) and a fixed random subset for
 folders and in-memory sources (sorted by class).
 
@@ -341,38 +344,48 @@ def _valid_indices(source, n: int, num_valid: int) -> np.ndarray:
   return np.sort(rng.choice(n, num_valid, replace=False))
 
 
-def sweep_learning_rate(config, source, train, num_classes: int):
-  """Chooses the probe's learning rate on a held-out part of train.
+def sweep_learning_rate(config, source, train, num_classes: int,
+                        valid=None):
+  """Chooses the probe's learning rate on held-out training data.
 
   Args:
-    config: the built config (eval.learning_rates, eval.sweep_valid_examples
-      and the derived sweep step count are read).
+    config: the built config (eval.learning_rates, the derived
+      eval_sweep_valid_examples / eval_sweep_steps are read).
     source: the data source (TFDS: the first examples are held out).
-    train: (features [N, D], labels [N]) of the whole training split.
+    train: (features [N, D] float32, labels [N] int) of the whole training
+      split.
     num_classes: classifier outputs.
+    valid: (features, labels) of the dataset's own validation split
+      (config.derived.eval_sweep_valid_split, e.g. ImageNet's train[:10000]);
+      the probes then train on all of `train`. None: the derived
+      eval_sweep_valid_examples of `train` are held out and the probes train
+      on the rest.
 
   Returns:
     (index of the chosen rate in eval.learning_rates, {base rate: held-out
-    top-1 of the probe trained on the rest of train}).
+    top-1 of its probe, a fraction in [0, 1]}).
   """
   e, d = config.eval, config.derived
   feats, labels = train
-  valid = _valid_indices(source, len(labels), d.eval_sweep_valid_examples)
-  rest = np.setdiff1d(np.arange(len(labels)), valid)
+  if valid is None:
+    held = _valid_indices(source, len(labels), d.eval_sweep_valid_examples)
+    rest = np.setdiff1d(np.arange(len(labels)), held)
+    valid = feats[held], labels[held]
+    feats, labels = feats[rest], labels[rest]
   probes = train_probes(
-      feats[rest], labels[rest], d.eval_peak_learning_rates,
+      feats, labels, d.eval_peak_learning_rates,
       num_classes=num_classes, steps=d.eval_sweep_steps,
       batch_size=e.global_batch_size, momentum=e.momentum, seed=config.seed)
   classifier = _classifier(num_classes)
   logits = jax.jit(jax.vmap(classifier.apply, in_axes=(0, None)))(
-      probes, feats[valid])
+      probes, valid[0])
   top1 = np.asarray(jax.vmap(
-      lambda l: losses.topk_correct(l, labels[valid], 1).mean())(logits))
+      lambda l: losses.topk_correct(l, valid[1], 1).mean())(logits))
   chosen = int(np.argmax(top1))  # ties: the first (largest) rate in the grid
   table = {str(rate): float(t) for rate, t in zip(e.learning_rates, top1)}
   logging.info('Linear probe learning rate: %s chosen on %d held-out '
                'examples (top-1 per base rate: %s)', e.learning_rates[chosen],
-               len(valid), table)
+               len(valid[1]), table)
   return chosen, table
 
 
@@ -432,9 +445,16 @@ def _probe(config, source, params, state, num_classes, devices, test=None):
   results = {}
   chosen = 0
   if sweep:
+    valid = None
+    if d.eval_sweep_valid_split:
+      valid = extract_features(config, source, params, state,
+                               split=d.eval_sweep_valid_split,
+                               devices=devices)
     chosen, results['sweep'] = sweep_learning_rate(config, source, train,
-                                                   num_classes)
+                                                   num_classes, valid)
     results.update(sweep_on='centre-crop features',
+                   sweep_valid_split=d.eval_sweep_valid_split or
+                   f'{d.eval_sweep_valid_examples} of {e.train_split}',
                    sweep_valid_examples=int(d.eval_sweep_valid_examples))
   peak = d.eval_peak_learning_rates[chosen]
   if e.augment:
@@ -548,7 +568,8 @@ def run_linear_eval(config, workdir, params, state, *, source,
   return results
 
 
-def run_linear_eval_from_workdir(config, workdir, *, source) -> dict:
+def run_linear_eval_from_workdir(config, workdir, *, source,
+                                 extra: Optional[dict] = None) -> dict:
   """Linear evaluation of config.eval.pretrain_workdir's encoder.
 
   Args:
@@ -556,10 +577,12 @@ def run_linear_eval_from_workdir(config, workdir, *, source) -> dict:
       the pre-training run's config, plan.eval_inputs).
     workdir: output directory (may be the pre-training workdir itself).
     source: the data source plan.build opened.
+    extra: more JSON-able entries for the results.
 
   Returns:
-    The results dict of run_linear_eval (plus 'pretrain_workdir' and
-    'checkpoint_step'), also written to WORKDIR/eval_results.json.
+    The results dict of run_linear_eval (plus 'pretrain_workdir',
+    'checkpoint_step', 'pretrain_finished', 'data_source'), also written to
+    WORKDIR/eval_results.json.
 
   Raises:
     FileNotFoundError: the pre-training run holds no checkpoint.
@@ -569,4 +592,6 @@ def run_linear_eval_from_workdir(config, workdir, *, source) -> dict:
   return run_linear_eval(
       config, workdir, pretrained.params, pretrained.state, source=source,
       extra={'pretrain_workdir': pretrained.workdir,
-             'checkpoint_step': pretrained.step})
+             'checkpoint_step': pretrained.step,
+             'pretrain_finished': bool(config.derived.pretrain_finished),
+             'data_source': config.data.source, **(extra or {})})

@@ -43,7 +43,7 @@ def validate_model_config(model) -> None:
   if 'gn' in (model.encoder_norm, model.projector_norm, model.predictor_norm):
     channels = widths + [model.projector_hidden_size,
                          model.predictor_hidden_size]
-    bad = [c for c in channels if c % model.gn_groups]
+    bad = [int(c) for c in channels if c % model.gn_groups]
     if bad:
       raise ValueError(f'model.gn_groups={model.gn_groups} does not divide the '
                        f'channel count(s) {bad}; pick a divisor of all of '
