@@ -229,3 +229,35 @@ def test_online_classifier_is_scored_on_the_test_split():
   assert got == pytest.approx(expected, abs=1e-6)
   assert linear_eval.online_top1(params, (feats, labels), 7) is None
   assert linear_eval.online_top1({'encoder/x': {}}, (feats, labels), 5) is None
+
+
+def test_sweep_uses_the_datasets_own_validation_split(setup, tmp_path,
+                                                      monkeypatch):
+  """With a validation split apart from train and test (here 200 digits held
+  out of train, the test split kept), the grid's probes train on all of
+  linear_train and are scored on that split, as ImageNet's train[10000:] /
+  train[:10000]; without one, a fifth of train is held out (the test above)."""
+  _, _, params, state = setup
+  inputs = tiny_inputs(learning_rates=(0.4, 0.1), num_epochs=2)
+  inputs.data.held_out_examples = 200
+  run = plan.build(inputs)
+  d = run.config.derived
+  assert (d.eval_sweep_valid_split, d.eval_sweep_valid_examples) == (
+      'linear_valid', 200)
+  assert run.source.resolve_split('linear_valid') == 'held_out'
+  assert run.source.resolve_split('test') == 'test'
+  calls = []
+  real = linear_eval.train_probes
+
+  def spy(feats, labels, peaks, **kwargs):
+    calls.append((len(labels), list(peaks), kwargs['steps']))
+    return real(feats, labels, peaks, **kwargs)
+  monkeypatch.setattr(linear_eval, 'train_probes', spy)
+  results = linear_eval.run_linear_eval(run.config, str(tmp_path), params,
+                                        state, source=run.source)
+  # Both calls train on the 1300 examples left in train; steps per epoch
+  # 1300 // 256 = 5.
+  assert calls[0] == (1300, [0.4, 0.1], 2 * 5)
+  assert calls[1] == (1300, [results['base_learning_rate']], 2 * 5)
+  assert results['sweep_valid_split'] == 'linear_valid'
+  assert results['sweep_valid_examples'] == 200
