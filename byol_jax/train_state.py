@@ -183,5 +183,16 @@ def replicate(tree, devices=None):
 
 
 def unreplicate(tree):
-  """The first device's copy of a replicated pytree."""
-  return jax.tree.map(lambda x: x[0], tree)
+  """This process's first device's copy of a replicated pytree.
+
+  `x[0]` of an array on several devices is a jitted gather over them, a
+  program with collectives; multi-process on CPU (gloo) one process's such
+  program waited forever for peers while the other sliced its own buffer
+  (tests/test_multihost.py hung in the final save). Reading this process's
+  first local buffer and slicing it on its one device needs no collective.
+  """
+  def first(x):
+    if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
+      return x.addressable_data(0)[0]
+    return x[0]
+  return jax.tree.map(first, tree)

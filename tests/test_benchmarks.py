@@ -109,3 +109,17 @@ def test_bad_config_fails_before_compiling(tmp_path):
   with pytest.raises(ValueError, match='norm=.bn_ws.'):
     throughput.main(TINY[:-3] + ['--norm', 'bn_ws', '--out', str(tmp_path)])
   assert not list(tmp_path.iterdir())
+
+
+def test_probe_sweep_reports_both_timings_and_their_ratios():
+  from benchmarks import probe_sweep  # pylint: disable=g-import-not-at-top
+  r = probe_sweep.main(['--num-examples', '512', '--dim', '16', '--classes',
+                        '5', '--batch', '128', '--steps', '4', '--repeats',
+                        '2', '--no-write'])
+  assert r['grid'] == [0.4, 0.3, 0.2, 0.1, 0.05]
+  assert len(r['one_probe_times_s']) == len(r['sweep_times_s']) == 2
+  assert r['one_probe_s'] > 0 and r['sweep_s'] > 0
+  assert r['sweep_over_one'] == pytest.approx(
+      r['sweep_s'] / r['one_probe_s'], rel=1e-2)
+  assert r['protocol_over_one'] == pytest.approx(r['sweep_over_one'] + 1,
+                                                 abs=2e-3)
