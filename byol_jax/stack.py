@@ -158,12 +158,14 @@ def check_accelerator(versions: Mapping[str, Optional[str]],
     backend = jax.default_backend()
   if backend != 'cpu':
     return backend
-  plugins = [f'{name} {versions[name]}' for name in _PLUGINS
-             if versions.get(name)]
-  if plugins:
-    why = (f'{" and ".join(plugins)} installed but no usable device (check '
-           f'the driver, and CUDA_VISIBLE_DEVICES='
-           f'{env.get("CUDA_VISIBLE_DEVICES", "<unset>")})')
+  if versions.get('libtpu'):
+    why = (f'libtpu {versions["libtpu"]} installed but no usable TPU (not a '
+           'TPU VM, another process holding the chips, or a runtime version '
+           'for another TPU generation)')
+  elif versions.get('jax-cuda12-plugin'):
+    why = (f'jax-cuda12-plugin {versions["jax-cuda12-plugin"]} installed but '
+           'no usable GPU (check nvidia-smi, the driver, and '
+           f'CUDA_VISIBLE_DEVICES={env.get("CUDA_VISIBLE_DEVICES", "<unset>")})')
   else:
     why = ('no accelerator plugin installed (jaxlib alone runs on the CPU); '
            f'install with {_INSTALL_HINT}')

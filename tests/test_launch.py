@@ -607,7 +607,7 @@ def test_tpu_pod_lost_connection_reconnects_and_deletes_at_the_end(pod):
 
 def test_tpu_pod_interrupt_detaches_and_attach_finishes(pod):
   proc = subprocess.Popen(pod.command(), cwd=pod.repo,
-                          env=dict(pod.env, FAKE_MAIN_SLEEP='4'),
+                          env=dict(pod.env, FAKE_MAIN_SLEEP='6'),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, start_new_session=True)
   deadline = time.time() + 60

@@ -121,11 +121,16 @@ def test_accelerator_check():
   with pytest.raises(stack.StackError, match='no accelerator plugin '
                      r"installed .*'jax\[cuda12\]'"):
     stack.check_accelerator(cpu_only, backend='cpu')
-  cuda = _versions(jax='0.10.2', jaxlib='0.10.2', jax_cuda12_plugin='0.10.2')
+  cuda = _versions(jax='0.10.2', jaxlib='0.10.2', jax_cuda12_plugin='0.10.2',
+                   jax_cuda12_pjrt='0.10.2')
   with pytest.raises(stack.StackError,
                      match=r'jax-cuda12-plugin 0\.10\.2 installed but no '
-                     r'usable device .*CUDA_VISIBLE_DEVICES=<unset>'):
+                     r'usable GPU .*CUDA_VISIBLE_DEVICES=<unset>\)'):
     stack.check_accelerator(cuda, backend='cpu', env={})
+  tpu = _versions(jax='0.10.2', jaxlib='0.10.2', libtpu='0.0.42.1')
+  with pytest.raises(stack.StackError,
+                     match=r'libtpu 0\.0\.42\.1 installed but no usable TPU'):
+    stack.check_accelerator(tpu, backend='cpu')
 
 
 def test_resources_line():
