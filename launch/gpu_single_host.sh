@@ -21,10 +21,6 @@
 # prefixed with [i]. --dry-run prints every command without running any.
 set -euo pipefail
 
-usage() {
-  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2
-}
-
 script=gpu_single_host.sh
 repo=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -44,7 +40,7 @@ while (($#)); do
     --python=*) python=${1#*=} ;;
     --no-install) install=0 ;;
     --dry-run) dry_run=1 ;;
-    -h | --help) usage; exit 0 ;;
+    -h | --help) print_usage 2; exit 0 ;;
     --) shift; extra=(${1+"$@"}); break ;;
     *) die "unknown argument '$1'" ;;
   esac

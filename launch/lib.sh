@@ -18,6 +18,12 @@ die() {
   exit 2
 }
 
+# --help: the script's comment block from line FIRST on, without the '# '.
+print_usage() {
+  awk -v first="$1" 'NR >= first && /^#/ { sub(/^# ?/, ""); print; next }
+    NR >= first { exit }' "$0" >&2
+}
+
 # The arguments as one shell-quoted line (single quotes where needed).
 quote() {
   local out='' arg

@@ -30,10 +30,6 @@
 # set the reconnection and queue polling.
 set -euo pipefail
 
-usage() {
-  sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//' >&2
-}
-
 script=tpu_pod.sh
 repo=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -61,7 +57,7 @@ while (($#)); do
     --keep) keep=1 ;;
     --attach) attach=1 ;;
     --dry-run) dry_run=1 ;;
-    -h | --help) usage; exit 0 ;;
+    -h | --help) print_usage 2; exit 0 ;;
     --) shift; extra=(${1+"$@"}); break ;;
     *) die "unknown argument '$1'" ;;
   esac

@@ -304,6 +304,22 @@ def test_gpu_scripts_refuse_a_python_older_than_3_11(tmp_path):
     assert proc.stdout.count('+ ') <= 1  # at most the `cd`
 
 
+@pytest.mark.parametrize('script,first,last', [
+    ('tpu_pod.sh', 'Pre-trains on a Cloud TPU pod slice',
+     'set the reconnection and queue polling.'),
+    ('gpu_single_host.sh', 'Pre-trains on the GPUs of one machine.',
+     'prefixed with [i]. --dry-run prints every command without running any.'),
+    ('slurm_multinode.sbatch', 'Pre-trains on several GPU nodes',
+     'without running them.'),
+])
+def test_help_prints_the_header(script, first, last):
+  proc = _run(script, '--help')
+  assert proc.returncode == 0 and proc.stdout == ''
+  lines = proc.stderr.splitlines()
+  assert lines[0].startswith(first) and lines[-1] == last, proc.stderr
+  assert not any(l.startswith(('#', 'set -euo', 'SBATCH')) for l in lines)
+
+
 def test_slurm_refuses_to_run_outside_a_job():
   env = {k: v for k, v in os.environ.items() if not k.startswith('SLURM_')}
   proc = _run('slurm_multinode.sbatch', '--config=c', '--workdir=w', env=env)
