@@ -11,10 +11,9 @@
 # [[ -v ]]). tests/test_launch.py checks this statically and runs the dry
 # runs under every old bash it finds.
 
-# A usage error: one line naming the problem, exit status 2.
+# A usage error: one line naming the problem and the fix, exit status 2.
 die() {
   echo "${script:-launch}: ${*:-}" >&2
-  echo "Run with --help for usage." >&2
   exit 2
 }
 

@@ -59,7 +59,7 @@ while (($#)); do
     --dry-run) dry_run=1 ;;
     -h | --help) print_usage 2; exit 0 ;;
     --) shift; extra=(${1+"$@"}); break ;;
-    *) die "unknown argument '$1'" ;;
+    *) die "unknown argument '$1' (--help lists the options)" ;;
   esac
   shift
 done

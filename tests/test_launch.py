@@ -284,6 +284,7 @@ def test_slurm_passes_the_jobs_cpus_per_task_and_installs_apart(tmp_path):
 def test_usage_errors_name_the_argument(script, args, message):
   proc = _run(script, '--dry-run', *args)
   assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+  assert len(proc.stderr.splitlines()) == 1, proc.stderr  # one line
   assert proc.stdout == ''  # Nothing was printed as run.
 
 
@@ -572,10 +573,10 @@ def test_tpu_pod_uncommitted_or_untracked_config_stops_here(pod):
   (pod.repo / 'experiments' / 'mine.py').write_text('# new\n')
   proc = pod.run('--config=experiments/mine.py:tiny')
   assert proc.returncode == 2
-  assert proc.stderr.splitlines()[0] == (
+  assert proc.stderr.splitlines() == [
       'tpu_pod.sh: --config=experiments/mine.py:tiny: experiments/mine.py is '
       'not tracked by git, so it would not reach the workers (git add '
-      'experiments/mine.py && git commit)')
+      'experiments/mine.py && git commit)']
   pod.git('add', 'experiments/mine.py')
   proc = pod.run('--config=experiments/mine.py')
   assert proc.returncode == 2
@@ -675,9 +676,9 @@ def test_tpu_pod_queued_resource_waits_for_capacity(pod):
 def test_tpu_pod_attach_without_tpu_vms_creates_nothing(pod):
   proc = pod.run('--attach')
   assert proc.returncode == 2
-  assert proc.stderr.splitlines()[0] == (
+  assert proc.stderr.splitlines() == [
       'tpu_pod.sh: --attach: no TPU VMs byol-v3-32 ready in europe-west4-a '
-      '(state: none); nothing to attach to')
+      '(state: none); nothing to attach to']
   assert pod.calls() == ['tpu-vm describe byol-v3-32'] and not pod.exists()
 
 
