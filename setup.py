@@ -19,7 +19,7 @@ setuptools.setup(
     long_description=(_HERE / 'README.md').read_text(),
     long_description_content_type='text/markdown',
     packages=setuptools.find_packages(include=['byol_jax', 'byol_jax.*']),
-    python_requires='>=3.10',
+    python_requires='>=3.11',
     install_requires=_requirements(),
     extras_require={'test': ['pytest>=7', 'pytest-xdist>=3']},
 )

@@ -30,6 +30,7 @@ a shared filesystem); `restore_latest` raises when the processes see
 different latest steps, rather than let them resume from different states.
 """
 import json
+import pathlib
 import signal
 import threading
 import time
@@ -153,7 +154,8 @@ class Checkpointer:
     if '://' not in str(directory):
       # orbax restores only from absolute local paths; a relative workdir
       # (`--workdir=runs/x`) would save fine and then fail to resume.
-      self._directory = self._directory.absolute()
+      # pathlib's absolute(): etils' own is missing from older releases.
+      self._directory = epath.Path(pathlib.Path(directory).absolute())
     self._save_interval_steps = save_interval_steps
     self._save_interval_secs = save_interval_secs
     self._time_fn = time_fn

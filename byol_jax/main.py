@@ -25,6 +25,11 @@ SLURM or the Cloud TPU metadata (byol_jax/distributed.py decides):
 
     python -m byol_jax.main --config=... --workdir=gs://bucket/run \
         --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0
+
+The run logs the jax/jaxlib/plugin versions and the CPUs and devices it got.
+`--require_accelerator` stops it (exit 2) when JAX's backend is the CPU, and
+`--require_pinned_stack` when those versions differ from constraints.txt
+(byol_jax/stack.py); the launch scripts pass both.
 """
 
 import json
@@ -40,6 +45,7 @@ from ml_collections import config_flags
 from byol_jax import distributed
 from byol_jax import plan
 from byol_jax import runner
+from byol_jax import stack
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. experiments/gn_ws.py[:opts].',
@@ -60,6 +66,13 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     'num_processes', None, 'Number of processes (hosts) in the run.')
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'This process, in [0, num_processes).')
+_REQUIRE_ACCELERATOR = flags.DEFINE_bool(
+    'require_accelerator', False, 'Stop (exit 2) when JAX finds no GPU or TPU '
+    'instead of training on the CPU (the launch scripts pass it).')
+_REQUIRE_PINNED_STACK = flags.DEFINE_bool(
+    'require_pinned_stack', False, 'Stop (exit 2) when the installed jax, '
+    'jaxlib, libtpu or jax-cuda12-* differ from constraints.txt (the launch '
+    'scripts pass it).')
 
 
 run = runner.run  # the experiment itself (byol_jax/runner.py).
@@ -186,13 +199,27 @@ def main(argv):
   if not _WORKDIR.value:
     _exit('Usage error', '--workdir is required: the run directory (local or '
           'gs://), e.g. --workdir=/tmp/byol_run; or pass --dry_run.')
-  # Before anything touches the XLA backend (jax.distributed's rule).
-  distributed.initialize(the_plan)
+  versions = stack.installed()
+  try:
+    if _REQUIRE_PINNED_STACK.value:  # before the backend starts
+      stack.check_pinned(versions, stack.read_pins())
+    # Before anything touches the XLA backend (jax.distributed's rule).
+    distributed.initialize(the_plan)
+    if _REQUIRE_ACCELERATOR.value:
+      stack.check_accelerator(versions)
+  except stack.StackError as e:
+    _exit('Stack error', e)
+
+  def on_checked():
+    logging.set_verbosity(verbosity)
+    logging.info('Stack: %s', stack.describe(versions))
+    logging.info('Visible to this process: %s', stack.resources())
+
   from byol_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from byol_jax import pretrain  # pylint: disable=g-import-not-at-top
   try:
     run(config, _WORKDIR.value, explicit=_explicit(),
-        on_checked=lambda: logging.set_verbosity(verbosity))
+        on_checked=on_checked)
   except plan.ConfigError as e:
     # One clear line, no stack trace: a config problem is the user's to fix.
     _exit('Config error', e)

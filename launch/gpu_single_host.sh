@@ -3,8 +3,15 @@
 #
 #   launch/gpu_single_host.sh --config=experiments/gn_ws.py \
 #       --workdir=/data/runs/gn_ws [--gpus=0,1,2,3] [--processes=1] \
-#       [--port=12355] [--dry-run] [-- extra main.py flags]
+#       [--port=12355] [--venv=.venv-cuda] [--python=python3] [--no-install] \
+#       [--dry-run] [-- extra main.py flags]
 #
+# First installs this checkout with jax[cuda12] into --venv (created with
+# --python, 3.11 or later, when missing), every package at its
+# constraints.txt pin; --no-install uses the venv as it is. The run gets
+# --require_accelerator and --require_pinned_stack: it stops in one line when
+# JAX finds no GPU or another jax/jaxlib/CUDA plugin than the pins (pass
+# `-- --norequire_accelerator` or `-- --norequire_pinned_stack` to allow).
 # --processes=1 (default): one process pmaps over all the chosen GPUs; no
 # jax.distributed. --processes=N splits the GPUs into N groups and starts one
 # process per group, connected by jax.distributed on 127.0.0.1:PORT: the
@@ -14,16 +21,13 @@
 # prefixed with [i]. --dry-run prints every command without running any.
 set -euo pipefail
 
-usage() {
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
-}
-
 script=gpu_single_host.sh
+repo=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source-path=SCRIPTDIR source=lib.sh
-source "$(dirname "$0")/lib.sh"
+source "$repo/launch/lib.sh"
 
 config='' workdir='' gpus='' processes=1 port=12355 dry_run=0
-python=${PYTHON:-python}
+venv=$repo/.venv-cuda python=python3 install=1
 extra=()
 while (($#)); do
   case $1 in
@@ -32,10 +36,13 @@ while (($#)); do
     --gpus=*) gpus=${1#*=} ;;
     --processes=*) processes=${1#*=} ;;
     --port=*) port=${1#*=} ;;
+    --venv=*) venv=${1#*=} ;;
+    --python=*) python=${1#*=} ;;
+    --no-install) install=0 ;;
     --dry-run) dry_run=1 ;;
-    -h | --help) usage; exit 0 ;;
-    --) shift; extra=("$@"); break ;;
-    *) die "unknown argument '$1'" ;;
+    -h | --help) print_usage 2; exit 0 ;;
+    --) shift; extra=(${1+"$@"}); break ;;
+    *) die "unknown argument '$1' (--help lists the options)" ;;
   esac
   shift
 done
@@ -45,6 +52,11 @@ done
 [[ $processes =~ ^[1-9][0-9]*$ ]] || die "--processes=$processes must be a positive integer"
 if ! [[ $port =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
   die "--port=$port must be a TCP port (1-65535)"
+fi
+[[ -n $venv ]] || die "--venv= is empty: name the virtual environment (default .venv-cuda)"
+[[ $venv == /* ]] || venv=$PWD/$venv
+if ((!install)) && [[ ! -x $venv/bin/python ]]; then
+  die "--venv=$venv has no bin/python: create it (drop --no-install) or name another"
 fi
 if [[ -z $gpus ]]; then
   command -v nvidia-smi > /dev/null ||
@@ -57,11 +69,14 @@ IFS=, read -r -a gpu_list <<< "$gpus"
   die "--gpus=$gpus (${#gpu_list[@]} GPUs) does not split into --processes=$processes equal groups"
 per_process=$((${#gpu_list[@]} / processes))
 
-cd "$(dirname "$0")/.."
+cd "$repo"
+((!install)) || install_venv "$venv" "$python" cuda12
 
-main=("$python" -m byol_jax.main --config="$config" --workdir="$workdir")
+main=("$venv/bin/python" -m byol_jax.main --config="$config" --workdir="$workdir"
+  --require_accelerator --require_pinned_stack)
 if ((processes == 1)); then
-  cmd=(env CUDA_VISIBLE_DEVICES="$gpus" "${main[@]}" --distributed=off "${extra[@]}")
+  cmd=(env CUDA_VISIBLE_DEVICES="$gpus" "${main[@]}" --distributed=off
+    ${extra[@]+"${extra[@]}"})
   printf '+ %s\n' "$(quote "${cmd[@]}")"
   ((dry_run)) || exec "${cmd[@]}"
   exit 0
@@ -72,7 +87,7 @@ for ((i = 0; i < processes; i++)); do
   group=$(IFS=,; echo "${gpu_list[*]:i*per_process:per_process}")
   cmd=(env CUDA_VISIBLE_DEVICES="$group" "${main[@]}"
     --coordinator_address="127.0.0.1:$port" --num_processes="$processes"
-    --process_id="$i" "${extra[@]}")
+    --process_id="$i" ${extra[@]+"${extra[@]}"})
   printf '+ %s 2>&1 | sed "s/^/[%d] /" &\n' "$(quote "${cmd[@]}")" "$i"
   if ((!dry_run)); then
     # A subshell, so that `wait` reports the pipeline's status (pipefail),
@@ -85,7 +100,7 @@ done
 # When one process fails, jax.distributed stops the others (the coordination
 # service reports the failure to every process).
 status=0
-for pid in "${pids[@]}"; do
+for pid in ${pids[@]+"${pids[@]}"}; do
   wait "$pid" || status=$?
 done
 exit "$status"

@@ -10,6 +10,7 @@ import textwrap
 import time
 from typing import NamedTuple
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,6 +91,16 @@ def test_relative_directory_restores(tmp_path, monkeypatch):
   restored = ckpt.restore_latest(abstract(state))
   assert restored.step == 4
   assert_identical(restored.state, state)
+
+
+def test_relative_directory_without_epath_absolute(tmp_path, monkeypatch):
+  # The last etils release for Python 3.10 has no Path.absolute().
+  from etils.epath import abstract_path  # pylint: disable=g-import-not-at-top
+  monkeypatch.delattr(abstract_path.Path, 'absolute')
+  monkeypatch.chdir(tmp_path)
+  ckpt = checkpointing.Checkpointer('runs/y/checkpoints')
+  assert ckpt.directory == tmp_path / 'runs/y/checkpoints'
+  assert isinstance(ckpt.directory, epath.Path)
 
 
 def test_optax_state_round_trip_from_eval_shape_template(tmp_path):
