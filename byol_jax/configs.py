@@ -176,7 +176,25 @@ def build(arg=None, *, method='byol', extra_options=(), model=None,
       # ('held_out': the test split of sources without one, else the linear
       # probe's validation split). 0: none.
       held_out_examples=0,
-      num_classes=-1))  # -1: the dataset's.
+      num_classes=-1,  # -1: the dataset's.
+      # Datasets that fit in memory are decoded once, held as uint8 and
+      # cropped on the devices (no TensorFlow): digits and synthetic always,
+      # image folders whose decoded size is at most this many MiB (CIFAR-10:
+      # 176 MiB). Larger folders and TFDS datasets stream through tf.data.
+      # 0: folders always stream.
+      max_in_memory_mb=4096,
+      # Side at which a folder's images are held: 0 keeps their own size (all
+      # must share it, as CIFAR-10's and STL-10's do); N resizes each
+      # shorter side to N and keeps the central N x N square (Imagenette).
+      cache_side=0,
+      # Where decoded folders are cached ('': $XDG_CACHE_HOME/byol_jax/folders
+      # or ~/.cache/byol_jax/folders).
+      cache_dir='',
+      # Where the in-memory arrays live: 'device' (a copy on every local
+      # device; each step gathers its examples there) or 'host' (gathered
+      # on the host, then cropped on the devices; for device memory that
+      # cannot hold the dataset). The same numbers either way.
+      in_memory_on='device'))
   config.model = model_config(**(model or {}))
   config.training = ml_collections.ConfigDict(dict(
       num_epochs=epochs,

@@ -54,6 +54,9 @@ from byol_jax import schedules
 
 METHODS = ('byol', 'simclr')
 MODES = ('pretrain', 'linear_eval')
+IN_MEMORY_ON = ('device', 'host')
+# derived.data_path: decoded once and cropped on the devices, or tf.data.
+IN_MEMORY, STREAMING = 'in_memory', 'streaming'
 
 
 class ConfigError(ValueError):
@@ -177,6 +180,17 @@ def validate_inputs(config, mode: str) -> None:
   _check(_is_int(data.held_out_examples) and data.held_out_examples >= 0,
          'data.held_out_examples', data.held_out_examples,
          'must be an integer >= 0 (0: hold nothing out).')
+  _check(_is_int(data.max_in_memory_mb) and data.max_in_memory_mb >= 0,
+         'data.max_in_memory_mb', data.max_in_memory_mb,
+         'must be an integer >= 0 (MiB of decoded uint8 images held in '
+         'memory; 0: folders stream through tf.data).')
+  _check(_is_int(data.cache_side) and data.cache_side >= 0,
+         'data.cache_side', data.cache_side,
+         'must be an integer >= 0 (0: the images\' own size).')
+  _check(data.in_memory_on in IN_MEMORY_ON, 'data.in_memory_on',
+         data.in_memory_on, f'use one of {", ".join(IN_MEMORY_ON)}.')
+  _check(isinstance(data.cache_dir, str), 'data.cache_dir', data.cache_dir,
+         "must be a directory path ('' for the default).")
   _check(data.num_classes == -1 or (_is_int(data.num_classes) and
                                     data.num_classes > 0),
          'data.num_classes', data.num_classes,
@@ -324,29 +338,69 @@ def eval_inputs(config, pretrained, explicit=frozenset()
 
 
 # ------------------------------------------------------------------ data
+def _tensorflow_importable() -> bool:
+  """Whether `import tensorflow` can work, without importing it (seconds)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  try:
+    return importlib.util.find_spec('tensorflow') is not None
+  except (ImportError, ValueError):  # sys.modules['tensorflow'] = None
+    return False
+
+
 def _open_source(data, read_data: bool):
-  """The data source named by data.source (ConfigError when it cannot be)."""
+  """(source, data path, decoded MiB or None) for data.source.
+
+  Image folders whose decoded size fits data.max_in_memory_mb become an
+  InMemorySource (decoded once, cached on disk); larger ones, and TFDS
+  datasets, stream. With read_data=False nothing is decoded: the path is
+  decided from the folder's listing (and one file's header).
+
+  Raises:
+    ConfigError: the source cannot be opened, or it must stream and
+      TensorFlow is not installed.
+  """
   from byol_jax.data import sources  # pylint: disable=g-import-not-at-top
   spec = data.source
+  kind = spec.partition(':')[0]
+  megabytes = None
   try:
-    if not read_data:
-      known = sources.known_source(spec)
-      if known is not None:
-        source = known
-      else:
-        source = sources.get_source(spec, data_dir=data.data_dir or None,
-                                    validate_files=False)
+    known = None if read_data else sources.known_source(spec)
+    if known is not None:
+      source = known
     else:
-      source = sources.get_source(spec, data_dir=data.data_dir or None)
+      source = sources.get_source(spec, data_dir=data.data_dir or None,
+                                  validate_files=False)
+    if isinstance(source, sources.FolderSource):
+      size = sources.decoded_bytes(source, data.cache_side)
+      megabytes = None if size is None else round(size / 2**20, 1)
+      fits = size is not None and size <= data.max_in_memory_mb * 2**20
+      if read_data and fits:
+        source = sources.in_memory_folder(source, side=data.cache_side,
+                                          cache_dir=data.cache_dir)
+      elif read_data:  # streams: leave out what tf.data cannot decode
+        source = sources.get_source(spec)
+    else:
+      fits = kind in ('digits', 'synthetic')
   except (ValueError, FileNotFoundError, OSError) as e:
     raise ConfigError(f'data.source={spec!r}: {e}') from None
+  path = IN_MEMORY if fits else STREAMING
+  if path == STREAMING and not _tensorflow_importable():
+    what = (f'its decoded size ({megabytes} MiB) is above '
+            f'data.max_in_memory_mb={data.max_in_memory_mb}, so it streams '
+            'through tf.data' if kind == 'folder' else
+            'it streams through tf.data')
+    raise ConfigError(
+        f'data.source={spec!r}: {what}, and TensorFlow is not importable; '
+        'install it (pip install tensorflow-cpu), or use an image folder '
+        'that fits in memory (raise --config.data.max_in_memory_mb, or '
+        'lower --config.data.cache_side).')
   if data.held_out_examples:
     try:
       source = sources.hold_out(source, data.held_out_examples)
     except ValueError as e:
       raise ConfigError(f'data.held_out_examples={data.held_out_examples}: '
                         f'{e}') from None
-  return source
+  return source, path, megabytes
 
 
 def _splits_read(config, mode: str) -> dict:
@@ -541,9 +595,20 @@ def build(config, *, topology: Optional[Topology] = None, source=None,
   if mode == 'linear_eval' or inputs.eval.after_pretraining:
     check_batch('eval.global_batch_size', inputs.eval.global_batch_size,
                 topology)
+  megabytes = None
   if source is None:
-    source = _open_source(inputs.data, read_data)
+    source, data_path, megabytes = _open_source(inputs.data, read_data)
+  else:
+    from byol_jax.data import sources  # pylint: disable=g-import-not-at-top
+    data_path = (IN_MEMORY if isinstance(source, sources.InMemorySource)
+                 else STREAMING)
   derived = _derive(inputs, mode, source, topology, read_data)
+  derived['data_path'] = data_path
+  if data_path == IN_MEMORY:
+    images = getattr(source, 'images', None)
+    if images is not None:  # read: what the devices will hold
+      megabytes = round(sum(x.nbytes for x in images.values()) / 2**20, 1)
+    derived['in_memory_mb'] = megabytes if megabytes is not None else -1
   if mode == 'linear_eval':
     # The pre-training run's own plan (its schedules shape the checkpoint).
     for key in ('num_train_examples', 'total_steps', 'warmup_steps',
@@ -619,11 +684,12 @@ def check_built(config) -> None:
 _NOT_TRAJECTORY = ('training.max_steps', 'training.num_epochs',
                    'training.total_steps', 'training.warmup_epochs',
                    'training.warmup_steps', 'training.modified_init_chunk_size',
-                   'data.data_dir',
+                   'data.data_dir', 'data.cache_dir', 'data.in_memory_on',
+                   'data.max_in_memory_mb',  # derived.data_path says
                    'data.num_classes')
 _TRAJECTORY_SECTIONS = ('model', 'training', 'data')
 _TRAJECTORY_DERIVED = ('num_train_examples', 'num_classes', 'total_steps',
-                       'warmup_steps')
+                       'warmup_steps', 'data_path')
 
 
 def flatten(tree: dict, prefix: str = '') -> dict:
@@ -648,7 +714,7 @@ def trajectory(config) -> dict:
   tree = {'method': config.method, 'seed': config.seed}
   for section in _TRAJECTORY_SECTIONS:
     tree[section] = config[section].to_dict()
-  tree['derived'] = {k: config.derived[k] for k in _TRAJECTORY_DERIVED}
+  tree['derived'] = {k: config.derived.get(k) for k in _TRAJECTORY_DERIVED}
   flat = flatten(tree)
   return {k: v for k, v in sorted(flat.items()) if k not in _NOT_TRAJECTORY}
 

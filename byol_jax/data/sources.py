@@ -21,8 +21,15 @@ raw split 'held_out' (the config's `data.held_out_examples`); the logical
 'linear_train' ('train') no longer contain it. ImageNet needs none of this:
 its protocol already holds out train[:10000] (`IMAGENET_SPLITS`).
 
-TensorFlow and TFDS are imported lazily: `digits` and `synthetic` work on
-machines without TensorFlow (GPU hosts).
+Datasets that fit in memory are held as uint8 (or float) arrays in an
+`InMemorySource`: the bundled `digits`, `synthetic`, and image folders whose
+decoded size is within the config's `data.max_in_memory_mb`
+(`in_memory_folder`: decoded once with Pillow and cached on disk,
+`image_cache.py`). They are cropped on the devices (`in_memory.py`). Larger
+folders and TFDS datasets stream through tf.data (`tf_stream.py`).
+
+TensorFlow and TFDS are imported lazily, by TFDS sources only: `digits`,
+`synthetic` and image folders work on machines without TensorFlow (GPU hosts).
 """
 import concurrent.futures
 import dataclasses
@@ -156,11 +163,20 @@ class Source:
 
 @dataclasses.dataclass
 class InMemorySource(Source):
-  """Images held in numpy: float32 in [0, 1] or uint8 [N, H, W, 3] per split."""
+  """Images held in numpy: float32 in [0, 1] or uint8 [N, H, W, 3] per split.
+
+  Attributes:
+    images: split -> [N, H, W, 3] (one H, W per split).
+    labels: split -> int32 [N].
+    num_skipped: split -> files left out when it was decoded from a folder.
+    cache_path: the on-disk cache it was read from ('' if none).
+  """
   name: str
   num_classes: int
   images: Mapping[str, np.ndarray]
   labels: Mapping[str, np.ndarray]
+  num_skipped: Mapping[str, int] = dataclasses.field(default_factory=dict)
+  cache_path: str = ''
 
   def raw_splits(self):
     return tuple(self.images)
@@ -426,7 +442,7 @@ def hold_out(source: Source, num_examples: int) -> Source:
               HELD_OUT: data['train'][held]},
       'labels': {**source.labels, 'train': source.labels['train'][rest],
                  HELD_OUT: source.labels['train'][held]}}
-  if isinstance(source, FolderSource):  # skipped files stay counted in train
+  if source.num_skipped:  # skipped files stay counted in train
     changes['num_skipped'] = {**source.num_skipped, HELD_OUT: 0}
   return dataclasses.replace(source, **changes)
 
@@ -475,12 +491,18 @@ def folder_source(root: str, *, validate_files: bool = True) -> FolderSource:
   Args:
     root: the folder.
     validate_files: read each file's first bytes and last 1 KiB once. Files
-      that are not JPEG/PNG, or whose end marker is missing and that TensorFlow
+      that are not JPEG/PNG, or whose end marker is missing and that Pillow
       then fails to decode (truncated), are left out and counted in a warning.
-      The pipeline's `ignore_errors` also drops anything that still fails.
+      The streaming pipeline's `ignore_errors` also drops anything that still
+      fails. False: the listing only (the in-memory path decodes every file
+      anyway, `in_memory_folder`).
 
   Returns:
     A `FolderSource`.
+
+  Raises:
+    ValueError: the folder is missing, a split holds no (decodable) image, or
+      the splits' class folders differ.
   """
   root = os.path.abspath(os.path.expanduser(root))
   if not os.path.isdir(root):
@@ -530,6 +552,57 @@ def folder_source(root: str, *, validate_files: bool = True) -> FolderSource:
                       files, labels, skipped)
 
 
+def decoded_bytes(source: FolderSource, side: int = 0) -> int | None:
+  """Bytes of the folder's images as uint8 arrays, from its listing.
+
+  Args:
+    source: a `FolderSource` (validated or only listed).
+    side: the cache side (`in_memory_folder`); 0: the images' own size, read
+      from the first readable file's header (all must share it).
+
+  Returns:
+    The size in bytes, or None when no header could be read.
+  """
+  n = sum(len(f) for f in source.files.values())
+  if side:
+    return n * side * side * 3
+  from byol_jax.data import image_cache  # pylint: disable=g-import-not-at-top
+  shape = image_cache.image_shape(list(source.files['train']))
+  return None if shape is None else n * shape[0] * shape[1] * 3
+
+
+def in_memory_folder(source: FolderSource, *, side: int = 0,
+                     cache_dir: str = '') -> InMemorySource:
+  """The folder's images decoded once (Pillow) and held as uint8 arrays.
+
+  Read from the on-disk cache when the folder is unchanged (image_cache.py:
+  keyed by every file's path, size and mtime; a corrupt cache is rebuilt).
+  Files Pillow cannot decode, or that are not JPEG/PNG, are left out and
+  counted in `num_skipped` (and logged).
+
+  Args:
+    source: a `FolderSource`, typically only listed (validate_files=False).
+    side: 0 to keep the images' own size (all must share it); S > 0: the
+      shorter side resized to S and the central S x S square kept.
+    cache_dir: the cache's parent directory ('' for the default,
+      image_cache.default_cache_dir()).
+
+  Returns:
+    An `InMemorySource` with the same name, classes and splits.
+
+  Raises:
+    ValueError: a split with no decodable image, or (side 0) images of
+      different sizes.
+  """
+  from byol_jax.data import image_cache  # pylint: disable=g-import-not-at-top
+  arrays = image_cache.folder_arrays(
+      source.root, source.files, source.labels, source.class_names,
+      side=side, cache_dir=cache_dir)
+  return InMemorySource(source.name, source.num_classes, dict(arrays.images),
+                        dict(arrays.labels), dict(arrays.num_skipped),
+                        arrays.path)
+
+
 def _list_images(folder):
   for dirpath, _, names in os.walk(folder):
     for n in names:  # hidden files (macOS '._x.jpg') are not images
@@ -570,13 +643,13 @@ def _validate(paths) -> list[bool]:
   ok = [s == 'ok' for s in status]
   suspects = [i for i, s in enumerate(status) if s == 'suspect']
   if suspects:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import PIL.Image  # pylint: disable=g-import-not-at-top
     for i in suspects:  # rare: truncated files or trailing junk
       try:
-        tf.io.decode_image(tf.io.read_file(paths[i]), channels=3,
-                           expand_animations=False)
+        with PIL.Image.open(paths[i]) as im:
+          im.convert('RGB')
         ok[i] = True
-      except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+      except (OSError, ValueError, SyntaxError):
         pass
   return ok
 

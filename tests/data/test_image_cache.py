@@ -1,0 +1,201 @@
+"""Image folders decoded once (Pillow) and cached on disk: byol_jax/data/image_cache.py."""
+import io
+import logging
+import os
+import pathlib
+import zlib
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from byol_jax import configs
+from byol_jax import plan
+from byol_jax.data import image_cache
+from byol_jax.data import sources
+
+
+def _image(seed, size=(6, 5)):
+  """A random uint8 [H, W, 3] image; size is (height, width)."""
+  return np.random.default_rng(seed).integers(0, 256, size + (3,), np.uint8)
+
+
+def _make_folder(root: pathlib.Path):
+  """train/{a,b}: 3 + 2 lossless PNGs, a truncated PNG, a text '.jpg';
+  test/{a,b}: one PNG each. Returns {relative path: image} of the good ones."""
+  good = {}
+  for split, counts in (('train', (3, 2)), ('test', (1, 1))):
+    for cls, n in zip('ab', counts):
+      os.makedirs(root / split / cls, exist_ok=True)
+      for i in range(n):
+        rel = f'{split}/{cls}/{i}.png'
+        good[rel] = _image(zlib.crc32(rel.encode()))
+        PIL.Image.fromarray(good[rel]).save(root / rel)
+  buf = io.BytesIO()
+  PIL.Image.fromarray(_image(7, (40, 40))).save(buf, format='PNG')
+  (root / 'train' / 'a' / 'truncated.png').write_bytes(buf.getvalue()[:200])
+  (root / 'train' / 'b' / 'notes.jpg').write_text('not an image\n')
+  return good
+
+
+def _load(root, cache, side=0):
+  listing = sources.get_source(f'folder:{root}', validate_files=False)
+  return sources.in_memory_folder(listing, side=side, cache_dir=str(cache))
+
+
+def _expected(good, split):
+  names = sorted(k for k in good if k.startswith(split + '/'))
+  return np.stack([good[k] for k in names])
+
+
+def test_folder_is_decoded_skips_counted_then_read_from_cache(tmp_path,
+                                                              caplog):
+  root, cache = tmp_path / 'data', tmp_path / 'cache'
+  good = _make_folder(root)
+  with caplog.at_level(logging.INFO):
+    src = _load(root, cache)
+  assert isinstance(src, sources.InMemorySource)
+  assert src.name == f'folder:{root}' and src.num_classes == 2
+  np.testing.assert_array_equal(src.images['train'], _expected(good, 'train'))
+  np.testing.assert_array_equal(src.images['test'], _expected(good, 'test'))
+  assert src.images['train'].dtype == np.uint8
+  np.testing.assert_array_equal(src.labels['train'], [0, 0, 0, 1, 1])
+  assert src.num_skipped == {'train': 2, 'test': 0}
+  assert "split 'train': 5 of 7 files held in memory as 6x5 uint8" in (
+      caplog.text)
+  assert '2 skipped (not decodable JPEG/PNG); decoded and cached in' in (
+      caplog.text)
+  [entry] = os.listdir(cache)
+  assert entry.startswith('data-0-') and src.cache_path == str(cache / entry)
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    again = _load(root, cache)
+  assert 'read from' in caplog.text and '2 skipped' in caplog.text
+  np.testing.assert_array_equal(again.images['train'], src.images['train'])
+  assert again.num_skipped == src.num_skipped
+
+
+def _rebuilt(caplog) -> bool:
+  return 'decoded and cached in' in caplog.text
+
+
+@pytest.mark.parametrize('change', ['modify', 'add', 'corrupt', 'remove'])
+def test_a_changed_folder_rebuilds_the_cache(tmp_path, caplog, change):
+  root, cache = tmp_path / 'data', tmp_path / 'cache'
+  good = _make_folder(root)
+  first = _load(root, cache)
+  target = root / 'train' / 'b' / '1.png'
+  if change == 'modify':  # new pixels, an old mtime
+    PIL.Image.fromarray(255 - good['train/b/1.png']).save(target)
+    os.utime(target, ns=(1, 2))
+  elif change == 'add':
+    PIL.Image.fromarray(_image(99)).save(root / 'train' / 'b' / '2.png')
+  elif change == 'corrupt':
+    target.write_bytes(b'\x89PNG\r\n\x1a\n' + b'\0' * 40)
+  else:
+    target.unlink()
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    src = _load(root, cache)
+  assert _rebuilt(caplog)
+  n = {'modify': 5, 'add': 6, 'corrupt': 4, 'remove': 4}[change]
+  assert len(src.images['train']) == n
+  assert src.num_skipped['train'] == (3 if change == 'corrupt' else 2)
+  if change == 'corrupt':
+    assert '3 skipped (not decodable JPEG/PNG)' in caplog.text
+  if change == 'modify':
+    np.testing.assert_array_equal(src.images['train'][-1],
+                                  255 - good['train/b/1.png'])
+  assert len(first.images['train']) == 5
+  assert len(os.listdir(cache)) == 1  # the stale cache is removed
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'flip_byte', 'manifest'])
+def test_a_corrupt_cache_is_rebuilt_not_trusted(tmp_path, caplog, damage):
+  root, cache = tmp_path / 'data', tmp_path / 'cache'
+  good = _make_folder(root)
+  first = _load(root, cache)
+  path = pathlib.Path(first.cache_path)
+  npy = path / 'train.images.npy'
+  data = npy.read_bytes()
+  if damage == 'truncate':
+    npy.write_bytes(data[:len(data) - 17])
+  elif damage == 'flip_byte':  # a pixel: only the sha256 can tell
+    npy.write_bytes(data[:-5] + bytes([data[-5] ^ 0xFF]) + data[-4:])
+  else:
+    (path / 'manifest.json').write_text('{"key": ')
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    src = _load(root, cache)
+  assert 'is incomplete or corrupt' in caplog.text and _rebuilt(caplog)
+  np.testing.assert_array_equal(src.images['train'], _expected(good, 'train'))
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    _load(root, cache)
+  assert not _rebuilt(caplog)  # the rebuilt cache is good
+
+
+def test_mixed_sizes_need_a_cache_side(tmp_path):
+  root = tmp_path / 'mixed'
+  for i, size in enumerate(((10, 12), (20, 14))):
+    os.makedirs(root / 'c', exist_ok=True)
+    PIL.Image.fromarray(_image(i, size)).save(root / 'c' / f'{i}.png')
+  with pytest.raises(ValueError, match=r'different sizes \(e.g. 12x10 and '
+                     r'14x20\); set --config.data.cache_side=N'):
+    _load(root, tmp_path / 'cache')
+  src = _load(root, tmp_path / 'cache', side=8)
+  assert src.images['train'].shape == (2, 8, 8, 3)
+  # The 10x12 image: shorter side 10 -> 8 (width 12 -> 10), central 8x8.
+  expected = np.asarray(PIL.Image.fromarray(_image(0, (10, 12))).resize(
+      (10, 8), PIL.Image.BICUBIC))[:, 1:9]
+  np.testing.assert_array_equal(src.images['train'][0], expected)
+
+
+def _tiny(source, *overrides):
+  config = configs.build('tiny')
+  config.data.source = source
+  for key, value in overrides:
+    section, field = key.split('.')
+    config[section][field] = value
+  return config
+
+
+def test_plan_holds_a_folder_that_fits_in_memory_and_streams_a_larger_one(
+    tmp_path, monkeypatch):
+  root = tmp_path / 'data'
+  _make_folder(root)
+  one = plan.Topology(1, 1)
+  cache = ('data.cache_dir', str(tmp_path / 'cache'))
+  run = plan.build(_tiny(f'folder:{root}', cache), topology=one)
+  assert isinstance(run.source, sources.InMemorySource)
+  d = run.config.derived
+  assert d.data_path == 'in_memory' and d.num_train_examples == 5
+  assert d.in_memory_mb == round(7 * 6 * 5 * 3 / 2**20, 1)
+  dry = plan.build(_tiny(f'folder:{root}', cache), topology=one,
+                   read_data=False).config.derived
+  assert dry.data_path == 'in_memory'
+  assert dry.in_memory_mb == round(9 * 6 * 5 * 3 / 2**20, 1)  # listed files
+  streamed = plan.build(_tiny(f'folder:{root}', cache,
+                              ('data.max_in_memory_mb', 0)), topology=one)
+  assert type(streamed.source) is sources.FolderSource  # validated
+  assert streamed.config.derived.data_path == 'streaming'
+  assert streamed.source.num_skipped == {'train': 2, 'test': 0}
+  assert plan.trajectory(run.config)['derived.data_path'] == 'in_memory'
+  monkeypatch.setattr(plan, '_tensorflow_importable', lambda: False)
+  with pytest.raises(plan.ConfigError,
+                     match=r"^data.source='folder:.*': its decoded size "
+                     r'\(0.0 MiB\) is above data.max_in_memory_mb=0, so it '
+                     r'streams through tf.data, and TensorFlow is not '
+                     r'importable; install it'):
+    plan.build(_tiny(f'folder:{root}', cache, ('data.max_in_memory_mb', 0)),
+               topology=one)
+  plan.build(_tiny(f'folder:{root}', cache), topology=one)  # needs no TF
+
+
+@pytest.mark.parametrize('field,value', [
+    ('data.max_in_memory_mb', -1), ('data.cache_side', -3),
+    ('data.in_memory_on', 'gpu')])
+def test_bad_in_memory_fields_are_config_errors(field, value):
+  with pytest.raises(plan.ConfigError, match=f'^{field}='):
+    plan.build(_tiny('digits', (field, value)), topology=plan.Topology(1, 1),
+               read_data=False)
