@@ -167,7 +167,8 @@ def _initial_state(config, method, optimizer, source):
         global_batch_size=config.training.modified_init_batch_size,
         image_size=config.data.image_size, seed=config.seed + 1,
         process_index=0, process_count=1, local_device_count=1,
-        min_crop_area=config.data.min_crop_area))
+        min_crop_area=config.data.min_crop_area,
+        in_memory_on=config.data.in_memory_on))
     images = batch['view1'][0]
     keys = ts.example_keys(jax.random.PRNGKey(config.seed + 2),
                            images.shape[0], None)
@@ -247,7 +248,8 @@ def run(config, workdir, *, source) -> dict:
       source, split=config.data.pretrain_split,
       global_batch_size=t.global_batch_size, image_size=config.data.image_size,
       seed=config.seed, start_step=step,
-      min_crop_area=config.data.min_crop_area))
+      min_crop_area=config.data.min_crop_area,
+      in_memory_on=config.data.in_memory_on))
   rstate = ts.replicate(state)
   del state
   p_update = ts.pmap_update(update)

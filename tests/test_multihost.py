@@ -415,6 +415,7 @@ def test_host_shards_are_disjoint_and_make_the_global_batch():
       pipeline.make_pretrain_iterator, **kwargs)
   seen = [[], []]
   for _, a, b, both in zip(range(steps), *hosts, merged):
+    a, b = ({k: np.asarray(v) for k, v in x.items()} for x in (a, b))
     assert a['label'].shape == b['label'].shape == (4, host_batch // 4)
     assert not set(a['label'].ravel()) & set(b['label'].ravel())
     for key in ('view1', 'view2', 'label'):

@@ -35,7 +35,8 @@ NUM_U = 4  # uniforms per crop: area, log-ratio, y offset, x offset.
 SALT_PERM, SALT_CROP, SALT_FILES, SALT_WINDOW = 1, 2, 3, 4
 
 
-def sample_crop(xp, u, height, width, min_area=AREA_RANGE[0]):
+def sample_crop(xp, u, height, width, min_area=AREA_RANGE[0],
+                index_dtype='int64'):
   """Random-resized-crop box from uniforms: the official BYOL sampler.
 
   area = U[min_area, 1] x height x width, ratio = exp(U[log 3/4, log 4/3]),
@@ -44,17 +45,20 @@ def sample_crop(xp, u, height, width, min_area=AREA_RANGE[0]):
   over the positions where the box fits.
 
   Args:
-    xp: `numpy` or a `TfOps` (the same few numpy functions in TensorFlow).
-    u: [..., NUM_U] float64 uniforms in [0, 1).
+    xp: `numpy`, `jax.numpy` (the in-memory path, on device) or a `TfOps`
+      (the same few numpy functions in TensorFlow).
+    u: [..., NUM_U] float uniforms in [0, 1); the arithmetic runs in their
+      dtype (float64 on the host, float32 on device).
     height: image height(s), broadcastable to u[..., 0].
     width: image width(s).
     min_area: smallest crop area as a fraction of the image (BYOL: 0.08).
+    index_dtype: dtype of the returned box ('int32' under JAX).
 
   Returns:
-    (y0, x0, crop_height, crop_width) int64 arrays of shape u.shape[:-1].
+    (y0, x0, crop_height, crop_width) integer arrays of shape u.shape[:-1].
   """
-  h = xp.asarray(height, xp.float64)
-  w = xp.asarray(width, xp.float64)
+  h = xp.asarray(height, u.dtype)
+  w = xp.asarray(width, u.dtype)
   area = h * w * (min_area + (AREA_RANGE[1] - min_area) * u[..., 0])
   lo, hi = math.log(ASPECT_RANGE[0]), math.log(ASPECT_RANGE[1])
   ratio = xp.exp(lo + (hi - lo) * u[..., 1])
@@ -63,7 +67,7 @@ def sample_crop(xp, u, height, width, min_area=AREA_RANGE[0]):
   ch = xp.minimum(xp.maximum(xp.round(xp.sqrt(area / ratio)), 1.), h)
   y0 = xp.floor(u[..., 2] * (h - ch + 1))
   x0 = xp.floor(u[..., 3] * (w - cw + 1))
-  return tuple(xp.asarray(v, xp.int64) for v in (y0, x0, ch, cw))
+  return tuple(xp.asarray(v, index_dtype) for v in (y0, x0, ch, cw))
 
 
 class TfOps:

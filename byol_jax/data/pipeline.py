@@ -1,25 +1,31 @@
-"""Host input pipelines: per-host shard, shuffle, repeat, crop, batch, prefetch.
+"""Input pipelines: per-host batches of crops, for a pmapped step.
 
-Every iterator yields dicts of numpy arrays shaped [local_devices,
-per_device_batch, ...] for a pmapped step; `prefetch_to_device` puts them on
-the local devices. The host does only decode + crop + resize; colour
-augmentations run on device (`augment.py`).
+Every iterator yields dicts of arrays shaped [local_devices,
+per_device_batch, ...]; colour augmentations run later, on device
+(`augment.py`). Two paths, chosen by the source:
 
-Determinism and resumption. A host owns a fixed shard of the split's example
-indices. Its stream is epoch 0's permutation of the shard, then epoch 1's, ...
-and every random draw for an example (its crops, its flip) is a stateless
-function of (seed, epoch, global example index, view). Batch k is stream
-positions [k * host_batch, (k + 1) * host_batch), so `start_step=k` jumps to
-epoch (k * host_batch) // shard_size and skips the rest on the index stream,
-before anything is read or decoded.
+  * in memory (`InMemorySource`: digits, synthetic, image folders that fit;
+    `in_memory.py`): the uint8 arrays sit on the devices, and each step
+    gathers its examples and crops, resizes and flips them ON the devices.
+    The batches are jax.Arrays already sharded over the local devices. No
+    TensorFlow, no host work beyond an index per example.
+  * streaming (`FolderSource`, `TfdsSource`; `tf_stream.py`): tf.data on
+    each host reads its own shard, decodes and crops; numpy batches, which
+    `prefetch_to_device` moves to the devices.
 
-Two implementations share this contract: tf.data for `folder:` and `tfds:`
-sources (`tf_stream.py`, TensorFlow imported lazily), numpy for in-memory
-sources (`digits`, `synthetic`; `np_stream.py`), so GPU machines without
-TensorFlow can train on them. Both draw crops with `crops.sample_crop`, the
-same code run on numpy or on TensorFlow ops (`crops.TfOps`), and both resize
-with Keys' bicubic kernel, then clip to [0, 1]. This module holds the public
-API, the argument and batch-layout checks, and the dispatch between the two.
+Both draw crop boxes with `crops.sample_crop` (the official BYOL sampler)
+and resize with Keys' bicubic kernel, then clip to [0, 1].
+
+Determinism and resumption. Every random draw for an example (its crops,
+its flip) is a stateless function of the seed and the example's place in
+the stream, and batch k is stream positions [k * batch, (k + 1) * batch), so
+`start_step=k` starts there without reading or decoding what it skips. In
+memory the stream is global (each epoch a permutation of the whole split;
+host h takes its part of each global batch), so batches do not depend on
+the number of devices or hosts; streaming, a host owns a fixed shard of
+the split and its stream is epoch 0's permutation of the shard, then epoch
+1's, ... (details in in_memory.py and tf_stream.py). This module holds the
+public API, the argument and batch-layout checks, and the dispatch.
 """
 import collections
 from typing import Any, Iterator
@@ -28,16 +34,14 @@ import jax
 import numpy as np
 
 from byol_jax.data import crops
-from byol_jax.data import np_stream
+from byol_jax.data import in_memory
 from byol_jax.data import sources as sources_lib
 from byol_jax.data import tf_stream
 
-# Re-exported: the crop constants and the numpy thread count are part of this
-# module's public API (benchmarks/input_pipeline.py uses numpy_threads).
+# Re-exported: the crop constants are part of this module's public API.
 AREA_RANGE = crops.AREA_RANGE
 ASPECT_RANGE = crops.ASPECT_RANGE
 CENTER_CROP_FRACTION = crops.CENTER_CROP_FRACTION
-numpy_threads = crops.numpy_threads
 
 
 class _Layout:
@@ -101,7 +105,8 @@ def make_pretrain_iterator(
     process_index: int | None = None, process_count: int | None = None,
     local_device_count: int | None = None,
     num_threads: int | None = None,
-    min_crop_area: float = AREA_RANGE[0]) -> Iterator[dict[str, np.ndarray]]:
+    min_crop_area: float = AREA_RANGE[0],
+    in_memory_on: str = 'device') -> Iterator[dict[str, np.ndarray]]:
   """Infinite, shuffled, resumable stream of BYOL's two crops per image.
 
   Args:
@@ -120,18 +125,21 @@ def make_pretrain_iterator(
     num_threads: tf.data private thread pool size (default: all cores).
     min_crop_area: smallest crop area, as a fraction of the image (BYOL's
       0.08; tiny images such as the 8x8 digits need larger crops).
+    in_memory_on: in-memory sources: where the images live, 'device' (a copy
+      on each local device) or 'host' (gathered there); the same batches.
 
   Returns:
     Iterator of {'view1', 'view2': float32 [local_devices, per_device,
     image_size, image_size, 3] in [0, 1]; 'label': int32 [local_devices,
-    per_device]}.
+    per_device]}: numpy arrays when streaming, jax.Arrays sharded over the
+    first `local_device_count` local devices when in memory.
   """
   _check_args(split, image_size, seed, start_step)
   layout = _Layout(global_batch_size, process_index, process_count,
                    local_device_count)
   return _random_iterator(source, split, layout, seed, start_step, image_size,
                           views=2, flip=False, num_threads=num_threads,
-                          min_area=min_crop_area)
+                          min_area=min_crop_area, on=in_memory_on)
 
 
 def make_supervised_iterator(
@@ -140,7 +148,8 @@ def make_supervised_iterator(
     process_index: int | None = None, process_count: int | None = None,
     local_device_count: int | None = None,
     num_threads: int | None = None,
-    min_crop_area: float = AREA_RANGE[0]) -> Iterator[dict[str, np.ndarray]]:
+    min_crop_area: float = AREA_RANGE[0],
+    in_memory_on: str = 'device') -> Iterator[dict[str, np.ndarray]]:
   """Infinite stream for linear-probe training: random-resized crop + flip.
 
   Same arguments and guarantees as `make_pretrain_iterator`.
@@ -155,7 +164,7 @@ def make_supervised_iterator(
                    local_device_count)
   it = _random_iterator(source, split, layout, seed, start_step, image_size,
                         views=1, flip=True, num_threads=num_threads,
-                        min_area=min_crop_area)
+                        min_area=min_crop_area, on=in_memory_on)
   return ({'image': b['view1'], 'label': b['label']} for b in it)
 
 
@@ -163,7 +172,8 @@ def make_eval_iterator(
     source: sources_lib.Source, *, split: str, global_batch_size: int,
     image_size: int, process_index: int | None = None,
     process_count: int | None = None, local_device_count: int | None = None,
-    num_threads: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    num_threads: int | None = None,
+    in_memory_on: str = 'device') -> Iterator[dict[str, np.ndarray]]:
   """One pass over this host's shard in order, centre-cropped, padded.
 
   Every host yields `num_eval_batches(source.num_examples(split), ...)`
@@ -179,17 +189,20 @@ def make_eval_iterator(
     process_count: hosts (default jax.process_count()).
     local_device_count: devices of this host (default jax.local_device_count()).
     num_threads: tf.data private thread pool size (default: all cores).
+    in_memory_on: see make_pretrain_iterator.
 
   Returns:
     Iterator of {'image': float32 [local_devices, per_device, image_size,
-    image_size, 3] in [0, 1], 'label': int32 [...], 'mask': bool [...]}.
+    image_size, 3] in [0, 1], 'label': int32 [...], 'mask': bool [...]}
+    (jax.Arrays on the devices for in-memory sources).
   """
   _check_args(split, image_size)
   layout = _Layout(global_batch_size, process_index, process_count,
                    local_device_count)
   raw = source.resolve_split(split)
   if isinstance(source, sources_lib.InMemorySource):
-    return np_stream.eval_iterator(source, raw, layout, image_size)
+    return in_memory.eval_iterator(source, raw, layout, image_size,
+                                   in_memory_on)
   return tf_stream.eval_iterator(source, raw, layout, image_size, num_threads)
 
 
@@ -205,7 +218,8 @@ def prefetch_to_device(iterator: Iterator[Any], size: int = 2,
   the transfer of the next `size` batches overlaps the current step.
 
   Args:
-    iterator: yields pytrees of numpy arrays with leading axis len(devices).
+    iterator: yields pytrees of numpy arrays with leading axis len(devices)
+      (jax.Arrays, e.g. the in-memory path's, pass through unchanged).
     size: number of batches in flight.
     devices: target devices.
 
@@ -225,7 +239,9 @@ def prefetch_to_device(iterator: Iterator[Any], size: int = 2,
         batch = next(iterator)
       except StopIteration:
         return
-      queue.append(jax.tree.map(lambda x: jax.device_put(x, sharding), batch))
+      queue.append(jax.tree.map(
+          lambda x: x if isinstance(x, jax.Array) else jax.device_put(
+              x, sharding), batch))
 
   enqueue(size)
   while queue:
@@ -234,12 +250,11 @@ def prefetch_to_device(iterator: Iterator[Any], size: int = 2,
 
 
 def _random_iterator(source, split, layout, seed, start_step, image_size,
-                     views, flip, num_threads, min_area):
+                     views, flip, num_threads, min_area, on):
   raw = source.resolve_split(split)
   if isinstance(source, sources_lib.InMemorySource):
-    return np_stream.random_iterator(source, raw, layout, seed,
-                                     start_step, image_size, views, flip,
-                                     min_area)
+    return in_memory.random_iterator(source, raw, layout, seed, start_step,
+                                     image_size, views, flip, min_area, on)
   return tf_stream.random_iterator(source, raw, layout, seed, start_step,
                                    image_size, views, flip, num_threads,
                                    min_area)

@@ -142,7 +142,8 @@ def extract_features(config, source, params, state, *, split: str,
   source, split, max_examples = _limit(source, split, max_examples)
   it = pipeline.make_eval_iterator(
       source, split=split, global_batch_size=gb,
-      image_size=config.data.image_size, local_device_count=len(local))
+      image_size=config.data.image_size, local_device_count=len(local),
+      in_memory_on=config.data.get('in_memory_on', 'device'))
   num_batches = pipeline.num_eval_batches(source.num_examples(split), gb)
   if max_examples is not None:
     num_batches = min(num_batches, -(-max_examples // gb))
@@ -400,7 +401,8 @@ def _train_augmented(config, source, params, state, num_classes, peak,
       source, split=e.train_split, global_batch_size=e.global_batch_size,
       image_size=config.data.image_size, seed=config.seed,
       local_device_count=len(local),
-      min_crop_area=config.data.get('min_crop_area', 0.08))
+      min_crop_area=config.data.get('min_crop_area', 0.08),
+      in_memory_on=config.data.get('in_memory_on', 'device'))
   classifier = _classifier(num_classes)
   dim = resnet.feature_size(config.model.depth, config.model.width_multiplier)
   clf_params = classifier.init(jax.random.PRNGKey(0),
