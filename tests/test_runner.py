@@ -190,7 +190,10 @@ def _final_state(workdir):
 
 
 def test_exact_resume_after_sigterm_and_sigkill(tmp_path):
-  """Preempted (SIGTERM), then killed (SIGKILL), then resumed: bit-identical."""
+  """Preempted (SIGTERM), then killed (SIGKILL), then resumed: bit-identical.
+
+  The digits are on the in-memory path: crops made on the devices.
+  """
   steps = 12
   straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
   proc = _launch(straight, steps)
@@ -212,6 +215,9 @@ def test_exact_resume_after_sigterm_and_sigkill(tmp_path):
 
   proc = _launch(resumed, steps)
   assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
+  for workdir in (straight, resumed):
+    saved = json.loads((workdir / 'config.json').read_text())
+    assert saved['derived']['data_path'] == 'in_memory'
   step_a, a = _final_state(straight)
   step_b, b = _final_state(resumed)
   assert step_a == step_b == steps

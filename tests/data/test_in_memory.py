@@ -165,3 +165,42 @@ def test_eval_is_the_centre_crop_padded_and_placement_logged(caplog):
   ref = in_memory.crop_resize(jnp.asarray(src.images['test'][:8]),
                               (1, 1, 14, 14), 8)
   np.testing.assert_allclose(image[:8], ref, atol=1e-6)
+
+
+def test_a_training_step_on_8_devices_equals_1_device():
+  """The in-memory batch and the update (GN+WS tiny) on 8 devices and on 1."""
+  from byol_jax import configs  # pylint: disable=g-import-not-at-top
+  from byol_jax import experiment  # pylint: disable=g-import-not-at-top
+  from byol_jax import plan  # pylint: disable=g-import-not-at-top
+  from byol_jax import train_state as ts  # pylint: disable=g-import-not-at-top
+  assert jax.local_device_count() == 8
+  inputs = configs.build('tiny,batch=16,steps=4', model=configs.GN_WS_MODEL)
+  inputs.training.warmup_steps = 0
+  run = plan.build(inputs, topology=plan.Topology(1, 8))
+  config = run.config
+  method, optimizer, update = experiment.make_update(config)
+  state = jax.jit(lambda: ts.init_train_state(
+      method, optimizer, jax.random.PRNGKey(0),
+      experiment.sample_images(config)))()
+  results = []
+  for n in (8, 1):
+    devices = jax.local_devices()[:n]
+    batch = next(pipeline.make_pretrain_iterator(
+        run.source, split='pretrain', global_batch_size=16,
+        image_size=config.data.image_size, seed=0, start_step=5,
+        local_device_count=n, min_crop_area=config.data.min_crop_area,
+        **ONE_HOST))
+    step = ts.pmap_update(update, devices=devices)
+    new, metrics = step(ts.replicate(state, devices), batch)
+    results.append((_flat(_host(batch)), ts.unreplicate(new),
+                    ts.unreplicate(metrics)))
+  (b8, s8, m8), (b1, s1, m1) = results
+  for key in b8:
+    np.testing.assert_allclose(b8[key], b1[key], atol=1e-6)
+  np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves((s8.online_params, s8.target_params)),
+                  jax.tree.leaves((s1.online_params, s1.target_params))):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+  moved = max(float(jnp.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(s1.online_params), jax.tree.leaves(state.online_params)))
+  assert moved > 1e-4  # the step changed the weights
