@@ -297,7 +297,8 @@ def random_iterator(source, split, layout, seed, start_step, image_size,
     step += 1
 
 
-def eval_iterator(source, split, layout, image_size, on='device'):
+def eval_iterator(source, split, layout, image_size, on='device',
+                  indices=None):
   """One padded pass over this host's shard, centre-cropped on the devices.
 
   Args:
@@ -306,14 +307,18 @@ def eval_iterator(source, split, layout, image_size, on='device'):
     layout: pipeline.py's `_Layout`.
     image_size: output side.
     on: where the images live, 'device' or 'host'.
+    indices: read only these examples of the split (in this order), from
+      the split's one placed copy; None: all.
 
   Yields:
     {'image', 'label', 'mask'} jax.Arrays [local_devices, per_device, ...].
   """
   devices = _local_devices(layout)
   placed = place(source, split, devices, on)
-  n = placed.num_examples
-  shard = layout.shard(n)
+  examples = (np.arange(placed.num_examples) if indices is None else
+              np.asarray(indices))
+  n = len(examples)
+  shard = examples[layout.shard(n)]
   fn = _compiled('center', devices, on == 'host', size=image_size)
   for b in range(layout.num_eval_batches(n)):
     idx = shard[b * layout.host_batch:(b + 1) * layout.host_batch]

@@ -172,8 +172,8 @@ def make_eval_iterator(
     source: sources_lib.Source, *, split: str, global_batch_size: int,
     image_size: int, process_index: int | None = None,
     process_count: int | None = None, local_device_count: int | None = None,
-    num_threads: int | None = None,
-    in_memory_on: str = 'device') -> Iterator[dict[str, np.ndarray]]:
+    num_threads: int | None = None, in_memory_on: str = 'device',
+    indices: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
   """One pass over this host's shard in order, centre-cropped, padded.
 
   Every host yields `num_eval_batches(source.num_examples(split), ...)`
@@ -190,6 +190,9 @@ def make_eval_iterator(
     local_device_count: devices of this host (default jax.local_device_count()).
     num_threads: tf.data private thread pool size (default: all cores).
     in_memory_on: see make_pretrain_iterator.
+    indices: in-memory sources only: read just these examples of the split
+      (e.g. the kNN monitor's fixed subset), as if they were the split;
+      None: all of it.
 
   Returns:
     Iterator of {'image': float32 [local_devices, per_device, image_size,
@@ -202,7 +205,10 @@ def make_eval_iterator(
   raw = source.resolve_split(split)
   if isinstance(source, sources_lib.InMemorySource):
     return in_memory.eval_iterator(source, raw, layout, image_size,
-                                   in_memory_on)
+                                   in_memory_on, indices)
+  if indices is not None:
+    raise ValueError(f'indices: only in-memory sources read a subset; '
+                     f'{source.name} streams')
   return tf_stream.eval_iterator(source, raw, layout, image_size, num_threads)
 
 

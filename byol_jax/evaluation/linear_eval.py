@@ -33,6 +33,13 @@ With `config.eval.augment=False` the representation of every training image
 is computed once (centre crop) and the classifier is trained on those: the
 same optimisation without augmentation, orders of magnitude cheaper on CPU.
 
+Data: the same pipelines as pre-training. In-memory datasets (digits,
+synthetic, image folders that fit) are read from the copy already on the
+devices and centre-cropped / randomly cropped there; features of a split are
+computed in a few large batches (`feature_batch_size`: about 2**24 pixels
+per device), and the kNN monitor's fixed subset is a list of indices into
+that copy, not a second copy.
+
 Multi-host: every host runs the same steps; features are all-gathered, so
 every host computes the same numbers; only process 0 writes files.
 """
@@ -95,26 +102,49 @@ def _subset_indices(n: int, max_examples: Optional[int]) -> np.ndarray:
 
 
 def _limit(source, split: str, max_examples: Optional[int]):
-  """(source, split, max_batches) reading about max_examples of split.
+  """(source, split, max_examples left to cut, indices) for about N examples.
 
   Image folders are sorted by class, so the first N images would hold only a
   few classes: for in-memory and folder sources we read a fixed random subset
-  instead. TFDS files are shuffled when prepared, so for them reading stops
-  after enough batches.
+  instead (in memory: `indices` into the split's one copy on the devices; a
+  streamed folder: a source listing only those files). TFDS files are
+  shuffled when prepared, so for them reading stops after enough batches.
   """
   if (max_examples is None or max_examples <= 0 or
       max_examples >= source.num_examples(split)):
-    return source, split, None
-  if isinstance(source, (sources.InMemorySource, sources.FolderSource)):
+    return source, split, None, None
+  idx = _subset_indices(source.num_examples(split), max_examples)
+  if isinstance(source, sources.InMemorySource):
+    return source, split, None, idx
+  if isinstance(source, sources.FolderSource):
     raw = source.resolve_split(split)
-    idx = _subset_indices(source.num_examples(split), max_examples)
-    field = 'images' if isinstance(source, sources.InMemorySource) else 'files'
-    data = getattr(source, field)
     return dataclasses.replace(
-        source, **{field: {**data, raw: data[raw][idx]},
-                   'labels': {**source.labels, raw: source.labels[raw][idx]}}
-    ), raw, None
-  return source, split, max_examples
+        source, files={**source.files, raw: source.files[raw][idx]},
+        labels={**source.labels, raw: source.labels[raw][idx]}
+    ), raw, None, None
+  return source, split, max_examples, None
+
+
+# Feature extraction runs the frozen encoder on about this many pixels per
+# device per batch (4096 images at 32 px, 334 at 224 px): a split in a few
+# large batches; inference keeps no activations for a backward pass.
+FEATURE_PIXELS_PER_DEVICE = 2**24
+
+
+def feature_batch_size(image_size: int, num_examples: int,
+                       local_devices: int, process_count: int) -> int:
+  """Images per feature-extraction batch, over all hosts.
+
+  FEATURE_PIXELS_PER_DEVICE / image_size^2 per device, but no more than the
+  split needs (a 297-image split is one batch, not a padded 4096).
+
+  Returns:
+    A positive multiple of local_devices * process_count.
+  """
+  per_host = -(-num_examples // process_count)
+  per_device = min(max(1, FEATURE_PIXELS_PER_DEVICE // image_size**2),
+                   -(-per_host // local_devices))
+  return max(1, per_device) * local_devices * process_count
 
 
 def extract_features(config, source, params, state, *, split: str,
@@ -122,8 +152,8 @@ def extract_features(config, source, params, state, *, split: str,
   """Representations of one pass over `split` (centre crops, frozen encoder).
 
   Args:
-    config: the experiment config (model, data.image_size,
-      eval.global_batch_size are read).
+    config: the experiment config (model, data.image_size and
+      data.in_memory_on are read). Batches: `feature_batch_size`.
     source: a data source (sources.get_source).
     params: unreplicated encoder params (trees with other modules are fine).
     state: unreplicated encoder state (BN moving averages).
@@ -138,13 +168,16 @@ def extract_features(config, source, params, state, *, split: str,
     on multi-host runs gathered from every host.
   """
   local = list(devices or jax.local_devices())
-  gb = config.eval.global_batch_size
-  source, split, max_examples = _limit(source, split, max_examples)
+  source, split, max_examples, indices = _limit(source, split, max_examples)
+  n = source.num_examples(split) if indices is None else len(indices)
+  gb = feature_batch_size(config.data.image_size, n, len(local),
+                          jax.process_count())
   it = pipeline.make_eval_iterator(
       source, split=split, global_batch_size=gb,
       image_size=config.data.image_size, local_device_count=len(local),
-      in_memory_on=config.data.get('in_memory_on', 'device'))
-  num_batches = pipeline.num_eval_batches(source.num_examples(split), gb)
+      in_memory_on=config.data.get('in_memory_on', 'device'),
+      indices=indices)
+  num_batches = pipeline.num_eval_batches(n, gb)
   if max_examples is not None:
     num_batches = min(num_batches, -(-max_examples // gb))
   fn = _pmapped_encoder(config.model.to_json(),

@@ -261,3 +261,27 @@ def test_sweep_uses_the_datasets_own_validation_split(setup, tmp_path,
   assert calls[1] == (1300, [results['base_learning_rate']], 2 * 5)
   assert results['sweep_valid_split'] == 'linear_valid'
   assert results['sweep_valid_examples'] == 200
+
+
+def test_features_come_from_the_in_memory_copy_in_few_large_batches(
+    setup, monkeypatch):
+  """digits: the whole 297-image test split is one batch of 8 x 38."""
+  config, source, params, state = setup
+  seen = []
+  original = linear_eval.pipeline.make_eval_iterator
+  monkeypatch.setattr(linear_eval.pipeline, 'make_eval_iterator',
+                      lambda *a, **k: seen.append(k) or original(*a, **k))
+  feats, _ = linear_eval.extract_features(config, source, params, state,
+                                          split='test')
+  assert seen[-1]['global_batch_size'] == 8 * 38 and len(feats) == 297
+  linear_eval.extract_features(config, source, params, state,
+                               split='linear_train', max_examples=1000)
+  assert seen[-1]['global_batch_size'] == 8 * 125
+  assert len(seen[-1]['indices']) == 1000
+  # One copy per split on the devices: the subset reads the train split's.
+  placed = {key[0] for key in source.__dict__['_placed']}
+  assert placed == {'train', 'test'}
+  # 32 px: 2**24 / 32**2 = 16384 images per device at most.
+  assert linear_eval.feature_batch_size(32, 10_000, 1, 1) == 10_000
+  assert linear_eval.feature_batch_size(32, 50_000, 1, 1) == 16_384
+  assert linear_eval.feature_batch_size(224, 50_000, 8, 2) == 334 * 16
