@@ -87,7 +87,8 @@ def crop_resize(images: jax.Array, box, size: int,
 
   Args:
     images: [B, H, W, 3] uint8 (0..255) or float (0..1).
-    box: (y0, x0, crop_height, crop_width), each [B] int (or broadcastable).
+    box: (y0, x0, crop_height, crop_width), each [B] (or broadcastable),
+      whole numbers (ints, or floats as crops.sample_crop returns them).
     size: output side.
     flip: optional [B] bool: mirror that example horizontally.
 
@@ -119,8 +120,8 @@ def _random_views(images, idx, pos, step, key, *, size, views, flip,
       jax.random.fold_in(step_key, p), (views, crops.NUM_U + 1)))(pos)
   out = {}
   for v in range(views):
-    box = crops.sample_crop(jnp, u[:, v, :crops.NUM_U], h, w, min_area,
-                            index_dtype='int32')
+    box = crops.sample_crop(jnp, u[:, v, :crops.NUM_U], float(h), float(w),
+                            min_area)
     out[f'view{v + 1}'] = crop_resize(
         x, box, size, (u[:, v, crops.NUM_U] < 0.5) if flip else None)
   return out
@@ -130,7 +131,7 @@ def _center_view(images, idx, mask, *, size, gathered):
   """One device's centre crops, zero where mask is False."""
   x = images if gathered else images[idx]
   h, w = x.shape[1:3]
-  box = crops.center_crop(np, h, w, size)
+  box = crops.center_crop(np, float(h), float(w), size)
   image = crop_resize(x, box, size)
   return image * mask[:, None, None, None]
 

@@ -54,6 +54,11 @@ def _tf_decode_crop(tf, image_bytes, box_fn):
   return tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
 
 
+def _int_box(tf, box):
+  """crops' float box (whole numbers) -> int64 tensors."""
+  return tuple(tf.cast(v, tf.int64) for v in box)
+
+
 def _tf_resize(tf, image, size):
   # Bicubic then clip, as the official byol/utils/dataset.py.
   image = tf.image.resize(image, [size, size], method='bicubic')
@@ -218,7 +223,6 @@ def random_iterator(source, split, layout, seed, start_step, image_size,
     per_device, ...].
   """
   tf = _import_tf()
-  tnp = crops.TfOps(tf)
   seed_t = tf.constant([seed, 0], tf.int64)
   ds, load, _ = _tf_stream(tf, source, split, layout, seed_t,
                            start_step * layout.host_batch, shuffle=True)
@@ -231,8 +235,9 @@ def random_iterator(source, split, layout, seed, start_step, image_size,
       u = tf.random.stateless_uniform([crops.NUM_U + 1],
                                       _fold(tf, example_seed, v),
                                       dtype=tf.float64)
-      box = lambda h, w, u=u: crops.sample_crop(tnp, u[:crops.NUM_U], h, w,
-                                                min_area)
+      box = lambda h, w, u=u: _int_box(tf, crops.sample_crop(
+          tf.math, u[:crops.NUM_U], tf.cast(h, tf.float64),
+          tf.cast(w, tf.float64), min_area))
       image = _tf_resize(tf, _tf_decode_crop(tf, image_bytes, box), image_size)
       if flip:
         image = tf.where(u[crops.NUM_U] < 0.5, tf.reverse(image, [1]), image)
@@ -262,9 +267,9 @@ def eval_iterator(source, split, layout, image_size, num_threads):
     per_device, ...].
   """
   tf = _import_tf()
-  tnp = crops.TfOps(tf)
   ds, load, _ = _tf_stream(tf, source, split, layout, None, 0, shuffle=False)
-  box = lambda h, w: crops.center_crop(tnp, h, w, image_size)
+  box = lambda h, w: _int_box(tf, crops.center_crop(
+      tf.math, tf.cast(h, tf.float64), tf.cast(w, tf.float64), image_size))
 
   def center(e, i, payload):
     del e, i

@@ -139,8 +139,7 @@ def test_device_sampler_is_the_official_one():
   """sample_crop on device (float32) cuts numpy's (float64) boxes."""
   u = np.random.default_rng(0).random((4000, crops.NUM_U)).astype(np.float32)
   host = crops.sample_crop(np, u.astype(np.float64), 375, 500)
-  device = jax.jit(lambda u: crops.sample_crop(jnp, u, 375, 500,
-                                               index_dtype='int32'))(u)
+  device = jax.jit(lambda u: crops.sample_crop(jnp, u, 375., 500.))(u)
   same = np.all([np.asarray(d) == h for d, h in zip(device, host)], axis=0)
   assert same.mean() > 0.995  # float32 vs float64 rounding at .5 only
   y0, x0, h, w = (np.asarray(x) for x in device)

@@ -293,13 +293,25 @@ def test_eval_center_crop_in_memory_matches_streaming(tmp_path):
   assert np.abs(a - whole).mean() > 0.05
 
 
-def test_crop_sampler_numpy_equals_tf_and_distribution():
+def test_crop_boxes_of_the_streaming_path_are_the_specification():
+  """tf.math (inside tf.data) cuts numpy's boxes from the same uniforms."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   u = np.random.default_rng(0).random((4000, crops.NUM_U))
   box_np = crops.sample_crop(np, u, 375, 500)
-  box_tf = crops.sample_crop(crops.TfOps(tf), tf.constant(u), 375, 500)
+  box_tf = crops.sample_crop(tf.math, tf.constant(u), tf.constant(375.,
+                                                                  tf.float64),
+                             tf.constant(500., tf.float64))
   for a, b in zip(box_np, box_tf):
     np.testing.assert_array_equal(a, b.numpy())
+  for h, w, size in ((375, 500, 224), (32, 32, 32), (33, 40, 32), (8, 8, 16)):
+    centre_np = crops.center_crop(np, float(h), float(w), size)
+    centre_tf = crops.center_crop(tf.math, tf.constant(float(h), tf.float64),
+                                  tf.constant(float(w), tf.float64), size)
+    np.testing.assert_array_equal(centre_np, [x.numpy() for x in centre_tf])
+    side = min(h, w)
+    crop = int(side * 224 / 256) if side > size else side
+    assert tuple(centre_np) == ((h - crop + 1) // 2, (w - crop + 1) // 2,
+                                crop, crop)
   y0, x0, h, w = box_np
   assert (y0 >= 0).all() and (x0 >= 0).all()
   assert (y0 + h <= 375).all() and (x0 + w <= 500).all()
