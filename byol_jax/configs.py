@@ -178,14 +178,15 @@ def build(arg=None, *, method='byol', extra_options=(), model=None,
       held_out_examples=0,
       num_classes=-1,  # -1: the dataset's.
       # Datasets that fit in memory are decoded once, held as uint8 and
-      # cropped on the devices (no TensorFlow): digits and synthetic always,
-      # image folders whose decoded size is at most this many MiB (CIFAR-10:
-      # 176 MiB). Larger folders and TFDS datasets stream through tf.data.
-      # 0: folders always stream.
+      # cropped on the devices: digits and synthetic always, image folders
+      # (no TensorFlow needed) and TFDS datasets whose decoded size is at
+      # most this many MiB (CIFAR-10: 176 MiB). Larger ones stream through
+      # tf.data. 0: folders and TFDS datasets always stream.
       max_in_memory_mb=4096,
-      # Side at which a folder's images are held: 0 keeps their own size (all
-      # must share it, as CIFAR-10's and STL-10's do); N resizes each
-      # shorter side to N and keeps the central N x N square (Imagenette).
+      # Side at which a folder's (or TFDS set's) images are held in memory:
+      # 0 keeps their own size (all must share it, as CIFAR-10's and
+      # STL-10's do; else a folder fails, a TFDS set streams); N resizes
+      # each shorter side to N and keeps the central N x N square.
       cache_side=0,
       # Where decoded folders are cached ('': $XDG_CACHE_HOME/byol_jax/folders
       # or ~/.cache/byol_jax/folders).

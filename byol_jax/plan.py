@@ -350,56 +350,76 @@ def _tensorflow_importable() -> bool:
 def _open_source(data, read_data: bool):
   """(source, data path, decoded MiB or None) for data.source.
 
-  Image folders whose decoded size fits data.max_in_memory_mb become an
-  InMemorySource (decoded once, cached on disk); larger ones, and TFDS
-  datasets, stream. With read_data=False nothing is decoded: the path is
-  decided from the folder's listing (and one file's header).
+  Image folders and TFDS datasets whose decoded size fits
+  data.max_in_memory_mb become an InMemorySource (folders decoded once with
+  Pillow and cached on disk; TFDS through tfds.as_numpy); larger ones
+  stream. With read_data=False nothing is decoded: the path is decided from
+  the folder's listing (and one file's header) or the dataset's metadata.
+  `data.held_out_examples` are carved as each source kind defines them
+  (sources.hold_out): from the in-memory folder, from TFDS's train split
+  before it is read.
 
   Raises:
-    ConfigError: the source cannot be opened, or it must stream and
-      TensorFlow is not installed.
+    ConfigError: the source cannot be opened, or it needs TensorFlow (TFDS,
+      or a folder that must stream) and TensorFlow is not importable.
   """
   from byol_jax.data import sources  # pylint: disable=g-import-not-at-top
   spec = data.source
   kind = spec.partition(':')[0]
+  if kind == 'tfds' and not _tensorflow_importable():
+    raise ConfigError(
+        f'data.source={spec!r}: TFDS datasets need TensorFlow, which is not '
+        'importable; install it (pip install tensorflow-cpu), or train on an '
+        'image folder (folder:<path>), digits or synthetic.')
+  limit = data.max_in_memory_mb * 2**20
   megabytes = None
+
+  def hold(source):
+    if not data.held_out_examples:
+      return source
+    try:
+      return sources.hold_out(source, data.held_out_examples)
+    except ValueError as e:
+      raise ConfigError(f'data.held_out_examples={data.held_out_examples}: '
+                        f'{e}') from None
+
   try:
     known = None if read_data else sources.known_source(spec)
-    if known is not None:
-      source = known
-    else:
-      source = sources.get_source(spec, data_dir=data.data_dir or None,
-                                  validate_files=False)
+    source = known or sources.get_source(spec, data_dir=data.data_dir or None,
+                                         validate_files=False)
     if isinstance(source, sources.FolderSource):
       size = sources.decoded_bytes(source, data.cache_side)
-      megabytes = None if size is None else round(size / 2**20, 1)
-      fits = size is not None and size <= data.max_in_memory_mb * 2**20
+      fits = size is not None and size <= limit
       if read_data and fits:
         source = sources.in_memory_folder(source, side=data.cache_side,
                                           cache_dir=data.cache_dir)
       elif read_data:  # streams: leave out what tf.data cannot decode
         source = sources.get_source(spec)
+      source = hold(source)
+    elif kind == 'tfds':
+      source = hold(source)  # TFDS's own train[:N] slicing
+      size = sources.tfds_decoded_bytes(source, data.cache_side)
+      fits = size is not None and size <= limit
+      if read_data and fits:
+        source = sources.in_memory_tfds(source, side=data.cache_side)
     else:
-      fits = kind in ('digits', 'synthetic')
+      size, fits = None, True  # digits, synthetic
+      source = hold(source)
+  except ConfigError:
+    raise
   except (ValueError, FileNotFoundError, OSError) as e:
     raise ConfigError(f'data.source={spec!r}: {e}') from None
+  if size is not None:
+    megabytes = round(size / 2**20, 1)
   path = IN_MEMORY if fits else STREAMING
   if path == STREAMING and not _tensorflow_importable():
-    what = (f'its decoded size ({megabytes} MiB) is above '
-            f'data.max_in_memory_mb={data.max_in_memory_mb}, so it streams '
-            'through tf.data' if kind == 'folder' else
-            'it streams through tf.data')
     raise ConfigError(
-        f'data.source={spec!r}: {what}, and TensorFlow is not importable; '
-        'install it (pip install tensorflow-cpu), or use an image folder '
-        'that fits in memory (raise --config.data.max_in_memory_mb, or '
-        'lower --config.data.cache_side).')
-  if data.held_out_examples:
-    try:
-      source = sources.hold_out(source, data.held_out_examples)
-    except ValueError as e:
-      raise ConfigError(f'data.held_out_examples={data.held_out_examples}: '
-                        f'{e}') from None
+        f'data.source={spec!r}: its decoded size ({megabytes} MiB) is above '
+        f'data.max_in_memory_mb={data.max_in_memory_mb}, so it streams '
+        'through tf.data, and TensorFlow is not importable; install it (pip '
+        'install tensorflow-cpu), or use an image folder that fits in memory '
+        '(raise --config.data.max_in_memory_mb, or lower '
+        '--config.data.cache_side).')
   return source, path, megabytes
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _PRELUDE = (
@@ -60,10 +61,13 @@ def _check_run(workdir, log, *, num_train, num_test):
   assert results['top5'] >= results['top1']
 
 
-def test_synthetic_data_trains_and_evaluates_without_tensorflow(tmp_path):
+@pytest.mark.parametrize('dataset,num_train,num_test', [
+    ('synthetic:16', 1024, 256), ('digits', 1500, 297)])
+def test_bundled_data_trains_and_evaluates_without_tensorflow(
+    tmp_path, dataset, num_train, num_test):
   workdir = tmp_path / 'run'
-  log = _run_without_tf('synthetic:16', workdir)
-  _check_run(workdir, log, num_train=1024, num_test=256)
+  log = _run_without_tf(dataset, workdir)
+  _check_run(workdir, log, num_train=num_train, num_test=num_test)
 
 
 def test_image_folder_trains_and_evaluates_without_tensorflow(

@@ -126,14 +126,29 @@ def _decode(path: str, side: int) -> np.ndarray | None:
       im = im.convert('RGB')  # decodes; a truncated file raises here
   except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError):
     return None
-  if side:
-    scale = side / min(im.width, im.height)
-    w = max(side, round(im.width * scale))
-    h = max(side, round(im.height * scale))
-    im = im.resize((w, h), PIL.Image.BICUBIC)
-    x0, y0 = (w - side) // 2, (h - side) // 2
-    im = im.crop((x0, y0, x0 + side, y0 + side))
-  return np.asarray(im, np.uint8)
+  return square(im, side) if side else np.asarray(im, np.uint8)
+
+
+def square(image, side: int) -> np.ndarray:
+  """The central side x side square after resizing the shorter side to side.
+
+  Args:
+    image: a PIL RGB image, or uint8 [H, W, 3].
+    side: output side in pixels.
+
+  Returns:
+    uint8 [side, side, 3]; Pillow's bicubic resize (antialiased when
+    shrinking).
+  """
+  import PIL.Image  # pylint: disable=g-import-not-at-top
+  if isinstance(image, np.ndarray):
+    image = PIL.Image.fromarray(image)
+  scale = side / min(image.width, image.height)
+  w = max(side, round(image.width * scale))
+  h = max(side, round(image.height * scale))
+  image = image.resize((w, h), PIL.Image.BICUBIC)
+  x0, y0 = (w - side) // 2, (h - side) // 2
+  return np.asarray(image.crop((x0, y0, x0 + side, y0 + side)), np.uint8)
 
 
 def _decode_split(root, split, paths, labels, side, num_threads):

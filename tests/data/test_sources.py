@@ -319,6 +319,45 @@ def test_hold_out_tfds_mocked():
       sources.hold_out(imagenet, 100)
 
 
+def _tiny_plan(dataset, *overrides, read_data=True):
+  from byol_jax import configs  # pylint: disable=g-import-not-at-top
+  from byol_jax import plan  # pylint: disable=g-import-not-at-top
+  config = configs.build(f'tiny,dataset={dataset}')
+  for field, value in overrides:
+    section, name = field.split('.')
+    config[section][name] = value
+  return plan.build(config, topology=plan.Topology(1, 1), read_data=read_data)
+
+
+def test_small_tfds_datasets_are_held_in_memory(monkeypatch):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  from byol_jax import plan  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=20,
+                              policy=tfds.testing.MockPolicy.USE_CODE):
+    run = _tiny_plan('tfds:cifar10')
+    assert type(run.source) is sources.InMemorySource
+    assert run.source.name == 'tfds:cifar10'
+    for split in run.source.raw_splits():
+      assert run.source.images[split].shape == (20, 32, 32, 3)
+      assert run.source.images[split].dtype == np.uint8
+      assert run.source.labels[split].max() < 10
+    d = run.config.derived
+    assert d.data_path == 'in_memory' and d.num_train_examples == 20
+    assert d.in_memory_mb == round(60 * 32 * 32 * 3 / 2**20, 1)
+    streamed = _tiny_plan('tfds:cifar10', ('data.max_in_memory_mb', 0))
+    assert type(streamed.source) is sources.TfdsSource
+    assert streamed.config.derived.data_path == 'streaming'
+  # Without reading (dry run): from the catalogue's sizes and image shape.
+  dry = _tiny_plan('tfds:cifar10', read_data=False).config.derived
+  assert (dry.data_path, dry.in_memory_mb) == ('in_memory', 175.8)
+  dry = _tiny_plan('tfds:imagenet2012', read_data=False).config.derived
+  assert dry.data_path == 'streaming'
+  monkeypatch.setattr(plan, '_tensorflow_importable', lambda: False)
+  with pytest.raises(plan.ConfigError, match=r"^data.source='tfds:cifar10': "
+                     'TFDS datasets need TensorFlow, which is not importable'):
+    _tiny_plan('tfds:cifar10', read_data=False)
+
+
 def test_hold_out_tfds_prepared_slices_sizes(tmp_path):
   tfds = pytest.importorskip('tensorflow_datasets')
 
@@ -370,6 +409,20 @@ def test_hold_out_tfds_prepared_slices_sizes(tmp_path):
     seen.append(sorted(int(ex['image'][0, 0, 0]) // 5 for ex in ds))
   assert seen[0] == sorted(set(seen[0])) and len(seen[0]) == 8
   assert sorted(seen[0] + seen[1]) == list(range(30))
+  # In memory through tfds.as_numpy: the same slices. The images' declared
+  # shape is (None, None, 3): they need a side to be held.
+  assert sources.tfds_decoded_bytes(held) is None
+  assert sources.tfds_decoded_bytes(held, 4) == 30 * 4 * 4 * 3
+  mem = sources.in_memory_tfds(held, side=4)
+  assert mem.images['held_out'].shape == (8, 4, 4, 3)
+  assert mem.images['train'].shape == (22, 4, 4, 3)
+  ids = {k: np.round(mem.images[k][:, 2, 1, 2] / 5).astype(int)
+         for k in mem.images}
+  assert sorted(ids['held_out']) == seen[0]  # TFDS's train[:8], as above
+  assert sorted(np.concatenate(list(ids.values()))) == list(range(30))
+  for split in mem.images:
+    np.testing.assert_array_equal(mem.labels[split], ids[split] % 3)
+  assert mem.resolve_split('test') == 'held_out'
 
 
 def test_eval_iterator_reads_exactly_the_held_out_examples(tmp_path):
