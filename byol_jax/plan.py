@@ -745,6 +745,28 @@ def fingerprint(values: dict) -> str:
                         ).hexdigest()
 
 
+# Trajectory fields added after checkpoints were first written, and the value
+# that reproduces what a checkpoint without them was trained under: images
+# at their own size, and the host (tf.data or numpy) crops. A digits or
+# synthetic run from before the in-memory path thus resumes only with
+# checkpoint.allow_changed_config (its crops are now cut on the devices,
+# from other random draws); a streamed ImageNet run resumes as before.
+_TRAJECTORY_ADDED = {'data.cache_side': 0, 'derived.data_path': STREAMING}
+
+
+def upgrade_trajectory(old: dict) -> dict:
+  """A checkpoint's recorded trajectory with the fields added since.
+
+  Args:
+    old: the `trajectory` a checkpoint recorded.
+
+  Returns:
+    A copy with every field of _TRAJECTORY_ADDED it lacks, at the value its
+    version implied.
+  """
+  return {**_TRAJECTORY_ADDED, **old}
+
+
 def changes(old: dict, new: dict) -> dict:
   """{field: (old, new)} of the fields that differ (missing: None)."""
   keys = sorted(set(old) | set(new))

@@ -78,7 +78,7 @@ def check_resume(config, ckpt: checkpointing.Checkpointer) -> dict:
                     'an older version): resuming without checking it.',
                     ckpt.directory / str(step))
     return {}
-  diff = plan.changes(old, plan.trajectory(config))
+  diff = plan.changes(plan.upgrade_trajectory(old), plan.trajectory(config))
   structural = [k for k in diff if k.split('.')[0] in ('method', 'model') or
                 k == 'derived.num_classes']
   if structural:

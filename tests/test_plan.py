@@ -520,3 +520,23 @@ def test_trajectory_ignores_what_does_not_shape_training():
   assert plan.changes(t, plan.trajectory(lr)) == {
       'training.base_learning_rate': (0.24, 0.3)}
   assert np.isclose(lr.derived.peak_learning_rate, 0.3)
+
+
+def test_checkpoints_from_before_the_in_memory_path_resume_as_they_ran():
+  """A trajectory recorded before data.cache_side / derived.data_path."""
+  from byol_jax.data import sources  # pylint: disable=g-import-not-at-top
+  imagenet = plan.build(parse('gn_ws.py'), topology=EIGHT,
+                        read_data=False).config
+  new = plan.trajectory(imagenet)
+  assert new['derived.data_path'] == 'streaming'
+  old = {k: v for k, v in new.items()
+         if k not in ('data.cache_side', 'derived.data_path')}
+  assert plan.changes(plan.upgrade_trajectory(old), new) == {}
+  # A digits run's crops moved from the host to the devices: a change.
+  digits = plan.build(parse('gn_ws.py:tiny'), topology=EIGHT,
+                      source=sources.get_source('digits')).config
+  new = plan.trajectory(digits)
+  old = {k: v for k, v in new.items()
+         if k not in ('data.cache_side', 'derived.data_path')}
+  assert plan.changes(plan.upgrade_trajectory(old), new) == {
+      'derived.data_path': ('streaming', 'in_memory')}
