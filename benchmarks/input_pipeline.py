@@ -1,12 +1,13 @@
-r"""Input-pipeline throughput: the in-memory path on the devices, tf.data on the host.
+r"""Input-pipeline throughput: in memory on the devices; tf.data on the host.
 
 In memory (`byol_jax/data/in_memory.py`; what digits, synthetic data and
 image folders that fit use): the uint8 dataset sits on the device; a step
 gathers its examples, cuts two random-resized crops per image, resizes and
-then applies BYOL's colour augmentations to both views (`experiment.byol_augment`,
-what the training step runs first). Measured: that input work alone, the
-ResNet step excluded, as images (examples, each two views) per second on
-the device JAX picks (`--in-memory-devices` of them), after compilation.
+then applies BYOL's colour augmentations to both views
+(`experiment.byol_augment`, what the training step runs first). Measured:
+that input work alone, the ResNet step excluded, as images (examples, each
+two views) per second on the device JAX picks (`--in-memory-devices` of
+them), after compilation.
 Datasets: CIFAR-10 from its JPEG folders (../shared/data/cifar10-jpg,
 decoded once into a cache) at 32 px, and synthetic 224 px images. Target on
 one H100/H200: >= 50,000 images/s at 32 px, so input is never the
@@ -160,7 +161,10 @@ def main(argv=None):
   args = parser.parse_args(argv)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   import jax  # pylint: disable=g-import-not-at-top
-  from byol_jax.data import sources  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from byol_jax.data import memory_sources
+  from byol_jax.data import sources
+  # pylint: enable=g-import-not-at-top
 
   cores = _results.cpu_cores()
   cifar_dir = None
@@ -189,10 +193,11 @@ def main(argv=None):
                num_devices=len(devices))
     if isinstance(source, sources.FolderSource):
       start = time.perf_counter()
-      source = sources.in_memory_folder(source, cache_dir=args.cache_dir)
+      source = memory_sources.in_memory_folder(source,
+                                               cache_dir=args.cache_dir)
       row['decode_or_cache_read_s'] = round(time.perf_counter() - start, 2)
       start = time.perf_counter()
-      source = sources.in_memory_folder(
+      source = memory_sources.in_memory_folder(
           sources.get_source(spec, validate_files=False),
           cache_dir=args.cache_dir)
       row['cache_read_s'] = round(time.perf_counter() - start, 2)

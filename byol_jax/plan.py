@@ -363,7 +363,10 @@ def _open_source(data, read_data: bool):
     ConfigError: the source cannot be opened, or it needs TensorFlow (TFDS,
       or a folder that must stream) and TensorFlow is not importable.
   """
-  from byol_jax.data import sources  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from byol_jax.data import memory_sources
+  from byol_jax.data import sources
+  # pylint: enable=g-import-not-at-top
   spec = data.source
   kind = spec.partition(':')[0]
   if kind == 'tfds' and not _tensorflow_importable():
@@ -388,20 +391,21 @@ def _open_source(data, read_data: bool):
     source = known or sources.get_source(spec, data_dir=data.data_dir or None,
                                          validate_files=False)
     if isinstance(source, sources.FolderSource):
-      size = sources.decoded_bytes(source, data.cache_side)
+      size = memory_sources.decoded_bytes(source, data.cache_side)
       fits = size is not None and size <= limit
       if read_data and fits:
-        source = sources.in_memory_folder(source, side=data.cache_side,
-                                          cache_dir=data.cache_dir)
+        source = memory_sources.in_memory_folder(
+            source, side=data.cache_side, cache_dir=data.cache_dir)
       elif read_data:  # streams: leave out what tf.data cannot decode
         source = sources.get_source(spec)
       source = hold(source)
     elif kind == 'tfds':
       source = hold(source)  # TFDS's own train[:N] slicing
-      size = sources.tfds_decoded_bytes(source, data.cache_side)
+      size = memory_sources.tfds_decoded_bytes(source, data.cache_side)
       fits = size is not None and size <= limit
       if read_data and fits:
-        source = sources.in_memory_tfds(source, side=data.cache_side)
+        source = memory_sources.in_memory_tfds(source,
+                                               side=data.cache_side)
     else:
       size, fits = None, True  # digits, synthetic
       source = hold(source)

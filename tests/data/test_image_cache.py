@@ -1,4 +1,4 @@
-"""Image folders decoded once (Pillow) and cached on disk: byol_jax/data/image_cache.py."""
+"""Image folders decoded once (Pillow) and cached on disk (image_cache.py)."""
 import io
 import logging
 import os
@@ -12,6 +12,7 @@ import pytest
 from byol_jax import configs
 from byol_jax import plan
 from byol_jax.data import image_cache
+from byol_jax.data import memory_sources
 from byol_jax.data import sources
 
 
@@ -40,7 +41,8 @@ def _make_folder(root: pathlib.Path):
 
 def _load(root, cache, side=0):
   listing = sources.get_source(f'folder:{root}', validate_files=False)
-  return sources.in_memory_folder(listing, side=side, cache_dir=str(cache))
+  return memory_sources.in_memory_folder(listing, side=side,
+                                         cache_dir=str(cache))
 
 
 def _expected(good, split):

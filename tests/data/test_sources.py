@@ -7,6 +7,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from byol_jax.data import memory_sources
 from byol_jax.data import sources
 
 CIFAR_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
@@ -411,9 +412,9 @@ def test_hold_out_tfds_prepared_slices_sizes(tmp_path):
   assert sorted(seen[0] + seen[1]) == list(range(30))
   # In memory through tfds.as_numpy: the same slices. The images' declared
   # shape is (None, None, 3): they need a side to be held.
-  assert sources.tfds_decoded_bytes(held) is None
-  assert sources.tfds_decoded_bytes(held, 4) == 30 * 4 * 4 * 3
-  mem = sources.in_memory_tfds(held, side=4)
+  assert memory_sources.tfds_decoded_bytes(held) is None
+  assert memory_sources.tfds_decoded_bytes(held, 4) == 30 * 4 * 4 * 3
+  mem = memory_sources.in_memory_tfds(held, side=4)
   assert mem.images['held_out'].shape == (8, 4, 4, 3)
   assert mem.images['train'].shape == (22, 4, 4, 3)
   ids = {k: np.round(mem.images[k][:, 2, 1, 2] / 5).astype(int)
