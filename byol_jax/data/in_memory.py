@@ -241,7 +241,11 @@ def _images_arg(placed, idx):
 
 
 def _key_data(seed: int) -> np.ndarray:
-  """jax.random.PRNGKey(seed)'s data, built on the host (any seed < 2**62)."""
+  """The raw threefry key [seed >> 32, seed & 0xffffffff], on the host.
+
+  What jax.random.PRNGKey(seed) makes for seeds below 2**32; built here so
+  any seed < 2**62 works whatever jax_enable_x64 says.
+  """
   return np.asarray([seed >> 32, seed & 0xFFFFFFFF], np.uint32)
 
 
