@@ -31,6 +31,11 @@ from benchmarks import _results
 GRID = (0.4, 0.3, 0.2, 0.1, 0.05)
 
 
+def _sig(seconds: float) -> float:
+  """Six significant digits (milliseconds-long calls keep their ratio)."""
+  return float(f'{seconds:.6g}')
+
+
 def time_probes(feats, labels, peaks, *, classes, steps, batch, repeats):
   """Median wall seconds of `train_probes` (after one untimed call).
 
@@ -87,9 +92,9 @@ def main(argv=None):
       jax=jax.__version__, date=_results.today(), grid=list(GRID),
       num_examples=args.num_examples, dim=args.dim, classes=args.classes,
       batch=args.batch, steps=args.steps,
-      one_probe_s=round(one, 4), sweep_s=round(sweep, 4),
-      one_probe_times_s=[round(t, 4) for t in one_times],
-      sweep_times_s=[round(t, 4) for t in sweep_times],
+      one_probe_s=_sig(one), sweep_s=_sig(sweep),
+      one_probe_times_s=[_sig(t) for t in one_times],
+      sweep_times_s=[_sig(t) for t in sweep_times],
       sweep_over_one=round(sweep / one, 3),
       protocol_over_one=round((sweep + one) / one, 3))
   print(f'{args.steps} steps, batch {args.batch}, {args.dim}-d features, '

@@ -249,13 +249,28 @@ fi
 # 3. Follow the run until it ends, reconnecting when the connection drops.
 # From here on, an interruption leaves the run (and the TPU VMs) going.
 delete_on_exit=0
-trap 'echo; detach_note; exit 130' INT
-trap 'detach_note; exit 143' TERM
+# The ssh that follows the run goes in the background and the shell waits
+# for it with `wait`, which a trapped signal interrupts at once: a foreground
+# gcloud that catches Ctrl-C itself (it is Python) would make bash skip the
+# INT trap and reconnect instead of detaching.
+follow_pid=
+# shellcheck disable=SC2317  # run by the traps
+stop_following() {
+  if [[ -n $follow_pid ]]; then
+    pkill -P "$follow_pid" 2> /dev/null || true
+    kill "$follow_pid" 2> /dev/null || true
+  fi
+}
+trap 'echo; stop_following; detach_note; exit 130' INT
+trap 'stop_following; detach_note; exit 143' TERM
 trap 'exit 129' HUP
 detach_note
 failures=0
 while :; do
-  run "${ssh_all[@]}" --command="$worker_script wait" || true
+  run "${ssh_all[@]}" --command="$worker_script wait" &
+  follow_pid=$!
+  wait "$follow_pid" || true
+  follow_pid=
   if query "${ssh_all[@]}" --command="$worker_script status"; then
     if [[ $query_out != *state=running* ]]; then
       break

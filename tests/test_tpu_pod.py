@@ -51,6 +51,11 @@ def _fake_bin(tmp_path):
                  f'{log_json} >> "$FAKE_GCLOUD_DIR/main.jsonl"\n'
                  'echo "step 1 of 10, loss 0.5"\n'
                  'sleep "${FAKE_MAIN_SLEEP:-0}"\n'
+                 # Until the test releases it (timing-free under load).
+                 'for _ in $(seq 600); do\n'
+                 '  [[ -z $FAKE_MAIN_UNTIL || -e $FAKE_MAIN_UNTIL ]] && break\n'
+                 '  sleep 0.2\n'
+                 'done\n'
                  'exit "${FAKE_MAIN_RC:-0}"\n'),
   }
   for name, text in stand_ins.items():
@@ -257,8 +262,9 @@ def test_tpu_pod_lost_connection_reconnects_and_deletes_at_the_end(pod):
 
 
 def test_tpu_pod_interrupt_detaches_and_attach_finishes(pod):
-  proc = subprocess.Popen(pod.command(), cwd=pod.repo,
-                          env=dict(pod.env, FAKE_MAIN_SLEEP='6'),
+  release = pod.repo.parent / 'release_the_run'
+  env = dict(pod.env, FAKE_MAIN_UNTIL=str(release))
+  proc = subprocess.Popen(pod.command(), cwd=pod.repo, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, start_new_session=True)
   deadline = time.time() + 60
@@ -276,7 +282,8 @@ def test_tpu_pod_interrupt_detaches_and_attach_finishes(pod):
               if l.startswith('#  ') and '--attach' in l][0]
   # The printed command re-attaches: it follows the run to its end, then
   # deletes the TPU VMs; the run was not started twice.
-  attach = subprocess.run(shlex.split(reattach), cwd=pod.repo, env=pod.env,
+  release.touch()  # the run may end now
+  attach = subprocess.run(shlex.split(reattach), cwd=pod.repo, env=env,
                           capture_output=True, text=True, timeout=120)
   assert attach.returncode == 0, attach.stdout + attach.stderr
   calls = pod.calls()
