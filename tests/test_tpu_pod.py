@@ -264,9 +264,14 @@ def test_tpu_pod_lost_connection_reconnects_and_deletes_at_the_end(pod):
 def test_tpu_pod_interrupt_detaches_and_attach_finishes(pod):
   release = pod.repo.parent / 'release_the_run'
   env = dict(pod.env, FAKE_MAIN_UNTIL=str(release))
+  # A terminal's Ctrl-C. SIGINT back to its default first: a suite started
+  # in the background (`cmd &`, as some CI runners do) ignores it, and bash
+  # cannot trap a signal ignored on entry.
   proc = subprocess.Popen(pod.command(), cwd=pod.repo, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, start_new_session=True)
+                          text=True, start_new_session=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                           signal.SIG_DFL))
   deadline = time.time() + 60
   while 'tpu-vm ssh byol-v3-32 wait' not in pod.calls():
     assert time.time() < deadline and proc.poll() is None
