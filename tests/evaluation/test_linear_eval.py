@@ -192,10 +192,8 @@ def test_sweep_chooses_the_clearly_best_rate():
   assert max(v for k, v in table.items() if k != '0.05') < 0.85
 
 
-def test_final_probe_trains_on_all_of_train_at_the_chosen_rate(
-    setup, tmp_path, monkeypatch):
-  _, source, params, state = setup
-  config = tiny_config(learning_rates=(0.4, 0.1), num_epochs=2)
+def _record_probe_calls(monkeypatch) -> list:
+  """Records (examples, peak rates, steps) of every train_probes call."""
   calls = []
   real = linear_eval.train_probes
 
@@ -203,6 +201,14 @@ def test_final_probe_trains_on_all_of_train_at_the_chosen_rate(
     calls.append((len(labels), list(peaks), kwargs['steps']))
     return real(feats, labels, peaks, **kwargs)
   monkeypatch.setattr(linear_eval, 'train_probes', spy)
+  return calls
+
+
+def test_final_probe_trains_on_all_of_train_at_the_chosen_rate(
+    setup, tmp_path, monkeypatch):
+  _, source, params, state = setup
+  config = tiny_config(learning_rates=(0.4, 0.1), num_epochs=2)
+  calls = _record_probe_calls(monkeypatch)
   results = linear_eval.run_linear_eval(config, str(tmp_path), params, state,
                                         source=source)
   sweep_call, final_call = calls
@@ -246,13 +252,7 @@ def test_sweep_uses_the_datasets_own_validation_split(setup, tmp_path,
       'linear_valid', 200)
   assert run.source.resolve_split('linear_valid') == 'held_out'
   assert run.source.resolve_split('test') == 'test'
-  calls = []
-  real = linear_eval.train_probes
-
-  def spy(feats, labels, peaks, **kwargs):
-    calls.append((len(labels), list(peaks), kwargs['steps']))
-    return real(feats, labels, peaks, **kwargs)
-  monkeypatch.setattr(linear_eval, 'train_probes', spy)
+  calls = _record_probe_calls(monkeypatch)
   results = linear_eval.run_linear_eval(run.config, str(tmp_path), params,
                                         state, source=run.source)
   # Both calls train on the 1300 examples left in train; steps per epoch
