@@ -184,16 +184,21 @@ def _cache_name(root: str, side: int, key: str) -> str:
   return f'{name}-{side}-{key[:16]}'
 
 
-def _read(path: str, key: str):
-  """The cached arrays at `path` if complete and intact, else None."""
+def _read(path: str, key: str, splits: Sequence[str]):
+  """The cached arrays of `splits` at `path` if whole and intact, else None."""
   manifest = os.path.join(path, _MANIFEST)
   if not os.path.isdir(path):
     return None
   try:
     with open(manifest) as f:
       meta = json.load(f)
+    if not isinstance(meta, dict):
+      raise ValueError('the manifest is not a JSON object')
     if meta.get('key') != key or meta.get('version') != FORMAT_VERSION:
       raise ValueError('the manifest is for another listing')
+    if (not isinstance(meta.get('splits'), dict) or
+        sorted(meta['splits']) != sorted(splits)):
+      raise ValueError(f'the manifest\'s splits are not {sorted(splits)}')
     images, labels, skipped = {}, {}, {}
     for split, info in meta['splits'].items():
       x = np.load(os.path.join(path, f'{split}.images.npy'))
@@ -283,7 +288,7 @@ def folder_arrays(root: str, files: Mapping[str, Sequence[str]],
   key = listing_key(root, files, class_names, side)
   name = _cache_name(root, side, key)
   path = os.path.join(cache_dir, name)
-  cached = _read(path, key)
+  cached = _read(path, key, list(files))
   if cached is not None:
     images, out_labels, skipped = cached
     from_cache = True

@@ -1,5 +1,6 @@
 """Image folders decoded once (Pillow) and cached on disk (image_cache.py)."""
 import io
+import json
 import logging
 import os
 import pathlib
@@ -112,7 +113,9 @@ def test_a_changed_folder_rebuilds_the_cache(tmp_path, caplog, change):
   assert len(os.listdir(cache)) == 1  # the stale cache is removed
 
 
-@pytest.mark.parametrize('damage', ['truncate', 'flip_byte', 'manifest'])
+@pytest.mark.parametrize('damage', ['truncate', 'flip_byte', 'manifest',
+                                    'manifest_null', 'manifest_list',
+                                    'split_missing', 'no_splits'])
 def test_a_corrupt_cache_is_rebuilt_not_trusted(tmp_path, caplog, damage):
   root, cache = tmp_path / 'data', tmp_path / 'cache'
   good = _make_folder(root)
@@ -124,13 +127,24 @@ def test_a_corrupt_cache_is_rebuilt_not_trusted(tmp_path, caplog, damage):
     npy.write_bytes(data[:len(data) - 17])
   elif damage == 'flip_byte':  # a pixel: only the sha256 can tell
     npy.write_bytes(data[:-5] + bytes([data[-5] ^ 0xFF]) + data[-4:])
-  else:
+  elif damage == 'manifest':
     (path / 'manifest.json').write_text('{"key": ')
+  elif damage in ('manifest_null', 'manifest_list'):  # valid JSON, no object
+    (path / 'manifest.json').write_text(
+        'null' if damage == 'manifest_null' else '[]')
+  else:  # a manifest (and its sha256s) that lacks a split of the folder
+    meta = json.loads((path / 'manifest.json').read_text())
+    if damage == 'split_missing':
+      del meta['splits']['test']
+    else:
+      meta['splits'] = {}
+    (path / 'manifest.json').write_text(json.dumps(meta))
   caplog.clear()
   with caplog.at_level(logging.INFO):
     src = _load(root, cache)
   assert 'is incomplete or corrupt' in caplog.text and _rebuilt(caplog)
   np.testing.assert_array_equal(src.images['train'], _expected(good, 'train'))
+  np.testing.assert_array_equal(src.images['test'], _expected(good, 'test'))
   caplog.clear()
   with caplog.at_level(logging.INFO):
     _load(root, cache)
