@@ -123,7 +123,12 @@ def _decode(path: str, side: int) -> np.ndarray | None:
     with PIL.Image.open(path) as im:
       if im.format not in _FORMATS:
         return None
-      im = im.convert('RGB')  # decodes; a truncated file raises here
+      if im.mode.startswith('I'):  # 16-bit grey: Pillow's RGB saturates
+        grey = np.clip(np.asarray(im, np.int64), 0, 2**16 - 1) >> 8
+        im = PIL.Image.fromarray(  # the high byte, as libpng's 16->8 strip
+            np.repeat(grey.astype(np.uint8)[..., None], 3, -1))
+      else:
+        im = im.convert('RGB')  # decodes; a truncated file raises here
   except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError):
     return None
   return square(im, side) if side else np.asarray(im, np.uint8)

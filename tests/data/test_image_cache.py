@@ -167,6 +167,20 @@ def test_mixed_sizes_need_a_cache_side(tmp_path):
   np.testing.assert_array_equal(src.images['train'][0], expected)
 
 
+def test_16_bit_grayscale_png_is_scaled_to_8_bits_not_saturated(tmp_path):
+  root = tmp_path / 'deep'
+  os.makedirs(root / 'c')
+  grey = np.random.default_rng(0).integers(0, 2**16, (6, 5)).astype(np.uint16)
+  PIL.Image.fromarray(grey).save(root / 'c' / '0.png')  # mode I;16
+  with PIL.Image.open(root / 'c' / '0.png') as im:
+    assert im.mode.startswith('I')
+  src = _load(root, tmp_path / 'cache')
+  # What libpng's 16 -> 8 bit strip (tf.io.decode_png, the streaming path)
+  # gives: the high byte.
+  np.testing.assert_array_equal(src.images['train'][0],
+                                np.repeat((grey >> 8)[..., None], 3, -1))
+
+
 def _tiny(source, *overrides):
   config = configs.build('tiny')
   config.data.source = source
