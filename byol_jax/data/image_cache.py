@@ -83,19 +83,20 @@ def listing_key(root: str, files: Mapping[str, Sequence[str]],
     side: the cache side (0: native).
 
   Returns:
-    64 hex digits.
-
-  Raises:
-    OSError: a listed file vanished.
+    64 hex digits. A file that cannot be stat'ed (a dangling link, one that
+    vanished) counts with size and mtime -1: decoding then skips it.
   """
   h = hashlib.sha256()
   h.update(json.dumps([FORMAT_VERSION, int(side), list(class_names)]).encode())
   for split in sorted(files):
     h.update(f'\0split {split}\0'.encode())
     for path in files[split]:
-      st = os.stat(path)
-      h.update(f'{os.path.relpath(path, root)}\0{st.st_size}\0'
-               f'{st.st_mtime_ns}\n'.encode())
+      try:
+        st = os.stat(path)
+        size, mtime = st.st_size, st.st_mtime_ns
+      except OSError:
+        size = mtime = -1
+      h.update(f'{os.path.relpath(path, root)}\0{size}\0{mtime}\n'.encode())
   return h.hexdigest()
 
 

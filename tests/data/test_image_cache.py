@@ -181,6 +181,17 @@ def test_16_bit_grayscale_png_is_scaled_to_8_bits_not_saturated(tmp_path):
                                 np.repeat((grey >> 8)[..., None], 3, -1))
 
 
+def test_a_dangling_symlink_is_skipped_and_counted(tmp_path, caplog):
+  root, cache = tmp_path / 'data', tmp_path / 'cache'
+  good = _make_folder(root)
+  os.symlink(tmp_path / 'gone.png', root / 'train' / 'a' / 'link.png')
+  with caplog.at_level(logging.INFO):
+    src = _load(root, cache)
+  np.testing.assert_array_equal(src.images['train'], _expected(good, 'train'))
+  assert src.num_skipped == {'train': 3, 'test': 0}
+  assert '3 skipped (not decodable JPEG/PNG)' in caplog.text
+
+
 def _tiny(source, *overrides):
   config = configs.build('tiny')
   config.data.source = source
