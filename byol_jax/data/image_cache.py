@@ -55,7 +55,8 @@ class FolderArrays:
     labels: split -> int32 [N] (the decodable files' labels, in listing
       order).
     num_skipped: split -> number of files left out (not decodable JPEG/PNG).
-    path: the cache directory they were read from or written to.
+    path: the cache directory they were read from or written to ('' when
+      it could not be written: read-only or full).
     from_cache: True when read from an existing cache, False when decoded.
   """
   images: Mapping[str, np.ndarray]
@@ -227,18 +228,22 @@ def _write(cache_dir, name, key, root, side, images, labels, skipped,
   """Writes the cache atomically; returns its directory."""
   os.makedirs(cache_dir, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f'.{name}.', dir=cache_dir)
-  splits = {}
-  for split in images:
-    np.save(os.path.join(tmp, f'{split}.images.npy'), images[split])
-    np.save(os.path.join(tmp, f'{split}.labels.npy'), labels[split])
-    splits[split] = dict(shape=list(images[split].shape),
-                         images_sha256=_sha256(images[split]),
-                         labels_sha256=_sha256(labels[split]),
-                         num_skipped=skipped[split],
-                         skipped_examples=examples[split][:10])
-  with open(os.path.join(tmp, _MANIFEST), 'w') as f:
-    json.dump(dict(version=FORMAT_VERSION, key=key, root=root, side=side,
-                   splits=splits), f, indent=1)
+  try:
+    splits = {}
+    for split in images:
+      np.save(os.path.join(tmp, f'{split}.images.npy'), images[split])
+      np.save(os.path.join(tmp, f'{split}.labels.npy'), labels[split])
+      splits[split] = dict(shape=list(images[split].shape),
+                           images_sha256=_sha256(images[split]),
+                           labels_sha256=_sha256(labels[split]),
+                           num_skipped=skipped[split],
+                           skipped_examples=examples[split][:10])
+    with open(os.path.join(tmp, _MANIFEST), 'w') as f:
+      json.dump(dict(version=FORMAT_VERSION, key=key, root=root, side=side,
+                     splits=splits), f, indent=1)
+  except BaseException:  # a full disk: leave nothing half-written behind
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
   final = os.path.join(cache_dir, name)
   if os.path.isdir(final):  # corrupt or half-written: replaced
     shutil.rmtree(final, ignore_errors=True)
@@ -305,8 +310,16 @@ def folder_arrays(root: str, files: Mapping[str, Sequence[str]],
           root, split, list(files[split]), labels[split], side, num_threads)
       skipped[split] = len(bad)
       examples[split] = [os.path.relpath(p, root) for p in bad]
-    path = _write(cache_dir, name, key, root, side, images, out_labels,
-                  skipped, examples)
+    try:
+      path = _write(cache_dir, name, key, root, side, images, out_labels,
+                    skipped, examples)
+    except OSError as e:  # read-only or full: the run goes on, uncached
+      logging.warning(
+          'folder:%s could not be cached in %s (%s); using the decoded '
+          'images for this run only (the next start decodes them again): '
+          'free space there or set --config.data.cache_dir to a writable '
+          'directory.', root, cache_dir, e)
+      path = ''
     from_cache = False
   for split in images:
     n, h, w, _ = images[split].shape
@@ -315,5 +328,6 @@ def folder_arrays(root: str, files: Mapping[str, Sequence[str]],
     log('folder:%s split %r: %d of %d files held in memory as %dx%d uint8 '
         '(%.1f MB), %d skipped (not decodable JPEG/PNG); %s %s', root, split,
         n, total, h, w, images[split].nbytes / 2**20, skipped[split],
-        'read from' if from_cache else 'decoded and cached in', path)
+        'read from' if from_cache else
+        'decoded and cached in' if path else 'decoded, not cached', path)
   return FolderArrays(images, out_labels, skipped, path, from_cache)

@@ -192,6 +192,39 @@ def test_a_dangling_symlink_is_skipped_and_counted(tmp_path, caplog):
   assert '3 skipped (not decodable JPEG/PNG)' in caplog.text
 
 
+@pytest.mark.parametrize('failure', ['read_only', 'disk_full'])
+def test_an_unwritable_cache_dir_warns_and_the_run_goes_on(
+    tmp_path, caplog, monkeypatch, failure):
+  root, cache = tmp_path / 'data', tmp_path / 'cache'
+  good = _make_folder(root)
+  os.makedirs(cache)
+  if failure == 'read_only':
+    def refuse(*args, **kwargs):
+      raise PermissionError(13, 'Permission denied', str(cache))
+    monkeypatch.setattr(image_cache.tempfile, 'mkdtemp', refuse)
+  else:
+    save = np.save
+    def full(file, array, *args, **kwargs):
+      if 'images' in str(file) and 'test' in str(file):
+        save(file, array[:1], *args, **kwargs)  # a part was written
+        raise OSError(28, 'No space left on device')
+      return save(file, array, *args, **kwargs)
+    monkeypatch.setattr(image_cache.np, 'save', full)
+  with caplog.at_level(logging.INFO):
+    src = _load(root, cache)
+  np.testing.assert_array_equal(src.images['train'], _expected(good, 'train'))
+  np.testing.assert_array_equal(src.images['test'], _expected(good, 'test'))
+  assert src.num_skipped == {'train': 2, 'test': 0}
+  assert 'could not be cached' in caplog.text
+  assert os.listdir(cache) == []  # nothing half-written left behind
+  monkeypatch.undo()
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    again = _load(root, cache)
+  assert _rebuilt(caplog)
+  np.testing.assert_array_equal(again.images['train'], src.images['train'])
+
+
 def _tiny(source, *overrides):
   config = configs.build('tiny')
   config.data.source = source
