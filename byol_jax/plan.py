@@ -189,8 +189,10 @@ def validate_inputs(config, mode: str) -> None:
          'must be an integer >= 0 (0: the images\' own size).')
   _check(data.in_memory_on in IN_MEMORY_ON, 'data.in_memory_on',
          data.in_memory_on, f'use one of {", ".join(IN_MEMORY_ON)}.')
-  _check(isinstance(data.cache_dir, str), 'data.cache_dir', data.cache_dir,
-         "must be a directory path ('' for the default).")
+  _check(isinstance(data.cache_dir, str) and '://' not in data.cache_dir,
+         'data.cache_dir', data.cache_dir,
+         "must be a local directory path ('' for the default); the cache "
+         'of decoded folders is not written to gs:// or other URLs.')
   _check(data.num_classes == -1 or (_is_int(data.num_classes) and
                                     data.num_classes > 0),
          'data.num_classes', data.num_classes,

@@ -268,7 +268,7 @@ def test_plan_holds_a_folder_that_fits_in_memory_and_streams_a_larger_one(
 
 @pytest.mark.parametrize('field,value', [
     ('data.max_in_memory_mb', -1), ('data.cache_side', -3),
-    ('data.in_memory_on', 'gpu')])
+    ('data.in_memory_on', 'gpu'), ('data.cache_dir', 'gs://bucket/cache')])
 def test_bad_in_memory_fields_are_config_errors(field, value):
   with pytest.raises(plan.ConfigError, match=f'^{field}='):
     plan.build(_tiny('digits', (field, value)), topology=plan.Topology(1, 1),
