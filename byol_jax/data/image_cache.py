@@ -163,27 +163,37 @@ def _decode_split(root, split, paths, labels, side, num_threads):
   threads = num_threads or min(16, len(os.sched_getaffinity(0))
                                if hasattr(os, 'sched_getaffinity')
                                else os.cpu_count() or 1)
-  # Pillow releases the GIL while decoding.
-  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    decoded = list(pool.map(lambda p: _decode(p, side), paths))
+  # Pillow releases the GIL while decoding. Side 0: the first image of
+  # another size than the first one stops the split there, before the rest
+  # is decoded (plan.py's memory estimate assumes the first file's size).
+  pool = concurrent.futures.ThreadPoolExecutor(threads)
+  try:
+    decoded, first = [], None
+    for x in pool.map(lambda p: _decode(p, side), paths):
+      if x is not None and first is None:
+        first = x.shape
+      elif x is not None and x.shape != first:
+        raise _mixed_sizes(root, split, first, x.shape)
+      decoded.append(x)
+  finally:
+    pool.shutdown(cancel_futures=True)
   keep = [i for i, x in enumerate(decoded) if x is not None]
   bad = [paths[i] for i, x in enumerate(decoded) if x is None]
   if not keep:
     raise ValueError(f'folder:{root} split {split!r} holds no decodable '
                      f'JPEG/PNG images ({len(paths)} files tried, e.g. '
                      f'{list(paths[:3])})')
-  shapes = {decoded[i].shape for i in keep}
-  if len(shapes) > 1:
-    first = decoded[keep[0]].shape
-    other = next(decoded[i] for i in keep if decoded[i].shape != first).shape
-    raise ValueError(
-        f'folder:{root} split {split!r}: images have different sizes (e.g. '
-        f'{first[1]}x{first[0]} and {other[1]}x{other[0]}); set '
-        '--config.data.cache_side=N to hold them at N x N (shorter side '
-        'resized to N, centre square), or stream the folder with '
-        '--config.data.max_in_memory_mb=0')
   images = np.stack([decoded[i] for i in keep])
   return images, np.asarray(labels, np.int32)[keep], bad
+
+
+def _mixed_sizes(root, split, first, other) -> ValueError:
+  return ValueError(
+      f'folder:{root} split {split!r}: images have different sizes (e.g. '
+      f'{first[1]}x{first[0]} and {other[1]}x{other[0]}); set '
+      '--config.data.cache_side=N to hold them at N x N (shorter side '
+      'resized to N, centre square), or stream the folder with '
+      '--config.data.max_in_memory_mb=0')
 
 
 def _cache_name(root: str, side: int, key: str) -> str:

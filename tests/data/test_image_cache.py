@@ -167,6 +167,32 @@ def test_mixed_sizes_need_a_cache_side(tmp_path):
   np.testing.assert_array_equal(src.images['train'][0], expected)
 
 
+def test_mixed_sizes_stop_before_the_larger_images_are_decoded(
+    tmp_path, monkeypatch):
+  # plan.py's memory estimate takes the first image's size: a folder of
+  # large photos behind a thumbnail must not be decoded whole (memory).
+  root = tmp_path / 'mixed'
+  os.makedirs(root / 'c')
+  PIL.Image.fromarray(_image(0, (10, 12))).save(root / 'c' / '00.png')
+  big = np.zeros((1000, 1500, 3), np.uint8)
+  for i in range(1, 21):
+    PIL.Image.fromarray(big).save(root / 'c' / f'{i:02d}.jpg')
+  decoded = []
+  convert = PIL.Image.Image.convert
+  def spy(im, *args, **kwargs):
+    decoded.append(im.size)
+    return convert(im, *args, **kwargs)
+  monkeypatch.setattr(PIL.Image.Image, 'convert', spy)
+  listing = sources.get_source(f'folder:{root}', validate_files=False)
+  with pytest.raises(ValueError, match=r'different sizes \(e.g. 12x10 and '
+                     r'1500x1000\); set --config.data.cache_side=N'):
+    image_cache.folder_arrays(root, listing.files, listing.labels,
+                              listing.class_names,
+                              cache_dir=str(tmp_path / 'cache'),
+                              num_threads=1)
+  assert decoded.count((1500, 1000)) < 20
+
+
 def test_16_bit_grayscale_png_is_scaled_to_8_bits_not_saturated(tmp_path):
   root = tmp_path / 'deep'
   os.makedirs(root / 'c')
