@@ -102,11 +102,18 @@ def listing_key(root: str, files: Mapping[str, Sequence[str]],
 
 
 def image_shape(files: Sequence[str]) -> tuple[int, int] | None:
-  """(height, width) of the first file Pillow can read a header of."""
+  """(height, width) of the first JPEG/PNG file Pillow can read a header of.
+
+  Every file is tried in turn (only the undecodable ones before the first
+  image cost a look): a folder whose first files are not images is sized
+  by the images that follow. None when no file has a readable header.
+  """
   import PIL.Image  # pylint: disable=g-import-not-at-top
-  for path in files[:16]:
+  for path in files:
     try:
       with PIL.Image.open(path) as im:
+        if im.format not in _FORMATS:
+          continue
         return im.height, im.width
     except (OSError, ValueError, SyntaxError):
       continue

@@ -292,6 +292,25 @@ def test_plan_holds_a_folder_that_fits_in_memory_and_streams_a_larger_one(
   plan.build(_tiny(f'folder:{root}', cache), topology=one)  # needs no TF
 
 
+def test_a_folder_whose_first_files_are_not_images_is_still_held_in_memory(
+    tmp_path, monkeypatch):
+  root = tmp_path / 'data'
+  good = _make_folder(root)
+  for i in range(20):  # sorted before every image of train/a
+    (root / 'train' / 'a' / f'-junk{i:02d}.jpg').write_text('not an image\n')
+  one = plan.Topology(1, 1)
+  cache = ('data.cache_dir', str(tmp_path / 'cache'))
+  dry = plan.build(_tiny(f'folder:{root}', cache), topology=one,
+                   read_data=False).config.derived
+  assert dry.data_path == 'in_memory' and dry.in_memory_mb >= 0
+  monkeypatch.setattr(plan, '_tensorflow_importable', lambda: False)
+  run = plan.build(_tiny(f'folder:{root}', cache), topology=one)
+  assert run.config.derived.data_path == 'in_memory'
+  np.testing.assert_array_equal(run.source.images['train'],
+                                _expected(good, 'train'))
+  assert run.source.num_skipped == {'train': 22, 'test': 0}
+
+
 @pytest.mark.parametrize('field,value', [
     ('data.max_in_memory_mb', -1), ('data.cache_side', -3),
     ('data.in_memory_on', 'gpu'), ('data.cache_dir', 'gs://bucket/cache')])
