@@ -222,7 +222,7 @@ def build(arg=None, *, method='byol', extra_options=(), model=None,
   config.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=1000, every_secs=600, max_to_keep=3,
       # Resume a workdir whose checkpoint was trained under another
-      # trajectory (plan.trajectory), e.g. to extend a finished run; the
+      # trajectory (resume.trajectory), e.g. to extend a finished run; the
       # change is recorded in WORKDIR/config_history.jsonl.
       allow_changed_config=False))
   config.logging = ml_collections.ConfigDict(dict(

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from byol_jax import resume
 from byol_jax.data import augment
 from byol_jax.methods import networks
 
@@ -133,7 +134,7 @@ def load_config(workdir) -> ml_collections.ConfigDict:
     workdir: a pre-training run directory (local or gs://).
 
   Returns:
-    The built config (plan.build's), as plan.from_saved reads it.
+    The built config (plan.build's), as resume.from_saved reads it.
 
   Raises:
     FileNotFoundError: no workdir or no config.json, naming the command that
@@ -152,13 +153,12 @@ def load_config(workdir) -> ml_collections.ConfigDict:
         f'{path} not found: {workdir} is not a pre-training workdir (the run '
         f'writes {CONFIG_FILE} when it starts); ' +
         _RUN_HINT.format(workdir=workdir))
-  from byol_jax import plan  # pylint: disable=g-import-not-at-top
   try:
     saved = json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise ValueError(f'{path} is not valid JSON ({e}); it was damaged: copy '
                      'it from a backup, or rerun the pre-training.') from None
-  return plan.from_saved(saved)
+  return resume.from_saved(saved)
 
 
 def _no_checkpoint(workdir) -> FileNotFoundError:

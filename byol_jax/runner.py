@@ -12,6 +12,7 @@ from etils import epath
 import jax
 
 from byol_jax import plan
+from byol_jax import resume
 
 
 def run(config, workdir: str, *, topology=None, explicit=frozenset(),
@@ -85,7 +86,7 @@ def eval_signature(config) -> dict:
   Returns:
     A flat {field: value} dict, as JSON gives it back (tuples as lists).
   """
-  return json.loads(json.dumps(plan.flatten({
+  return json.loads(json.dumps(resume.flatten({
       'eval': config.eval.to_dict(), 'seed': config.seed,
       'data': config.data.to_dict(), 'splits': config.derived.splits.to_dict(),
       'num_classes': config.derived.num_classes})))

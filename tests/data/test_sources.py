@@ -8,6 +8,7 @@ import PIL.Image
 import pytest
 
 from byol_jax.data import memory_sources
+from byol_jax.data import opening
 from byol_jax.data import sources
 
 CIFAR_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
@@ -353,7 +354,7 @@ def test_small_tfds_datasets_are_held_in_memory(monkeypatch):
   assert (dry.data_path, dry.in_memory_mb) == ('in_memory', 175.8)
   dry = _tiny_plan('tfds:imagenet2012', read_data=False).config.derived
   assert dry.data_path == 'streaming'
-  monkeypatch.setattr(plan, '_tensorflow_importable', lambda: False)
+  monkeypatch.setattr(opening, 'tensorflow_importable', lambda: False)
   with pytest.raises(plan.ConfigError, match=r"^data.source='tfds:cifar10': "
                      'TFDS datasets need TensorFlow, which is not importable'):
     _tiny_plan('tfds:cifar10', read_data=False)
