@@ -10,6 +10,7 @@ import pytest
 from byol_jax.data import memory_sources
 from byol_jax.data import opening
 from byol_jax.data import sources
+from byol_jax.data import splits
 
 CIFAR_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
                  'frog', 'horse', 'ship', 'truck')
@@ -248,7 +249,7 @@ def test_hold_out_folder_with_test_keeps_test(tmp_path):
 
 
 def test_logical_mapping_with_held_out():
-  gs = sources._generic_split  # pylint: disable=protected-access
+  gs = splits.generic_split
   assert gs('test', ('train', 'held_out'), 'x') == 'held_out'
   assert gs('test', ('train', 'test', 'held_out'), 'x') == 'test'
   assert gs('test', ('train', 'validation', 'held_out'), 'x') == 'validation'
