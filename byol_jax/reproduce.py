@@ -36,12 +36,12 @@ from etils import epath
 
 from byol_jax import configs
 from byol_jax import report
+from byol_jax import workdir as workdir_lib
 
 EXPERIMENTS_DIR = configs.EXPERIMENTS_DIR
 SCALES = ('tiny', 'cifar10')
 TABLES = (1, 2)
 NORMS = ('bn', 'ln', 'none')
-RESULTS_FILE = 'eval_results.json'
 # Failures recorded by this command (variant -> message); a variant listed
 # here is retried on the next run.
 FAILURES_FILE = 'failures.json'
@@ -154,7 +154,7 @@ def parse_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def is_done(workdir: epath.Path) -> bool:
-  return (workdir / RESULTS_FILE).exists()
+  return workdir_lib.eval_results_path(workdir).exists()
 
 
 def _read_failures(root: epath.Path) -> dict:
@@ -223,7 +223,7 @@ def reproduce(table: int, scale: str, workdir, *, variants=(), dataset='',
     vdir = root / variant.name
     if is_done(vdir):
       logging.info('%s: done (%s exists), skipped.', variant.name,
-                   vdir / RESULTS_FILE)
+                   workdir_lib.eval_results_path(vdir))
       out['skipped'].append(variant.name)
       continue
     logging.info('%s: %s', variant.name, command)
@@ -254,7 +254,7 @@ def write_table(table: int, scale: str, root: epath.Path,
   Variants without metrics (not started, or failed before logging) are listed
   under the table instead of stopping the report.
   """
-  has_metrics = {v.name: (root / v.name / 'metrics.jsonl').exists()
+  has_metrics = {v.name: workdir_lib.metrics_path(root / v.name).exists()
                  for v in variants}
   present = [root / v.name for v in variants if has_metrics[v.name]]
   missing = [v.name for v in variants if not has_metrics[v.name]]

@@ -17,17 +17,15 @@ import json
 from typing import Optional
 
 from absl import logging
-from etils import epath
 import jax
 
 from byol_jax import encoder as encoder_lib
 from byol_jax import losses
 from byol_jax import resume
+from byol_jax import workdir as workdir_lib
 from byol_jax.evaluation import features
 from byol_jax.evaluation import probe
 from byol_jax.methods import networks
-
-RESULTS_FILE = 'eval_results.json'
 
 # pretrain.py (the kNN monitor) and benchmarks/probe_sweep.py still read
 # these here; their homes are features.py and probe.py.
@@ -163,9 +161,9 @@ def run_linear_eval(config, workdir, params, state, *, source,
                  _percent(results['top1']),
                  _percent(results['random_init']['top1']))
   if jax.process_index() == 0:
-    path = epath.Path(workdir) / RESULTS_FILE
+    path = workdir_lib.eval_results_path(workdir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (RESULTS_FILE + '.tmp')
+    tmp = path.parent / (path.name + '.tmp')
     tmp.write_text(json.dumps(results, indent=2))
     tmp.replace(path)  # readers never see a half-written file
     logging.info('Wrote %s', path)

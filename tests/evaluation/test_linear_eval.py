@@ -18,6 +18,7 @@ from byol_jax import configs
 from byol_jax import encoder
 from byol_jax import losses
 from byol_jax import plan
+from byol_jax import workdir as workdir_lib
 from byol_jax.evaluation import features
 from byol_jax.evaluation import linear_eval
 from byol_jax.evaluation import probe
@@ -57,7 +58,7 @@ def eight_device_run(setup, tmp_path_factory):
 
 def test_fast_path_beats_chance_and_writes_results(eight_device_run):
   workdir, results = eight_device_run
-  on_disk = json.loads((workdir / linear_eval.RESULTS_FILE).read_text())
+  on_disk = json.loads((workdir / workdir_lib.EVAL_RESULTS).read_text())
   assert on_disk == results
   for key in ('top1', 'top5', 'knn_top1', 'num_train', 'num_test', 'epochs',
               'steps', 'tag'):
@@ -222,7 +223,7 @@ def test_final_probe_trains_on_all_of_train_at_the_chosen_rate(
   assert final_call == (1500, [chosen], 2 * (1500 // 256))
   assert results['learning_rate'] == chosen  # batch 256: x 256 / 256
   assert results['sweep_valid_examples'] == 300
-  on_disk = json.loads((tmp_path / linear_eval.RESULTS_FILE).read_text())
+  on_disk = json.loads((tmp_path / workdir_lib.EVAL_RESULTS).read_text())
   assert on_disk['sweep'] == results['sweep']
 
 
