@@ -56,6 +56,10 @@ GN_WS_TRAINING = dict(base_learning_rate=0.24, weight_decay=3e-8,
                       base_ema=0.999)
 GN_WS_PAPER_TOP1 = paper.TABLE2['gn_ws']
 
+# Paper Table 1: each component's normalisation is one of these ('ln' is the
+# paper's LayerNorm: GroupNorm with one group).
+TABLE1_NORMS = ('bn', 'ln', 'none')
+
 COMMON_OPTIONS = ('tiny', 'cifar10', 'dataset', 'epochs', 'batch', 'steps',
                   'bf16')
 # Options that take no value (all others need one: `name=value`).

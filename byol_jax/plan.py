@@ -50,6 +50,7 @@ from byol_jax import resume
 from byol_jax import schedules
 from byol_jax import validation
 from byol_jax.data import opening
+from byol_jax.data import splits
 
 ConfigError = validation.ConfigError  # what build raises
 # The resume contract lives in resume.py; pretrain.py still reads these as
@@ -193,7 +194,7 @@ def epochs_to_steps(epochs: int, num_examples: int, batch: int) -> int:
 # Held-out examples for the probe's learning-rate sweep when the dataset has
 # no validation split and eval.sweep_valid_examples is -1: a fifth of the
 # training split, at most ImageNet's 10,000.
-SWEEP_VALID_MAX = 10_000
+SWEEP_VALID_MAX = splits.IMAGENET_VALID_EXAMPLES
 
 
 def sweep_valid_split(config, source) -> str:

@@ -41,7 +41,7 @@ from byol_jax import workdir as workdir_lib
 EXPERIMENTS_DIR = configs.EXPERIMENTS_DIR
 SCALES = ('tiny', 'cifar10')
 TABLES = (1, 2)
-NORMS = ('bn', 'ln', 'none')
+NORMS = configs.TABLE1_NORMS
 # Failures recorded by this command (variant -> message); a variant listed
 # here is retried on the next run.
 FAILURES_FILE = 'failures.json'

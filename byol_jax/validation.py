@@ -8,6 +8,8 @@ allowed; main.py prints it and exits 2.
 
 import math
 
+from byol_jax.data import splits
+
 METHODS = ('byol', 'simclr')
 MODES = ('pretrain', 'linear_eval')
 IN_MEMORY_ON = ('device', 'host')
@@ -181,7 +183,7 @@ def validate_inputs(config, mode: str) -> None:
      e.sweep_valid_examples > 0 or e.sweep_valid_examples == -1),
         'eval.sweep_valid_examples', e.sweep_valid_examples,
         'must be a positive count, or -1 for a fifth of the training split '
-        '(at most 10000).')
+        f'(at most {splits.IMAGENET_VALID_EXAMPLES}).')
   check(0 <= e.momentum < 1, 'eval.momentum', e.momentum,
         'must be in [0, 1).')
 

@@ -15,8 +15,12 @@ LOGICAL_SPLITS = ('pretrain', 'linear_train', 'linear_valid', 'test')
 # The official ImageNet protocol (BYOL paper, Appendix C.1; official
 # byol/utils/dataset.py): pre-train on all of `train`, hold out its first
 # 10,000 images to select linear-probe hyper-parameters, report on `validation`.
-IMAGENET_SPLITS = {'pretrain': 'train', 'linear_train': 'train[10000:]',
-                   'linear_valid': 'train[:10000]', 'test': 'validation'}
+IMAGENET_VALID_EXAMPLES = 10_000
+IMAGENET_SPLITS = {
+    'pretrain': 'train',
+    'linear_train': f'train[{IMAGENET_VALID_EXAMPLES}:]',
+    'linear_valid': f'train[:{IMAGENET_VALID_EXAMPLES}]',
+    'test': 'validation'}
 
 HELD_OUT = 'held_out'  # the raw split that `hold_out` adds
 HOLD_OUT_HINT = ('hold out part of train with '
