@@ -25,9 +25,15 @@ batch always takes effect. -1 in training.total_steps / warmup_steps and in
 data.num_classes means "derive it".
 """
 
+import importlib.util
+import pathlib
+
 import ml_collections
 
 from byol_jax import paper
+
+# The experiment configs of a checkout (not installed with the package).
+EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parents[1] / 'experiments'
 
 # Official BYOL presets by number of pre-training epochs (byol/configs/byol.py
 # of the official code; BYOL paper Appendix C): base learning rate (for batch
@@ -49,6 +55,10 @@ GN_WS_MODEL = dict(encoder_norm='gn', projector_norm='gn', predictor_norm='gn',
 GN_WS_TRAINING = dict(base_learning_rate=0.24, weight_decay=3e-8,
                       base_ema=0.999)
 GN_WS_PAPER_TOP1 = paper.TABLE2['gn_ws']
+
+# Paper Table 1: each component's normalisation is one of these ('ln' is the
+# paper's LayerNorm: GroupNorm with one group).
+TABLE1_NORMS = ('bn', 'ln', 'none')
 
 COMMON_OPTIONS = ('tiny', 'cifar10', 'dataset', 'epochs', 'batch', 'steps',
                   'bf16')
@@ -222,7 +232,7 @@ def build(arg=None, *, method='byol', extra_options=(), model=None,
   config.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=1000, every_secs=600, max_to_keep=3,
       # Resume a workdir whose checkpoint was trained under another
-      # trajectory (plan.trajectory), e.g. to extend a finished run; the
+      # trajectory (resume.trajectory), e.g. to extend a finished run; the
       # change is recorded in WORKDIR/config_history.jsonl.
       allow_changed_config=False))
   config.logging = ml_collections.ConfigDict(dict(
@@ -353,3 +363,35 @@ def apply_cifar10(config) -> None:
   # The paper's probe protocol (augmented crops, 80 epochs), cheap at 32 px.
   config.eval.update(dict(num_epochs=80, global_batch_size=1024,
                           sweep_valid_examples=-1, augment=True))
+
+
+def load_experiment(name: str, arg: str = '', *,
+                    experiments_dir=EXPERIMENTS_DIR
+                    ) -> ml_collections.ConfigDict:
+  """experiments/<name>.py's get_config(arg): what `--config=...:<arg>` gives.
+
+  The one loader of experiment config files outside main.py (whose absl
+  flag, ml_collections.config_flags, loads them from the command line):
+  reproduce.py and the tests.
+
+  Args:
+    name: the experiment, e.g. 'gn_ws' (experiments/gn_ws.py).
+    arg: the config string after the colon, e.g. 'tiny,dataset=digits'.
+    experiments_dir: where the experiment configs live.
+
+  Returns:
+    The config of inputs (before any --config.* override).
+
+  Raises:
+    FileNotFoundError: no such experiment file, naming the fix.
+  """
+  path = pathlib.Path(experiments_dir) / f'{name}.py'
+  if not path.exists():
+    raise FileNotFoundError(
+        f'{path} not found: run from a checkout of byol_jax (the experiment '
+        'configs are not installed with the package) or pass '
+        '--experiments_dir.')
+  spec = importlib.util.spec_from_file_location(f'_exp_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

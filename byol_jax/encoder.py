@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from byol_jax import resume
+from byol_jax import workdir as workdir_lib
 from byol_jax.data import augment
 from byol_jax.methods import networks
 
-CONFIG_FILE = 'config.json'
-CHECKPOINT_DIR = 'checkpoints'
 ENCODER_MODULES = ('encoder',)
 _RUN_HINT = ('run a pre-training first: python -m byol_jax.main '
              '--config=experiments/quickstart.py --workdir={workdir}')
@@ -133,7 +133,7 @@ def load_config(workdir) -> ml_collections.ConfigDict:
     workdir: a pre-training run directory (local or gs://).
 
   Returns:
-    The built config (plan.build's), as plan.from_saved reads it.
+    The built config (plan.build's), as resume.from_saved reads it.
 
   Raises:
     FileNotFoundError: no workdir or no config.json, naming the command that
@@ -141,30 +141,29 @@ def load_config(workdir) -> ml_collections.ConfigDict:
     ValueError: config.json is not valid JSON.
   """
   workdir = epath.Path(workdir)
-  path = workdir / CONFIG_FILE
+  path = workdir_lib.config_path(workdir)
   if not workdir.exists():
     raise FileNotFoundError(
         f'{workdir} does not exist: expected a pre-training workdir holding '
-        f'{CONFIG_FILE} and {CHECKPOINT_DIR}/; ' +
+        f'{workdir_lib.CONFIG} and {workdir_lib.CHECKPOINTS}/; ' +
         _RUN_HINT.format(workdir=workdir))
   if not path.exists():
     raise FileNotFoundError(
         f'{path} not found: {workdir} is not a pre-training workdir (the run '
-        f'writes {CONFIG_FILE} when it starts); ' +
+        f'writes {workdir_lib.CONFIG} when it starts); ' +
         _RUN_HINT.format(workdir=workdir))
-  from byol_jax import plan  # pylint: disable=g-import-not-at-top
   try:
     saved = json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise ValueError(f'{path} is not valid JSON ({e}); it was damaged: copy '
                      'it from a backup, or rerun the pre-training.') from None
-  return plan.from_saved(saved)
+  return resume.from_saved(saved)
 
 
 def _no_checkpoint(workdir) -> FileNotFoundError:
   return FileNotFoundError(
-      f'{workdir / CHECKPOINT_DIR} holds no checkpoint: the pre-training run '
-      f'in {workdir} has not saved one yet (it saves every '
+      f'{workdir_lib.checkpoint_dir(workdir)} holds no checkpoint: the '
+      f'pre-training run in {workdir} has not saved one yet (it saves every '
       'checkpoint.every_steps steps and on SIGTERM); resume it with the same '
       '--workdir, or ' + _RUN_HINT.format(workdir=workdir))
 
@@ -178,7 +177,7 @@ def latest_checkpoint_step(workdir) -> int:
       suffix), with the command that makes one.
   """
   workdir = epath.Path(workdir)
-  ckpt_dir = workdir / CHECKPOINT_DIR
+  ckpt_dir = workdir_lib.checkpoint_dir(workdir)
   steps = ([int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()]
            if ckpt_dir.exists() else [])
   if not steps:
@@ -206,7 +205,7 @@ def load_pretrained(workdir) -> Pretrained:
   from byol_jax import experiment  # pylint: disable=g-import-not-at-top
   workdir = epath.Path(workdir)
   config = load_config(workdir)
-  ckpt_dir = workdir / CHECKPOINT_DIR
+  ckpt_dir = workdir_lib.checkpoint_dir(workdir)
   latest_checkpoint_step(workdir)  # a clear error when there is none.
   with checkpointing.Checkpointer(ckpt_dir) as ckpt:
     restored = ckpt.restore_latest(experiment.state_template(config))

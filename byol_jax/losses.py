@@ -16,6 +16,7 @@ from typing import Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 # SimCLR masks self-similarities by subtracting a large number from the
 # logits (official simclr/tf2/objective.py uses LARGE_NUM = 1e9). A finite
@@ -104,21 +105,21 @@ def byol_loss(online_pred_1: jnp.ndarray, online_pred_2: jnp.ndarray,
 
 def softmax_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
                           where: Optional[jnp.ndarray] = None) -> jnp.ndarray:
-  """Mean softmax cross-entropy with integer labels.
+  """Mean softmax cross-entropy with integer labels (optax's, per example).
 
   Args:
     logits: [B, C] unnormalised log-probabilities.
-    labels: [B] integer class indices in [0, C).
+    labels: [B] integer class indices in [0, C); with `where`, the unselected
+      ones may be anything (e.g. -1 for unlabelled examples).
     where: optional [B] bool: average over these examples only (0 when none).
 
   Returns:
     Scalar: mean over the (selected) batch of -log softmax(logits)[label].
   """
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   safe = jnp.maximum(labels, 0) if where is not None else labels
-  picked = jnp.take_along_axis(log_probs, safe[..., None].astype(jnp.int32),
-                               axis=-1)[..., 0]
-  return -masked_mean(picked, where)
+  per_example = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), safe.astype(jnp.int32))
+  return masked_mean(per_example, where)
 
 
 def masked_mean(x: jnp.ndarray, where: Optional[jnp.ndarray]) -> jnp.ndarray:

@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 from etils import epath
 
 from byol_jax import paper
+from byol_jax import workdir as workdir_lib
 from byol_jax import writers
 
 # Metrics plotted against step, one PNG each (names as in metrics.jsonl).
@@ -98,12 +99,12 @@ def _wall_time(workdir: epath.Path, done: Optional[dict]):
   """
   if done and 'wall_time_s' in done:
     return float(done['wall_time_s']), True
-  config_path = workdir / 'config.json'
+  config_path = workdir_lib.config_path(workdir)
   if not config_path.exists():
     return None, False
   # epath's stat() works on local paths and on gs:// objects alike.
   start = config_path.stat().mtime
-  end = (workdir / writers.METRICS_FILENAME).stat().mtime
+  end = workdir_lib.metrics_path(workdir).stat().mtime
   if start is None or end is None:
     return None, False
   return max(float(end) - float(start), 0.), False
@@ -129,7 +130,7 @@ def load_run(workdir) -> dict:
     ValueError: the workdir has no metrics.jsonl (or it has no rows).
   """
   workdir = epath.Path(workdir)
-  metrics_path = workdir / writers.METRICS_FILENAME
+  metrics_path = workdir_lib.metrics_path(workdir)
   if not metrics_path.exists():
     raise ValueError(
         f'{metrics_path} does not exist: {workdir} is not a pre-training '
@@ -140,9 +141,9 @@ def load_run(workdir) -> dict:
   if not rows:
     raise ValueError(f'{metrics_path} has no metric rows; let pre-training '
                      'run to its first logging step.')
-  config = _read_json(workdir / 'config.json') or {}
-  done = _read_json(workdir / 'pretrain_done.json')
-  results = _read_json(workdir / 'eval_results.json') or {}
+  config = _read_json(workdir_lib.config_path(workdir)) or {}
+  done = _read_json(workdir_lib.pretrain_done_path(workdir))
+  results = _read_json(workdir_lib.eval_results_path(workdir)) or {}
   paper = config.get('paper_top1', -1.)
   total = config.get('derived', {}).get(
       'total_steps', config.get('training', {}).get('total_steps', -1))

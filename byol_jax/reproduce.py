@@ -25,10 +25,8 @@ SimCLR, which has no predictor (experiments/ablation.py).
 """
 
 import dataclasses
-import importlib.util
 import itertools
 import json
-import pathlib
 import sys
 import time
 from typing import Optional, Sequence
@@ -36,13 +34,14 @@ from typing import Optional, Sequence
 from absl import logging
 from etils import epath
 
+from byol_jax import configs
 from byol_jax import report
+from byol_jax import workdir as workdir_lib
 
-EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parents[1] / 'experiments'
+EXPERIMENTS_DIR = configs.EXPERIMENTS_DIR
 SCALES = ('tiny', 'cifar10')
 TABLES = (1, 2)
-NORMS = ('bn', 'ln', 'none')
-RESULTS_FILE = 'eval_results.json'
+NORMS = configs.TABLE1_NORMS
 # Failures recorded by this command (variant -> message); a variant listed
 # here is retried on the next run.
 FAILURES_FILE = 'failures.json'
@@ -113,15 +112,9 @@ def load_config(variant: Variant, scale: str, dataset: str = '',
   Returns:
     The config of inputs (runner.run builds it).
   """
-  path = pathlib.Path(experiments_dir) / f'{variant.config}.py'
-  if not path.exists():
-    raise FileNotFoundError(
-        f'{path} not found: run from a checkout of byol_jax (the experiment '
-        'configs are not installed with the package) or pass --experiments_dir.')
-  spec = importlib.util.spec_from_file_location(f'_exp_{variant.config}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(variant.config_arg(scale, dataset))
+  config = configs.load_experiment(variant.config,
+                                   variant.config_arg(scale, dataset),
+                                   experiments_dir=experiments_dir)
   for key, value in overrides:
     *parents, leaf = key.split('.')
     node = config
@@ -161,7 +154,7 @@ def parse_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def is_done(workdir: epath.Path) -> bool:
-  return (workdir / RESULTS_FILE).exists()
+  return workdir_lib.eval_results_path(workdir).exists()
 
 
 def _read_failures(root: epath.Path) -> dict:
@@ -213,10 +206,10 @@ def reproduce(table: int, scale: str, workdir, *, variants=(), dataset='',
     raise ValueError(f'--scale={scale!r}: use one of {", ".join(SCALES)}.')
   chosen = select(table_variants(table), variants)
   root = epath.Path(workdir)
-  configs = [load_config(v, scale, dataset, overrides, experiments_dir)
-             for v in chosen]
+  variant_configs = [load_config(v, scale, dataset, overrides,
+                                 experiments_dir) for v in chosen]
   from byol_jax import plan  # pylint: disable=g-import-not-at-top
-  for config in configs:  # every config error before any training.
+  for config in variant_configs:  # every config error before training.
     plan.build(config, read_data=False)
   commands = [v.command(scale, dataset, root / v.name, overrides)
               for v in chosen]
@@ -226,11 +219,11 @@ def reproduce(table: int, scale: str, workdir, *, variants=(), dataset='',
     return out
   root.mkdir(parents=True, exist_ok=True)
   failures = _read_failures(root)
-  for variant, config, command in zip(chosen, configs, commands):
+  for variant, config, command in zip(chosen, variant_configs, commands):
     vdir = root / variant.name
     if is_done(vdir):
       logging.info('%s: done (%s exists), skipped.', variant.name,
-                   vdir / RESULTS_FILE)
+                   workdir_lib.eval_results_path(vdir))
       out['skipped'].append(variant.name)
       continue
     logging.info('%s: %s', variant.name, command)
@@ -261,7 +254,7 @@ def write_table(table: int, scale: str, root: epath.Path,
   Variants without metrics (not started, or failed before logging) are listed
   under the table instead of stopping the report.
   """
-  has_metrics = {v.name: (root / v.name / 'metrics.jsonl').exists()
+  has_metrics = {v.name: workdir_lib.metrics_path(root / v.name).exists()
                  for v in variants}
   present = [root / v.name for v in variants if has_metrics[v.name]]
   missing = [v.name for v in variants if not has_metrics[v.name]]

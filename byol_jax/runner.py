@@ -8,10 +8,11 @@ import json
 import logging as logging_lib
 
 from absl import logging
-from etils import epath
 import jax
 
 from byol_jax import plan
+from byol_jax import resume
+from byol_jax import workdir as workdir_lib
 
 
 def run(config, workdir: str, *, topology=None, explicit=frozenset(),
@@ -85,7 +86,7 @@ def eval_signature(config) -> dict:
   Returns:
     A flat {field: value} dict, as JSON gives it back (tuples as lists).
   """
-  return json.loads(json.dumps(plan.flatten({
+  return json.loads(json.dumps(resume.flatten({
       'eval': config.eval.to_dict(), 'seed': config.seed,
       'data': config.data.to_dict(), 'splits': config.derived.splits.to_dict(),
       'num_classes': config.derived.num_classes})))
@@ -93,8 +94,7 @@ def eval_signature(config) -> dict:
 
 def _done_eval(config, workdir, step):
   """eval_results.json when it holds this step's evaluation under config."""
-  from byol_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
-  path = epath.Path(workdir) / linear_eval.RESULTS_FILE
+  path = workdir_lib.eval_results_path(workdir)
   if not path.exists():
     return None
   results = json.loads(path.read_text())

@@ -23,7 +23,9 @@ from absl import logging
 from etils import epath
 import numpy as np
 
-METRICS_FILENAME = 'metrics.jsonl'
+from byol_jax import workdir as workdir_lib
+
+METRICS_FILENAME = workdir_lib.METRICS
 
 
 def _scalar(name: str, value) -> float:

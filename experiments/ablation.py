@@ -17,9 +17,7 @@ paper did not run (e.g. LN encoder with a BN projector).
 
 from byol_jax import configs
 from byol_jax import paper
-
-KINDS = ('bn', 'ln', 'none')
-METHODS = ('byol', 'simclr')
+from byol_jax import validation
 
 
 def get_config(arg=None):
@@ -29,13 +27,14 @@ def get_config(arg=None):
   norms = {}
   for component in ('encoder', 'projector', 'predictor'):
     kind = options.get(component, 'bn')
-    if kind not in KINDS:
+    if kind not in configs.TABLE1_NORMS:
       raise ValueError(f'ablation option {component}={kind!r}: use one of '
-                       f'{", ".join(KINDS)} (paper Table 1).')
+                       f'{", ".join(configs.TABLE1_NORMS)} (paper Table 1).')
     norms[f'{component}_norm'] = kind
   method = options.get('method', 'byol')
-  if method not in METHODS:
-    raise ValueError(f'ablation option method={method!r}: use byol or simclr.')
+  if method not in validation.METHODS:
+    raise ValueError(f'ablation option method={method!r}: use '
+                     f'{" or ".join(validation.METHODS)}.')
   config = configs.build(arg, method=method, epochs=300, model=norms,
                          options=options)
   top1 = paper.table1(method, norms['encoder_norm'], norms['projector_norm'],

@@ -72,7 +72,7 @@ def test_encoder_matches_make_forward_representation(saved):
   params, net_state = state.online_params, state.online_state
   want, _ = jax.jit(lambda p, s: forward.apply(
       p, s, None, augment.normalize(x), is_training=False))(params, net_state)
-  got = jax.jit(linear_eval.encoder_apply(config))(params, net_state, x)
+  got = jax.jit(encoder.encoder_apply(config))(params, net_state, x)
   np.testing.assert_allclose(got, want['representation'], rtol=1e-5,
                              atol=1e-6)
 
@@ -85,12 +85,12 @@ def test_load_encoder_returns_checkpoint_features(saved):
   got = np.asarray(encode(x))
   dim = resnet.feature_size(config.model.depth, config.model.width_multiplier)
   assert got.shape == (6, dim)
-  want = jax.jit(linear_eval.encoder_apply(config))(
+  want = jax.jit(encoder.encoder_apply(config))(
       state.online_params, state.online_state, x)
   np.testing.assert_array_equal(got, np.asarray(want))
   # The checkpoint's BN statistics matter: fresh ones give other features.
   fresh_state = jax.tree.map(np.ones_like, state.online_state)
-  other = jax.jit(linear_eval.encoder_apply(config))(
+  other = jax.jit(encoder.encoder_apply(config))(
       state.online_params, fresh_state, x)
   assert np.abs(np.asarray(other) - got).max() > 1e-3
   with pytest.raises(ValueError, match=r'\[N, H, W, 3\]'):

@@ -35,7 +35,6 @@ then
   gn2r a copy of gn2's workdir resumed by 2 new processes, from k to 12.
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -53,6 +52,7 @@ import numpy as np
 import pytest
 
 from byol_jax import checkpointing
+from byol_jax import configs
 from byol_jax import distributed
 from byol_jax import experiment
 from byol_jax import main as main_lib
@@ -162,11 +162,7 @@ class Job:
 
 
 def _config(name, arg='tiny'):
-  spec = importlib.util.spec_from_file_location(
-      name, REPO / 'experiments' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return configs.load_experiment(name, arg)
 
 
 def _reference(name, arg, workdir, **overrides):

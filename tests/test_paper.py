@@ -1,11 +1,11 @@
 """byol_jax/paper.py against ../shared/paper/TABLES.md, and the configs."""
 
-import importlib.util
 import pathlib
 import re
 
 import pytest
 
+from byol_jax import configs
 from byol_jax import paper
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -14,11 +14,7 @@ NORM = {'BN': 'bn', 'LN': 'ln', '-': 'none'}
 
 
 def _config(name, arg=''):
-  spec = importlib.util.spec_from_file_location(
-      name, REPO / 'experiments' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return configs.load_experiment(name, arg)
 
 
 def test_transcription_matches_the_shared_tables():

@@ -23,6 +23,7 @@ import pytest
 from byol_jax import configs
 from byol_jax import main as main_lib
 from byol_jax import plan
+from byol_jax import resume
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / 'experiments'
@@ -503,7 +504,7 @@ def test_the_cli_refuses_a_changed_resume_in_one_line(tmp_path):
 
 def test_trajectory_ignores_what_does_not_shape_training():
   base = plan.build(parse('gn_ws.py:tiny'), topology=EIGHT).config
-  t = plan.trajectory(base)
+  t = resume.trajectory(base)
   assert t['training.global_batch_size'] == 256
   assert t['derived.total_steps'] == 150
   for field in ('training.max_steps', 'checkpoint.every_steps',
@@ -512,12 +513,12 @@ def test_trajectory_ignores_what_does_not_shape_training():
   other = plan.build(parse('gn_ws.py:tiny', '--config.training.max_steps=5',
                            '--config.eval.num_epochs=3'),
                      topology=EIGHT).config
-  assert plan.trajectory(other) == t
-  assert plan.fingerprint(plan.trajectory(other)) == plan.fingerprint(t)
+  assert resume.trajectory(other) == t
+  assert resume.fingerprint(resume.trajectory(other)) == resume.fingerprint(t)
   lr = plan.build(parse('gn_ws.py:tiny',
                         '--config.training.base_learning_rate=0.3'),
                   topology=EIGHT).config
-  assert plan.changes(t, plan.trajectory(lr)) == {
+  assert resume.changes(t, resume.trajectory(lr)) == {
       'training.base_learning_rate': (0.24, 0.3)}
   assert np.isclose(lr.derived.peak_learning_rate, 0.3)
 
@@ -527,16 +528,16 @@ def test_checkpoints_from_before_the_in_memory_path_resume_as_they_ran():
   from byol_jax.data import sources  # pylint: disable=g-import-not-at-top
   imagenet = plan.build(parse('gn_ws.py'), topology=EIGHT,
                         read_data=False).config
-  new = plan.trajectory(imagenet)
+  new = resume.trajectory(imagenet)
   assert new['derived.data_path'] == 'streaming'
   old = {k: v for k, v in new.items()
          if k not in ('data.cache_side', 'derived.data_path')}
-  assert plan.changes(plan.upgrade_trajectory(old), new) == {}
+  assert resume.changes(resume.upgrade_trajectory(old), new) == {}
   # A digits run's crops moved from the host to the devices: a change.
   digits = plan.build(parse('gn_ws.py:tiny'), topology=EIGHT,
                       source=sources.get_source('digits')).config
-  new = plan.trajectory(digits)
+  new = resume.trajectory(digits)
   old = {k: v for k, v in new.items()
          if k not in ('data.cache_side', 'derived.data_path')}
-  assert plan.changes(plan.upgrade_trajectory(old), new) == {
+  assert resume.changes(resume.upgrade_trajectory(old), new) == {
       'derived.data_path': ('streaming', 'in_memory')}

@@ -1,6 +1,5 @@
 """The experiment runner: configs, validation, NaN stop, exact resume."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 from byol_jax import checkpointing
+from byol_jax import configs
 from byol_jax import experiment
 from byol_jax import main as main_lib
 from byol_jax import plan
@@ -29,11 +29,7 @@ QUICK = 'tiny,batch=64'
 
 
 def load_config(name, arg='tiny', **overrides):
-  spec = importlib.util.spec_from_file_location(
-      name, REPO / 'experiments' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
+  config = configs.load_experiment(name, arg)
   for key, value in overrides.items():
     section, field = key.split('.')
     config[section][field] = value

@@ -14,13 +14,13 @@ device) backs two acceptance criteria:
 
 Everything is in one test so that pytest-xdist runs it once.
 """
-import importlib.util
 import json
 import os
 import pathlib
 import subprocess
 import sys
 
+from byol_jax import configs
 from byol_jax import report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -37,11 +37,7 @@ QUICKSTART_KNN_MARGIN = 0.02
 
 
 def _config(name, arg):
-  spec = importlib.util.spec_from_file_location(
-      name, REPO / 'experiments' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return configs.load_experiment(name, arg)
 
 
 def test_quickstart_is_gn_ws_tiny_with_the_random_baseline():

@@ -1,8 +1,7 @@
-"""Representation monitors: collapse statistics and kNN accuracy.
+"""The weighted kNN accuracy of frozen features (a training monitor).
 
-Pure jnp functions of embeddings, cheap enough to run every few hundred steps.
-The paper is about whether BYOL without batch statistics collapses (paper §1,
-§3); these numbers show collapse as it happens, long before linear evaluation.
+The collapse statistics (collapse_std, effective_rank) are in
+byol_jax/metrics.py.
 """
 import functools
 
@@ -10,66 +9,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_EPS = 1e-12
+from byol_jax import losses
+from byol_jax import metrics
+
+# The collapse statistics live in byol_jax/metrics.py; methods/networks.py
+# still reads collapse_std here (it goes once networks.py imports metrics).
+collapse_std = metrics.collapse_std
 
 
 def _l2_normalize(x: jnp.ndarray) -> jnp.ndarray:
-  x = jnp.asarray(x, jnp.float32)
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), _EPS))
-
-
-def _check_2d(name: str, z) -> None:
-  if np.ndim(z) != 2 or np.shape(z)[0] < 2:
-    raise ValueError(f'{name} must be [N, D] with N >= 2 embeddings; got shape '
-                     f'{np.shape(z)}. Flatten devices/views into N first.')
-
-
-def collapse_std(z: jnp.ndarray) -> jnp.ndarray:
-  """Per-dimension std of L2-normalised embeddings, times sqrt(D).
-
-  Each row z_i is normalised to unit length; the standard deviation of every
-  dimension over the batch is averaged over the D dimensions and multiplied by
-  sqrt(D). For embeddings spread uniformly on the unit sphere each coordinate
-  has variance 1/D, so the statistic is about 1; when all embeddings collapse
-  to one point (the trivial solution BYOL must avoid) it is 0. It measures
-  spread around the mean direction, not dimensionality (embeddings filling a
-  random low-dimensional subspace can still score ~1): pair it with
-  `effective_rank` to see dimensional collapse. This is the
-  collapse monitor of SimSiam (Chen & He, 2021, §4.1, "std of l2-normalized
-  output", there without the sqrt(D) scale), applied here to BYOL projections.
-
-  Args:
-    z: [N, D] embeddings (N >= 2), any float dtype.
-
-  Returns:
-    float32 scalar, ~1 healthy, ~0 collapsed.
-  """
-  _check_2d('z', z)
-  zn = _l2_normalize(z)
-  return jnp.mean(jnp.std(zn, axis=0)) * jnp.sqrt(jnp.float32(zn.shape[1]))
-
-
-def effective_rank(z: jnp.ndarray) -> jnp.ndarray:
-  """Effective rank of an embedding matrix (Roy & Vetterli, 2007).
-
-  exp(H(p)) with p_k = s_k / sum_j s_j the normalised singular values of z and
-  H the Shannon entropy: k for a matrix with k equal non-zero singular values,
-  1 when every row is the same vector, and at most min(N, D). The matrix is
-  used as given (not centred), as in the definition; normalise rows first to
-  ignore scale.
-
-  Args:
-    z: [N, D] embeddings (N >= 2).
-
-  Returns:
-    float32 scalar in [1, min(N, D)] (0 for an all-zero matrix).
-  """
-  _check_2d('z', z)
-  s = jnp.linalg.svd(jnp.asarray(z, jnp.float32), compute_uv=False)
-  p = s / jnp.maximum(jnp.sum(s), _EPS)
-  entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.)),
-                               0.))
-  return jnp.where(jnp.sum(s) > 0, jnp.exp(entropy), 0.)
+  return losses.l2_normalize(jnp.asarray(x, jnp.float32))
 
 
 @functools.partial(jax.jit, static_argnames=('num_classes', 'k'))
@@ -115,8 +64,8 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, *,
   Returns:
     accuracy in [0, 1] as a Python float.
   """
-  _check_2d('train_features', train_features)
-  _check_2d('test_features', test_features)
+  metrics.check_embeddings('train_features', train_features)
+  metrics.check_embeddings('test_features', test_features)
   n_train, dim = np.shape(train_features)
   n_test = np.shape(test_features)[0]
   if np.shape(test_features)[1] != dim:

@@ -8,7 +8,9 @@ import PIL.Image
 import pytest
 
 from byol_jax.data import memory_sources
+from byol_jax.data import opening
 from byol_jax.data import sources
+from byol_jax.data import splits
 
 CIFAR_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
                  'frog', 'horse', 'ship', 'truck')
@@ -247,7 +249,7 @@ def test_hold_out_folder_with_test_keeps_test(tmp_path):
 
 
 def test_logical_mapping_with_held_out():
-  gs = sources._generic_split  # pylint: disable=protected-access
+  gs = splits.generic_split
   assert gs('test', ('train', 'held_out'), 'x') == 'held_out'
   assert gs('test', ('train', 'test', 'held_out'), 'x') == 'test'
   assert gs('test', ('train', 'validation', 'held_out'), 'x') == 'validation'
@@ -353,7 +355,7 @@ def test_small_tfds_datasets_are_held_in_memory(monkeypatch):
   assert (dry.data_path, dry.in_memory_mb) == ('in_memory', 175.8)
   dry = _tiny_plan('tfds:imagenet2012', read_data=False).config.derived
   assert dry.data_path == 'streaming'
-  monkeypatch.setattr(plan, '_tensorflow_importable', lambda: False)
+  monkeypatch.setattr(opening, 'tensorflow_importable', lambda: False)
   with pytest.raises(plan.ConfigError, match=r"^data.source='tfds:cifar10': "
                      'TFDS datasets need TensorFlow, which is not importable'):
     _tiny_plan('tfds:cifar10', read_data=False)

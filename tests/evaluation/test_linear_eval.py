@@ -18,7 +18,10 @@ from byol_jax import configs
 from byol_jax import encoder
 from byol_jax import losses
 from byol_jax import plan
+from byol_jax import workdir as workdir_lib
+from byol_jax.evaluation import features
 from byol_jax.evaluation import linear_eval
+from byol_jax.evaluation import probe
 
 CHANCE = 0.1  # 10 balanced-ish digit classes
 
@@ -55,7 +58,7 @@ def eight_device_run(setup, tmp_path_factory):
 
 def test_fast_path_beats_chance_and_writes_results(eight_device_run):
   workdir, results = eight_device_run
-  on_disk = json.loads((workdir / linear_eval.RESULTS_FILE).read_text())
+  on_disk = json.loads((workdir / workdir_lib.EVAL_RESULTS).read_text())
   assert on_disk == results
   for key in ('top1', 'top5', 'knn_top1', 'num_train', 'num_test', 'epochs',
               'steps', 'tag'):
@@ -107,10 +110,10 @@ def test_augmented_path_leaves_encoder_unchanged(setup, tmp_path):
 
 def test_probe_loss_sends_no_gradient_into_the_encoder(setup):
   config, _, params, state = setup
-  loss_fn = linear_eval.make_loss(config, 10, encode=True)
+  loss_fn = probe.make_loss(config, 10, encode=True)
   images = jax.random.uniform(jax.random.PRNGKey(1), (8, 16, 16, 3))
   labels = jnp.arange(8) % 10
-  classifier = linear_eval._classifier(10)  # pylint: disable=protected-access
+  classifier = probe.classifier(10)
   clf = classifier.init(jax.random.PRNGKey(0), jnp.zeros((1, 128)))
   clf = jax.tree.map(lambda x: x + 0.1, clf)  # non-zero: encoder grads flow
   grad_fn = jax.jit(jax.grad(lambda c, p: loss_fn(c, p, state, images,
@@ -120,7 +123,7 @@ def test_probe_loss_sends_no_gradient_into_the_encoder(setup):
   assert any(np.any(np.asarray(g) != 0.) for g in jax.tree.leaves(clf_grads))
   # Without the stop-gradient the encoder would get a gradient.
   def leaky(c, p):
-    feats = linear_eval.encoder_apply(config)(p, state, images)
+    feats = encoder.encoder_apply(config)(p, state, images)
     return losses.softmax_cross_entropy(
         classifier.apply(c, feats), labels)
   leak = jax.jit(jax.grad(leaky, argnums=1))(clf, params)
@@ -129,7 +132,7 @@ def test_probe_loss_sends_no_gradient_into_the_encoder(setup):
 
 def test_knn_eval_above_chance(setup, eight_device_run):
   config, source, params, state = setup
-  acc = linear_eval.knn_eval(config, source, params, state)
+  acc = features.knn_eval(config, source, params, state)
   assert 0. <= acc <= 1.
   assert acc > 4 * CHANCE  # measured 0.670
   assert acc == eight_device_run[1]['knn_top1']
@@ -137,13 +140,13 @@ def test_knn_eval_above_chance(setup, eight_device_run):
 
 def test_extract_features_subset_matches_full_pass(setup):
   config, source, params, state = setup
-  feats, labels = linear_eval.extract_features(config, source, params, state,
+  feats, labels = features.extract_features(config, source, params, state,
                                                split='test')
   assert feats.shape == (297, 128) and labels.shape == (297,)
   np.testing.assert_array_equal(labels, source.labels['test'])
-  sub_feats, sub_labels = linear_eval.extract_features(
+  sub_feats, sub_labels = features.extract_features(
       config, source, params, state, split='test', max_examples=100)
-  idx = linear_eval._subset_indices(  # pylint: disable=protected-access
+  idx = features.subset_indices(
       297, 100)
   assert len(np.unique(idx)) == 100
   np.testing.assert_array_equal(sub_labels, labels[idx])
@@ -184,7 +187,7 @@ def test_sweep_chooses_the_clearly_best_rate():
   assert tuple(config.eval.learning_rates) == (0.4, 0.3, 0.2, 0.1, 0.05)
   assert config.derived.eval_sweep_valid_examples == 300
   assert config.derived.eval_sweep_steps == 2 * (1200 // 256)
-  chosen, table = linear_eval.sweep_learning_rate(
+  chosen, table = probe.sweep_learning_rate(
       config, plan.build(tiny_inputs()).source,
       (feats, signal.astype(np.int32)), 2)
   assert chosen == 4 and list(table) == ['0.4', '0.3', '0.2', '0.1', '0.05']
@@ -195,12 +198,12 @@ def test_sweep_chooses_the_clearly_best_rate():
 def _record_probe_calls(monkeypatch) -> list:
   """Records (examples, peak rates, steps) of every train_probes call."""
   calls = []
-  real = linear_eval.train_probes
+  real = probe.train_probes
 
   def spy(feats, labels, peaks, **kwargs):
     calls.append((len(labels), list(peaks), kwargs['steps']))
     return real(feats, labels, peaks, **kwargs)
-  monkeypatch.setattr(linear_eval, 'train_probes', spy)
+  monkeypatch.setattr(probe, 'train_probes', spy)
   return calls
 
 
@@ -220,7 +223,7 @@ def test_final_probe_trains_on_all_of_train_at_the_chosen_rate(
   assert final_call == (1500, [chosen], 2 * (1500 // 256))
   assert results['learning_rate'] == chosen  # batch 256: x 256 / 256
   assert results['sweep_valid_examples'] == 300
-  on_disk = json.loads((tmp_path / linear_eval.RESULTS_FILE).read_text())
+  on_disk = json.loads((tmp_path / workdir_lib.EVAL_RESULTS).read_text())
   assert on_disk['sweep'] == results['sweep']
 
 
@@ -268,13 +271,13 @@ def test_features_come_from_the_in_memory_copy_in_few_large_batches(
   """digits: the whole 297-image test split is one batch of 8 x 38."""
   config, source, params, state = setup
   seen = []
-  original = linear_eval.pipeline.make_eval_iterator
-  monkeypatch.setattr(linear_eval.pipeline, 'make_eval_iterator',
+  original = features.pipeline.make_eval_iterator
+  monkeypatch.setattr(features.pipeline, 'make_eval_iterator',
                       lambda *a, **k: seen.append(k) or original(*a, **k))
-  feats, _ = linear_eval.extract_features(config, source, params, state,
+  feats, _ = features.extract_features(config, source, params, state,
                                           split='test')
   assert seen[-1]['global_batch_size'] == 8 * 38 and len(feats) == 297
-  linear_eval.extract_features(config, source, params, state,
+  features.extract_features(config, source, params, state,
                                split='linear_train', max_examples=1000)
   assert seen[-1]['global_batch_size'] == 8 * 125
   assert len(seen[-1]['indices']) == 1000
@@ -282,6 +285,6 @@ def test_features_come_from_the_in_memory_copy_in_few_large_batches(
   placed = {key[0] for key in source.__dict__['_placed']}
   assert placed == {'train', 'test'}
   # 32 px: 2**24 / 32**2 = 16384 images per device at most.
-  assert linear_eval.feature_batch_size(32, 10_000, 1, 1) == 10_000
-  assert linear_eval.feature_batch_size(32, 50_000, 1, 1) == 16_384
-  assert linear_eval.feature_batch_size(224, 50_000, 8, 2) == 334 * 16
+  assert features.feature_batch_size(32, 10_000, 1, 1) == 10_000
+  assert features.feature_batch_size(32, 50_000, 1, 1) == 16_384
+  assert features.feature_batch_size(224, 50_000, 8, 2) == 334 * 16

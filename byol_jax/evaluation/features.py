@@ -1,0 +1,189 @@
+"""Frozen-encoder features of a split, and the kNN monitor.
+
+Data: the same pipelines as pre-training. In-memory datasets (digits,
+synthetic, image folders that fit) are read from the copy already on the
+devices and centre-cropped there; features of a split are computed in a few
+large batches (`feature_batch_size`: about 2**24 pixels per device), and the
+kNN monitor's fixed subset is a list of indices into that copy, not a second
+copy.
+
+Multi-host: every host runs the same steps; features are all-gathered, so
+every host computes the same numbers.
+"""
+
+import dataclasses
+import functools
+import json
+from typing import Optional
+
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+from byol_jax import distributed
+from byol_jax import encoder as encoder_lib
+from byol_jax import train_state as ts
+from byol_jax.data import pipeline
+from byol_jax.data import sources
+from byol_jax.evaluation import monitors
+from byol_jax.methods import networks
+
+# kNN monitor: k = 20 neighbours, T = 0.07 (monitors.knn_accuracy's defaults:
+# the weighted kNN of Wu et al. 2018 with DINO's k = 20, Caron et al. 2021).
+KNN_K = 20
+KNN_TEMPERATURE = 0.07
+SUBSET_SEED = 0  # fixed, so kNN numbers are comparable across steps/runs.
+
+
+@functools.lru_cache(maxsize=8)
+def _pmapped_encoder(model_json: str, devices: Optional[tuple]):
+  """pmapped encoder.encoder_apply, cached: monitors do not recompile."""
+  config = ml_collections.ConfigDict({'model': json.loads(model_json)})
+  return jax.pmap(encoder_lib.encoder_apply(config), devices=devices)
+
+
+def subset_indices(n: int, max_examples: Optional[int]) -> np.ndarray:
+  """A fixed random subset (sorted) of range(n); all of it for None / <= 0."""
+  if max_examples is None or max_examples <= 0 or max_examples >= n:
+    return np.arange(n)
+  rng = np.random.default_rng(SUBSET_SEED)
+  return np.sort(rng.choice(n, max_examples, replace=False))
+
+
+def _limit(source, split: str, max_examples: Optional[int]):
+  """(source, split, max_examples left to cut, indices) for about N examples.
+
+  Image folders are sorted by class, so the first N images would hold only a
+  few classes: for in-memory and folder sources we read a fixed random subset
+  instead (in memory: `indices` into the split's one copy on the devices; a
+  streamed folder: a source listing only those files). TFDS files are
+  shuffled when prepared, so for them reading stops after enough batches.
+  """
+  if (max_examples is None or max_examples <= 0 or
+      max_examples >= source.num_examples(split)):
+    return source, split, None, None
+  idx = subset_indices(source.num_examples(split), max_examples)
+  if isinstance(source, sources.InMemorySource):
+    return source, split, None, idx
+  if isinstance(source, sources.FolderSource):
+    raw = source.resolve_split(split)
+    return dataclasses.replace(
+        source, files={**source.files, raw: source.files[raw][idx]},
+        labels={**source.labels, raw: source.labels[raw][idx]}
+    ), raw, None, None
+  return source, split, max_examples, None
+
+
+# Feature extraction runs the frozen encoder on about this many pixels per
+# device per batch (4096 images at 32 px, 334 at 224 px): a split in a few
+# large batches; inference keeps no activations for a backward pass.
+FEATURE_PIXELS_PER_DEVICE = 2**24
+
+
+def feature_batch_size(image_size: int, num_examples: int,
+                       local_devices: int, process_count: int) -> int:
+  """Images per feature-extraction batch, over all hosts.
+
+  FEATURE_PIXELS_PER_DEVICE / image_size^2 per device, but no more than the
+  split needs (a 297-image split is one batch, not a padded 4096).
+
+  Returns:
+    A positive multiple of local_devices * process_count.
+  """
+  per_host = -(-num_examples // process_count)
+  per_device = min(max(1, FEATURE_PIXELS_PER_DEVICE // image_size**2),
+                   -(-per_host // local_devices))
+  return max(1, per_device) * local_devices * process_count
+
+
+def extract_features(config, source, params, state, *, split: str,
+                     max_examples: Optional[int] = None, devices=None):
+  """Representations of one pass over `split` (centre crops, frozen encoder).
+
+  Args:
+    config: the experiment config (model, data.image_size and
+      data.in_memory_on are read). Batches: `feature_batch_size`.
+    source: a data source (sources.get_source).
+    params: unreplicated encoder params (trees with other modules are fine).
+    state: unreplicated encoder state (BN moving averages).
+    split: logical or raw split name.
+    max_examples: read at most this many examples: a fixed random subset for
+      in-memory / folder sources, the first ones for TFDS.
+    devices: local devices to pmap over (default: all; must be all of them
+      on multi-host runs).
+
+  Returns:
+    (features float32 [N, D], labels int32 [N]) as NumPy, padding dropped;
+    on multi-host runs gathered from every host.
+  """
+  local = list(devices or jax.local_devices())
+  source, split, max_examples, indices = _limit(source, split, max_examples)
+  n = source.num_examples(split) if indices is None else len(indices)
+  gb = feature_batch_size(config.data.image_size, n, len(local),
+                          jax.process_count())
+  it = pipeline.make_eval_iterator(
+      source, split=split, global_batch_size=gb,
+      image_size=config.data.image_size, local_device_count=len(local),
+      in_memory_on=config.data.get('in_memory_on', 'device'),
+      indices=indices)
+  num_batches = pipeline.num_eval_batches(n, gb)
+  if max_examples is not None:
+    num_batches = min(num_batches, -(-max_examples // gb))
+  fn = _pmapped_encoder(config.model.to_json(),
+                        None if devices is None else tuple(local))
+  rparams = ts.replicate(networks.restrict(params, ('encoder',)), local)
+  rstate = ts.replicate(networks.restrict(state, ('encoder',)), local)
+  feats, labels, masks = [], [], []
+  for _, batch in zip(range(num_batches),
+                      pipeline.prefetch_to_device(it, devices=local)):
+    out = fn(rparams, rstate, batch['image'])
+    feats.append(np.asarray(out).reshape(-1, out.shape[-1]))
+    labels.append(np.asarray(batch['label']).reshape(-1))
+    masks.append(np.asarray(batch['mask']).reshape(-1))
+  feats, labels, masks = (np.concatenate(x) for x in (feats, labels, masks))
+  if jax.process_count() > 1:
+    # Hosts arrive after unequal work (compiling, reading); see
+    # distributed.barrier for why CPU hosts must meet before a collective.
+    distributed.barrier('features extracted')
+    feats, labels, masks = (
+        np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        for x in (feats, labels, masks))
+  feats, labels = feats[masks], labels[masks]
+  if max_examples is not None:
+    feats, labels = feats[:max_examples], labels[:max_examples]
+  return feats.astype(np.float32), labels.astype(np.int32)
+
+
+def knn_top1(config, num_classes: int, train, test) -> float:
+  """Weighted kNN top-1 of test features against (a subset of) train's."""
+  feats, labels = train
+  idx = subset_indices(len(labels), config.logging.knn_max_train_examples)
+  return monitors.knn_accuracy(
+      feats[idx], labels[idx], test[0], test[1], num_classes=num_classes,
+      k=min(KNN_K, len(idx)), temperature=KNN_TEMPERATURE)
+
+
+def knn_eval(config, source, params, state, *, devices=None) -> float:
+  """Weighted kNN top-1 of the frozen encoder (a cheap training monitor).
+
+  Reference set: up to config.logging.knn_max_train_examples images of the
+  'linear_train' split (a fixed subset); queries: config.eval.test_split;
+  centre crops; k = KNN_K, T = KNN_TEMPERATURE (see monitors.knn_accuracy).
+
+  Args:
+    config: the experiment config.
+    source: the data source.
+    params: unreplicated online params (only 'encoder' modules are used).
+    state: unreplicated online state.
+    devices: local devices to pmap over (default: all).
+
+  Returns:
+    Accuracy in [0, 1].
+  """
+  train = extract_features(
+      config, source, params, state, split='linear_train',
+      max_examples=config.logging.knn_max_train_examples, devices=devices)
+  test = extract_features(config, source, params, state,
+                          split=config.eval.test_split, devices=devices)
+  return knn_top1(config, config.derived.num_classes, train, test)

@@ -1,0 +1,140 @@
+"""The resume contract: what shapes a pre-training trajectory.
+
+`trajectory(config)` is what shapes the training trajectory (model, method,
+seed, batch, step counts and schedules, optimiser, data source, size and
+crops); each checkpoint records it, and a run that would resume under a
+different one stops (pretrain.py) unless checkpoint.allow_changed_config.
+`from_saved` reads a run's config.json back into a built config (older ones
+included).
+"""
+
+import hashlib
+import json
+
+import ml_collections
+
+from byol_jax.data.opening import STREAMING
+
+
+def _deep_update(base: dict, new: dict) -> dict:
+  for key, value in new.items():
+    if isinstance(value, dict) and isinstance(base.get(key), dict):
+      _deep_update(base[key], value)
+    else:
+      base[key] = value
+  return base
+
+
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+  """A built config from a run's config.json (WORKDIR/config.json).
+
+  Fields added to the schema since the run was written take their defaults.
+  A config.json written before configs were built here (no `derived`
+  section; step counts and class count filled in place) gets the `derived`
+  values it implies.
+
+  Args:
+    saved: the parsed JSON.
+
+  Returns:
+    An unlocked ConfigDict with a `derived` section.
+  """
+  from byol_jax import configs  # pylint: disable=g-import-not-at-top
+  tree = _deep_update(configs.build(None).to_dict(), saved)
+  if 'derived' not in saved:
+    t, data = saved.get('training', {}), saved.get('data', {})
+    tree['derived'] = dict(
+        num_classes=data.get('num_classes', -1),
+        num_train_examples=data.get('num_train_examples', -1),
+        total_steps=t.get('total_steps', -1),
+        warmup_steps=t.get('warmup_steps', -1))
+  return ml_collections.ConfigDict(tree)
+
+
+def check_built(config) -> None:
+  """Raises TypeError for a config that did not go through `build`."""
+  if 'derived' not in config:
+    raise TypeError('this function takes a built config: call '
+                    'byol_jax.plan.build(config) first (it derives the step '
+                    'counts and validates the fields).')
+
+
+# ------------------------------------------------------------ resume contract
+# Fields that do not change the trajectory of pre-training: when to stop
+# (max_steps), how it is logged, checkpointed and evaluated, where TFDS lives,
+# and the inputs the derived step counts replace.
+_NOT_TRAJECTORY = ('training.max_steps', 'training.num_epochs',
+                   'training.total_steps', 'training.warmup_epochs',
+                   'training.warmup_steps', 'training.modified_init_chunk_size',
+                   'data.data_dir', 'data.cache_dir', 'data.in_memory_on',
+                   'data.max_in_memory_mb',  # derived.data_path says
+                   'data.num_classes')
+_TRAJECTORY_SECTIONS = ('model', 'training', 'data')
+_TRAJECTORY_DERIVED = ('num_train_examples', 'num_classes', 'total_steps',
+                       'warmup_steps', 'data_path')
+
+
+def flatten(tree: dict, prefix: str = '') -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  out = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict):
+      out.update(flatten(value, name + '.'))
+    else:
+      out[name] = value
+  return out
+
+
+def trajectory(config) -> dict:
+  """{field: value} of everything that shapes pre-training's trajectory.
+
+  model.*, method, seed, training.* (but max_steps), data source, size,
+  image size and crops, and the derived step counts and class count.
+  """
+  check_built(config)
+  tree = {'method': config.method, 'seed': config.seed}
+  for section in _TRAJECTORY_SECTIONS:
+    tree[section] = config[section].to_dict()
+  tree['derived'] = {k: config.derived.get(k) for k in _TRAJECTORY_DERIVED}
+  flat = flatten(tree)
+  return {k: v for k, v in sorted(flat.items()) if k not in _NOT_TRAJECTORY}
+
+
+def fingerprint(values: dict) -> str:
+  """sha256 of a trajectory dict (stable JSON)."""
+  return hashlib.sha256(json.dumps(values, sort_keys=True).encode()
+                        ).hexdigest()
+
+
+# Trajectory fields added after checkpoints were first written, and the value
+# that reproduces what a checkpoint without them was trained under: images
+# at their own size, and the host (tf.data or numpy) crops. A digits or
+# synthetic run from before the in-memory path thus resumes only with
+# checkpoint.allow_changed_config (its crops are now cut on the devices,
+# from other random draws); a streamed ImageNet run resumes as before.
+_TRAJECTORY_ADDED = {'data.cache_side': 0, 'derived.data_path': STREAMING}
+
+
+def upgrade_trajectory(old: dict) -> dict:
+  """A checkpoint's recorded trajectory with the fields added since.
+
+  Args:
+    old: the `trajectory` a checkpoint recorded.
+
+  Returns:
+    A copy with every field of _TRAJECTORY_ADDED it lacks, at the value its
+    version implied.
+  """
+  return {**_TRAJECTORY_ADDED, **old}
+
+
+def changes(old: dict, new: dict) -> dict:
+  """{field: (old, new)} of the fields that differ (missing: None)."""
+  keys = sorted(set(old) | set(new))
+  return {k: (old.get(k), new.get(k)) for k in keys
+          if old.get(k) != new.get(k)}
+
+
+def describe_changes(diff: dict) -> str:
+  return ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in diff.items())

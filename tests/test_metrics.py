@@ -1,0 +1,50 @@
+"""Tests for byol_jax/metrics.py (collapse statistics)."""
+import numpy as np
+import pytest
+
+from byol_jax import metrics
+
+
+def test_collapse_std_isotropic_gaussian_is_one():
+  z = np.random.RandomState(0).randn(4096, 256).astype(np.float32)
+  value = float(metrics.collapse_std(z))
+  assert abs(value - 1.0) < 0.05, value
+
+
+def test_collapse_std_identical_rows_is_zero():
+  z = np.tile(np.random.RandomState(1).randn(1, 64), (128, 1))
+  assert float(metrics.collapse_std(z)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_collapse_std_ignores_row_scale():
+  z = np.random.RandomState(2).randn(256, 32).astype(np.float32)
+  scale = np.random.RandomState(3).uniform(0.1, 10., (256, 1))
+  np.testing.assert_allclose(metrics.collapse_std(z),
+                             metrics.collapse_std(z * scale), rtol=1e-5)
+
+
+def test_collapse_std_rejects_1d():
+  with pytest.raises(ValueError, match=r'\[N, D\]'):
+    metrics.collapse_std(np.ones(8))
+
+
+@pytest.mark.parametrize('r', [1, 5, 16])
+def test_effective_rank_equal_singular_values_is_r(r):
+  rng = np.random.RandomState(r)
+  u, _ = np.linalg.qr(rng.randn(200, r))
+  v, _ = np.linalg.qr(rng.randn(64, r))
+  z = 3.0 * u @ v.T  # r singular values, all equal to 3.
+  assert float(metrics.effective_rank(z)) == pytest.approx(r, rel=1e-3)
+
+
+def test_effective_rank_random_low_rank_data_is_near_r():
+  rng = np.random.RandomState(4)
+  z = rng.randn(1000, 8) @ rng.randn(8, 128)
+  value = float(metrics.effective_rank(z))
+  # Unequal singular values make it a bit below 8, never above.
+  assert 6.5 < value <= 8.0 + 1e-3, value
+
+
+def test_effective_rank_identical_rows_is_one():
+  z = np.tile(np.random.RandomState(5).randn(1, 64), (128, 1))
+  assert float(metrics.effective_rank(z)) == pytest.approx(1.0, abs=1e-3)
