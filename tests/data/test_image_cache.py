@@ -304,7 +304,7 @@ def test_a_folder_whose_first_files_are_not_images_is_still_held_in_memory(
   dry = plan.build(_tiny(f'folder:{root}', cache), topology=one,
                    read_data=False).config.derived
   assert dry.data_path == 'in_memory' and dry.in_memory_mb >= 0
-  monkeypatch.setattr(plan, '_tensorflow_importable', lambda: False)
+  monkeypatch.setattr(opening, 'tensorflow_importable', lambda: False)
   run = plan.build(_tiny(f'folder:{root}', cache), topology=one)
   assert run.config.derived.data_path == 'in_memory'
   np.testing.assert_array_equal(run.source.images['train'],
