@@ -37,32 +37,27 @@ ScalarOrSchedule = Union[float, Callable[[Any], Any]]
 _HAIKU_WEIGHT_NAME = 'w'
 
 
-def _leaf_name(path) -> str:
-  """The last key of a pytree path ('w' for params['linear']['w'])."""
-  if not path:
-    return ''
-  key = path[-1]
-  for attr in ('key', 'name', 'idx'):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
 def _is_lars_weight(path, leaf) -> bool:
-  """Whether one parameter gets weight decay and trust-ratio adaptation."""
+  """Whether one parameter gets weight decay and trust-ratio adaptation.
+
+  Raises:
+    ValueError: for a parameter of rank >= 2 not named 'w'; no module of
+      this codebase makes one (its norms keep [C]-shaped scale and offset).
+  """
   shape = tuple(leaf.shape)
   if len(shape) <= 1:
-    # Biases ('b'), GroupNorm / LayerNorm / affine scale and offset, WS gains
-    # and scalar gains: all vectors (or scalars) of one value per channel.
+    # Biases ('b'), GroupNorm / LayerNorm / affine / BN scale and offset,
+    # scalars: one value per channel.
     return False
-  if _leaf_name(path) == _HAIKU_WEIGHT_NAME:
+  name = jax.tree_util.keystr(path[-1:], simple=True)
+  if name == _HAIKU_WEIGHT_NAME:
     # A Linear/Conv kernel, even a degenerate one such as a Linear to a single
     # output ([D, 1]) or a 1x1 conv on one input channel ([1, 1, 1, C]).
     return True
-  # hk.BatchNorm stores scale and offset in broadcast shape ([1, 1, 1, C]
-  # after a conv, [1, C] after a linear layer): one non-singleton axis means a
-  # per-channel vector, whatever the rank.
-  return sum(d > 1 for d in shape) > 1
+  raise ValueError(
+      f'lars_mask: parameter {jax.tree_util.keystr(path, simple=True, separator="/")} '
+      f'of shape {shape} is neither a kernel named {_HAIKU_WEIGHT_NAME!r} nor '
+      'a vector; say in optim.lars_mask whether it gets weight decay.')
 
 
 def lars_mask(params) -> Any:
@@ -76,9 +71,8 @@ def lars_mask(params) -> Any:
     scalars) -> False (excluded);
   * a leaf named 'w' (Haiku's kernel name in hk.Linear and hk.ConvND) of rank
     >= 2 -> True;
-  * any other leaf of rank >= 2 -> True iff more than one axis is longer than
-    1; this excludes hk.BatchNorm's scale/offset, stored as [1, 1, 1, C] or
-    [1, C].
+  * any other leaf of rank >= 2 -> ValueError (hk.BatchNorm's [1, 1, 1, C]
+    scale, say: this codebase's norms (models/layers.py) never make one).
 
   This matches the official BYOL filter (exclude_bias_and_norm: leaf 'b' or a
   module whose name contains 'norm') on every Haiku ResNet and MLP, without
@@ -95,23 +89,12 @@ def lars_mask(params) -> Any:
   return jax.tree_util.tree_map_with_path(_is_lars_weight, params)
 
 
-def _module_name(path) -> str:
-  """The first key of a pytree path ('predictor/linear_0' in Haiku trees)."""
-  if not path:
-    return ''
-  key = path[0]
-  for attr in ('key', 'name', 'idx'):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
 def module_mask(params, component: str) -> Any:
   """True for the parameters of `component`: modules named `component` or
   `component/...` (e.g. 'predictor' matches 'predictor/linear_0')."""
   def select(path, leaf):
     del leaf
-    name = _module_name(path)
+    name = jax.tree_util.keystr(path[:1], simple=True)
     return name == component or name.startswith(component + '/')
   return jax.tree_util.tree_map_with_path(select, params)
 
