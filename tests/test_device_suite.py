@@ -1,0 +1,148 @@
+"""benchmarks/device_suite.py: the smoke run end to end, and the planner.
+
+The smoke run is the whole suite at tiny sizes on the CPU, in a subprocess
+as the device command runs it: every section must come back with numbers
+(the PyTorch one with "torch not installed" where torch is absent).
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from benchmarks import device_suite
+from benchmarks import torch_reference
+
+REPO = device_suite._results.REPO
+
+
+def _number(value):
+  return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def test_smoke_run_has_every_section_with_numbers(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
+  # One CPU device (conftest's 8 fake devices would only slow the compiles).
+  env['XLA_FLAGS'] = env.get('XLA_FLAGS', '').replace(
+      '--xla_force_host_platform_device_count=8', '')
+  start = time.perf_counter()
+  proc = subprocess.run(
+      # A budget above the smoke default (4 minutes): the run ends when its
+      # work is done, and a CPU shared with other test workers compiles the
+      # tiny step several times slower (up to a minute per row, measured
+      # at load 8 on 2 cores), which the default's time boxes would cut.
+      [sys.executable, '-m', 'benchmarks.device_suite', '--smoke',
+       '--budget_minutes=10', f'--out={tmp_path}'], cwd=REPO, env=env,
+      capture_output=True, text=True, timeout=900, check=False)
+  seconds = time.perf_counter() - start
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  result = json.loads((tmp_path / device_suite.OUT_JSON).read_text())
+  md = (tmp_path / device_suite.OUT_MD).read_text()
+  assert result['finished'] and result['smoke']
+  assert result['elapsed_s'] <= result['budget_s'] and seconds < 600
+  sections = result['sections']
+  assert set(sections) == set(device_suite.SECTIONS)
+
+  env_info = result['environment']
+  assert sections['environment']['status'] == 'ok'
+  assert env_info['platform'] == 'cpu' and env_info['device_count'] >= 1
+  assert env_info['jax_version'] and env_info['jaxlib_version']
+  assert 'xla_flags' in env_info and env_info['jax_version'] in md
+
+  jax_items = sections['jax_step']['items']
+  assert len(jax_items) == 2 * len(device_suite.SMOKE_BATCHES)
+  for item in jax_items:
+    assert item['status'] == 'ok', item
+    row = item['row']
+    for key in ('images_per_sec', 'step_time_median_s', 'compile_time_s',
+                'peak_memory_bytes', 'flops_per_image', 'tflops_per_sec'):
+      assert _number(row[key]) and row[key] > 0, key
+    assert row['mfu'] is None and 'CPU' in row['mfu_note']  # no CPU peak
+    assert f'{row["images_per_sec"]:.1f}' in md
+
+  torch_items = sections['torch_step']['items']
+  if torch_reference.torch_missing_reason():
+    assert [i['status'] for i in torch_items] == ['skipped']
+    assert torch_items[0]['reason'] == 'torch not installed'
+    assert 'torch not installed' in md
+  else:
+    for item in torch_items:
+      assert item['status'] == 'ok', item
+      assert _number(item['row']['images_per_sec'])
+
+  (cifar,) = sections['cifar']['items']
+  assert cifar['status'] == 'ok', cifar
+  r = cifar['result']
+  assert r['data_path'] == 'in_memory' and r['stages'] == [
+      'data', 'pretrain', 'eval']
+  assert r['steps_done'] == r['steps_planned'] == 8
+  assert r['stopped_by'] == 'end of schedule'
+  assert _number(r['images_per_sec']) and r['images_per_sec'] > 0
+  for key in ('knn_top1', 'linear_top1'):
+    assert 0. <= r[key] <= 1.
+    assert f'{r[key] / 0.01:.2f}%' in md  # as render_markdown writes it
+  for title in device_suite.SECTION_TITLES.values():
+    assert title in md
+  # The child output is kept beside the results.
+  assert (tmp_path / device_suite.OUT_LOG).stat().st_size > 0
+
+
+@pytest.mark.parametrize('minutes', [3, 4, 5, 6, 7, 9, 12, 30])
+@pytest.mark.parametrize('smoke', [False, True])
+@pytest.mark.parametrize('torch_missing', [None, 'torch not installed'])
+def test_plan_fits_the_budget_with_a_margin(minutes, smoke, torch_missing):
+  budget = minutes * 60.
+  plan = device_suite.make_plan(budget, smoke=smoke,
+                                torch_missing=torch_missing)
+  assert plan.margin_s >= device_suite.MIN_MARGIN_S
+  assert plan.margin_s >= device_suite.MARGIN_FRACTION * budget
+  assert plan.planned_s + plan.margin_s <= budget
+  sections = [i.section for i in plan.items]
+  assert sections == sorted(sections, key=device_suite.SECTIONS.index)
+  assert sections[0] == 'environment'
+  batches = (device_suite.SMOKE_BATCHES if smoke else
+             device_suite.GPU_BATCHES)
+  # Every candidate is either planned or listed as dropped, with a reason.
+  assert len(plan.items) + len(plan.dropped) == (
+      1 + 2 * len(batches) + (1 if torch_missing else len(batches)) + 1)
+  assert all(d['reason'].startswith('not in the budget')
+             for d in plan.dropped)
+  # What is dropped is less important than the most important item kept
+  # after the environment (the first JAX row).
+  first_row = device_suite.PRIORITY[('jax_step', 'bn', 0)]
+  assert all(d['priority'] > first_row for d in plan.dropped)
+
+
+def test_default_gpu_plan_runs_everything_inside_the_command_limit():
+  budget = device_suite.DEFAULT_BUDGET_MINUTES * 60.
+  assert budget <= 9 * 60  # the device tool stops a command at 10 minutes
+  plan = device_suite.make_plan(budget)
+  assert not plan.dropped
+  names = [i.name for i in plan.items]
+  assert names == ['environment', 'jax bn batch 128', 'jax bn batch 256',
+                   'jax gn_ws batch 128', 'jax gn_ws batch 256',
+                   'torch bn batch 128', 'torch bn batch 256', 'cifar']
+  # A smaller budget keeps the batch-128 rows and CIFAR, drops batch 256.
+  small = device_suite.make_plan(6 * 60.)
+  assert [i.name for i in small.items] == [
+      'environment', 'jax bn batch 128', 'jax gn_ws batch 128',
+      'torch bn batch 128', 'cifar']
+  assert {d['name'] for d in small.dropped} == {
+      'jax bn batch 256', 'jax gn_ws batch 256', 'torch bn batch 256'}
+  with pytest.raises(ValueError, match='too small'):
+    device_suite.make_plan(20.)
+
+
+def test_a_child_past_its_box_is_killed_with_its_children(tmp_path):
+  log = tmp_path / 'log'
+  code = ('import subprocess, sys, time; print("started", flush=True); '
+          'subprocess.Popen([sys.executable, "-c", "import time; '
+          'time.sleep(60)"]); time.sleep(60)')
+  start = time.perf_counter()
+  run = device_suite._run_child([sys.executable, '-c', code], 2., log)
+  assert time.perf_counter() - start < 20
+  assert run['timed_out'] and run['returncode'] is None
+  assert 'started' in run['tail']
