@@ -47,7 +47,6 @@ steps, one batch size, inside a 4-minute budget by default; nearly all of
 it is XLA compiling the tiny step once per row (15-50 s of CPU each on a
 2-core machine).
 """
-import argparse
 import dataclasses
 import json
 import os
@@ -61,6 +60,9 @@ import time
 import traceback
 from typing import Optional
 
+from absl import flags
+
+from benchmarks import _cli
 from benchmarks import _results
 from benchmarks import throughput
 from benchmarks import torch_reference
@@ -103,18 +105,18 @@ SMOKE_BATCHES = (8,)  # one batch size: each row is an XLA compile
 # ResNet-50 224 px bf16 (GPU) or ResNet-10 x1/4 16 px float32 (smoke):
 # throughput.py's own command line.
 JAX_ARGS = {
-    'gpu': ['--depth', '50', '--stem', 'imagenet', '--image-size', '224',
-            '--dtype', 'bfloat16', '--num-devices', '1', '--steps', '10',
+    'gpu': ['--depth', '50', '--stem', 'imagenet', '--image_size', '224',
+            '--dtype', 'bfloat16', '--num_devices', '1', '--steps', '10',
             '--warmup', '2'],
-    'smoke': ['--depth', '10', '--width', '0.25', '--image-size', '16',
-              '--dtype', 'float32', '--num-devices', '1', '--steps', '2',
+    'smoke': ['--depth', '10', '--width', '0.25', '--image_size', '16',
+              '--dtype', 'float32', '--num_devices', '1', '--steps', '2',
               '--warmup', '1'],
 }
 TORCH_ARGS = {
-    'gpu': ['--depth', '50', '--image-size', '224', '--dtype', 'bfloat16',
+    'gpu': ['--depth', '50', '--image_size', '224', '--dtype', 'bfloat16',
             '--steps', '10', '--warmup', '2'],
-    'smoke': ['--depth', '18', '--image-size', '32', '--dtype', 'float32',
-              '--hidden', '64', '--out-dim', '16', '--num-classes', '10',
+    'smoke': ['--depth', '18', '--image_size', '32', '--dtype', 'float32',
+              '--hidden', '64', '--out_dim', '16', '--num_classes', '10',
               '--steps', '2', '--warmup', '1'],
 }
 OUT_JSON, OUT_MD, OUT_LOG = 'device_suite.json', 'device_suite.md', 'device_suite.log'
@@ -573,7 +575,7 @@ class Suite:
   def _jax_step(self, item, box):
     args = throughput.parse_args(
         JAX_ARGS[self.kind] + ['--norm', item.spec['norm'],
-                               '--per-device-batch',
+                               '--per_device_batch',
                                str(item.spec['per_device_batch'])])
     (spec,) = throughput.row_specs(args)
     path = self.tmp / f'jax_{item.spec["norm"]}_{item.spec["per_device_batch"]}.jsonl'
@@ -599,9 +601,9 @@ class Suite:
     out = self._child(
         [sys.executable, '-m', 'benchmarks.torch_reference'] +
         TORCH_ARGS[self.kind] + ['--norm', item.spec['norm'],
-                                 '--per-device-batch',
+                                 '--per_device_batch',
                                  str(item.spec['per_device_batch']),
-                                 '--jsonl', str(path), '--no-write'],
+                                 '--jsonl', str(path), '--no_write'],
         box, path)
     records = out.pop('records')
     if records:
@@ -806,38 +808,56 @@ def render_markdown(result: dict) -> str:
 # --------------------------------------------------------------------------
 
 
-def parse_args(argv):
-  """The command line (see the module docstring)."""
-  parser = argparse.ArgumentParser(
-      description=__doc__.split('\n')[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  add = parser.add_argument
-  add('--budget_minutes', '--budget-minutes', type=float, default=None,
-      help=f'whole suite, compiles included (default '
+def define_flags(flag_values) -> None:
+  """Defines the command line's flags on flag_values (see _cli)."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_float(
+      'budget_minutes', None, 'whole suite, compiles included (default '
       f'{DEFAULT_BUDGET_MINUTES:g}; {DEFAULT_SMOKE_BUDGET_MINUTES:g} with '
-      '--smoke)')
-  add('--smoke', action='store_true',
-      help='tiny sizes on the CPU (JAX_PLATFORMS=cpu)')
-  add('--out', default='/tmp/device_suite',
-      help='folder of device_suite.json / .md / .log, written as it goes')
-  add('--results_dir', '--results-dir', default='',
-      help='also write <dir>/device_suite-<device>-<date>.json and .md '
-      '(e.g. benchmarks/results)')
-  add('--variant', default='gn_ws', choices=sorted(VARIANTS),
-      help='CIFAR-10 run: experiments/gn_ws.py or experiments/byol_bn.py')
-  add('--data_dir', '--data-dir', default='',
-      help='CIFAR-10 JPEG folders (train/, test/) or their .tar.gz; '
-      '--smoke uses the digits without it')
-  add('--cifar_rate', '--cifar-rate', type=float, default=8000.,
-      help='images/s assumed to plan the CIFAR steps (the time box stops '
-      'training early if slower)')
-  args = parser.parse_args(argv)
-  if args.budget_minutes is None:
-    args.budget_minutes = (DEFAULT_SMOKE_BUDGET_MINUTES if args.smoke else
-                           DEFAULT_BUDGET_MINUTES)
-  if args.budget_minutes <= 0:
-    parser.error('--budget_minutes must be > 0')
-  return args
+      '--smoke)', **fv)
+  flags.DEFINE_bool('smoke', False,
+                    'tiny sizes on the CPU (JAX_PLATFORMS=cpu)', **fv)
+  flags.DEFINE_string('out', '/tmp/device_suite', 'folder of '
+                      'device_suite.json / .md / .log, written as it goes',
+                      **fv)
+  flags.DEFINE_string('results_dir', '', 'also write '
+                      '<dir>/device_suite-<device>-<date>.json and .md '
+                      '(e.g. benchmarks/results)', **fv)
+  flags.DEFINE_enum('variant', 'gn_ws', sorted(VARIANTS), 'CIFAR-10 run: '
+                    'experiments/gn_ws.py or experiments/byol_bn.py', **fv)
+  flags.DEFINE_string('data_dir', '', 'CIFAR-10 JPEG folders (train/, '
+                      'test/) or their .tar.gz; --smoke uses the digits '
+                      'without it', **fv)
+  flags.DEFINE_float('cifar_rate', 8000., 'images/s assumed to plan the '
+                     'CIFAR steps (the time box stops training early if '
+                     'slower)', **fv)
+
+
+def check_flags(args) -> None:
+  """What the flags' parsers cannot check; ValueError is a usage error."""
+  if args.budget_minutes is not None and args.budget_minutes <= 0:
+    raise ValueError('--budget_minutes must be > 0')
+
+
+def budget_minutes(args) -> float:
+  """--budget_minutes, or its default for --smoke or the GPU."""
+  if args.budget_minutes is not None:
+    return args.budget_minutes
+  return DEFAULT_SMOKE_BUDGET_MINUTES if args.smoke else DEFAULT_BUDGET_MINUTES
+
+
+def parse_args(argv):
+  """The command line (see the module docstring), on fresh FlagValues.
+
+  Args:
+    argv: arguments without the program name.
+
+  Returns:
+    The parsed flags; a bad command line prints one line and exits with
+    code 2.
+  """
+  return _cli.parse(define_flags, argv, check_flags,
+                    program='benchmarks.device_suite')
 
 
 def main(argv=None) -> dict:
@@ -853,10 +873,14 @@ def main(argv=None) -> dict:
     ValueError: a budget too small for any section.
   """
   argv = sys.argv[1:] if argv is None else list(argv)
-  args = parse_args(argv)
+  return run(parse_args(argv), argv)
+
+
+def run(args, argv) -> dict:
+  """main's body: args the parsed flags, argv the command line they came from."""
   if args.smoke:
     os.environ['JAX_PLATFORMS'] = 'cpu'  # the children inherit it
-  plan = make_plan(args.budget_minutes * 60., smoke=args.smoke,
+  plan = make_plan(budget_minutes(args) * 60., smoke=args.smoke,
                    torch_missing=torch_reference.torch_missing_reason())
   print(f'device suite: budget {plan.budget_s:.0f} s, margin '
         f'{plan.margin_s:.0f} s, {len(plan.items)} items planned '
@@ -880,4 +904,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-  main()
+  _cli.main_run(define_flags, run, check_flags)

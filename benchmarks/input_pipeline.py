@@ -6,7 +6,7 @@ gathers its examples, cuts two random-resized crops per image, resizes and
 then applies BYOL's colour augmentations to both views
 (`experiment.byol_augment`, what the training step runs first). Measured:
 that input work alone, the ResNet step excluded, as images (examples, each
-two views) per second on the device JAX picks (`--in-memory-devices` of
+two views) per second on the device JAX picks (`--in_memory_devices` of
 them), after compilation.
 Datasets: CIFAR-10 from its JPEG folders (../shared/data/cifar10-jpg,
 decoded once into a cache) at 32 px, and synthetic 224 px images. Target on
@@ -29,9 +29,8 @@ the rate one fully used core gives; it is robust to other load on a shared
 machine, wall-clock numbers are not.
 
     python -m benchmarks.input_pipeline            # writes benchmarks/results/
-    python -m benchmarks.input_pipeline --batches 5 --no-write   # smoke run
+    python -m benchmarks.input_pipeline --batches 5 --no_write   # smoke run
 """
-import argparse
 import io
 import os
 import pathlib
@@ -41,8 +40,10 @@ import sys
 import tempfile
 import time
 
+from absl import flags
 import numpy as np
 
+from benchmarks import _cli
 from benchmarks import _results
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -143,22 +144,42 @@ def time_in_memory(source, image_size, batch, batches, devices, warmup=3):
               compile_s=round(compile_s, 2))
 
 
+def define_flags(flag_values) -> None:
+  """Defines the command line's flags on flag_values (see _cli)."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_integer('batches', 20, 'timed batches per row', **fv)
+  flags.DEFINE_integer('batch', 64, 'host batch of the streaming path', **fv)
+  flags.DEFINE_integer('in_memory_batch', 512,
+                       'batch of the in-memory path at 32 px', **fv)
+  flags.DEFINE_integer('in_memory_batch_224', 64,
+                       'batch of the in-memory path at 224 px', **fv)
+  flags.DEFINE_integer('in_memory_devices', 1,
+                       'devices of the in-memory path', **fv)
+  flags.DEFINE_string('cache_dir', '',
+                      "decoded-folder cache ('': the default)", **fv)
+  flags.DEFINE_bool('skip_streaming', False, 'leave out the tf.data rows',
+                    **fv)
+  flags.DEFINE_bool('no_write', False, 'write no results file', **fv)
+  flags.DEFINE_string('out', str(REPO / 'benchmarks' / 'results'),
+                      'folder of the results file', **fv)
+
+
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--batches', type=int, default=20)
-  parser.add_argument('--batch', type=int, default=64,
-                      help='host batch of the streaming path')
-  parser.add_argument('--in-memory-batch', type=int, default=512,
-                      help='batch of the in-memory path at 32 px')
-  parser.add_argument('--in-memory-batch-224', type=int, default=64,
-                      help='batch of the in-memory path at 224 px')
-  parser.add_argument('--in-memory-devices', type=int, default=1)
-  parser.add_argument('--cache-dir', default='',
-                      help="decoded-folder cache ('': the default)")
-  parser.add_argument('--skip-streaming', action='store_true')
-  parser.add_argument('--no-write', action='store_true')
-  parser.add_argument('--out', default=str(REPO / 'benchmarks' / 'results'))
-  args = parser.parse_args(argv)
+  """Times every row; writes the results file unless --no_write.
+
+  Args:
+    argv: command-line arguments (default sys.argv[1:]).
+
+  Returns:
+    The result dict.
+  """
+  argv = sys.argv[1:] if argv is None else list(argv)
+  return run(_cli.parse(define_flags, argv,
+                        program='benchmarks.input_pipeline'), argv)
+
+
+def run(args, argv):
+  """main's body: args the parsed flags, argv the command line they came from."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   import jax  # pylint: disable=g-import-not-at-top
   # pylint: disable=g-import-not-at-top
@@ -216,8 +237,7 @@ def main(argv=None):
       device=f'{first.platform}: {first.device_kind}',
       host_cpu=f'{_results.cpu_name()}', cores=cores,
       date=_results.today(),
-      command='python -m benchmarks.input_pipeline ' + ' '.join(
-          argv if argv is not None else sys.argv[1:]),
+      command='python -m benchmarks.input_pipeline ' + ' '.join(argv),
       load_average_1min_after=round(os.getloadavg()[0], 2),
       batches_timed=args.batches, in_memory=in_memory,
       streaming_host_batch=args.batch, streaming=streaming)
@@ -298,4 +318,4 @@ def _cycle(make):
 
 
 if __name__ == '__main__':
-  main()
+  _cli.main_run(define_flags, run)

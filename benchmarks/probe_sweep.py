@@ -16,16 +16,17 @@ how that compares with evaluating at a single rate. Feature extraction,
 which dominates on a real encoder, is shared and done once either way.
 
     python -m benchmarks.probe_sweep                      # ResNet-50-sized
-    python -m benchmarks.probe_sweep --dim 128 --classes 10 --no-write
+    python -m benchmarks.probe_sweep --dim 128 --classes 10 --no_write
 """
-import argparse
 import statistics
 import sys
 import time
 
+from absl import flags
 import jax
 import numpy as np
 
+from benchmarks import _cli
 from benchmarks import _results
 
 GRID = (0.4, 0.3, 0.2, 0.1, 0.05)
@@ -65,17 +66,34 @@ def time_probes(feats, labels, peaks, *, classes, steps, batch, repeats):
   return statistics.median(times), times
 
 
+def define_flags(flag_values) -> None:
+  """Defines the command line's flags on flag_values (see _cli)."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_integer('num_examples', 16384, 'feature rows', **fv)
+  flags.DEFINE_integer('dim', 2048, 'feature size (ResNet-50: 2048)', **fv)
+  flags.DEFINE_integer('classes', 1000, 'classifier outputs', **fv)
+  flags.DEFINE_integer('batch', 1024, 'examples per step', **fv)
+  flags.DEFINE_integer('steps', 50, 'SGD steps per call', **fv)
+  flags.DEFINE_integer('repeats', 3, 'timed calls', **fv)
+  flags.DEFINE_bool('no_write', False, 'write no results file', **fv)
+
+
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--num-examples', type=int, default=16384)
-  parser.add_argument('--dim', type=int, default=2048,
-                      help='feature size (ResNet-50: 2048)')
-  parser.add_argument('--classes', type=int, default=1000)
-  parser.add_argument('--batch', type=int, default=1024)
-  parser.add_argument('--steps', type=int, default=50)
-  parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--no-write', action='store_true')
-  args = parser.parse_args(argv)
+  """Times one probe and the sweep; writes the results file unless --no_write.
+
+  Args:
+    argv: command-line arguments (default sys.argv[1:]).
+
+  Returns:
+    The result dict.
+  """
+  argv = sys.argv[1:] if argv is None else list(argv)
+  return run(_cli.parse(define_flags, argv, program='benchmarks.probe_sweep'),
+             argv)
+
+
+def run(args, argv):
+  """main's body: args the parsed flags, argv the command line they came from."""
   rng = np.random.default_rng(0)
   feats = rng.normal(size=(args.num_examples, args.dim)).astype(np.float32)
   labels = rng.integers(0, args.classes, args.num_examples).astype(np.int32)
@@ -86,7 +104,7 @@ def main(argv=None):
   device = jax.devices()[0]
   result = dict(
       benchmark='probe_sweep', command='python -m benchmarks.probe_sweep ' +
-      ' '.join(sys.argv[1:] if argv is None else argv),
+      ' '.join(argv),
       device=(f'cpu: {_results.cpu_name()}, {_results.cpu_cores()} cores'
               if device.platform == 'cpu' else device.device_kind),
       jax=jax.__version__, date=_results.today(), grid=list(GRID),
@@ -111,4 +129,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  _cli.main_run(define_flags, run)

@@ -26,7 +26,7 @@ Reported per row:
     peak_memory_kind; plus compiled_memory_bytes, XLA's buffer assignment
     for the step on one device.
 
-Each row runs in a fresh child process (unless --no-isolate), so its peak
+Each row runs in a fresh child process (unless --no_isolate), so its peak
 memory and compile time are its own, and the parent never initialises an
 accelerator (on GPU it would preallocate the memory the child needs). The
 results file also holds `flop_check`: issue 7's acceptance test, XLA's FLOPs
@@ -36,13 +36,12 @@ of ResNet-50 BYOL at 224 px against the analytic 65.8 GFLOP per image.
     python -m benchmarks.throughput --method byol,simclr --norm bn,gn_ws
     # H100 / H200 (issue 7):
     python -m benchmarks.throughput --depth 50 --stem imagenet \
-        --image-size 224 --per-device-batch 128,256 --dtype bfloat16 \
+        --image_size 224 --per_device_batch 128,256 --dtype bfloat16 \
         --norm bn,gn_ws
     # a quick smoke run that writes nothing:
-    python -m benchmarks.throughput --depth 10 --width 0.25 --image-size 16 \
-        --per-device-batch 8 --steps 3 --no-write --no-flop-check
+    python -m benchmarks.throughput --depth 10 --width 0.25 --image_size 16 \
+        --per_device_batch 8 --steps 3 --no_write --no_flop_check
 """
-import argparse
 import functools
 import json
 import os
@@ -51,8 +50,10 @@ import subprocess
 import sys
 import time
 
+from absl import flags
 import numpy as np
 
+from benchmarks import _cli
 from benchmarks import _results
 from benchmarks import flops
 
@@ -92,7 +93,7 @@ def make_config(spec: dict, num_devices: int):
   from byol_jax import plan  # pylint: disable=g-import-not-at-top
   if spec['norm'] not in NORM_PRESETS:
     raise ValueError(f'norm={spec["norm"]!r}; use one of '
-                     f'{", ".join(NORM_PRESETS)} (and --encoder-norm etc. to '
+                     f'{", ".join(NORM_PRESETS)} (and --encoder_norm etc. to '
                      'override one component).')
   model = dict(NORM_PRESETS[spec['norm']], depth=spec['depth'],
                width_multiplier=spec['width'], stem=spec['stem'],
@@ -181,7 +182,7 @@ def run_row(spec: dict) -> dict:
   n = spec.get('num_devices') or len(devices)
   if n > len(devices):
     raise ValueError(f'num_devices={n} but this host has {len(devices)} '
-                     'local devices; pass --num-devices <= that.')
+                     'local devices; pass --num_devices <= that.')
   devices = devices[:n]
   config = make_config(spec, n)
   rss_reset = _reset_peak_rss()
@@ -370,64 +371,71 @@ def print_table(rows) -> None:
           f'{_fmt(r["peak_memory_bytes"], 2**30, 2):>7s}')
 
 
-def _bool(text):
-  if text.lower() in ('1', 'true', 'yes'):
-    return True
-  if text.lower() in ('0', 'false', 'no'):
-    return False
-  raise argparse.ArgumentTypeError(f'{text!r} is not a boolean')
+def define_flags(flag_values) -> None:
+  """Defines the command line's flags on flag_values (see _cli)."""
+  fv = dict(flag_values=flag_values)
+  _cli.define_csv('method', ['byol'], 'comma-separated: byol,simclr', **fv)
+  _cli.define_csv('norm', ['bn', 'gn_ws'],
+                  f'comma-separated presets from {",".join(NORM_PRESETS)}',
+                  **fv)
+  flags.DEFINE_integer('depth', DEFAULT_SPEC['depth'], 'ResNet depth', **fv)
+  flags.DEFINE_float('width', DEFAULT_SPEC['width'], 'width multiplier',
+                     **fv)
+  flags.DEFINE_string('stem', DEFAULT_SPEC['stem'], 'small | imagenet', **fv)
+  flags.DEFINE_integer('image_size', DEFAULT_SPEC['image_size'],
+                       'image side in pixels', **fv)
+  _cli.define_csv('per_device_batch', [DEFAULT_SPEC['per_device_batch']],
+                  'comma-separated', kind=int, **fv)
+  _cli.define_csv('dtype', ['float32'], 'comma-separated: float32,bfloat16',
+                  **fv)
+  flags.DEFINE_integer(
+      'num_classes', None, 'online classifier outputs (default 1000 with '
+      'the imagenet stem, else 10)', **fv)
+  flags.DEFINE_integer('num_devices', None, 'devices to pmap over (default: '
+                       'all local devices)', **fv)
+  for component in ('encoder', 'projector', 'predictor'):
+    flags.DEFINE_string(f'{component}_norm', None,
+                        f'override the preset\'s {component} norm', **fv)
+  flags.DEFINE_bool('encoder_ws', None, 'override the preset\'s encoder '
+                    'weight standardisation (--encoder_ws / --noencoder_ws)',
+                    **fv)
+  flags.DEFINE_bool('heads_ws', None, 'override the preset\'s heads weight '
+                    'standardisation (--heads_ws / --noheads_ws)', **fv)
+  flags.DEFINE_integer('gn_groups', None, 'override GroupNorm\'s groups',
+                       **fv)
+  flags.DEFINE_integer('steps', DEFAULT_SPEC['steps'], 'timed steps', **fv)
+  flags.DEFINE_integer('warmup', DEFAULT_SPEC['warmup'],
+                       'untimed steps after compilation', **fv)
+  flags.DEFINE_bool('no_isolate', False, 'run rows in this process (peak '
+                    'memory then spans rows)', **fv)
+  flags.DEFINE_bool('no_flop_check', False, 'skip the ResNet-50 BYOL 224px '
+                    'FLOP check (~10 s)', **fv)
+  flags.DEFINE_string('out', str(_results.RESULTS_DIR),
+                      'folder of the results file', **fv)
+  flags.DEFINE_bool('no_write', False, 'write no results file', **fv)
 
 
-def _csv(kind):
-  return lambda text: [kind(x) for x in text.split(',') if x]
+def check_flags(args) -> None:
+  """What the flags' parsers cannot check; ValueError is a usage error."""
+  if args.steps < 1 or args.warmup < 0:
+    raise ValueError('--steps must be >= 1 and --warmup >= 0')
+  for dtype in args.dtype:
+    if dtype not in ('float32', 'bfloat16'):
+      raise ValueError(f'--dtype {dtype!r}: use float32 or bfloat16')
 
 
 def parse_args(argv):
-  """The command line (see the module docstring)."""
-  parser = argparse.ArgumentParser(
-      description=__doc__.split('\n')[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  add = parser.add_argument
-  add('--method', type=_csv(str), default=['byol'],
-      help='comma-separated: byol,simclr')
-  add('--norm', type=_csv(str), default=['bn', 'gn_ws'],
-      help=f'comma-separated presets from {",".join(NORM_PRESETS)}')
-  add('--depth', type=int, default=DEFAULT_SPEC['depth'])
-  add('--width', type=float, default=DEFAULT_SPEC['width'])
-  add('--stem', default=DEFAULT_SPEC['stem'], help='small | imagenet')
-  add('--image-size', type=int, default=DEFAULT_SPEC['image_size'])
-  add('--per-device-batch', type=_csv(int),
-      default=[DEFAULT_SPEC['per_device_batch']], help='comma-separated')
-  add('--dtype', type=_csv(str), default=['float32'],
-      help='comma-separated: float32,bfloat16')
-  add('--num-classes', type=int, default=None,
-      help='online classifier outputs (default 1000 with the imagenet stem, '
-      'else 10)')
-  add('--num-devices', type=int, default=None,
-      help='devices to pmap over (default: all local devices)')
-  for component in ('encoder', 'projector', 'predictor'):
-    add(f'--{component}-norm', default=None,
-        help=f'override the preset\'s {component} norm')
-  add('--encoder-ws', type=_bool, default=None)
-  add('--heads-ws', type=_bool, default=None)
-  add('--gn-groups', type=int, default=None)
-  add('--steps', type=int, default=DEFAULT_SPEC['steps'], help='timed steps')
-  add('--warmup', type=int, default=DEFAULT_SPEC['warmup'],
-      help='untimed steps after compilation')
-  add('--no-isolate', action='store_true',
-      help='run rows in this process (peak memory then spans rows)')
-  add('--no-flop-check', action='store_true',
-      help='skip the ResNet-50 BYOL 224px FLOP check (~10 s)')
-  add('--out', default=str(_results.RESULTS_DIR),
-      help='folder of the results file')
-  add('--no-write', action='store_true')
-  args = parser.parse_args(argv)
-  if args.steps < 1 or args.warmup < 0:
-    parser.error('--steps must be >= 1 and --warmup >= 0')
-  for dtype in args.dtype:
-    if dtype not in ('float32', 'bfloat16'):
-      parser.error(f'--dtype {dtype!r}: use float32 or bfloat16')
-  return args
+  """The command line (see the module docstring), on fresh FlagValues.
+
+  Args:
+    argv: arguments without the program name, e.g. ['--depth=50'].
+
+  Returns:
+    The parsed flags (attributes: args.depth ...); a bad command line
+    prints one line and exits with code 2.
+  """
+  return _cli.parse(define_flags, argv, check_flags,
+                    program='benchmarks.throughput')
 
 
 def main(argv=None) -> dict:
@@ -438,10 +446,14 @@ def main(argv=None) -> dict:
 
   Returns:
     The result dict (device, date, command, versions, flop_check, rows), as
-    written to <out>/throughput-<device>-<date>.json unless --no-write.
+    written to <out>/throughput-<device>-<date>.json unless --no_write.
   """
   argv = sys.argv[1:] if argv is None else list(argv)
-  args = parse_args(argv)
+  return run(parse_args(argv), argv)
+
+
+def run(args, argv) -> dict:
+  """main's body: args the parsed flags, argv the command line they came from."""
   specs = row_specs(args)
   for spec in specs:  # Bad configs fail here, before anything compiles.
     make_config(spec, spec['num_devices'] or 1)
@@ -496,4 +508,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-  main()
+  _cli.main_run(define_flags, run, check_flags)

@@ -36,15 +36,14 @@ device-resident batch of two views in [0, 1], `--warmup` untimed and
 `--steps` timed steps each ended by torch.cuda.synchronize, images/s =
 batch / median step time.
 
-    python -m benchmarks.torch_reference --per-device-batch 128,256
+    python -m benchmarks.torch_reference --per_device_batch 128,256
     # tiny, on a CPU (eager):
-    python -m benchmarks.torch_reference --depth 18 --image-size 32 \
-        --per-device-batch 4 --hidden 64 --out-dim 16 --dtype float32 \
-        --steps 2 --warmup 1 --no-write
+    python -m benchmarks.torch_reference --depth 18 --image_size 32 \
+        --per_device_batch 4 --hidden 64 --out_dim 16 --dtype float32 \
+        --steps 2 --warmup 1 --no_write
 
 Without torch the command prints "torch not installed" and exits 0.
 """
-import argparse
 import importlib.util
 import json
 import shlex
@@ -53,8 +52,10 @@ import time
 import traceback
 from typing import Optional
 
+from absl import flags
 import numpy as np
 
+from benchmarks import _cli
 from benchmarks import _results
 
 NOT_INSTALLED = 'torch not installed'
@@ -459,33 +460,45 @@ def run_row(spec: dict, log=print) -> dict:
   return row
 
 
-def _csv(kind):
-  return lambda text: [kind(x) for x in text.split(',') if x]
+def define_flags(flag_values) -> None:
+  """Defines the command line's flags on flag_values (see _cli)."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_integer('depth', 50, 'torchvision ResNet depth', **fv)
+  _cli.define_csv('norm', ['bn'], 'comma-separated: bn,gn_ws', **fv)
+  flags.DEFINE_integer('image_size', 224, 'image side in pixels', **fv)
+  _cli.define_csv('per_device_batch', [128, 256], 'comma-separated',
+                  kind=int, **fv)
+  flags.DEFINE_string('dtype', 'bfloat16', 'bfloat16 (autocast) | float32',
+                      **fv)
+  flags.DEFINE_integer('num_classes', 1000, 'online classifier outputs',
+                       **fv)
+  flags.DEFINE_integer('hidden', 4096, 'MLP hidden width', **fv)
+  flags.DEFINE_integer('out_dim', 256, 'projection width', **fv)
+  flags.DEFINE_integer('steps', 20, 'timed steps', **fv)
+  flags.DEFINE_integer('warmup', 3, 'untimed steps', **fv)
+  flags.DEFINE_enum('compile', 'auto', ['auto', 'on', 'off'],
+                    'torch.compile: auto = on CUDA only', **fv)
+  flags.DEFINE_bool('no_augment', False,
+                    'leave BYOL augmentation out of the step', **fv)
+  flags.DEFINE_string('jsonl', None, 'append each row (and the eager '
+                      'partial row) to this file', **fv)
+  flags.DEFINE_string('out', str(_results.RESULTS_DIR),
+                      'folder of the results file', **fv)
+  flags.DEFINE_bool('no_write', False, 'write no results file', **fv)
 
 
 def parse_args(argv):
-  """The command line (see the module docstring)."""
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  add = parser.add_argument
-  add('--depth', type=int, default=50)
-  add('--norm', type=_csv(str), default=['bn'], help='bn,gn_ws')
-  add('--image-size', type=int, default=224)
-  add('--per-device-batch', type=_csv(int), default=[128, 256])
-  add('--dtype', default='bfloat16', help='bfloat16 (autocast) | float32')
-  add('--num-classes', type=int, default=1000)
-  add('--hidden', type=int, default=4096, help='MLP hidden width')
-  add('--out-dim', type=int, default=256, help='projection width')
-  add('--steps', type=int, default=20)
-  add('--warmup', type=int, default=3)
-  add('--compile', default='auto', choices=('auto', 'on', 'off'),
-      help='torch.compile: auto = on CUDA only')
-  add('--no-augment', action='store_true',
-      help='leave BYOL augmentation out of the step')
-  add('--jsonl', default=None,
-      help='append each row (and the eager partial row) to this file')
-  add('--out', default=str(_results.RESULTS_DIR))
-  add('--no-write', action='store_true')
-  return parser.parse_args(argv)
+  """The command line (see the module docstring), on fresh FlagValues.
+
+  Args:
+    argv: arguments without the program name.
+
+  Returns:
+    The parsed flags; a bad command line prints one line and exits with
+    code 2.
+  """
+  return _cli.parse(define_flags, argv,
+                    program='benchmarks.torch_reference')
 
 
 def row_specs(args) -> list:
@@ -499,7 +512,7 @@ def row_specs(args) -> list:
 
 
 def main(argv=None) -> dict:
-  """Times every row; writes the results file unless --no-write.
+  """Times every row; writes the results file unless --no_write.
 
   Args:
     argv: command-line arguments (default sys.argv[1:]).
@@ -509,7 +522,11 @@ def main(argv=None) -> dict:
     {'skipped': 'torch not installed'} where torch is absent.
   """
   argv = sys.argv[1:] if argv is None else list(argv)
-  args = parse_args(argv)
+  return run(parse_args(argv), argv)
+
+
+def run(args, argv) -> dict:
+  """main's body: args the parsed flags, argv the command line they came from."""
   command = ' '.join(['python -m benchmarks.torch_reference'] +
                      [shlex.quote(a) for a in argv])
 
@@ -562,4 +579,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-  main()
+  _cli.main_run(define_flags, run)

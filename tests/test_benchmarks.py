@@ -12,9 +12,9 @@ import pytest
 from benchmarks import flops
 from benchmarks import throughput
 
-TINY = ['--depth', '10', '--width', '0.25', '--image-size', '16',
-        '--per-device-batch', '4', '--num-devices', '2', '--steps', '3',
-        '--warmup', '1', '--norm', 'bn', '--no-flop-check']
+TINY = ['--depth', '10', '--width', '0.25', '--image_size', '16',
+        '--per_device_batch', '4', '--num_devices', '2', '--steps', '3',
+        '--warmup', '1', '--norm', 'bn', '--no_flop_check']
 
 ROW_NUMBERS = ('images_per_sec', 'step_time_median_s', 'step_time_p10_s',
                'step_time_p90_s', 'lower_time_s', 'compile_time_s',
@@ -32,9 +32,9 @@ def test_tiny_run_writes_a_consistent_results_file(tmp_path):
   for field in ('device', 'date', 'command', 'jax_version', 'platform'):
     assert written[field], field
   assert written['command'].startswith('python -m benchmarks.throughput ')
-  assert '--num-devices 2' in written['command']
+  assert '--num_devices 2' in written['command']
   assert written['platform'] == 'cpu' and written['num_devices'] == 2
-  assert written['flop_check'] is None  # --no-flop-check
+  assert written['flop_check'] is None  # --no_flop_check
   (row,) = written['rows']
   assert (row['method'], row['norm'], row['depth'], row['image_size'],
           row['dtype']) == ('byol', 'bn', 10, 16, 'float32')
@@ -104,7 +104,7 @@ def test_peak_flops_table(kind, dtype, peak):
 
 def test_bad_config_fails_before_compiling(tmp_path):
   with pytest.raises(ValueError, match='encoder_norm'):
-    throughput.main(TINY + ['--encoder-norm', 'batchnorm',
+    throughput.main(TINY + ['--encoder_norm', 'batchnorm',
                             '--out', str(tmp_path)])
   with pytest.raises(ValueError, match='norm=.bn_ws.'):
     throughput.main(TINY[:-3] + ['--norm', 'bn_ws', '--out', str(tmp_path)])
@@ -113,9 +113,9 @@ def test_bad_config_fails_before_compiling(tmp_path):
 
 def test_probe_sweep_reports_both_timings_and_their_ratios():
   from benchmarks import probe_sweep  # pylint: disable=g-import-not-at-top
-  r = probe_sweep.main(['--num-examples', '512', '--dim', '16', '--classes',
+  r = probe_sweep.main(['--num_examples', '512', '--dim', '16', '--classes',
                         '5', '--batch', '128', '--steps', '4', '--repeats',
-                        '2', '--no-write'])
+                        '2', '--no_write'])
   assert r['grid'] == [0.4, 0.3, 0.2, 0.1, 0.05]
   assert len(r['one_probe_times_s']) == len(r['sweep_times_s']) == 2
   assert r['one_probe_s'] > 0 and r['sweep_s'] > 0
@@ -123,3 +123,46 @@ def test_probe_sweep_reports_both_timings_and_their_ratios():
       r['sweep_s'] / r['one_probe_s'], rel=1e-2)
   assert r['protocol_over_one'] == pytest.approx(r['sweep_over_one'] + 1,
                                                  abs=2e-3)
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--per-device-batch', '8'], "Unknown command line flag 'per-device-batch'"),
+    (['--per_device_batch=8,x'], 'flag --per_device_batch=8,x'),
+    (['--dtype=float16'], "--dtype 'float16': use float32 or bfloat16"),
+    (['--steps=0'], '--steps must be >= 1'),
+    (['--encoder_ws', 'true'], "unexpected argument(s) 'true'"),
+])
+def test_bad_command_line_is_one_line_and_exit_code_2(argv, message, capsys):
+  with pytest.raises(SystemExit) as e:
+    throughput.parse_args(argv)
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith('Usage error: ') and err.count('\n') == 1, err
+  assert message in err, err
+
+
+def test_command_line_lists_booleans_and_fresh_values():
+  args = throughput.parse_args(['--per_device_batch=8,,16', '--noencoder_ws',
+                                '--norm', 'bn', '--no_isolate'])
+  assert args.per_device_batch == [8, 16] and args.no_isolate
+  specs = throughput.row_specs(args)
+  assert [s['per_device_batch'] for s in specs] == [8, 16]
+  assert specs[0]['overrides'] == {'encoder_ws': False}
+  # Each parse starts from the defaults (a fresh FlagValues).
+  again = throughput.parse_args([])
+  assert again.per_device_batch == [32] and again.norm == ['bn', 'gn_ws']
+  assert again.encoder_ws is None and not again.no_isolate
+
+
+def test_command_exits_2_on_a_bad_flag():
+  """The absl.app path (python -m) as the device suite's children run it."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.torch_reference', '--compile=maybe'],
+      cwd=throughput._results.REPO, capture_output=True, text=True,
+      check=False, timeout=120)
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.strip().splitlines() == [
+      'Usage error: flag --compile=maybe: value should be one of '
+      '<auto|on|off>'], proc.stderr
