@@ -1,7 +1,7 @@
 r"""The linear probe's learning-rate sweep vs one probe: wall time.
 
 Issue 13's acceptance: the sweep over the paper's grid of base rates
-{0.4, 0.3, 0.2, 0.1, 0.05} (`byol_jax.evaluation.linear_eval.train_probes`,
+{0.4, 0.3, 0.2, 0.1, 0.05} (`byol_jax.evaluation.probe.train_probes`,
 the grid's probes vmapped over the rate on the same batches of frozen
 features) costs under 2x one probe. This times, on synthetic features (the
 step's cost does not depend on their values):
@@ -52,11 +52,11 @@ def time_probes(feats, labels, peaks, *, classes, steps, batch, repeats):
   Returns:
     (median seconds, list of every timed call's seconds).
   """
-  from byol_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
+  from byol_jax.evaluation import probe  # pylint: disable=g-import-not-at-top
 
   def once():
     start = time.perf_counter()
-    params = linear_eval.train_probes(
+    params = probe.train_probes(
         feats, labels, peaks, num_classes=classes, steps=steps,
         batch_size=batch, momentum=0.9, seed=0)
     jax.block_until_ready(params)

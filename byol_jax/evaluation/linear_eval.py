@@ -27,10 +27,9 @@ from byol_jax.evaluation import features
 from byol_jax.evaluation import probe
 from byol_jax.methods import networks
 
-# pretrain.py (the kNN monitor) and benchmarks/probe_sweep.py still read
-# these here; their homes are features.py and probe.py.
+# pretrain.py (the kNN monitor) still reads this here; its home is
+# features.py.
 knn_eval = features.knn_eval
-train_probes = probe.train_probes
 
 
 def _probe(config, source, params, state, num_classes, devices, test=None):
