@@ -5,24 +5,35 @@ A run's checkpoints live in WORKDIR/checkpoints, one directory per step
 data position, config hash, metrics). The directory may be local or a `gs://`
 path: all I/O goes through orbax and `etils.epath`, never `os.path`.
 
-Guarantees the training loop relies on (issue 5, "exact resume"):
+Guarantees the training loop relies on (exact resume):
   * Atomic writes. orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and
     renames it to `<step>` only once every file is written (on GCS, where there
     is no atomic rename, it marks completion with `commit_success.txt`);
     unfinished directories never parse as a step, so a save killed half-way is
     never picked up. `tests/test_checkpointing.py` kills a saving process with
     SIGKILL to check this.
-  * Saving is synchronous: `save` returns once the checkpoint is on disk, so a
-    process that exits right after `save` (preemption) loses nothing.
+  * Saving is synchronous by default: `save` returns once the checkpoint is on
+    disk. With `async_save=True` (what the training loop uses) `save` returns
+    once the state is copied to host memory and orbax writes it in a
+    background thread, so a save stalls training no longer than that copy;
+    `wait` blocks until the writes are committed, and `close` (the end of a
+    run, a preempted run's exit) waits too, so a process that exits through
+    `close` loses nothing. Every check (finite state, already-saved step)
+    still happens before `save` returns, on the host copy.
   * A state with a NaN/Inf floating leaf is refused (`NonFiniteStateError`),
-    so the last good checkpoint is never rotated out by a diverged one.
+    so the last good checkpoint is never rotated out by a diverged one (the
+    check reads the host copy before any write starts; orbax deletes steps
+    beyond `max_to_keep` only after the new one is committed).
   * `restore_latest` falls back to the previous step when the newest one is
     unreadable (and moves the corrupt one aside, so later saves are not
     skipped), and raises when checkpoints exist but none is readable: a run
     never silently starts from scratch.
 
 Multi-host: call `save` / `restore_latest` on every host with the same
-arguments (orbax synchronises them); the state is saved from host memory as
+arguments (orbax synchronises them). `should_save` never communicates: the
+time schedule's answer must be agreed across hosts by the caller (pretrain.py
+does it at logging steps, with the preemption flag, in one all-gather) and
+passed as `time_due`; the state is saved from host memory as
 NumPy arrays, so pass the unreplicated, host-side state. orbax writes NumPy
 leaves from process 0 only (every process holds the same copy) and every
 process reads them back. The directory must be shared by all hosts (gs:// or
@@ -129,7 +140,8 @@ class Checkpointer:
                max_to_keep: int = 3,
                save_interval_steps: Optional[int] = None,
                save_interval_secs: Optional[float] = None,
-               time_fn: Callable[[], float] = time.monotonic):
+               time_fn: Callable[[], float] = time.monotonic,
+               async_save: bool = False):
     """Opens (and creates) the checkpoint directory.
 
     Args:
@@ -141,6 +153,9 @@ class Checkpointer:
         have passed since the last save (or since construction); None disables
         the time schedule.
       time_fn: clock for the time schedule (injectable for tests).
+      async_save: write in a background thread (orbax's asynchronous
+        checkpointing): `save` returns after the host copy and the checks;
+        call `wait` or `close` before relying on the files.
     """
     if max_to_keep is None or max_to_keep < 1:
       raise ValueError(f'max_to_keep={max_to_keep}: keep at least 1.')
@@ -160,13 +175,13 @@ class Checkpointer:
     self._save_interval_secs = save_interval_secs
     self._time_fn = time_fn
     self._last_save_time = time_fn()
+    self._async = async_save
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         create=True,
-        # Synchronous: `save` returns with the checkpoint committed, which is
-        # what a preempted process about to exit needs. Async saving would
-        # overlap I/O with training but is not worth the risk here.
-        enable_async_checkpointing=False,
+        # Async: orbax writes (and commits, then deletes old steps) in a
+        # background thread; a new save first waits for the previous one.
+        enable_async_checkpointing=async_save,
         # Removes `*.orbax-checkpoint-tmp-*` left by a process killed mid-save.
         cleanup_tmp_directories=True,
     )
@@ -178,7 +193,11 @@ class Checkpointer:
     return self._directory
 
   def all_steps(self) -> list[int]:
-    """Steps of the complete checkpoints on disk, ascending."""
+    """Steps of the complete checkpoints on disk, ascending.
+
+    Waits for a pending asynchronous save first (it then counts).
+    """
+    self._manager.wait_until_finished()
     self._manager.reload()
     return sorted(self._manager.all_steps())
 
@@ -187,33 +206,53 @@ class Checkpointer:
     steps = self.all_steps()
     return steps[-1] if steps else None
 
-  def should_save(self, step: int) -> bool:
+  def restart_clock(self) -> None:
+    """Counts the time schedule from now (e.g. once the step is compiled)."""
+    self._last_save_time = self._time_fn()
+
+  def time_due(self) -> bool:
+    """Whether `save_interval_secs` have passed since the last save.
+
+    Reads this process's clock only (no communication); False when the time
+    schedule is off. On several processes, agree on one answer before
+    passing it to `should_save` (clocks differ, and every process must join
+    a save or orbax's barrier hangs): pretrain.py takes process 0's at
+    logging steps.
+    """
+    return (self._save_interval_secs is not None and
+            self._time_fn() - self._last_save_time >= self._save_interval_secs)
+
+  def should_save(self, step: int, *, time_due: Optional[bool] = None) -> bool:
     """Whether the step / wall-time schedule asks for a checkpoint at `step`.
+
+    Never communicates between processes, so it is cheap enough for every
+    step (orbax's FixedIntervalPolicy for the step schedule is the same
+    modulo; its ContinuousCheckpointingPolicy for the time schedule waits on a
+    cross-host key-value broadcast at every call, which this avoids).
 
     Args:
       step: the number of updates applied to the state about to be saved.
+      time_due: the time schedule's answer, agreed across processes by the
+        caller; None evaluates it here (`time_due()`) on one process and
+        leaves it out on several.
 
     Returns:
-      True when `step` is a multiple of `save_interval_steps` or at least
-      `save_interval_secs` have passed since the last save; False when
-      neither schedule is set or `step` is already saved.
+      True when `step` is a multiple of `save_interval_steps` or the time
+      schedule is due; False when neither is, or `step` is already saved.
     """
-    due = False
-    if self._save_interval_steps and step % self._save_interval_steps == 0:
-      due = True
-    if self._save_interval_secs is not None:
-      if self._time_fn() - self._last_save_time >= self._save_interval_secs:
-        due = True
-      if jax.process_count() > 1:
-        # Clocks differ between hosts, and every host must join a save (or
-        # orbax's barrier hangs): follow process 0's decision. This is a small
-        # collective, so on pods call should_save every few steps at most.
-        due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
+    if time_due is None:
+      time_due = jax.process_count() == 1 and self.time_due()
+    due = bool(time_due) or bool(self._save_interval_steps and
+                                 step % self._save_interval_steps == 0)
     return due and step not in self._manager.all_steps()
 
   def save(self, step: int, state: Any, extra: Optional[dict] = None, *,
            force: bool = False) -> bool:
-    """Writes `state` and `extra` as the checkpoint of `step`, synchronously.
+    """Writes `state` and `extra` as the checkpoint of `step`.
+
+    Synchronous by default; with `async_save` it returns once `state` is
+    copied to host memory, checked, and handed to orbax's background writer
+    (a previous save still in flight is waited for first).
 
     Args:
       step: training step (number of updates applied to `state`).
@@ -245,6 +284,11 @@ class Checkpointer:
     # Host-side NumPy copies: each host holds the same unreplicated state, and
     # orbax writes NumPy leaves from the primary host only.
     host_state = jax.tree.map(np.asarray, jax.device_get(state))
+    if self._async:
+      # Own copies: the background write must not read buffers that the
+      # caller may reuse (a donated device state whose host view is shared,
+      # as on CPU backends).
+      host_state = jax.tree.map(np.array, host_state)
     start = time.monotonic()
     self._manager.save(
         step,
@@ -253,11 +297,17 @@ class Checkpointer:
             _EXTRA: ocp.args.JsonSave(extra),
         }),
         force=True)
-    self._manager.wait_until_finished()
+    if not self._async:
+      self._manager.wait_until_finished()
     self._last_save_time = self._time_fn()
-    logging.info('Saved checkpoint %s in %.1fs.',
+    logging.info('%s checkpoint %s in %.2fs.',
+                 'Started writing' if self._async else 'Saved',
                  self._directory / str(step), time.monotonic() - start)
     return True
+
+  def wait(self) -> None:
+    """Blocks until every save started so far is committed to disk."""
+    self._manager.wait_until_finished()
 
   def latest_extra(self) -> Optional[tuple[int, dict]]:
     """(step, extra) of the newest checkpoint whose `extra` item is readable.

@@ -17,8 +17,13 @@ process 0 writes config.json, metrics, TensorBoard and pretrain_done.json, and
 every process takes part in each checkpoint save and restore (orbax writes the
 host-side arrays from process 0). The processes check that they start from,
 and end with, the same TrainState (a sha256 fingerprint), and agree on a
-preemption signal at logging steps, since a signal may reach only some hosts
-and every host must join the final save.
+preemption signal and on the checkpoint clock at logging steps, since a
+signal may reach only some hosts, clocks differ, and every host must join a
+save.
+
+Speed: the step is compiled once per run; between logging steps the loop
+only dispatches steps (no device value is read on the host, no process
+communicates); scheduled checkpoints are written asynchronously.
 """
 
 import datetime
@@ -101,12 +106,14 @@ def check_resume(config, ckpt: checkpointing.Checkpointer) -> dict:
   return diff
 
 
-def _checkpointer(config, workdir) -> checkpointing.Checkpointer:
+def _checkpointer(config, workdir,
+                  async_save: bool = False) -> checkpointing.Checkpointer:
   return checkpointing.Checkpointer(
       epath.Path(workdir) / 'checkpoints',
       max_to_keep=config.checkpoint.max_to_keep,
       save_interval_steps=config.checkpoint.every_steps or None,
-      save_interval_secs=config.checkpoint.every_secs or None)
+      save_interval_secs=config.checkpoint.every_secs or None,
+      async_save=async_save)
 
 
 def check_workdir(config, workdir) -> dict:
@@ -215,7 +222,9 @@ def run(config, workdir, *, source) -> dict:
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   t, d = config.training, config.derived
-  ckpt = _checkpointer(config, workdir)
+  # Asynchronous saves: a scheduled checkpoint stalls the loop for the
+  # device-to-host copy only; ckpt.close() below waits for the writes.
+  ckpt = _checkpointer(config, workdir, async_save=True)
   trajectory_changes = check_resume(config, ckpt)
   trajectory = plan.trajectory(config)
   method, optimizer, update = experiment.make_update(config)
@@ -261,9 +270,10 @@ def run(config, workdir, *, source) -> dict:
                                   name='the training step')
     data = itertools.chain([first_batch], data)
   history, last, preempted = [], {}, False
+  agreements = 0  # cross-process all-gathers in the loop (logged, tested).
 
-  def save(step, force=False):
-    if force or ckpt.should_save(step):
+  def save(step, force=False, time_due=None):
+    if force or ckpt.should_save(step, time_due=time_due):
       flush_metrics()  # Never checkpoint a state whose loss is not finite.
       host = jax.device_get(ts.unreplicate(rstate))
       try:
@@ -296,30 +306,47 @@ def run(config, workdir, *, source) -> dict:
     writer.console(last_step, last)
     history = []
 
-  with checkpointing.PreemptionWatcher() as watcher:
-    while step < stop_at:
-      rstate, metrics = p_update(rstate, next(data))
-      step += 1
-      history.append((step, metrics))
-      if step % config.logging.every_steps == 0 or step == stop_at:
-        flush_metrics()
-      if (config.logging.knn_every_steps and
-          step % config.logging.knn_every_steps == 0):
-        flush_metrics()
-        writer.write(step, {'knn_top1': knn_monitor(config, source, rstate)})
-      if _preemption_requested(watcher, step, config.logging.every_steps):
-        flush_metrics()
-        save(step, force=True)
-        logging.warning('%s received at step %d: checkpoint saved in %s; '
-                        'rerun the same command to resume.',
-                        watcher.signal_name or 'A preemption signal (on '
-                        'another host)', step, ckpt.directory)
-        preempted = True
-        break
-      save(step, force=step == stop_at)
-  flush_metrics()
+  # No host-device or cross-host synchronisation at other steps than logging
+  # steps (every logging.every_steps, and the last): the pmapped steps are
+  # dispatched asynchronously, their metrics stay on the devices until the
+  # logging step fetches them all, and the decisions that need every
+  # process (preemption, the checkpoint clock) are agreed there.
+  # The checkpoint clock counts training time, not restoring and compiling.
+  ckpt.restart_clock()
+  try:
+    with checkpointing.PreemptionWatcher() as watcher:
+      while step < stop_at:
+        rstate, metrics = p_update(rstate, next(data))
+        step += 1
+        history.append((step, metrics))
+        sync = step % config.logging.every_steps == 0 or step == stop_at
+        if sync:
+          flush_metrics()
+        if (config.logging.knn_every_steps and
+            step % config.logging.knn_every_steps == 0):
+          flush_metrics()
+          writer.write(step, {'knn_top1': knn_monitor(config, source, rstate)})
+        preempt, time_due, agreed = _decisions(watcher, ckpt, sync)
+        agreements += agreed
+        if preempt:
+          flush_metrics()
+          save(step, force=True)
+          ckpt.wait()  # The process is about to exit: commit first.
+          logging.warning('%s received at step %d: checkpoint saved in %s; '
+                          'rerun the same command to resume.',
+                          watcher.signal_name or 'A preemption signal (on '
+                          'another host)', step, ckpt.directory)
+          preempted = True
+          break
+        save(step, force=step == stop_at, time_due=time_due)
+    flush_metrics()
+  finally:
+    # Commits a save still being written (the final one, or the last good
+    # one when the run stops on a non-finite loss) before returning.
+    ckpt.close()
   writer.close()
-  ckpt.close()
+  logging.info('Process %d: %d cross-process agreements in %d steps.',
+               jax.process_index(), agreements, step - start_step)
   fingerprint = _check_same_state(ts.unreplicate(rstate), step, 'final')
   done_path = workdir / 'pretrain_done.json'
   # Written when the run is complete (not when max_steps stopped it early);
@@ -342,19 +369,33 @@ def _kept(ckpt) -> str:
           'kept.')
 
 
-def _preemption_requested(watcher, step: int, every_steps: int) -> bool:
-  """Whether to checkpoint and stop now, the same answer on every process.
+def _decisions(watcher, ckpt: checkpointing.Checkpointer,
+               sync: bool) -> tuple[bool, Optional[bool], int]:
+  """(preempt now, checkpoint clock due, collectives run): the same answer
+  on every process, communicating only at `sync` (logging) steps.
 
-  One process: as soon as the signal arrives. Several: a signal may reach only
-  some hosts, and a save that not every host joins hangs, so the processes
-  agree (a tiny all-gather) every `every_steps` steps, where the loop already
-  waits for the step's metrics.
+  One process: the signal flag and the clock, read every step (no
+  communication). Several: a signal may reach only some hosts and clocks
+  differ, while every host must join a save (else orbax's barrier hangs), so
+  at logging steps one all-gather of [signal received, clock due] agrees:
+  preempt when any process got a signal, save on process 0's clock. Other
+  steps neither preempt nor save on the clock (the step schedule needs no
+  agreement). The multi-host analogue of orbax's preemption sync point
+  (jax.experimental.multihost_utils.reached_preemption_sync_point) needs
+  JAX's own SIGTERM notifier, which the Python SIGTERM/SIGINT watcher here
+  replaces, so the agreement is our own.
+
+  Returns:
+    (preempt, time_due for Checkpointer.should_save, number of collectives).
   """
   if jax.process_count() == 1:
-    return watcher.requested
-  if step % every_steps:
-    return False
-  return distributed.any_process(watcher.requested)
+    return watcher.requested, ckpt.time_due(), 0
+  if not sync:
+    return False, False, 0
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  flags = np.asarray([watcher.requested, ckpt.time_due()], np.int32)
+  gathered = np.asarray(multihost_utils.process_allgather(flags)).reshape(-1, 2)
+  return bool(gathered[:, 0].max()), bool(gathered[0, 1]), 1
 
 
 def _check_same_state(state, step: int, which: str) -> str:

@@ -188,7 +188,11 @@ def _run_all(root):
   bn = f'tiny,steps=2,batch={BATCH}'
   deadline = time.time() + TIMEOUT_S
   jobs = {'gn2': Job('gn2', root / 'gn2', f'experiments/gn_ws.py:{gn}'),
-          'bn2': Job('bn2', root / 'bn2', f'experiments/byol_bn.py:{bn}')}
+          # Logged at step 2 only, with the checkpoint clock on: the
+          # processes agree (one all-gather) at that step alone.
+          'bn2': Job('bn2', root / 'bn2', f'experiments/byol_bn.py:{bn}',
+                     extra=('--config.logging.every_steps=2',
+                            '--config.checkpoint.every_secs=600'))}
   signaller = threading.Thread(
       target=_sigterm_process_1_after_step_1, args=(jobs['gn2'], deadline),
       daemon=True)
@@ -282,6 +286,13 @@ def test_two_processes_like_two_hosts(tmp_path):
   _check_resume_in_a_second_two_process_run(runs, tmp_path / 'resume')
   _check_only_process_zero_writes_logs(runs)
   _check_unshared_workdir_refused(runs, tmp_path / 'unshared')
+  _check_no_per_step_agreement(runs)
+
+
+def _check_no_per_step_agreement(runs):
+  """bn2 logs at step 2 only: one cross-process all-gather in 2 steps."""
+  for log in runs['bn2']['logs']:
+    assert re.search(r'Process \d: 1 cross-process agreements in 2 steps', log)
 
 
 def _check_equal_to_one_process(runs, tmp_path, two, one, config):
@@ -334,7 +345,7 @@ def _check_resume_in_a_second_two_process_run(runs, tmp_path):
 def _check_only_process_zero_writes_logs(runs):
   k = _stopped_at(runs)
   for name, steps in (('gn2', range(1, k + 1)), ('gn2r', range(1, STEPS + 1)),
-                      ('bn2', [1, 2])):
+                      ('bn2', [2])):
     steps = list(steps)
     workdir, pids, logs = (runs[name][key] for key in ('workdir', 'pids',
                                                        'logs'))

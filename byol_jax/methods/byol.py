@@ -6,9 +6,12 @@ monitor; it does not influence the representation). Target: encoder ->
 projector, a separate parameter tree (the online tree restricted to those
 modules), moved by the EMA in train_state.py, never by gradients.
 
-Each view is forwarded separately, so BN statistics are per view, as in the
-official code; the online BN state is threaded view 1 -> view 2, and the
-target's BN state is updated by the target's own forward passes.
+With BatchNorm each view is forwarded separately, so BN statistics are per
+view, as in the official code; the online BN state is threaded view 1 -> view
+2, and the target's BN state is updated by the target's own forward passes.
+Without batch statistics (GN, LN, none, affine: the paper's GN+WS and
+no-normalisation variants) both views go through each network as one batch,
+which computes the same outputs (networks.views_in_one_batch).
 """
 
 from typing import Optional
@@ -37,6 +40,9 @@ def make_byol(model, num_classes: int,
   target = networks.make_forward(model, num_classes, with_predictor=False,
                                  with_classifier=False, axis_name=axis_name)
 
+  online_one_batch = networks.views_in_one_batch(model, with_predictor=True)
+  target_one_batch = networks.views_in_one_batch(model, with_predictor=False)
+
   def init(rng, images):
     params, state = online.init(rng, images, is_training=True)
     # BYOL initialises the target as a copy of the online network (§3.1).
@@ -47,11 +53,13 @@ def make_byol(model, num_classes: int,
   def loss(online_params, online_state, target_params, target_state, views,
            labels):
     (out1, out2), online_state = networks.apply_views(
-        online, online_params, online_state, views)
+        online, online_params, online_state, views,
+        one_batch=online_one_batch)
     # Target forward in training mode (batch statistics), as the official
     # code; byol_loss applies the stop-gradient on its outputs.
     (tgt1, tgt2), target_state = networks.apply_views(
-        target, target_params, target_state, views)
+        target, target_params, target_state, views,
+        one_batch=target_one_batch)
     byol = losses.byol_loss(out1['prediction'], out2['prediction'],
                             tgt1['projection'], tgt2['projection'])
     classif, metrics = networks.classifier_and_monitors(out1, labels)

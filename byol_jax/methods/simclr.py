@@ -30,6 +30,10 @@ def make_simclr(model, num_classes: int, *, temperature: float,
   online = networks.make_forward(model, num_classes, with_predictor=False,
                                  with_classifier=True, axis_name=axis_name)
 
+  # Both views in one forward when no norm uses batch statistics (same
+  # outputs, one pass); with BN one pass per view.
+  one_batch = networks.views_in_one_batch(model, with_predictor=False)
+
   def init(rng, images):
     params, state = online.init(rng, images, is_training=True)
     return params, state, {}, {}
@@ -37,7 +41,7 @@ def make_simclr(model, num_classes: int, *, temperature: float,
   def loss(online_params, online_state, target_params, target_state, views,
            labels):
     (out1, out2), online_state = networks.apply_views(
-        online, online_params, online_state, views)
+        online, online_params, online_state, views, one_batch=one_batch)
     contrastive, info = losses.infonce_loss(
         out1['projection'], out2['projection'], temperature=temperature,
         axis_name=axis_name)

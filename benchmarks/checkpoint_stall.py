@@ -1,0 +1,123 @@
+r"""How long a checkpoint save stalls the training loop: sync vs async orbax.
+
+The state is the real TrainState of a throughput row (default: BYOL,
+ResNet-18 small stem, GN+WS, float32: online and target parameters, LARS
+momentum), on the device, saved by `checkpointing.Checkpointer.save` as the
+training loop calls it, `--saves` times per mode into a temporary folder:
+
+  * stall_s: the time `save` blocks the caller (what the loop loses);
+  * commit_s: from the call until the checkpoint is committed on disk
+    (`wait`), the same as stall_s when synchronous;
+  * copy_s: the device-to-host copy alone (`jax.device_get` + host copy),
+    the floor of an asynchronous save's stall.
+
+    python -m benchmarks.checkpoint_stall            # writes results/
+    python -m benchmarks.checkpoint_stall --no-write --saves 2
+"""
+import argparse
+import functools
+import shlex
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from benchmarks import _results
+from benchmarks import throughput
+
+
+def measure(spec: dict, saves: int) -> dict:
+  """Times `saves` saves of the row's TrainState per mode.
+
+  Args:
+    spec: a throughput row spec (method, norm, depth, ...).
+    saves: saves per mode (the median is reported).
+
+  Returns:
+    {'state_bytes', 'copy_s', 'sync': {...}, 'async': {...}} with the
+    per-save stall and commit times in seconds.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from byol_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from byol_jax import experiment  # pylint: disable=g-import-not-at-top
+  from byol_jax import train_state as ts  # pylint: disable=g-import-not-at-top
+  config = throughput.make_config(spec, 1)
+  method, optimizer = experiment.init_objects(config)
+  state = jax.jit(functools.partial(ts.init_train_state, method, optimizer))(
+      jax.random.PRNGKey(0), experiment.sample_images(config))
+  jax.block_until_ready(state)
+  state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+  copies = []
+  for _ in range(saves):
+    start = time.perf_counter()
+    jax.tree.map(np.array, jax.device_get(state))
+    copies.append(time.perf_counter() - start)
+  result = dict(state_bytes=int(state_bytes),
+                copy_s=float(np.median(copies)))
+  for mode in ('sync', 'async'):
+    with tempfile.TemporaryDirectory() as folder:
+      ckpt = checkpointing.Checkpointer(folder, max_to_keep=2,
+                                        async_save=mode == 'async')
+      stalls, commits = [], []
+      for step in range(1, saves + 1):
+        # A fresh device state each time, as after a training step.
+        state = jax.tree.map(lambda x: x + 0 if x.dtype.kind == 'f' else x,
+                             state)
+        jax.block_until_ready(state)
+        start = time.perf_counter()
+        ckpt.save(step, state, {'step': step}, force=True)
+        stalls.append(time.perf_counter() - start)
+        ckpt.wait()
+        commits.append(time.perf_counter() - start)
+      ckpt.close()
+    result[mode] = dict(stall_s=[float(x) for x in stalls],
+                        commit_s=[float(x) for x in commits],
+                        stall_median_s=float(np.median(stalls)),
+                        commit_median_s=float(np.median(commits)))
+  return result
+
+
+def main(argv=None) -> dict:
+  """Measures, prints and writes benchmarks/results/checkpoint_stall-*.json."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--method', default='byol')
+  parser.add_argument('--norm', default='gn_ws')
+  parser.add_argument('--depth', type=int, default=18)
+  parser.add_argument('--saves', type=int, default=5)
+  parser.add_argument('--out', default=str(_results.RESULTS_DIR))
+  parser.add_argument('--no-write', action='store_true')
+  args = parser.parse_args(argv)
+  spec = dict(throughput.DEFAULT_SPEC, method=args.method, norm=args.norm,
+              depth=args.depth)
+  measured = measure(spec, args.saves)
+  import jax  # pylint: disable=g-import-not-at-top
+  device = jax.local_devices()[0]
+  result = dict(
+      benchmark='checkpoint_stall',
+      device=(f'cpu: {_results.cpu_name()} ({_results.cpu_cores()} cores)'
+              if device.platform == 'cpu' else device.device_kind),
+      date=_results.today(),
+      command=' '.join(['python -m benchmarks.checkpoint_stall'] +
+                       [shlex.quote(a) for a in argv]),
+      jax_version=jax.__version__,
+      state=f'{args.method} resnet{args.depth} {args.norm} float32 TrainState',
+      **measured)
+  print(f'{result["state"]}: {measured["state_bytes"] / 2**20:.0f} MiB, '
+        f'device-to-host copy {measured["copy_s"] * 1e3:.0f} ms')
+  for mode in ('sync', 'async'):
+    m = measured[mode]
+    print(f'  {mode:5s} save stalls the loop {m["stall_median_s"] * 1e3:7.0f} '
+          f'ms (committed after {m["commit_median_s"] * 1e3:.0f} ms)')
+  if not args.no_write:
+    path = _results.results_path(
+        'checkpoint_stall', _results.device_slug(device.platform,
+                                                 device.device_kind, 1),
+        result['date'], args.out)
+    print(f'wrote {_results.write_json(path, result)}')
+  return result
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,135 @@
+"""The training loop's speed contract: one compilation, no per-step syncs.
+
+A tiny GN+WS run (digits, in memory) in this process, with the pmapped
+step wrapped to
+  * fail on a second trace of the step's Python body (chex.assert_max_traces),
+  * record every read of a device array's value on the host (the sync that
+    float(loss), np.asarray(metrics) or jax.device_get cause) between two
+    steps, and fail if one happens after a step that is not a logging step.
+"""
+
+import importlib.util
+import json
+import pathlib
+
+import chex
+import jax
+from jax._src import array as jax_array
+import numpy as np
+
+from byol_jax import checkpointing
+from byol_jax import main as main_lib
+from byol_jax import pretrain
+from byol_jax import train_state as ts
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+STEPS, LOG_EVERY = 7, 3
+
+
+def _config(**overrides):
+  spec = importlib.util.spec_from_file_location(
+      'gn_ws', REPO / 'experiments' / 'gn_ws.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config('tiny,batch=16')
+  for key, value in {'training.total_steps': STEPS,
+                     'training.warmup_steps': 1,
+                     'eval.after_pretraining': False,
+                     'logging.knn_every_steps': 0,
+                     'logging.every_steps': LOG_EVERY,
+                     # The clock schedule on (the default), due never here;
+                     # the step schedule saves at step 4.
+                     'checkpoint.every_secs': 3600,
+                     'checkpoint.every_steps': 4, **overrides}.items():
+    section, field = key.split('.')
+    config[section][field] = value
+  return config
+
+
+def test_one_compilation_and_no_host_sync_between_logging_steps(
+    tmp_path, monkeypatch):
+  steps_done = []
+  reads = []  # (steps done when the read happened, what was read)
+  original_pmap = ts.pmap_update
+  original_value = jax_array.ArrayImpl._value
+
+  def pmap_update(update, **kwargs):
+    # Fails on a second trace: the run must compile the step once.
+    stepped = original_pmap(chex.assert_max_traces(update, n=1), **kwargs)
+
+    def step(state, batch):
+      out = stepped(state, batch)
+      steps_done.append(len(steps_done) + 1)
+      return out
+    step.lower = stepped.lower
+    return step
+
+  def value(self):
+    if steps_done:
+      reads.append((steps_done[-1], tuple(self.shape)))
+    return original_value.fget(self)
+
+  monkeypatch.setattr(ts, 'pmap_update', pmap_update)
+  monkeypatch.setattr(jax_array.ArrayImpl, '_value', property(value))
+  summary = main_lib.run(_config(), str(tmp_path))
+  monkeypatch.undo()
+  assert summary['step'] == STEPS and steps_done == list(range(1, STEPS + 1))
+  # Host reads only after logging steps (3, 6 and the last, 7) and the step
+  # the step schedule checkpoints (4): never after steps 1, 2 or 5.
+  sync_steps = {3, 4, 6, 7}
+  assert {s for s, _ in reads} <= sync_steps, sorted(set(reads))
+  assert {3, 6, 7} <= {s for s, _ in reads}  # the instrument does see reads.
+  # A checkpoint first fetches the metrics (a non-finite loss is never
+  # checkpointed), so step 4 is logged too.
+  rows = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').open()]
+  assert [r['step'] for r in rows] == [3, 4, 6, 7]
+  assert checkpointing.Checkpointer(tmp_path / 'checkpoints').all_steps() == [
+      4, 7]
+
+
+def test_should_save_never_communicates(tmp_path, monkeypatch):
+  """Multi-process: no broadcast per step; the clock is agreed by the caller."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  calls = []
+  monkeypatch.setattr(multihost_utils, 'broadcast_one_to_all',
+                      lambda *a, **k: calls.append('broadcast'))
+  monkeypatch.setattr(multihost_utils, 'process_allgather',
+                      lambda *a, **k: calls.append('allgather'))
+  now = [0.]
+  ckpt = checkpointing.Checkpointer(tmp_path, save_interval_steps=50,
+                                    save_interval_secs=10,
+                                    time_fn=lambda: now[0])
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  due = []
+  for step in range(1, 101):
+    now[0] += 1.
+    due.append(ckpt.should_save(step))
+  assert calls == []
+  # The clock alone never saves on several processes (its answer must be
+  # agreed); the step schedule does.
+  assert [s for s, d in zip(range(1, 101), due) if d] == [50, 100]
+  assert ckpt.time_due() and ckpt.should_save(7, time_due=True)
+  # The loop's agreement: nothing at non-logging steps.
+  watcher = checkpointing.PreemptionWatcher()
+  assert pretrain._decisions(watcher, ckpt, sync=False) == (False, False, 0)
+  assert calls == []
+
+
+def test_two_process_decisions_use_one_allgather(monkeypatch, tmp_path):
+  """At a logging step: preempt if any process got a signal, process 0's clock."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  gathered = []
+
+  def allgather(flags):
+    gathered.append(np.asarray(flags).tolist())
+    other = np.asarray([1, 0], np.int32)  # process 1: signal, clock not due
+    return np.stack([np.asarray(flags), other])
+  now = [100.]
+  ckpt = checkpointing.Checkpointer(tmp_path, save_interval_secs=10,
+                                    time_fn=lambda: now[0])
+  monkeypatch.setattr(multihost_utils, 'process_allgather', allgather)
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  now[0] += 10.
+  watcher = checkpointing.PreemptionWatcher()
+  assert pretrain._decisions(watcher, ckpt, sync=True) == (True, True, 1)
+  assert gathered == [[0, 1]]
