@@ -14,15 +14,16 @@ training loop calls it, `--saves` times per mode into a temporary folder:
     python -m benchmarks.checkpoint_stall            # writes results/
     python -m benchmarks.checkpoint_stall --no-write --saves 2
 """
-import argparse
 import functools
 import shlex
 import sys
 import tempfile
 import time
 
+from absl import flags
 import numpy as np
 
+from benchmarks import _cli
 from benchmarks import _results
 from benchmarks import throughput
 
@@ -78,17 +79,48 @@ def measure(spec: dict, saves: int) -> dict:
   return result
 
 
+def define_flags(flag_values) -> None:
+  """Defines this benchmark's flags on `flag_values` (see benchmarks/_cli.py).
+
+  Args:
+    flag_values: an absl flags.FlagValues.
+  """
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_string('method', 'byol', 'byol or simclr', **fv)
+  flags.DEFINE_string('norm', 'gn_ws', 'a throughput.NORM_PRESETS key', **fv)
+  flags.DEFINE_integer('depth', 18, 'ResNet depth', **fv)
+  flags.DEFINE_integer('saves', 5, 'saves timed per mode (median reported)',
+                       lower_bound=1, **fv)
+  flags.DEFINE_string('out', str(_results.RESULTS_DIR),
+                      'folder of the results file', **fv)
+  flags.DEFINE_bool('no_write', False, 'write no results file', **fv)
+
+
 def main(argv=None) -> dict:
-  """Measures, prints and writes benchmarks/results/checkpoint_stall-*.json."""
+  """Measures, prints and writes benchmarks/results/checkpoint_stall-*.json.
+
+  Args:
+    argv: command-line arguments (default sys.argv[1:]).
+
+  Returns:
+    The result dict (also written unless --no_write).
+  """
   argv = sys.argv[1:] if argv is None else list(argv)
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--method', default='byol')
-  parser.add_argument('--norm', default='gn_ws')
-  parser.add_argument('--depth', type=int, default=18)
-  parser.add_argument('--saves', type=int, default=5)
-  parser.add_argument('--out', default=str(_results.RESULTS_DIR))
-  parser.add_argument('--no-write', action='store_true')
-  args = parser.parse_args(argv)
+  return run(_cli.parse(define_flags, argv,
+                        program='benchmarks.checkpoint_stall'), argv)
+
+
+def run(args, argv) -> dict:
+  """main's body: args the parsed flags, argv the command line they came from.
+
+  Args:
+    args: the parsed flags (define_flags).
+    argv: the command line, recorded in the results file.
+
+  Returns:
+    The result dict: state size, copy time, sync/async stall and commit
+    times in seconds.
+  """
   spec = dict(throughput.DEFAULT_SPEC, method=args.method, norm=args.norm,
               depth=args.depth)
   measured = measure(spec, args.saves)
@@ -120,4 +152,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-  main()
+  _cli.main_run(define_flags, run)
