@@ -23,12 +23,10 @@ class TfdsSource(splits.Source):
   builder: object
   image_key: str
   label_key: str
-  mocked: bool = False  # under tfds.testing.mock_data: no split sizes/files
   held_out_examples: int = 0
 
   def raw_splits(self):
-    names = (tuple(self.builder.info.splits) or
-             ('train', 'validation', 'test'))
+    names = tuple(self.builder.info.splits)
     return names + (splits.HELD_OUT,) if self.held_out_examples else names
 
   def resolve_split(self, split):
@@ -48,13 +46,7 @@ class TfdsSource(splits.Source):
 
   def num_examples(self, split):
     split = self.resolve_split(split)
-    if self.mocked:  # mock_data yields `num_examples` for any split.
-      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-      ds = self.builder.as_dataset(
-          split=split, decoders={self.image_key: tfds.decode.SkipDecoding()})
-      return int(ds.cardinality())
     return self.builder.info.splits[split].num_examples
-
 
 
 def tfds_source(name: str, *, data_dir: str | None = None) -> TfdsSource:
@@ -66,20 +58,12 @@ def tfds_source(name: str, *, data_dir: str | None = None) -> TfdsSource:
     raise ValueError(f'tfds:{name} is not a TFDS dataset name; '
                      'tfds.list_builders() lists them (e.g. tfds:cifar10, '
                      'tfds:imagenet2012).') from None
-  mocked = _tfds_is_mocked()
-  if not mocked and not builder.is_prepared():
+  if not builder.is_prepared():
     raise ValueError(_unprepared_message(builder, name, data_dir))
   info = builder.info
   image_key, label_key = info.supervised_keys or ('image', 'label')
   return TfdsSource(f'tfds:{name}', info.features[label_key].num_classes,
-                    builder, image_key, label_key, mocked)
-
-
-def _tfds_is_mocked() -> bool:
-  """True inside `tfds.testing.mock_data` (fake data, no prepared files)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  fn = tfds.core.DatasetBuilder.download_and_prepare
-  return getattr(fn, '__name__', '') == 'mock_download_and_prepare'
+                    builder, image_key, label_key)
 
 
 def _unprepared_message(builder, name, data_dir) -> str:

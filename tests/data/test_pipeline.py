@@ -96,40 +96,25 @@ def make_bad_folder(root):
   return root
 
 
-def _color_jpeg(label):
-  """A constant-colour JPEG whose colour encodes a label in [0, 1000)."""
-  rgb = [10 + 25 * (label % 10), 10 + 25 * (label // 10 % 10),
-         10 + 25 * (label // 100)]
-  buf = io.BytesIO()
-  PIL.Image.fromarray(np.full((48, 64, 3), rgb, np.uint8)).save(
-      buf, format='JPEG', quality=95)
-  return buf.getvalue()
-
-
 def _decode_label(images):
   mean = images.reshape(images.shape[:-3] + (-1, 3)).mean(-2) * 255
   digits = np.round((mean - 10) / 25).astype(int)
   return digits[..., 0] + 10 * digits[..., 1] + 100 * digits[..., 2]
 
 
-def test_imagenet_mock_two_views_aligned():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+def test_imagenet_tfds_two_views_aligned(tfds_data_dir):
+  """Streams tfds:imagenet2012: 16 train JPEGs (conftest.py's _color_jpeg)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  labels = (np.arange(16) * 37 + 5) % 1000
-
-  def fake(self, split, decoders=None, read_config=None, **kwargs):
-    del self, split, decoders, read_config, kwargs
-    return tf.data.Dataset.from_tensor_slices({
-        'image': [_color_jpeg(l) for l in labels], 'label': labels,
-        'file_name': [f'{i}.JPEG' for i in range(16)]})
-
-  with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
-                              as_dataset_fn=fake):
-    src = sources.get_source('tfds:imagenet2012')
-    assert src.num_classes == 1000
-    batch = next(pipeline.make_pretrain_iterator(
-        src, split='pretrain', global_batch_size=16, image_size=224, seed=0,
-        **ONE_HOST))
+  src = sources.get_source('tfds:imagenet2012', data_dir=tfds_data_dir)
+  assert type(src) is sources.TfdsSource and src.num_classes == 1000
+  assert src.resolve_split('pretrain') == 'train'
+  assert src.num_examples('pretrain') == 16
+  labels = [ex['label'] for ex in tfds.as_numpy(
+      src.builder.as_dataset(split='train', shuffle_files=False))]
+  assert len(set(labels)) == 16
+  batch = next(pipeline.make_pretrain_iterator(
+      src, split='pretrain', global_batch_size=16, image_size=224, seed=0,
+      **ONE_HOST))
   devices = jax.local_device_count()
   for view in ('view1', 'view2'):
     assert batch[view].shape == (devices, 16 // devices, 224, 224, 3)

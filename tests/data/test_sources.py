@@ -288,38 +288,51 @@ def test_hold_out_errors(tmp_path):
     sources.hold_out(no_train, 5)
 
 
-def test_hold_out_tfds_mocked():
-  tfds = pytest.importorskip('tensorflow_datasets')
-  with tfds.testing.mock_data(num_examples=20,
-                              policy=tfds.testing.MockPolicy.USE_CODE):
-    src = sources.get_source('tfds:cifar10')
-    assert src.mocked and src.held_out_examples == 0
-    assert src.resolve_split('train') == 'train'
-    assert src.resolve_split('linear_valid') == 'validation'
+def test_hold_out_tfds_cifar10_splits(tfds_data_dir):
+  # tfds:cifar10 prepared with train (24) and test (12), as the real one's.
+  src = sources.get_source('tfds:cifar10', data_dir=tfds_data_dir)
+  assert type(src) is sources.TfdsSource and src.held_out_examples == 0
+  assert src.num_classes == 10 and src.raw_splits() == ('train', 'test')
+  assert src.resolve_split('train') == 'train'
+  assert src.resolve_split('pretrain') == 'train'
+  assert src.resolve_split('test') == 'test'
+  assert (src.num_examples('train'), src.num_examples('test')) == (24, 12)
+  for split in ('held_out', 'linear_valid'):  # no validation split either
     with pytest.raises(ValueError, match='held_out_examples=N'):
-      src.resolve_split('held_out')
-    held = sources.hold_out(src, 7)
-    assert held.name == 'tfds:cifar10' and held.held_out_examples == 7
-    assert src.held_out_examples == 0  # not mutated
-    assert 'held_out' in held.raw_splits()
-    assert held.resolve_split('held_out') == 'train[:7]'
-    assert held.resolve_split('train') == 'train[7:]'
-    assert held.resolve_split('pretrain') == 'train[7:]'
-    assert held.resolve_split('linear_train') == 'train[7:]'
-    assert held.resolve_split('linear_valid') == 'train[:7]'
-    assert held.resolve_split('test') == 'test'  # mocked cifar10 has test
-    assert held.resolve_split('train[7:]') == 'train[7:]'  # idempotent
-    assert held.has_split('held_out')
-    # mock_data ignores slices: every split reads num_examples examples.
-    assert held.num_examples('held_out') == 20
-    for bad in (0, 20):
-      with pytest.raises(ValueError, match=f'num_examples={bad} .*1 to 19'):
-        sources.hold_out(src, bad)
-    with pytest.raises(ValueError, match="already has a 'held_out'"):
-      sources.hold_out(held, 3)
-    imagenet = sources.get_source('tfds:imagenet2012')
-    with pytest.raises(ValueError, match=r'train\[:10000\] as linear_valid'):
-      sources.hold_out(imagenet, 100)
+      src.resolve_split(split)
+  held = sources.hold_out(src, 7)
+  assert held.name == 'tfds:cifar10' and held.held_out_examples == 7
+  assert src.held_out_examples == 0  # not mutated
+  assert held.raw_splits() == ('train', 'test', 'held_out')
+  assert held.resolve_split('held_out') == 'train[:7]'
+  assert held.resolve_split('train') == 'train[7:]'
+  assert held.resolve_split('pretrain') == 'train[7:]'
+  assert held.resolve_split('linear_train') == 'train[7:]'
+  assert held.resolve_split('linear_valid') == 'train[:7]'
+  assert held.resolve_split('test') == 'test'  # cifar10 has test
+  assert held.resolve_split('train[7:]') == 'train[7:]'  # idempotent
+  assert held.has_split('held_out')
+  # The sizes TFDS's slices read.
+  assert held.num_examples('held_out') == 7
+  assert held.num_examples('linear_valid') == 7
+  assert held.num_examples('train') == held.num_examples('pretrain') == 17
+  assert held.num_examples('test') == 12
+  for bad in (0, 24):
+    with pytest.raises(ValueError, match=f'num_examples={bad} .*1 to 23'):
+      sources.hold_out(src, bad)
+  with pytest.raises(ValueError, match="already has a 'held_out'"):
+    sources.hold_out(held, 3)
+  imagenet = sources.get_source('tfds:imagenet2012', data_dir=tfds_data_dir)
+  assert imagenet.resolve_split('pretrain') == 'train'
+  assert imagenet.resolve_split('linear_valid') == 'train[:10000]'
+  assert imagenet.resolve_split('test') == 'validation'
+  assert imagenet.num_examples('test') == 8
+  with pytest.raises(ValueError, match=r'train\[:10000\] as linear_valid'):
+    sources.hold_out(imagenet, 100)
+  # Only prepared datasets open (TFDS cannot download them at start-up).
+  with pytest.raises(ValueError, match=r'tfds:mnist is not prepared in .*'
+                     'run `tfds build mnist'):
+    sources.get_source('tfds:mnist', data_dir=tfds_data_dir)
 
 
 def _tiny_plan(dataset, *overrides, read_data=True):
@@ -332,24 +345,34 @@ def _tiny_plan(dataset, *overrides, read_data=True):
   return plan.build(config, topology=plan.Topology(1, 1), read_data=read_data)
 
 
-def test_small_tfds_datasets_are_held_in_memory(monkeypatch):
+def test_small_tfds_datasets_are_held_in_memory(monkeypatch, tfds_data_dir):
   tfds = pytest.importorskip('tensorflow_datasets')
   from byol_jax import plan  # pylint: disable=g-import-not-at-top
-  with tfds.testing.mock_data(num_examples=20,
-                              policy=tfds.testing.MockPolicy.USE_CODE):
-    run = _tiny_plan('tfds:cifar10')
-    assert type(run.source) is sources.InMemorySource
-    assert run.source.name == 'tfds:cifar10'
-    for split in run.source.raw_splits():
-      assert run.source.images[split].shape == (20, 32, 32, 3)
-      assert run.source.images[split].dtype == np.uint8
-      assert run.source.labels[split].max() < 10
-    d = run.config.derived
-    assert d.data_path == 'in_memory' and d.num_train_examples == 20
-    assert d.in_memory_mb == round(60 * 32 * 32 * 3 / 2**20, 1)
-    streamed = _tiny_plan('tfds:cifar10', ('data.max_in_memory_mb', 0))
-    assert type(streamed.source) is sources.TfdsSource
-    assert streamed.config.derived.data_path == 'streaming'
+  data_dir = ('data.data_dir', tfds_data_dir)
+  run = _tiny_plan('tfds:cifar10', data_dir)
+  assert type(run.source) is sources.InMemorySource
+  assert run.source.name == 'tfds:cifar10'
+  assert run.source.raw_splits() == ('train', 'test')
+  builder = tfds.builder('cifar10', data_dir=tfds_data_dir)
+  for split, n in (('train', 24), ('test', 12)):
+    assert run.source.images[split].shape == (n, 32, 32, 3)
+    assert run.source.images[split].dtype == np.uint8
+    assert run.source.labels[split].max() < 10
+    # TFDS's examples in file order, decoded.
+    ds = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
+    expected = list(ds)
+    np.testing.assert_array_equal(run.source.images[split],
+                                  np.stack([ex['image'] for ex in expected]))
+    np.testing.assert_array_equal(run.source.labels[split],
+                                  [ex['label'] for ex in expected])
+  d = run.config.derived
+  assert d.data_path == 'in_memory' and d.num_train_examples == 24
+  assert d.in_memory_mb == round((24 + 12) * 32 * 32 * 3 / 2**20, 1)
+  streamed = _tiny_plan('tfds:cifar10', data_dir,
+                        ('data.max_in_memory_mb', 0))
+  assert type(streamed.source) is sources.TfdsSource
+  assert streamed.config.derived.data_path == 'streaming'
+  assert streamed.config.derived.num_train_examples == 24
   # Without reading (dry run): from the catalogue's sizes and image shape.
   dry = _tiny_plan('tfds:cifar10', read_data=False).config.derived
   assert (dry.data_path, dry.in_memory_mb) == ('in_memory', 175.8)
@@ -361,33 +384,11 @@ def test_small_tfds_datasets_are_held_in_memory(monkeypatch):
     _tiny_plan('tfds:cifar10', read_data=False)
 
 
-def test_hold_out_tfds_prepared_slices_sizes(tmp_path):
-  tfds = pytest.importorskip('tensorflow_datasets')
-
-  class ByolJaxHeldOutImages(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version('1.0.0')
-
-    def _info(self):
-      return tfds.core.DatasetInfo(
-          builder=self, supervised_keys=('image', 'label'),
-          features=tfds.features.FeaturesDict({
-              'image': tfds.features.Image(shape=(None, None, 3),
-                                           encoding_format='png'),
-              'label': tfds.features.ClassLabel(num_classes=3)}))
-
-    def _split_generators(self, dl_manager):
-      del dl_manager
-      return {'train': self._generate_examples(30)}
-
-    def _generate_examples(self, n):
-      for i in range(n):
-        yield i, {'image': np.full((8, 8, 3), 5 * i, np.uint8),
-                  'label': i % 3}
-
-  ByolJaxHeldOutImages(data_dir=str(tmp_path)).download_and_prepare()
+def test_hold_out_tfds_prepared_slices_sizes(tfds_data_dir):
+  # A prepared TFDS dataset with a train split (30 examples) only.
   src = sources.get_source('tfds:byol_jax_held_out_images',
-                           data_dir=str(tmp_path))
-  assert not src.mocked and src.raw_splits() == ('train',)
+                           data_dir=tfds_data_dir)
+  assert src.raw_splits() == ('train',)
   with pytest.raises(ValueError, match='held_out_examples=N'):
     src.resolve_split('test')
   held = sources.hold_out(src, 8)
