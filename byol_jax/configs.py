@@ -116,7 +116,15 @@ def _int_option(options, name):
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
-  """ResNet-50 + BYOL heads, BN everywhere (vanilla BYOL, paper Table 2)."""
+  """ResNet-50 + BYOL heads, BN everywhere (vanilla BYOL, paper Table 2).
+
+  Args:
+    **overrides: model fields to replace, e.g. encoder_norm='gn'.
+
+  Returns:
+    The `model` section (an unlocked ConfigDict): depth, width, stem, norms
+    per component, Weight Standardisation, head sizes (4096 -> 256), dtype.
+  """
   model = ml_collections.ConfigDict(dict(
       depth=50,
       width_multiplier=1.0,
@@ -159,7 +167,12 @@ def build(arg=None, *, method='byol', extra_options=(), model=None,
     options: already-parsed options (else parsed from arg).
 
   Returns:
-    ml_collections.ConfigDict.
+    ml_collections.ConfigDict of the inputs (no `derived` section: plan.build
+    derives step counts and validates).
+
+  Raises:
+    ValueError: a malformed or unknown option, a non-positive epochs=,
+      batch= or steps=, or both scale presets (tiny and cifar10).
   """
   if options is None:
     options = parse_options(arg, COMMON_OPTIONS + tuple(extra_options))
@@ -314,6 +327,9 @@ def apply_tiny(config) -> None:
     * random-resized crops of at least 50% of the image (paper 8%): an 8%
       crop of an 8x8 digit is 2x2 pixels, which shows no digit.
     * one warm-up step per warm-up epoch (10; 50 for the modified init).
+
+  Args:
+    config: an experiment config from `build`, modified in place.
   """
   config.model.update(dict(depth=10, width_multiplier=0.25, stem='small',
                            projector_hidden_size=128, projector_output_size=32,
@@ -347,6 +363,9 @@ def apply_cifar10(config) -> None:
   3x3 stride-1 stem and no max-pool, 32 px, batch 512): their BYOL reaches
   a kNN top-1 of about 0.87 after 200 epochs. The variant's lr / weight decay
   are kept; tau_base 0.99 suits 200 epochs (official 300-epoch preset).
+
+  Args:
+    config: an experiment config from `build`, modified in place.
   """
   config.model.update(dict(depth=18, width_multiplier=1.0, stem='small'))
   config.data.source = 'tfds:cifar10'

@@ -75,10 +75,16 @@ class Plan:
 
   @property
   def is_multiprocess(self) -> bool:
+    """Whether jax.distributed is started (every source but 'none')."""
     return self.source != 'none'
 
   def describe(self) -> str:
-    """One human line, logged at start-up."""
+    """One human line, logged at start-up.
+
+    Returns:
+      E.g. 'process 1 of 4, coordinator node001:12345, all local devices
+      (from slurm)', or 'single process (no jax.distributed)'.
+    """
     if self.source == 'none':
       return 'single process (no jax.distributed)'
     if self.source == 'tpu':
@@ -137,6 +143,9 @@ def first_slurm_host(nodelist: str) -> str:
 
   Returns:
     'node001', 'node001', 'node003'.
+
+  Raises:
+    DistributedConfigError: the node list is empty.
   """
   m = re.match(r'([^,\[]*)(\[([^\]]*)\])?', nodelist)
   prefix, ranges = m.group(1), m.group(3)
@@ -243,7 +252,12 @@ def plan(*, mode: str = 'auto', coordinator_address: Optional[str] = None,
 
 
 def on_cloud_tpu_vm() -> bool:
-  """Whether JAX found TPU chips and libtpu on this VM (set at jax import)."""
+  """Whether JAX found TPU chips and libtpu on this VM.
+
+  Returns:
+    JAX's own answer, set when jax was imported; False when this JAX has no
+    such flag.
+  """
   try:
     from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -325,7 +339,7 @@ def compile_then_sync(fn, *args, name: str) -> None:
 
   Call `fn` itself afterwards: JAX keeps the executable compiled here in its
   in-memory cache and the next call with arguments like `args` reuses it
-  (checked with jax_log_compiles on jax 0.10: one compilation). The
+  (jax_log_compiles shows one compilation). The
   executable returned by `.compile()` cannot be called directly on several
   processes: a multi-process pmap lowers for the global shape [all devices,
   ...] while each process passes its local [local devices, ...] arrays.
@@ -351,21 +365,33 @@ def _allgather(x: np.ndarray) -> np.ndarray:
 
 
 def any_process(flag: bool) -> bool:
-  """True on every process when `flag` is True on at least one.
+  """Whether `flag` is True on at least one process.
 
   A collective: every process must call it at the same point.
+
+  Args:
+    flag: this process's value.
+
+  Returns:
+    The same bool on every process: the OR over processes (`flag` itself on
+    one process).
   """
   return bool(_allgather(np.asarray(bool(flag), np.int32)).max())
 
 
 def check_same_on_all_processes(values: np.ndarray, what: str) -> None:
-  """Raises RuntimeError on every process unless all hold equal `values`.
+  """Checks that every process holds equal `values`.
 
   A collective: every process must call it at the same point.
 
   Args:
-    values: a small int array (a step, a fingerprint's words).
+    values: a small int array (a step, a fingerprint's words), the same
+      shape and dtype on every process.
     what: what the values are, for the message.
+
+  Raises:
+    RuntimeError: (on every process) the values differ; the message lists
+      each process's values.
   """
   values = np.asarray(values)
   gathered = _allgather(values)
@@ -380,6 +406,13 @@ def fingerprint(tree) -> str:
 
   Equal fingerprints mean bit-identical trees: used to check that every host
   holds the same TrainState, and by tests to compare runs.
+
+  Args:
+    tree: a pytree of arrays (jax arrays are fetched to the host; a
+      multi-process global array must be fully addressable).
+
+  Returns:
+    The 64-character hex digest.
   """
   h = hashlib.sha256()
   leaves, treedef = jax.tree_util.tree_flatten(jax.device_get(tree))
@@ -392,5 +425,12 @@ def fingerprint(tree) -> str:
 
 
 def fingerprint_words(hexdigest: str) -> np.ndarray:
-  """The first 128 bits of a fingerprint as int32 words (for an allgather)."""
+  """The first 128 bits of a fingerprint, for an allgather.
+
+  Args:
+    hexdigest: a `fingerprint` (at least 32 hex characters).
+
+  Returns:
+    int32 [4] array (native byte order).
+  """
   return np.frombuffer(bytes.fromhex(hexdigest)[:16], np.int32).copy()

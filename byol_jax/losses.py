@@ -58,6 +58,9 @@ def regression_loss(x: jnp.ndarray, y: jnp.ndarray,
 
   Returns:
     [B] float32 loss per example (the leading shape of `x`).
+
+  Raises:
+    ValueError: x and y differ in shape.
   """
   if x.shape != y.shape:
     raise ValueError(f'regression_loss: x and y must have the same shape, got '
@@ -123,7 +126,16 @@ def softmax_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
 
 
 def masked_mean(x: jnp.ndarray, where: Optional[jnp.ndarray]) -> jnp.ndarray:
-  """mean(x[where]) (0 when nothing is selected); mean(x) for where=None."""
+  """The mean of the selected entries of `x`.
+
+  Args:
+    x: array of any shape, e.g. [B] per-example losses.
+    where: None, or a bool (or 0/1) array shaped like `x`.
+
+  Returns:
+    Scalar of x's dtype: mean(x[where]), 0 when nothing is selected; mean(x)
+    for where=None.
+  """
   if where is None:
     return jnp.mean(x)
   where = where.astype(x.dtype)
@@ -144,6 +156,9 @@ def topk_correct(logits: jnp.ndarray, labels: jnp.ndarray,
 
   Returns:
     [B] float32, 1.0 where the label is in the top k, else 0.0.
+
+  Raises:
+    ValueError: k is outside [1, C].
   """
   num_classes = logits.shape[-1]
   if not 1 <= k <= num_classes:
@@ -198,6 +213,9 @@ def infonce_loss(
     2n anchors; metrics holds 'infonce_loss' (same value) and
     'contrastive_top1_acc', the fraction of local anchors whose most similar
     other embedding is their positive.
+
+  Raises:
+    ValueError: temperature <= 0, or z1 and z2 are not 2-D of one shape.
   """
   if temperature <= 0:
     raise ValueError(f'infonce_loss: temperature must be > 0, got '

@@ -125,7 +125,14 @@ def _unknown_field(argv, error: Exception) -> str:
 
 
 def parse_flags(argv):
-  """absl's flag parsing, with every error as one line and exit code 2."""
+  """absl's flag parsing, with every error as one line and exit code 2.
+
+  Args:
+    argv: the full command line (sys.argv).
+
+  Returns:
+    What absl's FLAGS(argv) returns: argv without the parsed flags.
+  """
   try:
     return flags.FLAGS(argv)
   except (KeyError, AttributeError) as e:
@@ -175,6 +182,16 @@ def _dry_run(the_plan) -> None:
 
 
 def main(argv):
+  """Runs `python -m byol_jax.main`: pre-training or linear evaluation.
+
+  Every expected failure (a config, stack, distributed or checkpoint error)
+  ends the process with one line on stderr through _exit (exit code 2), and
+  a diverged run with 'Training stopped: ...' and exit code 1.
+
+  Args:
+    argv: the command line left after absl's flags; must be the program
+      name alone.
+  """
   if len(argv) > 1:
     _exit('Usage error', f'unexpected arguments {argv[1:]}; flags only, '
           'e.g. --config=experiments/gn_ws.py --workdir=/tmp/run.')

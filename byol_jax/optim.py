@@ -90,8 +90,17 @@ def lars_mask(params) -> Any:
 
 
 def module_mask(params, component: str) -> Any:
-  """True for the parameters of `component`: modules named `component` or
-  `component/...` (e.g. 'predictor' matches 'predictor/linear_0')."""
+  """A mask selecting the parameters of one network component.
+
+  Args:
+    params: a Haiku parameter tree {module name: {param name: array}}.
+    component: a top-level module name, e.g. 'predictor'.
+
+  Returns:
+    A tree shaped like `params` with a Python bool per leaf: True for the
+    parameters of modules named `component` or `component/...` (e.g.
+    'predictor' matches 'predictor/linear_0', not 'predictor2').
+  """
   def select(path, leaf):
     del leaf
     name = jax.tree_util.keystr(path[:1], simple=True)
@@ -135,6 +144,10 @@ def make_optimizer(
 
   Returns:
     An optax.GradientTransformation; its update needs `params`.
+
+  Raises:
+    ValueError: weight_decay < 0, momentum outside [0, 1),
+      trust_coefficient <= 0, eps < 0 or a multiplier <= 0.
   """
   if not weight_decay >= 0:
     raise ValueError(f'make_optimizer: weight_decay must be >= 0, got '

@@ -77,5 +77,14 @@ def table1(method: str, encoder: str, projector: str,
 
 
 def collapsed(top1: Optional[float]) -> Optional[bool]:
-  """Whether a paper number counts as collapse (None: no number)."""
+  """Whether a paper number counts as collapse.
+
+  Args:
+    top1: a paper top-1 accuracy in percent, or None (no such cell); a
+      negative value also means no number.
+
+  Returns:
+    True below COLLAPSED_BELOW (10%), False at or above it, None without a
+    number.
+  """
   return None if top1 is None or top1 < 0 else top1 < COLLAPSED_BELOW

@@ -182,7 +182,14 @@ def _pct(x: Optional[float]) -> str:
 
 
 def format_duration(seconds: Optional[float]) -> str:
-  """12 -> '12s', 754 -> '12m34s', 7380 -> '2h03m'; None -> '—'."""
+  """A duration for the table: 12 -> '12s', 754 -> '12m34s', 7380 -> '2h03m'.
+
+  Args:
+    seconds: the duration in seconds, or None (unknown).
+
+  Returns:
+    writers.format_duration's text; '—' for None.
+  """
   return _DASH if seconds is None else writers.format_duration(seconds)
 
 
@@ -202,6 +209,14 @@ def collapse_cell(run: dict) -> str:
   The paper's cell collapses when its top-1 is below
   paper.COLLAPSED_BELOW %; ours when the final projection collapse
   statistic is below COLLAPSE_STD_BELOW.
+
+  Args:
+    run: a load_run() dict (reads 'paper_top1' and
+      final['collapse_std_projection']).
+
+  Returns:
+    E.g. 'collapsed / collapsed (agree)', 'learns / collapsed (DIFFER)', or
+    '— / learns' when the paper has no number.
   """
   theirs = paper.collapsed(run['paper_top1'])
   std = run['final']['collapse_std_projection']
@@ -214,7 +229,17 @@ def collapse_cell(run: dict) -> str:
 
 
 def table_row(run: dict) -> list[str]:
-  """The table cells of one load_run() dict (fixed decimals)."""
+  """The markdown-table cells of one run.
+
+  Args:
+    run: a load_run() dict.
+
+  Returns:
+    One string per column of _COLUMNS: accuracies in percent with one
+    decimal, collapse statistics with three, the loss with four, steps as
+    'last/total', wall time from format_duration ('~' when estimated from
+    file mtimes); '—' for a missing value.
+  """
   final = run['final']
   knn = _pct(run['knn_top1'])
   if run['knn_top1'] is None and final['knn_top1'] is not None:
@@ -359,6 +384,11 @@ def write_report(workdirs: Sequence[str], out_dir,
 
 
 def main(argv):
+  """Writes the report of --workdirs into --out and prints the table.
+
+  Args:
+    argv: the command line left after absl's flags (ignored).
+  """
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS

@@ -49,26 +49,63 @@ FAILURES_FILE = 'failures.json'
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-  """One cell of a table: an experiment config and its options."""
-  name: str  # workdir name under WORKDIR.
-  config: str  # experiments/<config>.py
-  options: str = ''  # variant options (besides the scale's).
+  """One cell of a table: an experiment config and its options.
+
+  Attributes:
+    name: the variant's workdir name under WORKDIR, e.g. 'gn_ws'.
+    config: the experiment config, experiments/<config>.py.
+    options: the variant's config options besides the scale's, e.g.
+      'method=byol,encoder=bn,projector=ln,predictor=none'.
+  """
+  name: str
+  config: str
+  options: str = ''
 
   def config_arg(self, scale: str, dataset: str = '') -> str:
+    """The config string after `experiments/<config>.py:`.
+
+    Args:
+      scale: 'tiny' or 'cifar10'.
+      dataset: a data source for option dataset=, or '' for the scale's.
+
+    Returns:
+      '<scale>[,<options>][,dataset=<dataset>]'.
+    """
     opts = [scale] + ([self.options] if self.options else [])
     if dataset:
       opts.append(f'dataset={dataset}')
     return ','.join(opts)
 
   def command(self, scale: str, dataset: str, workdir, overrides=()) -> str:
-    """The equivalent `python -m byol_jax.main` command line."""
+    """The equivalent `python -m byol_jax.main` command line.
+
+    Args:
+      scale: 'tiny' or 'cifar10'.
+      dataset: a data source, or '' for the scale's.
+      workdir: the variant's run directory.
+      overrides: (dotted field, value) pairs, as --config.<field>=<value>.
+
+    Returns:
+      The command as one shell line (values are not quoted).
+    """
     flags = ''.join(f' --config.{k}={v}' for k, v in overrides)
     return (f'python -m byol_jax.main --config=experiments/{self.config}.py:'
             f'{self.config_arg(scale, dataset)} --workdir={workdir}{flags}')
 
 
 def table_variants(table: int) -> list[Variant]:
-  """The variants of paper Table 1 or 2, in table order."""
+  """The variants of paper Table 1 or 2, in table order.
+
+  Args:
+    table: 1 (the norm grid: 27 BYOL and 9 SimCLR cells) or 2 (BN, no norm,
+      modified init, GN + WS).
+
+  Returns:
+    The Variants.
+
+  Raises:
+    ValueError: `table` is not in TABLES.
+  """
   if table == 2:
     return [Variant('bn', 'byol_bn'), Variant('no_norm', 'no_bn'),
             Variant('modified_init', 'modified_init'),
@@ -87,7 +124,18 @@ def table_variants(table: int) -> list[Variant]:
 
 
 def select(variants: Sequence[Variant], names: Sequence[str]) -> list[Variant]:
-  """The variants named in `names` (all when empty), in table order."""
+  """The variants named in `names`, in table order.
+
+  Args:
+    variants: the table's variants.
+    names: variant names to keep; empty: all.
+
+  Returns:
+    The selected Variants, in the order of `variants`.
+
+  Raises:
+    ValueError: a name is not a variant of the table.
+  """
   if not names:
     return list(variants)
   known = {v.name for v in variants}
@@ -111,6 +159,11 @@ def load_config(variant: Variant, scale: str, dataset: str = '',
 
   Returns:
     The config of inputs (runner.run builds it).
+
+  Raises:
+    ValueError: an override names no field of the config, or its value does
+      not convert to the field's type.
+    FileNotFoundError: the experiment config does not exist.
   """
   config = configs.load_experiment(variant.config,
                                    variant.config_arg(scale, dataset),
@@ -143,6 +196,18 @@ def _cast(value: str, old, key: str):
 
 
 def parse_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
+  """Parses --override flags.
+
+  Args:
+    items: 'field=value' strings, e.g. 'training.total_steps=100'.
+
+  Returns:
+    (field, value) pairs, both stripped; values stay strings (load_config
+    converts them).
+
+  Raises:
+    ValueError: an item has no '=' or an empty field.
+  """
   out = []
   for item in items:
     key, sep, value = item.partition('=')
@@ -154,6 +219,14 @@ def parse_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def is_done(workdir: epath.Path) -> bool:
+  """Whether a variant is finished.
+
+  Args:
+    workdir: the variant's run directory.
+
+  Returns:
+    True when its eval_results.json exists.
+  """
   return workdir_lib.eval_results_path(workdir).exists()
 
 
@@ -171,7 +244,20 @@ def _write_failures(root: epath.Path, failures: dict) -> None:
 
 
 def run_variant(variant: Variant, config, workdir: epath.Path) -> dict:
-  """Pre-trains and evaluates one variant (resuming what is there)."""
+  """Pre-trains and evaluates one variant (resuming what is there).
+
+  Args:
+    variant: the table cell.
+    config: its config of inputs (load_config).
+    workdir: its run directory.
+
+  Returns:
+    runner.run's summary dict.
+
+  Raises:
+    ValueError: the config turns off the linear evaluation.
+    KeyboardInterrupt: the run was preempted (its checkpoint is saved).
+  """
   from byol_jax import runner  # pylint: disable=g-import-not-at-top
   if not config.eval.after_pretraining:
     raise ValueError(f'{variant.name}: eval.after_pretraining is False; the '
@@ -201,6 +287,12 @@ def reproduce(table: int, scale: str, workdir, *, variants=(), dataset='',
   Returns:
     {'commands': [...], 'ran': [names], 'skipped': [names], 'failed':
     {name: message}, 'report': report.write_report's dict or None}.
+
+  Raises:
+    ValueError: an unknown scale, table or variant, a bad override or an
+      invalid config (plan.ConfigError); all before any training.
+    KeyboardInterrupt: a variant was interrupted (other failures are
+      recorded in WORKDIR/failures.json and the next variant runs).
   """
   if scale not in SCALES:
     raise ValueError(f'--scale={scale!r}: use one of {", ".join(SCALES)}.')
@@ -253,6 +345,19 @@ def write_table(table: int, scale: str, root: epath.Path,
 
   Variants without metrics (not started, or failed before logging) are listed
   under the table instead of stopping the report.
+
+  Args:
+    table: 1 or 2, for the file name and title.
+    scale: the scale, for the title.
+    root: the reproduction's WORKDIR.
+    variants: the variants to report, in table order.
+    failures: {variant name: error message} to list under the table.
+
+  Returns:
+    report.write_report's dict (table_path, table, plots, runs).
+
+  Raises:
+    ValueError: no variant has metrics yet.
   """
   has_metrics = {v.name: workdir_lib.metrics_path(root / v.name).exists()
                  for v in variants}
@@ -272,6 +377,14 @@ def write_table(table: int, scale: str, root: epath.Path,
 
 
 def main(argv):
+  """Runs `python -m byol_jax.reproduce` and prints the table.
+
+  Exit code 2 on a usage or config error (one line on stderr), 1 when a
+  variant failed, else 0.
+
+  Args:
+    argv: the command line left after absl's flags (ignored).
+  """
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
   from byol_jax import runner  # pylint: disable=g-import-not-at-top

@@ -52,7 +52,14 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
 
 
 def check_built(config) -> None:
-  """Raises TypeError for a config that did not go through `build`."""
+  """Refuses a config that did not go through `build`.
+
+  Args:
+    config: a ConfigDict.
+
+  Raises:
+    TypeError: `config` has no `derived` section.
+  """
   if 'derived' not in config:
     raise TypeError('this function takes a built config: call '
                     'byol_jax.plan.build(config) first (it derives the step '
@@ -75,7 +82,15 @@ _TRAJECTORY_DERIVED = ('num_train_examples', 'num_classes', 'total_steps',
 
 
 def flatten(tree: dict, prefix: str = '') -> dict:
-  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  """Flattens nested dicts into dotted keys: {'a': {'b': 1}} -> {'a.b': 1}.
+
+  Args:
+    tree: nested dicts; non-dict values are leaves (lists stay whole).
+    prefix: prepended to every key (used by the recursion).
+
+  Returns:
+    {'<prefix>a.b': leaf} in the order of `tree`.
+  """
   out = {}
   for key, value in tree.items():
     name = f'{prefix}{key}'
@@ -91,6 +106,15 @@ def trajectory(config) -> dict:
 
   model.*, method, seed, training.* (but max_steps), data source, size,
   image size and crops, and the derived step counts and class count.
+
+  Args:
+    config: a built config (configs.build / plan.build).
+
+  Returns:
+    {dotted field: JSON-able value}, sorted by field.
+
+  Raises:
+    TypeError: `config` is not built.
   """
   check_built(config)
   tree = {'method': config.method, 'seed': config.seed}
@@ -102,7 +126,14 @@ def trajectory(config) -> dict:
 
 
 def fingerprint(values: dict) -> str:
-  """sha256 of a trajectory dict (stable JSON)."""
+  """The identity of a trajectory, recorded with each checkpoint.
+
+  Args:
+    values: a `trajectory` dict (JSON-able values).
+
+  Returns:
+    The hex sha256 of its JSON with sorted keys (64 characters).
+  """
   return hashlib.sha256(json.dumps(values, sort_keys=True).encode()
                         ).hexdigest()
 
@@ -130,11 +161,28 @@ def upgrade_trajectory(old: dict) -> dict:
 
 
 def changes(old: dict, new: dict) -> dict:
-  """{field: (old, new)} of the fields that differ (missing: None)."""
+  """The fields whose values differ between two trajectories.
+
+  Args:
+    old: the checkpoint's trajectory (flat {field: value}).
+    new: this run's trajectory.
+
+  Returns:
+    {field: (old value, new value)}, sorted by field; a field missing on
+    one side shows None there.
+  """
   keys = sorted(set(old) | set(new))
   return {k: (old.get(k), new.get(k)) for k in keys
           if old.get(k) != new.get(k)}
 
 
 def describe_changes(diff: dict) -> str:
+  """One line for an error or the log.
+
+  Args:
+    diff: as `changes` returns it.
+
+  Returns:
+    "field 'old' -> 'new', ..." (values with repr).
+  """
   return ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in diff.items())

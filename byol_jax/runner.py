@@ -83,6 +83,10 @@ def run(config, workdir: str, *, topology=None, explicit=frozenset(),
 def eval_signature(config) -> dict:
   """What a linear evaluation's numbers depend on besides the encoder.
 
+  Args:
+    config: the built run config (ml_collections.ConfigDict with a `derived`
+      section, as configs.build returns it).
+
   Returns:
     A flat {field: value} dict, as JSON gives it back (tuples as lists).
   """

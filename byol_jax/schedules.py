@@ -66,6 +66,10 @@ def learning_rate(step, *, base_learning_rate: float, global_batch_size: int,
 
   Returns:
     float32 scalar (or array shaped like `step`) learning rate.
+
+  Raises:
+    ValueError: total_steps <= 0, warmup_steps outside [0, total_steps],
+      global_batch_size <= 0 or base_learning_rate < 0.
   """
   _check_total_steps(total_steps, 'learning_rate')
   if not 0 <= warmup_steps <= total_steps:
@@ -102,6 +106,9 @@ def target_ema(step, *, base_ema: float, total_steps: int) -> jnp.ndarray:
 
   Returns:
     float32 scalar (or array shaped like `step`) tau_k.
+
+  Raises:
+    ValueError: total_steps <= 0 or base_ema outside [0, 1].
   """
   _check_total_steps(total_steps, 'target_ema')
   if not 0.0 <= base_ema <= 1.0:

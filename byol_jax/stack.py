@@ -38,7 +38,15 @@ class StackError(Exception):
 
 
 def canonical(name: str) -> str:
-  """A distribution name as pip compares them (PEP 503: lower case, '-')."""
+  """A distribution name as pip compares them (PEP 503).
+
+  Args:
+    name: a distribution name, e.g. 'dm_haiku' or 'Tensorflow-CPU'.
+
+  Returns:
+    The name in lower case with each run of '-', '_' and '.' replaced by one
+    '-', e.g. 'dm-haiku'.
+  """
   return re.sub(r'[-_.]+', '-', name).lower()
 
 
@@ -95,7 +103,15 @@ def installed(packages=STACK_PACKAGES,
 
 
 def describe(versions: Mapping[str, Optional[str]]) -> str:
-  """One line for the log: Python and the installed stack packages."""
+  """One line for the log: Python and the installed stack packages.
+
+  Args:
+    versions: {distribution name: version or None}, as from `installed`.
+
+  Returns:
+    'Python <version>, <package> <version>, ...' in the order of
+    `versions`; packages that are not installed (None) are left out.
+  """
   got = [f'{name} {version}' for name, version in versions.items()
          if version is not None]
   return ', '.join([f'Python {platform.python_version()}'] + got)

@@ -20,10 +20,31 @@ class ConfigError(ValueError):
 
 
 def fail(field: str, value, allowed: str):
+  """Refuses a config value in one line.
+
+  Args:
+    field: the dotted config field, e.g. 'training.batch_size'.
+    value: its value (shown with repr).
+    allowed: what is allowed, or how to fix it (one sentence).
+
+  Raises:
+    ConfigError: always, with the message '<field>=<value!r>: <allowed>'.
+  """
   raise ConfigError(f'{field}={value!r}: {allowed}')
 
 
 def check(ok: bool, field: str, value, allowed: str) -> None:
+  """Refuses a config value unless `ok`.
+
+  Args:
+    ok: whether the value is acceptable.
+    field: the dotted config field, for the message.
+    value: its value, for the message.
+    allowed: what is allowed, for the message.
+
+  Raises:
+    ConfigError: `ok` is false (see `fail`).
+  """
   if not ok:
     fail(field, value, allowed)
 
@@ -52,7 +73,18 @@ def _number(value, field: str, low: float, allowed: str, *,
 
 
 def check_batch(field: str, batch, topology) -> None:
-  """Raises unless `batch` is a positive multiple of the device count."""
+  """Checks that a global batch splits evenly over the devices.
+
+  Args:
+    field: the config field of the batch, e.g. 'training.batch_size'.
+    batch: the global batch size (images over all hosts).
+    topology: the run's topology (device_count, process_count,
+      local_device_count).
+
+  Raises:
+    ConfigError: `batch` is not a positive int multiple of
+      topology.device_count; the message suggests the nearest one.
+  """
   devices = topology.device_count
   if not _is_int(batch) or batch <= 0 or batch % devices:
     hint = max(1, (batch if _is_int(batch) else 0) // devices) * devices
@@ -71,7 +103,7 @@ def validate_inputs(config, mode: str) -> None:
     mode: 'pretrain' or 'linear_eval' (fields that mode reads are checked).
 
   Raises:
-    ConfigError naming the first bad field, its value and what is allowed.
+    ConfigError: naming the first bad field, its value and what is allowed.
   """
   from byol_jax.methods import networks  # pylint: disable=g-import-not-at-top
   check(config.method in METHODS, 'method', config.method,
@@ -191,7 +223,19 @@ def validate_inputs(config, mode: str) -> None:
 
 
 def mode_of(config) -> str:
-  """'linear_eval' when eval.pretrain_workdir is set or mode says so."""
+  """What a run does: pre-train, or evaluate a pre-trained encoder.
+
+  Args:
+    config: the experiment config (reads `mode` and
+      `eval.pretrain_workdir`).
+
+  Returns:
+    'linear_eval' when eval.pretrain_workdir is set, else config.mode.
+
+  Raises:
+    ConfigError: mode is not one of MODES, or it is 'linear_eval' without
+      eval.pretrain_workdir.
+  """
   check(config.mode in MODES, 'mode', config.mode,
         f'use one of {", ".join(MODES)}.')
   if config.eval.pretrain_workdir:

@@ -23,30 +23,74 @@ EVAL_RESULTS = 'eval_results.json'
 
 
 def config_path(workdir) -> epath.Path:
-  """WORKDIR/config.json."""
+  """WORKDIR/config.json.
+
+  Args:
+    workdir: the run directory, a local path or gs:// URL (str or path).
+
+  Returns:
+    epath.Path of the built config (JSON), written at every start.
+  """
   return epath.Path(workdir) / CONFIG
 
 
 def config_history_path(workdir) -> epath.Path:
-  """WORKDIR/config_history.jsonl."""
+  """WORKDIR/config_history.jsonl.
+
+  Args:
+    workdir: the run directory, a local path or gs:// URL (str or path).
+
+  Returns:
+    epath.Path of the jsonl file with one line per start under a new or
+    changed config.
+  """
   return epath.Path(workdir) / CONFIG_HISTORY
 
 
 def checkpoint_dir(workdir) -> epath.Path:
-  """WORKDIR/checkpoints (one sub-directory per saved step)."""
+  """WORKDIR/checkpoints (one sub-directory per saved step).
+
+  Args:
+    workdir: the run directory, a local path or gs:// URL (str or path).
+
+  Returns:
+    epath.Path of the orbax checkpoint directory; each `<step>/`
+    sub-directory holds the TrainState saved at that step.
+  """
   return epath.Path(workdir) / CHECKPOINTS
 
 
 def metrics_path(workdir) -> epath.Path:
-  """WORKDIR/metrics.jsonl."""
+  """WORKDIR/metrics.jsonl.
+
+  Args:
+    workdir: the run directory, a local path or gs:// URL (str or path).
+
+  Returns:
+    epath.Path of the jsonl file with one JSON object per logged step.
+  """
   return epath.Path(workdir) / METRICS
 
 
 def pretrain_done_path(workdir) -> epath.Path:
-  """WORKDIR/pretrain_done.json."""
+  """WORKDIR/pretrain_done.json.
+
+  Args:
+    workdir: the run directory, a local path or gs:// URL (str or path).
+
+  Returns:
+    epath.Path of the JSON file written when pre-training finishes.
+  """
   return epath.Path(workdir) / PRETRAIN_DONE
 
 
 def eval_results_path(workdir) -> epath.Path:
-  """WORKDIR/eval_results.json."""
+  """WORKDIR/eval_results.json.
+
+  Args:
+    workdir: the run directory, a local path or gs:// URL (str or path).
+
+  Returns:
+    epath.Path of the linear-evaluation results (JSON).
+  """
   return epath.Path(workdir) / EVAL_RESULTS

@@ -6,9 +6,11 @@ Named `writers` (not `logging`) so it never shadows the standard library.
     float, ...}`; `read_metrics` parses it back for report code. After a resume
     `truncate_after(step)` drops rows past the restored step, so the file has
     no duplicated steps.
-  * TensorBoard: scalars through `tf.summary`, with TensorFlow imported lazily
-    (GPU hosts may not have it). Without TensorFlow one warning says so and the
-    jsonl file is still written.
+  * TensorBoard: scalar events written with the `tensorboard` package's own
+    event-file writer and protos; TensorFlow is not needed (tensorboard uses
+    TF's file system layer, and so gs://, only when TF is importable). Without
+    the `tensorboard` package one warning says so and the jsonl file is still
+    written.
   * Console: one line per `console` call with step, loss, lr, tau, images/s and
     ETA measured from the wall time between calls.
 
@@ -29,7 +31,11 @@ METRICS_FILENAME = workdir_lib.METRICS
 
 
 def _scalar(name: str, value) -> float:
-  """NumPy/JAX/Python scalar (or size-1 array) -> float, else ValueError."""
+  """`value` (Python, NumPy or JAX scalar, or any size-1 array) as a float.
+
+  Raises:
+    ValueError: `value` has more than one element.
+  """
   arr = np.asarray(value)
   if arr.size != 1:
     raise ValueError(
@@ -40,7 +46,14 @@ def _scalar(name: str, value) -> float:
 
 
 def format_duration(seconds: float) -> str:
-  """12 -> '12s', 754 -> '12m34s', 7380 -> '2h03m'."""
+  """A duration for humans: 12 -> '12s', 754 -> '12m34s', 7380 -> '2h03m'.
+
+  Args:
+    seconds: the duration in seconds (rounded to whole seconds).
+
+  Returns:
+    '<s>s' under a minute, '<m>m<ss>s' under an hour, else '<h>h<mm>m'.
+  """
   seconds = int(round(seconds))
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
@@ -72,7 +85,7 @@ class MetricWriter:
       total_steps: steps of the whole run, for the ETA (None: no ETA).
       images_per_step: global batch size, for images/s (None: not shown).
       filename: name of the jsonl file inside workdir.
-      tensorboard: False to skip TensorBoard (and the TensorFlow import).
+      tensorboard: False to write no TensorBoard events.
       time_fn: clock for images/s and ETA (injectable for tests).
     """
     self._workdir = epath.Path(workdir)
@@ -83,8 +96,6 @@ class MetricWriter:
     self._use_tb = tensorboard
     self._time_fn = time_fn
     self._tb_writer = None
-    self._tf = None
-    self._scalar_metadata = None
     self._last = None  # (time, step) of the previous console() call.
     if is_chief:
       self._workdir.mkdir(parents=True, exist_ok=True)
@@ -122,42 +133,32 @@ class MetricWriter:
         f.write(line)
     tb = self._tensorboard()
     if tb is not None:
-      tf = self._tf
-      with tb.as_default(step=int(step)):
-        for k, v in row.items():
-          if k != 'step':
-            # tf.summary.write with the scalars-plugin metadata is what
-            # tf.summary.scalar does, minus its need for the `tensorboard`
-            # package, which tensorflow-cpu 2.21 no longer pulls in.
-            tf.summary.write(k, tf.constant(v, tf.float32),
-                             metadata=self._scalar_metadata)
+      # pylint: disable-next=g-import-not-at-top
+      from tensorboard.compat.proto import event_pb2, summary_pb2
+      values = [summary_pb2.Summary.Value(tag=k, simple_value=v)
+                for k, v in row.items() if k != 'step']
+      tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                   summary=summary_pb2.Summary(value=values)))
 
   def _tensorboard(self):
-    """The tf.summary writer, created on first use; None when unavailable."""
+    """The TensorBoard event-file writer, created on first use, or None.
+
+    None when TensorBoard is off, or the `tensorboard` package is missing
+    (logged once).
+    """
     if not self._use_tb:
       return None
     if self._tb_writer is None:
       try:
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+        # pylint: disable-next=g-import-not-at-top
+        from tensorboard.summary.writer import event_file_writer
       except ImportError as e:
         logging.warning(
-            'TensorBoard logging disabled: tensorflow is not importable (%s). '
-            'Metrics are still written to %s.', e, self._path)
+            'TensorBoard logging disabled: the tensorboard package is not '
+            'importable (%s). Metrics are still written to %s.', e, self._path)
         self._use_tb = False
         return None
-      # Keep TF off the accelerators JAX uses (TF-GPU would grab memory).
-      try:
-        tf.config.set_visible_devices([], 'GPU')
-      except RuntimeError:  # Already initialised by another user of TF.
-        pass
-      # pylint: disable-next=g-import-not-at-top
-      from tensorflow.core.framework import summary_pb2
-      self._scalar_metadata = summary_pb2.SummaryMetadata(
-          plugin_data=summary_pb2.SummaryMetadata.PluginData(
-              plugin_name='scalars'),
-          data_class=summary_pb2.DATA_CLASS_SCALAR).SerializeToString()
-      self._tf = tf
-      self._tb_writer = tf.summary.create_file_writer(str(self._workdir))
+      self._tb_writer = event_file_writer.EventFileWriter(str(self._workdir))
     return self._tb_writer
 
   def console(self, step: int, metrics: Mapping[str, object]) -> Optional[str]:
@@ -171,6 +172,12 @@ class MetricWriter:
       step: training step.
       metrics: name -> scalar; 'loss', 'lr' and 'tau' are shown when present,
         other metrics are not.
+
+    Returns:
+      The line that was logged; None on non-chief processes.
+
+    Raises:
+      ValueError: 'loss', 'lr' or 'tau' is not a scalar.
     """
     if not self._is_chief:
       return None
@@ -239,6 +246,7 @@ class MetricWriter:
       self._tb_writer = None
 
   def __enter__(self):
+    """Returns the writer; leaving the `with` block closes it."""
     return self
 
   def __exit__(self, *exc):
@@ -256,7 +264,11 @@ def read_metrics(workdir, filename: str = METRICS_FILENAME) -> list[dict]:
   Returns:
     One dict per row ({'step': int, name: float}); [] when the file is absent.
     A truncated last line (a process killed mid-write) is skipped with a
-    warning; a malformed line elsewhere raises ValueError naming it.
+    warning.
+
+  Raises:
+    ValueError: a line other than the last is not valid JSON (the message
+      names file and line).
   """
   path = epath.Path(workdir) / filename
   if not path.exists():

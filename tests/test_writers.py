@@ -2,12 +2,17 @@
 import builtins
 import json
 import logging as std_logging
+import pathlib
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from byol_jax import writers
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 class FakeClock:
@@ -77,34 +82,58 @@ def test_read_metrics_rejects_corrupt_middle_line(tmp_path):
   assert writers.read_metrics(tmp_path / 'absent') == []
 
 
+def _read_scalars(logdir):
+  """(tag, step, value) of every scalar TensorBoard's own reader finds."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  acc = event_accumulator.EventAccumulator(str(logdir))
+  acc.Reload()
+  return [(tag, e.step, e.value) for tag in sorted(acc.Tags()['scalars'])
+          for e in acc.Scalars(tag)]
+
+
 def test_tensorboard_event_file_holds_scalars(tmp_path):
-  tf = pytest.importorskip('tensorflow')
+  pytest.importorskip('tensorboard')
   w = writers.MetricWriter(tmp_path)
-  w.write(3, {'loss': 0.5})
+  w.write(3, {'loss': 0.5, 'lr': np.float32(0.125)})
   w.write(4, {'loss': 0.25})
   w.close()
-  events = list(tmp_path.glob('events.out.tfevents.*'))
-  assert len(events) == 1
-  got = []
-  for raw in tf.data.TFRecordDataset(str(events[0])):
-    event = tf.compat.v1.Event.FromString(raw.numpy())
-    for value in event.summary.value:
-      got.append((event.step, value.tag,
-                  float(tf.make_ndarray(value.tensor)),
-                  value.metadata.plugin_data.plugin_name,
-                  value.metadata.data_class))
-  # What TensorBoard's scalars dashboard reads (DATA_CLASS_SCALAR == 1).
-  assert got == [(3, 'loss', 0.5, 'scalars', 1),
-                 (4, 'loss', 0.25, 'scalars', 1)]
+  assert len(list(tmp_path.glob('events.out.tfevents.*'))) == 1
+  assert _read_scalars(tmp_path) == [('loss', 3, 0.5), ('loss', 4, 0.25),
+                                     ('lr', 3, 0.125)]
 
 
-def test_missing_tensorflow_warns_once_and_keeps_jsonl(tmp_path, monkeypatch,
-                                                       caplog):
+_WITHOUT_TF = """
+import sys
+sys.modules['tensorflow'] = None
+from byol_jax import writers
+w = writers.MetricWriter(sys.argv[1], total_steps=2)
+w.write(1, {'loss': 0.75})
+w.write(2, {'loss': 0.5, 'acc': 0.25})
+w.close()
+assert 'tensorflow' not in {m.split('.')[0] for m, v in sys.modules.items()
+                            if v is not None}
+"""
+
+
+def test_tensorboard_scalars_without_tensorflow(tmp_path):
+  """sys.modules['tensorflow'] = None: events still written and readable."""
+  pytest.importorskip('tensorboard')
+  proc = subprocess.run([sys.executable, '-c', _WITHOUT_TF, str(tmp_path)],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'TensorBoard logging disabled' not in proc.stderr
+  assert _read_scalars(tmp_path) == [('acc', 2, 0.25), ('loss', 1, 0.75),
+                                     ('loss', 2, 0.5)]
+  assert [r['step'] for r in writers.read_metrics(tmp_path)] == [1, 2]
+
+
+def test_missing_tensorboard_warns_once_and_keeps_jsonl(tmp_path, monkeypatch,
+                                                        caplog):
   real_import = builtins.__import__
 
   def fake_import(name, *args, **kwargs):
-    if name == 'tensorflow' or name.startswith('tensorflow.'):
-      raise ImportError('No module named tensorflow')
+    if name == 'tensorboard' or name.startswith('tensorboard.'):
+      raise ImportError('No module named tensorboard')
     return real_import(name, *args, **kwargs)
 
   monkeypatch.setattr(builtins, '__import__', fake_import)

@@ -44,9 +44,26 @@ class FolderSource(splits.Source):
   num_skipped: Mapping[str, int]
 
   def raw_splits(self):
+    """The split names: the split folders under `root`.
+
+    Returns:
+      A tuple of raw split names, e.g. ('train', 'test'), with 'held_out'
+      after `hold_out`.
+    """
     return tuple(self.files)
 
   def num_examples(self, split):
+    """Number of image files in a split.
+
+    Args:
+      split: a logical or raw split name (see `resolve_split`).
+
+    Returns:
+      The number of image files (images) in the resolved split.
+
+    Raises:
+      ValueError: the split does not resolve.
+    """
     return len(self.files[self.resolve_split(split)])
 
 

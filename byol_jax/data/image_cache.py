@@ -67,7 +67,12 @@ class FolderArrays:
 
 
 def default_cache_dir() -> str:
-  """$XDG_CACHE_HOME/byol_jax/folders, else ~/.cache/byol_jax/folders."""
+  """Where decoded image folders are cached by default.
+
+  Returns:
+    $XDG_CACHE_HOME/byol_jax/folders, else ~/.cache/byol_jax/folders (a
+    path string; the directory is not created here).
+  """
   base = os.environ.get('XDG_CACHE_HOME') or os.path.join(
       os.path.expanduser('~'), '.cache')
   return os.path.join(base, 'byol_jax', 'folders')
@@ -106,7 +111,14 @@ def image_shape(files: Sequence[str]) -> tuple[int, int] | None:
 
   Every file is tried in turn (only the undecodable ones before the first
   image cost a look): a folder whose first files are not images is sized
-  by the images that follow. None when no file has a readable header.
+  by the images that follow.
+
+  Args:
+    files: image file paths, in the order to try them.
+
+  Returns:
+    (height, width) in pixels of the first file whose header Pillow reads
+    as JPEG or PNG; None when no file has a readable header.
   """
   import PIL.Image  # pylint: disable=g-import-not-at-top
   for path in files:

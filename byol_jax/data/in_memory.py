@@ -156,6 +156,7 @@ class Placed:
 
   @property
   def num_examples(self) -> int:
+    """N, the number of images (and labels) of the split."""
     return len(self.labels)
 
 

@@ -52,10 +52,29 @@ class SizedSource(splits.Source):
   stand_in: bool = True
 
   def raw_splits(self):
+    """The split names: the keys of `split_sizes`.
+
+    Returns:
+      A tuple of raw split names, e.g. ('train', 'test'), with 'held_out' when
+      held_out_examples > 0.
+    """
     names = tuple(self.split_sizes)
     return names + (splits.HELD_OUT,) if self.held_out_examples else names
 
   def resolve_split(self, split):
+    """The split string the real source would read for `split`.
+
+    Args:
+      split: a logical split name (TFDS's mapping for tfds: names, else
+        `generic_split`), 'held_out', or a raw split name or slice.
+
+    Returns:
+      A raw split name or a TFDS slice: 'held_out' -> 'train[:N]' and
+      'train' -> 'train[N:]' when N examples are held out.
+
+    Raises:
+      ValueError: `split` names no split of this source.
+    """
     if split in splits.LOGICAL_SPLITS:
       if self.name.startswith('tfds:'):
         split = splits.tfds_split(self.name[5:], split, self.raw_splits())
@@ -73,6 +92,17 @@ class SizedSource(splits.Source):
     return split
 
   def num_examples(self, split):
+    """Number of examples in a split.
+
+    Args:
+      split: a logical or raw split name (see `resolve_split`).
+
+    Returns:
+      The number of examples (images) in the resolved split.
+
+    Raises:
+      ValueError: the split does not resolve.
+    """
     return splits.slice_size(self.resolve_split(split), self.split_sizes)
 
 
@@ -83,7 +113,16 @@ KNOWN_IMAGE_SHAPES = {'tfds:cifar10': (32, 32), 'tfds:cifar100': (32, 32),
 
 
 def known_source(spec: str):
-  """A SizedSource for a spec in KNOWN_SIZES (or synthetic), else None."""
+  """The stand-in of a source whose sizes are known without opening it.
+
+  Args:
+    spec: a dataset spec, e.g. 'tfds:cifar10' or 'synthetic:32'.
+
+  Returns:
+    A SizedSource for a spec in KNOWN_SIZES or a well-formed synthetic one,
+    else None (the caller opens the real source, or get_source explains a
+    malformed spec).
+  """
   kind, _, arg = spec.partition(':')
   if kind == 'synthetic':
     if arg and not (arg.isdigit() and int(arg) > 0):

@@ -22,7 +22,14 @@ IN_MEMORY, STREAMING = 'in_memory', 'streaming'
 
 
 def tensorflow_importable() -> bool:
-  """Whether `import tensorflow` can work, without importing it (seconds)."""
+  """Whether `import tensorflow` can work, without importing it.
+
+  (Importing TensorFlow takes seconds; finding its spec does not.)
+
+  Returns:
+    False when TensorFlow is not installed or sys.modules['tensorflow'] is
+    None (how tests hide it), else True.
+  """
   import importlib.util  # pylint: disable=g-import-not-at-top
   try:
     return importlib.util.find_spec('tensorflow') is not None
@@ -31,7 +38,7 @@ def tensorflow_importable() -> bool:
 
 
 def open_source(data, read_data: bool):
-  """(source, data path, decoded MiB or None) for data.source.
+  """Opens data.source and chooses the path its images take.
 
   Image folders and TFDS datasets whose decoded size fits
   data.max_in_memory_mb become an InMemorySource (folders decoded once with
@@ -41,6 +48,19 @@ def open_source(data, read_data: bool):
   `data.held_out_examples` are carved as each source kind defines them
   (sources.hold_out): from the in-memory folder, from TFDS's train split
   before it is read.
+
+  Args:
+    data: the config's `data` section (source, data_dir, held_out_examples,
+      max_in_memory_mb, cache_side, cache_dir).
+    read_data: decode the images (a run) or only size them (--dry_run,
+      `build`).
+
+  Returns:
+    (source, path, megabytes): the opened source (an InMemorySource on the
+    in-memory path when read_data; else a FolderSource, TfdsSource or
+    known_sizes.SizedSource), IN_MEMORY or STREAMING, and the decoded size
+    in MiB (float, one decimal) for folders and TFDS datasets, None for
+    digits and synthetic or when the size is unknown.
 
   Raises:
     ConfigError: the source cannot be opened, or it needs TensorFlow (TFDS,
@@ -109,5 +129,12 @@ def open_source(data, read_data: bool):
 
 
 def data_path_of(source) -> str:
-  """IN_MEMORY for an already-opened InMemorySource, else STREAMING."""
+  """The data path of an already-opened source.
+
+  Args:
+    source: a source as `open_source` returned it.
+
+  Returns:
+    IN_MEMORY for an InMemorySource, else STREAMING.
+  """
   return IN_MEMORY if isinstance(source, sources.InMemorySource) else STREAMING

@@ -85,9 +85,26 @@ class InMemorySource(Source):
   cache_path: str = ''
 
   def raw_splits(self):
+    """The split names: the keys of `images`.
+
+    Returns:
+      A tuple of raw split names, e.g. ('train', 'test'), with 'held_out' after
+      `hold_out`.
+    """
     return tuple(self.images)
 
   def num_examples(self, split):
+    """Number of examples in a split.
+
+    Args:
+      split: a logical or raw split name (see `resolve_split`).
+
+    Returns:
+      The number of examples (images) in the resolved split.
+
+    Raises:
+      ValueError: the split does not resolve.
+    """
     return len(self.labels[self.resolve_split(split)])
 
 
@@ -103,7 +120,14 @@ def get_source(spec: str, *, data_dir: str | None = None,
       leave out the undecodable ones (see `folder_source`).
 
   Returns:
-    A `Source`.
+    A `Source`: a TfdsSource (TFDS's metadata only; nothing is read yet), a
+    FolderSource (file lists; images are decoded later) or an
+    InMemorySource (digits, synthetic: the images themselves).
+
+  Raises:
+    ValueError: `spec` is not one of those forms, the synthetic side is not a
+      positive integer, or the dataset behind it is missing or unusable (see
+      `tfds_source`, `folder_source`).
   """
   kind, _, arg = spec.partition(':')
   if kind == 'tfds' and arg:
@@ -198,6 +222,10 @@ def digits_source() -> InMemorySource:
 
   Split: a seed-0 permutation; its first 1,500 images are 'train' and the
   last 297 'test' (fixed, so numbers are comparable across runs).
+
+  Returns:
+    An InMemorySource 'digits' of 10 classes: float32 [1500, 8, 8, 3] and
+    [297, 8, 8, 3] images in [0, 1] (grey, repeated over RGB), int32 labels.
   """
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
   digits = datasets.load_digits()
@@ -214,7 +242,19 @@ def synthetic_source(side: int = 32,
                      num_train: int = SYNTHETIC_SIZES['train'],
                      num_test: int = SYNTHETIC_SIZES['test'],
                      num_classes: int = known_sizes.SYNTHETIC_NUM_CLASSES):
-  """Uniform random uint8 images (seed 0) with random labels, for benchmarks."""
+  """Uniform random uint8 images (seed 0) with random labels, for benchmarks.
+
+  Args:
+    side: image height and width, in pixels.
+    num_train: images in 'train'.
+    num_test: images in 'test'.
+    num_classes: labels are drawn uniformly from [0, num_classes).
+
+  Returns:
+    An InMemorySource named 'synthetic:<side>' holding uint8
+    [num_train | num_test, side, side, 3] images and int32 labels; the same
+    for every call with the same arguments.
+  """
   rng = np.random.default_rng(0)
   def make(n):
     return (rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8),

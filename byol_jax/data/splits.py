@@ -100,10 +100,29 @@ class Source:
   num_classes: int
 
   def raw_splits(self) -> tuple[str, ...]:
+    """The source's own split names.
+
+    Returns:
+      E.g. ('train', 'test'), with 'held_out' when part of train is held out.
+
+    Raises:
+      NotImplementedError: in this base class; subclasses define it.
+    """
     raise NotImplementedError
 
   def resolve_split(self, split: str) -> str:
-    """Returns the source's own split name for `split` (logical or raw)."""
+    """The source's own split name for a logical or raw split name.
+
+    Args:
+      split: one of LOGICAL_SPLITS (mapped by `generic_split`) or one of
+        `raw_splits()` (returned as is).
+
+    Returns:
+      A name in `raw_splits()`.
+
+    Raises:
+      ValueError: `split` is neither, or no raw split serves the logical one.
+    """
     if split in LOGICAL_SPLITS:
       return generic_split(split, self.raw_splits(), self.name)
     if split not in self.raw_splits():
@@ -114,6 +133,14 @@ class Source:
     return split
 
   def has_split(self, split: str) -> bool:
+    """Whether `resolve_split(split)` succeeds.
+
+    Args:
+      split: a logical or raw split name.
+
+    Returns:
+      True when the source has a split for it.
+    """
     try:
       self.resolve_split(split)
       return True
@@ -121,12 +148,34 @@ class Source:
       return False
 
   def num_examples(self, split: str) -> int:
+    """Number of examples in a split.
+
+    Args:
+      split: a logical or raw split name.
+
+    Returns:
+      The example count (images) of the resolved split.
+
+    Raises:
+      NotImplementedError: in this base class; subclasses define it.
+    """
     raise NotImplementedError
 
 
-
 def slice_size(split: str, sizes: Mapping[str, int]) -> int:
-  """Examples of 'name' or a 'name[a:b]' slice (integer bounds) of sizes."""
+  """Number of examples in a split or a slice of one.
+
+  Args:
+    split: 'name' or 'name[a:b]' with integer (possibly negative or empty)
+      bounds, as TFDS spells slices.
+    sizes: {raw split name: number of examples}.
+
+  Returns:
+    sizes[name], or the length of range(sizes[name])[a:b].
+
+  Raises:
+    ValueError: `name` is not in `sizes`, or a bound is not an integer.
+  """
   name, bracket, rest = split.partition('[')
   if name not in sizes:
     raise ValueError(f'split {split!r} is unknown; the splits are '

@@ -13,6 +13,10 @@ class TfdsSource(splits.Source):
   """A prepared TFDS dataset; `builder` is a `tfds.core.DatasetBuilder`.
 
   Attributes:
+    builder: the tfds.core.DatasetBuilder (its `info` gives splits and sizes).
+    image_key: the feature holding the uint8 [H, W, 3] image.
+    label_key: the feature holding the int64 class label.
+    mocked: True under tfds.testing.mock_data (no split sizes or files).
     held_out_examples: N > 0 (set by `hold_out`): TFDS's train[:N] is the raw
       split 'held_out' and 'train' means train[N:]. Other split strings,
       slices of 'train' included, go to TFDS as they are (so an explicit
@@ -26,11 +30,31 @@ class TfdsSource(splits.Source):
   held_out_examples: int = 0
 
   def raw_splits(self):
+    """The split names, as the prepared builder lists them.
+
+    Returns:
+      A tuple of raw split names, e.g. ('train', 'test'), with 'held_out' when
+      held_out_examples > 0.
+    """
     names = tuple(self.builder.info.splits)
     return names + (splits.HELD_OUT,) if self.held_out_examples else names
 
   def resolve_split(self, split):
-    """The TFDS split string for `split` (logical, 'held_out' or TFDS's)."""
+    """The TFDS split string for `split`.
+
+    Args:
+      split: a logical split name (mapped by `splits.tfds_split`),
+        'held_out', or any TFDS split string ('train', 'train[:10%]', ...).
+
+    Returns:
+      The TFDS split string: 'held_out' -> 'train[:N]' and 'train' ->
+      'train[N:]' when N examples are held out; other strings unchanged
+      (TFDS validates them when reading).
+
+    Raises:
+      ValueError: 'held_out' without held-out examples, or a logical split
+        the dataset has no split for.
+    """
     if split in splits.LOGICAL_SPLITS:
       split = splits.tfds_split(self.builder.name, split, self.raw_splits())
     n = self.held_out_examples
@@ -45,12 +69,40 @@ class TfdsSource(splits.Source):
     return split  # TFDS validates (and slices) it when reading.
 
   def num_examples(self, split):
+    """Number of examples in a split.
+
+    Args:
+      split: a logical or raw split name (see `resolve_split`).
+
+    Returns:
+      The number of examples (images) in the resolved split.
+
+    Raises:
+      ValueError: the split does not resolve.
+    """
     split = self.resolve_split(split)
     return self.builder.info.splits[split].num_examples
 
 
 def tfds_source(name: str, *, data_dir: str | None = None) -> TfdsSource:
-  """A TFDS image-classification dataset; it must already be prepared."""
+  """A TFDS image-classification dataset; it must already be prepared.
+
+  Imports tensorflow_datasets; nothing is downloaded or prepared here.
+
+  Args:
+    name: TFDS dataset name with optional config/version, e.g. 'cifar10' or
+      'imagenet2012:5.1.0'.
+    data_dir: TFDS data directory (None: TFDS's default,
+      ~/tensorflow_datasets).
+
+  Returns:
+    A TfdsSource named 'tfds:<name>'; image and label keys are the
+    builder's supervised keys ('image', 'label' when it has none).
+
+  Raises:
+    ValueError: `name` is not a TFDS dataset, or it is not prepared in
+      `data_dir` (the message says how to prepare it).
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     builder = tfds.builder(name, data_dir=data_dir)

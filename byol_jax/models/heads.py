@@ -41,6 +41,15 @@ class MLP(hk.Module):
     self.ws, self.dtype = weight_standardization, dtype
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
+    """Projects (or predicts) a batch of vectors.
+
+    Args:
+      x: [N, D_in] float features; cast to the compute dtype.
+      is_training: BatchNorm in the hidden layer uses batch statistics.
+
+    Returns:
+      [N, output_size] float32.
+    """
     x = x.astype(self.dtype)
     x = layers.Linear(self.hidden_size, weight_standardization=self.ws,
                       name='linear_0')(x)
@@ -68,6 +77,14 @@ class LinearClassifier(hk.Module):
     self.num_classes, self.zero_init = num_classes, zero_init
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    """Logits of a batch of representations.
+
+    Args:
+      x: [N, D] representations (computed in float32).
+
+    Returns:
+      [N, num_classes] float32 logits.
+    """
     return layers.Linear(self.num_classes,
                          w_init=jnp.zeros if self.zero_init else None,
                          name='linear')(x.astype(jnp.float32))

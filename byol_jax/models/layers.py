@@ -43,7 +43,18 @@ GN_GROUPS = 16  # paper §3.3: "GroupNorm with 16 groups".
 
 
 def check_norm_kind(kind: str, field: str = 'norm') -> str:
-  """Returns `kind` if it names a normalisation, else raises naming `field`."""
+  """Validates a normalisation kind.
+
+  Args:
+    kind: the kind to check, e.g. 'gn'.
+    field: the config field it came from, named in the error.
+
+  Returns:
+    `kind` unchanged.
+
+  Raises:
+    ValueError: `kind` is not one of NORM_KINDS.
+  """
   if kind not in NORM_KINDS:
     raise ValueError(f'{field}={kind!r} is not a normalisation kind; use one '
                      f'of {", ".join(NORM_KINDS)}.')
@@ -62,6 +73,10 @@ class NormSpec:
       for per-device statistics.
     decay: BatchNorm moving-average decay.
     eps: variance epsilon of bn / gn / ln.
+
+  Raises:
+    ValueError: (on construction) kind is not one of NORM_KINDS, or kind is
+      'gn' and groups is not a positive int.
   """
   kind: str = 'bn'
   groups: int = GN_GROUPS
@@ -77,7 +92,19 @@ class NormSpec:
 
 
 def as_norm_spec(norm) -> NormSpec:
-  """Accepts a NormSpec or a kind string ('bn', 'gn', ...)."""
+  """A NormSpec from a NormSpec or a kind string.
+
+  Args:
+    norm: a NormSpec (returned as is) or a kind string ('bn', 'gn', ...),
+      which gets the default settings.
+
+  Returns:
+    The NormSpec.
+
+  Raises:
+    TypeError: `norm` is neither a NormSpec nor a str.
+    ValueError: the string is not one of NORM_KINDS.
+  """
   if isinstance(norm, NormSpec):
     return norm
   if isinstance(norm, str):
@@ -109,10 +136,24 @@ def _fan_in_init(fan_in: int) -> hk.initializers.Initializer:
 
 
 class Conv2D(hk.Module):
-  """2-D convolution (NHWC, no bias), optionally weight-standardised."""
+  """2-D convolution (NHWC, no bias, 'SAME' padding), optionally WS.
+
+  The kernel `w` is a float32 [k, k, C_in, output_channels] parameter,
+  initialised truncated-normal with stddev 1/sqrt(k * k * C_in).
+  """
 
   def __init__(self, output_channels: int, kernel_shape: int, stride: int = 1,
                weight_standardization: bool = False, name: Optional[str] = None):
+    """Creates the module (parameters are created on the first call).
+
+    Args:
+      output_channels: C_out.
+      kernel_shape: k, the side of the square kernel.
+      stride: spatial stride (the same along H and W).
+      weight_standardization: standardise the kernel over (k, k, C_in) per
+        output channel before use (paper §2).
+      name: Haiku module name.
+    """
     super().__init__(name=name)
     self.output_channels = output_channels
     self.kernel_shape = kernel_shape
@@ -120,6 +161,14 @@ class Conv2D(hk.Module):
     self.weight_standardization = weight_standardization
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    """Convolves `x`.
+
+    Args:
+      x: [N, H, W, C_in] in the compute dtype (float32 or bfloat16).
+
+    Returns:
+      [N, ceil(H / stride), ceil(W / stride), C_out], dtype of `x`.
+    """
     k, cin = self.kernel_shape, x.shape[-1]
     w = hk.get_parameter('w', (k, k, cin, self.output_channels), jnp.float32,
                          init=_fan_in_init(k * k * cin))
@@ -131,12 +180,27 @@ class Conv2D(hk.Module):
 
 
 class Linear(hk.Module):
-  """Dense layer, optionally weight-standardised (over its input axis)."""
+  """Dense layer, optionally weight-standardised (over its input axis).
+
+  Parameters: float32 `w` [D_in, output_size] and, with a bias, `b`
+  [output_size] (zeros at init).
+  """
 
   def __init__(self, output_size: int, with_bias: bool = True,
                weight_standardization: bool = False,
                w_init: Optional[hk.initializers.Initializer] = None,
                name: Optional[str] = None):
+    """Creates the module (parameters are created on the first call).
+
+    Args:
+      output_size: D_out.
+      with_bias: add the bias `b`.
+      weight_standardization: standardise `w` over D_in per output unit
+        before use (paper §2).
+      w_init: initialiser of `w`; None: truncated normal with stddev
+        1/sqrt(D_in), Haiku's default.
+      name: Haiku module name.
+    """
     super().__init__(name=name)
     self.output_size = output_size
     self.with_bias = with_bias
@@ -144,6 +208,14 @@ class Linear(hk.Module):
     self.w_init = w_init
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    """Applies x @ w (+ b).
+
+    Args:
+      x: [..., D_in] in the compute dtype (float32 or bfloat16).
+
+    Returns:
+      [..., D_out], dtype of `x` (the parameters are cast to it).
+    """
     fan_in = x.shape[-1]
     w = hk.get_parameter('w', (fan_in, self.output_size), jnp.float32,
                          init=self.w_init or _fan_in_init(fan_in))
@@ -189,11 +261,31 @@ class BatchNorm(hk.Module):
   def __init__(self, decay: float = BN_DECAY, eps: float = BN_EPS,
                axis_name: Optional[str] = None, scale_init=None,
                name: Optional[str] = None):
+    """Creates the module (parameters and state on the first call).
+
+    Args:
+      decay: moving-average decay per training step, in [0, 1).
+      eps: added to the variance before the reciprocal square root.
+      axis_name: collective axis (pmap / shard_map) over which the batch
+        statistics are averaged; None: per-device statistics.
+      scale_init: initialiser of `scale`; None: ones.
+      name: Haiku module name.
+    """
     super().__init__(name=name)
     self.decay, self.eps, self.axis_name = decay, eps, axis_name
     self.scale_init = scale_init
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
+    """Normalises `x` per channel.
+
+    Args:
+      x: [..., C] float32 activations (make_norm casts to float32).
+      is_training: use (and update the moving averages with) the batch
+        statistics; False: use the debiased moving averages.
+
+    Returns:
+      [..., C] float32: (x - mean) / sqrt(var + eps) * scale + offset.
+    """
     c = x.shape[-1]
     scale, offset = _scale_offset(c, self.scale_init)
     hidden_mean = hk.get_state('mean', (c,), jnp.float32, init=jnp.zeros)
@@ -244,7 +336,17 @@ def batch_moments(x: jax.Array, axis_name: Optional[str] = None
 
 
 def debiased_moments(hidden_mean, hidden_var, counter, decay: float):
-  """Zero-debiased moving averages h / (1 - decay^t); (0, 1) when t = 0."""
+  """Zero-debiased moving averages h / (1 - decay^t).
+
+  Args:
+    hidden_mean: [C] float32 raw moving average of the mean, h_t.
+    hidden_var: [C] float32 raw moving average of the variance.
+    counter: int32 scalar t, the number of updates so far.
+    decay: the moving averages' decay per update.
+
+  Returns:
+    (mean [C], var [C]) float32; (0, 1) when t = 0 (nothing to debias).
+  """
   t = counter.astype(jnp.float32)
   correction = 1. - jnp.power(jnp.float32(decay), t)
   safe = jnp.where(counter > 0, correction, 1.)
@@ -262,10 +364,30 @@ class GroupNorm(hk.Module):
 
   def __init__(self, groups: int, eps: float = BN_EPS, scale_init=None,
                name: Optional[str] = None):
+    """Creates the module (parameters on the first call).
+
+    Args:
+      groups: number of channel groups; must divide C (1: LayerNorm).
+      eps: added to the variance before the reciprocal square root.
+      scale_init: initialiser of `scale`; None: ones.
+      name: Haiku module name.
+    """
     super().__init__(name=name)
     self.groups, self.eps, self.scale_init = groups, eps, scale_init
 
   def __call__(self, x: jax.Array, is_training: bool = True) -> jax.Array:
+    """Normalises each example over its spatial axes and group channels.
+
+    Args:
+      x: [N, C] or [N, H, W, C] float32 activations.
+      is_training: ignored (no batch statistics: train and eval agree).
+
+    Returns:
+      float32, shape of `x`.
+
+    Raises:
+      ValueError: `groups` does not divide C.
+    """
     del is_training  # No batch statistics: train and eval are the same.
     c = x.shape[-1]
     if c % self.groups:
@@ -286,10 +408,25 @@ class Affine(hk.Module):
   """Per-channel scale and offset, no statistics (paper §3.2, modified init)."""
 
   def __init__(self, scale_init=None, name: Optional[str] = None):
+    """Creates the module (parameters on the first call).
+
+    Args:
+      scale_init: initialiser of the [C] `scale`; None: ones.
+      name: Haiku module name.
+    """
     super().__init__(name=name)
     self.scale_init = scale_init
 
   def __call__(self, x: jax.Array, is_training: bool = True) -> jax.Array:
+    """Returns x * scale + offset.
+
+    Args:
+      x: [..., C] float32 activations.
+      is_training: ignored (no statistics).
+
+    Returns:
+      float32, shape of `x`.
+    """
     del is_training
     scale, offset = _scale_offset(x.shape[-1], self.scale_init)
     return x * scale + offset

@@ -54,6 +54,18 @@ _STAGE_STRIDES = (1, 2, 2, 2)
 
 
 def check_depth(depth: int, field: str = 'depth') -> int:
+  """Validates a ResNet depth.
+
+  Args:
+    depth: number of layers, e.g. 50.
+    field: the config field it came from, named in the error.
+
+  Returns:
+    `depth` unchanged.
+
+  Raises:
+    ValueError: `depth` is not a key of DEPTHS.
+  """
   if depth not in DEPTHS:
     raise ValueError(f'{field}={depth!r} is not a supported ResNet depth; use '
                      f'one of {sorted(DEPTHS)}.')
@@ -61,7 +73,19 @@ def check_depth(depth: int, field: str = 'depth') -> int:
 
 
 def feature_size(depth: int, width_multiplier: float = 1) -> int:
-  """Size of the pooled representation of ResNet-`depth` at this width."""
+  """Size of the pooled representation of ResNet-`depth` at this width.
+
+  Args:
+    depth: one of DEPTHS.
+    width_multiplier: the network's channel multiplier.
+
+  Returns:
+    The feature size: 512 (basic blocks) or 2048 (bottleneck blocks) times
+    width_multiplier, e.g. 2048 for ResNet-50 at width 1.
+
+  Raises:
+    ValueError: unsupported depth, or a multiplier giving fractional channels.
+  """
   block, _ = DEPTHS[check_depth(depth)]
   return _width(512 * (4 if block == 'bottleneck' else 1), width_multiplier)
 
@@ -137,6 +161,10 @@ class ResNet(hk.Module):
       dtype: compute dtype (bfloat16 for mixed precision); parameters and
         norm statistics stay float32; the pooled output is float32.
       name: module name.
+
+    Raises:
+      ValueError: depth not in DEPTHS, stem not in STEMS, or a
+        width_multiplier that gives a fractional or zero channel count.
     """
     super().__init__(name=name)
     self.block, self.blocks_per_stage = DEPTHS[check_depth(depth)]
@@ -152,7 +180,17 @@ class ResNet(hk.Module):
     _width(64, width_multiplier)  # Validate early, before any tracing.
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
-    """Args: x [N, H, W, C] images; is_training selects BN batch statistics."""
+    """Encodes a batch of images.
+
+    Args:
+      x: [N, H, W, C] images (float, normalised); cast to the compute dtype.
+      is_training: BatchNorm uses and updates batch statistics (no effect
+        on other norm kinds).
+
+    Returns:
+      [N, feature_size(depth, width_multiplier)] float32 features, the
+      global average pool of the last stage.
+    """
     x = x.astype(self.dtype)
     stem_width = _width(64, self.width_multiplier)
     if self.stem == 'imagenet':
