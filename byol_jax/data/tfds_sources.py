@@ -16,7 +16,6 @@ class TfdsSource(splits.Source):
     builder: the tfds.core.DatasetBuilder (its `info` gives splits and sizes).
     image_key: the feature holding the uint8 [H, W, 3] image.
     label_key: the feature holding the int64 class label.
-    mocked: True under tfds.testing.mock_data (no split sizes or files).
     held_out_examples: N > 0 (set by `hold_out`): TFDS's train[:N] is the raw
       split 'held_out' and 'train' means train[N:]. Other split strings,
       slices of 'train' included, go to TFDS as they are (so an explicit
