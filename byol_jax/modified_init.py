@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from byol_jax import parallel
 from byol_jax.methods import networks
 from byol_jax.models import layers
 
@@ -124,7 +125,8 @@ class _Moments:
   def __init__(self, forward, state, names, devices=None):
     self.devices = list(devices or jax.local_devices())
     fn = _input_moments(forward, state, tuple(names))
-    self._pmapped = jax.pmap(fn, devices=self.devices, in_axes=(None, 0))
+    self._pmapped = parallel.device_program(
+        fn, axis_name=None, devices=self.devices, in_axes=(None, 0))
     self._single = jax.jit(fn)
 
   def __call__(self, params, images, chunk_size: Optional[int] = None):

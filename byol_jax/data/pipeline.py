@@ -33,6 +33,7 @@ from typing import Any, Iterator
 import jax
 import numpy as np
 
+from byol_jax import parallel
 from byol_jax.data import crops
 from byol_jax.data import in_memory
 from byol_jax.data import sources as sources_lib
@@ -216,26 +217,21 @@ def prefetch_to_device(iterator: Iterator[Any], size: int = 2,
                        devices=None) -> Iterator[Any]:
   """Moves [local_devices, ...] batches to the devices, `size` ahead.
 
-  Each leaf becomes a jax.Array sharded along axis 0 over `devices` (default
-  jax.local_devices()) with NamedSharding(Mesh(devices), P(axis)). That is
-  the layout jax.pmap (implemented over jit + shard_map since jax 0.8) uses for
-  its inputs, so a pmapped step consumes it without a copy; the deprecated
-  jax.device_put_sharded is gone in jax 0.10. device_put is asynchronous, so
-  the transfer of the next `size` batches overlaps the current step.
+  Each leaf becomes a jax.Array laid out by `parallel.device_sharding`
+  (row d on device d), the layout a device program (the pmapped step)
+  consumes without a copy. device_put is asynchronous, so the transfer of
+  the next `size` batches overlaps the current step.
 
   Args:
     iterator: yields pytrees of numpy arrays with leading axis len(devices)
       (jax.Arrays, e.g. the in-memory path's, pass through unchanged).
     size: number of batches in flight.
-    devices: target devices.
+    devices: target devices (default: jax.local_devices()).
 
   Yields:
     The same pytrees as device arrays.
   """
-  devices = list(devices or jax.local_devices())
-  mesh = jax.sharding.Mesh(np.asarray(devices), ('devices',))
-  sharding = jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec('devices'))
+  sharding = parallel.device_sharding(devices)
   queue = collections.deque()
   iterator = iter(iterator)
 

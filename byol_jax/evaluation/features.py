@@ -23,7 +23,7 @@ import numpy as np
 
 from byol_jax import distributed
 from byol_jax import encoder as encoder_lib
-from byol_jax import train_state as ts
+from byol_jax import parallel
 from byol_jax.data import pipeline
 from byol_jax.data import sources
 from byol_jax.evaluation import monitors
@@ -38,9 +38,10 @@ SUBSET_SEED = 0  # fixed, so kNN numbers are comparable across steps/runs.
 
 @functools.lru_cache(maxsize=8)
 def _pmapped_encoder(model_json: str, devices: Optional[tuple]):
-  """pmapped encoder.encoder_apply, cached: monitors do not recompile."""
+  """encoder.encoder_apply on every device, cached: monitors do not recompile."""
   config = ml_collections.ConfigDict({'model': json.loads(model_json)})
-  return jax.pmap(encoder_lib.encoder_apply(config), devices=devices)
+  return parallel.device_program(encoder_lib.encoder_apply(config),
+                                 axis_name=None, devices=devices)
 
 
 def subset_indices(n: int, max_examples: Optional[int]) -> np.ndarray:
@@ -132,8 +133,8 @@ def extract_features(config, source, params, state, *, split: str,
     num_batches = min(num_batches, -(-max_examples // gb))
   fn = _pmapped_encoder(config.model.to_json(),
                         None if devices is None else tuple(local))
-  rparams = ts.replicate(networks.restrict(params, ('encoder',)), local)
-  rstate = ts.replicate(networks.restrict(state, ('encoder',)), local)
+  rparams = parallel.replicate(networks.restrict(params, ('encoder',)), local)
+  rstate = parallel.replicate(networks.restrict(state, ('encoder',)), local)
   feats, labels, masks = [], [], []
   for _, batch in zip(range(num_batches),
                       pipeline.prefetch_to_device(it, devices=local)):

@@ -46,7 +46,7 @@ import optax
 from byol_jax import distributed
 from byol_jax import encoder as encoder_lib
 from byol_jax import losses
-from byol_jax import train_state as ts
+from byol_jax import parallel
 from byol_jax.data import pipeline
 from byol_jax.data import sources
 from byol_jax.evaluation import features
@@ -86,7 +86,7 @@ def make_loss(config, num_classes: int, *, encode: bool):
 
 
 def make_train_step(loss_fn, optimizer: optax.GradientTransformation,
-                    axis_name: Optional[str] = ts.AXIS_NAME):
+                    axis_name: Optional[str] = parallel.AXIS_NAME):
   """step(clf_params, opt_state, enc_params, enc_state, inputs, labels).
 
   Differentiates only the classifier parameters; gradients are pmean'd over
@@ -257,11 +257,11 @@ def _train_augmented(config, source, params, state, num_classes, peak,
   clf_params = clf.init(jax.random.PRNGKey(0),
                                np.zeros((1, dim), np.float32))
   opt_state = optimizer.init(clf_params)
-  step_fn = jax.pmap(
+  step_fn = parallel.device_program(
       make_train_step(make_loss(config, num_classes, encode=True), optimizer),
-      axis_name=ts.AXIS_NAME, devices=devices, donate_argnums=(0, 1))
-  rclf, ropt = ts.replicate((clf_params, opt_state), local)
-  renc = ts.replicate((params, state), local)
+      devices=devices, donate_argnums=(0, 1))
+  rclf, ropt = parallel.replicate((clf_params, opt_state), local)
+  renc = parallel.replicate((params, state), local)
   log_every = max(1, steps // 10)
   batches = pipeline.prefetch_to_device(it, devices=local)
   first = next(batches)
@@ -271,10 +271,10 @@ def _train_augmented(config, source, params, state, num_classes, peak,
     rclf, ropt, metrics = step_fn(rclf, ropt, *renc, batch['image'],
                                   batch['label'])
     if (i + 1) % log_every == 0 or i + 1 == steps:
-      m = jax.device_get(ts.unreplicate(metrics))
+      m = jax.device_get(parallel.unreplicate(metrics))
       logging.info('linear eval step %d/%d: loss %.4f, batch top-1 %.3f',
                    i + 1, steps, m['loss'], m['top1'])
-  return jax.device_get(ts.unreplicate(rclf))
+  return jax.device_get(parallel.unreplicate(rclf))
 
 
 def train_final_probe(config, source, params, state, train, num_classes: int,
