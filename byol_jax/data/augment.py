@@ -228,3 +228,31 @@ def augment_view(key: jax.Array, images: jax.Array, *, view: int,
   config = config or view_config(view)
   decisions = sample_decisions(key, images.shape[0], config)
   return normalize(apply_augmentations(images, decisions, config))
+
+
+def augment_examples(keys: jax.Array, images: jax.Array, view: int, *,
+                     config: ViewConfig | None = None) -> jax.Array:
+  """BYOL augmentation of one view with one key per example, normalised.
+
+  What the training step applies to each view (train_state.AugmentFn): an
+  example's random choices depend on its own key alone, so they do not
+  depend on the batch it is in or on the devices it is split over. The
+  decisions are drawn per key (vmapped `sample_decisions` of one example)
+  and applied to the whole batch at once.
+
+  Args:
+    keys: [B] PRNG keys, one per example (train_state.example_keys).
+    images: [B, H, W, 3] float in [0, 1] (the pipeline's crops).
+    view: 1 or 2; selects `VIEW1` / `VIEW2`.
+    config: overrides the view's parameters (ablations).
+
+  Returns:
+    [B, H, W, 3] float32, normalised with ImageNet mean/std.
+
+  Raises:
+    ValueError: view is not 1 or 2 (and no config is given).
+  """
+  config = config or view_config(view)
+  decisions = jax.vmap(lambda key: sample_decisions(key, 1, config))(keys)
+  decisions = jax.tree.map(lambda d: d[:, 0], decisions)
+  return normalize(apply_augmentations(images, decisions, config))
