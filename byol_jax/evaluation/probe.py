@@ -55,7 +55,15 @@ from byol_jax.models import resnet
 
 
 def classifier(num_classes: int) -> hk.Transformed:
-  """The linear probe: zero-initialised LinearClassifier on features."""
+  """The linear probe: a zero-initialised LinearClassifier on features.
+
+  Args:
+    num_classes: classifier outputs.
+
+  Returns:
+    hk.Transformed: init(rng, features [N, D]) and apply(params, features)
+    -> logits [N, num_classes].
+  """
   return hk.without_apply_rng(hk.transform(
       lambda x: heads.LinearClassifier(num_classes, zero_init=True)(x)))
 
@@ -91,7 +99,16 @@ def make_train_step(loss_fn, optimizer: optax.GradientTransformation,
 
   Differentiates only the classifier parameters; gradients are pmean'd over
   axis_name (the mean over the global batch, as the official psum of
-  loss / num_devices). Returns (clf_params, opt_state, metrics).
+  loss / num_devices).
+
+  Args:
+    loss_fn: from make_loss.
+    optimizer: the probe's optax optimizer.
+    axis_name: the device axis of the device program, or None on one device.
+
+  Returns:
+    step(...) -> (clf_params, opt_state, metrics {'loss', 'top1'}: float32
+    scalars, the batch's mean cross-entropy and top-1 fraction).
   """
   def step(clf_params, opt_state, enc_params, enc_state, inputs, labels):
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
