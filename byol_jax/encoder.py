@@ -171,6 +171,12 @@ def _no_checkpoint(workdir) -> FileNotFoundError:
 def latest_checkpoint_step(workdir) -> int:
   """The newest finished checkpoint's step of a run, from a directory listing.
 
+  Args:
+    workdir: a pre-training run directory (local or gs://).
+
+  Returns:
+    The step (int) of the newest finished checkpoint.
+
   Raises:
     FileNotFoundError: the run holds no finished checkpoint (orbax names a
       finished step directory by its step alone; unfinished ones carry a

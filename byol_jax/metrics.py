@@ -15,7 +15,15 @@ _EPS = 1e-12
 
 
 def check_embeddings(name: str, z) -> None:
-  """Raises ValueError unless z is [N, D] with N >= 2."""
+  """Checks that z is a matrix of at least two embeddings.
+
+  Args:
+    name: the argument's name, for the message.
+    z: the embeddings (any array-like).
+
+  Raises:
+    ValueError: z is not [N, D] with N >= 2.
+  """
   if np.ndim(z) != 2 or np.shape(z)[0] < 2:
     raise ValueError(f'{name} must be [N, D] with N >= 2 embeddings; got shape '
                      f'{np.shape(z)}. Flatten devices/views into N first.')

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from byol_jax import parallel
 from byol_jax.methods import networks
 from byol_jax.models import layers
 
@@ -46,21 +47,15 @@ COMPONENTS = ('encoder', 'projector', 'predictor')
 
 
 def calibrated_components(model) -> tuple:
-  return tuple(c for c in COMPONENTS if model[f'{c}_norm'] == 'affine')
+  """The components the modified init calibrates.
 
+  Args:
+    model: the `model` sub-config.
 
-def bn_twin(model):
-  """The model with BN (decay 0, per-device statistics) where it has affine.
-
-  With decay 0 the BN state after one training-mode forward pass holds
-  exactly that batch's mean and variance.
+  Returns:
+    The names among COMPONENTS whose norm kind is 'affine', in forward order.
   """
-  twin = model.copy_and_resolve_references()
-  for component in calibrated_components(model):
-    twin[f'{component}_norm'] = 'bn'
-  twin.bn_decay = 0.
-  twin.cross_replica_bn = False
-  return twin
+  return tuple(c for c in COMPONENTS if model[f'{c}_norm'] == 'affine')
 
 
 def _is_affine_call(context) -> bool:
@@ -124,7 +119,8 @@ class _Moments:
   def __init__(self, forward, state, names, devices=None):
     self.devices = list(devices or jax.local_devices())
     fn = _input_moments(forward, state, tuple(names))
-    self._pmapped = jax.pmap(fn, devices=self.devices, in_axes=(None, 0))
+    self._pmapped = parallel.device_program(
+        fn, axis_name=None, devices=self.devices, in_axes=(None, 0))
     self._single = jax.jit(fn)
 
   def __call__(self, params, images, chunk_size: Optional[int] = None):
@@ -178,6 +174,9 @@ def calibrate(model, num_classes: int, params: hk.Params, images, *,
     New params: affine scale = gamma0 / std, offset = -mean * scale (+ the
     initial offset, 0) at each calibrated layer; all other leaves unchanged.
     With return_statistics: (params, {layer: (mean [C], var [C])}) (float64).
+
+  Raises:
+    ValueError: no component of the model has norm 'affine'.
   """
   components = calibrated_components(model)
   if not components:
@@ -207,34 +206,22 @@ def calibrate(model, num_classes: int, params: hk.Params, images, *,
   return (new, statistics) if return_statistics else new
 
 
-def bn_statistics(model, num_classes, params, images, with_predictor=True):
-  """{BN layer: (mean, var)} of one training-mode pass of the BN twin.
-
-  The single-pass reference the chunked calibration is checked against.
-  """
-  forward = networks.make_forward(bn_twin(model), num_classes,
-                                  with_predictor=with_predictor,
-                                  with_classifier=False, axis_name=None)
-  _, state = forward.init(jax.random.PRNGKey(0), images, True)
-  _, stats = jax.jit(lambda p, x: forward.apply(p, state, None, x, True))(
-      params, images)
-  return {k: (v['mean'], v['var']) for k, v in stats.items()}
-
-
-def reference_outputs(model, num_classes, init_params, images,
-                      with_predictor=True):
-  """The BN network's training-mode outputs on `images` (for checks)."""
-  forward = networks.make_forward(bn_twin(model), num_classes,
-                                  with_predictor=with_predictor,
-                                  with_classifier=False, axis_name=None)
-  _, state = forward.init(jax.random.PRNGKey(0), images, True)
-  out, _ = forward.apply(init_params, state, None, images, True)
-  return out
-
-
 def apply_to_state(train_state, model, num_classes, images, with_predictor,
                    chunk_size: Optional[int] = None):
-  """Calibrates a fresh TrainState's online params; target = copy of them."""
+  """Calibrates a fresh TrainState's online params; target = copy of them.
+
+  Args:
+    train_state: a TrainState at step 0, unreplicated.
+    model: the `model` config (some components with norm 'affine').
+    num_classes: classifier outputs.
+    images: [B, H, W, 3] augmented, normalised calibration images.
+    with_predictor: whether the online network has a predictor (BYOL).
+    chunk_size: images per device per forward pass (see calibrate).
+
+  Returns:
+    The TrainState with calibrated online params and, for methods with a
+    target network, target params a copy of their target modules.
+  """
   params = calibrate(model, num_classes, train_state.online_params, images,
                      with_predictor=with_predictor, chunk_size=chunk_size)
   target = jax.tree.map(jnp.copy, networks.restrict(params))

@@ -4,8 +4,9 @@ All mutable training state is one pytree. `make_update` returns the pure step
 `update(state, batch, rng) -> (state, metrics)`, written against a collective
 axis name: gradients and metrics are pmean'd over it, BN statistics are
 cross-replica when the model config asks for it, and InfoNCE gathers negatives
-over it. `pmap_update` is the one place that applies jax.pmap (axis 'i', state
-donated); moving to jit/shard_map later touches only it.
+over it. `pmap_update` runs it once per local device through
+`parallel.device_program` (the one home of jax.pmap; axis 'i', state
+donated); `jit_update` runs it on one device.
 
 Randomness: `state.rng` is a fixed base key. The step's key is
 fold_in(rng, step), and every example's augmentation key is fold_in(step key,
@@ -19,23 +20,41 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from byol_jax import parallel
 from byol_jax.methods import networks
 
-AXIS_NAME = 'i'
+AXIS_NAME = parallel.AXIS_NAME
+# The device layout lives in byol_jax/parallel.py; these names stay for
+# pretrain.py and benchmarks/ until they import it from there.
+replicate = parallel.replicate
+unreplicate = parallel.unreplicate
+device_sharding = parallel.device_sharding
 # augment_fn(keys [B] of PRNG keys, images [B, H, W, C] in [0, 1], view 1|2)
 #   -> augmented, normalised images [B, H, W, C].
 AugmentFn = Callable[[jax.Array, jax.Array, int], jax.Array]
 
 
 class TrainState(NamedTuple):
-  step: jax.Array  # int32 scalar: number of updates applied.
-  rng: jax.Array  # base PRNG key; per-step keys are derived from it.
+  """All mutable training state, one pytree (checkpointed whole).
+
+  Attributes:
+    step: int32 scalar, the number of updates applied.
+    rng: the base PRNG key; the step's key is fold_in(rng, step).
+    online_params: the online network's Haiku parameters.
+    online_state: its Haiku state (BN moving averages; {} without BN).
+    target_params: the target network's parameters (the online tree
+      restricted to networks.TARGET_MODULES); {} for methods without a
+      target network (SimCLR).
+    target_state: the target's Haiku state ({} as target_params).
+    opt_state: the optimizer's state of the online parameters.
+  """
+  step: jax.Array
+  rng: jax.Array
   online_params: Any
   online_state: Any
-  target_params: Any  # {} for methods without a target network (SimCLR).
+  target_params: Any
   target_state: Any
   opt_state: Any
 
@@ -65,7 +84,17 @@ def init_train_state(method: networks.Method,
 
 def example_keys(rng: jax.Array, batch_size: int,
                  axis_name: Optional[str]) -> jax.Array:
-  """One key per example, from its index in the global batch."""
+  """One key per example, from its index in the global batch.
+
+  Args:
+    rng: a PRNG key (the step's key for one view).
+    batch_size: examples on this device.
+    axis_name: the device axis (the global index counts the examples of the
+      devices before this one), or None on one device.
+
+  Returns:
+    [batch_size] PRNG keys: fold_in(rng, global example index).
+  """
   offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * batch_size
   index = offset + jnp.arange(batch_size)
   return jax.vmap(lambda i: jax.random.fold_in(rng, i))(index)
@@ -75,6 +104,14 @@ def ema_update(target_params, online_params, tau):
   """target <- tau * target + (1 - tau) * online (BYOL eq. 1), per module.
 
   Only the modules the target has (encoder, projector) are read from online.
+
+  Args:
+    target_params: the target's Haiku parameters.
+    online_params: the online parameters (a superset of the target's modules).
+    tau: the EMA decay, a float scalar in [0, 1].
+
+  Returns:
+    New target parameters, the structure and dtypes of target_params.
   """
   return {
       name: jax.tree.map(lambda t, o: tau * t + (1. - tau) * o, module,
@@ -140,11 +177,19 @@ def make_update(method: networks.Method,
 
 
 def step_rng(state: TrainState) -> jax.Array:
+  """The step's PRNG key, fold_in(state.rng, state.step).
+
+  Args:
+    state: the TrainState (one device's copy).
+
+  Returns:
+    A PRNG key.
+  """
   return jax.random.fold_in(state.rng, state.step)
 
 
 def pmap_update(update, axis_name: str = AXIS_NAME, devices=None):
-  """The one place pmap is applied: (replicated state, sharded batch).
+  """The step on every local device: (replicated state, sharded batch).
 
   Args:
     update: from make_update with the same axis_name.
@@ -152,47 +197,25 @@ def pmap_update(update, axis_name: str = AXIS_NAME, devices=None):
     devices: devices to map over (default: all local devices).
 
   Returns:
-    pmapped fn(state, batch) -> (state, metrics); the state is donated.
+    fn(state, batch) -> (state, metrics), a parallel.device_program: state
+    replicated (parallel.replicate), batch leaves [devices, per_device, ...]
+    (parallel.device_sharding), metrics with a leading device axis; the
+    state is donated.
   """
   def step(state, batch):
     return update(state, batch, step_rng(state))
-  return jax.pmap(step, axis_name=axis_name, donate_argnums=(0,),
-                  devices=devices)
+  return parallel.device_program(step, axis_name=axis_name, devices=devices,
+                                 donate_argnums=(0,))
 
 
 def jit_update(update):
-  """Single-device step (update built with axis_name=None); state donated."""
+  """The step on one device; the state is donated.
+
+  Args:
+    update: from make_update with axis_name=None.
+
+  Returns:
+    jitted fn(state, batch) -> (state, metrics), unreplicated.
+  """
   return jax.jit(lambda state, batch: update(state, batch, step_rng(state)),
                  donate_argnums=(0,))
-
-
-def device_sharding(devices=None) -> jax.sharding.NamedSharding:
-  """Sharding of a [devices, ...] array that pmap consumes without a copy."""
-  devices = devices or jax.local_devices()
-  mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS_NAME,))
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS_NAME))
-
-
-def replicate(tree, devices=None):
-  """Copies a pytree onto each device (new leading axis = device)."""
-  sharding = device_sharding(devices)
-  n = sharding.mesh.size
-  return jax.tree.map(
-      lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)),
-                               sharding), tree)
-
-
-def unreplicate(tree):
-  """This process's first device's copy of a replicated pytree.
-
-  `x[0]` of an array on several devices is a jitted gather over them, a
-  program with collectives; multi-process on CPU (gloo) one process's such
-  program waited forever for peers while the other sliced its own buffer
-  (tests/test_multihost.py hung in the final save). Reading this process's
-  first local buffer and slicing it on its one device needs no collective.
-  """
-  def first(x):
-    if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
-      return x.addressable_data(0)[0]
-    return x[0]
-  return jax.tree.map(first, tree)

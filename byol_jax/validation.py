@@ -8,9 +8,10 @@ allowed; main.py prints it and exits 2.
 
 import math
 
+from byol_jax import methods
 from byol_jax.data import splits
 
-METHODS = ('byol', 'simclr')
+METHODS = methods.METHODS
 MODES = ('pretrain', 'linear_eval')
 IN_MEMORY_ON = ('device', 'host')
 

@@ -18,6 +18,45 @@ def _affine_model():
   return model
 
 
+def _bn_twin(model):
+  """The model with BN (decay 0, per-device statistics) where it has affine.
+
+  With decay 0 the BN state after one training-mode forward pass holds
+  exactly that batch's mean and variance.
+  """
+  twin = model.copy_and_resolve_references()
+  for component in modified_init.calibrated_components(model):
+    twin[f'{component}_norm'] = 'bn'
+  twin.bn_decay = 0.
+  twin.cross_replica_bn = False
+  return twin
+
+
+def _bn_statistics(model, num_classes, params, images, with_predictor=True):
+  """{BN layer: (mean, var)} of one training-mode pass of the BN twin.
+
+  The single-pass reference the chunked calibration is checked against.
+  """
+  forward = networks.make_forward(_bn_twin(model), num_classes,
+                                  with_predictor=with_predictor,
+                                  with_classifier=False, axis_name=None)
+  _, state = forward.init(jax.random.PRNGKey(0), images, True)
+  _, stats = jax.jit(lambda p, x: forward.apply(p, state, None, x, True))(
+      params, images)
+  return {k: (v['mean'], v['var']) for k, v in stats.items()}
+
+
+def _reference_outputs(model, num_classes, init_params, images,
+                       with_predictor=True):
+  """The BN twin's training-mode outputs on `images`."""
+  forward = networks.make_forward(_bn_twin(model), num_classes,
+                                  with_predictor=with_predictor,
+                                  with_classifier=False, axis_name=None)
+  _, state = forward.init(jax.random.PRNGKey(0), images, True)
+  out, _ = forward.apply(init_params, state, None, images, True)
+  return out
+
+
 def test_calibrated_network_equals_bn_network_on_the_calibration_batch():
   model = _affine_model()
   forward = networks.make_forward(model, 10, with_predictor=True,
@@ -29,7 +68,7 @@ def test_calibrated_network_equals_bn_network_on_the_calibration_batch():
   out, new_state = jax.jit(lambda p: forward.apply(p, state, None, images,
                                                    True))(calibrated)
   assert new_state == {}
-  ref = modified_init.reference_outputs(model, 10, params, images)
+  ref = _reference_outputs(model, 10, params, images)
   for key in ('representation', 'projection', 'prediction'):
     scale = float(jnp.max(jnp.abs(ref[key])))
     assert scale > 1e-3
@@ -59,7 +98,7 @@ def test_chunked_statistics_equal_the_single_pass_ones():
                                   with_classifier=False)
   images = 2. * jax.random.normal(jax.random.PRNGKey(1), (36, 16, 16, 3)) + 1
   params, _ = forward.init(jax.random.PRNGKey(0), images, True)
-  reference = modified_init.bn_statistics(model, 10, params, images)
+  reference = _bn_statistics(model, 10, params, images)
   assert len(reference) == 14  # stem, 8 in blocks, 3 shortcuts, 2 heads
   runs = {
       'one pass': dict(devices=jax.local_devices()[:1]),

@@ -72,14 +72,31 @@ VIEW2 = ViewConfig(blur_prob=0.1, solarize_prob=0.2)
 
 
 def view_config(view: int) -> ViewConfig:
-  """Returns `VIEW1` or `VIEW2` for view 1 or 2."""
+  """The paper's parameters of one view.
+
+  Args:
+    view: 1 or 2.
+
+  Returns:
+    `VIEW1` or `VIEW2`.
+
+  Raises:
+    ValueError: view is not 1 or 2.
+  """
   if view not in (1, 2):
     raise ValueError(f'view must be 1 or 2, got {view!r}')
   return VIEW1 if view == 1 else VIEW2
 
 
 def normalize(images: jax.Array) -> jax.Array:
-  """(images - ImageNet mean) / ImageNet std, as float32; for eval too."""
+  """(images - ImageNet mean) / ImageNet std; for evaluation too.
+
+  Args:
+    images: [..., 3] float in [0, 1].
+
+  Returns:
+    float32 array of the same shape.
+  """
   mean = jnp.asarray(MEAN_RGB, jnp.float32)
   std = jnp.asarray(STDDEV_RGB, jnp.float32)
   return (jnp.asarray(images, jnp.float32) - mean) / std
@@ -224,7 +241,38 @@ def augment_view(key: jax.Array, images: jax.Array, *, view: int,
 
   Returns:
     [B, H, W, 3] float32, normalised with ImageNet mean/std.
+
+  Raises:
+    ValueError: view is not 1 or 2 (and no config is given).
   """
   config = config or view_config(view)
   decisions = sample_decisions(key, images.shape[0], config)
+  return normalize(apply_augmentations(images, decisions, config))
+
+
+def augment_examples(keys: jax.Array, images: jax.Array, view: int, *,
+                     config: ViewConfig | None = None) -> jax.Array:
+  """BYOL augmentation of one view with one key per example, normalised.
+
+  What the training step applies to each view (train_state.AugmentFn): an
+  example's random choices depend on its own key alone, so they do not
+  depend on the batch it is in or on the devices it is split over. The
+  decisions are drawn per key (vmapped `sample_decisions` of one example)
+  and applied to the whole batch at once.
+
+  Args:
+    keys: [B] PRNG keys, one per example (train_state.example_keys).
+    images: [B, H, W, 3] float in [0, 1] (the pipeline's crops).
+    view: 1 or 2; selects `VIEW1` / `VIEW2`.
+    config: overrides the view's parameters (ablations).
+
+  Returns:
+    [B, H, W, 3] float32, normalised with ImageNet mean/std.
+
+  Raises:
+    ValueError: view is not 1 or 2 (and no config is given).
+  """
+  config = config or view_config(view)
+  decisions = jax.vmap(lambda key: sample_decisions(key, 1, config))(keys)
+  decisions = jax.tree.map(lambda d: d[:, 0], decisions)
   return normalize(apply_augmentations(images, decisions, config))

@@ -33,6 +33,7 @@ from typing import Any, Iterator
 import jax
 import numpy as np
 
+from byol_jax import parallel
 from byol_jax.data import crops
 from byol_jax.data import in_memory
 from byol_jax.data import sources as sources_lib
@@ -78,7 +79,16 @@ class _Layout:
 
 def num_eval_batches(num_examples: int, global_batch_size: int,
                      process_count: int | None = None) -> int:
-  """Batches every host yields in `make_eval_iterator` (same on all hosts)."""
+  """Batches every host yields in `make_eval_iterator` (same on all hosts).
+
+  Args:
+    num_examples: examples of the split (all hosts together).
+    global_batch_size: images per step over all hosts.
+    process_count: hosts (default jax.process_count()).
+
+  Returns:
+    The number of batches, each host's shard padded to a whole batch.
+  """
   count = jax.process_count() if process_count is None else process_count
   host_batch = global_batch_size // count
   return _ceil_div(_ceil_div(num_examples, count), host_batch)
@@ -152,7 +162,22 @@ def make_supervised_iterator(
     in_memory_on: str = 'device') -> Iterator[dict[str, np.ndarray]]:
   """Infinite stream for linear-probe training: random-resized crop + flip.
 
-  Same arguments and guarantees as `make_pretrain_iterator`.
+  Same guarantees as `make_pretrain_iterator`.
+
+  Args:
+    source: from `sources.get_source`.
+    split: a split of the source or a logical one ('linear_train').
+    global_batch_size: images per step over all hosts; must be a multiple of
+      process_count * local_device_count.
+    image_size: output side.
+    seed: data seed (the crops and flips are functions of it).
+    start_step: first batch to yield.
+    process_index: this host (default jax.process_index()).
+    process_count: hosts (default jax.process_count()).
+    local_device_count: devices of this host (default jax.local_device_count()).
+    num_threads: tf.data private thread pool size (default: all cores).
+    min_crop_area: smallest crop area, as a fraction of the image.
+    in_memory_on: see make_pretrain_iterator.
 
   Returns:
     Iterator of {'image': float32 [local_devices, per_device, image_size,
@@ -198,6 +223,10 @@ def make_eval_iterator(
     Iterator of {'image': float32 [local_devices, per_device, image_size,
     image_size, 3] in [0, 1], 'label': int32 [...], 'mask': bool [...]}
     (jax.Arrays on the devices for in-memory sources).
+
+  Raises:
+    ValueError: a bad argument or batch layout, or `indices` for a source
+      that streams.
   """
   _check_args(split, image_size)
   layout = _Layout(global_batch_size, process_index, process_count,
@@ -216,26 +245,21 @@ def prefetch_to_device(iterator: Iterator[Any], size: int = 2,
                        devices=None) -> Iterator[Any]:
   """Moves [local_devices, ...] batches to the devices, `size` ahead.
 
-  Each leaf becomes a jax.Array sharded along axis 0 over `devices` (default
-  jax.local_devices()) with NamedSharding(Mesh(devices), P(axis)). That is
-  the layout jax.pmap (implemented over jit + shard_map since jax 0.8) uses for
-  its inputs, so a pmapped step consumes it without a copy; the deprecated
-  jax.device_put_sharded is gone in jax 0.10. device_put is asynchronous, so
-  the transfer of the next `size` batches overlaps the current step.
+  Each leaf becomes a jax.Array laid out by `parallel.device_sharding`
+  (row d on device d), the layout a device program (the pmapped step)
+  consumes without a copy. device_put is asynchronous, so the transfer of
+  the next `size` batches overlaps the current step.
 
   Args:
     iterator: yields pytrees of numpy arrays with leading axis len(devices)
       (jax.Arrays, e.g. the in-memory path's, pass through unchanged).
     size: number of batches in flight.
-    devices: target devices.
+    devices: target devices (default: jax.local_devices()).
 
   Yields:
     The same pytrees as device arrays.
   """
-  devices = list(devices or jax.local_devices())
-  mesh = jax.sharding.Mesh(np.asarray(devices), ('devices',))
-  sharding = jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec('devices'))
+  sharding = parallel.device_sharding(devices)
   queue = collections.deque()
   iterator = iter(iterator)
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from byol_jax import distributed
 from byol_jax import encoder as encoder_lib
-from byol_jax import train_state as ts
+from byol_jax import parallel
 from byol_jax.data import pipeline
 from byol_jax.data import sources
 from byol_jax.evaluation import monitors
@@ -38,13 +38,22 @@ SUBSET_SEED = 0  # fixed, so kNN numbers are comparable across steps/runs.
 
 @functools.lru_cache(maxsize=8)
 def _pmapped_encoder(model_json: str, devices: Optional[tuple]):
-  """pmapped encoder.encoder_apply, cached: monitors do not recompile."""
+  """encoder.encoder_apply on every device, cached: monitors do not recompile."""
   config = ml_collections.ConfigDict({'model': json.loads(model_json)})
-  return jax.pmap(encoder_lib.encoder_apply(config), devices=devices)
+  return parallel.device_program(encoder_lib.encoder_apply(config),
+                                 axis_name=None, devices=devices)
 
 
 def subset_indices(n: int, max_examples: Optional[int]) -> np.ndarray:
-  """A fixed random subset (sorted) of range(n); all of it for None / <= 0."""
+  """A fixed random subset of range(n), the same in every run.
+
+  Args:
+    n: the number of examples.
+    max_examples: the subset's size; None, <= 0 or >= n: all of them.
+
+  Returns:
+    int64 [min(n, max_examples)] sorted indices (SUBSET_SEED's choice).
+  """
   if max_examples is None or max_examples <= 0 or max_examples >= n:
     return np.arange(n)
   rng = np.random.default_rng(SUBSET_SEED)
@@ -87,6 +96,12 @@ def feature_batch_size(image_size: int, num_examples: int,
 
   FEATURE_PIXELS_PER_DEVICE / image_size^2 per device, but no more than the
   split needs (a 297-image split is one batch, not a padded 4096).
+
+  Args:
+    image_size: image side in pixels.
+    num_examples: examples of the split.
+    local_devices: devices of each host.
+    process_count: hosts.
 
   Returns:
     A positive multiple of local_devices * process_count.
@@ -132,8 +147,8 @@ def extract_features(config, source, params, state, *, split: str,
     num_batches = min(num_batches, -(-max_examples // gb))
   fn = _pmapped_encoder(config.model.to_json(),
                         None if devices is None else tuple(local))
-  rparams = ts.replicate(networks.restrict(params, ('encoder',)), local)
-  rstate = ts.replicate(networks.restrict(state, ('encoder',)), local)
+  rparams = parallel.replicate(networks.restrict(params, ('encoder',)), local)
+  rstate = parallel.replicate(networks.restrict(state, ('encoder',)), local)
   feats, labels, masks = [], [], []
   for _, batch in zip(range(num_batches),
                       pipeline.prefetch_to_device(it, devices=local)):
@@ -156,7 +171,17 @@ def extract_features(config, source, params, state, *, split: str,
 
 
 def knn_top1(config, num_classes: int, train, test) -> float:
-  """Weighted kNN top-1 of test features against (a subset of) train's."""
+  """Weighted kNN top-1 of test features against (a subset of) train's.
+
+  Args:
+    config: the experiment config (logging.knn_max_train_examples).
+    num_classes: classes of the labels.
+    train: (features [N, D] float32, labels [N] int) of the reference set.
+    test: (features [M, D] float32, labels [M] int) to classify.
+
+  Returns:
+    Accuracy in [0, 1].
+  """
   feats, labels = train
   idx = subset_indices(len(labels), config.logging.knn_max_train_examples)
   return monitors.knn_accuracy(

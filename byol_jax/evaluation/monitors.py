@@ -12,10 +12,6 @@ import numpy as np
 from byol_jax import losses
 from byol_jax import metrics
 
-# The collapse statistics live in byol_jax/metrics.py; methods/networks.py
-# still reads collapse_std here (it goes once networks.py imports metrics).
-collapse_std = metrics.collapse_std
-
 
 def _l2_normalize(x: jnp.ndarray) -> jnp.ndarray:
   return losses.l2_normalize(jnp.asarray(x, jnp.float32))
@@ -63,6 +59,11 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, *,
 
   Returns:
     accuracy in [0, 1] as a Python float.
+
+  Raises:
+    ValueError: features that are not [N, D] with N >= 2, of different
+      dimensions, labels that are not [N], k outside [1, N_train], or a
+      temperature or batch_size out of range.
   """
   metrics.check_embeddings('train_features', train_features)
   metrics.check_embeddings('test_features', test_features)

@@ -46,7 +46,7 @@ import optax
 from byol_jax import distributed
 from byol_jax import encoder as encoder_lib
 from byol_jax import losses
-from byol_jax import train_state as ts
+from byol_jax import parallel
 from byol_jax.data import pipeline
 from byol_jax.data import sources
 from byol_jax.evaluation import features
@@ -55,7 +55,15 @@ from byol_jax.models import resnet
 
 
 def classifier(num_classes: int) -> hk.Transformed:
-  """The linear probe: zero-initialised LinearClassifier on features."""
+  """The linear probe: a zero-initialised LinearClassifier on features.
+
+  Args:
+    num_classes: classifier outputs.
+
+  Returns:
+    hk.Transformed: init(rng, features [N, D]) and apply(params, features)
+    -> logits [N, num_classes].
+  """
   return hk.without_apply_rng(hk.transform(
       lambda x: heads.LinearClassifier(num_classes, zero_init=True)(x)))
 
@@ -86,12 +94,21 @@ def make_loss(config, num_classes: int, *, encode: bool):
 
 
 def make_train_step(loss_fn, optimizer: optax.GradientTransformation,
-                    axis_name: Optional[str] = ts.AXIS_NAME):
+                    axis_name: Optional[str] = parallel.AXIS_NAME):
   """step(clf_params, opt_state, enc_params, enc_state, inputs, labels).
 
   Differentiates only the classifier parameters; gradients are pmean'd over
   axis_name (the mean over the global batch, as the official psum of
-  loss / num_devices). Returns (clf_params, opt_state, metrics).
+  loss / num_devices).
+
+  Args:
+    loss_fn: from make_loss.
+    optimizer: the probe's optax optimizer.
+    axis_name: the device axis of the device program, or None on one device.
+
+  Returns:
+    step(...) -> (clf_params, opt_state, metrics {'loss', 'top1'}: float32
+    scalars, the batch's mean cross-entropy and top-1 fraction).
   """
   def step(clf_params, opt_state, enc_params, enc_state, inputs, labels):
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -257,11 +274,11 @@ def _train_augmented(config, source, params, state, num_classes, peak,
   clf_params = clf.init(jax.random.PRNGKey(0),
                                np.zeros((1, dim), np.float32))
   opt_state = optimizer.init(clf_params)
-  step_fn = jax.pmap(
+  step_fn = parallel.device_program(
       make_train_step(make_loss(config, num_classes, encode=True), optimizer),
-      axis_name=ts.AXIS_NAME, devices=devices, donate_argnums=(0, 1))
-  rclf, ropt = ts.replicate((clf_params, opt_state), local)
-  renc = ts.replicate((params, state), local)
+      devices=devices, donate_argnums=(0, 1))
+  rclf, ropt = parallel.replicate((clf_params, opt_state), local)
+  renc = parallel.replicate((params, state), local)
   log_every = max(1, steps // 10)
   batches = pipeline.prefetch_to_device(it, devices=local)
   first = next(batches)
@@ -271,10 +288,10 @@ def _train_augmented(config, source, params, state, num_classes, peak,
     rclf, ropt, metrics = step_fn(rclf, ropt, *renc, batch['image'],
                                   batch['label'])
     if (i + 1) % log_every == 0 or i + 1 == steps:
-      m = jax.device_get(ts.unreplicate(metrics))
+      m = jax.device_get(parallel.unreplicate(metrics))
       logging.info('linear eval step %d/%d: loss %.4f, batch top-1 %.3f',
                    i + 1, steps, m['loss'], m['top1'])
-  return jax.device_get(ts.unreplicate(rclf))
+  return jax.device_get(parallel.unreplicate(rclf))
 
 
 def train_final_probe(config, source, params, state, train, num_classes: int,

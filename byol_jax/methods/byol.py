@@ -33,7 +33,8 @@ def make_byol(model, num_classes: int,
     axis_name: collective axis for cross-replica BN, or None.
 
   Returns:
-    A networks.Method with has_target=True.
+    A networks.Method; its target trees are the online ones restricted to
+    networks.TARGET_MODULES.
   """
   online = networks.make_forward(model, num_classes, with_predictor=True,
                                  with_classifier=True, axis_name=axis_name)
@@ -67,4 +68,4 @@ def make_byol(model, num_classes: int,
     return byol + classif, (online_state, target_state,
                             jax.lax.stop_gradient(metrics))
 
-  return networks.Method(init=init, loss=loss, has_target=True)
+  return networks.Method(init=init, loss=loss)

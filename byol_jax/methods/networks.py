@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from byol_jax import losses
-from byol_jax.evaluation import monitors
+from byol_jax import metrics as metrics_lib
 from byol_jax.models import heads
 from byol_jax.models import layers
 from byol_jax.models import resnet
@@ -30,7 +30,15 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def validate_model_config(model) -> None:
-  """Raises a ValueError naming the first bad `model.*` field."""
+  """Checks the `model` sub-config's fields that shape the networks.
+
+  Args:
+    model: the `model` sub-config.
+
+  Raises:
+    ValueError: naming the first bad `model.*` field (depth, stem, a norm
+      kind, dtype, or gn_groups not dividing a channel count).
+  """
   resnet.check_depth(model.depth, 'model.depth')
   if model.stem not in resnet.STEMS:
     raise ValueError(f'model.stem={model.stem!r} is not a stem; use one of '
@@ -53,6 +61,17 @@ def validate_model_config(model) -> None:
 
 def norm_spec(model, component: str,
               axis_name: Optional[str]) -> layers.NormSpec:
+  """The norm of one component, as the `model` config describes it.
+
+  Args:
+    model: the `model` sub-config.
+    component: 'encoder', 'projector' or 'predictor'.
+    axis_name: the collective axis for cross-replica BN (used when
+      model.cross_replica_bn), or None.
+
+  Returns:
+    A layers.NormSpec.
+  """
   return layers.NormSpec(
       kind=model[f'{component}_norm'], groups=model.gn_groups,
       axis_name=axis_name if model.cross_replica_bn else None,
@@ -64,6 +83,14 @@ def make_encoder(model, axis_name: Optional[str] = None) -> resnet.ResNet:
 
   Call inside a Haiku transform; used by make_forward and by encoder.py, so
   the two always build the same network with the same parameter paths.
+
+  Args:
+    model: the `model` sub-config.
+    axis_name: the collective axis for cross-replica BN, or None.
+
+  Returns:
+    A resnet.ResNet module named 'encoder': images [N, H, W, 3] ->
+    representations [N, D].
   """
   return resnet.ResNet(
       model.depth, model.width_multiplier, model.stem,
@@ -171,9 +198,19 @@ def apply_views(transformed: hk.TransformedWithState, params, state, views,
   return outputs, state
 
 
-def restrict(tree: dict, modules=TARGET_MODULES) -> dict:
-  """The entries of a Haiku params/state dict under the given modules."""
-  return {k: v for k, v in tree.items() if k.split('/')[0] in modules}
+def restrict(tree, modules=TARGET_MODULES) -> dict:
+  """The part of a Haiku params/state tree under the given top-level modules.
+
+  Args:
+    tree: a Haiku tree {module path: {name: array}} (params or state).
+    modules: top-level module names ('encoder', 'projector', ...): a module
+      path is kept when its first component is one of them.
+
+  Returns:
+    A new dict of the kept modules (the arrays themselves are not copied).
+  """
+  return hk.data_structures.filter(
+      lambda module, name, value: module.split('/')[0] in modules, tree)
 
 
 def classifier_and_monitors(out: dict, labels: jax.Array):
@@ -198,8 +235,8 @@ def classifier_and_monitors(out: dict, labels: jax.Array):
           losses.topk_correct(out['logits'], labels, 1), labelled),
       # Collapse statistic: per-dimension std of L2-normalised vectors times
       # sqrt(dim); about 1 when spread out, 0 when collapsed (paper Table 2).
-      'collapse_std_projection': monitors.collapse_std(out['projection']),
-      'collapse_std_representation': monitors.collapse_std(
+      'collapse_std_projection': metrics_lib.collapse_std(out['projection']),
+      'collapse_std_representation': metrics_lib.collapse_std(
           out['representation']),
   }
   return classif, metrics
@@ -208,12 +245,14 @@ def classifier_and_monitors(out: dict, labels: jax.Array):
 class Method(NamedTuple):
   """A self-supervised method as two pure functions.
 
-  init(rng, images) -> (online_params, online_state, target_params,
-    target_state); the target trees are {} for methods without a target.
-  loss(online_params, online_state, target_params, target_state, views,
-    labels) -> (loss, (online_state, target_state, metrics)), where views is
-    (view1, view2) of augmented images; differentiate w.r.t. online_params.
+  Attributes:
+    init: init(rng, images [B, H, W, 3]) -> (online_params, online_state,
+      target_params, target_state); the target trees are {} for methods
+      without a target network.
+    loss: loss(online_params, online_state, target_params, target_state,
+      views, labels) -> (loss, (online_state, target_state, metrics)), where
+      views is (view1, view2) of augmented images [B, H, W, 3] and labels
+      [B] int; differentiate with respect to online_params.
   """
   init: Callable[..., Any]
   loss: Callable[..., Any]
-  has_target: bool

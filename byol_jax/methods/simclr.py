@@ -25,7 +25,7 @@ def make_simclr(model, num_classes: int, *, temperature: float,
       negatives, or None on one device.
 
   Returns:
-    A networks.Method with has_target=False (target trees are {}).
+    A networks.Method whose target trees are {}.
   """
   online = networks.make_forward(model, num_classes, with_predictor=False,
                                  with_classifier=True, axis_name=axis_name)
@@ -51,4 +51,4 @@ def make_simclr(model, num_classes: int, *, temperature: float,
     return contrastive + classif, (online_state, target_state,
                                    jax.lax.stop_gradient(metrics))
 
-  return networks.Method(init=init, loss=loss, has_target=False)
+  return networks.Method(init=init, loss=loss)

@@ -164,3 +164,23 @@ def test_normalize_and_pmap():
   assert out.shape == x.shape
   np.testing.assert_allclose(
       out[1], augment_view(keys[1], x[1], view=1), atol=1e-5)
+
+
+@pytest.mark.parametrize('size', [8, 32])
+@pytest.mark.parametrize('view', [1, 2])
+def test_augment_examples_equals_each_example_augmented_alone(size, view):
+  """The step's batched augmentation (one key per example) is bit for bit
+  augment_view of each example as a batch of one with its own key."""
+  n = 64
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(3), i))(
+      jnp.arange(n))
+  images = jax.random.uniform(jax.random.PRNGKey(size), (n, size, size, 3))
+  alone = jax.jit(jax.vmap(
+      lambda k, x: augment.augment_view(k, x[None], view=view)[0]))
+  batched = jax.jit(augment.augment_examples, static_argnums=2)
+  expected = np.asarray(alone(keys, images))
+  np.testing.assert_array_equal(np.asarray(batched(keys, images, view)),
+                                expected)
+  # Not vacuous: the examples were augmented differently.
+  assert np.abs(expected - augment.normalize(images)).max() > 0.1
+  assert len({float(x) for x in expected.mean((1, 2, 3))}) == n

@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from byol_jax import experiment
 from byol_jax import optim
 from byol_jax import schedules
 from byol_jax import train_state as ts
+from byol_jax.data import augment
 from byol_jax.methods import byol
 
 NUM_CLASSES = 5  # a size no network layer has: marks the classifier's dots.
@@ -39,7 +39,7 @@ def _step(norm, ws):
   tau = functools.partial(schedules.target_ema, base_ema=0.99, total_steps=10)
   opt = optim.make_optimizer(lr, weight_decay=1e-6)
   update = ts.make_update(method, opt, learning_rate_fn=lr,
-                          target_ema_fn=tau, augment_fn=experiment.byol_augment,
+                          target_ema_fn=tau, augment_fn=augment.augment_examples,
                           axis_name=None)
   images = jnp.full((BATCH, 16, 16, 3), 0.5)
   batch = {'view1': images, 'view2': images,
