@@ -8,6 +8,8 @@ divides by.
 """
 from typing import Optional, Tuple
 
+from byol_jax import methods
+
 # Issue 7's analytic cost of BYOL with ResNet-50 at 224 px, per image. A
 # ResNet-50 forward pass is ~4.1 G multiply-adds = ~8.2 GFLOP (2 FLOP per
 # multiply-add, the convention of XLA's cost analysis). Each image gives two
@@ -124,7 +126,7 @@ def analytic_flops_per_image(config) -> float:
   projector = (features * m.projector_hidden_size +
                m.projector_hidden_size * m.projector_output_size)
   predictor = 2 * m.projector_output_size * m.predictor_hidden_size
-  if config.method == 'byol':
+  if config.method == methods.BYOL:
     per_view = 3 * (encoder + projector + predictor) + (encoder + projector)
   else:  # SimCLR: no predictor, no target network.
     per_view = 3 * (encoder + projector)

@@ -4,7 +4,7 @@ In memory (`byol_jax/data/in_memory.py`; what digits, synthetic data and
 image folders that fit use): the uint8 dataset sits on the device; a step
 gathers its examples, cuts two random-resized crops per image, resizes and
 then applies BYOL's colour augmentations to both views
-(`experiment.byol_augment`, what the training step runs first). Measured:
+(`augment.augment_examples`, what the training step runs first). Measured:
 that input work alone, the ResNet step excluded, as images (examples, each
 two views) per second on the device JAX picks (`--in_memory_devices` of
 them), after compilation.
@@ -112,7 +112,8 @@ def time_in_memory(source, image_size, batch, batches, devices, warmup=3):
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from byol_jax import experiment  # pylint: disable=g-import-not-at-top
+  from byol_jax import parallel  # pylint: disable=g-import-not-at-top
+  from byol_jax.data import augment as augment_lib  # pylint: disable=g-import-not-at-top
   from byol_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   it = pipeline.make_pretrain_iterator(
       source, split='train', global_batch_size=batch, image_size=image_size,
@@ -123,10 +124,11 @@ def time_in_memory(source, image_size, batch, batches, devices, warmup=3):
     n = views['view1'].shape[0]
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(
         jnp.arange(n))
-    return (experiment.byol_augment(keys, views['view1'], 1),
-            experiment.byol_augment(keys, views['view2'], 2))
+    return (augment_lib.augment_examples(keys, views['view1'], 1),
+            augment_lib.augment_examples(keys, views['view2'], 2))
 
-  augmented = jax.pmap(augment, devices=devices)
+  augmented = parallel.device_program(augment, axis_name=None,
+                                      devices=devices)
   start = time.perf_counter()
   jax.block_until_ready(augmented(next(it)))  # compiles both
   compile_s = time.perf_counter() - start

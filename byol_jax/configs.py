@@ -30,6 +30,7 @@ import pathlib
 
 import ml_collections
 
+from byol_jax import methods
 from byol_jax import paper
 
 # The experiment configs of a checkout (not installed with the package).
@@ -152,7 +153,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   return model
 
 
-def build(arg=None, *, method='byol', extra_options=(), model=None,
+def build(arg=None, *, method=methods.BYOL, extra_options=(), model=None,
           epochs=300, training=None, options=None):
   """The full experiment config.
 

@@ -13,6 +13,8 @@ our collapse next to the paper's.
 """
 from typing import Optional
 
+from byol_jax import methods
+
 CITATION = ('Richemond et al., "BYOL works even without batch statistics", '
             'arXiv:2010.10241 (2020)')
 
@@ -71,7 +73,7 @@ def table1(method: str, encoder: str, projector: str,
     The paper's number, or None (e.g. BYOL with BN in the projector and LN in
     the encoder: the paper ran 15 of the 27 BYOL combinations).
   """
-  if method == 'simclr':
+  if method == methods.SIMCLR:
     return TABLE1_SIMCLR.get((encoder, projector))
   return TABLE1_BYOL.get((encoder, projector, predictor))
 

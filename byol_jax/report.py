@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 
 from etils import epath
 
+from byol_jax import methods
 from byol_jax import paper
 from byol_jax import workdir as workdir_lib
 from byol_jax import writers
@@ -82,7 +83,7 @@ def variant_label(config: dict) -> str:
   model = config.get('model', {})
   parts = [method.upper(), 'enc=' + _norm_label(model, 'encoder'),
            'proj=' + _norm_label(model, 'projector')]
-  if method != 'simclr':
+  if method != methods.SIMCLR:
     parts.append('pred=' + _norm_label(model, 'predictor'))
   if config.get('training', {}).get('modified_init'):
     parts.append('+modified init')  # paper §3.2
@@ -150,7 +151,7 @@ def load_run(workdir) -> dict:
   wall, exact = _wall_time(workdir, done)
   return {
       'name': workdir.name,
-      'method': str(config.get('method', 'byol')),
+      'method': str(config.get('method', methods.BYOL)),
       'workdir': str(workdir),
       'variant': variant_label(config) if config else workdir.name,
       'paper_top1': None if paper is None or paper < 0 else float(paper),

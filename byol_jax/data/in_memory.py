@@ -39,10 +39,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from byol_jax import parallel
 from byol_jax.data import crops
 
 ON = ('device', 'host')
-_AXIS = 'devices'
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -160,15 +160,6 @@ class Placed:
     return len(self.labels)
 
 
-def _mesh(devices):
-  return jax.sharding.Mesh(np.asarray(devices), (_AXIS,))
-
-
-def _sharding(devices):
-  return jax.sharding.NamedSharding(_mesh(devices),
-                                    jax.sharding.PartitionSpec(_AXIS))
-
-
 def place(source, split: str, devices, on: str = 'device') -> Placed:
   """Puts a split of `source` where its crops will read it (once).
 
@@ -198,7 +189,7 @@ def place(source, split: str, devices, on: str = 'device') -> Placed:
     mib = host.nbytes / 2**20
     if on == 'device':
       images = jax.make_array_from_single_device_arrays(
-          (len(devices),) + host.shape, _sharding(devices),
+          (len(devices),) + host.shape, parallel.device_sharding(devices),
           [jax.device_put(host[None], d) for d in devices])
       logging.info('In-memory data %s split %r: %d images %s %s, %.1f MiB '
                    'on each of %d device(s) (%s).', source.name, split,
@@ -220,18 +211,19 @@ def _compiled(kind: str, devices: tuple, gathered: bool, **static):
   """jit(shard_map(per-device crop fn)) over `devices`, cached."""
   fn = _random_views if kind == 'random' else _center_view
   body = functools.partial(fn, gathered=gathered, **static)
-  spec = jax.sharding.PartitionSpec(_AXIS)
+  spec = jax.sharding.PartitionSpec(parallel.AXIS_NAME)
 
   def per_device(*args):  # each argument: this device's [1, ...] block
     out = body(*(a[0] for a in args))
     return jax.tree.map(lambda x: x[None], out)
 
-  return jax.jit(jax.shard_map(per_device, mesh=_mesh(devices),
-                               in_specs=spec, out_specs=spec))
+  mesh = parallel.device_mesh(devices)
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=spec,
+                               out_specs=spec))
 
 
 def _put(x, devices):
-  return jax.device_put(x, _sharding(devices))
+  return jax.device_put(x, parallel.device_sharding(devices))
 
 
 def _images_arg(placed, idx):

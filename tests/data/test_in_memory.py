@@ -172,6 +172,7 @@ def test_a_training_step_on_8_devices_equals_1_device():
   from byol_jax import experiment  # pylint: disable=g-import-not-at-top
   from byol_jax import plan  # pylint: disable=g-import-not-at-top
   from byol_jax import train_state as ts  # pylint: disable=g-import-not-at-top
+  from byol_jax import parallel  # pylint: disable=g-import-not-at-top
   assert jax.local_device_count() == 8
   inputs = configs.build('tiny,batch=16,steps=4', model=configs.GN_WS_MODEL)
   inputs.training.warmup_steps = 0
@@ -190,9 +191,9 @@ def test_a_training_step_on_8_devices_equals_1_device():
         local_device_count=n, min_crop_area=config.data.min_crop_area,
         **ONE_HOST))
     step = ts.pmap_update(update, devices=devices)
-    new, metrics = step(ts.replicate(state, devices), batch)
-    results.append((_flat(_host(batch)), ts.unreplicate(new),
-                    ts.unreplicate(metrics)))
+    new, metrics = step(parallel.replicate(state, devices), batch)
+    results.append((_flat(_host(batch)), parallel.unreplicate(new),
+                    parallel.unreplicate(metrics)))
   (b8, s8, m8), (b1, s1, m1) = results
   for key in b8:
     np.testing.assert_allclose(b8[key], b1[key], atol=1e-6)
