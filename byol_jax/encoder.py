@@ -70,12 +70,21 @@ def encoder_apply(config) -> Callable[[Any, Any, jax.Array], jax.Array]:
 
 
 @functools.lru_cache(maxsize=2)
-def _jitted_init(config_json: str):
-  """jit(init_train_state) of a config, cached: compiling the random
-  initialisers is the slow part (about 10 s for the tiny model on CPU)."""
+def _jitted_init(key: ml_collections.FrozenConfigDict):
+  """jit(init_train_state) of a config, cached on its hashable frozen form.
+
+  Compiling the random initialisers is the slow part (about 10 s for the
+  tiny model on CPU).
+
+  Args:
+    key: method, model, training and derived.num_classes, frozen.
+
+  Returns:
+    jit(train_state.init_train_state) of that method and optimizer.
+  """
   from byol_jax import experiment  # pylint: disable=g-import-not-at-top
   from byol_jax import train_state as ts  # pylint: disable=g-import-not-at-top
-  config = ml_collections.ConfigDict(json.loads(config_json))
+  config = ml_collections.ConfigDict(key)
   method, optimizer = experiment.init_objects(config)
   return jax.jit(functools.partial(ts.init_train_state, method, optimizer))
 
@@ -98,8 +107,8 @@ def random_encoder(config):
   # Keyed on what the initialisation depends on (not eval/logging fields).
   key = {k: config[k].to_dict() for k in ('model', 'training')}
   key['derived'] = {'num_classes': config.derived.num_classes}
-  init = _jitted_init(json.dumps(dict(key, method=config.method),
-                                 sort_keys=True))
+  init = _jitted_init(ml_collections.FrozenConfigDict(
+      dict(key, method=config.method)))
   state = init(jax.random.PRNGKey(config.seed),
                experiment.sample_images(config))
   return jax.device_get(

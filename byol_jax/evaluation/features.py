@@ -13,7 +13,6 @@ every host computes the same numbers.
 
 import dataclasses
 import functools
-import json
 from typing import Optional
 
 import jax
@@ -37,9 +36,19 @@ SUBSET_SEED = 0  # fixed, so kNN numbers are comparable across steps/runs.
 
 
 @functools.lru_cache(maxsize=8)
-def _pmapped_encoder(model_json: str, devices: Optional[tuple]):
-  """encoder.encoder_apply on every device, cached: monitors do not recompile."""
-  config = ml_collections.ConfigDict({'model': json.loads(model_json)})
+def _pmapped_encoder(model: ml_collections.FrozenConfigDict,
+                     devices: Optional[tuple]):
+  """encoder.encoder_apply on every device, cached: monitors do not recompile.
+
+  Args:
+    model: the `model` sub-config, frozen (hashable: the cache key).
+    devices: the local devices (None: all).
+
+  Returns:
+    The device program (replicated params, state; images [D, B, H, W, 3])
+    -> representations [D, B, F].
+  """
+  config = ml_collections.ConfigDict({'model': ml_collections.ConfigDict(model)})
   return parallel.device_program(encoder_lib.encoder_apply(config),
                                  axis_name=None, devices=devices)
 
@@ -145,7 +154,7 @@ def extract_features(config, source, params, state, *, split: str,
   num_batches = pipeline.num_eval_batches(n, gb)
   if max_examples is not None:
     num_batches = min(num_batches, -(-max_examples // gb))
-  fn = _pmapped_encoder(config.model.to_json(),
+  fn = _pmapped_encoder(ml_collections.FrozenConfigDict(config.model),
                         None if devices is None else tuple(local))
   rparams = parallel.replicate(networks.restrict(params, ('encoder',)), local)
   rstate = parallel.replicate(networks.restrict(state, ('encoder',)), local)
