@@ -1,4 +1,4 @@
-"""Checkpoints of the whole TrainState with orbax, and preemption handling.
+"""Checkpoints of the whole TrainState with orbax.
 
 A run's checkpoints live in WORKDIR/checkpoints, one directory per step
 (`<dir>/<step>/state` holds the pytree, `<dir>/<step>/extra` a small JSON dict:
@@ -30,20 +30,17 @@ Guarantees the training loop relies on (exact resume):
     never silently starts from scratch.
 
 Multi-host: call `save` / `restore_latest` on every host with the same
-arguments (orbax synchronises them). `should_save` never communicates: the
-time schedule's answer must be agreed across hosts by the caller (pretrain.py
-does it at logging steps, with the preemption flag, in one all-gather) and
-passed as `time_due`; the state is saved from host memory as
-NumPy arrays, so pass the unreplicated, host-side state. orbax writes NumPy
-leaves from process 0 only (every process holds the same copy) and every
-process reads them back. The directory must be shared by all hosts (gs:// or
-a shared filesystem); `restore_latest` raises when the processes see
-different latest steps, rather than let them resume from different states.
+arguments (orbax synchronises them), with the unreplicated, host-side state:
+orbax writes NumPy leaves from process 0 only (every process holds the same
+copy) and every process reads them back. The directory must be shared by all
+hosts (gs:// or a shared filesystem); `restore_latest` raises when the
+processes see different latest steps, rather than let them resume from
+different states. `should_save` never communicates: on several processes the
+clock's answer is agreed by the caller (preemption.decide, which also says
+why that decision is not orbax's policy) and passed as `time_due`.
 """
 import json
 import pathlib
-import signal
-import threading
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -125,12 +122,12 @@ def _to_abstract(template):
 class Checkpointer:
   """Keeps the last `max_to_keep` checkpoints of a run in one directory.
 
-  Usage in the train loop:
+  Usage in the train loop (`decision` from preemption.decide):
 
     ckpt = Checkpointer(workdir / 'checkpoints', save_interval_steps=1000)
     restored = ckpt.restore_latest(template_state)
     ...
-    if watcher.requested or ckpt.should_save(step):
+    if decision.preempt or ckpt.should_save(step):
       ckpt.save(step, state, {'data_position': ...}, force=True)
   """
 
@@ -452,73 +449,3 @@ def _check_shapes(state, abstract, where) -> None:
           f'checkpoint {where}: leaf {_path_str(path)} has shape '
           f'{np.shape(got)} but the model expects {want.shape}. The config '
           'changed since this checkpoint was written: use a fresh workdir.')
-
-
-class PreemptionWatcher:
-  """Turns SIGTERM / SIGINT into a flag the train loop polls.
-
-    with PreemptionWatcher() as watcher:
-      for step in ...:
-        state = update(...)
-        if watcher.requested:
-          ckpt.save(step, state, extra, force=True)
-          break
-
-  The first signal only sets the flag (the loop saves and exits cleanly). After
-  a first SIGINT the previous SIGINT handler is back, so a second Ctrl-C still
-  kills the process. Handlers are restored on exit. Signals are delivered to
-  the main thread only, so the watcher is inactive (with a warning) when
-  entered from another thread. On multi-host runs the signal may reach only
-  some hosts: agree on the flag across hosts (e.g. an all-gather every N
-  steps) before saving, since every host must take part in the save.
-  """
-
-  def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
-    self._signals = tuple(signals)
-    self._previous = {}
-    self._signal_name = None
-
-  @property
-  def requested(self) -> bool:
-    """True once a watched signal has arrived."""
-    return self._signal_name is not None
-
-  @property
-  def signal_name(self) -> Optional[str]:
-    """Name of the first signal received ('SIGTERM'), or None."""
-    return self._signal_name
-
-  def _handle(self, signum, frame):
-    del frame
-    name = signal.Signals(signum).name
-    if self._signal_name is None:
-      self._signal_name = name
-      logging.warning('Received %s: will checkpoint and stop after this step.',
-                      name)
-    if signum == signal.SIGINT:
-      previous = _restorable(self._previous[signal.SIGINT])
-      if previous is signal.SIG_IGN:
-        # An ignored SIGINT would make a second Ctrl-C a no-op; use Python's
-        # default (KeyboardInterrupt) so the user can always stop the process.
-        previous = signal.default_int_handler
-      signal.signal(signal.SIGINT, previous)
-
-  def __enter__(self):
-    if threading.current_thread() is not threading.main_thread():
-      logging.warning('PreemptionWatcher entered outside the main thread: '
-                      'signal handlers not installed, preemption not watched.')
-      return self
-    for sig in self._signals:
-      self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    for sig, previous in self._previous.items():
-      signal.signal(sig, _restorable(previous))
-    self._previous = {}
-    return False
-
-
-def _restorable(handler):
-  """signal.getsignal() returns None for handlers installed outside Python."""
-  return signal.SIG_DFL if handler is None else handler

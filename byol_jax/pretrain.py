@@ -44,6 +44,7 @@ from byol_jax import distributed
 from byol_jax import experiment
 from byol_jax import modified_init
 from byol_jax import plan
+from byol_jax import preemption
 from byol_jax import train_state as ts
 from byol_jax import writers
 from byol_jax.data import pipeline
@@ -314,7 +315,7 @@ def run(config, workdir, *, source) -> dict:
   # The checkpoint clock counts training time, not restoring and compiling.
   ckpt.restart_clock()
   try:
-    with checkpointing.PreemptionWatcher() as watcher:
+    with preemption.PreemptionWatcher() as watcher:
       while step < stop_at:
         rstate, metrics = p_update(rstate, next(data))
         step += 1
@@ -326,7 +327,7 @@ def run(config, workdir, *, source) -> dict:
             step % config.logging.knn_every_steps == 0):
           flush_metrics()
           writer.write(step, {'knn_top1': knn_monitor(config, source, rstate)})
-        preempt, time_due, agreed = _decisions(watcher, ckpt, sync)
+        preempt, time_due, agreed = preemption.decide(watcher, ckpt, sync)
         agreements += agreed
         if preempt:
           flush_metrics()
@@ -367,35 +368,6 @@ def _kept(ckpt) -> str:
     return f'No checkpoint was saved yet in {ckpt.directory}.'
   return (f'The last good checkpoint (step {latest}) in {ckpt.directory} is '
           'kept.')
-
-
-def _decisions(watcher, ckpt: checkpointing.Checkpointer,
-               sync: bool) -> tuple[bool, Optional[bool], int]:
-  """(preempt now, checkpoint clock due, collectives run): the same answer
-  on every process, communicating only at `sync` (logging) steps.
-
-  One process: the signal flag and the clock, read every step (no
-  communication). Several: a signal may reach only some hosts and clocks
-  differ, while every host must join a save (else orbax's barrier hangs), so
-  at logging steps one all-gather of [signal received, clock due] agrees:
-  preempt when any process got a signal, save on process 0's clock. Other
-  steps neither preempt nor save on the clock (the step schedule needs no
-  agreement). The multi-host analogue of orbax's preemption sync point
-  (jax.experimental.multihost_utils.reached_preemption_sync_point) needs
-  JAX's own SIGTERM notifier, which the Python SIGTERM/SIGINT watcher here
-  replaces, so the agreement is our own.
-
-  Returns:
-    (preempt, time_due for Checkpointer.should_save, number of collectives).
-  """
-  if jax.process_count() == 1:
-    return watcher.requested, ckpt.time_due(), 0
-  if not sync:
-    return False, False, 0
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  flags = np.asarray([watcher.requested, ckpt.time_due()], np.int32)
-  gathered = np.asarray(multihost_utils.process_allgather(flags)).reshape(-1, 2)
-  return bool(gathered[:, 0].max()), bool(gathered[0, 1]), 1
 
 
 def _check_same_state(state, step: int, which: str) -> str:
