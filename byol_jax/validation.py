@@ -10,7 +10,8 @@ import math
 
 from byol_jax.data import splits
 
-METHODS = ('byol', 'simclr')
+BYOL = 'byol'  # the method whose online network has a predictor
+METHODS = (BYOL, 'simclr')
 MODES = ('pretrain', 'linear_eval')
 IN_MEMORY_ON = ('device', 'host')
 
