@@ -1,6 +1,7 @@
-"""Preemption and the multi-host checkpoint decision.
+"""When to checkpoint: the schedule, preemption, the processes' agreement.
 
-`PreemptionWatcher` turns SIGTERM / SIGINT into a flag the training loop
+`SaveSchedule` says when a save is due (every N steps, every T seconds of
+training); `PreemptionWatcher` turns SIGTERM / SIGINT into a flag the training loop
 polls; `decide` turns that flag and the checkpoint clock
 (`Checkpointer.time_due`) into the same answer on every process: stop now,
 and whether the clock asks for a save.
@@ -13,17 +14,81 @@ only at logging steps.
 Its preemption policy (and `multihost_utils.reached_preemption_sync_point`)
 relies on JAX's own SIGTERM notifier, which `PreemptionWatcher` replaces so
 that SIGINT (Ctrl-C) and runs without jax.distributed behave the same way.
-The step schedule (a save every N steps) needs no agreement and stays a
-modulo in `Checkpointer.should_save`, like orbax's `FixedIntervalPolicy`.
+The step schedule (a save every N steps) needs no agreement: a modulo, as
+orbax's `FixedIntervalPolicy`. `SaveSchedule` holds both schedules and
+`Checkpointer.should_save` asks it.
 """
 import signal
 import threading
-from typing import NamedTuple, Optional
+import time
+from typing import Callable, NamedTuple, Optional
 
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
+
+
+class SaveSchedule:
+  """Checkpoint every `every_steps` steps and/or `every_secs` seconds."""
+
+  def __init__(self, every_steps: Optional[int] = None,
+               every_secs: Optional[float] = None,
+               time_fn: Callable[[], float] = time.monotonic):
+    """The schedule; the clock starts now.
+
+    Args:
+      every_steps: a save is due at multiples of this step; None: never.
+      every_secs: a save is also due once this many seconds (of `time_fn`)
+        have passed since the last save; None: never.
+      time_fn: the clock, in seconds (injectable for tests).
+
+    Raises:
+      ValueError: every_steps < 1 or every_secs <= 0.
+    """
+    if every_steps is not None and every_steps < 1:
+      raise ValueError(f'save_interval_steps={every_steps}: use a positive '
+                       'integer, or None for no step schedule.')
+    if every_secs is not None and every_secs <= 0:
+      raise ValueError(f'save_interval_secs={every_secs}: use a positive '
+                       'number, or None to disable the time schedule.')
+    self._every_steps, self._every_secs = every_steps, every_secs
+    self._time_fn = time_fn
+    self.restart_clock()
+
+  def restart_clock(self) -> None:
+    """Counts the time schedule from now (after a save, after compiling)."""
+    self._last_save_time = self._time_fn()
+
+  def time_due(self) -> bool:
+    """Whether `every_secs` have passed since the last save.
+
+    Reads this process's clock only; on several processes agree on one
+    answer (`decide`) before acting on it: clocks differ, and every process
+    must join a save or orbax's barrier hangs.
+
+    Returns:
+      The answer; False when the time schedule is off.
+    """
+    return (self._every_secs is not None and
+            self._time_fn() - self._last_save_time >= self._every_secs)
+
+  def due(self, step: int, *, time_due: Optional[bool] = None) -> bool:
+    """Whether either schedule asks for a checkpoint at `step`.
+
+    Args:
+      step: the number of updates applied to the state about to be saved.
+      time_due: the time schedule's answer agreed across processes; None
+        reads `time_due()` on one process and leaves the clock out on
+        several.
+
+    Returns:
+      True when `step` is a multiple of `every_steps` or the time is due.
+    """
+    if time_due is None:
+      time_due = jax.process_count() == 1 and self.time_due()
+    return bool(time_due) or bool(self._every_steps and
+                                  step % self._every_steps == 0)
 
 
 class PreemptionWatcher:
@@ -46,7 +111,11 @@ class PreemptionWatcher:
   """
 
   def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
-    """Watches `signals` (signal.Signals) once entered as a context."""
+    """Watches `signals` once entered as a context.
+
+    Args:
+      signals: the signal.Signals to watch.
+    """
     self._signals = tuple(signals)
     self._previous = {}
     self._signal_name = None
