@@ -1,59 +1,42 @@
-"""Checkpoints of the whole TrainState with orbax, and preemption handling.
+"""Checkpoints of the whole TrainState with orbax.
 
-A run's checkpoints live in WORKDIR/checkpoints, one directory per step
-(`<dir>/<step>/state` holds the pytree, `<dir>/<step>/extra` a small JSON dict:
-data position, config hash, metrics). The directory may be local or a `gs://`
-path: all I/O goes through orbax and `etils.epath`, never `os.path`.
-
-Guarantees the training loop relies on (exact resume):
-  * Atomic writes. orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and
-    renames it to `<step>` only once every file is written (on GCS, where there
-    is no atomic rename, it marks completion with `commit_success.txt`);
-    unfinished directories never parse as a step, so a save killed half-way is
-    never picked up. `tests/test_checkpointing.py` kills a saving process with
-    SIGKILL to check this.
-  * Saving is synchronous by default: `save` returns once the checkpoint is on
-    disk. With `async_save=True` (what the training loop uses) `save` returns
-    once the state is copied to host memory and orbax writes it in a
-    background thread, so a save stalls training no longer than that copy;
-    `wait` blocks until the writes are committed, and `close` (the end of a
-    run, a preempted run's exit) waits too, so a process that exits through
-    `close` loses nothing. Every check (finite state, already-saved step)
-    still happens before `save` returns, on the host copy.
-  * A state with a NaN/Inf floating leaf is refused (`NonFiniteStateError`),
-    so the last good checkpoint is never rotated out by a diverged one (the
-    check reads the host copy before any write starts; orbax deletes steps
-    beyond `max_to_keep` only after the new one is committed).
+WORKDIR/checkpoints holds one directory per step (`<step>/state`, the pytree;
+`<step>/extra`, a small JSON dict), local or `gs://` (all I/O through orbax
+and `etils.epath`). What the training loop relies on:
+  * Atomic writes: orbax writes `<step>.orbax-checkpoint-tmp-*` and renames it
+    (on GCS: marks it with `commit_success.txt`) once every file is written;
+    a save killed half-way (SIGKILL, in the tests) never parses as a step.
+  * `save` is synchronous, or with `async_save=True` (the training loop's)
+    returns once the state is copied to host memory and checked, orbax
+    writing it in a background thread; `wait` and `close` commit.
+  * A state with a NaN/Inf leaf is refused (`NonFiniteStateError`) before any
+    write, and orbax deletes steps beyond `max_to_keep` only after a new one
+    is committed: a diverged state never rotates out a good one.
   * `restore_latest` falls back to the previous step when the newest one is
-    unreadable (and moves the corrupt one aside, so later saves are not
-    skipped), and raises when checkpoints exist but none is readable: a run
-    never silently starts from scratch.
+    unreadable (moving it aside, so later saves are not skipped), and raises
+    when none is readable: a run never silently starts from scratch.
 
-Multi-host: call `save` / `restore_latest` on every host with the same
-arguments (orbax synchronises them). `should_save` never communicates: the
-time schedule's answer must be agreed across hosts by the caller (pretrain.py
-does it at logging steps, with the preemption flag, in one all-gather) and
-passed as `time_due`; the state is saved from host memory as
-NumPy arrays, so pass the unreplicated, host-side state. orbax writes NumPy
-leaves from process 0 only (every process holds the same copy) and every
-process reads them back. The directory must be shared by all hosts (gs:// or
-a shared filesystem); `restore_latest` raises when the processes see
-different latest steps, rather than let them resume from different states.
+Multi-host: every process calls `save` / `restore_latest` with the same
+arguments and the unreplicated host-side state; orbax writes the NumPy
+leaves from process 0, every process reads them. The directory must be
+shared: `restore_latest` raises when the processes see different latest
+steps. `should_save` never communicates; on several processes the caller
+agrees on the clock (preemption.decide, which says why that is not orbax's).
 """
 import json
 import pathlib
-import signal
-import threading
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
 from absl import logging
+import chex
 from etils import epath
 import jax
 from jax.experimental import multihost_utils
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from byol_jax import preemption
 
 _STATE = 'state'
 _EXTRA = 'extra'
@@ -68,36 +51,40 @@ class CheckpointRestoreError(RuntimeError):
 
 
 class Restored(NamedTuple):
+  """A restored checkpoint.
+
+  Attributes:
+    step: the checkpoint's step.
+    state: the pytree, in the template's structure.
+    extra: the JSON dict saved beside it.
+  """
   step: int
   state: Any
   extra: dict
 
 
 def _path_str(path) -> str:
-  """('params', 'conv', 'w') style key path -> 'params/conv/w'."""
-  def name(k):
-    for attr in ('name', 'key', 'idx'):
-      if hasattr(k, attr):
-        return str(getattr(k, attr))
-    return str(k)
-  return '/'.join(name(k) for k in path)
+  """A key path as 'params/conv/w'."""
+  return jax.tree_util.keystr(path, simple=True, separator='/')
 
 
 def _check_finite(state) -> None:
-  """Raises NonFiniteStateError naming every floating leaf with a NaN/Inf."""
-  bad = []
-  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-    dtype = getattr(leaf, 'dtype', None)
-    if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
-      continue
-    if not np.all(np.isfinite(np.asarray(leaf))):
-      bad.append(_path_str(path))
-  if bad:
-    raise NonFiniteStateError(
+  """Raises NonFiniteStateError naming every leaf with a NaN/Inf.
+
+  (chex.disable_asserts() would switch it off; byol_jax never calls that.)
+  """
+  try:
+    chex.assert_tree_all_finite(state)
+  except AssertionError:
+    bad = [_path_str(path) for path, leaf in
+           jax.tree_util.tree_leaves_with_path(state)
+           if not np.all(np.isfinite(leaf))]
+    raise NonFiniteStateError(  # chex's message holds the whole tree.
         f'refusing to checkpoint a state with non-finite values in '
         f'{len(bad)} leaves (first: {", ".join(bad[:5])}); the previous '
         'checkpoint is kept. The run diverged: lower the learning rate or '
-        'check the inputs, then resume from the last good checkpoint.')
+        'check the inputs, then resume from the last good checkpoint.'
+    ) from None
 
 
 def _jsonable(x):
@@ -108,12 +95,7 @@ def _jsonable(x):
 
 
 def _to_abstract(template):
-  """Template leaves -> what orbax restores into.
-
-  jax.Array and jax.ShapeDtypeStruct-with-sharding leaves restore as jax
-  arrays with that sharding; NumPy arrays/scalars and plain ShapeDtypeStructs
-  restore as NumPy arrays (host-side, as the train loop expects).
-  """
+  """Template leaves -> what orbax restores into (see restore_latest)."""
   def leaf(x):
     if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
       return x
@@ -125,19 +107,13 @@ def _to_abstract(template):
 class Checkpointer:
   """Keeps the last `max_to_keep` checkpoints of a run in one directory.
 
-  Usage in the train loop:
-
     ckpt = Checkpointer(workdir / 'checkpoints', save_interval_steps=1000)
     restored = ckpt.restore_latest(template_state)
-    ...
-    if watcher.requested or ckpt.should_save(step):
-      ckpt.save(step, state, {'data_position': ...}, force=True)
+    if decision.preempt or ckpt.should_save(step):  # preemption.decide
+      ckpt.save(step, state, {'wall_time_s': ...}, force=True)
   """
 
-  def __init__(self,
-               directory,
-               *,
-               max_to_keep: int = 3,
+  def __init__(self, directory, *, max_to_keep: int = 3,
                save_interval_steps: Optional[int] = None,
                save_interval_secs: Optional[float] = None,
                time_fn: Callable[[], float] = time.monotonic,
@@ -147,120 +123,98 @@ class Checkpointer:
     Args:
       directory: local path or `gs://` URL, usually WORKDIR/checkpoints.
       max_to_keep: how many most recent checkpoints to keep (>= 1).
-      save_interval_steps: `should_save(step)` is true when step is a multiple
-        of this; None disables the step schedule.
-      save_interval_secs: `should_save` is also true once this many seconds
-        have passed since the last save (or since construction); None disables
-        the time schedule.
-      time_fn: clock for the time schedule (injectable for tests).
+      save_interval_steps, save_interval_secs, time_fn: the schedule of
+        `should_save`, see preemption.SaveSchedule.
       async_save: write in a background thread (orbax's asynchronous
         checkpointing): `save` returns after the host copy and the checks;
         call `wait` or `close` before relying on the files.
+
+    Raises:
+      ValueError: max_to_keep < 1, or a bad schedule (SaveSchedule's).
     """
     if max_to_keep is None or max_to_keep < 1:
       raise ValueError(f'max_to_keep={max_to_keep}: keep at least 1.')
-    if save_interval_steps is not None and save_interval_steps < 1:
-      raise ValueError(f'save_interval_steps={save_interval_steps}: use a '
-                       'positive integer, or None for no step schedule.')
-    if save_interval_secs is not None and save_interval_secs <= 0:
-      raise ValueError(f'save_interval_secs={save_interval_secs}: use a '
-                       'positive number, or None to disable the time schedule.')
     self._directory = epath.Path(directory)
     if '://' not in str(directory):
-      # orbax restores only from absolute local paths; a relative workdir
-      # (`--workdir=runs/x`) would save fine and then fail to resume.
-      # pathlib's absolute(): etils' own is missing from older releases.
+      # orbax restores only from absolute local paths (a relative workdir
+      # would save, then fail to resume); etils may lack absolute().
       self._directory = epath.Path(pathlib.Path(directory).absolute())
-    self._save_interval_steps = save_interval_steps
-    self._save_interval_secs = save_interval_secs
-    self._time_fn = time_fn
-    self._last_save_time = time_fn()
+    self._schedule = preemption.SaveSchedule(
+        save_interval_steps, save_interval_secs, time_fn)
     self._async = async_save
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep,
-        create=True,
+        max_to_keep=max_to_keep, create=True,
         # Async: orbax writes (and commits, then deletes old steps) in a
         # background thread; a new save first waits for the previous one.
         enable_async_checkpointing=async_save,
         # Removes `*.orbax-checkpoint-tmp-*` left by a process killed mid-save.
-        cleanup_tmp_directories=True,
-    )
+        cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(
         self._directory, options=options, item_names=(_STATE, _EXTRA))
 
   @property
   def directory(self) -> epath.Path:
+    """The checkpoint directory (absolute when local)."""
     return self._directory
 
   def all_steps(self) -> list[int]:
-    """Steps of the complete checkpoints on disk, ascending.
+    """Steps of the complete checkpoints on disk (after a pending save).
 
-    Waits for a pending asynchronous save first (it then counts).
+    Returns:
+      The steps, ascending.
     """
     self._manager.wait_until_finished()
     self._manager.reload()
     return sorted(self._manager.all_steps())
 
   def latest_step(self) -> Optional[int]:
-    """The newest complete checkpoint's step, or None when there is none."""
+    """The newest complete checkpoint's step.
+
+    Returns:
+      The step, or None when there is no checkpoint.
+    """
     steps = self.all_steps()
     return steps[-1] if steps else None
 
   def restart_clock(self) -> None:
     """Counts the time schedule from now (e.g. once the step is compiled)."""
-    self._last_save_time = self._time_fn()
+    self._schedule.restart_clock()
 
   def time_due(self) -> bool:
-    """Whether `save_interval_secs` have passed since the last save.
+    """The time schedule's answer on this process (preemption.SaveSchedule).
 
-    Reads this process's clock only (no communication); False when the time
-    schedule is off. On several processes, agree on one answer before
-    passing it to `should_save` (clocks differ, and every process must join
-    a save or orbax's barrier hangs): pretrain.py takes process 0's at
-    logging steps.
+    Returns:
+      True once `save_interval_secs` have passed since the last save.
     """
-    return (self._save_interval_secs is not None and
-            self._time_fn() - self._last_save_time >= self._save_interval_secs)
+    return self._schedule.time_due()
 
   def should_save(self, step: int, *, time_due: Optional[bool] = None) -> bool:
-    """Whether the step / wall-time schedule asks for a checkpoint at `step`.
-
-    Never communicates between processes, so it is cheap enough for every
-    step (orbax's FixedIntervalPolicy for the step schedule is the same
-    modulo; its ContinuousCheckpointingPolicy for the time schedule waits on a
-    cross-host key-value broadcast at every call, which this avoids).
+    """Whether the step / time schedule asks for a checkpoint at `step`.
 
     Args:
       step: the number of updates applied to the state about to be saved.
       time_due: the time schedule's answer, agreed across processes by the
-        caller; None evaluates it here (`time_due()`) on one process and
-        leaves it out on several.
+        caller; None evaluates it here on one process and leaves it out on
+        several.
 
     Returns:
-      True when `step` is a multiple of `save_interval_steps` or the time
-      schedule is due; False when neither is, or `step` is already saved.
+      True when a schedule is due and `step` is not saved yet.
     """
-    if time_due is None:
-      time_due = jax.process_count() == 1 and self.time_due()
-    due = bool(time_due) or bool(self._save_interval_steps and
-                                 step % self._save_interval_steps == 0)
-    return due and step not in self._manager.all_steps()
+    return (self._schedule.due(step, time_due=time_due) and
+            step not in self._manager.all_steps())
 
   def save(self, step: int, state: Any, extra: Optional[dict] = None, *,
            force: bool = False) -> bool:
     """Writes `state` and `extra` as the checkpoint of `step`.
 
-    Synchronous by default; with `async_save` it returns once `state` is
-    copied to host memory, checked, and handed to orbax's background writer
-    (a previous save still in flight is waited for first).
+    With `async_save`, returns once `state` is copied to host memory, checked
+    and handed to orbax's writer (after any save still in flight).
 
     Args:
       step: training step (number of updates applied to `state`).
       state: pytree of jax/NumPy arrays (host-side, unreplicated TrainState).
-      extra: small JSON-able dict (data position, config hash, metrics);
-        NumPy/JAX scalars are converted.
-      force: save even when `should_save(step)` is False (preemption, end of
-        training).
+      extra: small JSON-able dict; NumPy/JAX scalars are converted.
+      force: save even when `should_save(step)` is False (preemption, end).
 
     Returns:
       True when a checkpoint was written; False when the schedule did not ask
@@ -281,25 +235,20 @@ class Checkpointer:
     _check_finite(state)
     # Round-trip through JSON now so a bad `extra` fails before any write.
     extra = json.loads(json.dumps(extra or {}, default=_jsonable))
-    # Host-side NumPy copies: each host holds the same unreplicated state, and
-    # orbax writes NumPy leaves from the primary host only.
+    # Host-side NumPy copies (the same on every host; orbax writes NumPy
+    # leaves from the primary host only).
     host_state = jax.tree.map(np.asarray, jax.device_get(state))
     if self._async:
-      # Own copies: the background write must not read buffers that the
-      # caller may reuse (a donated device state whose host view is shared,
-      # as on CPU backends).
+      # Own copies: the background write must not read buffers the caller
+      # may reuse (a donated state whose host view is shared, on CPU).
       host_state = jax.tree.map(np.array, host_state)
     start = time.monotonic()
-    self._manager.save(
-        step,
-        args=ocp.args.Composite(**{
-            _STATE: ocp.args.StandardSave(host_state),
-            _EXTRA: ocp.args.JsonSave(extra),
-        }),
-        force=True)
+    self._manager.save(step, force=True, args=ocp.args.Composite(**{
+        _STATE: ocp.args.StandardSave(host_state),
+        _EXTRA: ocp.args.JsonSave(extra)}))
     if not self._async:
       self._manager.wait_until_finished()
-    self._last_save_time = self._time_fn()
+    self._schedule.restart_clock()
     logging.info('%s checkpoint %s in %.2fs.',
                  'Started writing' if self._async else 'Saved',
                  self._directory / str(step), time.monotonic() - start)
@@ -312,10 +261,12 @@ class Checkpointer:
   def latest_extra(self) -> Optional[tuple[int, dict]]:
     """(step, extra) of the newest checkpoint whose `extra` item is readable.
 
-    Reads only the small JSON item (data position, config trajectory), not
-    the state: cheap enough to check a resume before anything is built.
-    Call it on every process, like restore_latest. None when there is no
-    checkpoint.
+    Reads only the small JSON item, not the state: cheap enough to check a
+    resume before anything is built. Call it on every process, like
+    restore_latest.
+
+    Returns:
+      (step, extra dict), or None when there is no checkpoint.
 
     Raises:
       CheckpointRestoreError: processes see different latest steps.
@@ -337,10 +288,9 @@ class Checkpointer:
     """Restores the newest readable checkpoint into the structure of template.
 
     Args:
-      template: pytree with the structure of the saved state; its leaves
-        (arrays or jax.ShapeDtypeStruct) give the shapes and dtypes. NumPy
-        leaves and plain ShapeDtypeStructs restore as NumPy arrays, jax.Array
-        leaves as jax arrays with the same sharding.
+      template: pytree in the saved state's structure; its leaves (arrays or
+        jax.ShapeDtypeStruct) give shapes and dtypes. NumPy leaves and plain
+        ShapeDtypeStructs restore as NumPy, jax.Array ones with their sharding.
 
     Returns:
       None when the directory holds no checkpoint, else
@@ -359,12 +309,9 @@ class Checkpointer:
     last_error = None
     for step in reversed(steps):
       try:
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(**{
-                _STATE: ocp.args.StandardRestore(abstract),
-                _EXTRA: ocp.args.JsonRestore(),
-            }))
+        restored = self._manager.restore(step, args=ocp.args.Composite(**{
+            _STATE: ocp.args.StandardRestore(abstract),
+            _EXTRA: ocp.args.JsonRestore()}))
       except Exception as e:  # pylint: disable=broad-except
         # Any failure to read (missing/truncated file, bad metadata) counts as
         # corruption of this step: report it and try the previous one.
@@ -389,9 +336,8 @@ class Checkpointer:
   def _check_processes_see(self, steps: list[int]) -> None:
     """Raises on every process unless all see the same latest checkpoint.
 
-    Each host lists the directory itself. A workdir on each host's local disk
-    (not shared) would let process 0 resume from its checkpoint while the
-    others start from scratch; the run must stop instead.
+    Each host lists the directory itself: with a workdir on each host's own
+    disk, process 0 would resume while the others start from scratch.
     """
     if jax.process_count() == 1:
       return
@@ -415,11 +361,10 @@ class Checkpointer:
     if jax.process_index() == 0:
       for step in steps:
         src = self._directory / str(step)
-        dst = self._directory / f'{step}.corrupt'
-        n = 1
+        dst, n = self._directory / f'{step}.corrupt', 0
         while dst.exists():
-          dst = self._directory / f'{step}.corrupt.{n}'
           n += 1
+          dst = self._directory / f'{step}.corrupt.{n}'
         try:
           src.rename(dst)
         except Exception as e:  # pylint: disable=broad-except
@@ -452,73 +397,3 @@ def _check_shapes(state, abstract, where) -> None:
           f'checkpoint {where}: leaf {_path_str(path)} has shape '
           f'{np.shape(got)} but the model expects {want.shape}. The config '
           'changed since this checkpoint was written: use a fresh workdir.')
-
-
-class PreemptionWatcher:
-  """Turns SIGTERM / SIGINT into a flag the train loop polls.
-
-    with PreemptionWatcher() as watcher:
-      for step in ...:
-        state = update(...)
-        if watcher.requested:
-          ckpt.save(step, state, extra, force=True)
-          break
-
-  The first signal only sets the flag (the loop saves and exits cleanly). After
-  a first SIGINT the previous SIGINT handler is back, so a second Ctrl-C still
-  kills the process. Handlers are restored on exit. Signals are delivered to
-  the main thread only, so the watcher is inactive (with a warning) when
-  entered from another thread. On multi-host runs the signal may reach only
-  some hosts: agree on the flag across hosts (e.g. an all-gather every N
-  steps) before saving, since every host must take part in the save.
-  """
-
-  def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
-    self._signals = tuple(signals)
-    self._previous = {}
-    self._signal_name = None
-
-  @property
-  def requested(self) -> bool:
-    """True once a watched signal has arrived."""
-    return self._signal_name is not None
-
-  @property
-  def signal_name(self) -> Optional[str]:
-    """Name of the first signal received ('SIGTERM'), or None."""
-    return self._signal_name
-
-  def _handle(self, signum, frame):
-    del frame
-    name = signal.Signals(signum).name
-    if self._signal_name is None:
-      self._signal_name = name
-      logging.warning('Received %s: will checkpoint and stop after this step.',
-                      name)
-    if signum == signal.SIGINT:
-      previous = _restorable(self._previous[signal.SIGINT])
-      if previous is signal.SIG_IGN:
-        # An ignored SIGINT would make a second Ctrl-C a no-op; use Python's
-        # default (KeyboardInterrupt) so the user can always stop the process.
-        previous = signal.default_int_handler
-      signal.signal(signal.SIGINT, previous)
-
-  def __enter__(self):
-    if threading.current_thread() is not threading.main_thread():
-      logging.warning('PreemptionWatcher entered outside the main thread: '
-                      'signal handlers not installed, preemption not watched.')
-      return self
-    for sig in self._signals:
-      self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    for sig, previous in self._previous.items():
-      signal.signal(sig, _restorable(previous))
-    self._previous = {}
-    return False
-
-
-def _restorable(handler):
-  """signal.getsignal() returns None for handlers installed outside Python."""
-  return signal.SIG_DFL if handler is None else handler

@@ -21,11 +21,6 @@ from byol_jax.methods import byol
 from byol_jax.methods import networks
 from byol_jax.methods import simclr
 
-# The step's augmentation is augment.augment_examples; this name stays for
-# pretrain.py and benchmarks/input_pipeline.py until they use that.
-byol_augment = augment.augment_examples
-
-
 def make_method(config, axis_name: Optional[str] = parallel.AXIS_NAME
                 ) -> networks.Method:
   """The method `config.method` names, built for the run's model.

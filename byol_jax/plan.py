@@ -46,23 +46,12 @@ from typing import Any, Optional
 
 import ml_collections
 
-from byol_jax import resume
 from byol_jax import schedules
 from byol_jax import validation
 from byol_jax.data import opening
 from byol_jax.data import splits
 
 ConfigError = validation.ConfigError  # what build raises
-# The resume contract lives in resume.py; pretrain.py still reads these as
-# plan.* (they go once it imports resume).
-changes = resume.changes
-check_built = resume.check_built
-describe_changes = resume.describe_changes
-fingerprint = resume.fingerprint
-flatten = resume.flatten
-from_saved = resume.from_saved
-trajectory = resume.trajectory
-upgrade_trajectory = resume.upgrade_trajectory
 
 
 @dataclasses.dataclass(frozen=True)

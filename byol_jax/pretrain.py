@@ -26,7 +26,6 @@ only dispatches steps (no device value is read on the host, no process
 communicates); scheduled checkpoints are written asynchronously.
 """
 
-import datetime
 import functools
 import itertools
 import json
@@ -42,74 +41,28 @@ import numpy as np
 from byol_jax import checkpointing
 from byol_jax import distributed
 from byol_jax import experiment
+from byol_jax import methods
 from byol_jax import modified_init
-from byol_jax import plan
+from byol_jax import parallel
+from byol_jax import preemption
+from byol_jax import resume
 from byol_jax import train_state as ts
+from byol_jax import validation
+from byol_jax import workdir as workdir_lib
 from byol_jax import writers
+from byol_jax.data import augment as augment_lib
 from byol_jax.data import pipeline
+from byol_jax.evaluation import features
 
 
 class NonFiniteLossError(RuntimeError):
   """Raised when the training loss becomes NaN or infinite."""
 
 
-CONFIG_FILE = 'config.json'
-HISTORY_FILE = 'config_history.jsonl'
-
-
-def check_resume(config, ckpt: checkpointing.Checkpointer) -> dict:
-  """Compares the run's trajectory with the latest checkpoint's.
-
-  Args:
-    config: the built config.
-    ckpt: the run's Checkpointer.
-
-  Returns:
-    {field: (old, new)} of the changes the run resumes under (empty when
-    nothing changed, there is no checkpoint, or the checkpoint predates
-    recorded trajectories).
-
-  Raises:
-    plan.ConfigError: the trajectory changed and
-      checkpoint.allow_changed_config is False; the workdir is untouched.
-  """
-  latest = ckpt.latest_extra()
-  if latest is None:
-    return {}
-  step, extra = latest
-  old = extra.get('trajectory')
-  if old is None:
-    logging.warning('Checkpoint %s records no config trajectory (written by '
-                    'an older version): resuming without checking it.',
-                    ckpt.directory / str(step))
-    return {}
-  diff = plan.changes(plan.upgrade_trajectory(old), plan.trajectory(config))
-  structural = [k for k in diff if k.split('.')[0] in ('method', 'model') or
-                k == 'derived.num_classes']
-  if structural:
-    raise plan.ConfigError(
-        f'{ckpt.directory} holds step {step} of a run with another network: '
-        f'{plan.describe_changes({k: diff[k] for k in structural})}; a '
-        'checkpoint cannot be resumed under another architecture (not even '
-        'with checkpoint.allow_changed_config): use a fresh --workdir.')
-  if diff and not config.checkpoint.allow_changed_config:
-    raise plan.ConfigError(
-        f'{ckpt.directory} holds step {step} of a run trained under another '
-        f'config: {plan.describe_changes(diff)}. Resume with the old values, '
-        'use a fresh --workdir, or pass '
-        '--config.checkpoint.allow_changed_config=true to resume anyway (e.g. '
-        f'to extend a finished run; recorded in {HISTORY_FILE}).')
-  if diff:
-    logging.warning('Resuming step %d under a changed config (allowed by '
-                    'checkpoint.allow_changed_config): %s', step,
-                    plan.describe_changes(diff))
-  return diff
-
-
 def _checkpointer(config, workdir,
                   async_save: bool = False) -> checkpointing.Checkpointer:
   return checkpointing.Checkpointer(
-      epath.Path(workdir) / 'checkpoints',
+      workdir_lib.checkpoint_dir(workdir),
       max_to_keep=config.checkpoint.max_to_keep,
       save_interval_steps=config.checkpoint.every_steps or None,
       save_interval_secs=config.checkpoint.every_secs or None,
@@ -117,45 +70,22 @@ def _checkpointer(config, workdir,
 
 
 def check_workdir(config, workdir) -> dict:
-  """check_resume on the workdir's checkpoints, before anything is written.
+  """resume.check_resume on the workdir's checkpoints; writes nothing.
 
   Every process calls it (the check gathers the processes' latest steps).
 
+  Args:
+    config: the built config.
+    workdir: the run directory (local path or gs://).
+
   Returns:
-    The allowed trajectory changes (see check_resume).
+    The allowed trajectory changes (see resume.check_resume).
 
   Raises:
-    plan.ConfigError: see check_resume.
+    validation.ConfigError: see resume.check_resume.
   """
   with _checkpointer(config, workdir) as ckpt:
-    return check_resume(config, ckpt)
-
-
-def write_config(config, workdir: epath.Path, *, start_step: int,
-                 trajectory_changes: dict) -> None:
-  """Writes WORKDIR/config.json and appends to the config history (chief).
-
-  config.json is the built config (inputs and derived values). A line is
-  appended to config_history.jsonl when the run starts for the first time or
-  under a config that differs from the previous config.json: the time, the
-  step it starts from, and every changed field (old, new).
-  """
-  if jax.process_index() != 0:
-    return
-  path = workdir / CONFIG_FILE
-  new = json.loads(config.to_json_best_effort())
-  old = json.loads(path.read_text()) if path.exists() else None
-  diff = {} if old is None else plan.changes(plan.flatten(old),
-                                             plan.flatten(new))
-  if old is None or diff or trajectory_changes:
-    entry = {'time': datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec='seconds'), 'start_step': start_step,
-             'config_changes': diff, 'trajectory_changes': trajectory_changes}
-    with (workdir / HISTORY_FILE).open('a') as f:
-      f.write(json.dumps(entry) + '\n')
-  text = config.to_json_best_effort(indent=2)
-  if old is None or path.read_text() != text:
-    path.write_text(text)
+    return resume.check_resume(config, ckpt)
 
 
 def _initial_state(config, method, optimizer, source):
@@ -181,24 +111,49 @@ def _initial_state(config, method, optimizer, source):
                            images.shape[0], None)
     # Per-example augmentation, so chunking it changes nothing but memory.
     chunk = config.training.modified_init_chunk_size
-    augment = jax.jit(functools.partial(experiment.byol_augment, view=1))
+    augment = jax.jit(functools.partial(augment_lib.augment_examples, view=1))
     images = np.concatenate([
         np.asarray(augment(keys[i:i + chunk], jnp.asarray(images[i:i + chunk])))
         for i in range(0, len(images), chunk)])
     state = modified_init.apply_to_state(
         state, config.model, config.derived.num_classes, images,
-        with_predictor=config.method == 'byol', chunk_size=chunk)
+        with_predictor=config.method == methods.BYOL, chunk_size=chunk)
     logging.info('Modified init (paper §3.2): calibrated %s on %d images.',
                  ', '.join(modified_init.calibrated_components(config.model)),
                  images.shape[0])
   return state
 
 
-def _first_non_finite(history):
-  for step, metrics in history:
-    if not np.isfinite(metrics['loss']):
-      return step, metrics['loss']
-  return None
+class _MetricsBuffer:
+  """The steps' metrics since the last flush, left on the devices till then.
+
+  `flush` fetches them in one transfer, stops at the first step whose loss
+  is not finite, and logs the newest step's values (`last`).
+  """
+
+  def __init__(self, writer: writers.MetricWriter, ckpt):
+    self._writer, self._ckpt = writer, ckpt
+    self._pending = []  # (step, replicated metrics), not yet on the host
+    self.last = {}  # the newest logged step's metrics, as floats
+
+  def add(self, step: int, metrics) -> None:
+    self._pending.append((step, metrics))
+
+  def flush(self) -> None:
+    if not self._pending:
+      return
+    fetched, self._pending = jax.device_get(self._pending), []
+    for step, metrics in fetched:
+      loss = metrics['loss'][0]
+      if not np.isfinite(loss):
+        raise NonFiniteLossError(
+            f'loss became {loss} at step {step}; stopping. '
+            f'{_kept(self._ckpt)} Lower training.base_learning_rate or check '
+            'the data.')
+    step, metrics = fetched[-1]
+    self.last = {k: float(v[0]) for k, v in metrics.items()}
+    self._writer.write(step, self.last)
+    self._writer.console(step, self.last)
 
 
 def run(config, workdir, *, source) -> dict:
@@ -214,22 +169,22 @@ def run(config, workdir, *, source) -> dict:
     'state_sha256': the final state's fingerprint}.
 
   Raises:
-    plan.ConfigError: the workdir's checkpoint was trained under another
-      trajectory (see check_resume); nothing is written.
+    validation.ConfigError: the workdir's checkpoint was trained under another
+      trajectory (see resume.check_resume); nothing is written.
     NonFiniteLossError: the loss or the state became NaN/Inf.
   """
-  plan.check_built(config)
+  resume.check_built(config)
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   t, d = config.training, config.derived
   # Asynchronous saves: a scheduled checkpoint stalls the loop for the
   # device-to-host copy only; ckpt.close() below waits for the writes.
   ckpt = _checkpointer(config, workdir, async_save=True)
-  trajectory_changes = check_resume(config, ckpt)
-  trajectory = plan.trajectory(config)
+  trajectory_changes = resume.check_resume(config, ckpt)
+  trajectory = resume.trajectory(config)
   method, optimizer, update = experiment.make_update(config)
   restored = ckpt.restore_latest(experiment.state_template(config))
-  write_config(config, workdir, start_step=0 if restored is None else
+  resume.write_config(config, workdir, start_step=0 if restored is None else
                int(restored.step), trajectory_changes=trajectory_changes)
   # Wall time summed over every segment of a resumed run.
   wall_base = 0. if restored is None else float(
@@ -259,7 +214,7 @@ def run(config, workdir, *, source) -> dict:
       seed=config.seed, start_step=step,
       min_crop_area=config.data.min_crop_area,
       in_memory_on=config.data.in_memory_on))
-  rstate = ts.replicate(state)
+  rstate = parallel.replicate(state)
   del state
   p_update = ts.pmap_update(update)
   if step < stop_at:
@@ -269,42 +224,8 @@ def run(config, workdir, *, source) -> dict:
     distributed.compile_then_sync(p_update, rstate, first_batch,
                                   name='the training step')
     data = itertools.chain([first_batch], data)
-  history, last, preempted = [], {}, False
-  agreements = 0  # cross-process all-gathers in the loop (logged, tested).
-
-  def save(step, force=False, time_due=None):
-    if force or ckpt.should_save(step, time_due=time_due):
-      flush_metrics()  # Never checkpoint a state whose loss is not finite.
-      host = jax.device_get(ts.unreplicate(rstate))
-      try:
-        ckpt.save(step, host, {'data_step': step, 'time': time.time(),
-                               'wall_time_s': wall_time(),
-                               'trajectory': trajectory,
-                               'trajectory_sha256': plan.fingerprint(
-                                   trajectory)}, force=True)
-      except checkpointing.NonFiniteStateError as e:
-        # The weights went non-finite in this step's update; its loss (computed
-        # before the update) was still finite.
-        raise NonFiniteLossError(
-            f'the training state became non-finite at step {step}; stopping '
-            f'without saving it. {_kept(ckpt)} ({e})') from e
-
-  def flush_metrics():
-    nonlocal history, last
-    if not history:
-      return
-    history = [(s, jax.tree.map(lambda x: x[0], m))
-               for s, m in jax.device_get(history)]
-    bad = _first_non_finite(history)
-    if bad is not None:
-      raise NonFiniteLossError(
-          f'loss became {bad[1]} at step {bad[0]}; stopping. {_kept(ckpt)} '
-          'Lower training.base_learning_rate or check the data.')
-    last_step, last = history[-1]
-    last = {k: float(v) for k, v in last.items()}
-    writer.write(last_step, last)
-    writer.console(last_step, last)
-    history = []
+  metrics = _MetricsBuffer(writer, ckpt)
+  preempted, agreements = False, 0  # agreements: all-gathers (logged, tested)
 
   # No host-device or cross-host synchronisation at other steps than logging
   # steps (every logging.every_steps, and the last): the pmapped steps are
@@ -314,23 +235,26 @@ def run(config, workdir, *, source) -> dict:
   # The checkpoint clock counts training time, not restoring and compiling.
   ckpt.restart_clock()
   try:
-    with checkpointing.PreemptionWatcher() as watcher:
+    with preemption.PreemptionWatcher() as watcher:
       while step < stop_at:
-        rstate, metrics = p_update(rstate, next(data))
+        rstate, step_metrics = p_update(rstate, next(data))
         step += 1
-        history.append((step, metrics))
+        metrics.add(step, step_metrics)
         sync = step % config.logging.every_steps == 0 or step == stop_at
         if sync:
-          flush_metrics()
+          metrics.flush()
         if (config.logging.knn_every_steps and
             step % config.logging.knn_every_steps == 0):
-          flush_metrics()
+          metrics.flush()
           writer.write(step, {'knn_top1': knn_monitor(config, source, rstate)})
-        preempt, time_due, agreed = _decisions(watcher, ckpt, sync)
-        agreements += agreed
-        if preempt:
-          flush_metrics()
-          save(step, force=True)
+        decision = preemption.decide(watcher, ckpt, sync)
+        agreements += decision.collectives
+        if (decision.preempt or step == stop_at or
+            ckpt.should_save(step, time_due=decision.time_due)):
+          metrics.flush()  # Never checkpoint a state whose loss is not finite.
+          _save(ckpt, step, rstate, {'wall_time_s': wall_time(),
+                                     'trajectory': trajectory})
+        if decision.preempt:
           ckpt.wait()  # The process is about to exit: commit first.
           logging.warning('%s received at step %d: checkpoint saved in %s; '
                           'rerun the same command to resume.',
@@ -338,8 +262,7 @@ def run(config, workdir, *, source) -> dict:
                           'another host)', step, ckpt.directory)
           preempted = True
           break
-        save(step, force=step == stop_at, time_due=time_due)
-    flush_metrics()
+    metrics.flush()
   finally:
     # Commits a save still being written (the final one, or the last good
     # one when the run stops on a non-finite loss) before returning.
@@ -347,18 +270,31 @@ def run(config, workdir, *, source) -> dict:
   writer.close()
   logging.info('Process %d: %d cross-process agreements in %d steps.',
                jax.process_index(), agreements, step - start_step)
-  fingerprint = _check_same_state(ts.unreplicate(rstate), step, 'final')
-  done_path = workdir / 'pretrain_done.json'
+  fingerprint = _check_same_state(parallel.unreplicate(rstate), step, 'final')
+  done_path = workdir_lib.pretrain_done_path(workdir)
   # Written when the run is complete (not when max_steps stopped it early);
   # a rerun of a finished run trains nothing and leaves the record alone.
   if (jax.process_index() == 0 and not preempted and
       step >= d.total_steps and
       (step > start_step or not done_path.exists())):
     done_path.write_text(json.dumps(
-        {'step': step, 'total_steps': d.total_steps, 'metrics': last,
+        {'step': step, 'total_steps': d.total_steps, 'metrics': metrics.last,
          'wall_time_s': wall_time(), 'state_sha256': fingerprint}))
-  return {'step': step, 'preempted': preempted, 'metrics': last,
+  return {'step': step, 'preempted': preempted, 'metrics': metrics.last,
           'state_sha256': fingerprint}
+
+
+def _save(ckpt: checkpointing.Checkpointer, step: int, rstate,
+          extra: dict) -> None:
+  """Checkpoints the replicated state (async); a non-finite one stops."""
+  try:
+    ckpt.save(step, jax.device_get(parallel.unreplicate(rstate)), extra, force=True)
+  except checkpointing.NonFiniteStateError as e:
+    # The weights went non-finite in this step's update; its loss (computed
+    # before the update) was still finite.
+    raise NonFiniteLossError(
+        f'the training state became non-finite at step {step}; stopping '
+        f'without saving it. {_kept(ckpt)} ({e})') from e
 
 
 def _kept(ckpt) -> str:
@@ -367,35 +303,6 @@ def _kept(ckpt) -> str:
     return f'No checkpoint was saved yet in {ckpt.directory}.'
   return (f'The last good checkpoint (step {latest}) in {ckpt.directory} is '
           'kept.')
-
-
-def _decisions(watcher, ckpt: checkpointing.Checkpointer,
-               sync: bool) -> tuple[bool, Optional[bool], int]:
-  """(preempt now, checkpoint clock due, collectives run): the same answer
-  on every process, communicating only at `sync` (logging) steps.
-
-  One process: the signal flag and the clock, read every step (no
-  communication). Several: a signal may reach only some hosts and clocks
-  differ, while every host must join a save (else orbax's barrier hangs), so
-  at logging steps one all-gather of [signal received, clock due] agrees:
-  preempt when any process got a signal, save on process 0's clock. Other
-  steps neither preempt nor save on the clock (the step schedule needs no
-  agreement). The multi-host analogue of orbax's preemption sync point
-  (jax.experimental.multihost_utils.reached_preemption_sync_point) needs
-  JAX's own SIGTERM notifier, which the Python SIGTERM/SIGINT watcher here
-  replaces, so the agreement is our own.
-
-  Returns:
-    (preempt, time_due for Checkpointer.should_save, number of collectives).
-  """
-  if jax.process_count() == 1:
-    return watcher.requested, ckpt.time_due(), 0
-  if not sync:
-    return False, False, 0
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  flags = np.asarray([watcher.requested, ckpt.time_due()], np.int32)
-  gathered = np.asarray(multihost_utils.process_allgather(flags)).reshape(-1, 2)
-  return bool(gathered[:, 0].max()), bool(gathered[0, 1]), 1
 
 
 def _check_same_state(state, step: int, which: str) -> str:
@@ -415,16 +322,35 @@ def _check_same_state(state, step: int, which: str) -> str:
 
 
 def knn_monitor(config, source, rstate) -> float:
-  """kNN top-1 of the online encoder (frozen, eval mode)."""
-  from byol_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
-  state = ts.unreplicate(rstate)
-  return linear_eval.knn_eval(config, source, state.online_params,
-                              state.online_state)
+  """kNN top-1 of the online encoder (frozen, eval mode).
+
+  Args:
+    config: the built config (its `eval` section sets the kNN subset).
+    source: the run's data source.
+    rstate: the replicated TrainState.
+
+  Returns:
+    Top-1 accuracy in [0, 1].
+  """
+  state = parallel.unreplicate(rstate)
+  return features.knn_eval(config, source, state.online_params,
+                           state.online_state)
 
 
 def load_latest_state(config, workdir) -> Optional[ts.TrainState]:
-  """The latest checkpointed TrainState of a workdir, or None."""
-  ckpt = checkpointing.Checkpointer(epath.Path(workdir) / 'checkpoints')
+  """The latest checkpointed TrainState of a workdir.
+
+  Args:
+    config: the run's built config (gives the state's structure).
+    workdir: the run directory (local path or gs://).
+
+  Returns:
+    The host-side (NumPy) TrainState, or None when there is no checkpoint.
+
+  Raises:
+    checkpointing.CheckpointRestoreError: checkpoints exist, none readable.
+  """
+  ckpt = checkpointing.Checkpointer(workdir_lib.checkpoint_dir(workdir))
   restored = ckpt.restore_latest(experiment.state_template(config))
   ckpt.close()
   return None if restored is None else restored.state

@@ -3,16 +3,23 @@
 `trajectory(config)` is what shapes the training trajectory (model, method,
 seed, batch, step counts and schedules, optimiser, data source, size and
 crops); each checkpoint records it, and a run that would resume under a
-different one stops (pretrain.py) unless checkpoint.allow_changed_config.
-`from_saved` reads a run's config.json back into a built config (older ones
-included).
+different one stops (`check_resume`) unless checkpoint.allow_changed_config.
+`write_config` writes the run's config.json and appends each start under a
+new or changed config to config_history.jsonl; `from_saved` reads a
+config.json back into a built config (older ones included).
 """
 
+import datetime
 import hashlib
 import json
 
+from absl import logging
+import jax
 import ml_collections
 
+from byol_jax import checkpointing
+from byol_jax import validation
+from byol_jax import workdir as workdir_lib
 from byol_jax.data.opening import STREAMING
 
 
@@ -186,3 +193,85 @@ def describe_changes(diff: dict) -> str:
     "field 'old' -> 'new', ..." (values with repr).
   """
   return ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in diff.items())
+
+
+# ------------------------------------------------ the workdir's record of it
+def check_resume(config, ckpt: checkpointing.Checkpointer) -> dict:
+  """Compares the run's trajectory with the latest checkpoint's.
+
+  Args:
+    config: the built config.
+    ckpt: the run's Checkpointer.
+
+  Returns:
+    {field: (old, new)} of the changes the run resumes under (empty when
+    nothing changed, there is no checkpoint, or the checkpoint predates
+    recorded trajectories).
+
+  Raises:
+    validation.ConfigError: the trajectory changed and
+      checkpoint.allow_changed_config is False; the workdir is untouched.
+  """
+  latest = ckpt.latest_extra()
+  if latest is None:
+    return {}
+  step, extra = latest
+  old = extra.get('trajectory')
+  if old is None:
+    logging.warning('Checkpoint %s records no config trajectory (written by '
+                    'an older version): resuming without checking it.',
+                    ckpt.directory / str(step))
+    return {}
+  diff = changes(upgrade_trajectory(old), trajectory(config))
+  structural = [k for k in diff if k.split('.')[0] in ('method', 'model') or
+                k == 'derived.num_classes']
+  if structural:
+    raise validation.ConfigError(
+        f'{ckpt.directory} holds step {step} of a run with another network: '
+        f'{describe_changes({k: diff[k] for k in structural})}; a '
+        'checkpoint cannot be resumed under another architecture (not even '
+        'with checkpoint.allow_changed_config): use a fresh --workdir.')
+  if diff and not config.checkpoint.allow_changed_config:
+    raise validation.ConfigError(
+        f'{ckpt.directory} holds step {step} of a run trained under another '
+        f'config: {describe_changes(diff)}. Resume with the old values, '
+        'use a fresh --workdir, or pass '
+        '--config.checkpoint.allow_changed_config=true to resume anyway (e.g. '
+        f'to extend a finished run; recorded in {workdir_lib.CONFIG_HISTORY}).')
+  if diff:
+    logging.warning('Resuming step %d under a changed config (allowed by '
+                    'checkpoint.allow_changed_config): %s', step,
+                    describe_changes(diff))
+  return diff
+
+
+def write_config(config, workdir, *, start_step: int,
+                 trajectory_changes: dict) -> None:
+  """Writes WORKDIR/config.json and appends to the config history (chief).
+
+  config.json is the built config (inputs and derived values). A line is
+  appended to config_history.jsonl when the run starts for the first time or
+  under a config that differs from the previous config.json: the time, the
+  step it starts from, and every changed field (old, new).
+
+  Args:
+    config: the built config.
+    workdir: the run directory.
+    start_step: the step the run starts from (0, or the restored step).
+    trajectory_changes: check_resume's {field: (old, new)}.
+  """
+  if jax.process_index() != 0:
+    return
+  path = workdir_lib.config_path(workdir)
+  new = json.loads(config.to_json_best_effort())
+  old = json.loads(path.read_text()) if path.exists() else None
+  diff = {} if old is None else changes(flatten(old), flatten(new))
+  if old is None or diff or trajectory_changes:
+    entry = {'time': datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec='seconds'), 'start_step': start_step,
+             'config_changes': diff, 'trajectory_changes': trajectory_changes}
+    with workdir_lib.config_history_path(workdir).open('a') as f:
+      f.write(json.dumps(entry) + '\n')
+  text = config.to_json_best_effort(indent=2)
+  if old is None or path.read_text() != text:
+    path.write_text(text)

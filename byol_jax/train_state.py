@@ -26,11 +26,6 @@ from byol_jax import parallel
 from byol_jax.methods import networks
 
 AXIS_NAME = parallel.AXIS_NAME
-# The device layout lives in byol_jax/parallel.py; these names stay for
-# pretrain.py and benchmarks/ until they import it from there.
-replicate = parallel.replicate
-unreplicate = parallel.unreplicate
-device_sharding = parallel.device_sharding
 # augment_fn(keys [B] of PRNG keys, images [B, H, W, C] in [0, 1], view 1|2)
 #   -> augmented, normalised images [B, H, W, C].
 AugmentFn = Callable[[jax.Array, jax.Array, int], jax.Array]

@@ -335,27 +335,3 @@ def test_sigkill_during_save_never_leaves_a_bad_checkpoint(tmp_path, mode):
   assert ckpt.save(last_restored + 100, {'w': np.zeros((256, 1024), np.float32),
                                          'step': np.int32(0)}, force=True)
   assert not any('tmp' in p.name for p in directory.iterdir())
-
-
-def test_preemption_watcher_sigterm_sets_flag():
-  before = signal.getsignal(signal.SIGTERM)
-  with checkpointing.PreemptionWatcher() as watcher:
-    assert not watcher.requested and watcher.signal_name is None
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(0.01)  # Python runs handlers between bytecodes.
-    assert watcher.requested and watcher.signal_name == 'SIGTERM'
-    os.kill(os.getpid(), signal.SIGTERM)  # A repeat is still just a flag.
-    assert watcher.signal_name == 'SIGTERM'
-  assert signal.getsignal(signal.SIGTERM) is before
-
-
-def test_preemption_watcher_second_sigint_interrupts():
-  before = signal.getsignal(signal.SIGINT)
-  with checkpointing.PreemptionWatcher() as watcher:
-    os.kill(os.getpid(), signal.SIGINT)
-    time.sleep(0.01)
-    assert watcher.signal_name == 'SIGINT'
-    with pytest.raises(KeyboardInterrupt):
-      os.kill(os.getpid(), signal.SIGINT)
-      time.sleep(1.0)
-  assert signal.getsignal(signal.SIGINT) is before

@@ -6,7 +6,6 @@ import jax
 import numpy as np
 
 from byol_jax import parallel
-from byol_jax import train_state as ts
 from byol_jax.data import pipeline
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'byol_jax'
@@ -36,7 +35,7 @@ def test_prefetcher_and_step_share_one_layout():
   batch = {'x': np.arange(len(devices) * 6, dtype=np.float32).reshape(
       len(devices), 2, 3)}
   (prefetched,) = list(pipeline.prefetch_to_device(iter([batch])))
-  replicated = ts.replicate(np.float32(2.))
+  replicated = parallel.replicate(np.float32(2.))
   for x in (prefetched['x'], replicated):
     assert x.sharding == parallel.device_sharding(devices)
     assert [s.device for s in x.addressable_shards] == devices

@@ -19,7 +19,7 @@ import numpy as np
 
 from byol_jax import checkpointing
 from byol_jax import main as main_lib
-from byol_jax import pretrain
+from byol_jax import preemption
 from byol_jax import train_state as ts
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -110,8 +110,8 @@ def test_should_save_never_communicates(tmp_path, monkeypatch):
   assert [s for s, d in zip(range(1, 101), due) if d] == [50, 100]
   assert ckpt.time_due() and ckpt.should_save(7, time_due=True)
   # The loop's agreement: nothing at non-logging steps.
-  watcher = checkpointing.PreemptionWatcher()
-  assert pretrain._decisions(watcher, ckpt, sync=False) == (False, False, 0)
+  watcher = preemption.PreemptionWatcher()
+  assert preemption.decide(watcher, ckpt, sync=False) == (False, False, 0)
   assert calls == []
 
 
@@ -130,6 +130,6 @@ def test_two_process_decisions_use_one_allgather(monkeypatch, tmp_path):
   monkeypatch.setattr(multihost_utils, 'process_allgather', allgather)
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
   now[0] += 10.
-  watcher = checkpointing.PreemptionWatcher()
-  assert pretrain._decisions(watcher, ckpt, sync=True) == (True, True, 1)
+  watcher = preemption.PreemptionWatcher()
+  assert preemption.decide(watcher, ckpt, sync=True) == (True, True, 1)
   assert gathered == [[0, 1]]

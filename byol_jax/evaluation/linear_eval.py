@@ -27,10 +27,6 @@ from byol_jax.evaluation import features
 from byol_jax.evaluation import probe
 from byol_jax.methods import networks
 
-# pretrain.py (the kNN monitor) still reads this here; its home is
-# features.py.
-knn_eval = features.knn_eval
-
 
 def _probe(config, source, params, state, num_classes, devices, test=None):
   """Selects the rate, trains and tests a linear probe on one encoder."""

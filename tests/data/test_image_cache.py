@@ -12,6 +12,7 @@ import pytest
 
 from byol_jax import configs
 from byol_jax import plan
+from byol_jax import resume
 from byol_jax.data import image_cache
 from byol_jax.data import opening
 from byol_jax.data import memory_sources
@@ -281,7 +282,7 @@ def test_plan_holds_a_folder_that_fits_in_memory_and_streams_a_larger_one(
   assert type(streamed.source) is sources.FolderSource  # validated
   assert streamed.config.derived.data_path == 'streaming'
   assert streamed.source.num_skipped == {'train': 2, 'test': 0}
-  assert plan.trajectory(run.config)['derived.data_path'] == 'in_memory'
+  assert resume.trajectory(run.config)['derived.data_path'] == 'in_memory'
   monkeypatch.setattr(opening, 'tensorflow_importable', lambda: False)
   with pytest.raises(plan.ConfigError,
                      match=r"^data.source='folder:.*': its decoded size "

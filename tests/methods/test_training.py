@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from byol_jax import optim
+from byol_jax import parallel
 from byol_jax import schedules
 from byol_jax import train_state as ts
 from byol_jax.methods import byol
@@ -123,8 +124,8 @@ def test_pmap_8_devices_equals_1_device(norm, ws):
     devices = jax.local_devices()[:n]
     step = ts.pmap_update(update, devices=devices)
     local = jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), batch)
-    new, metrics = step(ts.replicate(state, devices), local)
-    results.append((ts.unreplicate(new), ts.unreplicate(metrics)))
+    new, metrics = step(parallel.replicate(state, devices), local)
+    results.append((parallel.unreplicate(new), parallel.unreplicate(metrics)))
     # Every device holds the same parameters after the update.
     spread = jax.tree.map(lambda x: float(jnp.abs(x - x[0]).max()),
                           new.online_params)
