@@ -67,11 +67,16 @@ class Topology:
 
   @property
   def device_count(self) -> int:
+    """All devices of the run: processes x local devices."""
     return self.process_count * self.local_device_count
 
   @classmethod
   def current(cls) -> 'Topology':
-    """This run's topology (jax.distributed must already be initialised)."""
+    """This run's topology (jax.distributed must already be initialised).
+
+    Returns:
+      Topology(jax.process_count(), jax.local_device_count()).
+    """
     import jax  # pylint: disable=g-import-not-at-top
     return cls(jax.process_count(), jax.local_device_count())
 
@@ -94,7 +99,15 @@ RUN_SECTIONS = ('method', 'model', 'training')
 
 
 def option_names(options: str) -> set:
-  """{'tiny', 'dataset'} from a config string 'tiny,dataset=digits'."""
+  """The option names of a config string.
+
+  Args:
+    options: the text after ':' in --config=FILE:OPTIONS, e.g.
+      'tiny,dataset=digits' ('' or None: no options).
+
+  Returns:
+    The set of names, e.g. {'tiny', 'dataset'}.
+  """
   return {item.partition('=')[0].strip()
           for item in (options or '').split(',') if item.strip()}
 
@@ -176,7 +189,16 @@ def _check_splits(config, mode: str, source) -> dict:
 
 # ------------------------------------------------------------------ derive
 def epochs_to_steps(epochs: int, num_examples: int, batch: int) -> int:
-  """floor(epochs * examples / batch): the official byol/configs/byol.py."""
+  """Training steps for a number of epochs, as the official byol/configs/byol.py.
+
+  Args:
+    epochs: passes over the data.
+    num_examples: examples in the pre-training split.
+    batch: global batch size (examples per step).
+
+  Returns:
+    floor(epochs * num_examples / batch).
+  """
   return int(epochs) * int(num_examples) // int(batch)
 
 
