@@ -10,7 +10,8 @@ byol/utils/augmentations.py) happens here, per example and per view:
 The two views differ only in their blur and solarisation probabilities
 (`VIEW1`, `VIEW2`). Random decisions are drawn once per example by
 `sample_decisions` and applied by `apply_augmentations`, so tests can check the
-frequencies; `augment_view` composes the two. Everything works under
+frequencies; `augment_examples` (the training step's) composes the two with
+one key per example. Everything works under
 jit/vmap/pmap: per-example choices are `jnp.where` selects rather than
 `lax.cond`, because under vmap a cond lowers to a select that evaluates both
 branches anyway, and selects keep the graph fusible. The price is that each
@@ -227,27 +228,6 @@ def apply_augmentations(images: jax.Array, decisions: dict[str, jax.Array],
     solarized = pix.solarize(x, config.solarize_threshold)
     x = jnp.where(_per_example(d['solarize']), solarized, x)
   return jnp.clip(x, 0., 1.)
-
-
-def augment_view(key: jax.Array, images: jax.Array, *, view: int,
-                 config: ViewConfig | None = None) -> jax.Array:
-  """BYOL augmentation of one view, then mean/std normalisation.
-
-  Args:
-    key: a JAX PRNG key (fold in the step and device index at the call site).
-    images: [B, H, W, 3] float in [0, 1] (the host pipeline's crops).
-    view: 1 or 2; selects `VIEW1` / `VIEW2`.
-    config: overrides the view's parameters (ablations).
-
-  Returns:
-    [B, H, W, 3] float32, normalised with ImageNet mean/std.
-
-  Raises:
-    ValueError: view is not 1 or 2 (and no config is given).
-  """
-  config = config or view_config(view)
-  decisions = sample_decisions(key, images.shape[0], config)
-  return normalize(apply_augmentations(images, decisions, config))
 
 
 def augment_examples(keys: jax.Array, images: jax.Array, view: int, *,

@@ -12,8 +12,19 @@ from byol_jax.data import augment
 N = 2000  # draws for the frequency checks (std of a 0.2 fraction: 0.009)
 MEAN = np.asarray(augment.MEAN_RGB, np.float32)
 STD = np.asarray(augment.STDDEV_RGB, np.float32)
+
+
+def _augment_view(key, images, *, view, config=None):
+  """One key for the whole batch: sample_decisions then apply (the reference
+  the per-example `augment.augment_examples` is checked against)."""
+  config = config or augment.view_config(view)
+  decisions = augment.sample_decisions(key, images.shape[0], config)
+  return augment.normalize(augment.apply_augmentations(images, decisions,
+                                                       config))
+
+
 # Jitted once per shape/config: op-by-op eager dispatch is far slower on CPU.
-augment_view = jax.jit(augment.augment_view, static_argnames=('view', 'config'))
+augment_view = jax.jit(_augment_view, static_argnames=('view', 'config'))
 apply_augmentations = jax.jit(augment.apply_augmentations,
                               static_argnames='config')
 
@@ -160,7 +171,7 @@ def test_normalize_and_pmap():
   devices = jax.local_device_count()
   x = jax.random.uniform(jax.random.PRNGKey(0), (devices, 2, 8, 8, 3))
   keys = jax.random.split(jax.random.PRNGKey(0), devices)
-  out = jax.pmap(lambda k, v: augment.augment_view(k, v, view=1))(keys, x)
+  out = jax.pmap(lambda k, v: _augment_view(k, v, view=1))(keys, x)
   assert out.shape == x.shape
   np.testing.assert_allclose(
       out[1], augment_view(keys[1], x[1], view=1), atol=1e-5)
@@ -176,7 +187,7 @@ def test_augment_examples_equals_each_example_augmented_alone(size, view):
       jnp.arange(n))
   images = jax.random.uniform(jax.random.PRNGKey(size), (n, size, size, 3))
   alone = jax.jit(jax.vmap(
-      lambda k, x: augment.augment_view(k, x[None], view=view)[0]))
+      lambda k, x: _augment_view(k, x[None], view=view)[0]))
   batched = jax.jit(augment.augment_examples, static_argnums=2)
   expected = np.asarray(alone(keys, images))
   np.testing.assert_array_equal(np.asarray(batched(keys, images, view)),
