@@ -226,8 +226,17 @@ def digits_source() -> InMemorySource:
   Returns:
     An InMemorySource 'digits' of 10 classes: float32 [1500, 8, 8, 3] and
     [297, 8, 8, 3] images in [0, 1] (grey, repeated over RGB), int32 labels.
+
+  Raises:
+    ValueError: scikit-learn is not importable (a machine set up with only
+      the GPU suite's wheels, say); the message says how to install it.
   """
-  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  try:
+    from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ValueError(f'the digits come from scikit-learn, which is not '
+                     f'importable ({e}); pip install scikit-learn, or use '
+                     'another dataset (synthetic, folder:PATH).') from None
   digits = datasets.load_digits()
   images = np.repeat(digits.images[..., None] / 16., 3, -1).astype(np.float32)
   labels = digits.target.astype(np.int32)

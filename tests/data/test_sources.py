@@ -2,6 +2,9 @@
 import io
 import logging
 import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import PIL.Image
@@ -453,3 +456,19 @@ def test_eval_iterator_reads_exactly_the_held_out_examples(tmp_path):
       local_device_count=1, **ONE_HOST))
   np.testing.assert_allclose(batch['image'][0], digits.images['held_out'][:8],
                              atol=1e-6)
+
+
+def test_digits_without_scikit_learn_is_one_config_line(tmp_path):
+  """A machine without scikit-learn (the GPU image) is told what to do."""
+  code = ("import sys; sys.modules['sklearn'] = None; "
+          "from byol_jax import main; sys.argv = ['main', "
+          "'--config=experiments/quickstart.py', '--workdir=' + sys.argv[1]]; "
+          "from absl import app; app.run(main.main)")
+  repo = pathlib.Path(__file__).resolve().parents[2]
+  out = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'run')],
+                       cwd=repo, capture_output=True, text=True, timeout=300)
+  lines = out.stderr.strip().splitlines()
+  assert out.returncode == 2, out.stderr
+  assert len(lines) == 1 and 'scikit-learn' in lines[0], out.stderr
+  assert "data.source='digits'" in lines[0], lines
+  assert 'Traceback' not in out.stderr
