@@ -773,7 +773,8 @@ def input_target_line(rows) -> str:
     rows: input_pipeline.py's in-memory rows.
 
   Returns:
-    One markdown line: met / missed with the rate, or why there is none.
+    One markdown line: met / missed with the rate (not applicable off a
+    GPU), or why there is none.
   """
   target = f'{INPUT_TARGET_IMAGES_PER_SEC:,} images/s'
   cifar = [r for r in rows if r.get('image_size') == 32 and
@@ -783,6 +784,8 @@ def input_target_line(rows) -> str:
             '(no CIFAR-10 row: --data_dir not given).')
   rate = cifar[0]['images_per_sec']
   verdict = 'met' if rate >= INPUT_TARGET_IMAGES_PER_SEC else 'missed'
+  if not str(cifar[0].get('device', '')).startswith('gpu'):
+    verdict = 'not applicable (a GPU target)'
   return (f'Target (>= {target} at 32 px on one H100/H200): **{verdict}**, '
           f'{rate:,.0f} images/s with the augmentation '
           f'({rate / INPUT_TARGET_IMAGES_PER_SEC:.2f}x the target) on '
