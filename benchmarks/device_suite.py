@@ -13,10 +13,18 @@ and device memory its own; the parent never initialises an accelerator):
      benchmarks/throughput.py (`throughput.run_row`: images/s, MFU, peak
      device memory, compile time), BN and GN+WS at per-device batch 128
      and 256, one row per child;
-  3. torch_step: the same step in PyTorch (benchmarks/torch_reference.py,
+  3. input_pipeline: the in-memory input path alone (benchmarks/
+     input_pipeline.py --skip_streaming: gather, random-resized crops,
+     both views' BYOL colour augmentation; the step excluded) on the
+     device: CIFAR-10 at 32 px (from --data_dir; none without it) and
+     synthetic 224 px images; images/s with and without the augmentation,
+     compile time, and the 32 px row against the >= 50,000 images/s target
+     (one H100/H200); the child's results file, named after the device, is
+     copied to --results_dir;
+  4. torch_step: the same step in PyTorch (benchmarks/torch_reference.py,
      BN, same batches), eager and torch.compile; "torch not installed"
      where torch is absent;
-  4. cifar: CIFAR-10 ResNet-18 at 32 px BYOL (`--variant`, default gn_ws)
+  5. cifar: CIFAR-10 ResNet-18 at 32 px BYOL (`--variant`, default gn_ws)
      on the in-memory path, through the project's own pieces: the config of
      experiments/<variant>.py:cifar10,dataset=folder:<data> (reproduce.
      load_config), plan.build, pretrain.run, then linear_eval.
@@ -67,10 +75,13 @@ from benchmarks import _results
 from benchmarks import throughput
 from benchmarks import torch_reference
 
-SECTIONS = ('environment', 'jax_step', 'torch_step', 'cifar')
+SECTIONS = ('environment', 'jax_step', 'input_pipeline', 'torch_step',
+            'cifar')
 SECTION_TITLES = {
     'environment': 'Environment',
     'jax_step': 'BYOL step, JAX (benchmarks/throughput.py)',
+    'input_pipeline': 'Input pipeline, in memory on the device '
+                      '(benchmarks/input_pipeline.py)',
     'torch_step': 'BYOL step, PyTorch reference (benchmarks/torch_reference.py)',
     'cifar': 'CIFAR-10 BYOL, in memory, then kNN and linear probe',
 }
@@ -88,18 +99,23 @@ DEFAULT_SMOKE_BUDGET_MINUTES = 4.
 # machine loaded by other work (XLA compiles the tiny step in 10-20 s
 # unloaded, over a minute at load 8). cifar:
 # the least time the section is started with (data, compile, a few steps,
-# evaluation); it gets everything left.
+# evaluation); it gets everything left. input: the child's start, unpacking
+# and decoding CIFAR-10's 60,000 JPEGs (into the cache the cifar item then
+# reads), two small compiles (32 and 224 px) and the timed batches (a
+# guess on the GPU, not yet measured; smoke: 24 s measured for the
+# synthetic row alone at load 10 on 2 cores).
 ESTIMATES = {
-    'gpu': dict(environment=20., jax_row=60., torch_row=70., cifar=110.,
-                cifar_eval=50., cifar_compile=30.),
-    'smoke': dict(environment=15., jax_row=40., torch_row=40., cifar=60.,
-                  cifar_eval=30., cifar_compile=15.),
+    'gpu': dict(environment=20., jax_row=60., input=45., torch_row=70.,
+                cifar=110., cifar_eval=50., cifar_compile=30.),
+    'smoke': dict(environment=15., jax_row=40., input=30., torch_row=40.,
+                  cifar=60., cifar_eval=30., cifar_compile=15.),
 }
 # Which items survive a small budget: lower first.
 PRIORITY = {('environment', None): 0, ('jax_step', 'bn', 0): 1,
-            ('jax_step', 'gn_ws', 0): 2, ('torch_step', 'bn', 0): 3,
-            ('cifar', None): 4, ('jax_step', 'bn', 1): 5,
-            ('jax_step', 'gn_ws', 1): 6, ('torch_step', 'bn', 1): 7}
+            ('jax_step', 'gn_ws', 0): 2, ('input_pipeline', None): 3,
+            ('torch_step', 'bn', 0): 4, ('cifar', None): 5,
+            ('jax_step', 'bn', 1): 6, ('jax_step', 'gn_ws', 1): 7,
+            ('torch_step', 'bn', 1): 8}
 GPU_BATCHES = (128, 256)
 SMOKE_BATCHES = (8,)  # one batch size: each row is an XLA compile
 # ResNet-50 224 px bf16 (GPU) or ResNet-10 x1/4 16 px float32 (smoke):
@@ -119,6 +135,17 @@ TORCH_ARGS = {
               '--hidden', '64', '--out_dim', '16', '--num_classes', '10',
               '--steps', '2', '--warmup', '1'],
 }
+# benchmarks/input_pipeline.py's command line: the in-memory rows only
+# (--cifar, --out and the caches are added per run). Smoke: the synthetic
+# 224 px row at a tiny batch (CIFAR-10 only with --data_dir).
+INPUT_ARGS = {
+    'gpu': ['--skip_streaming', '--in_memory_batch=512',
+            '--in_memory_batch_224=256', '--batches=20'],
+    'smoke': ['--skip_streaming', '--in_memory_batch=512',
+              '--in_memory_batch_224=8', '--batches=3'],
+}
+# The in-memory path's target at 32 px on one H100/H200 (images/s).
+INPUT_TARGET_IMAGES_PER_SEC = 50_000
 OUT_JSON, OUT_MD, OUT_LOG = 'device_suite.json', 'device_suite.md', 'device_suite.log'
 
 
@@ -179,6 +206,8 @@ def make_plan(budget_s: float, *, smoke: bool = False,
       candidates.append(Item('jax_step', f'jax {norm} batch {batch}',
                              est['jax_row'], PRIORITY[('jax_step', norm, i)],
                              dict(norm=norm, per_device_batch=batch)))
+  candidates.append(Item('input_pipeline', 'input pipeline', est['input'],
+                         PRIORITY[('input_pipeline', None)]))
   if torch_missing:
     candidates.append(Item('torch_step', 'torch', 0.,
                            PRIORITY[('torch_step', 'bn', 0)],
@@ -348,8 +377,9 @@ def _cifar_child(spec: dict, result_file: str) -> None:
   Args:
     spec: variant ('gn_ws' | 'bn'), dataset (a data source string or ''
       for the scale's default), data_tar (a .tar.gz of the CIFAR-10 folders
-      to unpack first, or ''), smoke, deadline (time.time() by which all is
-      done), eval_reserve_s, compile_s (estimated), rate (assumed images/s
+      to unpack first, or ''), unpack_dir (input_pipeline.unpack_tarball's
+      root, shared with the input_pipeline item), smoke, deadline
+      (time.time() by which all is done), eval_reserve_s, compile_s (estimated), rate (assumed images/s
       for planning steps), steps (fixed step count, smoke), workdir.
     result_file: the jsonl the records go to (stage 'data', 'pretrain',
       'eval').
@@ -363,12 +393,10 @@ def _cifar_child(spec: dict, result_file: str) -> None:
   start = time.time()
   workdir = pathlib.Path(spec['workdir'])
   dataset = spec['dataset']
-  if spec.get('data_tar'):
-    import tarfile  # pylint: disable=g-import-not-at-top
-    dest = workdir / 'cifar10-jpg'
-    with tarfile.open(spec['data_tar']) as tar:
-      tar.extractall(dest, filter='data')
-    dataset = f'folder:{dest}'
+  if spec.get('data_tar'):  # once: the input_pipeline item may have done it
+    from benchmarks import input_pipeline  # pylint: disable=g-import-not-at-top
+    dataset = 'folder:' + input_pipeline.unpack_tarball(
+        spec['data_tar'], spec.get('unpack_dir') or str(workdir / 'unpacked'))
   name, config_name = VARIANTS[spec['variant']]
   variant = reproduce.Variant(name, config_name)
   scale = 'tiny' if spec['smoke'] else 'cifar10'
@@ -596,6 +624,41 @@ class Suite:
       out.update(status='error', error='the child wrote no row')
     return out
 
+  def _input_pipeline(self, item, box):
+    del item
+    data = self.args.data_dir
+    cifar = str(pathlib.Path(data).resolve()) if data else 'none'
+    out_dir = self.tmp / 'input_pipeline'
+    # The tarball's unpacked folder and the decoded cache are the ones the
+    # cifar item uses next (_cifar: the same unpack root and cache_dir), so
+    # CIFAR-10 is unpacked and decoded once for both.
+    out = self._child(
+        [sys.executable, '-m', 'benchmarks.input_pipeline'] +
+        INPUT_ARGS[self.kind] + [f'--cifar={cifar}',
+                                 f'--unpack_dir={self.tmp / "unpacked"}',
+                                 f'--cache_dir={self.tmp / "cifar" / "cache"}',
+                                 f'--out={out_dir}'],
+        box, out_dir / 'no_records.jsonl')  # the results file instead
+    del out['records']
+    files = sorted(out_dir.glob('input_pipeline-*.json'))
+    if not files:
+      if out['status'] == 'ok':
+        out.update(status='error', error='the child wrote no results file')
+      return out
+    result = json.loads(files[-1].read_text())
+    out['result'] = dict(
+        device=result.get('device'), command=result.get('command'),
+        batches_timed=result.get('batches_timed'),
+        results_file=files[-1].name, rows=result.get('in_memory', []))
+    if self.args.results_dir:
+      dest = pathlib.Path(self.args.results_dir) / files[-1].name
+      dest.parent.mkdir(parents=True, exist_ok=True)
+      dest.write_text(files[-1].read_text())
+      out['result']['results_file'] = str(dest)
+    if out['status'] == 'ok' and not out['result']['rows']:
+      out.update(status='error', error='no in-memory row measured')
+    return out
+
   def _torch_step(self, item, box):
     path = self.tmp / f'torch_{item.spec["norm"]}_{item.spec["per_device_batch"]}.jsonl'
     out = self._child(
@@ -635,6 +698,7 @@ class Suite:
     if tar:
       tar = str(pathlib.Path(tar).resolve())
     spec = dict(variant=self.args.variant, dataset=data, data_tar=tar,
+                unpack_dir=str(self.tmp / 'unpacked'),
                 smoke=self.args.smoke, deadline=time.time() + box - 5.,
                 eval_reserve_s=est['cifar_eval'], compile_s=est['cifar_compile'],
                 rate=self.args.cifar_rate, steps=8 if self.args.smoke else 0,
@@ -700,6 +764,61 @@ def _rows(result, section):
   return {(i['row'].get('norm'), i['row'].get('per_device_batch')): i['row']
           for i in result['sections'][section]['items']
           if i.get('row') and 'error' not in i['row']}
+
+
+def input_target_line(rows) -> str:
+  """The 32 px CIFAR-10 row against INPUT_TARGET_IMAGES_PER_SEC.
+
+  Args:
+    rows: input_pipeline.py's in-memory rows.
+
+  Returns:
+    One markdown line: met / missed with the rate (not applicable off a
+    GPU), or why there is none.
+  """
+  target = f'{INPUT_TARGET_IMAGES_PER_SEC:,} images/s'
+  cifar = [r for r in rows if r.get('image_size') == 32 and
+           str(r.get('dataset', '')).startswith('folder:cifar10')]
+  if not cifar or cifar[0].get('images_per_sec') is None:
+    return (f'Target (>= {target} at 32 px on one H100/H200): not measured '
+            '(no CIFAR-10 row: --data_dir not given).')
+  rate = cifar[0]['images_per_sec']
+  verdict = 'met' if rate >= INPUT_TARGET_IMAGES_PER_SEC else 'missed'
+  if not str(cifar[0].get('device', '')).startswith('gpu'):
+    verdict = 'not applicable (a GPU target)'
+  return (f'Target (>= {target} at 32 px on one H100/H200): **{verdict}**, '
+          f'{rate:,.0f} images/s with the augmentation '
+          f'({rate / INPUT_TARGET_IMAGES_PER_SEC:.2f}x the target) on '
+          f'{cifar[0].get("device")}.')
+
+
+def input_markdown(items) -> list:
+  """The input_pipeline section's markdown lines (a title, a table, the target).
+
+  Args:
+    items: the section's item entries (Suite.result).
+
+  Returns:
+    Markdown lines, ending with a blank one.
+  """
+  lines = [f'## {SECTION_TITLES["input_pipeline"]}', '']
+  done = [i for i in items if i.get('result', {}).get('rows')]
+  if not done:
+    return lines
+  r = done[-1]['result']
+  lines += ['Gather, two random-resized crops per image, resize, then both '
+            "views' BYOL colour augmentation, on the device after "
+            f'compilation ({r.get("batches_timed")} batches timed); the '
+            'training step excluded. Results file: '
+            f'`{r.get("results_file")}`.', '',
+            '| dataset | image size | batch | img/s crop+augment | '
+            'crop-only img/s | compile s |', '|---|---|---|---|---|---|']
+  for row in r['rows']:
+    lines.append(f'| {row.get("dataset")} | {row.get("image_size")} | '
+                 f'{row.get("batch")} | {_f(row.get("images_per_sec"))} | '
+                 f'{_f(row.get("crop_only_images_per_sec"))} | '
+                 f'{_f(row.get("compile_s"), "{:.2f}")} |')
+  return lines + ['', input_target_line(r['rows']), '']
 
 
 def render_markdown(result: dict) -> str:
@@ -773,6 +892,7 @@ def render_markdown(result: dict) -> str:
   if sections['jax_step']['items'] and jax_rows:
     peak = next(iter(jax_rows.values())).get('peak_memory_kind')
     lines += [f'JAX peak memory: {peak}.', '']
+  lines += input_markdown(sections['input_pipeline']['items'])
   cifar = [i for i in sections['cifar']['items'] if i.get('result')]
   lines += [f'## {SECTION_TITLES["cifar"]}', '']
   if cifar:

@@ -8,7 +8,8 @@ then applies BYOL's colour augmentations to both views
 that input work alone, the ResNet step excluded, as images (examples, each
 two views) per second on the device JAX picks (`--in_memory_devices` of
 them), after compilation.
-Datasets: CIFAR-10 from its JPEG folders (../shared/data/cifar10-jpg,
+Datasets: CIFAR-10 from its JPEG folders (`--cifar`: the folder or its
+.tar.gz, unpacked once; by default ../shared/data/cifar10-jpg when present;
 decoded once into a cache) at 32 px, and synthetic 224 px images. Target on
 one H100/H200: >= 50,000 images/s at 32 px, so input is never the
 bottleneck of ResNet-18 BYOL (> 15,000 images/s).
@@ -30,13 +31,17 @@ machine, wall-clock numbers are not.
 
     python -m benchmarks.input_pipeline            # writes benchmarks/results/
     python -m benchmarks.input_pipeline --batches 5 --no_write   # smoke run
+    python -m benchmarks.input_pipeline --skip_streaming \
+        --cifar=.gpu_data/cifar10-jpg.tar.gz --out=$OUT          # a GPU
 """
+import hashlib
 import io
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 
@@ -49,6 +54,8 @@ from benchmarks import _results
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CIFAR_TARBALL = (REPO.parent / 'shared' / 'data' / 'cifar10-jpg' /
                  'cifar10-jpg.tar.gz')
+# --cifar=none: no CIFAR-10 rows (the device suite without --data_dir).
+NO_CIFAR = 'none'
 PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket', 'retina',
           'hubble_deep_field', 'immunohistochemistry', 'stereo_motorcycle')
 
@@ -84,6 +91,77 @@ def make_imagenet_sized(root, num_images=320, num_classes=10, seed=0):
       f.write(buf.getvalue())
     sizes.append(len(buf.getvalue()))
   return float(np.mean(sizes))
+
+
+def unpack_tarball(tarball, unpack_root='') -> str:
+  """Extracts a .tar.gz of image folders once; returns the folder.
+
+  Python's tarfile with filter='data' (no links out, no devices, no
+  absolute paths), into <unpack_root>/<name>-<key>, the key a hash of the
+  tarball's resolved path, size and mtime; a '.complete' marker written last
+  makes a second call (another process, a later suite item) return at once.
+  An interrupted extraction has no marker and is redone.
+
+  Args:
+    tarball: path of the .tar.gz / .tgz.
+    unpack_root: parent folder ('' for <tempdir>/byol_jax_unpacked).
+
+  Returns:
+    The folder holding train/ (the extracted tree's single top folder when
+    the archive has one around train/).
+  """
+  path = pathlib.Path(tarball).resolve()
+  stat = path.stat()
+  key = hashlib.sha1(f'{path}:{stat.st_size}:{stat.st_mtime_ns}'.encode()
+                     ).hexdigest()[:10]
+  name = path.name.removesuffix('.gz').removesuffix('.tgz').removesuffix(
+      '.tar')
+  root = pathlib.Path(unpack_root or os.path.join(tempfile.gettempdir(),
+                                                  'byol_jax_unpacked'))
+  dest = root / f'{name}-{key}'
+  if not (dest / '.complete').exists():
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path) as tar:
+      tar.extractall(dest, filter='data')
+    (dest / '.complete').write_text(f'{path}\n')
+  if not (dest / 'train').is_dir():
+    inner = [d for d in dest.iterdir() if d.is_dir()]
+    if len(inner) == 1 and (inner[0] / 'train').is_dir():
+      return str(inner[0])
+  return str(dest)
+
+
+def cifar_folder(cifar, unpack_root='') -> str:
+  """--cifar's CIFAR-10 JPEG folder, or '' (no CIFAR-10 rows, with a line).
+
+  Args:
+    cifar: a folder (train/<class>/*.jpg, test/...), its .tar.gz, 'none',
+      or '' for ../shared/data/cifar10-jpg (its unpack.sh) when present.
+    unpack_root: where a .tar.gz is extracted (unpack_tarball).
+
+  Returns:
+    The folder's path, or '' when there is no CIFAR-10.
+
+  Raises:
+    FileNotFoundError: --cifar names a path that does not exist.
+  """
+  if cifar == NO_CIFAR:
+    print('skipping CIFAR-10: --cifar=none', file=sys.stderr)
+    return ''
+  if not cifar:
+    if not CIFAR_TARBALL.exists():
+      print(f'skipping CIFAR-10: {CIFAR_TARBALL} not found', file=sys.stderr)
+      return ''
+    out = subprocess.run(['bash', str(CIFAR_TARBALL.parent / 'unpack.sh'),
+                          '/tmp/byol_jax_cifar10-jpg'], check=True,
+                         capture_output=True, text=True)
+    return out.stdout.strip().splitlines()[-1]
+  path = pathlib.Path(cifar)
+  if not path.exists():
+    raise FileNotFoundError(f'--cifar={cifar}: no such file or folder')
+  if path.is_dir():
+    return str(path.resolve())
+  return unpack_tarball(path, unpack_root)
 
 
 def time_iterator(iterator, images_per_batch, batches, warmup=3):
@@ -157,6 +235,13 @@ def define_flags(flag_values) -> None:
                        'batch of the in-memory path at 224 px', **fv)
   flags.DEFINE_integer('in_memory_devices', 1,
                        'devices of the in-memory path', **fv)
+  flags.DEFINE_string('cifar', '', 'CIFAR-10 JPEG folders (train/<class>/'
+                      "*.jpg, test/...) or their .tar.gz; '': "
+                      f'{CIFAR_TARBALL} when present; {NO_CIFAR!r}: none',
+                      **fv)
+  flags.DEFINE_string('unpack_dir', '', "where a --cifar .tar.gz is "
+                      "extracted once ('': <tempdir>/byol_jax_unpacked)",
+                      **fv)
   flags.DEFINE_string('cache_dir', '',
                       "decoded-folder cache ('': the default)", **fv)
   flags.DEFINE_bool('skip_streaming', False, 'leave out the tf.data rows',
@@ -190,14 +275,9 @@ def run(args, argv):
   # pylint: enable=g-import-not-at-top
 
   cores = _results.cpu_cores()
-  cifar_dir = None
-  if CIFAR_TARBALL.exists():
-    out = subprocess.run(['bash', str(CIFAR_TARBALL.parent / 'unpack.sh'),
-                          '/tmp/byol_jax_cifar10-jpg'], check=True,
-                         capture_output=True, text=True)
-    cifar_dir = out.stdout.strip().splitlines()[-1]
-  else:
-    print(f'skipping CIFAR-10: {CIFAR_TARBALL} not found', file=sys.stderr)
+  start = time.perf_counter()
+  cifar_dir = cifar_folder(args.cifar, args.unpack_dir)
+  unpack_s = time.perf_counter() - start
 
   devices = jax.local_devices()[:args.in_memory_devices]
   first = devices[0]
@@ -214,6 +294,9 @@ def run(args, argv):
                    cifar_dir) else spec, image_size=size, batch=batch,
                device=f'{first.platform}: {first.device_kind}',
                num_devices=len(devices))
+    if name == 'cifar10_jpg' and args.cifar not in ('', NO_CIFAR) and (
+        not pathlib.Path(args.cifar).is_dir()):
+      row['unpack_s'] = round(unpack_s, 2)
     if isinstance(source, sources.FolderSource):
       start = time.perf_counter()
       source = memory_sources.in_memory_folder(source,
@@ -229,7 +312,8 @@ def run(args, argv):
     print(row, flush=True)
 
   streaming = []
-  tf_missing = _tensorflow_missing()
+  # TensorFlow imported only for the streaming rows (seconds of start-up).
+  tf_missing = '' if args.skip_streaming else _tensorflow_missing()
   if args.skip_streaming or tf_missing:
     if tf_missing:
       print(f'skipping the streaming path: {tf_missing}', file=sys.stderr)

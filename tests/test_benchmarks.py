@@ -1,4 +1,4 @@
-"""benchmarks/throughput.py and benchmarks/flops.py.
+"""benchmarks/throughput.py, benchmarks/flops.py, benchmarks/input_pipeline.py.
 
 The tiny benchmark run writes into tmp_path (never benchmarks/results/), in
 a child process as the command does; it inherits conftest's 8 fake CPU
@@ -10,6 +10,7 @@ import math
 import pytest
 
 from benchmarks import flops
+from benchmarks import input_pipeline
 from benchmarks import throughput
 
 TINY = ['--depth', '10', '--width', '0.25', '--image_size', '16',
@@ -166,3 +167,65 @@ def test_command_exits_2_on_a_bad_flag():
   assert proc.stderr.strip().splitlines() == [
       'Usage error: flag --compile=maybe: value should be one of '
       '<auto|on|off>'], proc.stderr
+
+
+def _cifar_like_tarball(path, top=''):
+  """A .tar.gz of train/<class>/*.jpg and test/... (32 px noise JPEGs)."""
+  import io  # pylint: disable=g-import-not-at-top
+  import tarfile  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import PIL.Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  with tarfile.open(path, 'w:gz') as tar:
+    for split, n in (('train', 8), ('test', 4)):
+      for label in ('cat', 'dog'):
+        for i in range(n):
+          buf = io.BytesIO()
+          PIL.Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)
+                              ).save(buf, format='JPEG')
+          info = tarfile.TarInfo(f'{top}{split}/{label}/{i:04d}.jpg')
+          info.size = len(buf.getvalue())
+          buf.seek(0)
+          tar.addfile(info, buf)
+  return path
+
+
+@pytest.mark.parametrize('top', ['', 'cifar10-jpg/'])
+def test_input_pipeline_unpacks_a_cifar_tarball_once(tmp_path, top):
+  tarball = _cifar_like_tarball(tmp_path / 'c.tar.gz', top)
+  folder = input_pipeline.cifar_folder(str(tarball), str(tmp_path / 'unp'))
+  (dest,) = (tmp_path / 'unp').iterdir()  # <name>-<key of the tarball>
+  assert dest.name.startswith('c-') and (dest / '.complete').exists()
+  assert folder == str(dest / top.rstrip('/')).rstrip('/')
+  assert len(list(dest.rglob('*.jpg'))) == 24
+  # A second call finds the marker and extracts nothing.
+  victim = next((tmp_path / 'unp').rglob('*.jpg'))
+  victim.unlink()
+  assert input_pipeline.cifar_folder(str(tarball),
+                                     str(tmp_path / 'unp')) == folder
+  assert not victim.exists()
+  assert input_pipeline.cifar_folder('none') == ''
+  assert input_pipeline.cifar_folder(str(tmp_path)) == str(tmp_path)
+  with pytest.raises(FileNotFoundError, match='--cifar='):
+    input_pipeline.cifar_folder(str(tmp_path / 'missing.tar.gz'))
+
+
+def test_input_pipeline_measures_a_cifar_tarball_and_names_the_device(
+    tmp_path):
+  tarball = _cifar_like_tarball(tmp_path / 'c.tar.gz')
+  out = tmp_path / 'out'
+  result = input_pipeline.main([
+      '--skip_streaming', f'--cifar={tarball}',
+      f'--unpack_dir={tmp_path / "unp"}', f'--cache_dir={tmp_path / "cache"}',
+      '--in_memory_batch=8', '--in_memory_batch_224=2', '--batches=1',
+      f'--out={out}'])
+  rows = {r['name']: r for r in result['in_memory']}
+  assert set(rows) == {'cifar10_jpg/in_memory_crop_augment',
+                       'synthetic_224/in_memory_crop_augment'}
+  cifar = rows['cifar10_jpg/in_memory_crop_augment']
+  assert cifar['image_size'] == 32 and cifar['batch'] == 8
+  for key in ('images_per_sec', 'crop_only_images_per_sec', 'compile_s'):
+    assert math.isfinite(cifar[key]) and cifar[key] > 0, key
+  assert result['streaming'] == []
+  (path,) = out.glob('input_pipeline-cpu-*.json')
+  assert json.loads(path.read_text())['in_memory'] == result['in_memory']

@@ -63,6 +63,18 @@ def test_smoke_run_has_every_section_with_numbers(tmp_path):
     assert row['mfu'] is None and 'CPU' in row['mfu_note']  # no CPU peak
     assert f'{row["images_per_sec"]:.1f}' in md
 
+  (inp,) = sections['input_pipeline']['items']
+  assert inp['status'] == 'ok', inp
+  # No --data_dir: the synthetic row only, at the smoke's tiny batch.
+  (row,) = inp['result']['rows']
+  assert row['dataset'] == 'synthetic:224' and row['image_size'] == 224
+  assert row['batch'] == 8 and row['device'] == 'cpu: cpu'
+  for key in ('images_per_sec', 'crop_only_images_per_sec', 'compile_s'):
+    assert _number(row[key]) and row[key] > 0, key
+  assert inp['result']['results_file'].startswith('input_pipeline-cpu-')
+  assert f'| synthetic:224 | 224 | 8 | {row["images_per_sec"]:.1f} |' in md
+  assert 'not measured (no CIFAR-10 row' in md
+
   torch_items = sections['torch_step']['items']
   if torch_reference.torch_missing_reason():
     assert [i['status'] for i in torch_items] == ['skipped']
@@ -107,7 +119,7 @@ def test_plan_fits_the_budget_with_a_margin(minutes, smoke, torch_missing):
              device_suite.GPU_BATCHES)
   # Every candidate is either planned or listed as dropped, with a reason.
   assert len(plan.items) + len(plan.dropped) == (
-      1 + 2 * len(batches) + (1 if torch_missing else len(batches)) + 1)
+      1 + 2 * len(batches) + 1 + (1 if torch_missing else len(batches)) + 1)
   assert all(d['reason'].startswith('not in the budget')
              for d in plan.dropped)
   # What is dropped is less important than the most important item kept
@@ -116,20 +128,25 @@ def test_plan_fits_the_budget_with_a_margin(minutes, smoke, torch_missing):
   assert all(d['priority'] > first_row for d in plan.dropped)
 
 
-def test_default_gpu_plan_runs_everything_inside_the_command_limit():
+def test_default_gpu_plan_inside_the_command_limit():
   budget = device_suite.DEFAULT_BUDGET_MINUTES * 60.
   assert budget <= 9 * 60  # the device tool stops a command at 10 minutes
   plan = device_suite.make_plan(budget)
-  assert not plan.dropped
+  # Everything but the lowest-priority item: with the input pipeline's 45 s
+  # the estimates add up to 555 s, over the 518 s the 9 minutes leave after
+  # the margin; PyTorch at batch 256 (70 s) is the one left out.
+  assert [d['name'] for d in plan.dropped] == ['torch bn batch 256']
+  assert plan.dropped[0]['priority'] == max(device_suite.PRIORITY.values())
   names = [i.name for i in plan.items]
   assert names == ['environment', 'jax bn batch 128', 'jax bn batch 256',
                    'jax gn_ws batch 128', 'jax gn_ws batch 256',
-                   'torch bn batch 128', 'torch bn batch 256', 'cifar']
-  # A smaller budget keeps the batch-128 rows and CIFAR, drops batch 256.
-  small = device_suite.make_plan(6 * 60.)
+                   'input pipeline', 'torch bn batch 128', 'cifar']
+  # A smaller budget keeps the batch-128 rows, the input pipeline and
+  # CIFAR, drops batch 256.
+  small = device_suite.make_plan(6.5 * 60.)
   assert [i.name for i in small.items] == [
       'environment', 'jax bn batch 128', 'jax gn_ws batch 128',
-      'torch bn batch 128', 'cifar']
+      'input pipeline', 'torch bn batch 128', 'cifar']
   assert {d['name'] for d in small.dropped} == {
       'jax bn batch 256', 'jax gn_ws batch 256', 'torch bn batch 256'}
   with pytest.raises(ValueError, match='too small'):
@@ -146,3 +163,22 @@ def test_a_child_past_its_box_is_killed_with_its_children(tmp_path):
   assert time.perf_counter() - start < 20
   assert run['timed_out'] and run['returncode'] is None
   assert 'started' in run['tail']
+
+
+@pytest.mark.parametrize('rate,verdict', [(61234.5, 'met'),
+                                          (12000., 'missed')])
+def test_input_markdown_compares_the_cifar_row_with_the_target(rate,
+                                                               verdict):
+  rows = [dict(dataset='folder:cifar10_jpg', image_size=32, batch=512,
+               images_per_sec=rate, crop_only_images_per_sec=2 * rate,
+               compile_s=1.5, device='gpu: NVIDIA H200'),
+          dict(dataset='synthetic:224', image_size=224, batch=256,
+               images_per_sec=9000., crop_only_images_per_sec=20000.,
+               compile_s=2., device='gpu: NVIDIA H200')]
+  items = [dict(name='input pipeline', status='ok', result=dict(
+      rows=rows, batches_timed=20, results_file='input_pipeline-x.json'))]
+  md = '\n'.join(device_suite.input_markdown(items))
+  assert f'| folder:cifar10_jpg | 32 | 512 | {rate:.1f} | {2 * rate:.1f} | 1.50 |' in md
+  assert '| synthetic:224 | 224 | 256 | 9000.0 | 20000.0 | 2.00 |' in md
+  assert f'**{verdict}**, {rate:,.0f} images/s' in md
+  assert 'NVIDIA H200' in md
