@@ -920,7 +920,8 @@ def render_markdown(result: dict) -> str:
       why = (i.get('reason') or i.get('error') or '').strip().splitlines()
       lines.append(f'- {s} / {i["name"]}: **{i["status"]}**'
                    + (f': {why[0]}' if why else ''))
-      lines += [f'    {w}' for w in why[1:6]]
+      # The end of a traceback names the error; its top is only frames.
+      lines += [f'    {w}' for w in why[1:][-6:]]
     lines.append('')
   return '\n'.join(lines)
 
