@@ -18,11 +18,12 @@ import itertools
 from typing import Sequence
 
 from byol_jax import configs
+from byol_jax import presets
 
 EXPERIMENTS_DIR = configs.EXPERIMENTS_DIR
 SCALES = ('tiny', 'cifar10')
 TABLES = (1, 2)
-NORMS = configs.TABLE1_NORMS
+NORMS = presets.TABLE1_NORMS
 
 
 @dataclasses.dataclass(frozen=True)
