@@ -26,7 +26,7 @@ and device memory its own; the parent never initialises an accelerator):
      where torch is absent;
   5. cifar: CIFAR-10 ResNet-18 at 32 px BYOL (`--variant`, default gn_ws)
      on the in-memory path, through the project's own pieces: the config of
-     experiments/<variant>.py:cifar10,dataset=folder:<data> (reproduce.
+     experiments/<variant>.py:cifar10,dataset=folder:<data> (variants.
      load_config), plan.build, pretrain.run, then linear_eval.
      run_linear_eval (kNN top-1 and a linear probe on frozen centre-crop
      features); images/s, steps done, kNN top-1, linear top-1.
@@ -387,7 +387,7 @@ def _cifar_child(spec: dict, result_file: str) -> None:
   import threading  # pylint: disable=g-import-not-at-top
   from byol_jax import plan  # pylint: disable=g-import-not-at-top
   from byol_jax import pretrain  # pylint: disable=g-import-not-at-top
-  from byol_jax import reproduce  # pylint: disable=g-import-not-at-top
+  from byol_jax import variants  # pylint: disable=g-import-not-at-top
   from byol_jax import writers  # pylint: disable=g-import-not-at-top
   from byol_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
   start = time.time()
@@ -398,7 +398,7 @@ def _cifar_child(spec: dict, result_file: str) -> None:
     dataset = 'folder:' + input_pipeline.unpack_tarball(
         spec['data_tar'], spec.get('unpack_dir') or str(workdir / 'unpacked'))
   name, config_name = VARIANTS[spec['variant']]
-  variant = reproduce.Variant(name, config_name)
+  variant = variants.Variant(name, config_name)
   scale = 'tiny' if spec['smoke'] else 'cifar10'
 
   def config_for(steps):
@@ -418,9 +418,9 @@ def _cifar_child(spec: dict, result_file: str) -> None:
     if spec['smoke']:
       overrides += [('training.global_batch_size', 64),
                     ('eval.global_batch_size', 256)]
-    # As --config.<field>=<value> strings (reproduce casts them).
-    return reproduce.load_config(variant, scale, dataset,
-                                 [(k, str(v)) for k, v in overrides])
+    # As --config.<field>=<value> strings (variants.load_config casts them).
+    return variants.load_config(variant, scale, dataset,
+                                [(k, str(v)) for k, v in overrides])
 
   built = plan.build(config_for(1))  # opens (decodes, caches) the data
   source = built.source

@@ -41,7 +41,7 @@ import numpy as np
 
 from byol_jax import parallel
 from byol_jax.methods import networks
-from byol_jax.models import layers
+from byol_jax.models import norms
 
 COMPONENTS = ('encoder', 'projector', 'predictor')
 
@@ -60,7 +60,7 @@ def calibrated_components(model) -> tuple:
 
 def _is_affine_call(context) -> bool:
   return (context.method_name == '__call__' and
-          isinstance(context.module, layers.Affine))
+          isinstance(context.module, norms.Affine))
 
 
 def _affine_calls(forward, params, state, images, components) -> list:
@@ -95,7 +95,7 @@ def _input_moments(forward, state, names: Sequence[str]):
       if name in names:
         x = args[0].astype(jnp.float32)
         count = np.prod(x.shape[:-1])
-        mean, var = layers.batch_moments(x)  # BN's own, stable moments.
+        mean, var = norms.batch_moments(x)  # BN's own, stable moments.
         out[name] = (jnp.float32(count), mean, var * count)
       return next_f(*args, **kwargs)
 
@@ -186,7 +186,7 @@ def calibrate(model, num_classes: int, params: hk.Params, images, *,
                                   with_predictor=with_predictor,
                                   with_classifier=False, axis_name=None)
   images = np.asarray(images)
-  eps = layers.BN_EPS  # the BN network's eps.
+  eps = norms.BN_EPS  # the BN network's eps.
   new = jax.tree.map(np.asarray, jax.device_get(dict(params)))
   # BN state of non-calibrated components (if any); never updated here.
   _, state = jax.eval_shape(lambda: forward.init(jax.random.PRNGKey(0),

@@ -72,7 +72,7 @@ def lars_mask(params) -> Any:
   * a leaf named 'w' (Haiku's kernel name in hk.Linear and hk.ConvND) of rank
     >= 2 -> True;
   * any other leaf of rank >= 2 -> ValueError (hk.BatchNorm's [1, 1, 1, C]
-    scale, say: this codebase's norms (models/layers.py) never make one).
+    scale, say: this codebase's norms (models/norms.py) never make one).
 
   This matches the official BYOL filter (exclude_bias_and_norm: leaf 'b' or a
   module whose name contains 'norm') on every Haiku ResNet and MLP, without

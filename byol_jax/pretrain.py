@@ -39,8 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from byol_jax import checkpointing
-from byol_jax import distributed
 from byol_jax import experiment
+from byol_jax import hosts
 from byol_jax import methods
 from byol_jax import modified_init
 from byol_jax import parallel
@@ -219,10 +219,10 @@ def run(config, workdir, *, source) -> dict:
   p_update = ts.pmap_update(update)
   if step < stop_at:
     # Compiled before the loop, then a barrier: every process enters the
-    # first step's collectives together (see distributed.barrier).
+    # first step's collectives together (see hosts.barrier).
     first_batch = next(data)
-    distributed.compile_then_sync(p_update, rstate, first_batch,
-                                  name='the training step')
+    hosts.compile_then_sync(p_update, rstate, first_batch,
+                            name='the training step')
     data = itertools.chain([first_batch], data)
   metrics = _MetricsBuffer(writer, ckpt)
   preempted, agreements = False, 0  # agreements: all-gathers (logged, tested)
@@ -307,15 +307,15 @@ def _kept(ckpt) -> str:
 
 def _check_same_state(state, step: int, which: str) -> str:
   """Logs the state's fingerprint; raises unless every process has it."""
-  fingerprint = distributed.fingerprint(state)
+  fingerprint = hosts.fingerprint(state)
   logging.info('Process %d: %s state (step %d) sha256 %s', jax.process_index(),
                which, step, fingerprint)
   hint = ('every process must start from the same checkpoint: use one '
           'workdir that all hosts share (gs:// on TPU pods)' if
           which == 'starting' else 'the processes diverged while training '
           '(a host-dependent computation outside the pmapped step?)')
-  distributed.check_same_on_all_processes(
-      distributed.fingerprint_words(fingerprint),
+  hosts.check_same_on_all_processes(
+      hosts.fingerprint_words(fingerprint),
       f'the {which} training state at step {step} (sha256 prefixes as int32 '
       f'words); {hint}')
   return fingerprint

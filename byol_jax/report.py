@@ -1,18 +1,9 @@
-"""Results tables and plots from one or many run workdirs.
+"""Results tables (and their plots) from one or many run workdirs.
 
-Reads what a run leaves behind and nothing else, so it works on any set of
-finished (or still running) workdirs, copied from anywhere:
-
-  * config.json (byol_jax/pretrain.py): method, per-component norms, whether
-    the modified init of paper §3.2 is on, paper_top1 (the paper's ImageNet
-    top-1 in %, -1: none), derived.total_steps (training.total_steps in
-    config.json files written before the derived section existed).
-  * metrics.jsonl (byol_jax/writers.py): loss, collapse statistics and
-    online-classifier accuracy against step. Required.
-  * pretrain_done.json: written when pre-training finished; its optional
-    'wall_time_s' is the recorded pre-training wall time.
-  * eval_results.json (byol_jax/evaluation/linear_eval.py): linear top-1/top-5
-    and kNN top-1 of the frozen encoder, fractions in [0, 1].
+runs.py reads each workdir (config.json, metrics.jsonl, pretrain_done.json,
+eval_results.json); this module renders the runs as a markdown table, the
+paper's number beside ours (paper.py), and writes it with the plots of
+plots.py.
 
 Usage:
 
@@ -22,152 +13,17 @@ Usage:
 writes OUT/report.md (the table) and OUT/plots/{loss,collapse_std_projection,
 collapse_std_representation,online_top1}.png, one line per run.
 """
-import json
 import math
 from typing import Optional, Sequence
 
 from etils import epath
 
-from byol_jax import methods
 from byol_jax import paper
-from byol_jax import workdir as workdir_lib
+from byol_jax import plots as plots_lib
+from byol_jax import runs as runs_lib
 from byol_jax import writers
 
-# Metrics plotted against step, one PNG each (names as in metrics.jsonl).
-PLOT_METRICS = ('loss', 'collapse_std_projection',
-                'collapse_std_representation', 'online_top1')
-_PLOT_YLABELS = {
-    'loss': 'regression loss 2 - 2cos (BYOL) / InfoNCE (SimCLR)',
-    'collapse_std_projection': 'std of l2-normalised projection x sqrt(dim)',
-    'collapse_std_representation':
-        'std of l2-normalised representation x sqrt(dim)',
-    'online_top1': 'online classifier top-1 (train batch)',
-}
 _DASH = '—'
-
-
-def _read_json(path: epath.Path) -> Optional[dict]:
-  if not path.exists():
-    return None
-  try:
-    return json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f'{path} is not valid JSON ({e}); delete or fix it.') from e
-
-
-def _last(rows: Sequence[dict], key: str) -> Optional[float]:
-  """The value of `key` in the last row that has it (rows may be partial)."""
-  for row in reversed(rows):
-    if key in row:
-      return float(row[key])
-  return None
-
-
-def _norm_label(model: dict, component: str) -> str:
-  norm = model.get(f'{component}_norm', '?')
-  ws_key = 'encoder_ws' if component == 'encoder' else 'heads_ws'
-  return norm + ('+ws' if model.get(ws_key) else '')
-
-
-def variant_label(config: dict) -> str:
-  """'BYOL enc=gn+ws proj=gn pred=gn' (+ ' +modified init') from a config.
-
-  Args:
-    config: the run's config.json as a dict.
-
-  Returns:
-    The method in capitals and each component's normalisation ('+ws' where
-    weight standardisation is on). SimCLR has no predictor, so none is shown.
-  """
-  method = str(config.get('method', '?'))
-  model = config.get('model', {})
-  parts = [method.upper(), 'enc=' + _norm_label(model, 'encoder'),
-           'proj=' + _norm_label(model, 'projector')]
-  if method != methods.SIMCLR:
-    parts.append('pred=' + _norm_label(model, 'predictor'))
-  if config.get('training', {}).get('modified_init'):
-    parts.append('+modified init')  # paper §3.2
-  return ' '.join(parts)
-
-
-def _wall_time(workdir: epath.Path, done: Optional[dict]):
-  """(seconds, exact) of pre-training, or (None, False) when unknown.
-
-  Exact: pretrain_done.json's 'wall_time_s'. Otherwise approximate: the
-  mtime of metrics.jsonl (last metric written) minus that of config.json
-  (written when a run starts). A resumed run rewrites config.json, so the
-  approximation then covers only the last segment.
-  """
-  if done and 'wall_time_s' in done:
-    return float(done['wall_time_s']), True
-  config_path = workdir_lib.config_path(workdir)
-  if not config_path.exists():
-    return None, False
-  # epath's stat() works on local paths and on gs:// objects alike.
-  start = config_path.stat().mtime
-  end = workdir_lib.metrics_path(workdir).stat().mtime
-  if start is None or end is None:
-    return None, False
-  return max(float(end) - float(start), 0.), False
-
-
-def load_run(workdir) -> dict:
-  """Everything the table and plots need from one run directory.
-
-  Args:
-    workdir: a run directory (local path or gs://) holding metrics.jsonl and
-      usually config.json, pretrain_done.json and eval_results.json.
-
-  Returns:
-    dict with 'name' (basename), 'workdir', 'variant', 'paper_top1' (% or
-    None), 'rows' (metrics.jsonl rows), 'last_step', 'total_steps' (None if
-    unknown), 'final' (last value of each of loss, collapse_std_projection,
-    collapse_std_representation, online_top1, knn_top1; None if never logged),
-    'wall_time_s' and 'wall_time_exact' (see _wall_time), 'finished',
-    'top1', 'top5', 'knn_top1' (linear-eval fractions, None without
-    eval_results.json).
-
-  Raises:
-    ValueError: the workdir has no metrics.jsonl (or it has no rows).
-  """
-  workdir = epath.Path(workdir)
-  metrics_path = workdir_lib.metrics_path(workdir)
-  if not metrics_path.exists():
-    raise ValueError(
-        f'{metrics_path} does not exist: {workdir} is not a pre-training '
-        'workdir, or pre-training has not logged yet. Run `python -m '
-        f'byol_jax.main --config=experiments/<variant>.py --workdir={workdir}`'
-        ' first (or pass the right --workdirs).')
-  rows = writers.read_metrics(workdir)
-  if not rows:
-    raise ValueError(f'{metrics_path} has no metric rows; let pre-training '
-                     'run to its first logging step.')
-  config = _read_json(workdir_lib.config_path(workdir)) or {}
-  done = _read_json(workdir_lib.pretrain_done_path(workdir))
-  results = _read_json(workdir_lib.eval_results_path(workdir)) or {}
-  paper = config.get('paper_top1', -1.)
-  total = config.get('derived', {}).get(
-      'total_steps', config.get('training', {}).get('total_steps', -1))
-  wall, exact = _wall_time(workdir, done)
-  return {
-      'name': workdir.name,
-      'method': str(config.get('method', methods.BYOL)),
-      'workdir': str(workdir),
-      'variant': variant_label(config) if config else workdir.name,
-      'paper_top1': None if paper is None or paper < 0 else float(paper),
-      'rows': rows,
-      'last_step': max(int(r['step']) for r in rows),
-      'total_steps': int(total) if total and total > 0 else None,
-      'final': {k: _last(rows, k) for k in PLOT_METRICS + ('knn_top1',)},
-      'wall_time_s': wall,
-      'wall_time_exact': exact,
-      'finished': done is not None,
-      'top1': results.get('top1'),
-      'top5': results.get('top5'),
-      'knn_top1': results.get('knn_top1'),
-      # The same probe on a randomly initialised encoder (eval.random_baseline).
-      'random_top1': (results.get('random_init') or {}).get('top1'),
-  }
 
 
 def _fmt(x: Optional[float], fmt: str) -> str:
@@ -212,7 +68,7 @@ def collapse_cell(run: dict) -> str:
   statistic is below COLLAPSE_STD_BELOW.
 
   Args:
-    run: a load_run() dict (reads 'paper_top1' and
+    run: a runs.load_run() dict (reads 'paper_top1' and
       final['collapse_std_projection']).
 
   Returns:
@@ -233,7 +89,7 @@ def table_row(run: dict) -> list[str]:
   """The markdown-table cells of one run.
 
   Args:
-    run: a load_run() dict.
+    run: a runs.load_run() dict.
 
   Returns:
     One string per column of _COLUMNS: accuracies in percent with one
@@ -250,7 +106,7 @@ def table_row(run: dict) -> list[str]:
     steps += f'/{run["total_steps"]}'
   wall = format_duration(run['wall_time_s'])
   if run['wall_time_s'] is not None and not run['wall_time_exact']:
-    wall = '~' + wall  # from file mtimes (see _wall_time).
+    wall = '~' + wall  # from file mtimes (see runs.load_run).
   return [run['name'], run['variant'], _fmt(run['paper_top1'], '.1f'),
           _pct(run['top1']), _pct(run['random_top1']), knn,
           _fmt(final['collapse_std_projection'], '.3f'),
@@ -262,7 +118,7 @@ def markdown_table(runs: Sequence[dict]) -> str:
   """A markdown table, one row per run, in the given order.
 
   Args:
-    runs: load_run() dicts.
+    runs: runs.load_run() dicts.
 
   Returns:
     The table (header, separator, rows), newline-terminated. Accuracies in %
@@ -277,55 +133,6 @@ def markdown_table(runs: Sequence[dict]) -> str:
     cells = [c.replace('|', '\\|') for c in table_row(run)]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
-
-
-def plot(runs: Sequence[dict], out_dir, title: str = '',
-         prefix: str = '') -> dict:
-  """One PNG per metric in PLOT_METRICS, one line per run (x = step).
-
-  Args:
-    runs: load_run() dicts.
-    out_dir: the PNGs go to out_dir/plots/<prefix><metric>.png (local or
-      gs://).
-    title: prefix of each plot's title.
-    prefix: file-name prefix of the PNGs (e.g. 'byol_').
-
-  Returns:
-    {metric: {'path': str, 'num_lines': int, 'labels': [str]}}; a run that
-    never logged a metric has no line in its plot.
-  """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')  # No display on servers / CI.
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  plot_dir = epath.Path(out_dir) / 'plots'
-  plot_dir.mkdir(parents=True, exist_ok=True)
-  out = {}
-  for metric in PLOT_METRICS:
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    labels = []
-    for run in runs:
-      points = [(r['step'], r[metric]) for r in run['rows'] if metric in r]
-      if not points:
-        continue
-      label = f'{run["variant"]} ({run["name"]})'
-      ax.plot([p[0] for p in points], [p[1] for p in points], marker='.',
-              label=label)
-      labels.append(label)
-    ax.set_xlabel('step')
-    ax.set_ylabel(_PLOT_YLABELS[metric], fontsize=8)
-    ax.set_title(f'{title}: {metric}' if title else metric)
-    ax.grid(alpha=0.3)
-    if labels:
-      ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = plot_dir / f'{prefix}{metric}.png'
-    with path.open('wb') as f:
-      fig.savefig(f, format='png')
-    out[metric] = {'path': str(path), 'num_lines': len(ax.get_lines()),
-                   'labels': labels}
-    plt.close(fig)
-  return out
 
 
 def write_report(workdirs: Sequence[str], out_dir,
@@ -352,7 +159,7 @@ def write_report(workdirs: Sequence[str], out_dir,
   """
   if not workdirs:
     raise ValueError('write_report needs at least one workdir (--workdirs).')
-  runs = [load_run(w) for w in workdirs]
+  runs = [runs_lib.load_run(w) for w in workdirs]
   table = markdown_table(runs)
   groups = {'': runs}
   if group_by_method:
@@ -363,8 +170,8 @@ def write_report(workdirs: Sequence[str], out_dir,
   for prefix, group in groups.items():
     group_title = f'{title}, {prefix[:-1].upper()}' if prefix else title
     plots.update({prefix + m: info for m, info in
-                  plot(group, out_dir, title=group_title,
-                       prefix=prefix).items()})
+                  plots_lib.plot(group, out_dir, title=group_title,
+                                 prefix=prefix).items()})
   parts = [f'# {title}\n' if title else '', table]
   parts += [f'\n{line}\n' for line in notes]
   parts.append('\nPaper top-1: the paper\'s ImageNet linear top-1 of the '

@@ -17,6 +17,7 @@ paper did not run (e.g. LN encoder with a BN projector).
 
 from byol_jax import configs
 from byol_jax import paper
+from byol_jax import presets
 from byol_jax import validation
 
 
@@ -27,9 +28,9 @@ def get_config(arg=None):
   norms = {}
   for component in ('encoder', 'projector', 'predictor'):
     kind = options.get(component, 'bn')
-    if kind not in configs.TABLE1_NORMS:
+    if kind not in presets.TABLE1_NORMS:
       raise ValueError(f'ablation option {component}={kind!r}: use one of '
-                       f'{", ".join(configs.TABLE1_NORMS)} (paper Table 1).')
+                       f'{", ".join(presets.TABLE1_NORMS)} (paper Table 1).')
     norms[f'{component}_norm'] = kind
   method = options.get('method', 'byol')
   if method not in validation.METHODS:

@@ -4,7 +4,7 @@ Paper §3.3 and Table 2, "GN + WS": 73.9% ImageNet top-1 (vs 74.3% with BN).
 Weight Standardisation on every convolutional and linear parameter (encoder
 convolutions, projector and predictor linear layers) and GroupNorm with 16
 groups wherever BN was; the paper's hyper-parameters for this variant: base
-lr 0.24 (x B/256), weight decay 3e-8, tau_base 0.999 (configs.GN_WS_MODEL /
+lr 0.24 (x B/256), weight decay 3e-8, tau_base 0.999 (presets.GN_WS_MODEL /
 GN_WS_TRAINING).
 
 Option (besides the common ones): `ws=conv` standardises the encoder's
@@ -19,6 +19,7 @@ comparison.
 """
 
 from byol_jax import configs
+from byol_jax import presets
 
 WS_CHOICES = ('all', 'conv')
 
@@ -29,8 +30,8 @@ def get_config(arg=None):
   if ws not in WS_CHOICES:
     raise ValueError(f'gn_ws option ws={ws!r}: use all (paper §3.3: every '
                      'conv and linear layer) or conv (convolutions only).')
-  model = dict(configs.GN_WS_MODEL, heads_ws=ws == 'all')
+  model = dict(presets.GN_WS_MODEL, heads_ws=ws == 'all')
   config = configs.build(arg, epochs=1000, model=model,
-                         training=configs.GN_WS_TRAINING, options=options)
-  config.paper_top1 = configs.GN_WS_PAPER_TOP1
+                         training=presets.GN_WS_TRAINING, options=options)
+  config.paper_top1 = presets.GN_WS_PAPER_TOP1
   return config

@@ -11,6 +11,7 @@ It is experiments/gn_ws.py:tiny with the random-encoder baseline turned on
 """
 
 from byol_jax import configs
+from byol_jax import presets
 
 
 def get_config(arg=None):
@@ -18,8 +19,8 @@ def get_config(arg=None):
   if not options.get('cifar10'):
     options.setdefault('tiny', True)
   config = configs.build(arg, options=options, epochs=1000,
-                         model=configs.GN_WS_MODEL,
-                         training=configs.GN_WS_TRAINING)
-  config.paper_top1 = configs.GN_WS_PAPER_TOP1
+                         model=presets.GN_WS_MODEL,
+                         training=presets.GN_WS_TRAINING)
+  config.paper_top1 = presets.GN_WS_PAPER_TOP1
   config.eval.random_baseline = True
   return config

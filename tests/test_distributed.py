@@ -1,9 +1,11 @@
-"""byol_jax/distributed.py: the start-up decision, on fake environments."""
+"""byol_jax/distributed.py: the start-up decision, on fake environments (and
+hosts.py on one process: fingerprints, local agreement)."""
 
 import numpy as np
 import pytest
 
 from byol_jax import distributed
+from byol_jax import hosts
 
 SLURM = {'SLURM_JOB_ID': '4242', 'SLURM_NTASKS': '4', 'SLURM_PROCID': '3',
          'SLURM_LOCALID': '1', 'SLURM_NODEID': '1',
@@ -120,16 +122,16 @@ def test_initialize_calls_jax_with_the_plan_and_gloo():
 def test_fingerprint_is_bitwise():
   tree = {'a': np.arange(4, dtype=np.float32), 'b': [np.ones((2, 2))]}
   same = {'a': np.arange(4, dtype=np.float32), 'b': [np.ones((2, 2))]}
-  assert distributed.fingerprint(tree) == distributed.fingerprint(same)
+  assert hosts.fingerprint(tree) == hosts.fingerprint(same)
   bumped = {'a': np.nextafter(tree['a'], np.float32(9)), 'b': tree['b']}
-  assert distributed.fingerprint(tree) != distributed.fingerprint(bumped)
+  assert hosts.fingerprint(tree) != hosts.fingerprint(bumped)
   as_f64 = {'a': tree['a'].astype(np.float64), 'b': tree['b']}
-  assert distributed.fingerprint(tree) != distributed.fingerprint(as_f64)
-  words = distributed.fingerprint_words(distributed.fingerprint(tree))
+  assert hosts.fingerprint(tree) != hosts.fingerprint(as_f64)
+  words = hosts.fingerprint_words(hosts.fingerprint(tree))
   assert words.dtype == np.int32 and words.shape == (4,)
 
 
 def test_single_process_agreement_is_local():
-  assert distributed.any_process(True) and not distributed.any_process(False)
-  distributed.check_same_on_all_processes(np.arange(3), 'x')  # no raise
-  distributed.barrier('nothing to wait for')
+  assert hosts.any_process(True) and not hosts.any_process(False)
+  hosts.check_same_on_all_processes(np.arange(3), 'x')  # no raise
+  hosts.barrier('nothing to wait for')

@@ -53,8 +53,8 @@ import pytest
 
 from byol_jax import checkpointing
 from byol_jax import configs
-from byol_jax import distributed
 from byol_jax import experiment
+from byol_jax import hosts
 from byol_jax import main as main_lib
 from byol_jax import plan
 from byol_jax.data import pipeline
@@ -303,7 +303,7 @@ def _check_equal_to_one_process(runs, tmp_path, two, one, config):
   a = _restore(runs[two]['workdir'], step, config, tmp_path)
   b = _restore(runs[one]['workdir'], step, config, tmp_path)
   # The checkpoint (written by process 0) is that state ...
-  assert distributed.fingerprint(a) == final[0][1]
+  assert hosts.fingerprint(a) == final[0][1]
   # ... and equals the one-process, 8-device run on the same data.
   assert _excess(a, b) <= 1.
   # Training moved the parameters (the comparison is not of two inits).
@@ -334,7 +334,7 @@ def _check_resume_in_a_second_two_process_run(runs, tmp_path):
   assert final[0] == final[1] and final[0][0] == STEPS
   resumed = _restore(runs['gn2r']['workdir'], STEPS, 'gn_ws', tmp_path)
   straight = _restore(runs['gn1']['workdir'], STEPS, 'gn_ws', tmp_path)
-  assert distributed.fingerprint(resumed) == final[0][1]
+  assert hosts.fingerprint(resumed) == final[0][1]
   assert _excess(resumed, straight) <= 1.
   # The tolerance tells training steps apart: the parameters at step k are
   # far from those at the end.

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from byol_jax import optim
-from byol_jax.models import layers
+from byol_jax.models import norms
 
 # ------------------------------------------------------------------- mask.
 
@@ -50,7 +50,7 @@ def test_lars_mask_refuses_a_matrix_that_is_not_a_kernel():
 def test_lars_mask_ignores_module_names_on_real_haiku_modules():
   def net(x):
     x = hk.Conv2D(8, 3, name='a')(x)
-    x = layers.BatchNorm(name='b')(x, True)
+    x = norms.BatchNorm(name='b')(x, True)
     x = hk.GroupNorm(2, name='c')(x)
     x = hk.LayerNorm(-1, True, True, name='d')(x)
     return hk.Linear(3, name='e')(x.reshape(x.shape[0], -1))

@@ -1,4 +1,4 @@
-"""Golden tests for byol_jax/report.py on hand-written fixture workdirs.
+"""Golden tests for byol_jax/report.py (runs.py, plots.py) on fixture workdirs.
 
 tests/fixtures/report/{bn,gn_ws,nonorm} are three tiny runs (4 logged steps
 plus kNN-monitor rows). bn and gn_ws have pretrain_done.json (with a recorded
@@ -12,7 +12,9 @@ import shutil
 import numpy as np
 import pytest
 
+from byol_jax import plots
 from byol_jax import report
+from byol_jax import runs as runs_lib
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures' / 'report'
 RUNS = ('bn', 'gn_ws', 'nonorm')
@@ -32,13 +34,13 @@ def workdirs(tmp_path):
 
 
 def test_markdown_table_matches_golden_file(workdirs):
-  runs = [report.load_run(w) for w in workdirs]
+  runs = [runs_lib.load_run(w) for w in workdirs]
   expected = (FIXTURES / 'expected_table.md').read_text()
   assert report.markdown_table(runs) == expected
 
 
 def test_load_run_fields(workdirs):
-  bn, gn_ws, nonorm = (report.load_run(w) for w in workdirs)
+  bn, gn_ws, nonorm = (runs_lib.load_run(w) for w in workdirs)
   assert bn['name'] == 'bn'
   assert gn_ws['variant'] == 'BYOL enc=gn+ws proj=gn pred=gn'
   assert bn['paper_top1'] == 74.3
@@ -60,15 +62,15 @@ def test_variant_label_simclr_and_modified_init():
                       'predictor_norm': 'affine', 'encoder_ws': False,
                       'heads_ws': True},
             'training': {'modified_init': True}}
-  assert (report.variant_label(config) ==
+  assert (runs_lib.variant_label(config) ==
           'SIMCLR enc=affine proj=affine+ws +modified init')
 
 
 def test_plots_are_pngs_with_one_line_per_run(workdirs, tmp_path):
   import matplotlib.image as mpimg  # pylint: disable=g-import-not-at-top
-  runs = [report.load_run(w) for w in workdirs]
-  out = report.plot(runs, tmp_path / 'out', title='fixture')
-  assert sorted(out) == sorted(report.PLOT_METRICS)
+  runs = [runs_lib.load_run(w) for w in workdirs]
+  out = plots.plot(runs, tmp_path / 'out', title='fixture')
+  assert sorted(out) == sorted(runs_lib.PLOT_METRICS)
   for metric, info in out.items():
     path = tmp_path / 'out' / 'plots' / f'{metric}.png'
     assert info['path'] == str(path)
@@ -87,7 +89,7 @@ def test_write_report_writes_table_and_plot_links(workdirs, tmp_path):
   text = (tmp_path / 'rep' / 'report.md').read_text()
   assert text.startswith('# Table 2\n')
   assert (FIXTURES / 'expected_table.md').read_text() in text
-  for metric in report.PLOT_METRICS:
+  for metric in runs_lib.PLOT_METRICS:
     assert f'](plots/{metric}.png)' in text
     assert os.path.exists(out['plots'][metric]['path'])
 
@@ -98,7 +100,7 @@ def test_workdir_without_metrics_is_refused(workdirs, tmp_path):
   (empty / 'config.json').write_text('{"method": "byol"}')
   with pytest.raises(ValueError, match=r'metrics\.jsonl does not exist.*'
                      r'byol_jax\.main'):
-    report.load_run(str(empty))
+    runs_lib.load_run(str(empty))
   with pytest.raises(ValueError, match='not_started'):
     report.write_report(workdirs + [str(empty)], tmp_path / 'rep')
   assert not (tmp_path / 'rep' / 'report.md').exists()
@@ -107,7 +109,7 @@ def test_workdir_without_metrics_is_refused(workdirs, tmp_path):
 def test_empty_metrics_file_is_refused(tmp_path):
   (tmp_path / 'metrics.jsonl').write_text('')
   with pytest.raises(ValueError, match='no metric rows'):
-    report.load_run(str(tmp_path))
+    runs_lib.load_run(str(tmp_path))
 
 
 def test_format_duration():

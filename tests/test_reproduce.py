@@ -1,4 +1,5 @@
-"""byol_jax/reproduce.py: the table grids, commands, errors and resumption.
+"""byol_jax/reproduce.py and variants.py: the table grids, commands, errors
+and resumption.
 
 The tiny-scale acceptance run (no normalisation collapses, BN and GN+WS do
 not) is tests/test_tiny_scale.py.
@@ -13,31 +14,32 @@ import pytest
 
 from byol_jax import plan
 from byol_jax import reproduce
+from byol_jax import variants
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = REPO / 'tests' / 'fixtures' / 'report'
 
 
 def test_table_grids():
-  t2 = reproduce.table_variants(2)
+  t2 = variants.table_variants(2)
   assert [(v.name, v.config) for v in t2] == [
       ('bn', 'byol_bn'), ('no_norm', 'no_bn'),
       ('modified_init', 'modified_init'), ('gn_ws', 'gn_ws')]
-  t1 = reproduce.table_variants(1)
+  t1 = variants.table_variants(1)
   # BN / LN / none for each of BYOL's three components, and for SimCLR's two
   # (it has no predictor): 27 + 9 cells, all distinct.
   assert len(t1) == 27 + 9 == len({v.name for v in t1})
   assert sum(v.name.startswith('simclr_') for v in t1) == 9
   assert all(v.config == 'ablation' for v in t1)
   with pytest.raises(ValueError, match='--table=3'):
-    reproduce.table_variants(3)
+    variants.table_variants(3)
 
 
 @pytest.mark.parametrize('scale', ['tiny', 'cifar10'])
 def test_every_table2_variant_is_the_normal_config(scale):
-  for v in reproduce.table_variants(2):
-    config = reproduce.load_config(v, scale, 'digits' if scale == 'tiny'
-                                   else 'tfds:cifar10')
+  for v in variants.table_variants(2):
+    config = variants.load_config(v, scale, 'digits' if scale == 'tiny'
+                                  else 'tfds:cifar10')
     assert config.paper_top1 == {'bn': 74.3, 'no_norm': 0.1,
                                  'modified_init': 65.7, 'gn_ws': 73.9}[v.name]
     if scale == 'cifar10':
@@ -51,18 +53,18 @@ def test_every_table2_variant_is_the_normal_config(scale):
       assert config.model.depth == 10 and config.data.image_size == 16
   # The variant's own hyper-parameters survive the scale preset; tau is the
   # scale's (it depends on the run length).
-  gn = reproduce.load_config(reproduce.Variant('gn_ws', 'gn_ws'), 'cifar10')
+  gn = variants.load_config(variants.Variant('gn_ws', 'gn_ws'), 'cifar10')
   assert (gn.training.base_learning_rate, gn.training.weight_decay) == (
       0.24, 3e-8)
   assert gn.model.encoder_ws and gn.model.encoder_norm == 'gn'
 
 
 def test_table1_cells_set_norms_and_method():
-  cells = {v.name: v for v in reproduce.table_variants(1)}
-  config = reproduce.load_config(cells['byol_enc-bn_proj-ln_pred-none'], 'tiny')
+  cells = {v.name: v for v in variants.table_variants(1)}
+  config = variants.load_config(cells['byol_enc-bn_proj-ln_pred-none'], 'tiny')
   assert (config.method, config.model.encoder_norm, config.model.projector_norm,
           config.model.predictor_norm) == ('byol', 'bn', 'ln', 'none')
-  config = reproduce.load_config(cells['simclr_enc-none_proj-bn'], 'tiny')
+  config = variants.load_config(cells['simclr_enc-none_proj-bn'], 'tiny')
   assert (config.method, config.model.encoder_norm,
           config.model.projector_norm) == ('simclr', 'none', 'bn')
 

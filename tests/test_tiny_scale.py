@@ -21,7 +21,7 @@ import subprocess
 import sys
 
 from byol_jax import configs
-from byol_jax import report
+from byol_jax import runs as runs_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VARIANTS = ('bn', 'no_norm', 'gn_ws')
@@ -59,7 +59,7 @@ def test_tiny_table2_collapse_and_quickstart_margin(tmp_path):
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=1500)
   assert out.returncode == 0, out.stderr[-4000:]
-  runs = {name: report.load_run(tmp_path / name) for name in VARIANTS}
+  runs = {name: runs_lib.load_run(tmp_path / name) for name in VARIANTS}
   proj = {n: r['final']['collapse_std_projection'] for n, r in runs.items()}
   top1 = {n: r['top1'] for n, r in runs.items()}
   summary = f'collapse std {proj}, linear top-1 {top1}'
@@ -79,5 +79,5 @@ def test_tiny_table2_collapse_and_quickstart_margin(tmp_path):
   assert results['knn_top1'] - random['knn_top1'] >= QUICKSTART_KNN_MARGIN, (
       results, summary)
   assert (tmp_path / 'table2.md').exists()
-  for metric in report.PLOT_METRICS:
+  for metric in runs_lib.PLOT_METRICS:
     assert (tmp_path / 'plots' / f'{metric}.png').exists()

@@ -16,6 +16,7 @@ from etils.epath import testing as epath_testing
 import pytest
 
 from byol_jax import report
+from byol_jax import runs as runs_lib
 from byol_jax import writers
 
 BUCKET = 'gs://fake-bucket'
@@ -75,7 +76,7 @@ def test_metric_writer_and_report_on_a_gs_workdir(fake_gcs):
   out = report.write_report([str(workdir)], f'{BUCKET}/report', title='t')
   assert out['table_path'] == f'{BUCKET}/report/report.md'
   assert (root / 'report/report.md').read_text().startswith('# t\n')
-  for metric in report.PLOT_METRICS:
+  for metric in runs_lib.PLOT_METRICS:
     png = root / 'report' / 'plots' / f'{metric}.png'
     assert png.read_bytes()[:4] == b'\x89PNG'
   run = out['runs'][0]

@@ -20,8 +20,8 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from byol_jax import distributed
 from byol_jax import encoder as encoder_lib
+from byol_jax import hosts
 from byol_jax import parallel
 from byol_jax.data import pipeline
 from byol_jax.data import sources
@@ -168,8 +168,8 @@ def extract_features(config, source, params, state, *, split: str,
   feats, labels, masks = (np.concatenate(x) for x in (feats, labels, masks))
   if jax.process_count() > 1:
     # Hosts arrive after unequal work (compiling, reading); see
-    # distributed.barrier for why CPU hosts must meet before a collective.
-    distributed.barrier('features extracted')
+    # hosts.barrier for why CPU hosts must meet before a collective.
+    hosts.barrier('features extracted')
     feats, labels, masks = (
         np.asarray(multihost_utils.process_allgather(x, tiled=True))
         for x in (feats, labels, masks))

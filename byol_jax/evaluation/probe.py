@@ -43,8 +43,8 @@ import jax
 import numpy as np
 import optax
 
-from byol_jax import distributed
 from byol_jax import encoder as encoder_lib
+from byol_jax import hosts
 from byol_jax import losses
 from byol_jax import parallel
 from byol_jax.data import pipeline
@@ -282,8 +282,8 @@ def _train_augmented(config, source, params, state, num_classes, peak,
   log_every = max(1, steps // 10)
   batches = pipeline.prefetch_to_device(it, devices=local)
   first = next(batches)
-  distributed.compile_then_sync(step_fn, rclf, ropt, *renc, first['image'],
-                                first['label'], name='the linear probe step')
+  hosts.compile_then_sync(step_fn, rclf, ropt, *renc, first['image'],
+                          first['label'], name='the linear probe step')
   for i, batch in zip(range(steps), itertools.chain([first], batches)):
     rclf, ropt, metrics = step_fn(rclf, ropt, *renc, batch['image'],
                                   batch['label'])

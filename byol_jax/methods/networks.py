@@ -7,7 +7,7 @@ is exactly the online tree restricted to those two components.
 
 The `model` config fields (see experiments/common.py):
   depth, width_multiplier, stem, zero_init_last, dtype ('float32'|'bfloat16'),
-  encoder_norm, projector_norm, predictor_norm (each in layers.NORM_KINDS),
+  encoder_norm, projector_norm, predictor_norm (each in norms.NORM_KINDS),
   gn_groups, encoder_ws, heads_ws, cross_replica_bn, bn_decay,
   projector_hidden_size, projector_output_size, predictor_hidden_size.
 """
@@ -22,7 +22,7 @@ import numpy as np
 from byol_jax import losses
 from byol_jax import metrics as metrics_lib
 from byol_jax.models import heads
-from byol_jax.models import layers
+from byol_jax.models import norms
 from byol_jax.models import resnet
 
 TARGET_MODULES = ('encoder', 'projector')
@@ -44,8 +44,8 @@ def validate_model_config(model) -> None:
     raise ValueError(f'model.stem={model.stem!r} is not a stem; use one of '
                      f'{", ".join(resnet.STEMS)}.')
   for component in ('encoder', 'projector', 'predictor'):
-    layers.check_norm_kind(model[f'{component}_norm'],
-                           f'model.{component}_norm')
+    norms.check_norm_kind(model[f'{component}_norm'],
+                          f'model.{component}_norm')
   if model.dtype not in _DTYPES:
     raise ValueError(f'model.dtype={model.dtype!r}; use float32 or bfloat16.')
   widths = [64 * m * model.width_multiplier for m in (1, 2, 4, 8)]
@@ -60,7 +60,7 @@ def validate_model_config(model) -> None:
 
 
 def norm_spec(model, component: str,
-              axis_name: Optional[str]) -> layers.NormSpec:
+              axis_name: Optional[str]) -> norms.NormSpec:
   """The norm of one component, as the `model` config describes it.
 
   Args:
@@ -70,12 +70,12 @@ def norm_spec(model, component: str,
       model.cross_replica_bn), or None.
 
   Returns:
-    A layers.NormSpec.
+    A norms.NormSpec.
   """
-  return layers.NormSpec(
+  return norms.NormSpec(
       kind=model[f'{component}_norm'], groups=model.gn_groups,
       axis_name=axis_name if model.cross_replica_bn else None,
-      decay=model.get('bn_decay', layers.BN_DECAY))
+      decay=model.get('bn_decay', norms.BN_DECAY))
 
 
 def make_encoder(model, axis_name: Optional[str] = None) -> resnet.ResNet:
@@ -161,7 +161,7 @@ def views_in_one_batch(model, *, with_predictor: bool) -> bool:
   """
   components = ('encoder', 'projector') + (('predictor',) if with_predictor
                                            else ())
-  return all(layers.check_norm_kind(model[f'{c}_norm']) in
+  return all(norms.check_norm_kind(model[f'{c}_norm']) in
              BATCH_INDEPENDENT_NORMS for c in components)
 
 

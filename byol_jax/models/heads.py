@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from byol_jax.models import layers
+from byol_jax.models import norms
 
 # BYOL (Grill et al., 2020, §3.3) and this paper: hidden 4096, output 256.
 MLP_HIDDEN_SIZE = 4096
@@ -30,14 +31,14 @@ class MLP(hk.Module):
     """Args:
       hidden_size: width of the hidden layer.
       output_size: width of the output.
-      norm: a layers.NormSpec or kind string for the hidden layer's norm.
+      norm: a norms.NormSpec or kind string for the hidden layer's norm.
       weight_standardization: standardise both linear layers' weights.
       dtype: compute dtype; the output is float32.
       name: module name ('projector' / 'predictor').
     """
     super().__init__(name=name)
     self.hidden_size, self.output_size = hidden_size, output_size
-    self.norm = layers.as_norm_spec(norm)
+    self.norm = norms.as_norm_spec(norm)
     self.ws, self.dtype = weight_standardization, dtype
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
@@ -53,7 +54,7 @@ class MLP(hk.Module):
     x = x.astype(self.dtype)
     x = layers.Linear(self.hidden_size, weight_standardization=self.ws,
                       name='linear_0')(x)
-    x = layers.make_norm(self.norm, 'norm_0')(x, is_training)
+    x = norms.make_norm(self.norm, 'norm_0')(x, is_training)
     x = jax.nn.relu(x)
     x = layers.Linear(self.output_size, with_bias=False,
                       weight_standardization=self.ws, name='linear_1')(x)

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from byol_jax.models import layers
+from byol_jax.models import norms
 
 # depth -> (block kind, blocks per stage).
 DEPTHS = {
@@ -103,7 +104,7 @@ class _Block(hk.Module):
   """Residual block v1: (conv -> norm -> relu)* -> conv -> norm, + shortcut."""
 
   def __init__(self, channels: int, stride: int, bottleneck: bool,
-               project: bool, norm: layers.NormSpec, ws: bool,
+               project: bool, norm: norms.NormSpec, ws: bool,
                zero_init_last: bool, name: str):
     super().__init__(name=name)
     self.channels, self.stride = channels, stride
@@ -121,15 +122,15 @@ class _Block(hk.Module):
     if self.project:
       shortcut = layers.Conv2D(self.channels, 1, self.stride, self.ws,
                                name='shortcut_conv')(x)
-      shortcut = layers.make_norm(self.norm, 'shortcut_norm')(shortcut,
-                                                              is_training)
+      shortcut = norms.make_norm(self.norm, 'shortcut_norm')(shortcut,
+                                                             is_training)
     out = x
     for i, (channels, kernel, stride) in enumerate(convs):
       last = i == len(convs) - 1
       out = layers.Conv2D(channels, kernel, stride, self.ws,
                           name=f'conv_{i}')(out)
-      out = layers.make_norm(self.norm, f'norm_{i}',
-                             zero_init=last and self.zero_init_last)(
+      out = norms.make_norm(self.norm, f'norm_{i}',
+                            zero_init=last and self.zero_init_last)(
                                  out, is_training)
       if not last:
         out = jax.nn.relu(out)
@@ -152,7 +153,7 @@ class ResNet(hk.Module):
         fractions such as 0.25 give CPU-sized networks).
       stem: 'imagenet' (7x7 stride-2 conv + 3x3 stride-2 max-pool) or 'small'
         (3x3 stride-1 conv, no pooling; for 32-pixel images).
-      norm: a layers.NormSpec or kind string, used for every norm layer.
+      norm: a norms.NormSpec or kind string, used for every norm layer.
       weight_standardization: standardise every convolution's kernel.
       zero_init_last: initialise the scale of each block's last norm to 0
         (Goyal et al.'s init, which the official BYOL code ships with; the
@@ -173,7 +174,7 @@ class ResNet(hk.Module):
                        f'{", ".join(STEMS)}.')
     self.depth, self.stem = depth, stem
     self.width_multiplier = width_multiplier
-    self.norm = layers.as_norm_spec(norm)
+    self.norm = norms.as_norm_spec(norm)
     self.ws = weight_standardization
     self.zero_init_last = zero_init_last
     self.dtype = dtype
@@ -197,7 +198,7 @@ class ResNet(hk.Module):
       x = layers.Conv2D(stem_width, 7, 2, self.ws, name='stem_conv')(x)
     else:
       x = layers.Conv2D(stem_width, 3, 1, self.ws, name='stem_conv')(x)
-    x = jax.nn.relu(layers.make_norm(self.norm, 'stem_norm')(x, is_training))
+    x = jax.nn.relu(norms.make_norm(self.norm, 'stem_norm')(x, is_training))
     if self.stem == 'imagenet':
       x = hk.max_pool(x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1),
                       padding='SAME')

@@ -1,8 +1,8 @@
 """model.dtype='bfloat16': bf16 convolutions and matmuls, float32 state.
 
-The mixed-precision contract of models/layers.py: every convolution and
-every matmul of the encoder, projector and predictor (forward and backward)
-runs on bfloat16 operands, while the parameters, the BN statistics, the LARS
+The mixed-precision contract of models/layers.py and models/norms.py: every
+convolution and every matmul of the encoder, projector and predictor (forward
+and backward) runs on bfloat16 operands, while the parameters, the BN statistics, the LARS
 state and the target (EMA) stay float32. Checked on the lowered StableHLO of
 the whole training step (augmentation, loss, gradients, LARS, EMA).
 """

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from byol_jax.models import heads
-from byol_jax.models import layers
+from byol_jax.models import norms
 from byol_jax.models import resnet
 
 
@@ -61,7 +61,7 @@ def test_batch_independence(kind, ws):
   This is the paper's subject as a property: every normalisation but BN makes
   the network a per-example function. BN in training mode couples examples.
   """
-  norm = layers.NormSpec(kind, groups=8)
+  norm = norms.NormSpec(kind, groups=8)
   net = _online_network(norm, ws)
   x = jax.random.uniform(jax.random.PRNGKey(1), (8, 16, 16, 3))
   params, state = net.init(jax.random.PRNGKey(0), x, True)

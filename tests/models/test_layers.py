@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from byol_jax.models import layers
+from byol_jax.models import norms
 
 
 def _apply(fn, x, is_training=True, rng=0):
@@ -27,8 +28,8 @@ def _np_group_norm(x, groups, eps=1e-5):
 @pytest.mark.parametrize('kind,groups', [('gn', 4), ('gn', 16), ('ln', 1)])
 def test_group_and_layer_norm_match_numpy(kind, groups):
   x = np.random.RandomState(0).randn(3, 5, 5, 16).astype(np.float32) * 3 + 1
-  spec = layers.NormSpec(kind, groups=groups)
-  out, *_ = _apply(lambda x, t: layers.make_norm(spec, 'n')(x, t), x)
+  spec = norms.NormSpec(kind, groups=groups)
+  out, *_ = _apply(lambda x, t: norms.make_norm(spec, 'n')(x, t), x)
   np.testing.assert_allclose(out, _np_group_norm(x, groups), atol=1e-4)
   # LN normalises over H, W and C jointly: one mean and variance per example.
   if kind == 'ln':
@@ -39,7 +40,7 @@ def test_group_and_layer_norm_match_numpy(kind, groups):
 
 def test_layer_norm_on_mlp_features_matches_numpy():
   x = np.random.RandomState(1).randn(4, 32).astype(np.float32)
-  out, *_ = _apply(lambda x, t: layers.make_norm('ln', 'n')(x, t), x)
+  out, *_ = _apply(lambda x, t: norms.make_norm('ln', 'n')(x, t), x)
   ref = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
   np.testing.assert_allclose(out, ref, atol=1e-5)
 
@@ -48,7 +49,7 @@ def test_batch_norm_train_eval_and_debiased_moving_averages():
   rng = np.random.RandomState(2)
   batches = [rng.randn(8, 3, 3, 4).astype(np.float32) * (2 + i % 3) + 5 - i
              for i in range(10)]
-  f = hk.transform_with_state(lambda x, t: layers.make_norm('bn', 'bn')(x, t))
+  f = hk.transform_with_state(lambda x, t: norms.make_norm('bn', 'bn')(x, t))
   params, state = f.init(None, batches[0], True)
   assert params['bn']['scale'].shape == (4,)  # [C], like GN / affine.
   step = jax.jit(lambda s, x: f.apply(params, s, None, x, True))
@@ -81,11 +82,11 @@ def test_batch_norm_train_eval_and_debiased_moving_averages():
 def test_batch_norm_variance_is_stable_for_large_means():
   """E[x^2] - E[x]^2 would give ~+-316 here, not +-1 (float32)."""
   x = np.array([4999., 5001.] * 4, np.float32).reshape(8, 1)
-  out, *_ = _apply(lambda x, t: layers.make_norm('bn', 'bn')(x, t), x)
+  out, *_ = _apply(lambda x, t: norms.make_norm('bn', 'bn')(x, t), x)
   np.testing.assert_allclose(np.abs(out), 1., atol=1e-3)
   rng = np.random.RandomState(4)
   x = (1e4 + rng.randn(64, 4, 4, 3)).astype(np.float32)
-  out, *_ = _apply(lambda x, t: layers.make_norm('bn', 'bn')(x, t), x)
+  out, *_ = _apply(lambda x, t: norms.make_norm('bn', 'bn')(x, t), x)
   x64 = x.astype(np.float64)
   ref = (x64 - x64.mean((0, 1, 2))) / np.sqrt(x64.var((0, 1, 2)) + 1e-5)
   np.testing.assert_allclose(out, ref, atol=1e-3)
@@ -93,7 +94,7 @@ def test_batch_norm_variance_is_stable_for_large_means():
 
 def test_cross_replica_moments_equal_the_global_batch():
   x = (1e3 + 3 * np.random.RandomState(5).randn(8, 6, 5)).astype(np.float32)
-  mean, var = jax.pmap(lambda v: layers.batch_moments(v, 'i'),
+  mean, var = jax.pmap(lambda v: norms.batch_moments(v, 'i'),
                        axis_name='i')(x)
   flat = x.reshape(-1, 5).astype(np.float64)
   np.testing.assert_allclose(mean[0], flat.mean(0), rtol=1e-6)
@@ -103,10 +104,10 @@ def test_cross_replica_moments_equal_the_global_batch():
 def test_affine_and_none():
   x = np.random.RandomState(3).randn(2, 4, 4, 8).astype(np.float32)
   out, params, state, _ = _apply(
-      lambda x, t: layers.make_norm('affine', 'a')(x, t), x)
+      lambda x, t: norms.make_norm('affine', 'a')(x, t), x)
   np.testing.assert_array_equal(out, x)  # scale 1, offset 0 at init.
   assert sorted(params['a']) == ['offset', 'scale'] and not state
-  out, params, *_ = _apply(lambda x, t: layers.make_norm('none', 'n')(x, t), x)
+  out, params, *_ = _apply(lambda x, t: norms.make_norm('none', 'n')(x, t), x)
   np.testing.assert_array_equal(out, x)
   assert not params
 
@@ -164,14 +165,14 @@ def test_ws_layers_forward_and_gradient_reach_raw_weights(layer):
 
 def test_norm_kind_errors_name_the_field():
   with pytest.raises(ValueError, match=r"norm='bogus'.*bn, gn, ln, none"):
-    layers.NormSpec('bogus')
+    norms.NormSpec('bogus')
   with pytest.raises(ValueError, match=r"model.encoder_norm='x'"):
-    layers.check_norm_kind('x', field='model.encoder_norm')
+    norms.check_norm_kind('x', field='model.encoder_norm')
   with pytest.raises(ValueError, match='groups=0'):
-    layers.NormSpec('gn', groups=0)
+    norms.NormSpec('gn', groups=0)
   with pytest.raises(ValueError, match='groups=3 does not divide the 8'):
-    _apply(lambda x, t: layers.make_norm(layers.NormSpec('gn', groups=3),
-                                         'g')(x, t), np.ones((1, 2, 2, 8)))
+    _apply(lambda x, t: norms.make_norm(norms.NormSpec('gn', groups=3),
+                                        'g')(x, t), np.ones((1, 2, 2, 8)))
 
 
 def test_ws_linear_effective_weight_has_unit_statistics_per_output_unit():

@@ -159,8 +159,8 @@ def test_clear_errors(kwargs, field):
 
 
 def test_gn_groups_must_divide_channels():
-  from byol_jax.models import layers  # pylint: disable=g-import-not-at-top
-  norm = layers.NormSpec('gn', groups=24)
+  from byol_jax.models import norms  # pylint: disable=g-import-not-at-top
+  norm = norms.NormSpec('gn', groups=24)
   with pytest.raises(ValueError, match='groups=24 does not divide'):
     jax.eval_shape(hk.transform_with_state(
         lambda x: resnet.ResNet(18, 1, 'small', norm)(x, True)).init,

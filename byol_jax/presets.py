@@ -1,0 +1,122 @@
+"""Hyper-parameter presets: the official ones, the paper's variants, the scales.
+
+  * The official BYOL presets by number of pre-training epochs
+    (`LR_PRESETS`, `WD_PRESETS`, `EMA_PRESETS`), which configs.build selects.
+  * The GN + WS variant of paper §3.3 (`GN_WS_MODEL`, `GN_WS_TRAINING`,
+    `GN_WS_PAPER_TOP1`), shared by experiments/gn_ws.py and quickstart.py.
+  * Paper Table 1's per-component normalisations (`TABLE1_NORMS`).
+  * The scale presets behind the `tiny` and `cifar10` config options
+    (`apply_tiny`, `apply_cifar10`), which configs.build applies after the
+    variant's own hyper-parameters: they set what depends on the run's length
+    and size, for every variant alike.
+
+Like configs.py, nothing here is derived: plan.py derives step counts and
+learning rates from what these set.
+"""
+
+from byol_jax import paper
+
+# Official BYOL presets by number of pre-training epochs (byol/configs/byol.py
+# of the official code; BYOL paper Appendix C): base learning rate (for batch
+# 256, scaled linearly), weight decay and base target decay tau.
+LR_PRESETS = {40: 0.45, 100: 0.45, 300: 0.3, 1000: 0.2}
+WD_PRESETS = {40: 1e-6, 100: 1e-6, 300: 1e-6, 1000: 1.5e-6}
+EMA_PRESETS = {40: 0.97, 100: 0.99, 300: 0.99, 1000: 0.996}
+
+# BYOL with GroupNorm + Weight Standardisation, paper §3.3: "we apply weight
+# standardization to convolutional and linear parameters ... and replace all
+# BN by GN layers", G = 16; base lr 0.24, weight decay 3e-8, tau_base 0.999.
+# WS in every convolution of the encoder and every linear layer of the
+# projector and predictor; GN everywhere BN was. No layer uses batch
+# statistics. (The online classifier, a monitor on the stop-gradient
+# representation that plays no part in BYOL's objective, stays a plain
+# linear layer.)
+GN_WS_MODEL = dict(encoder_norm='gn', projector_norm='gn', predictor_norm='gn',
+                   gn_groups=16, encoder_ws=True, heads_ws=True)
+GN_WS_TRAINING = dict(base_learning_rate=0.24, weight_decay=3e-8,
+                      base_ema=0.999)
+GN_WS_PAPER_TOP1 = paper.TABLE2['gn_ws']
+
+# Paper Table 1: each component's normalisation is one of these ('ln' is the
+# paper's LayerNorm: GroupNorm with one group).
+TABLE1_NORMS = ('bn', 'ln', 'none')
+
+
+def apply_tiny(config) -> None:
+  """CPU-sized model, batch and step count (2-core laptop, minutes).
+
+  ResNet-10 at width 1/4, 16 px digits, batch 256, 150 steps. A 150-step run
+  is a thousand times shorter than the paper's, so the
+  hyper-parameters that set how far a run travels are rescaled, identically
+  for every variant (measured on the digits; docs/RESULTS.md):
+    * LARS trust coefficient 1e-2 (paper 1e-3): LARS moves a weight matrix
+      by about lr x eta of its norm per step; in the former tiny preset
+      (batch 64, 300 steps, eta 1e-3, lr 0.06) the encoder's weights moved
+      1.2% over the whole run, so every "trained" encoder was its random
+      initialisation with re-tuned norm parameters.
+    * predictor learning rate x30 (paper x1): at the paper's single rate the
+      BN-free variants collapse within 50 steps here (GN+WS projection
+      collapse statistic 0.04); a predictor that adapts faster than the
+      encoder is what keeps non-contrastive training from collapsing (Tian,
+      Chen & Ganguli, 2021, "Understanding self-supervised learning
+      dynamics without contrastive pairs").
+    * tau_base 0.99 (BYOL's 300-epoch preset): 0.996-0.999 leave the target
+      of a 150-step run nearly frozen.
+    * random-resized crops of at least 50% of the image (paper 8%): an 8%
+      crop of an 8x8 digit is 2x2 pixels, which shows no digit.
+    * one warm-up step per warm-up epoch (10; 50 for the modified init).
+
+  Args:
+    config: an experiment config from `configs.build`, modified in place.
+  """
+  config.model.update(dict(depth=10, width_multiplier=0.25, stem='small',
+                           projector_hidden_size=128, projector_output_size=32,
+                           predictor_hidden_size=128))
+  config.data.source = 'digits'
+  config.data.image_size = 16
+  config.data.min_crop_area = 0.5
+  config.training.update(dict(
+      global_batch_size=256, total_steps=150,
+      warmup_steps=config.training.warmup_epochs,
+      trust_coefficient=1e-2, predictor_lr_multiplier=30.,
+      base_ema=EMA_PRESETS[300], modified_init_batch_size=256))
+  config.checkpoint.update(dict(every_steps=100, every_secs=120))
+  config.logging.update(dict(every_steps=10, knn_every_steps=50,
+                             knn_max_train_examples=1500))
+  # CPU-sized probe: features computed once (centre crop), then 400 cheap
+  # epochs (2,000 steps of a linear layer, seconds). The per-step-augmented
+  # probe of the paper needs far more steps than a laptop run affords
+  # (measured on digits: 44% vs 85% top-1 for the same random encoder after
+  # 100 steps); 100 epochs left even the precomputed-feature probe short of
+  # convergence (random GN+WS encoder: 84.8%, vs 87.9% for an L-BFGS
+  # logistic regression on the same features; 87.2% after 400 epochs).
+  config.eval.update(dict(num_epochs=400, global_batch_size=256,
+                          sweep_valid_examples=-1, augment=False))
+
+
+def apply_cifar10(config) -> None:
+  """CIFAR-scale runs on one GPU: ResNet-18, small-image stem, 32 px.
+
+  The scale of the public BYOL-on-CIFAR-10 reproductions (ResNet-18 with a
+  3x3 stride-1 stem and no max-pool, 32 px, batch 512): their BYOL reaches
+  a kNN top-1 of about 0.87 after 200 epochs. The variant's lr / weight decay
+  are kept; tau_base 0.99 suits 200 epochs (official 300-epoch preset).
+
+  Args:
+    config: an experiment config from `configs.build`, modified in place.
+  """
+  config.model.update(dict(depth=18, width_multiplier=1.0, stem='small'))
+  config.data.source = 'tfds:cifar10'
+  config.data.image_size = 32
+  config.training.update(dict(global_batch_size=512, num_epochs=200,
+                              total_steps=-1, warmup_steps=-1,
+                              warmup_epochs=min(config.training.warmup_epochs,
+                                                20),
+                              base_ema=EMA_PRESETS[300],
+                              modified_init_batch_size=512))
+  config.checkpoint.update(dict(every_steps=1000, every_secs=300))
+  config.logging.update(dict(every_steps=50, knn_every_steps=2000,
+                             knn_max_train_examples=10_000))
+  # The paper's probe protocol (augmented crops, 80 epochs), cheap at 32 px.
+  config.eval.update(dict(num_epochs=80, global_batch_size=1024,
+                          sweep_valid_examples=-1, augment=True))

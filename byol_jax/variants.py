@@ -1,0 +1,197 @@
+"""The paper tables' variants as experiment configs (what reproduce.py runs).
+
+Each cell of a table is a `Variant`: one normal experiment config
+(experiments/<config>.py) with the scale's option (`tiny` or `cifar10`) and the
+cell's own options. Table 2 (paper): vanilla BYOL with BN (74.3%), no
+normalisation (0.1%), modified init (65.7%), GN + WS (73.9%). Table 1: the
+BN / LN / none grid over (encoder, projector, predictor) for BYOL, and over
+(encoder, projector) for SimCLR, which has no predictor
+(experiments/ablation.py).
+
+`load_config` gives a variant's config exactly as
+`--config=experiments/<config>.py:<arg>` plus `--config.<field>=<value>`
+overrides would; `Variant.command` prints that command line.
+"""
+
+import dataclasses
+import itertools
+from typing import Sequence
+
+from byol_jax import configs
+from byol_jax import presets
+
+EXPERIMENTS_DIR = configs.EXPERIMENTS_DIR
+SCALES = ('tiny', 'cifar10')
+TABLES = (1, 2)
+NORMS = presets.TABLE1_NORMS
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One cell of a table: an experiment config and its options.
+
+  Attributes:
+    name: the variant's workdir name under WORKDIR, e.g. 'gn_ws'.
+    config: the experiment config, experiments/<config>.py.
+    options: the variant's config options besides the scale's, e.g.
+      'method=byol,encoder=bn,projector=ln,predictor=none'.
+  """
+  name: str
+  config: str
+  options: str = ''
+
+  def config_arg(self, scale: str, dataset: str = '') -> str:
+    """The config string after `experiments/<config>.py:`.
+
+    Args:
+      scale: 'tiny' or 'cifar10'.
+      dataset: a data source for option dataset=, or '' for the scale's.
+
+    Returns:
+      '<scale>[,<options>][,dataset=<dataset>]'.
+    """
+    opts = [scale] + ([self.options] if self.options else [])
+    if dataset:
+      opts.append(f'dataset={dataset}')
+    return ','.join(opts)
+
+  def command(self, scale: str, dataset: str, workdir, overrides=()) -> str:
+    """The equivalent `python -m byol_jax.main` command line.
+
+    Args:
+      scale: 'tiny' or 'cifar10'.
+      dataset: a data source, or '' for the scale's.
+      workdir: the variant's run directory.
+      overrides: (dotted field, value) pairs, as --config.<field>=<value>.
+
+    Returns:
+      The command as one shell line (values are not quoted).
+    """
+    flags = ''.join(f' --config.{k}={v}' for k, v in overrides)
+    return (f'python -m byol_jax.main --config=experiments/{self.config}.py:'
+            f'{self.config_arg(scale, dataset)} --workdir={workdir}{flags}')
+
+
+def table_variants(table: int) -> list[Variant]:
+  """The variants of paper Table 1 or 2, in table order.
+
+  Args:
+    table: 1 (the norm grid: 27 BYOL and 9 SimCLR cells) or 2 (BN, no norm,
+      modified init, GN + WS).
+
+  Returns:
+    The Variants.
+
+  Raises:
+    ValueError: `table` is not in TABLES.
+  """
+  if table == 2:
+    return [Variant('bn', 'byol_bn'), Variant('no_norm', 'no_bn'),
+            Variant('modified_init', 'modified_init'),
+            Variant('gn_ws', 'gn_ws')]
+  if table == 1:
+    out = []
+    for enc, proj, pred in itertools.product(NORMS, repeat=3):
+      out.append(Variant(
+          f'byol_enc-{enc}_proj-{proj}_pred-{pred}', 'ablation',
+          f'method=byol,encoder={enc},projector={proj},predictor={pred}'))
+    for enc, proj in itertools.product(NORMS, repeat=2):
+      out.append(Variant(f'simclr_enc-{enc}_proj-{proj}', 'ablation',
+                         f'method=simclr,encoder={enc},projector={proj}'))
+    return out
+  raise ValueError(f'--table={table}: use one of {", ".join(map(str, TABLES))}.')
+
+
+def select(variants: Sequence[Variant], names: Sequence[str]) -> list[Variant]:
+  """The variants named in `names`, in table order.
+
+  Args:
+    variants: the table's variants.
+    names: variant names to keep; empty: all.
+
+  Returns:
+    The selected Variants, in the order of `variants`.
+
+  Raises:
+    ValueError: a name is not a variant of the table.
+  """
+  if not names:
+    return list(variants)
+  known = {v.name for v in variants}
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise ValueError(f'--variants: {", ".join(unknown)} not in this table; '
+                     f'use some of: {", ".join(sorted(known))}.')
+  return [v for v in variants if v.name in names]
+
+
+def load_config(variant: Variant, scale: str, dataset: str = '',
+                overrides=(), experiments_dir=EXPERIMENTS_DIR):
+  """The variant's config, exactly as `--config=experiments/...:<arg>` gives.
+
+  Args:
+    variant: the table cell.
+    scale: 'tiny' or 'cifar10' (a common config option, configs.py).
+    dataset: optional data source (option dataset=).
+    overrides: (dotted field, value) pairs, as --config.<field>=<value>.
+    experiments_dir: where the experiment configs live.
+
+  Returns:
+    The config of inputs (runner.run builds it).
+
+  Raises:
+    ValueError: an override names no field of the config, or its value does
+      not convert to the field's type.
+    FileNotFoundError: the experiment config does not exist.
+  """
+  config = configs.load_experiment(variant.config,
+                                   variant.config_arg(scale, dataset),
+                                   experiments_dir=experiments_dir)
+  for key, value in overrides:
+    *parents, leaf = key.split('.')
+    node = config
+    try:
+      for p in parents:
+        node = node[p]
+      node[leaf]  # pylint: disable=pointless-statement
+    except (KeyError, AttributeError, TypeError):
+      raise ValueError(f'--override {key}={value}: the config has no field '
+                       f'{key!r}.') from None
+    # The type of the default, as ml_collections' --config.<field> flags do.
+    node[leaf] = _cast(value, node[leaf], key)
+  return config
+
+
+def _cast(value: str, old, key: str):
+  if isinstance(old, bool):
+    if value.lower() not in ('true', 'false', '1', '0'):
+      raise ValueError(f'--override {key}={value!r}: use true or false.')
+    return value.lower() in ('true', '1')
+  try:
+    return type(old)(value)
+  except ValueError:
+    raise ValueError(f'--override {key}={value!r}: expected a '
+                     f'{type(old).__name__}.') from None
+
+
+def parse_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
+  """Parses --override flags.
+
+  Args:
+    items: 'field=value' strings, e.g. 'training.total_steps=100'.
+
+  Returns:
+    (field, value) pairs, both stripped; values stay strings (load_config
+    converts them).
+
+  Raises:
+    ValueError: an item has no '=' or an empty field.
+  """
+  out = []
+  for item in items:
+    key, sep, value = item.partition('=')
+    if not sep or not key:
+      raise ValueError(f'--override {item!r}: use field=value, e.g. '
+                       'training.total_steps=100.')
+    out.append((key.strip(), value.strip()))
+  return out
