@@ -158,7 +158,10 @@ class MetricWriter:
             'importable (%s). Metrics are still written to %s.', e, self._path)
         self._use_tb = False
         return None
-      self._tb_writer = event_file_writer.EventFileWriter(str(self._workdir))
+      # ".v2" as tf.summary names its files: events.out.tfevents.<time>.
+      # <host>.<pid>.<n>.v2, so tools that parse the pid keep working.
+      self._tb_writer = event_file_writer.EventFileWriter(
+          str(self._workdir), filename_suffix=".v2")
     return self._tb_writer
 
   def console(self, step: int, metrics: Mapping[str, object]) -> Optional[str]:
