@@ -11,7 +11,6 @@ import numpy as np
 
 from byol_jax import losses
 
-_EPS = 1e-12
 
 
 def check_embeddings(name: str, z) -> None:
@@ -38,8 +37,8 @@ def collapse_std(z: jnp.ndarray) -> jnp.ndarray:
   has variance 1/D, so the statistic is about 1; when all embeddings collapse
   to one point (the trivial solution BYOL must avoid) it is 0. It measures
   spread around the mean direction, not dimensionality (embeddings filling a
-  random low-dimensional subspace can still score ~1): pair it with
-  `effective_rank` to see dimensional collapse. This is the
+  random low-dimensional subspace can still score ~1; the effective rank
+  of the embeddings, Roy & Vetterli 2007, sees that). This is the
   collapse monitor of SimSiam (Chen & He, 2021, §4.1, "std of l2-normalized
   output", there without the sqrt(D) scale), applied here to BYOL projections.
 
@@ -52,26 +51,3 @@ def collapse_std(z: jnp.ndarray) -> jnp.ndarray:
   check_embeddings('z', z)
   zn = losses.l2_normalize(jnp.asarray(z, jnp.float32))
   return jnp.mean(jnp.std(zn, axis=0)) * jnp.sqrt(jnp.float32(zn.shape[1]))
-
-
-def effective_rank(z: jnp.ndarray) -> jnp.ndarray:
-  """Effective rank of an embedding matrix (Roy & Vetterli, 2007).
-
-  exp(H(p)) with p_k = s_k / sum_j s_j the normalised singular values of z and
-  H the Shannon entropy: k for a matrix with k equal non-zero singular values,
-  1 when every row is the same vector, and at most min(N, D). The matrix is
-  used as given (not centred), as in the definition; normalise rows first to
-  ignore scale.
-
-  Args:
-    z: [N, D] embeddings (N >= 2).
-
-  Returns:
-    float32 scalar in [1, min(N, D)] (0 for an all-zero matrix).
-  """
-  check_embeddings('z', z)
-  s = jnp.linalg.svd(jnp.asarray(z, jnp.float32), compute_uv=False)
-  p = s / jnp.maximum(jnp.sum(s), _EPS)
-  entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.)),
-                               0.))
-  return jnp.where(jnp.sum(s) > 0, jnp.exp(entropy), 0.)

@@ -128,8 +128,12 @@ class _MetricsBuffer:
   """The steps' metrics since the last flush, left on the devices till then.
 
   `flush` fetches them in one transfer, stops at the first step whose loss
-  is not finite, and logs the newest step's values (`last`).
+  is not finite (naming it), and logs the interval: each metric's mean over
+  the steps since the last flush, except the schedules' values (SCHEDULED:
+  the learning rate and tau), which are the newest step's (`last`).
   """
+
+  SCHEDULED = ('lr', 'tau')
 
   def __init__(self, writer: writers.MetricWriter, ckpt):
     self._writer, self._ckpt = writer, ckpt
@@ -150,8 +154,11 @@ class _MetricsBuffer:
             f'loss became {loss} at step {step}; stopping. '
             f'{_kept(self._ckpt)} Lower training.base_learning_rate or check '
             'the data.')
-    step, metrics = fetched[-1]
-    self.last = {k: float(v[0]) for k, v in metrics.items()}
+    step, newest = fetched[-1]
+    self.last = {
+        k: float(v[0]) if k in self.SCHEDULED else
+        float(np.mean([m[k][0] for _, m in fetched], dtype=np.float64))
+        for k, v in newest.items()}
     self._writer.write(step, self.last)
     self._writer.console(step, self.last)
 

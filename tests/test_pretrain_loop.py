@@ -8,7 +8,6 @@ step wrapped to
     steps, and fail if one happens after a step that is not a logging step.
 """
 
-import importlib.util
 import json
 import pathlib
 
@@ -16,10 +15,13 @@ import chex
 import jax
 from jax._src import array as jax_array
 import numpy as np
+import pytest
 
 from byol_jax import checkpointing
+from byol_jax import configs
 from byol_jax import main as main_lib
 from byol_jax import preemption
+from byol_jax import pretrain
 from byol_jax import train_state as ts
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -27,11 +29,7 @@ STEPS, LOG_EVERY = 7, 3
 
 
 def _config(**overrides):
-  spec = importlib.util.spec_from_file_location(
-      'gn_ws', REPO / 'experiments' / 'gn_ws.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('tiny,batch=16')
+  config = configs.load_experiment('gn_ws', 'tiny,batch=16')
   for key, value in {'training.total_steps': STEPS,
                      'training.warmup_steps': 1,
                      'eval.after_pretraining': False,
@@ -133,3 +131,54 @@ def test_two_process_decisions_use_one_allgather(monkeypatch, tmp_path):
   watcher = preemption.PreemptionWatcher()
   assert preemption.decide(watcher, ckpt, sync=True) == (True, True, 1)
   assert gathered == [[0, 1]]
+
+
+class _RecordingWriter:
+  """Stands in for writers.MetricWriter: records what is logged."""
+
+  def __init__(self):
+    self.rows = []
+
+  def write(self, step, metrics):
+    self.rows.append((step, dict(metrics)))
+
+  def console(self, step, metrics):
+    del step, metrics
+
+
+class _NoCheckpoint:
+  directory = '/nowhere'
+
+  def latest_step(self):
+    return None
+
+
+def _replicated(**values):
+  return {k: np.full((2,), v, np.float32) for k, v in values.items()}
+
+
+def test_metrics_buffer_logs_the_interval_mean_and_the_newest_schedule():
+  writer = _RecordingWriter()
+  buffer = pretrain._MetricsBuffer(writer, _NoCheckpoint())
+  for step, (loss, lr) in enumerate([(1., .1), (2., .2), (6., .3)], 1):
+    buffer.add(step, _replicated(loss=loss, online_top1=loss / 10, lr=lr,
+                                 tau=.99 + step / 1000))
+  buffer.flush()
+  ((step, row),) = writer.rows
+  assert step == 3
+  np.testing.assert_allclose(
+      [row['loss'], row['online_top1'], row['lr'], row['tau']],
+      [3., .3, .3, .993], rtol=1e-6)
+  assert buffer.last == row
+  buffer.flush()  # nothing pending: nothing logged
+  assert len(writer.rows) == 1
+
+
+def test_metrics_buffer_names_the_first_non_finite_step():
+  writer = _RecordingWriter()
+  buffer = pretrain._MetricsBuffer(writer, _NoCheckpoint())
+  for step, loss in ((7, 1.), (8, np.nan), (9, np.inf)):
+    buffer.add(step, _replicated(loss=loss, lr=.1, tau=.99))
+  with pytest.raises(pretrain.NonFiniteLossError, match='at step 8;'):
+    buffer.flush()
+  assert not writer.rows

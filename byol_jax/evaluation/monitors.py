@@ -1,6 +1,6 @@
 """The weighted kNN accuracy of frozen features (a training monitor).
 
-The collapse statistics (collapse_std, effective_rank) are in
+The collapse statistic (collapse_std) is in
 byol_jax/metrics.py.
 """
 import functools

@@ -88,17 +88,12 @@ def test_gn_ws_config_standardises_the_projector_and_predictor():
   scaling w -> a w up to eps (var / (var + 1e-4): 1-2% at these fan-ins,
   less after scaling by 10-20); with `ws=conv` (the conv-only variant) the
   heads' outputs change."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import pathlib  # pylint: disable=g-import-not-at-top
+  from byol_jax import configs  # pylint: disable=g-import-not-at-top
   from byol_jax.methods import networks  # pylint: disable=g-import-not-at-top
-  path = pathlib.Path(__file__).resolve().parents[2] / 'experiments/gn_ws.py'
-  spec = importlib.util.spec_from_file_location('gn_ws_cfg', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
   images = jax.random.uniform(jax.random.PRNGKey(0), (4, 16, 16, 3))
   rng = np.random.default_rng(0)
   for option, ws in (('tiny', True), ('tiny,ws=conv', False)):
-    model = module.get_config(option).model
+    model = configs.load_experiment('gn_ws', option).model
     assert (model.encoder_ws, model.heads_ws) == (True, ws)
     assert (model.encoder_norm, model.projector_norm,
             model.predictor_norm, model.gn_groups) == ('gn', 'gn', 'gn', 16)

@@ -117,16 +117,11 @@ def test_zero_init_last_norm_scale():
 
 
 def test_paper_configs_zero_init_only_the_modified_init():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import pathlib  # pylint: disable=g-import-not-at-top
-  root = pathlib.Path(__file__).resolve().parents[2] / 'experiments'
+  from byol_jax import configs  # pylint: disable=g-import-not-at-top
   for name, expected in (('byol_bn', False), ('no_bn', False),
                          ('gn_ws', False), ('ablation', False),
                          ('simclr', False), ('modified_init', True)):
-    spec = importlib.util.spec_from_file_location(name, root / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.get_config('').model.zero_init_last is expected, name
+    assert configs.load_experiment(name).model.zero_init_last is expected, name
 
 
 def test_bfloat16_compute_matches_float32():
