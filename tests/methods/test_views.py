@@ -6,6 +6,7 @@ loss and gradients; with BatchNorm the per-view passes (per-view batch
 statistics, as the official BYOL code) must stay.
 """
 
+import chex
 import haiku as hk
 import jax
 import jax.extend
@@ -143,5 +144,4 @@ def test_bn_state_is_two_sequential_per_view_updates():
     counters = [int(x) for k, x in hk.data_structures.to_haiku_dict(got)[
         'encoder/stem_norm'].items() if k == 'counter']
     assert counters == [2]  # two updates: one per view.
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(s)):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(got, s, rtol=1e-5, atol=1e-6)
