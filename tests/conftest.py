@@ -7,8 +7,11 @@ CPU devices. Single-device code still runs on device 0.
 import os
 import pathlib
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8').strip()
+_EIGHT_DEVICES = '--xla_force_host_platform_device_count=8'
+if _EIGHT_DEVICES not in os.environ.get('XLA_FLAGS', ''):
+  # Once: pytest-xdist workers inherit the controller's environment.
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' +
+                             _EIGHT_DEVICES).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Identical programs (the same tiny config in several tests and in the
