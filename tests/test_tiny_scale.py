@@ -1,18 +1,25 @@
 """The paper's phenomenon at tiny scale, and the quick start's margin.
 
-One reproduction of a slice of Table 2 at tiny scale (BN, no normalisation,
-GN + WS; the exact command a user runs, in a fresh process with one CPU
-device) backs two acceptance criteria:
+Two user commands, run at once in fresh processes with one CPU device, back
+two acceptance criteria:
 
-  * issue 8: no normalisation collapses (projection collapse statistic below
-    0.05) while BN and GN + WS do not (above 0.1), and their linear top-1 is
-    above the no-normalisation one;
-  * issue 5: the quick start (experiments/quickstart.py, which is
-    gn_ws.py:tiny with the random-encoder baseline) trains an encoder whose
-    linear (and kNN) top-1 beat its own random initialisation's by the
-    measured margins below.
+  * the quick start, exactly as README.md shows it (experiments/quickstart.py:
+    gn_ws.py:tiny with the random-encoder baseline, 150 steps). Issue 5: it
+    trains an encoder whose linear (and kNN) top-1 beat its own random
+    initialisation's by the measured margins below. Issue 8: GN + WS does not
+    collapse (projection collapse statistic above 0.1);
+  * a slice of Table 2 at tiny scale, `python -m byol_jax.reproduce --table=2
+    --scale=tiny --variants=bn,no_norm`, shortened to 100 steps (the smallest
+    length at which every assertion below holds with margin; measured on this
+    CPU: no normalisation at 50 steps has a projection statistic of 0.031 but
+    linear top-1 84.2% against 89.9% at initialisation; at 80 steps 52.9%; at
+    100 steps 39.4%; at 150 steps, the full tiny Table 2 of docs/RESULTS.md,
+    7.4%). Issue 8: no normalisation collapses (projection statistic below
+    0.05), BN does not (above 0.1), and the linear top-1 of BN and GN + WS is
+    above the no-normalisation one.
 
-Everything is in one test so that pytest-xdist runs it once.
+Everything is in one test so that pytest-xdist runs it once; the two
+commands run concurrently so that the test is not the suite's long pole.
 """
 import json
 import os
@@ -24,7 +31,8 @@ from byol_jax import configs
 from byol_jax import runs as runs_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-VARIANTS = ('bn', 'no_norm', 'gn_ws')
+COLLAPSE_VARIANTS = ('bn', 'no_norm')
+COLLAPSE_STEPS = 100
 # The quick start's margins over its own random initialisation, measured
 # with this exact command on a 2-core AMD EPYC CPU (jax 0.10.2, 2026-11-24;
 # docs/RESULTS.md): linear top-1 88.9% vs 87.2% (+1.7 points; 297 test
@@ -34,6 +42,7 @@ VARIANTS = ('bn', 'no_norm', 'gn_ws')
 # +1.3). The thresholds leave two images of slack on the linear probe.
 QUICKSTART_LINEAR_MARGIN = 0.01
 QUICKSTART_KNN_MARGIN = 0.02
+TIMEOUT_S = 1500
 
 
 def _config(name, arg):
@@ -50,16 +59,48 @@ def test_quickstart_is_gn_ws_tiny_with_the_random_baseline():
   assert quick == gn
 
 
-def test_tiny_table2_collapse_and_quickstart_margin(tmp_path):
+def _start(cmd, log):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  cmd = [sys.executable, '-m', 'byol_jax.reproduce', '--table=2',
-         '--scale=tiny', f'--workdir={tmp_path}',
-         '--variants=' + ','.join(VARIANTS),
-         '--override=eval.random_baseline=true']
-  out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=1500)
-  assert out.returncode == 0, out.stderr[-4000:]
-  runs = {name: runs_lib.load_run(tmp_path / name) for name in VARIANTS}
+  with log.open('w') as f:
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f,
+                            stderr=subprocess.STDOUT)
+
+
+def _finish(proc, log):
+  try:
+    proc.wait(timeout=TIMEOUT_S)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  assert proc.returncode == 0, log.read_text()[-4000:]
+
+
+def test_tiny_table2_collapse_and_quickstart_margin(tmp_path):
+  quickstart = tmp_path / 'quickstart'
+  table = tmp_path / 'table2'
+  procs = {
+      'quickstart': _start(
+          [sys.executable, '-m', 'byol_jax.main',
+           '--config=experiments/quickstart.py', f'--workdir={quickstart}'],
+          tmp_path / 'quickstart.log'),
+      'table2': _start(
+          [sys.executable, '-m', 'byol_jax.reproduce', '--table=2',
+           '--scale=tiny', f'--workdir={table}',
+           '--variants=' + ','.join(COLLAPSE_VARIANTS),
+           f'--override=training.total_steps={COLLAPSE_STEPS}',
+           '--override=eval.random_baseline=true'],
+          tmp_path / 'table2.log')}
+  try:
+    for name, proc in procs.items():
+      _finish(proc, tmp_path / f'{name}.log')
+  finally:
+    for proc in procs.values():
+      if proc.poll() is None:
+        proc.kill()
+  runs = {name: runs_lib.load_run(table / name) for name in COLLAPSE_VARIANTS}
+  runs['gn_ws'] = runs_lib.load_run(quickstart)
+  assert [r['last_step'] for r in runs.values()] == [COLLAPSE_STEPS] * 2 + [150]
   proj = {n: r['final']['collapse_std_projection'] for n, r in runs.items()}
   top1 = {n: r['top1'] for n, r in runs.items()}
   summary = f'collapse std {proj}, linear top-1 {top1}'
@@ -69,15 +110,15 @@ def test_tiny_table2_collapse_and_quickstart_margin(tmp_path):
   assert top1['bn'] > top1['no_norm'] and top1['gn_ws'] > top1['no_norm'], (
       summary)
   # Collapse destroys even what the random initialisation had (measured:
-  # 7.4% after training vs 89.9% at initialisation).
+  # 39.4% after 100 steps vs 89.9% at initialisation).
   assert top1['no_norm'] < runs['no_norm']['random_top1'] - 0.2, summary
-  # Issue 5: the quick start's run is this gn_ws run (same config).
-  results = json.loads((tmp_path / 'gn_ws' / 'eval_results.json').read_text())
+  # Issue 5: the quick start beats its own random initialisation.
+  results = json.loads((quickstart / 'eval_results.json').read_text())
   random = results['random_init']
   assert results['top1'] - random['top1'] >= QUICKSTART_LINEAR_MARGIN, (
       results, summary)
   assert results['knn_top1'] - random['knn_top1'] >= QUICKSTART_KNN_MARGIN, (
       results, summary)
-  assert (tmp_path / 'table2.md').exists()
+  assert (table / 'table2.md').exists()
   for metric in runs_lib.PLOT_METRICS:
-    assert (tmp_path / 'plots' / f'{metric}.png').exists()
+    assert (table / 'plots' / f'{metric}.png').exists()

@@ -64,12 +64,16 @@ def test_batch_independence(kind, ws):
   norm = norms.NormSpec(kind, groups=8)
   net = _online_network(norm, ws)
   x = jax.random.uniform(jax.random.PRNGKey(1), (8, 16, 16, 3))
-  params, state = net.init(jax.random.PRNGKey(0), x, True)
-  # Random affine parameters so norm layers are not the identity at init.
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
-  params = jax.tree.unflatten(tree, [
-      p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+  @jax.jit  # One compilation, not one per initialiser op and leaf shape.
+  def init(x):
+    params, state = net.init(jax.random.PRNGKey(0), x, True)
+    # Random affine parameters so norm layers are not the identity at init.
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+    return jax.tree.unflatten(tree, [
+        p + 0.1 * jax.random.normal(k, p.shape)
+        for p, k in zip(leaves, keys)]), state
+  params, state = init(x)
   apply = jax.jit(lambda x: net.apply(params, state, None, x, True)[0])
   batched = apply(x)
   alone = jnp.concatenate([apply(x[i:i + 1]) for i in range(8)])
