@@ -51,3 +51,23 @@ _LONGEST = 'tests/test_tiny_scale.py::test_tiny_table2_collapse_and_quickstart_m
 
 def pytest_collection_modifyitems(items):
   items.sort(key=lambda item: item.nodeid != _LONGEST)  # stable sort
+
+
+def pytest_runtest_teardown(item, nextitem):
+  """After a test module's last test, drops JAX's compiled executables.
+
+  A pytest-xdist worker otherwise keeps every executable of every test it ran
+  (thousands of small eager ones): measured on tests/methods, tests/models and
+  three data/loss modules in one process, peak RSS 4.5 GB, and 5.4 GB for a
+  worker of the whole suite with the 11.9 GB peak of the machine. Under a
+  memory-hungry neighbour the kernel's OOM killer then picks the largest
+  process, a worker, whose SIGKILL pytest-xdist reports as only "node down:
+  Not properly terminated" (nothing can print on SIGKILL; issue 17). Cleared
+  per module: peak 2.8 GB, and no slower (252 s vs 265 s), since programs a
+  later module needs come back from the persistent compilation cache.
+  """
+  if nextitem is None or nextitem.module is not item.module:
+    import gc  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.clear_caches()
+    gc.collect()

@@ -72,10 +72,7 @@ def build(model, method='byol', axis_name=ts.AXIS_NAME, lr=0.4, total=50,
 
 
 def _init(m, opt, batch):
-  # Jitted, as pre-training does: one compilation instead of one per
-  # initialiser op (the same values bit for bit; pretrain.py).
-  init = jax.jit(functools.partial(ts.init_train_state, m, opt))
-  return init(jax.random.PRNGKey(0), batch['view1'][:2])
+  return ts.init_train_state(m, opt, jax.random.PRNGKey(0), batch['view1'][:2])
 
 
 def test_target_is_ema_of_updated_online_and_gets_no_gradient():
