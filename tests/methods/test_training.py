@@ -88,9 +88,9 @@ def test_target_is_ema_of_updated_online_and_gets_no_gradient():
                                           for k in state.target_params})
   # The BYOL loss gives the target no gradient at all.
   views = (batch['view1'], batch['view2'])
-  tgrad = jax.jit(jax.grad(lambda t: m.loss(state.online_params, state.online_state, t,
-                                    state.target_state, views,
-                                    batch['label'])[0]))(state.target_params)
+  target_loss = lambda t: m.loss(state.online_params, state.online_state, t,
+                                 state.target_state, views, batch['label'])[0]
+  tgrad = jax.jit(jax.grad(target_loss))(state.target_params)
   assert all(float(np.abs(g).max()) == 0. for g in jax.tree.leaves(tgrad))
   old_target = state.target_params
   new, metrics = jax.jit(update)(state, batch, jax.random.PRNGKey(3))
