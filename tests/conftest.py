@@ -65,6 +65,10 @@ def pytest_runtest_teardown(item, nextitem):
   Not properly terminated" (nothing can print on SIGKILL; issue 17). Cleared
   per module: peak 2.8 GB, and no slower (252 s vs 265 s), since programs a
   later module needs come back from the persistent compilation cache.
+  (Measured with `/usr/bin/time -v python -m pytest -q tests/methods
+  tests/models tests/test_losses.py tests/data/test_in_memory.py
+  tests/data/test_augment.py`, empty JAX_COMPILATION_CACHE_DIR, with and
+  without this hook.)
   """
   if nextitem is None or nextitem.module is not item.module:
     import gc  # pylint: disable=g-import-not-at-top
