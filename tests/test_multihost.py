@@ -23,16 +23,20 @@ Over these runs the differences stay below 1e-6 of the largest value in each
 part of the state (the tolerance, see _excess), while a few training steps
 move it by far more than that (asserted).
 
-Runs (once, in test_two_processes_like_two_hosts; the multi-process runs go
-in the background while this process computes the references):
-  gn2  GN+WS, 2 processes, 12 steps; once step 1 is logged, process 1 alone
-       gets SIGTERM (a preemption notice reaching one host): both processes
-       must checkpoint the same step k and exit cleanly
-  bn2  BN (cross-replica statistics), 2 processes, 2 steps
-  gn1  GN+WS, this process with 8 devices, 12 steps (a checkpoint every step)
-  bn1  BN, this process with 8 devices, 2 steps
+Runs (once, in test_two_processes_like_two_hosts; the two-process run goes in
+the background while this process computes the reference). BN with
+cross-replica statistics, the variant with the most cross-device traffic
+(its batch statistics are all-reduced in every forward pass, besides the
+gradients); GN+WS shares every other multi-host path with it:
+  bn2  2 processes, 12 steps, logging (and so agreeing across processes)
+       every 2nd step, the checkpoint clock on; once step 2 is logged,
+       process 1 alone gets SIGTERM (a preemption notice reaching one host):
+       both processes must checkpoint the same step k and exit cleanly
+  bn1  this process with 8 devices, 12 steps (a checkpoint every step)
 then
-  gn2r a copy of gn2's workdir resumed by 2 new processes, from k to 12.
+  bn2r a copy of bn2's workdir resumed by 2 new processes, from k to 12.
+(Until 2026-12-01 a GN+WS pair ran beside a 2-step BN pair: the same checks
+with two more processes compiling at once, about 70 CPU-s of the suite's.)
 """
 
 import json
@@ -63,8 +67,10 @@ from byol_jax.data import sources
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 900
 HOSTS, DEVICES_PER_PROCESS = 2, 4
-STEPS = 12  # GN+WS; BN runs 2.
+STEPS = 12
 BATCH = 16  # 2 per device on 8 devices.
+SYNC_EVERY = 2  # The two-process runs log, and agree, every 2nd step.
+CONFIG = 'byol_bn'
 OVERRIDES = {
     'training.warmup_steps': 1,
     'eval.after_pretraining': False,
@@ -180,40 +186,41 @@ def _reference(name, arg, workdir, **overrides):
     return main_lib.run(config, str(workdir))
 
 
+def _two_process_job(name, workdir, **kwargs):
+  """bn2's command (bn2r and the unshared run repeat it: an unchanged config)."""
+  return Job(name, workdir,
+             f'{kwargs.pop("experiments", "experiments")}/{CONFIG}.py:'
+             f'tiny,steps={STEPS},batch={BATCH}',
+             extra=(f'--config.logging.every_steps={SYNC_EVERY}',
+                    '--config.checkpoint.every_secs=600'), **kwargs)
+
+
 def _run_all(root):
   """The runs of the module docstring; {name: their workdir, pids, logs}."""
   assert jax.local_device_count() == 8  # conftest.py
   root.mkdir(parents=True)
-  gn = f'tiny,steps={STEPS},batch={BATCH}'
-  bn = f'tiny,steps=2,batch={BATCH}'
   deadline = time.time() + TIMEOUT_S
-  jobs = {'gn2': Job('gn2', root / 'gn2', f'experiments/gn_ws.py:{gn}'),
-          # Logged at step 2 only, with the checkpoint clock on: the
-          # processes agree (one all-gather) at that step alone.
-          'bn2': Job('bn2', root / 'bn2', f'experiments/byol_bn.py:{bn}',
-                     extra=('--config.logging.every_steps=2',
-                            '--config.checkpoint.every_secs=600'))}
+  job = _two_process_job('bn2', root / 'bn2')
   signaller = threading.Thread(
-      target=_sigterm_process_1_after_step_1, args=(jobs['gn2'], deadline),
+      target=_sigterm_process_1_after_first_log, args=(job, deadline),
       daemon=True)
   signaller.start()
-  out = {'gn1': _reference('gn_ws', gn, root / 'gn1',
+  out = {'bn1': _reference(CONFIG, f'tiny,steps={STEPS},batch={BATCH}',
+                           root / 'bn1',
                            **{'checkpoint.every_steps': 1,
-                              'checkpoint.max_to_keep': STEPS}),
-         'bn1': _reference('byol_bn', bn, root / 'bn1')}
-  out['gn1']['workdir'], out['bn1']['workdir'] = root / 'gn1', root / 'bn1'
-  out.update((name, job.wait(deadline)) for name, job in jobs.items())
+                              'checkpoint.max_to_keep': STEPS})}
+  out['bn1']['workdir'] = root / 'bn1'
+  out['bn2'] = job.wait(deadline)
   signaller.join()
-  # The second two-process run resumes a copy of gn2 (gn2 itself keeps its
-  # step-k checkpoint for the comparison with gn1's).
-  shutil.copytree(root / 'gn2', root / 'gn2r')
-  out['gn2r'] = Job('gn2r', root / 'gn2r',
-                    f'experiments/gn_ws.py:{gn}').wait(deadline)
+  # The second two-process run resumes a copy of bn2 (bn2 itself keeps its
+  # step-k checkpoint for the comparison with bn1's).
+  shutil.copytree(root / 'bn2', root / 'bn2r')
+  out['bn2r'] = _two_process_job('bn2r', root / 'bn2r').wait(deadline)
   return out
 
 
-def _sigterm_process_1_after_step_1(job, deadline):
-  """SIGTERM to process 1 only, once process 0 has logged step 1."""
+def _sigterm_process_1_after_first_log(job, deadline):
+  """SIGTERM to process 1 only, once process 0 has logged (step 2)."""
   metrics = job.workdir / 'metrics.jsonl'
   while time.time() < deadline and job.procs[1].poll() is None:
     if metrics.exists() and metrics.read_text().strip():
@@ -269,8 +276,8 @@ def _excess(two, one, parts=None) -> float:
 
 
 def _stopped_at(runs):
-  """The step at which gn2's processes checkpointed and stopped."""
-  return _fingerprints(runs['gn2']['logs'])[0][0]
+  """The step at which bn2's processes checkpointed and stopped."""
+  return _fingerprints(runs['bn2']['logs'])[0][0]
 
 
 def test_two_processes_like_two_hosts(tmp_path):
@@ -280,8 +287,7 @@ def test_two_processes_like_two_hosts(tmp_path):
   spreads a module's tests over several workers (each would redo a fixture).
   """
   runs = _run_all(tmp_path / 'runs')
-  for two, one, config in (('gn2', 'gn1', 'gn_ws'), ('bn2', 'bn1', 'byol_bn')):
-    _check_equal_to_one_process(runs, tmp_path / two, two, one, config)
+  _check_equal_to_one_process(runs, tmp_path / 'bn2', 'bn2', 'bn1', CONFIG)
   _check_signal_to_one_process_stops_both(runs)
   _check_resume_in_a_second_two_process_run(runs, tmp_path / 'resume')
   _check_only_process_zero_writes_logs(runs)
@@ -290,9 +296,12 @@ def test_two_processes_like_two_hosts(tmp_path):
 
 
 def _check_no_per_step_agreement(runs):
-  """bn2 logs at step 2 only: one cross-process all-gather in 2 steps."""
-  for log in runs['bn2']['logs']:
-    assert re.search(r'Process \d: 1 cross-process agreements in 2 steps', log)
+  """One cross-process all-gather per logging step, none in between."""
+  k = _stopped_at(runs)
+  for name, steps in (('bn2', k), ('bn2r', STEPS - k)):
+    for log in runs[name]['logs']:
+      assert re.search(rf'Process \d: {steps // SYNC_EVERY} cross-process '
+                       rf'agreements in {steps} steps', log), name
 
 
 def _check_equal_to_one_process(runs, tmp_path, two, one, config):
@@ -312,9 +321,10 @@ def _check_equal_to_one_process(runs, tmp_path, two, one, config):
 
 
 def _check_signal_to_one_process_stops_both(runs):
-  logs, workdir = runs['gn2']['logs'], runs['gn2']['workdir']
+  logs, workdir = runs['bn2']['logs'], runs['bn2']['workdir']
   k = _stopped_at(runs)
-  assert 1 <= k < STEPS
+  # Agreed at a logging step after the signal.
+  assert SYNC_EVERY <= k < STEPS and k % SYNC_EVERY == 0
   assert f'SIGTERM received at step {k}: checkpoint saved' in logs[1]
   assert ('A preemption signal (on another host) received at step '
           f'{k}: checkpoint saved') in logs[0]
@@ -323,30 +333,29 @@ def _check_signal_to_one_process_stops_both(runs):
 
 
 def _check_resume_in_a_second_two_process_run(runs, tmp_path):
-  logs = runs['gn2r']['logs']
+  logs = runs['bn2r']['logs']
   k = _stopped_at(runs)
   start = _fingerprints(logs, _START)
-  first_final = _fingerprints(runs['gn2']['logs'])
+  first_final = _fingerprints(runs['bn2']['logs'])
   # Both processes resumed from the step-k checkpoint, to the same state.
   assert start == {0: first_final[0], 1: first_final[0]}
   assert all(f'at step {k}.' in log and 'Resumed from' in log for log in logs)
   final = _fingerprints(logs)
   assert final[0] == final[1] and final[0][0] == STEPS
-  resumed = _restore(runs['gn2r']['workdir'], STEPS, 'gn_ws', tmp_path)
-  straight = _restore(runs['gn1']['workdir'], STEPS, 'gn_ws', tmp_path)
+  resumed = _restore(runs['bn2r']['workdir'], STEPS, CONFIG, tmp_path)
+  straight = _restore(runs['bn1']['workdir'], STEPS, CONFIG, tmp_path)
   assert hosts.fingerprint(resumed) == final[0][1]
   assert _excess(resumed, straight) <= 1.
   # The tolerance tells training steps apart: the parameters at step k are
   # far from those at the end.
-  assert _excess(_restore(runs['gn2']['workdir'], k, 'gn_ws', tmp_path),
+  assert _excess(_restore(runs['bn2']['workdir'], k, CONFIG, tmp_path),
                  straight, parts=['online_params', 'target_params']) > 100.
 
 
 def _check_only_process_zero_writes_logs(runs):
   k = _stopped_at(runs)
-  for name, steps in (('gn2', range(1, k + 1)), ('gn2r', range(1, STEPS + 1)),
-                      ('bn2', [2])):
-    steps = list(steps)
+  for name, last in (('bn2', k), ('bn2r', STEPS)):
+    steps = list(range(SYNC_EVERY, last + 1, SYNC_EVERY))
     workdir, pids, logs = (runs[name][key] for key in ('workdir', 'pids',
                                                        'logs'))
     rows = [json.loads(l) for l in (workdir / 'metrics.jsonl').open()]
@@ -355,10 +364,10 @@ def _check_only_process_zero_writes_logs(runs):
     events = sorted(p.name for p in workdir.glob('events.out.tfevents.*'))
     # TensorBoard files end in .<pid>.<n>.v2: all from a process 0.
     writers = {int(e.split('.')[-3]) for e in events}
-    chiefs = {pids[0]} | ({runs['gn2']['pids'][0]} if name == 'gn2r' else
+    chiefs = {pids[0]} | ({runs['bn2']['pids'][0]} if name == 'bn2r' else
                           set())
     assert events and writers <= chiefs, (name, events, pids)
-    if name != 'gn2':  # gn2 was preempted: no pretrain_done.json.
+    if name != 'bn2':  # bn2 was preempted: no pretrain_done.json.
       done = json.loads((workdir / 'pretrain_done.json').read_text())
       assert done['step'] == steps[-1]
       assert done['state_sha256'] == _fingerprints(logs)[0][1]
@@ -374,11 +383,10 @@ def _check_unshared_workdir_refused(runs, tmp_path):
   """A workdir on each host's local disk: process 0 finds a checkpoint there,
   process 1 finds none. Both must stop, not train from different states."""
   disks = [tmp_path / 'host0', tmp_path / 'host1']
-  shutil.copytree(runs['gn2']['workdir'], disks[0] / 'run')
+  shutil.copytree(runs['bn2']['workdir'], disks[0] / 'run')
   disks[1].mkdir(parents=True)
-  job = Job('unshared', 'run',
-            f'{REPO}/experiments/gn_ws.py:tiny,steps={STEPS},batch={BATCH}',
-            cwds=disks, logdir=tmp_path)
+  job = _two_process_job('unshared', 'run', experiments=REPO / 'experiments',
+                         cwds=disks, logdir=tmp_path)
   out = job.wait(time.time() + 300, expect_failure=True)
   assert out['returncodes'] == [2, 2]
   for log, disk in zip(out['logs'], disks):
