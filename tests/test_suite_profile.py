@@ -1,0 +1,53 @@
+"""benchmarks/suite_profile.py: per-test CPU, subprocess CPU and compiles.
+
+The profiler runs pytest (no pytest-xdist) on a two-test file written here,
+with empty caches: one test compiles a program in its own process, the other
+burns CPU in a subprocess, and each must be charged with exactly its own.
+"""
+import pytest
+
+from benchmarks import suite_profile
+
+PROFILED = '''
+import subprocess, sys
+import jax, jax.numpy as jnp
+
+def test_compiles():
+  assert float(jax.jit(lambda x: jnp.sin(x) * 2.)(jnp.float32(1.))) > 0.
+
+def test_child_cpu():
+  subprocess.run([sys.executable, '-c', 'sum(i * i for i in range(4 * 10**6))'],
+                 check=True)
+'''
+
+
+def test_each_test_is_charged_its_compiles_and_its_subprocesses(tmp_path):
+  path = tmp_path / 'test_profiled.py'
+  path.write_text(PROFILED)
+  result = suite_profile.main(['--paths', str(path), '--workers', '0',
+                               '--no_write'])
+  assert result['tests'] == 2 and '2 passed' in result['pytest_summary']
+  assert result['caches'] == 'empty' and result['wall_s'] > 0.
+  rows = {r['test'].split('::')[-1]: r for r in result['top_tests']}
+  compiles, child = rows['test_compiles'], rows['test_child_cpu']
+  assert compiles['compiles'] >= 1 and compiles['compile_s'] > 0.
+  assert compiles['cpu_children_s'] == 0.
+  assert child['compiles'] == 0 and child['cpu_children_s'] > 0.1
+  assert child['cpu_s'] == pytest.approx(
+      child['cpu_self_s'] + child['cpu_children_s'], abs=1e-3)
+  # Sorted by CPU; the module row sums its tests.
+  assert [r['cpu_s'] for r in result['top_tests']] == sorted(
+      (r['cpu_s'] for r in result['top_tests']), reverse=True)
+  (module,) = result['modules']
+  assert module['compiles'] == compiles['compiles']
+  assert module['cpu_children_s'] == pytest.approx(
+      compiles['cpu_children_s'] + child['cpu_children_s'], abs=1e-3)
+  # The whole process tree's CPU covers the tests' own.
+  assert result['cpu_s'] >= child['cpu_children_s']
+
+
+def test_a_failing_suite_is_an_error_not_a_profile(tmp_path):
+  path = tmp_path / 'test_fails.py'
+  path.write_text('def test_fails():\n  assert 1 == 2\n')
+  with pytest.raises(RuntimeError, match='pytest exited 1'):
+    suite_profile.main(['--paths', str(path), '--workers', '0', '--no_write'])
