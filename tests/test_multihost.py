@@ -187,7 +187,7 @@ def _reference(name, arg, workdir, **overrides):
 
 
 def _two_process_job(name, workdir, **kwargs):
-  """bn2's command (bn2r and the unshared run repeat it: an unchanged config)."""
+  """bn2's command; bn2r and the unshared run repeat it (same config)."""
   return Job(name, workdir,
              f'{kwargs.pop("experiments", "experiments")}/{CONFIG}.py:'
              f'tiny,steps={STEPS},batch={BATCH}',

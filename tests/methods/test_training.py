@@ -71,15 +71,17 @@ def build(model, method='byol', axis_name=ts.AXIS_NAME, lr=0.4, total=50,
   return m, opt, update, tau_fn
 
 
-def _init(m, opt, batch):
-  return ts.init_train_state(m, opt, jax.random.PRNGKey(0), batch['view1'][:2])
+def _init(m, opt, batch, jit_o0):
+  """The initial TrainState (conftest's jit_o0: any parameters will do)."""
+  return jit_o0(functools.partial(ts.init_train_state, m, opt),
+                jax.random.PRNGKey(0), batch['view1'][:2])
 
 
-def test_target_is_ema_of_updated_online_and_gets_no_gradient():
+def test_target_is_ema_of_updated_online_and_gets_no_gradient(jit_o0):
   model = tiny_model()
   m, opt, update, tau_fn = build(model, axis_name=None, warmup=0)
   batch = structured_batch(jax.random.PRNGKey(1), 8)
-  state = _init(m, opt, batch)
+  state = _init(m, opt, batch, jit_o0)
   assert sorted(state.target_params) == sorted(
       k for k in state.online_params if k.split('/')[0] in ('encoder',
                                                             'projector'))
@@ -115,14 +117,14 @@ def test_target_is_ema_of_updated_online_and_gets_no_gradient():
 
 
 @pytest.mark.parametrize('norm,ws', [('gn', True), ('bn', False)])
-def test_pmap_8_devices_equals_1_device(norm, ws):
+def test_pmap_8_devices_equals_1_device(norm, ws, jit_o0):
   """One update on a global batch split over 8 devices == on one device."""
   assert jax.local_device_count() == 8, 'conftest sets 8 fake CPU devices'
   model = tiny_model(encoder_norm=norm, projector_norm=norm,
                      predictor_norm=norm, encoder_ws=ws)
   m, opt, update, _ = build(model, warmup=0)
   batch = structured_batch(jax.random.PRNGKey(1), 16)
-  state = _init(m, opt, batch)
+  state = _init(m, opt, batch, jit_o0)
   results = []
   for n in (8, 1):
     devices = jax.local_devices()[:n]
@@ -148,10 +150,11 @@ def test_pmap_8_devices_equals_1_device(norm, ws):
     assert len(jax.tree.leaves(s8.online_state)) > 0
 
 
-def _train(model, steps, method='byol', seed=0):
+def _train(model, steps, jit_o0, method='byol', seed=0):
   m, opt, update, _ = build(model, method=method, axis_name=None, total=steps)
   step = ts.jit_update(update)
-  state = _init(m, opt, structured_batch(jax.random.PRNGKey(seed), 32))
+  state = _init(m, opt, structured_batch(jax.random.PRNGKey(seed), 32),
+                jit_o0)
   history = []
   for i in range(steps):
     state, metrics = step(state, structured_batch(jax.random.PRNGKey(i), 32))
@@ -159,8 +162,8 @@ def _train(model, steps, method='byol', seed=0):
   return state, history
 
 
-def test_tiny_byol_learns_and_bfloat16_has_no_nan():
-  _, hist = _train(tiny_model(), 50)
+def test_tiny_byol_learns_and_bfloat16_has_no_nan(jit_o0):
+  _, hist = _train(tiny_model(), 50, jit_o0)
   loss = np.array([h['loss'] for h in hist])
   assert np.all(np.isfinite(loss))
   assert loss[-10:].mean() < 0.7 * loss[:10].mean(), loss
@@ -169,15 +172,16 @@ def test_tiny_byol_learns_and_bfloat16_has_no_nan():
   # checked: under LARS (trust ratio 1e-3) it needs far more than 50 steps.
   assert hist[-1]['collapse_std_representation'] > 0.2
   # bfloat16 compute is emulated on CPU (slow): a few steps show no NaN.
-  state, hist16 = _train(tiny_model(dtype='bfloat16'), 6)  # warm-up is 5.
+  # Warm-up is 5 steps.
+  state, hist16 = _train(tiny_model(dtype='bfloat16'), 6, jit_o0)
   assert all(np.isfinite(h['loss']) for h in hist16)
   assert jax.tree.leaves(state.online_params)[0].dtype == jnp.float32
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state))
 
 
-def test_simclr_trains_without_target():
+def test_simclr_trains_without_target(jit_o0):
   state, hist = _train(tiny_model(encoder_norm='bn', projector_norm='bn'), 20,
-                       method='simclr')
+                       jit_o0, method='simclr')
   assert state.target_params == {} and state.target_state == {}
   loss = np.array([h['loss'] for h in hist])
   assert np.all(np.isfinite(loss)) and loss[-5:].mean() < loss[:5].mean()

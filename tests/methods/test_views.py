@@ -48,9 +48,10 @@ def _inputs(size=16):
   return views, labels
 
 
-def _loss_and_grads(method, views, labels):
-  params, state, tparams, tstate = method.init(jax.random.PRNGKey(0),
-                                               views[0][:2])
+def _loss_and_grads(method, views, labels, jit_o0):
+  # conftest's jit_o0: the checks hold for any parameters.
+  params, state, tparams, tstate = jit_o0(method.init, jax.random.PRNGKey(0),
+                                          views[0][:2])
   # Move the target away from the online network, so the target pass is
   # checked on its own parameters.
   tparams = jax.tree.map(lambda x: x * 0.9 + 0.01, tparams)
@@ -66,13 +67,13 @@ def _loss_and_grads(method, views, labels):
     ('simclr', 'gn', True),
 ])
 def test_views_in_one_batch_equal_per_view_passes(method, norm, ws,
-                                                  monkeypatch):
+                                                  monkeypatch, jit_o0):
   model = _model(norm, ws)
   assert networks.views_in_one_batch(model, with_predictor=True)
   views, labels = _inputs()
-  one = _loss_and_grads(_make(method, model), views, labels)
+  one = _loss_and_grads(_make(method, model), views, labels, jit_o0)
   monkeypatch.setattr(networks, 'views_in_one_batch', lambda *a, **k: False)
-  per_view = _loss_and_grads(_make(method, model), views, labels)
+  per_view = _loss_and_grads(_make(method, model), views, labels, jit_o0)
   np.testing.assert_allclose(one[0], per_view[0], rtol=1e-5)
   for key in one[2]:
     np.testing.assert_allclose(one[2][key], per_view[2][key], rtol=1e-5,
@@ -124,14 +125,16 @@ def test_forward_passes_per_norm(method):
   assert networks.views_in_one_batch(mixed, with_predictor=False)
 
 
-def test_bn_state_is_two_sequential_per_view_updates():
+def test_bn_state_is_two_sequential_per_view_updates(jit_o0):
   """BYOL with BN: the new BN state is view 1's update, then view 2's."""
   model = _model('bn', False)
   method = byol.make_byol(model, NUM_CLASSES)
   views, labels = _inputs()
-  _, _, _, new_state, new_tstate = _loss_and_grads(method, views, labels)
-  params, state, tparams, tstate = method.init(jax.random.PRNGKey(0),
-                                               views[0][:2])
+  _, _, _, new_state, new_tstate = _loss_and_grads(method, views, labels,
+                                                    jit_o0)
+  # conftest's jit_o0: the checks hold for any parameters.
+  params, state, tparams, tstate = jit_o0(method.init, jax.random.PRNGKey(0),
+                                          views[0][:2])
   tparams = jax.tree.map(lambda x: x * 0.9 + 0.01, tparams)
   for with_predictor, with_classifier, p, s, got in (
       (True, True, params, state, new_state),
