@@ -90,6 +90,18 @@ def summarize(rows, top: int) -> dict:
               top_tests=sorted(tests, key=by_cpu)[:top])
 
 
+def git_commit() -> str:
+  """HEAD's hash, '+dirty' when tracked files differ from it; '' outside git."""
+  try:
+    head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO, check=True,
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(['git', 'diff', '--quiet', 'HEAD'], cwd=REPO,
+                           check=False).returncode != 0
+  except (OSError, subprocess.CalledProcessError):
+    return ''
+  return head + ('+dirty' if dirty else '')
+
+
 def print_report(result: dict, rows_shown: int = 15) -> None:
   """Prints the totals, then the first `rows_shown` modules and tests.
 
@@ -170,13 +182,15 @@ def run(args, argv) -> dict:
       command='python -m benchmarks.suite_profile ' + ' '.join(argv),
       pytest_command=' '.join(['python'] + cmd[1:]),
       device=f'cpu: {_results.cpu_name()}, {_results.cpu_cores()} cores',
-      date=_results.today(), caches='warm (/tmp)' if args.warm else 'empty',
+      date=_results.today(), commit=git_commit(),
+      caches='warm (/tmp)' if args.warm else 'empty',
       pytest_summary=lines[-1] if lines else '', wall_s=round(wall, 1),
       cpu_s=round(cpu, 1), cores_busy=round(cpu / wall, 2),
       **summarize(rows, args.top))
   print_report(result)
   if not args.no_write:
-    slug = f'cpu-{_results.slug(_results.cpu_name())}-{_results.cpu_cores()}cores'
+    slug = (f'cpu-{_results.slug(_results.cpu_name())}-'
+            f'{_results.cpu_cores()}cores')
     path = _results.write_json(_results.results_path(
         'suite_profile', slug, out_dir=args.out), result)
     print(f'Wrote {path}')
