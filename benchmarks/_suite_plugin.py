@@ -8,10 +8,16 @@ together) it records:
   * cpu_self_s: user + system CPU seconds of the test's own process;
   * cpu_children_s: those of the subprocesses it started and waited for
     (resource.RUSAGE_CHILDREN), e.g. a `python -m byol_jax.main` run;
-  * compiles, compile_s: XLA compilations in the test's own process and their
-    seconds (jax.monitoring's backend-compile duration event; a program served
-    by the persistent compilation cache is not one). Subprocesses' compiles
-    are inside cpu_children_s, not counted here.
+  * compiles, cache_hits, compile_s: programs the test's own process
+    compiled with XLA, programs it loaded from the persistent compilation
+    cache instead, and the wall seconds of both (jax.monitoring: the
+    backend-compile duration event, which also wraps a cache load, and the
+    cache-hit event). Subprocesses' compiles are inside cpu_children_s, not
+    counted here.
+
+Caveats: a subprocess is charged to the test that waits for it (normally the
+one that started it), and a background thread's CPU to the test running at
+the time.
 
 At the end of the session each process writes its rows to
 $SUITE_PROFILE_DIR/<pid>.json.
@@ -25,8 +31,10 @@ import pytest
 
 _ENV = 'SUITE_PROFILE_DIR'
 _COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
+_CACHE_HIT_EVENT = '/jax/compilation_cache/cache_hits'
 _rows = []
-_compiles = [0, 0.]  # count, seconds: in this process, since it started
+# Compile-or-load events, their seconds, cache hits: this process, so far.
+_compiles = [0, 0., 0]
 _listening = []
 
 
@@ -37,11 +45,18 @@ def _on_duration(event, duration, **kwargs):
     _compiles[1] += duration
 
 
+def _on_event(event, **kwargs):
+  del kwargs
+  if event == _CACHE_HIT_EVENT:
+    _compiles[2] += 1
+
+
 def _listen() -> None:
-  """Registers the compile listener once (jax is imported by conftest.py)."""
+  """Registers the listeners once (jax is imported by conftest.py)."""
   if not _listening:
     import jax.monitoring  # pylint: disable=g-import-not-at-top
     jax.monitoring.register_event_duration_secs_listener(_on_duration)
+    jax.monitoring.register_event_listener(_on_event)
     _listening.append(True)
 
 
@@ -66,12 +81,13 @@ def pytest_runtest_protocol(item, nextitem):  # pylint: disable=unused-argument
   yield
   after = (time.perf_counter(), _cpu(resource.RUSAGE_SELF),
            _cpu(resource.RUSAGE_CHILDREN), *_compiles)
-  wall, cpu_self, cpu_children, compiles, compile_s = (
+  wall, cpu_self, cpu_children, events, compile_s, hits = (
       a - b for a, b in zip(after, before))
   _rows.append(dict(test=item.nodeid, wall_s=round(wall, 3),
                     cpu_self_s=round(cpu_self, 3),
                     cpu_children_s=round(cpu_children, 3),
-                    compiles=int(compiles), compile_s=round(compile_s, 3)))
+                    compiles=int(events - hits), cache_hits=int(hits),
+                    compile_s=round(compile_s, 3)))
 
 
 

@@ -9,8 +9,8 @@ as `.ci/run` on a fresh machine. Reports:
     tree (user + system, workers and every subprocess they waited for), and
     their ratio, the cores kept busy;
   * per test (setup, call and teardown): wall, CPU of its own process, CPU of
-    the subprocesses it ran, and the XLA compilations in its own process
-    with their seconds; per test module, the sums. Sorted by CPU (own +
+    the subprocesses it ran, the XLA compilations and persistent-cache loads
+    in its own process with their seconds; per test module, the sums. Sorted by CPU (own +
     subprocesses): on a CPU-bound suite that, not wall time, is what each
     test costs the others.
 
@@ -65,14 +65,15 @@ def summarize(rows, top: int) -> dict:
 
   Args:
     rows: the plugin's per-test dicts (test, wall_s, cpu_self_s,
-      cpu_children_s, compiles, compile_s), from every worker.
+      cpu_children_s, compiles, cache_hits, compile_s), from every worker.
     top: how many tests to keep, the most CPU first.
 
   Returns:
     dict(tests, modules, top_tests): the count of tests, and lists of rows
     with `cpu_s` = cpu_self_s + cpu_children_s, sorted by it.
   """
-  keys = ('wall_s', 'cpu_self_s', 'cpu_children_s', 'compiles', 'compile_s')
+  keys = ('wall_s', 'cpu_self_s', 'cpu_children_s', 'compiles', 'cache_hits',
+          'compile_s')
   modules = collections.defaultdict(lambda: dict.fromkeys(keys, 0))
   tests = []
   for row in rows:
@@ -113,14 +114,15 @@ def print_report(result: dict, rows_shown: int = 15) -> None:
         f'{result["cpu_s"]:.0f} CPU-s ({result["cores_busy"]:.2f} cores busy)'
         f' on {result["device"]}; {result["pytest_summary"]}')
   header = (f'{"CPU s":>7} {"own":>7} {"subproc":>7} {"wall s":>7} '
-            f'{"compiles":>8} {"compile s":>9}  ')
+            f'{"compiles":>8} {"cached":>6} {"compile s":>9}  ')
   for title, key, name in (('Modules', 'modules', 'module'),
                            ('Tests', 'top_tests', 'test')):
     print(f'\n{title} (most CPU first):\n{header}{name}')
     for r in result[key][:rows_shown]:
       print(f'{r["cpu_s"]:7.1f} {r["cpu_self_s"]:7.1f} '
             f'{r["cpu_children_s"]:7.1f} {r["wall_s"]:7.1f} '
-            f'{r["compiles"]:8d} {r["compile_s"]:9.1f}  {r[name]}')
+            f'{r["compiles"]:8d} {r["cache_hits"]:6d} {r["compile_s"]:9.1f}  '
+            f'{r[name]}')
 
 
 def define_flags(flag_values) -> None:
@@ -171,10 +173,14 @@ def run(args, argv) -> dict:
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0:
       raise RuntimeError(f'pytest exited {proc.returncode}:\n' +
-                         '\n'.join(lines[-30:]) + proc.stderr[-3000:])
+                         '\n'.join(lines[-30:]) + '\n' + proc.stderr[-3000:])
     rows = []
     for path in sorted(pathlib.Path(env['SUITE_PROFILE_DIR']).glob('*.json')):
       rows += json.loads(path.read_text())
+  if not rows:
+    raise RuntimeError('no test was profiled (is benchmarks/_suite_plugin.py '
+                       'importable from the repository root?): '
+                       + (lines[-1] if lines else proc.stderr[-500:]))
   cpu = sum(getattr(after, f) - getattr(before, f)
             for f in ('ru_utime', 'ru_stime'))
   result = dict(

@@ -14,7 +14,8 @@ two acceptance criteria:
     16 px, which costs 4x the FLOPs for the same collapse, below). Issue 8: no
     normalisation collapses (projection statistic below 0.05), BN does not
     (above 0.1), and the linear top-1 of BN and GN + WS is above the
-    no-normalisation one. Measured on this CPU with the command below
+    no-normalisation one (GN + WS is the quick start's, at 16 px; each
+    probe reads its own run's frozen features). Measured on this CPU with the command below
     (COLLAPSE_OVERRIDES): BN projection statistic 0.855, top-1 94.9%; no
     normalisation 0.001, top-1 41.4% against its random encoder's 86.2%; both
     variants in 56 s wall, 89 CPU-s (at 16 px: 100 steps gave no
