@@ -15,11 +15,12 @@ two acceptance criteria:
     normalisation collapses (projection statistic below 0.05), BN does not
     (above 0.1), and the linear top-1 of BN and GN + WS is above the
     no-normalisation one (GN + WS is the quick start's, at 16 px; each
-    probe reads its own run's frozen features). Measured on this CPU with the command below
-    (COLLAPSE_OVERRIDES): BN projection statistic 0.855, top-1 94.9%; no
-    normalisation 0.001, top-1 41.4% against its random encoder's 86.2%; both
-    variants in 56 s wall, 89 CPU-s (at 16 px: 100 steps gave no
-    normalisation 0.003 and 39.4% against 89.9%, in about 300 CPU-s; 50 steps
+    probe reads its own run's frozen features). Measured on this CPU with
+    the command below (COLLAPSE_OVERRIDES): BN projection statistic 0.855,
+    top-1 94.9%; no normalisation 0.001, top-1 41.4% against its random
+    encoder's 86.2%; both variants in 56 s wall, 89 CPU-s (at 16 px: 100
+    steps gave no
+    normalisation 0.003 and 39.4% against 89.9%, in about 290 CPU-s; 50 steps
     at 16 px gave 0.031 but 84.2%, failing the last bound; at 150 steps, the
     full tiny Table 2 of docs/RESULTS.md, 7.4%). The quick start keeps its
     16 px: at 8 px its kNN top-1 falls below its random encoder's (80.1% vs
