@@ -2,16 +2,16 @@
 
 XLA_FLAGS must be set before jax is first imported; conftest.py is imported by
 pytest before any test module, so every test (and every pmapped path) sees 8
-CPU devices. Single-device code still runs on device 0.
+CPU devices, and compiles at LLVM -O2 (tests/xla_env.py says why).
+Single-device code still runs on device 0.
 """
 import os
 import pathlib
 
-_EIGHT_DEVICES = '--xla_force_host_platform_device_count=8'
-if _EIGHT_DEVICES not in os.environ.get('XLA_FLAGS', ''):
-  # Once: pytest-xdist workers inherit the controller's environment.
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' +
-                             _EIGHT_DEVICES).strip()
+import xla_env  # tests/xla_env.py  # pylint: disable=g-bad-import-order
+
+# Idempotent: pytest-xdist workers inherit the controller's environment.
+os.environ['XLA_FLAGS'] = xla_env.xla_flags(8, os.environ.get('XLA_FLAGS', ''))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Identical programs (the same tiny config in several tests and in the

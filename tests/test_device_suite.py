@@ -6,7 +6,6 @@ as the device command runs it: every section must come back with numbers
 """
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ import pytest
 from benchmarks import device_suite
 from benchmarks import torch_reference
 
+import xla_env  # tests/xla_env.py
+
 REPO = device_suite._results.REPO
 
 
@@ -24,13 +25,8 @@ def _number(value):
 
 
 def test_smoke_run_has_every_section_with_numbers(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
   # One CPU device (conftest's 8 fake devices would only slow the compiles).
-  xla_flags = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
-                        if not f.startswith('--xla_force_host_platform_device_count'))
-  env.pop('XLA_FLAGS', None)
-  if xla_flags:  # XLA reads a value not starting with '--' as a file name
-    env['XLA_FLAGS'] = xla_flags
+  env = xla_env.subprocess_env(1, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
   start = time.perf_counter()
   proc = subprocess.run(
       # A budget above the smoke default (4 minutes): the run ends when its

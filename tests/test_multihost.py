@@ -64,6 +64,8 @@ from byol_jax import plan
 from byol_jax.data import pipeline
 from byol_jax.data import sources
 
+import xla_env  # tests/xla_env.py
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 900
 HOSTS, DEVICES_PER_PROCESS = 2, 4
@@ -109,8 +111,8 @@ def _free_port() -> int:
 
 
 def _env(devices: int) -> dict:
-  env = dict(os.environ, PYTHONUNBUFFERED='1', JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  env = xla_env.subprocess_env(devices, PYTHONUNBUFFERED='1',
+                               JAX_PLATFORMS='cpu')
   # The subprocesses must import this checkout's byol_jax.
   env['PYTHONPATH'] = os.pathsep.join(
       [str(REPO)] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep)

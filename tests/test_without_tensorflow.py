@@ -17,6 +17,8 @@ import sys
 import numpy as np
 import pytest
 
+import xla_env  # tests/xla_env.py
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _PRELUDE = (
     "import sys\n"
@@ -35,8 +37,7 @@ def _run_without_tf(dataset, workdir, *extra):
           '--config.logging.knn_every_steps=2',
           '--config.eval.num_epochs=1', '--config.eval.global_batch_size=32',
           '--config.eval.augment=true', *extra]
-  env = dict(os.environ, PYTHONUNBUFFERED='1', JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  env = xla_env.subprocess_env(2, PYTHONUNBUFFERED='1', JAX_PLATFORMS='cpu')
   proc = subprocess.run([sys.executable, '-c', _PRELUDE, *args], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]

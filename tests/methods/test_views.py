@@ -10,7 +10,6 @@ import chex
 import haiku as hk
 import jax
 import jax.extend
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
