@@ -45,20 +45,28 @@ def cifar10_jpg_dir():
 
 @pytest.fixture(scope='session')
 def jit_o0():
-  """jit_o0(fn, *args): fn(*args) jitted, compiled at XLA's optimisation level 0.
+  """jit_o0(fn, *args): fn(*args) compiled at XLA's optimisation level 0.
 
-  For initialising parameters in tests that check a property holding for any
-  parameters (equal results on 8 devices and 1, batch independence, the EMA
-  relation): the init programs (a random-number generator per leaf) compile
-  several times faster (tests/models/test_heads.py: 67 -> 47 CPU-s with
-  `JAX_COMPILATION_CACHE_DIR=$(mktemp -d) /usr/bin/time python -m pytest -q
-  tests/models/test_heads.py`, default level vs level 0); their values differ
-  from the default level's in the last bits. Never for what a run computes,
-  nor for tests whose thresholds depend on where training starts.
+  fn is jitted, or compiled as it is when it is already a jitted or pmapped
+  program (a parallel.device_program such as ts.pmap_update's step).
+
+  For tests that check a property holding for any parameters and at any
+  optimisation level (equal results on 8 devices and 1, batch independence,
+  the EMA relation, views in one batch): their parameters, and the programs
+  compared, at tiny batches where run time is nothing next to compile time.
+  Level 0 compiles several times faster than the default for the init
+  programs (a random-number generator per leaf): tests/models/test_heads.py
+  67 -> 47 CPU-s with `JAX_COMPILATION_CACHE_DIR=$(mktemp -d) /usr/bin/time
+  python -m pytest -q tests/models/test_heads.py`, default level vs level 0;
+  the tiny step about 30% faster (7.2 -> 5.0 s), but it then runs 7x slower
+  (benchmarks/throughput.py). Values differ from the default level's in the
+  last bits. Never for what a run computes, nor for tests whose thresholds
+  depend on where training starts.
   """
   def run(fn, *args):
     import jax  # pylint: disable=g-import-not-at-top
-    compiled = jax.jit(fn).lower(*args).compile(
+    program = fn if hasattr(fn, 'lower') else jax.jit(fn)
+    compiled = program.lower(*args).compile(
         compiler_options={'xla_backend_optimization_level': 0})
     return compiled(*args)
   return run
