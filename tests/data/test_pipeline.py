@@ -15,6 +15,8 @@ from byol_jax.data import in_memory
 from byol_jax.data import pipeline
 from byol_jax.data import sources
 
+import xla_env  # tests/xla_env.py
+
 ONE_HOST = dict(process_index=0, process_count=1)
 
 
@@ -372,7 +374,7 @@ def test_in_memory_sources_need_no_tensorflow():
       "e = next(pipeline.make_eval_iterator(src, split='test', **kw))\n"
       "print(b['view2'].shape, e['image'].shape, 'tensorflow' in sys.modules "
       "and sys.modules['tensorflow'] is not None)\n")
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
+  env = xla_env.subprocess_env(1, JAX_PLATFORMS='cpu')
   root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
   out = subprocess.run([sys.executable, '-c', code], cwd=root, env=env,
                        capture_output=True, text=True, timeout=120)

@@ -154,9 +154,9 @@ def test_pmap_8_devices_equals_1_device(norm, ws, jit_o0):
 def _train(model, steps, method='byol', seed=0):
   m, opt, update, _ = build(model, method=method, axis_name=None, total=steps)
   step = ts.jit_update(update)
-  # The default optimisation level, jitted as pre-training does (the same
-  # values bit for bit; pretrain.py): what these tests check depends on where
-  # training starts, so not conftest's jit_o0.
+  # The suite's optimisation level (conftest's XLA_FLAGS), jitted as
+  # pre-training does (the same values bit for bit; pretrain.py): what these
+  # tests check depends on where training starts, so not conftest's jit_o0.
   init = jax.jit(functools.partial(ts.init_train_state, m, opt))
   state = init(jax.random.PRNGKey(0),
                structured_batch(jax.random.PRNGKey(seed), 32)['view1'][:2])
