@@ -47,16 +47,17 @@ def cifar10_jpg_dir():
 def jit_o0():
   """jit_o0(fn, *args): fn(*args) compiled at XLA's optimisation level 0.
 
-  fn is jitted, or compiled as it is when it is already a jitted or pmapped
+  jit_o0.compile(fn, *args) gives the compiled program instead, to call on
+  other arguments of the same shapes. fn is jitted, or compiled as it is when it is already a jitted or pmapped
   program (a parallel.device_program such as ts.pmap_update's step; its
   donated arguments stay donated). One process only: a pmapped program's
   lower().compile() takes process-local arrays.
 
   For tests that check a property holding for any parameters and at any
-  optimisation level: the initial parameters of equal results on 8 devices
-  and 1, batch independence, the EMA relation and views in one batch, and
-  the programs compared in all but batch independence, at tiny batches where
-  run time is nothing next to compile time. Measured against the suite's
+  optimisation level (equal results on 8 devices and 1, batch independence,
+  the EMA relation, views in one batch): their initial parameters and the
+  programs compared, at tiny batches where run time is nothing next to
+  compile time. Measured against the suite's
   level 2 (tests/xla_env.py): test_views, test_training and test_in_memory
   took 196 CPU-s with only their inits at level 0 and 163 with the compared
   programs at level 0 too (d033ee2: `JAX_COMPILATION_CACHE_DIR=$(mktemp -d)
@@ -66,13 +67,21 @@ def jit_o0():
   differ from other levels' in the last bits. Never for what a run computes,
   nor for tests whose thresholds depend on where training starts.
   """
-  def run(fn, *args):
+  return _JitO0()
+
+
+class _JitO0:
+  """conftest's jit_o0: call it, or `.compile(fn, *args)` for the program."""
+
+  def compile(self, fn, *args):
+    """fn compiled at level 0 for arguments shaped like args (reusable)."""
     import jax  # pylint: disable=g-import-not-at-top
     program = fn if hasattr(fn, 'lower') else jax.jit(fn)
-    compiled = program.lower(*args).compile(
+    return program.lower(*args).compile(
         compiler_options={'xla_backend_optimization_level': 0})
-    return compiled(*args)
-  return run
+
+  def __call__(self, fn, *args):
+    return self.compile(fn, *args)(*args)
 
 
 # The longest test (several minutes: a slice of the tiny Table 2 in a
