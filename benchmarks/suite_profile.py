@@ -10,9 +10,9 @@ as `.ci/run` on a fresh machine. Reports:
     their ratio, the cores kept busy;
   * per test (setup, call and teardown): wall, CPU of its own process, CPU of
     the subprocesses it ran, the XLA compilations and persistent-cache loads
-    in its own process with their seconds; per test module, the sums. Sorted by CPU (own +
-    subprocesses): on a CPU-bound suite that, not wall time, is what each
-    test costs the others.
+    in its own process with their seconds; per test module, the sums. Sorted
+    by CPU (own + subprocesses): on a CPU-bound suite that, not wall time,
+    is what each test costs the others.
 
     python -m benchmarks.suite_profile                      # the whole suite
     python -m benchmarks.suite_profile --paths tests/methods --workers 0 \

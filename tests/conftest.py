@@ -48,20 +48,21 @@ def jit_o0():
   """jit_o0(fn, *args): fn(*args) compiled at XLA's optimisation level 0.
 
   jit_o0.compile(fn, *args) gives the compiled program instead, to call on
-  other arguments of the same shapes. fn is jitted, or compiled as it is when it is already a jitted or pmapped
-  program (a parallel.device_program such as ts.pmap_update's step; its
-  donated arguments stay donated). One process only: a pmapped program's
-  lower().compile() takes process-local arrays.
+  other arguments of the same shapes. fn is jitted, or compiled as it is when
+  it is already a jitted or pmapped program (a parallel.device_program such
+  as ts.pmap_update's step; its donated arguments stay donated). One
+  process only: a pmapped program's lower().compile() takes process-local
+  arrays.
 
   For tests that check a property holding for any parameters and at any
   optimisation level (equal results on 8 devices and 1, batch independence,
   the EMA relation, views in one batch): their initial parameters and the
   programs compared, at tiny batches where run time is nothing next to
-  compile time. Measured against the suite's
-  level 2 (tests/xla_env.py): test_views, test_training and test_in_memory
-  took 196 CPU-s with only their inits at level 0 and 163 with the compared
-  programs at level 0 too (d033ee2: `JAX_COMPILATION_CACHE_DIR=$(mktemp -d)
-  /usr/bin/time python -m pytest -q -p no:cacheprovider <those modules>`).
+  compile time. Measured against the suite's level 2 (tests/xla_env.py):
+  test_views, test_training and test_in_memory took 196 CPU-s with only
+  their inits at level 0 and 163 with the compared programs at level 0 too
+  (d033ee2: `JAX_COMPILATION_CACHE_DIR=$(mktemp -d) /usr/bin/time python -m
+  pytest -q -p no:cacheprovider <those modules>`).
   The tiny GN+WS step compiles in 5.0 s at level 0 (6.2-6.4 s at level 2)
   but runs 7x slower (benchmarks/README.md, "Compiling at LLVM -O2"). Values
   differ from other levels' in the last bits. Never for what a run computes,

@@ -19,12 +19,12 @@ two acceptance criteria:
     the command below (COLLAPSE_OVERRIDES): BN projection statistic 0.855,
     top-1 94.9%; no normalisation 0.001, top-1 41.4% against its random
     encoder's 86.2%; both variants in 56 s wall, 89 CPU-s (at 16 px: 100
-    steps gave no
-    normalisation 0.003 and 39.4% against 89.9%, in about 290 CPU-s; 50 steps
-    at 16 px gave 0.031 but 84.2%, failing the last bound; at 150 steps, the
-    full tiny Table 2 of docs/RESULTS.md, 7.4%). The quick start keeps its
-    16 px: at 8 px its kNN top-1 falls below its random encoder's (80.1% vs
-    87.2%, `--config.data.image_size=8`), so the preset is not changed.
+    steps gave no normalisation 0.003 and 39.4% against 89.9%, in about 290
+    CPU-s; 50 steps at 16 px gave 0.031 but 84.2%, failing the last bound;
+    at 150 steps, the full tiny Table 2 of docs/RESULTS.md, 7.4%). The quick
+    start keeps its 16 px: at 8 px its kNN top-1 falls below its random
+    encoder's (80.1% vs 87.2%, `--config.data.image_size=8`), so the preset
+    is not changed.
 
 Everything is in one test so that pytest-xdist runs it once; the two
 commands run concurrently so that the test is not the suite's long pole.

@@ -17,12 +17,12 @@ cheaper; a compiled step runs about 6% slower. Measured on this project's
   * tests/methods/test_views.py, tests/methods/test_training.py and
     test_runner's every-config test, on the code of a407439 with and
     without the flag: 320 and 312 CPU-s (two runs) at the default level,
-    249 and 252 at level 2 (level 1: 251), with `JAX_COMPILATION_CACHE_DIR=$(mktemp -d)
-    /usr/bin/time python -m pytest -q -p no:cacheprovider <those tests>`;
+    249 and 252 at level 2 (level 1: 251), with
+    `JAX_COMPILATION_CACHE_DIR=$(mktemp -d) /usr/bin/time python -m pytest
+    -q -p no:cacheprovider <those tests>`;
   * the tiny step (ResNet-10 x1/4, 16 px, batch 256) compiles in 8.0-8.1 /
     6.9-7.2 s (BN / GN+WS) at the default level and 7.1-7.2 / 6.2-6.4 s at
-    level 2, and runs in 583 / 724-737 ms vs 619-624 / 759-775 ms; the init
-    program compiles in 3.6 s at level 3 and 1.5 s at level 2
+    level 2, and runs in 583 / 724-737 ms vs 619-624 / 759-775 ms
     (benchmarks/README.md, "Compiling at LLVM -O2");
   * the whole suite (python -m benchmarks.suite_profile) took 1,315 CPU-s at
     a407439, 1,437 at 200b210 before it (not all of the difference is the
