@@ -14,6 +14,7 @@ writes OUT/report.md (the table) and OUT/plots/{loss,collapse_std_projection,
 collapse_std_representation,online_top1}.png, one line per run.
 """
 import math
+import sys
 from typing import Optional, Sequence
 
 from etils import epath
@@ -155,10 +156,12 @@ def write_report(workdirs: Sequence[str], out_dir,
     '<method>_<metric>': plot info}, 'runs': [...]}.
 
   Raises:
-    ValueError: no workdirs, or one of them has no metrics.jsonl.
+    ValueError: no workdirs, or one of them is not a readable run
+      (runs.load_run).
+    OSError: out_dir cannot be written.
   """
   if not workdirs:
-    raise ValueError('write_report needs at least one workdir (--workdirs).')
+    raise ValueError('no run directories: pass --workdirs=DIR1,DIR2.')
   runs = [runs_lib.load_run(w) for w in workdirs]
   table = markdown_table(runs)
   groups = {'': runs}
@@ -191,8 +194,38 @@ def write_report(workdirs: Sequence[str], out_dir,
           'runs': runs}
 
 
+def parse_flags(argv):
+  """absl's flag parsing, an error as one line and exit code 2.
+
+  The flags_parser of this command and of byol_jax.reproduce.
+
+  Args:
+    argv: the full command line (sys.argv).
+
+  Returns:
+    argv without the parsed flags.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    rest = flags.FLAGS(argv)
+  except flags.Error as e:
+    _exit(f'Usage error: {e}')
+  if len(rest) > 1:
+    _exit(f'Usage error: unexpected arguments {rest[1:]}; this command '
+          'takes flags only (--help lists them).')
+  return rest
+
+
+def _exit(message: str):
+  print(' '.join(message.split()), file=sys.stderr)
+  sys.exit(2)
+
+
 def main(argv):
   """Writes the report of --workdirs into --out and prints the table.
+
+  Every error (a missing or unreadable workdir, a bad --out) ends the process
+  with one line on stderr and exit code 2.
 
   Args:
     argv: the command line left after absl's flags (ignored).
@@ -200,10 +233,19 @@ def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  out = write_report([w for w in f.workdirs if w], f.out, title=f.title)
-  print(out['table'], end='')
-  print(f'Wrote {out["table_path"]} and {len(out["plots"])} plots in '
-        f'{epath.Path(f.out) / "plots"}.')
+  out = epath.Path(f.out)
+  if not f.out.strip() or (out.exists() and not out.is_dir()):
+    _exit(f'report: --out={f.out!r} is not a directory: name the directory '
+          'for the report and its plots (created if needed).')
+  try:
+    written = write_report([w for w in f.workdirs if w], out, title=f.title)
+  except ValueError as e:  # runs.load_run: a workdir or its files.
+    _exit(f'report: {e}')
+  except OSError as e:
+    _exit(f'report: cannot write to --out={f.out} ({e}).')
+  print(written['table'], end='')
+  print(f'Wrote {written["table_path"]} and {len(written["plots"])} plots in '
+        f'{out / "plots"}.')
 
 
 if __name__ == '__main__':
@@ -213,4 +255,4 @@ if __name__ == '__main__':
   flags.DEFINE_string('out', None, 'Output directory for report and plots.')
   flags.DEFINE_string('title', '', 'Report title.')
   flags.mark_flags_as_required(['workdirs', 'out'])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

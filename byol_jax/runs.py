@@ -32,13 +32,51 @@ PLOT_METRICS = ('loss', 'collapse_std_projection',
                 'collapse_std_representation', 'online_top1')
 
 
-def _read_json(path: epath.Path) -> Optional[dict]:
+def read_json(path: epath.Path) -> Optional[dict]:
+  """The JSON object in a run's file.
+
+  Args:
+    path: e.g. WORKDIR/config.json.
+
+  Returns:
+    The parsed object; None when there is no such file.
+
+  Raises:
+    ValueError: the file is unreadable, not JSON, or not a JSON object (the
+      message names it).
+  """
   if not path.exists():
     return None
   try:
-    return json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f'{path} is not valid JSON ({e}); delete or fix it.') from e
+    value = json.loads(path.read_text())
+  except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON.
+    raise ValueError(f'{path} cannot be read as JSON '
+                     f'({" ".join(str(e).split())}); fix or delete it.'
+                     ) from None
+  if not isinstance(value, dict):
+    raise ValueError(f'{path} holds {type(value).__name__}, not a JSON object;'
+                     ' fix or delete it.')
+  return value
+
+
+def _number(record: dict, key: str, path) -> Optional[float]:
+  """record[key] as a float (None when absent); ValueError naming `path`."""
+  value = record.get(key)
+  if value is not None and (isinstance(value, bool) or
+                            not isinstance(value, (int, float))):
+    raise ValueError(f'{path}: {key}={value!r} is not a number; fix or '
+                     'delete the file.')
+  return None if value is None else float(value)
+
+
+def _check_rows(rows: Sequence[dict], path) -> None:
+  """Every row an object with an integer step and numeric metrics."""
+  for i, row in enumerate(rows):
+    if not isinstance(row, dict) or not isinstance(row.get('step'), int):
+      raise ValueError(f'{path}: row {i + 1} ({str(row)[:60]}) has no '
+                       'integer "step"; not a byol_jax metrics.jsonl.')
+    for key in PLOT_METRICS + ('knn_top1',):
+      _number(row, key, f'{path} row {i + 1}')
 
 
 def _last(rows: Sequence[dict], key: str) -> Optional[float]:
@@ -76,7 +114,7 @@ def variant_label(config: dict) -> str:
   return ' '.join(parts)
 
 
-def _wall_time(workdir: epath.Path, done: Optional[dict]):
+def _wall_time(workdir: epath.Path, done: Optional[dict], done_path):
   """(seconds, exact) of pre-training, or (None, False) when unknown.
 
   Exact: pretrain_done.json's 'wall_time_s'. Otherwise approximate: the
@@ -85,7 +123,7 @@ def _wall_time(workdir: epath.Path, done: Optional[dict]):
   approximation then covers only the last segment.
   """
   if done and 'wall_time_s' in done:
-    return float(done['wall_time_s']), True
+    return _number(done, 'wall_time_s', done_path), True
   config_path = workdir_lib.config_path(workdir)
   if not config_path.exists():
     return None, False
@@ -114,33 +152,46 @@ def load_run(workdir) -> dict:
     eval_results.json).
 
   Raises:
-    ValueError: the workdir has no metrics.jsonl (or it has no rows).
+    ValueError: the workdir is not a directory or has no metric rows, or one
+      of its files is unreadable or not what byol_jax writes (the message
+      names the file).
   """
   workdir = epath.Path(workdir)
   metrics_path = workdir_lib.metrics_path(workdir)
+  if not workdir.is_dir():
+    raise ValueError(f'{workdir} is not a directory; name run directories '
+                     '(--workdirs=DIR1,DIR2).')
   if not metrics_path.exists():
     raise ValueError(
         f'{metrics_path} does not exist: {workdir} is not a pre-training '
         'workdir, or pre-training has not logged yet. Run `python -m '
         f'byol_jax.main --config=experiments/<variant>.py --workdir={workdir}`'
         ' first (or pass the right --workdirs).')
-  rows = writers.read_metrics(workdir)
+  try:
+    rows = writers.read_metrics(workdir)
+  except (OSError, UnicodeDecodeError) as e:
+    raise ValueError(f'{metrics_path} cannot be read ({e}).') from None
   if not rows:
     raise ValueError(f'{metrics_path} has no metric rows; let pre-training '
                      'run to its first logging step.')
-  config = _read_json(workdir_lib.config_path(workdir)) or {}
-  done = _read_json(workdir_lib.pretrain_done_path(workdir))
-  results = _read_json(workdir_lib.eval_results_path(workdir)) or {}
-  paper = config.get('paper_top1', -1.)
-  total = config.get('derived', {}).get(
-      'total_steps', config.get('training', {}).get('total_steps', -1))
-  wall, exact = _wall_time(workdir, done)
+  _check_rows(rows, metrics_path)
+  config_path = workdir_lib.config_path(workdir)
+  config = read_json(config_path) or {}
+  done_path = workdir_lib.pretrain_done_path(workdir)
+  done = read_json(done_path)
+  results_path = workdir_lib.eval_results_path(workdir)
+  results = read_json(results_path) or {}
+  paper = _number(config, 'paper_top1', config_path)
+  total = _number(config.get('derived') or {}, 'total_steps', config_path)
+  if total is None:  # config.json written before the derived section.
+    total = _number(config.get('training') or {}, 'total_steps', config_path)
+  wall, exact = _wall_time(workdir, done, done_path)
   return {
       'name': workdir.name,
       'method': str(config.get('method', methods.BYOL)),
       'workdir': str(workdir),
       'variant': variant_label(config) if config else workdir.name,
-      'paper_top1': None if paper is None or paper < 0 else float(paper),
+      'paper_top1': None if paper is None or paper < 0 else paper,
       'rows': rows,
       'last_step': max(int(r['step']) for r in rows),
       'total_steps': int(total) if total and total > 0 else None,
@@ -148,9 +199,10 @@ def load_run(workdir) -> dict:
       'wall_time_s': wall,
       'wall_time_exact': exact,
       'finished': done is not None,
-      'top1': results.get('top1'),
-      'top5': results.get('top5'),
-      'knn_top1': results.get('knn_top1'),
+      'top1': _number(results, 'top1', results_path),
+      'top5': _number(results, 'top5', results_path),
+      'knn_top1': _number(results, 'knn_top1', results_path),
       # The same probe on a randomly initialised encoder (eval.random_baseline).
-      'random_top1': (results.get('random_init') or {}).get('top1'),
+      'random_top1': _number(results.get('random_init') or {}, 'top1',
+                             results_path),
   }
