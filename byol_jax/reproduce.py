@@ -18,6 +18,15 @@ Resumable: a variant with eval_results.json is done and skipped; any other
 resumes from its latest checkpoint (the runner's exact resume). A killed
 reproduction therefore continues where it stopped when rerun.
 
+Never an old result under a new config: a variant whose workdir holds a run
+of other inputs (its config.json against the requested config: steps,
+dataset, any --override; not _NOT_COMPARED's paths, memory placement and
+checkpoint policy, which change no number) is trained again from scratch. Its
+old directory is moved, not deleted, to WORKDIR/replaced/<variant>.<n>, and
+one logged line names the changed fields and where the old run went. When
+only eval.* fields changed, the trained encoder is evaluated again in place
+(the runner replaces eval_results.json; pre-training is kept).
+
 The variants themselves (Table 2: BN, no normalisation, modified init,
 GN + WS; Table 1: the BN / LN / none grid) and their configs are
 variants.py's.
@@ -32,12 +41,24 @@ from absl import logging
 from etils import epath
 
 from byol_jax import report
+from byol_jax import resume
+from byol_jax import runs as runs_lib
 from byol_jax import variants as variants_lib
 from byol_jax import workdir as workdir_lib
 
 # Failures recorded by this command (variant -> message); a variant listed
 # here is retried on the next run.
 FAILURES_FILE = 'failures.json'
+# Where a variant's run under other inputs is moved before it is trained
+# again: WORKDIR/replaced/<variant>.<n>.
+REPLACED_DIR = 'replaced'
+# Inputs that change no number of the table (prefixes of dotted fields): the
+# option string (the fields it sets are compared themselves), where data and
+# caches live, where in-memory arrays are held, the modified init's chunking
+# (exactly merged) and the checkpoint policy.
+_NOT_COMPARED = ('options', 'data.data_dir', 'data.cache_dir',
+                 'data.in_memory_on', 'training.modified_init_chunk_size',
+                 'checkpoint.')
 
 
 def is_done(workdir: epath.Path) -> bool:
@@ -50,6 +71,43 @@ def is_done(workdir: epath.Path) -> bool:
     True when its eval_results.json exists.
   """
   return workdir_lib.eval_results_path(workdir).exists()
+
+
+def changed_inputs(config, workdir: epath.Path) -> dict:
+  """The inputs of the run in `workdir` that differ from `config`'s.
+
+  Args:
+    config: the variant's requested config of inputs (variants.load_config).
+    workdir: the variant's run directory.
+
+  Returns:
+    {dotted field: (saved value, requested value)} (resume.changes), fields
+    of _NOT_COMPARED left out; empty when the workdir has no config.json
+    (nothing ran there yet) or the same inputs.
+
+  Raises:
+    ValueError: config.json is unreadable or not a JSON object.
+  """
+  saved = runs_lib.read_json(workdir_lib.config_path(workdir))
+  if saved is None:
+    return {}
+  saved = resume.from_saved(saved)
+  del saved['derived']  # values plan.build derives from the inputs.
+
+  def inputs(tree):
+    flat = resume.flatten(json.loads(tree.to_json_best_effort()))
+    return {k: v for k, v in flat.items() if not k.startswith(_NOT_COMPARED)}
+
+  return resume.changes(inputs(saved), inputs(config))
+
+
+def _move_aside(root: epath.Path, vdir: epath.Path) -> epath.Path:
+  """Moves a variant's directory to WORKDIR/replaced/<variant>.<n>."""
+  n = 1
+  while (root / REPLACED_DIR / f'{vdir.name}.{n}').exists():
+    n += 1
+  (root / REPLACED_DIR).mkdir(parents=True, exist_ok=True)
+  return vdir.rename(root / REPLACED_DIR / f'{vdir.name}.{n}')
 
 
 def _read_failures(root: epath.Path) -> dict:
@@ -109,11 +167,13 @@ def reproduce(table: int, scale: str, workdir, *, variants=(), dataset='',
 
   Returns:
     {'commands': [...], 'ran': [names], 'skipped': [names], 'failed':
-    {name: message}, 'report': report.write_report's dict or None}.
+    {name: message}, 'replaced': {name: where its run under other inputs
+    was moved}, 'report': report.write_report's dict or None}.
 
   Raises:
-    ValueError: an unknown scale, table or variant, a bad override or an
-      invalid config (plan.ConfigError); all before any training.
+    ValueError: an unknown scale, table or variant, a bad override, an
+      invalid config (plan.ConfigError) or an unreadable config.json in a
+      variant's workdir; all before any training.
     KeyboardInterrupt: a variant was interrupted (other failures are
       recorded in WORKDIR/failures.json and the next variant runs).
   """
@@ -131,14 +191,28 @@ def reproduce(table: int, scale: str, workdir, *, variants=(), dataset='',
   commands = [v.command(scale, dataset, root / v.name, overrides)
               for v in chosen]
   out = {'commands': commands, 'ran': [], 'skipped': [], 'failed': {},
-         'report': None}
+         'replaced': {}, 'report': None}
   if dry_run:
     return out
+  changed = [changed_inputs(c, root / v.name)
+             for v, c in zip(chosen, variant_configs)]
   root.mkdir(parents=True, exist_ok=True)
   failures = _read_failures(root)
-  for variant, config, command in zip(chosen, variant_configs, commands):
+  for variant, config, command, diff in zip(chosen, variant_configs, commands,
+                                            changed):
     vdir = root / variant.name
-    if is_done(vdir):
+    if diff and all(k.startswith('eval.') for k in diff):
+      logging.warning('%s: evaluation inputs changed since the run in %s (%s):'
+                      ' evaluating its encoder again, eval_results.json is '
+                      'replaced.', variant.name, vdir,
+                      resume.describe_changes(diff))
+    elif diff:
+      aside = _move_aside(root, vdir)
+      logging.warning('%s: inputs changed since the run in %s (%s): it is '
+                      'moved to %s and the variant trains again.',
+                      variant.name, vdir, resume.describe_changes(diff), aside)
+      out['replaced'][variant.name] = str(aside)
+    elif is_done(vdir):
       logging.info('%s: done (%s exists), skipped.', variant.name,
                    workdir_lib.eval_results_path(vdir))
       out['skipped'].append(variant.name)
@@ -231,7 +305,8 @@ def main(argv):
   print(rep['table'], end='')
   print(f'Wrote {rep["table_path"]} and plots in {f.workdir}/plots '
         f'(ran {len(out["ran"])}, skipped {len(out["skipped"])} done, '
-        f'{len(out["failed"])} failed).')
+        f'{len(out["failed"])} failed, {len(out["replaced"])} moved to '
+        f'{REPLACED_DIR}/ under changed inputs).')
   if out['failed']:
     sys.exit(1)
 
@@ -252,4 +327,4 @@ if __name__ == '__main__':
                       'Directory of the experiment configs.')
   flags.DEFINE_bool('dry_run', False, 'Print the commands, run nothing.')
   flags.mark_flags_as_required(['workdir'])
-  app.run(main)
+  app.run(main, flags_parser=report.parse_flags)

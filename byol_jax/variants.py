@@ -15,7 +15,11 @@ overrides would; `Variant.command` prints that command line.
 
 import dataclasses
 import itertools
+import shlex
 from typing import Sequence
+
+from absl import flags
+from ml_collections.config_flags import tuple_parser
 
 from byol_jax import configs
 from byol_jax import presets
@@ -65,9 +69,10 @@ class Variant:
       overrides: (dotted field, value) pairs, as --config.<field>=<value>.
 
     Returns:
-      The command as one shell line (values are not quoted).
+      The command as one shell line (the overrides shell-quoted).
     """
-    flags = ''.join(f' --config.{k}={v}' for k, v in overrides)
+    flags = ''.join(' ' + shlex.quote(f'--config.{k}={v}')
+                    for k, v in overrides)
     return (f'python -m byol_jax.main --config=experiments/{self.config}.py:'
             f'{self.config_arg(scale, dataset)} --workdir={workdir}{flags}')
 
@@ -153,25 +158,36 @@ def load_config(variant: Variant, scale: str, dataset: str = '',
     try:
       for p in parents:
         node = node[p]
-      node[leaf]  # pylint: disable=pointless-statement
+      old = node[leaf]
     except (KeyError, AttributeError, TypeError):
       raise ValueError(f'--override {key}={value}: the config has no field '
                        f'{key!r}.') from None
-    # The type of the default, as ml_collections' --config.<field> flags do.
-    node[leaf] = _cast(value, node[leaf], key)
+    node[leaf] = _cast(value, old, key)
   return config
 
 
+# The parsers of main.py's --config.<field> flags (ml_collections picks them
+# by the type of the field's default), so that an override means what the
+# printed command's --config.<field>=<value> means.
+_PARSERS = {bool: flags.BooleanParser(), int: flags.IntegerParser(),
+            float: flags.FloatParser(), tuple: tuple_parser.TupleParser(),
+            str: flags.ArgumentParser()}
+
+
 def _cast(value: str, old, key: str):
-  if isinstance(old, bool):
-    if value.lower() not in ('true', 'false', '1', '0'):
-      raise ValueError(f'--override {key}={value!r}: use true or false.')
-    return value.lower() in ('true', '1')
+  """`value` parsed as main's --config.<key> flag parses it."""
+  parser = _PARSERS.get(type(old))
+  if parser is None:
+    raise ValueError(f'--override {key}={value}: {key} is a section of the '
+                     f'config, not a field; name one of its fields, e.g. '
+                     f'{key}.{next(iter(old), "FIELD")}=VALUE.')
   try:
-    return type(old)(value)
-  except ValueError:
-    raise ValueError(f'--override {key}={value!r}: expected a '
-                     f'{type(old).__name__}.') from None
+    return parser.parse(value)
+  except ValueError as e:
+    expected = {bool: 'true or false', tuple: f'a tuple ({e})'}.get(
+        type(old), f'a {type(old).__name__}')
+    raise ValueError(f'--override {key}={value!r}: expected {expected}.'
+                     ) from None
 
 
 def parse_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
