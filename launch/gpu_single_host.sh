@@ -17,6 +17,8 @@
 # process per group, connected by jax.distributed on 127.0.0.1:PORT: the
 # multi-host code path (per-host data shards, process-0-only logs, checkpoints
 # from several processes) on one machine, for debugging before a pod run.
+# A relative --workdir or --venv is the current directory's; the run starts
+# in the checkout, where --config=experiments/... is read; gs:// URLs stay.
 # --gpus defaults to every GPU nvidia-smi lists. Output lines of process i are
 # prefixed with [i]. --dry-run prints every command without running any.
 set -euo pipefail
@@ -54,7 +56,9 @@ if ! [[ $port =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
   die "--port=$port must be a TCP port (1-65535)"
 fi
 [[ -n $venv ]] || die "--venv= is empty: name the virtual environment (default .venv-cuda)"
+# Relative to the caller's directory: the run starts in the checkout (cd below).
 [[ $venv == /* ]] || venv=$PWD/$venv
+[[ $workdir == /* || $workdir == *://* ]] || workdir=$PWD/$workdir
 if ((!install)) && [[ ! -x $venv/bin/python ]]; then
   die "--venv=$venv has no bin/python: create it (drop --no-install) or name another"
 fi

@@ -67,19 +67,19 @@ EXTRA = {'no-extra': [], 'empty-extra': ['--'],
          'extra': ['--', '--config.training.max_steps=1000']}
 
 
-def _run(script, *args, env=None, shell=('bash', None)):
+def _run(script, *args, env=None, shell=('bash', None), cwd=REPO):
   bash, compat = shell
   env = dict(os.environ if env is None else env)
   env.pop('BASH_COMPAT', None)
   if compat:
     env['BASH_COMPAT'] = compat
-  return subprocess.run([bash, str(LAUNCH / script), *args], cwd=REPO,
+  return subprocess.run([bash, str(LAUNCH / script), *args], cwd=cwd,
                         capture_output=True, text=True, timeout=60, env=env)
 
 
-def _commands(script, *args, env=None, shell=('bash', None)):
+def _commands(script, *args, env=None, shell=('bash', None), cwd=REPO):
   """The argv of every '+ ' line a --dry-run prints, in order."""
-  proc = _run(script, '--dry-run', *args, env=env, shell=shell)
+  proc = _run(script, '--dry-run', *args, env=env, shell=shell, cwd=cwd)
   assert proc.returncode == 0, proc.stderr
   lines = [l[2:] for l in proc.stdout.splitlines() if l.startswith('+ ')]
   # Background pipelines of gpu_single_host.sh: keep the command itself.
@@ -210,6 +210,24 @@ def test_gpu_single_host_several_processes_split_the_gpus(tmp_path):
   cmds, _ = _commands('gpu_single_host.sh', '--config=c', '--workdir=/w',
                       '--gpus=0', f'--venv={venv}', '--no-install')
   assert len(cmds) == 1 and cmds[0][2] == f'{venv}/bin/python'
+
+
+@pytest.mark.parametrize('shell', SHELLS)
+def test_gpu_single_host_resolves_a_relative_workdir_from_the_caller(
+    shell, tmp_path):
+  """The run starts in the checkout: a relative --workdir (and --venv) is
+  made absolute against the caller's directory, a gs:// URL is kept."""
+  venv = tmp_path / 'venv'
+  (venv / 'bin').mkdir(parents=True)
+  (venv / 'bin' / 'python').symlink_to(sys.executable)
+  for workdir, expected in (('runs/a', f'{tmp_path}/runs/a'),
+                            ('gs://bucket/runs/a', 'gs://bucket/runs/a')):
+    cmds, _ = _commands('gpu_single_host.sh', '--config=experiments/gn_ws.py',
+                        f'--workdir={workdir}', '--gpus=0', '--venv=venv',
+                        '--no-install', shell=shell, cwd=tmp_path)
+    assert cmds == [['env', 'CUDA_VISIBLE_DEVICES=0', f'{venv}/bin/python',
+                     '-m', 'byol_jax.main', '--config=experiments/gn_ws.py',
+                     f'--workdir={expected}', *REQUIRE, '--distributed=off']]
 
 
 @pytest.mark.parametrize('extra', EXTRA.values(), ids=EXTRA.keys())
