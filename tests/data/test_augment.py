@@ -61,15 +61,19 @@ def test_decision_frequencies():
   d1 = augment.sample_decisions(key, N, augment.VIEW1)
   d2 = augment.sample_decisions(key, N, augment.VIEW2)
   assert d1['blur'].all() and not d1['solarize'].any()
+  # Binomial sd at N: 0.009 (p 0.2, 0.8), 0.011 (p 0.5), 0.0067 (p 0.1).
+  # Measured over 10 keys (AMD EPYC): grayscale 0.206 +- 0.008, flip 0.504 +-
+  # 0.013, jitter 0.805 +- 0.006, solarize 0.200 +- 0.008, blur 0.103 +-
+  # 0.008; each bound is >= 4.5 binomial sd (a probability ignored: 0 or 1).
   for d in (d1, d2):
-    assert abs(d['grayscale'].mean() - 0.2) < 0.03
-    assert abs(d['flip'].mean() - 0.5) < 0.04
-    assert abs(d['jitter'].mean() - 0.8) < 0.03
+    assert abs(d['grayscale'].mean() - 0.2) < 0.04
+    assert abs(d['flip'].mean() - 0.5) < 0.05
+    assert abs(d['jitter'].mean() - 0.8) < 0.04
     np.testing.assert_array_equal(np.sort(d['order'], 1),
                                   np.tile(np.arange(4), (N, 1)))
     assert len({tuple(o) for o in np.asarray(d['order'])}) == 24
     assert float(d['sigma'].min()) >= 0.1 and float(d['sigma'].max()) <= 2.
-  assert abs(d2['solarize'].mean() - 0.2) < 0.03
+  assert abs(d2['solarize'].mean() - 0.2) < 0.04
   assert abs(d2['blur'].mean() - 0.1) < 0.03
 
 
@@ -82,7 +86,8 @@ def test_outputs_in_range_and_grayscale_fraction(outputs):
     # inputs; saturation only scales by >= 0.8).
     spread = np.abs(out[v] - out[v].mean(-1, keepdims=True)).max((1, 2, 3))
     gray = spread < 1e-5
-    assert abs(gray.mean() - 0.2) < 0.03
+    # 10 keys (AMD EPYC): 0.200 +- 0.010; binomial sd 0.009: 4.5 sd.
+    assert abs(gray.mean() - 0.2) < 0.04
     decided = augment.sample_decisions(key, N, augment.view_config(v))
     np.testing.assert_array_equal(gray, decided['grayscale'])
 
@@ -104,7 +109,8 @@ def test_solarize_fraction_from_outputs():
     solarized = np.isclose(np.asarray(out), 0.1, atol=1e-5).all((1, 2, 3))
     kept = np.isclose(np.asarray(out), 0.9, atol=1e-5).all((1, 2, 3))
     assert (solarized | kept).all()
-    assert abs(solarized.mean() - expected) < 0.03
+    # 10 keys (AMD EPYC): 0.202 +- 0.008 (view 2); binomial sd 0.009: 4.5 sd.
+    assert abs(solarized.mean() - expected) < 0.04
     if view == 1:
       assert not solarized.any()
 
@@ -120,7 +126,8 @@ def test_view1_always_blurred():
   changed = np.abs(np.asarray(out) - np.asarray(checker)).max((1, 2, 3)) > 0.01
   # sigma < 0.3 px is numerically the identity; every other draw must blur.
   assert (changed | (np.asarray(d['sigma']) < 0.3)).all()
-  assert changed.mean() > 0.85
+  # 10 keys (AMD EPYC): 0.895 +- 0.013 (0.876..0.914): 7 sd; no blur: 0.
+  assert changed.mean() > 0.8
 
 
 def test_blur_matches_dm_pix():
@@ -160,6 +167,7 @@ def test_keys_determine_outputs(colour_images, outputs):
   np.testing.assert_array_equal(a, out[2])  # same key, same output
   # Different keys: (almost) every example differs; an example that draws
   # "no op at all" under both keys (p = 0.058^2 for view 2) is left alone.
+  # 10 keys (AMD EPYC): 0.993 +- 0.002 (0.991..0.997): 7 sd; same key: 0.
   assert (np.abs(a - c).max((1, 2, 3)) > 1e-3).mean() > 0.98
 
 
