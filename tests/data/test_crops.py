@@ -38,8 +38,9 @@ def test_crop_areas_match_the_official_sampler(height, width):
   mean, p_large = _official_moments(height, width)
   se_mean = frac.std() / math.sqrt(n)
   se_p = math.sqrt(p_large * (1 - p_large) / n)
-  assert abs(frac.mean() - mean) < 3 * se_mean, (frac.mean(), mean)
-  assert abs((frac > 0.8).mean() - p_large) < 3 * se_p, (
+  # z = deviation / se over 10 seeds (AMD EPYC): sd 1.0-1.1, |z| <= 2.3.
+  assert abs(frac.mean() - mean) < 5 * se_mean, (frac.mean(), mean)
+  assert abs((frac > 0.8).mean() - p_large) < 5 * se_p, (
       (frac > 0.8).mean(), p_large)
   # The rejection sampler this replaced: mean 0.43 and 5.6% above 0.8 on a
   # 500x375 image; the official one keeps large crops.
@@ -53,6 +54,7 @@ def test_offsets_are_uniform_over_the_positions_that_fit():
   # Position relative to the free range: uniform on [0, 1].
   rel = x0 / np.maximum(500 - cw, 1)
   free = cw < 500
+  # 10 seeds (AMD EPYC): 0.5005 +- 0.0016 (se 0.002): 5 se; x0 = 0: 0.
   assert abs(rel[free].mean() - 0.5) < 0.01
   assert np.all(x0 <= 500 - cw) and np.all(y0 <= 375 - ch)
 
@@ -64,6 +66,7 @@ def test_min_crop_area_bounds_the_crop(min_area):
   frac = ch * cw / (100. * 120.)
   assert np.all((y0 >= 0) & (x0 >= 0) & (y0 + ch <= 100) & (x0 + cw <= 120))
   # Rounding of the sides may shave a little off the smallest areas.
+  # frac.min() / min_area over 10 seeds (AMD EPYC): 0.984..1.000.
   assert frac.min() >= 0.9 * min_area
   assert frac.min() < min_area + 0.05  # the lower end is really reached.
   if min_area == 0.5:
