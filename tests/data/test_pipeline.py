@@ -277,6 +277,7 @@ def test_eval_center_crop_in_memory_matches_streaming(tmp_path):
   # The crop is the central 56 of 64 pixels (224/256): a 32px resize of it
   # differs from a resize of the whole image.
   whole = in_memory.crop_resize(src.images['test'][:8], (0, 0, 64, 64), 32)
+  # Measured 0.239 (AMD EPYC); 31 other groups of 8 images: 0.237 +- 0.001.
   assert np.abs(a - whole).mean() > 0.05
 
 
@@ -320,7 +321,9 @@ def test_supervised_flips_half():
   image = batch['image'][0]
   assert batch.keys() == {'image', 'label'}
   flipped = image[:, 4, 0, 0] > image[:, 4, -1, 0]
-  assert abs(flipped.mean() - 0.5) < 0.07
+  # Binomial sd 0.022; 120 draws (60 seeds x 2 steps, AMD EPYC): 0.501 +-
+  # 0.023, 0.441..0.564 (seed 0: 0.441): 0.1 is 4.5 sd; no flip: 0.
+  assert abs(flipped.mean() - 0.5) < 0.1
 
 
 def test_bad_files_in_pipeline(tmp_path):
