@@ -21,7 +21,9 @@ _JPEG_MAGIC = b'\xff\xd8\xff'
 _PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 _TAIL_BYTES = 1024  # a JPEG ends in FFD9, a PNG in an IEND chunk; trailing
                     # junk after either is tolerated up to this many bytes.
-
+# The split folders read when root/train/ exists (splits.generic_split maps
+# the logical splits onto them).
+SPLIT_DIRS = ('train', 'validation', 'valid', 'val', 'test')
 
 
 @dataclasses.dataclass
@@ -72,10 +74,13 @@ def folder_source(root: str, *, validate_files: bool = True) -> FolderSource:
   """Image files in class sub-folders.
 
   Layout: `root/<class>/**/*.{jpg,jpeg,png}` (one split, 'train'), or, when
-  `root/train/` exists, `root/<split>/<class>/...` for each of the sub-folders
-  'train', 'validation', 'val', 'test' that exist. Class -> label mapping:
-  label i is the i-th class folder name of the train split in sorted
-  (byte-wise, `sorted()`) order; other splits must have the same classes.
+  `root/train/` exists, `root/<split>/<class>/...` for each of the split
+  folders `SPLIT_DIRS` that exist (other folders there are logged as
+  ignored). Symbolic links to folders and files are followed (each real
+  folder listed once per class; links to nothing are left out, logged).
+  Class -> label mapping: label i is the i-th class folder name of the train
+  split in sorted (byte-wise, `sorted()`) order; other splits must have the
+  same classes.
 
   Args:
     root: the folder.
@@ -90,31 +95,37 @@ def folder_source(root: str, *, validate_files: bool = True) -> FolderSource:
     A `FolderSource`.
 
   Raises:
-    ValueError: the folder is missing, a split holds no (decodable) image, or
-      the splits' class folders differ.
+    ValueError: the folder is missing, the layout is ambiguous (train/
+      holds images, or a flat folder has a class named like a split of
+      `SPLIT_DIRS`), a split holds no (decodable) image, the splits' class
+      folders differ, or an image is above Pillow's size limit.
   """
   root = os.path.abspath(os.path.expanduser(root))
   if not os.path.isdir(root):
     raise ValueError(f'folder:{root} does not exist; point folder:<path> at a '
                      'directory holding one sub-folder of images per class')
-  split_dirs = {s: os.path.join(root, s) for s in
-                ('train', 'validation', 'val', 'test')
-                if os.path.isdir(os.path.join(root, s))}
-  if 'train' not in split_dirs:
+  folders = _subfolders(root)
+  if 'train' in folders:
+    split_dirs = {s: os.path.join(root, s) for s in SPLIT_DIRS if s in folders}
+    ignored = sorted(set(folders) - set(SPLIT_DIRS))
+    if ignored:
+      logging.warning('folder:%s: ignored the folders %s: the split folders '
+                      'read are %s (one of %s)', root, ignored,
+                      list(split_dirs), list(SPLIT_DIRS))
+  else:
     split_dirs = {'train': root}
-  class_names = tuple(sorted(e.name for e in os.scandir(split_dirs['train'])
-                             if e.is_dir() and not e.name.startswith('.')))
+  _check_layout(root, split_dirs, folders)
+  class_names = tuple(_subfolders(split_dirs['train']))
   files, labels, skipped = {}, {}, {}
   for split, path in split_dirs.items():
-    names = sorted(e.name for e in os.scandir(path)
-                   if e.is_dir() and not e.name.startswith('.'))
+    names = _subfolders(path)
     if split != 'train' and names != list(class_names):
       raise ValueError(f'{path} has classes {names[:5]}... but train has '
                        f'{list(class_names)[:5]}...; every split needs the '
                        'same class folders')
     paths, ys = [], []
     for label, name in enumerate(class_names):
-      found = sorted(_list_images(os.path.join(path, name)))
+      found = _list_images(os.path.join(path, name), root)
       paths += found
       ys += [label] * len(found)
     if validate_files:
@@ -141,11 +152,79 @@ def folder_source(root: str, *, validate_files: bool = True) -> FolderSource:
                       files, labels, skipped)
 
 
-def _list_images(folder):
-  for dirpath, _, names in os.walk(folder):
-    for n in names:  # hidden files (macOS '._x.jpg') are not images
-      if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith('.'):
-        yield os.path.join(dirpath, n)
+def _subfolders(path) -> list[str]:
+  """Sorted names of the folders (or links to folders) in path, not hidden."""
+  with os.scandir(path) as entries:
+    return sorted(e.name for e in entries
+                  if e.is_dir() and not e.name.startswith('.'))
+
+
+def _check_layout(root, split_dirs, folders):
+  """Refuses a layout that reads as both flat and split folders."""
+  train = split_dirs['train']
+  with os.scandir(train) as entries:
+    direct = [e.name for e in entries if _is_image(e)]
+  if train != root and direct:
+    raise ValueError(
+        f'folder:{root} is ambiguous: {train} holds images ({min(direct)}, '
+        f'...) where the split layout {root}/train/<class>/ expects class '
+        'folders; if train is a class of a flat folder, rename it (e.g. to '
+        f'train_class), else move those images into {train}/<class>/')
+  named = [f for f in folders if f in SPLIT_DIRS]
+  if train == root and named:
+    raise ValueError(
+        f'folder:{root} is ambiguous: it has a {named[0]}/ folder but no '
+        f'train/, so {named[0]} would be read as a class of a flat folder; '
+        f'for the split layout put the training images in {root}/train/'
+        '<class>/, else rename that class folder')
+
+
+def _is_image(entry) -> bool:
+  # Hidden files (macOS '._x.jpg') are not images.
+  return (entry.name.lower().endswith(IMAGE_EXTENSIONS) and
+          not entry.name.startswith('.') and entry.is_file())
+
+
+def _list_images(folder, root) -> list[str]:
+  """Sorted image paths under folder, links followed, each real dir once."""
+  found, seen, todo, dangling = [], set(), [folder], []
+  while todo:
+    path = todo.pop()
+    real = os.path.realpath(path)
+    if real in seen:  # a link back up (a cycle) or a second link to it
+      continue
+    seen.add(real)
+    with os.scandir(path) as entries:  # sorted: the same links win each time
+      for e in sorted(entries, key=lambda e: e.name):
+        if e.name.startswith('.'):
+          continue
+        if e.is_dir():
+          todo.append(e.path)
+        elif _is_image(e):
+          found.append(e.path)
+        elif e.is_symlink() and not os.path.exists(e.path):
+          dangling.append(e.path)
+  if dangling:
+    logging.warning('folder:%s: left out %d broken link(s), e.g. %s', root,
+                    len(dangling), dangling[:3])
+  return sorted(found)
+
+
+def too_large(path: str, error: Exception) -> ValueError:
+  """The one-line error for an image above Pillow's size limit.
+
+  Args:
+    path: the image file.
+    error: Pillow's DecompressionBombError for it.
+
+  Returns:
+    A ValueError naming the file and the limit (PIL.Image.MAX_IMAGE_PIXELS).
+  """
+  import PIL.Image  # pylint: disable=g-import-not-at-top
+  return ValueError(
+      f'{path} is above Pillow\'s image size limit: {str(error).rstrip(".")} '
+      f'(PIL.Image.MAX_IMAGE_PIXELS={PIL.Image.MAX_IMAGE_PIXELS}; Pillow '
+      'refuses twice that); downscale or remove that image')
 
 
 def _check_file(path) -> str:
@@ -187,6 +266,8 @@ def _validate(paths) -> list[bool]:
         with PIL.Image.open(paths[i]) as im:
           im.convert('RGB')
         ok[i] = True
+      except PIL.Image.DecompressionBombError as e:
+        raise too_large(paths[i], e) from None
       except (OSError, ValueError, SyntaxError):
         pass
   return ok

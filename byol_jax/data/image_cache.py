@@ -18,15 +18,18 @@ so the cache is rebuilt; a cache whose arrays do not hash to the manifest's
 sha256 (truncated, corrupted, half-deleted) is rebuilt, never used. After a
 rebuild the stale caches of the same folder and side are removed. A cache
 is written to a temporary directory and renamed into place, so a reader
-never sees half of one.
+never sees half of one; the temporary directory of a writer that was killed
+(SIGTERM, SIGKILL) is removed by the next start on that host.
 
 Decoding: Pillow, converted to RGB. A file that Pillow cannot decode
 (truncated, not an image) or that is not a JPEG or PNG whatever its
 extension is skipped and counted, as the streaming path's validation
-(`sources.folder_source`) does. `side` 0 keeps the images' own size (they
-must all share it: CIFAR-10 and STL-10 do); side S > 0 resizes each image's
-shorter side to S (Pillow's antialiased bicubic) and keeps the central S x S
-square (Imagenette at 160 px, say). No TensorFlow.
+(`sources.folder_source`) does; an image above Pillow's decompression-bomb
+limit (twice PIL.Image.MAX_IMAGE_PIXELS) stops the start with one line
+naming it. `side` 0 keeps the images' own size (they must all share it:
+CIFAR-10 and STL-10 do); side S > 0 resizes each image's shorter side to S
+(Pillow's antialiased bicubic) and keeps the central S x S square
+(Imagenette at 160 px, say). No TensorFlow.
 """
 import concurrent.futures
 import dataclasses
@@ -35,11 +38,14 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from typing import Mapping, Sequence
 
 from absl import logging
 import numpy as np
+
+from byol_jax.data import folder
 
 FORMAT_VERSION = 1
 _MANIFEST = 'manifest.json'
@@ -119,6 +125,9 @@ def image_shape(files: Sequence[str]) -> tuple[int, int] | None:
   Returns:
     (height, width) in pixels of the first file whose header Pillow reads
     as JPEG or PNG; None when no file has a readable header.
+
+  Raises:
+    ValueError: a file tried is above Pillow's image size limit.
   """
   import PIL.Image  # pylint: disable=g-import-not-at-top
   for path in files:
@@ -127,6 +136,8 @@ def image_shape(files: Sequence[str]) -> tuple[int, int] | None:
         if im.format not in _FORMATS:
           continue
         return im.height, im.width
+    except PIL.Image.DecompressionBombError as e:
+      raise folder.too_large(path, e) from None
     except (OSError, ValueError, SyntaxError):
       continue
   return None
@@ -150,7 +161,9 @@ def _decode(path: str, side: int) -> np.ndarray | None:
             np.repeat(grey.astype(np.uint8)[..., None], 3, -1))
       else:
         im = im.convert('RGB')  # decodes; a truncated file raises here
-  except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError):
+  except PIL.Image.DecompressionBombError as e:
+    raise folder.too_large(path, e) from None
+  except (OSError, ValueError, SyntaxError):
     return None
   return square(im, side) if side else np.asarray(im, np.uint8)
 
@@ -256,7 +269,8 @@ def _write(cache_dir, name, key, root, side, images, labels, skipped,
            examples) -> str:
   """Writes the cache atomically; returns its directory."""
   os.makedirs(cache_dir, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f'.{name}.', dir=cache_dir)
+  tmp = tempfile.mkdtemp(  # named by host and process: _remove_dead_writers
+      prefix=f'.tmp-{socket.gethostname()}-{os.getpid()}-', dir=cache_dir)
   try:
     splits = {}
     for split in images:
@@ -287,6 +301,22 @@ def _write(cache_dir, name, key, root, side, images, labels, skipped,
                                                                     root):
       shutil.rmtree(stale, ignore_errors=True)
   return final
+
+
+def _remove_dead_writers(cache_dir: str):
+  """Removes the temporary directories of this host's writers that died."""
+  try:
+    entries = os.listdir(cache_dir)
+  except OSError:
+    return
+  ours = re.compile(rf'\.tmp-{re.escape(socket.gethostname())}-(\d+)-')
+  for match in filter(None, map(ours.match, entries)):
+    try:
+      os.kill(int(match.group(1)), 0)  # signal 0: only asks if it lives
+    except ProcessLookupError:
+      shutil.rmtree(os.path.join(cache_dir, match.string), ignore_errors=True)
+    except PermissionError:  # alive: another user's
+      pass
 
 
 def _is_cache_of(path: str, root: str) -> bool:
@@ -320,11 +350,12 @@ def folder_arrays(root: str, files: Mapping[str, Sequence[str]],
     warning when there are any), whether decoded now or read from the cache.
 
   Raises:
-    ValueError: a split holds no decodable image, or (side 0) images of
-      different sizes.
+    ValueError: a split holds no decodable image, (side 0) images of
+      different sizes, or an image above Pillow's size limit.
   """
   cache_dir = os.path.abspath(os.path.expanduser(cache_dir or
                                                  default_cache_dir()))
+  _remove_dead_writers(cache_dir)
   key = listing_key(root, files, class_names, side)
   name = _cache_name(root, side, key)
   path = os.path.join(cache_dir, name)

@@ -56,9 +56,9 @@ def generic_split(logical: str, available: tuple[str, ...], what: str) -> str:
   """Logical -> raw split for datasets with a train split and maybe val/test.
 
   'pretrain' and 'linear_train' -> 'train' (without the held-out examples,
-  when `hold_out` made some). 'test' -> 'test', else 'validation' / 'val',
-  else 'held_out'. 'linear_valid' -> 'held_out', else 'validation' / 'val'
-  when there is also a 'test' to report on.
+  when `hold_out` made some). 'test' -> 'test', else 'validation' / 'valid'
+  / 'val', else 'held_out'. 'linear_valid' -> 'held_out', else the
+  validation split when there is also a 'test' to report on.
 
   Args:
     logical: one of `LOGICAL_SPLITS`.
@@ -71,7 +71,7 @@ def generic_split(logical: str, available: tuple[str, ...], what: str) -> str:
   Raises:
     ValueError: no split of `available` serves `logical`.
   """
-  val = [s for s in ('validation', 'val') if s in available]
+  val = [s for s in ('validation', 'valid', 'val') if s in available]
   if logical in ('pretrain', 'linear_train'):
     return 'train'
   if logical == 'test':

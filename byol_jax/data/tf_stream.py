@@ -138,8 +138,10 @@ def _tf_tfds_stream(tf, source, split, layout, seed, start_pos, shuffle):
             identity, n)
   window = _window(layout.host_batch)
   file_format = getattr(builder.info, 'file_format', None)
-  if 'tfrecord' not in str(file_format).lower():
-    base = records()  # no file-level shuffle; window shuffle only
+  if 'tfrecord' not in str(file_format).lower() or not builder.is_prepared():
+    # No file-level shuffle (or no files: tfds.testing.mock_data's builders
+    # read through as_dataset only); window shuffle only.
+    base = records()
     epoch = lambda e: _window_shuffle(
         tf, base, window, _fold(tf, seed, crops.SALT_WINDOW, e)).map(
             lambda i, p: (e, i, p))

@@ -5,6 +5,7 @@ TensorFlow and TFDS are imported lazily, by TFDS sources only.
 import dataclasses
 import os
 
+from byol_jax.data import known_sizes
 from byol_jax.data import splits
 
 
@@ -86,7 +87,11 @@ class TfdsSource(splits.Source):
 def tfds_source(name: str, *, data_dir: str | None = None) -> TfdsSource:
   """A TFDS image-classification dataset; it must already be prepared.
 
-  Imports tensorflow_datasets; nothing is downloaded or prepared here.
+  Imports tensorflow_datasets; nothing is downloaded or prepared here. A
+  builder that is not prepared but reads all the same (under
+  `tfds.testing.mock_data`) is taken; if it has no split sizes, it gets the
+  real dataset's from `known_sizes.KNOWN_SIZES` (ImageNet's 1,281,167
+  training images, say).
 
   Args:
     name: TFDS dataset name with optional config/version, e.g. 'cifar10' or
@@ -110,8 +115,16 @@ def tfds_source(name: str, *, data_dir: str | None = None) -> TfdsSource:
                      'tfds.list_builders() lists them (e.g. tfds:cifar10, '
                      'tfds:imagenet2012).') from None
   if not builder.is_prepared():
-    raise ValueError(_unprepared_message(builder, name, data_dir))
+    try:  # readable all the same? (tfds.testing.mock_data makes data up)
+      builder.as_dataset(split='train')
+    except AssertionError:  # TFDS's "could not find data in <data_dir>"
+      raise ValueError(_unprepared_message(builder, name, data_dir)) from None
   info = builder.info
+  known = known_sizes.KNOWN_SIZES.get(f'tfds:{builder.name}')
+  if not info.splits and known:  # no split metadata (mock_data): the sizes
+    info.set_splits(tfds.core.SplitDict([  # known of the real dataset
+        tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0)
+        for s, n in known[0].items()]))
   image_key, label_key = info.supervised_keys or ('image', 'label')
   return TfdsSource(f'tfds:{name}', info.features[label_key].num_classes,
                     builder, image_key, label_key)

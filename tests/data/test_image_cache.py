@@ -4,6 +4,10 @@ import json
 import logging
 import os
 import pathlib
+import signal
+import socket
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -209,15 +213,65 @@ def test_16_bit_grayscale_png_is_scaled_to_8_bits_not_saturated(tmp_path):
                                 np.repeat((grey >> 8)[..., None], 3, -1))
 
 
-def test_a_dangling_symlink_is_skipped_and_counted(tmp_path, caplog):
+def test_a_dangling_symlink_is_left_out_of_the_listing_and_logged(
+    tmp_path, caplog):
   root, cache = tmp_path / 'data', tmp_path / 'cache'
   good = _make_folder(root)
   os.symlink(tmp_path / 'gone.png', root / 'train' / 'a' / 'link.png')
   with caplog.at_level(logging.INFO):
     src = _load(root, cache)
   np.testing.assert_array_equal(src.images['train'], _expected(good, 'train'))
-  assert src.num_skipped == {'train': 3, 'test': 0}
-  assert '3 skipped (not decodable JPEG/PNG)' in caplog.text
+  assert src.num_skipped == {'train': 2, 'test': 0}  # as --dry_run counts
+  assert 'left out 1 broken link(s)' in caplog.text
+  assert '2 skipped (not decodable JPEG/PNG)' in caplog.text
+
+
+# Builds a folder's cache, stopping for good after its first array is saved.
+_WRITER = """
+import sys, time
+import numpy as np
+from byol_jax.data import memory_sources, sources
+save = np.save
+def save_then_wait(file, array, *args, **kwargs):
+  save(file, array, *args, **kwargs)
+  print('saved', file, flush=True)
+  time.sleep(600)
+np.save = save_then_wait
+listing = sources.get_source('folder:' + sys.argv[1], validate_files=False)
+memory_sources.in_memory_folder(listing, cache_dir=sys.argv[2])
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_nothing_behind(tmp_path, caplog):
+  root, cache = tmp_path / 'data', tmp_path / 'cache'
+  good = _make_folder(root)
+  with open(tmp_path / 'stderr', 'w') as err:
+    writer = subprocess.Popen(
+        [sys.executable, '-c', _WRITER, str(root), str(cache)],
+        cwd=pathlib.Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
+        stderr=err, text=True)
+    saved = writer.stdout.readline()  # '' if it failed before saving
+    assert saved.startswith('saved '), (tmp_path / 'stderr').read_text()
+    partial = os.listdir(cache)  # the half-written cache, under a temp name
+    assert len(partial) == 1 and partial[0].startswith('.tmp-')
+    writer.send_signal(signal.SIGTERM)
+    assert writer.wait(timeout=60) == -signal.SIGTERM
+    writer.stdout.close()
+  # A live writer's temporary directory (this process's) is left alone.
+  live = cache / f'.tmp-{socket.gethostname()}-{os.getpid()}-x'
+  live.mkdir()
+  src = _load(root, cache)  # the next start
+  rest = sorted(os.listdir(cache))
+  assert len(rest) == 2 and rest[0] == live.name, rest
+  assert rest[1] == os.path.basename(src.cache_path)
+  np.testing.assert_array_equal(src.images['train'], _expected(good, 'train'))
+  np.testing.assert_array_equal(src.images['test'], _expected(good, 'test'))
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    again = _load(root, cache)
+  assert 'read from' in caplog.text and not _rebuilt(caplog)
+  assert again.cache_path == src.cache_path
+  np.testing.assert_array_equal(again.images['train'], src.images['train'])
 
 
 @pytest.mark.parametrize('failure', ['read_only', 'disk_full'])
