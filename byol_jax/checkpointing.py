@@ -15,6 +15,8 @@ and `etils.epath`). What the training loop relies on:
   * `restore_latest` falls back to the previous step when the newest one is
     unreadable (moving it aside, so later saves are not skipped), and raises
     when none is readable: a run never silently starts from scratch.
+  * `read_only=True` (readers of a run that may be training: encoder.py)
+    creates, deletes, renames nothing; an unreadable step is only skipped.
 
 Multi-host: every process calls `save` / `restore_latest` with the same
 arguments and the unreplicated host-side state; orbax writes the NumPy
@@ -47,17 +49,15 @@ class NonFiniteStateError(ValueError):
 
 
 class CheckpointRestoreError(RuntimeError):
-  """Checkpoints exist but none of them could be restored."""
+  """Checkpoints exist but none can be restored (main: one line, exit 2)."""
+
+
+class DiskFullError(CheckpointRestoreError):
+  """A save filled the disk (runner.py raises it); earlier steps are whole."""
 
 
 class Restored(NamedTuple):
-  """A restored checkpoint.
-
-  Attributes:
-    step: the checkpoint's step.
-    state: the pytree, in the template's structure.
-    extra: the JSON dict saved beside it.
-  """
+  """A restored checkpoint: step, state (template's structure), extra dict."""
   step: int
   state: Any
   extra: dict
@@ -69,10 +69,7 @@ def _path_str(path) -> str:
 
 
 def _check_finite(state) -> None:
-  """Raises NonFiniteStateError naming every leaf with a NaN/Inf.
-
-  (chex.disable_asserts() would switch it off; byol_jax never calls that.)
-  """
+  """Raises NonFiniteStateError naming every leaf with a NaN/Inf."""
   try:
     chex.assert_tree_all_finite(state)
   except AssertionError:
@@ -117,8 +114,8 @@ class Checkpointer:
                save_interval_steps: Optional[int] = None,
                save_interval_secs: Optional[float] = None,
                time_fn: Callable[[], float] = time.monotonic,
-               async_save: bool = False):
-    """Opens (and creates) the checkpoint directory.
+               async_save: bool = False, read_only: bool = False):
+    """Opens (and, unless read_only, creates) the checkpoint directory.
 
     Args:
       directory: local path or `gs://` URL, usually WORKDIR/checkpoints.
@@ -128,6 +125,8 @@ class Checkpointer:
       async_save: write in a background thread (orbax's asynchronous
         checkpointing): `save` returns after the host copy and the checks;
         call `wait` or `close` before relying on the files.
+      read_only: only restore: create, delete, clean up, rename nothing (for
+        readers of a run that may be training; `save` raises).
 
     Raises:
       ValueError: max_to_keep < 1, or a bad schedule (SaveSchedule's).
@@ -141,16 +140,32 @@ class Checkpointer:
       self._directory = epath.Path(pathlib.Path(directory).absolute())
     self._schedule = preemption.SaveSchedule(
         save_interval_steps, save_interval_secs, time_fn)
-    self._async = async_save
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True,
-        # Async: orbax writes (and commits, then deletes old steps) in a
-        # background thread; a new save first waits for the previous one.
-        enable_async_checkpointing=async_save,
-        # Removes `*.orbax-checkpoint-tmp-*` left by a process killed mid-save.
-        cleanup_tmp_directories=True)
-    self._manager = ocp.CheckpointManager(
-        self._directory, options=options, item_names=(_STATE, _EXTRA))
+    self._async, self._read_only = async_save, read_only
+    if read_only:  # what orbax would otherwise reset, with a warning each
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                             max_to_keep=None,
+                                             save_interval_steps=0)
+    else:
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep, create=True,
+          # Async: orbax writes (and commits, then deletes old steps) in a
+          # background thread; a new save first waits for the previous one.
+          enable_async_checkpointing=async_save,
+          # Removes `*.orbax-checkpoint-tmp-*` of a process killed mid-save
+          # (the workdir's lock, workdir.TrainingLock, makes it no one's).
+          cleanup_tmp_directories=True)
+    self._manager = self._listing(lambda: ocp.CheckpointManager(
+        self._directory, options=options, item_names=(_STATE, _EXTRA)))
+
+  def _listing(self, fn):
+    """fn(); read_only, again when a listed step vanishes (its writer's)."""
+    tries = 10 if self._read_only else 1
+    for attempt in range(1, tries + 1):
+      try:
+        return fn()
+      except FileNotFoundError:
+        if attempt == tries:
+          raise
 
   @property
   def directory(self) -> epath.Path:
@@ -158,21 +173,13 @@ class Checkpointer:
     return self._directory
 
   def all_steps(self) -> list[int]:
-    """Steps of the complete checkpoints on disk (after a pending save).
-
-    Returns:
-      The steps, ascending.
-    """
+    """Steps of the complete checkpoints on disk (after a pending save)."""
     self._manager.wait_until_finished()
-    self._manager.reload()
+    self._listing(self._manager.reload)
     return sorted(self._manager.all_steps())
 
   def latest_step(self) -> Optional[int]:
-    """The newest complete checkpoint's step.
-
-    Returns:
-      The step, or None when there is no checkpoint.
-    """
+    """The newest complete checkpoint's step, None when there is none."""
     steps = self.all_steps()
     return steps[-1] if steps else None
 
@@ -181,24 +188,14 @@ class Checkpointer:
     self._schedule.restart_clock()
 
   def time_due(self) -> bool:
-    """The time schedule's answer on this process (preemption.SaveSchedule).
-
-    Returns:
-      True once `save_interval_secs` have passed since the last save.
-    """
+    """Whether `save_interval_secs` passed since the last save, here."""
     return self._schedule.time_due()
 
   def should_save(self, step: int, *, time_due: Optional[bool] = None) -> bool:
-    """Whether the step / time schedule asks for a checkpoint at `step`.
+    """Whether a schedule is due at `step` (updates applied) and it is unsaved.
 
-    Args:
-      step: the number of updates applied to the state about to be saved.
-      time_due: the time schedule's answer, agreed across processes by the
-        caller; None evaluates it here on one process and leaves it out on
-        several.
-
-    Returns:
-      True when a schedule is due and `step` is not saved yet.
+    `time_due`: the time schedule's answer, agreed across processes by the
+    caller; None evaluates it here on one process, leaves it out on several.
     """
     return (self._schedule.due(step, time_due=time_due) and
             step not in self._manager.all_steps())
@@ -217,14 +214,14 @@ class Checkpointer:
       force: save even when `should_save(step)` is False (preemption, end).
 
     Returns:
-      True when a checkpoint was written; False when the schedule did not ask
-      for one or `step` is already saved.
+      Whether a checkpoint was written (not when unscheduled or saved).
 
     Raises:
-      NonFiniteStateError: a floating leaf of `state` holds NaN/Inf (nothing
-        is written, earlier checkpoints are untouched).
+      NonFiniteStateError: a leaf holds NaN/Inf; nothing is written.
       TypeError: `extra` is not JSON-serialisable.
     """
+    if self._read_only:
+      raise ValueError(f'{self._directory} was opened read_only.')
     step = int(step)
     if not force and not self.should_save(step):
       return False
@@ -259,17 +256,12 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def latest_extra(self) -> Optional[tuple[int, dict]]:
-    """(step, extra) of the newest checkpoint whose `extra` item is readable.
+    """(step, extra) of the newest checkpoint whose `extra` is readable.
 
-    Reads only the small JSON item, not the state: cheap enough to check a
-    resume before anything is built. Call it on every process, like
-    restore_latest.
-
-    Returns:
-      (step, extra dict), or None when there is no checkpoint.
-
-    Raises:
-      CheckpointRestoreError: processes see different latest steps.
+    Reads only the small JSON item: cheap enough to check a resume before
+    anything is built. Call it on every process, like restore_latest. None
+    when there is no checkpoint; CheckpointRestoreError when processes see
+    different latest steps.
     """
     steps = self.all_steps()
     self._check_processes_see(steps)
@@ -287,6 +279,9 @@ class Checkpointer:
   def restore_latest(self, template: Any) -> Optional[Restored]:
     """Restores the newest readable checkpoint into the structure of template.
 
+    An unreadable step is skipped (a writer moves it aside, see _quarantine);
+    read_only, one deleted while read (its writer rotated it out) is not.
+
     Args:
       template: pytree in the saved state's structure; its leaves (arrays or
         jax.ShapeDtypeStruct) give shapes and dtypes. NumPy leaves and plain
@@ -302,34 +297,39 @@ class Checkpointer:
     """
     steps = self.all_steps()
     self._check_processes_see(steps)
-    if not steps:
-      return None
     abstract = _to_abstract(template)
-    corrupt = []
-    last_error = None
-    for step in reversed(steps):
+    failed = {}  # unreadable step -> its error
+    while candidates := [s for s in steps if s not in failed]:
+      step = candidates[-1]
       try:
         restored = self._manager.restore(step, args=ocp.args.Composite(**{
             _STATE: ocp.args.StandardRestore(abstract),
             _EXTRA: ocp.args.JsonRestore()}))
       except Exception as e:  # pylint: disable=broad-except
+        if self._read_only:  # the run writing them may have rotated it out
+          steps = self.all_steps()
+          if step not in steps:
+            continue
         # Any failure to read (missing/truncated file, bad metadata) counts as
         # corruption of this step: report it and try the previous one.
         logging.warning(
             'Checkpoint %s is unreadable (%s: %s); falling back to the '
             'previous checkpoint.', self._directory / str(step),
             type(e).__name__, str(e)[:500])
-        corrupt.append(step)
-        last_error = e
+        failed[step] = e
         continue
       state = restored[_STATE]
       _check_shapes(state, abstract, self._directory / str(step))
-      self._quarantine(corrupt)
+      if not self._read_only:
+        self._quarantine(sorted(failed))
       logging.info('Restored checkpoint %s.', self._directory / str(step))
       return Restored(step, state, dict(restored[_EXTRA] or {}))
+    if not failed:
+      return None
+    last_error = failed[min(failed)]
     raise CheckpointRestoreError(
-        f'{self._directory} holds checkpoints for steps {steps} but none could '
-        f'be restored (last error: {type(last_error).__name__}: '
+        f'{self._directory} holds checkpoints for steps {sorted(failed)} but '
+        f'none could be restored (last error: {type(last_error).__name__}: '
         f'{str(last_error)[:500]}). Refusing to start from scratch: repair or '
         'move these checkpoints away, or use a fresh workdir.') from last_error
 

@@ -203,7 +203,9 @@ def latest_checkpoint_step(workdir) -> int:
 def load_pretrained(workdir) -> Pretrained:
   """Restores the online encoder of the latest checkpoint of a run.
 
-  Multi-host: call it on every host (orbax synchronises the restore).
+  Multi-host: call it on every host (orbax synchronises the restore). Safe
+  while the run trains: nothing in its workdir is created, moved or
+  deleted; an unreadable newest checkpoint is skipped with a warning.
 
   Args:
     workdir: a pre-training run directory (local or gs://).
@@ -222,7 +224,8 @@ def load_pretrained(workdir) -> Pretrained:
   config = load_config(workdir)
   ckpt_dir = workdir_lib.checkpoint_dir(workdir)
   latest_checkpoint_step(workdir)  # a clear error when there is none.
-  with checkpointing.Checkpointer(ckpt_dir) as ckpt:
+  # Read-only: the run may still be training in workdir (its lock, not ours).
+  with checkpointing.Checkpointer(ckpt_dir, read_only=True) as ckpt:
     restored = ckpt.restore_latest(experiment.state_template(config))
   if restored is None:
     raise _no_checkpoint(workdir)

@@ -4,11 +4,16 @@ Kept apart from main.py, which defines absl flags when imported, so that other
 entry points (byol_jax.reproduce, tests) run experiments without its flags.
 """
 
+import contextlib
+import errno
 import json
 import logging as logging_lib
+import os
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 
 from byol_jax import plan
 from byol_jax import resume
@@ -41,9 +46,35 @@ def run(config, workdir: str, *, topology=None, explicit=frozenset(),
 
   Raises:
     plan.ConfigError: before anything compiles, for a config that cannot run
-      (or would resume a checkpoint trained under another config).
+      (or would resume a checkpoint trained under another config), a
+      workdir that is a file, or one another training run holds
+      (workdir.TrainingLock, taken here for pre-training).
+    checkpointing.DiskFullError: the workdir's disk filled up.
   """
+  workdir_lib.check_not_a_file(workdir)
   built = plan.build(config, topology=topology, explicit=explicit)
+  lock = (_training_lock(workdir) if built.config.derived.mode == 'pretrain'
+          else contextlib.nullcontext())
+  try:
+    with lock:
+      return _run(built, workdir, on_checked)
+  except Exception as e:  # pylint: disable=broad-except
+    if not _is_disk_full(e):
+      raise
+    from byol_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    _QuietLibraries.disk_full = True
+    where = getattr(e, 'filename', None) or workdir
+    ckpts = workdir_lib.checkpoint_dir(workdir)
+    steps = sorted(int(p.name) for p in ckpts.glob('*') if p.name.isdigit())
+    raise checkpointing.DiskFullError(
+        f'no space left on the device of {where} '
+        f'({str(e).splitlines()[0][:300]}). The earlier checkpoints are '
+        f'intact (steps {steps or "none yet"} in {ckpts}): free space there, '
+        'then rerun the same command to resume.') from e
+
+
+def _run(built, workdir, on_checked) -> dict:
+  """run() once the workdir is this process's to write."""
   config, source = built.config, built.source
   from byol_jax import pretrain  # pylint: disable=g-import-not-at-top
   if config.derived.mode == 'pretrain':
@@ -80,6 +111,53 @@ def run(config, workdir: str, *, topology=None, explicit=frozenset(),
   return summary
 
 
+@contextlib.contextmanager
+def _training_lock(workdir):
+  """workdir.TrainingLock, held by process 0 for the whole run.
+
+  Every process learns whether process 0 got it (one all-gather, on several
+  processes) and stops if not: a second run on a workdir stops at once.
+  """
+  lock = workdir_lib.TrainingLock(workdir)
+  error = None
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except workdir_lib.WorkdirError as e:
+      error = e
+  if jax.process_count() > 1:
+    refused = multihost_utils.process_allgather(np.int32(error is not None))
+    if np.any(refused) and error is None:
+      error = workdir_lib.WorkdirError(
+          f'--workdir={workdir}: process 0 could not lock it (its error '
+          'line says why).')
+  if error is not None:
+    raise error
+  try:
+    yield
+  finally:
+    if jax.process_index() == 0:
+      lock.release()
+
+
+def _is_disk_full(error) -> bool:
+  """Whether `error`, or one it chains, says the disk (or quota) is full.
+
+  On a full tmpfs orbax 0.12.8 raised tensorstore's ValueError('RESOURCE_
+  EXHAUSTED: ... No space left on device [os_error_code='28']') (from the
+  next save or the final wait); Python's own writes raise OSError(ENOSPC).
+  """
+  full, seen = (errno.ENOSPC, errno.EDQUOT), set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    text = str(error)
+    if (getattr(error, 'errno', None) in full or 'RESOURCE_EXHAUSTED' in text
+        or any(os.strerror(code) in text for code in full)):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
 def eval_signature(config) -> dict:
   """What a linear evaluation's numbers depend on besides the encoder.
 
@@ -111,11 +189,21 @@ def _done_eval(config, workdir, step):
 
 
 class _QuietLibraries(logging_lib.Filter):
-  """Drops INFO records of chatty libraries (orbax logs every save step)."""
+  """Drops INFO records of chatty libraries (orbax logs every save step).
+
+  And orbax's errors of a save that filled the disk, with the ones its other
+  threads log until the process exits: run() says it in one line.
+  """
+  disk_full = False  # set by run() when it raises DiskFullError
 
   def filter(self, record):
-    return record.levelno >= logging_lib.WARNING or not any(
-        f'/{lib}/' in record.pathname for lib in ('orbax', 'etils'))
+    if not any(f'/{lib}/' in record.pathname for lib in ('orbax', 'etils')):
+      return True
+    if record.levelno < logging_lib.WARNING or self.disk_full:
+      return False
+    error = record.exc_info[1] if record.exc_info else None
+    return not (_is_disk_full(error) or
+                _is_disk_full(Exception(record.getMessage())))
 
 
 def quiet_libraries() -> None:

@@ -244,6 +244,67 @@ def test_all_corrupt_is_a_clear_error(tmp_path):
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [1, 2]
 
 
+def _listing(directory: pathlib.Path) -> dict:
+  """Every path under directory with its size and mtime."""
+  return {str(p.relative_to(directory)): (p.stat().st_size,
+                                          p.stat().st_mtime_ns)
+          for p in sorted(directory.rglob('*'))}
+
+
+@_IGNORE_CLOSED_LOOP
+def test_read_only_skips_a_corrupt_latest_and_touches_nothing(tmp_path,
+                                                              caplog):
+  """A reader of a run that may be training: no rename, no cleanup."""
+  ckpt = checkpointing.Checkpointer(tmp_path, max_to_keep=3)
+  for step in (1, 2):
+    ckpt.save(step, make_state(step, size=64), {'at': step}, force=True)
+  ckpt.close()
+  _damage_largest_data_file(tmp_path / '2', 'truncate')
+  # A save in progress (the writer's), which a writer's manager would delete.
+  in_progress = tmp_path / '3.orbax-checkpoint-tmp-1234'
+  (in_progress / 'state').mkdir(parents=True)
+  (in_progress / 'state' / 'data').write_bytes(b'x' * 100)
+  before = _listing(tmp_path)
+  reader = checkpointing.Checkpointer(tmp_path, read_only=True)
+  with caplog.at_level(std_logging.WARNING):
+    step, state, extra = reader.restore_latest(abstract(make_state(0, 64)))
+  assert step == 1 and extra == {'at': 1}
+  assert_identical(state, make_state(1, size=64))
+  assert any(str(tmp_path / '2') in r.getMessage() and 'unreadable' in
+             r.getMessage() for r in caplog.records)
+  with pytest.raises(ValueError, match='read_only'):
+    reader.save(4, make_state(4), force=True)
+  reader.close()
+  assert _listing(tmp_path) == before
+  # A missing directory is not created.
+  assert checkpointing.Checkpointer(tmp_path / 'none', read_only=True
+                                    ).latest_step() is None
+  assert not (tmp_path / 'none').exists()
+
+
+@_IGNORE_CLOSED_LOOP
+def test_read_only_rereads_the_steps_when_one_is_rotated_out(tmp_path,
+                                                             monkeypatch):
+  """A step its writer deletes mid-read is not corrupt: the newer one is read."""
+  ckpt = checkpointing.Checkpointer(tmp_path, max_to_keep=2)
+  for step in (1, 2):
+    ckpt.save(step, make_state(step), force=True)
+  reader = checkpointing.Checkpointer(tmp_path, read_only=True)
+  restore = reader._manager.restore
+
+  def rotate_during_read(step, **kwargs):
+    if step == 2 and not (tmp_path / '3').exists():  # the writer moves on
+      ckpt.save(3, make_state(3), force=True)
+      ckpt.save(4, make_state(4), force=True)  # deletes 2
+      raise FileNotFoundError(tmp_path / '2')
+    return restore(step, **kwargs)
+  monkeypatch.setattr(reader._manager, 'restore', rotate_during_read)
+  restored = reader.restore_latest(abstract(make_state(0)))
+  assert restored.step == 4
+  assert_identical(restored.state, make_state(4))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['3', '4']
+
+
 def test_async_save_returns_then_close_commits(tmp_path):
   """async_save: checks before returning, files committed by wait/close."""
   ckpt = checkpointing.Checkpointer(tmp_path, max_to_keep=1, async_save=True)
