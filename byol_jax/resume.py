@@ -274,4 +274,6 @@ def write_config(config, workdir, *, start_step: int,
       f.write(json.dumps(entry) + '\n')
   text = config.to_json_best_effort(indent=2)
   if old is None or path.read_text() != text:
-    path.write_text(text)
+    tmp = path.parent / (path.name + '.tmp')
+    tmp.write_text(text)
+    tmp.replace(path)  # a reader never sees a half-written config.json
