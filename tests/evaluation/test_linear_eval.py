@@ -1,10 +1,11 @@
 """Linear evaluation and kNN on the digits with the tiny random encoder.
 
-Measured (jax 0.10.2 CPU, tiny config: ResNet-10 x1/4, 16 px, seed 0; the
-encoder is the seed-0 initialisation, BN with its initial statistics):
-linear probe on frozen centre-crop features, 20 epochs x 5 steps at batch
-256, lr 0.4: top-1 46.1%, top-5 92.3%; kNN (k=20, T=0.07) top-1 67.0%; chance
-is 10%. 1 device and 8 devices give the same numbers.
+Measured (2-core AMD EPYC, tiny config: ResNet-10 x1/4, 16 px; the encoder is
+the seed's initialisation, BN with its initial statistics): linear probe on
+frozen centre-crop features, 20 epochs x 5 steps at batch 256, lr 0.4, over
+config.seed 0..7: top-1 0.761 +- 0.029 (0.73..0.81), top-5 0.977 +- 0.008,
+kNN (k=20, T=0.07) top-1 0.910 +- 0.013; seed 0: 0.781 / 0.983 / 0.902;
+chance is 10%. 1 device and 8 devices gave the same numbers for every seed.
 """
 
 import json
@@ -66,7 +67,8 @@ def test_fast_path_beats_chance_and_writes_results(eight_device_run):
   assert (results['num_train'], results['num_test']) == (1500, 297)
   assert (results['epochs'], results['steps']) == (20, 20 * (1500 // 256))
   assert results['tag'] == 't'
-  # Measured 0.461 / 0.923 / 0.670; chance is 0.1 (top-5: 0.5).
+  # 8 seeds (module docstring): each bound is >= 16 sd below; chance is 0.1
+  # (top-5: 0.5).
   assert results['top1'] > 3 * CHANCE
   assert results['top5'] >= results['top1'] and results['top5'] > 0.7
   assert results['knn_top1'] > 4 * CHANCE
@@ -89,7 +91,8 @@ def test_one_device_matches_eight_devices(setup, eight_device_run, tmp_path):
   # The random-init probe's logits are nearly tied (features std ~0.03), so
   # float summation order (1 vs 8 devices) may swap a few near-ties: allow
   # two test images for top-1 and a few percent for top-5 (seen: 0.922 vs
-  # 0.879). A missing gradient pmean trains a different classifier per device.
+  # 0.879 with an earlier tiny config; 0 difference for seeds 0..7 on AMD
+  # EPYC). A missing gradient pmean trains a different classifier per device.
   assert abs(one['top1'] - eight['top1']) <= 2 / one['num_test'] + 1e-6
   assert abs(one['top5'] - eight['top5']) <= 0.06
 
@@ -134,7 +137,7 @@ def test_knn_eval_above_chance(setup, eight_device_run):
   config, source, params, state = setup
   acc = features.knn_eval(config, source, params, state)
   assert 0. <= acc <= 1.
-  assert acc > 4 * CHANCE  # measured 0.670
+  assert acc > 4 * CHANCE  # 8 seeds: 0.910 +- 0.013 (module docstring)
   assert acc == eight_device_run[1]['knn_top1']
 
 
@@ -173,26 +176,30 @@ def _clusters(n, dim=32, classes=10, seed=0):
 
 
 def test_sweep_chooses_the_clearly_best_rate():
-  """Two classes, class signal +-1 hidden under a shared noise of std 10:
+  """Two classes, class signal +-1 hidden under a shared noise of std 3:
   x = (signal + noise, noise). The class means point along x1 alone (the
-  first steps' direction, ~52%); the separating direction is x1 - x2, found
-  only at a rate that is neither too small (under-trained) nor too large
-  (oscillating at this feature scale): measured, 0.05 reaches 100% held-out
-  top-1 in 8 steps, the other grid rates 52-77%."""
+  first steps' direction); the separating direction is x1 - x2, found in 8
+  steps at rate 0.4, not at 1e-3 or 1e-4 (under-trained). Measured over data
+  and config seeds 0..7 (AMD EPYC): 0.4 gives 1.000 held-out top-1 for every
+  seed, the others 0.63 +- 0.035 (0.58..0.68): 0.85 is 6 sd above. (With
+  noise 10 and the paper's grid the best rate changed with the seed: 0.05 was
+  best for seed 0 only.) The best rate sits mid-grid: neither "the first"
+  nor "the last" passes."""
   rng = np.random.default_rng(0)
   signal = rng.integers(0, 2, 1500)
-  noise = 10 * rng.normal(0, 1, 1500)
+  noise = 3 * rng.normal(0, 1, 1500)
   feats = np.stack([2 * signal - 1 + noise, noise], 1).astype(np.float32)
   config = tiny_config(num_epochs=2)  # the paper's grid, the default
   assert tuple(config.eval.learning_rates) == (0.4, 0.3, 0.2, 0.1, 0.05)
   assert config.derived.eval_sweep_valid_examples == 300
   assert config.derived.eval_sweep_steps == 2 * (1200 // 256)
+  config = tiny_config(num_epochs=2, learning_rates=(1e-3, 0.4, 1e-4))
   chosen, table = probe.sweep_learning_rate(
       config, plan.build(tiny_inputs()).source,
       (feats, signal.astype(np.int32)), 2)
-  assert chosen == 4 and list(table) == ['0.4', '0.3', '0.2', '0.1', '0.05']
-  assert table['0.05'] > 0.95
-  assert max(v for k, v in table.items() if k != '0.05') < 0.85
+  assert chosen == 1 and list(table) == ['0.001', '0.4', '0.0001']
+  assert table['0.4'] > 0.95
+  assert max(v for k, v in table.items() if k != '0.4') < 0.85
 
 
 def _record_probe_calls(monkeypatch) -> list:
