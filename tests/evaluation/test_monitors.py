@@ -28,8 +28,10 @@ def test_knn_shuffled_labels_is_near_chance():
   x_te, y_te = _clusters(100, 10, 16, seed=3)
   y_tr = np.random.RandomState(4).permutation(y_tr)
   acc = monitors.knn_accuracy(x_tr, y_tr, x_te, y_te, num_classes=10, k=20)
-  # Chance is 0.1; 1000 test points give a std of about 0.01.
-  assert 0.05 < acc < 0.16, acc
+  # Chance is 0.1; 40 seeds (AMD EPYC): 0.095 +- 0.022 (0.067..0.171; the
+  # test points of a cluster share neighbours, twice the binomial sd): both
+  # bounds >= 4.3 sd; a kNN that reads the test labels gives 1.
+  assert 0. < acc < 0.2, acc
 
 
 def _knn_reference(x_tr, y_tr, x_te, y_te, num_classes, k, temperature):
@@ -58,7 +60,9 @@ def test_knn_matches_numpy_reference(k, temperature):
   got = monitors.knn_accuracy(x_tr, y_tr, x_te, y_te, num_classes=5, k=k,
                               temperature=temperature, batch_size=32)
   assert got == pytest.approx(want, abs=1e-9)
-  assert 0.1 < want < 0.5  # Random data: a non-trivial number of hits.
+  # Random data: a non-trivial number of hits. 120 draws (40 seeds x 3 k,
+  # AMD EPYC): 0.20 +- 0.041 (0.07..0.31): 4.4 and 7 sd.
+  assert 0.02 < want < 0.5
 
 
 def test_knn_rejects_k_larger_than_train_set():
