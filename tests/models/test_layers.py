@@ -129,7 +129,9 @@ def test_weight_standardization_statistics_and_reference():
   np.testing.assert_allclose(ws.mean(axis=(0, 1, 2)), 0, atol=1e-5)
   np.testing.assert_allclose(ws.var(axis=(0, 1, 2)),
                              (var / (var + 1e-4)).ravel(), rtol=1e-4)
-  assert np.all(ws.var(axis=(0, 1, 2)) < 0.6)  # eps = 1e-4 really applied.
+  # eps = 1e-4 really applied: max over the 5 units, 10 seeds (AMD EPYC):
+  # 0.544 +- 0.030 (0.51..0.60): 0.8 is 8.5 sd; without eps: 1.
+  assert np.all(ws.var(axis=(0, 1, 2)) < 0.8)
 
 
 @pytest.mark.parametrize('layer', ['conv', 'linear'])
@@ -159,7 +161,7 @@ def test_ws_layers_forward_and_gradient_reach_raw_weights(layer):
   # (the output is invariant to adding a constant to a unit's fan-in).
   grad = jax.grad(lambda p: jnp.sum(jnp.sin(f_ws.apply(p, x))))(params)
   g = np.asarray(grad['c']['w'])
-  assert np.linalg.norm(g) > 1e-3
+  assert np.linalg.norm(g) > 1e-3  # 10 seeds (AMD EPYC): 43..690.
   np.testing.assert_allclose(g.sum(axis=axes), 0, atol=1e-4)
 
 
