@@ -124,4 +124,7 @@ def test_gn_ws_config_standardises_the_projector_and_predictor():
         if ws:
           assert diff < tolerance * size, (option, layer, diff)
         else:
-          assert diff > 0.1 * size, (option, layer, diff)
+          # diff / size, 12 seeds x 4 layers (AMD EPYC): WS 1e-6..0.0103
+          # (scale), no WS 0.103..100; the scale case's least, predictor
+          # linear_0, 0.163 +- 0.038: 0.02 is 3.8 sd (7 sd in log10).
+          assert diff > 0.02 * size, (option, layer, diff)
