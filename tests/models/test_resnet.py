@@ -150,7 +150,7 @@ def test_bfloat16_compute_matches_float32():
   assert out16.dtype == jnp.float32
   assert jax.tree.leaves(params)[0].dtype == jnp.float32
   rel = jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32)
-  assert 0 < rel < 0.05
+  assert 0 < rel < 0.05  # 10 seeds (AMD EPYC): 0.0107 +- 0.0009 (max 0.012)
 
 
 @pytest.mark.parametrize('kwargs,field', [
