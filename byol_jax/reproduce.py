@@ -102,12 +102,19 @@ def changed_inputs(config, workdir: epath.Path) -> dict:
 
 
 def _move_aside(root: epath.Path, vdir: epath.Path) -> epath.Path:
-  """Moves a variant's directory to WORKDIR/replaced/<variant>.<n>."""
+  """Moves a variant's directory to WORKDIR/replaced/<variant>.<n>.
+
+  Holds the variant's training lock while moving: a directory that a
+  training run is writing is refused (workdir.WorkdirError), never moved.
+  """
   n = 1
   while (root / REPLACED_DIR / f'{vdir.name}.{n}').exists():
     n += 1
   (root / REPLACED_DIR).mkdir(parents=True, exist_ok=True)
-  return vdir.rename(root / REPLACED_DIR / f'{vdir.name}.{n}')
+  workdir_lib.TrainingLock(vdir).acquire()
+  aside = vdir.rename(root / REPLACED_DIR / f'{vdir.name}.{n}')
+  workdir_lib.lock_path(aside).unlink()
+  return aside
 
 
 def _read_failures(root: epath.Path) -> dict:

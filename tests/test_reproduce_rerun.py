@@ -11,10 +11,16 @@ pre-training kept).
 import hashlib
 import json
 import logging
+import os
 import pathlib
+import socket
+
+from etils import epath
+import pytest
 
 from byol_jax import reproduce
 from byol_jax import variants
+from byol_jax import workdir as workdir_lib
 
 OVERRIDES = ('data.image_size=8', 'training.global_batch_size=64',
              'eval.global_batch_size=64', 'eval.learning_rates=0.1',
@@ -87,3 +93,20 @@ def test_changed_inputs_train_the_variant_again(tmp_path, caplog):
   row, top1 = _row(tmp_path)
   assert '| 6/6 |' in row and top1 in row, row
   assert sorted(p.name for p in (tmp_path / 'replaced').iterdir()) == ['bn.1']
+
+
+def test_a_variant_in_training_is_not_moved_aside(tmp_path):
+  """The rerun's move takes the variant's training lock first."""
+  vdir = tmp_path / 'bn'
+  vdir.mkdir()
+  # A live training on this host (this test's parent process) holds it.
+  lock = workdir_lib.lock_path(vdir)
+  lock.write_text(json.dumps({'host': socket.gethostname(),
+                              'pid': os.getppid(), 'started': 'now'}))
+  with pytest.raises(workdir_lib.WorkdirError, match=str(os.getppid())):
+    reproduce._move_aside(epath.Path(tmp_path), epath.Path(vdir))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['bn', 'replaced']
+  assert json.loads(lock.read_text())['pid'] == os.getppid()
+  lock.unlink()  # the training ended: the move goes through, lock-free
+  aside = reproduce._move_aside(epath.Path(tmp_path), epath.Path(vdir))
+  assert not vdir.exists() and sorted(p.name for p in aside.iterdir()) == []
