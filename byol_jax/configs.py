@@ -233,6 +233,12 @@ def build(arg=None, *, method=methods.BYOL, extra_options=(), model=None,
       every_steps=50,
       knn_every_steps=5000,  # kNN monitor on the test split; 0 disables.
       knn_max_train_examples=10_000,
+      # Stop pre-training (checkpoint kept, one line, exit 1) when the
+      # projections' collapse statistic stays below this for
+      # collapse_stop_after logged steps in a row; 0: never. Off for the
+      # variants the paper reports as collapsing (presets.collapse_stop_below).
+      collapse_stop_below=presets.collapse_stop_below(method, config.model),
+      collapse_stop_after=5,
   ))
   # Linear evaluation, the paper's protocol (BYOL Appendix C.1): frozen
   # encoder, SGD with Nesterov momentum 0.9, no weight decay, cosine lr,
@@ -283,8 +289,6 @@ def build(arg=None, *, method=methods.BYOL, extra_options=(), model=None,
   if options.get('bf16'):
     config.model.dtype = 'bfloat16'
   return config
-
-
 
 
 def load_experiment(name: str, arg: str = '', *,

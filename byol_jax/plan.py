@@ -156,7 +156,6 @@ def eval_inputs(config, pretrained, explicit=frozenset()
   return merged
 
 
-
 def _splits_read(config, mode: str) -> dict:
   """{config field: split name} of every split the run will read."""
   needed = {}
@@ -357,7 +356,8 @@ def build(config, *, topology: Optional[Topology] = None, source=None,
   topology = topology or Topology.current()
   if mode == 'pretrain':
     validation.check_batch('training.global_batch_size',
-                           inputs.training.global_batch_size, topology)
+                           inputs.training.global_batch_size, topology,
+                           validation.MIN_PRETRAIN_PER_DEVICE)
   if mode == 'linear_eval' or inputs.eval.after_pretraining:
     validation.check_batch('eval.global_batch_size',
                            inputs.eval.global_batch_size, topology)

@@ -37,6 +37,31 @@ GN_WS_TRAINING = dict(base_learning_rate=0.24, weight_decay=3e-8,
                       base_ema=0.999)
 GN_WS_PAPER_TOP1 = paper.TABLE2['gn_ws']
 
+# The collapse monitor's threshold (logging.collapse_stop_below) for the
+# projection statistic (metrics.collapse_std): the tiny runs' lowest final
+# value that is not the paper's collapse is 0.031 (Table 1's LN / - / BN cell;
+# the others 0.17-0.89), where no normalisation ends at 0.000
+# (docs/RESULTS.md).
+COLLAPSE_STOP_BELOW = 1e-3
+
+
+def collapse_stop_below(method: str, model) -> float:
+  """The collapse monitor's threshold for a variant: 0 (off) where it collapses.
+
+  Args:
+    method: 'byol' or 'simclr'.
+    model: the `model` section (its three norm kinds).
+
+  Returns:
+    0. for a Table 1 cell the paper reports as collapsed (top-1 below
+    paper.COLLAPSED_BELOW; no normalisation anywhere, Table 2's no_bn, is
+    one), else COLLAPSE_STOP_BELOW.
+  """
+  top1 = paper.table1(method, model.encoder_norm, model.projector_norm,
+                      model.predictor_norm)
+  return 0. if paper.collapsed(top1) else COLLAPSE_STOP_BELOW
+
+
 # Paper Table 1: each component's normalisation is one of these ('ln' is the
 # paper's LayerNorm: GroupNorm with one group).
 TABLE1_NORMS = ('bn', 'ln', 'none')

@@ -8,7 +8,10 @@ k and resumed ends bit-identical (on CPU) to an uninterrupted one.
 
 Failure handling: SIGTERM/SIGINT (preemption) -> checkpoint and clean exit;
 a non-finite loss -> NonFiniteLossError naming the first bad step, and no
-checkpoint of that state is written (the last good one stays).
+checkpoint of that state is written (the last good one stays); collapsed
+projections (collapse_std_projection below logging.collapse_stop_below for
+logging.collapse_stop_after logged steps in a row) -> a checkpoint, then
+CollapseError. Both are TrainingStopped: one line, exit code 1.
 
 Multi-process (one process per host, all running this loop in lock-step):
 each reads its own shard of the data (pipeline's default process_index /
@@ -55,8 +58,16 @@ from byol_jax.data import pipeline
 from byol_jax.evaluation import features
 
 
-class NonFiniteLossError(RuntimeError):
+class TrainingStopped(RuntimeError):
+  """Training cannot usefully go on; the message says why and what is kept."""
+
+
+class NonFiniteLossError(TrainingStopped):
   """Raised when the training loss becomes NaN or infinite."""
+
+
+class CollapseError(TrainingStopped):
+  """Raised when the projections stay collapsed (the collapse monitor)."""
 
 
 def _checkpointer(config, workdir,
@@ -130,15 +141,20 @@ class _MetricsBuffer:
   `flush` fetches them in one transfer, stops at the first step whose loss
   is not finite (naming it), and logs the interval: each metric's mean over
   the steps since the last flush, except the schedules' values (SCHEDULED:
-  the learning rate and tau), which are the newest step's (`last`).
+  the learning rate and tau), which are the newest step's (`last`). `low`
+  counts the logged rows in a row whose collapse_std_projection is below
+  `collapse_below`: computed from pmean'd metrics, so every process counts
+  the same without communicating.
   """
 
   SCHEDULED = ('lr', 'tau')
 
-  def __init__(self, writer: writers.MetricWriter, ckpt):
+  def __init__(self, writer: writers.MetricWriter, ckpt,
+               collapse_below: float = 0.):
     self._writer, self._ckpt = writer, ckpt
     self._pending = []  # (step, replicated metrics), not yet on the host
     self.last = {}  # the newest logged step's metrics, as floats
+    self.collapse_below, self.low = collapse_below, 0
 
   def add(self, step: int, metrics) -> None:
     self._pending.append((step, metrics))
@@ -161,6 +177,8 @@ class _MetricsBuffer:
         for k, v in newest.items()}
     self._writer.write(step, self.last)
     self._writer.console(step, self.last)
+    low = self.last.get('collapse_std_projection', 1.) < self.collapse_below
+    self.low = self.low + 1 if low else 0
 
 
 def run(config, workdir, *, source) -> dict:
@@ -179,6 +197,7 @@ def run(config, workdir, *, source) -> dict:
     validation.ConfigError: the workdir's checkpoint was trained under another
       trajectory (see resume.check_resume); nothing is written.
     NonFiniteLossError: the loss or the state became NaN/Inf.
+    CollapseError: the collapse monitor stopped the run (checkpoint saved).
   """
   resume.check_built(config)
   workdir = epath.Path(workdir)
@@ -231,7 +250,8 @@ def run(config, workdir, *, source) -> dict:
     hosts.compile_then_sync(p_update, rstate, first_batch,
                             name='the training step')
     data = itertools.chain([first_batch], data)
-  metrics = _MetricsBuffer(writer, ckpt)
+  metrics = _MetricsBuffer(writer, ckpt, config.logging.collapse_stop_below)
+  collapsed = lambda: metrics.low >= config.logging.collapse_stop_after
   preempted, agreements = False, 0  # agreements: all-gathers (logged, tested)
 
   # No host-device or cross-host synchronisation at other steps than logging
@@ -256,7 +276,7 @@ def run(config, workdir, *, source) -> dict:
           writer.write(step, {'knn_top1': knn_monitor(config, source, rstate)})
         decision = preemption.decide(watcher, ckpt, sync)
         agreements += decision.collectives
-        if (decision.preempt or step == stop_at or
+        if (decision.preempt or step == stop_at or collapsed() or
             ckpt.should_save(step, time_due=decision.time_due)):
           metrics.flush()  # Never checkpoint a state whose loss is not finite.
           _save(ckpt, step, rstate, {'wall_time_s': wall_time(),
@@ -269,6 +289,16 @@ def run(config, workdir, *, source) -> dict:
                           'another host)', step, ckpt.directory)
           preempted = True
           break
+        if collapsed() and step < stop_at:  # every process: _MetricsBuffer
+          ckpt.wait()  # commit the checkpoint before stopping
+          raise CollapseError(
+              f'the projections collapsed: collapse_std_projection was below '
+              f'logging.collapse_stop_below={metrics.collapse_below:g} for '
+              f'{metrics.low} logged steps in a row ('
+              f'{metrics.last["collapse_std_projection"]:.4f} at step {step});'
+              f' step {step} is saved in {ckpt.directory}. If this variant is '
+              'meant to collapse, rerun with '
+              '--config.logging.collapse_stop_below=0 to go on from there.')
     metrics.flush()
   finally:
     # Commits a save still being written (the final one, or the last good

@@ -14,6 +14,13 @@ from byol_jax.data import splits
 METHODS = methods.METHODS
 MODES = ('pretrain', 'linear_eval')
 IN_MEMORY_ON = ('device', 'host')
+# jax.random.PRNGKey(seed) without jax_enable_x64 keeps the low 32 bits
+# (PRNGKey(2**32) == PRNGKey(0)) and overflows from 2**63.
+SEED_LIMIT = 2**32
+# Pre-training's smallest batch per device: the collapse statistics are a
+# standard deviation over each device's examples (metrics.collapse_std), and
+# BatchNorm's batch variance of one example is 0 (every output its offset).
+MIN_PRETRAIN_PER_DEVICE = 2
 
 
 class ConfigError(ValueError):
@@ -73,27 +80,37 @@ def _number(value, field: str, low: float, allowed: str, *,
   check(ok, field, value, allowed)
 
 
-def check_batch(field: str, batch, topology) -> None:
+def check_batch(field: str, batch, topology, per_device: int = 1) -> None:
   """Checks that a global batch splits evenly over the devices.
 
   Args:
-    field: the config field of the batch, e.g. 'training.batch_size'.
+    field: the config field of the batch, e.g. 'training.global_batch_size'.
     batch: the global batch size (images over all hosts).
     topology: the run's topology (device_count, process_count,
       local_device_count).
+    per_device: the fewest examples a device may get
+      (MIN_PRETRAIN_PER_DEVICE for pre-training, which says why).
 
   Raises:
     ConfigError: `batch` is not a positive int multiple of
-      topology.device_count; the message suggests the nearest one.
+      topology.device_count, or gives fewer than `per_device` examples per
+      device; the message suggests the nearest batch that works.
   """
   devices = topology.device_count
-  if not _is_int(batch) or batch <= 0 or batch % devices:
-    hint = max(1, (batch if _is_int(batch) else 0) // devices) * devices
-    hint = max(hint, devices)
-    fail(field, batch,
-         f'must be a positive multiple of the {devices} devices '
-         f'({topology.process_count} host(s) x {topology.local_device_count} '
-         f'device(s)), e.g. --config.{field}={hint}.')
+  ok = _is_int(batch) and batch >= per_device * devices
+  if ok and not batch % devices:
+    return
+  hint = max((batch if _is_int(batch) else 0) // devices, per_device) * devices
+  where = (f'{topology.process_count} host(s) x '
+           f'{topology.local_device_count} device(s)')
+  if ok or per_device == 1 or not _is_int(batch) or batch <= 0:
+    fail(field, batch, f'must be a positive multiple of the {devices} devices '
+         f'({where}), e.g. --config.{field}={hint}.')
+  fail(field, batch, f'gives {batch / devices:g} example(s) per device '
+       f'({where}); pre-training needs at least {per_device} per device '
+       '(the collapse statistics are a standard deviation over each '
+       "device's examples, and BatchNorm's variance of one example is 0), "
+       f'e.g. --config.{field}={hint}.')
 
 
 def validate_inputs(config, mode: str) -> None:
@@ -109,8 +126,10 @@ def validate_inputs(config, mode: str) -> None:
   from byol_jax.methods import networks  # pylint: disable=g-import-not-at-top
   check(config.method in METHODS, 'method', config.method,
         f'use one of {", ".join(METHODS)}.')
-  check(_is_int(config.seed) and config.seed >= 0, 'seed', config.seed,
-        'must be an integer >= 0.')
+  check(_is_int(config.seed) and 0 <= config.seed < SEED_LIMIT, 'seed',
+        config.seed, f'must be an integer in [0, 2**32) = [0, {SEED_LIMIT - 1}]'
+        ': jax.random.PRNGKey keeps 32 bits (2**32 would repeat seed 0, '
+        '2**63 overflows).')
   model = config.model
   check(_is_int(model.gn_groups) and model.gn_groups >= 1, 'model.gn_groups',
         model.gn_groups, 'must be an integer >= 1 (the paper uses 16).')
@@ -205,6 +224,10 @@ def validate_inputs(config, mode: str) -> None:
   check(_is_int(lg.knn_max_train_examples) and lg.knn_max_train_examples >= 0,
         'logging.knn_max_train_examples', lg.knn_max_train_examples,
         'must be an integer >= 0 (0: every training example).')
+  _number(lg.collapse_stop_below, 'logging.collapse_stop_below', 0.,
+          'must be a finite number >= 0 (0: never stop; healthy runs log '
+          '0.03 and above, collapsed ones 0.000).', above=False)
+  _positive_int(lg, 'collapse_stop_after', 'logging.collapse_stop_after')
 
   e = config.eval
   _positive_int(e, 'num_epochs', 'eval.num_epochs')

@@ -330,13 +330,14 @@ BAD_INPUTS = [
     ('gn_groups negative', ['gn_ws.py:tiny', '--config.model.gn_groups=-4'],
      'model.gn_groups=-4: must be an integer >= 1'),
     ('gn_groups not dividing', ['gn_ws.py:tiny', '--config.model.gn_groups=24'],
-     'model.gn_groups=24 does not divide the channel count(s) [16, 32, 64,'),
+     'model.width_multiplier=0.25 gives 16 channels in the stem, not '
+     'divisible by the 24 GroupNorm groups (model.gn_groups=24)'),
     ('batch 0 option', ['gn_ws.py:tiny,batch=0'],
      "config option batch='0' must be a positive integer"),
     ('batch 0', ['gn_ws.py:tiny', '--config.training.global_batch_size=0'],
      'training.global_batch_size=0: must be a positive multiple of the 8 '
      'devices (1 host(s) x 8 device(s)), e.g. '
-     '--config.training.global_batch_size=8'),
+     '--config.training.global_batch_size=16'),
     ('batch negative', ['gn_ws.py:tiny',
                         '--config.training.global_batch_size=-8'],
      'training.global_batch_size=-8: must be a positive multiple'),

@@ -10,6 +10,8 @@ step wrapped to
 
 import json
 import pathlib
+import subprocess
+import sys
 
 import chex
 import jax
@@ -23,6 +25,7 @@ from byol_jax import main as main_lib
 from byol_jax import preemption
 from byol_jax import pretrain
 from byol_jax import train_state as ts
+import xla_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS, LOG_EVERY = 7, 3
@@ -182,3 +185,56 @@ def test_metrics_buffer_names_the_first_non_finite_step():
   with pytest.raises(pretrain.NonFiniteLossError, match='at step 8;'):
     buffer.flush()
   assert not writer.rows
+
+
+def test_metrics_buffer_counts_collapsed_rows_in_a_row():
+  buffer = pretrain._MetricsBuffer(_RecordingWriter(), _NoCheckpoint(),
+                                   collapse_below=1e-3)
+  lows = []
+  for step, std in enumerate([.5, 1e-4, 0., .2, 0., 0., 0.], 1):
+    buffer.add(step, _replicated(loss=1., lr=.1, tau=.99,
+                                 collapse_std_projection=std))
+    buffer.flush()
+    lows.append(buffer.low)
+  assert lows == [0, 1, 2, 0, 1, 2, 3]
+  off = pretrain._MetricsBuffer(_RecordingWriter(), _NoCheckpoint())
+  off.add(1, _replicated(loss=1., lr=.1, tau=.99, collapse_std_projection=0.))
+  off.flush()
+  assert off.low == 0  # threshold 0: the monitor is off
+
+
+def _main(workdir, *overrides):
+  return subprocess.run(
+      [sys.executable, '-m', 'byol_jax.main',
+       '--config=experiments/gn_ws.py:tiny,batch=16,steps=6',
+       f'--workdir={workdir}', '--config.logging.every_steps=1',
+       '--config.logging.knn_every_steps=0', '--config.checkpoint.every_steps=0',
+       '--config.checkpoint.every_secs=0', '--config.eval.after_pretraining=false',
+       *overrides], cwd=REPO, env=xla_env.subprocess_env(1),
+      capture_output=True, text=True, timeout=300)
+
+
+def test_collapse_monitor_stops_in_one_line_and_keeps_the_checkpoint(tmp_path):
+  """A threshold above any statistic (it is at most 1) forces the stop."""
+  proc = _main(tmp_path, '--config.logging.collapse_stop_below=2',
+               '--config.logging.collapse_stop_after=2')
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith(
+      'Training stopped: the projections collapsed: collapse_std_projection '
+      'was below logging.collapse_stop_below=2 for 2 logged steps in a row ('
+  ), last
+  assert f'at step 2); step 2 is saved in {tmp_path}/checkpoints.' in last
+  rows = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').open()]
+  assert [r['step'] for r in rows] == [1, 2]
+  assert checkpointing.Checkpointer(tmp_path / 'checkpoints').all_steps() == [
+      2]
+  assert not (tmp_path / 'pretrain_done.json').exists()
+  # As the line says: with the monitor off, the run goes on from step 2.
+  proc = _main(tmp_path, '--config.logging.collapse_stop_below=0')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'at step 2' in proc.stderr  # resumed
+  rows = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').open()]
+  assert [r['step'] for r in rows] == [1, 2, 3, 4, 5, 6]
+  assert json.loads((tmp_path / 'pretrain_done.json').read_text())['step'] == 6

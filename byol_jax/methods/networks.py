@@ -5,7 +5,7 @@ the online and target networks are two transforms of it, so their parameter
 trees share module paths ('encoder/...', 'projector/...') and the target tree
 is exactly the online tree restricted to those two components.
 
-The `model` config fields (see experiments/common.py):
+The `model` config fields (configs.model_config):
   depth, width_multiplier, stem, zero_init_last, dtype ('float32'|'bfloat16'),
   encoder_norm, projector_norm, predictor_norm (each in norms.NORM_KINDS),
   gn_groups, encoder_ws, heads_ws, cross_replica_bn, bn_decay,
@@ -29,6 +29,18 @@ TARGET_MODULES = ('encoder', 'projector')
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
+# The fewest hidden units per group a GroupNorm (or LayerNorm: one group)
+# head may have. Measured on gn_ws:tiny (16 groups), 30 steps, logged every 5:
+# with 1 unit per group (hidden 16) GroupNorm normalises each unit by itself,
+# x - mean(x) = 0, so every output is the norm's offset (0 at init), the head
+# outputs 0 and no gradient reaches it: loss and collapse statistic 0.000 at
+# every step. With 2 per group (hidden 32) each group's output is +-1, its
+# sign alone: collapse statistic 0.86 at step 5, 0.0055 at step 15, 0.000
+# from step 20. With 4 per group (hidden 64): 0.93 at step 5, 0.107 at step
+# 30, not collapsed. The tiny preset's 8 (128 / 16) learns (0.30 -> 0.52).
+HEAD_MIN_PER_GROUP = 4
+
+
 def validate_model_config(model) -> None:
   """Checks the `model` sub-config's fields that shape the networks.
 
@@ -36,8 +48,11 @@ def validate_model_config(model) -> None:
     model: the `model` sub-config.
 
   Raises:
-    ValueError: naming the first bad `model.*` field (depth, stem, a norm
-      kind, dtype, or gn_groups not dividing a channel count).
+    ValueError: naming the first bad `model.*` field: depth, stem, a norm
+      kind, dtype, a width multiplier giving a fractional or zero channel
+      count, gn_groups not dividing a layer's channels, or a GroupNorm /
+      LayerNorm head with fewer than HEAD_MIN_PER_GROUP units per group, or
+      projections of one dimension.
   """
   resnet.check_depth(model.depth, 'model.depth')
   if model.stem not in resnet.STEMS:
@@ -48,15 +63,46 @@ def validate_model_config(model) -> None:
                           f'model.{component}_norm')
   if model.dtype not in _DTYPES:
     raise ValueError(f'model.dtype={model.dtype!r}; use float32 or bfloat16.')
-  widths = [64 * m * model.width_multiplier for m in (1, 2, 4, 8)]
-  if 'gn' in (model.encoder_norm, model.projector_norm, model.predictor_norm):
-    channels = widths + [model.projector_hidden_size,
-                         model.predictor_hidden_size]
-    bad = [int(c) for c in channels if c % model.gn_groups]
-    if bad:
-      raise ValueError(f'model.gn_groups={model.gn_groups} does not divide the '
-                       f'channel count(s) {bad}; pick a divisor of all of '
-                       f'{sorted(set(int(c) for c in channels))}.')
+  w, groups = model.width_multiplier, model.gn_groups
+  channels = resnet.norm_channels(model.depth, w)
+  for where, c in channels.items():
+    if c != int(c) or c < 1:
+      raise ValueError(
+          f'model.width_multiplier={w} gives {c:g} channels in {where}, not a '
+          'whole number >= 1; use a multiplier m whose 64 x m is a whole '
+          'number (e.g. 0.25, 0.5, 1, 2).')
+    if model.encoder_norm == 'gn' and c % groups:
+      raise ValueError(
+          f'model.width_multiplier={w} gives {c:g} channels in {where}, not '
+          f'divisible by the {groups} GroupNorm groups (model.gn_groups='
+          f'{groups}); use a model.gn_groups that divides {c:g}, or a '
+          f'multiplier m whose 64 x m is a multiple of {groups} (e.g. '
+          f'{groups / 64:g}).')
+  if model.projector_output_size < 2:
+    # Measured, 30 steps: gn_ws:tiny's loss 2.000 at every step; byol_bn:tiny's
+    # 2.5-5.4, moved by the batch statistics alone.
+    raise ValueError(
+        f'model.projector_output_size={model.projector_output_size}: the '
+        'losses compare l2-normalised outputs, and one of 1 dimension is its '
+        'sign, whose gradient is 0 (nothing trains); use at least 2 (the '
+        'paper: 256).')
+  for head in ('projector', 'predictor'):
+    kind, field = model[f'{head}_norm'], f'model.{head}_hidden_size'
+    if kind not in ('gn', 'ln'):
+      continue
+    hidden, g = model[f'{head}_hidden_size'], groups if kind == 'gn' else 1
+    name = (f'{g} GroupNorm groups (model.gn_groups={g})' if kind == 'gn'
+            else 'LayerNorm')
+    if hidden % g:
+      raise ValueError(f'{field}={hidden} is not divisible by the {name} of '
+                       f'the {head}; use a multiple of {g}.')
+    if hidden // g < HEAD_MIN_PER_GROUP:
+      raise ValueError(
+          f'{field}={hidden} gives the {head}\'s {name} {hidden // g} unit(s) '
+          'per group, too few to learn: a group of 1 is normalised to 0 (the '
+          'head outputs 0, loss and collapse statistic 0.000 at every step), '
+          'of 2 to its sign (collapse within 20 steps); use at least '
+          f'{HEAD_MIN_PER_GROUP * g} ({HEAD_MIN_PER_GROUP} per group).')
 
 
 def norm_spec(model, component: str,

@@ -91,6 +91,31 @@ def feature_size(depth: int, width_multiplier: float = 1) -> int:
   return _width(512 * (4 if block == 'bottleneck' else 1), width_multiplier)
 
 
+def norm_channels(depth: int, width_multiplier: float) -> dict:
+  """The channel counts every norm layer of the network sees.
+
+  All are multiples of the stem's 64 x width_multiplier.
+
+  Args:
+    depth: one of DEPTHS.
+    width_multiplier: the network's channel multiplier.
+
+  Returns:
+    {where: channels} in forward order, e.g. {'the stem': 16, 'stage 0': 16,
+    ...}; a count is fractional (or below 1) where the multiplier gives one.
+
+  Raises:
+    ValueError: unsupported depth.
+  """
+  block, _ = DEPTHS[check_depth(depth)]
+  out = {'the stem': 64 * width_multiplier}
+  for s, width in enumerate(_STAGE_WIDTHS):
+    out[f'stage {s}'] = width * width_multiplier
+    if block == 'bottleneck':
+      out[f"stage {s}'s block outputs"] = 4 * width * width_multiplier
+  return out
+
+
 def _width(channels: int, multiplier: float) -> int:
   width = channels * multiplier
   if width != int(width) or width < 1:
