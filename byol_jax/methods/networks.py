@@ -33,11 +33,13 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # head may have. Measured on gn_ws:tiny (16 groups), 30 steps, logged every 5:
 # with 1 unit per group (hidden 16) GroupNorm normalises each unit by itself,
 # x - mean(x) = 0, so every output is the norm's offset (0 at init), the head
-# outputs 0 and no gradient reaches it: loss and collapse statistic 0.000 at
-# every step. With 2 per group (hidden 32) each group's output is +-1, its
-# sign alone: collapse statistic 0.86 at step 5, 0.0055 at step 15, 0.000
-# from step 20. With 4 per group (hidden 64): 0.93 at step 5, 0.107 at step
-# 30, not collapsed. The tiny preset's 8 (128 / 16) learns (0.30 -> 0.52).
+# outputs 0 and no gradient passes it: loss and collapse statistic 0.000 at
+# every step (both heads at 16; the predictor alone: loss 2.000 at every
+# step, the projection statistic steady at 0.91). With 2 per group (hidden
+# 32) each group's output is +-1, its sign alone: collapse statistic 0.86 at
+# step 5, 0.0055 at step 15, 0.000 from step 20. With 4 per group (hidden
+# 64): 0.93 at step 5, 0.107 at step 30, not collapsed. The tiny preset's 8
+# (128 / 16) learns (0.30 -> 0.52).
 HEAD_MIN_PER_GROUP = 4
 
 
@@ -100,8 +102,9 @@ def validate_model_config(model) -> None:
       raise ValueError(
           f'{field}={hidden} gives the {head}\'s {name} {hidden // g} unit(s) '
           'per group, too few to learn: a group of 1 is normalised to 0 (the '
-          'head outputs 0, loss and collapse statistic 0.000 at every step), '
-          'of 2 to its sign (collapse within 20 steps); use at least '
+          'head outputs 0 and nothing trains: a constant loss, measured 0.000 '
+          'or 2.000), of 2 to its sign (collapse within 20 steps); use at '
+          'least '
           f'{HEAD_MIN_PER_GROUP * g} ({HEAD_MIN_PER_GROUP} per group).')
 
 
