@@ -246,8 +246,8 @@ def main(argv):
     _exit('Checkpoint error', e)
   except FileNotFoundError as e:
     _exit('Error', e)  # e.g. a pre-training run's checkpoint disappeared.
-  except pretrain.NonFiniteLossError as e:
-    # Training diverged: not a config error, but the message says it all.
+  except pretrain.TrainingStopped as e:
+    # Diverged or collapsed: not a config error; the message says it all.
     print(f'Training stopped: {" ".join(str(e).split())}', file=sys.stderr)
     sys.exit(1)
 
