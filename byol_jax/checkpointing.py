@@ -6,23 +6,20 @@ and `etils.epath`). What the training loop relies on:
   * Atomic writes: orbax writes `<step>.orbax-checkpoint-tmp-*` and renames it
     (on GCS: marks it with `commit_success.txt`) once every file is written;
     a save killed half-way (SIGKILL, in the tests) never parses as a step.
-  * `save` is synchronous, or with `async_save=True` (the training loop's)
-    returns once the state is copied to host memory and checked, orbax
-    writing it in a background thread; `wait` and `close` commit.
+  * `async_save=True` (the training loop's): `save` returns once the state
+    is copied to host memory and checked; `wait` and `close` commit.
   * A state with a NaN/Inf leaf is refused (`NonFiniteStateError`) before any
     write, and orbax deletes steps beyond `max_to_keep` only after a new one
     is committed: a diverged state never rotates out a good one.
   * `restore_latest` falls back to the previous step when the newest one is
-    unreadable (moving it aside, so later saves are not skipped), and raises
-    when none is readable: a run never silently starts from scratch.
-  * `read_only=True` (readers of a run that may be training: encoder.py)
-    creates, deletes, renames nothing; an unreadable step is only skipped.
+    unreadable (moving it aside, unless `read_only`: readers of a run that
+    may be training create, delete, rename nothing), and raises when none is
+    readable: a run never silently starts from scratch.
 
 Multi-host: every process calls `save` / `restore_latest` with the same
-arguments and the unreplicated host-side state; orbax writes the NumPy
-leaves from process 0, every process reads them. The directory must be
-shared: `restore_latest` raises when the processes see different latest
-steps. `should_save` never communicates; on several processes the caller
+arguments and host-side state; orbax writes NumPy leaves from process 0.
+The directory must be shared: `restore_latest` raises when the processes
+see different latest steps. `should_save` never communicates; the caller
 agrees on the clock (preemption.decide, which says why that is not orbax's).
 """
 import json
@@ -57,7 +54,12 @@ class DiskFullError(CheckpointRestoreError):
 
 
 class Restored(NamedTuple):
-  """A restored checkpoint: step, state (template's structure), extra dict."""
+  """A restored checkpoint.
+
+  Attributes:
+    step: its step; state: the pytree, in the template's structure; extra:
+      the JSON dict saved beside it.
+  """
   step: int
   state: Any
   extra: dict
@@ -93,12 +95,9 @@ def _jsonable(x):
 
 def _to_abstract(template):
   """Template leaves -> what orbax restores into (see restore_latest)."""
-  def leaf(x):
-    if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
-      return x
-    x = np.asarray(x)
-    return jax.ShapeDtypeStruct(x.shape, x.dtype)
-  return jax.tree.map(leaf, template)
+  return jax.tree.map(
+      lambda x: x if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)) else
+      jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), template)
 
 
 class Checkpointer:
@@ -122,9 +121,8 @@ class Checkpointer:
       max_to_keep: how many most recent checkpoints to keep (>= 1).
       save_interval_steps, save_interval_secs, time_fn: the schedule of
         `should_save`, see preemption.SaveSchedule.
-      async_save: write in a background thread (orbax's asynchronous
-        checkpointing): `save` returns after the host copy and the checks;
-        call `wait` or `close` before relying on the files.
+      async_save: `save` returns after the host copy and the checks, orbax
+        writes in a background thread; `wait` or `close` commit.
       read_only: only restore: create, delete, clean up, rename nothing (for
         readers of a run that may be training; `save` raises).
 
@@ -133,11 +131,10 @@ class Checkpointer:
     """
     if max_to_keep is None or max_to_keep < 1:
       raise ValueError(f'max_to_keep={max_to_keep}: keep at least 1.')
-    self._directory = epath.Path(directory)
-    if '://' not in str(directory):
-      # orbax restores only from absolute local paths (a relative workdir
-      # would save, then fail to resume); etils may lack absolute().
-      self._directory = epath.Path(pathlib.Path(directory).absolute())
+    # orbax restores only from absolute local paths (a relative workdir
+    # would save, then fail to resume); etils may lack absolute().
+    self._directory = epath.Path(directory if '://' in str(directory) else
+                                 pathlib.Path(directory).absolute())
     self._schedule = preemption.SaveSchedule(
         save_interval_steps, save_interval_secs, time_fn)
     self._async, self._read_only = async_save, read_only
@@ -148,24 +145,22 @@ class Checkpointer:
     else:
       options = ocp.CheckpointManagerOptions(
           max_to_keep=max_to_keep, create=True,
-          # Async: orbax writes (and commits, then deletes old steps) in a
-          # background thread; a new save first waits for the previous one.
+          # Async: orbax writes, commits, then rotates in a background thread.
           enable_async_checkpointing=async_save,
-          # Removes `*.orbax-checkpoint-tmp-*` of a process killed mid-save
-          # (the workdir's lock, workdir.TrainingLock, makes it no one's).
+          # `*.orbax-checkpoint-tmp-*` of a process killed mid-save: the
+          # workdir's lock (workdir.TrainingLock) makes them no one's.
           cleanup_tmp_directories=True)
     self._manager = self._listing(lambda: ocp.CheckpointManager(
         self._directory, options=options, item_names=(_STATE, _EXTRA)))
 
   def _listing(self, fn):
-    """fn(); read_only, again when a listed step vanishes (its writer's)."""
-    tries = 10 if self._read_only else 1
-    for attempt in range(1, tries + 1):
+    """fn(); read_only, retried while its writer removes listed steps."""
+    for _ in range(9 if self._read_only else 0):
       try:
         return fn()
       except FileNotFoundError:
-        if attempt == tries:
-          raise
+        pass
+    return fn()
 
   @property
   def directory(self) -> epath.Path:
@@ -173,13 +168,21 @@ class Checkpointer:
     return self._directory
 
   def all_steps(self) -> list[int]:
-    """Steps of the complete checkpoints on disk (after a pending save)."""
+    """Steps of the complete checkpoints on disk (after a pending save).
+
+    Returns:
+      The steps, ascending.
+    """
     self._manager.wait_until_finished()
     self._listing(self._manager.reload)
     return sorted(self._manager.all_steps())
 
   def latest_step(self) -> Optional[int]:
-    """The newest complete checkpoint's step, None when there is none."""
+    """The newest complete checkpoint's step.
+
+    Returns:
+      The step, or None when there is no checkpoint.
+    """
     steps = self.all_steps()
     return steps[-1] if steps else None
 
@@ -188,14 +191,24 @@ class Checkpointer:
     self._schedule.restart_clock()
 
   def time_due(self) -> bool:
-    """Whether `save_interval_secs` passed since the last save, here."""
+    """The time schedule's answer on this process (preemption.SaveSchedule).
+
+    Returns:
+      True once `save_interval_secs` have passed since the last save.
+    """
     return self._schedule.time_due()
 
   def should_save(self, step: int, *, time_due: Optional[bool] = None) -> bool:
-    """Whether a schedule is due at `step` (updates applied) and it is unsaved.
+    """Whether the step / time schedule asks for a checkpoint at `step`.
 
-    `time_due`: the time schedule's answer, agreed across processes by the
-    caller; None evaluates it here on one process, leaves it out on several.
+    Args:
+      step: the number of updates applied to the state about to be saved.
+      time_due: the time schedule's answer, agreed across processes by the
+        caller; None evaluates it here on one process, leaves it out on
+        several.
+
+    Returns:
+      True when a schedule is due and `step` is not saved yet.
     """
     return (self._schedule.due(step, time_due=time_due) and
             step not in self._manager.all_steps())
@@ -203,9 +216,6 @@ class Checkpointer:
   def save(self, step: int, state: Any, extra: Optional[dict] = None, *,
            force: bool = False) -> bool:
     """Writes `state` and `extra` as the checkpoint of `step`.
-
-    With `async_save`, returns once `state` is copied to host memory, checked
-    and handed to orbax's writer (after any save still in flight).
 
     Args:
       step: training step (number of updates applied to `state`).
@@ -232,13 +242,11 @@ class Checkpointer:
     _check_finite(state)
     # Round-trip through JSON now so a bad `extra` fails before any write.
     extra = json.loads(json.dumps(extra or {}, default=_jsonable))
-    # Host-side NumPy copies (the same on every host; orbax writes NumPy
-    # leaves from the primary host only).
-    host_state = jax.tree.map(np.asarray, jax.device_get(state))
-    if self._async:
-      # Own copies: the background write must not read buffers the caller
-      # may reuse (a donated state whose host view is shared, on CPU).
-      host_state = jax.tree.map(np.array, host_state)
+    # Host-side NumPy (orbax writes it from the primary host only); async,
+    # own copies: the background write must not read buffers the caller may
+    # reuse (a donated state whose host view is shared, on CPU).
+    host_state = jax.tree.map(np.array if self._async else np.asarray,
+                              jax.device_get(state))
     start = time.monotonic()
     self._manager.save(step, force=True, args=ocp.args.Composite(**{
         _STATE: ocp.args.StandardSave(host_state),
@@ -259,9 +267,13 @@ class Checkpointer:
     """(step, extra) of the newest checkpoint whose `extra` is readable.
 
     Reads only the small JSON item: cheap enough to check a resume before
-    anything is built. Call it on every process, like restore_latest. None
-    when there is no checkpoint; CheckpointRestoreError when processes see
-    different latest steps.
+    anything is built. Call it on every process, like restore_latest.
+
+    Returns:
+      (step, extra dict), or None when there is no checkpoint.
+
+    Raises:
+      CheckpointRestoreError: processes see different latest steps.
     """
     steps = self.all_steps()
     self._check_processes_see(steps)
@@ -306,20 +318,18 @@ class Checkpointer:
             _STATE: ocp.args.StandardRestore(abstract),
             _EXTRA: ocp.args.JsonRestore()}))
       except Exception as e:  # pylint: disable=broad-except
-        if self._read_only:  # the run writing them may have rotated it out
-          steps = self.all_steps()
-          if step not in steps:
-            continue
-        # Any failure to read (missing/truncated file, bad metadata) counts as
-        # corruption of this step: report it and try the previous one.
+        # read_only: its writer may have rotated it out. Otherwise any failure
+        # to read counts as corruption: report it, try the previous step.
+        if self._read_only and step not in (steps := self.all_steps()):
+          continue
         logging.warning(
             'Checkpoint %s is unreadable (%s: %s); falling back to the '
             'previous checkpoint.', self._directory / str(step),
             type(e).__name__, str(e)[:500])
         failed[step] = e
         continue
-      state = restored[_STATE]
-      _check_shapes(state, abstract, self._directory / str(step))
+      _check_shapes(state := restored[_STATE], abstract,
+                    self._directory / str(step))
       if not self._read_only:
         self._quarantine(sorted(failed))
       logging.info('Restored checkpoint %s.', self._directory / str(step))
@@ -334,11 +344,7 @@ class Checkpointer:
         'move these checkpoints away, or use a fresh workdir.') from last_error
 
   def _check_processes_see(self, steps: list[int]) -> None:
-    """Raises on every process unless all see the same latest checkpoint.
-
-    Each host lists the directory itself: with a workdir on each host's own
-    disk, process 0 would resume while the others start from scratch.
-    """
+    """Raises on every process unless all see the same latest checkpoint."""
     if jax.process_count() == 1:
       return
     latest = np.asarray(steps[-1] if steps else -1, np.int32)
@@ -351,11 +357,7 @@ class Checkpointer:
           'on GPU clusters, not a local path on each host.')
 
   def _quarantine(self, steps: list[int]) -> None:
-    """Renames corrupt step dirs to `<step>.corrupt` (kept for inspection).
-
-    orbax ignores names that are not plain integers, and would otherwise skip
-    every later save up to the corrupt step's number.
-    """
+    """Renames corrupt steps to `<step>.corrupt` (orbax would skip saves)."""
     if not steps:
       return
     if jax.process_index() == 0:
@@ -385,7 +387,6 @@ class Checkpointer:
 
   def __exit__(self, *exc):
     self.close()
-    return False
 
 
 def _check_shapes(state, abstract, where) -> None:

@@ -38,37 +38,89 @@ class WorkdirError(validation.ConfigError):
 
 
 def config_path(workdir) -> epath.Path:
-  """WORKDIR/config.json: the built config, written at every start."""
+  """WORKDIR/config.json.
+
+  Args:
+    workdir: the run directory, a local path or gs:// URL (str or path).
+
+  Returns:
+    epath.Path of the built config (JSON), written at every start.
+  """
   return epath.Path(workdir) / CONFIG
 
 
 def config_history_path(workdir) -> epath.Path:
-  """WORKDIR/config_history.jsonl: one line per start under a new config."""
+  """WORKDIR/config_history.jsonl.
+
+  Args:
+    workdir: the run directory, a local path or gs:// URL (str or path).
+
+  Returns:
+    epath.Path of the jsonl file with one line per start under a new or
+    changed config.
+  """
   return epath.Path(workdir) / CONFIG_HISTORY
 
 
 def checkpoint_dir(workdir) -> epath.Path:
-  """WORKDIR/checkpoints: one orbax `<step>/` directory per saved step."""
+  """WORKDIR/checkpoints (one sub-directory per saved step).
+
+  Args:
+    workdir: the run directory, a local path or gs:// URL (str or path).
+
+  Returns:
+    epath.Path of the orbax checkpoint directory; each `<step>/`
+    sub-directory holds the TrainState saved at that step.
+  """
   return epath.Path(workdir) / CHECKPOINTS
 
 
 def metrics_path(workdir) -> epath.Path:
-  """WORKDIR/metrics.jsonl: one JSON object per logged step."""
+  """WORKDIR/metrics.jsonl.
+
+  Args:
+    workdir: the run directory, a local path or gs:// URL (str or path).
+
+  Returns:
+    epath.Path of the jsonl file with one JSON object per logged step.
+  """
   return epath.Path(workdir) / METRICS
 
 
 def pretrain_done_path(workdir) -> epath.Path:
-  """WORKDIR/pretrain_done.json: written when pre-training finishes."""
+  """WORKDIR/pretrain_done.json.
+
+  Args:
+    workdir: the run directory, a local path or gs:// URL (str or path).
+
+  Returns:
+    epath.Path of the JSON file written when pre-training finishes.
+  """
   return epath.Path(workdir) / PRETRAIN_DONE
 
 
 def eval_results_path(workdir) -> epath.Path:
-  """WORKDIR/eval_results.json: the linear evaluation's results."""
+  """WORKDIR/eval_results.json.
+
+  Args:
+    workdir: the run directory, a local path or gs:// URL (str or path).
+
+  Returns:
+    epath.Path of the linear-evaluation results (JSON).
+  """
   return epath.Path(workdir) / EVAL_RESULTS
 
 
 def lock_path(workdir) -> epath.Path:
-  """WORKDIR/training.lock: the running training's host and pid (JSON)."""
+  """WORKDIR/training.lock.
+
+  Args:
+    workdir: the run directory, a local path or gs:// URL (str or path).
+
+  Returns:
+    epath.Path of the lock a training run holds while it writes the workdir
+    (TrainingLock).
+  """
   return epath.Path(workdir) / LOCK
 
 
@@ -111,6 +163,11 @@ class TrainingLock:
   """
 
   def __init__(self, workdir):
+    """A lock on `workdir` (a local path or gs:// URL), not yet taken.
+
+    Args:
+      workdir: the run directory.
+    """
     self._workdir = workdir
     self.path = lock_path(workdir)
     self.owner = {'host': socket.gethostname(), 'pid': os.getpid()}
