@@ -88,7 +88,7 @@ class _JitO0:
 # The longest test (several minutes: a slice of the tiny Table 2 in a
 # subprocess) goes first, so that pytest-xdist runs it beside the others
 # rather than alone at the end of the run.
-_LONGEST = 'tests/test_tiny_scale.py::test_tiny_table2_collapse_and_quickstart_margin'
+_LONGEST = 'tests/test_tiny_scale.py::test_quickstart_and_tiny_table2_bn_learn_without_collapse'
 
 
 def pytest_collection_modifyitems(items):
