@@ -44,6 +44,7 @@ from byol_jax import report
 from byol_jax import resume
 from byol_jax import runs as runs_lib
 from byol_jax import variants as variants_lib
+from byol_jax import validation
 from byol_jax import workdir as workdir_lib
 
 # Failures recorded by this command (variant -> message); a variant listed
@@ -111,9 +112,11 @@ def _move_aside(root: epath.Path, vdir: epath.Path) -> epath.Path:
   while (root / REPLACED_DIR / f'{vdir.name}.{n}').exists():
     n += 1
   (root / REPLACED_DIR).mkdir(parents=True, exist_ok=True)
-  workdir_lib.TrainingLock(vdir).acquire()
+  lock = workdir_lib.TrainingLock(vdir)
+  lock.acquire()
   aside = vdir.rename(root / REPLACED_DIR / f'{vdir.name}.{n}')
   workdir_lib.lock_path(aside).unlink()
+  lock.release()
   return aside
 
 
@@ -189,6 +192,11 @@ def reproduce(table: int, scale: str, workdir, *, variants=(), dataset='',
     raise ValueError(f'--scale={scale!r}: use one of {", ".join(scales)}.')
   chosen = variants_lib.select(variants_lib.table_variants(table), variants)
   root = epath.Path(workdir)
+  if any(field == 'eval.pretrain_workdir' for field, _ in overrides):
+    raise validation.ConfigError(
+        '--override=eval.pretrain_workdir: reproduce pre-trains every variant '
+        'itself; evaluate another run with python -m byol_jax.main '
+        '--config=experiments/linear_eval.py --config.eval.pretrain_workdir=DIR.')
   variant_configs = [variants_lib.load_config(v, scale, dataset, overrides,
                                               experiments_dir)
                      for v in chosen]
@@ -228,8 +236,8 @@ def reproduce(table: int, scale: str, workdir, *, variants=(), dataset='',
     start = time.time()
     try:
       run_variant(variant, config, vdir)
-    except KeyboardInterrupt:
-      raise
+    except (KeyboardInterrupt, workdir_lib.WorkdirError):
+      raise  # a variant another run writes is not a failed variant
     except Exception as e:  # pylint: disable=broad-except
       # A diverged variant (NaN loss) is a result too: record it, go on.
       failures[variant.name] = f'{type(e).__name__}: {e}'

@@ -47,16 +47,14 @@ def run(config, workdir: str, *, topology=None, explicit=frozenset(),
   Raises:
     plan.ConfigError: before anything compiles, for a config that cannot run
       (or would resume a checkpoint trained under another config), a
-      workdir that is a file, or one another training run holds
-      (workdir.TrainingLock, taken here for pre-training).
+      workdir that is a file, or one another run writes
+      (workdir.TrainingLock, taken here for pre-training and evaluation).
     checkpointing.DiskFullError: the workdir's disk filled up.
   """
   workdir_lib.check_not_a_file(workdir)
   built = plan.build(config, topology=topology, explicit=explicit)
-  lock = (_training_lock(workdir) if built.config.derived.mode == 'pretrain'
-          else contextlib.nullcontext())
   try:
-    with lock:
+    with _training_lock(workdir):
       return _run(built, workdir, on_checked)
   except Exception as e:  # pylint: disable=broad-except
     if not _is_disk_full(e):

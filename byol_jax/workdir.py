@@ -13,13 +13,12 @@ A pre-training run's WORKDIR holds:
 Process 0 writes all of them but the checkpoints. A workdir is a local path
 or a gs:// URL: the helpers return etils.epath paths.
 """
+import fcntl
 import json
 import os
-import pathlib
 import socket
 import time
 
-from absl import logging
 from etils import epath
 
 from byol_jax import validation
@@ -145,21 +144,18 @@ def check_not_a_file(workdir) -> None:
 
 
 class TrainingLock:
-  """WORKDIR/training.lock: at most one training run writes a workdir.
+  """WORKDIR/training.lock: at most one run writes a workdir at a time.
 
-  The training run (process 0 of a multi-process run; runner.py) takes it
-  before it touches the workdir's checkpoints and releases it when it ends,
-  whether normally, on an error or after the SIGTERM checkpoint. Readers
-  (encoder.load_encoder, linear evaluation of another workdir) never take
-  it. A lock whose owner ran on this host and is gone (killed) is taken over
-  with a warning; one of another host is refused, since its pid cannot be
-  checked from here.
-
-  Guarantee: on a local or shared POSIX filesystem the lock is created with
-  O_EXCL, so of two starts exactly one gets it. etils.epath has no exclusive
-  create for gs://: there the lock is checked, then written, and two starts
-  within the same second or so could both pass; a start after the first
-  one's lock is written is always refused.
+  The run (process 0 of a multi-process run; runner.py) takes it before it
+  touches the workdir and releases it when it ends. Readers (load_encoder,
+  linear evaluation of another workdir) never take it. On a local or shared
+  POSIX filesystem the lock is the kernel's (fcntl.flock on that file): of
+  two starts exactly one gets it, and it dies with its process, however
+  that dies (SIGKILL included), so a killed run's lock never needs removing;
+  the file only names the holder (host, pid) for the refusal. On gs:// there
+  are no locks: the file itself is the lock, checked then written (two
+  starts within a second could both pass), and one left by a killed run is
+  deleted by hand (the refusal says so).
   """
 
   def __init__(self, workdir):
@@ -170,93 +166,68 @@ class TrainingLock:
     """
     self._workdir = workdir
     self.path = lock_path(workdir)
-    self.owner = {'host': socket.gethostname(), 'pid': os.getpid()}
+    self._fd, self._held = None, False
 
   def acquire(self) -> None:
-    """Creates the lock (and the workdir), or raises naming its holder.
+    """Takes the lock (creating the workdir), or raises naming its holder.
 
     Raises:
-      WorkdirError: another training run holds the lock.
+      WorkdirError: another run holds the lock.
     """
     try:
       self.path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
       check_not_a_file(self._workdir)
       raise
-    mine = json.dumps(dict(self.owner,
-                           started=time.strftime('%Y-%m-%d %H:%M:%S %Z')))
-    for _ in range(3):
-      if self._create(mine):
-        return
-      holder = self._holder()
-      if holder is None:  # released meanwhile
-        continue
-      if not self._stale(holder):
-        raise WorkdirError(self._refusal(holder))
-      logging.warning('Taking over %s: its training run (pid %s on this host) '
-                      'is no longer running.', self.path, holder['pid'])
-      self.path.unlink(missing_ok=True)
-    raise WorkdirError(self._refusal(self._holder() or {}))
+    mine = json.dumps({'host': socket.gethostname(), 'pid': os.getpid(),
+                       'started': time.strftime('%Y-%m-%d %H:%M:%S %Z')})
+    if '://' in str(self.path):
+      if self.path.exists():
+        raise WorkdirError(self._refusal(self._holder(), remote=True))
+      self.path.write_text(mine)
+      self._held = True
+      return
+    while True:  # until the locked file is the one at self.path
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        os.close(fd)
+        raise WorkdirError(self._refusal(self._holder())) from None
+      try:  # a holder that released meanwhile unlinked what we opened
+        if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+          break
+      except FileNotFoundError:
+        pass
+      os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, mine.encode())
+    self._fd, self._held = fd, True
 
   def release(self) -> None:
-    """Removes the lock if it is still this process's."""
-    holder = self._holder()
-    if holder is not None and all(holder.get(k) == v
-                                  for k, v in self.owner.items()):
-      self.path.unlink(missing_ok=True)
+    """Removes the lock if this object holds it."""
+    if self._held:
+      self.path.unlink(missing_ok=True)  # first: an opener of it retries
+      if self._fd is not None:
+        os.close(self._fd)
+      self._fd, self._held = None, False
 
-  def _create(self, text: str) -> bool:
-    """Writes the lock unless it exists; True when this call created it."""
-    if '://' in str(self.path):
-      if self.path.exists():  # no exclusive create on gs:// (class docstring)
-        return False
-      self.path.write_text(text)
-      return True
-    try:
-      fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-      return False
-    with os.fdopen(fd, 'w') as f:
-      f.write(text)
-    return True
-
-  def _holder(self):
-    """The lock's {'host', 'pid', 'started'}, None when there is none."""
+  def _holder(self) -> dict:
+    """The lock file's {'host', 'pid', 'started'} (being written: '?')."""
     for _ in range(10):  # a lock being written reads empty for an instant
       try:
         return json.loads(self.path.read_text())
-      except FileNotFoundError:
-        return None
-      except ValueError:
+      except (FileNotFoundError, ValueError):
         time.sleep(0.1)
-    return {'host': '?', 'pid': '?', 'started': 'unreadable lock file'}
+    return {}
 
-  def _stale(self, holder: dict) -> bool:
-    """The holder ran on this host and its pid is gone (or is this process)."""
-    if holder.get('host') != self.owner['host']:
-      return False
-    pid = holder.get('pid')
-    if pid == self.owner['pid']:
-      return True  # a lock left by an earlier process that had our pid
-    try:
-      os.kill(int(pid), 0)  # signal 0: only checks that the pid exists
-    except ProcessLookupError:
-      return True
-    except (OSError, TypeError, ValueError):  # another user's, or no pid
-      return False
-    try:  # a killed process not yet reaped (a zombie) keeps its pid
-      stat = pathlib.Path(f'/proc/{pid}/stat').read_text()
-    except OSError:
-      return False
-    return stat.rpartition(')')[2].split()[0] == 'Z'
-
-  def _refusal(self, holder: dict) -> str:
-    pid = holder.get('pid')
-    fix = (f'wait for it to finish, stop it (kill {pid}), or pass another '
-           '--workdir.' if holder.get('host') == self.owner['host'] else
-           'wait for it to finish or pass another --workdir; if you know '
-           f'that run is dead (e.g. its host was preempted), delete '
-           f'{self.path} and rerun.')
-    return (f'--workdir={self._workdir} is in use by another training run '
-            f'(host {holder.get("host")}, pid {pid}, started '
-            f'{holder.get("started")}; lock file {self.path}): {fix}')
+  def _refusal(self, holder: dict, remote: bool = False) -> str:
+    pid = holder.get('pid', '?')
+    fix = ('wait for it to finish or pass another --workdir; if you know that '
+           f'run is dead (e.g. its host was preempted), delete {self.path} '
+           'and rerun.' if remote else
+           f'wait for it to finish, stop it (kill {pid} on host '
+           f'{holder.get("host", "?")}), or pass another --workdir.')
+    return (f'--workdir={self._workdir} is in use by another run (host '
+            f'{holder.get("host", "?")}, pid {pid}, started '
+            f'{holder.get("started", "?")}; lock file {self.path}): {fix}')

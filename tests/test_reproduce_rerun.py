@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import pathlib
-import socket
 
 from etils import epath
 import pytest
@@ -99,14 +98,30 @@ def test_a_variant_in_training_is_not_moved_aside(tmp_path):
   """The rerun's move takes the variant's training lock first."""
   vdir = tmp_path / 'bn'
   vdir.mkdir()
-  # A live training on this host (this test's parent process) holds it.
-  lock = workdir_lib.lock_path(vdir)
-  lock.write_text(json.dumps({'host': socket.gethostname(),
-                              'pid': os.getppid(), 'started': 'now'}))
-  with pytest.raises(workdir_lib.WorkdirError, match=str(os.getppid())):
+  training = workdir_lib.TrainingLock(vdir)  # a run writing it holds it
+  training.acquire()
+  with pytest.raises(workdir_lib.WorkdirError, match=f'pid {os.getpid()}'):
     reproduce._move_aside(epath.Path(tmp_path), epath.Path(vdir))
   assert sorted(p.name for p in tmp_path.iterdir()) == ['bn', 'replaced']
-  assert json.loads(lock.read_text())['pid'] == os.getppid()
-  lock.unlink()  # the training ended: the move goes through, lock-free
+  assert sorted(p.name for p in vdir.iterdir()) == ['training.lock']
+  training.release()  # the training ended: the move goes through, lock-free
   aside = reproduce._move_aside(epath.Path(tmp_path), epath.Path(vdir))
   assert not vdir.exists() and sorted(p.name for p in aside.iterdir()) == []
+
+
+def test_an_override_of_the_pretrained_workdir_is_refused(tmp_path):
+  with pytest.raises(ValueError, match='eval.pretrain_workdir: reproduce '
+                     'pre-trains every variant itself'):
+    reproduce.reproduce(2, 'tiny', tmp_path, variants=['bn'], overrides=[
+        ('eval.pretrain_workdir', str(tmp_path / 'other'))])
+  assert not list(tmp_path.iterdir())
+
+
+def test_a_variant_another_run_writes_stops_reproduce(tmp_path, monkeypatch):
+  """Not recorded as a failed variant: the other run is still writing it."""
+  def busy(variant, config, vdir):
+    raise workdir_lib.WorkdirError(f'--workdir={vdir} is in use')
+  monkeypatch.setattr(reproduce, 'run_variant', busy)
+  with pytest.raises(workdir_lib.WorkdirError, match='is in use'):
+    reproduce.reproduce(2, 'tiny', tmp_path, variants=['bn'])
+  assert not (tmp_path / reproduce.FAILURES_FILE).exists()
