@@ -102,7 +102,8 @@ def test_ablation_options_select_the_norms():
      r'be a positive multiple of the 8 devices \(1 host'),
     ('model.encoder_norm', 'batchnorm', "model.encoder_norm='batchnorm'"),
     ('model.depth', 42, 'model.depth=42'),
-    ('model.gn_groups', 24, 'model.gn_groups=24 does not divide'),
+    ('model.gn_groups', 24, r'not divisible by the 24 GroupNorm groups '
+     r'\(model.gn_groups=24\)'),
 ])
 def test_validation_names_the_field(field, value, message):
   config = load_config('gn_ws', 'tiny')
