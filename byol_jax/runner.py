@@ -149,8 +149,9 @@ def _is_disk_full(error) -> bool:
   while error is not None and id(error) not in seen:
     seen.add(id(error))
     text = str(error)
-    if (getattr(error, 'errno', None) in full or 'RESOURCE_EXHAUSTED' in text
-        or any(os.strerror(code) in text for code in full)):
+    # Not RESOURCE_EXHAUSTED alone: XLA says that for device memory too.
+    if (getattr(error, 'errno', None) in full or
+        any(os.strerror(code) in text for code in full)):
       return True
     error = error.__cause__ or error.__context__
   return False

@@ -314,3 +314,6 @@ def test_disk_full_is_recognised():
     assert runner._is_disk_full(chained)
   assert not runner._is_disk_full(ValueError('NOT_FOUND: /x'))
   assert not runner._is_disk_full(OSError(13, 'Permission denied'))
+  # A device out of memory is not a full disk (XLA's status is the same).
+  assert not runner._is_disk_full(RuntimeError(
+      'RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.0GiB.'))
