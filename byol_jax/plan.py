@@ -187,18 +187,18 @@ def _check_splits(config, mode: str, source) -> dict:
 
 
 # ------------------------------------------------------------------ derive
-def epochs_to_steps(epochs: int, num_examples: int, batch: int) -> int:
+def epochs_to_steps(epochs: float, num_examples: int, batch: int) -> int:
   """Training steps for a number of epochs, as the official byol/configs/byol.py.
 
   Args:
-    epochs: passes over the data.
+    epochs: passes over the data (a warm-up may be a fraction).
     num_examples: examples in the pre-training split.
     batch: global batch size (examples per step).
 
   Returns:
     floor(epochs * num_examples / batch).
   """
-  return int(epochs) * int(num_examples) // int(batch)
+  return int(epochs * int(num_examples)) // int(batch)
 
 
 # Held-out examples for the probe's learning-rate sweep when the dataset has

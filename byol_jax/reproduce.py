@@ -2,11 +2,13 @@ r"""Reproduce the paper's tables at small scale: every variant, then a report.
 
     python -m byol_jax.reproduce --table=2 --scale=tiny --workdir=/tmp/table2
     python -m byol_jax.reproduce --table=1 --scale=tiny --workdir=/tmp/table1
+    python -m byol_jax.reproduce --table=2 --scale=small \
+        --dataset=folder:/data/cifar10-jpg --workdir=/tmp/table2_small
     python -m byol_jax.reproduce --table=2 --scale=cifar10 \
         --dataset=folder:/data/cifar10-jpg --workdir=/tmp/table2_cifar10
 
 Each variant of the table is one normal experiment config
-(experiments/<name>.py with the scale's option: `tiny` or `cifar10`), run by
+(experiments/<name>.py with the scale's option: `tiny`, `small` or `cifar10`), run by
 byol_jax.runner.run (what byol_jax.main runs) in WORKDIR/<variant>: pre-training, then linear
 evaluation. Nothing is special-cased: the command prints each variant's
 `python -m byol_jax.main` equivalent, and running those by hand gives the
@@ -167,7 +169,7 @@ def reproduce(table: int, scale: str, workdir, *, variants=(), dataset='',
 
   Args:
     table: 1 or 2 (the paper's table).
-    scale: 'tiny' or 'cifar10'.
+    scale: 'tiny', 'small' or 'cifar10'.
     workdir: root directory; each variant runs in workdir/<variant name>.
     variants: names of the variants to run (default: all of the table).
     dataset: data source for every variant (default: the scale's).
@@ -331,7 +333,8 @@ if __name__ == '__main__':
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_enum('table', '2', ['1', '2'], 'The paper table to reproduce.')
   flags.DEFINE_enum('scale', 'tiny', list(variants_lib.SCALES),
-                    'tiny: digits on a CPU; cifar10: CIFAR-10, ResNet-18, GPU.')
+                    'tiny: digits on a CPU; small: CIFAR-10 on a CPU with the '
+                    'paper\'s optimiser; cifar10: CIFAR-10, ResNet-18, GPU.')
   flags.DEFINE_string('workdir', None, 'Root directory of the variants.')
   flags.DEFINE_list('variants', [], 'Only these variants (default: all).')
   flags.DEFINE_string('dataset', '', 'Data source for every variant, e.g. '

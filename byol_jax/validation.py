@@ -183,8 +183,8 @@ def validate_inputs(config, mode: str) -> None:
           'training.total_steps).')
   _positive_int(t, 'max_steps', 'training.max_steps',
                 auto='no early stop')
-  check(_is_int(t.warmup_epochs) and t.warmup_epochs >= 0,
-        'training.warmup_epochs', t.warmup_epochs, 'must be an integer >= 0.')
+  _number(t.warmup_epochs, 'training.warmup_epochs', 0., 'must be >= 0.',
+          above=False)
   check(t.warmup_steps == -1 or (_is_int(t.warmup_steps) and
                                  t.warmup_steps >= 0),
         'training.warmup_steps', t.warmup_steps,

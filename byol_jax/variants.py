@@ -1,7 +1,7 @@
 """The paper tables' variants as experiment configs (what reproduce.py runs).
 
 Each cell of a table is a `Variant`: one normal experiment config
-(experiments/<config>.py) with the scale's option (`tiny` or `cifar10`) and the
+(experiments/<config>.py) with the scale's option (`tiny`, `small` or `cifar10`) and the
 cell's own options. Table 2 (paper): vanilla BYOL with BN (74.3%), no
 normalisation (0.1%), modified init (65.7%), GN + WS (73.9%). Table 1: the
 BN / LN / none grid over (encoder, projector, predictor) for BYOL, and over
@@ -25,7 +25,7 @@ from byol_jax import configs
 from byol_jax import presets
 
 EXPERIMENTS_DIR = configs.EXPERIMENTS_DIR
-SCALES = ('tiny', 'cifar10')
+SCALES = configs.SCALES
 TABLES = (1, 2)
 NORMS = presets.TABLE1_NORMS
 
@@ -48,7 +48,7 @@ class Variant:
     """The config string after `experiments/<config>.py:`.
 
     Args:
-      scale: 'tiny' or 'cifar10'.
+      scale: 'tiny', 'small' or 'cifar10'.
       dataset: a data source for option dataset=, or '' for the scale's.
 
     Returns:
@@ -63,7 +63,7 @@ class Variant:
     """The equivalent `python -m byol_jax.main` command line.
 
     Args:
-      scale: 'tiny' or 'cifar10'.
+      scale: 'tiny', 'small' or 'cifar10'.
       dataset: a data source, or '' for the scale's.
       workdir: the variant's run directory.
       overrides: (dotted field, value) pairs, as --config.<field>=<value>.
@@ -136,7 +136,7 @@ def load_config(variant: Variant, scale: str, dataset: str = '',
 
   Args:
     variant: the table cell.
-    scale: 'tiny' or 'cifar10' (a common config option, configs.py).
+    scale: 'tiny', 'small' or 'cifar10' (a common config option, configs.py).
     dataset: optional data source (option dataset=).
     overrides: (dotted field, value) pairs, as --config.<field>=<value>.
     experiments_dir: where the experiment configs live.
