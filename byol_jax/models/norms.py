@@ -1,25 +1,21 @@
-"""Normalisation layers, one argument of the network code.
+"""Normalisation layers: one argument of the network code, never a fork.
 
-The paper's whole subject is the choice of normalisation per network component
-(Richemond et al., 2020, Tables 1 and 2), so normalisation is one argument here,
-never a fork of the network code:
+The paper's subject is the choice of normalisation per network component
+(Richemond et al., 2020, Tables 1 and 2):
 
   * `bn`     BatchNorm, decay 0.9, eps 1e-5 (the official BYOL values), batch
              statistics optionally averaged across replicas (`axis_name`).
   * `gn`     GroupNorm, 16 groups by default (paper §3.3).
-  * `ln`     LayerNorm as the paper defines it: normalise over H, W and C,
-             i.e. GroupNorm with a single group.
+  * `ln`     LayerNorm as the paper defines it: over H, W and C, i.e.
+             GroupNorm with one group.
   * `none`   identity (the collapsing "no normalisation" baseline, Table 2).
-  * `affine` per-channel scale and offset only, no statistics: the layer the
-             BN-free "modified init" of paper §3.2 puts where BN was.
+  * `affine` per-channel scale and offset only: what the modified init of
+             paper §3.2 puts where BN was.
 
-Every kind with parameters stores them as `scale` and `offset` of shape [C]
-under the same module name, so a checkpoint path does not depend on the kind
-and a BN layer's statistics map one-to-one onto an `affine` layer.
-
-Mixed precision: every normalisation computes its statistics in float32
-(`make_norm` casts its input to float32 and the result back); parameters are
-float32. The convolution and linear layers are in layers.py.
+Every kind stores `scale` and `offset` of shape [C] under the same module name,
+so checkpoint paths do not depend on the kind and a BN layer's statistics map
+one-to-one onto an `affine` layer. Statistics are float32 whatever the compute
+dtype.
 """
 
 import dataclasses
@@ -36,18 +32,7 @@ GN_GROUPS = 16  # paper §3.3: "GroupNorm with 16 groups".
 
 
 def check_norm_kind(kind: str, field: str = 'norm') -> str:
-  """Validates a normalisation kind.
-
-  Args:
-    kind: the kind to check, e.g. 'gn'.
-    field: the config field it came from, named in the error.
-
-  Returns:
-    `kind` unchanged.
-
-  Raises:
-    ValueError: `kind` is not one of NORM_KINDS.
-  """
+  """Returns `kind`; a ValueError naming `field` unless it is in NORM_KINDS."""
   if kind not in NORM_KINDS:
     raise ValueError(f'{field}={kind!r} is not a normalisation kind; use one '
                      f'of {", ".join(NORM_KINDS)}.')
@@ -62,14 +47,9 @@ class NormSpec:
     kind: one of NORM_KINDS.
     groups: GroupNorm groups (kind 'gn' only).
     axis_name: collective axis over which BatchNorm averages its batch
-      statistics (cross-replica BN, as the official code does on TPU), or None
-      for per-device statistics.
+      statistics (cross-replica BN, as the official code on TPU), or None.
     decay: BatchNorm moving-average decay.
     eps: variance epsilon of bn / gn / ln.
-
-  Raises:
-    ValueError: (on construction) kind is not one of NORM_KINDS, or kind is
-      'gn' and groups is not a positive int.
   """
   kind: str = 'bn'
   groups: int = GN_GROUPS
@@ -85,19 +65,7 @@ class NormSpec:
 
 
 def as_norm_spec(norm) -> NormSpec:
-  """A NormSpec from a NormSpec or a kind string.
-
-  Args:
-    norm: a NormSpec (returned as is) or a kind string ('bn', 'gn', ...),
-      which gets the default settings.
-
-  Returns:
-    The NormSpec.
-
-  Raises:
-    TypeError: `norm` is neither a NormSpec nor a str.
-    ValueError: the string is not one of NORM_KINDS.
-  """
+  """`norm` if a NormSpec, else NormSpec(kind=norm); TypeError otherwise."""
   if isinstance(norm, NormSpec):
     return norm
   if isinstance(norm, str):
@@ -137,30 +105,16 @@ class BatchNorm(hk.Module):
   def __init__(self, decay: float = BN_DECAY, eps: float = BN_EPS,
                axis_name: Optional[str] = None, scale_init=None,
                name: Optional[str] = None):
-    """Creates the module (parameters and state on the first call).
-
-    Args:
-      decay: moving-average decay per training step, in [0, 1).
-      eps: added to the variance before the reciprocal square root.
-      axis_name: collective axis (pmap / shard_map) over which the batch
-        statistics are averaged; None: per-device statistics.
-      scale_init: initialiser of `scale`; None: ones.
-      name: Haiku module name.
-    """
+    """decay in [0, 1) per step; axis_name None: per-device statistics."""
     super().__init__(name=name)
     self.decay, self.eps, self.axis_name = decay, eps, axis_name
     self.scale_init = scale_init
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
-    """Normalises `x` per channel.
+    """[..., C] float32 -> (x - mean) / sqrt(var + eps) * scale + offset.
 
-    Args:
-      x: [..., C] float32 activations (make_norm casts to float32).
-      is_training: use (and update the moving averages with) the batch
-        statistics; False: use the debiased moving averages.
-
-    Returns:
-      [..., C] float32: (x - mean) / sqrt(var + eps) * scale + offset.
+    Training mode uses (and updates the moving averages with) the batch
+    statistics; eval mode the debiased moving averages.
     """
     c = x.shape[-1]
     scale, offset = _scale_offset(c, self.scale_init)
@@ -187,18 +141,12 @@ class BatchNorm(hk.Module):
 
 def batch_moments(x: jax.Array, axis_name: Optional[str] = None
                   ) -> tuple[jax.Array, jax.Array]:
-  """Per-channel mean and variance over all axes but the last, two-pass.
+  """Per-channel (mean [C], var [C]) over all axes but the last, two-pass.
 
-  Args:
-    x: [..., C] float32 activations.
-    axis_name: average over this collective axis too (equal per-device
-      batches: the mean of means is the global mean).
-
-  Returns:
-    (mean [C], var [C]): var = mean((x - mean)^2) with the global mean.
-    The mean is taken of x - x[0] (a shift by one sample per channel, a
-    constant for the gradient), then shifted back: a float32 sum of values
-    near 1e4 would otherwise lose about 3e-3 of the mean over 1024 values.
+  The mean is taken of x - x[0] (a per-channel shift, constant for the
+  gradient) and shifted back: a float32 sum of values near 1e4 otherwise loses
+  about 3e-3 of the mean over 1024 values. var = mean((x - mean)^2) with the
+  global mean (pmean'd over `axis_name` when given: equal per-device batches).
   """
   axes = tuple(range(x.ndim - 1))
   shift = jax.lax.stop_gradient(x[(0,) * (x.ndim - 1)])
@@ -212,17 +160,7 @@ def batch_moments(x: jax.Array, axis_name: Optional[str] = None
 
 
 def debiased_moments(hidden_mean, hidden_var, counter, decay: float):
-  """Zero-debiased moving averages h / (1 - decay^t).
-
-  Args:
-    hidden_mean: [C] float32 raw moving average of the mean, h_t.
-    hidden_var: [C] float32 raw moving average of the variance.
-    counter: int32 scalar t, the number of updates so far.
-    decay: the moving averages' decay per update.
-
-  Returns:
-    (mean [C], var [C]) float32; (0, 1) when t = 0 (nothing to debias).
-  """
+  """Debiased moving averages (mean, var) = h / (1 - decay^t); (0, 1) at t=0."""
   t = counter.astype(jnp.float32)
   correction = 1. - jnp.power(jnp.float32(decay), t)
   safe = jnp.where(counter > 0, correction, 1.)
@@ -232,38 +170,19 @@ def debiased_moments(hidden_mean, hidden_var, counter, decay: float):
 
 
 class GroupNorm(hk.Module):
-  """GroupNorm over (spatial axes, channels within a group); [C] parameters.
+  """GroupNorm over (spatial axes, channels of a group); [C] parameters.
 
-  groups=1 is the paper's LayerNorm (normalise over H, W and C). Accepts
-  [N, C] inputs (MLP hidden layers) as well as [N, H, W, C].
+  groups=1 is the paper's LayerNorm. Accepts [N, C] (MLP hidden layers) and
+  [N, H, W, C]; no batch statistics, so train and eval agree.
   """
 
   def __init__(self, groups: int, eps: float = BN_EPS, scale_init=None,
                name: Optional[str] = None):
-    """Creates the module (parameters on the first call).
-
-    Args:
-      groups: number of channel groups; must divide C (1: LayerNorm).
-      eps: added to the variance before the reciprocal square root.
-      scale_init: initialiser of `scale`; None: ones.
-      name: Haiku module name.
-    """
     super().__init__(name=name)
     self.groups, self.eps, self.scale_init = groups, eps, scale_init
 
   def __call__(self, x: jax.Array, is_training: bool = True) -> jax.Array:
-    """Normalises each example over its spatial axes and group channels.
-
-    Args:
-      x: [N, C] or [N, H, W, C] float32 activations.
-      is_training: ignored (no batch statistics: train and eval agree).
-
-    Returns:
-      float32, shape of `x`.
-
-    Raises:
-      ValueError: `groups` does not divide C.
-    """
+    """float32 [N, C] or [N, H, W, C] -> same; ValueError unless groups | C."""
     del is_training  # No batch statistics: train and eval are the same.
     c = x.shape[-1]
     if c % self.groups:
@@ -284,25 +203,10 @@ class Affine(hk.Module):
   """Per-channel scale and offset, no statistics (paper §3.2, modified init)."""
 
   def __init__(self, scale_init=None, name: Optional[str] = None):
-    """Creates the module (parameters on the first call).
-
-    Args:
-      scale_init: initialiser of the [C] `scale`; None: ones.
-      name: Haiku module name.
-    """
     super().__init__(name=name)
     self.scale_init = scale_init
 
   def __call__(self, x: jax.Array, is_training: bool = True) -> jax.Array:
-    """Returns x * scale + offset.
-
-    Args:
-      x: [..., C] float32 activations.
-      is_training: ignored (no statistics).
-
-    Returns:
-      float32, shape of `x`.
-    """
     del is_training
     scale, offset = _scale_offset(x.shape[-1], self.scale_init)
     return x * scale + offset
@@ -315,13 +219,12 @@ def make_norm(norm, name: str, zero_init: bool = False) -> NormFn:
   """Builds the normalisation `norm` as a function (x, is_training) -> x.
 
   Args:
-    norm: a NormSpec or a kind string (see NORM_KINDS).
-    name: module name; the same for every kind, so checkpoint paths are stable.
+    norm: a NormSpec or a kind string (NORM_KINDS).
+    name: module name, the same for every kind (stable checkpoint paths).
     zero_init: initialise the scale to 0 (last norm of a residual block).
 
   Returns:
-    A callable applying the normalisation. Statistics are computed in float32
-    and the result is cast back to the input dtype.
+    A callable computing in float32 and returning the input's dtype.
   """
   spec = as_norm_spec(norm)
   scale_init = jnp.zeros if zero_init else None

@@ -55,18 +55,7 @@ _STAGE_STRIDES = (1, 2, 2, 2)
 
 
 def check_depth(depth: int, field: str = 'depth') -> int:
-  """Validates a ResNet depth.
-
-  Args:
-    depth: number of layers, e.g. 50.
-    field: the config field it came from, named in the error.
-
-  Returns:
-    `depth` unchanged.
-
-  Raises:
-    ValueError: `depth` is not a key of DEPTHS.
-  """
+  """Returns `depth`; a ValueError naming `field` unless it is in DEPTHS."""
   if depth not in DEPTHS:
     raise ValueError(f'{field}={depth!r} is not a supported ResNet depth; use '
                      f'one of {sorted(DEPTHS)}.')
@@ -74,39 +63,13 @@ def check_depth(depth: int, field: str = 'depth') -> int:
 
 
 def feature_size(depth: int, width_multiplier: float = 1) -> int:
-  """Size of the pooled representation of ResNet-`depth` at this width.
-
-  Args:
-    depth: one of DEPTHS.
-    width_multiplier: the network's channel multiplier.
-
-  Returns:
-    The feature size: 512 (basic blocks) or 2048 (bottleneck blocks) times
-    width_multiplier, e.g. 2048 for ResNet-50 at width 1.
-
-  Raises:
-    ValueError: unsupported depth, or a multiplier giving fractional channels.
-  """
+  """Pooled feature size: 512 (basic) or 2048 (bottleneck) x the width."""
   block, _ = DEPTHS[check_depth(depth)]
   return _width(512 * (4 if block == 'bottleneck' else 1), width_multiplier)
 
 
 def norm_channels(depth: int, width_multiplier: float) -> dict:
-  """The channel counts every norm layer of the network sees.
-
-  All are multiples of the stem's 64 x width_multiplier.
-
-  Args:
-    depth: one of DEPTHS.
-    width_multiplier: the network's channel multiplier.
-
-  Returns:
-    {where: channels} in forward order, e.g. {'the stem': 16, 'stage 0': 16,
-    ...}; a count is fractional (or below 1) where the multiplier gives one.
-
-  Raises:
-    ValueError: unsupported depth.
-  """
+  """{where: channels} of every norm layer in order (maybe fractional)."""
   block, _ = DEPTHS[check_depth(depth)]
   out = {'the stem': 64 * width_multiplier}
   for s, width in enumerate(_STAGE_WIDTHS):
@@ -163,34 +126,32 @@ class _Block(hk.Module):
 
 
 class ResNet(hk.Module):
-  """ResNet v1 encoder returning pooled features [N, feature_size]."""
+  """ResNet v1: images [N, H, W, C] -> pooled features [N, feature_size] f32."""
 
   def __init__(self, depth: int = 50, width_multiplier: float = 1,
                stem: str = 'imagenet', norm='bn',
                weight_standardization: bool = False,
                zero_init_last: bool = False,
                dtype=jnp.float32, name: Optional[str] = 'encoder'):
-    """Builds the network description (no parameters are created here).
+    """Describes the network (no parameters are created here).
 
     Args:
       depth: one of DEPTHS.
       width_multiplier: scales every layer's channels (1 to 4 in the paper;
-        fractions such as 0.25 give CPU-sized networks).
+        0.25 gives CPU-sized networks).
       stem: 'imagenet' (7x7 stride-2 conv + 3x3 stride-2 max-pool) or 'small'
-        (3x3 stride-1 conv, no pooling; for 32-pixel images).
-      norm: a norms.NormSpec or kind string, used for every norm layer.
+        (3x3 stride-1 conv, no pooling; 32-pixel images).
+      norm: a norms.NormSpec or kind string, for every norm layer.
       weight_standardization: standardise every convolution's kernel.
-      zero_init_last: initialise the scale of each block's last norm to 0
-        (Goyal et al.'s init, which the official BYOL code ships with; the
-        gamma0 = 0 of the modified init, paper §3.2). See the module
-        docstring for which config uses which.
-      dtype: compute dtype (bfloat16 for mixed precision); parameters and
-        norm statistics stay float32; the pooled output is float32.
+      zero_init_last: each block's last norm scale starts at 0 (Goyal et al.;
+        the gamma0 = 0 of the modified init, paper §3.2).
+      dtype: compute dtype (bfloat16 for mixed precision); parameters, norm
+        statistics and the pooled output stay float32.
       name: module name.
 
     Raises:
-      ValueError: depth not in DEPTHS, stem not in STEMS, or a
-        width_multiplier that gives a fractional or zero channel count.
+      ValueError: depth not in DEPTHS, stem not in STEMS, or a width_multiplier
+        giving a fractional or zero channel count.
     """
     super().__init__(name=name)
     self.block, self.blocks_per_stage = DEPTHS[check_depth(depth)]
@@ -206,17 +167,7 @@ class ResNet(hk.Module):
     _width(64, width_multiplier)  # Validate early, before any tracing.
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
-    """Encodes a batch of images.
-
-    Args:
-      x: [N, H, W, C] images (float, normalised); cast to the compute dtype.
-      is_training: BatchNorm uses and updates batch statistics (no effect
-        on other norm kinds).
-
-    Returns:
-      [N, feature_size(depth, width_multiplier)] float32 features, the
-      global average pool of the last stage.
-    """
+    """Encodes images (BatchNorm uses batch statistics when is_training)."""
     x = x.astype(self.dtype)
     stem_width = _width(64, self.width_multiplier)
     if self.stem == 'imagenet':
