@@ -1,15 +1,13 @@
 """The pre-trained encoder of a run: build it, load it, apply it.
 
-Downstream use (README, "Using a pre-trained encoder"):
-
     from byol_jax.encoder import load_encoder
     encode = load_encoder('/tmp/byol_quickstart')
     features = encode(images)   # float [N, H, W, 3] in [0, 1] -> [N, D]
 
-The encoder is the online network's ResNet (the paper evaluates the online
-encoder f_theta, BYOL §3.1 and Appendix C.1; the official eval_experiment.py
-reads `online_params`), run in inference mode: BatchNorm uses its moving
-averages, so a representation depends only on its own image.
+It is the online network's ResNet (the paper evaluates the online encoder,
+BYOL §3.1 and Appendix C.1; the official eval_experiment.py reads
+`online_params`) in inference mode: BN uses its moving averages, so a
+representation depends on its own image alone.
 """
 
 import dataclasses
@@ -34,28 +32,18 @@ _RUN_HINT = ('run a pre-training first: python -m byol_jax.main '
 
 
 def _encoder_transform(model) -> hk.TransformedWithState:
-  """The encoder alone (networks.make_encoder, as in networks.make_forward).
-
-  Built on its own so that the projector's parameters are not needed to
-  compute representations; same module, hence the same parameter paths.
-  """
+  """The encoder alone: no projector parameters needed, same parameter paths."""
   return hk.transform_with_state(
       lambda images, is_training: networks.make_encoder(model)(images,
                                                                is_training))
 
 
 def encoder_apply(config) -> Callable[[Any, Any, jax.Array], jax.Array]:
-  """The frozen encoder as a pure function of (params, state, images).
+  """The frozen encoder as a pure, jit-able fn(params, state, images).
 
-  Args:
-    config: the experiment config (only `config.model` is read).
-
-  Returns:
-    fn(params, state, images) -> representations float32 [N, D]: images are
-    float [N, H, W, 3] in [0, 1], normalised here with augment.normalize (the
-    ImageNet mean/std the pre-training augmentation ends with); params / state
-    are Haiku trees holding (at least) the 'encoder' modules (others are
-    ignored); BN runs with is_training=False. Pure and jit-able.
+  Images are float [N, H, W, 3] in [0, 1], normalised here (augment.normalize,
+  as pre-training); params/state are Haiku trees holding at least the 'encoder'
+  modules; BN in inference mode. Returns float32 [N, D] representations.
   """
   networks.validate_model_config(config.model)
   transformed = _encoder_transform(config.model)
@@ -71,17 +59,7 @@ def encoder_apply(config) -> Callable[[Any, Any, jax.Array], jax.Array]:
 
 @functools.lru_cache(maxsize=2)
 def _jitted_init(key: ml_collections.FrozenConfigDict):
-  """jit(init_train_state) of a config, cached on its hashable frozen form.
-
-  Compiling the random initialisers is the slow part (about 10 s for the
-  tiny model on CPU).
-
-  Args:
-    key: method, model, training and derived.num_classes, frozen.
-
-  Returns:
-    jit(train_state.init_train_state) of that method and optimizer.
-  """
+  """jit(init_train_state), cached: compiling the initialisers is slow."""
   from byol_jax import experiment  # pylint: disable=g-import-not-at-top
   from byol_jax import train_state as ts  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(key)
@@ -90,18 +68,11 @@ def _jitted_init(key: ml_collections.FrozenConfigDict):
 
 
 def random_encoder(config):
-  """(params, state) of the encoder at pre-training step 0 for config.seed.
+  """Host (params, state) of the encoder at pre-training step 0 for config.seed.
 
-  The same initialisation as pre-training (train_state.init_train_state from
-  PRNGKey(config.seed)), restricted to the encoder, so the random baseline of
-  linear evaluation is the trained encoder's own starting point (before any
+  The same initialisation as pre-training, so linear evaluation's random
+  baseline is the trained encoder's own starting point (before any
   modified-init calibration, paper §3.2).
-
-  Args:
-    config: the experiment config (method, model, training, data, seed).
-
-  Returns:
-    (params, state) as host NumPy trees of 'encoder/...' modules.
   """
   from byol_jax import experiment  # pylint: disable=g-import-not-at-top
   # Keyed on what the initialisation depends on (not eval/logging fields).
@@ -118,16 +89,7 @@ def random_encoder(config):
 
 @dataclasses.dataclass
 class Pretrained:
-  """A pre-training run's config and online encoder, restored from disk.
-
-  Attributes:
-    config: the run's finalised config (WORKDIR/config.json).
-    params: online encoder parameters (host NumPy, 'encoder/...' modules)
-      and the online classifier's ('classifier/...').
-    state: online encoder state (BN moving averages; {} without BN).
-    step: the restored checkpoint's step.
-    workdir: the run directory.
-  """
+  """A run's config, online encoder (+ classifier) params, state and step."""
   config: ml_collections.ConfigDict
   params: Any
   state: Any
@@ -136,19 +98,7 @@ class Pretrained:
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
-  """WORKDIR/config.json (the run's built config); clear error when missing.
-
-  Args:
-    workdir: a pre-training run directory (local or gs://).
-
-  Returns:
-    The built config (plan.build's), as resume.from_saved reads it.
-
-  Raises:
-    FileNotFoundError: no workdir or no config.json, naming the command that
-      creates them.
-    ValueError: config.json is not valid JSON.
-  """
+  """WORKDIR/config.json (resume.from_saved); a clear error if absent."""
   workdir = epath.Path(workdir)
   path = workdir_lib.config_path(workdir)
   if not workdir.exists():
@@ -178,19 +128,7 @@ def _no_checkpoint(workdir) -> FileNotFoundError:
 
 
 def latest_checkpoint_step(workdir) -> int:
-  """The newest finished checkpoint's step of a run, from a directory listing.
-
-  Args:
-    workdir: a pre-training run directory (local or gs://).
-
-  Returns:
-    The step (int) of the newest finished checkpoint.
-
-  Raises:
-    FileNotFoundError: the run holds no finished checkpoint (orbax names a
-      finished step directory by its step alone; unfinished ones carry a
-      suffix), with the command that makes one.
-  """
+  """The newest finished checkpoint's step (unfinished ones carry a suffix)."""
   workdir = epath.Path(workdir)
   ckpt_dir = workdir_lib.checkpoint_dir(workdir)
   steps = ([int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()]
@@ -201,21 +139,11 @@ def latest_checkpoint_step(workdir) -> int:
 
 
 def load_pretrained(workdir) -> Pretrained:
-  """Restores the online encoder of the latest checkpoint of a run.
+  """Restores the online encoder of a run's latest checkpoint, read-only.
 
-  Multi-host: call it on every host (orbax synchronises the restore). Safe
-  while the run trains: nothing in its workdir is created, moved or
-  deleted; an unreadable newest checkpoint is skipped with a warning.
-
-  Args:
-    workdir: a pre-training run directory (local or gs://).
-
-  Returns:
-    A Pretrained.
-
-  Raises:
-    FileNotFoundError: no config.json or no checkpoint, naming the path and
-      the command that creates them.
+  Safe while the run trains (nothing in its workdir is created, moved or
+  deleted); multi-host: call it on every host. FileNotFoundError, naming the
+  path and the command that creates it, without config.json or a checkpoint.
   """
   # Imported here: checkpointing pulls in orbax, experiment the methods.
   from byol_jax import checkpointing  # pylint: disable=g-import-not-at-top
@@ -242,26 +170,20 @@ def load_pretrained(workdir) -> Pretrained:
 def load_encoder(workdir) -> Callable[[Any], jax.Array]:
   """The pre-trained online encoder of a run, as a jitted function of images.
 
-  Example:
-
-    encode = load_encoder('/tmp/byol_quickstart')
-    feats = encode(images)  # images: float [N, H, W, 3] in [0, 1]
-
-  Images should have the run's `data.image_size` side (any side works, the
-  encoder pools globally, but that is what it was trained on). Each distinct
-  N compiles once; feed fixed-size batches for speed.
+  Images should have the run's `data.image_size` side (the encoder pools
+  globally, so any side works). Each distinct N compiles once.
 
   Args:
-    workdir: a pre-training run directory (holding config.json and
-      checkpoints/), local or gs://.
+    workdir: a pre-training run directory (config.json and checkpoints/),
+      local or gs://.
 
   Returns:
-    encode(images) -> jax.Array float32 [N, D] of representations (D = 2048
-    for ResNet-50, times the width multiplier). `encode.pretrained` holds the
-    restored Pretrained (config, params, state, step).
+    encode(images float [N, H, W, 3] in [0, 1]) -> float32 [N, D] (D = 2048 x
+    width for ResNet-50); `encode.pretrained` is the restored Pretrained.
 
   Raises:
     FileNotFoundError: the workdir has no config.json or no checkpoint.
+    ValueError: (from encode) images not [N, H, W, 3] floats.
   """
   pretrained = load_pretrained(workdir)
   params, state = jax.device_put((pretrained.params, pretrained.state))

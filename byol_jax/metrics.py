@@ -1,10 +1,7 @@
-"""Collapse statistics of embeddings: pure jnp functions.
+"""Collapse statistics beside the losses (methods/ need nothing of evaluation/).
 
-The paper is about whether BYOL without batch statistics collapses (paper §1,
-§3); these numbers show collapse as it happens, long before linear
-evaluation. The training step reports `collapse_std` of the projections and
-representations (methods/networks.py); they sit here, beside the losses,
-so that methods/ needs nothing from evaluation/.
+The paper asks whether BYOL without batch statistics collapses (§1, §3); these
+show collapse as it happens, long before linear evaluation.
 """
 import jax.numpy as jnp
 import numpy as np
@@ -14,39 +11,20 @@ from byol_jax import losses
 
 
 def check_embeddings(name: str, z) -> None:
-  """Checks that z is a matrix of at least two embeddings.
-
-  Args:
-    name: the argument's name, for the message.
-    z: the embeddings (any array-like).
-
-  Raises:
-    ValueError: z is not [N, D] with N >= 2.
-  """
+  """ValueError naming `name` unless z is [N, D] with N >= 2."""
   if np.ndim(z) != 2 or np.shape(z)[0] < 2:
     raise ValueError(f'{name} must be [N, D] with N >= 2 embeddings; got shape '
                      f'{np.shape(z)}. Flatten devices/views into N first.')
 
 
 def collapse_std(z: jnp.ndarray) -> jnp.ndarray:
-  """Per-dimension std of L2-normalised embeddings, times sqrt(D).
+  """Per-dimension std of L2-normalised embeddings [N, D], times sqrt(D).
 
-  Each row z_i is normalised to unit length; the standard deviation of every
-  dimension over the batch is averaged over the D dimensions and multiplied by
-  sqrt(D). For embeddings spread uniformly on the unit sphere each coordinate
-  has variance 1/D, so the statistic is about 1; when all embeddings collapse
-  to one point (the trivial solution BYOL must avoid) it is 0. It measures
-  spread around the mean direction, not dimensionality (embeddings filling a
-  random low-dimensional subspace can still score ~1; the effective rank
-  of the embeddings, Roy & Vetterli 2007, sees that). This is the
-  collapse monitor of SimSiam (Chen & He, 2021, §4.1, "std of l2-normalized
-  output", there without the sqrt(D) scale), applied here to BYOL projections.
-
-  Args:
-    z: [N, D] embeddings (N >= 2), any float dtype.
-
-  Returns:
-    float32 scalar, ~1 healthy, ~0 collapsed.
+  About 1 for embeddings spread on the unit sphere (each coordinate has variance
+  1/D), 0 when they collapse to one point. It measures spread around the mean
+  direction, not dimensionality (a random low-dimensional subspace still scores
+  ~1; the effective rank, Roy & Vetterli 2007, sees that). SimSiam's collapse
+  monitor (Chen & He, 2021, §4.1), here scaled by sqrt(D). Returns float32.
   """
   check_embeddings('z', z)
   zn = losses.l2_normalize(jnp.asarray(z, jnp.float32))

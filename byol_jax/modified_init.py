@@ -1,35 +1,26 @@
 """BN-free "modified initialisation" (paper §3.2).
 
-One forward pass of the network *with* BatchNorm, in training mode, on a batch
-of augmented images gives the per-channel mean and std of the input of every
-BN layer. BN is then removed and replaced by a trainable per-channel affine
-layer initialised so that, on that batch, the network computes exactly what
-the BN network computed:
+A training-mode forward pass of the network *with* BatchNorm on a batch of
+augmented images gives the mean and std of every BN layer's input. BN is then
+replaced by a trainable per-channel affine layer set so that, on that batch,
+the network computes exactly what the BN network did:
 
     gamma = gamma0 / std,   beta = -mean * gamma,   std = sqrt(var + eps),
 
-with gamma0 = 0 for the last norm of each residual block and 1 otherwise (the
-BN network's own initial scale: zero_init_last) and BN's initial offset 0.
-After this the network has no layer that computes statistics.
+with gamma0 = 0 for the last norm of each residual block and 1 otherwise
+(zero_init_last) and BN's initial offset 0. BN and affine layers have the same
+parameter trees, so the affine network's parameters run unchanged through a BN
+twin of it.
 
-Every component whose norm kind is 'affine' (encoder, projector, predictor) is
-calibrated; in this codebase BN and affine layers have identical parameter
-trees ([C] `scale` and `offset` under the same module path), so the affine
-network's parameters run unchanged through a BN twin of it.
-
-Memory: one forward pass of the whole batch (4096 images at 224 px in the
-1000-epoch config) does not fit on one accelerator. `calibrate` instead
-calibrates the affine layers one at a time, in forward order: with layers
-< k already calibrated, the affine network computes the BN network's
-activations up to layer k, so the mean and variance of layer k's input over
-the batch are the BN network's statistics there. Each pass runs the batch in
-chunks (at most `chunk_size` images per device, spread over the local
-devices) and merges the per-chunk (count, mean, sum of squared deviations)
-in float64 (Chan et al.'s pairwise update): memory is bounded by the chunk,
-the result equals one pass over the whole batch up to float rounding, and
-it costs one forward pass of the batch per calibrated layer (55 for a
-ResNet-50 with its projector and predictor; one compiled program), once per
-run.
+Memory: one pass over the whole batch (4096 images at 224 px in the
+1000-epoch config) does not fit on one accelerator. So the affine layers are
+calibrated one at a time, in forward order: with layers < k calibrated, the
+affine network computes the BN network's activations up to layer k. Each pass
+runs the batch in chunks (`chunk_size` images per device) and merges the
+per-chunk (count, mean, M2) in float64 (Chan et al.): memory is bounded by the
+chunk, the result equals one pass up to rounding, at one forward pass of the
+batch per layer (55 for a ResNet-50 with both heads; one compiled program),
+once per run.
 """
 
 from typing import Optional, Sequence
@@ -47,14 +38,7 @@ COMPONENTS = ('encoder', 'projector', 'predictor')
 
 
 def calibrated_components(model) -> tuple:
-  """The components the modified init calibrates.
-
-  Args:
-    model: the `model` sub-config.
-
-  Returns:
-    The names among COMPONENTS whose norm kind is 'affine', in forward order.
-  """
+  """The components (forward order) whose norm kind is 'affine'."""
   return tuple(c for c in COMPONENTS if model[f'{c}_norm'] == 'affine')
 
 
@@ -153,30 +137,25 @@ class _Moments:
 def calibrate(model, num_classes: int, params: hk.Params, images, *,
               with_predictor: bool = True, chunk_size: Optional[int] = None,
               devices=None, return_statistics: bool = False):
-  """Returns `params` with every affine layer set from batch statistics.
-
-  Layer by layer in forward order (see the module docstring): the result is
-  what one training-mode forward pass of the BN network over the whole batch
-  gives, with memory bounded by `chunk_size` images per device.
+  """`params` with every affine layer set from the batch's statistics (§3.2).
 
   Args:
     model: the `model` config (some components with norm 'affine').
-    num_classes: classifier outputs (only to build the same tree).
+    num_classes: classifier outputs (to build the same tree).
     params: the affine network's initial online parameters.
-    images: [B, H, W, 3] a batch of augmented, normalised images (host or
-      device array).
+    images: [B, H, W, 3] augmented, normalised images (host or device).
     with_predictor: whether the online network has a predictor (BYOL).
-    chunk_size: images per device per forward pass (None: the whole batch
-      split over the devices).
+    chunk_size: images per device per forward pass (None: the batch split
+      over the devices).
     devices: local devices to spread the chunks over (default: all).
+    return_statistics: also return {layer: (mean [C], var [C])} (float64).
 
   Returns:
-    New params: affine scale = gamma0 / std, offset = -mean * scale (+ the
-    initial offset, 0) at each calibrated layer; all other leaves unchanged.
-    With return_statistics: (params, {layer: (mean [C], var [C])}) (float64).
+    New params: scale = gamma0 / std, offset = -mean * scale at each calibrated
+    layer, all else unchanged; (params, statistics) with return_statistics.
 
   Raises:
-    ValueError: no component of the model has norm 'affine'.
+    ValueError: no component has norm 'affine'.
   """
   components = calibrated_components(model)
   if not components:
@@ -208,20 +187,7 @@ def calibrate(model, num_classes: int, params: hk.Params, images, *,
 
 def apply_to_state(train_state, model, num_classes, images, with_predictor,
                    chunk_size: Optional[int] = None):
-  """Calibrates a fresh TrainState's online params; target = copy of them.
-
-  Args:
-    train_state: a TrainState at step 0, unreplicated.
-    model: the `model` config (some components with norm 'affine').
-    num_classes: classifier outputs.
-    images: [B, H, W, 3] augmented, normalised calibration images.
-    with_predictor: whether the online network has a predictor (BYOL).
-    chunk_size: images per device per forward pass (see calibrate).
-
-  Returns:
-    The TrainState with calibrated online params and, for methods with a
-    target network, target params a copy of their target modules.
-  """
+  """A fresh TrainState with calibrated online params; target a copy of them."""
   params = calibrate(model, num_classes, train_state.online_params, images,
                      with_predictor=with_predictor, chunk_size=chunk_size)
   target = jax.tree.map(jnp.copy, networks.restrict(params))

@@ -1,23 +1,16 @@
-"""BYOL's image augmentations, on device, as pure functions of an explicit key.
+"""BYOL's image augmentations, on device, as pure functions of explicit keys.
 
-The host pipeline (`pipeline.py`) only crops and resizes; everything else of
-the BYOL paper's augmentation (paper Appendix B, Table 6; official
-byol/utils/augmentations.py) happens here, per example and per view:
+The input pipeline only crops and resizes; the rest of the paper's
+augmentation (BYOL Appendix B, Table 6; official byol/utils/augmentations.py)
+happens here, per example and per view:
 
     flip -> colour jitter (random order) -> grayscale -> blur -> solarize
     -> clip to [0, 1] -> ImageNet mean/std normalisation
 
-The two views differ only in their blur and solarisation probabilities
-(`VIEW1`, `VIEW2`). Random decisions are drawn once per example by
-`sample_decisions` and applied by `apply_augmentations`, so tests can check the
-frequencies; `augment_examples` (the training step's) composes the two with
-one key per example. Everything works under
-jit/vmap/pmap: per-example choices are `jnp.where` selects rather than
-`lax.cond`, because under vmap a cond lowers to a select that evaluates both
-branches anyway, and selects keep the graph fusible. The price is that each
-op is computed for the whole batch even where an example skips it (e.g. the
-blur of view 2 is computed for all examples and kept for 10%): on
-accelerators the pass is memory-bound and cheap next to the ResNet step.
+Per-example choices are `jnp.where` selects, not `lax.cond`: under vmap a cond
+lowers to a select that evaluates both branches anyway, and selects keep the
+graph fusible. Each op is thus computed for the whole batch (view 2's blur for
+all examples, kept for 10%): memory-bound and cheap next to the ResNet step.
 """
 import dataclasses
 
@@ -36,18 +29,16 @@ class ViewConfig:
 
   Attributes:
     flip_prob: probability of a horizontal flip.
-    color_jitter_prob: probability of applying colour jitter (all four ops in a
+    color_jitter_prob: probability of colour jitter (the four ops below in a
       random order, each clipped to [0, 1]).
-    brightness: additive brightness delta ~ U[-brightness, brightness].
-    contrast: factor ~ U[1 - contrast, 1 + contrast] around the per-channel
-      mean.
-    saturation: saturation factor ~ U[1 - saturation, 1 + saturation].
-    hue: hue delta ~ U[-hue, hue] (in turns).
-    grayscale_prob: probability of converting to grayscale (after jitter).
+    brightness: additive delta ~ U[-brightness, brightness].
+    contrast: factor ~ U[1 - contrast, 1 + contrast] around the channel mean.
+    saturation: factor ~ U[1 - saturation, 1 + saturation].
+    hue: delta ~ U[-hue, hue], in turns.
+    grayscale_prob: probability of grayscale (after jitter).
     blur_prob: probability of a Gaussian blur.
-    blur_divider: kernel side ~ image side / blur_divider (23 taps at 224px).
-    blur_sigma_min: sigma ~ U[blur_sigma_min, blur_sigma_max] pixels.
-    blur_sigma_max: see blur_sigma_min.
+    blur_divider: kernel side ~ image side / blur_divider (23 taps at 224 px).
+    blur_sigma_min, blur_sigma_max: sigma ~ U[min, max], in pixels.
     solarize_prob: probability of solarisation.
     solarize_threshold: pixels >= threshold are inverted.
   """
@@ -73,31 +64,14 @@ VIEW2 = ViewConfig(blur_prob=0.1, solarize_prob=0.2)
 
 
 def view_config(view: int) -> ViewConfig:
-  """The paper's parameters of one view.
-
-  Args:
-    view: 1 or 2.
-
-  Returns:
-    `VIEW1` or `VIEW2`.
-
-  Raises:
-    ValueError: view is not 1 or 2.
-  """
+  """VIEW1 or VIEW2 for view 1 or 2; ValueError otherwise."""
   if view not in (1, 2):
     raise ValueError(f'view must be 1 or 2, got {view!r}')
   return VIEW1 if view == 1 else VIEW2
 
 
 def normalize(images: jax.Array) -> jax.Array:
-  """(images - ImageNet mean) / ImageNet std; for evaluation too.
-
-  Args:
-    images: [..., 3] float in [0, 1].
-
-  Returns:
-    float32 array of the same shape.
-  """
+  """(images [..., 3] in [0, 1] - ImageNet mean) / std, float32."""
   mean = jnp.asarray(MEAN_RGB, jnp.float32)
   std = jnp.asarray(STDDEV_RGB, jnp.float32)
   return (jnp.asarray(images, jnp.float32) - mean) / std
@@ -105,18 +79,13 @@ def normalize(images: jax.Array) -> jax.Array:
 
 def sample_decisions(key: jax.Array, batch_size: int,
                      config: ViewConfig) -> dict[str, jax.Array]:
-  """Draws every random choice of one view for `batch_size` examples.
-
-  Args:
-    key: a JAX PRNG key.
-    batch_size: number of examples.
-    config: the view's parameters.
+  """Every random choice of one view for `batch_size` examples.
 
   Returns:
-    Dict of [batch_size] arrays: booleans 'flip', 'jitter', 'grayscale',
-    'blur', 'solarize'; floats 'brightness', 'contrast', 'saturation', 'hue',
-    'sigma'; and 'order' [batch_size, 4], the jitter order (0 brightness,
-    1 contrast, 2 saturation, 3 hue).
+    {name: [batch_size]}: bools 'flip', 'jitter', 'grayscale', 'blur',
+    'solarize'; float32 'brightness', 'contrast', 'saturation', 'hue', 'sigma';
+    and 'order' [batch_size, 4], the jitter order (0 brightness, 1 contrast,
+    2 saturation, 3 hue).
   """
   keys = jax.random.split(key, 11)
   def uniform(k, lo=0., hi=1.):
@@ -146,11 +115,9 @@ def _per_example(v):
 def _color_jitter(x, d):
   """Brightness, contrast, saturation, hue in the per-example order d['order'].
 
-  At each of the four stages an example applies one op. Brightness and
-  contrast are both affine (a * x + b), saturation and hue both one HSV round
-  trip, so a stage computes one affine and one HSV op with neutral parameters
-  for the op not chosen and selects: 4 HSV round trips instead of the 8 a
-  naive select over all four ops would cost.
+  Brightness and contrast are both affine, saturation and hue both an HSV round
+  trip, so each of the 4 stages computes one affine and one HSV op (neutral for
+  the op not chosen) and selects: 4 HSV round trips instead of 8.
   """
   def stage(i, x):
     op = d['order'][:, i]
@@ -179,12 +146,10 @@ def _color_jitter(x, d):
 def _gaussian_blur(x, sigma, divider):
   """Separable Gaussian blur, per-example sigma, zero 'SAME' padding.
 
-  As the official code (and dm_pix.gaussian_blur): radius int(side / divider
-  / 2), i.e. 23 taps at 224px and 3 at 32px; we use at least radius 1 so tiny
-  images (8px digits) are still blurred. Written as shifted adds rather than
-  dm_pix.gaussian_blur because a per-example sigma under vmap turns its
-  depthwise conv into a B*C-group convolution; shifted adds fuse into one
-  elementwise loop on every backend.
+  Radius int(side / divider / 2) as the official code (23 taps at 224 px), at
+  least 1 so that 8 px digits are still blurred. Shifted adds, not
+  dm_pix.gaussian_blur: a per-example sigma under vmap makes its depthwise conv
+  a B*C-group convolution; shifted adds fuse into one elementwise loop.
   """
   radius = max(1, int(x.shape[1] / divider / 2))
   taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
@@ -203,15 +168,9 @@ def _gaussian_blur(x, sigma, divider):
 
 def apply_augmentations(images: jax.Array, decisions: dict[str, jax.Array],
                         config: ViewConfig) -> jax.Array:
-  """Applies one view's decisions; returns images in [0, 1], unnormalised.
+  """Applies one view's decisions to [B, H, W, 3] in [0, 1]; float32 in [0, 1].
 
-  Args:
-    images: [B, H, W, 3] float in [0, 1].
-    decisions: from `sample_decisions`.
-    config: the view's parameters (static: ops with probability 0 are skipped).
-
-  Returns:
-    [B, H, W, 3] float32 in [0, 1].
+  `config` is static: ops of probability 0 are skipped.
   """
   d = decisions
   x = jnp.asarray(images, jnp.float32)
@@ -232,25 +191,22 @@ def apply_augmentations(images: jax.Array, decisions: dict[str, jax.Array],
 
 def augment_examples(keys: jax.Array, images: jax.Array, view: int, *,
                      config: ViewConfig | None = None) -> jax.Array:
-  """BYOL augmentation of one view with one key per example, normalised.
+  """BYOL augmentation of one view, one key per example, normalised.
 
-  What the training step applies to each view (train_state.AugmentFn): an
-  example's random choices depend on its own key alone, so they do not
-  depend on the batch it is in or on the devices it is split over. The
-  decisions are drawn per key (vmapped `sample_decisions` of one example)
-  and applied to the whole batch at once.
+  An example's choices depend on its own key alone, not on its batch or device
+  split: the decisions are drawn per key (vmapped) and applied batch-wide.
 
   Args:
-    keys: [B] PRNG keys, one per example (train_state.example_keys).
+    keys: [B] PRNG keys (train_state.example_keys).
     images: [B, H, W, 3] float in [0, 1] (the pipeline's crops).
-    view: 1 or 2; selects `VIEW1` / `VIEW2`.
+    view: 1 or 2: `VIEW1` / `VIEW2` (they differ in blur and solarisation).
     config: overrides the view's parameters (ablations).
 
   Returns:
-    [B, H, W, 3] float32, normalised with ImageNet mean/std.
+    [B, H, W, 3] float32, normalised with the ImageNet mean and std.
 
   Raises:
-    ValueError: view is not 1 or 2 (and no config is given).
+    ValueError: view is not 1 or 2 (and no config).
   """
   config = config or view_config(view)
   decisions = jax.vmap(lambda key: sample_decisions(key, 1, config))(keys)

@@ -1,8 +1,4 @@
-"""The self-supervised methods; their names are defined here, once.
-
-`config.method` names one of METHODS: BYOL (methods/byol.py) or SIMCLR
-(methods/simclr.py), the contrastive baseline of the paper's Table 1.
-"""
+"""The self-supervised methods' names, once: BYOL and the SimCLR baseline."""
 
 BYOL = 'byol'
 SIMCLR = 'simclr'

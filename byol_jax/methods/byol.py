@@ -1,17 +1,12 @@
 """BYOL (Grill et al., 2020) as pure functions over online and target trees.
 
 Online: encoder -> projector -> predictor, plus a linear classifier on the
-stop-gradient representation of view 1 (the official code's online accuracy
-monitor; it does not influence the representation). Target: encoder ->
-projector, a separate parameter tree (the online tree restricted to those
-modules), moved by the EMA in train_state.py, never by gradients.
+stop-gradient representation of view 1 (the official code's accuracy monitor).
+Target: encoder -> projector, its own tree, moved only by the EMA.
 
-With BatchNorm each view is forwarded separately, so BN statistics are per
-view, as in the official code; the online BN state is threaded view 1 -> view
-2, and the target's BN state is updated by the target's own forward passes.
-Without batch statistics (GN, LN, none, affine: the paper's GN+WS and
-no-normalisation variants) both views go through each network as one batch,
-which computes the same outputs (networks.views_in_one_batch).
+With BatchNorm each view is forwarded separately (per-view statistics, as the
+official code); the target's BN state is updated by its own forward passes.
+Without batch statistics both views go as one batch (same outputs).
 """
 
 from typing import Optional
@@ -25,10 +20,10 @@ from byol_jax.methods import networks
 
 def make_byol(model, num_classes: int,
               axis_name: Optional[str] = None) -> networks.Method:
-  """BYOL's init and loss for the `model` sub-config.
+  """BYOL's networks.Method for the `model` sub-config.
 
   Args:
-    model: the `model` sub-config (see methods/networks.py).
+    model: the `model` sub-config.
     num_classes: outputs of the online classifier.
     axis_name: collective axis for cross-replica BN, or None.
 

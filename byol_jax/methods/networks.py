@@ -1,15 +1,8 @@
 """The networks a method trains, built from the `model` sub-config.
 
 One Haiku function builds encoder -> projector [-> predictor] [+ classifier];
-the online and target networks are two transforms of it, so their parameter
-trees share module paths ('encoder/...', 'projector/...') and the target tree
-is exactly the online tree restricted to those two components.
-
-The `model` config fields (configs.model_config):
-  depth, width_multiplier, stem, zero_init_last, dtype ('float32'|'bfloat16'),
-  encoder_norm, projector_norm, predictor_norm (each in norms.NORM_KINDS),
-  gn_groups, encoder_ws, heads_ws, cross_replica_bn, bn_decay,
-  projector_hidden_size, projector_output_size, predictor_hidden_size.
+online and target networks are two transforms of it, so the target tree is
+exactly the online tree restricted to 'encoder/...' and 'projector/...'.
 """
 
 from typing import Any, Callable, NamedTuple, Optional
@@ -44,17 +37,11 @@ HEAD_MIN_PER_GROUP = 4
 
 
 def validate_model_config(model) -> None:
-  """Checks the `model` sub-config's fields that shape the networks.
+  """ValueError naming the first bad `model.*` field that shapes the networks.
 
-  Args:
-    model: the `model` sub-config.
-
-  Raises:
-    ValueError: naming the first bad `model.*` field: depth, stem, a norm
-      kind, dtype, a width multiplier giving a fractional or zero channel
-      count, gn_groups not dividing a layer's channels, or a GroupNorm /
-      LayerNorm head with fewer than HEAD_MIN_PER_GROUP units per group, or
-      projections of one dimension.
+  Depth, stem, norm kinds, dtype; a width multiplier giving fractional or zero
+  channels, or channels the GN groups do not divide; a GN/LN head with fewer
+  than HEAD_MIN_PER_GROUP units per group; 1-d projections.
   """
   resnet.check_depth(model.depth, 'model.depth')
   if model.stem not in resnet.STEMS:
@@ -110,17 +97,7 @@ def validate_model_config(model) -> None:
 
 def norm_spec(model, component: str,
               axis_name: Optional[str]) -> norms.NormSpec:
-  """The norm of one component, as the `model` config describes it.
-
-  Args:
-    model: the `model` sub-config.
-    component: 'encoder', 'projector' or 'predictor'.
-    axis_name: the collective axis for cross-replica BN (used when
-      model.cross_replica_bn), or None.
-
-  Returns:
-    A norms.NormSpec.
-  """
+  """The norms.NormSpec of 'encoder', 'projector' or 'predictor'."""
   return norms.NormSpec(
       kind=model[f'{component}_norm'], groups=model.gn_groups,
       axis_name=axis_name if model.cross_replica_bn else None,
@@ -128,18 +105,10 @@ def norm_spec(model, component: str,
 
 
 def make_encoder(model, axis_name: Optional[str] = None) -> resnet.ResNet:
-  """The encoder module ('encoder') described by the `model` config.
+  """The 'encoder' resnet.ResNet: images [N, H, W, 3] -> representations [N, D].
 
-  Call inside a Haiku transform; used by make_forward and by encoder.py, so
-  the two always build the same network with the same parameter paths.
-
-  Args:
-    model: the `model` sub-config.
-    axis_name: the collective axis for cross-replica BN, or None.
-
-  Returns:
-    A resnet.ResNet module named 'encoder': images [N, H, W, 3] ->
-    representations [N, D].
+  Shared by make_forward and encoder.py, so both build the same network with
+  the same parameter paths. Call inside a Haiku transform.
   """
   return resnet.ResNet(
       model.depth, model.width_multiplier, model.stem,
@@ -150,19 +119,18 @@ def make_encoder(model, axis_name: Optional[str] = None) -> resnet.ResNet:
 def make_forward(model, num_classes: int, *, with_predictor: bool,
                  with_classifier: bool, axis_name: Optional[str] = None
                  ) -> hk.TransformedWithState:
-  """Transformed network: images -> dict of representation/projection/...
+  """f(images, is_training) -> {'representation', 'projection', ...} with state.
 
   Args:
     model: the `model` sub-config.
-    num_classes: classifier outputs (online classifier / linear probe).
-    with_predictor: add the BYOL predictor (online network only).
+    num_classes: outputs of the classifier.
+    with_predictor: add the BYOL predictor ('prediction'; online network only).
     with_classifier: add a linear classifier on the stop-gradient
-      representation (the official code's online accuracy monitor).
+      representation ('logits'; the official code's online accuracy monitor).
     axis_name: collective axis for cross-replica BN (None outside pmap).
 
   Returns:
-    hk.TransformedWithState of f(images, is_training) -> dict with
-    'representation', 'projection' and optionally 'prediction', 'logits'.
+    hk.TransformedWithState; outputs [N, ...] float32.
   """
   dtype = _DTYPES[model.dtype]
 
@@ -190,23 +158,12 @@ BATCH_INDEPENDENT_NORMS = frozenset(('gn', 'ln', 'none', 'affine'))
 
 
 def views_in_one_batch(model, *, with_predictor: bool) -> bool:
-  """Whether the two views may be forwarded as one batch, with equal results.
+  """Whether no norm uses batch statistics, so both views may go as one batch.
 
-  True when no norm of the network (encoder, projector and, with the
-  predictor, the predictor) uses batch statistics: each example's output
-  then depends on that example alone, so forwarding [view1; view2] once
-  computes exactly the per-view outputs (one pass of twice the batch is
-  cheaper: half the kernel launches, larger matmuls). BatchNorm anywhere
-  keeps the per-view passes: their per-view batch statistics are part of
-  the official BYOL code's behaviour (byol/byol_experiment.py forwards each
-  view separately).
-
-  Args:
-    model: the `model` sub-config.
-    with_predictor: whether the network includes the predictor.
-
-  Returns:
-    True for one concatenated forward, False for one forward per view.
+  Each example's output then depends on that example alone: one pass of
+  [view1; view2] computes exactly the per-view outputs, with half the kernel
+  launches. BatchNorm anywhere keeps one pass per view: per-view batch
+  statistics are the official code's behaviour (byol/byol_experiment.py).
   """
   components = ('encoder', 'projector') + (('predictor',) if with_predictor
                                            else ())
@@ -216,21 +173,10 @@ def views_in_one_batch(model, *, with_predictor: bool) -> bool:
 
 def apply_views(transformed: hk.TransformedWithState, params, state, views,
                 *, one_batch: bool = False):
-  """Forwards the views (training mode), threading the state.
+  """Forwards the views in training mode: ([output dict per view], state).
 
-  Args:
-    transformed: from make_forward.
-    params, state: the network's Haiku parameters and state.
-    views: sequence of [B, H, W, C] image batches (the augmented views).
-    one_batch: concatenate the views along the batch and forward them in one
-      pass (only valid when views_in_one_batch: no batch statistics).
-      Otherwise each view is forwarded separately, which gives per-view BN
-      statistics, as the official BYOL code; the BN state is threaded view 1
-      -> view 2.
-
-  Returns:
-    (list of output dicts, one per view, each with [B, ...] arrays; the state
-    after the last pass).
+  one_batch (only when views_in_one_batch) concatenates the views into one pass;
+  otherwise one pass per view, BN state threaded view 1 -> view 2.
   """
   if one_batch:
     sizes = [v.shape[0] for v in views]
@@ -248,33 +194,17 @@ def apply_views(transformed: hk.TransformedWithState, params, state, views,
 
 
 def restrict(tree, modules=TARGET_MODULES) -> dict:
-  """The part of a Haiku params/state tree under the given top-level modules.
-
-  Args:
-    tree: a Haiku tree {module path: {name: array}} (params or state).
-    modules: top-level module names ('encoder', 'projector', ...): a module
-      path is kept when its first component is one of them.
-
-  Returns:
-    A new dict of the kept modules (the arrays themselves are not copied).
-  """
+  """The part of a Haiku tree under the given top-level modules (not copied)."""
   return hk.data_structures.filter(
       lambda module, name, value: module.split('/')[0] in modules, tree)
 
 
 def classifier_and_monitors(out: dict, labels: jax.Array):
-  """The online classifier's loss and the collapse monitors of one view.
+  """(classifier loss, metrics) of one view's outputs and [B] int labels.
 
-  Args:
-    out: make_forward outputs for a view (needs 'logits', 'projection',
-      'representation').
-    labels: [B] integer labels; a label < 0 marks an unlabelled example
-      (e.g. STL-10's unlabelled split), left out of the classifier's loss
-      and accuracy (rather than wrapping to the last class).
-
-  Returns:
-    (classifier loss, metrics dict). The classifier sees the stop-gradient
-    representation, so adding its loss leaves the encoder's gradient unchanged.
+  Labels < 0 (unlabelled examples) are left out of the loss and accuracy. The
+  classifier sees the stop-gradient representation, so its loss leaves the
+  encoder's gradient unchanged.
   """
   labelled = labels >= 0
   classif = losses.softmax_cross_entropy(out['logits'], labels, labelled)
@@ -296,12 +226,11 @@ class Method(NamedTuple):
 
   Attributes:
     init: init(rng, images [B, H, W, 3]) -> (online_params, online_state,
-      target_params, target_state); the target trees are {} for methods
-      without a target network.
+      target_params, target_state); target trees {} without a target network.
     loss: loss(online_params, online_state, target_params, target_state,
-      views, labels) -> (loss, (online_state, target_state, metrics)), where
-      views is (view1, view2) of augmented images [B, H, W, 3] and labels
-      [B] int; differentiate with respect to online_params.
+      views, labels) -> (loss, (online_state, target_state, metrics)); views
+      are two [B, H, W, 3] augmented batches, labels [B] int. Differentiate
+      with respect to online_params.
   """
   init: Callable[..., Any]
   loss: Callable[..., Any]

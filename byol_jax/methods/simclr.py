@@ -1,8 +1,7 @@
 """SimCLR (Chen et al., 2020), the contrastive baseline of the paper's Table 1.
 
-Same encoder, projector, normalisation options and online classifier as BYOL;
-no predictor and no target network. Negatives span the global batch: the
-InfoNCE loss all-gathers the projections over `axis_name`.
+BYOL's encoder, projector, norms and online classifier; no predictor, no
+target network; negatives span the global batch (InfoNCE all-gathers).
 """
 
 from typing import Optional
@@ -15,17 +14,14 @@ from byol_jax.methods import networks
 
 def make_simclr(model, num_classes: int, *, temperature: float,
                 axis_name: Optional[str] = None) -> networks.Method:
-  """SimCLR's init and loss.
+  """SimCLR's networks.Method (target trees {}).
 
   Args:
-    model: the `model` sub-config (see methods/networks.py).
+    model: the `model` sub-config.
     num_classes: outputs of the online classifier.
-    temperature: InfoNCE temperature.
+    temperature: InfoNCE temperature, > 0.
     axis_name: collective axis for cross-replica BN and cross-device
-      negatives, or None on one device.
-
-  Returns:
-    A networks.Method whose target trees are {}.
+      negatives, or None.
   """
   online = networks.make_forward(model, num_classes, with_predictor=False,
                                  with_classifier=True, axis_name=axis_name)
