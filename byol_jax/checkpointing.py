@@ -1,26 +1,21 @@
-"""Checkpoints of the whole TrainState with orbax.
+"""Checkpoints of the whole TrainState with orbax, and what the loop relies on.
 
-WORKDIR/checkpoints holds one directory per step (`<step>/state`, the pytree;
-`<step>/extra`, a small JSON dict), local or `gs://` (all I/O through orbax
-and `etils.epath`). What the training loop relies on:
-  * Atomic writes: orbax writes `<step>.orbax-checkpoint-tmp-*` and renames it
-    (on GCS: marks it with `commit_success.txt`) once every file is written;
-    a save killed half-way (SIGKILL, in the tests) never parses as a step.
-  * `async_save=True` (the training loop's): `save` returns once the state
-    is copied to host memory and checked; `wait` and `close` commit.
-  * A state with a NaN/Inf leaf is refused (`NonFiniteStateError`) before any
-    write, and orbax deletes steps beyond `max_to_keep` only after a new one
-    is committed: a diverged state never rotates out a good one.
-  * `restore_latest` falls back to the previous step when the newest one is
-    unreadable (moving it aside, unless `read_only`: readers of a run that
-    may be training create, delete, rename nothing), and raises when none is
-    readable: a run never silently starts from scratch.
+WORKDIR/checkpoints/<step>/ holds `state` (the pytree) and `extra` (a small
+JSON dict), local or gs://.
+  * Atomic: orbax writes a tmp directory and renames (on GCS: marks) it once
+    complete; a save killed half-way never parses as a step.
+  * `async_save=True` (the training loop's): `save` returns once the state is
+    on the host and checked; `wait` and `close` commit.
+  * A NaN/Inf state is refused before any write, and orbax rotates old steps
+    out only after a new one is committed: divergence never costs a good one.
+  * `restore_latest` falls back to the previous step when the newest is
+    unreadable (moving it aside, unless `read_only`: readers of a run that may
+    be training change nothing), and raises when none is readable: a run
+    never silently starts from scratch.
 
-Multi-host: every process calls `save` / `restore_latest` with the same
-arguments and host-side state; orbax writes NumPy leaves from process 0.
-The directory must be shared: `restore_latest` raises when the processes
-see different latest steps. `should_save` never communicates; the caller
-agrees on the clock (preemption.decide, which says why that is not orbax's).
+Multi-host: every process calls `save` / `restore_latest` alike; orbax writes
+from process 0; the directory must be shared (`restore_latest` raises when
+processes see different latest steps). `should_save` never communicates.
 """
 import json
 import pathlib
@@ -54,12 +49,7 @@ class DiskFullError(CheckpointRestoreError):
 
 
 class Restored(NamedTuple):
-  """A restored checkpoint.
-
-  Attributes:
-    step: its step; state: the pytree, in the template's structure; extra:
-      the JSON dict saved beside it.
-  """
+  """A restored checkpoint: step, state (the template's structure), extra."""
   step: int
   state: Any
   extra: dict
@@ -71,7 +61,7 @@ def _path_str(path) -> str:
 
 
 def _check_finite(state) -> None:
-  """Raises NonFiniteStateError naming every leaf with a NaN/Inf."""
+  """NonFiniteStateError naming every leaf with a NaN/Inf."""
   try:
     chex.assert_tree_all_finite(state)
   except AssertionError:
@@ -107,6 +97,9 @@ class Checkpointer:
     restored = ckpt.restore_latest(template_state)
     if decision.preempt or ckpt.should_save(step):  # preemption.decide
       ckpt.save(step, state, {'wall_time_s': ...}, force=True)
+
+  The schedule arguments are preemption.SaveSchedule's; `read_only` opens for
+  restoring only (create, delete, clean up, rename nothing; `save` raises).
   """
 
   def __init__(self, directory, *, max_to_keep: int = 3,
@@ -114,21 +107,6 @@ class Checkpointer:
                save_interval_secs: Optional[float] = None,
                time_fn: Callable[[], float] = time.monotonic,
                async_save: bool = False, read_only: bool = False):
-    """Opens (and, unless read_only, creates) the checkpoint directory.
-
-    Args:
-      directory: local path or `gs://` URL, usually WORKDIR/checkpoints.
-      max_to_keep: how many most recent checkpoints to keep (>= 1).
-      save_interval_steps, save_interval_secs, time_fn: the schedule of
-        `should_save`, see preemption.SaveSchedule.
-      async_save: `save` returns after the host copy and the checks, orbax
-        writes in a background thread; `wait` or `close` commit.
-      read_only: only restore: create, delete, clean up, rename nothing (for
-        readers of a run that may be training; `save` raises).
-
-    Raises:
-      ValueError: max_to_keep < 1, or a bad schedule (SaveSchedule's).
-    """
     if max_to_keep is None or max_to_keep < 1:
       raise ValueError(f'max_to_keep={max_to_keep}: keep at least 1.')
     # orbax restores only from absolute local paths (a relative workdir
@@ -164,25 +142,16 @@ class Checkpointer:
 
   @property
   def directory(self) -> epath.Path:
-    """The checkpoint directory (absolute when local)."""
     return self._directory
 
   def all_steps(self) -> list[int]:
-    """Steps of the complete checkpoints on disk (after a pending save).
-
-    Returns:
-      The steps, ascending.
-    """
+    """Ascending steps of the complete checkpoints (after a pending save)."""
     self._manager.wait_until_finished()
     self._listing(self._manager.reload)
     return sorted(self._manager.all_steps())
 
   def latest_step(self) -> Optional[int]:
-    """The newest complete checkpoint's step.
-
-    Returns:
-      The step, or None when there is no checkpoint.
-    """
+    """The newest complete checkpoint's step, or None."""
     steps = self.all_steps()
     return steps[-1] if steps else None
 
@@ -191,44 +160,21 @@ class Checkpointer:
     self._schedule.restart_clock()
 
   def time_due(self) -> bool:
-    """The time schedule's answer on this process (preemption.SaveSchedule).
-
-    Returns:
-      True once `save_interval_secs` have passed since the last save.
-    """
+    """The time schedule's answer on this process (preemption.SaveSchedule)."""
     return self._schedule.time_due()
 
   def should_save(self, step: int, *, time_due: Optional[bool] = None) -> bool:
-    """Whether the step / time schedule asks for a checkpoint at `step`.
-
-    Args:
-      step: the number of updates applied to the state about to be saved.
-      time_due: the time schedule's answer, agreed across processes by the
-        caller; None evaluates it here on one process, leaves it out on
-        several.
-
-    Returns:
-      True when a schedule is due and `step` is not saved yet.
-    """
+    """Whether a schedule is due at `step` and it is not saved yet."""
     return (self._schedule.due(step, time_due=time_due) and
             step not in self._manager.all_steps())
 
   def save(self, step: int, state: Any, extra: Optional[dict] = None, *,
            force: bool = False) -> bool:
-    """Writes `state` and `extra` as the checkpoint of `step`.
+    """Writes `state` (host-side, unreplicated) and `extra` as step `step`.
 
-    Args:
-      step: training step (number of updates applied to `state`).
-      state: pytree of jax/NumPy arrays (host-side, unreplicated TrainState).
-      extra: small JSON-able dict; NumPy/JAX scalars are converted.
-      force: save even when `should_save(step)` is False (preemption, end).
-
-    Returns:
-      Whether a checkpoint was written (not when unscheduled or saved).
-
-    Raises:
-      NonFiniteStateError: a leaf holds NaN/Inf; nothing is written.
-      TypeError: `extra` is not JSON-serialisable.
+    Returns whether a checkpoint was written (not when unscheduled without
+    `force`, or already saved). Raises NonFiniteStateError (nothing written) for
+    a NaN/Inf leaf and TypeError for an `extra` that is not JSON-able.
     """
     if self._read_only:
       raise ValueError(f'{self._directory} was opened read_only.')
@@ -264,16 +210,10 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def latest_extra(self) -> Optional[tuple[int, dict]]:
-    """(step, extra) of the newest checkpoint whose `extra` is readable.
+    """(step, extra) of the newest checkpoint with readable `extra`, or None.
 
-    Reads only the small JSON item: cheap enough to check a resume before
-    anything is built. Call it on every process, like restore_latest.
-
-    Returns:
-      (step, extra dict), or None when there is no checkpoint.
-
-    Raises:
-      CheckpointRestoreError: processes see different latest steps.
+    Reads only the small JSON item, to check a resume before building anything.
+    Call on every process.
     """
     steps = self.all_steps()
     self._check_processes_see(steps)
@@ -289,23 +229,12 @@ class Checkpointer:
     return None
 
   def restore_latest(self, template: Any) -> Optional[Restored]:
-    """Restores the newest readable checkpoint into the structure of template.
+    """The newest readable checkpoint in the template's structure, or None.
 
-    An unreadable step is skipped (a writer moves it aside, see _quarantine);
-    read_only, one deleted while read (its writer rotated it out) is not.
-
-    Args:
-      template: pytree in the saved state's structure; its leaves (arrays or
-        jax.ShapeDtypeStruct) give shapes and dtypes. NumPy leaves and plain
-        ShapeDtypeStructs restore as NumPy, jax.Array ones with their sharding.
-
-    Returns:
-      None when the directory holds no checkpoint, else
-      `Restored(step, state, extra)`.
-
-    Raises:
-      CheckpointRestoreError: checkpoints exist but none can be read.
-      ValueError: a restored leaf's shape differs from the template's.
+    Template leaves give shapes and dtypes: NumPy leaves and plain
+    ShapeDtypeStructs restore as NumPy, jax.Array ones with their sharding.
+    Raises CheckpointRestoreError when checkpoints exist but none can be read,
+    ValueError when a leaf's shape differs from the template's.
     """
     steps = self.all_steps()
     self._check_processes_see(steps)

@@ -1,29 +1,18 @@
-"""Multi-process runs: deciding how to start jax.distributed, and starting it.
+"""How this process starts jax.distributed (before touching the backend).
 
-JAX's multi-controller runtime runs one Python process per host (per TPU VM
-worker, per GPU node); every process runs the same program on its own local
-devices and its own data shard, and pmap's axis spans the devices of all
-processes. `jax.distributed.initialize` connects the processes; it must run
-before anything touches the XLA backend (main.py calls it first).
-
-Where the settings come from is decided here, explicitly and in this order
-(`plan`, a pure function of its arguments and an environment dict, so it is
-unit-tested without starting anything):
+One Python process per host runs the same program on its own devices and data
+shard. `plan` (pure: arguments and an environment dict) decides, in order:
 
   1. flags: --coordinator_address, --num_processes, --process_id (all three);
   2. BYOL_COORDINATOR_ADDRESS, BYOL_NUM_PROCESSES, BYOL_PROCESS_ID (all three);
-  3. SLURM (SLURM_JOB_ID, SLURM_NTASKS, SLURM_PROCID, a node list) with more
-     than one task: coordinator = JAX_COORDINATOR_ADDRESS, else the job's first
-     node at BYOL_COORDINATOR_PORT (default: JAX's port for the job id);
-  4. a Cloud TPU VM: jax.distributed.initialize() with no arguments, which
-     reads the pod's worker list from the TPU metadata server;
-  5. otherwise one process: nothing to initialise.
+  3. SLURM with more than one task: coordinator = JAX_COORDINATOR_ADDRESS,
+     else the job's first node at BYOL_COORDINATOR_PORT (default: JAX's port
+     for the job id);
+  4. a Cloud TPU VM: jax.distributed.initialize() with no arguments;
+  5. otherwise one process.
 
-A half-specified source (a coordinator but no process count, a process id out
-of range) is a `DistributedConfigError` naming the flag or variable.
-
-What the processes do together once started (barriers, agreement, state
-fingerprints) is hosts.py's.
+A half-specified source is a `DistributedConfigError` naming the flag or
+variable.
 """
 
 import dataclasses
@@ -53,12 +42,10 @@ class Plan:
 
   Attributes:
     source: 'flags', 'env', 'slurm', 'tpu' or 'none' (single process).
-    coordinator_address: 'host:port' of process 0's coordinator service (None
-      for 'tpu', where JAX finds it, and for 'none').
-    num_processes: processes in the run (None for 'tpu' and 'none').
-    process_id: this process, in [0, num_processes) (None likewise).
-    local_device_ids: accelerators this process may use (None: all of the
-      host's); set for SLURM jobs with several tasks on a node.
+    coordinator_address: 'host:port' of process 0 (None for 'tpu', 'none').
+    num_processes, process_id: likewise None for 'tpu' and 'none'.
+    local_device_ids: accelerators this process may use (None: all); set for
+      SLURM jobs with several tasks on a node.
   """
   source: str
   coordinator_address: Optional[str] = None
@@ -68,16 +55,10 @@ class Plan:
 
   @property
   def is_multiprocess(self) -> bool:
-    """Whether jax.distributed is started (every source but 'none')."""
     return self.source != 'none'
 
   def describe(self) -> str:
-    """One human line, logged at start-up.
-
-    Returns:
-      E.g. 'process 1 of 4, coordinator node001:12345, all local devices
-      (from slurm)', or 'single process (no jax.distributed)'.
-    """
+    """One human line for the start-up log."""
     if self.source == 'none':
       return 'single process (no jax.distributed)'
     if self.source == 'tpu':
@@ -129,17 +110,7 @@ def _explicit(values, names, source) -> Optional[Plan]:
 
 
 def first_slurm_host(nodelist: str) -> str:
-  """The first host of a SLURM node list.
-
-  Args:
-    nodelist: e.g. 'node001', 'node001,gpu2', 'node[003-005,009],gpu2'.
-
-  Returns:
-    'node001', 'node001', 'node003'.
-
-  Raises:
-    DistributedConfigError: the node list is empty.
-  """
+  """'node[003-005,009],gpu2' -> 'node003'; an error for an empty list."""
   m = re.match(r'([^,\[]*)(\[([^\]]*)\])?', nodelist)
   prefix, ranges = m.group(1), m.group(3)
   if not prefix and not ranges:
@@ -198,22 +169,11 @@ def _slurm(env: Mapping[str, str]) -> Optional[Plan]:
 def plan(*, mode: str = 'auto', coordinator_address: Optional[str] = None,
          num_processes: Optional[int] = None, process_id: Optional[int] = None,
          env: Mapping[str, str], on_cloud_tpu: bool = False) -> Plan:
-  """Decides how this process starts (see the module docstring's order).
+  """Decides how this process starts (the order in the module docstring).
 
-  Args:
-    mode: 'auto' (the order above) or 'off' (one process, whatever the
-      environment says; explicit flags are then an error).
-    coordinator_address: --coordinator_address ('host:port') or None.
-    num_processes: --num_processes or None.
-    process_id: --process_id or None.
-    env: the environment (os.environ), read for BYOL_*, JAX_* and SLURM_*.
-    on_cloud_tpu: whether this is a Cloud TPU VM (`on_cloud_tpu_vm()`).
-
-  Returns:
-    The Plan; `initialize(plan)` carries it out.
-
-  Raises:
-    DistributedConfigError: a half-specified or inconsistent source.
+  mode 'off' is one process whatever the environment says (explicit flags are
+  then an error). Raises DistributedConfigError for a half-specified or
+  inconsistent source.
   """
   if mode not in MODES:
     raise DistributedConfigError(f'--distributed={mode!r}; use one of '
@@ -245,12 +205,7 @@ def plan(*, mode: str = 'auto', coordinator_address: Optional[str] = None,
 
 
 def on_cloud_tpu_vm() -> bool:
-  """Whether JAX found TPU chips and libtpu on this VM.
-
-  Returns:
-    JAX's own answer, set when jax was imported; False when this JAX has no
-    such flag.
-  """
+  """Whether JAX found TPU chips and libtpu on this VM."""
   try:
     from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -262,18 +217,7 @@ def initialize(the_plan: Plan, *,
                initialize_fn: Optional[Callable[..., None]] = None,
                config_update: Optional[Callable[[str, Any], None]] = None
                ) -> bool:
-  """Carries out a Plan: starts jax.distributed unless it is single-process.
-
-  Call before anything touches the backend (jax.devices(), any computation).
-
-  Args:
-    the_plan: from `plan`.
-    initialize_fn: jax.distributed.initialize (injectable for tests).
-    config_update: jax.config.update (injectable for tests).
-
-  Returns:
-    True when jax.distributed was initialised.
-  """
+  """Starts jax.distributed unless single-process; True if started."""
   logging.info('Distributed: %s.', the_plan.describe())
   if not the_plan.is_multiprocess:
     return False

@@ -87,9 +87,8 @@ def _exit(kind: str, message: str):
 def _one_line(error: Exception) -> str:
   """The user-facing line of a flag-parsing error.
 
-  ml_collections wraps an exception raised in get_config in a message that
-  holds its whole traceback; the last 'SomeError: message' line is the one
-  that says what is wrong.
+  ml_collections wraps an error of get_config in a message holding its whole
+  traceback; the last 'SomeError: message' line says what is wrong.
   """
   text = str(error)
   if 'Error whilst parsing config file' in text:
@@ -103,11 +102,7 @@ def _one_line(error: Exception) -> str:
 
 
 def _unknown_field(argv, error: Exception) -> str:
-  """The line for an override of a field the config does not have.
-
-  ml_collections raises KeyError("'name'") or AttributeError("'name'\nDid
-  you mean ...?") naming only the missing key.
-  """
+  """The line for an override of a field the config does not have."""
   text = str(error)
   name = re.search(r'[A-Za-z_]\w*', text)
   name = name.group(0) if name else text
@@ -125,14 +120,7 @@ def _unknown_field(argv, error: Exception) -> str:
 
 
 def parse_flags(argv):
-  """absl's flag parsing, with every error as one line and exit code 2.
-
-  Args:
-    argv: the full command line (sys.argv).
-
-  Returns:
-    What absl's FLAGS(argv) returns: argv without the parsed flags.
-  """
+  """absl's flag parsing (argv without the parsed flags), errors in one line."""
   try:
     return flags.FLAGS(argv)
   except (KeyError, AttributeError) as e:
@@ -184,13 +172,12 @@ def _dry_run(the_plan) -> None:
 def main(argv):
   """Runs `python -m byol_jax.main`: pre-training or linear evaluation.
 
-  Every expected failure (a config, stack, distributed or checkpoint error)
-  ends the process with one line on stderr through _exit (exit code 2), and
-  a diverged run with 'Training stopped: ...' and exit code 1.
-
   Args:
-    argv: the command line left after absl's flags; must be the program
-      name alone.
+    argv: what absl's flags leave of the command line: the program name alone.
+
+  Every expected failure (config, stack, distributed or checkpoint) ends the
+  process with one line on stderr and exit code 2; a diverged or collapsed run
+  with 'Training stopped: ...' and exit code 1.
   """
   if len(argv) > 1:
     _exit('Usage error', f'unexpected arguments {argv[1:]}; flags only, '

@@ -1,22 +1,11 @@
 """When to checkpoint: the schedule, preemption, the processes' agreement.
 
-`SaveSchedule` says when a save is due (every N steps, every T seconds of
-training); `PreemptionWatcher` turns SIGTERM / SIGINT into a flag the training loop
-polls; `decide` turns that flag and the checkpoint clock
-(`Checkpointer.time_due`) into the same answer on every process: stop now,
-and whether the clock asks for a save.
-
-Why the decision is ours and not orbax's: orbax's
-`ContinuousCheckpointingPolicy` (a save every N seconds) computes the
-answer on the primary host and hands it to the others through a blocking
-barrier at every call, a cross-host exchange per step; `decide` exchanges
-only at logging steps.
-Its preemption policy (and `multihost_utils.reached_preemption_sync_point`)
-relies on JAX's own SIGTERM notifier, which `PreemptionWatcher` replaces so
-that SIGINT (Ctrl-C) and runs without jax.distributed behave the same way.
-The step schedule (a save every N steps) needs no agreement: a modulo, as
-orbax's `FixedIntervalPolicy`. `SaveSchedule` holds both schedules and
-`Checkpointer.should_save` asks it.
+Ours, not orbax's: its `ContinuousCheckpointingPolicy` hands the primary
+host's answer to the others through a blocking barrier at every call (a
+cross-host exchange per step), while `decide` exchanges only at logging
+steps; its preemption policy relies on JAX's own SIGTERM notifier, which
+`PreemptionWatcher` replaces so that SIGINT and runs without jax.distributed
+behave alike. The step schedule is a modulo, as orbax's `FixedIntervalPolicy`.
 """
 import signal
 import threading
@@ -30,22 +19,11 @@ import numpy as np
 
 
 class SaveSchedule:
-  """Checkpoint every `every_steps` steps and/or `every_secs` seconds."""
+  """A save every `every_steps` steps and/or `every_secs` s (None: off)."""
 
   def __init__(self, every_steps: Optional[int] = None,
                every_secs: Optional[float] = None,
                time_fn: Callable[[], float] = time.monotonic):
-    """The schedule; the clock starts now.
-
-    Args:
-      every_steps: a save is due at multiples of this step; None: never.
-      every_secs: a save is also due once this many seconds (of `time_fn`)
-        have passed since the last save; None: never.
-      time_fn: the clock, in seconds (injectable for tests).
-
-    Raises:
-      ValueError: every_steps < 1 or every_secs <= 0.
-    """
     if every_steps is not None and every_steps < 1:
       raise ValueError(f'save_interval_steps={every_steps}: use a positive '
                        'integer, or None for no step schedule.')
@@ -61,29 +39,19 @@ class SaveSchedule:
     self._last_save_time = self._time_fn()
 
   def time_due(self) -> bool:
-    """Whether `every_secs` have passed since the last save.
+    """Whether `every_secs` have passed since the last save, on this clock.
 
-    Reads this process's clock only; on several processes agree on one
-    answer (`decide`) before acting on it: clocks differ, and every process
-    must join a save or orbax's barrier hangs.
-
-    Returns:
-      The answer; False when the time schedule is off.
+    On several processes agree on it (`decide`) first: clocks differ, and every
+    process must join a save or orbax's barrier hangs.
     """
     return (self._every_secs is not None and
             self._time_fn() - self._last_save_time >= self._every_secs)
 
   def due(self, step: int, *, time_due: Optional[bool] = None) -> bool:
-    """Whether either schedule asks for a checkpoint at `step`.
+    """Whether `step` is a multiple of `every_steps` or the time is due.
 
-    Args:
-      step: the number of updates applied to the state about to be saved.
-      time_due: the time schedule's answer agreed across processes; None
-        reads `time_due()` on one process and leaves the clock out on
-        several.
-
-    Returns:
-      True when `step` is a multiple of `every_steps` or the time is due.
+    `time_due` is the answer agreed across processes; None reads this clock on
+    one process and leaves the clock out on several.
     """
     if time_due is None:
       time_due = jax.process_count() == 1 and self.time_due()
@@ -92,37 +60,21 @@ class SaveSchedule:
 
 
 class PreemptionWatcher:
-  """Turns SIGTERM / SIGINT into a flag the train loop polls.
+  """Turns SIGTERM / SIGINT into a flag (`requested`) the training loop polls.
 
-    with PreemptionWatcher() as watcher:
-      for step in ...:
-        state = update(...)
-        if watcher.requested:
-          ckpt.save(step, state, extra, force=True)
-          break
-
-  The first signal only sets the flag (the loop saves and exits cleanly). After
-  a first SIGINT the previous SIGINT handler is back, so a second Ctrl-C still
-  kills the process. Handlers are restored on exit. Signals are delivered to
-  the main thread only, so the watcher is inactive (with a warning) when
-  entered from another thread. On multi-host runs the signal may reach only
-  some hosts: agree on the flag across hosts (`decide`) before saving, since
-  every host must take part in the save.
+  The first signal only sets the flag; after a first SIGINT the previous
+  handler is back, so a second Ctrl-C still interrupts. Handlers are restored
+  on exit; outside the main thread the watcher is inactive (with a warning).
+  A signal may reach only some hosts: agree with `decide` before saving.
   """
 
   def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
-    """Watches `signals` once entered as a context.
-
-    Args:
-      signals: the signal.Signals to watch.
-    """
     self._signals = tuple(signals)
     self._previous = {}
     self._signal_name = None
 
   @property
   def requested(self) -> bool:
-    """True once a watched signal has arrived."""
     return self._signal_name is not None
 
   @property
@@ -167,13 +119,7 @@ def _restorable(handler):
 
 
 class Decision(NamedTuple):
-  """What every process does after a step (the same on all of them).
-
-  Attributes:
-    preempt: checkpoint now and stop (a signal reached some process).
-    time_due: the checkpoint clock's answer, for `Checkpointer.should_save`.
-    collectives: cross-process exchanges this decision took (0 or 1).
-  """
+  """What every process does after a step (collectives: exchanges, 0|1)."""
   preempt: bool
   time_due: bool
   collectives: int
@@ -182,21 +128,10 @@ class Decision(NamedTuple):
 def decide(watcher: PreemptionWatcher, ckpt, sync: bool) -> Decision:
   """Agrees on preemption and the checkpoint clock across processes.
 
-  One process: the signal flag and the clock, read every step (no
-  communication). Several: a signal may reach only some hosts and clocks
-  differ, while every host must join a save (else orbax's barrier hangs), so
-  at `sync` steps one all-gather of [signal received, clock due] agrees:
-  preempt when any process got a signal, save on process 0's clock. Other
-  steps neither preempt nor save on the clock.
-
-  Args:
-    watcher: this process's entered PreemptionWatcher.
-    ckpt: the run's checkpointing.Checkpointer (its `time_due()` is read).
-    sync: whether this is a step where processes communicate (a logging
-      step); every process must pass the same value.
-
-  Returns:
-    The Decision, equal on every process.
+  One process: the flag and the clock, every step, no communication. Several:
+  at `sync` steps (logging steps, the same on every process) one all-gather of
+  [signal received, clock due]: preempt when any process got a signal, save on
+  process 0's clock; other steps neither preempt nor save on the clock.
   """
   if jax.process_count() == 1:
     return Decision(watcher.requested, ckpt.time_due(), 0)

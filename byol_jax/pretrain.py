@@ -1,32 +1,16 @@
 """The pre-training loop: data -> pmapped update -> metrics and checkpoints.
 
-Resume is exact: the checkpoint holds the whole TrainState (parameters,
-target, optimizer state, base rng, step), the data stream is a function of
-(seed, step) and restarts at the restored step without decoding the skipped
-batches, and per-step randomness is fold_in(rng, step). A run stopped at step
-k and resumed ends bit-identical (on CPU) to an uninterrupted one.
+Resume is exact: the checkpoint holds the whole TrainState, the data stream is
+a function of (seed, step) and restarts at the restored step, and per-step
+randomness is fold_in(rng, step): a run stopped at step k and resumed ends
+bit-identical (on CPU) to an uninterrupted one.
 
-Failure handling: SIGTERM/SIGINT (preemption) -> checkpoint and clean exit;
-a non-finite loss -> NonFiniteLossError naming the first bad step, and no
-checkpoint of that state is written (the last good one stays); collapsed
-projections (collapse_std_projection below logging.collapse_stop_below for
-logging.collapse_stop_after logged steps in a row) -> a checkpoint, then
-CollapseError. Both are TrainingStopped: one line, exit code 1.
-
-Multi-process (one process per host, all running this loop in lock-step):
-each reads its own shard of the data (pipeline's default process_index /
-process_count), the pmapped step's collectives span every host's devices, only
-process 0 writes config.json, metrics, TensorBoard and pretrain_done.json, and
-every process takes part in each checkpoint save and restore (orbax writes the
-host-side arrays from process 0). The processes check that they start from,
-and end with, the same TrainState (a sha256 fingerprint), and agree on a
-preemption signal and on the checkpoint clock at logging steps, since a
-signal may reach only some hosts, clocks differ, and every host must join a
-save.
-
-Speed: the step is compiled once per run; between logging steps the loop
-only dispatches steps (no device value is read on the host, no process
-communicates); scheduled checkpoints are written asynchronously.
+Multi-process: every process runs this loop in lock-step on its own data
+shard; they check that they start and end with the same state (sha256), and
+agree on preemption and the checkpoint clock at logging steps only (a signal
+may reach only some hosts, clocks differ, every host must join a save).
+Between logging steps the loop only dispatches steps: no device value is read,
+no process communicates; scheduled checkpoints are written asynchronously.
 """
 
 import functools
@@ -63,11 +47,11 @@ class TrainingStopped(RuntimeError):
 
 
 class NonFiniteLossError(TrainingStopped):
-  """Raised when the training loss becomes NaN or infinite."""
+  """The loss (or state) became NaN or infinite; the last good checkpoint stays."""
 
 
 class CollapseError(TrainingStopped):
-  """Raised when the projections stay collapsed (the collapse monitor)."""
+  """The projections stayed collapsed (the collapse monitor); checkpoint saved."""
 
 
 def _checkpointer(config, workdir,
@@ -81,20 +65,7 @@ def _checkpointer(config, workdir,
 
 
 def check_workdir(config, workdir) -> dict:
-  """resume.check_resume on the workdir's checkpoints; writes nothing.
-
-  Every process calls it (the check gathers the processes' latest steps).
-
-  Args:
-    config: the built config.
-    workdir: the run directory (local path or gs://).
-
-  Returns:
-    The allowed trajectory changes (see resume.check_resume).
-
-  Raises:
-    validation.ConfigError: see resume.check_resume.
-  """
+  """resume.check_resume on the workdir's checkpoints (on every process)."""
   with _checkpointer(config, workdir) as ckpt:
     return resume.check_resume(config, ckpt)
 
@@ -138,13 +109,11 @@ def _initial_state(config, method, optimizer, source):
 class _MetricsBuffer:
   """The steps' metrics since the last flush, left on the devices till then.
 
-  `flush` fetches them in one transfer, stops at the first step whose loss
-  is not finite (naming it), and logs the interval: each metric's mean over
-  the steps since the last flush, except the schedules' values (SCHEDULED:
-  the learning rate and tau), which are the newest step's (`last`). `low`
-  counts the logged rows in a row whose collapse_std_projection is below
-  `collapse_below`: computed from pmean'd metrics, so every process counts
-  the same without communicating.
+  `flush` fetches them in one transfer, stops at the first non-finite loss
+  (naming its step) and logs each metric's mean over the interval, except the
+  schedules' (SCHEDULED), which are the newest step's. `low` counts logged rows
+  in a row whose collapse_std_projection is below `collapse_below`, from
+  pmean'd metrics: every process counts the same without communicating.
   """
 
   SCHEDULED = ('lr', 'tau')
@@ -182,22 +151,15 @@ class _MetricsBuffer:
 
 
 def run(config, workdir, *, source) -> dict:
-  """Pre-trains (or resumes) in `workdir`.
-
-  Args:
-    config: a built config (plan.build) in mode 'pretrain'.
-    workdir: run directory (local path or gs://); created if needed.
-    source: the data source plan.build opened.
+  """Pre-trains (or resumes) in `workdir`; returns the summary.
 
   Returns:
-    {'step': last step, 'preempted': bool, 'metrics': last logged metrics,
-    'state_sha256': the final state's fingerprint}.
+    {'step', 'preempted', 'metrics' (last logged), 'state_sha256'}.
 
   Raises:
-    validation.ConfigError: the workdir's checkpoint was trained under another
-      trajectory (see resume.check_resume); nothing is written.
-    NonFiniteLossError: the loss or the state became NaN/Inf.
-    CollapseError: the collapse monitor stopped the run (checkpoint saved).
+    validation.ConfigError: the checkpoint was trained under another
+      trajectory (resume.check_resume); nothing is written.
+    NonFiniteLossError, CollapseError: see their docstrings.
   """
   resume.check_built(config)
   workdir = epath.Path(workdir)
@@ -359,34 +321,14 @@ def _check_same_state(state, step: int, which: str) -> str:
 
 
 def knn_monitor(config, source, rstate) -> float:
-  """kNN top-1 of the online encoder (frozen, eval mode).
-
-  Args:
-    config: the built config (its `eval` section sets the kNN subset).
-    source: the run's data source.
-    rstate: the replicated TrainState.
-
-  Returns:
-    Top-1 accuracy in [0, 1].
-  """
+  """kNN top-1 in [0, 1] of the online encoder (frozen, eval mode)."""
   state = parallel.unreplicate(rstate)
   return features.knn_eval(config, source, state.online_params,
                            state.online_state)
 
 
 def load_latest_state(config, workdir) -> Optional[ts.TrainState]:
-  """The latest checkpointed TrainState of a workdir.
-
-  Args:
-    config: the run's built config (gives the state's structure).
-    workdir: the run directory (local path or gs://).
-
-  Returns:
-    The host-side (NumPy) TrainState, or None when there is no checkpoint.
-
-  Raises:
-    checkpointing.CheckpointRestoreError: checkpoints exist, none readable.
-  """
+  """The workdir's latest checkpointed TrainState (host NumPy), or None."""
   ckpt = checkpointing.Checkpointer(workdir_lib.checkpoint_dir(workdir))
   restored = ckpt.restore_latest(experiment.state_template(config))
   ckpt.close()

@@ -1,7 +1,7 @@
 """Runs one experiment config in a workdir: what `python -m byol_jax.main` does.
 
-Kept apart from main.py, which defines absl flags when imported, so that other
-entry points (byol_jax.reproduce, tests) run experiments without its flags.
+Apart from main.py, which defines absl flags when imported, so that other
+entry points (reproduce, tests) run experiments without them.
 """
 
 import contextlib
@@ -24,31 +24,17 @@ def run(config, workdir: str, *, topology=None, explicit=frozenset(),
         on_checked=None) -> dict:
   """Builds the run from `config` and runs it in `workdir`; returns a summary.
 
-  Pre-training (resumed from the workdir's latest checkpoint, if any), then
-  linear evaluation of the final encoder when config.eval.after_pretraining
-  (skipped when WORKDIR/eval_results.json already holds it: a rerun of a
-  finished run does nothing). With eval.pretrain_workdir set: linear
-  evaluation of that run's encoder only.
-
-  Args:
-    config: an experiment config of inputs (get_config + overrides).
-    workdir: the run directory (local or gs://).
-    topology: plan.Topology (default: this process's devices).
-    explicit: dotted names of the fields set by `--config.*` overrides
-      (plan.build).
-    on_checked: called once the run is built and the workdir's checkpoint
-      checked against it (main.py turns INFO logging back on there, so that
-      a refused start prints one line).
-
-  Returns:
-    pretrain.run's summary (plus 'eval' when evaluated), or the linear
-    evaluation's results in 'linear_eval' mode.
+  Pre-training (resumed from the workdir's latest checkpoint), then linear
+  evaluation when config.eval.after_pretraining (skipped when
+  eval_results.json already holds it: a rerun of a finished run does nothing);
+  with eval.pretrain_workdir, linear evaluation of that run only. `explicit`:
+  the fields `--config.*` set; `on_checked`: called once the run is built and
+  its checkpoint checked (main turns INFO logging back on there).
 
   Raises:
-    plan.ConfigError: before anything compiles, for a config that cannot run
-      (or would resume a checkpoint trained under another config), a
-      workdir that is a file, or one another run writes
-      (workdir.TrainingLock, taken here for pre-training and evaluation).
+    plan.ConfigError: before anything compiles: a config that cannot run or
+      would resume another config's checkpoint, a workdir that is a file or
+      that another run writes.
     checkpointing.DiskFullError: the workdir's disk filled up.
   """
   workdir_lib.check_not_a_file(workdir)
@@ -72,7 +58,6 @@ def run(config, workdir: str, *, topology=None, explicit=frozenset(),
 
 
 def _run(built, workdir, on_checked) -> dict:
-  """run() once the workdir is this process's to write."""
   config, source = built.config, built.source
   from byol_jax import pretrain  # pylint: disable=g-import-not-at-top
   if config.derived.mode == 'pretrain':
@@ -111,11 +96,7 @@ def _run(built, workdir, on_checked) -> dict:
 
 @contextlib.contextmanager
 def _training_lock(workdir):
-  """workdir.TrainingLock, held by process 0 for the whole run.
-
-  Every process learns whether process 0 got it (one all-gather, on several
-  processes) and stops if not: a second run on a workdir stops at once.
-  """
+  """workdir.TrainingLock held by process 0; every process stops if refused."""
   lock = workdir_lib.TrainingLock(workdir)
   error = None
   if jax.process_index() == 0:
@@ -141,9 +122,8 @@ def _training_lock(workdir):
 def _is_disk_full(error) -> bool:
   """Whether `error`, or one it chains, says the disk (or quota) is full.
 
-  On a full tmpfs orbax 0.12.8 raised tensorstore's ValueError('RESOURCE_
-  EXHAUSTED: ... No space left on device [os_error_code='28']') (from the
-  next save or the final wait); Python's own writes raise OSError(ENOSPC).
+  orbax 0.12.8 raised tensorstore's ValueError('RESOURCE_EXHAUSTED: ... No
+  space left on device') on a full tmpfs; Python's own writes OSError(ENOSPC).
   """
   full, seen = (errno.ENOSPC, errno.EDQUOT), set()
   while error is not None and id(error) not in seen:
@@ -158,15 +138,7 @@ def _is_disk_full(error) -> bool:
 
 
 def eval_signature(config) -> dict:
-  """What a linear evaluation's numbers depend on besides the encoder.
-
-  Args:
-    config: the built run config (ml_collections.ConfigDict with a `derived`
-      section, as configs.build returns it).
-
-  Returns:
-    A flat {field: value} dict, as JSON gives it back (tuples as lists).
-  """
+  """What a linear evaluation's numbers depend on besides the encoder (flat)."""
   return json.loads(json.dumps(resume.flatten({
       'eval': config.eval.to_dict(), 'seed': config.seed,
       'data': config.data.to_dict(), 'splits': config.derived.splits.to_dict(),
@@ -188,10 +160,9 @@ def _done_eval(config, workdir, step):
 
 
 class _QuietLibraries(logging_lib.Filter):
-  """Drops INFO records of chatty libraries (orbax logs every save step).
+  """Drops orbax's and etils' INFO records, and a full disk's errors.
 
-  And orbax's errors of a save that filled the disk, with the ones its other
-  threads log until the process exits: run() says it in one line.
+  run() says a full disk in one line; orbax's threads would log it until exit.
   """
   disk_full = False  # set by run() when it raises DiskFullError
 

@@ -1,21 +1,8 @@
-"""One run directory as the report reads it: its config, metrics and results.
+"""One run directory as the report reads it: config, metrics and results.
 
-Reads what a run leaves behind and nothing else, so it works on any set of
-finished (or still running) workdirs, copied from anywhere:
-
-  * config.json (byol_jax/pretrain.py): method, per-component norms, whether
-    the modified init of paper §3.2 is on, paper_top1 (the paper's ImageNet
-    top-1 in %, -1: none), derived.total_steps (training.total_steps in
-    config.json files written before the derived section existed).
-  * metrics.jsonl (byol_jax/writers.py): loss, collapse statistics and
-    online-classifier accuracy against step. Required.
-  * pretrain_done.json: written when pre-training finished; its optional
-    'wall_time_s' is the recorded pre-training wall time.
-  * eval_results.json (byol_jax/evaluation/linear_eval.py): linear top-1/top-5
-    and kNN top-1 of the frozen encoder, fractions in [0, 1].
-
-`load_run` gathers all of it into one dict; report.py renders those dicts as
-a table and plots.py draws their metrics against step.
+Reads only what a run leaves behind (config.json, metrics.jsonl,
+pretrain_done.json, eval_results.json), so it works on any copied workdirs,
+finished or still running.
 """
 import json
 from typing import Optional, Sequence
@@ -33,18 +20,7 @@ PLOT_METRICS = ('loss', 'collapse_std_projection',
 
 
 def read_json(path: epath.Path) -> Optional[dict]:
-  """The JSON object in a run's file.
-
-  Args:
-    path: e.g. WORKDIR/config.json.
-
-  Returns:
-    The parsed object; None when there is no such file.
-
-  Raises:
-    ValueError: the file is unreadable, not JSON, or not a JSON object (the
-      message names it).
-  """
+  """The JSON object in a file; None if absent; ValueError naming it if bad."""
   if not path.exists():
     return None
   try:
@@ -94,15 +70,7 @@ def _norm_label(model: dict, component: str) -> str:
 
 
 def variant_label(config: dict) -> str:
-  """'BYOL enc=gn+ws proj=gn pred=gn' (+ ' +modified init') from a config.
-
-  Args:
-    config: the run's config.json as a dict.
-
-  Returns:
-    The method in capitals and each component's normalisation ('+ws' where
-    weight standardisation is on). SimCLR has no predictor, so none is shown.
-  """
+  """'BYOL enc=gn+ws proj=gn pred=gn' (+ ' +modified init') of a config dict."""
   method = str(config.get('method', '?'))
   model = config.get('model', {})
   parts = [method.upper(), 'enc=' + _norm_label(model, 'encoder'),
@@ -117,10 +85,8 @@ def variant_label(config: dict) -> str:
 def _wall_time(workdir: epath.Path, done: Optional[dict], done_path):
   """(seconds, exact) of pre-training, or (None, False) when unknown.
 
-  Exact: pretrain_done.json's 'wall_time_s'. Otherwise approximate: the
-  mtime of metrics.jsonl (last metric written) minus that of config.json
-  (written when a run starts). A resumed run rewrites config.json, so the
-  approximation then covers only the last segment.
+  Exact: pretrain_done.json's 'wall_time_s'. Otherwise metrics.jsonl's mtime
+  minus config.json's (rewritten at a resume: then the last segment only).
   """
   if done and 'wall_time_s' in done:
     return _number(done, 'wall_time_s', done_path), True
@@ -138,23 +104,16 @@ def _wall_time(workdir: epath.Path, done: Optional[dict], done_path):
 def load_run(workdir) -> dict:
   """Everything the table and plots need from one run directory.
 
-  Args:
-    workdir: a run directory (local path or gs://) holding metrics.jsonl and
-      usually config.json, pretrain_done.json and eval_results.json.
-
   Returns:
-    dict with 'name' (basename), 'workdir', 'variant', 'paper_top1' (% or
-    None), 'rows' (metrics.jsonl rows), 'last_step', 'total_steps' (None if
-    unknown), 'final' (last value of each of loss, collapse_std_projection,
-    collapse_std_representation, online_top1, knn_top1; None if never logged),
-    'wall_time_s' and 'wall_time_exact' (see _wall_time), 'finished',
-    'top1', 'top5', 'knn_top1' (linear-eval fractions, None without
-    eval_results.json).
+    {'name', 'method', 'workdir', 'variant', 'paper_top1' (% or None), 'rows'
+    (metrics.jsonl), 'last_step', 'total_steps', 'final' (last value of each
+    PLOT_METRICS and knn_top1), 'wall_time_s', 'wall_time_exact', 'finished',
+    'top1', 'top5', 'knn_top1', 'random_top1' (fractions, None without
+    eval_results.json)}.
 
   Raises:
-    ValueError: the workdir is not a directory or has no metric rows, or one
-      of its files is unreadable or not what byol_jax writes (the message
-      names the file).
+    ValueError: not a directory, no metric rows, or a file unreadable or not
+      what byol_jax writes (naming it).
   """
   workdir = epath.Path(workdir)
   metrics_path = workdir_lib.metrics_path(workdir)
@@ -183,7 +142,7 @@ def load_run(workdir) -> dict:
   results = read_json(results_path) or {}
   paper = _number(config, 'paper_top1', config_path)
   total = _number(config.get('derived') or {}, 'total_steps', config_path)
-  if total is None:  # config.json written before the derived section.
+  if total is None:  # a config.json without the derived section.
     total = _number(config.get('training') or {}, 'total_steps', config_path)
   wall, exact = _wall_time(workdir, done, done_path)
   return {

@@ -1,17 +1,10 @@
-"""The software stack and hardware a run actually got.
+"""The software stack and hardware a run got, against what it requires.
 
-`constraints.txt` (repository root) pins the tested stack: CI and the launch
-scripts install with it. What decides the XLA a run compiles with is jax,
-jaxlib and the backend's plugin (libtpu on TPU VMs, jax-cuda12-plugin and
-jax-cuda12-pjrt on GPUs): `installed` reads their versions, `check_pinned`
-compares them with the pins (main's --require_pinned_stack), and
-`check_accelerator` stops a run that was meant for a GPU or TPU but got JAX's
-CPU backend (main's --require_accelerator: a jaxlib without CUDA, or a driver
-JAX cannot use, otherwise only logs a warning and trains on the CPU).
-`resources` says which CPUs and GPUs the process may use (what a cluster's
-CPU pinning or CUDA_VISIBLE_DEVICES left it).
-
-Nothing here reads flags; main.py decides which checks apply.
+What decides the XLA a run compiles with is jax, jaxlib and the backend's
+plugin (libtpu, jax-cuda12-*), pinned in constraints.txt. main.py decides
+which checks apply (--require_pinned_stack, --require_accelerator): without
+the latter, a jaxlib without CUDA or an unusable driver only logs a warning
+and trains on the CPU.
 """
 
 import importlib.metadata
@@ -38,31 +31,15 @@ class StackError(Exception):
 
 
 def canonical(name: str) -> str:
-  """A distribution name as pip compares them (PEP 503).
-
-  Args:
-    name: a distribution name, e.g. 'dm_haiku' or 'Tensorflow-CPU'.
-
-  Returns:
-    The name in lower case with each run of '-', '_' and '.' replaced by one
-    '-', e.g. 'dm-haiku'.
-  """
+  """A distribution name as pip compares them (PEP 503), e.g. 'dm-haiku'."""
   return re.sub(r'[-_.]+', '-', name).lower()
 
 
 def read_pins(path: Optional[pathlib.Path] = None) -> Dict[str, str]:
-  """The `name==version` pins of a pip constraints file.
+  """{canonical name: version} of a constraints file's `name==version` pins.
 
-  Args:
-    path: the constraints file (default: the checkout's constraints.txt).
-
-  Returns:
-    {canonical distribution name: pinned version}; lines that are not exact
-    pins (comments, ranges) are skipped.
-
-  Raises:
-    StackError: the file does not exist (byol_jax installed without its
-      checkout) or pins neither jax nor jaxlib.
+  StackError when the file is missing (installed without its checkout) or pins
+  no jax or jaxlib.
   """
   path = pathlib.Path(path or CONSTRAINTS)
   if not path.is_file():
@@ -84,15 +61,7 @@ def read_pins(path: Optional[pathlib.Path] = None) -> Dict[str, str]:
 def installed(packages=STACK_PACKAGES,
               version_fn: Callable[[str], str] = importlib.metadata.version
               ) -> Dict[str, Optional[str]]:
-  """The installed version of each package, None when it is not installed.
-
-  Args:
-    packages: distribution names.
-    version_fn: importlib.metadata.version (injectable for tests).
-
-  Returns:
-    {canonical name: version or None}, in the order of `packages`.
-  """
+  """{canonical name: installed version or None}, in the order of `packages`."""
   versions = {}
   for name in packages:
     try:
@@ -103,15 +72,7 @@ def installed(packages=STACK_PACKAGES,
 
 
 def describe(versions: Mapping[str, Optional[str]]) -> str:
-  """One line for the log: Python and the installed stack packages.
-
-  Args:
-    versions: {distribution name: version or None}, as from `installed`.
-
-  Returns:
-    'Python <version>, <package> <version>, ...' in the order of
-    `versions`; packages that are not installed (None) are left out.
-  """
+  """'Python <version>, <package> <version>, ...' of the installed packages."""
   got = [f'{name} {version}' for name, version in versions.items()
          if version is not None]
   return ', '.join([f'Python {platform.python_version()}'] + got)
@@ -120,21 +81,11 @@ def describe(versions: Mapping[str, Optional[str]]) -> str:
 def check_pinned(versions: Mapping[str, Optional[str]],
                  pins: Mapping[str, str], *, source: str = 'constraints.txt'
                  ) -> None:
-  """Refuses a stack whose installed packages differ from the pins.
+  """StackError (one line, each package, version and pin) unless on the pins.
 
-  jax and jaxlib must be installed at their pins; a plugin (libtpu,
-  jax-cuda12-*) is compared when it is installed (a CPU host has none; a TPU
-  or GPU run without its plugin gets the CPU backend, which
-  check_accelerator catches).
-
-  Args:
-    versions: installed(), {canonical name: version or None}.
-    pins: read_pins().
-    source: the pins' file name, for the message.
-
-  Raises:
-    StackError: one line naming each package, its installed version and its
-      pin.
+  jax and jaxlib must match; a plugin only when installed (a CPU host has none;
+  a GPU/TPU run without its plugin gets the CPU, which check_accelerator
+  catches).
   """
   wrong = []
   for name, version in versions.items():
@@ -153,21 +104,9 @@ def check_pinned(versions: Mapping[str, Optional[str]],
 def check_accelerator(versions: Mapping[str, Optional[str]],
                       backend: Optional[str] = None,
                       env: Mapping[str, str] = os.environ) -> str:
-  """Refuses JAX's CPU backend for a run that requires a GPU or TPU.
+  """The backend; a one-line StackError saying why and how to fix it if 'cpu'.
 
-  Call it after jax.distributed is initialised (it starts the backend).
-
-  Args:
-    versions: installed(), for the message.
-    backend: jax.default_backend() (default: asked here).
-    env: the environment, for CUDA_VISIBLE_DEVICES in the message.
-
-  Returns:
-    The backend ('gpu', 'tpu', ...).
-
-  Raises:
-    StackError: the backend is 'cpu'; one line saying why that may be and
-      how to fix it or run anyway.
+  Call after jax.distributed is initialised (it starts the backend).
   """
   if backend is None:
     import jax  # pylint: disable=g-import-not-at-top
@@ -196,15 +135,8 @@ def resources(env: Mapping[str, str] = os.environ,
               devices=None) -> str:
   """One line: the CPUs and accelerators this process may use.
 
-  Args:
-    env: the environment (CUDA_VISIBLE_DEVICES, SLURM's CPU and GPU counts).
-    affinity_fn: os.sched_getaffinity (injectable; absent on macOS).
-    cpu_count_fn: os.cpu_count.
-    devices: jax.local_devices() (default: asked here).
-
-  Returns:
-    e.g. 'CPUs 32 usable of 128; CUDA_VISIBLE_DEVICES=0,1; SLURM_CPUS_PER_TASK=32;
-    local devices: 2 x NVIDIA H100 (gpu)'.
+  E.g. 'CPUs 32 usable of 128; CUDA_VISIBLE_DEVICES=0,1; local devices: 2 x
+  NVIDIA H100 (gpu)' (what a cluster's pinning left it).
   """
   affinity_fn = affinity_fn or getattr(os, 'sched_getaffinity', None)
   total = cpu_count_fn()

@@ -1,6 +1,6 @@
-"""The run directory's layout (the one home of its file names) and its lock.
+"""The run directory's file names (their one home) and its lock.
 
-A pre-training run's WORKDIR holds:
+A pre-training run's WORKDIR (a local path or gs:// URL) holds:
 
   config.json            the built config (inputs and the `derived` section)
   config_history.jsonl   one line per start under a new or changed config
@@ -10,8 +10,7 @@ A pre-training run's WORKDIR holds:
   eval_results.json      linear evaluation (linear_eval.run_linear_eval)
   training.lock          host and pid of the training writing it, while it runs
 
-Process 0 writes all of them but the checkpoints. A workdir is a local path
-or a gs:// URL: the helpers return etils.epath paths.
+Process 0 writes all of them but the checkpoints.
 """
 import fcntl
 import json
@@ -37,101 +36,42 @@ class WorkdirError(validation.ConfigError):
 
 
 def config_path(workdir) -> epath.Path:
-  """WORKDIR/config.json.
-
-  Args:
-    workdir: the run directory, a local path or gs:// URL (str or path).
-
-  Returns:
-    epath.Path of the built config (JSON), written at every start.
-  """
+  """WORKDIR/config.json."""
   return epath.Path(workdir) / CONFIG
 
 
 def config_history_path(workdir) -> epath.Path:
-  """WORKDIR/config_history.jsonl.
-
-  Args:
-    workdir: the run directory, a local path or gs:// URL (str or path).
-
-  Returns:
-    epath.Path of the jsonl file with one line per start under a new or
-    changed config.
-  """
+  """WORKDIR/config_history.jsonl."""
   return epath.Path(workdir) / CONFIG_HISTORY
 
 
 def checkpoint_dir(workdir) -> epath.Path:
-  """WORKDIR/checkpoints (one sub-directory per saved step).
-
-  Args:
-    workdir: the run directory, a local path or gs:// URL (str or path).
-
-  Returns:
-    epath.Path of the orbax checkpoint directory; each `<step>/`
-    sub-directory holds the TrainState saved at that step.
-  """
+  """WORKDIR/checkpoints (one sub-directory per saved step)."""
   return epath.Path(workdir) / CHECKPOINTS
 
 
 def metrics_path(workdir) -> epath.Path:
-  """WORKDIR/metrics.jsonl.
-
-  Args:
-    workdir: the run directory, a local path or gs:// URL (str or path).
-
-  Returns:
-    epath.Path of the jsonl file with one JSON object per logged step.
-  """
+  """WORKDIR/metrics.jsonl."""
   return epath.Path(workdir) / METRICS
 
 
 def pretrain_done_path(workdir) -> epath.Path:
-  """WORKDIR/pretrain_done.json.
-
-  Args:
-    workdir: the run directory, a local path or gs:// URL (str or path).
-
-  Returns:
-    epath.Path of the JSON file written when pre-training finishes.
-  """
+  """WORKDIR/pretrain_done.json."""
   return epath.Path(workdir) / PRETRAIN_DONE
 
 
 def eval_results_path(workdir) -> epath.Path:
-  """WORKDIR/eval_results.json.
-
-  Args:
-    workdir: the run directory, a local path or gs:// URL (str or path).
-
-  Returns:
-    epath.Path of the linear-evaluation results (JSON).
-  """
+  """WORKDIR/eval_results.json."""
   return epath.Path(workdir) / EVAL_RESULTS
 
 
 def lock_path(workdir) -> epath.Path:
-  """WORKDIR/training.lock.
-
-  Args:
-    workdir: the run directory, a local path or gs:// URL (str or path).
-
-  Returns:
-    epath.Path of the lock a training run holds while it writes the workdir
-    (TrainingLock).
-  """
+  """WORKDIR/training.lock."""
   return epath.Path(workdir) / LOCK
 
 
 def check_not_a_file(workdir) -> None:
-  """Raises WorkdirError when WORKDIR or its nearest existing parent is a file.
-
-  Args:
-    workdir: the run directory, a local path or gs:// URL (str or path).
-
-  Raises:
-    WorkdirError: naming the file and what to pass instead.
-  """
+  """WorkdirError when WORKDIR or its nearest existing parent is a file."""
   path = epath.Path(workdir)
   for existing in (p for p in (path, *path.parents) if p.exists()):
     if not existing.is_dir():
@@ -146,34 +86,21 @@ def check_not_a_file(workdir) -> None:
 class TrainingLock:
   """WORKDIR/training.lock: at most one run writes a workdir at a time.
 
-  The run (process 0 of a multi-process run; runner.py) takes it before it
-  touches the workdir and releases it when it ends. Readers (load_encoder,
-  linear evaluation of another workdir) never take it. On a local or shared
-  POSIX filesystem the lock is the kernel's (fcntl.flock on that file): of
-  two starts exactly one gets it, and it dies with its process, however
-  that dies (SIGKILL included), so a killed run's lock never needs removing;
-  the file only names the holder (host, pid) for the refusal. On gs:// there
-  are no locks: the file itself is the lock, checked then written (two
-  starts within a second could both pass), and one left by a killed run is
-  deleted by hand (the refusal says so).
+  Taken by the run (process 0) before it touches the workdir; readers never
+  take it. On POSIX filesystems the lock is the kernel's fcntl.flock: of two
+  starts exactly one gets it, and it dies with its process (SIGKILL included);
+  the file only names the holder (host, pid) for the refusal. On gs:// the
+  file itself is the lock, checked then written (two starts within a second
+  could both pass); one left by a killed run is deleted by hand.
   """
 
   def __init__(self, workdir):
-    """A lock on `workdir` (a local path or gs:// URL), not yet taken.
-
-    Args:
-      workdir: the run directory.
-    """
     self._workdir = workdir
     self.path = lock_path(workdir)
     self._fd, self._held = None, False
 
   def acquire(self) -> None:
-    """Takes the lock (creating the workdir), or raises naming its holder.
-
-    Raises:
-      WorkdirError: another run holds the lock.
-    """
+    """Takes the lock (creating the workdir); WorkdirError naming its holder."""
     try:
       self.path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):

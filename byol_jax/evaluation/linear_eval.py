@@ -1,16 +1,10 @@
-"""Linear evaluation of a frozen encoder: the paper's protocol, end to end.
+"""Linear evaluation of a frozen encoder (the paper's protocol), end to end.
 
-`run_linear_eval` scores one encoder (and, with eval.random_baseline, a
-random initialisation of the same architecture): centre-crop features of the
-test and training splits (features.py), the probe's learning rate chosen on
-held-out data and the probe trained at it (probe.py, which states the
-protocol), top-1 / top-5 and kNN top-1 on the test split, and the
-pre-training's online classifier scored there too; the results go to
-WORKDIR/eval_results.json. `run_linear_eval_from_workdir` does the same for
-the latest checkpoint of a pre-training run.
-
-Multi-host: every host runs the same steps on all-gathered features, so
-every host computes the same numbers; only process 0 writes files.
+Centre-crop features (features.py), the probe's learning rate chosen on
+held-out data and the probe trained at it (probe.py states the protocol),
+test top-1 / top-5 and kNN top-1, and the pre-training's online classifier
+scored too. Every host computes the same numbers on all-gathered features;
+only process 0 writes files.
 """
 
 import json
@@ -78,20 +72,10 @@ def _probe(config, source, params, state, num_classes, devices, test=None):
 
 
 def online_top1(params, test, num_classes: int) -> Optional[float]:
-  """Test top-1 of the online classifier trained during pre-training.
+  """Test top-1 of the pre-training's online classifier, or None without one.
 
-  The official code scores it on the test split too: the linear classifier
-  the pre-training loss trains on the stop-gradient representation
-  (networks.classifier_and_monitors), applied to the eval-mode features.
-
-  Args:
-    params: online params; None is returned when they hold no classifier
-      or its class count differs from the evaluation data's.
-    test: (features [N, D], labels [N]) of the test split.
-    num_classes: the evaluation data's classes.
-
-  Returns:
-    Top-1 in [0, 1], or None.
+  The official code scores it on the test split too. None when `params` hold no
+  classifier or its class count differs from the evaluation data's.
   """
   clf = params.get('classifier/linear') if hasattr(params, 'get') else None
   if clf is None or clf['w'].shape[-1] != num_classes:
@@ -110,25 +94,12 @@ def run_linear_eval(config, workdir, params, state, *, source,
                     extra: Optional[dict] = None) -> dict:
   """Linear evaluation of a frozen encoder; writes WORKDIR/eval_results.json.
 
-  Args:
-    config: a built config (plan.build; its `eval`, `model`, `data` and
-      `derived` sections are read).
-    workdir: where eval_results.json goes (local or gs://).
-    params: unreplicated online params (only 'encoder/...' modules are used).
-    state: unreplicated online state (BN moving averages).
-    source: the data source plan.build opened.
-    tag: free-form label stored in the results.
-    devices: local devices to pmap over (default: all; tests use fewer).
-    extra: more JSON-able entries for the results (e.g. checkpoint step).
-
   Returns:
-    {'top1', 'top5', 'knn_top1', 'num_train', 'num_test', 'epochs', 'steps',
-    'learning_rate', 'base_learning_rate', 'sweep' (held-out top-1 per base
-    rate, when eval.learning_rates has several), 'online_top1' (the
-    pre-training run's online classifier on the test split, when `params`
-    holds it), 'tag', ...}, accuracies in [0, 1] (top5: top-min(5,
-    classes)); with config.eval.random_baseline also 'random_init': the same
-    numbers for a randomly initialised encoder of the same architecture.
+    {'top1', 'top5' (top-min(5, classes)), 'knn_top1', 'num_train',
+    'num_test', 'epochs', 'steps', 'learning_rate', 'base_learning_rate',
+    'sweep' (held-out top-1 per base rate), 'online_top1', 'tag', ...},
+    accuracies in [0, 1]; with eval.random_baseline also 'random_init', the
+    same for the encoder's random initialisation.
   """
   resume.check_built(config)
   num_classes = config.derived.num_classes
@@ -167,23 +138,7 @@ def run_linear_eval(config, workdir, params, state, *, source,
 
 def run_linear_eval_from_workdir(config, workdir, *, source,
                                  extra: Optional[dict] = None) -> dict:
-  """Linear evaluation of config.eval.pretrain_workdir's encoder.
-
-  Args:
-    config: the built linear-evaluation config (plan.build merged it with
-      the pre-training run's config, plan.eval_inputs).
-    workdir: output directory (may be the pre-training workdir itself).
-    source: the data source plan.build opened.
-    extra: more JSON-able entries for the results.
-
-  Returns:
-    The results dict of run_linear_eval (plus 'pretrain_workdir',
-    'checkpoint_step', 'pretrain_finished', 'data_source'), also written to
-    WORKDIR/eval_results.json.
-
-  Raises:
-    FileNotFoundError: the pre-training run holds no checkpoint.
-  """
+  """run_linear_eval of config.eval.pretrain_workdir's latest checkpoint."""
   resume.check_built(config)
   pretrained = encoder_lib.load_pretrained(config.eval.pretrain_workdir)
   return run_linear_eval(

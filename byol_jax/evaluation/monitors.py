@@ -1,8 +1,4 @@
-"""The weighted kNN accuracy of frozen features (a training monitor).
-
-The collapse statistic (collapse_std) is in
-byol_jax/metrics.py.
-"""
+"""The weighted kNN accuracy of frozen features (a training monitor)."""
 import functools
 
 import jax
@@ -35,35 +31,15 @@ def _knn_chunk_correct(train_n, train_labels, test_chunk, test_labels, valid,
 def knn_accuracy(train_features, train_labels, test_features, test_labels, *,
                  num_classes: int, k: int = 20, temperature: float = 0.07,
                  batch_size: int = 256) -> float:
-  """Top-1 accuracy of a weighted k-nearest-neighbour classifier.
+  """Top-1 in [0, 1] of a weighted k-nearest-neighbour classifier.
 
-  The protocol of Wu et al. (2018, "Unsupervised feature learning via
-  non-parametric instance discrimination", §3.4), used by the public BYOL /
-  SimSiam CIFAR codebases as a training monitor: features are L2-normalised,
-  each test point takes the k training points of highest cosine similarity
-  s_i, and class c gets the vote sum_i exp(s_i / T) [y_i = c]; the prediction
-  is the class with the most votes. Test points are processed batch_size at a
-  time (the last chunk padded), so 50k x 10k needs only a [batch_size, 50k]
-  similarity block at once.
-
-  Args:
-    train_features: [N_train, D] features of the labelled reference set.
-    train_labels: [N_train] integer labels in [0, num_classes).
-    test_features: [N_test, D] features to classify.
-    test_labels: [N_test] integer labels.
-    num_classes: number of classes.
-    k: neighbours per test point (InstDisc default 200; 20 is common on
-      CIFAR-sized sets).
-    temperature: T of the exp(s / T) vote weights.
-    batch_size: test points per chunk.
-
-  Returns:
-    accuracy in [0, 1] as a Python float.
-
-  Raises:
-    ValueError: features that are not [N, D] with N >= 2, of different
-      dimensions, labels that are not [N], k outside [1, N_train], or a
-      temperature or batch_size out of range.
+  Wu et al. (2018, InstDisc, §3.4), the public BYOL / SimSiam CIFAR codebases'
+  monitor: on L2-normalised features each test point takes the k training
+  points of highest cosine similarity s_i, and class c gets the vote
+  sum_i exp(s_i / T) [y_i = c]. Test points go batch_size at a time (the last
+  chunk padded: one compilation), so only a [batch_size, N_train] similarity
+  block is held. k: InstDisc's default is 200, 20 common on CIFAR-sized sets.
+  ValueError for malformed features or labels, or arguments out of range.
   """
   metrics.check_embeddings('train_features', train_features)
   metrics.check_embeddings('test_features', test_features)
