@@ -1,13 +1,6 @@
-"""Agreement between the processes of a multi-process run, once started.
+"""What the processes of a multi-process run do together once started.
 
-distributed.py decides how jax.distributed starts; this module holds what the
-running processes do together: `barrier` (jax.distributed's coordination
-service, not a device collective), `compile_then_sync` (compile, then a
-barrier, so compile-time skew never reaches a collective), the small
-cross-host agreements the training loop needs (`any_process`,
-`check_same_on_all_processes`), and a state `fingerprint` for comparing
-states bit for bit across hosts and runs. On one process every function is
-local and communicates nothing.
+On one process every function is local and communicates nothing.
 """
 
 import hashlib
@@ -26,16 +19,11 @@ _barrier_ids = itertools.count()
 def barrier(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
   """Waits until every process reaches this barrier (no-op on one process).
 
-  Uses the coordination service of jax.distributed, not a device collective:
-  on CPU hosts the first cross-process collective of each program sets up a
-  gloo context and gives up when a peer is more than 30 s late (a fixed
-  timeout in XLA), and compile times differ between processes (one may load
-  the program from the persistent compilation cache while another compiles
-  it). A barrier after compiling and before running absorbs that skew.
-
-  Args:
-    name: what is being waited for (for the id and errors).
-    timeout_s: how long to wait for the slowest process.
+  jax.distributed's coordination service, not a device collective: on CPU
+  hosts the first cross-process collective of a program sets up a gloo context
+  that gives up when a peer is more than 30 s late (fixed in XLA), and compile
+  times differ between processes (one may hit the persistent cache). A barrier
+  after compiling and before running absorbs that skew.
   """
   if jax.process_count() == 1:
     return
@@ -50,19 +38,12 @@ def barrier(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
 
 
 def compile_then_sync(fn, *args, name: str) -> None:
-  """Compiles fn (jit/pmap-ed) for args without running it, then a barrier.
+  """Compiles a jit/pmap `fn` for `args` without running it, then a barrier.
 
-  Call `fn` itself afterwards: JAX keeps the executable compiled here in its
-  in-memory cache and the next call with arguments like `args` reuses it
-  (jax_log_compiles shows one compilation). The
-  executable returned by `.compile()` cannot be called directly on several
-  processes: a multi-process pmap lowers for the global shape [all devices,
-  ...] while each process passes its local [local devices, ...] arrays.
-
-  Args:
-    fn: a jax.pmap / jax.jit function.
-    *args: example arguments (shapes, dtypes and shardings are what count).
-    name: what fn is, for the log and the barrier.
+  Call `fn` itself afterwards: JAX reuses this compilation from its in-memory
+  cache. The `.compile()` executable cannot be called on several processes: a
+  multi-process pmap lowers for the global [all devices, ...] shape while each
+  process passes its local arrays.
   """
   start = time.monotonic()
   fn.lower(*args).compile()
@@ -79,34 +60,11 @@ def _allgather(x: np.ndarray) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(np.asarray(x)))
 
 
-def any_process(flag: bool) -> bool:
-  """Whether `flag` is True on at least one process.
-
-  A collective: every process must call it at the same point.
-
-  Args:
-    flag: this process's value.
-
-  Returns:
-    The same bool on every process: the OR over processes (`flag` itself on
-    one process).
-  """
-  return bool(_allgather(np.asarray(bool(flag), np.int32)).max())
-
-
 def check_same_on_all_processes(values: np.ndarray, what: str) -> None:
-  """Checks that every process holds equal `values`.
+  """RuntimeError on every process, listing the values, unless all equal.
 
-  A collective: every process must call it at the same point.
-
-  Args:
-    values: a small int array (a step, a fingerprint's words), the same
-      shape and dtype on every process.
-    what: what the values are, for the message.
-
-  Raises:
-    RuntimeError: (on every process) the values differ; the message lists
-      each process's values.
+  A collective (every process calls it at the same point); `values` is a small
+  int array of one shape and dtype everywhere.
   """
   values = np.asarray(values)
   gathered = _allgather(values)
@@ -117,18 +75,7 @@ def check_same_on_all_processes(values: np.ndarray, what: str) -> None:
 
 
 def fingerprint(tree) -> str:
-  """sha256 (hex) of a pytree's structure, shapes, dtypes and bytes.
-
-  Equal fingerprints mean bit-identical trees: used to check that every host
-  holds the same TrainState, and by tests to compare runs.
-
-  Args:
-    tree: a pytree of arrays (jax arrays are fetched to the host; a
-      multi-process global array must be fully addressable).
-
-  Returns:
-    The 64-character hex digest.
-  """
+  """sha256 hex of a pytree's structure, shapes, dtypes and bytes."""
   h = hashlib.sha256()
   leaves, treedef = jax.tree_util.tree_flatten(jax.device_get(tree))
   h.update(str(treedef).encode())
@@ -140,12 +87,5 @@ def fingerprint(tree) -> str:
 
 
 def fingerprint_words(hexdigest: str) -> np.ndarray:
-  """The first 128 bits of a fingerprint, for an allgather.
-
-  Args:
-    hexdigest: a `fingerprint` (at least 32 hex characters).
-
-  Returns:
-    int32 [4] array (native byte order).
-  """
+  """The first 128 bits of a fingerprint as int32 [4], for an allgather."""
   return np.frombuffer(bytes.fromhex(hexdigest)[:16], np.int32).copy()

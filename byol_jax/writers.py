@@ -1,21 +1,10 @@
-"""Metric output of a run: WORKDIR/metrics.jsonl, TensorBoard and the console.
+"""A run's metrics: WORKDIR/metrics.jsonl, TensorBoard and the console line.
 
-Named `writers` (not `logging`) so it never shadows the standard library.
-
-  * metrics.jsonl: one JSON object per `write` call, `{"step": int, name:
-    float, ...}`; `read_metrics` parses it back for report code. After a resume
-    `truncate_after(step)` drops rows past the restored step, so the file has
-    no duplicated steps.
-  * TensorBoard: scalar events written with the `tensorboard` package's own
-    event-file writer and protos; TensorFlow is not needed (tensorboard uses
-    TF's file system layer, and so gs://, only when TF is importable). Without
-    the `tensorboard` package one warning says so and the jsonl file is still
-    written.
-  * Console: one line per `console` call with step, loss, lr, tau, images/s and
-    ETA measured from the wall time between calls.
-
-Only the chief process (process 0) writes; on other hosts every method is a
-no-op, so the train loop calls them unconditionally.
+Named `writers`, not `logging`, so it never shadows the standard library.
+TensorBoard events go through the `tensorboard` package's own writer (no
+TensorFlow; gs:// only when TF is importable); without the package, one
+warning and the jsonl file still. Only process 0 writes; elsewhere every
+method is a no-op, so the loop calls them unconditionally.
 """
 import json
 import time
@@ -31,11 +20,7 @@ METRICS_FILENAME = workdir_lib.METRICS
 
 
 def _scalar(name: str, value) -> float:
-  """`value` (Python, NumPy or JAX scalar, or any size-1 array) as a float.
-
-  Raises:
-    ValueError: `value` has more than one element.
-  """
+  """`value` (any size-1 array or scalar) as a float; ValueError otherwise."""
   arr = np.asarray(value)
   if arr.size != 1:
     raise ValueError(
@@ -46,14 +31,7 @@ def _scalar(name: str, value) -> float:
 
 
 def format_duration(seconds: float) -> str:
-  """A duration for humans: 12 -> '12s', 754 -> '12m34s', 7380 -> '2h03m'.
-
-  Args:
-    seconds: the duration in seconds (rounded to whole seconds).
-
-  Returns:
-    '<s>s' under a minute, '<m>m<ss>s' under an hour, else '<h>h<mm>m'.
-  """
+  """A duration for humans: 12 -> '12s', 754 -> '12m34s', 7380 -> '2h03m'."""
   seconds = int(round(seconds))
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
@@ -73,23 +51,11 @@ class MetricWriter:
                is_chief: bool = True,
                total_steps: Optional[int] = None,
                images_per_step: Optional[int] = None,
-               filename: str = METRICS_FILENAME,
                tensorboard: bool = True,
                time_fn: Callable[[], float] = time.monotonic):
-    """Creates a writer; nothing is written until `write` / `console`.
-
-    Args:
-      workdir: run directory (local path or gs:// URL); TensorBoard event files
-        go directly into it.
-      is_chief: True on process 0 only; other processes write nothing.
-      total_steps: steps of the whole run, for the ETA (None: no ETA).
-      images_per_step: global batch size, for images/s (None: not shown).
-      filename: name of the jsonl file inside workdir.
-      tensorboard: False to write no TensorBoard events.
-      time_fn: clock for images/s and ETA (injectable for tests).
-    """
+    """images_per_step (global batch) and total_steps feed the img/s and ETA."""
     self._workdir = epath.Path(workdir)
-    self._path = self._workdir / filename
+    self._path = self._workdir / METRICS_FILENAME
     self._is_chief = is_chief
     self._total_steps = total_steps
     self._images_per_step = images_per_step
@@ -100,22 +66,11 @@ class MetricWriter:
     if is_chief:
       self._workdir.mkdir(parents=True, exist_ok=True)
 
-  @property
-  def path(self) -> epath.Path:
-    """The metrics.jsonl file."""
-    return self._path
-
   def write(self, step: int, metrics: Mapping[str, object]) -> None:
-    """Appends `{"step": step, **metrics}` to the jsonl and TensorBoard.
+    """Appends {"step": step, **scalar metrics} to the jsonl and TensorBoard.
 
-    Args:
-      step: training step (int).
-      metrics: name -> scalar (float, int, NumPy/JAX 0-d or size-1 array).
-        Non-finite values are written as NaN/Infinity, which Python's json
-        (and `read_metrics`) parses back.
-
-    Raises:
-      ValueError: a metric is not a scalar, or is named 'step'.
+    Non-finite values are written as NaN/Infinity (json parses them back);
+    ValueError for a non-scalar metric or one named 'step'.
     """
     if not self._is_chief:
       return
@@ -141,11 +96,7 @@ class MetricWriter:
                                    summary=summary_pb2.Summary(value=values)))
 
   def _tensorboard(self):
-    """The TensorBoard event-file writer, created on first use, or None.
-
-    None when TensorBoard is off, or the `tensorboard` package is missing
-    (logged once).
-    """
+    """The event-file writer, created on first use; None when off or missing."""
     if not self._use_tb:
       return None
     if self._tb_writer is None:
@@ -165,22 +116,10 @@ class MetricWriter:
     return self._tb_writer
 
   def console(self, step: int, metrics: Mapping[str, object]) -> Optional[str]:
-    """Logs one progress line and returns it (None on non-chief processes).
+    """Logs and returns one progress line (None on non-chief processes).
 
-    Example: `step 200/1000 (20.0%) | loss 0.4321 | lr 1.20e-01 |
-    tau 0.99612 | 512.0 img/s | ETA 2m40s`. images/s and ETA come from the
-    wall time and steps since the previous call (shown as '--' on the first).
-
-    Args:
-      step: training step.
-      metrics: name -> scalar; 'loss', 'lr' and 'tau' are shown when present,
-        other metrics are not.
-
-    Returns:
-      The line that was logged; None on non-chief processes.
-
-    Raises:
-      ValueError: 'loss', 'lr' or 'tau' is not a scalar.
+    E.g. `step 200/1000 (20.0%) | loss 0.4321 | lr 1.20e-01 | tau 0.99612 |
+    512.0 img/s | ETA 2m40s`, the rates from the wall time since the last call.
     """
     if not self._is_chief:
       return None
@@ -210,20 +149,10 @@ class MetricWriter:
     return line
 
   def truncate_after(self, step: int) -> int:
-    """Drops jsonl rows with row step > `step` (call after a resume).
-
-    Also drops a partial last line left by a process killed mid-write. The
-    file is rewritten to a temporary name and renamed over the original.
-
-    Args:
-      step: the restored checkpoint's step.
-
-    Returns:
-      the number of rows dropped (0 on non-chief processes).
-    """
+    """Drops rows past `step` and a partial last line; returns how many."""
     if not self._is_chief or not self._path.exists():
       return 0
-    rows = read_metrics(self._path.parent, filename=self._path.name)
+    rows = read_metrics(self._workdir)
     kept = [r for r in rows if r['step'] <= step]
     text = ''.join(json.dumps(r) + '\n' for r in kept)
     if text == self._path.read_text():
@@ -237,11 +166,6 @@ class MetricWriter:
                    self._path)
     return dropped
 
-  def flush(self) -> None:
-    """Flushes TensorBoard (the jsonl is flushed on every write)."""
-    if self._tb_writer is not None:
-      self._tb_writer.flush()
-
   def close(self) -> None:
     """Flushes and closes TensorBoard; later writes reopen it."""
     if self._tb_writer is not None:
@@ -249,7 +173,6 @@ class MetricWriter:
       self._tb_writer = None
 
   def __enter__(self):
-    """Returns the writer; leaving the `with` block closes it."""
     return self
 
   def __exit__(self, *exc):
@@ -257,23 +180,13 @@ class MetricWriter:
     return False
 
 
-def read_metrics(workdir, filename: str = METRICS_FILENAME) -> list[dict]:
-  """Parses WORKDIR/metrics.jsonl into a list of dicts (file order).
+def read_metrics(workdir) -> list[dict]:
+  """WORKDIR/metrics.jsonl as a list of dicts; [] when absent.
 
-  Args:
-    workdir: run directory.
-    filename: jsonl file name inside it.
-
-  Returns:
-    One dict per row ({'step': int, name: float}); [] when the file is absent.
-    A truncated last line (a process killed mid-write) is skipped with a
-    warning.
-
-  Raises:
-    ValueError: a line other than the last is not valid JSON (the message
-      names file and line).
+  A truncated last line (killed mid-write) is skipped with a warning; any other
+  bad line is a ValueError naming the file and line.
   """
-  path = epath.Path(workdir) / filename
+  path = epath.Path(workdir) / METRICS_FILENAME
   if not path.exists():
     return []
   lines = path.read_text().splitlines()
