@@ -1,19 +1,13 @@
 """TrainState, its initialisation, and the update step.
 
-All mutable training state is one pytree. `make_update` returns the pure step
-`update(state, batch, rng) -> (state, metrics)`, written against a collective
-axis name: gradients and metrics are pmean'd over it, BN statistics are
-cross-replica when the model config asks for it, and InfoNCE gathers negatives
-over it. `pmap_update` runs it once per local device through
-`parallel.device_program` (the one home of jax.pmap; axis 'i', state
-donated); `jit_update` runs it on one device.
+`make_update` is written against a collective axis name: gradients and metrics
+are pmean'd over it, cross-replica BN and InfoNCE's negatives use it.
 
-Randomness: `state.rng` is a fixed base key. The step's key is
-fold_in(rng, step), and every example's augmentation key is fold_in(step key,
-global example index), where the global index counts across devices (and
-hosts: lax.axis_index is global under multi-controller pmap). So a step's
-result depends only on (seed, step, global batch), not on how the batch is
-split over devices: this is what makes 1-device and 8-device updates equal.
+Randomness: `state.rng` is a fixed base key; the step's key is
+fold_in(rng, step), each example's augmentation key fold_in(step key, global
+example index) (lax.axis_index is global under multi-controller pmap). A
+step's result thus depends only on (seed, step, global batch), not on how the
+batch is split over devices: 1-device and 8-device updates are equal.
 """
 
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
@@ -25,9 +19,6 @@ import optax
 from byol_jax import parallel
 from byol_jax.methods import networks
 
-AXIS_NAME = parallel.AXIS_NAME
-# augment_fn(keys [B] of PRNG keys, images [B, H, W, C] in [0, 1], view 1|2)
-#   -> augmented, normalised images [B, H, W, C].
 AugmentFn = Callable[[jax.Array, jax.Array, int], jax.Array]
 
 
@@ -36,13 +27,11 @@ class TrainState(NamedTuple):
 
   Attributes:
     step: int32 scalar, the number of updates applied.
-    rng: the base PRNG key; the step's key is fold_in(rng, step).
-    online_params: the online network's Haiku parameters.
-    online_state: its Haiku state (BN moving averages; {} without BN).
-    target_params: the target network's parameters (the online tree
-      restricted to networks.TARGET_MODULES); {} for methods without a
-      target network (SimCLR).
-    target_state: the target's Haiku state ({} as target_params).
+    rng: the base PRNG key.
+    online_params, online_state: the online network's Haiku parameters and
+      state (BN moving averages; {} without BN).
+    target_params, target_state: the online trees restricted to
+      networks.TARGET_MODULES; {} without a target network (SimCLR).
     opt_state: the optimizer's state of the online parameters.
   """
   step: jax.Array
@@ -57,16 +46,13 @@ class TrainState(NamedTuple):
 def init_train_state(method: networks.Method,
                      optimizer: optax.GradientTransformation,
                      rng: jax.Array, sample_images: jax.Array) -> TrainState:
-  """Initialises parameters (target = copy of online) and optimizer state.
+  """A TrainState at step 0 (target = copy of online), unreplicated.
 
   Args:
     method: from methods.byol.make_byol / methods.simclr.make_simclr.
     optimizer: from optim.make_optimizer.
     rng: a PRNG key (the run's seed).
     sample_images: [B, H, W, C] images fixing the input shape.
-
-  Returns:
-    A TrainState at step 0, unreplicated.
   """
   init_rng, base_rng = jax.random.split(rng)
   params, state, target_params, target_state = method.init(init_rng,
@@ -79,35 +65,14 @@ def init_train_state(method: networks.Method,
 
 def example_keys(rng: jax.Array, batch_size: int,
                  axis_name: Optional[str]) -> jax.Array:
-  """One key per example, from its index in the global batch.
-
-  Args:
-    rng: a PRNG key (the step's key for one view).
-    batch_size: examples on this device.
-    axis_name: the device axis (the global index counts the examples of the
-      devices before this one), or None on one device.
-
-  Returns:
-    [batch_size] PRNG keys: fold_in(rng, global example index).
-  """
+  """[batch_size] keys fold_in(rng, global example index) over `axis_name`."""
   offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * batch_size
   index = offset + jnp.arange(batch_size)
   return jax.vmap(lambda i: jax.random.fold_in(rng, i))(index)
 
 
 def ema_update(target_params, online_params, tau):
-  """target <- tau * target + (1 - tau) * online (BYOL eq. 1), per module.
-
-  Only the modules the target has (encoder, projector) are read from online.
-
-  Args:
-    target_params: the target's Haiku parameters.
-    online_params: the online parameters (a superset of the target's modules).
-    tau: the EMA decay, a float scalar in [0, 1].
-
-  Returns:
-    New target parameters, the structure and dtypes of target_params.
-  """
+  """target <- tau * target + (1 - tau) * online (BYOL eq. 1), per module."""
   return {
       name: jax.tree.map(lambda t, o: tau * t + (1. - tau) * o, module,
                          online_params[name])
@@ -120,21 +85,21 @@ def make_update(method: networks.Method,
                 learning_rate_fn: Callable[[jax.Array], jax.Array],
                 target_ema_fn: Callable[[jax.Array], jax.Array],
                 augment_fn: AugmentFn,
-                axis_name: Optional[str] = AXIS_NAME):
-  """Builds update(state, batch, rng) -> (state, metrics).
+                axis_name: Optional[str] = parallel.AXIS_NAME):
+  """Builds the pure update(state, batch, rng) -> (state, metrics).
 
   Args:
     method: the method's init/loss.
-    optimizer: optax transformation of the online parameters (LARS).
+    optimizer: of the online parameters (LARS).
     learning_rate_fn: step -> lr, for logging (the optimizer holds its own).
     target_ema_fn: step -> tau (schedules.target_ema).
-    augment_fn: per-example augmentation, see AugmentFn.
-    axis_name: the collective axis the step runs under, or None for a plain
-      single-device (jit) step.
+    augment_fn: (keys [B], images [B, H, W, C] in [0, 1], view 1|2) ->
+      augmented, normalised images.
+    axis_name: the collective axis of the step, or None on one device.
 
   Returns:
-    The pure update function. batch is a dict with 'view1', 'view2' ([B, H, W,
-    C] float in [0, 1]) and 'label' ([B] int), the local (per-device) part.
+    update; batch is this device's part: 'view1', 'view2' [B, H, W, C] float
+    in [0, 1] and 'label' [B] int.
   """
 
   def update(state: TrainState, batch: Dict[str, jax.Array],
@@ -172,45 +137,18 @@ def make_update(method: networks.Method,
 
 
 def step_rng(state: TrainState) -> jax.Array:
-  """The step's PRNG key, fold_in(state.rng, state.step).
-
-  Args:
-    state: the TrainState (one device's copy).
-
-  Returns:
-    A PRNG key.
-  """
+  """The step's PRNG key, fold_in(state.rng, state.step)."""
   return jax.random.fold_in(state.rng, state.step)
 
 
-def pmap_update(update, axis_name: str = AXIS_NAME, devices=None):
-  """The step on every local device: (replicated state, sharded batch).
+def pmap_update(update, axis_name: str = parallel.AXIS_NAME, devices=None):
+  """fn(replicated state, batch [devices, per_device, ...]) -> (state, metrics).
 
-  Args:
-    update: from make_update with the same axis_name.
-    axis_name: the collective axis.
-    devices: devices to map over (default: all local devices).
-
-  Returns:
-    fn(state, batch) -> (state, metrics), a parallel.device_program: state
-    replicated (parallel.replicate), batch leaves [devices, per_device, ...]
-    (parallel.device_sharding), metrics with a leading device axis; the
-    state is donated.
+  A parallel.device_program of `update` (made with the same axis_name); the
+  state is donated; metrics have a leading device axis.
   """
   def step(state, batch):
     return update(state, batch, step_rng(state))
   return parallel.device_program(step, axis_name=axis_name, devices=devices,
                                  donate_argnums=(0,))
 
-
-def jit_update(update):
-  """The step on one device; the state is donated.
-
-  Args:
-    update: from make_update with axis_name=None.
-
-  Returns:
-    jitted fn(state, batch) -> (state, metrics), unreplicated.
-  """
-  return jax.jit(lambda state, batch: update(state, batch, step_rng(state)),
-                 donate_argnums=(0,))

@@ -16,8 +16,6 @@ import numpy as np
 
 from byol_jax import workdir as workdir_lib
 
-METRICS_FILENAME = workdir_lib.METRICS
-
 
 def _scalar(name: str, value) -> float:
   """`value` (any size-1 array or scalar) as a float; ValueError otherwise."""
@@ -55,7 +53,7 @@ class MetricWriter:
                time_fn: Callable[[], float] = time.monotonic):
     """images_per_step (global batch) and total_steps feed the img/s and ETA."""
     self._workdir = epath.Path(workdir)
-    self._path = self._workdir / METRICS_FILENAME
+    self._path = workdir_lib.metrics_path(workdir)
     self._is_chief = is_chief
     self._total_steps = total_steps
     self._images_per_step = images_per_step
@@ -186,7 +184,7 @@ def read_metrics(workdir) -> list[dict]:
   A truncated last line (killed mid-write) is skipped with a warning; any other
   bad line is a ValueError naming the file and line.
   """
-  path = epath.Path(workdir) / METRICS_FILENAME
+  path = workdir_lib.metrics_path(workdir)
   if not path.exists():
     return []
   lines = path.read_text().splitlines()

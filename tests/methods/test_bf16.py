@@ -46,7 +46,8 @@ def _step(norm, ws):
            'label': jnp.zeros((BATCH,), jnp.int32)}
   state = jax.eval_shape(lambda: ts.init_train_state(
       method, opt, jax.random.PRNGKey(0), images))
-  return ts.jit_update(update), state, batch
+  step = jax.jit(lambda s, b: update(s, b, ts.step_rng(s)), donate_argnums=(0,))
+  return step, state, batch
 
 
 def _operand_types(text, op):

@@ -52,7 +52,7 @@ def structured_batch(rng, batch_size, size=16):
   return {'view1': view(k2), 'view2': view(k3), 'label': labels}
 
 
-def build(model, method='byol', axis_name=ts.AXIS_NAME, lr=0.4, total=50,
+def build(model, method='byol', axis_name=parallel.AXIS_NAME, lr=0.4, total=50,
           weight_decay=1e-6, base_ema=0.99, warmup=5, batch=32):
   if method == 'byol':
     m = byol.make_byol(model, NUM_CLASSES, axis_name=axis_name)
@@ -153,7 +153,7 @@ def test_pmap_8_devices_equals_1_device(norm, ws, jit_o0):
 
 def _train(model, steps, method='byol', seed=0, fixed_batch=False):
   m, opt, update, _ = build(model, method=method, axis_name=None, total=steps)
-  step = ts.jit_update(update)
+  step = jax.jit(lambda s, b: update(s, b, ts.step_rng(s)), donate_argnums=(0,))
   # The suite's optimisation level (conftest's XLA_FLAGS), jitted as
   # pre-training does (the same values bit for bit; pretrain.py): what these
   # tests check depends on where training starts, so not conftest's jit_o0.
