@@ -102,7 +102,7 @@ def apply_tiny(config) -> None:
   config.data.min_crop_area = 0.5
   config.training.update(dict(
       global_batch_size=256, total_steps=150,
-      warmup_steps=config.training.warmup_epochs,
+      warmup_steps=int(config.training.warmup_epochs),
       trust_coefficient=1e-2, predictor_lr_multiplier=30.,
       base_ema=EMA_PRESETS[300], modified_init_batch_size=256))
   config.checkpoint.update(dict(every_steps=100, every_secs=120))

@@ -7,31 +7,17 @@ r"""Reproduce the paper's tables at small scale: every variant, then a report.
     python -m byol_jax.reproduce --table=2 --scale=cifar10 \
         --dataset=folder:/data/cifar10-jpg --workdir=/tmp/table2_cifar10
 
-Each variant of the table is one normal experiment config
-(experiments/<name>.py with the scale's option: `tiny`, `small` or `cifar10`), run by
-byol_jax.runner.run (what byol_jax.main runs) in WORKDIR/<variant>: pre-training, then linear
-evaluation. Nothing is special-cased: the command prints each variant's
-`python -m byol_jax.main` equivalent, and running those by hand gives the
-same workdirs. Then byol_jax/report.py writes WORKDIR/table<N>.md (the
-paper's number beside ours, collapse statistics, wall time) and
-WORKDIR/plots/*.png.
+Each variant is one normal experiment config (experiments/<name>.py with
+the scale's option), run by runner.run (what byol_jax.main runs) in
+WORKDIR/<variant>: pre-training, then linear evaluation; `--dry_run` prints
+the equivalent `python -m byol_jax.main` commands. report.py then writes
+WORKDIR/table<N>.md and WORKDIR/plots/.
 
-Resumable: a variant with eval_results.json is done and skipped; any other
-resumes from its latest checkpoint (the runner's exact resume). A killed
-reproduction therefore continues where it stopped when rerun.
-
-Never an old result under a new config: a variant whose workdir holds a run
-of other inputs (its config.json against the requested config: steps,
-dataset, any --override; not _NOT_COMPARED's paths, memory placement and
-checkpoint policy, which change no number) is trained again from scratch. Its
-old directory is moved, not deleted, to WORKDIR/replaced/<variant>.<n>, and
-one logged line names the changed fields and where the old run went. When
-only eval.* fields changed, the trained encoder is evaluated again in place
-(the runner replaces eval_results.json; pre-training is kept).
-
-The variants themselves (Table 2: BN, no normalisation, modified init,
-GN + WS; Table 1: the BN / LN / none grid) and their configs are
-variants.py's.
+Resumable: a variant with eval_results.json is skipped, any other resumes
+from its checkpoint. A variant whose workdir holds a run of other inputs
+(config.json vs the request, _NOT_COMPARED aside) is moved, under its
+training lock, to WORKDIR/replaced/<variant>.<n> and trained again; when
+only eval.* fields changed it is only evaluated again.
 """
 
 import json
@@ -39,11 +25,15 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from absl import app
+from absl import flags
 from absl import logging
 from etils import epath
 
+from byol_jax import plan
 from byol_jax import report
 from byol_jax import resume
+from byol_jax import runner
 from byol_jax import runs as runs_lib
 from byol_jax import variants as variants_lib
 from byol_jax import validation
@@ -65,31 +55,14 @@ _NOT_COMPARED = ('options', 'data.data_dir', 'data.cache_dir',
 
 
 def is_done(workdir: epath.Path) -> bool:
-  """Whether a variant is finished.
-
-  Args:
-    workdir: the variant's run directory.
-
-  Returns:
-    True when its eval_results.json exists.
-  """
+  """Whether a variant is finished (its eval_results.json exists)."""
   return workdir_lib.eval_results_path(workdir).exists()
 
 
 def changed_inputs(config, workdir: epath.Path) -> dict:
-  """The inputs of the run in `workdir` that differ from `config`'s.
+  """{field: (saved, requested)} of the inputs that differ from workdir's run.
 
-  Args:
-    config: the variant's requested config of inputs (variants.load_config).
-    workdir: the variant's run directory.
-
-  Returns:
-    {dotted field: (saved value, requested value)} (resume.changes), fields
-    of _NOT_COMPARED left out; empty when the workdir has no config.json
-    (nothing ran there yet) or the same inputs.
-
-  Raises:
-    ValueError: config.json is unreadable or not a JSON object.
+  Empty when nothing ran there yet; _NOT_COMPARED fields are left out.
   """
   saved = runs_lib.read_json(workdir_lib.config_path(workdir))
   if saved is None:
@@ -137,21 +110,7 @@ def _write_failures(root: epath.Path, failures: dict) -> None:
 
 def run_variant(variant: variants_lib.Variant, config,
                 workdir: epath.Path) -> dict:
-  """Pre-trains and evaluates one variant (resuming what is there).
-
-  Args:
-    variant: the table cell.
-    config: its config of inputs (variants.load_config).
-    workdir: its run directory.
-
-  Returns:
-    runner.run's summary dict.
-
-  Raises:
-    ValueError: the config turns off the linear evaluation.
-    KeyboardInterrupt: the run was preempted (its checkpoint is saved).
-  """
-  from byol_jax import runner  # pylint: disable=g-import-not-at-top
+  """Pre-trains and evaluates one variant (resuming what is there)."""
   if not config.eval.after_pretraining:
     raise ValueError(f'{variant.name}: eval.after_pretraining is False; the '
                      'table needs the linear evaluation of every variant.')
@@ -202,7 +161,6 @@ def reproduce(table: int, scale: str, workdir, *, variants=(), dataset='',
   variant_configs = [variants_lib.load_config(v, scale, dataset, overrides,
                                               experiments_dir)
                      for v in chosen]
-  from byol_jax import plan  # pylint: disable=g-import-not-at-top
   for config in variant_configs:  # every config error before training.
     plan.build(config, read_data=False)
   commands = [v.command(scale, dataset, root / v.name, overrides)
@@ -258,24 +216,7 @@ def reproduce(table: int, scale: str, workdir, *, variants=(), dataset='',
 def write_table(table: int, scale: str, root: epath.Path,
                 variants: Sequence[variants_lib.Variant],
                 failures: Optional[dict] = None):
-  """WORKDIR/table<N>.md and WORKDIR/plots/*.png from the variants' workdirs.
-
-  Variants without metrics (not started, or failed before logging) are listed
-  under the table instead of stopping the report.
-
-  Args:
-    table: 1 or 2, for the file name and title.
-    scale: the scale, for the title.
-    root: the reproduction's WORKDIR.
-    variants: the variants to report, in table order.
-    failures: {variant name: error message} to list under the table.
-
-  Returns:
-    report.write_report's dict (table_path, table, plots, runs).
-
-  Raises:
-    ValueError: no variant has metrics yet.
-  """
+  """WORKDIR/table<N>.md and plots/; variants without metrics listed below."""
   has_metrics = {v.name: workdir_lib.metrics_path(root / v.name).exists()
                  for v in variants}
   present = [root / v.name for v in variants if has_metrics[v.name]]
@@ -294,17 +235,8 @@ def write_table(table: int, scale: str, root: epath.Path,
 
 
 def main(argv):
-  """Runs `python -m byol_jax.reproduce` and prints the table.
-
-  Exit code 2 on a usage or config error (one line on stderr), 1 when a
-  variant failed, else 0.
-
-  Args:
-    argv: the command line left after absl's flags (ignored).
-  """
+  """`python -m byol_jax.reproduce`: exit 2 on a bad input, 1 on a failure."""
   del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from byol_jax import runner  # pylint: disable=g-import-not-at-top
   runner.quiet_libraries()
   f = flags.FLAGS
   try:
@@ -329,8 +261,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_enum('table', '2', ['1', '2'], 'The paper table to reproduce.')
   flags.DEFINE_enum('scale', 'tiny', list(variants_lib.SCALES),
                     'tiny: digits on a CPU; small: CIFAR-10 on a CPU with the '

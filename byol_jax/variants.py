@@ -1,11 +1,10 @@
 """The paper tables' variants as experiment configs (what reproduce.py runs).
 
 Each cell of a table is a `Variant`: one normal experiment config
-(experiments/<config>.py) with the scale's option (`tiny`, `small` or `cifar10`) and the
-cell's own options. Table 2 (paper): vanilla BYOL with BN (74.3%), no
-normalisation (0.1%), modified init (65.7%), GN + WS (73.9%). Table 1: the
-BN / LN / none grid over (encoder, projector, predictor) for BYOL, and over
-(encoder, projector) for SimCLR, which has no predictor
+(experiments/<config>.py) with the scale's option (`tiny`, `small` or
+`cifar10`) and the cell's own options. Table 2: BN, no normalisation,
+modified init, GN + WS. Table 1: the BN / LN / none grid over (encoder,
+projector, predictor) for BYOL and (encoder, projector) for SimCLR
 (experiments/ablation.py).
 
 `load_config` gives a variant's config exactly as
@@ -26,51 +25,25 @@ from byol_jax import presets
 
 EXPERIMENTS_DIR = configs.EXPERIMENTS_DIR
 SCALES = configs.SCALES
-TABLES = (1, 2)
 NORMS = presets.TABLE1_NORMS
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-  """One cell of a table: an experiment config and its options.
-
-  Attributes:
-    name: the variant's workdir name under WORKDIR, e.g. 'gn_ws'.
-    config: the experiment config, experiments/<config>.py.
-    options: the variant's config options besides the scale's, e.g.
-      'method=byol,encoder=bn,projector=ln,predictor=none'.
-  """
+  """One table cell: WORKDIR/<name>, experiments/<config>.py:<options>."""
   name: str
   config: str
   options: str = ''
 
   def config_arg(self, scale: str, dataset: str = '') -> str:
-    """The config string after `experiments/<config>.py:`.
-
-    Args:
-      scale: 'tiny', 'small' or 'cifar10'.
-      dataset: a data source for option dataset=, or '' for the scale's.
-
-    Returns:
-      '<scale>[,<options>][,dataset=<dataset>]'.
-    """
+    """'<scale>[,<options>][,dataset=<dataset>]': the config string."""
     opts = [scale] + ([self.options] if self.options else [])
     if dataset:
       opts.append(f'dataset={dataset}')
     return ','.join(opts)
 
   def command(self, scale: str, dataset: str, workdir, overrides=()) -> str:
-    """The equivalent `python -m byol_jax.main` command line.
-
-    Args:
-      scale: 'tiny', 'small' or 'cifar10'.
-      dataset: a data source, or '' for the scale's.
-      workdir: the variant's run directory.
-      overrides: (dotted field, value) pairs, as --config.<field>=<value>.
-
-    Returns:
-      The command as one shell line (the overrides shell-quoted).
-    """
+    """The equivalent `python -m byol_jax.main` command, one shell line."""
     flags = ''.join(' ' + shlex.quote(f'--config.{k}={v}')
                     for k, v in overrides)
     return (f'python -m byol_jax.main --config=experiments/{self.config}.py:'
@@ -78,18 +51,7 @@ class Variant:
 
 
 def table_variants(table: int) -> list[Variant]:
-  """The variants of paper Table 1 or 2, in table order.
-
-  Args:
-    table: 1 (the norm grid: 27 BYOL and 9 SimCLR cells) or 2 (BN, no norm,
-      modified init, GN + WS).
-
-  Returns:
-    The Variants.
-
-  Raises:
-    ValueError: `table` is not in TABLES.
-  """
+  """Table 1 (27 BYOL + 9 SimCLR norm cells) or 2, in table order."""
   if table == 2:
     return [Variant('bn', 'byol_bn'), Variant('no_norm', 'no_bn'),
             Variant('modified_init', 'modified_init'),
@@ -104,22 +66,11 @@ def table_variants(table: int) -> list[Variant]:
       out.append(Variant(f'simclr_enc-{enc}_proj-{proj}', 'ablation',
                          f'method=simclr,encoder={enc},projector={proj}'))
     return out
-  raise ValueError(f'--table={table}: use one of {", ".join(map(str, TABLES))}.')
+  raise ValueError(f'--table={table}: use 1 or 2.')
 
 
 def select(variants: Sequence[Variant], names: Sequence[str]) -> list[Variant]:
-  """The variants named in `names`, in table order.
-
-  Args:
-    variants: the table's variants.
-    names: variant names to keep; empty: all.
-
-  Returns:
-    The selected Variants, in the order of `variants`.
-
-  Raises:
-    ValueError: a name is not a variant of the table.
-  """
+  """The variants named in `names` (empty: all), in table order."""
   if not names:
     return list(variants)
   known = {v.name for v in variants}
@@ -132,22 +83,10 @@ def select(variants: Sequence[Variant], names: Sequence[str]) -> list[Variant]:
 
 def load_config(variant: Variant, scale: str, dataset: str = '',
                 overrides=(), experiments_dir=EXPERIMENTS_DIR):
-  """The variant's config, exactly as `--config=experiments/...:<arg>` gives.
-
-  Args:
-    variant: the table cell.
-    scale: 'tiny', 'small' or 'cifar10' (a common config option, configs.py).
-    dataset: optional data source (option dataset=).
-    overrides: (dotted field, value) pairs, as --config.<field>=<value>.
-    experiments_dir: where the experiment configs live.
-
-  Returns:
-    The config of inputs (runner.run builds it).
+  """The variant's config, as `--config=...:<arg> --config.<k>=<v>` gives it.
 
   Raises:
-    ValueError: an override names no field of the config, or its value does
-      not convert to the field's type.
-    FileNotFoundError: the experiment config does not exist.
+    ValueError: an override names no field or does not convert to its type.
   """
   config = configs.load_experiment(variant.config,
                                    variant.config_arg(scale, dataset),
@@ -191,18 +130,7 @@ def _cast(value: str, old, key: str):
 
 
 def parse_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
-  """Parses --override flags.
-
-  Args:
-    items: 'field=value' strings, e.g. 'training.total_steps=100'.
-
-  Returns:
-    (field, value) pairs, both stripped; values stay strings (load_config
-    converts them).
-
-  Raises:
-    ValueError: an item has no '=' or an empty field.
-  """
+  """'field=value' strings -> stripped (field, value) pairs."""
   out = []
   for item in items:
     key, sep, value = item.partition('=')
