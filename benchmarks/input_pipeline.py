@@ -1,6 +1,6 @@
 r"""Input-pipeline throughput: in memory on the devices; tf.data on the host.
 
-In memory (`byol_jax/data/in_memory.py`; what digits, synthetic data and
+In memory (`byol_jax/data/pipeline.py`; what digits, synthetic data and
 image folders that fit use): the uint8 dataset sits on the device; a step
 gathers its examples, cuts two random-resized crops per image, resizes and
 then applies BYOL's colour augmentations to both views
@@ -269,10 +269,7 @@ def run(args, argv):
   """main's body: args the parsed flags, argv the command line they came from."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   import jax  # pylint: disable=g-import-not-at-top
-  # pylint: disable=g-import-not-at-top
-  from byol_jax.data import memory_sources
-  from byol_jax.data import sources
-  # pylint: enable=g-import-not-at-top
+  from byol_jax.data import sources  # pylint: disable=g-import-not-at-top
 
   cores = _results.cpu_cores()
   start = time.perf_counter()
@@ -299,11 +296,10 @@ def run(args, argv):
       row['unpack_s'] = round(unpack_s, 2)
     if isinstance(source, sources.FolderSource):
       start = time.perf_counter()
-      source = memory_sources.in_memory_folder(source,
-                                               cache_dir=args.cache_dir)
+      source = sources.in_memory_folder(source, cache_dir=args.cache_dir)
       row['decode_or_cache_read_s'] = round(time.perf_counter() - start, 2)
       start = time.perf_counter()
-      source = memory_sources.in_memory_folder(
+      source = sources.in_memory_folder(
           sources.get_source(spec, validate_files=False),
           cache_dir=args.cache_dir)
       row['cache_read_s'] = round(time.perf_counter() - start, 2)

@@ -37,7 +37,7 @@ Run length, in order of precedence:
     and listed in derived.notes).
 
 Field checks live in validation.py, opening the data and choosing its path
-in data/opening.py, and the resume contract (`trajectory`, `from_saved`) in
+in data/sources.py, and the resume contract (`trajectory`, `from_saved`) in
 resume.py.
 """
 
@@ -48,8 +48,7 @@ import ml_collections
 
 from byol_jax import schedules
 from byol_jax import validation
-from byol_jax.data import opening
-from byol_jax.data import splits
+from byol_jax.data import sources
 
 ConfigError = validation.ConfigError  # what build raises
 
@@ -204,7 +203,7 @@ def epochs_to_steps(epochs: float, num_examples: int, batch: int) -> int:
 # Held-out examples for the probe's learning-rate sweep when the dataset has
 # no validation split and eval.sweep_valid_examples is -1: a fifth of the
 # training split, at most ImageNet's 10,000.
-SWEEP_VALID_MAX = splits.IMAGENET_VALID_EXAMPLES
+SWEEP_VALID_MAX = sources.IMAGENET_VALID_EXAMPLES
 
 
 def sweep_valid_split(config, source) -> str:
@@ -363,12 +362,16 @@ def build(config, *, topology: Optional[Topology] = None, source=None,
                            inputs.eval.global_batch_size, topology)
   megabytes = None
   if source is None:
-    source, data_path, megabytes = opening.open_source(inputs.data, read_data)
+    try:
+      source, data_path, megabytes = sources.open_source(inputs.data,
+                                                         read_data)
+    except ValueError as e:  # one line naming the data field
+      raise ConfigError(str(e)) from None
   else:
-    data_path = opening.data_path_of(source)
+    data_path = sources.data_path_of(source)
   derived = _derive(inputs, mode, source, topology, read_data)
   derived['data_path'] = data_path
-  if data_path == opening.IN_MEMORY:
+  if data_path == sources.IN_MEMORY:
     images = getattr(source, 'images', None)
     if images is not None:  # read: what the devices will hold
       megabytes = round(sum(x.nbytes for x in images.values()) / 2**20, 1)

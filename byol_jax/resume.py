@@ -20,7 +20,7 @@ import ml_collections
 from byol_jax import checkpointing
 from byol_jax import validation
 from byol_jax import workdir as workdir_lib
-from byol_jax.data.opening import STREAMING
+from byol_jax.data.sources import STREAMING
 
 
 def _deep_update(base: dict, new: dict) -> dict:

@@ -9,7 +9,7 @@ allowed; main.py prints it and exits 2.
 import math
 
 from byol_jax import methods
-from byol_jax.data import splits
+from byol_jax.data import sources
 
 METHODS = methods.METHODS
 MODES = ('pretrain', 'linear_eval')
@@ -241,7 +241,7 @@ def validate_inputs(config, mode: str) -> None:
      e.sweep_valid_examples > 0 or e.sweep_valid_examples == -1),
         'eval.sweep_valid_examples', e.sweep_valid_examples,
         'must be a positive count, or -1 for a fifth of the training split '
-        f'(at most {splits.IMAGENET_VALID_EXAMPLES}).')
+        f'(at most {sources.IMAGENET_VALID_EXAMPLES}).')
   check(0 <= e.momentum < 1, 'eval.momentum', e.momentum,
         'must be in [0, 1).')
 

@@ -2,7 +2,7 @@
 
 As the official BYOL test does: no prepared files and no download, TFDS's
 builders make examples up. The run is planned with ImageNet's own split
-sizes (the builder has none under the mock: known_sizes.KNOWN_SIZES) and
+sizes (the builder has none under the mock: sources.KNOWN_SIZES) and
 protocol, and the streaming pre-training iterator yields batches.
 """
 import numpy as np

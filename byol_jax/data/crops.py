@@ -1,28 +1,22 @@
 """The crop specification shared by both paths: the official BYOL sampler.
 
 `sample_crop` (random-resized crop) and `center_crop` (eval) are written once
-over a module `xp` that has numpy's exp, sqrt, round (half to even), floor,
-minimum and maximum: `jax.numpy` on the devices for in-memory data
-(`in_memory.py`), `tf.math` inside tf.data for streamed data
-(`tf_stream.py`), or `numpy` (tests). They take sizes and uniforms as floats
-and return the box as floats holding whole numbers; each caller casts to its
-integer type. The resize that follows is Keys' bicubic in both paths
-(`in_memory.crop_resize` on device; `tf.image.resize` on the host, which it
-equals within float rounding), then clip to [0, 1], as the official
-byol/utils/dataset.py.
-
-No TensorFlow or JAX import here.
+over a module `xp` with numpy's exp, sqrt, round (half to even), floor,
+minimum and maximum: `jax.numpy` on the devices (pipeline.py), `tf.math`
+inside tf.data (tf_stream.py), or `numpy` (tests). They take sizes and
+uniforms as floats and return the box (y0, x0, height, width) as floats
+holding whole numbers; each caller casts. No TensorFlow or JAX import here.
 """
 import math
 
 # Random-resized crop, the official BYOL sampler (byol/utils/dataset.py,
 # _decode_and_random_crop): ONE draw of the area fraction ~ U[0.08, 1] and of
 # the log aspect ratio ~ U[log 3/4, log 4/3]; width = round(sqrt(area x
-# ratio)), height = round(sqrt(area / ratio)), each clamped to the image; the
-# box is placed uniformly. No rejection: a draw that overflows the image is
-# clamped, not redrawn (torchvision's RandomResizedCrop and SimCLR's
-# sample_distorted_bounding_box retry up to 10 times and then fall back,
-# which biases them towards smaller crops).
+# ratio)), height = round(sqrt(area / ratio)), each clamped to the image (at
+# least 1 pixel); the box is placed uniformly. No rejection: a draw that
+# overflows the image is clamped, not redrawn (torchvision's RandomResizedCrop
+# and SimCLR's sample_distorted_bounding_box retry up to 10 times and then
+# fall back, which biases them towards smaller crops).
 AREA_RANGE = (0.08, 1.0)
 ASPECT_RANGE = (3. / 4., 4. / 3.)
 # Eval: centre crop of 224/256 of the shorter side, then resize (official
@@ -30,32 +24,13 @@ ASPECT_RANGE = (3. / 4., 4. / 3.)
 # (32px CIFAR, 8px digits) are not cropped: the central square is resized.
 CENTER_CROP_FRACTION = 224. / 256.
 NUM_U = 4  # uniforms per crop: area, log-ratio, y offset, x offset.
-# Salts of the stateless random draws (in_memory.py's and tf_stream.py's
+# Salts of the stateless random draws (pipeline.py's and tf_stream.py's
 # docstrings say what each seeds).
 SALT_PERM, SALT_CROP, SALT_FILES, SALT_WINDOW = 1, 2, 3, 4
 
 
 def sample_crop(xp, u, height, width, min_area=AREA_RANGE[0]):
-  """Random-resized-crop box from uniforms: the official BYOL sampler.
-
-  area = U[min_area, 1] x height x width, ratio = exp(U[log 3/4, log 4/3]),
-  crop width = min(round(sqrt(area x ratio)), width), crop height =
-  min(round(sqrt(area / ratio)), height) (at least 1 pixel), offsets uniform
-  over the positions where the box fits.
-
-  Args:
-    xp: `jax.numpy`, `tf.math` or `numpy` (see the module docstring).
-    u: [..., NUM_U] float uniforms in [0, 1); the arithmetic runs in their
-      dtype (float32 on device, float64 in tf.data).
-    height: image height(s) as float(s) of u's dtype (or Python numbers),
-      broadcastable to u[..., 0].
-    width: image width(s), likewise.
-    min_area: smallest crop area as a fraction of the image (BYOL: 0.08).
-
-  Returns:
-    (y0, x0, crop_height, crop_width): arrays of shape u.shape[:-1] in u's
-    dtype, holding whole numbers.
-  """
+  """The official sampler's box from uniforms u [..., NUM_U], in u's dtype."""
   area = height * width * (min_area + (AREA_RANGE[1] - min_area) * u[..., 0])
   lo, hi = math.log(ASPECT_RANGE[0]), math.log(ASPECT_RANGE[1])
   ratio = xp.exp(lo + (hi - lo) * u[..., 1])
@@ -69,17 +44,7 @@ def sample_crop(xp, u, height, width, min_area=AREA_RANGE[0]):
 
 
 def center_crop(xp, height, width, image_size):
-  """Centre-crop box (y0, x0, side, side); see CENTER_CROP_FRACTION.
-
-  Args:
-    xp: as for `sample_crop`.
-    height: image height (float, whole number), scalar or array.
-    width: image width, likewise.
-    image_size: the output side (int).
-
-  Returns:
-    (y0, x0, crop, crop) as floats holding whole numbers.
-  """
+  """The eval box (y0, x0, side, side); see CENTER_CROP_FRACTION."""
   side = xp.minimum(height, width)
   # crop = floor(side x 224/256) when side > image_size, else side; written
   # with minimum/maximum only (sides are whole numbers, so `cut` is 0 or 1),

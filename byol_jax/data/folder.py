@@ -1,155 +1,99 @@
-"""Image folders: `folder:<path>`, class sub-folders of JPEG/PNG images.
+"""Image folders (`folder:<path>`): the listing, file checks and decoded cache.
 
-Every file is listed and, unless asked not to, checked once (its header and
-end marker; Pillow decodes only the files whose end is missing) so that the
-streaming pipeline never meets an undecodable file. Decoding for the
-in-memory path is memory_sources.in_memory_folder's (through image_cache).
+Layout: root/<class>/**/*.{jpg,jpeg,png} (one split, 'train'), or, when
+root/train/ exists, root/<split>/<class>/... for each of SPLIT_DIRS there.
+Links are followed (each real folder once per class; links to nothing are
+left out, logged). Label i is train's i-th class folder in sorted order.
+
+The in-memory path holds a folder as one uint8 array per split, decoded once
+with Pillow (about 4 s for CIFAR-10's 60,000 JPEGs on one core) and cached in
+one file per folder and side, written on first use:
+
+    <cache_dir>/<folder name>-<side>-<root hash>-<listing key>.npz
+        'key'; per split: '<split>.images' uint8 [N, H, W, 3],
+        '<split>.labels' int32 [N], '<split>.skipped' (files left out)
+
+The listing key is a sha256 over every image file's relative path, size and
+mtime, the class names, the side and FORMAT_VERSION: a changed, added or
+removed file changes it, so the folder is decoded again (and the stale file
+of that folder and side removed). A cache that does not read back whole (zip
+checks every member's CRC-32: a truncated file, a flipped byte) is rebuilt,
+never used. It is written under a temporary name and renamed into place; a
+killed writer's temporary file is removed by the next start on its host.
+
+Decoding: Pillow, RGB. Files Pillow cannot decode, or that are not JPEG/PNG
+whatever their extension, are skipped and counted (as `validate_files` does
+for the streaming path); an image above Pillow's decompression-bomb limit
+stops the start in one line naming it. side 0 keeps the images' size (all
+must share it: CIFAR-10's and STL-10's do); side S resizes the shorter side
+to S (Pillow's antialiased bicubic) and keeps the central S x S square.
 """
 import concurrent.futures
-import dataclasses
+import contextlib
+import hashlib
+import json
 import os
+import re
+import socket
+import tempfile
 import time
-from typing import Mapping
 
 from absl import logging
 import numpy as np
 
-from byol_jax.data import splits
-
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
-_JPEG_MAGIC = b'\xff\xd8\xff'
-_PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
-_TAIL_BYTES = 1024  # a JPEG ends in FFD9, a PNG in an IEND chunk; trailing
-                    # junk after either is tolerated up to this many bytes.
-# The split folders read when root/train/ exists (splits.generic_split maps
-# the logical splits onto them).
 SPLIT_DIRS = ('train', 'validation', 'valid', 'val', 'test')
+FORMAT_VERSION = 2
+_FIELDS = ('images', 'labels', 'skipped')  # per split, in the cache
 
 
-@dataclasses.dataclass
-class FolderSource(splits.Source):
-  """Image files in class sub-folders; see `folder_source`.
+def list_folder(root: str, *, validate_files: bool = True):
+  """(root, class names, {split: paths}, {split: labels}, {split: skipped}).
 
-  Attributes:
-    root: the folder.
-    class_names: label i is `class_names[i]` (sorted folder names).
-    files: split -> np.ndarray of file paths (sorted by class, then path).
-    labels: split -> int32 labels aligned with `files`.
-    num_skipped: split -> number of undecodable files left out.
-  """
-  name: str
-  num_classes: int
-  root: str
-  class_names: tuple[str, ...]
-  files: Mapping[str, np.ndarray]
-  labels: Mapping[str, np.ndarray]
-  num_skipped: Mapping[str, int]
-
-  def raw_splits(self):
-    """The split names: the split folders under `root`.
-
-    Returns:
-      A tuple of raw split names, e.g. ('train', 'test'), with 'held_out'
-      after `hold_out`.
-    """
-    return tuple(self.files)
-
-  def num_examples(self, split):
-    """Number of image files in a split.
-
-    Args:
-      split: a logical or raw split name (see `resolve_split`).
-
-    Returns:
-      The number of image files (images) in the resolved split.
-
-    Raises:
-      ValueError: the split does not resolve.
-    """
-    return len(self.files[self.resolve_split(split)])
-
-
-
-def folder_source(root: str, *, validate_files: bool = True) -> FolderSource:
-  """Image files in class sub-folders.
-
-  Layout: `root/<class>/**/*.{jpg,jpeg,png}` (one split, 'train'), or, when
-  `root/train/` exists, `root/<split>/<class>/...` for each of the split
-  folders `SPLIT_DIRS` that exist (other folders there are logged as
-  ignored). Symbolic links to folders and files are followed (each real
-  folder listed once per class; links to nothing are left out, logged).
-  Class -> label mapping: label i is the i-th class folder name of the train
-  split in sorted (byte-wise, `sorted()`) order; other splits must have the
-  same classes.
-
-  Args:
-    root: the folder.
-    validate_files: read each file's first bytes and last 1 KiB once. Files
-      that are not JPEG/PNG, or whose end marker is missing and that Pillow
-      then fails to decode (truncated), are left out and counted in a warning.
-      The streaming pipeline's `ignore_errors` also drops anything that still
-      fails. False: the listing only (the in-memory path decodes every file
-      anyway, memory_sources.in_memory_folder).
-
-  Returns:
-    A `FolderSource`.
-
-  Raises:
-    ValueError: the folder is missing, the layout is ambiguous (train/
-      holds images, or a flat folder has a class named like a split of
-      `SPLIT_DIRS`), a split holds no (decodable) image, the splits' class
-      folders differ, or an image is above Pillow's size limit.
+  validate_files: read each file's first bytes and last 1 KiB once and leave
+  out (counted, logged) files that are not JPEG/PNG, or lack their end marker
+  and do not decode; the streaming path then meets no undecodable file.
   """
   root = os.path.abspath(os.path.expanduser(root))
   if not os.path.isdir(root):
     raise ValueError(f'folder:{root} does not exist; point folder:<path> at a '
                      'directory holding one sub-folder of images per class')
   folders = _subfolders(root)
-  if 'train' in folders:
-    split_dirs = {s: os.path.join(root, s) for s in SPLIT_DIRS if s in folders}
-    ignored = sorted(set(folders) - set(SPLIT_DIRS))
-    if ignored:
-      logging.warning('folder:%s: ignored the folders %s: the split folders '
-                      'read are %s (one of %s)', root, ignored,
-                      list(split_dirs), list(SPLIT_DIRS))
-  else:
-    split_dirs = {'train': root}
+  split_dirs = {s: os.path.join(root, s) for s in SPLIT_DIRS if s in folders}
+  if 'train' in folders and set(folders) - set(SPLIT_DIRS):
+    logging.warning('folder:%s: ignored the folders %s: the split folders '
+                    'read are %s (one of %s)', root,
+                    sorted(set(folders) - set(SPLIT_DIRS)), list(split_dirs),
+                    list(SPLIT_DIRS))
   _check_layout(root, split_dirs, folders)
+  split_dirs = split_dirs if 'train' in folders else {'train': root}
   class_names = tuple(_subfolders(split_dirs['train']))
   files, labels, skipped = {}, {}, {}
   for split, path in split_dirs.items():
-    names = _subfolders(path)
-    if split != 'train' and names != list(class_names):
-      raise ValueError(f'{path} has classes {names[:5]}... but train has '
-                       f'{list(class_names)[:5]}...; every split needs the '
-                       'same class folders')
-    paths, ys = [], []
-    for label, name in enumerate(class_names):
-      found = _list_images(os.path.join(path, name), root)
-      paths += found
-      ys += [label] * len(found)
-    if validate_files:
-      ok = _validate(paths)
-      bad = [p for p, good in zip(paths, ok) if not good]
-      if bad:
-        logging.warning('folder:%s split %r: skipped %d of %d files that are '
-                        'not decodable JPEG/PNG images, e.g. %s', root, split,
-                        len(bad), len(paths), bad[:3])
-      paths = [p for p, good in zip(paths, ok) if good]
-      ys = [y for y, good in zip(ys, ok) if good]
-      skipped[split] = len(bad)
-    else:
-      skipped[split] = 0
-    if not paths:
+    if _subfolders(path) != list(class_names):
+      raise ValueError(f'{path} has classes {_subfolders(path)[:5]}... but '
+                       f'train has {list(class_names)[:5]}...; every split '
+                       'needs the same class folders')
+    found = [(p, y) for y, name in enumerate(class_names)
+             for p in _list_images(os.path.join(path, name), root)]
+    ok = _validate([p for p, _ in found]) if validate_files else [1] * len(
+        found)
+    bad = [p for (p, _), good in zip(found, ok) if not good]
+    if bad:
+      logging.warning('folder:%s split %r: skipped %d of %d files that are '
+                      'not decodable JPEG/PNG images, e.g. %s', root, split,
+                      len(bad), len(found), bad[:3])
+    if len(bad) == len(found):
       raise ValueError(
           f'folder:{root} split {split!r} ({path}) holds no decodable '
           f'{"/".join(IMAGE_EXTENSIONS)} images in class sub-folders '
           f'(found classes: {list(class_names)[:10]}); expected '
           f'{path}/<class_name>/<image>.jpg')
-    files[split] = np.asarray(paths)
-    labels[split] = np.asarray(ys, np.int32)
-  return FolderSource(f'folder:{root}', len(class_names), root, class_names,
-                      files, labels, skipped)
+    kept = [f for f, good in zip(found, ok) if good]
+    files[split] = np.asarray([p for p, _ in kept])
+    labels[split] = np.asarray([y for _, y in kept], np.int32)
+    skipped[split] = len(bad)
+  return root, class_names, files, labels, skipped
 
 
 def _subfolders(path) -> list[str]:
@@ -161,20 +105,21 @@ def _subfolders(path) -> list[str]:
 
 def _check_layout(root, split_dirs, folders):
   """Refuses a layout that reads as both flat and split folders."""
-  train = split_dirs['train']
-  with os.scandir(train) as entries:
-    direct = [e.name for e in entries if _is_image(e)]
-  if train != root and direct:
+  if 'train' in split_dirs:
+    train = split_dirs['train']
+    with os.scandir(train) as entries:
+      direct = [e.name for e in entries if _is_image(e)]
+    if direct:
+      raise ValueError(
+          f'folder:{root} is ambiguous: {train} holds images ({min(direct)}, '
+          f'...) where the split layout {root}/train/<class>/ expects class '
+          'folders; if train is a class of a flat folder, rename it (e.g. to '
+          f'train_class), else move those images into {train}/<class>/')
+  elif split_dirs:
+    named = min(split_dirs)
     raise ValueError(
-        f'folder:{root} is ambiguous: {train} holds images ({min(direct)}, '
-        f'...) where the split layout {root}/train/<class>/ expects class '
-        'folders; if train is a class of a flat folder, rename it (e.g. to '
-        f'train_class), else move those images into {train}/<class>/')
-  named = [f for f in folders if f in SPLIT_DIRS]
-  if train == root and named:
-    raise ValueError(
-        f'folder:{root} is ambiguous: it has a {named[0]}/ folder but no '
-        f'train/, so {named[0]} would be read as a class of a flat folder; '
+        f'folder:{root} is ambiguous: it has a {named}/ folder but no '
+        f'train/, so {named} would be read as a class of a flat folder; '
         f'for the split layout put the training images in {root}/train/'
         '<class>/, else rename that class folder')
 
@@ -210,37 +155,21 @@ def _list_images(folder, root) -> list[str]:
   return sorted(found)
 
 
-def too_large(path: str, error: Exception) -> ValueError:
-  """The one-line error for an image above Pillow's size limit.
-
-  Args:
-    path: the image file.
-    error: Pillow's DecompressionBombError for it.
-
-  Returns:
-    A ValueError naming the file and the limit (PIL.Image.MAX_IMAGE_PIXELS).
-  """
-  import PIL.Image  # pylint: disable=g-import-not-at-top
-  return ValueError(
-      f'{path} is above Pillow\'s image size limit: {str(error).rstrip(".")} '
-      f'(PIL.Image.MAX_IMAGE_PIXELS={PIL.Image.MAX_IMAGE_PIXELS}; Pillow '
-      'refuses twice that); downscale or remove that image')
-
-
 def _check_file(path) -> str:
-  """'ok', 'bad' (not an image) or 'suspect' (end marker missing)."""
+  """'ok', 'bad' (not a JPEG/PNG) or 'suspect' (its end marker is missing)."""
   try:
     with open(path, 'rb') as f:
       head = f.read(8)
-      f.seek(0, os.SEEK_END)
-      f.seek(max(0, f.tell() - _TAIL_BYTES))
+      f.seek(max(0, f.seek(0, os.SEEK_END) - 1024))
       tail = f.read()
   except OSError:
     return 'bad'
-  if head.startswith(_JPEG_MAGIC):
-    return 'ok' if b'\xff\xd9' in tail else 'suspect'
-  if head.startswith(_PNG_MAGIC):
-    return 'ok' if b'IEND' in tail else 'suspect'
+  # A JPEG ends in FFD9, a PNG in an IEND chunk; junk after either is
+  # tolerated up to 1 KiB.
+  for magic, end in ((b'\xff\xd8\xff', b'\xff\xd9'),
+                     (b'\x89PNG\r\n\x1a\n', b'IEND')):
+    if head.startswith(magic):
+      return 'ok' if end in tail else 'suspect'
   return 'bad'
 
 
@@ -257,17 +186,207 @@ def _validate(paths) -> list[bool]:
       status += [s for part in pool.map(check, chunks) for s in part]
   else:
     status += check(paths[512:])
-  ok = [s == 'ok' for s in status]
-  suspects = [i for i, s in enumerate(status) if s == 'suspect']
-  if suspects:
-    import PIL.Image  # pylint: disable=g-import-not-at-top
-    for i in suspects:  # rare: truncated files or trailing junk
+  # Rare: a truncated file, or junk after the end: decoded to be sure.
+  return [s == 'ok' or s == 'suspect' and _decode(p, 0) is not None
+          for p, s in zip(paths, status)]
+
+
+def image_shape(files) -> tuple[int, int] | None:
+  """(height, width) of the first decodable JPEG/PNG among files, else None."""
+  return next((x.shape[:2] for x in map(lambda p: _decode(p, 0), files)
+               if x is not None), None)
+
+
+def square(image, side: int) -> np.ndarray:
+  """uint8 [side, side, 3]: shorter side resized to side (bicubic), centre."""
+  import PIL.Image  # pylint: disable=g-import-not-at-top
+  if isinstance(image, np.ndarray):
+    image = PIL.Image.fromarray(image)
+  scale = side / min(image.width, image.height)
+  w = max(side, round(image.width * scale))
+  h = max(side, round(image.height * scale))
+  image = image.resize((w, h), PIL.Image.BICUBIC)
+  x0, y0 = (w - side) // 2, (h - side) // 2
+  return np.asarray(image.crop((x0, y0, x0 + side, y0 + side)), np.uint8)
+
+
+def _decode(path: str, side: int) -> np.ndarray | None:
+  """uint8 [H, W, 3] of one JPEG/PNG, None when it is not a decodable one."""
+  import PIL.Image  # pylint: disable=g-import-not-at-top
+  try:
+    with PIL.Image.open(path) as im:
+      if im.format not in ('JPEG', 'PNG'):  # what tf.data decodes, too
+        return None
+      if im.mode.startswith('I'):  # 16-bit grey: Pillow's RGB saturates
+        grey = np.clip(np.asarray(im, np.int64), 0, 2**16 - 1) >> 8
+        im = PIL.Image.fromarray(  # the high byte, as libpng's 16->8 strip
+            np.repeat(grey.astype(np.uint8)[..., None], 3, -1))
+      else:
+        im = im.convert('RGB')  # decodes; a truncated file raises here
+  except PIL.Image.DecompressionBombError as e:
+    raise ValueError(
+        f'{path} is above Pillow\'s image size limit: {str(e).rstrip(".")} '
+        f'(PIL.Image.MAX_IMAGE_PIXELS={PIL.Image.MAX_IMAGE_PIXELS}; Pillow '
+        'refuses twice that); downscale or remove that image') from None
+  except (OSError, ValueError, SyntaxError):
+    return None
+  return square(im, side) if side else np.asarray(im, np.uint8)
+
+
+def _decode_split(root, split, paths, side, num_threads):
+  """The decoded images of one split's paths, None where not decodable."""
+  cores = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+           else os.cpu_count() or 1)
+  # Pillow releases the GIL while decoding. Side 0: the first image of
+  # another size stops the split there, before the rest is decoded
+  # (open_source's memory estimate assumes the first file's size).
+  pool = concurrent.futures.ThreadPoolExecutor(num_threads or min(16, cores))
+  try:
+    decoded, first = [], None
+    for x in pool.map(lambda p: _decode(p, side), paths):
+      first = first or (None if x is None else x.shape)
+      if x is not None and x.shape != first:
+        raise ValueError(
+            f'folder:{root} split {split!r}: images have different sizes '
+            f'(e.g. {first[1]}x{first[0]} and {x.shape[1]}x{x.shape[0]}); set '
+            '--config.data.cache_side=N to hold them at N x N (shorter side '
+            'resized to N, centre square), or stream the folder with '
+            '--config.data.max_in_memory_mb=0')
+      decoded.append(x)
+  finally:
+    pool.shutdown(cancel_futures=True)
+  if first is None:
+    raise ValueError(f'folder:{root} split {split!r} holds no decodable '
+                     f'JPEG/PNG images ({len(paths)} files tried, e.g. '
+                     f'{list(paths[:3])})')
+  return decoded
+
+
+def _listing_key(listing, side: int) -> str:
+  """sha256 of every file's relative path, size and mtime, classes and side."""
+  h = hashlib.sha256(json.dumps(
+      [FORMAT_VERSION, int(side), list(listing.class_names)]).encode())
+  for split in sorted(listing.files):
+    h.update(f'\0split {split}\0'.encode())
+    for path in listing.files[split]:
       try:
-        with PIL.Image.open(paths[i]) as im:
-          im.convert('RGB')
-        ok[i] = True
-      except PIL.Image.DecompressionBombError as e:
-        raise too_large(paths[i], e) from None
-      except (OSError, ValueError, SyntaxError):
-        pass
-  return ok
+        st = os.stat(path)
+        size, mtime = st.st_size, st.st_mtime_ns
+      except OSError:  # vanished, or a dangling link: decoding skips it
+        size = mtime = -1
+      h.update(f'{os.path.relpath(path, listing.root)}\0{size}\0{mtime}\n'
+               .encode())
+  return h.hexdigest()
+
+
+def _read(path: str, key: str, splits):
+  """{field: {split: array}} of the cache at path if whole, else None."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path) as z:
+      if str(z['key']) != key:
+        raise ValueError('it was written for another listing')
+      if sorted(z.files) != sorted(
+          ['key'] + [f'{s}.{f}' for s in splits for f in _FIELDS]):
+        raise ValueError(f'its splits are not {sorted(splits)}')
+      out = {f: {s: z[f'{s}.{f}'] for s in splits} for f in _FIELDS}
+    if any(x.dtype != np.uint8 or len(x) != len(out['labels'][s])
+           for s, x in out['images'].items()):
+      raise ValueError('its arrays do not match')
+    return out
+  except Exception as e:  # pylint: disable=broad-except
+    # Whatever does not read back whole (a bad zip CRC-32, a bad header...).
+    logging.warning('Image cache %s is incomplete or corrupt (%s); '
+                    'rebuilding it.', path, e)
+    return None
+
+
+def _write(path: str, key: str, out):
+  """Writes the cache under a temporary name, then renames it into place."""
+  directory = os.path.dirname(path)
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(  # named by host and pid: _remove_dead_writers
+      prefix=f'.tmp-{socket.gethostname()}-{os.getpid()}-', dir=directory)
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      np.savez(f, key=np.asarray(key), **{
+          f'{s}.{f}': np.asarray(x) for f in _FIELDS
+          for s, x in out[f].items()})
+    os.replace(tmp, path)
+  except BaseException:  # a full disk: leave nothing half-written behind
+    _remove(tmp)
+    raise
+  name = os.path.basename(path)
+  prefix = name.rsplit('-', 1)[0] + '-'  # this folder and side
+  for entry in os.listdir(directory):  # stale caches of other listings
+    if entry.startswith(prefix) and entry != name:
+      _remove(os.path.join(directory, entry))
+
+
+def _remove(path: str):
+  with contextlib.suppress(FileNotFoundError):  # another process was first
+    os.remove(path)
+
+
+def _remove_dead_writers(cache_dir: str):
+  """Removes the temporary files of this host's writers that died."""
+  ours = re.compile(rf'\.tmp-{re.escape(socket.gethostname())}-(\d+)-')
+  try:
+    entries = os.listdir(cache_dir)
+  except OSError:  # none yet, or unreadable
+    return
+  for match in filter(None, map(ours.match, entries)):
+    try:
+      os.kill(int(match.group(1)), 0)  # signal 0: only asks if it lives
+    except ProcessLookupError:
+      _remove(os.path.join(cache_dir, match.string))
+    except PermissionError:  # alive: another user's
+      pass
+
+
+def arrays(listing, *, side: int = 0, cache_dir: str = '',
+           num_threads: int | None = None):
+  """A listed folder (a FolderSource) as uint8 arrays: cached, else decoded.
+
+  Returns ({split: images}, {split: labels}, {split: files skipped}, the
+  cache file or '' when it could not be written). cache_dir '':
+  $XDG_CACHE_HOME (else ~/.cache)/byol_jax/folders.
+  """
+  root = listing.root
+  cache_dir = os.path.abspath(os.path.expanduser(cache_dir or os.path.join(
+      os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'),
+      'byol_jax', 'folders')))
+  _remove_dead_writers(cache_dir)
+  key = _listing_key(listing, side)
+  name = re.sub(r'[^A-Za-z0-9_.-]+', '_', os.path.basename(root)) or 'root'
+  root_hash = hashlib.sha256(root.encode()).hexdigest()[:8]
+  path = os.path.join(cache_dir, f'{name}-{side}-{root_hash}-{key[:16]}.npz')
+  out = _read(path, key, list(listing.files))
+  how = f'read from {path}'
+  if out is None:
+    out = {f: {} for f in _FIELDS}
+    for split, paths in listing.files.items():
+      decoded = _decode_split(root, split, list(paths), side, num_threads)
+      keep = [i for i, x in enumerate(decoded) if x is not None]
+      out['images'][split] = np.stack([decoded[i] for i in keep])
+      out['labels'][split] = np.asarray(listing.labels[split], np.int32)[keep]
+      out['skipped'][split] = len(paths) - len(keep)
+    try:
+      _write(path, key, out)
+      how = f'decoded and cached in {path}'
+    except OSError as e:  # read-only or full: the run goes on, uncached
+      logging.warning(
+          'folder:%s could not be cached in %s (%s); using the decoded '
+          'images for this run only (the next start decodes them again): '
+          'free space there or set --config.data.cache_dir to a writable '
+          'directory.', root, cache_dir, e)
+      path, how = '', 'decoded, not cached'
+  skipped = {s: int(n) for s, n in out['skipped'].items()}
+  for split, x in out['images'].items():
+    log = logging.warning if skipped[split] else logging.info
+    log('folder:%s split %r: %d of %d files held in memory as %dx%d uint8 '
+        '(%.1f MB), %d skipped (not decodable JPEG/PNG); %s', root, split,
+        len(x), len(x) + skipped[split], x.shape[1], x.shape[2],
+        x.nbytes / 2**20, skipped[split], how)
+  return out['images'], out['labels'], skipped, path

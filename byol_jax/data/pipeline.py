@@ -1,48 +1,49 @@
-"""Input pipelines: per-host batches of crops, for a pmapped step.
+"""Input pipelines: per-host batches of crops for a pmapped step.
 
-Every iterator yields dicts of arrays shaped [local_devices,
-per_device_batch, ...]; colour augmentations run later, on device
-(`augment.py`). Two paths, chosen by the source:
+Every iterator yields dicts of arrays [local_devices, per_device_batch, ...];
+colour augmentations follow on device (augment.py). Two paths, by source:
+in memory (`InMemorySource`), the uint8 arrays sit on every local device (or
+the host, in_memory_on='host') and each step gathers, crops, resizes and
+flips its examples ON the devices under jit(shard_map), the host computing
+an index per example (no TensorFlow); streaming (`FolderSource`,
+`TfdsSource`), tf.data on each host reads, decodes and crops its own shard
+(tf_stream.py) and `prefetch_to_device` moves the numpy batches.
 
-  * in memory (`InMemorySource`: digits, synthetic, image folders that fit;
-    `in_memory.py`): the uint8 arrays sit on the devices, and each step
-    gathers its examples and crops, resizes and flips them ON the devices.
-    The batches are jax.Arrays already sharded over the local devices. No
-    TensorFlow, no host work beyond an index per example.
-  * streaming (`FolderSource`, `TfdsSource`; `tf_stream.py`): tf.data on
-    each host reads its own shard, decodes and crops; numpy batches, which
-    `prefetch_to_device` moves to the devices.
+Both cut crops.sample_crop's boxes (the official BYOL sampler) and resize with
+Keys' cubic convolution (a = -0.5, half-pixel centres, taps outside the crop
+dropped and the rest renormalised, no antialiasing: tf.image.resize's
+bicubic of the crop, which the streaming path runs as the official
+byol/utils/dataset.py does), then clip to [0, 1]. On device the resize is two
+dense products per image, [S, H] x [H, W, 3] x [W, S] at HIGHEST precision
+(matmuls, not gathers), equal to TF's to float32 rounding (measured 3e-7 of
+the pixel range with tensorflow-cpu 2.21; tests/data/test_in_memory.py).
 
-Both draw crop boxes with `crops.sample_crop` (the official BYOL sampler)
-and resize with Keys' bicubic kernel, then clip to [0, 1].
-
-Determinism and resumption. Every random draw for an example (its crops,
-its flip) is a stateless function of the seed and the example's place in
-the stream, and batch k is stream positions [k * batch, (k + 1) * batch), so
-`start_step=k` starts there without reading or decoding what it skips. In
-memory the stream is global (each epoch a permutation of the whole split;
-host h takes its part of each global batch), so batches do not depend on
-the number of devices or hosts; streaming, a host owns a fixed shard of
-the split and its stream is epoch 0's permutation of the shard, then epoch
-1's, ... (details in in_memory.py and tf_stream.py). This module holds the
-public API, the argument and batch-layout checks, and the dispatch.
+Resumption: batch k is stream positions [k B, (k + 1) B), and every random
+draw of an example is a stateless function of the seed and its place in the
+stream, so start_step=k starts there without decoding what it skips. In
+memory the stream is global (epoch e: the permutation `stream_indices` draws
+from [seed, crops.SALT_PERM, e]; host h takes positions [h B / hosts,
+(h + 1) B / hosts) of each global batch; position p of step k is cropped with
+key fold_in(fold_in(fold_in(key(seed), crops.SALT_CROP), k), p)), so batches
+do not depend on the number of devices or hosts. Streaming, each host owns a
+fixed shard of the split and streams its epochs.
 """
 import collections
+import functools
+import itertools
 from typing import Any, Iterator
 
+from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from byol_jax import parallel
 from byol_jax.data import crops
-from byol_jax.data import in_memory
-from byol_jax.data import sources as sources_lib
+from byol_jax.data import sources
 from byol_jax.data import tf_stream
 
-# Re-exported: the crop constants are part of this module's public API.
-AREA_RANGE = crops.AREA_RANGE
-ASPECT_RANGE = crops.ASPECT_RANGE
-CENTER_CROP_FRACTION = crops.CENTER_CROP_FRACTION
+_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 class _Layout:
@@ -71,204 +72,108 @@ class _Layout:
     """This host's example indices of n: strided, so classes stay balanced."""
     return np.arange(self.index, n, self.count)
 
-  def num_eval_batches(self, num_examples):
-    """`num_eval_batches` for this layout (used by the eval streams)."""
-    return num_eval_batches(num_examples, self.host_batch * self.count,
-                            self.count)
-
 
 def num_eval_batches(num_examples: int, global_batch_size: int,
                      process_count: int | None = None) -> int:
-  """Batches every host yields in `make_eval_iterator` (same on all hosts).
-
-  Args:
-    num_examples: examples of the split (all hosts together).
-    global_batch_size: images per step over all hosts.
-    process_count: hosts (default jax.process_count()).
-
-  Returns:
-    The number of batches, each host's shard padded to a whole batch.
-  """
+  """Batches every host's eval iterator yields: its shard padded to a batch."""
   count = jax.process_count() if process_count is None else process_count
-  host_batch = global_batch_size // count
-  return _ceil_div(_ceil_div(num_examples, count), host_batch)
+  per_host = -(-num_examples // count)
+  return -(-per_host // (global_batch_size // count))
 
 
-def _ceil_div(a, b):
-  return -(-a // b)
+@functools.lru_cache(maxsize=4)
+def _permutation(n: int, seed: tuple) -> np.ndarray:
+  return np.random.default_rng(list(seed)).permutation(n)
 
 
-def _check_args(split, image_size, seed=0, start_step=0):
-  if not isinstance(image_size, int) or image_size <= 0:
-    raise ValueError(f'image_size={image_size!r} must be a positive int')
-  if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**62:
-    raise ValueError(f'seed={seed!r} must be an int in [0, 2**62)')
-  if not isinstance(start_step, (int, np.integer)) or start_step < 0:
-    raise ValueError(f'start_step={start_step!r} must be an int >= 0')
-  if not isinstance(split, str):
-    raise ValueError(f'split={split!r} must be a split name string')
+def stream_indices(positions: np.ndarray, n: int, seed: tuple) -> np.ndarray:
+  """Example index at each stream position; epoch e permutes with [*seed, e]."""
+  epochs = positions // n
+  idx = np.empty_like(positions)
+  for e in np.unique(epochs):
+    sel = epochs == e
+    idx[sel] = _permutation(n, (*map(int, seed), int(e)))[positions[sel] % n]
+  return idx
+
+
+def _check_args(image_size, seed=0, start_step=0):
+  values = (image_size, seed, start_step)
+  if not (all(isinstance(v, (int, np.integer)) for v in values) and
+          image_size > 0 and 0 <= seed < 2**62 and start_step >= 0):
+    raise ValueError(f'image_size={image_size!r}, seed={seed!r}, start_step='
+                     f'{start_step!r}: need ints > 0, in [0, 2**62), >= 0')
 
 
 def make_pretrain_iterator(
-    source: sources_lib.Source, *, split: str, global_batch_size: int,
+    source: sources.Source, *, split: str, global_batch_size: int,
     image_size: int, seed: int, start_step: int = 0,
     process_index: int | None = None, process_count: int | None = None,
-    local_device_count: int | None = None,
-    num_threads: int | None = None,
-    min_crop_area: float = AREA_RANGE[0],
-    in_memory_on: str = 'device') -> Iterator[dict[str, np.ndarray]]:
+    local_device_count: int | None = None, num_threads: int | None = None,
+    min_crop_area: float = crops.AREA_RANGE[0], in_memory_on: str = 'device',
+    views: int = 2, flip: bool = False) -> Iterator[dict[str, Any]]:
   """Infinite, shuffled, resumable stream of BYOL's two crops per image.
 
-  Args:
-    source: from `sources.get_source`.
-    split: a split of the source or a logical one ('pretrain').
-    global_batch_size: images per step over all hosts; must be a multiple of
-      process_count * local_device_count.
-    image_size: output side (224 for ImageNet, 32 for CIFAR).
-    seed: data seed; a host's stream is a function of (seed, process_index,
-      process_count, global_batch_size).
-    start_step: first batch to yield; the batches before it are skipped on
-      the index stream, without decoding.
-    process_index: this host (default jax.process_index()).
-    process_count: hosts (default jax.process_count()).
-    local_device_count: devices of this host (default jax.local_device_count()).
-    num_threads: tf.data private thread pool size (default: all cores).
-    min_crop_area: smallest crop area, as a fraction of the image (BYOL's
-      0.08; tiny images such as the 8x8 digits need larger crops).
-    in_memory_on: in-memory sources: where the images live, 'device' (a copy
-      on each local device) or 'host' (gathered there); the same batches.
-
-  Returns:
-    Iterator of {'view1', 'view2': float32 [local_devices, per_device,
-    image_size, image_size, 3] in [0, 1]; 'label': int32 [local_devices,
-    per_device]}: numpy arrays when streaming, jax.Arrays sharded over the
-    first `local_device_count` local devices when in memory.
+  Yields {'view1', 'view2': float32 [local_devices, per_device, image_size,
+  image_size, 3] in [0, 1], 'label': int32 [local_devices, per_device]}:
+  numpy when streaming, jax.Arrays on the devices when in memory. Defaults:
+  this process's jax.process_index/count and local devices; in_memory_on
+  'host' gathers on the host (the same batches); num_threads sizes tf.data's
+  pool; views / flip: crops per image, mirrored with probability 1/2.
   """
-  _check_args(split, image_size, seed, start_step)
+  _check_args(image_size, seed, start_step)
   layout = _Layout(global_batch_size, process_index, process_count,
                    local_device_count)
-  return _random_iterator(source, split, layout, seed, start_step, image_size,
-                          views=2, flip=False, num_threads=num_threads,
-                          min_area=min_crop_area, on=in_memory_on)
+  raw = source.resolve_split(split)
+  if isinstance(source, sources.InMemorySource):
+    return _in_memory_crops(source, raw, layout, seed, start_step, image_size,
+                            views, flip, min_crop_area, in_memory_on)
+  return tf_stream.random_iterator(source, raw, layout, seed, start_step,
+                                   image_size, views, flip, num_threads,
+                                   min_crop_area)
 
 
-def make_supervised_iterator(
-    source: sources_lib.Source, *, split: str, global_batch_size: int,
-    image_size: int, seed: int, start_step: int = 0,
-    process_index: int | None = None, process_count: int | None = None,
-    local_device_count: int | None = None,
-    num_threads: int | None = None,
-    min_crop_area: float = AREA_RANGE[0],
-    in_memory_on: str = 'device') -> Iterator[dict[str, np.ndarray]]:
-  """Infinite stream for linear-probe training: random-resized crop + flip.
-
-  Same guarantees as `make_pretrain_iterator`.
-
-  Args:
-    source: from `sources.get_source`.
-    split: a split of the source or a logical one ('linear_train').
-    global_batch_size: images per step over all hosts; must be a multiple of
-      process_count * local_device_count.
-    image_size: output side.
-    seed: data seed (the crops and flips are functions of it).
-    start_step: first batch to yield.
-    process_index: this host (default jax.process_index()).
-    process_count: hosts (default jax.process_count()).
-    local_device_count: devices of this host (default jax.local_device_count()).
-    num_threads: tf.data private thread pool size (default: all cores).
-    min_crop_area: smallest crop area, as a fraction of the image.
-    in_memory_on: see make_pretrain_iterator.
-
-  Returns:
-    Iterator of {'image': float32 [local_devices, per_device, image_size,
-    image_size, 3] in [0, 1], 'label': int32 [local_devices, per_device]}.
-    Normalise on device with `augment.normalize`.
-  """
-  _check_args(split, image_size, seed, start_step)
-  layout = _Layout(global_batch_size, process_index, process_count,
-                   local_device_count)
-  it = _random_iterator(source, split, layout, seed, start_step, image_size,
-                        views=1, flip=True, num_threads=num_threads,
-                        min_area=min_crop_area, on=in_memory_on)
+def make_supervised_iterator(source: sources.Source, **kwargs):
+  """make_pretrain_iterator's, one crop flipped half the time: image, label."""
+  it = make_pretrain_iterator(source, views=1, flip=True, **kwargs)
   return ({'image': b['view1'], 'label': b['label']} for b in it)
 
 
 def make_eval_iterator(
-    source: sources_lib.Source, *, split: str, global_batch_size: int,
+    source: sources.Source, *, split: str, global_batch_size: int,
     image_size: int, process_index: int | None = None,
     process_count: int | None = None, local_device_count: int | None = None,
     num_threads: int | None = None, in_memory_on: str = 'device',
-    indices: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """One pass over this host's shard in order, centre-cropped, padded.
+    indices: np.ndarray | None = None) -> Iterator[dict[str, Any]]:
+  """One centre-cropped pass over this host's shard: {'image', 'label', 'mask'}.
 
-  Every host yields `num_eval_batches(source.num_examples(split), ...)`
-  batches, so pmapped eval steps stay in lock-step across hosts; padding
-  examples have mask False, label 0 and a zero image.
-
-  Args:
-    source: from `sources.get_source`.
-    split: a split of the source or a logical one ('test', 'linear_valid').
-    global_batch_size: images per step over all hosts.
-    image_size: output side; see CENTER_CROP_FRACTION for the crop.
-    process_index: this host (default jax.process_index()).
-    process_count: hosts (default jax.process_count()).
-    local_device_count: devices of this host (default jax.local_device_count()).
-    num_threads: tf.data private thread pool size (default: all cores).
-    in_memory_on: see make_pretrain_iterator.
-    indices: in-memory sources only: read just these examples of the split
-      (e.g. the kNN monitor's fixed subset), as if they were the split;
-      None: all of it.
-
-  Returns:
-    Iterator of {'image': float32 [local_devices, per_device, image_size,
-    image_size, 3] in [0, 1], 'label': int32 [...], 'mask': bool [...]}
-    (jax.Arrays on the devices for in-memory sources).
-
-  Raises:
-    ValueError: a bad argument or batch layout, or `indices` for a source
-      that streams.
+  Every host yields num_eval_batches(n, global_batch_size) batches (pmapped
+  steps stay in lock-step); padding has mask False, label 0, a zero image.
+  indices (in memory only): just these examples, e.g. the kNN subset.
   """
-  _check_args(split, image_size)
+  _check_args(image_size)
   layout = _Layout(global_batch_size, process_index, process_count,
                    local_device_count)
   raw = source.resolve_split(split)
-  if isinstance(source, sources_lib.InMemorySource):
-    return in_memory.eval_iterator(source, raw, layout, image_size,
-                                   in_memory_on, indices)
+  if isinstance(source, sources.InMemorySource):
+    return _in_memory_eval(source, raw, layout, image_size, in_memory_on,
+                           indices)
   if indices is not None:
     raise ValueError(f'indices: only in-memory sources read a subset; '
                      f'{source.name} streams')
-  return tf_stream.eval_iterator(source, raw, layout, image_size, num_threads)
+  return tf_stream.eval_iterator(
+      source, raw, layout, image_size, num_threads, num_eval_batches(
+          source.num_examples(raw), global_batch_size, layout.count))
 
 
 def prefetch_to_device(iterator: Iterator[Any], size: int = 2,
                        devices=None) -> Iterator[Any]:
-  """Moves [local_devices, ...] batches to the devices, `size` ahead.
-
-  Each leaf becomes a jax.Array laid out by `parallel.device_sharding`
-  (row d on device d), the layout a device program (the pmapped step)
-  consumes without a copy. device_put is asynchronous, so the transfer of
-  the next `size` batches overlaps the current step.
-
-  Args:
-    iterator: yields pytrees of numpy arrays with leading axis len(devices)
-      (jax.Arrays, e.g. the in-memory path's, pass through unchanged).
-    size: number of batches in flight.
-    devices: target devices (default: jax.local_devices()).
-
-  Yields:
-    The same pytrees as device arrays.
-  """
+  """Puts [local_devices, ...] batches on the devices (the step's layout)."""
   sharding = parallel.device_sharding(devices)
   queue = collections.deque()
   iterator = iter(iterator)
 
   def enqueue(n):
-    for _ in range(n):
-      try:
-        batch = next(iterator)
-      except StopIteration:
-        return
+    for batch in itertools.islice(iterator, n):
       queue.append(jax.tree.map(
           lambda x: x if isinstance(x, jax.Array) else jax.device_put(
               x, sharding), batch))
@@ -279,12 +184,164 @@ def prefetch_to_device(iterator: Iterator[Any], size: int = 2,
     enqueue(1)
 
 
-def _random_iterator(source, split, layout, seed, start_step, image_size,
-                     views, flip, num_threads, min_area, on):
-  raw = source.resolve_split(split)
-  if isinstance(source, sources_lib.InMemorySource):
-    return in_memory.random_iterator(source, raw, layout, seed, start_step,
-                                     image_size, views, flip, min_area, on)
-  return tf_stream.random_iterator(source, raw, layout, seed, start_step,
-                                   image_size, views, flip, num_threads,
-                                   min_area)
+# ------------------------------------------------ in memory: crops on device
+def _keys_cubic(x):
+  """Keys' cubic convolution kernel, a = -0.5 (TF's bicubic)."""
+  x = jnp.abs(x)
+  return jnp.where(x <= 1, (1.5 * x - 2.5) * x * x + 1,
+                   jnp.where(x < 2, ((-0.5 * x + 2.5) * x - 4) * x + 2, 0.))
+
+
+def resize_weights(start, length, size: int, in_size: int) -> jax.Array:
+  """[B, size, in_size] bicubic weights of the spans [start, start + length)."""
+  start = jnp.asarray(start, jnp.float32)[:, None]
+  length = jnp.asarray(length, jnp.float32)[:, None]
+  centre = start + (jnp.arange(size, dtype=jnp.float32) + 0.5) * (
+      length / size) - 0.5  # [B, size], half-pixel centres
+  floor = jnp.floor(centre)
+  grid = jnp.arange(in_size, dtype=jnp.float32)
+  weights = 0.
+  for k in (-1., 0., 1., 2.):
+    tap = floor + k
+    inside = (tap >= start) & (tap <= start + length - 1)
+    w = jnp.where(inside, _keys_cubic(centre - tap), 0.)
+    weights = weights + w[..., None] * (tap[..., None] == grid)
+  return weights / jnp.sum(weights, axis=-1, keepdims=True)
+
+
+def crop_resize(images: jax.Array, box, size: int,
+                flip: jax.Array | None = None) -> jax.Array:
+  """[B, size, size, 3] in [0, 1]: box (y0, x0, h, w) of each image, resized."""
+  b, h, w = images.shape[:3]
+  y0, x0, ch, cw = (jnp.broadcast_to(jnp.asarray(v, jnp.int32), (b,))
+                    for v in box)
+  wy = resize_weights(y0, ch, size, h)
+  wx = resize_weights(x0, cw, size, w)
+  if flip is not None:
+    wx = jnp.where(flip[:, None, None], wx[:, ::-1], wx)
+  x = images.astype(jnp.float32)
+  if images.dtype == jnp.uint8:
+    wy = wy * (1. / 255.)
+  x = jnp.einsum('bsh,bhwc->bswc', wy, x, precision=_HIGHEST)
+  x = jnp.einsum('btw,bswc->bstc', wx, x, precision=_HIGHEST)
+  return jnp.clip(x, 0., 1.)
+
+
+def _random_views(images, idx, pos, step, key, *, size, views, flip,
+                  min_area, gathered):
+  """One device's crops: {'view1', ...} [b, size, size, 3] float32."""
+  x = images if gathered else images[idx]
+  h, w = x.shape[1:3]
+  step_key = jax.random.fold_in(key, step)
+  u = jax.vmap(lambda p: jax.random.uniform(
+      jax.random.fold_in(step_key, p), (views, crops.NUM_U + 1)))(pos)
+  out = {}
+  for v in range(views):
+    box = crops.sample_crop(jnp, u[:, v, :crops.NUM_U], float(h), float(w),
+                            min_area)
+    out[f'view{v + 1}'] = crop_resize(
+        x, box, size, (u[:, v, crops.NUM_U] < 0.5) if flip else None)
+  return out
+
+
+def _center_view(images, idx, mask, *, size, gathered):
+  """One device's centre crops, zero where mask is False."""
+  x = images if gathered else images[idx]
+  box = crops.center_crop(np, float(x.shape[1]), float(x.shape[2]), size)
+  return crop_resize(x, box, size) * mask[:, None, None, None]
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(kind: str, devices: tuple, gathered: bool, **static):
+  """jit(shard_map(one device's crops)) over `devices`, cached."""
+  fn = functools.partial(_random_views if kind == 'random' else _center_view,
+                         gathered=gathered, **static)
+  spec = jax.sharding.PartitionSpec(parallel.AXIS_NAME)
+
+  def per_device(*args):  # each argument: this device's [1, ...] block
+    return jax.tree.map(lambda x: x[None], fn(*(a[0] for a in args)))
+
+  return jax.jit(jax.shard_map(per_device, mesh=parallel.device_mesh(devices),
+                               in_specs=spec, out_specs=spec))
+
+
+def _put(x, devices):
+  return jax.device_put(x, parallel.device_sharding(devices))
+
+
+def _place(source, split, layout, on):
+  """(devices, images, labels) of a split, placed once: kept on the source."""
+  if on not in ('device', 'host'):
+    raise ValueError(f'in_memory_on={on!r}: use one of device, host.')
+  local = jax.local_devices()
+  if layout.devices > len(local):
+    raise ValueError(f'local_device_count={layout.devices} but this process '
+                     f'has {len(local)} devices; in-memory data is cropped '
+                     'on the devices')
+  devices = tuple(local[:layout.devices])
+  placed = source.__dict__.setdefault('_placed', {})
+  key = (split, tuple(d.id for d in devices), on)
+  if key not in placed:
+    host = np.asarray(source.images[split])
+    images = host
+    if on == 'device':
+      images = jax.make_array_from_single_device_arrays(
+          (len(devices),) + host.shape, parallel.device_sharding(devices),
+          [jax.device_put(host[None], d) for d in devices])
+    logging.info('In-memory data %s split %r: %d images %s %s, %.1f MiB %s.',
+                 source.name, split, len(host),
+                 'x'.join(map(str, host.shape[1:])), host.dtype,
+                 host.nbytes / 2**20,
+                 f'on each of {len(devices)} device(s) ({devices[0].platform})'
+                 if on == 'device' else f'on the host (gathered there, '
+                 f'cropped on {len(devices)} device(s))')
+    placed[key] = images, np.asarray(source.labels[split], np.int32)
+  return (devices, *placed[key])
+
+
+def _gathered(images, idx, devices, on):
+  """The images argument: the placed copies, or the host-gathered batch."""
+  return images if on == 'device' else _put(images[idx], devices)
+
+
+def _in_memory_crops(source, split, layout, seed, start_step, image_size,
+                     views, flip, min_area, on):
+  devices, images, labels = _place(source, split, layout, on)
+  global_batch = layout.host_batch * layout.count
+  # This host's positions within a global batch, [devices, per_device].
+  offsets = (layout.index * layout.host_batch +
+             np.arange(layout.host_batch)).reshape(layout.devices, -1)
+  # The raw threefry key of seed (jax.random.PRNGKey's for seeds < 2**32),
+  # built on the host so that any seed < 2**62 works without jax_enable_x64.
+  seed_key = np.asarray([seed >> 32, seed & 0xFFFFFFFF], np.uint32)
+  key = jax.random.fold_in(seed_key, crops.SALT_CROP)
+  keys = _put(np.broadcast_to(np.asarray(key), (len(devices), 2)), devices)
+  fn = _compiled('random', devices, on == 'host', size=image_size,
+                 views=views, flip=flip, min_area=float(min_area))
+  for step in itertools.count(start_step):
+    idx = stream_indices(step * global_batch + offsets, len(labels),
+                         (seed, crops.SALT_PERM)).astype(np.int32)
+    out = fn(_gathered(images, idx, devices, on), _put(idx, devices),
+             _put(offsets.astype(np.int32), devices),
+             _put(np.full(len(devices), step, np.int32), devices), keys)
+    out['label'] = _put(labels[idx], devices)
+    yield out
+
+
+def _in_memory_eval(source, split, layout, image_size, on, indices):
+  devices, images, labels = _place(source, split, layout, on)
+  examples = np.arange(len(labels)) if indices is None else np.asarray(indices)
+  shard = examples[layout.shard(len(examples))]
+  fn = _compiled('center', devices, on == 'host', size=image_size)
+  b = layout.host_batch
+  for i in range(num_eval_batches(len(examples), b * layout.count,
+                                  layout.count)):
+    idx = shard[i * b:(i + 1) * b]
+    mask = (np.arange(b) < len(idx)).reshape(layout.devices, -1)
+    idx = np.pad(idx, (0, b - len(idx))).astype(np.int32).reshape(
+        layout.devices, -1)
+    yield {'image': fn(_gathered(images, idx, devices, on),
+                       _put(idx, devices), _put(mask, devices)),
+           'label': _put(np.where(mask, labels[idx], 0).astype(np.int32),
+                         devices),
+           'mask': _put(mask, devices)}

@@ -1,139 +1,221 @@
-"""Dataset sources named by one config string.
+"""What the data is: sources named by a config string, and how a run opens one.
 
-    get_source('tfds:imagenet2012')   any TFDS dataset (prepared in `data_dir`)
-    get_source('folder:/data/pets')   class sub-folders of JPEG/PNG images
+    get_source('tfds:imagenet2012')   a TFDS dataset prepared in `data_dir`
+    get_source('folder:/data/pets')   class sub-folders of images (folder.py)
     get_source('digits')              scikit-learn's 8x8 digits (offline)
     get_source('synthetic:64')        random images for benchmarks (side 64)
-    hold_out(source, 500)             the same, with 500 training examples
-                                      moved to a new 'held_out' split
+    hold_out(source, 500)             500 training examples moved to 'held_out'
 
-A `Source` only describes the data (classes, splits, where the bytes are); the
-iterators that decode, crop and batch it live in `pipeline.py`. Split names are
-either a source's own split names ('train', 'test', 'train[10000:]', ...) or
-the logical names of the paper's protocol (`LOGICAL_SPLITS`), which each
-source maps with `resolve_split` (splits.py). Each kind has its module:
-folder.py (FolderSource), tfds_sources.py (TfdsSource), known_sizes.py (the
-sizes known without opening a source, and the SizedSource stand-in); the
-in-memory sources (InMemorySource: digits, synthetic) are here, and this
-module names them all.
+Split names are a source's own ('train', 'train[10000:]') or the paper
+protocol's logical names (`LOGICAL_SPLITS`), which `resolve_split` maps. A
+dataset with only a train split has nothing to report on: `hold_out`
+(data.held_out_examples) carves a fixed part of train into 'held_out', which
+the logical 'test' and 'linear_valid' then read.
 
-Datasets with only a train split (an image folder without a test/ folder, a
-TFDS dataset with only 'train') have nothing for the linear probe or the kNN
-monitor to report on. `hold_out` carves a fixed slice out of 'train' into a
-raw split 'held_out' (the config's `data.held_out_examples`); the logical
-'test' and 'linear_valid' then fall back on it, and 'pretrain' /
-'linear_train' ('train') no longer contain it. ImageNet needs none of this:
-its protocol already holds out train[:10000] (`IMAGENET_SPLITS`).
-
-Datasets that fit in memory are held as uint8 (or float) arrays in an
-`InMemorySource`: the bundled `digits`, `synthetic`, and image folders and
-TFDS datasets whose decoded size is within the config's
-`data.max_in_memory_mb` (`memory_sources.py`: folders decoded once with
-Pillow and cached on disk, small TFDS datasets through tfds.as_numpy).
-They are cropped on the devices (`in_memory.py`). Larger folders and TFDS
-datasets stream through tf.data (`tf_stream.py`).
-
-TensorFlow and TFDS are imported lazily, by TFDS sources only: `digits`,
-`synthetic` and image folders work on machines without TensorFlow (GPU hosts).
+`open_source` (plan.build's) chooses the path of a run's images
+(derived.data_path): IN_MEMORY for digits, synthetic, and folders and TFDS
+datasets whose decoded uint8 size is at most data.max_in_memory_mb (folders
+decoded once through folder.py's disk cache, TFDS through tfds.as_numpy),
+cropped on the devices by pipeline.py; else STREAMING through tf.data
+(tf_stream.py). TensorFlow is imported for TFDS sources and streaming only.
 """
 import dataclasses
-from typing import Mapping
+import importlib.util
+import os
+from typing import Any, Mapping
 
+from absl import logging
 import numpy as np
 
 from byol_jax.data import folder
-from byol_jax.data import known_sizes
-from byol_jax.data import splits
-from byol_jax.data import tfds_sources
 
-# The public names of the source kinds, each defined in its own module.
-LOGICAL_SPLITS = splits.LOGICAL_SPLITS
-IMAGENET_SPLITS = splits.IMAGENET_SPLITS
-HELD_OUT = splits.HELD_OUT
-Source = splits.Source
-tfds_split = splits.tfds_split
-FolderSource = folder.FolderSource
-folder_source = folder.folder_source
-IMAGE_EXTENSIONS = folder.IMAGE_EXTENSIONS
-TfdsSource = tfds_sources.TfdsSource
-tfds_source = tfds_sources.tfds_source
-SizedSource = known_sizes.SizedSource
-known_source = known_sizes.known_source
-KNOWN_SIZES = known_sizes.KNOWN_SIZES
-KNOWN_IMAGE_SHAPES = known_sizes.KNOWN_IMAGE_SHAPES
-SYNTHETIC_SIZES = known_sizes.SYNTHETIC_SIZES
-DIGITS_NUM_TRAIN = known_sizes.DIGITS_NUM_TRAIN
+# 'pretrain': BYOL pre-training; 'linear_train' / 'linear_valid': the linear
+# probe's training and hyper-parameter selection sets; 'test': reported numbers.
+LOGICAL_SPLITS = ('pretrain', 'linear_train', 'linear_valid', 'test')
+# The official ImageNet protocol (BYOL paper, Appendix C.1; official
+# byol/utils/dataset.py): pre-train on all of `train`, hold out its first
+# 10,000 images to select linear-probe hyper-parameters, report on `validation`.
+IMAGENET_VALID_EXAMPLES = 10_000
+IMAGENET_SPLITS = {
+    'pretrain': 'train',
+    'linear_train': f'train[{IMAGENET_VALID_EXAMPLES}:]',
+    'linear_valid': f'train[:{IMAGENET_VALID_EXAMPLES}]',
+    'test': 'validation'}
+HELD_OUT = 'held_out'  # the raw split that `hold_out` adds
+_HOLD_OUT_HINT = ('hold out part of train with '
+                  '--config.data.held_out_examples=N')
+IN_MEMORY, STREAMING = 'in_memory', 'streaming'  # derived.data_path
 
-_HOLD_OUT_SEED = 0  # fixed: the same held-out examples for every run and seed
+# Known without opening a source (--dry_run, benchmarks): split sizes and
+# classes, and the image (height, width) of sources whose images share one.
+SYNTHETIC_SIZES = {'train': 1024, 'test': 256}
+KNOWN_SIZES = {
+    'tfds:imagenet2012': ({'train': 1_281_167, 'validation': 50_000}, 1000),
+    'tfds:cifar10': ({'train': 50_000, 'test': 10_000}, 10),
+    'tfds:cifar100': ({'train': 50_000, 'test': 10_000}, 100),
+    'tfds:stl10': ({'train': 5_000, 'test': 8_000, 'unlabelled': 100_000},
+                   10),
+    'tfds:imagenette': ({'train': 9_469, 'validation': 3_925}, 10),
+    'digits': ({'train': 1500, 'test': 297}, 10),  # digits_source's split
+}
+KNOWN_IMAGE_SHAPES = {'tfds:cifar10': (32, 32), 'tfds:cifar100': (32, 32),
+                      'tfds:stl10': (96, 96), 'digits': (8, 8)}
+
+
+def _is_imagenet(name: str) -> bool:
+  return name.split('/')[0].split(':')[0] == 'imagenet2012'
+
+
+def tfds_split(name: str, logical: str, available=()) -> str:
+  """The TFDS split string of a logical split of TFDS dataset `name`."""
+  if logical not in LOGICAL_SPLITS:
+    raise ValueError(f'logical split {logical!r} is not one of '
+                     f'{LOGICAL_SPLITS}')
+  if _is_imagenet(name):
+    return IMAGENET_SPLITS[logical]
+  return generic_split(logical, tuple(available), f'tfds:{name}')
+
+
+def generic_split(logical: str, available: tuple[str, ...], what: str) -> str:
+  """Logical -> raw split of a dataset with a train split and maybe val/test."""
+  val = [s for s in ('validation', 'valid', 'val') if s in available]
+  if logical in ('pretrain', 'linear_train'):
+    return 'train'
+  if logical == 'test':
+    for s in ('test', *val, HELD_OUT):
+      if s in available:
+        return s
+  if logical == 'linear_valid':
+    if HELD_OUT in available:
+      return HELD_OUT
+    if 'test' in available and val:
+      return val[0]
+  hint = '' if HELD_OUT in available else f', or {_HOLD_OUT_HINT}'
+  raise ValueError(f'{what} has no split for {logical!r} (its splits: '
+                   f'{sorted(available)}); pass a split name it has '
+                   f'instead{hint}.')
+
+
+@dataclasses.dataclass
+class Source:
+  """A named dataset: classes (labels 0..num_classes-1) and raw splits."""
+  name: str
+  num_classes: int
+
+  def split_sizes(self) -> dict[str, int]:
+    return {s: len(y) for s, y in self.labels.items()}
+
+  def raw_splits(self) -> tuple[str, ...]:
+    return tuple(self.split_sizes())
+
+  def resolve_split(self, split: str) -> str:
+    """The raw split (or TFDS slice) that a logical or raw split name reads."""
+    if split in LOGICAL_SPLITS:
+      return generic_split(split, self.raw_splits(), self.name)
+    if split not in self.raw_splits():
+      raise _unknown(self, split)
+    return split
+
+  def num_examples(self, split: str) -> int:
+    return self.split_sizes()[self.resolve_split(split)]
+
+
+def _unknown(source: Source, split: str) -> ValueError:
+  hint = f', or {_HOLD_OUT_HINT}' if split == HELD_OUT else ''
+  return ValueError(f'split {split!r} of {source.name} is unknown; use one of '
+                    f'{sorted(source.raw_splits())} or {LOGICAL_SPLITS}{hint}')
 
 
 @dataclasses.dataclass
 class InMemorySource(Source):
-  """Images held in numpy: float32 in [0, 1] or uint8 [N, H, W, 3] per split.
-
-  Attributes:
-    images: split -> [N, H, W, 3] (one H, W per split).
-    labels: split -> int32 [N].
-    num_skipped: split -> files left out when it was decoded from a folder.
-    cache_path: the on-disk cache it was read from ('' if none).
-  """
-  name: str
-  num_classes: int
+  """Images in numpy: split -> uint8 (or float32 in [0, 1]) [N, H, W, 3]."""
   images: Mapping[str, np.ndarray]
-  labels: Mapping[str, np.ndarray]
+  labels: Mapping[str, np.ndarray]  # split -> int32 [N]
   num_skipped: Mapping[str, int] = dataclasses.field(default_factory=dict)
-  cache_path: str = ''
+  cache_path: str = ''  # folder.py's cache file it came from
+
+
+@dataclasses.dataclass
+class FolderSource(Source):
+  """Image files in class sub-folders, as folder.list_folder lists them."""
+  root: str
+  class_names: tuple[str, ...]  # label i's folder name
+  files: Mapping[str, np.ndarray]  # split -> paths, by class then path
+  labels: Mapping[str, np.ndarray]
+  num_skipped: Mapping[str, int]  # split -> undecodable files left out
+
+
+@dataclasses.dataclass
+class TfdsSource(Source):
+  """A prepared TFDS dataset; held_out_examples N: 'held_out' is train[:N].
+
+  'train' is then train[N:]; 'train[:100]', say, does overlap 'held_out'.
+  """
+  builder: Any = None
+  image_key: str = 'image'
+  label_key: str = 'label'
+  held_out_examples: int = 0
+
+  def split_sizes(self):
+    splits = self.builder.info.splits
+    return {s: splits[s].num_examples for s in splits}
 
   def raw_splits(self):
-    """The split names: the keys of `images`.
+    names = tuple(self.split_sizes())
+    return names + (HELD_OUT,) if self.held_out_examples else names
 
-    Returns:
-      A tuple of raw split names, e.g. ('train', 'test'), with 'held_out' after
-      `hold_out`.
-    """
-    return tuple(self.images)
+  def resolve_split(self, split):
+    if split in LOGICAL_SPLITS:
+      kind, _, name = self.name.partition(':')
+      split = (tfds_split(name, split, self.raw_splits()) if kind == 'tfds'
+               else generic_split(split, self.raw_splits(), self.name))
+    n = self.held_out_examples
+    if split in (HELD_OUT, 'train') and n:
+      return f'train[:{n}]' if split == HELD_OUT else f'train[{n}:]'
+    if split.partition('[')[0] not in self.split_sizes():
+      raise _unknown(self, split)
+    return split
 
   def num_examples(self, split):
-    """Number of examples in a split.
+    return self.builder.info.splits[self.resolve_split(split)].num_examples
 
-    Args:
-      split: a logical or raw split name (see `resolve_split`).
 
-    Returns:
-      The number of examples (images) in the resolved split.
+@dataclasses.dataclass
+class SizedSource(TfdsSource):
+  """Known split sizes, no images (--dry_run); splits resolve as TFDS's do."""
+  sizes: Mapping[str, int] = None
+  stand_in = True  # nothing was read
 
-    Raises:
-      ValueError: the split does not resolve.
-    """
-    return len(self.labels[self.resolve_split(split)])
+  def split_sizes(self):
+    return dict(self.sizes)
 
+  def num_examples(self, split):
+    name, _, bounds = self.resolve_split(split).partition('[')
+    start, _, stop = bounds.rstrip(']').partition(':')
+    part = slice(int(start or 0), int(stop) if stop else None)
+    return len(range(self.sizes[name])[part])
+
+
+def _stand_in(spec: str) -> SizedSource | None:
+  """The sizes of a spec in KNOWN_SIZES or of a well-formed synthetic one."""
+  kind, _, arg = spec.partition(':')
+  if kind == 'synthetic' and (not arg or arg.isdigit() and int(arg) > 0):
+    return SizedSource(spec, 10, sizes=dict(SYNTHETIC_SIZES))
+  sizes, classes = KNOWN_SIZES.get(spec, (None, 0))
+  return sizes and SizedSource(spec, classes, sizes=dict(sizes))
 
 
 def get_source(spec: str, *, data_dir: str | None = None,
                validate_files: bool = True) -> Source:
-  """Builds the source named by `spec`.
-
-  Args:
-    spec: 'tfds:<name>', 'folder:<path>', 'digits' or 'synthetic[:<side>]'.
-    data_dir: TFDS data directory (default: TFDS's, ~/tensorflow_datasets).
-    validate_files: for folders, check every file's header/trailer once and
-      leave out the undecodable ones (see `folder_source`).
-
-  Returns:
-    A `Source`: a TfdsSource (TFDS's metadata only; nothing is read yet), a
-    FolderSource (file lists; images are decoded later) or an
-    InMemorySource (digits, synthetic: the images themselves).
-
-  Raises:
-    ValueError: `spec` is not one of those forms, the synthetic side is not a
-      positive integer, or the dataset behind it is missing or unusable (see
-      `tfds_source`, `folder_source`).
-  """
+  """The source of a spec; ValueError saying how to fix a bad or missing one."""
   kind, _, arg = spec.partition(':')
   if kind == 'tfds' and arg:
     return tfds_source(arg, data_dir=data_dir)
   if kind == 'folder' and arg:
-    return folder_source(arg, validate_files=validate_files)
+    root, class_names, files, labels, skipped = folder.list_folder(
+        arg, validate_files=validate_files)
+    return FolderSource(f'folder:{root}', len(class_names), root, class_names,
+                        files, labels, skipped)
   if spec == 'digits':
     return digits_source()
   if kind == 'synthetic':
@@ -141,43 +223,24 @@ def get_source(spec: str, *, data_dir: str | None = None,
     if side <= 0:
       raise ValueError(f'dataset spec {spec!r}: the synthetic image side must '
                        'be a positive integer, e.g. synthetic:32')
-    return synthetic_source(side)
+    rng = np.random.default_rng(0)  # uniform uint8 images, random labels
+    images, labels = {}, {}
+    for split, n in SYNTHETIC_SIZES.items():
+      images[split] = rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+      labels[split] = rng.integers(0, 10, n).astype(np.int32)
+    return InMemorySource(f'synthetic:{side}', 10, images, labels)
   raise ValueError(f'dataset spec {spec!r} is not one of tfds:<name>, '
                    "folder:<path>, 'digits', 'synthetic[:<side>]'")
 
 
 def hold_out(source: Source, num_examples: int) -> Source:
-  """A copy of `source` whose 'train' split lends `num_examples` to 'held_out'.
+  """A copy of `source` whose 'train' lends `num_examples` to 'held_out'.
 
-  For datasets with only a train split: the logical 'test' and 'linear_valid'
-  then resolve to 'held_out' (see `_generic_split`), while 'pretrain' and
-  'linear_train' read the rest of 'train'. The held-out examples are the same
-  for every run, seed and method: for in-memory and folder sources they are a
-  fixed (seed 0) random subset of train, and both parts keep train's order
-  (folders: sorted by class); for TFDS (files shuffled when prepared) they
-  are train[:num_examples] and 'train' becomes train[num_examples:]. `name`
-  is unchanged; `source` is not modified.
-
-  Args:
-    source: an `InMemorySource`, `FolderSource` or `TfdsSource` with a
-      'train' split and no 'held_out' one.
-    num_examples: how many training examples to hold out, in
-      [1, train size - 1].
-
-  Returns:
-    A new source of the same class with the split 'held_out'.
-
-  Raises:
-    ValueError: `num_examples` is not in that range, `source` already has a
-      'held_out' split or has no 'train' one, or it is tfds:imagenet2012
-      (whose protocol already holds out train[:10000]).
-    TypeError: `source` is of another class.
+  The same examples for every run and seed: in memory and folders, a seed-0
+  random subset of train (both parts keep train's order); TFDS (shuffled when
+  prepared), train[:N], and 'train' becomes train[N:].
   """
-  if not isinstance(source, (InMemorySource, FolderSource, TfdsSource,
-                             SizedSource)):
-    raise TypeError(f'hold_out: {type(source).__name__} ({source.name}) is '
-                    'not an in-memory, folder or TFDS source')
-  if source.name.split('/')[0] == 'tfds:imagenet2012':
+  if source.name.startswith('tfds:') and _is_imagenet(source.name[5:]):
     raise ValueError(
         f'cannot hold out num_examples={num_examples!r} of {source.name}: its '
         'paper protocol already holds out train[:10000] as linear_valid '
@@ -199,38 +262,22 @@ def hold_out(source: Source, num_examples: int) -> Source:
     raise ValueError(f'cannot hold out num_examples={num_examples!r} of the '
                      f'{total} training examples of {source.name}; use an int '
                      f'from 1 to {total - 1}.')
-  num_examples = int(num_examples)
-  if isinstance(source, (TfdsSource, SizedSource)):
-    # SizedSource: the sizes of either kind of hold-out (a stand-in).
-    return dataclasses.replace(source, held_out_examples=num_examples)
-  perm = np.random.default_rng(_HOLD_OUT_SEED).permutation(total)
+  if isinstance(source, TfdsSource):  # the stand-in too: the same sizes
+    return dataclasses.replace(source, held_out_examples=int(num_examples))
+  perm = np.random.default_rng(0).permutation(total)
   held, rest = np.sort(perm[:num_examples]), np.sort(perm[num_examples:])
-  field = 'images' if isinstance(source, InMemorySource) else 'files'
-  data = getattr(source, field)
-  changes = {
-      field: {**data, 'train': data['train'][rest],
-              HELD_OUT: data['train'][held]},
-      'labels': {**source.labels, 'train': source.labels['train'][rest],
-                 HELD_OUT: source.labels['train'][held]}}
+  changes = {}
+  for name in ('images' if hasattr(source, 'images') else 'files', 'labels'):
+    data = getattr(source, name)
+    changes[name] = {**data, 'train': data['train'][rest],
+                     HELD_OUT: data['train'][held]}
   if source.num_skipped:  # skipped files stay counted in train
     changes['num_skipped'] = {**source.num_skipped, HELD_OUT: 0}
   return dataclasses.replace(source, **changes)
 
 
 def digits_source() -> InMemorySource:
-  """scikit-learn's 1,797 8x8 digits, grey 0..16 -> RGB float32 in [0, 1].
-
-  Split: a seed-0 permutation; its first 1,500 images are 'train' and the
-  last 297 'test' (fixed, so numbers are comparable across runs).
-
-  Returns:
-    An InMemorySource 'digits' of 10 classes: float32 [1500, 8, 8, 3] and
-    [297, 8, 8, 3] images in [0, 1] (grey, repeated over RGB), int32 labels.
-
-  Raises:
-    ValueError: scikit-learn is not importable (a machine set up with only
-      the GPU suite's wheels, say); the message says how to install it.
-  """
+  """scikit-learn's 8x8 digits, RGB float32; a seed-0 1500/297 train/test."""
   try:
     from sklearn import datasets  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -241,34 +288,161 @@ def digits_source() -> InMemorySource:
   images = np.repeat(digits.images[..., None] / 16., 3, -1).astype(np.float32)
   labels = digits.target.astype(np.int32)
   perm = np.random.default_rng(0).permutation(len(labels))
-  train, test = perm[:DIGITS_NUM_TRAIN], perm[DIGITS_NUM_TRAIN:]
-  return InMemorySource('digits', known_sizes.DIGITS_NUM_CLASSES,
-                        {'train': images[train], 'test': images[test]},
-                        {'train': labels[train], 'test': labels[test]})
+  split = {'train': perm[:1500], 'test': perm[1500:]}
+  return InMemorySource('digits', 10, {s: images[i] for s, i in split.items()},
+                        {s: labels[i] for s, i in split.items()})
 
 
-def synthetic_source(side: int = 32,
-                     num_train: int = SYNTHETIC_SIZES['train'],
-                     num_test: int = SYNTHETIC_SIZES['test'],
-                     num_classes: int = known_sizes.SYNTHETIC_NUM_CLASSES):
-  """Uniform random uint8 images (seed 0) with random labels, for benchmarks.
+def tfds_source(name: str, *, data_dir: str | None = None) -> TfdsSource:
+  """A prepared TFDS dataset (or tfds.testing.mock_data's); no download."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise ValueError(f'tfds:{name} is not a TFDS dataset name; '
+                     'tfds.list_builders() lists them (e.g. tfds:cifar10, '
+                     'tfds:imagenet2012).') from None
+  if not builder.is_prepared():
+    try:  # readable all the same? (tfds.testing.mock_data makes data up)
+      builder.as_dataset(split='train')
+    except AssertionError:  # TFDS's "could not find data in <data_dir>"
+      raise ValueError(_unprepared(builder, name, data_dir)) from None
+  info = builder.info
+  known = KNOWN_SIZES.get(f'tfds:{builder.name}')
+  if not info.splits and known:  # no split metadata (mock_data)
+    info.set_splits(tfds.core.SplitDict([
+        tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0)
+        for s, n in known[0].items()]))
+  image_key, label_key = info.supervised_keys or ('image', 'label')
+  return TfdsSource(f'tfds:{name}', info.features[label_key].num_classes,
+                    builder, image_key, label_key)
 
-  Args:
-    side: image height and width, in pixels.
-    num_train: images in 'train'.
-    num_test: images in 'test'.
-    num_classes: labels are drawn uniformly from [0, num_classes).
 
-  Returns:
-    An InMemorySource named 'synthetic:<side>' holding uint8
-    [num_train | num_test, side, side, 3] images and int32 labels; the same
-    for every call with the same arguments.
+def _unprepared(builder, name, data_dir) -> str:
+  where, dd = builder.data_dir, data_dir or str(builder.data_dir_root)
+  if _is_imagenet(name):
+    manual = os.path.join(dd, 'downloads', 'manual')
+    return (f'tfds:{name} is not prepared in {where}. ImageNet needs a manual '
+            'download: register at https://image-net.org/download-images, put '
+            f'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in {manual} '
+            f'(the manual_dir), then run `tfds build imagenet2012 '
+            f'--data_dir={dd} --manual_dir={manual}` (about 150 GB, hours).')
+  return (f'tfds:{name} is not prepared in {where}; run `tfds build {name} '
+          f'--data_dir={dd}` (or tfds.builder({name!r}, data_dir={dd!r})'
+          '.download_and_prepare()) on a machine with internet access first.')
+
+
+def decoded_bytes(source: Source, side: int = 0) -> int | None:
+  """Bytes of a folder's or TFDS source's uint8 arrays; None: no one size."""
+  shape = (side, side)
+  if not side and isinstance(source, FolderSource):
+    shape = folder.image_shape(source.files['train'])
+  elif not side and isinstance(source, SizedSource):
+    shape = KNOWN_IMAGE_SHAPES.get(source.name)
+  elif not side:
+    shape = source.builder.info.features[source.image_key].shape[:2]
+  if shape is None or None in shape:
+    return None
+  return 3 * shape[0] * shape[1] * sum(source.split_sizes().values())
+
+
+def in_memory_folder(source: FolderSource, *, side: int = 0,
+                     cache_dir: str = '') -> InMemorySource:
+  """The folder decoded once (Pillow) through the disk cache (folder.py)."""
+  images, labels, skipped, path = folder.arrays(source, side=side,
+                                                cache_dir=cache_dir)
+  return InMemorySource(source.name, source.num_classes, images, labels,
+                        skipped, path)
+
+
+def in_memory_tfds(source: TfdsSource, *, side: int = 0) -> InMemorySource:
+  """Every raw split decoded by tfds.as_numpy at each start, as uint8 RGB."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  images, labels = {}, {}
+  for raw in source.raw_splits():
+    xs, ys = [], []
+    for ex in tfds.as_numpy(source.builder.as_dataset(
+        split=source.resolve_split(raw), shuffle_files=False)):
+      x = ex[source.image_key]
+      x = np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+      xs.append(folder.square(x, side) if side else x)
+      ys.append(ex[source.label_key])
+    shapes = sorted({x.shape[:2] for x in xs})
+    if len(shapes) > 1:
+      raise ValueError(
+          f'{source.name} split {raw!r}: images have different sizes (e.g. '
+          f'{shapes[0]} and {shapes[-1]}); set --config.data.cache_side=N to '
+          'hold them at N x N, or stream it with '
+          '--config.data.max_in_memory_mb=0')
+    images[raw] = np.stack(xs).astype(np.uint8)
+    labels[raw] = np.asarray(ys, np.int32)
+    logging.info('%s split %r: %d images held in memory as %dx%d uint8 '
+                 '(%.1f MB), decoded through tfds.as_numpy', source.name, raw,
+                 *images[raw].shape[:3], images[raw].nbytes / 2**20)
+  return InMemorySource(source.name, source.num_classes, images, labels)
+
+
+def tensorflow_importable() -> bool:
+  """Whether TensorFlow is importable, found without importing it (seconds)."""
+  try:
+    return importlib.util.find_spec('tensorflow') is not None
+  except (ImportError, ValueError):  # sys.modules['tensorflow'] = None
+    return False
+
+
+def open_source(data, read_data: bool):
+  """(source, data path, decoded MiB or None) of config.data; one-line errors.
+
+  read_data=False (--dry_run, benchmarks) decodes nothing: the sizes come
+  from the listing and one image, TFDS's metadata, or KNOWN_SIZES.
   """
-  rng = np.random.default_rng(0)
-  def make(n):
-    return (rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8),
-            rng.integers(0, num_classes, n).astype(np.int32))
-  (xtr, ytr), (xte, yte) = make(num_train), make(num_test)
-  return InMemorySource(f'synthetic:{side}', num_classes,
-                        {'train': xtr, 'test': xte},
-                        {'train': ytr, 'test': yte})
+  spec, kind = data.source, data.source.partition(':')[0]
+  if kind == 'tfds' and not tensorflow_importable():
+    raise ValueError(
+        f'data.source={spec!r}: TFDS datasets need TensorFlow, which is not '
+        'importable; install it (pip install tensorflow-cpu), or train on an '
+        'image folder (folder:<path>), digits or synthetic.')
+
+  def attempt(fn, *args, **kwargs):
+    try:
+      return fn(*args, **kwargs)
+    except (ValueError, OSError) as e:
+      raise ValueError(f'data.source={spec!r}: {e}') from None
+
+  def hold(source):
+    n = data.held_out_examples
+    try:
+      return hold_out(source, n) if n else source
+    except ValueError as e:
+      raise ValueError(f'data.held_out_examples={n}: {e}') from None
+
+  source = (None if read_data else _stand_in(spec)) or attempt(
+      get_source, spec, data_dir=data.data_dir or None, validate_files=False)
+  if kind == 'tfds':  # TFDS's own train[:N] slices, before anything is read
+    source = hold(source)
+  size, fits = None, True  # digits, synthetic
+  if kind in ('folder', 'tfds'):
+    size = attempt(decoded_bytes, source, data.cache_side)
+    fits = size is not None and size <= data.max_in_memory_mb * 2**20
+  megabytes = None if size is None else round(size / 2**20, 1)
+  if not fits and not tensorflow_importable():
+    raise ValueError(
+        f'data.source={spec!r}: its decoded size ({megabytes} MiB) is above '
+        f'data.max_in_memory_mb={data.max_in_memory_mb}, so it streams '
+        'through tf.data, and TensorFlow is not importable; install it (pip '
+        'install tensorflow-cpu), or use an image folder that fits in memory '
+        '(raise --config.data.max_in_memory_mb, or lower '
+        '--config.data.cache_side).')
+  if read_data and kind == 'folder' and fits:
+    source = attempt(in_memory_folder, source, side=data.cache_side,
+                     cache_dir=data.cache_dir)
+  elif read_data and kind == 'folder':  # streams: undecodable files left out
+    source = attempt(get_source, spec)
+  elif read_data and kind == 'tfds' and fits:
+    source = attempt(in_memory_tfds, source, side=data.cache_side)
+  source = source if kind == 'tfds' else hold(source)
+  return source, IN_MEMORY if fits else STREAMING, megabytes
+
+
+def data_path_of(source: Source) -> str:
+  return IN_MEMORY if isinstance(source, InMemorySource) else STREAMING

@@ -1,20 +1,17 @@
-"""The tf.data host streams for `folder:` and `tfds:` sources.
+"""The tf.data host streams of folder and TFDS sources (pipeline.py's contract).
 
-Implements the contract of pipeline.py's docstring. TensorFlow is imported
-lazily, inside the functions, so the package imports without it. `layout`
-is pipeline.py's `_Layout` (host batch geometry and this host's shard).
-
-TFDS detail: TFRecord files have no random access, so a host's stream is its
-shard's files in a per-epoch stateless order, interleaved 16 at a time, then
-shuffled in windows of `_window(host_batch)` records with a stateless
-per-(epoch, window) permutation (TFDS files are already example-shuffled at
-preparation). Resuming mid-epoch reads (not decodes) the records before the
-position in that epoch.
+TensorFlow is imported inside the functions, so the package imports without
+it. A folder host streams its strided shard, each epoch in a stateless
+permutation of (seed, epoch). TFRecord files have no random access, so a TFDS
+host streams its contiguous slice's files in a per-epoch stateless order, 16
+interleaved, then shuffled in windows of about 10 batches (TFDS files are
+example-shuffled when prepared); resuming mid-epoch reads (not decodes) the
+records before the position.
 """
 import numpy as np
 
 from byol_jax.data import crops
-from byol_jax.data import sources as sources_lib
+from byol_jax.data import sources
 
 
 def _import_tf():
@@ -32,13 +29,11 @@ def _fold(tf, seed, *data):
   return seed
 
 
-def _window(host_batch):
-  """Shuffle-window size in records: ~10 batches (official: 10 * batch)."""
-  return int(np.clip(10 * host_batch, 1024, 10_000))
-
-
 def _tf_decode_crop(tf, image_bytes, box_fn):
   """Decodes the crop box_fn(height, width); for JPEG only the crop."""
+  box_fn = lambda h, w, f=box_fn: tuple(tf.cast(v, tf.int64) for v in f(
+      tf.cast(h, tf.float64), tf.cast(w, tf.float64)))
+
   def jpeg():
     shape = tf.io.extract_jpeg_shape(image_bytes, output_type=tf.int64)
     window = tf.cast(tf.stack(box_fn(shape[0], shape[1])), tf.int32)
@@ -52,11 +47,6 @@ def _tf_decode_crop(tf, image_bytes, box_fn):
     return image[y0:y0 + ch, x0:x0 + cw]
 
   return tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
-
-
-def _int_box(tf, box):
-  """crops' float box (whole numbers) -> int64 tensors."""
-  return tuple(tf.cast(v, tf.int64) for v in box)
 
 
 def _tf_resize(tf, image, size):
@@ -87,10 +77,9 @@ def _tf_folder_stream(tf, source, split, layout, seed, start_pos, shuffle):
   return ds, load, len(shard)
 
 
-def _tfds_host_split(tf, source, split, layout):
+def _tfds_host_split(source, split, layout):
   """This host's contiguous slice of `split`: (split string, start, size)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  del tf
   splits = source.builder.info.splits
   parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(splits)
   if len(parts) != 1:
@@ -121,7 +110,7 @@ def _tf_tfds_stream(tf, source, split, layout, seed, start_pos, shuffle):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder, ik, lk = source.builder, source.image_key, source.label_key
   decoders = {ik: tfds.decode.SkipDecoding()}
-  host_split, start, n = _tfds_host_split(tf, source, split, layout)
+  host_split, start, n = _tfds_host_split(source, split, layout)
   if n == 0:
     raise ValueError(f'{source.name} split {split!r} has no examples for '
                      f'process {layout.index} of {layout.count}')
@@ -136,7 +125,8 @@ def _tf_tfds_stream(tf, source, split, layout, seed, start_pos, shuffle):
   if not shuffle:
     return (records().map(lambda i, p: (tf.constant(0, tf.int64), i, p)),
             identity, n)
-  window = _window(layout.host_batch)
+  # Shuffle window: ~10 batches of records (the official code's 10 * batch).
+  window = int(np.clip(10 * layout.host_batch, 1024, 10_000))
   file_format = getattr(builder.info, 'file_format', None)
   if 'tfrecord' not in str(file_format).lower() or not builder.is_prepared():
     # No file-level shuffle (or no files: tfds.testing.mock_data's builders
@@ -178,13 +168,10 @@ def _tf_tfds_stream(tf, source, split, layout, seed, start_pos, shuffle):
   return ds, load, n
 
 
-def _tf_stream(tf, source, split, layout, seed, start_pos, shuffle):
-  if isinstance(source, sources_lib.FolderSource):
-    return _tf_folder_stream(tf, source, split, layout, seed, start_pos,
-                             shuffle)
-  if isinstance(source, sources_lib.TfdsSource):
-    return _tf_tfds_stream(tf, source, split, layout, seed, start_pos, shuffle)
-  raise ValueError(f'source {source!r} is not a folder, TFDS or in-memory one')
+def _tf_stream(tf, source, *args, **kwargs):
+  stream = (_tf_folder_stream if isinstance(source, sources.FolderSource)
+            else _tf_tfds_stream)
+  return stream(tf, source, *args, **kwargs)
 
 
 def _tf_finish(tf, ds, layout, num_threads):
@@ -205,23 +192,7 @@ def _tf_finish(tf, ds, layout, num_threads):
 
 def random_iterator(source, split, layout, seed, start_step, image_size,
                     views, flip, num_threads, min_area=crops.AREA_RANGE[0]):
-  """Infinite tf.data iterator of random crops; see pipeline.py.
-
-  Args:
-    source: a `sources.FolderSource` or `sources.TfdsSource`.
-    split: a raw split name of `source` (already resolved).
-    layout: pipeline.py's `_Layout`.
-    seed: data seed.
-    start_step: first batch to yield.
-    image_size: output side.
-    views: crops per image (2 for BYOL, 1 for the linear probe).
-    flip: whether to flip each view horizontally with probability 1/2.
-    num_threads: tf.data private thread pool size (None: all cores).
-
-  Returns:
-    Iterator of {'view1', ..., 'label'} numpy arrays [local_devices,
-    per_device, ...].
-  """
+  """pipeline.make_pretrain_iterator's stream of a resolved split, numpy."""
   tf = _import_tf()
   seed_t = tf.constant([seed, 0], tf.int64)
   ds, load, _ = _tf_stream(tf, source, split, layout, seed_t,
@@ -235,9 +206,8 @@ def random_iterator(source, split, layout, seed, start_step, image_size,
       u = tf.random.stateless_uniform([crops.NUM_U + 1],
                                       _fold(tf, example_seed, v),
                                       dtype=tf.float64)
-      box = lambda h, w, u=u: _int_box(tf, crops.sample_crop(
-          tf.math, u[:crops.NUM_U], tf.cast(h, tf.float64),
-          tf.cast(w, tf.float64), min_area))
+      box = lambda h, w, u=u: crops.sample_crop(tf.math, u[:crops.NUM_U], h,
+                                                w, min_area)
       image = _tf_resize(tf, _tf_decode_crop(tf, image_bytes, box), image_size)
       if flip:
         image = tf.where(u[crops.NUM_U] < 0.5, tf.reverse(image, [1]), image)
@@ -252,24 +222,12 @@ def random_iterator(source, split, layout, seed, start_step, image_size,
   return _tf_finish(tf, ds, layout, num_threads)
 
 
-def eval_iterator(source, split, layout, image_size, num_threads):
-  """One padded, centre-cropped pass over this host's shard; see pipeline.py.
-
-  Args:
-    source: a `sources.FolderSource` or `sources.TfdsSource`.
-    split: a raw split name of `source` (already resolved).
-    layout: pipeline.py's `_Layout`.
-    image_size: output side.
-    num_threads: tf.data private thread pool size (None: all cores).
-
-  Returns:
-    Iterator of {'image', 'label', 'mask'} numpy arrays [local_devices,
-    per_device, ...].
-  """
+def eval_iterator(source, split, layout, image_size, num_threads,
+                  num_batches):
+  """pipeline.make_eval_iterator's pass over a resolved split, numpy."""
   tf = _import_tf()
   ds, load, _ = _tf_stream(tf, source, split, layout, None, 0, shuffle=False)
-  box = lambda h, w: _int_box(tf, crops.center_crop(
-      tf.math, tf.cast(h, tf.float64), tf.cast(w, tf.float64), image_size))
+  box = lambda h, w: crops.center_crop(tf.math, h, w, image_size)
 
   def center(e, i, payload):
     del e, i
@@ -283,6 +241,5 @@ def eval_iterator(source, split, layout, image_size, num_threads):
   pad = tf.data.Dataset.from_tensors({
       'image': tf.zeros([image_size, image_size, 3]),
       'label': tf.constant(0, tf.int32), 'mask': tf.constant(False)}).repeat()
-  total = layout.num_eval_batches(source.num_examples(split))
-  ds = ds.concatenate(pad).take(total * layout.host_batch)
+  ds = ds.concatenate(pad).take(num_batches * layout.host_batch)
   return _tf_finish(tf, ds, layout, num_threads)

@@ -38,31 +38,15 @@ SUBSET_SEED = 0  # fixed, so kNN numbers are comparable across steps/runs.
 @functools.lru_cache(maxsize=8)
 def _pmapped_encoder(model: ml_collections.FrozenConfigDict,
                      devices: Optional[tuple]):
-  """encoder.encoder_apply on every device, cached: monitors do not recompile.
-
-  Args:
-    model: the `model` sub-config, frozen (hashable: the cache key).
-    devices: the local devices (None: all).
-
-  Returns:
-    The device program (replicated params, state; images [D, B, H, W, 3])
-    -> representations [D, B, F].
-  """
-  config = ml_collections.ConfigDict({'model': ml_collections.ConfigDict(model)})
+  """encoder.encoder_apply on every device, cached: no recompiling."""
+  config = ml_collections.ConfigDict(
+      {'model': ml_collections.ConfigDict(model)})
   return parallel.device_program(encoder_lib.encoder_apply(config),
                                  axis_name=None, devices=devices)
 
 
 def subset_indices(n: int, max_examples: Optional[int]) -> np.ndarray:
-  """A fixed random subset of range(n), the same in every run.
-
-  Args:
-    n: the number of examples.
-    max_examples: the subset's size; None, <= 0 or >= n: all of them.
-
-  Returns:
-    int64 [min(n, max_examples)] sorted indices (SUBSET_SEED's choice).
-  """
+  """Sorted indices of a fixed subset of range(n) (all: None, 0 or >= n)."""
   if max_examples is None or max_examples <= 0 or max_examples >= n:
     return np.arange(n)
   rng = np.random.default_rng(SUBSET_SEED)
@@ -72,11 +56,9 @@ def subset_indices(n: int, max_examples: Optional[int]) -> np.ndarray:
 def _limit(source, split: str, max_examples: Optional[int]):
   """(source, split, max_examples left to cut, indices) for about N examples.
 
-  Image folders are sorted by class, so the first N images would hold only a
-  few classes: for in-memory and folder sources we read a fixed random subset
-  instead (in memory: `indices` into the split's one copy on the devices; a
-  streamed folder: a source listing only those files). TFDS files are
-  shuffled when prepared, so for them reading stops after enough batches.
+  Folders are sorted by class, so the first N images would hold only a few
+  classes: in memory and for folders a fixed random subset is read instead;
+  TFDS files are shuffled when prepared, so reading stops after N.
   """
   if (max_examples is None or max_examples <= 0 or
       max_examples >= source.num_examples(split)):
@@ -101,20 +83,7 @@ FEATURE_PIXELS_PER_DEVICE = 2**24
 
 def feature_batch_size(image_size: int, num_examples: int,
                        local_devices: int, process_count: int) -> int:
-  """Images per feature-extraction batch, over all hosts.
-
-  FEATURE_PIXELS_PER_DEVICE / image_size^2 per device, but no more than the
-  split needs (a 297-image split is one batch, not a padded 4096).
-
-  Args:
-    image_size: image side in pixels.
-    num_examples: examples of the split.
-    local_devices: devices of each host.
-    process_count: hosts.
-
-  Returns:
-    A positive multiple of local_devices * process_count.
-  """
+  """Images per feature batch over all hosts, no more than the split needs."""
   per_host = -(-num_examples // process_count)
   per_device = min(max(1, FEATURE_PIXELS_PER_DEVICE // image_size**2),
                    -(-per_host // local_devices))
@@ -123,23 +92,10 @@ def feature_batch_size(image_size: int, num_examples: int,
 
 def extract_features(config, source, params, state, *, split: str,
                      max_examples: Optional[int] = None, devices=None):
-  """Representations of one pass over `split` (centre crops, frozen encoder).
+  """(features float32 [N, D], labels int32 [N]) of centre crops of a split.
 
-  Args:
-    config: the experiment config (model, data.image_size and
-      data.in_memory_on are read). Batches: `feature_batch_size`.
-    source: a data source (sources.get_source).
-    params: unreplicated encoder params (trees with other modules are fine).
-    state: unreplicated encoder state (BN moving averages).
-    split: logical or raw split name.
-    max_examples: read at most this many examples: a fixed random subset for
-      in-memory / folder sources, the first ones for TFDS.
-    devices: local devices to pmap over (default: all; must be all of them
-      on multi-host runs).
-
-  Returns:
-    (features float32 [N, D], labels int32 [N]) as NumPy, padding dropped;
-    on multi-host runs gathered from every host.
+  max_examples: a fixed random subset (in memory, folders), the first ones
+  (TFDS). Multi-host: gathered from every host.
   """
   local = list(devices or jax.local_devices())
   source, split, max_examples, indices = _limit(source, split, max_examples)
@@ -180,17 +136,7 @@ def extract_features(config, source, params, state, *, split: str,
 
 
 def knn_top1(config, num_classes: int, train, test) -> float:
-  """Weighted kNN top-1 of test features against (a subset of) train's.
-
-  Args:
-    config: the experiment config (logging.knn_max_train_examples).
-    num_classes: classes of the labels.
-    train: (features [N, D] float32, labels [N] int) of the reference set.
-    test: (features [M, D] float32, labels [M] int) to classify.
-
-  Returns:
-    Accuracy in [0, 1].
-  """
+  """Weighted kNN top-1 of test features against (a subset of) train's."""
   feats, labels = train
   idx = subset_indices(len(labels), config.logging.knn_max_train_examples)
   return monitors.knn_accuracy(
@@ -199,21 +145,9 @@ def knn_top1(config, num_classes: int, train, test) -> float:
 
 
 def knn_eval(config, source, params, state, *, devices=None) -> float:
-  """Weighted kNN top-1 of the frozen encoder (a cheap training monitor).
+  """The kNN monitor: top-1 of eval.test_split against linear_train's subset.
 
-  Reference set: up to config.logging.knn_max_train_examples images of the
-  'linear_train' split (a fixed subset); queries: config.eval.test_split;
-  centre crops; k = KNN_K, T = KNN_TEMPERATURE (see monitors.knn_accuracy).
-
-  Args:
-    config: the experiment config.
-    source: the data source.
-    params: unreplicated online params (only 'encoder' modules are used).
-    state: unreplicated online state.
-    devices: local devices to pmap over (default: all).
-
-  Returns:
-    Accuracy in [0, 1].
+  k = KNN_K, T = KNN_TEMPERATURE, centre crops (monitors.knn_accuracy).
   """
   train = extract_features(
       config, source, params, state, split='linear_train',

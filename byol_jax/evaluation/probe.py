@@ -55,31 +55,15 @@ from byol_jax.models import resnet
 
 
 def classifier(num_classes: int) -> hk.Transformed:
-  """The linear probe: a zero-initialised LinearClassifier on features.
-
-  Args:
-    num_classes: classifier outputs.
-
-  Returns:
-    hk.Transformed: init(rng, features [N, D]) and apply(params, features)
-    -> logits [N, num_classes].
-  """
+  """The probe: a zero-initialised LinearClassifier on features [N, D]."""
   return hk.without_apply_rng(hk.transform(
       lambda x: heads.LinearClassifier(num_classes, zero_init=True)(x)))
 
 
 def make_loss(config, num_classes: int, *, encode: bool):
-  """The probe's loss(clf_params, enc_params, enc_state, inputs, labels).
+  """loss(clf_params, enc_params, enc_state, inputs, labels) -> (CE, logits).
 
-  Args:
-    config: the experiment config.
-    num_classes: classifier outputs.
-    encode: inputs are images in [0, 1] passed through the frozen encoder
-      (augmented training); else inputs are precomputed features.
-
-  Returns:
-    loss(...) -> (mean cross-entropy, logits). Its gradient with respect to
-    the encoder arguments is zero: the representation is stop-gradient'ed.
+  encode: inputs are images through the frozen encoder, else features.
   """
   clf = classifier(num_classes)
   enc = encoder_lib.encoder_apply(config) if encode else None
@@ -95,20 +79,10 @@ def make_loss(config, num_classes: int, *, encode: bool):
 
 def make_train_step(loss_fn, optimizer: optax.GradientTransformation,
                     axis_name: Optional[str] = parallel.AXIS_NAME):
-  """step(clf_params, opt_state, enc_params, enc_state, inputs, labels).
+  """The classifier's SGD step, gradients pmean'd over axis_name.
 
-  Differentiates only the classifier parameters; gradients are pmean'd over
-  axis_name (the mean over the global batch, as the official psum of
-  loss / num_devices).
-
-  Args:
-    loss_fn: from make_loss.
-    optimizer: the probe's optax optimizer.
-    axis_name: the device axis of the device program, or None on one device.
-
-  Returns:
-    step(...) -> (clf_params, opt_state, metrics {'loss', 'top1'}: float32
-    scalars, the batch's mean cross-entropy and top-1 fraction).
+  The pmean is the mean over the global batch, as the official psum of
+  loss / num_devices. Returns (clf_params, opt_state, {'loss', 'top1'}).
   """
   def step(clf_params, opt_state, enc_params, enc_state, inputs, labels):
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -123,22 +97,12 @@ def make_train_step(loss_fn, optimizer: optax.GradientTransformation,
   return step
 
 
-def _feature_batches(feats, labels, host_batch, ndev, seed):
-  """Infinite per-epoch-shuffled batches of precomputed features."""
-  n = len(labels)
-  step = 0
-  perms = {}
-  while True:
-    pos = step * host_batch + np.arange(host_batch)
-    idx = np.empty_like(pos)
-    for e in np.unique(pos // n):
-      if e not in perms:
-        perms = {e: np.random.default_rng([seed, int(e)]).permutation(n)}
-      sel = pos // n == e
-      idx[sel] = perms[e][pos[sel] % n]
-    yield {'image': feats[idx].reshape(ndev, -1, feats.shape[-1]),
-           'label': labels[idx].reshape(ndev, -1)}
-    step += 1
+def _feature_batches(feats, labels, batch_size: int, seed: int):
+  """Infinite batches of precomputed features, each epoch a permutation."""
+  for step in itertools.count():
+    idx = pipeline.stream_indices(step * batch_size + np.arange(batch_size),
+                                  len(labels), (seed,))
+    yield feats[idx], labels[idx]
 
 
 def _probe_optimizer(peak, steps: int, momentum: float):
@@ -168,25 +132,9 @@ def _probes_step(num_classes: int, steps: int, momentum: float):
 def train_probes(feats: np.ndarray, labels: np.ndarray, peaks, *,
                  num_classes: int, steps: int, batch_size: int,
                  momentum: float, seed: int):
-  """Linear probes on frozen features, one per peak rate, trained together.
+  """K probes on features [N, D], one per peak rate, on the same batches.
 
-  Every probe starts from the same (zero) weights and sees the same
-  batches (per-epoch shuffles of `seed`); probe k follows SGD + Nesterov
-  momentum with lr peaks[k] x cosine. One device; every host computes the
-  same (the features are all-gathered).
-
-  Args:
-    feats: [N, D] float32 features.
-    labels: [N] int32 labels in [0, num_classes).
-    peaks: K peak learning rates.
-    num_classes: classifier outputs.
-    steps: SGD steps.
-    batch_size: examples per step.
-    momentum: Nesterov momentum.
-    seed: the batch order.
-
-  Returns:
-    Classifier params with a leading axis of size K (host NumPy).
+  One device (every host computes the same); params with a leading axis K.
   """
   clf = classifier(num_classes)
   init = clf.init(jax.random.PRNGKey(0),
@@ -196,10 +144,9 @@ def train_probes(feats: np.ndarray, labels: np.ndarray, peaks, *,
   opt_state = jax.vmap(_probe_optimizer(1., steps, momentum).init)(params)
   step = _probes_step(num_classes, steps, momentum)
   peaks = np.asarray(peaks, np.float32)
-  batches = _feature_batches(feats, labels, batch_size, 1, seed)
-  for _, batch in zip(range(steps), batches):
-    params, opt_state = step(params, opt_state, peaks, batch['image'][0],
-                             batch['label'][0])
+  batches = _feature_batches(feats, labels, batch_size, seed)
+  for _, (x, y) in zip(range(steps), batches):
+    params, opt_state = step(params, opt_state, peaks, x, y)
   return jax.device_get(params)
 
 
@@ -213,24 +160,10 @@ def _valid_indices(source, n: int, num_valid: int) -> np.ndarray:
 
 def sweep_learning_rate(config, source, train, num_classes: int,
                         valid=None):
-  """Chooses the probe's learning rate on held-out training data.
+  """(index of the chosen rate, {base rate: held-out top-1}).
 
-  Args:
-    config: the built config (eval.learning_rates, the derived
-      eval_sweep_valid_examples / eval_sweep_steps are read).
-    source: the data source (TFDS: the first examples are held out).
-    train: (features [N, D] float32, labels [N] int) of the whole training
-      split.
-    num_classes: classifier outputs.
-    valid: (features, labels) of the dataset's own validation split
-      (config.derived.eval_sweep_valid_split, e.g. ImageNet's train[:10000]);
-      the probes then train on all of `train`. None: the derived
-      eval_sweep_valid_examples of `train` are held out and the probes train
-      on the rest.
-
-  Returns:
-    (index of the chosen rate in eval.learning_rates, {base rate: held-out
-    top-1 of its probe, a fraction in [0, 1]}).
+  valid: the dataset's own validation split's (features, labels) (ImageNet's
+  train[:10000]); None: derived.eval_sweep_valid_examples of train held out.
   """
   e, d = config.eval, config.derived
   feats, labels = train
@@ -296,21 +229,10 @@ def _train_augmented(config, source, params, state, num_classes, peak,
 
 def train_final_probe(config, source, params, state, train, num_classes: int,
                       peak: float, devices=None):
-  """The probe on the whole training split at peak rate `peak`.
+  """The probe on all of eval.train_split at `peak`, on crops or features.
 
-  Args:
-    config: the built config (eval.augment chooses: per-step random crops
-      through the frozen encoder, else the precomputed `train` features).
-    source: the data source.
-    params: unreplicated encoder params.
-    state: unreplicated encoder state.
-    train: (features [N, D], labels [N]) of eval.train_split (centre crops).
-    num_classes: classifier outputs.
-    peak: the peak learning rate.
-    devices: local devices to pmap over (default: all).
-
-  Returns:
-    The classifier params (host NumPy).
+  eval.augment: per-step random crops through the frozen encoder; else the
+  precomputed centre-crop features `train`.
   """
   e, d = config.eval, config.derived
   if e.augment:

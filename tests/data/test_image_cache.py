@@ -1,6 +1,5 @@
-"""Image folders decoded once (Pillow) and cached on disk (image_cache.py)."""
+"""Image folders decoded once (Pillow) and cached on disk (data/folder.py)."""
 import io
-import json
 import logging
 import os
 import pathlib
@@ -17,9 +16,7 @@ import pytest
 from byol_jax import configs
 from byol_jax import plan
 from byol_jax import resume
-from byol_jax.data import image_cache
-from byol_jax.data import opening
-from byol_jax.data import memory_sources
+from byol_jax.data import folder
 from byol_jax.data import sources
 
 
@@ -48,8 +45,7 @@ def _make_folder(root: pathlib.Path):
 
 def _load(root, cache, side=0):
   listing = sources.get_source(f'folder:{root}', validate_files=False)
-  return memory_sources.in_memory_folder(listing, side=side,
-                                         cache_dir=str(cache))
+  return sources.in_memory_folder(listing, side=side, cache_dir=str(cache))
 
 
 def _expected(good, split):
@@ -119,36 +115,38 @@ def test_a_changed_folder_rebuilds_the_cache(tmp_path, caplog, change):
   assert len(os.listdir(cache)) == 1  # the stale cache is removed
 
 
-@pytest.mark.parametrize('damage', ['truncate', 'flip_byte', 'manifest',
-                                    'manifest_null', 'manifest_list',
+@pytest.mark.parametrize('damage', ['truncate', 'flip_byte', 'flip_header',
+                                    'not_a_zip', 'empty', 'other_listing',
                                     'split_missing', 'no_splits'])
 def test_a_corrupt_cache_is_rebuilt_not_trusted(tmp_path, caplog, damage):
   root, cache = tmp_path / 'data', tmp_path / 'cache'
   good = _make_folder(root)
   first = _load(root, cache)
   path = pathlib.Path(first.cache_path)
-  npy = path / 'train.images.npy'
-  data = npy.read_bytes()
+  data = path.read_bytes()
+  with np.load(path) as z:
+    arrays = dict(z)
+  pixel = data.index(arrays['train.images'].tobytes()) + 7
   if damage == 'truncate':
-    npy.write_bytes(data[:len(data) - 17])
-  elif damage == 'flip_byte':  # a pixel: only the sha256 can tell
-    npy.write_bytes(data[:-5] + bytes([data[-5] ^ 0xFF]) + data[-4:])
-  elif damage == 'manifest':
-    (path / 'manifest.json').write_text('{"key": ')
-  elif damage in ('manifest_null', 'manifest_list'):  # valid JSON, no object
-    (path / 'manifest.json').write_text(
-        'null' if damage == 'manifest_null' else '[]')
-  else:  # a manifest (and its sha256s) that lacks a split of the folder
-    meta = json.loads((path / 'manifest.json').read_text())
-    if damage == 'split_missing':
-      del meta['splits']['test']
-    else:
-      meta['splits'] = {}
-    (path / 'manifest.json').write_text(json.dumps(meta))
+    path.write_bytes(data[:len(data) - 17])
+  elif damage in ('flip_byte', 'flip_header'):  # only the CRC-32 can tell
+    at = pixel if damage == 'flip_byte' else data.index(b"'descr'") + 9
+    path.write_bytes(data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:])
+  elif damage in ('not_a_zip', 'empty'):
+    path.write_bytes(b'{"key": ' if damage == 'not_a_zip' else b'')
+  else:  # whole and readable, but not this folder's
+    if damage == 'other_listing':
+      arrays['key'] = np.asarray('0' * 64)
+    for name in list(arrays):
+      if (damage == 'split_missing' and name.startswith('test.')) or (
+          damage == 'no_splits' and name != 'key'):
+        del arrays[name]
+    np.savez(path, **arrays)
   caplog.clear()
   with caplog.at_level(logging.INFO):
     src = _load(root, cache)
   assert 'is incomplete or corrupt' in caplog.text and _rebuilt(caplog)
+  assert os.listdir(cache) == [path.name]
   np.testing.assert_array_equal(src.images['train'], _expected(good, 'train'))
   np.testing.assert_array_equal(src.images['test'], _expected(good, 'test'))
   caplog.clear()
@@ -192,10 +190,7 @@ def test_mixed_sizes_stop_before_the_larger_images_are_decoded(
   listing = sources.get_source(f'folder:{root}', validate_files=False)
   with pytest.raises(ValueError, match=r'different sizes \(e.g. 12x10 and '
                      r'1500x1000\); set --config.data.cache_side=N'):
-    image_cache.folder_arrays(root, listing.files, listing.labels,
-                              listing.class_names,
-                              cache_dir=str(tmp_path / 'cache'),
-                              num_threads=1)
+    folder.arrays(listing, cache_dir=str(tmp_path / 'cache'), num_threads=1)
   assert decoded.count((1500, 1000)) < 20
 
 
@@ -226,19 +221,20 @@ def test_a_dangling_symlink_is_left_out_of_the_listing_and_logged(
   assert '2 skipped (not decodable JPEG/PNG)' in caplog.text
 
 
-# Builds a folder's cache, stopping for good after its first array is saved.
+# Builds a folder's cache, stopping for good once its file is written, before
+# it is renamed into place.
 _WRITER = """
 import sys, time
 import numpy as np
-from byol_jax.data import memory_sources, sources
-save = np.save
-def save_then_wait(file, array, *args, **kwargs):
-  save(file, array, *args, **kwargs)
-  print('saved', file, flush=True)
+from byol_jax.data import sources
+savez = np.savez
+def savez_then_wait(file, *args, **kwargs):
+  savez(file, *args, **kwargs)
+  print('saved', flush=True)
   time.sleep(600)
-np.save = save_then_wait
+np.savez = savez_then_wait
 listing = sources.get_source('folder:' + sys.argv[1], validate_files=False)
-memory_sources.in_memory_folder(listing, cache_dir=sys.argv[2])
+sources.in_memory_folder(listing, cache_dir=sys.argv[2])
 """
 
 
@@ -251,7 +247,7 @@ def test_a_writer_killed_mid_write_leaves_nothing_behind(tmp_path, caplog):
         cwd=pathlib.Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
         stderr=err, text=True)
     saved = writer.stdout.readline()  # '' if it failed before saving
-    assert saved.startswith('saved '), (tmp_path / 'stderr').read_text()
+    assert saved == 'saved\n', (tmp_path / 'stderr').read_text()
     partial = os.listdir(cache)  # the half-written cache, under a temp name
     assert len(partial) == 1 and partial[0].startswith('.tmp-')
     writer.send_signal(signal.SIGTERM)
@@ -283,15 +279,12 @@ def test_an_unwritable_cache_dir_warns_and_the_run_goes_on(
   if failure == 'read_only':
     def refuse(*args, **kwargs):
       raise PermissionError(13, 'Permission denied', str(cache))
-    monkeypatch.setattr(image_cache.tempfile, 'mkdtemp', refuse)
+    monkeypatch.setattr(folder.tempfile, 'mkstemp', refuse)
   else:
-    save = np.save
-    def full(file, array, *args, **kwargs):
-      if 'images' in str(file) and 'test' in str(file):
-        save(file, array[:1], *args, **kwargs)  # a part was written
-        raise OSError(28, 'No space left on device')
-      return save(file, array, *args, **kwargs)
-    monkeypatch.setattr(image_cache.np, 'save', full)
+    def full(file, **arrays):
+      file.write(b'PK' * 100)  # a part was written
+      raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(folder.np, 'savez', full)
   with caplog.at_level(logging.INFO):
     src = _load(root, cache)
   np.testing.assert_array_equal(src.images['train'], _expected(good, 'train'))
@@ -337,7 +330,7 @@ def test_plan_holds_a_folder_that_fits_in_memory_and_streams_a_larger_one(
   assert streamed.config.derived.data_path == 'streaming'
   assert streamed.source.num_skipped == {'train': 2, 'test': 0}
   assert resume.trajectory(run.config)['derived.data_path'] == 'in_memory'
-  monkeypatch.setattr(opening, 'tensorflow_importable', lambda: False)
+  monkeypatch.setattr(sources, 'tensorflow_importable', lambda: False)
   with pytest.raises(plan.ConfigError,
                      match=r"^data.source='folder:.*': its decoded size "
                      r'\(0.0 MiB\) is above data.max_in_memory_mb=0, so it '
@@ -359,7 +352,7 @@ def test_a_folder_whose_first_files_are_not_images_is_still_held_in_memory(
   dry = plan.build(_tiny(f'folder:{root}', cache), topology=one,
                    read_data=False).config.derived
   assert dry.data_path == 'in_memory' and dry.in_memory_mb >= 0
-  monkeypatch.setattr(opening, 'tensorflow_importable', lambda: False)
+  monkeypatch.setattr(sources, 'tensorflow_importable', lambda: False)
   run = plan.build(_tiny(f'folder:{root}', cache), topology=one)
   assert run.config.derived.data_path == 'in_memory'
   np.testing.assert_array_equal(run.source.images['train'],

@@ -1,4 +1,4 @@
-"""The in-memory path: crops, resize and flips on the devices (in_memory.py)."""
+"""The in-memory path: crops, resize and flips on the devices (pipeline.py)."""
 import logging
 
 import jax
@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from byol_jax.data import crops
-from byol_jax.data import in_memory
 from byol_jax.data import pipeline
 from byol_jax.data import sources
 
@@ -34,7 +33,7 @@ def test_resize_equals_tensorflows_bicubic_of_the_crop():
   images = rng.integers(0, 256, (6, 40, 48, 3), dtype=np.uint8)
   for size in (16, 64):  # down- and up-sampling
     box = crops.sample_crop(np, rng.random((6, crops.NUM_U)), 40, 48)
-    ours = np.asarray(in_memory.crop_resize(jnp.asarray(images), box, size))
+    ours = np.asarray(pipeline.crop_resize(jnp.asarray(images), box, size))
     for i in range(6):
       y0, x0, h, w = (int(b[i]) for b in box)
       crop = images[i, y0:y0 + h, x0:x0 + w].astype(np.float32)
@@ -47,14 +46,14 @@ def test_resize_equals_tensorflows_bicubic_of_the_crop():
 def test_resize_identity_flip_and_weights():
   images = np.random.default_rng(1).integers(0, 256, (3, 8, 8, 3), np.uint8)
   whole = (0, 0, 8, 8)
-  out = np.asarray(in_memory.crop_resize(jnp.asarray(images), whole, 8))
+  out = np.asarray(pipeline.crop_resize(jnp.asarray(images), whole, 8))
   np.testing.assert_allclose(out, images / 255., atol=1e-6)
   flip = np.array([True, False, True])
-  flipped = np.asarray(in_memory.crop_resize(jnp.asarray(images), whole, 8,
+  flipped = np.asarray(pipeline.crop_resize(jnp.asarray(images), whole, 8,
                                              jnp.asarray(flip)))
   np.testing.assert_allclose(flipped[flip], out[flip][:, :, ::-1], atol=1e-6)
   np.testing.assert_array_equal(flipped[~flip], out[~flip])
-  w = np.asarray(in_memory.resize_weights(np.array([3, 0]), np.array([5, 1]),
+  w = np.asarray(pipeline.resize_weights(np.array([3, 0]), np.array([5, 1]),
                                           7, 12))
   np.testing.assert_allclose(w.sum(-1), 1., atol=1e-6)
   assert (w[0][:, :3] == 0).all() and (w[0][:, 8:] == 0).all()  # in the box
@@ -165,7 +164,7 @@ def test_eval_is_the_centre_crop_padded_and_placement_logged(caplog):
   image = np.concatenate([_flat(b)['image'] for b in batches])
   np.testing.assert_array_equal(image[256:], 0.)
   # Centre 14 (16 x 224/256) of 16 pixels, resized to 8.
-  ref = in_memory.crop_resize(jnp.asarray(src.images['test'][:8]),
+  ref = pipeline.crop_resize(jnp.asarray(src.images['test'][:8]),
                               (1, 1, 14, 14), 8)
   np.testing.assert_allclose(image[:8], ref, atol=1e-6)
 
