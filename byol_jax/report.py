@@ -52,7 +52,8 @@ def format_duration(seconds: Optional[float]) -> str:
 
 
 _COLUMNS = ('run', 'variant', 'paper top-1 (%)', 'linear top-1 (%)',
-            'random-init top-1 (%)', 'kNN top-1 (%)', 'collapse std proj',
+            'random-init top-1 (%)', 'kNN top-1 (%)', 'random-init kNN (%)',
+            'online top-1 (%)', 'collapse std proj',
             'collapse std repr', 'collapse: paper / ours', 'final loss',
             'steps', 'wall time')
 # Our runs count as collapsed when the projection collapse statistic ends
@@ -110,6 +111,7 @@ def table_row(run: dict) -> list[str]:
     wall = '~' + wall  # from file mtimes (see runs.load_run).
   return [run['name'], run['variant'], _fmt(run['paper_top1'], '.1f'),
           _pct(run['top1']), _pct(run['random_top1']), knn,
+          _pct(run['random_knn_top1']), _pct(run['online_top1']),
           _fmt(final['collapse_std_projection'], '.3f'),
           _fmt(final['collapse_std_representation'], '.3f'),
           collapse_cell(run), _fmt(final['loss'], '.4f'), steps, wall]
@@ -181,7 +183,9 @@ def write_report(workdirs: Sequence[str], out_dir,
                f'variant (ResNet-50, Tables 1-2; {paper.CITATION}; byol_jax/'
                'paper.py), a dash where the paper has no such cell. '
                'Random-init top-1: the same probe on a randomly initialised '
-               'encoder of the same architecture. Collapse std: '
+               'encoder of the same architecture (kNN likewise). Online '
+               'top-1: the online classifier (trained on the stop-gradient '
+               'representation beside BYOL) on the test split. Collapse std: '
                'per-dimension std of l2-normalised embeddings x sqrt(dim), ~1 '
                'healthy, 0 collapsed. Collapse, paper / ours: the paper\'s '
                f'cell below {paper.COLLAPSED_BELOW:g}% top-1; ours with the '

@@ -54,6 +54,8 @@ def test_load_run_fields(workdirs):
   assert nonorm['top1'] is None and not nonorm['finished']
   assert bn['finished'] and bn['top1'] == 0.9512
   assert (gn_ws['random_top1'], bn['random_top1']) == (0.9, None)
+  assert (gn_ws['random_knn_top1'], gn_ws['online_top1']) == (0.88, 0.4212)
+  assert bn['random_knn_top1'] is None and bn['online_top1'] is None
 
 
 def test_variant_label_simclr_and_modified_init():
