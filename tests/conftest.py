@@ -19,7 +19,7 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', '/tmp/byol_jax_test_jax_cache')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
-# Decoded image folders (byol_jax/data/image_cache.py) are cached under
+# Decoded image folders (byol_jax/data/folder.py) are cached under
 # $XDG_CACHE_HOME: the tests' caches stay out of the user's ~/.cache.
 os.environ.setdefault('XDG_CACHE_HOME', '/tmp/byol_jax_test_cache')
 
