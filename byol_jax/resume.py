@@ -10,7 +10,6 @@ config.json back into a built config (older ones included).
 """
 
 import datetime
-import hashlib
 import json
 
 from absl import logging
@@ -33,18 +32,9 @@ def _deep_update(base: dict, new: dict) -> dict:
 
 
 def from_saved(saved: dict) -> ml_collections.ConfigDict:
-  """A built config from a run's config.json (WORKDIR/config.json).
+  """A built config from a run's config.json; fields added since take defaults.
 
-  Fields added to the schema since the run was written take their defaults.
-  A config.json written before configs were built here (no `derived`
-  section; step counts and class count filled in place) gets the `derived`
-  values it implies.
-
-  Args:
-    saved: the parsed JSON.
-
-  Returns:
-    An unlocked ConfigDict with a `derived` section.
+  A config.json from before `derived` existed gets the values it implies.
   """
   from byol_jax import configs  # pylint: disable=g-import-not-at-top
   tree = _deep_update(configs.build(None).to_dict(), saved)
@@ -59,14 +49,7 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
 
 
 def check_built(config) -> None:
-  """Refuses a config that did not go through `build`.
-
-  Args:
-    config: a ConfigDict.
-
-  Raises:
-    TypeError: `config` has no `derived` section.
-  """
+  """Raises TypeError for a config that did not go through plan.build."""
   if 'derived' not in config:
     raise TypeError('this function takes a built config: call '
                     'byol_jax.plan.build(config) first (it derives the step '
@@ -89,15 +72,7 @@ _TRAJECTORY_DERIVED = ('num_train_examples', 'num_classes', 'total_steps',
 
 
 def flatten(tree: dict, prefix: str = '') -> dict:
-  """Flattens nested dicts into dotted keys: {'a': {'b': 1}} -> {'a.b': 1}.
-
-  Args:
-    tree: nested dicts; non-dict values are leaves (lists stay whole).
-    prefix: prepended to every key (used by the recursion).
-
-  Returns:
-    {'<prefix>a.b': leaf} in the order of `tree`.
-  """
+  """{'a': {'b': 1}} -> {'a.b': 1} (lists stay whole)."""
   out = {}
   for key, value in tree.items():
     name = f'{prefix}{key}'
@@ -109,19 +84,10 @@ def flatten(tree: dict, prefix: str = '') -> dict:
 
 
 def trajectory(config) -> dict:
-  """{field: value} of everything that shapes pre-training's trajectory.
+  """{dotted field: value} of all that shapes pre-training, sorted.
 
-  model.*, method, seed, training.* (but max_steps), data source, size,
-  image size and crops, and the derived step counts and class count.
-
-  Args:
-    config: a built config (configs.build / plan.build).
-
-  Returns:
-    {dotted field: JSON-able value}, sorted by field.
-
-  Raises:
-    TypeError: `config` is not built.
+  model.*, method, seed, training.* (but when to stop), the data source,
+  size and crops, and the derived step and class counts.
   """
   check_built(config)
   tree = {'method': config.method, 'seed': config.seed}
@@ -130,19 +96,6 @@ def trajectory(config) -> dict:
   tree['derived'] = {k: config.derived.get(k) for k in _TRAJECTORY_DERIVED}
   flat = flatten(tree)
   return {k: v for k, v in sorted(flat.items()) if k not in _NOT_TRAJECTORY}
-
-
-def fingerprint(values: dict) -> str:
-  """The identity of a trajectory, recorded with each checkpoint.
-
-  Args:
-    values: a `trajectory` dict (JSON-able values).
-
-  Returns:
-    The hex sha256 of its JSON with sorted keys (64 characters).
-  """
-  return hashlib.sha256(json.dumps(values, sort_keys=True).encode()
-                        ).hexdigest()
 
 
 # Trajectory fields added after checkpoints were first written, and the value
@@ -155,62 +108,29 @@ _TRAJECTORY_ADDED = {'data.cache_side': 0, 'derived.data_path': STREAMING}
 
 
 def upgrade_trajectory(old: dict) -> dict:
-  """A checkpoint's recorded trajectory with the fields added since.
-
-  Args:
-    old: the `trajectory` a checkpoint recorded.
-
-  Returns:
-    A copy with every field of _TRAJECTORY_ADDED it lacks, at the value its
-    version implied.
-  """
+  """A recorded trajectory with the fields added since, at their old values."""
   return {**_TRAJECTORY_ADDED, **old}
 
 
 def changes(old: dict, new: dict) -> dict:
-  """The fields whose values differ between two trajectories.
-
-  Args:
-    old: the checkpoint's trajectory (flat {field: value}).
-    new: this run's trajectory.
-
-  Returns:
-    {field: (old value, new value)}, sorted by field; a field missing on
-    one side shows None there.
-  """
+  """{field: (old, new)} where two flat dicts differ (None where missing)."""
   keys = sorted(set(old) | set(new))
   return {k: (old.get(k), new.get(k)) for k in keys
           if old.get(k) != new.get(k)}
 
 
 def describe_changes(diff: dict) -> str:
-  """One line for an error or the log.
-
-  Args:
-    diff: as `changes` returns it.
-
-  Returns:
-    "field 'old' -> 'new', ..." (values with repr).
-  """
+  """A diff as one line: field 'old' -> 'new', ..."""
   return ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in diff.items())
 
 
 # ------------------------------------------------ the workdir's record of it
 def check_resume(config, ckpt: checkpointing.Checkpointer) -> dict:
-  """Compares the run's trajectory with the latest checkpoint's.
-
-  Args:
-    config: the built config.
-    ckpt: the run's Checkpointer.
-
-  Returns:
-    {field: (old, new)} of the changes the run resumes under (empty when
-    nothing changed, there is no checkpoint, or the checkpoint predates
-    recorded trajectories).
+  """The trajectory changes the run resumes under (empty: none, or no record).
 
   Raises:
-    validation.ConfigError: the trajectory changed and
-      checkpoint.allow_changed_config is False; the workdir is untouched.
+    validation.ConfigError: the network changed, or the trajectory changed
+      without checkpoint.allow_changed_config; the workdir is untouched.
   """
   latest = ckpt.latest_extra()
   if latest is None:
@@ -247,18 +167,10 @@ def check_resume(config, ckpt: checkpointing.Checkpointer) -> dict:
 
 def write_config(config, workdir, *, start_step: int,
                  trajectory_changes: dict) -> None:
-  """Writes WORKDIR/config.json and appends to the config history (chief).
+  """Writes config.json and logs a new or changed config to the history.
 
-  config.json is the built config (inputs and derived values). A line is
-  appended to config_history.jsonl when the run starts for the first time or
-  under a config that differs from the previous config.json: the time, the
-  step it starts from, and every changed field (old, new).
-
-  Args:
-    config: the built config.
-    workdir: the run directory.
-    start_step: the step the run starts from (0, or the restored step).
-    trajectory_changes: check_resume's {field: (old, new)}.
+  Process 0 only; config_history.jsonl gets the time, the start step and
+  each changed field.
   """
   if jax.process_index() != 0:
     return

@@ -515,7 +515,6 @@ def test_trajectory_ignores_what_does_not_shape_training():
                            '--config.eval.num_epochs=3'),
                      topology=EIGHT).config
   assert resume.trajectory(other) == t
-  assert resume.fingerprint(resume.trajectory(other)) == resume.fingerprint(t)
   lr = plan.build(parse('gn_ws.py:tiny',
                         '--config.training.base_learning_rate=0.3'),
                   topology=EIGHT).config
