@@ -167,9 +167,8 @@ def step_flops(config, num_devices: int = 1) -> float:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from byol_jax import experiment  # pylint: disable=g-import-not-at-top
-  from byol_jax import train_state as ts  # pylint: disable=g-import-not-at-top
   method, optimizer, update = experiment.make_update(config)
-  state = jax.eval_shape(lambda: ts.init_train_state(
+  state = jax.eval_shape(lambda: experiment.init_train_state(
       method, optimizer, jax.random.PRNGKey(0),
       experiment.sample_images(config)))
   per_device = lambda x: jax.ShapeDtypeStruct((num_devices,) + x.shape,
@@ -180,5 +179,6 @@ def step_flops(config, num_devices: int = 1) -> float:
   view = jax.ShapeDtypeStruct((num_devices, b, size, size, 3), jnp.float32)
   batch = {'view1': view, 'view2': view,
            'label': jax.ShapeDtypeStruct((num_devices, b), jnp.int32)}
-  step = ts.pmap_update(update, devices=jax.local_devices()[:num_devices])
+  step = experiment.pmap_update(update,
+                                devices=jax.local_devices()[:num_devices])
   return cost_flops(step.lower(state, batch)) * num_devices

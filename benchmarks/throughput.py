@@ -178,7 +178,6 @@ def run_row(spec: dict) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from byol_jax import experiment  # pylint: disable=g-import-not-at-top
   from byol_jax import parallel  # pylint: disable=g-import-not-at-top
-  from byol_jax import train_state as ts  # pylint: disable=g-import-not-at-top
   devices = jax.local_devices()
   n = spec.get('num_devices') or len(devices)
   if n > len(devices):
@@ -188,12 +187,13 @@ def run_row(spec: dict) -> dict:
   config = make_config(spec, n)
   rss_reset = _reset_peak_rss()
   method, optimizer, update = experiment.make_update(config)
-  init = jax.jit(functools.partial(ts.init_train_state, method, optimizer))
+  init = jax.jit(functools.partial(experiment.init_train_state, method,
+                                   optimizer))
   state = parallel.replicate(init(jax.random.PRNGKey(0),
                             experiment.sample_images(config)), devices)
   batch = jax.device_put(jax.jit(functools.partial(_batch, config, n))(),
                          parallel.device_sharding(devices))
-  step = ts.pmap_update(update, devices=devices)
+  step = experiment.pmap_update(update, devices=devices)
 
   start = time.perf_counter()
   lowered = step.lower(state, batch)

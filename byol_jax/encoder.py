@@ -61,10 +61,10 @@ def encoder_apply(config) -> Callable[[Any, Any, jax.Array], jax.Array]:
 def _jitted_init(key: ml_collections.FrozenConfigDict):
   """jit(init_train_state), cached: compiling the initialisers is slow."""
   from byol_jax import experiment  # pylint: disable=g-import-not-at-top
-  from byol_jax import train_state as ts  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(key)
   method, optimizer = experiment.init_objects(config)
-  return jax.jit(functools.partial(ts.init_train_state, method, optimizer))
+  return jax.jit(functools.partial(experiment.init_train_state, method,
+                                   optimizer))
 
 
 def random_encoder(config):

@@ -1,20 +1,56 @@
-"""A built config (plan.build) -> a run's objects; compiles, derives nothing."""
+"""One training step, top to bottom, from a built config (plan.build).
+
+As the official byol/byol_experiment.py: `make_update` returns the step, which
+augments both views on device, forwards them through the online and target
+networks, takes the method's loss (BYOL's symmetric regression, SimCLR's
+InfoNCE) and its gradient, averages it over the devices, applies LARS, moves
+the target (the method's target update: BYOL's EMA, none for SimCLR) and
+reports the metrics. The methods (methods/byol.py, methods/simclr.py) say only
+what differs between them.
+
+Randomness: `state.rng` is a fixed base key; the step's key is
+fold_in(rng, step), each example's augmentation key fold_in(step key, global
+example index) (lax.axis_index is global under multi-controller pmap). A
+step's result thus depends only on (seed, step, global batch), not on how the
+batch is split over devices: 1-device and 8-device updates are equal.
+"""
 
 import functools
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from byol_jax import methods
 from byol_jax import optim
 from byol_jax import parallel
 from byol_jax import schedules
-from byol_jax import train_state as ts
 from byol_jax.data import augment
 from byol_jax.methods import byol
 from byol_jax.methods import networks
 from byol_jax.methods import simclr
+
+
+class TrainState(NamedTuple):
+  """All mutable training state, one pytree (checkpointed whole).
+
+  Attributes:
+    step: int32 scalar, the number of updates applied.
+    rng: the base PRNG key.
+    online_params, online_state: the online network's Haiku parameters and
+      state (BN moving averages; {} without BN).
+    target_params, target_state: the online trees restricted to
+      networks.TARGET_MODULES; {} without a target network (SimCLR).
+    opt_state: the optimizer's state of the online parameters.
+  """
+  step: jax.Array
+  rng: jax.Array
+  online_params: Any
+  online_state: Any
+  target_params: Any
+  target_state: Any
+  opt_state: Any
 
 
 def make_method(config, axis_name: Optional[str] = parallel.AXIS_NAME
@@ -40,13 +76,6 @@ def learning_rate_fn(config):
       warmup_steps=d.warmup_steps)
 
 
-def target_ema_fn(config):
-  """The run's schedules.target_ema as fn(step) -> tau."""
-  return functools.partial(schedules.target_ema,
-                           base_ema=config.training.base_ema,
-                           total_steps=config.derived.total_steps)
-
-
 def make_optimizer(config, learning_rate=None):
   """The run's LARS; `learning_rate` (a schedule) defaults to the run's."""
   return optim.make_optimizer(
@@ -57,22 +86,29 @@ def make_optimizer(config, learning_rate=None):
           'predictor': config.training.predictor_lr_multiplier})
 
 
-def make_update(config, axis_name: Optional[str] = parallel.AXIS_NAME):
-  """(method, optimizer, update) of the run; axis_name None for one device."""
-  method = make_method(config, axis_name)
-  optimizer = make_optimizer(config)
-  update = ts.make_update(method, optimizer,
-                          learning_rate_fn=learning_rate_fn(config),
-                          target_ema_fn=target_ema_fn(config),
-                          augment_fn=augment.augment_examples,
-                          axis_name=axis_name)
-  return method, optimizer, update
-
-
 def sample_images(config, batch: int = 2) -> jax.Array:
   """float32 zeros [batch, image_size, image_size, 3] to initialise or trace."""
   size = config.data.image_size
   return jnp.zeros((batch, size, size, 3), jnp.float32)
+
+
+def init_train_state(method: networks.Method,
+                     optimizer: optax.GradientTransformation,
+                     rng: jax.Array, images: jax.Array) -> TrainState:
+  """A TrainState at step 0 (target = copy of online), unreplicated.
+
+  Args:
+    method: from make_method (methods.byol.make_byol, simclr.make_simclr).
+    optimizer: from make_optimizer (optim.make_optimizer).
+    rng: a PRNG key (the run's seed).
+    images: [B, H, W, 3] images fixing the input shape (sample_images).
+  """
+  init_rng, base_rng = jax.random.split(rng)
+  params, state, target_params, target_state = method.init(init_rng, images)
+  return TrainState(step=jnp.zeros((), jnp.int32), rng=base_rng,
+                    online_params=params, online_state=state,
+                    target_params=target_params, target_state=target_state,
+                    opt_state=optimizer.init(params))
 
 
 def init_objects(config):
@@ -81,13 +117,114 @@ def init_objects(config):
   The optimizer's state holds no learning rate, so a constant schedule gives the
   same initial state as the run's.
   """
-  method = make_method(config, axis_name=None)
-  return method, make_optimizer(config, learning_rate=lambda step: 0.)
+  return (make_method(config, axis_name=None),
+          make_optimizer(config, learning_rate=lambda step: 0.))
 
 
-def state_template(config):
+def state_template(config) -> TrainState:
   """The TrainState as jax.ShapeDtypeStruct leaves (to restore into)."""
   method, optimizer = init_objects(config)
-  return jax.eval_shape(
-      lambda: ts.init_train_state(method, optimizer, jax.random.PRNGKey(0),
-                                  sample_images(config)))
+  return jax.eval_shape(lambda: init_train_state(
+      method, optimizer, jax.random.PRNGKey(0), sample_images(config)))
+
+
+def example_keys(rng: jax.Array, batch_size: int,
+                 axis_name: Optional[str]) -> jax.Array:
+  """[batch_size] keys fold_in(rng, global example index) over `axis_name`."""
+  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * batch_size
+  index = offset + jnp.arange(batch_size)
+  return jax.vmap(lambda i: jax.random.fold_in(rng, i))(index)
+
+
+def loss_fn(method: networks.Method, online_params, online_state,
+            target_params, target_state, views, labels):
+  """The method's loss of both views plus the online classifier's.
+
+  Args:
+    method: the networks.Method.
+    online_params, online_state, target_params, target_state: Haiku trees
+      (TrainState's); differentiate with respect to online_params.
+    views: two [B, H, W, 3] augmented, normalised batches.
+    labels: [B] int; < 0 for unlabelled examples.
+
+  Returns:
+    (method loss + classifier loss, (online_state, target_state, metrics)):
+    float32 scalars; metrics 'loss' (the method's), the classifier's and the
+    collapse monitors (networks.classifier_and_monitors), the method's own.
+  """
+  online, online_state = method.online(online_params, online_state, views)
+  # The target forward in training mode (batch statistics), as the official
+  # code; the method's loss stops its gradient.
+  target, target_state = method.target(target_params, target_state, views)
+  loss, metrics = method.loss(online, target)
+  classif, monitors = networks.classifier_and_monitors(online[0], labels)
+  metrics = dict(monitors, loss=loss, **metrics)
+  return loss + classif, (online_state, target_state,
+                          jax.lax.stop_gradient(metrics))
+
+
+def make_update(config, axis_name: Optional[str] = parallel.AXIS_NAME, *,
+                augment_fn=augment.augment_examples):
+  """(method, optimizer, update) of the run.
+
+  Args:
+    config: a built config (plan.build).
+    axis_name: the collective axis of the step (gradients, metrics,
+      cross-replica BN and InfoNCE's negatives), or None on one device.
+    augment_fn: (keys [B], images [B, H, W, 3] in [0, 1], view 1|2) ->
+      augmented, normalised images; BYOL's (augment.augment_examples) unless a
+      test swaps in a cheaper one.
+
+  Returns:
+    method, optimizer and the pure update(state, batch) -> (state, metrics);
+    batch is this device's part: 'view1', 'view2' [B, H, W, 3] float in
+    [0, 1] and 'label' [B] int; metrics float32 scalars, pmean'd.
+  """
+  method = make_method(config, axis_name)
+  learning_rate = learning_rate_fn(config)
+  optimizer = make_optimizer(config, learning_rate)
+  target_ema = functools.partial(schedules.target_ema,
+                                 base_ema=config.training.base_ema,
+                                 total_steps=config.derived.total_steps)
+
+  def update(state: TrainState, batch):
+    rng1, rng2 = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    batch_size = batch['view1'].shape[0]
+    views = (augment_fn(example_keys(rng1, batch_size, axis_name),
+                        batch['view1'], 1),
+             augment_fn(example_keys(rng2, batch_size, axis_name),
+                        batch['view2'], 2))
+    grads, (online_state, target_state, metrics) = jax.grad(
+        functools.partial(loss_fn, method), has_aux=True)(
+            state.online_params, state.online_state, state.target_params,
+            state.target_state, views, batch['label'])
+    if axis_name is not None:
+      grads = jax.lax.pmean(grads, axis_name)
+      metrics = jax.lax.pmean(metrics, axis_name)
+    updates, opt_state = optimizer.update(grads, state.opt_state,
+                                          state.online_params)
+    online_params = optax.apply_updates(state.online_params, updates)
+    tau = target_ema(state.step)
+    # The target moves after the online update, towards the new online
+    # weights (official code order).
+    target_params = method.target_update(state.target_params, online_params,
+                                         tau)
+    metrics = dict(metrics, lr=learning_rate(state.step),
+                   tau=jnp.asarray(tau, jnp.float32),
+                   grad_norm=optax.tree.norm(grads))
+    return TrainState(step=state.step + 1, rng=state.rng,
+                      online_params=online_params, online_state=online_state,
+                      target_params=target_params, target_state=target_state,
+                      opt_state=opt_state), metrics
+
+  return method, optimizer, update
+
+
+def pmap_update(update, devices=None):
+  """`update` as a parallel.device_program over axis AXIS_NAME, state donated.
+
+  fn(replicated state, batch [devices, per_device, ...]) -> (state, metrics);
+  metrics have a leading device axis.
+  """
+  return parallel.device_program(update, axis_name=parallel.AXIS_NAME,
+                                 devices=devices, donate_argnums=(0,))

@@ -190,7 +190,6 @@ def apply_to_state(train_state, model, num_classes, images, with_predictor,
   """A fresh TrainState with calibrated online params; target a copy of them."""
   params = calibrate(model, num_classes, train_state.online_params, images,
                      with_predictor=with_predictor, chunk_size=chunk_size)
-  target = jax.tree.map(jnp.copy, networks.restrict(params))
-  return train_state._replace(
-      online_params=params,
-      target_params=target if train_state.target_params else {})
+  target = {name: jax.tree.map(jnp.copy, params[name])
+            for name in train_state.target_params}
+  return train_state._replace(online_params=params, target_params=target)

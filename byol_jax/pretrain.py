@@ -33,7 +33,6 @@ from byol_jax import modified_init
 from byol_jax import parallel
 from byol_jax import preemption
 from byol_jax import resume
-from byol_jax import train_state as ts
 from byol_jax import validation
 from byol_jax import workdir as workdir_lib
 from byol_jax import writers
@@ -77,7 +76,8 @@ def _initial_state(config, method, optimizer, source):
   # on multi-host runs where every host initialises and hosts other than
   # process 0 never hit the persistent compilation cache. (Same values as
   # the eager init, bit for bit, on the tiny GN+WS and BN configs on CPU.)
-  init = jax.jit(functools.partial(ts.init_train_state, method, optimizer))
+  init = jax.jit(functools.partial(experiment.init_train_state, method,
+                                   optimizer))
   state = init(rng, experiment.sample_images(config))
   if config.training.modified_init:
     # A batch of augmented view-1 images, from its own data seed.
@@ -89,7 +89,7 @@ def _initial_state(config, method, optimizer, source):
         min_crop_area=config.data.min_crop_area,
         in_memory_on=config.data.in_memory_on))
     images = batch['view1'][0]
-    keys = ts.example_keys(jax.random.PRNGKey(config.seed + 2),
+    keys = experiment.example_keys(jax.random.PRNGKey(config.seed + 2),
                            images.shape[0], None)
     # Per-example augmentation, so chunking it changes nothing but memory.
     chunk = config.training.modified_init_chunk_size
@@ -204,7 +204,7 @@ def run(config, workdir, *, source) -> dict:
       in_memory_on=config.data.in_memory_on))
   rstate = parallel.replicate(state)
   del state
-  p_update = ts.pmap_update(update)
+  p_update = experiment.pmap_update(update)
   if step < stop_at:
     # Compiled before the loop, then a barrier: every process enters the
     # first step's collectives together (see hosts.barrier).
@@ -327,7 +327,7 @@ def knn_monitor(config, source, rstate) -> float:
                            state.online_state)
 
 
-def load_latest_state(config, workdir) -> Optional[ts.TrainState]:
+def load_latest_state(config, workdir) -> Optional[experiment.TrainState]:
   """The workdir's latest checkpointed TrainState (host NumPy), or None."""
   ckpt = checkpointing.Checkpointer(workdir_lib.checkpoint_dir(workdir))
   restored = ckpt.restore_latest(experiment.state_template(config))

@@ -21,10 +21,10 @@ import pytest
 
 from byol_jax import checkpointing
 from byol_jax import configs
+from byol_jax import experiment
 from byol_jax import main as main_lib
 from byol_jax import preemption
 from byol_jax import pretrain
-from byol_jax import train_state as ts
 import xla_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def test_one_compilation_and_no_host_sync_between_logging_steps(
     tmp_path, monkeypatch):
   steps_done = []
   reads = []  # (steps done when the read happened, what was read)
-  original_pmap = ts.pmap_update
+  original_pmap = experiment.pmap_update
   original_value = jax_array.ArrayImpl._value
 
   def pmap_update(update, **kwargs):
@@ -70,7 +70,7 @@ def test_one_compilation_and_no_host_sync_between_logging_steps(
       reads.append((steps_done[-1], tuple(self.shape)))
     return original_value.fget(self)
 
-  monkeypatch.setattr(ts, 'pmap_update', pmap_update)
+  monkeypatch.setattr(experiment, 'pmap_update', pmap_update)
   monkeypatch.setattr(jax_array.ArrayImpl, '_value', property(value))
   summary = main_lib.run(_config(), str(tmp_path))
   monkeypatch.undo()

@@ -1,12 +1,8 @@
-"""BYOL (Grill et al., 2020) as pure functions over online and target trees.
+"""BYOL (Grill et al., 2020): what it adds to the shared step (experiment.py).
 
 Online: encoder -> projector -> predictor, plus a linear classifier on the
 stop-gradient representation of view 1 (the official code's accuracy monitor).
-Target: encoder -> projector, its own tree, moved only by the EMA.
-
-With BatchNorm each view is forwarded separately (per-view statistics, as the
-official code); the target's BN state is updated by its own forward passes.
-Without batch statistics both views go as one batch (same outputs).
+Target: encoder -> projector, its own tree, moved only by the EMA (eq. 1).
 """
 
 from typing import Optional
@@ -16,6 +12,24 @@ import jax.numpy as jnp
 
 from byol_jax import losses
 from byol_jax.methods import networks
+
+
+def ema(target_params, online_params, tau):
+  """target <- tau * target + (1 - tau) * online (BYOL eq. 1), per module.
+
+  Args:
+    target_params: the target tree (networks.TARGET_MODULES).
+    online_params: the online tree after this step's update.
+    tau: float32 scalar in [0, 1] (schedules.target_ema).
+
+  Returns:
+    The new target tree.
+  """
+  return {
+      name: jax.tree.map(lambda t, o: tau * t + (1. - tau) * o, module,
+                         online_params[name])
+      for name, module in target_params.items()
+  }
 
 
 def make_byol(model, num_classes: int,
@@ -29,15 +43,13 @@ def make_byol(model, num_classes: int,
 
   Returns:
     A networks.Method; its target trees are the online ones restricted to
-    networks.TARGET_MODULES.
+    networks.TARGET_MODULES, its loss losses.byol_loss of the online
+    predictions and the target projections, its target update `ema`.
   """
   online = networks.make_forward(model, num_classes, with_predictor=True,
                                  with_classifier=True, axis_name=axis_name)
   target = networks.make_forward(model, num_classes, with_predictor=False,
                                  with_classifier=False, axis_name=axis_name)
-
-  online_one_batch = networks.views_in_one_batch(model, with_predictor=True)
-  target_one_batch = networks.views_in_one_batch(model, with_predictor=False)
 
   def init(rng, images):
     params, state = online.init(rng, images, is_training=True)
@@ -46,21 +58,12 @@ def make_byol(model, num_classes: int,
     copy = lambda tree: jax.tree.map(jnp.copy, networks.restrict(tree))
     return params, state, copy(params), copy(state)
 
-  def loss(online_params, online_state, target_params, target_state, views,
-           labels):
-    (out1, out2), online_state = networks.apply_views(
-        online, online_params, online_state, views,
-        one_batch=online_one_batch)
-    # Target forward in training mode (batch statistics), as the official
-    # code; byol_loss applies the stop-gradient on its outputs.
-    (tgt1, tgt2), target_state = networks.apply_views(
-        target, target_params, target_state, views,
-        one_batch=target_one_batch)
-    byol = losses.byol_loss(out1['prediction'], out2['prediction'],
-                            tgt1['projection'], tgt2['projection'])
-    classif, metrics = networks.classifier_and_monitors(out1, labels)
-    metrics['loss'] = byol
-    return byol + classif, (online_state, target_state,
-                            jax.lax.stop_gradient(metrics))
+  def loss(online_out, target_out):
+    (out1, out2), (tgt1, tgt2) = online_out, target_out
+    return losses.byol_loss(out1['prediction'], out2['prediction'],
+                            tgt1['projection'], tgt2['projection']), {}
 
-  return networks.Method(init=init, loss=loss)
+  return networks.Method(
+      init=init, online=networks.forward_views(model, online, True),
+      target=networks.forward_views(model, target, False), loss=loss,
+      target_update=ema)

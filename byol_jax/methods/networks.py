@@ -171,26 +171,31 @@ def views_in_one_batch(model, *, with_predictor: bool) -> bool:
              BATCH_INDEPENDENT_NORMS for c in components)
 
 
-def apply_views(transformed: hk.TransformedWithState, params, state, views,
-                *, one_batch: bool = False):
-  """Forwards the views in training mode: ([output dict per view], state).
+def forward_views(model, transformed: hk.TransformedWithState,
+                  with_predictor: bool):
+  """fn(params, state, views) -> ([output dict per view], state), training mode.
 
-  one_batch (only when views_in_one_batch) concatenates the views into one pass;
+  One pass of the concatenated views when views_in_one_batch (same outputs);
   otherwise one pass per view, BN state threaded view 1 -> view 2.
   """
-  if one_batch:
-    sizes = [v.shape[0] for v in views]
-    out, state = transformed.apply(params, state, None,
-                                   jnp.concatenate(views), is_training=True)
-    bounds = np.cumsum(sizes)[:-1].tolist()
-    parts = {k: jnp.split(v, bounds) for k, v in out.items()}
-    return [{k: p[i] for k, p in parts.items()} for i in range(len(views))
-            ], state
-  outputs = []
-  for view in views:
-    out, state = transformed.apply(params, state, None, view, is_training=True)
-    outputs.append(out)
-  return outputs, state
+  one_batch = views_in_one_batch(model, with_predictor=with_predictor)
+
+  def forward(params, state, views):
+    if one_batch:
+      out, state = transformed.apply(params, state, None,
+                                     jnp.concatenate(views), is_training=True)
+      bounds = np.cumsum([v.shape[0] for v in views])[:-1].tolist()
+      parts = {k: jnp.split(v, bounds) for k, v in out.items()}
+      return [{k: p[i] for k, p in parts.items()} for i in range(len(views))
+              ], state
+    outputs = []
+    for view in views:
+      out, state = transformed.apply(params, state, None, view,
+                                     is_training=True)
+      outputs.append(out)
+    return outputs, state
+
+  return forward
 
 
 def restrict(tree, modules=TARGET_MODULES) -> dict:
@@ -222,15 +227,24 @@ def classifier_and_monitors(out: dict, labels: jax.Array):
 
 
 class Method(NamedTuple):
-  """A self-supervised method as two pure functions.
+  """What a self-supervised method brings to the shared step (experiment.py).
 
   Attributes:
     init: init(rng, images [B, H, W, 3]) -> (online_params, online_state,
       target_params, target_state); target trees {} without a target network.
-    loss: loss(online_params, online_state, target_params, target_state,
-      views, labels) -> (loss, (online_state, target_state, metrics)); views
-      are two [B, H, W, 3] augmented batches, labels [B] int. Differentiate
-      with respect to online_params.
+    online: online(params, state, views) -> ([output dict per view], state):
+      the online network on the two augmented [B, H, W, 3] views
+      (forward_views); outputs 'representation', 'projection',
+      ['prediction'], 'logits'.
+    target: the same for the target network; (None, state) without one.
+    loss: loss(online outputs, target outputs) -> (float32 scalar loss,
+      {name: scalar} metrics of the method's own); it stops the target's
+      gradient.
+    target_update: (target_params, online_params after the step, tau) -> new
+      target_params (BYOL's EMA; SimCLR's returns them unchanged).
   """
   init: Callable[..., Any]
+  online: Callable[..., Any]
+  target: Callable[..., Any]
   loss: Callable[..., Any]
+  target_update: Callable[..., Any]

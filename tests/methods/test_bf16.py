@@ -7,7 +7,6 @@ state and the target (EMA) stay float32. Checked on the lowered StableHLO of
 the whole training step (augmentation, loss, gradients, LARS, EMA).
 """
 
-import functools
 import re
 
 import jax
@@ -15,38 +14,32 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from byol_jax import optim
-from byol_jax import schedules
-from byol_jax import train_state as ts
-from byol_jax.data import augment
-from byol_jax.methods import byol
+from byol_jax import experiment
 
 NUM_CLASSES = 5  # a size no network layer has: marks the classifier's dots.
 BATCH = 4
 
 
 def _step(norm, ws):
-  model = ml_collections.ConfigDict(dict(
+  model = dict(
       depth=10, width_multiplier=0.125, stem='small', zero_init_last=False,
       dtype='bfloat16', encoder_norm=norm, projector_norm=norm,
       predictor_norm=norm, gn_groups=4, encoder_ws=ws, heads_ws=ws,
       cross_replica_bn=False, projector_hidden_size=32,
-      projector_output_size=16, predictor_hidden_size=24))
-  method = byol.make_byol(model, NUM_CLASSES, axis_name=None)
-  lr = functools.partial(schedules.learning_rate, base_learning_rate=0.2,
-                         global_batch_size=BATCH, total_steps=10,
-                         warmup_steps=1)
-  tau = functools.partial(schedules.target_ema, base_ema=0.99, total_steps=10)
-  opt = optim.make_optimizer(lr, weight_decay=1e-6)
-  update = ts.make_update(method, opt, learning_rate_fn=lr,
-                          target_ema_fn=tau, augment_fn=augment.augment_examples,
-                          axis_name=None)
+      projector_output_size=16, predictor_hidden_size=24)
+  config = ml_collections.ConfigDict(dict(
+      method='byol', model=model,
+      training=dict(base_learning_rate=0.2, global_batch_size=BATCH,
+                    weight_decay=1e-6, trust_coefficient=1e-3,
+                    predictor_lr_multiplier=1., base_ema=0.99),
+      derived=dict(num_classes=NUM_CLASSES, total_steps=10, warmup_steps=1)))
+  method, opt, update = experiment.make_update(config, axis_name=None)
   images = jnp.full((BATCH, 16, 16, 3), 0.5)
   batch = {'view1': images, 'view2': images,
            'label': jnp.zeros((BATCH,), jnp.int32)}
-  state = jax.eval_shape(lambda: ts.init_train_state(
+  state = jax.eval_shape(lambda: experiment.init_train_state(
       method, opt, jax.random.PRNGKey(0), images))
-  step = jax.jit(lambda s, b: update(s, b, ts.step_rng(s)), donate_argnums=(0,))
+  step = jax.jit(update, donate_argnums=(0,))
   return step, state, batch
 
 

@@ -8,12 +8,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from byol_jax import optim
+from byol_jax import experiment
 from byol_jax import parallel
 from byol_jax import schedules
-from byol_jax import train_state as ts
-from byol_jax.methods import byol
-from byol_jax.methods import simclr
 
 NUM_CLASSES = 4
 
@@ -54,25 +51,24 @@ def structured_batch(rng, batch_size, size=16):
 
 def build(model, method='byol', axis_name=parallel.AXIS_NAME, lr=0.4, total=50,
           weight_decay=1e-6, base_ema=0.99, warmup=5, batch=32):
-  if method == 'byol':
-    m = byol.make_byol(model, NUM_CLASSES, axis_name=axis_name)
-  else:
-    m = simclr.make_simclr(model, NUM_CLASSES, temperature=0.5,
-                           axis_name=axis_name)
-  lr_fn = functools.partial(schedules.learning_rate, base_learning_rate=lr,
-                            global_batch_size=batch, total_steps=total,
-                            warmup_steps=warmup)
+  config = ml_collections.ConfigDict(dict(
+      method=method, model=model,
+      training=dict(base_learning_rate=lr, global_batch_size=batch,
+                    weight_decay=weight_decay, trust_coefficient=1e-3,
+                    predictor_lr_multiplier=1., base_ema=base_ema,
+                    temperature=0.5),
+      derived=dict(num_classes=NUM_CLASSES, total_steps=total,
+                   warmup_steps=warmup)))
+  m, opt, update = experiment.make_update(config, axis_name,
+                                          augment_fn=flip_and_jitter)
   tau_fn = functools.partial(schedules.target_ema, base_ema=base_ema,
                              total_steps=total)
-  opt = optim.make_optimizer(lr_fn, weight_decay=weight_decay)
-  update = ts.make_update(m, opt, learning_rate_fn=lr_fn, target_ema_fn=tau_fn,
-                          augment_fn=flip_and_jitter, axis_name=axis_name)
   return m, opt, update, tau_fn
 
 
 def _init(m, opt, batch, jit_o0):
   """The initial TrainState (conftest's jit_o0: any parameters will do)."""
-  return jit_o0(functools.partial(ts.init_train_state, m, opt),
+  return jit_o0(functools.partial(experiment.init_train_state, m, opt),
                 jax.random.PRNGKey(0), batch['view1'][:2])
 
 
@@ -89,13 +85,14 @@ def test_target_is_ema_of_updated_online_and_gets_no_gradient(jit_o0):
                                           for k in state.target_params})
   # The BYOL loss gives the target no gradient at all.
   views = (batch['view1'], batch['view2'])
-  target_loss = lambda t: m.loss(state.online_params, state.online_state, t,
-                                 state.target_state, views, batch['label'])[0]
+  target_loss = lambda t: experiment.loss_fn(
+      m, state.online_params, state.online_state, t, state.target_state, views,
+      batch['label'])[0]
   # jit_o0: the relations below hold at any optimisation level.
   tgrad = jit_o0(jax.grad(target_loss), state.target_params)
   assert all(float(np.abs(g).max()) == 0. for g in jax.tree.leaves(tgrad))
   old_target = state.target_params
-  new, metrics = jit_o0(update, state, batch, jax.random.PRNGKey(3))
+  new, metrics = jit_o0(update, state, batch)
   tau = float(tau_fn(0))
   assert tau == pytest.approx(0.99) and float(metrics['tau']) == tau
   for name in old_target:
@@ -128,7 +125,7 @@ def test_pmap_8_devices_equals_1_device(norm, ws, jit_o0):
   results = []
   for n in (8, 1):
     devices = jax.local_devices()[:n]
-    step = ts.pmap_update(update, devices=devices)
+    step = experiment.pmap_update(update, devices=devices)
     local = jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), batch)
     # jit_o0: 8 devices = 1 at any optimisation level.
     new, metrics = jit_o0(step, parallel.replicate(state, devices), local)
@@ -153,11 +150,11 @@ def test_pmap_8_devices_equals_1_device(norm, ws, jit_o0):
 
 def _train(model, steps, method='byol', seed=0, fixed_batch=False):
   m, opt, update, _ = build(model, method=method, axis_name=None, total=steps)
-  step = jax.jit(lambda s, b: update(s, b, ts.step_rng(s)), donate_argnums=(0,))
+  step = jax.jit(update, donate_argnums=(0,))
   # The suite's optimisation level (conftest's XLA_FLAGS), jitted as
   # pre-training does (the same values bit for bit; pretrain.py): what these
   # tests check depends on where training starts, so not conftest's jit_o0.
-  init = jax.jit(functools.partial(ts.init_train_state, m, opt))
+  init = jax.jit(functools.partial(experiment.init_train_state, m, opt))
   state = init(jax.random.PRNGKey(0),
                structured_batch(jax.random.PRNGKey(seed), 32)['view1'][:2])
   history = []

@@ -6,6 +6,8 @@ loss and gradients; with BatchNorm the per-view passes (per-view batch
 statistics, as the official BYOL code) must stay.
 """
 
+import functools
+
 import chex
 import haiku as hk
 import jax
@@ -14,6 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from byol_jax import experiment
 from byol_jax.methods import byol
 from byol_jax.methods import networks
 from byol_jax.methods import simclr
@@ -56,7 +59,8 @@ def _loss_and_grads(method, views, labels, jit_o0):
   tparams = jax.tree.map(lambda x: x * 0.9 + 0.01, tparams)
   # The equalities hold at any XLA optimisation level: jit_o0 for the loss too.
   (loss, (new_state, new_tstate, metrics)), grads = jit_o0(
-      jax.value_and_grad(method.loss, has_aux=True), params, state, tparams,
+      jax.value_and_grad(functools.partial(experiment.loss_fn, method),
+                         has_aux=True), params, state, tparams,
       tstate, views, labels)
   return loss, grads, metrics, new_state, new_tstate
 
@@ -93,8 +97,8 @@ def _conv_batch_sizes(method, views, labels):
   """The batch dimension of every convolution's input in the loss's jaxpr."""
   params, state, tparams, tstate = jax.eval_shape(  # shapes suffice
       method.init, jax.random.PRNGKey(0), views[0][:2])
-  jaxpr = jax.make_jaxpr(method.loss)(params, state, tparams, tstate, views,
-                                      labels)
+  jaxpr = jax.make_jaxpr(functools.partial(experiment.loss_fn, method))(
+      params, state, tparams, tstate, views, labels)
   sizes = []
 
   def visit(jaxpr):
