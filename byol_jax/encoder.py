@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from byol_jax import checkpointing
+from byol_jax import experiment
 from byol_jax import resume
 from byol_jax import workdir as workdir_lib
 from byol_jax.data import augment
@@ -60,9 +62,7 @@ def encoder_apply(config) -> Callable[[Any, Any, jax.Array], jax.Array]:
 @functools.lru_cache(maxsize=2)
 def _jitted_init(key: ml_collections.FrozenConfigDict):
   """jit(init_train_state), cached: compiling the initialisers is slow."""
-  from byol_jax import experiment  # pylint: disable=g-import-not-at-top
-  config = ml_collections.ConfigDict(key)
-  method, optimizer = experiment.init_objects(config)
+  method, optimizer = experiment.init_objects(ml_collections.ConfigDict(key))
   return jax.jit(functools.partial(experiment.init_train_state, method,
                                    optimizer))
 
@@ -74,7 +74,6 @@ def random_encoder(config):
   baseline is the trained encoder's own starting point (before any
   modified-init calibration, paper §3.2).
   """
-  from byol_jax import experiment  # pylint: disable=g-import-not-at-top
   # Keyed on what the initialisation depends on (not eval/logging fields).
   key = {k: config[k].to_dict() for k in ('model', 'training')}
   key['derived'] = {'num_classes': config.derived.num_classes}
@@ -145,9 +144,6 @@ def load_pretrained(workdir) -> Pretrained:
   deleted); multi-host: call it on every host. FileNotFoundError, naming the
   path and the command that creates it, without config.json or a checkpoint.
   """
-  # Imported here: checkpointing pulls in orbax, experiment the methods.
-  from byol_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from byol_jax import experiment  # pylint: disable=g-import-not-at-top
   workdir = epath.Path(workdir)
   config = load_config(workdir)
   ckpt_dir = workdir_lib.checkpoint_dir(workdir)

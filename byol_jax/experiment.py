@@ -112,11 +112,7 @@ def init_train_state(method: networks.Method,
 
 
 def init_objects(config):
-  """(method, optimizer) without schedules: restoring needs no step counts.
-
-  The optimizer's state holds no learning rate, so a constant schedule gives the
-  same initial state as the run's.
-  """
+  """(method, optimizer) without schedules (LARS's state holds no rate)."""
   return (make_method(config, axis_name=None),
           make_optimizer(config, learning_rate=lambda step: 0.))
 
@@ -131,8 +127,9 @@ def state_template(config) -> TrainState:
 def example_keys(rng: jax.Array, batch_size: int,
                  axis_name: Optional[str]) -> jax.Array:
   """[batch_size] keys fold_in(rng, global example index) over `axis_name`."""
-  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * batch_size
-  index = offset + jnp.arange(batch_size)
+  index = jnp.arange(batch_size)
+  if axis_name is not None:
+    index = jax.lax.axis_index(axis_name) * batch_size + index
   return jax.vmap(lambda i: jax.random.fold_in(rng, i))(index)
 
 
@@ -221,10 +218,6 @@ def make_update(config, axis_name: Optional[str] = parallel.AXIS_NAME, *,
 
 
 def pmap_update(update, devices=None):
-  """`update` as a parallel.device_program over axis AXIS_NAME, state donated.
-
-  fn(replicated state, batch [devices, per_device, ...]) -> (state, metrics);
-  metrics have a leading device axis.
-  """
+  """`update` as a parallel.device_program, the state donated."""
   return parallel.device_program(update, axis_name=parallel.AXIS_NAME,
                                  devices=devices, donate_argnums=(0,))

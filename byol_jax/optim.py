@@ -27,48 +27,35 @@ import optax
 
 ScalarOrSchedule = Union[float, Callable[[Any], Any]]
 
-# Haiku names the kernel of hk.Linear and of every hk.ConvND 'w'.
-_HAIKU_WEIGHT_NAME = 'w'
-
-
-def _is_lars_weight(path, leaf) -> bool:
-  """Rank <= 1: no; a kernel 'w': yes; anything else: ValueError."""
-  shape = tuple(leaf.shape)
-  if len(shape) <= 1:
-    # Biases ('b'), GroupNorm / LayerNorm / affine / BN scale and offset,
-    # scalars: one value per channel.
-    return False
-  name = jax.tree_util.keystr(path[-1:], simple=True)
-  if name == _HAIKU_WEIGHT_NAME:
-    # A Linear/Conv kernel, even a degenerate one such as a Linear to a single
-    # output ([D, 1]) or a 1x1 conv on one input channel ([1, 1, 1, C]).
-    return True
-  raise ValueError(
-      f'lars_mask: parameter {jax.tree_util.keystr(path, simple=True, separator="/")} '
-      f'of shape {shape} is neither a kernel named {_HAIKU_WEIGHT_NAME!r} nor '
-      'a vector; say in optim.lars_mask whether it gets weight decay.')
-
-
 def lars_mask(params) -> Any:
   """True where a parameter gets weight decay and the LARS trust ratio.
 
-  Reads only shapes and the Haiku parameter name: rank <= 1 (biases, norm
-  scale/offset, scalars) -> False; a rank >= 2 leaf named 'w' -> True; any other
-  rank >= 2 leaf -> ValueError. On every Haiku ResNet and MLP this equals the
-  official filter (exclude_bias_and_norm: leaf 'b' or a module named '*norm*')
-  without depending on module names.
+  From shapes and the Haiku parameter name only: rank <= 1 (biases, every
+  norm's scale/offset, scalars) -> False; a rank >= 2 kernel 'w' -> True (a
+  degenerate [D, 1] Linear too); another rank >= 2 leaf -> ValueError. On every
+  Haiku ResNet and MLP this equals the official exclude_bias_and_norm (leaf 'b'
+  or a module named '*norm*') without depending on module names.
 
   Args:
-    params: a parameter pytree; leaves need only `.shape`
-      (jax.ShapeDtypeStruct trees work).
+    params: a parameter pytree; leaves need only `.shape`.
 
   Returns:
     A pytree of Python bools with the structure of `params`.
   """
-  return jax.tree_util.tree_map_with_path(_is_lars_weight, params)
+  def is_weight(path, leaf):
+    if len(leaf.shape) <= 1:
+      return False
+    if jax.tree_util.keystr(path[-1:], simple=True) == 'w':
+      return True
+    raise ValueError(
+        f'lars_mask: parameter '
+        f'{jax.tree_util.keystr(path, simple=True, separator="/")} of shape '
+        f'{tuple(leaf.shape)} is neither a kernel named \'w\' nor a vector; '
+        'say in optim.lars_mask whether it gets weight decay.')
+  return jax.tree_util.tree_map_with_path(is_weight, params)
 
 
-def module_mask(params, component: str) -> Any:
+def _module_mask(params, component: str) -> Any:
   """True for the parameters of module `component` or `component/...`."""
   def select(path, leaf):
     del leaf
@@ -100,7 +87,7 @@ def make_optimizer(
     eps: added to ||d|| in the trust ratio's denominator (official: 0).
     nesterov: Nesterov momentum (not in the official code).
     lr_multipliers: {component: factor}: that component's updates scaled by
-      factor (module_mask). None or {}: one rate for all (paper, official).
+      factor. None or {}: one rate for all (paper, official).
 
   Returns:
     An optax.GradientTransformation whose update needs `params`.
@@ -128,7 +115,7 @@ def make_optimizer(
     if factor != 1:
       multipliers.append(optax.masked(
           optax.scale(factor),
-          mask=functools.partial(module_mask, component=component)))
+          mask=functools.partial(_module_mask, component=component)))
   return optax.chain(
       optax.add_decayed_weights(weight_decay, mask=lars_mask),
       # eta * ||w|| / (||d|| + eps), 1 where either norm is 0: the official

@@ -235,7 +235,9 @@ def run(config, workdir, *, source) -> dict:
         if (config.logging.knn_every_steps and
             step % config.logging.knn_every_steps == 0):
           metrics.flush()
-          writer.write(step, {'knn_top1': knn_monitor(config, source, rstate)})
+          online = parallel.unreplicate(rstate)  # frozen, in eval mode
+          writer.write(step, {'knn_top1': features.knn_eval(
+              config, source, online.online_params, online.online_state)})
         decision = preemption.decide(watcher, ckpt, sync)
         agreements += decision.collectives
         if (decision.preempt or step == stop_at or collapsed() or
@@ -287,7 +289,8 @@ def _save(ckpt: checkpointing.Checkpointer, step: int, rstate,
           extra: dict) -> None:
   """Checkpoints the replicated state (async); a non-finite one stops."""
   try:
-    ckpt.save(step, jax.device_get(parallel.unreplicate(rstate)), extra, force=True)
+    ckpt.save(step, jax.device_get(parallel.unreplicate(rstate)), extra,
+              force=True)
   except checkpointing.NonFiniteStateError as e:
     # The weights went non-finite in this step's update; its loss (computed
     # before the update) was still finite.
@@ -318,13 +321,6 @@ def _check_same_state(state, step: int, which: str) -> str:
       f'the {which} training state at step {step} (sha256 prefixes as int32 '
       f'words); {hint}')
   return fingerprint
-
-
-def knn_monitor(config, source, rstate) -> float:
-  """kNN top-1 in [0, 1] of the online encoder (frozen, eval mode)."""
-  state = parallel.unreplicate(rstate)
-  return features.knn_eval(config, source, state.online_params,
-                           state.online_state)
 
 
 def load_latest_state(config, workdir) -> Optional[experiment.TrainState]:
