@@ -1,4 +1,4 @@
-r"""The GPU device suite (issue 15): one time-boxed command, results as it goes.
+r"""The GPU device suite: one time-boxed command, results as it goes.
 
     python -m benchmarks.device_suite --out=$OUT --data_dir=.gpu_data/cifar10-jpg.tar.gz
     python -m benchmarks.device_suite --smoke --out=/tmp/suite   # CPU, tiny

@@ -3,7 +3,7 @@
 Used by benchmarks/throughput.py. `step_flops` counts without running or
 compiling anything (abstract shapes, lowering, XLA's cost analysis), so it is
 cheap even for ResNet-50 at 224 px on a CPU; `analytic_flops_per_image` is
-issue 7's rule computed from the architecture; `peak_flops` is the table MFU
+the usual 8-forward-pass rule computed from the architecture; `peak_flops` is the table MFU
 divides by.
 """
 from typing import Optional, Tuple
@@ -104,13 +104,13 @@ def encoder_macs(depth: int, width: float, stem: str, image_size: int) -> int:
 
 
 def analytic_flops_per_image(config) -> float:
-  """Issue 7's rule, computed from the architecture: FLOP per image.
+  """The 8-forward-pass rule, computed from the architecture: FLOP per image.
 
   2 FLOP per multiply-add of the convolutions and head layers; per view the
   trained network costs 3 forwards (forward + backward) and, for BYOL, the
   target network 1 more. Norms, activations, augmentation, the online
   classifier and the optimizer are left out. ResNet-50 BYOL at 224 px gives
-  65.6 GFLOP, issue 7's 65.8.
+  65.6 GFLOP (the rule's round figure: 65.8).
 
   Args:
     config: an experiment config (method, model, data.image_size).

@@ -1,4 +1,4 @@
-r"""What the test suite spends its time on, from empty caches (issue 17).
+r"""What the test suite spends its time on, from empty caches.
 
 Runs the README's test command (`python -m pytest -q -n 2 tests`, or the
 given paths and workers) with benchmarks/_suite_plugin.py in every worker and

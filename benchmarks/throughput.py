@@ -29,12 +29,12 @@ Reported per row:
 Each row runs in a fresh child process (unless --no_isolate), so its peak
 memory and compile time are its own, and the parent never initialises an
 accelerator (on GPU it would preallocate the memory the child needs). The
-results file also holds `flop_check`: issue 7's acceptance test, XLA's FLOPs
+results file also holds `flop_check`: XLA's FLOPs
 of ResNet-50 BYOL at 224 px against the analytic 65.8 GFLOP per image.
 
     # CPU (one real device; no --xla_force_host_platform_device_count):
     python -m benchmarks.throughput --method byol,simclr --norm bn,gn_ws
-    # H100 / H200 (issue 7):
+    # H100 / H200:
     python -m benchmarks.throughput --depth 50 --stem imagenet \
         --image_size 224 --per_device_batch 128,256 --dtype bfloat16 \
         --norm bn,gn_ws
@@ -497,7 +497,7 @@ def run(args, argv) -> dict:
   if check:
     print(f'\nResNet-50 BYOL 224px: {check["flops_per_image"] / 1e9:.2f} '
           'GFLOP/image (XLA cost analysis) vs '
-          f'{check["issue_flops_per_image"] / 1e9:.1f} (issue 7): ratio '
+          f'{check["issue_flops_per_image"] / 1e9:.1f} (analytic): ratio '
           f'{check["flops_vs_issue_ratio"]:.3f}')
   if not args.no_write:
     device = _results.device_slug(first['platform'], first['device_kind'],

@@ -62,11 +62,11 @@ def test_tiny_run_writes_a_consistent_results_file(tmp_path):
   assert math.isfinite(row['loss_last_step'])
 
 
-def test_resnet50_byol_flops_match_issue_7():
+def test_resnet50_byol_flops_match_the_analytic_count():
   """Acceptance: XLA's count is within 10% of the analytic 65.8 GFLOP."""
   check = throughput.flop_check()
   assert check['flops_vs_issue_ratio'] == pytest.approx(1., abs=0.1)
-  # The analytic rule reproduces the issue's number from the architecture.
+  # The analytic rule reproduces the round 65.8 GFLOP from the architecture.
   assert check['analytic_flops_per_image'] == pytest.approx(65.8e9, rel=0.01)
   # ResNet-50 forward at 224 px: the often quoted 4.1 G multiply-adds.
   assert flops.encoder_macs(50, 1., 'imagenet', 224) == pytest.approx(
