@@ -185,10 +185,12 @@ def calibrate(model, num_classes: int, params: hk.Params, images, *,
   return (new, statistics) if return_statistics else new
 
 
-def apply_to_state(train_state, model, num_classes, images, with_predictor,
+def apply_to_state(train_state, model, num_classes, images,
                    chunk_size: Optional[int] = None):
   """A fresh TrainState with calibrated online params; target a copy of them."""
-  params = calibrate(model, num_classes, train_state.online_params, images,
+  params = train_state.online_params
+  with_predictor = any(name.startswith('predictor/') for name in params)
+  params = calibrate(model, num_classes, params, images,
                      with_predictor=with_predictor, chunk_size=chunk_size)
   target = {name: jax.tree.map(jnp.copy, params[name])
             for name in train_state.target_params}

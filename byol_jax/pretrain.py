@@ -28,7 +28,6 @@ import numpy as np
 from byol_jax import checkpointing
 from byol_jax import experiment
 from byol_jax import hosts
-from byol_jax import methods
 from byol_jax import modified_init
 from byol_jax import parallel
 from byol_jax import preemption
@@ -90,7 +89,7 @@ def _initial_state(config, method, optimizer, source):
         in_memory_on=config.data.in_memory_on))
     images = batch['view1'][0]
     keys = experiment.example_keys(jax.random.PRNGKey(config.seed + 2),
-                           images.shape[0], None)
+                                   images.shape[0], None)
     # Per-example augmentation, so chunking it changes nothing but memory.
     chunk = config.training.modified_init_chunk_size
     augment = jax.jit(functools.partial(augment_lib.augment_examples, view=1))
@@ -98,8 +97,7 @@ def _initial_state(config, method, optimizer, source):
         np.asarray(augment(keys[i:i + chunk], jnp.asarray(images[i:i + chunk])))
         for i in range(0, len(images), chunk)])
     state = modified_init.apply_to_state(
-        state, config.model, config.derived.num_classes, images,
-        with_predictor=config.method == methods.BYOL, chunk_size=chunk)
+        state, config.model, config.derived.num_classes, images, chunk)
     logging.info('Modified init (paper §3.2): calibrated %s on %d images.',
                  ', '.join(modified_init.calibrated_components(config.model)),
                  images.shape[0])
