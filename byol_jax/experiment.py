@@ -135,19 +135,11 @@ def example_keys(rng: jax.Array, batch_size: int,
 
 def loss_fn(method: networks.Method, online_params, online_state,
             target_params, target_state, views, labels):
-  """The method's loss of both views plus the online classifier's.
+  """(method loss + classifier loss, (online_state, target_state, metrics)).
 
-  Args:
-    method: the networks.Method.
-    online_params, online_state, target_params, target_state: Haiku trees
-      (TrainState's); differentiate with respect to online_params.
-    views: two [B, H, W, 3] augmented, normalised batches.
-    labels: [B] int; < 0 for unlabelled examples.
-
-  Returns:
-    (method loss + classifier loss, (online_state, target_state, metrics)):
-    float32 scalars; metrics 'loss' (the method's), the classifier's and the
-    collapse monitors (networks.classifier_and_monitors), the method's own.
+  Differentiate with respect to online_params. views: two augmented [B, H, W,
+  3] batches; labels [B] int, < 0 unlabelled. metrics (float32 scalars):
+  'loss' (the method's), networks.classifier_and_monitors, the method's own.
   """
   online, online_state = method.online(online_params, online_state, views)
   # The target forward in training mode (batch statistics), as the official
@@ -169,8 +161,7 @@ def make_update(config, axis_name: Optional[str] = parallel.AXIS_NAME, *,
     axis_name: the collective axis of the step (gradients, metrics,
       cross-replica BN and InfoNCE's negatives), or None on one device.
     augment_fn: (keys [B], images [B, H, W, 3] in [0, 1], view 1|2) ->
-      augmented, normalised images; BYOL's (augment.augment_examples) unless a
-      test swaps in a cheaper one.
+      augmented, normalised images (tests swap in a cheaper one).
 
   Returns:
     method, optimizer and the pure update(state, batch) -> (state, metrics);

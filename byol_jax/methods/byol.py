@@ -17,13 +17,7 @@ from byol_jax.methods import networks
 def ema(target_params, online_params, tau):
   """target <- tau * target + (1 - tau) * online (BYOL eq. 1), per module.
 
-  Args:
-    target_params: the target tree (networks.TARGET_MODULES).
-    online_params: the online tree after this step's update.
-    tau: float32 scalar in [0, 1] (schedules.target_ema).
-
-  Returns:
-    The new target tree.
+  online_params: after this step's update; tau in [0, 1] (schedules.target_ema).
   """
   return {
       name: jax.tree.map(lambda t, o: tau * t + (1. - tau) * o, module,

@@ -232,16 +232,12 @@ class Method(NamedTuple):
   Attributes:
     init: init(rng, images [B, H, W, 3]) -> (online_params, online_state,
       target_params, target_state); target trees {} without a target network.
-    online: online(params, state, views) -> ([output dict per view], state):
-      the online network on the two augmented [B, H, W, 3] views
-      (forward_views); outputs 'representation', 'projection',
-      ['prediction'], 'logits'.
+    online: (params, state, views) -> ([output dict per view], state), the
+      online network on the two augmented views (forward_views).
     target: the same for the target network; (None, state) without one.
-    loss: loss(online outputs, target outputs) -> (float32 scalar loss,
-      {name: scalar} metrics of the method's own); it stops the target's
-      gradient.
-    target_update: (target_params, online_params after the step, tau) -> new
-      target_params (BYOL's EMA; SimCLR's returns them unchanged).
+    loss: (online outputs, target outputs) -> (float32 loss, {name: scalar}
+      metrics of its own); it stops the target's gradient.
+    target_update: (target_params, new online_params, tau) -> target_params.
   """
   init: Callable[..., Any]
   online: Callable[..., Any]
