@@ -76,10 +76,10 @@ def learning_rate_fn(config):
       warmup_steps=d.warmup_steps)
 
 
-def make_optimizer(config, learning_rate=None):
-  """The run's LARS; `learning_rate` (a schedule) defaults to the run's."""
+def _lars(config, learning_rate):
+  """optim.make_optimizer with the run's hyper-parameters and `learning_rate`."""
   return optim.make_optimizer(
-      learning_rate or learning_rate_fn(config),
+      learning_rate,
       weight_decay=config.training.weight_decay,
       trust_coefficient=config.training.trust_coefficient,
       lr_multipliers={
@@ -99,7 +99,7 @@ def init_train_state(method: networks.Method,
 
   Args:
     method: from make_method (methods.byol.make_byol, simclr.make_simclr).
-    optimizer: from make_optimizer (optim.make_optimizer).
+    optimizer: optim.make_optimizer's (LARS).
     rng: a PRNG key (the run's seed).
     images: [B, H, W, 3] images fixing the input shape (sample_images).
   """
@@ -114,7 +114,7 @@ def init_train_state(method: networks.Method,
 def init_objects(config):
   """(method, optimizer) without schedules (LARS's state holds no rate)."""
   return (make_method(config, axis_name=None),
-          make_optimizer(config, learning_rate=lambda step: 0.))
+          _lars(config, lambda step: 0.))
 
 
 def state_template(config) -> TrainState:
@@ -170,7 +170,7 @@ def make_update(config, axis_name: Optional[str] = parallel.AXIS_NAME, *,
   """
   method = make_method(config, axis_name)
   learning_rate = learning_rate_fn(config)
-  optimizer = make_optimizer(config, learning_rate)
+  optimizer = _lars(config, learning_rate)
   target_ema = functools.partial(schedules.target_ema,
                                  base_ema=config.training.base_ema,
                                  total_steps=config.derived.total_steps)
