@@ -42,7 +42,7 @@ def measure(spec: dict, saves: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from byol_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from byol_jax import experiment  # pylint: disable=g-import-not-at-top
-  from byol_jax import train_state as ts  # pylint: disable=g-import-not-at-top
+  from byol_jax import experiment as ts  # pylint: disable=g-import-not-at-top
   config = throughput.make_config(spec, 1)
   method, optimizer = experiment.init_objects(config)
   state = jax.jit(functools.partial(ts.init_train_state, method, optimizer))(

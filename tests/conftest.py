@@ -50,7 +50,7 @@ def jit_o0():
   jit_o0.compile(fn, *args) gives the compiled program instead, to call on
   other arguments of the same shapes. fn is jitted, or compiled as it is when
   it is already a jitted or pmapped program (a parallel.device_program such
-  as ts.pmap_update's step; its donated arguments stay donated). One
+  as experiment.pmap_update's step; its donated arguments stay donated). One
   process only: a pmapped program's lower().compile() takes process-local
   arrays.
 

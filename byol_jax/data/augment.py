@@ -197,7 +197,7 @@ def augment_examples(keys: jax.Array, images: jax.Array, view: int, *,
   split: the decisions are drawn per key (vmapped) and applied batch-wide.
 
   Args:
-    keys: [B] PRNG keys (train_state.example_keys).
+    keys: [B] PRNG keys (experiment.example_keys).
     images: [B, H, W, 3] float in [0, 1] (the pipeline's crops).
     view: 1 or 2: `VIEW1` / `VIEW2` (they differ in blur and solarisation).
     config: overrides the view's parameters (ablations).

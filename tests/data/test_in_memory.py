@@ -175,7 +175,7 @@ def test_a_training_step_on_8_devices_equals_1_device(jit_o0):
   from byol_jax import experiment  # pylint: disable=g-import-not-at-top
   from byol_jax import plan  # pylint: disable=g-import-not-at-top
   from byol_jax import presets  # pylint: disable=g-import-not-at-top
-  from byol_jax import train_state as ts  # pylint: disable=g-import-not-at-top
+  from byol_jax import experiment as ts  # pylint: disable=g-import-not-at-top
   from byol_jax import parallel  # pylint: disable=g-import-not-at-top
   assert jax.local_device_count() == 8
   inputs = configs.build('tiny,batch=16,steps=4', model=presets.GN_WS_MODEL)
