@@ -27,7 +27,7 @@ and device memory its own; the parent never initialises an accelerator):
   5. cifar: CIFAR-10 ResNet-18 at 32 px BYOL (`--variant`, default gn_ws)
      on the in-memory path, through the project's own pieces: the config of
      experiments/<variant>.py:cifar10,dataset=folder:<data> (variants.
-     load_config), plan.build, pretrain.run, then linear_eval.
+     variant_config), plan.build, pretrain.train, then linear_eval.
      run_linear_eval (kNN top-1 and a linear probe on frozen centre-crop
      features); images/s, steps done, kNN top-1, linear top-1.
 
@@ -418,9 +418,9 @@ def _cifar_child(spec: dict, result_file: str) -> None:
     if spec['smoke']:
       overrides += [('training.global_batch_size', 64),
                     ('eval.global_batch_size', 256)]
-    # As --config.<field>=<value> strings (variants.load_config casts them).
-    return variants.load_config(variant, scale, dataset,
-                                [(k, str(v)) for k, v in overrides])
+    # As --config.<field>=<value> strings (variants.variant_config casts them).
+    return variants.variant_config(variant, scale, dataset,
+                                   [(k, str(v)) for k, v in overrides])
 
   built = plan.build(config_for(1))  # opens (decodes, caches) the data
   source = built.source
@@ -467,7 +467,7 @@ def _cifar_child(spec: dict, result_file: str) -> None:
   timer = threading.Thread(target=time_box, daemon=True)
   timer.start()
   t0 = time.time()
-  summary = pretrain.run(config, str(workdir / 'run'), source=source)
+  summary = pretrain.train(config, str(workdir / 'run'), source=source)
   stop.set()
   pretrain_s = time.time() - t0
   rate = None

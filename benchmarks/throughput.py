@@ -99,7 +99,7 @@ def make_config(spec: dict, num_devices: int):
                width_multiplier=spec['width'], stem=spec['stem'],
                dtype=spec['dtype'])
   model.update(spec.get('overrides') or {})
-  config = configs.build(None, method=spec['method'], model=model)
+  config = configs.experiment_config(None, method=spec['method'], model=model)
   global_batch = spec['per_device_batch'] * num_devices
   config.data.update(dict(source=f'synthetic:{spec["image_size"]}',
                           image_size=spec['image_size'],

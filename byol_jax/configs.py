@@ -1,8 +1,8 @@
 """The experiment config: its schema, its options, and the experiment loader.
 
 Each experiments/<name>.py is a thin `get_config(arg)` that returns
-`build(arg, ...)` with its variant: a config of inputs only. `arg` is the
-string after the colon in `--config=experiments/<name>.py:<arg>`:
+`experiment_config(arg, ...)` with its variant: a config of inputs only.
+`arg` is the string after the colon in `--config=experiments/<name>.py:<arg>`:
 comma-separated options, e.g. `tiny,dataset=digits,epochs=100`. Options
 common to every config:
 
@@ -133,8 +133,8 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   return model
 
 
-def build(arg=None, *, method=methods.BYOL, extra_options=(), model=None,
-          epochs=300, training=None, options=None):
+def experiment_config(arg=None, *, method=methods.BYOL, extra_options=(),
+                      model=None, epochs=300, training=None, options=None):
   """The full experiment config.
 
   Args:

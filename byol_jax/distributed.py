@@ -166,9 +166,11 @@ def _slurm(env: Mapping[str, str]) -> Optional[Plan]:
   return Plan('slurm', address, count, index, local)
 
 
-def plan(*, mode: str = 'auto', coordinator_address: Optional[str] = None,
-         num_processes: Optional[int] = None, process_id: Optional[int] = None,
-         env: Mapping[str, str], on_cloud_tpu: bool = False) -> Plan:
+def process_plan(*, mode: str = 'auto',
+                 coordinator_address: Optional[str] = None,
+                 num_processes: Optional[int] = None,
+                 process_id: Optional[int] = None,
+                 env: Mapping[str, str], on_cloud_tpu: bool = False) -> Plan:
   """Decides how this process starts (the order in the module docstring).
 
   mode 'off' is one process whatever the environment says (explicit flags are

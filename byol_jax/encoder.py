@@ -96,7 +96,7 @@ class Pretrained:
   workdir: str
 
 
-def load_config(workdir) -> ml_collections.ConfigDict:
+def saved_config(workdir) -> ml_collections.ConfigDict:
   """WORKDIR/config.json (resume.from_saved); a clear error if absent."""
   workdir = epath.Path(workdir)
   path = workdir_lib.config_path(workdir)
@@ -145,7 +145,7 @@ def load_pretrained(workdir) -> Pretrained:
   path and the command that creates it, without config.json or a checkpoint.
   """
   workdir = epath.Path(workdir)
-  config = load_config(workdir)
+  config = saved_config(workdir)
   ckpt_dir = workdir_lib.checkpoint_dir(workdir)
   latest_checkpoint_step(workdir)  # a clear error when there is none.
   # Read-only: the run may still be training in workdir (its lock, not ours).

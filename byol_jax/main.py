@@ -189,7 +189,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   config = _config()
   try:
-    the_plan = distributed.plan(
+    the_plan = distributed.process_plan(
         mode=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
         num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
         env=os.environ, on_cloud_tpu=distributed.on_cloud_tpu_vm())

@@ -343,7 +343,7 @@ def build(config, *, topology: Optional[Topology] = None, source=None,
     from byol_jax import encoder  # pylint: disable=g-import-not-at-top
     workdir = inputs.eval.pretrain_workdir
     try:
-      pretrained = encoder.load_config(workdir)
+      pretrained = encoder.saved_config(workdir)
       checkpoint_step = encoder.latest_checkpoint_step(workdir)
     except (FileNotFoundError, ValueError) as e:
       raise ConfigError(f'eval.pretrain_workdir={workdir!r}: {e}') from None

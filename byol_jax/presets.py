@@ -1,12 +1,14 @@
 """Hyper-parameter presets: the official ones, the paper's variants, the scales.
 
   * The official BYOL presets by number of pre-training epochs
-    (`LR_PRESETS`, `WD_PRESETS`, `EMA_PRESETS`), which configs.build selects.
+    (`LR_PRESETS`, `WD_PRESETS`, `EMA_PRESETS`), which
+    configs.experiment_config selects.
   * The GN + WS variant of paper §3.3 (`GN_WS_MODEL`, `GN_WS_TRAINING`,
     `GN_WS_PAPER_TOP1`), shared by experiments/gn_ws.py and quickstart.py.
   * Paper Table 1's per-component normalisations (`TABLE1_NORMS`).
   * The scale presets behind the `tiny`, `small` and `cifar10` config options
-    (`apply_tiny`, `apply_small`, `apply_cifar10`), which configs.build applies after the
+    (`apply_tiny`, `apply_small`, `apply_cifar10`), which
+    configs.experiment_config applies after the
     variant's own hyper-parameters: they set what depends on the run's length
     and size, for every variant alike.
 
@@ -92,7 +94,7 @@ def apply_tiny(config) -> None:
     * one warm-up step per warm-up epoch (10; 50 for the modified init).
 
   Args:
-    config: an experiment config from `configs.build`, modified in place.
+    config: a config from `configs.experiment_config`, modified in place.
   """
   config.model.update(dict(depth=10, width_multiplier=0.25, stem='small',
                            projector_hidden_size=128, projector_output_size=32,
@@ -128,7 +130,7 @@ def apply_cifar10(config) -> None:
   are kept; tau_base 0.99 suits 200 epochs (official 300-epoch preset).
 
   Args:
-    config: an experiment config from `configs.build`, modified in place.
+    config: a config from `configs.experiment_config`, modified in place.
   """
   config.model.update(dict(depth=18, width_multiplier=1.0, stem='small'))
   config.data.source = 'tfds:cifar10'
@@ -182,7 +184,7 @@ def apply_small(config) -> None:
   an hour per variant here. The random-init baseline is always evaluated.
 
   Args:
-    config: an experiment config from `configs.build`, modified in place.
+    config: a config from `configs.experiment_config`, modified in place.
   """
   t = config.training
   own = t.num_epochs if t.num_epochs in LR_PRESETS else 300

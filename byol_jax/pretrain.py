@@ -148,7 +148,7 @@ class _MetricsBuffer:
     self.low = self.low + 1 if low else 0
 
 
-def run(config, workdir, *, source) -> dict:
+def train(config, workdir, *, source) -> dict:
   """Pre-trains (or resumes) in `workdir`; returns the summary.
 
   Returns:

@@ -158,8 +158,8 @@ def reproduce(table: int, scale: str, workdir, *, variants=(), dataset='',
         '--override=eval.pretrain_workdir: reproduce pre-trains every variant '
         'itself; evaluate another run with python -m byol_jax.main '
         '--config=experiments/linear_eval.py --config.eval.pretrain_workdir=DIR.')
-  variant_configs = [variants_lib.load_config(v, scale, dataset, overrides,
-                                              experiments_dir)
+  variant_configs = [variants_lib.variant_config(v, scale, dataset, overrides,
+                                                 experiments_dir)
                      for v in chosen]
   for config in variant_configs:  # every config error before training.
     plan.build(config, read_data=False)

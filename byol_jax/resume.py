@@ -37,7 +37,7 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
   A config.json from before `derived` existed gets the values it implies.
   """
   from byol_jax import configs  # pylint: disable=g-import-not-at-top
-  tree = _deep_update(configs.build(None).to_dict(), saved)
+  tree = _deep_update(configs.experiment_config(None).to_dict(), saved)
   if 'derived' not in saved:
     t, data = saved.get('training', {}), saved.get('data', {})
     tree['derived'] = dict(

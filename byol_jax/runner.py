@@ -79,7 +79,7 @@ def _run(built, workdir, on_checked) -> dict:
     return linear_eval.run_linear_eval_from_workdir(
         config, workdir, source=source,
         extra={'eval_inputs': eval_signature(config)})
-  summary = pretrain.run(config, workdir, source=source)
+  summary = pretrain.train(config, workdir, source=source)
   if (config.eval.after_pretraining and not summary['preempted'] and
       summary['step'] >= config.derived.total_steps):
     done = _done_eval(config, workdir, summary['step'])

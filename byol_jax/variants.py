@@ -7,7 +7,7 @@ modified init, GN + WS. Table 1: the BN / LN / none grid over (encoder,
 projector, predictor) for BYOL and (encoder, projector) for SimCLR
 (experiments/ablation.py).
 
-`load_config` gives a variant's config exactly as
+`variant_config` gives a variant's config exactly as
 `--config=experiments/<config>.py:<arg>` plus `--config.<field>=<value>`
 overrides would; `Variant.command` prints that command line.
 """
@@ -81,7 +81,7 @@ def select(variants: Sequence[Variant], names: Sequence[str]) -> list[Variant]:
   return [v for v in variants if v.name in names]
 
 
-def load_config(variant: Variant, scale: str, dataset: str = '',
+def variant_config(variant: Variant, scale: str, dataset: str = '',
                 overrides=(), experiments_dir=EXPERIMENTS_DIR):
   """The variant's config, as `--config=...:<arg> --config.<k>=<v>` gives it.
 

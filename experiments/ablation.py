@@ -36,8 +36,8 @@ def get_config(arg=None):
   if method not in validation.METHODS:
     raise ValueError(f'ablation option method={method!r}: use '
                      f'{" or ".join(validation.METHODS)}.')
-  config = configs.build(arg, method=method, epochs=300, model=norms,
-                         options=options)
+  config = configs.experiment_config(arg, method=method, epochs=300,
+                                     model=norms, options=options)
   top1 = paper.table1(method, norms['encoder_norm'], norms['projector_norm'],
                       norms['predictor_norm'])
   config.paper_top1 = -1. if top1 is None else top1

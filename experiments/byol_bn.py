@@ -12,6 +12,6 @@ from byol_jax import paper
 
 
 def get_config(arg=None):
-  config = configs.build(arg, epochs=1000)
+  config = configs.experiment_config(arg, epochs=1000)
   config.paper_top1 = paper.TABLE2['byol_bn']
   return config

@@ -31,7 +31,8 @@ def get_config(arg=None):
     raise ValueError(f'gn_ws option ws={ws!r}: use all (paper §3.3: every '
                      'conv and linear layer) or conv (convolutions only).')
   model = dict(presets.GN_WS_MODEL, heads_ws=ws == 'all')
-  config = configs.build(arg, epochs=1000, model=model,
-                         training=presets.GN_WS_TRAINING, options=options)
+  config = configs.experiment_config(arg, epochs=1000, model=model,
+                                     training=presets.GN_WS_TRAINING,
+                                     options=options)
   config.paper_top1 = presets.GN_WS_PAPER_TOP1
   return config

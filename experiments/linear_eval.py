@@ -22,7 +22,7 @@ from byol_jax import configs
 
 def get_config(arg=None):
   options = configs.parse_options(arg, configs.COMMON_OPTIONS + ('pretrain',))
-  config = configs.build(arg, options=options)
+  config = configs.experiment_config(arg, options=options)
   config.mode = 'linear_eval'
   config.eval.pretrain_workdir = options.get('pretrain', '')
   return config

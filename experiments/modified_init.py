@@ -16,7 +16,7 @@ from byol_jax import paper
 
 
 def get_config(arg=None):
-  config = configs.build(
+  config = configs.experiment_config(
       arg, epochs=1000,
       # gamma0 = 0 for the last norm of each residual block (paper §3.2).
       model=dict(encoder_norm='affine', projector_norm='affine',

@@ -14,8 +14,8 @@ from byol_jax import paper
 
 
 def get_config(arg=None):
-  config = configs.build(arg, method='simclr', epochs=300,
-                         training=dict(base_learning_rate=0.3,
-                                       weight_decay=1e-6))
+  config = configs.experiment_config(
+      arg, method='simclr', epochs=300,
+      training=dict(base_learning_rate=0.3, weight_decay=1e-6))
   config.paper_top1 = paper.table1('simclr', 'bn', 'bn')  # Table 1: 69.3
   return config

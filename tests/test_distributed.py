@@ -16,40 +16,40 @@ BYOL = {'BYOL_COORDINATOR_ADDRESS': '10.0.0.1:1234', 'BYOL_NUM_PROCESSES': '2',
 
 
 def test_single_process_when_nothing_says_otherwise():
-  plan = distributed.plan(env={}, on_cloud_tpu=False)
+  plan = distributed.process_plan(env={}, on_cloud_tpu=False)
   assert plan == distributed.Plan('none') and not plan.is_multiprocess
 
 
 def test_flags_come_first():
-  plan = distributed.plan(coordinator_address='h0:99', num_processes=3,
-                          process_id=2, env={**BYOL, **SLURM},
-                          on_cloud_tpu=True)
+  plan = distributed.process_plan(coordinator_address='h0:99', num_processes=3,
+                                  process_id=2, env={**BYOL, **SLURM},
+                                  on_cloud_tpu=True)
   assert plan == distributed.Plan('flags', 'h0:99', 3, 2)
   assert 'process 2 of 3, coordinator h0:99' in plan.describe()
 
 
 def test_environment_before_slurm_and_tpu():
-  plan = distributed.plan(env={**BYOL, **SLURM}, on_cloud_tpu=True)
+  plan = distributed.process_plan(env={**BYOL, **SLURM}, on_cloud_tpu=True)
   assert plan == distributed.Plan('env', '10.0.0.1:1234', 2, 1)
 
 
 def test_slurm_first_node_and_jax_port_for_the_job():
-  plan = distributed.plan(env=SLURM)
+  plan = distributed.process_plan(env=SLURM)
   # JAX's SLURM port: job id folded into the top 4096 ports.
   assert plan == distributed.Plan('slurm', f'gpu017:{4242 % 4096 + 61440}',
                                   4, 3, (1,))
   # One task per node: it keeps all the node's GPUs.
   one_per_node = dict(SLURM, SLURM_STEP_TASKS_PER_NODE='1(x4)',
                       SLURM_NODEID='3')
-  assert distributed.plan(env=one_per_node).local_device_ids is None
+  assert distributed.process_plan(env=one_per_node).local_device_ids is None
   # JAX_COORDINATOR_ADDRESS and BYOL_COORDINATOR_PORT override the guess.
-  assert distributed.plan(env=dict(
+  assert distributed.process_plan(env=dict(
       SLURM, JAX_COORDINATOR_ADDRESS='head:7')).coordinator_address == 'head:7'
-  assert distributed.plan(env=dict(
+  assert distributed.process_plan(env=dict(
       SLURM, BYOL_COORDINATOR_PORT='5555')).coordinator_address == (
           'gpu017:5555')
   # A one-task job is a single process.
-  assert distributed.plan(env=dict(SLURM, SLURM_NTASKS='1',
+  assert distributed.process_plan(env=dict(SLURM, SLURM_NTASKS='1',
                                    SLURM_PROCID='0')).source == 'none'
 
 
@@ -63,10 +63,10 @@ def test_first_slurm_host(nodelist, first):
 
 
 def test_cloud_tpu_lets_jax_read_the_metadata():
-  plan = distributed.plan(env={}, on_cloud_tpu=True)
+  plan = distributed.process_plan(env={}, on_cloud_tpu=True)
   assert plan == distributed.Plan('tpu')
-  assert distributed.plan(mode='off', env=SLURM,
-                          on_cloud_tpu=True).source == 'none'
+  assert distributed.process_plan(mode='off', env=SLURM,
+                                  on_cloud_tpu=True).source == 'none'
 
 
 @pytest.mark.parametrize('kwargs,env,message', [
@@ -94,7 +94,7 @@ def test_cloud_tpu_lets_jax_read_the_metadata():
 ])
 def test_bad_settings_name_the_field(kwargs, env, message):
   with pytest.raises(distributed.DistributedConfigError) as e:
-    distributed.plan(env=env, **kwargs)
+    distributed.process_plan(env=env, **kwargs)
   assert message in str(e.value)
   assert '\n' not in str(e.value)
 
@@ -106,7 +106,7 @@ def test_initialize_calls_jax_with_the_plan_and_gloo():
                                     initialize_fn=record,
                                     config_update=config.__setitem__)
   assert calls == [] and config == {}
-  plan = distributed.plan(env=SLURM)
+  plan = distributed.process_plan(env=SLURM)
   assert distributed.initialize(plan, initialize_fn=record,
                                 config_update=config.__setitem__)
   assert config == {'jax_cpu_collectives_implementation': 'gloo'}

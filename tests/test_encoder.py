@@ -24,7 +24,7 @@ STEP = 7
 
 
 def tiny_config():
-  return plan.build(configs.build('tiny')).config
+  return plan.build(configs.experiment_config('tiny')).config
 
 
 def random_tree(template, seed):
@@ -118,7 +118,7 @@ def test_missing_workdir_or_checkpoint_is_a_clear_error(tmp_path):
 
 def test_linear_eval_mode_uses_the_pretrained_model(saved, tmp_path):
   _, _, workdir = saved
-  config = configs.build('tiny')
+  config = configs.experiment_config('tiny')
   config.mode = 'linear_eval'
   config.eval.update(dict(pretrain_workdir=str(workdir), augment=False,
                           num_epochs=2))

@@ -231,7 +231,7 @@ def test_dry_run_prints_the_hand_computed_plan_and_writes_nothing(tmp_path):
 
 def test_linear_eval_by_flag_on_a_tiny_run(tmp_path):
   pre = tmp_path / 'pre'
-  config = configs.build('tiny,batch=64,steps=2')
+  config = configs.experiment_config('tiny,batch=64,steps=2')
   config.eval.after_pretraining = False
   config.logging.knn_every_steps = 0
   main_lib.run(config, str(pre))
@@ -387,7 +387,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, name, args, message):
   no_checkpoint = tmp_path / 'no_checkpoint'  # config.json, no checkpoint
   no_checkpoint.mkdir()
   (no_checkpoint / 'config.json').write_text(
-      plan.build(configs.build('tiny'), topology=EIGHT,
+      plan.build(configs.experiment_config('tiny'), topology=EIGHT,
                  read_data=False).config.to_json())
   args = [a.format(train_only=train_only, no_checkpoint=no_checkpoint)
           for a in args]

@@ -38,8 +38,8 @@ def test_table_grids():
 @pytest.mark.parametrize('scale', ['tiny', 'cifar10'])
 def test_every_table2_variant_is_the_normal_config(scale):
   for v in variants.table_variants(2):
-    config = variants.load_config(v, scale, 'digits' if scale == 'tiny'
-                                  else 'tfds:cifar10')
+    config = variants.variant_config(v, scale, 'digits' if scale == 'tiny'
+                                     else 'tfds:cifar10')
     assert config.paper_top1 == {'bn': 74.3, 'no_norm': 0.1,
                                  'modified_init': 65.7, 'gn_ws': 73.9}[v.name]
     if scale == 'cifar10':
@@ -53,7 +53,7 @@ def test_every_table2_variant_is_the_normal_config(scale):
       assert config.model.depth == 10 and config.data.image_size == 16
   # The variant's own hyper-parameters survive the scale preset; tau is the
   # scale's (it depends on the run length).
-  gn = variants.load_config(variants.Variant('gn_ws', 'gn_ws'), 'cifar10')
+  gn = variants.variant_config(variants.Variant('gn_ws', 'gn_ws'), 'cifar10')
   assert (gn.training.base_learning_rate, gn.training.weight_decay) == (
       0.24, 3e-8)
   assert gn.model.encoder_ws and gn.model.encoder_norm == 'gn'
@@ -61,10 +61,10 @@ def test_every_table2_variant_is_the_normal_config(scale):
 
 def test_table1_cells_set_norms_and_method():
   cells = {v.name: v for v in variants.table_variants(1)}
-  config = variants.load_config(cells['byol_enc-bn_proj-ln_pred-none'], 'tiny')
+  config = variants.variant_config(cells['byol_enc-bn_proj-ln_pred-none'], 'tiny')
   assert (config.method, config.model.encoder_norm, config.model.projector_norm,
           config.model.predictor_norm) == ('byol', 'bn', 'ln', 'none')
-  config = variants.load_config(cells['simclr_enc-none_proj-bn'], 'tiny')
+  config = variants.variant_config(cells['simclr_enc-none_proj-bn'], 'tiny')
   assert (config.method, config.model.encoder_norm,
           config.model.projector_norm) == ('simclr', 'none', 'bn')
 
@@ -106,7 +106,7 @@ def _fake_done_run(root, name, fixture):
   # Run under the inputs reproduce asks for (a run of others is rerun).
   (variant,) = [v for v in variants.table_variants(2) if v.name == name]
   (root / name / 'config.json').write_text(
-      variants.load_config(variant, 'tiny').to_json_best_effort())
+      variants.variant_config(variant, 'tiny').to_json_best_effort())
   (root / name / 'eval_results.json').write_text(json.dumps(
       {'top1': 0.5, 'top5': 0.9, 'knn_top1': 0.4}))
 

@@ -39,7 +39,7 @@ def _table2(name):
 
 @pytest.mark.parametrize('name', sorted(EXPECTED))
 def test_small_preset_is_the_paper_optimiser_moved_to_40_epochs(name):
-  config = variants.load_config(_table2(name), 'small', 'tfds:cifar10')
+  config = variants.variant_config(_table2(name), 'small', 'tfds:cifar10')
   t = config.training
   lr, wd, tau, warmup = EXPECTED[name]
   assert (t.base_learning_rate, t.weight_decay, t.base_ema,
@@ -61,7 +61,7 @@ def test_table1_cells_move_from_the_300_epoch_preset():
   cells = variants.select(variants.table_variants(1),
                           ['simclr_enc-bn_proj-bn', 'byol_enc-ln_proj-ln_pred-ln'])
   for cell in cells:
-    t = variants.load_config(cell, 'small').training
+    t = variants.variant_config(cell, 'small').training
     # 300-epoch preset (0.3, 1e-6, 0.99) -> 40-epoch (0.45, 1e-6, 0.97).
     assert (t.base_learning_rate, t.weight_decay, t.base_ema) == (
         pytest.approx(0.45), pytest.approx(1e-6), pytest.approx(0.97))

@@ -17,7 +17,7 @@ tfds = pytest.importorskip('tensorflow_datasets')
 
 
 def test_imagenet_plans_and_streams_under_mock_data(tmp_path):
-  config = configs.build('tiny')
+  config = configs.experiment_config('tiny')
   config.data.source = 'tfds:imagenet2012'
   config.data.data_dir = str(tmp_path / 'nothing_here')  # the mock's own
   config.data.image_size = 16
@@ -52,7 +52,7 @@ def test_imagenet_plans_and_streams_under_mock_data(tmp_path):
 
 
 def test_an_unprepared_dataset_outside_the_mock_is_still_refused(tmp_path):
-  config = configs.build('tiny')
+  config = configs.experiment_config('tiny')
   config.data.source = 'tfds:imagenet2012'
   config.data.data_dir = str(tmp_path)
   with pytest.raises(plan.ConfigError, match=r'is not prepared in .*ImageNet '

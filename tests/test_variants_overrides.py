@@ -19,8 +19,8 @@ BN = variants.Variant('bn', 'byol_bn')
 
 
 def _value(item):
-  config = variants.load_config(BN, 'tiny',
-                                overrides=variants.parse_overrides([item]))
+  config = variants.variant_config(BN, 'tiny',
+                                   overrides=variants.parse_overrides([item]))
   section, field = item.partition('=')[0].split('.')
   return config[section][field]
 

@@ -288,7 +288,7 @@ def test_full_disk_is_one_line_and_keeps_the_earlier_checkpoint(tmp_path):
   assert errors[0].startswith('Checkpoint error: no space left on the device')
   assert f'steps [1] in {workdir / "checkpoints"}' in errors[0]
   assert not workdir_lib.lock_path(workdir).exists()
-  config = encoder.load_config(workdir)
+  config = encoder.saved_config(workdir)
   restored = checkpointing.Checkpointer(
       workdir / 'checkpoints', read_only=True).restore_latest(
           experiment.state_template(config))

@@ -30,7 +30,7 @@ def _pngs(folder: pathlib.Path, n: int, start: int = 0, size=(4, 4)):
 
 
 def _tiny(root, cache, **data):
-  config = configs.build('tiny')
+  config = configs.experiment_config('tiny')
   config.data.source = f'folder:{root}'
   config.data.cache_dir = str(cache)
   for field, value in data.items():

@@ -301,7 +301,7 @@ def test_an_unwritable_cache_dir_warns_and_the_run_goes_on(
 
 
 def _tiny(source, *overrides):
-  config = configs.build('tiny')
+  config = configs.experiment_config('tiny')
   config.data.source = source
   for key, value in overrides:
     section, field = key.split('.')

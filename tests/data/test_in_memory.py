@@ -178,7 +178,8 @@ def test_a_training_step_on_8_devices_equals_1_device(jit_o0):
   from byol_jax import experiment as ts  # pylint: disable=g-import-not-at-top
   from byol_jax import parallel  # pylint: disable=g-import-not-at-top
   assert jax.local_device_count() == 8
-  inputs = configs.build('tiny,batch=16,steps=4', model=presets.GN_WS_MODEL)
+  inputs = configs.experiment_config('tiny,batch=16,steps=4',
+                                     model=presets.GN_WS_MODEL)
   inputs.training.warmup_steps = 0
   run = plan.build(inputs, topology=plan.Topology(1, 8))
   config = run.config

@@ -346,7 +346,7 @@ def test_hold_out_tfds_cifar10_splits(tfds_data_dir):
 def _tiny_plan(dataset, *overrides, read_data=True):
   from byol_jax import configs  # pylint: disable=g-import-not-at-top
   from byol_jax import plan  # pylint: disable=g-import-not-at-top
-  config = configs.build(f'tiny,dataset={dataset}')
+  config = configs.experiment_config(f'tiny,dataset={dataset}')
   for field, value in overrides:
     section, name = field.split('.')
     config[section][name] = value

@@ -28,7 +28,7 @@ CHANCE = 0.1  # 10 balanced-ish digit classes
 
 
 def tiny_inputs(**eval_overrides):
-  config = configs.build('tiny')
+  config = configs.experiment_config('tiny')
   config.eval.update(dict(num_epochs=20, augment=False, random_baseline=False))
   config.eval.update(eval_overrides)
   return config
