@@ -42,8 +42,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from byol_jax import checkpointing
 from byol_jax import distributed
 from byol_jax import plan
+from byol_jax import pretrain
 from byol_jax import runner
 from byol_jax import stack
 
@@ -219,8 +221,6 @@ def main(argv):
     logging.info('Stack: %s', stack.describe(versions))
     logging.info('Visible to this process: %s', stack.resources())
 
-  from byol_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from byol_jax import pretrain  # pylint: disable=g-import-not-at-top
   try:
     run(config, _WORKDIR.value, explicit=_explicit(),
         on_checked=on_checked)

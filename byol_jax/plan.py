@@ -46,6 +46,7 @@ from typing import Any, Optional
 
 import ml_collections
 
+from byol_jax import encoder
 from byol_jax import schedules
 from byol_jax import validation
 from byol_jax.data import sources
@@ -340,7 +341,6 @@ def build(config, *, topology: Optional[Topology] = None, source=None,
   mode = validation.mode_of(inputs)
   validation.validate_inputs(inputs, mode)
   if mode == 'linear_eval':
-    from byol_jax import encoder  # pylint: disable=g-import-not-at-top
     workdir = inputs.eval.pretrain_workdir
     try:
       pretrained = encoder.saved_config(workdir)

@@ -17,6 +17,7 @@ import jax
 import ml_collections
 
 from byol_jax import checkpointing
+from byol_jax import configs
 from byol_jax import validation
 from byol_jax import workdir as workdir_lib
 from byol_jax.data.sources import STREAMING
@@ -36,7 +37,6 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
 
   A config.json from before `derived` existed gets the values it implies.
   """
-  from byol_jax import configs  # pylint: disable=g-import-not-at-top
   tree = _deep_update(configs.experiment_config(None).to_dict(), saved)
   if 'derived' not in saved:
     t, data = saved.get('training', {}), saved.get('data', {})

@@ -15,9 +15,12 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from byol_jax import checkpointing
 from byol_jax import plan
+from byol_jax import pretrain
 from byol_jax import resume
 from byol_jax import workdir as workdir_lib
+from byol_jax.evaluation import linear_eval
 
 
 def run(config, workdir: str, *, topology=None, explicit=frozenset(),
@@ -45,7 +48,6 @@ def run(config, workdir: str, *, topology=None, explicit=frozenset(),
   except Exception as e:  # pylint: disable=broad-except
     if not _is_disk_full(e):
       raise
-    from byol_jax import checkpointing  # pylint: disable=g-import-not-at-top
     _QuietLibraries.disk_full = True
     where = getattr(e, 'filename', None) or workdir
     ckpts = workdir_lib.checkpoint_dir(workdir)
@@ -59,7 +61,6 @@ def run(config, workdir: str, *, topology=None, explicit=frozenset(),
 
 def _run(built, workdir, on_checked) -> dict:
   config, source = built.config, built.source
-  from byol_jax import pretrain  # pylint: disable=g-import-not-at-top
   if config.derived.mode == 'pretrain':
     pretrain.check_workdir(config, workdir)  # before anything is logged
   if on_checked is not None:
@@ -71,7 +72,6 @@ def _run(built, workdir, on_checked) -> dict:
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(),
                jax.local_devices())
-  from byol_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
   if config.derived.mode == 'linear_eval':
     done = _done_eval(config, workdir, config.derived.pretrain_checkpoint_step)
     if done is not None:

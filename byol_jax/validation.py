@@ -10,6 +10,7 @@ import math
 
 from byol_jax import methods
 from byol_jax.data import sources
+from byol_jax.methods import networks
 
 METHODS = methods.METHODS
 MODES = ('pretrain', 'linear_eval')
@@ -123,7 +124,6 @@ def validate_inputs(config, mode: str) -> None:
   Raises:
     ConfigError: naming the first bad field, its value and what is allowed.
   """
-  from byol_jax.methods import networks  # pylint: disable=g-import-not-at-top
   check(config.method in METHODS, 'method', config.method,
         f'use one of {", ".join(METHODS)}.')
   check(_is_int(config.seed) and 0 <= config.seed < SEED_LIMIT, 'seed',
