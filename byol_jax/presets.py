@@ -160,7 +160,7 @@ SMALL_MAX_WARMUP_FRACTION = 0.5
 
 
 def apply_small(config) -> None:
-  """CIFAR-10 on a 2-core CPU with the paper's optimiser (issue 27).
+  """CIFAR-10 on a 2-core CPU with the paper's optimiser.
 
   ResNet-10 at width 1/4 with the small stem, 32 px CIFAR-10 images cropped
   (area from 8%, the paper's) to 16 px, batch 256, 4 epochs (780 steps).

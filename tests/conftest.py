@@ -104,7 +104,7 @@ def pytest_runtest_teardown(item, nextitem):
   worker of the whole suite with the 11.9 GB peak of the machine. Under a
   memory-hungry neighbour the kernel's OOM killer then picks the largest
   process, a worker, whose SIGKILL pytest-xdist reports as only "node down:
-  Not properly terminated" (nothing can print on SIGKILL; issue 17). Cleared
+  Not properly terminated" (nothing can print on SIGKILL). Cleared
   per module: peak 2.8 GB, and no slower (252 s vs 265 s), since programs a
   later module needs come back from the persistent compilation cache.
   (Measured with `/usr/bin/time -v python -m pytest -q tests/methods

@@ -1,4 +1,4 @@
-"""reproduce never reports an old result under new inputs (issue 26).
+"""reproduce never reports an old result under new inputs.
 
 One tiny Table 2 variant (BN, 8 px digits, batch 64, a one-rate probe of one
 epoch), driven as `python -m byol_jax.reproduce --table=2 --scale=tiny

@@ -1,8 +1,6 @@
-"""reproduce's --override values parse as main's --config.<field> flags do.
-
-Before issue 26 a tuple field took the string's characters
-(eval.learning_rates=0.1,0.2 became ('0', '.', '1', ...)) and an override
-of a whole section stopped with an AttributeError traceback.
+"""reproduce's --override values parse as main's --config.<field> flags do:
+a tuple field is a tuple of numbers, not the string's characters, and an
+override of a whole section is one line, not a traceback.
 """
 import json
 import pathlib

@@ -1,4 +1,4 @@
-"""A training workdir is safe against readers and twins (issue 26).
+"""A training workdir is safe against readers and twins.
 
 Readers (encoder.load_encoder, linear evaluation of another workdir) open the
 checkpoints read-only; a training run holds WORKDIR/training.lock
