@@ -163,7 +163,7 @@ def apply_small(config) -> None:
   """CIFAR-10 on a 2-core CPU with the paper's optimiser.
 
   ResNet-10 at width 1/4 with the small stem, 32 px CIFAR-10 images cropped
-  (area from 8%, the paper's) to 16 px, batch 256, 4 epochs (780 steps).
+  (area from 8%, the paper's) to 16 px, batch 256, 4 epochs (781 steps).
   Measured with benchmarks/throughput.py on a 2-core AMD EPYC (BYOL step,
   batch 256): ResNet-10 x1/4 at 16 px 390 (BN) / 362 (GN+WS) / 499 (none)
   img/s, i.e. 8-9 minutes of pre-training per variant; ResNet-18 x1/4 at
@@ -180,8 +180,9 @@ def apply_small(config) -> None:
 
   Linear probe: the paper's protocol (SGD + Nesterov, cosine, lr chosen on
   10,000 held-out training images from the paper's grid) on frozen
-  centre-crop features, 100 epochs: per-step augmented crops would cost
-  an hour per variant here. The random-init baseline is always evaluated.
+  centre-crop features, 100 epochs: per-step augmented crops need an
+  encoder forward per image per epoch (not measured here; by the training
+  step's throughput, tens of minutes per variant). The random-init baseline is always evaluated.
 
   Args:
     config: a config from `configs.experiment_config`, modified in place.
