@@ -1,4 +1,5 @@
-"""Installs byol_jax: `pip install -e .` (library) or `pip install -e '.[test]'` (with tests)."""
+"""Installs byol_jax: `pip install -e .`, or `pip install -e '.[test]'`."""
+
 import pathlib
 
 import setuptools
@@ -14,12 +15,14 @@ def _requirements():
 setuptools.setup(
     name='byol_jax',
     version='0.1.0',
-    description=('BYOL works even without batch statistics (Richemond et al., '
-                 '2020) in JAX/Haiku.'),
+    description=(
+        'BYOL works even without batch statistics (Richemond et al., '
+        '2020) in JAX/Haiku.'
+    ),
     long_description=(_HERE / 'README.md').read_text(),
     long_description_content_type='text/markdown',
     packages=setuptools.find_packages(include=['byol_jax', 'byol_jax.*']),
     python_requires='>=3.11',
     install_requires=_requirements(),
-    extras_require={'test': ['pytest>=7', 'pytest-xdist>=3']},
+    extras_require={'test': ['pytest>=7', 'pytest-xdist>=3', 'ruff', 'pyink']},
 )

@@ -16,6 +16,7 @@ Either way a bad command line (an unknown flag, a value that does not
 parse, a failed check) prints one line, `Usage error: ...`, on stderr and
 exits with code 2 (as argparse did, and as byol_jax/main.py does).
 """
+
 import sys
 
 from absl import app
@@ -34,8 +35,7 @@ class CsvParser(flags.ListParser):
     self._kind = kind
 
   def parse(self, argument):
-    items = argument if isinstance(argument, list) else super().parse(
-        argument)
+    items = argument if isinstance(argument, list) else super().parse(argument)
     return [self._kind(x) for x in items if x != '']
 
 
@@ -44,10 +44,15 @@ def define_csv(name, default, help_text, flag_values, kind=str):
   # Declared by the caller's module (absl's --help lists the main
   # module's flags), named as absl names it.
   module = sys._getframe(1).f_globals['__name__']  # pylint: disable=protected-access
-  flags.DEFINE(CsvParser(kind), name, default, help_text,
-               flag_values=flag_values,
-               serializer=flags.CsvListSerializer(','),
-               module_name=sys.argv[0] if module == '__main__' else module)
+  flags.DEFINE(
+      CsvParser(kind),
+      name,
+      default,
+      help_text,
+      flag_values=flag_values,
+      serializer=flags.CsvListSerializer(','),
+      module_name=sys.argv[0] if module == '__main__' else module,
+  )
 
 
 def usage_error(message) -> None:
@@ -62,8 +67,10 @@ def _parse_into(flag_values, argv_with_program, check) -> None:
   except flags.Error as e:
     usage_error(e)
   if len(rest) > 1:
-    usage_error(f'unexpected argument(s) {" ".join(rest[1:])!r} (every '
-                'option is a --flag=value; booleans are --flag / --noflag)')
+    usage_error(
+        f'unexpected argument(s) {" ".join(rest[1:])!r} (every '
+        'option is a --flag=value; booleans are --flag / --noflag)'
+    )
   if check is not None:
     try:
       check(flag_values)

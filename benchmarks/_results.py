@@ -1,9 +1,11 @@
 """Shared by the benchmarks: naming the machine and writing results files.
 
-Every benchmark writes `benchmarks/results/<benchmark>-<device slug>-<date>.json`
+Every benchmark writes
+`benchmarks/results/<benchmark>-<device slug>-<date>.json`
 produced by its command (never edited by hand), so results from different
 machines sit side by side and a re-run on the same day replaces its file.
 """
+
 import datetime
 import json
 import os
@@ -63,14 +65,15 @@ def today() -> str:
   return datetime.date.today().isoformat()
 
 
-def results_path(benchmark: str, device: str, date: Optional[str] = None,
-                 out_dir=RESULTS_DIR) -> pathlib.Path:
+def results_path(
+    benchmark: str, device: str, date: Optional[str] = None, out_dir=RESULTS_DIR
+) -> pathlib.Path:
   """<out_dir>/<benchmark>-<device>-<date>.json."""
   return pathlib.Path(out_dir) / f'{benchmark}-{device}-{date or today()}.json'
 
 
 def write_json(path, result: dict) -> pathlib.Path:
-  """Writes `result` as indented JSON (creating the folder); returns the path."""
+  """Writes `result` as indented JSON (making the folder); returns the path."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(result, indent=2) + '\n')

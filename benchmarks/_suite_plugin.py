@@ -22,6 +22,7 @@ the time.
 At the end of the session each process writes its rows to
 $SUITE_PROFILE_DIR/<pid>.json.
 """
+
 import json
 import os
 import resource
@@ -34,7 +35,7 @@ _COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
 _CACHE_HIT_EVENT = '/jax/compilation_cache/cache_hits'
 _rows = []
 # Compile-or-load events, their seconds, cache hits: this process, so far.
-_compiles = [0, 0., 0]
+_compiles = [0, 0.0, 0]
 _listening = []
 
 
@@ -55,6 +56,7 @@ def _listen() -> None:
   """Registers the listeners once (jax is imported by conftest.py)."""
   if not _listening:
     import jax.monitoring  # pylint: disable=g-import-not-at-top
+
     jax.monitoring.register_event_duration_secs_listener(_on_duration)
     jax.monitoring.register_event_listener(_on_event)
     _listening.append(True)
@@ -76,19 +78,33 @@ def pytest_runtest_protocol(item, nextitem):  # pylint: disable=unused-argument
     yield
     return
   _listen()
-  before = (time.perf_counter(), _cpu(resource.RUSAGE_SELF),
-            _cpu(resource.RUSAGE_CHILDREN), *_compiles)
+  before = (
+      time.perf_counter(),
+      _cpu(resource.RUSAGE_SELF),
+      _cpu(resource.RUSAGE_CHILDREN),
+      *_compiles,
+  )
   yield
-  after = (time.perf_counter(), _cpu(resource.RUSAGE_SELF),
-           _cpu(resource.RUSAGE_CHILDREN), *_compiles)
+  after = (
+      time.perf_counter(),
+      _cpu(resource.RUSAGE_SELF),
+      _cpu(resource.RUSAGE_CHILDREN),
+      *_compiles,
+  )
   wall, cpu_self, cpu_children, events, compile_s, hits = (
-      a - b for a, b in zip(after, before))
-  _rows.append(dict(test=item.nodeid, wall_s=round(wall, 3),
-                    cpu_self_s=round(cpu_self, 3),
-                    cpu_children_s=round(cpu_children, 3),
-                    compiles=int(events - hits), cache_hits=int(hits),
-                    compile_s=round(compile_s, 3)))
-
+      a - b for a, b in zip(after, before)
+  )
+  _rows.append(
+      dict(
+          test=item.nodeid,
+          wall_s=round(wall, 3),
+          cpu_self_s=round(cpu_self, 3),
+          cpu_children_s=round(cpu_children, 3),
+          compiles=int(events - hits),
+          cache_hits=int(hits),
+          compile_s=round(compile_s, 3),
+      )
+  )
 
 
 def pytest_sessionfinish(session):  # pylint: disable=unused-argument

@@ -3,9 +3,11 @@
 Used by benchmarks/throughput.py. `step_flops` counts without running or
 compiling anything (abstract shapes, lowering, XLA's cost analysis), so it is
 cheap even for ResNet-50 at 224 px on a CPU; `analytic_flops_per_image` is
-the usual 8-forward-pass rule computed from the architecture; `peak_flops` is the table MFU
+the usual 8-forward-pass rule computed from the architecture;
+`peak_flops` is the table MFU
 divides by.
 """
+
 from typing import Optional, Tuple
 
 from byol_jax import methods
@@ -40,13 +42,16 @@ PEAK_FLOPS = (
     ('tpu v5e', 'TPU v5e', 197e12, 197e12),
     ('tpu v5', 'TPU v5p', 459e12, 459e12),
 )
-CPU_MFU_NOTE = ('no MFU on CPU: its peak depends on the SIMD width, the FMA '
-                'units and the sustained clock of a (possibly shared, '
-                'virtualised) core, none of which JAX reports')
+CPU_MFU_NOTE = (
+    'no MFU on CPU: its peak depends on the SIMD width, the FMA '
+    'units and the sustained clock of a (possibly shared, '
+    'virtualised) core, none of which JAX reports'
+)
 
 
-def peak_flops(device_kind: str,
-               dtype: str) -> Tuple[Optional[float], Optional[str]]:
+def peak_flops(
+    device_kind: str, dtype: str
+) -> Tuple[Optional[float], Optional[str]]:
   """Peak FLOP/s of one device for a compute dtype.
 
   Args:
@@ -76,6 +81,7 @@ def encoder_macs(depth: int, width: float, stem: str, image_size: int) -> int:
   the 3x3 convolution; a 1x1 projection shortcut where the shape changes.
   """
   from byol_jax.models import resnet  # pylint: disable=g-import-not-at-top
+
   block, blocks_per_stage = resnet.DEPTHS[resnet.check_depth(depth)]
   bottleneck = block == 'bottleneck'
   c = int(64 * width)
@@ -86,8 +92,9 @@ def encoder_macs(depth: int, width: float, stem: str, image_size: int) -> int:
   else:
     s = image_size
     macs = s * s * 3 * 3 * 3 * c
-  for num_blocks, base, stride in zip(blocks_per_stage, (64, 128, 256, 512),
-                                      (1, 2, 2, 2)):
+  for num_blocks, base, stride in zip(
+      blocks_per_stage, (64, 128, 256, 512), (1, 2, 2, 2)
+  ):
     out_c = int(base * (4 if bottleneck else 1) * width)
     for b in range(num_blocks):
       block_stride = stride if b == 0 else 1
@@ -119,18 +126,22 @@ def analytic_flops_per_image(config) -> float:
     FLOP per image (both views).
   """
   from byol_jax.models import resnet  # pylint: disable=g-import-not-at-top
+
   m = config.model
-  encoder = encoder_macs(m.depth, m.width_multiplier, m.stem,
-                         config.data.image_size)
+  encoder = encoder_macs(
+      m.depth, m.width_multiplier, m.stem, config.data.image_size
+  )
   features = resnet.feature_size(m.depth, m.width_multiplier)
-  projector = (features * m.projector_hidden_size +
-               m.projector_hidden_size * m.projector_output_size)
+  projector = (
+      features * m.projector_hidden_size
+      + m.projector_hidden_size * m.projector_output_size
+  )
   predictor = 2 * m.projector_output_size * m.predictor_hidden_size
   if config.method == methods.BYOL:
     per_view = 3 * (encoder + projector + predictor) + (encoder + projector)
   else:  # SimCLR: no predictor, no target network.
     per_view = 3 * (encoder + projector)
-  return 2. * 2 * per_view
+  return 2.0 * 2 * per_view
 
 
 def cost_flops(stage) -> Optional[float]:
@@ -166,19 +177,29 @@ def step_flops(config, num_devices: int = 1) -> float:
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from byol_jax import experiment  # pylint: disable=g-import-not-at-top
+
   method, optimizer, update = experiment.make_update(config)
-  state = jax.eval_shape(lambda: experiment.init_train_state(
-      method, optimizer, jax.random.PRNGKey(0),
-      experiment.sample_images(config)))
-  per_device = lambda x: jax.ShapeDtypeStruct((num_devices,) + x.shape,
-                                              x.dtype)
+  state = jax.eval_shape(
+      lambda: experiment.init_train_state(
+          method,
+          optimizer,
+          jax.random.PRNGKey(0),
+          experiment.sample_images(config),
+      )
+  )
+  per_device = lambda x: jax.ShapeDtypeStruct((num_devices,) + x.shape, x.dtype)
   state = jax.tree.map(per_device, state)
   b = config.training.global_batch_size // num_devices
   size = config.data.image_size
   view = jax.ShapeDtypeStruct((num_devices, b, size, size, 3), jnp.float32)
-  batch = {'view1': view, 'view2': view,
-           'label': jax.ShapeDtypeStruct((num_devices, b), jnp.int32)}
-  step = experiment.pmap_update(update,
-                                devices=jax.local_devices()[:num_devices])
+  batch = {
+      'view1': view,
+      'view2': view,
+      'label': jax.ShapeDtypeStruct((num_devices, b), jnp.int32),
+  }
+  step = experiment.pmap_update(
+      update, devices=jax.local_devices()[:num_devices]
+  )
   return cost_flops(step.lower(state, batch)) * num_devices

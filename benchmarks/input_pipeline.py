@@ -34,6 +34,7 @@ machine, wall-clock numbers are not.
     python -m benchmarks.input_pipeline --skip_streaming \
         --cifar=.gpu_data/cifar10-jpg.tar.gz --out=$OUT          # a GPU
 """
+
 import hashlib
 import io
 import os
@@ -52,18 +53,28 @@ from benchmarks import _cli
 from benchmarks import _results
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CIFAR_TARBALL = (REPO.parent / 'shared' / 'data' / 'cifar10-jpg' /
-                 'cifar10-jpg.tar.gz')
+CIFAR_TARBALL = (
+    REPO.parent / 'shared' / 'data' / 'cifar10-jpg' / 'cifar10-jpg.tar.gz'
+)
 # --cifar=none: no CIFAR-10 rows (the device suite without --data_dir).
 NO_CIFAR = 'none'
-PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket', 'retina',
-          'hubble_deep_field', 'immunohistochemistry', 'stereo_motorcycle')
+PHOTOS = (
+    'astronaut',
+    'chelsea',
+    'coffee',
+    'rocket',
+    'retina',
+    'hubble_deep_field',
+    'immunohistochemistry',
+    'stereo_motorcycle',
+)
 
 
 def make_imagenet_sized(root, num_images=320, num_classes=10, seed=0):
   """Writes ~500x375 JPEG crops of scikit-image's photos into class folders."""
   import PIL.Image  # pylint: disable=g-import-not-at-top
   import skimage.data  # pylint: disable=g-import-not-at-top
+
   photos = []
   for name in PHOTOS:
     image = getattr(skimage.data, name)()
@@ -78,9 +89,10 @@ def make_imagenet_sized(root, num_images=320, num_classes=10, seed=0):
     ch = int(min(h, w / aspect) * rng.uniform(0.6, 1.0))
     cw = int(ch * aspect)
     y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-    crop = PIL.Image.fromarray(photo[y:y + ch, x:x + cw])
-    crop = crop.resize((375, 500) if portrait else (500, 375),
-                       PIL.Image.BICUBIC)
+    crop = PIL.Image.fromarray(photo[y : y + ch, x : x + cw])
+    crop = crop.resize(
+        (375, 500) if portrait else (500, 375), PIL.Image.BICUBIC
+    )
     if rng.random() < 0.5:
       crop = crop.transpose(PIL.Image.FLIP_LEFT_RIGHT)
     folder = os.path.join(root, f'class_{i % num_classes:02d}')
@@ -112,12 +124,13 @@ def unpack_tarball(tarball, unpack_root='') -> str:
   """
   path = pathlib.Path(tarball).resolve()
   stat = path.stat()
-  key = hashlib.sha1(f'{path}:{stat.st_size}:{stat.st_mtime_ns}'.encode()
-                     ).hexdigest()[:10]
-  name = path.name.removesuffix('.gz').removesuffix('.tgz').removesuffix(
-      '.tar')
-  root = pathlib.Path(unpack_root or os.path.join(tempfile.gettempdir(),
-                                                  'byol_jax_unpacked'))
+  key = hashlib.sha1(
+      f'{path}:{stat.st_size}:{stat.st_mtime_ns}'.encode()
+  ).hexdigest()[:10]
+  name = path.name.removesuffix('.gz').removesuffix('.tgz').removesuffix('.tar')
+  root = pathlib.Path(
+      unpack_root or os.path.join(tempfile.gettempdir(), 'byol_jax_unpacked')
+  )
   dest = root / f'{name}-{key}'
   if not (dest / '.complete').exists():
     dest.mkdir(parents=True, exist_ok=True)
@@ -152,9 +165,16 @@ def cifar_folder(cifar, unpack_root='') -> str:
     if not CIFAR_TARBALL.exists():
       print(f'skipping CIFAR-10: {CIFAR_TARBALL} not found', file=sys.stderr)
       return ''
-    out = subprocess.run(['bash', str(CIFAR_TARBALL.parent / 'unpack.sh'),
-                          '/tmp/byol_jax_cifar10-jpg'], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            'bash',
+            str(CIFAR_TARBALL.parent / 'unpack.sh'),
+            '/tmp/byol_jax_cifar10-jpg',
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return out.stdout.strip().splitlines()[-1]
   path = pathlib.Path(cifar)
   if not path.exists():
@@ -190,23 +210,33 @@ def time_in_memory(source, image_size, batch, batches, devices, warmup=3):
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from byol_jax import parallel  # pylint: disable=g-import-not-at-top
   from byol_jax.data import augment as augment_lib  # pylint: disable=g-import-not-at-top
   from byol_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
   it = pipeline.make_pretrain_iterator(
-      source, split='train', global_batch_size=batch, image_size=image_size,
-      seed=0, process_index=0, process_count=1,
-      local_device_count=len(devices))
+      source,
+      split='train',
+      global_batch_size=batch,
+      image_size=image_size,
+      seed=0,
+      process_index=0,
+      process_count=1,
+      local_device_count=len(devices),
+  )
 
   def augment(views):
     n = views['view1'].shape[0]
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(
-        jnp.arange(n))
-    return (augment_lib.augment_examples(keys, views['view1'], 1),
-            augment_lib.augment_examples(keys, views['view2'], 2))
+        jnp.arange(n)
+    )
+    return (
+        augment_lib.augment_examples(keys, views['view1'], 1),
+        augment_lib.augment_examples(keys, views['view2'], 2),
+    )
 
-  augmented = parallel.device_program(augment, axis_name=None,
-                                      devices=devices)
+  augmented = parallel.device_program(augment, axis_name=None, devices=devices)
   start = time.perf_counter()
   jax.block_until_ready(augmented(next(it)))  # compiles both
   compile_s = time.perf_counter() - start
@@ -219,9 +249,11 @@ def time_in_memory(source, image_size, batch, batches, devices, warmup=3):
       out = fn(next(it))
     jax.block_until_ready(out)
     rates[name] = batch * batches / (time.perf_counter() - start)
-  return dict(images_per_sec=round(rates['crop_augment'], 1),
-              crop_only_images_per_sec=round(rates['crop_only'], 1),
-              compile_s=round(compile_s, 2))
+  return dict(
+      images_per_sec=round(rates['crop_augment'], 1),
+      crop_only_images_per_sec=round(rates['crop_only'], 1),
+      compile_s=round(compile_s, 2),
+  )
 
 
 def define_flags(flag_values) -> None:
@@ -229,26 +261,41 @@ def define_flags(flag_values) -> None:
   fv = dict(flag_values=flag_values)
   flags.DEFINE_integer('batches', 20, 'timed batches per row', **fv)
   flags.DEFINE_integer('batch', 64, 'host batch of the streaming path', **fv)
-  flags.DEFINE_integer('in_memory_batch', 512,
-                       'batch of the in-memory path at 32 px', **fv)
-  flags.DEFINE_integer('in_memory_batch_224', 64,
-                       'batch of the in-memory path at 224 px', **fv)
-  flags.DEFINE_integer('in_memory_devices', 1,
-                       'devices of the in-memory path', **fv)
-  flags.DEFINE_string('cifar', '', 'CIFAR-10 JPEG folders (train/<class>/'
-                      "*.jpg, test/...) or their .tar.gz; '': "
-                      f'{CIFAR_TARBALL} when present; {NO_CIFAR!r}: none',
-                      **fv)
-  flags.DEFINE_string('unpack_dir', '', "where a --cifar .tar.gz is "
-                      "extracted once ('': <tempdir>/byol_jax_unpacked)",
-                      **fv)
-  flags.DEFINE_string('cache_dir', '',
-                      "decoded-folder cache ('': the default)", **fv)
-  flags.DEFINE_bool('skip_streaming', False, 'leave out the tf.data rows',
-                    **fv)
+  flags.DEFINE_integer(
+      'in_memory_batch', 512, 'batch of the in-memory path at 32 px', **fv
+  )
+  flags.DEFINE_integer(
+      'in_memory_batch_224', 64, 'batch of the in-memory path at 224 px', **fv
+  )
+  flags.DEFINE_integer(
+      'in_memory_devices', 1, 'devices of the in-memory path', **fv
+  )
+  flags.DEFINE_string(
+      'cifar',
+      '',
+      'CIFAR-10 JPEG folders (train/<class>/'
+      "*.jpg, test/...) or their .tar.gz; '': "
+      f'{CIFAR_TARBALL} when present; {NO_CIFAR!r}: none',
+      **fv,
+  )
+  flags.DEFINE_string(
+      'unpack_dir',
+      '',
+      'where a --cifar .tar.gz is '
+      "extracted once ('': <tempdir>/byol_jax_unpacked)",
+      **fv,
+  )
+  flags.DEFINE_string(
+      'cache_dir', '', "decoded-folder cache ('': the default)", **fv
+  )
+  flags.DEFINE_bool('skip_streaming', False, 'leave out the tf.data rows', **fv)
   flags.DEFINE_bool('no_write', False, 'write no results file', **fv)
-  flags.DEFINE_string('out', str(REPO / 'benchmarks' / 'results'),
-                      'folder of the results file', **fv)
+  flags.DEFINE_string(
+      'out',
+      str(REPO / 'benchmarks' / 'results'),
+      'folder of the results file',
+      **fv,
+  )
 
 
 def main(argv=None):
@@ -261,14 +308,16 @@ def main(argv=None):
     The result dict.
   """
   argv = sys.argv[1:] if argv is None else list(argv)
-  return run(_cli.parse(define_flags, argv,
-                        program='benchmarks.input_pipeline'), argv)
+  return run(
+      _cli.parse(define_flags, argv, program='benchmarks.input_pipeline'), argv
+  )
 
 
 def run(args, argv):
-  """main's body: args the parsed flags, argv the command line they came from."""
+  """main's body: args the parsed flags, argv the command line behind them."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   import jax  # pylint: disable=g-import-not-at-top
+
   from byol_jax.data import sources  # pylint: disable=g-import-not-at-top
 
   cores = _results.cpu_cores()
@@ -276,23 +325,31 @@ def run(args, argv):
   cifar_dir = cifar_folder(args.cifar, args.unpack_dir)
   unpack_s = time.perf_counter() - start
 
-  devices = jax.local_devices()[:args.in_memory_devices]
+  devices = jax.local_devices()[: args.in_memory_devices]
   first = devices[0]
   in_memory = []
-  datasets = [('synthetic_224', 'synthetic:224', 224,
-               args.in_memory_batch_224)]
+  datasets = [('synthetic_224', 'synthetic:224', 224, args.in_memory_batch_224)]
   if cifar_dir:
-    datasets.insert(0, ('cifar10_jpg', f'folder:{cifar_dir}', 32,
-                        args.in_memory_batch))
+    datasets.insert(
+        0, ('cifar10_jpg', f'folder:{cifar_dir}', 32, args.in_memory_batch)
+    )
   for name, spec, size, batch in datasets:
     source = sources.get_source(spec, validate_files=False)
-    row = dict(name=f'{name}/in_memory_crop_augment',
-               dataset='folder:cifar10_jpg' if cifar_dir and spec.endswith(
-                   cifar_dir) else spec, image_size=size, batch=batch,
-               device=f'{first.platform}: {first.device_kind}',
-               num_devices=len(devices))
-    if name == 'cifar10_jpg' and args.cifar not in ('', NO_CIFAR) and (
-        not pathlib.Path(args.cifar).is_dir()):
+    row = dict(
+        name=f'{name}/in_memory_crop_augment',
+        dataset='folder:cifar10_jpg'
+        if cifar_dir and spec.endswith(cifar_dir)
+        else spec,
+        image_size=size,
+        batch=batch,
+        device=f'{first.platform}: {first.device_kind}',
+        num_devices=len(devices),
+    )
+    if (
+        name == 'cifar10_jpg'
+        and args.cifar not in ('', NO_CIFAR)
+        and (not pathlib.Path(args.cifar).is_dir())
+    ):
       row['unpack_s'] = round(unpack_s, 2)
     if isinstance(source, sources.FolderSource):
       start = time.perf_counter()
@@ -301,7 +358,8 @@ def run(args, argv):
       start = time.perf_counter()
       source = sources.in_memory_folder(
           sources.get_source(spec, validate_files=False),
-          cache_dir=args.cache_dir)
+          cache_dir=args.cache_dir,
+      )
       row['cache_read_s'] = round(time.perf_counter() - start, 2)
     row.update(time_in_memory(source, size, batch, args.batches, devices))
     in_memory.append(row)
@@ -317,30 +375,49 @@ def run(args, argv):
     streaming, mean_bytes = _streaming(args, cifar_dir, cores)
   result = dict(
       device=f'{first.platform}: {first.device_kind}',
-      host_cpu=f'{_results.cpu_name()}', cores=cores,
+      host_cpu=f'{_results.cpu_name()}',
+      cores=cores,
       date=_results.today(),
       command='python -m benchmarks.input_pipeline ' + ' '.join(argv),
       load_average_1min_after=round(os.getloadavg()[0], 2),
-      batches_timed=args.batches, in_memory=in_memory,
-      streaming_host_batch=args.batch, streaming=streaming)
+      batches_timed=args.batches,
+      in_memory=in_memory,
+      streaming_host_batch=args.batch,
+      streaming=streaming,
+  )
   if streaming and mean_bytes:
     result['imagenet_sized_mean_jpeg_bytes'] = round(mean_bytes)
-  print(f'\n{"in memory (on device)":40s} {"size":>4s} {"batch":>6s} '
-        f'{"img/s":>10s} {"crop-only":>10s}')
+  print(
+      f'\n{"in memory (on device)":40s} {"size":>4s} {"batch":>6s} '
+      f'{"img/s":>10s} {"crop-only":>10s}'
+  )
   for c in in_memory:
-    print(f'{c["name"]:40s} {c["image_size"]:4d} {c["batch"]:6d} '
-          f'{c["images_per_sec"]:10.1f} {c["crop_only_images_per_sec"]:10.1f}')
+    print(
+        f'{c["name"]:40s} {c["image_size"]:4d} {c["batch"]:6d} '
+        f'{c["images_per_sec"]:10.1f} {c["crop_only_images_per_sec"]:10.1f}'
+    )
   if streaming:
-    print(f'\n{"streaming (tf.data, host)":40s} {"size":>4s} {"threads":>7s} '
-          f'{"img/s":>9s} {"img/s/core":>10s}')
+    print(
+        f'\n{"streaming (tf.data, host)":40s} {"size":>4s} {"threads":>7s} '
+        f'{"img/s":>9s} {"img/s/core":>10s}'
+    )
   for c in streaming:
-    print(f'{c["name"]:40s} {c["image_size"]:4d} {c["threads"]:7d} '
-          f'{c["images_per_sec"]:9.1f} {c["images_per_sec_per_core"]:10.1f}')
+    print(
+        f'{c["name"]:40s} {c["image_size"]:4d} {c["threads"]:7d} '
+        f'{c["images_per_sec"]:9.1f} {c["images_per_sec_per_core"]:10.1f}'
+    )
   if not args.no_write:
-    path = _results.write_json(_results.results_path(
-        'input_pipeline', _results.device_slug(
-            first.platform, first.device_kind, len(devices)),
-        result['date'], args.out), result)
+    path = _results.write_json(
+        _results.results_path(
+            'input_pipeline',
+            _results.device_slug(
+                first.platform, first.device_kind, len(devices)
+            ),
+            result['date'],
+            args.out,
+        ),
+        result,
+    )
     print(f'wrote {path}')
   return result
 
@@ -348,7 +425,7 @@ def run(args, argv):
 def _tensorflow_missing() -> str:
   """'' when TensorFlow imports, else why not."""
   try:
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+    import tensorflow  # noqa: F401  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     return f'TensorFlow is not importable ({e})'
   return ''
@@ -358,6 +435,7 @@ def _streaming(args, cifar_dir, cores):
   """The tf.data rows (and the ImageNet-sized JPEGs' mean size)."""
   from byol_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from byol_jax.data import sources  # pylint: disable=g-import-not-at-top
+
   thread_counts = sorted({1, cores})
   configs = []
   tmp = tempfile.mkdtemp(prefix='byol_jax_bench_')
@@ -370,25 +448,48 @@ def _streaming(args, cifar_dir, cores):
     print(f'skipping the ImageNet-sized JPEGs: {e}', file=sys.stderr)
   if cifar_dir:
     datasets.insert(0, ('cifar10_jpg', f'folder:{cifar_dir}', 32))
-  common = dict(global_batch_size=args.batch, process_index=0,
-                process_count=1, local_device_count=1)
+  common = dict(
+      global_batch_size=args.batch,
+      process_index=0,
+      process_count=1,
+      local_device_count=1,
+  )
   for name, spec, size in datasets:
     source = sources.get_source(spec)  # a FolderSource: streams
-    kinds = [('pretrain_2views', lambda s, t, sz=size: pipeline
-              .make_pretrain_iterator(s, split='train', image_size=sz, seed=0,
-                                      num_threads=t, **common))]
+    kinds = [
+        (
+            'pretrain_2views',
+            lambda s, t, sz=size: pipeline.make_pretrain_iterator(
+                s, split='train', image_size=sz, seed=0, num_threads=t, **common
+            ),
+        )
+    ]
     if name == 'imagenet_sized':
-      kinds.append(('eval_center_crop', lambda s, t, sz=size: _cycle(
-          lambda: pipeline.make_eval_iterator(
-              s, split='train', image_size=sz, num_threads=t, **common))))
+      kinds.append(
+          (
+              'eval_center_crop',
+              lambda s, t, sz=size: _cycle(
+                  lambda: pipeline.make_eval_iterator(
+                      s, split='train', image_size=sz, num_threads=t, **common
+                  )
+              ),
+          )
+      )
     for kind, make in kinds:
       for threads in thread_counts:
-        rate, per_cpu = time_iterator(make(source, threads), args.batch,
-                                      args.batches)
-        configs.append(dict(
-            name=f'{name}/{kind}', dataset=spec.split(':')[0] + ':' + name,
-            image_size=size, threads=threads, images_per_sec=round(rate, 1),
-            images_per_sec_per_core=round(per_cpu, 1)))
+        rate, per_cpu = time_iterator(
+            make(source, threads), args.batch, args.batches
+        )
+        configs.append(
+            dict(
+                name=f'{name}/{kind}',
+                dataset=spec.split(':')[0] + ':' + name,
+                image_size=size,
+                threads=threads,
+                images_per_sec=round(rate, 1),
+                images_per_sec_per_core=round(per_cpu, 1),
+            )
+        )
         print(configs[-1], flush=True)
   shutil.rmtree(tmp, ignore_errors=True)
   return configs, mean_bytes

@@ -18,6 +18,7 @@ which dominates on a real encoder, is shared and done once either way.
     python -m benchmarks.probe_sweep                      # ResNet-50-sized
     python -m benchmarks.probe_sweep --dim 128 --classes 10 --no_write
 """
+
 import statistics
 import sys
 import time
@@ -57,10 +58,18 @@ def time_probes(feats, labels, peaks, *, classes, steps, batch, repeats):
   def once():
     start = time.perf_counter()
     params = probe.train_probes(
-        feats, labels, peaks, num_classes=classes, steps=steps,
-        batch_size=batch, momentum=0.9, seed=0)
+        feats,
+        labels,
+        peaks,
+        num_classes=classes,
+        steps=steps,
+        batch_size=batch,
+        momentum=0.9,
+        seed=0,
+    )
     jax.block_until_ready(params)
     return time.perf_counter() - start
+
   once()  # compile
   times = [once() for _ in range(repeats)]
   return statistics.median(times), times
@@ -88,42 +97,65 @@ def main(argv=None):
     The result dict.
   """
   argv = sys.argv[1:] if argv is None else list(argv)
-  return run(_cli.parse(define_flags, argv, program='benchmarks.probe_sweep'),
-             argv)
+  return run(
+      _cli.parse(define_flags, argv, program='benchmarks.probe_sweep'), argv
+  )
 
 
 def run(args, argv):
-  """main's body: args the parsed flags, argv the command line they came from."""
+  """main's body: args the parsed flags, argv the command line behind them."""
   rng = np.random.default_rng(0)
   feats = rng.normal(size=(args.num_examples, args.dim)).astype(np.float32)
   labels = rng.integers(0, args.classes, args.num_examples).astype(np.int32)
-  kw = dict(classes=args.classes, steps=args.steps, batch=args.batch,
-            repeats=args.repeats)
+  kw = dict(
+      classes=args.classes,
+      steps=args.steps,
+      batch=args.batch,
+      repeats=args.repeats,
+  )
   one, one_times = time_probes(feats, labels, GRID[:1], **kw)
   sweep, sweep_times = time_probes(feats, labels, GRID, **kw)
   device = jax.devices()[0]
   result = dict(
-      benchmark='probe_sweep', command='python -m benchmarks.probe_sweep ' +
-      ' '.join(argv),
-      device=(f'cpu: {_results.cpu_name()}, {_results.cpu_cores()} cores'
-              if device.platform == 'cpu' else device.device_kind),
-      jax=jax.__version__, date=_results.today(), grid=list(GRID),
-      num_examples=args.num_examples, dim=args.dim, classes=args.classes,
-      batch=args.batch, steps=args.steps,
-      one_probe_s=_sig(one), sweep_s=_sig(sweep),
+      benchmark='probe_sweep',
+      command='python -m benchmarks.probe_sweep ' + ' '.join(argv),
+      device=(
+          f'cpu: {_results.cpu_name()}, {_results.cpu_cores()} cores'
+          if device.platform == 'cpu'
+          else device.device_kind
+      ),
+      jax=jax.__version__,
+      date=_results.today(),
+      grid=list(GRID),
+      num_examples=args.num_examples,
+      dim=args.dim,
+      classes=args.classes,
+      batch=args.batch,
+      steps=args.steps,
+      one_probe_s=_sig(one),
+      sweep_s=_sig(sweep),
       one_probe_times_s=[_sig(t) for t in one_times],
       sweep_times_s=[_sig(t) for t in sweep_times],
       sweep_over_one=round(sweep / one, 3),
-      protocol_over_one=round((sweep + one) / one, 3))
-  print(f'{args.steps} steps, batch {args.batch}, {args.dim}-d features, '
-        f'{args.classes} classes on {result["device"]}:')
-  print(f'  one probe {one:.3f} s; the {len(GRID)}-rate sweep {sweep:.3f} s '
-        f'({result["sweep_over_one"]:.2f}x); sweep + final probe '
-        f'{result["protocol_over_one"]:.2f}x one probe')
+      protocol_over_one=round((sweep + one) / one, 3),
+  )
+  print(
+      f'{args.steps} steps, batch {args.batch}, {args.dim}-d features, '
+      f'{args.classes} classes on {result["device"]}:'
+  )
+  print(
+      f'  one probe {one:.3f} s; the {len(GRID)}-rate sweep {sweep:.3f} s '
+      f'({result["sweep_over_one"]:.2f}x); sweep + final probe '
+      f'{result["protocol_over_one"]:.2f}x one probe'
+  )
   if not args.no_write:
-    path = _results.write_json(_results.results_path(
-        'probe_sweep', _results.device_slug(device.platform,
-                                            device.device_kind, 1)), result)
+    path = _results.write_json(
+        _results.results_path(
+            'probe_sweep',
+            _results.device_slug(device.platform, device.device_kind, 1),
+        ),
+        result,
+    )
     print(f'Wrote {path}')
   return result
 

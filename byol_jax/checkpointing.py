@@ -17,6 +17,7 @@ Multi-host: every process calls `save` / `restore_latest` alike; orbax writes
 from process 0; the directory must be shared (`restore_latest` raises when
 processes see different latest steps). `should_save` never communicates.
 """
+
 import json
 import pathlib
 import time
@@ -50,6 +51,7 @@ class DiskFullError(CheckpointRestoreError):
 
 class Restored(NamedTuple):
   """A restored checkpoint: step, state (the template's structure), extra."""
+
   step: int
   state: Any
   extra: dict
@@ -65,9 +67,11 @@ def _check_finite(state) -> None:
   try:
     chex.assert_tree_all_finite(state)
   except AssertionError:
-    bad = [_path_str(path) for path, leaf in
-           jax.tree_util.tree_leaves_with_path(state)
-           if not np.all(np.isfinite(leaf))]
+    bad = [
+        _path_str(path)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+        if not np.all(np.isfinite(leaf))
+    ]
     raise NonFiniteStateError(  # chex's message holds the whole tree.
         f'refusing to checkpoint a state with non-finite values in '
         f'{len(bad)} leaves (first: {", ".join(bad[:5])}); the previous '
@@ -86,8 +90,11 @@ def _jsonable(x):
 def _to_abstract(template):
   """Template leaves -> what orbax restores into (see restore_latest)."""
   return jax.tree.map(
-      lambda x: x if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)) else
-      jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), template)
+      lambda x: x
+      if isinstance(x, (jax.Array, jax.ShapeDtypeStruct))
+      else jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
+      template,
+  )
 
 
 class Checkpointer:
@@ -102,34 +109,49 @@ class Checkpointer:
   restoring only (create, delete, clean up, rename nothing; `save` raises).
   """
 
-  def __init__(self, directory, *, max_to_keep: int = 3,
-               save_interval_steps: Optional[int] = None,
-               save_interval_secs: Optional[float] = None,
-               time_fn: Callable[[], float] = time.monotonic,
-               async_save: bool = False, read_only: bool = False):
+  def __init__(
+      self,
+      directory,
+      *,
+      max_to_keep: int = 3,
+      save_interval_steps: Optional[int] = None,
+      save_interval_secs: Optional[float] = None,
+      time_fn: Callable[[], float] = time.monotonic,
+      async_save: bool = False,
+      read_only: bool = False,
+  ):
     if max_to_keep is None or max_to_keep < 1:
       raise ValueError(f'max_to_keep={max_to_keep}: keep at least 1.')
     # orbax restores only from absolute local paths (a relative workdir
     # would save, then fail to resume); etils may lack absolute().
-    self._directory = epath.Path(directory if '://' in str(directory) else
-                                 pathlib.Path(directory).absolute())
+    self._directory = epath.Path(
+        directory
+        if '://' in str(directory)
+        else pathlib.Path(directory).absolute()
+    )
     self._schedule = preemption.SaveSchedule(
-        save_interval_steps, save_interval_secs, time_fn)
+        save_interval_steps, save_interval_secs, time_fn
+    )
     self._async, self._read_only = async_save, read_only
     if read_only:  # what orbax would otherwise reset, with a warning each
-      options = ocp.CheckpointManagerOptions(read_only=True, create=False,
-                                             max_to_keep=None,
-                                             save_interval_steps=0)
+      options = ocp.CheckpointManagerOptions(
+          read_only=True, create=False, max_to_keep=None, save_interval_steps=0
+      )
     else:
       options = ocp.CheckpointManagerOptions(
-          max_to_keep=max_to_keep, create=True,
+          max_to_keep=max_to_keep,
+          create=True,
           # Async: orbax writes, commits, then rotates in a background thread.
           enable_async_checkpointing=async_save,
           # `*.orbax-checkpoint-tmp-*` of a process killed mid-save: the
           # workdir's lock (workdir.TrainingLock) makes them no one's.
-          cleanup_tmp_directories=True)
-    self._manager = self._listing(lambda: ocp.CheckpointManager(
-        self._directory, options=options, item_names=(_STATE, _EXTRA)))
+          cleanup_tmp_directories=True,
+      )
+    self._manager = self._listing(
+        lambda: ocp.CheckpointManager(
+            self._directory, options=options, item_names=(_STATE, _EXTRA)
+        )
+    )
 
   def _listing(self, fn):
     """fn(); read_only, retried while its writer removes listed steps."""
@@ -165,11 +187,19 @@ class Checkpointer:
 
   def should_save(self, step: int, *, time_due: Optional[bool] = None) -> bool:
     """Whether a schedule is due at `step` and it is not saved yet."""
-    return (self._schedule.due(step, time_due=time_due) and
-            step not in self._manager.all_steps())
+    return (
+        self._schedule.due(step, time_due=time_due)
+        and step not in self._manager.all_steps()
+    )
 
-  def save(self, step: int, state: Any, extra: Optional[dict] = None, *,
-           force: bool = False) -> bool:
+  def save(
+      self,
+      step: int,
+      state: Any,
+      extra: Optional[dict] = None,
+      *,
+      force: bool = False,
+  ) -> bool:
     """Writes `state` (host-side, unreplicated) and `extra` as step `step`.
 
     Returns whether a checkpoint was written (not when unscheduled without
@@ -182,8 +212,11 @@ class Checkpointer:
     if not force and not self.should_save(step):
       return False
     if step in self._manager.all_steps():
-      logging.info('Checkpoint for step %d already in %s; not saving again.',
-                   step, self._directory)
+      logging.info(
+          'Checkpoint for step %d already in %s; not saving again.',
+          step,
+          self._directory,
+      )
       return False
     _check_finite(state)
     # Round-trip through JSON now so a bad `extra` fails before any write.
@@ -191,18 +224,29 @@ class Checkpointer:
     # Host-side NumPy (orbax writes it from the primary host only); async,
     # own copies: the background write must not read buffers the caller may
     # reuse (a donated state whose host view is shared, on CPU).
-    host_state = jax.tree.map(np.array if self._async else np.asarray,
-                              jax.device_get(state))
+    host_state = jax.tree.map(
+        np.array if self._async else np.asarray, jax.device_get(state)
+    )
     start = time.monotonic()
-    self._manager.save(step, force=True, args=ocp.args.Composite(**{
-        _STATE: ocp.args.StandardSave(host_state),
-        _EXTRA: ocp.args.JsonSave(extra)}))
+    self._manager.save(
+        step,
+        force=True,
+        args=ocp.args.Composite(
+            **{
+                _STATE: ocp.args.StandardSave(host_state),
+                _EXTRA: ocp.args.JsonSave(extra),
+            }
+        ),
+    )
     if not self._async:
       self._manager.wait_until_finished()
     self._schedule.restart_clock()
-    logging.info('%s checkpoint %s in %.2fs.',
-                 'Started writing' if self._async else 'Saved',
-                 self._directory / str(step), time.monotonic() - start)
+    logging.info(
+        '%s checkpoint %s in %.2fs.',
+        'Started writing' if self._async else 'Saved',
+        self._directory / str(step),
+        time.monotonic() - start,
+    )
     return True
 
   def wait(self) -> None:
@@ -220,10 +264,14 @@ class Checkpointer:
     for step in reversed(steps):
       try:
         restored = self._manager.restore(
-            step, args=ocp.args.Composite(**{_EXTRA: ocp.args.JsonRestore()}))
+            step, args=ocp.args.Composite(**{_EXTRA: ocp.args.JsonRestore()})
+        )
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning('Checkpoint %s: its extra item is unreadable (%s).',
-                        self._directory / str(step), type(e).__name__)
+        logging.warning(
+            'Checkpoint %s: its extra item is unreadable (%s).',
+            self._directory / str(step),
+            type(e).__name__,
+        )
         continue
       return step, dict(restored[_EXTRA] or {})
     return None
@@ -243,9 +291,15 @@ class Checkpointer:
     while candidates := [s for s in steps if s not in failed]:
       step = candidates[-1]
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(**{
-            _STATE: ocp.args.StandardRestore(abstract),
-            _EXTRA: ocp.args.JsonRestore()}))
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                **{
+                    _STATE: ocp.args.StandardRestore(abstract),
+                    _EXTRA: ocp.args.JsonRestore(),
+                }
+            ),
+        )
       except Exception as e:  # pylint: disable=broad-except
         # read_only: its writer may have rotated it out. Otherwise any failure
         # to read counts as corruption: report it, try the previous step.
@@ -253,12 +307,16 @@ class Checkpointer:
           continue
         logging.warning(
             'Checkpoint %s is unreadable (%s: %s); falling back to the '
-            'previous checkpoint.', self._directory / str(step),
-            type(e).__name__, str(e)[:500])
+            'previous checkpoint.',
+            self._directory / str(step),
+            type(e).__name__,
+            str(e)[:500],
+        )
         failed[step] = e
         continue
-      _check_shapes(state := restored[_STATE], abstract,
-                    self._directory / str(step))
+      _check_shapes(
+          state := restored[_STATE], abstract, self._directory / str(step)
+      )
       if not self._read_only:
         self._quarantine(sorted(failed))
       logging.info('Restored checkpoint %s.', self._directory / str(step))
@@ -270,7 +328,8 @@ class Checkpointer:
         f'{self._directory} holds checkpoints for steps {sorted(failed)} but '
         f'none could be restored (last error: {type(last_error).__name__}: '
         f'{str(last_error)[:500]}). Refusing to start from scratch: repair or '
-        'move these checkpoints away, or use a fresh workdir.') from last_error
+        'move these checkpoints away, or use a fresh workdir.'
+    ) from last_error
 
   def _check_processes_see(self, steps: list[int]) -> None:
     """Raises on every process unless all see the same latest checkpoint."""
@@ -283,7 +342,8 @@ class Checkpointer:
           f'processes see different checkpoints in {self._directory} (latest '
           f'step per process, -1 for none: {seen.tolist()}). All hosts must '
           'share one workdir: a gs:// bucket on TPU pods, a shared filesystem '
-          'on GPU clusters, not a local path on each host.')
+          'on GPU clusters, not a local path on each host.'
+      )
 
   def _quarantine(self, steps: list[int]) -> None:
     """Renames corrupt steps to `<step>.corrupt` (orbax would skip saves)."""
@@ -301,7 +361,8 @@ class Checkpointer:
         except Exception as e:  # pylint: disable=broad-except
           raise CheckpointRestoreError(
               f'could not move the corrupt checkpoint {src} aside ({e}); move '
-              'or delete it by hand, then restart.') from e
+              'or delete it by hand, then restart.'
+          ) from e
         logging.warning('Moved corrupt checkpoint %s to %s.', src, dst)
     ocp.multihost.sync_global_processes('byol_jax_checkpoint_quarantine')
     self._manager.reload()
@@ -321,9 +382,11 @@ class Checkpointer:
 def _check_shapes(state, abstract, where) -> None:
   for (path, got), want in zip(
       jax.tree_util.tree_flatten_with_path(state)[0],
-      jax.tree_util.tree_leaves(abstract)):
+      jax.tree_util.tree_leaves(abstract),
+  ):
     if tuple(np.shape(got)) != tuple(want.shape):
       raise ValueError(
           f'checkpoint {where}: leaf {_path_str(path)} has shape '
           f'{np.shape(got)} but the model expects {want.shape}. The config '
-          'changed since this checkpoint was written: use a fresh workdir.')
+          'changed since this checkpoint was written: use a fresh workdir.'
+      )

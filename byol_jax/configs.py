@@ -67,15 +67,19 @@ def parse_options(arg, allowed) -> dict:
     if name not in allowed:
       raise ValueError(
           f'unknown config option {name!r} in {arg!r}; this config accepts: '
-          f'{", ".join(sorted(allowed))}.')
+          f'{", ".join(sorted(allowed))}.'
+      )
     if name in options:
-      raise ValueError(f'config option {name!r} is given twice in {arg!r}; '
-                       'give it once.')
+      raise ValueError(
+          f'config option {name!r} is given twice in {arg!r}; ' 'give it once.'
+      )
     if name in FLAG_OPTIONS:
       if sep:
-        raise ValueError(f'config option {name} takes no value (got '
-                         f'{item.strip()!r}); write {name} to turn it on, '
-                         'or leave it out.')
+        raise ValueError(
+            f'config option {name} takes no value (got '
+            f'{item.strip()!r}); write {name} to turn it on, '
+            'or leave it out.'
+        )
       options[name] = True
     elif not value:
       raise ValueError(f'config option {name} needs a value: {name}=VALUE.')
@@ -91,8 +95,9 @@ def _int_option(options, name):
   except ValueError:
     value = None
   if value is None or value <= 0:
-    raise ValueError(f'config option {name}={options[name]!r} must be a '
-                     'positive integer.')
+    raise ValueError(
+        f'config option {name}={options[name]!r} must be a ' 'positive integer.'
+    )
   return value
 
 
@@ -106,35 +111,46 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     The `model` section (an unlocked ConfigDict): depth, width, stem, norms
     per component, Weight Standardisation, head sizes (4096 -> 256), dtype.
   """
-  model = ml_collections.ConfigDict(dict(
-      depth=50,
-      width_multiplier=1.0,
-      stem='imagenet',
-      # Scale of each residual block's last norm at init: 1 (False) as the
-      # BYOL paper's runs (the official byol/README.md, "Note on batch
-      # normalization": results were obtained with Haiku's default gamma =
-      # 1, not the zero init its code ships with); the modified init sets
-      # True: gamma0 = 0 for that layer (paper §3.2).
-      zero_init_last=False,
-      dtype='float32',
-      encoder_norm='bn',
-      projector_norm='bn',
-      predictor_norm='bn',
-      gn_groups=16,  # paper §3.3.
-      encoder_ws=False,
-      heads_ws=False,
-      cross_replica_bn=True,  # BN statistics over the global batch (official).
-      bn_decay=0.9,  # BN moving-average decay (official bn_config).
-      projector_hidden_size=4096,  # BYOL §3.3: MLP 4096 -> 256.
-      projector_output_size=256,
-      predictor_hidden_size=4096,
-  ))
+  model = ml_collections.ConfigDict(
+      dict(
+          depth=50,
+          width_multiplier=1.0,
+          stem='imagenet',
+          # Scale of each residual block's last norm at init: 1 (False) as the
+          # BYOL paper's runs (the official byol/README.md, "Note on batch
+          # normalization": results were obtained with Haiku's default gamma =
+          # 1, not the zero init its code ships with); the modified init sets
+          # True: gamma0 = 0 for that layer (paper §3.2).
+          zero_init_last=False,
+          dtype='float32',
+          encoder_norm='bn',
+          projector_norm='bn',
+          predictor_norm='bn',
+          gn_groups=16,  # paper §3.3.
+          encoder_ws=False,
+          heads_ws=False,
+          # BN statistics over the global batch (official).
+          cross_replica_bn=True,
+          bn_decay=0.9,  # BN moving-average decay (official bn_config).
+          projector_hidden_size=4096,  # BYOL §3.3: MLP 4096 -> 256.
+          projector_output_size=256,
+          predictor_hidden_size=4096,
+      )
+  )
   model.update(overrides)
   return model
 
 
-def experiment_config(arg=None, *, method=methods.BYOL, extra_options=(),
-                      model=None, epochs=300, training=None, options=None):
+def experiment_config(
+    arg=None,
+    *,
+    method=methods.BYOL,
+    extra_options=(),
+    model=None,
+    epochs=300,
+    training=None,
+    options=None,
+):
   """The full experiment config.
 
   Args:
@@ -169,102 +185,122 @@ def experiment_config(arg=None, *, method=methods.BYOL, extra_options=(),
   config.mode = 'pretrain'
   config.seed = 0
   # The paper's ImageNet linear-eval top-1 for this variant (-1: none).
-  config.paper_top1 = -1.
+  config.paper_top1 = -1.0
   config.method = method
-  config.data = ml_collections.ConfigDict(dict(
-      source='tfds:imagenet2012',
-      data_dir='',  # TFDS data_dir ('' for the TFDS default).
-      image_size=224, pretrain_split='pretrain',
-      min_crop_area=0.08,  # random-resized-crop scale range [0.08, 1] (BYOL).
-      # Hold this many training examples out as a split of their own
-      # ('held_out': the test split of sources without one, else the linear
-      # probe's validation split). 0: none.
-      held_out_examples=0,
-      num_classes=-1,  # -1: the dataset's.
-      # Datasets that fit in memory are decoded once, held as uint8 and
-      # cropped on the devices: digits and synthetic always, image folders
-      # (no TensorFlow needed) and TFDS datasets whose decoded size is at
-      # most this many MiB (CIFAR-10: 176 MiB). Larger ones stream through
-      # tf.data. 0: folders and TFDS datasets always stream.
-      max_in_memory_mb=4096,
-      # Side at which a folder's (or TFDS set's) images are held in memory:
-      # 0 keeps their own size (all must share it, as CIFAR-10's and
-      # STL-10's do; else a folder fails, a TFDS set streams); N resizes
-      # each shorter side to N and keeps the central N x N square.
-      cache_side=0,
-      # Where decoded folders are cached ('': $XDG_CACHE_HOME/byol_jax/folders
-      # or ~/.cache/byol_jax/folders).
-      cache_dir='',
-      # Where the in-memory arrays live: 'device' (a copy on every local
-      # device; each step gathers its examples there) or 'host' (gathered
-      # on the host, then cropped on the devices; for device memory that
-      # cannot hold the dataset). The same numbers either way.
-      in_memory_on='device'))
+  config.data = ml_collections.ConfigDict(
+      dict(
+          source='tfds:imagenet2012',
+          data_dir='',  # TFDS data_dir ('' for the TFDS default).
+          image_size=224,
+          pretrain_split='pretrain',
+          # random-resized-crop scale range [0.08, 1] (BYOL).
+          min_crop_area=0.08,
+          # Hold this many training examples out as a split of their own
+          # ('held_out': the test split of sources without one, else the linear
+          # probe's validation split). 0: none.
+          held_out_examples=0,
+          num_classes=-1,  # -1: the dataset's.
+          # Datasets that fit in memory are decoded once, held as uint8 and
+          # cropped on the devices: digits and synthetic always, image folders
+          # (no TensorFlow needed) and TFDS datasets whose decoded size is at
+          # most this many MiB (CIFAR-10: 176 MiB). Larger ones stream through
+          # tf.data. 0: folders and TFDS datasets always stream.
+          max_in_memory_mb=4096,
+          # Side at which a folder's (or TFDS set's) images are held in memory:
+          # 0 keeps their own size (all must share it, as CIFAR-10's and
+          # STL-10's do; else a folder fails, a TFDS set streams); N resizes
+          # each shorter side to N and keeps the central N x N square.
+          cache_side=0,
+          # Where decoded folders are cached
+          # ('': $XDG_CACHE_HOME/byol_jax/folders
+          # or ~/.cache/byol_jax/folders).
+          cache_dir='',
+          # Where the in-memory arrays live: 'device' (a copy on every local
+          # device; each step gathers its examples there) or 'host' (gathered
+          # on the host, then cropped on the devices; for device memory that
+          # cannot hold the dataset). The same numbers either way.
+          in_memory_on='device',
+      )
+  )
   config.model = model_config(**(model or {}))
-  config.training = ml_collections.ConfigDict(dict(
-      num_epochs=epochs,
-      total_steps=-1,  # > 0 wins over num_epochs; -1: from num_epochs.
-      max_steps=-1,  # stop (with a checkpoint) before total_steps; -1: don't.
-      global_batch_size=4096,  # BYOL §3.3: 4096 over 512 TPU v3 cores.
-      # x batch / 256 (BYOL §3.3).
-      base_learning_rate=presets.LR_PRESETS[preset],
-      warmup_epochs=10.,  # BYOL §3.3 (a float: short runs warm up for less).
-      warmup_steps=-1,  # >= 0 wins over warmup_epochs; -1: derived.
-      weight_decay=presets.WD_PRESETS[preset],
-      # LARS trust coefficient eta (BYOL §3.3 / official optimizer: 1e-3).
-      trust_coefficient=1e-3,
-      # The predictor's learning rate is this times the others'. The paper
-      # and the official code use 1; short CPU runs use more (see
-      # presets.apply_tiny).
-      predictor_lr_multiplier=1.0,
-      base_ema=presets.EMA_PRESETS[preset],  # tau_base (BYOL §3.3).
-      temperature=0.1,  # SimCLR InfoNCE temperature (SimCLR, batch 4096).
-      # Paper §3.2: BN-free modified initialisation from one BN forward pass.
-      modified_init=False,
-      modified_init_batch_size=4096,
-      # Images per device per forward pass of the calibration (memory).
-      modified_init_chunk_size=256,
-  ))
-  config.checkpoint = ml_collections.ConfigDict(dict(
-      every_steps=1000, every_secs=600, max_to_keep=3,
-      # Resume a workdir whose checkpoint was trained under another
-      # trajectory (resume.trajectory), e.g. to extend a finished run; the
-      # change is recorded in WORKDIR/config_history.jsonl.
-      allow_changed_config=False))
-  config.logging = ml_collections.ConfigDict(dict(
-      every_steps=50,
-      knn_every_steps=5000,  # kNN monitor on the test split; 0 disables.
-      knn_max_train_examples=10_000,
-      # Stop pre-training (checkpoint kept, one line, exit 1) when the
-      # projections' collapse statistic stays below this for
-      # collapse_stop_after logged steps in a row; 0: never. Off for the
-      # variants the paper reports as collapsing (presets.collapse_stop_below).
-      collapse_stop_below=presets.collapse_stop_below(method, config.model),
-      collapse_stop_after=5,
-  ))
+  config.training = ml_collections.ConfigDict(
+      dict(
+          num_epochs=epochs,
+          total_steps=-1,  # > 0 wins over num_epochs; -1: from num_epochs.
+          # stop (with a checkpoint) before total_steps; -1: don't.
+          max_steps=-1,
+          global_batch_size=4096,  # BYOL §3.3: 4096 over 512 TPU v3 cores.
+          # x batch / 256 (BYOL §3.3).
+          base_learning_rate=presets.LR_PRESETS[preset],
+          # BYOL §3.3 (a float: short runs warm up for less).
+          warmup_epochs=10.0,
+          warmup_steps=-1,  # >= 0 wins over warmup_epochs; -1: derived.
+          weight_decay=presets.WD_PRESETS[preset],
+          # LARS trust coefficient eta (BYOL §3.3 / official optimizer: 1e-3).
+          trust_coefficient=1e-3,
+          # The predictor's learning rate is this times the others'. The paper
+          # and the official code use 1; short CPU runs use more (see
+          # presets.apply_tiny).
+          predictor_lr_multiplier=1.0,
+          base_ema=presets.EMA_PRESETS[preset],  # tau_base (BYOL §3.3).
+          temperature=0.1,  # SimCLR InfoNCE temperature (SimCLR, batch 4096).
+          # Paper §3.2: BN-free modified init from one BN forward pass.
+          modified_init=False,
+          modified_init_batch_size=4096,
+          # Images per device per forward pass of the calibration (memory).
+          modified_init_chunk_size=256,
+      )
+  )
+  config.checkpoint = ml_collections.ConfigDict(
+      dict(
+          every_steps=1000,
+          every_secs=600,
+          max_to_keep=3,
+          # Resume a workdir whose checkpoint was trained under another
+          # trajectory (resume.trajectory), e.g. to extend a finished run; the
+          # change is recorded in WORKDIR/config_history.jsonl.
+          allow_changed_config=False,
+      )
+  )
+  config.logging = ml_collections.ConfigDict(
+      dict(
+          every_steps=50,
+          knn_every_steps=5000,  # kNN monitor on the test split; 0 disables.
+          knn_max_train_examples=10_000,
+          # Stop pre-training (checkpoint kept, one line, exit 1) when the
+          # projections' collapse statistic stays below this for
+          # collapse_stop_after logged steps in a row; 0: never. Off for the
+          # variants the paper reports collapsing (presets.collapse_stop_below).
+          collapse_stop_below=presets.collapse_stop_below(method, config.model),
+          collapse_stop_after=5,
+      )
+  )
   # Linear evaluation, the paper's protocol (BYOL Appendix C.1): frozen
   # encoder, SGD with Nesterov momentum 0.9, no weight decay, cosine lr,
   # random-resized crop + flip for training, centre crop for testing.
-  config.eval = ml_collections.ConfigDict(dict(
-      after_pretraining=True,
-      # Set: evaluate this pre-training run's encoder instead of training
-      # (any config; data from the run unless data.source is set).
-      pretrain_workdir='',
-      num_epochs=80,
-      global_batch_size=1024,
-      # Base rates (x batch / 256) the protocol chooses from on a held-out
-      # part of train; one value: no selection.
-      learning_rates=(0.4, 0.3, 0.2, 0.1, 0.05),
-      # Chosen on the dataset's validation split when it has one (ImageNet:
-      # train[:10000], the official protocol); else on this many held-out
-      # training examples, -1: a fifth of them, at most 10,000.
-      sweep_valid_examples=-1,
-      momentum=0.9,
-      train_split='linear_train',
-      test_split='test',
-      augment=True,  # crop + flip per step; False: features computed once.
-      random_baseline=False,  # also evaluate a randomly initialised encoder.
-  ))
+  config.eval = ml_collections.ConfigDict(
+      dict(
+          after_pretraining=True,
+          # Set: evaluate this pre-training run's encoder instead of training
+          # (any config; data from the run unless data.source is set).
+          pretrain_workdir='',
+          num_epochs=80,
+          global_batch_size=1024,
+          # Base rates (x batch / 256) the protocol chooses from on a held-out
+          # part of train; one value: no selection.
+          learning_rates=(0.4, 0.3, 0.2, 0.1, 0.05),
+          # Chosen on the dataset's validation split when it has one (ImageNet:
+          # train[:10000], the official protocol); else on this many held-out
+          # training examples, -1: a fifth of them, at most 10,000.
+          sweep_valid_examples=-1,
+          momentum=0.9,
+          train_split='linear_train',
+          test_split='test',
+          augment=True,  # crop + flip per step; False: features computed once.
+          # also evaluate a randomly initialised encoder.
+          random_baseline=False,
+      )
+  )
 
   if training:
     config.training.update(training)
@@ -273,8 +309,10 @@ def experiment_config(arg=None, *, method=methods.BYOL, extra_options=(),
   # variant alike, so tiny runs of two variants differ only by the variant.
   scales = [s for s in SCALES if options.get(s)]
   if len(scales) > 1:
-    raise ValueError(f'config options {" and ".join(scales)} in {arg!r} are '
-                     'scales; use one of them.')
+    raise ValueError(
+        f'config options {" and ".join(scales)} in {arg!r} are '
+        'scales; use one of them.'
+    )
   if scales:
     getattr(presets, f'apply_{scales[0]}')(config)
   if 'dataset' in options:
@@ -292,9 +330,9 @@ def experiment_config(arg=None, *, method=methods.BYOL, extra_options=(),
   return config
 
 
-def load_experiment(name: str, arg: str = '', *,
-                    experiments_dir=EXPERIMENTS_DIR
-                    ) -> ml_collections.ConfigDict:
+def load_experiment(
+    name: str, arg: str = '', *, experiments_dir=EXPERIMENTS_DIR
+) -> ml_collections.ConfigDict:
   """experiments/<name>.py's get_config(arg): what `--config=...:<arg>` gives.
 
   The one loader of experiment config files outside main.py (whose absl
@@ -317,7 +355,8 @@ def load_experiment(name: str, arg: str = '', *,
     raise FileNotFoundError(
         f'{path} not found: run from a checkout of byol_jax (the experiment '
         'configs are not installed with the package) or pass '
-        '--experiments_dir.')
+        '--experiments_dir.'
+    )
   spec = importlib.util.spec_from_file_location(f'_exp_{name}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -23,8 +23,11 @@ from absl import logging
 import jax
 
 FLAG_NAMES = ('--coordinator_address', '--num_processes', '--process_id')
-ENV_NAMES = ('BYOL_COORDINATOR_ADDRESS', 'BYOL_NUM_PROCESSES',
-             'BYOL_PROCESS_ID')
+ENV_NAMES = (
+    'BYOL_COORDINATOR_ADDRESS',
+    'BYOL_NUM_PROCESSES',
+    'BYOL_PROCESS_ID',
+)
 MODES = ('auto', 'off')
 # JAX's own choice of coordinator port for a SLURM job (jax._src.clusters.
 # slurm_cluster): the job id folded into the top 4096 ports, so every task of
@@ -47,6 +50,7 @@ class Plan:
     local_device_ids: accelerators this process may use (None: all); set for
       SLURM jobs with several tasks on a node.
   """
+
   source: str
   coordinator_address: Optional[str] = None
   num_processes: Optional[int] = None
@@ -62,19 +66,28 @@ class Plan:
     if self.source == 'none':
       return 'single process (no jax.distributed)'
     if self.source == 'tpu':
-      return ('Cloud TPU VM: jax.distributed.initialize() detects the pod '
-              'from the TPU metadata')
-    devices = ('all local devices' if self.local_device_ids is None else
-               f'local devices {list(self.local_device_ids)}')
-    return (f'process {self.process_id} of {self.num_processes}, coordinator '
-            f'{self.coordinator_address}, {devices} (from {self.source})')
+      return (
+          'Cloud TPU VM: jax.distributed.initialize() detects the pod '
+          'from the TPU metadata'
+      )
+    devices = (
+        'all local devices'
+        if self.local_device_ids is None
+        else f'local devices {list(self.local_device_ids)}'
+    )
+    return (
+        f'process {self.process_id} of {self.num_processes}, coordinator '
+        f'{self.coordinator_address}, {devices} (from {self.source})'
+    )
 
 
 def _int(value, name: str) -> int:
   try:
     return int(value)
   except (TypeError, ValueError):
-    raise DistributedConfigError(f'{name}={value!r} must be an integer.') from None
+    raise DistributedConfigError(
+        f'{name}={value!r} must be an integer.'
+    ) from None
 
 
 def _check_address(address: str, name: str) -> str:
@@ -82,7 +95,8 @@ def _check_address(address: str, name: str) -> str:
   if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
     raise DistributedConfigError(
         f'{name}={address!r} must be host:port (e.g. 10.0.0.1:1234), the '
-        'address of process 0 and a free port on it.')
+        'address of process 0 and a free port on it.'
+    )
   return address
 
 
@@ -97,7 +111,8 @@ def _explicit(values, names, source) -> Optional[Plan]:
     raise DistributedConfigError(
         f'{have} set but {missing} not: a multi-process run needs all of '
         f'{", ".join(names)} (or none of them, to detect SLURM or a Cloud '
-        'TPU VM).')
+        'TPU VM).'
+    )
   address = _check_address(values[0], names[0])
   count, index = _int(values[1], names[1]), _int(values[2], names[2])
   if count < 1:
@@ -105,7 +120,8 @@ def _explicit(values, names, source) -> Optional[Plan]:
   if not 0 <= index < count:
     raise DistributedConfigError(
         f'{names[2]}={index} is out of range for {names[1]}={count}; use '
-        f'0..{count - 1}, a different one on each process.')
+        f'0..{count - 1}, a different one on each process.'
+    )
   return Plan(source, address, count, index)
 
 
@@ -120,8 +136,7 @@ def first_slurm_host(nodelist: str) -> str:
 
 def _tasks_on_node(env: Mapping[str, str]) -> int:
   """Tasks SLURM runs on this node, from '2(x3),1'-style task counts."""
-  spec = env.get('SLURM_STEP_TASKS_PER_NODE') or env.get(
-      'SLURM_TASKS_PER_NODE')
+  spec = env.get('SLURM_STEP_TASKS_PER_NODE') or env.get('SLURM_TASKS_PER_NODE')
   if not spec:
     return 1
   counts = []
@@ -146,16 +161,20 @@ def _slurm(env: Mapping[str, str]) -> Optional[Plan]:
   index = _int(env['SLURM_PROCID'], 'SLURM_PROCID')
   if not 0 <= index < count:
     raise DistributedConfigError(
-        f'SLURM_PROCID={index} is out of range for SLURM_NTASKS={count}.')
+        f'SLURM_PROCID={index} is out of range for SLURM_NTASKS={count}.'
+    )
   address = env.get('JAX_COORDINATOR_ADDRESS')
   if address:
     _check_address(address, 'JAX_COORDINATOR_ADDRESS')
   else:
     port = env.get('BYOL_COORDINATOR_PORT') or str(
-        _int(env['SLURM_JOB_ID'], 'SLURM_JOB_ID') % _SLURM_PORT_RANGE +
-        65536 - _SLURM_PORT_RANGE)
-    address = _check_address(f'{first_slurm_host(nodelist)}:{port}',
-                             'BYOL_COORDINATOR_PORT')
+        _int(env['SLURM_JOB_ID'], 'SLURM_JOB_ID') % _SLURM_PORT_RANGE
+        + 65536
+        - _SLURM_PORT_RANGE
+    )
+    address = _check_address(
+        f'{first_slurm_host(nodelist)}:{port}', 'BYOL_COORDINATOR_PORT'
+    )
   # One task per node sees all the node's GPUs (pmap over them); several
   # tasks on a node get one GPU each, by local rank. (JAX's own SLURM
   # detection always restricts a task to one GPU, which would leave all but
@@ -166,11 +185,15 @@ def _slurm(env: Mapping[str, str]) -> Optional[Plan]:
   return Plan('slurm', address, count, index, local)
 
 
-def process_plan(*, mode: str = 'auto',
-                 coordinator_address: Optional[str] = None,
-                 num_processes: Optional[int] = None,
-                 process_id: Optional[int] = None,
-                 env: Mapping[str, str], on_cloud_tpu: bool = False) -> Plan:
+def process_plan(
+    *,
+    mode: str = 'auto',
+    coordinator_address: Optional[str] = None,
+    num_processes: Optional[int] = None,
+    process_id: Optional[int] = None,
+    env: Mapping[str, str],
+    on_cloud_tpu: bool = False,
+) -> Plan:
   """Decides how this process starts (the order in the module docstring).
 
   mode 'off' is one process whatever the environment says (explicit flags are
@@ -178,15 +201,18 @@ def process_plan(*, mode: str = 'auto',
   inconsistent source.
   """
   if mode not in MODES:
-    raise DistributedConfigError(f'--distributed={mode!r}; use one of '
-                                 f'{", ".join(MODES)}.')
-  flags = _explicit((coordinator_address, num_processes, process_id),
-                    FLAG_NAMES, 'flags')
+    raise DistributedConfigError(
+        f'--distributed={mode!r}; use one of ' f'{", ".join(MODES)}.'
+    )
+  flags = _explicit(
+      (coordinator_address, num_processes, process_id), FLAG_NAMES, 'flags'
+  )
   if mode == 'off':
     if flags is not None:
       raise DistributedConfigError(
           '--distributed=off contradicts --coordinator_address/'
-          '--num_processes/--process_id; drop one or the other.')
+          '--num_processes/--process_id; drop one or the other.'
+      )
     return Plan('none')
   if flags is not None:
     return flags
@@ -202,7 +228,8 @@ def process_plan(*, mode: str = 'auto',
     raise DistributedConfigError(
         f'JAX_COORDINATOR_ADDRESS={env["JAX_COORDINATOR_ADDRESS"]} is set but '
         'nothing gives the process count and id (no SLURM job, not a Cloud '
-        'TPU VM): set BYOL_NUM_PROCESSES and BYOL_PROCESS_ID too, or unset it.')
+        'TPU VM): set BYOL_NUM_PROCESSES and BYOL_PROCESS_ID too, or unset it.'
+    )
   return Plan('none')
 
 
@@ -215,10 +242,12 @@ def on_cloud_tpu_vm() -> bool:
   return bool(getattr(cloud_tpu_init, 'running_in_cloud_tpu_vm', False))
 
 
-def initialize(the_plan: Plan, *,
-               initialize_fn: Optional[Callable[..., None]] = None,
-               config_update: Optional[Callable[[str, Any], None]] = None
-               ) -> bool:
+def initialize(
+    the_plan: Plan,
+    *,
+    initialize_fn: Optional[Callable[..., None]] = None,
+    config_update: Optional[Callable[[str, Any], None]] = None,
+) -> bool:
   """Starts jax.distributed unless single-process; True if started."""
   logging.info('Distributed: %s.', the_plan.describe())
   if not the_plan.is_multiprocess:
@@ -234,10 +263,15 @@ def initialize(the_plan: Plan, *,
   else:
     # 'deactivate': use exactly these values; JAX's own cluster detection
     # would otherwise restrict each SLURM task to one GPU.
-    initialize_fn(coordinator_address=the_plan.coordinator_address,
-                  num_processes=the_plan.num_processes,
-                  process_id=the_plan.process_id,
-                  local_device_ids=(None if the_plan.local_device_ids is None
-                                    else list(the_plan.local_device_ids)),
-                  cluster_detection_method='deactivate')
+    initialize_fn(
+        coordinator_address=the_plan.coordinator_address,
+        num_processes=the_plan.num_processes,
+        process_id=the_plan.process_id,
+        local_device_ids=(
+            None
+            if the_plan.local_device_ids is None
+            else list(the_plan.local_device_ids)
+        ),
+        cluster_detection_method='deactivate',
+    )
   return True

@@ -29,15 +29,19 @@ from byol_jax.data import augment
 from byol_jax.methods import networks
 
 ENCODER_MODULES = ('encoder',)
-_RUN_HINT = ('run a pre-training first: python -m byol_jax.main '
-             '--config=experiments/quickstart.py --workdir={workdir}')
+_RUN_HINT = (
+    'run a pre-training first: python -m byol_jax.main '
+    '--config=experiments/quickstart.py --workdir={workdir}'
+)
 
 
 def _encoder_transform(model) -> hk.TransformedWithState:
   """The encoder alone: no projector parameters needed, same parameter paths."""
   return hk.transform_with_state(
-      lambda images, is_training: networks.make_encoder(model)(images,
-                                                               is_training))
+      lambda images, is_training: networks.make_encoder(model)(
+          images, is_training
+      )
+  )
 
 
 def encoder_apply(config) -> Callable[[Any, Any, jax.Array], jax.Array]:
@@ -53,9 +57,13 @@ def encoder_apply(config) -> Callable[[Any, Any, jax.Array], jax.Array]:
   def apply(params, state, images):
     out, _ = transformed.apply(
         networks.restrict(params, ENCODER_MODULES),
-        networks.restrict(state, ENCODER_MODULES), None,
-        augment.normalize(images), is_training=False)
+        networks.restrict(state, ENCODER_MODULES),
+        None,
+        augment.normalize(images),
+        is_training=False,
+    )
     return out
+
   return apply
 
 
@@ -63,8 +71,9 @@ def encoder_apply(config) -> Callable[[Any, Any, jax.Array], jax.Array]:
 def _jitted_init(key: ml_collections.FrozenConfigDict):
   """jit(init_train_state), cached: compiling the initialisers is slow."""
   method, optimizer = experiment.init_objects(ml_collections.ConfigDict(key))
-  return jax.jit(functools.partial(experiment.init_train_state, method,
-                                   optimizer))
+  return jax.jit(
+      functools.partial(experiment.init_train_state, method, optimizer)
+  )
 
 
 def random_encoder(config):
@@ -77,18 +86,24 @@ def random_encoder(config):
   # Keyed on what the initialisation depends on (not eval/logging fields).
   key = {k: config[k].to_dict() for k in ('model', 'training')}
   key['derived'] = {'num_classes': config.derived.num_classes}
-  init = _jitted_init(ml_collections.FrozenConfigDict(
-      dict(key, method=config.method)))
-  state = init(jax.random.PRNGKey(config.seed),
-               experiment.sample_images(config))
+  init = _jitted_init(
+      ml_collections.FrozenConfigDict(dict(key, method=config.method))
+  )
+  state = init(
+      jax.random.PRNGKey(config.seed), experiment.sample_images(config)
+  )
   return jax.device_get(
-      (networks.restrict(state.online_params, ENCODER_MODULES),
-       networks.restrict(state.online_state, ENCODER_MODULES)))
+      (
+          networks.restrict(state.online_params, ENCODER_MODULES),
+          networks.restrict(state.online_state, ENCODER_MODULES),
+      )
+  )
 
 
 @dataclasses.dataclass
 class Pretrained:
   """A run's config, online encoder (+ classifier) params, state and step."""
+
   config: ml_collections.ConfigDict
   params: Any
   state: Any
@@ -103,18 +118,22 @@ def saved_config(workdir) -> ml_collections.ConfigDict:
   if not workdir.exists():
     raise FileNotFoundError(
         f'{workdir} does not exist: expected a pre-training workdir holding '
-        f'{workdir_lib.CONFIG} and {workdir_lib.CHECKPOINTS}/; ' +
-        _RUN_HINT.format(workdir=workdir))
+        f'{workdir_lib.CONFIG} and {workdir_lib.CHECKPOINTS}/; '
+        + _RUN_HINT.format(workdir=workdir)
+    )
   if not path.exists():
     raise FileNotFoundError(
         f'{path} not found: {workdir} is not a pre-training workdir (the run '
-        f'writes {workdir_lib.CONFIG} when it starts); ' +
-        _RUN_HINT.format(workdir=workdir))
+        f'writes {workdir_lib.CONFIG} when it starts); '
+        + _RUN_HINT.format(workdir=workdir)
+    )
   try:
     saved = json.loads(path.read_text())
   except json.JSONDecodeError as e:
-    raise ValueError(f'{path} is not valid JSON ({e}); it was damaged: copy '
-                     'it from a backup, or rerun the pre-training.') from None
+    raise ValueError(
+        f'{path} is not valid JSON ({e}); it was damaged: copy '
+        'it from a backup, or rerun the pre-training.'
+    ) from None
   return resume.from_saved(saved)
 
 
@@ -123,15 +142,19 @@ def _no_checkpoint(workdir) -> FileNotFoundError:
       f'{workdir_lib.checkpoint_dir(workdir)} holds no checkpoint: the '
       f'pre-training run in {workdir} has not saved one yet (it saves every '
       'checkpoint.every_steps steps and on SIGTERM); resume it with the same '
-      '--workdir, or ' + _RUN_HINT.format(workdir=workdir))
+      '--workdir, or ' + _RUN_HINT.format(workdir=workdir)
+  )
 
 
 def latest_checkpoint_step(workdir) -> int:
   """The newest finished checkpoint's step (unfinished ones carry a suffix)."""
   workdir = epath.Path(workdir)
   ckpt_dir = workdir_lib.checkpoint_dir(workdir)
-  steps = ([int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()]
-           if ckpt_dir.exists() else [])
+  steps = (
+      [int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()]
+      if ckpt_dir.exists()
+      else []
+  )
   if not steps:
     raise _no_checkpoint(workdir)
   return max(steps)
@@ -157,10 +180,13 @@ def load_pretrained(workdir) -> Pretrained:
   return Pretrained(
       config=config,
       # The online classifier too: linear evaluation scores it on test.
-      params=networks.restrict(state.online_params,
-                               ENCODER_MODULES + ('classifier',)),
+      params=networks.restrict(
+          state.online_params, ENCODER_MODULES + ('classifier',)
+      ),
       state=networks.restrict(state.online_state, ENCODER_MODULES),
-      step=int(restored.step), workdir=str(workdir))
+      step=int(restored.step),
+      workdir=str(workdir),
+  )
 
 
 def load_encoder(workdir) -> Callable[[Any], jax.Array]:
@@ -187,11 +213,15 @@ def load_encoder(workdir) -> Callable[[Any], jax.Array]:
 
   def encode(images) -> jax.Array:
     if jnp.ndim(images) != 4 or jnp.shape(images)[-1] != 3:
-      raise ValueError(f'images must be [N, H, W, 3] floats in [0, 1]; got '
-                       f'shape {jnp.shape(images)}.')
+      raise ValueError(
+          f'images must be [N, H, W, 3] floats in [0, 1]; got '
+          f'shape {jnp.shape(images)}.'
+      )
     if jnp.issubdtype(jnp.result_type(images), jnp.integer):
-      raise ValueError('images must be floats in [0, 1], got integers; '
-                       'divide uint8 images by 255 first.')
+      raise ValueError(
+          'images must be floats in [0, 1], got integers; '
+          'divide uint8 images by 255 first.'
+      )
     return jitted(params, state, images)
 
   encode.pretrained = pretrained

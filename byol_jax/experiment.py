@@ -44,6 +44,7 @@ class TrainState(NamedTuple):
       networks.TARGET_MODULES; {} without a target network (SimCLR).
     opt_state: the optimizer's state of the online parameters.
   """
+
   step: jax.Array
   rng: jax.Array
   online_params: Any
@@ -53,37 +54,45 @@ class TrainState(NamedTuple):
   opt_state: Any
 
 
-def make_method(config, axis_name: Optional[str] = parallel.AXIS_NAME
-                ) -> networks.Method:
+def make_method(
+    config, axis_name: Optional[str] = parallel.AXIS_NAME
+) -> networks.Method:
   """The networks.Method `config.method` names, for the run's model."""
   num_classes = config.derived.num_classes
   if config.method == methods.BYOL:
     return byol.make_byol(config.model, num_classes, axis_name=axis_name)
   if config.method == methods.SIMCLR:
-    return simclr.make_simclr(config.model, num_classes,
-                              temperature=config.training.temperature,
-                              axis_name=axis_name)
-  raise ValueError(f'method={config.method!r}: use one of '
-                   f'{", ".join(methods.METHODS)}.')
+    return simclr.make_simclr(
+        config.model,
+        num_classes,
+        temperature=config.training.temperature,
+        axis_name=axis_name,
+    )
+  raise ValueError(
+      f'method={config.method!r}: use one of ' f'{", ".join(methods.METHODS)}.'
+  )
 
 
 def learning_rate_fn(config):
   """The run's schedules.learning_rate as fn(step)."""
   t, d = config.training, config.derived
   return functools.partial(
-      schedules.learning_rate, base_learning_rate=t.base_learning_rate,
-      global_batch_size=t.global_batch_size, total_steps=d.total_steps,
-      warmup_steps=d.warmup_steps)
+      schedules.learning_rate,
+      base_learning_rate=t.base_learning_rate,
+      global_batch_size=t.global_batch_size,
+      total_steps=d.total_steps,
+      warmup_steps=d.warmup_steps,
+  )
 
 
 def _lars(config, learning_rate):
-  """optim.make_optimizer with the run's hyper-parameters and `learning_rate`."""
+  """optim.make_optimizer with the run's hyper-parameters and learning rate."""
   return optim.make_optimizer(
       learning_rate,
       weight_decay=config.training.weight_decay,
       trust_coefficient=config.training.trust_coefficient,
-      lr_multipliers={
-          'predictor': config.training.predictor_lr_multiplier})
+      lr_multipliers={'predictor': config.training.predictor_lr_multiplier},
+  )
 
 
 def sample_images(config, batch: int = 2) -> jax.Array:
@@ -92,9 +101,12 @@ def sample_images(config, batch: int = 2) -> jax.Array:
   return jnp.zeros((batch, size, size, 3), jnp.float32)
 
 
-def init_train_state(method: networks.Method,
-                     optimizer: optax.GradientTransformation,
-                     rng: jax.Array, images: jax.Array) -> TrainState:
+def init_train_state(
+    method: networks.Method,
+    optimizer: optax.GradientTransformation,
+    rng: jax.Array,
+    images: jax.Array,
+) -> TrainState:
   """A TrainState at step 0 (target = copy of online), unreplicated.
 
   Args:
@@ -105,27 +117,35 @@ def init_train_state(method: networks.Method,
   """
   init_rng, base_rng = jax.random.split(rng)
   params, state, target_params, target_state = method.init(init_rng, images)
-  return TrainState(step=jnp.zeros((), jnp.int32), rng=base_rng,
-                    online_params=params, online_state=state,
-                    target_params=target_params, target_state=target_state,
-                    opt_state=optimizer.init(params))
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      rng=base_rng,
+      online_params=params,
+      online_state=state,
+      target_params=target_params,
+      target_state=target_state,
+      opt_state=optimizer.init(params),
+  )
 
 
 def init_objects(config):
   """(method, optimizer) without schedules (LARS's state holds no rate)."""
-  return (make_method(config, axis_name=None),
-          _lars(config, lambda step: 0.))
+  return (make_method(config, axis_name=None), _lars(config, lambda step: 0.0))
 
 
 def state_template(config) -> TrainState:
   """The TrainState as jax.ShapeDtypeStruct leaves (to restore into)."""
   method, optimizer = init_objects(config)
-  return jax.eval_shape(lambda: init_train_state(
-      method, optimizer, jax.random.PRNGKey(0), sample_images(config)))
+  return jax.eval_shape(
+      lambda: init_train_state(
+          method, optimizer, jax.random.PRNGKey(0), sample_images(config)
+      )
+  )
 
 
-def example_keys(rng: jax.Array, batch_size: int,
-                 axis_name: Optional[str]) -> jax.Array:
+def example_keys(
+    rng: jax.Array, batch_size: int, axis_name: Optional[str]
+) -> jax.Array:
   """[batch_size] keys fold_in(rng, global example index) over `axis_name`."""
   index = jnp.arange(batch_size)
   if axis_name is not None:
@@ -133,8 +153,15 @@ def example_keys(rng: jax.Array, batch_size: int,
   return jax.vmap(lambda i: jax.random.fold_in(rng, i))(index)
 
 
-def loss_fn(method: networks.Method, online_params, online_state,
-            target_params, target_state, views, labels):
+def loss_fn(
+    method: networks.Method,
+    online_params,
+    online_state,
+    target_params,
+    target_state,
+    views,
+    labels,
+):
   """(method loss + classifier loss, (online_state, target_state, metrics)).
 
   Differentiate with respect to online_params. views: two augmented [B, H, W,
@@ -148,12 +175,19 @@ def loss_fn(method: networks.Method, online_params, online_state,
   loss, metrics = method.loss(online, target)
   classif, monitors = networks.classifier_and_monitors(online[0], labels)
   metrics = dict(monitors, loss=loss, **metrics)
-  return loss + classif, (online_state, target_state,
-                          jax.lax.stop_gradient(metrics))
+  return loss + classif, (
+      online_state,
+      target_state,
+      jax.lax.stop_gradient(metrics),
+  )
 
 
-def make_update(config, axis_name: Optional[str] = parallel.AXIS_NAME, *,
-                augment_fn=augment.augment_examples):
+def make_update(
+    config,
+    axis_name: Optional[str] = parallel.AXIS_NAME,
+    *,
+    augment_fn=augment.augment_examples,
+):
   """(method, optimizer, update) of the run.
 
   Args:
@@ -171,44 +205,70 @@ def make_update(config, axis_name: Optional[str] = parallel.AXIS_NAME, *,
   method = make_method(config, axis_name)
   learning_rate = learning_rate_fn(config)
   optimizer = _lars(config, learning_rate)
-  target_ema = functools.partial(schedules.target_ema,
-                                 base_ema=config.training.base_ema,
-                                 total_steps=config.derived.total_steps)
+  target_ema = functools.partial(
+      schedules.target_ema,
+      base_ema=config.training.base_ema,
+      total_steps=config.derived.total_steps,
+  )
 
   def update(state: TrainState, batch):
     rng1, rng2 = jax.random.split(jax.random.fold_in(state.rng, state.step))
     batch_size = batch['view1'].shape[0]
-    views = (augment_fn(example_keys(rng1, batch_size, axis_name),
-                        batch['view1'], 1),
-             augment_fn(example_keys(rng2, batch_size, axis_name),
-                        batch['view2'], 2))
+    views = (
+        augment_fn(
+            example_keys(rng1, batch_size, axis_name), batch['view1'], 1
+        ),
+        augment_fn(
+            example_keys(rng2, batch_size, axis_name), batch['view2'], 2
+        ),
+    )
     grads, (online_state, target_state, metrics) = jax.grad(
-        functools.partial(loss_fn, method), has_aux=True)(
-            state.online_params, state.online_state, state.target_params,
-            state.target_state, views, batch['label'])
+        functools.partial(loss_fn, method), has_aux=True
+    )(
+        state.online_params,
+        state.online_state,
+        state.target_params,
+        state.target_state,
+        views,
+        batch['label'],
+    )
     if axis_name is not None:
       grads = jax.lax.pmean(grads, axis_name)
       metrics = jax.lax.pmean(metrics, axis_name)
-    updates, opt_state = optimizer.update(grads, state.opt_state,
-                                          state.online_params)
+    updates, opt_state = optimizer.update(
+        grads, state.opt_state, state.online_params
+    )
     online_params = optax.apply_updates(state.online_params, updates)
     tau = target_ema(state.step)
     # The target moves after the online update, towards the new online
     # weights (official code order).
-    target_params = method.target_update(state.target_params, online_params,
-                                         tau)
-    metrics = dict(metrics, lr=learning_rate(state.step),
-                   tau=jnp.asarray(tau, jnp.float32),
-                   grad_norm=optax.tree.norm(grads))
-    return TrainState(step=state.step + 1, rng=state.rng,
-                      online_params=online_params, online_state=online_state,
-                      target_params=target_params, target_state=target_state,
-                      opt_state=opt_state), metrics
+    target_params = method.target_update(
+        state.target_params, online_params, tau
+    )
+    metrics = dict(
+        metrics,
+        lr=learning_rate(state.step),
+        tau=jnp.asarray(tau, jnp.float32),
+        grad_norm=optax.tree.norm(grads),
+    )
+    return (
+        TrainState(
+            step=state.step + 1,
+            rng=state.rng,
+            online_params=online_params,
+            online_state=online_state,
+            target_params=target_params,
+            target_state=target_state,
+            opt_state=opt_state,
+        ),
+        metrics,
+    )
 
   return method, optimizer, update
 
 
 def pmap_update(update, devices=None):
   """`update` as a parallel.device_program, the state donated."""
-  return parallel.device_program(update, axis_name=parallel.AXIS_NAME,
-                                 devices=devices, donate_argnums=(0,))
+  return parallel.device_program(
+      update, axis_name=parallel.AXIS_NAME, devices=devices, donate_argnums=(0,)
+  )

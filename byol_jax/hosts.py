@@ -28,10 +28,12 @@ def barrier(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
   if jax.process_count() == 1:
     return
   from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+
   client = jax_distributed.global_state.client
   barrier_id = f'byol_jax/{name}/{next(_barrier_ids)}'
   if client is None:  # Multi-process without jax.distributed.initialize.
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     multihost_utils.sync_global_devices(barrier_id)
     return
   client.wait_at_barrier(barrier_id, timeout_in_ms=timeout_s * 1000)
@@ -56,6 +58,7 @@ def _allgather(x: np.ndarray) -> np.ndarray:
   if jax.process_count() == 1:
     return np.asarray(x)[None]
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   barrier('allgather')  # Processes arrive here after unequal work.
   return np.asarray(multihost_utils.process_allgather(np.asarray(x)))
 
@@ -69,8 +72,9 @@ def check_same_on_all_processes(values: np.ndarray, what: str) -> None:
   values = np.asarray(values)
   gathered = _allgather(values)
   if not all(np.array_equal(g, gathered[0]) for g in gathered):
-    per_process = '; '.join(f'process {i}: {g.tolist()}'
-                            for i, g in enumerate(gathered))
+    per_process = '; '.join(
+        f'process {i}: {g.tolist()}' for i, g in enumerate(gathered)
+    )
     raise RuntimeError(f'processes disagree on {what} ({per_process}).')
 
 

@@ -2,6 +2,7 @@
 
 The caller pmeans what it needs over the collective axis.
 """
+
 from typing import Dict, Optional, Tuple
 
 import jax
@@ -14,8 +15,9 @@ import optax
 _LARGE_NUM = 1e9
 
 
-def l2_normalize(x: jnp.ndarray, axis: int = -1,
-                 eps: float = 1e-12) -> jnp.ndarray:
+def l2_normalize(
+    x: jnp.ndarray, axis: int = -1, eps: float = 1e-12
+) -> jnp.ndarray:
   """x / max(||x||, sqrt(eps)) along `axis`: zero vectors map to 0, not NaN.
 
   As the official code (byol/utils/helpers.py): `eps` bounds the squared norm.
@@ -24,8 +26,9 @@ def l2_normalize(x: jnp.ndarray, axis: int = -1,
   return x * jax.lax.rsqrt(jnp.maximum(square_sum, eps))
 
 
-def regression_loss(x: jnp.ndarray, y: jnp.ndarray,
-                    eps: float = 1e-12) -> jnp.ndarray:
+def regression_loss(
+    x: jnp.ndarray, y: jnp.ndarray, eps: float = 1e-12
+) -> jnp.ndarray:
   """BYOL's per-example loss ||x/|x| - y/|y|||^2 = 2 - 2 cos(x, y) (eq. 2).
 
   Args:
@@ -40,17 +43,22 @@ def regression_loss(x: jnp.ndarray, y: jnp.ndarray,
     ValueError: x and y differ in shape.
   """
   if x.shape != y.shape:
-    raise ValueError(f'regression_loss: x and y must have the same shape, got '
-                     f'{x.shape} and {y.shape}.')
+    raise ValueError(
+        f'regression_loss: x and y must have the same shape, got '
+        f'{x.shape} and {y.shape}.'
+    )
   # Losses are computed in float32 even when the network runs in bfloat16.
   normed_x = l2_normalize(x.astype(jnp.float32), axis=-1, eps=eps)
   normed_y = l2_normalize(y.astype(jnp.float32), axis=-1, eps=eps)
   return jnp.sum(jnp.square(normed_x - normed_y), axis=-1)
 
 
-def byol_loss(online_pred_1: jnp.ndarray, online_pred_2: jnp.ndarray,
-              target_proj_1: jnp.ndarray,
-              target_proj_2: jnp.ndarray) -> jnp.ndarray:
+def byol_loss(
+    online_pred_1: jnp.ndarray,
+    online_pred_2: jnp.ndarray,
+    target_proj_1: jnp.ndarray,
+    target_proj_2: jnp.ndarray,
+) -> jnp.ndarray:
   """Symmetrised BYOL loss (paper §3.1, L^BYOL = L + L~), mean over the batch.
 
   As the official code (byol/byol_experiment.py): the two views' regression
@@ -68,13 +76,17 @@ def byol_loss(online_pred_1: jnp.ndarray, online_pred_2: jnp.ndarray,
   """
   target_proj_1 = jax.lax.stop_gradient(target_proj_1)
   target_proj_2 = jax.lax.stop_gradient(target_proj_2)
-  loss = (regression_loss(online_pred_1, target_proj_2) +
-          regression_loss(online_pred_2, target_proj_1))
+  loss = regression_loss(online_pred_1, target_proj_2) + regression_loss(
+      online_pred_2, target_proj_1
+  )
   return jnp.mean(loss)
 
 
-def softmax_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
-                          where: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+def softmax_cross_entropy(
+    logits: jnp.ndarray,
+    labels: jnp.ndarray,
+    where: Optional[jnp.ndarray] = None,
+) -> jnp.ndarray:
   """Mean cross-entropy of [B, C] logits and [B] int labels (optax's).
 
   With `where` ([B] bool) only the selected examples count (0 when none), and
@@ -82,7 +94,8 @@ def softmax_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
   """
   safe = jnp.maximum(labels, 0) if where is not None else labels
   per_example = optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), safe.astype(jnp.int32))
+      logits.astype(jnp.float32), safe.astype(jnp.int32)
+  )
   return masked_mean(per_example, where)
 
 
@@ -91,11 +104,12 @@ def masked_mean(x: jnp.ndarray, where: Optional[jnp.ndarray]) -> jnp.ndarray:
   if where is None:
     return jnp.mean(x)
   where = where.astype(x.dtype)
-  return jnp.sum(x * where) / jnp.maximum(jnp.sum(where), 1.)
+  return jnp.sum(x * where) / jnp.maximum(jnp.sum(where), 1.0)
 
 
-def topk_correct(logits: jnp.ndarray, labels: jnp.ndarray,
-                 k: int) -> jnp.ndarray:
+def topk_correct(
+    logits: jnp.ndarray, labels: jnp.ndarray, k: int
+) -> jnp.ndarray:
   """[B] float32: 1 where the label is among the k largest of [B, C] logits.
 
   Ties as `jax.lax.top_k` (lower index first), as the official
@@ -103,8 +117,10 @@ def topk_correct(logits: jnp.ndarray, labels: jnp.ndarray,
   """
   num_classes = logits.shape[-1]
   if not 1 <= k <= num_classes:
-    raise ValueError(f'topk_correct: k must be in [1, {num_classes}] (the '
-                     f'number of classes), got k={k}.')
+    raise ValueError(
+        f'topk_correct: k must be in [1, {num_classes}] (the '
+        f'number of classes), got k={k}.'
+    )
   _, top = jax.lax.top_k(logits, k)
   hit = jnp.any(top == labels[..., None].astype(top.dtype), axis=-1)
   return hit.astype(jnp.float32)
@@ -145,11 +161,14 @@ def infonce_loss(
     ValueError: temperature <= 0, or z1 and z2 not 2-D of one shape.
   """
   if temperature <= 0:
-    raise ValueError(f'infonce_loss: temperature must be > 0, got '
-                     f'{temperature}.')
+    raise ValueError(
+        f'infonce_loss: temperature must be > 0, got ' f'{temperature}.'
+    )
   if z1.ndim != 2 or z1.shape != z2.shape:
-    raise ValueError(f'infonce_loss: z1 and z2 must both be [batch, dim] of '
-                     f'the same shape, got {z1.shape} and {z2.shape}.')
+    raise ValueError(
+        f'infonce_loss: z1 and z2 must both be [batch, dim] of '
+        f'the same shape, got {z1.shape} and {z2.shape}.'
+    )
   local_batch = z1.shape[0]
   # float32 even under bfloat16 compute: 1/temperature magnifies rounding.
   z1 = l2_normalize(z1.astype(jnp.float32), axis=-1)

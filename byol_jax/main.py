@@ -50,31 +50,54 @@ from byol_jax import runner
 from byol_jax import stack
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config file, e.g. experiments/gn_ws.py[:opts].',
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (local or '
-                               'gs://); holds checkpoints, logs, results.')
+    'config',
+    None,
+    'Experiment config file, e.g. experiments/gn_ws.py[:opts].',
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+    'workdir',
+    None,
+    'Run directory (local or ' 'gs://); holds checkpoints, logs, results.',
+)
 _DRY_RUN = flags.DEFINE_bool(
-    'dry_run', False, 'Print the built config (derived values included) as '
-    'JSON and exit: nothing is written, no image is read, nothing compiles.')
+    'dry_run',
+    False,
+    'Print the built config (derived values included) as '
+    'JSON and exit: nothing is written, no image is read, nothing compiles.',
+)
 _DISTRIBUTED = flags.DEFINE_enum(
-    'distributed', 'auto', distributed.MODES,
+    'distributed',
+    'auto',
+    distributed.MODES,
     'auto: start jax.distributed from the flags below, BYOL_* variables, '
-    'SLURM or a Cloud TPU VM (in that order); off: always one process.')
+    'SLURM or a Cloud TPU VM (in that order); off: always one process.',
+)
 _COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', None, 'host:port of process 0 (multi-process runs; '
-    'with --num_processes and --process_id).')
+    'coordinator_address',
+    None,
+    'host:port of process 0 (multi-process runs; '
+    'with --num_processes and --process_id).',
+)
 _NUM_PROCESSES = flags.DEFINE_integer(
-    'num_processes', None, 'Number of processes (hosts) in the run.')
+    'num_processes', None, 'Number of processes (hosts) in the run.'
+)
 _PROCESS_ID = flags.DEFINE_integer(
-    'process_id', None, 'This process, in [0, num_processes).')
+    'process_id', None, 'This process, in [0, num_processes).'
+)
 _REQUIRE_ACCELERATOR = flags.DEFINE_bool(
-    'require_accelerator', False, 'Stop (exit 2) when JAX finds no GPU or TPU '
-    'instead of training on the CPU (the launch scripts pass it).')
+    'require_accelerator',
+    False,
+    'Stop (exit 2) when JAX finds no GPU or TPU '
+    'instead of training on the CPU (the launch scripts pass it).',
+)
 _REQUIRE_PINNED_STACK = flags.DEFINE_bool(
-    'require_pinned_stack', False, 'Stop (exit 2) when the installed jax, '
+    'require_pinned_stack',
+    False,
+    'Stop (exit 2) when the installed jax, '
     'jaxlib, libtpu or jax-cuda12-* differ from constraints.txt (the launch '
-    'scripts pass it).')
+    'scripts pass it).',
+)
 
 
 run = runner.run  # the experiment itself (byol_jax/runner.py).
@@ -108,17 +131,26 @@ def _unknown_field(argv, error: Exception) -> str:
   text = str(error)
   name = re.search(r'[A-Za-z_]\w*', text)
   name = name.group(0) if name else text
-  flag = next((a.split('=', 1)[0] for a in argv[1:]
-               if a.startswith('--config.') and
-               name in a.split('=', 1)[0].split('.')), '--config.*')
+  flag = next(
+      (
+          a.split('=', 1)[0]
+          for a in argv[1:]
+          if a.startswith('--config.') and name in a.split('=', 1)[0].split('.')
+      ),
+      '--config.*',
+  )
   hint = re.search(r'Did you mean "([^"]+)"', text)
   if name == 'derived':
-    return (f'{flag}: derived values are computed at start-up and cannot be '
-            'set; set the input instead (e.g. training.total_steps, '
-            'training.global_batch_size).')
-  return (f'{flag}: the config has no field {name!r}' +
-          (f' (did you mean {hint.group(1)!r}?)' if hint else '') +
-          '; --dry_run prints every field.')
+    return (
+        f'{flag}: derived values are computed at start-up and cannot be '
+        'set; set the input instead (e.g. training.total_steps, '
+        'training.global_batch_size).'
+    )
+  return (
+      f'{flag}: the config has no field {name!r}'
+      + (f' (did you mean {hint.group(1)!r}?)' if hint else '')
+      + '; --dry_run prints every field.'
+  )
 
 
 def parse_flags(argv):
@@ -137,15 +169,20 @@ def parse_flags(argv):
 
 def _config():
   if _CONFIG.value is None:
-    _exit('Usage error', '--config is required, e.g. '
-          '--config=experiments/gn_ws.py:tiny (experiments/ lists them).')
+    _exit(
+        'Usage error',
+        '--config is required, e.g. '
+        '--config=experiments/gn_ws.py:tiny (experiments/ lists them).',
+    )
   config = _CONFIG.value
   try:
     config.to_dict()  # a config file that failed to load raises here.
   except OSError as e:
     errno = re.search(r'\[Errno \d+\].*', str(e))
-    _exit('Config error', f'--config={_config_path()}: '
-          f'{errno.group(0) if errno else e}')
+    _exit(
+        'Config error',
+        f'--config={_config_path()}: ' f'{errno.group(0) if errno else e}',
+    )
   return config
 
 
@@ -161,11 +198,14 @@ def _explicit() -> frozenset:
 def _dry_run(the_plan) -> None:
   """Prints the built config as JSON on stdout; writes nothing."""
   import jax  # pylint: disable=g-import-not-at-top
-  topology = plan.Topology(the_plan.num_processes or 1,
-                           jax.local_device_count())
+
+  topology = plan.Topology(
+      the_plan.num_processes or 1, jax.local_device_count()
+  )
   try:
-    built = plan.build(_config(), topology=topology, read_data=False,
-                       explicit=_explicit())
+    built = plan.build(
+        _config(), topology=topology, read_data=False, explicit=_explicit()
+    )
   except plan.ConfigError as e:
     _exit('Config error', e)
   print(json.dumps(built.config.to_dict(), indent=2, sort_keys=True))
@@ -182,8 +222,11 @@ def main(argv):
   with 'Training stopped: ...' and exit code 1.
   """
   if len(argv) > 1:
-    _exit('Usage error', f'unexpected arguments {argv[1:]}; flags only, '
-          'e.g. --config=experiments/gn_ws.py --workdir=/tmp/run.')
+    _exit(
+        'Usage error',
+        f'unexpected arguments {argv[1:]}; flags only, '
+        'e.g. --config=experiments/gn_ws.py --workdir=/tmp/run.',
+    )
   runner.quiet_libraries()
   # Until the run is built and its workdir checked, only warnings and the
   # error line reach the console: a bad input reads as one line.
@@ -192,9 +235,13 @@ def main(argv):
   config = _config()
   try:
     the_plan = distributed.process_plan(
-        mode=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
-        num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
-        env=os.environ, on_cloud_tpu=distributed.on_cloud_tpu_vm())
+        mode=_DISTRIBUTED.value,
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+        env=os.environ,
+        on_cloud_tpu=distributed.on_cloud_tpu_vm(),
+    )
   except distributed.DistributedConfigError as e:
     _exit('Distributed setup error', e)
   if _DRY_RUN.value:
@@ -203,8 +250,11 @@ def main(argv):
     _dry_run(the_plan)
     return
   if not _WORKDIR.value:
-    _exit('Usage error', '--workdir is required: the run directory (local or '
-          'gs://), e.g. --workdir=/tmp/byol_run; or pass --dry_run.')
+    _exit(
+        'Usage error',
+        '--workdir is required: the run directory (local or '
+        'gs://), e.g. --workdir=/tmp/byol_run; or pass --dry_run.',
+    )
   versions = stack.installed()
   try:
     if _REQUIRE_PINNED_STACK.value:  # before the backend starts
@@ -222,8 +272,7 @@ def main(argv):
     logging.info('Visible to this process: %s', stack.resources())
 
   try:
-    run(config, _WORKDIR.value, explicit=_explicit(),
-        on_checked=on_checked)
+    run(config, _WORKDIR.value, explicit=_explicit(), on_checked=on_checked)
   except plan.ConfigError as e:
     # One clear line, no stack trace: a config problem is the user's to fix.
     _exit('Config error', e)

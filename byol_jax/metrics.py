@@ -3,18 +3,20 @@
 The paper asks whether BYOL without batch statistics collapses (§1, §3); these
 show collapse as it happens, long before linear evaluation.
 """
+
 import jax.numpy as jnp
 import numpy as np
 
 from byol_jax import losses
 
 
-
 def check_embeddings(name: str, z) -> None:
   """ValueError naming `name` unless z is [N, D] with N >= 2."""
   if np.ndim(z) != 2 or np.shape(z)[0] < 2:
-    raise ValueError(f'{name} must be [N, D] with N >= 2 embeddings; got shape '
-                     f'{np.shape(z)}. Flatten devices/views into N first.')
+    raise ValueError(
+        f'{name} must be [N, D] with N >= 2 embeddings; got shape '
+        f'{np.shape(z)}. Flatten devices/views into N first.'
+    )
 
 
 def collapse_std(z: jnp.ndarray) -> jnp.ndarray:

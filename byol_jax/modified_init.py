@@ -43,8 +43,9 @@ def calibrated_components(model) -> tuple:
 
 
 def _is_affine_call(context) -> bool:
-  return (context.method_name == '__call__' and
-          isinstance(context.module, norms.Affine))
+  return context.method_name == '__call__' and isinstance(
+      context.module, norms.Affine
+  )
 
 
 def _affine_calls(forward, params, state, images, components) -> list:
@@ -61,6 +62,7 @@ def _affine_calls(forward, params, state, images, components) -> list:
   def run(p, x):
     with hk.intercept_methods(record):
       return forward.apply(p, state, None, x, True)
+
   jax.eval_shape(run, params, images[:1])
   return order
 
@@ -71,6 +73,7 @@ def _input_moments(forward, state, names: Sequence[str]):
   count is the number of values per channel (images x positions); M2 the sum
   of squared deviations from this chunk's mean (two-pass, in float32).
   """
+
   def fn(params, images):
     out = {}
 
@@ -86,6 +89,7 @@ def _input_moments(forward, state, names: Sequence[str]):
     with hk.intercept_methods(capture):
       forward.apply(params, state, None, images, True)
     return out
+
   return fn
 
 
@@ -104,7 +108,8 @@ class _Moments:
     self.devices = list(devices or jax.local_devices())
     fn = _input_moments(forward, state, tuple(names))
     self._pmapped = parallel.device_program(
-        fn, axis_name=None, devices=self.devices, in_axes=(None, 0))
+        fn, axis_name=None, devices=self.devices, in_axes=(None, 0)
+    )
     self._single = jax.jit(fn)
 
   def __call__(self, params, images, chunk_size: Optional[int] = None):
@@ -115,28 +120,48 @@ class _Moments:
     totals = {}
     start = 0
     while start < len(images):
-      group = images[start:start + chunk * ndev]
+      group = images[start : start + chunk * ndev]
       if len(group) == chunk * ndev:  # one chunk per device, in parallel.
-        out = jax.device_get(self._pmapped(
-            params, group.reshape((ndev, chunk) + group.shape[1:])))
-        parts = [{k: tuple(v[i] for v in vals) for k, vals in out.items()}
-                 for i in range(ndev)]
+        out = jax.device_get(
+            self._pmapped(
+                params, group.reshape((ndev, chunk) + group.shape[1:])
+            )
+        )
+        parts = [
+            {k: tuple(v[i] for v in vals) for k, vals in out.items()}
+            for i in range(ndev)
+        ]
       else:  # the remainder, on the first device.
-        parts = [jax.device_get(self._single(
-            params, jax.device_put(group, self.devices[0])))]
+        parts = [
+            jax.device_get(
+                self._single(params, jax.device_put(group, self.devices[0]))
+            )
+        ]
       for part in parts:
         for name, (count, mean, m2) in part.items():
-          entry = (np.float64(count), np.asarray(mean, np.float64),
-                   np.asarray(m2, np.float64))
-          totals[name] = (entry if name not in totals else
-                          _merge(totals[name], entry))
+          entry = (
+              np.float64(count),
+              np.asarray(mean, np.float64),
+              np.asarray(m2, np.float64),
+          )
+          totals[name] = (
+              entry if name not in totals else _merge(totals[name], entry)
+          )
       start += len(group)
     return {k: (mean, m2 / count) for k, (count, mean, m2) in totals.items()}
 
 
-def calibrate(model, num_classes: int, params: hk.Params, images, *,
-              with_predictor: bool = True, chunk_size: Optional[int] = None,
-              devices=None, return_statistics: bool = False):
+def calibrate(
+    model,
+    num_classes: int,
+    params: hk.Params,
+    images,
+    *,
+    with_predictor: bool = True,
+    chunk_size: Optional[int] = None,
+    devices=None,
+    return_statistics: bool = False,
+):
   """`params` with every affine layer set from the batch's statistics (§3.2).
 
   Args:
@@ -159,17 +184,24 @@ def calibrate(model, num_classes: int, params: hk.Params, images, *,
   """
   components = calibrated_components(model)
   if not components:
-    raise ValueError('modified init needs at least one component with norm '
-                     "'affine' (model.encoder_norm=affine, paper §3.2).")
-  forward = networks.make_forward(model, num_classes,
-                                  with_predictor=with_predictor,
-                                  with_classifier=False, axis_name=None)
+    raise ValueError(
+        'modified init needs at least one component with norm '
+        "'affine' (model.encoder_norm=affine, paper §3.2)."
+    )
+  forward = networks.make_forward(
+      model,
+      num_classes,
+      with_predictor=with_predictor,
+      with_classifier=False,
+      axis_name=None,
+  )
   images = np.asarray(images)
   eps = norms.BN_EPS  # the BN network's eps.
   new = jax.tree.map(np.asarray, jax.device_get(dict(params)))
   # BN state of non-calibrated components (if any); never updated here.
-  _, state = jax.eval_shape(lambda: forward.init(jax.random.PRNGKey(0),
-                                                 images[:1], True))
+  _, state = jax.eval_shape(
+      lambda: forward.init(jax.random.PRNGKey(0), images[:1], True)
+  )
   state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), state)
   names = _affine_calls(forward, new, state, images, components)
   # One compiled pass that measures every calibrated layer's input; pass k
@@ -180,18 +212,29 @@ def calibrate(model, num_classes: int, params: hk.Params, images, *,
     mean, var = statistics[name] = moments(new, images, chunk_size)[name]
     p = new[name]
     scale = p['scale'] / np.sqrt(var + eps)  # gamma0 / std
-    new[name] = {'scale': scale.astype(np.float32),
-                 'offset': (p['offset'] - mean * scale).astype(np.float32)}
+    new[name] = {
+        'scale': scale.astype(np.float32),
+        'offset': (p['offset'] - mean * scale).astype(np.float32),
+    }
   return (new, statistics) if return_statistics else new
 
 
-def apply_to_state(train_state, model, num_classes, images,
-                   chunk_size: Optional[int] = None):
+def apply_to_state(
+    train_state, model, num_classes, images, chunk_size: Optional[int] = None
+):
   """A fresh TrainState with calibrated online params; target a copy of them."""
   params = train_state.online_params
   with_predictor = any(name.startswith('predictor/') for name in params)
-  params = calibrate(model, num_classes, params, images,
-                     with_predictor=with_predictor, chunk_size=chunk_size)
-  target = {name: jax.tree.map(jnp.copy, params[name])
-            for name in train_state.target_params}
+  params = calibrate(
+      model,
+      num_classes,
+      params,
+      images,
+      with_predictor=with_predictor,
+      chunk_size=chunk_size,
+  )
+  target = {
+      name: jax.tree.map(jnp.copy, params[name])
+      for name in train_state.target_params
+  }
   return train_state._replace(online_params=params, target_params=target)

@@ -19,6 +19,7 @@ so past steps keep their own step's rate: the same for a constant rate,
 different during warm-up and cosine decay. We follow the official order
 (tests/test_optim.py checks both the hand-computed update and the difference).
 """
+
 import functools
 from typing import Any, Callable, Mapping, Optional, Union
 
@@ -26,6 +27,7 @@ import jax
 import optax
 
 ScalarOrSchedule = Union[float, Callable[[Any], Any]]
+
 
 def lars_mask(params) -> Any:
   """True where a parameter gets weight decay and the LARS trust ratio.
@@ -42,6 +44,7 @@ def lars_mask(params) -> Any:
   Returns:
     A pytree of Python bools with the structure of `params`.
   """
+
   def is_weight(path, leaf):
     if len(leaf.shape) <= 1:
       return False
@@ -50,17 +53,21 @@ def lars_mask(params) -> Any:
     raise ValueError(
         f'lars_mask: parameter '
         f'{jax.tree_util.keystr(path, simple=True, separator="/")} of shape '
-        f'{tuple(leaf.shape)} is neither a kernel named \'w\' nor a vector; '
-        'say in optim.lars_mask whether it gets weight decay.')
+        f"{tuple(leaf.shape)} is neither a kernel named 'w' nor a vector; "
+        'say in optim.lars_mask whether it gets weight decay.'
+    )
+
   return jax.tree_util.tree_map_with_path(is_weight, params)
 
 
 def _module_mask(params, component: str) -> Any:
   """True for the parameters of module `component` or `component/...`."""
+
   def select(path, leaf):
     del leaf
     name = jax.tree_util.keystr(path[:1], simple=True)
     return name == component or name.startswith(component + '/')
+
   return jax.tree_util.tree_map_with_path(select, params)
 
 
@@ -97,33 +104,44 @@ def make_optimizer(
       trust_coefficient <= 0, eps < 0 or a multiplier <= 0.
   """
   if not weight_decay >= 0:
-    raise ValueError(f'make_optimizer: weight_decay must be >= 0, got '
-                     f'{weight_decay}.')
+    raise ValueError(
+        f'make_optimizer: weight_decay must be >= 0, got ' f'{weight_decay}.'
+    )
   if not 0 <= momentum < 1:
-    raise ValueError(f'make_optimizer: momentum must be in [0, 1), got '
-                     f'{momentum}.')
+    raise ValueError(
+        f'make_optimizer: momentum must be in [0, 1), got ' f'{momentum}.'
+    )
   if not trust_coefficient > 0:
-    raise ValueError(f'make_optimizer: trust_coefficient must be > 0, got '
-                     f'{trust_coefficient}.')
+    raise ValueError(
+        f'make_optimizer: trust_coefficient must be > 0, got '
+        f'{trust_coefficient}.'
+    )
   if not eps >= 0:
     raise ValueError(f'make_optimizer: eps must be >= 0, got {eps}.')
   multipliers = []
   for component, factor in sorted((lr_multipliers or {}).items()):
     if not factor > 0:
-      raise ValueError(f'make_optimizer: the learning-rate multiplier of '
-                       f'{component!r} must be > 0, got {factor}.')
+      raise ValueError(
+          f'make_optimizer: the learning-rate multiplier of '
+          f'{component!r} must be > 0, got {factor}.'
+      )
     if factor != 1:
-      multipliers.append(optax.masked(
-          optax.scale(factor),
-          mask=functools.partial(_module_mask, component=component)))
+      multipliers.append(
+          optax.masked(
+              optax.scale(factor),
+              mask=functools.partial(_module_mask, component=component),
+          )
+      )
   return optax.chain(
       optax.add_decayed_weights(weight_decay, mask=lars_mask),
       # eta * ||w|| / (||d|| + eps), 1 where either norm is 0: the official
       # scale_by_lars's jnp.where guards.
       optax.masked(
-          optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient,
-                                     eps=eps),
-          mask=lars_mask),
+          optax.scale_by_trust_ratio(
+              trust_coefficient=trust_coefficient, eps=eps
+          ),
+          mask=lars_mask,
+      ),
       # Momentum before the learning rate, as the official code (see above).
       optax.trace(decay=momentum, nesterov=nesterov),
       optax.scale_by_learning_rate(learning_rate_fn),

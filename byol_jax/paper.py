@@ -11,12 +11,15 @@ column headers of Table 1 in the text).
 The experiment configs take their `paper_top1` from here, and report.py sets
 our collapse next to the paper's.
 """
+
 from typing import Optional
 
 from byol_jax import methods
 
-CITATION = ('Richemond et al., "BYOL works even without batch statistics", '
-            'arXiv:2010.10241 (2020)')
+CITATION = (
+    'Richemond et al., "BYOL works even without batch statistics", '
+    'arXiv:2010.10241 (2020)'
+)
 
 # (encoder, projector, predictor) -> top-1, BYOL, Table 1 (300 epochs).
 TABLE1_BYOL = {
@@ -57,11 +60,12 @@ TABLE2 = {
 # A paper cell below this top-1 (%) counts as collapsed: 0.1% is chance on
 # ImageNet's 1000 classes; the LN/LN/- BYOL cell (5.4%) counts as collapsed
 # too, next to the 53-74% of the cells that learn.
-COLLAPSED_BELOW = 10.
+COLLAPSED_BELOW = 10.0
 
 
-def table1(method: str, encoder: str, projector: str,
-           predictor: Optional[str] = None) -> Optional[float]:
+def table1(
+    method: str, encoder: str, projector: str, predictor: Optional[str] = None
+) -> Optional[float]:
   """Table 1's top-1 (%) of a cell, or None when the paper has no such cell.
 
   Args:

@@ -62,6 +62,7 @@ class Topology:
     process_count: hosts (processes) in the run.
     local_device_count: devices per host.
   """
+
   process_count: int
   local_device_count: int
 
@@ -78,6 +79,7 @@ class Topology:
       Topology(jax.process_count(), jax.local_device_count()).
     """
     import jax  # pylint: disable=g-import-not-at-top
+
     return cls(jax.process_count(), jax.local_device_count())
 
 
@@ -90,6 +92,7 @@ class Run:
     source: the opened data source (sources.Source); with read_data=False a
       listing or a sources.SizedSource stand-in that reads no images.
   """
+
   config: ml_collections.ConfigDict
   source: Any
 
@@ -108,12 +111,16 @@ def option_names(options: str) -> set:
   Returns:
     The set of names, e.g. {'tiny', 'dataset'}.
   """
-  return {item.partition('=')[0].strip()
-          for item in (options or '').split(',') if item.strip()}
+  return {
+      item.partition('=')[0].strip()
+      for item in (options or '').split(',')
+      if item.strip()
+  }
 
 
-def eval_inputs(config, pretrained, explicit=frozenset()
-                ) -> ml_collections.ConfigDict:
+def eval_inputs(
+    config, pretrained, explicit=frozenset()
+) -> ml_collections.ConfigDict:
   """The one merge rule of linear evaluation of a pre-training run.
 
   method, model, training (and the run's derived step counts): the
@@ -141,7 +148,8 @@ def eval_inputs(config, pretrained, explicit=frozenset()
           f'{field}: linear evaluation takes {field.split(".")[0]} from the '
           f'pre-training run (eval.pretrain_workdir='
           f'{config.eval.pretrain_workdir!r}), which describes its '
-          f'checkpoint; drop --config.{field}.')
+          f'checkpoint; drop --config.{field}.'
+      )
   merged = ml_collections.ConfigDict(pretrained.to_dict())
   merged.mode = 'linear_eval'
   merged.seed = config.seed
@@ -163,7 +171,8 @@ def _splits_read(config, mode: str) -> dict:
     needed['data.pretrain_split'] = config.data.pretrain_split
     if config.logging.knn_every_steps:
       needed['logging.knn_every_steps (reference: linear_train)'] = (
-          'linear_train')
+          'linear_train'
+      )
       needed['eval.test_split'] = config.eval.test_split
   if mode == 'linear_eval' or config.eval.after_pretraining:
     needed['eval.train_split'] = config.eval.train_split
@@ -178,17 +187,18 @@ def _check_splits(config, mode: str, source) -> dict:
       resolved[split] = source.resolve_split(split)
       n = source.num_examples(split)
     except ValueError as e:
-      raise ConfigError(f'{field}={split!r} cannot be read from '
-                        f'data.source={config.data.source!r}: {e}') from None
+      raise ConfigError(
+          f'{field}={split!r} cannot be read from '
+          f'data.source={config.data.source!r}: {e}'
+      ) from None
     if n is not None and n <= 0:
-      validation.fail(field, split,
-                      f'split is empty in {config.data.source}.')
+      validation.fail(field, split, f'split is empty in {config.data.source}.')
   return resolved
 
 
 # ------------------------------------------------------------------ derive
 def epochs_to_steps(epochs: float, num_examples: int, batch: int) -> int:
-  """Training steps for a number of epochs, as the official byol/configs/byol.py.
+  """Training steps for a number of epochs, as official byol/configs/byol.py.
 
   Args:
     epochs: passes over the data (a warm-up may be a fraction).
@@ -227,26 +237,34 @@ def sweep_valid_split(config, source) -> str:
     valid = source.resolve_split('linear_valid')
   except ValueError:
     return ''
-  others = {source.resolve_split(config.eval.train_split),
-            source.resolve_split(config.eval.test_split)}
+  others = {
+      source.resolve_split(config.eval.train_split),
+      source.resolve_split(config.eval.test_split),
+  }
   return '' if valid in others else 'linear_valid'
 
 
-def _derive(config, mode: str, source, topology: Topology,
-            read_data: bool) -> dict:
+def _derive(
+    config, mode: str, source, topology: Topology, read_data: bool
+) -> dict:
   t, e = config.training, config.eval
   notes = []
-  d = dict(mode=mode, data_read=read_data,
-           process_count=topology.process_count,
-           local_device_count=topology.local_device_count,
-           device_count=topology.device_count)
+  d = dict(
+      mode=mode,
+      data_read=read_data,
+      process_count=topology.process_count,
+      local_device_count=topology.local_device_count,
+      device_count=topology.device_count,
+  )
   d['num_classes'] = int(source.num_classes)
   if config.data.num_classes > 0:
     if config.data.num_classes < source.num_classes:
       validation.fail(
-          'data.num_classes', config.data.num_classes,
+          'data.num_classes',
+          config.data.num_classes,
           f'{config.data.source} has {source.num_classes} classes: use at '
-          'least that many outputs, or -1 to take them from the dataset.')
+          'least that many outputs, or -1 to take them from the dataset.',
+      )
     d['num_classes'] = config.data.num_classes
   d['splits'] = _check_splits(config, mode, source)
   if mode == 'pretrain':
@@ -260,26 +278,32 @@ def _derive(config, mode: str, source, topology: Topology,
       d['total_steps_from'] = 'training.num_epochs'
       if total <= 0:
         validation.fail(
-            'training.num_epochs', t.num_epochs,
+            'training.num_epochs',
+            t.num_epochs,
             f'gives 0 steps of batch {b} over {n} examples; raise it, lower '
-            'training.global_batch_size, or set training.total_steps.')
+            'training.global_batch_size, or set training.total_steps.',
+        )
     if t.warmup_steps >= 0:
       warmup, d['warmup_steps_from'] = t.warmup_steps, 'training.warmup_steps'
     else:
       warmup = epochs_to_steps(t.warmup_epochs, n, b)
       d['warmup_steps_from'] = 'training.warmup_epochs'
     if warmup > total:  # runner.py logs the notes once the run may start.
-      notes.append(f'warm-up shortened from {warmup} to the run\'s '
-                   f'{total} steps')
+      notes.append(
+          f"warm-up shortened from {warmup} to the run's " f'{total} steps'
+      )
       warmup = total
     d.update(
-        total_steps=int(total), warmup_steps=int(warmup),
+        total_steps=int(total),
+        warmup_steps=int(warmup),
         stop_step=int(total if t.max_steps < 0 else min(t.max_steps, total)),
         epochs=round(total * b / n, 4),
         peak_learning_rate=schedules.peak_learning_rate(
-            t.base_learning_rate, b),
+            t.base_learning_rate, b
+        ),
         per_host_batch_size=b // topology.process_count,
-        per_device_batch_size=b // topology.device_count)
+        per_device_batch_size=b // topology.device_count,
+    )
   if mode == 'linear_eval' or e.after_pretraining:
     n = source.num_examples(e.train_split)
     d['eval_num_train_examples'] = n
@@ -287,7 +311,8 @@ def _derive(config, mode: str, source, topology: Topology,
     d['eval_steps'] = int(e.num_epochs * max(1, n // e.global_batch_size))
     d['eval_peak_learning_rates'] = [
         schedules.peak_learning_rate(r, e.global_batch_size)
-        for r in e.learning_rates]
+        for r in e.learning_rates
+    ]
     if len(e.learning_rates) > 1:
       valid_split = sweep_valid_split(config, source)
       if valid_split:  # ImageNet: train[:10000], apart from train[10000:].
@@ -297,25 +322,37 @@ def _derive(config, mode: str, source, topology: Topology,
         if valid == -1:
           valid = max(1, min(SWEEP_VALID_MAX, n // 5))
         validation.check(
-            valid < n, 'eval.sweep_valid_examples', valid,
+            valid < n,
+            'eval.sweep_valid_examples',
+            valid,
             f'must be below the {n} examples of eval.train_split '
-            f'{e.train_split!r}: the learning-rate sweep trains on the rest.')
+            f'{e.train_split!r}: the learning-rate sweep trains on the rest.',
+        )
         rest = n - valid
       d['eval_sweep_valid_split'] = valid_split or ''
       d['eval_sweep_valid_examples'] = valid
       d['eval_sweep_steps'] = int(
-          e.num_epochs * max(1, rest // e.global_batch_size))
-    d['eval_per_device_batch_size'] = (e.global_batch_size //
-                                       topology.device_count)
+          e.num_epochs * max(1, rest // e.global_batch_size)
+      )
+    d['eval_per_device_batch_size'] = (
+        e.global_batch_size // topology.device_count
+    )
   # Whether image files were opened (checked) rather than only listed.
   d['data_read'] = d.get('data_read', True) and not getattr(
-      source, 'stand_in', False)
+      source, 'stand_in', False
+  )
   d['notes'] = notes
   return d
 
 
-def build(config, *, topology: Optional[Topology] = None, source=None,
-          read_data: bool = True, explicit=frozenset()) -> Run:
+def build(
+    config,
+    *,
+    topology: Optional[Topology] = None,
+    source=None,
+    read_data: bool = True,
+    explicit=frozenset(),
+) -> Run:
   """Validates the inputs, opens the data and derives the run, once.
 
   Args:
@@ -354,17 +391,20 @@ def build(config, *, topology: Optional[Topology] = None, source=None,
         del inputs['derived']
   topology = topology or Topology.current()
   if mode == 'pretrain':
-    validation.check_batch('training.global_batch_size',
-                           inputs.training.global_batch_size, topology,
-                           validation.MIN_PRETRAIN_PER_DEVICE)
+    validation.check_batch(
+        'training.global_batch_size',
+        inputs.training.global_batch_size,
+        topology,
+        validation.MIN_PRETRAIN_PER_DEVICE,
+    )
   if mode == 'linear_eval' or inputs.eval.after_pretraining:
-    validation.check_batch('eval.global_batch_size',
-                           inputs.eval.global_batch_size, topology)
+    validation.check_batch(
+        'eval.global_batch_size', inputs.eval.global_batch_size, topology
+    )
   megabytes = None
   if source is None:
     try:
-      source, data_path, megabytes = sources.open_source(inputs.data,
-                                                         read_data)
+      source, data_path, megabytes = sources.open_source(inputs.data, read_data)
     except ValueError as e:  # one line naming the data field
       raise ConfigError(str(e)) from None
   else:
@@ -378,8 +418,12 @@ def build(config, *, topology: Optional[Topology] = None, source=None,
     derived['in_memory_mb'] = megabytes if megabytes is not None else -1
   if mode == 'linear_eval':
     # The pre-training run's own plan (its schedules shape the checkpoint).
-    for key in ('num_train_examples', 'total_steps', 'warmup_steps',
-                'peak_learning_rate'):
+    for key in (
+        'num_train_examples',
+        'total_steps',
+        'warmup_steps',
+        'peak_learning_rate',
+    ):
       if key in (run_derived or {}):
         derived[f'pretrain_{key}'] = run_derived[key]
     total = derived.get('pretrain_total_steps', -1)
@@ -388,13 +432,17 @@ def build(config, *, topology: Optional[Topology] = None, source=None,
     if not derived['pretrain_finished']:
       derived['notes'].append(
           f'evaluating step {checkpoint_step} of a pre-training run of '
-          f'{total} steps: the run is unfinished')
+          f'{total} steps: the run is unfinished'
+      )
     old = pretrained.data
-    if (inputs.data.source, inputs.data.image_size) != (old.source,
-                                                        old.image_size):
+    if (inputs.data.source, inputs.data.image_size) != (
+        old.source,
+        old.image_size,
+    ):
       derived['notes'].append(
           f'evaluating on {inputs.data.source} at {inputs.data.image_size}px '
-          f'an encoder pre-trained on {old.source} at {old.image_size}px')
+          f'an encoder pre-trained on {old.source} at {old.image_size}px'
+      )
   with inputs.unlocked():
     inputs.derived = ml_collections.ConfigDict(derived)
   inputs.lock()

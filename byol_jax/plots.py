@@ -3,6 +3,7 @@
 The runs are runs.load_run dicts; matplotlib (Agg backend, no display) is
 imported only when plotting.
 """
+
 from typing import Sequence
 
 from etils import epath
@@ -12,14 +13,16 @@ from byol_jax import runs as runs_lib
 _PLOT_YLABELS = {
     'loss': 'regression loss 2 - 2cos (BYOL) / InfoNCE (SimCLR)',
     'collapse_std_projection': 'std of l2-normalised projection x sqrt(dim)',
-    'collapse_std_representation':
-        'std of l2-normalised representation x sqrt(dim)',
+    'collapse_std_representation': (
+        'std of l2-normalised representation x sqrt(dim)'
+    ),
     'online_top1': 'online classifier top-1 (train batch)',
 }
 
 
-def plot(runs: Sequence[dict], out_dir, title: str = '',
-         prefix: str = '') -> dict:
+def plot(
+    runs: Sequence[dict], out_dir, title: str = '', prefix: str = ''
+) -> dict:
   """One PNG per metric in runs.PLOT_METRICS, one line per run (x = step).
 
   Args:
@@ -34,6 +37,7 @@ def plot(runs: Sequence[dict], out_dir, title: str = '',
     never logged a metric has no line in its plot.
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')  # No display on servers / CI.
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
@@ -48,8 +52,12 @@ def plot(runs: Sequence[dict], out_dir, title: str = '',
       if not points:
         continue
       label = f'{run["variant"]} ({run["name"]})'
-      ax.plot([p[0] for p in points], [p[1] for p in points], marker='.',
-              label=label)
+      ax.plot(
+          [p[0] for p in points],
+          [p[1] for p in points],
+          marker='.',
+          label=label,
+      )
       labels.append(label)
     ax.set_xlabel('step')
     ax.set_ylabel(_PLOT_YLABELS[metric], fontsize=8)
@@ -61,7 +69,10 @@ def plot(runs: Sequence[dict], out_dir, title: str = '',
     path = plot_dir / f'{prefix}{metric}.png'
     with path.open('wb') as f:
       fig.savefig(f, format='png')
-    out[metric] = {'path': str(path), 'num_lines': len(ax.get_lines()),
-                   'labels': labels}
+    out[metric] = {
+        'path': str(path),
+        'num_lines': len(ax.get_lines()),
+        'labels': labels,
+    }
     plt.close(fig)
   return out

@@ -7,6 +7,7 @@ steps; its preemption policy relies on JAX's own SIGTERM notifier, which
 `PreemptionWatcher` replaces so that SIGINT and runs without jax.distributed
 behave alike. The step schedule is a modulo, as orbax's `FixedIntervalPolicy`.
 """
+
 import signal
 import threading
 import time
@@ -21,15 +22,22 @@ import numpy as np
 class SaveSchedule:
   """A save every `every_steps` steps and/or `every_secs` s (None: off)."""
 
-  def __init__(self, every_steps: Optional[int] = None,
-               every_secs: Optional[float] = None,
-               time_fn: Callable[[], float] = time.monotonic):
+  def __init__(
+      self,
+      every_steps: Optional[int] = None,
+      every_secs: Optional[float] = None,
+      time_fn: Callable[[], float] = time.monotonic,
+  ):
     if every_steps is not None and every_steps < 1:
-      raise ValueError(f'save_interval_steps={every_steps}: use a positive '
-                       'integer, or None for no step schedule.')
+      raise ValueError(
+          f'save_interval_steps={every_steps}: use a positive '
+          'integer, or None for no step schedule.'
+      )
     if every_secs is not None and every_secs <= 0:
-      raise ValueError(f'save_interval_secs={every_secs}: use a positive '
-                       'number, or None to disable the time schedule.')
+      raise ValueError(
+          f'save_interval_secs={every_secs}: use a positive '
+          'number, or None to disable the time schedule.'
+      )
     self._every_steps, self._every_secs = every_steps, every_secs
     self._time_fn = time_fn
     self.restart_clock()
@@ -44,8 +52,10 @@ class SaveSchedule:
     On several processes agree on it (`decide`) first: clocks differ, and every
     process must join a save or orbax's barrier hangs.
     """
-    return (self._every_secs is not None and
-            self._time_fn() - self._last_save_time >= self._every_secs)
+    return (
+        self._every_secs is not None
+        and self._time_fn() - self._last_save_time >= self._every_secs
+    )
 
   def due(self, step: int, *, time_due: Optional[bool] = None) -> bool:
     """Whether `step` is a multiple of `every_steps` or the time is due.
@@ -55,8 +65,9 @@ class SaveSchedule:
     """
     if time_due is None:
       time_due = jax.process_count() == 1 and self.time_due()
-    return bool(time_due) or bool(self._every_steps and
-                                  step % self._every_steps == 0)
+    return bool(time_due) or bool(
+        self._every_steps and step % self._every_steps == 0
+    )
 
 
 class PreemptionWatcher:
@@ -87,8 +98,9 @@ class PreemptionWatcher:
     name = signal.Signals(signum).name
     if self._signal_name is None:
       self._signal_name = name
-      logging.warning('Received %s: will checkpoint and stop after this step.',
-                      name)
+      logging.warning(
+          'Received %s: will checkpoint and stop after this step.', name
+      )
     if signum == signal.SIGINT:
       previous = _restorable(self._previous[signal.SIGINT])
       if previous is signal.SIG_IGN:
@@ -99,8 +111,10 @@ class PreemptionWatcher:
 
   def __enter__(self):
     if threading.current_thread() is not threading.main_thread():
-      logging.warning('PreemptionWatcher entered outside the main thread: '
-                      'signal handlers not installed, preemption not watched.')
+      logging.warning(
+          'PreemptionWatcher entered outside the main thread: '
+          'signal handlers not installed, preemption not watched.'
+      )
       return self
     for sig in self._signals:
       self._previous[sig] = signal.signal(sig, self._handle)
@@ -120,6 +134,7 @@ def _restorable(handler):
 
 class Decision(NamedTuple):
   """What every process does after a step (collectives: exchanges, 0|1)."""
+
   preempt: bool
   time_due: bool
   collectives: int

@@ -33,10 +33,17 @@ EMA_PRESETS = {40: 0.97, 100: 0.99, 300: 0.99, 1000: 0.996}
 # statistics. (The online classifier, a monitor on the stop-gradient
 # representation that plays no part in BYOL's objective, stays a plain
 # linear layer.)
-GN_WS_MODEL = dict(encoder_norm='gn', projector_norm='gn', predictor_norm='gn',
-                   gn_groups=16, encoder_ws=True, heads_ws=True)
-GN_WS_TRAINING = dict(base_learning_rate=0.24, weight_decay=3e-8,
-                      base_ema=0.999)
+GN_WS_MODEL = dict(
+    encoder_norm='gn',
+    projector_norm='gn',
+    predictor_norm='gn',
+    gn_groups=16,
+    encoder_ws=True,
+    heads_ws=True,
+)
+GN_WS_TRAINING = dict(
+    base_learning_rate=0.24, weight_decay=3e-8, base_ema=0.999
+)
 GN_WS_PAPER_TOP1 = paper.TABLE2['gn_ws']
 
 # The collapse monitor's threshold (logging.collapse_stop_below) for the
@@ -59,9 +66,10 @@ def collapse_stop_below(method: str, model) -> float:
     paper.COLLAPSED_BELOW; no normalisation anywhere, Table 2's no_bn, is
     one), else COLLAPSE_STOP_BELOW.
   """
-  top1 = paper.table1(method, model.encoder_norm, model.projector_norm,
-                      model.predictor_norm)
-  return 0. if paper.collapsed(top1) else COLLAPSE_STOP_BELOW
+  top1 = paper.table1(
+      method, model.encoder_norm, model.projector_norm, model.predictor_norm
+  )
+  return 0.0 if paper.collapsed(top1) else COLLAPSE_STOP_BELOW
 
 
 # Paper Table 1: each component's normalisation is one of these ('ln' is the
@@ -96,20 +104,34 @@ def apply_tiny(config) -> None:
   Args:
     config: a config from `configs.experiment_config`, modified in place.
   """
-  config.model.update(dict(depth=10, width_multiplier=0.25, stem='small',
-                           projector_hidden_size=128, projector_output_size=32,
-                           predictor_hidden_size=128))
+  config.model.update(
+      dict(
+          depth=10,
+          width_multiplier=0.25,
+          stem='small',
+          projector_hidden_size=128,
+          projector_output_size=32,
+          predictor_hidden_size=128,
+      )
+  )
   config.data.source = 'digits'
   config.data.image_size = 16
   config.data.min_crop_area = 0.5
-  config.training.update(dict(
-      global_batch_size=256, total_steps=150,
-      warmup_steps=int(config.training.warmup_epochs),
-      trust_coefficient=1e-2, predictor_lr_multiplier=30.,
-      base_ema=EMA_PRESETS[300], modified_init_batch_size=256))
+  config.training.update(
+      dict(
+          global_batch_size=256,
+          total_steps=150,
+          warmup_steps=int(config.training.warmup_epochs),
+          trust_coefficient=1e-2,
+          predictor_lr_multiplier=30.0,
+          base_ema=EMA_PRESETS[300],
+          modified_init_batch_size=256,
+      )
+  )
   config.checkpoint.update(dict(every_steps=100, every_secs=120))
-  config.logging.update(dict(every_steps=10, knn_every_steps=50,
-                             knn_max_train_examples=1500))
+  config.logging.update(
+      dict(every_steps=10, knn_every_steps=50, knn_max_train_examples=1500)
+  )
   # CPU-sized probe: features computed once (centre crop), then 400 cheap
   # epochs (2,000 steps of a linear layer, seconds). The per-step-augmented
   # probe of the paper needs far more steps than a laptop run affords
@@ -117,8 +139,14 @@ def apply_tiny(config) -> None:
   # 100 steps); 100 epochs left even the precomputed-feature probe short of
   # convergence (random GN+WS encoder: 84.8%, vs 87.9% for an L-BFGS
   # logistic regression on the same features; 87.2% after 400 epochs).
-  config.eval.update(dict(num_epochs=400, global_batch_size=256,
-                          sweep_valid_examples=-1, augment=False))
+  config.eval.update(
+      dict(
+          num_epochs=400,
+          global_batch_size=256,
+          sweep_valid_examples=-1,
+          augment=False,
+      )
+  )
 
 
 def apply_cifar10(config) -> None:
@@ -135,18 +163,30 @@ def apply_cifar10(config) -> None:
   config.model.update(dict(depth=18, width_multiplier=1.0, stem='small'))
   config.data.source = 'tfds:cifar10'
   config.data.image_size = 32
-  config.training.update(dict(global_batch_size=512, num_epochs=200,
-                              total_steps=-1, warmup_steps=-1,
-                              warmup_epochs=min(config.training.warmup_epochs,
-                                                20),
-                              base_ema=EMA_PRESETS[300],
-                              modified_init_batch_size=512))
+  config.training.update(
+      dict(
+          global_batch_size=512,
+          num_epochs=200,
+          total_steps=-1,
+          warmup_steps=-1,
+          warmup_epochs=min(config.training.warmup_epochs, 20),
+          base_ema=EMA_PRESETS[300],
+          modified_init_batch_size=512,
+      )
+  )
   config.checkpoint.update(dict(every_steps=1000, every_secs=300))
-  config.logging.update(dict(every_steps=50, knn_every_steps=2000,
-                             knn_max_train_examples=10_000))
+  config.logging.update(
+      dict(every_steps=50, knn_every_steps=2000, knn_max_train_examples=10_000)
+  )
   # The paper's probe protocol (augmented crops, 80 epochs), cheap at 32 px.
-  config.eval.update(dict(num_epochs=80, global_batch_size=1024,
-                          sweep_valid_examples=-1, augment=True))
+  config.eval.update(
+      dict(
+          num_epochs=80,
+          global_batch_size=1024,
+          sweep_valid_examples=-1,
+          augment=True,
+      )
+  )
 
 
 # The `small` scale (CIFAR-10 on a 2-core CPU): its run length, and the
@@ -182,7 +222,8 @@ def apply_small(config) -> None:
   10,000 held-out training images from the paper's grid) on frozen
   centre-crop features, 100 epochs: per-step augmented crops need an
   encoder forward per image per epoch (not measured here; by the training
-  step's throughput, tens of minutes per variant). The random-init baseline is always evaluated.
+  step's throughput, tens of minutes per variant). The random-init baseline is
+  always evaluated.
 
   Args:
     config: a config from `configs.experiment_config`, modified in place.
@@ -191,21 +232,38 @@ def apply_small(config) -> None:
   own = t.num_epochs if t.num_epochs in LR_PRESETS else 300
   to = SMALL_PRESET_EPOCHS
   t.base_learning_rate = round(
-      t.base_learning_rate * LR_PRESETS[to] / LR_PRESETS[own], 9)
-  t.weight_decay = round(t.weight_decay * WD_PRESETS[to] / WD_PRESETS[own],
-                         15)
-  t.base_ema = round(1. - (1. - t.base_ema) * (1. - EMA_PRESETS[to]) /
-                     (1. - EMA_PRESETS[own]), 9)
+      t.base_learning_rate * LR_PRESETS[to] / LR_PRESETS[own], 9
+  )
+  t.weight_decay = round(t.weight_decay * WD_PRESETS[to] / WD_PRESETS[own], 15)
+  t.base_ema = round(
+      1.0
+      - (1.0 - t.base_ema) * (1.0 - EMA_PRESETS[to]) / (1.0 - EMA_PRESETS[own]),
+      9,
+  )
   warmup = min(t.warmup_epochs / 10 / 4, SMALL_MAX_WARMUP_FRACTION)
-  t.update(dict(num_epochs=SMALL_EPOCHS, total_steps=-1, warmup_steps=-1,
-                warmup_epochs=warmup * SMALL_EPOCHS, global_batch_size=256,
-                modified_init_batch_size=256))
+  t.update(
+      dict(
+          num_epochs=SMALL_EPOCHS,
+          total_steps=-1,
+          warmup_steps=-1,
+          warmup_epochs=warmup * SMALL_EPOCHS,
+          global_batch_size=256,
+          modified_init_batch_size=256,
+      )
+  )
   config.model.update(dict(depth=10, width_multiplier=0.25, stem='small'))
   config.data.source = 'tfds:cifar10'
   config.data.image_size = 16
   config.checkpoint.update(dict(every_steps=200, every_secs=300))
-  config.logging.update(dict(every_steps=20, knn_every_steps=260,
-                             knn_max_train_examples=10_000))
-  config.eval.update(dict(num_epochs=100, global_batch_size=256,
-                          sweep_valid_examples=-1, augment=False,
-                          random_baseline=True))
+  config.logging.update(
+      dict(every_steps=20, knn_every_steps=260, knn_max_train_examples=10_000)
+  )
+  config.eval.update(
+      dict(
+          num_epochs=100,
+          global_batch_size=256,
+          sweep_valid_examples=-1,
+          augment=False,
+          random_baseline=True,
+      )
+  )

@@ -13,6 +13,7 @@ Usage:
 writes OUT/report.md (the table) and OUT/plots/{loss,collapse_std_projection,
 collapse_std_representation,online_top1}.png, one line per run.
 """
+
 import math
 import sys
 from typing import Optional, Sequence
@@ -36,7 +37,7 @@ def _fmt(x: Optional[float], fmt: str) -> str:
 
 
 def _pct(x: Optional[float]) -> str:
-  return _DASH if x is None else _fmt(100. * x, '.1f')
+  return _DASH if x is None else _fmt(100.0 * x, '.1f')
 
 
 def format_duration(seconds: Optional[float]) -> str:
@@ -51,11 +52,22 @@ def format_duration(seconds: Optional[float]) -> str:
   return _DASH if seconds is None else writers.format_duration(seconds)
 
 
-_COLUMNS = ('run', 'variant', 'paper top-1 (%)', 'linear top-1 (%)',
-            'random-init top-1 (%)', 'kNN top-1 (%)', 'random-init kNN (%)',
-            'online top-1 (%)', 'collapse std proj',
-            'collapse std repr', 'collapse: paper / ours', 'final loss',
-            'steps', 'wall time')
+_COLUMNS = (
+    'run',
+    'variant',
+    'paper top-1 (%)',
+    'linear top-1 (%)',
+    'random-init top-1 (%)',
+    'kNN top-1 (%)',
+    'random-init kNN (%)',
+    'online top-1 (%)',
+    'collapse std proj',
+    'collapse std repr',
+    'collapse: paper / ours',
+    'final loss',
+    'steps',
+    'wall time',
+)
 # Our runs count as collapsed when the projection collapse statistic ends
 # below this (the no-normalisation BYOL runs end at 0.000; healthy runs
 # above 0.1).
@@ -109,12 +121,22 @@ def table_row(run: dict) -> list[str]:
   wall = format_duration(run['wall_time_s'])
   if run['wall_time_s'] is not None and not run['wall_time_exact']:
     wall = '~' + wall  # from file mtimes (see runs.load_run).
-  return [run['name'], run['variant'], _fmt(run['paper_top1'], '.1f'),
-          _pct(run['top1']), _pct(run['random_top1']), knn,
-          _pct(run['random_knn_top1']), _pct(run['online_top1']),
-          _fmt(final['collapse_std_projection'], '.3f'),
-          _fmt(final['collapse_std_representation'], '.3f'),
-          collapse_cell(run), _fmt(final['loss'], '.4f'), steps, wall]
+  return [
+      run['name'],
+      run['variant'],
+      _fmt(run['paper_top1'], '.1f'),
+      _pct(run['top1']),
+      _pct(run['random_top1']),
+      knn,
+      _pct(run['random_knn_top1']),
+      _pct(run['online_top1']),
+      _fmt(final['collapse_std_projection'], '.3f'),
+      _fmt(final['collapse_std_representation'], '.3f'),
+      collapse_cell(run),
+      _fmt(final['loss'], '.4f'),
+      steps,
+      wall,
+  ]
 
 
 def markdown_table(runs: Sequence[dict]) -> str:
@@ -130,18 +152,24 @@ def markdown_table(runs: Sequence[dict]) -> str:
     ImageNet top-1 of ResNet-50 runs (Tables 1-2): compare the ordering of
     variants, not the values, at small scale.
   """
-  lines = ['| ' + ' | '.join(_COLUMNS) + ' |',
-           '|' + '|'.join(['---'] * len(_COLUMNS)) + '|']
+  lines = [
+      '| ' + ' | '.join(_COLUMNS) + ' |',
+      '|' + '|'.join(['---'] * len(_COLUMNS)) + '|',
+  ]
   for run in runs:
     cells = [c.replace('|', '\\|') for c in table_row(run)]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
 
 
-def write_report(workdirs: Sequence[str], out_dir,
-                 table_name: str = 'report.md', title: str = '',
-                 notes: Sequence[str] = (),
-                 group_by_method: bool = False) -> dict:
+def write_report(
+    workdirs: Sequence[str],
+    out_dir,
+    table_name: str = 'report.md',
+    title: str = '',
+    notes: Sequence[str] = (),
+    group_by_method: bool = False,
+) -> dict:
   """Writes out_dir/<table_name> (title, table, plot links) and the plots.
 
   Args:
@@ -174,28 +202,34 @@ def write_report(workdirs: Sequence[str], out_dir,
   plots = {}
   for prefix, group in groups.items():
     group_title = f'{title}, {prefix[:-1].upper()}' if prefix else title
-    plots.update({prefix + m: info for m, info in
-                  plots_lib.plot(group, out_dir, title=group_title,
-                                 prefix=prefix).items()})
+    plots.update(
+        {
+            prefix + m: info
+            for m, info in plots_lib.plot(
+                group, out_dir, title=group_title, prefix=prefix
+            ).items()
+        }
+    )
   parts = [f'# {title}\n' if title else '', table]
   parts += [f'\n{line}\n' for line in notes]
-  parts.append('\nPaper top-1: the paper\'s ImageNet linear top-1 of the '
-               f'variant (ResNet-50, Tables 1-2; {paper.CITATION}; byol_jax/'
-               'paper.py), a dash where the paper has no such cell. '
-               'Random-init top-1: the same probe on a randomly initialised '
-               'encoder of the same architecture (kNN likewise). Online '
-               'top-1: the online classifier (trained on the stop-gradient '
-               'representation beside BYOL) on the test split. Collapse std: '
-               'per-dimension std of l2-normalised embeddings x sqrt(dim), ~1 '
-               'healthy, 0 collapsed. Collapse, paper / ours: the paper\'s '
-               f'cell below {paper.COLLAPSED_BELOW:g}% top-1; ours with the '
-               f'projection statistic below {COLLAPSE_STD_BELOW:g}. Wall time '
-               'with ~: from file modification times.\n')
+  parts.append(
+      "\nPaper top-1: the paper's ImageNet linear top-1 of the "
+      f'variant (ResNet-50, Tables 1-2; {paper.CITATION}; byol_jax/'
+      'paper.py), a dash where the paper has no such cell. '
+      'Random-init top-1: the same probe on a randomly initialised '
+      'encoder of the same architecture (kNN likewise). Online '
+      'top-1: the online classifier (trained on the stop-gradient '
+      'representation beside BYOL) on the test split. Collapse std: '
+      'per-dimension std of l2-normalised embeddings x sqrt(dim), ~1 '
+      "healthy, 0 collapsed. Collapse, paper / ours: the paper's "
+      f'cell below {paper.COLLAPSED_BELOW:g}% top-1; ours with the '
+      f'projection statistic below {COLLAPSE_STD_BELOW:g}. Wall time '
+      'with ~: from file modification times.\n'
+  )
   parts += [f'\n![{m}](plots/{m}.png)\n' for m in plots]
   path = epath.Path(out_dir) / table_name
   path.write_text(''.join(parts))
-  return {'table_path': str(path), 'table': table, 'plots': plots,
-          'runs': runs}
+  return {'table_path': str(path), 'table': table, 'plots': plots, 'runs': runs}
 
 
 def parse_flags(argv):
@@ -210,13 +244,16 @@ def parse_flags(argv):
     argv without the parsed flags.
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   try:
     rest = flags.FLAGS(argv)
   except flags.Error as e:
     _exit(f'Usage error: {e}')
   if len(rest) > 1:
-    _exit(f'Usage error: unexpected arguments {rest[1:]}; this command '
-          'takes flags only (--help lists them).')
+    _exit(
+        f'Usage error: unexpected arguments {rest[1:]}; this command '
+        'takes flags only (--help lists them).'
+    )
   return rest
 
 
@@ -236,11 +273,14 @@ def main(argv):
   """
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   f = flags.FLAGS
   out = epath.Path(f.out)
   if not f.out.strip() or (out.exists() and not out.is_dir()):
-    _exit(f'report: --out={f.out!r} is not a directory: name the directory '
-          'for the report and its plots (created if needed).')
+    _exit(
+        f'report: --out={f.out!r} is not a directory: name the directory '
+        'for the report and its plots (created if needed).'
+    )
   try:
     written = write_report([w for w in f.workdirs if w], out, title=f.title)
   except ValueError as e:  # runs.load_run: a workdir or its files.
@@ -248,13 +288,16 @@ def main(argv):
   except OSError as e:
     _exit(f'report: cannot write to --out={f.out} ({e}).')
   print(written['table'], end='')
-  print(f'Wrote {written["table_path"]} and {len(written["plots"])} plots in '
-        f'{out / "plots"}.')
+  print(
+      f'Wrote {written["table_path"]} and {len(written["plots"])} plots in '
+      f'{out / "plots"}.'
+  )
 
 
 if __name__ == '__main__':
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   flags.DEFINE_list('workdirs', None, 'Run directories, comma-separated.')
   flags.DEFINE_string('out', None, 'Output directory for report and plots.')
   flags.DEFINE_string('title', '', 'Report title.')

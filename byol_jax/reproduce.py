@@ -35,8 +35,8 @@ from byol_jax import report
 from byol_jax import resume
 from byol_jax import runner
 from byol_jax import runs as runs_lib
-from byol_jax import variants as variants_lib
 from byol_jax import validation
+from byol_jax import variants as variants_lib
 from byol_jax import workdir as workdir_lib
 
 # Failures recorded by this command (variant -> message); a variant listed
@@ -49,9 +49,14 @@ REPLACED_DIR = 'replaced'
 # option string (the fields it sets are compared themselves), where data and
 # caches live, where in-memory arrays are held, the modified init's chunking
 # (exactly merged) and the checkpoint policy.
-_NOT_COMPARED = ('options', 'data.data_dir', 'data.cache_dir',
-                 'data.in_memory_on', 'training.modified_init_chunk_size',
-                 'checkpoint.')
+_NOT_COMPARED = (
+    'options',
+    'data.data_dir',
+    'data.cache_dir',
+    'data.in_memory_on',
+    'training.modified_init_chunk_size',
+    'checkpoint.',
+)
 
 
 def is_done(workdir: epath.Path) -> bool:
@@ -108,22 +113,35 @@ def _write_failures(root: epath.Path, failures: dict) -> None:
     path.unlink()
 
 
-def run_variant(variant: variants_lib.Variant, config,
-                workdir: epath.Path) -> dict:
+def run_variant(
+    variant: variants_lib.Variant, config, workdir: epath.Path
+) -> dict:
   """Pre-trains and evaluates one variant (resuming what is there)."""
   if not config.eval.after_pretraining:
-    raise ValueError(f'{variant.name}: eval.after_pretraining is False; the '
-                     'table needs the linear evaluation of every variant.')
+    raise ValueError(
+        f'{variant.name}: eval.after_pretraining is False; the '
+        'table needs the linear evaluation of every variant.'
+    )
   summary = runner.run(config, str(workdir))
   if summary.get('preempted'):
-    raise KeyboardInterrupt(f'{variant.name} was interrupted at step '
-                            f'{summary["step"]} (checkpoint saved)')
+    raise KeyboardInterrupt(
+        f'{variant.name} was interrupted at step '
+        f'{summary["step"]} (checkpoint saved)'
+    )
   return summary
 
 
-def reproduce(table: int, scale: str, workdir, *, variants=(), dataset='',
-              overrides=(), experiments_dir=variants_lib.EXPERIMENTS_DIR,
-              dry_run: bool = False) -> dict:
+def reproduce(
+    table: int,
+    scale: str,
+    workdir,
+    *,
+    variants=(),
+    dataset='',
+    overrides=(),
+    experiments_dir=variants_lib.EXPERIMENTS_DIR,
+    dry_run: bool = False,
+) -> dict:
   """Runs (or resumes) every selected variant, then writes the report.
 
   Args:
@@ -157,39 +175,63 @@ def reproduce(table: int, scale: str, workdir, *, variants=(), dataset='',
     raise validation.ConfigError(
         '--override=eval.pretrain_workdir: reproduce pre-trains every variant '
         'itself; evaluate another run with python -m byol_jax.main '
-        '--config=experiments/linear_eval.py --config.eval.pretrain_workdir=DIR.')
-  variant_configs = [variants_lib.variant_config(v, scale, dataset, overrides,
-                                                 experiments_dir)
-                     for v in chosen]
+        '--config=experiments/linear_eval.py '
+        '--config.eval.pretrain_workdir=DIR.'
+    )
+  variant_configs = [
+      variants_lib.variant_config(v, scale, dataset, overrides, experiments_dir)
+      for v in chosen
+  ]
   for config in variant_configs:  # every config error before training.
     plan.build(config, read_data=False)
-  commands = [v.command(scale, dataset, root / v.name, overrides)
-              for v in chosen]
-  out = {'commands': commands, 'ran': [], 'skipped': [], 'failed': {},
-         'replaced': {}, 'report': None}
+  commands = [
+      v.command(scale, dataset, root / v.name, overrides) for v in chosen
+  ]
+  out = {
+      'commands': commands,
+      'ran': [],
+      'skipped': [],
+      'failed': {},
+      'replaced': {},
+      'report': None,
+  }
   if dry_run:
     return out
-  changed = [changed_inputs(c, root / v.name)
-             for v, c in zip(chosen, variant_configs)]
+  changed = [
+      changed_inputs(c, root / v.name) for v, c in zip(chosen, variant_configs)
+  ]
   root.mkdir(parents=True, exist_ok=True)
   failures = _read_failures(root)
-  for variant, config, command, diff in zip(chosen, variant_configs, commands,
-                                            changed):
+  for variant, config, command, diff in zip(
+      chosen, variant_configs, commands, changed
+  ):
     vdir = root / variant.name
     if diff and all(k.startswith('eval.') for k in diff):
-      logging.warning('%s: evaluation inputs changed since the run in %s (%s):'
-                      ' evaluating its encoder again, eval_results.json is '
-                      'replaced.', variant.name, vdir,
-                      resume.describe_changes(diff))
+      logging.warning(
+          '%s: evaluation inputs changed since the run in %s (%s):'
+          ' evaluating its encoder again, eval_results.json is '
+          'replaced.',
+          variant.name,
+          vdir,
+          resume.describe_changes(diff),
+      )
     elif diff:
       aside = _move_aside(root, vdir)
-      logging.warning('%s: inputs changed since the run in %s (%s): it is '
-                      'moved to %s and the variant trains again.',
-                      variant.name, vdir, resume.describe_changes(diff), aside)
+      logging.warning(
+          '%s: inputs changed since the run in %s (%s): it is '
+          'moved to %s and the variant trains again.',
+          variant.name,
+          vdir,
+          resume.describe_changes(diff),
+          aside,
+      )
       out['replaced'][variant.name] = str(aside)
     elif is_done(vdir):
-      logging.info('%s: done (%s exists), skipped.', variant.name,
-                   workdir_lib.eval_results_path(vdir))
+      logging.info(
+          '%s: done (%s exists), skipped.',
+          variant.name,
+          workdir_lib.eval_results_path(vdir),
+      )
       out['skipped'].append(variant.name)
       continue
     logging.info('%s: %s', variant.name, command)
@@ -213,12 +255,17 @@ def reproduce(table: int, scale: str, workdir, *, variants=(), dataset='',
   return out
 
 
-def write_table(table: int, scale: str, root: epath.Path,
-                variants: Sequence[variants_lib.Variant],
-                failures: Optional[dict] = None):
+def write_table(
+    table: int,
+    scale: str,
+    root: epath.Path,
+    variants: Sequence[variants_lib.Variant],
+    failures: Optional[dict] = None,
+):
   """WORKDIR/table<N>.md and plots/; variants without metrics listed below."""
-  has_metrics = {v.name: workdir_lib.metrics_path(root / v.name).exists()
-                 for v in variants}
+  has_metrics = {
+      v.name: workdir_lib.metrics_path(root / v.name).exists() for v in variants
+  }
   present = [root / v.name for v in variants if has_metrics[v.name]]
   missing = [v.name for v in variants if not has_metrics[v.name]]
   if not present:
@@ -229,9 +276,13 @@ def write_table(table: int, scale: str, root: epath.Path,
   for name, message in sorted((failures or {}).items()):
     notes.append(f'Failed: {name}: {message}')
   return report.write_report(
-      [str(p) for p in present], root, table_name=f'table{table}.md',
-      title=f'Paper Table {table}, scale {scale}', notes=notes,
-      group_by_method=table == 1)
+      [str(p) for p in present],
+      root,
+      table_name=f'table{table}.md',
+      title=f'Paper Table {table}, scale {scale}',
+      notes=notes,
+      group_by_method=table == 1,
+  )
 
 
 def main(argv):
@@ -241,9 +292,16 @@ def main(argv):
   f = flags.FLAGS
   try:
     overrides = variants_lib.parse_overrides(f.override or ())
-    out = reproduce(int(f.table), f.scale, f.workdir, variants=f.variants or (),
-                    dataset=f.dataset, overrides=overrides,
-                    experiments_dir=f.experiments_dir, dry_run=f.dry_run)
+    out = reproduce(
+        int(f.table),
+        f.scale,
+        f.workdir,
+        variants=f.variants or (),
+        dataset=f.dataset,
+        overrides=overrides,
+        experiments_dir=f.experiments_dir,
+        dry_run=f.dry_run,
+    )
   except (ValueError, FileNotFoundError) as e:
     print(f'reproduce: {e}', file=sys.stderr)
     sys.exit(2)
@@ -252,27 +310,43 @@ def main(argv):
     return
   rep = out['report']
   print(rep['table'], end='')
-  print(f'Wrote {rep["table_path"]} and plots in {f.workdir}/plots '
-        f'(ran {len(out["ran"])}, skipped {len(out["skipped"])} done, '
-        f'{len(out["failed"])} failed, {len(out["replaced"])} moved to '
-        f'{REPLACED_DIR}/ under changed inputs).')
+  print(
+      f'Wrote {rep["table_path"]} and plots in {f.workdir}/plots '
+      f'(ran {len(out["ran"])}, skipped {len(out["skipped"])} done, '
+      f'{len(out["failed"])} failed, {len(out["replaced"])} moved to '
+      f'{REPLACED_DIR}/ under changed inputs).'
+  )
   if out['failed']:
     sys.exit(1)
 
 
 if __name__ == '__main__':
   flags.DEFINE_enum('table', '2', ['1', '2'], 'The paper table to reproduce.')
-  flags.DEFINE_enum('scale', 'tiny', list(variants_lib.SCALES),
-                    'tiny: digits on a CPU; small: CIFAR-10 on a CPU with the '
-                    'paper\'s optimiser; cifar10: CIFAR-10, ResNet-18, GPU.')
+  flags.DEFINE_enum(
+      'scale',
+      'tiny',
+      list(variants_lib.SCALES),
+      'tiny: digits on a CPU; small: CIFAR-10 on a CPU with the '
+      "paper's optimiser; cifar10: CIFAR-10, ResNet-18, GPU.",
+  )
   flags.DEFINE_string('workdir', None, 'Root directory of the variants.')
   flags.DEFINE_list('variants', [], 'Only these variants (default: all).')
-  flags.DEFINE_string('dataset', '', 'Data source for every variant, e.g. '
-                      'folder:/data/cifar10-jpg (default: the scale\'s).')
-  flags.DEFINE_multi_string('override', [], 'field=value applied to every '
-                            'variant, e.g. training.total_steps=100.')
-  flags.DEFINE_string('experiments_dir', str(variants_lib.EXPERIMENTS_DIR),
-                      'Directory of the experiment configs.')
+  flags.DEFINE_string(
+      'dataset',
+      '',
+      'Data source for every variant, e.g. '
+      "folder:/data/cifar10-jpg (default: the scale's).",
+  )
+  flags.DEFINE_multi_string(
+      'override',
+      [],
+      'field=value applied to every ' 'variant, e.g. training.total_steps=100.',
+  )
+  flags.DEFINE_string(
+      'experiments_dir',
+      str(variants_lib.EXPERIMENTS_DIR),
+      'Directory of the experiment configs.',
+  )
   flags.DEFINE_bool('dry_run', False, 'Print the commands, run nothing.')
   flags.mark_flags_as_required(['workdir'])
   app.run(main, flags_parser=report.parse_flags)

@@ -44,31 +44,46 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
         num_classes=data.get('num_classes', -1),
         num_train_examples=data.get('num_train_examples', -1),
         total_steps=t.get('total_steps', -1),
-        warmup_steps=t.get('warmup_steps', -1))
+        warmup_steps=t.get('warmup_steps', -1),
+    )
   return ml_collections.ConfigDict(tree)
 
 
 def check_built(config) -> None:
   """Raises TypeError for a config that did not go through plan.build."""
   if 'derived' not in config:
-    raise TypeError('this function takes a built config: call '
-                    'byol_jax.plan.build(config) first (it derives the step '
-                    'counts and validates the fields).')
+    raise TypeError(
+        'this function takes a built config: call '
+        'byol_jax.plan.build(config) first (it derives the step '
+        'counts and validates the fields).'
+    )
 
 
 # ------------------------------------------------------------ resume contract
 # Fields that do not change the trajectory of pre-training: when to stop
 # (max_steps), how it is logged, checkpointed and evaluated, where TFDS lives,
 # and the inputs the derived step counts replace.
-_NOT_TRAJECTORY = ('training.max_steps', 'training.num_epochs',
-                   'training.total_steps', 'training.warmup_epochs',
-                   'training.warmup_steps', 'training.modified_init_chunk_size',
-                   'data.data_dir', 'data.cache_dir', 'data.in_memory_on',
-                   'data.max_in_memory_mb',  # derived.data_path says
-                   'data.num_classes')
+_NOT_TRAJECTORY = (
+    'training.max_steps',
+    'training.num_epochs',
+    'training.total_steps',
+    'training.warmup_epochs',
+    'training.warmup_steps',
+    'training.modified_init_chunk_size',
+    'data.data_dir',
+    'data.cache_dir',
+    'data.in_memory_on',
+    'data.max_in_memory_mb',  # derived.data_path says
+    'data.num_classes',
+)
 _TRAJECTORY_SECTIONS = ('model', 'training', 'data')
-_TRAJECTORY_DERIVED = ('num_train_examples', 'num_classes', 'total_steps',
-                       'warmup_steps', 'data_path')
+_TRAJECTORY_DERIVED = (
+    'num_train_examples',
+    'num_classes',
+    'total_steps',
+    'warmup_steps',
+    'data_path',
+)
 
 
 def flatten(tree: dict, prefix: str = '') -> dict:
@@ -115,8 +130,7 @@ def upgrade_trajectory(old: dict) -> dict:
 def changes(old: dict, new: dict) -> dict:
   """{field: (old, new)} where two flat dicts differ (None where missing)."""
   keys = sorted(set(old) | set(new))
-  return {k: (old.get(k), new.get(k)) for k in keys
-          if old.get(k) != new.get(k)}
+  return {k: (old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)}
 
 
 def describe_changes(diff: dict) -> str:
@@ -138,35 +152,46 @@ def check_resume(config, ckpt: checkpointing.Checkpointer) -> dict:
   step, extra = latest
   old = extra.get('trajectory')
   if old is None:
-    logging.warning('Checkpoint %s records no config trajectory (written by '
-                    'an older version): resuming without checking it.',
-                    ckpt.directory / str(step))
+    logging.warning(
+        'Checkpoint %s records no config trajectory (written by '
+        'an older version): resuming without checking it.',
+        ckpt.directory / str(step),
+    )
     return {}
   diff = changes(upgrade_trajectory(old), trajectory(config))
-  structural = [k for k in diff if k.split('.')[0] in ('method', 'model') or
-                k == 'derived.num_classes']
+  structural = [
+      k
+      for k in diff
+      if k.split('.')[0] in ('method', 'model') or k == 'derived.num_classes'
+  ]
   if structural:
     raise validation.ConfigError(
         f'{ckpt.directory} holds step {step} of a run with another network: '
         f'{describe_changes({k: diff[k] for k in structural})}; a '
         'checkpoint cannot be resumed under another architecture (not even '
-        'with checkpoint.allow_changed_config): use a fresh --workdir.')
+        'with checkpoint.allow_changed_config): use a fresh --workdir.'
+    )
   if diff and not config.checkpoint.allow_changed_config:
     raise validation.ConfigError(
         f'{ckpt.directory} holds step {step} of a run trained under another '
         f'config: {describe_changes(diff)}. Resume with the old values, '
         'use a fresh --workdir, or pass '
         '--config.checkpoint.allow_changed_config=true to resume anyway (e.g. '
-        f'to extend a finished run; recorded in {workdir_lib.CONFIG_HISTORY}).')
+        f'to extend a finished run; recorded in {workdir_lib.CONFIG_HISTORY}).'
+    )
   if diff:
-    logging.warning('Resuming step %d under a changed config (allowed by '
-                    'checkpoint.allow_changed_config): %s', step,
-                    describe_changes(diff))
+    logging.warning(
+        'Resuming step %d under a changed config (allowed by '
+        'checkpoint.allow_changed_config): %s',
+        step,
+        describe_changes(diff),
+    )
   return diff
 
 
-def write_config(config, workdir, *, start_step: int,
-                 trajectory_changes: dict) -> None:
+def write_config(
+    config, workdir, *, start_step: int, trajectory_changes: dict
+) -> None:
   """Writes config.json and logs a new or changed config to the history.
 
   Process 0 only; config_history.jsonl gets the time, the start step and
@@ -179,9 +204,14 @@ def write_config(config, workdir, *, start_step: int,
   old = json.loads(path.read_text()) if path.exists() else None
   diff = {} if old is None else changes(flatten(old), flatten(new))
   if old is None or diff or trajectory_changes:
-    entry = {'time': datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec='seconds'), 'start_step': start_step,
-             'config_changes': diff, 'trajectory_changes': trajectory_changes}
+    entry = {
+        'time': datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec='seconds'
+        ),
+        'start_step': start_step,
+        'config_changes': diff,
+        'trajectory_changes': trajectory_changes,
+    }
     with workdir_lib.config_history_path(workdir).open('a') as f:
       f.write(json.dumps(entry) + '\n')
   text = config.to_json_best_effort(indent=2)

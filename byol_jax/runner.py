@@ -23,8 +23,14 @@ from byol_jax import workdir as workdir_lib
 from byol_jax.evaluation import linear_eval
 
 
-def run(config, workdir: str, *, topology=None, explicit=frozenset(),
-        on_checked=None) -> dict:
+def run(
+    config,
+    workdir: str,
+    *,
+    topology=None,
+    explicit=frozenset(),
+    on_checked=None,
+) -> dict:
   """Builds the run from `config` and runs it in `workdir`; returns a summary.
 
   Pre-training (resumed from the workdir's latest checkpoint), then linear
@@ -56,7 +62,8 @@ def run(config, workdir: str, *, topology=None, explicit=frozenset(),
         f'no space left on the device of {where} '
         f'({str(e).splitlines()[0][:300]}). The earlier checkpoints are '
         f'intact (steps {steps or "none yet"} in {ckpts}): free space there, '
-        'then rerun the same command to resume.') from e
+        'then rerun the same command to resume.'
+    ) from e
 
 
 def _run(built, workdir, on_checked) -> dict:
@@ -68,29 +75,46 @@ def _run(built, workdir, on_checked) -> dict:
   logging.info('Config (inputs and derived values):\n%s', config)
   for note in config.derived.notes:
     logging.warning('Note: %s.', note)
-  logging.info('Process %d of %d, %d local device(s) of %d: %s',
-               jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count(),
-               jax.local_devices())
+  logging.info(
+      'Process %d of %d, %d local device(s) of %d: %s',
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+      jax.local_devices(),
+  )
   if config.derived.mode == 'linear_eval':
     done = _done_eval(config, workdir, config.derived.pretrain_checkpoint_step)
     if done is not None:
       return done
     return linear_eval.run_linear_eval_from_workdir(
-        config, workdir, source=source,
-        extra={'eval_inputs': eval_signature(config)})
+        config,
+        workdir,
+        source=source,
+        extra={'eval_inputs': eval_signature(config)},
+    )
   summary = pretrain.train(config, workdir, source=source)
-  if (config.eval.after_pretraining and not summary['preempted'] and
-      summary['step'] >= config.derived.total_steps):
+  if (
+      config.eval.after_pretraining
+      and not summary['preempted']
+      and summary['step'] >= config.derived.total_steps
+  ):
     done = _done_eval(config, workdir, summary['step'])
     if done is not None:
       summary['eval'] = done
       return summary
     state = pretrain.load_latest_state(config, workdir)
     summary['eval'] = linear_eval.run_linear_eval(
-        config, workdir, state.online_params, state.online_state,
-        source=source, extra={'checkpoint_step': summary['step'],
-                              'eval_inputs': eval_signature(config)})
+        config,
+        workdir,
+        state.online_params,
+        state.online_state,
+        source=source,
+        extra={
+            'checkpoint_step': summary['step'],
+            'eval_inputs': eval_signature(config),
+        },
+    )
   return summary
 
 
@@ -109,7 +133,8 @@ def _training_lock(workdir):
     if np.any(refused) and error is None:
       error = workdir_lib.WorkdirError(
           f'--workdir={workdir}: process 0 could not lock it (its error '
-          'line says why).')
+          'line says why).'
+      )
   if error is not None:
     raise error
   try:
@@ -130,8 +155,9 @@ def _is_disk_full(error) -> bool:
     seen.add(id(error))
     text = str(error)
     # Not RESOURCE_EXHAUSTED alone: XLA says that for device memory too.
-    if (getattr(error, 'errno', None) in full or
-        any(os.strerror(code) in text for code in full)):
+    if getattr(error, 'errno', None) in full or any(
+        os.strerror(code) in text for code in full
+    ):
       return True
     error = error.__cause__ or error.__context__
   return False
@@ -139,10 +165,19 @@ def _is_disk_full(error) -> bool:
 
 def eval_signature(config) -> dict:
   """What a linear evaluation's numbers depend on besides the encoder (flat)."""
-  return json.loads(json.dumps(resume.flatten({
-      'eval': config.eval.to_dict(), 'seed': config.seed,
-      'data': config.data.to_dict(), 'splits': config.derived.splits.to_dict(),
-      'num_classes': config.derived.num_classes})))
+  return json.loads(
+      json.dumps(
+          resume.flatten(
+              {
+                  'eval': config.eval.to_dict(),
+                  'seed': config.seed,
+                  'data': config.data.to_dict(),
+                  'splits': config.derived.splits.to_dict(),
+                  'num_classes': config.derived.num_classes,
+              }
+          )
+      )
+  )
 
 
 def _done_eval(config, workdir, step):
@@ -151,10 +186,12 @@ def _done_eval(config, workdir, step):
   if not path.exists():
     return None
   results = json.loads(path.read_text())
-  if (results.get('checkpoint_step') == step and
-      results.get('eval_inputs') == eval_signature(config)):
-    logging.info('Linear evaluation of step %d already in %s; skipped.', step,
-                 path)
+  if results.get('checkpoint_step') == step and results.get(
+      'eval_inputs'
+  ) == eval_signature(config):
+    logging.info(
+        'Linear evaluation of step %d already in %s; skipped.', step, path
+    )
     return results
   return None
 
@@ -164,6 +201,7 @@ class _QuietLibraries(logging_lib.Filter):
 
   run() says a full disk in one line; orbax's threads would log it until exit.
   """
+
   disk_full = False  # set by run() when it raises DiskFullError
 
   def filter(self, record):
@@ -172,8 +210,9 @@ class _QuietLibraries(logging_lib.Filter):
     if record.levelno < logging_lib.WARNING or self.disk_full:
       return False
     error = record.exc_info[1] if record.exc_info else None
-    return not (_is_disk_full(error) or
-                _is_disk_full(Exception(record.getMessage())))
+    return not (
+        _is_disk_full(error) or _is_disk_full(Exception(record.getMessage()))
+    )
 
 
 def quiet_libraries() -> None:

@@ -4,6 +4,7 @@ Reads only what a run leaves behind (config.json, metrics.jsonl,
 pretrain_done.json, eval_results.json), so it works on any copied workdirs,
 finished or still running.
 """
+
 import json
 from typing import Optional, Sequence
 
@@ -15,8 +16,12 @@ from byol_jax import writers
 
 # Metrics followed against step (names as in metrics.jsonl): load_run keeps
 # the last value of each, and plots.plot draws one PNG each.
-PLOT_METRICS = ('loss', 'collapse_std_projection',
-                'collapse_std_representation', 'online_top1')
+PLOT_METRICS = (
+    'loss',
+    'collapse_std_projection',
+    'collapse_std_representation',
+    'online_top1',
+)
 
 
 def read_json(path: epath.Path) -> Optional[dict]:
@@ -26,22 +31,27 @@ def read_json(path: epath.Path) -> Optional[dict]:
   try:
     value = json.loads(path.read_text())
   except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON.
-    raise ValueError(f'{path} cannot be read as JSON '
-                     f'({" ".join(str(e).split())}); fix or delete it.'
-                     ) from None
+    raise ValueError(
+        f'{path} cannot be read as JSON '
+        f'({" ".join(str(e).split())}); fix or delete it.'
+    ) from None
   if not isinstance(value, dict):
-    raise ValueError(f'{path} holds {type(value).__name__}, not a JSON object;'
-                     ' fix or delete it.')
+    raise ValueError(
+        f'{path} holds {type(value).__name__}, not a JSON object;'
+        ' fix or delete it.'
+    )
   return value
 
 
 def _number(record: dict, key: str, path) -> Optional[float]:
   """record[key] as a float (None when absent); ValueError naming `path`."""
   value = record.get(key)
-  if value is not None and (isinstance(value, bool) or
-                            not isinstance(value, (int, float))):
-    raise ValueError(f'{path}: {key}={value!r} is not a number; fix or '
-                     'delete the file.')
+  if value is not None and (
+      isinstance(value, bool) or not isinstance(value, (int, float))
+  ):
+    raise ValueError(
+        f'{path}: {key}={value!r} is not a number; fix or ' 'delete the file.'
+    )
   return None if value is None else float(value)
 
 
@@ -49,8 +59,10 @@ def _check_rows(rows: Sequence[dict], path) -> None:
   """Every row an object with an integer step and numeric metrics."""
   for i, row in enumerate(rows):
     if not isinstance(row, dict) or not isinstance(row.get('step'), int):
-      raise ValueError(f'{path}: row {i + 1} ({str(row)[:60]}) has no '
-                       'integer "step"; not a byol_jax metrics.jsonl.')
+      raise ValueError(
+          f'{path}: row {i + 1} ({str(row)[:60]}) has no '
+          'integer "step"; not a byol_jax metrics.jsonl.'
+      )
     for key in PLOT_METRICS + ('knn_top1',):
       _number(row, key, f'{path} row {i + 1}')
 
@@ -73,8 +85,11 @@ def variant_label(config: dict) -> str:
   """'BYOL enc=gn+ws proj=gn pred=gn' (+ ' +modified init') of a config dict."""
   method = str(config.get('method', '?'))
   model = config.get('model', {})
-  parts = [method.upper(), 'enc=' + _norm_label(model, 'encoder'),
-           'proj=' + _norm_label(model, 'projector')]
+  parts = [
+      method.upper(),
+      'enc=' + _norm_label(model, 'encoder'),
+      'proj=' + _norm_label(model, 'projector'),
+  ]
   if method != methods.SIMCLR:
     parts.append('pred=' + _norm_label(model, 'predictor'))
   if config.get('training', {}).get('modified_init'):
@@ -98,7 +113,7 @@ def _wall_time(workdir: epath.Path, done: Optional[dict], done_path):
   end = workdir_lib.metrics_path(workdir).stat().mtime
   if start is None or end is None:
     return None, False
-  return max(float(end) - float(start), 0.), False
+  return max(float(end) - float(start), 0.0), False
 
 
 def load_run(workdir) -> dict:
@@ -118,21 +133,26 @@ def load_run(workdir) -> dict:
   workdir = epath.Path(workdir)
   metrics_path = workdir_lib.metrics_path(workdir)
   if not workdir.is_dir():
-    raise ValueError(f'{workdir} is not a directory; name run directories '
-                     '(--workdirs=DIR1,DIR2).')
+    raise ValueError(
+        f'{workdir} is not a directory; name run directories '
+        '(--workdirs=DIR1,DIR2).'
+    )
   if not metrics_path.exists():
     raise ValueError(
         f'{metrics_path} does not exist: {workdir} is not a pre-training '
         'workdir, or pre-training has not logged yet. Run `python -m '
         f'byol_jax.main --config=experiments/<variant>.py --workdir={workdir}`'
-        ' first (or pass the right --workdirs).')
+        ' first (or pass the right --workdirs).'
+    )
   try:
     rows = writers.read_metrics(workdir)
   except (OSError, UnicodeDecodeError) as e:
     raise ValueError(f'{metrics_path} cannot be read ({e}).') from None
   if not rows:
-    raise ValueError(f'{metrics_path} has no metric rows; let pre-training '
-                     'run to its first logging step.')
+    raise ValueError(
+        f'{metrics_path} has no metric rows; let pre-training '
+        'run to its first logging step.'
+    )
   _check_rows(rows, metrics_path)
   config_path = workdir_lib.config_path(workdir)
   config = read_json(config_path) or {}
@@ -164,8 +184,10 @@ def load_run(workdir) -> dict:
       # The online classifier (a monitor trained beside BYOL) on test.
       'online_top1': _number(results, 'online_top1', results_path),
       # The same probe on a randomly initialised encoder (eval.random_baseline).
-      'random_top1': _number(results.get('random_init') or {}, 'top1',
-                             results_path),
-      'random_knn_top1': _number(results.get('random_init') or {},
-                                 'knn_top1', results_path),
+      'random_top1': _number(
+          results.get('random_init') or {}, 'top1', results_path
+      ),
+      'random_knn_top1': _number(
+          results.get('random_init') or {}, 'knn_top1', results_path
+      ),
   }

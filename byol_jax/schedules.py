@@ -10,24 +10,34 @@ code: optax.linear_schedule rounds differently (one float32 ulp on about a
 third of the warm-up steps), and optax.warmup_cosine_decay_schedule refuses a
 warm-up as long as the run, which plan.py makes when it shortens a warm-up.
 """
+
 import jax.numpy as jnp
 import optax
 
 
 def _check_total_steps(total_steps, fn):
   if not total_steps > 0:
-    raise ValueError(f'{fn}: total_steps must be > 0, got {total_steps}; set '
-                     'it to the number of training steps.')
+    raise ValueError(
+        f'{fn}: total_steps must be > 0, got {total_steps}; set '
+        'it to the number of training steps.'
+    )
 
 
-def peak_learning_rate(base_learning_rate: float,
-                       global_batch_size: int) -> float:
+def peak_learning_rate(
+    base_learning_rate: float, global_batch_size: int
+) -> float:
   """base * global_batch_size / 256 (BYOL §3.3: "0.2 x BatchSize/256")."""
-  return float(base_learning_rate) * int(global_batch_size) / 256.
+  return float(base_learning_rate) * int(global_batch_size) / 256.0
 
 
-def learning_rate(step, *, base_learning_rate: float, global_batch_size: int,
-                  total_steps: int, warmup_steps: int) -> jnp.ndarray:
+def learning_rate(
+    step,
+    *,
+    base_learning_rate: float,
+    global_batch_size: int,
+    total_steps: int,
+    warmup_steps: int,
+) -> jnp.ndarray:
   """Linear warm-up then cosine decay to 0 of the batch-scaled rate (BYOL §3.3).
 
   From 0 at step 0 to peak = base * global_batch_size / 256 at `warmup_steps`,
@@ -49,21 +59,26 @@ def learning_rate(step, *, base_learning_rate: float, global_batch_size: int,
   """
   _check_total_steps(total_steps, 'learning_rate')
   if not 0 <= warmup_steps <= total_steps:
-    raise ValueError(f'learning_rate: warmup_steps must be in [0, total_steps='
-                     f'{total_steps}], got {warmup_steps}.')
+    raise ValueError(
+        f'learning_rate: warmup_steps must be in [0, total_steps='
+        f'{total_steps}], got {warmup_steps}.'
+    )
   if not global_batch_size > 0:
-    raise ValueError(f'learning_rate: global_batch_size must be > 0, got '
-                     f'{global_batch_size}.')
+    raise ValueError(
+        f'learning_rate: global_batch_size must be > 0, got '
+        f'{global_batch_size}.'
+    )
   if not base_learning_rate >= 0:
-    raise ValueError(f'learning_rate: base_learning_rate must be >= 0, got '
-                     f'{base_learning_rate}.')
+    raise ValueError(
+        f'learning_rate: base_learning_rate must be >= 0, got '
+        f'{base_learning_rate}.'
+    )
   peak = peak_learning_rate(base_learning_rate, global_batch_size)
   step = jnp.asarray(step).astype(jnp.float32)
   warm = step / max(warmup_steps, 1) * peak
   # max(., 1) only guards the degenerate warmup_steps == total_steps case, in
   # which the cosine branch sees step - warmup >= 0 and returns the peak.
-  cosine = optax.cosine_decay_schedule(peak,
-                                       max(total_steps - warmup_steps, 1))
+  cosine = optax.cosine_decay_schedule(peak, max(total_steps - warmup_steps, 1))
   decayed = cosine(step - warmup_steps)
   return jnp.where(step < warmup_steps, warm, decayed)
 
@@ -77,8 +92,11 @@ def target_ema(step, *, base_ema: float, total_steps: int) -> jnp.ndarray:
   """
   _check_total_steps(total_steps, 'target_ema')
   if not 0.0 <= base_ema <= 1.0:
-    raise ValueError(f'target_ema: base_ema must be in [0, 1], got '
-                     f'{base_ema} (BYOL uses 0.996).')
+    raise ValueError(
+        f'target_ema: base_ema must be in [0, 1], got '
+        f'{base_ema} (BYOL uses 0.996).'
+    )
   step = jnp.asarray(step).astype(jnp.float32)
-  return 1.0 - (1.0 - base_ema) * optax.cosine_decay_schedule(
-      1.0, total_steps)(step)
+  return 1.0 - (1.0 - base_ema) * optax.cosine_decay_schedule(1.0, total_steps)(
+      step
+  )

@@ -31,6 +31,7 @@ NORMS = presets.TABLE1_NORMS
 @dataclasses.dataclass(frozen=True)
 class Variant:
   """One table cell: WORKDIR/<name>, experiments/<config>.py:<options>."""
+
   name: str
   config: str
   options: str = ''
@@ -44,27 +45,42 @@ class Variant:
 
   def command(self, scale: str, dataset: str, workdir, overrides=()) -> str:
     """The equivalent `python -m byol_jax.main` command, one shell line."""
-    flags = ''.join(' ' + shlex.quote(f'--config.{k}={v}')
-                    for k, v in overrides)
-    return (f'python -m byol_jax.main --config=experiments/{self.config}.py:'
-            f'{self.config_arg(scale, dataset)} --workdir={workdir}{flags}')
+    flags = ''.join(
+        ' ' + shlex.quote(f'--config.{k}={v}') for k, v in overrides
+    )
+    return (
+        f'python -m byol_jax.main --config=experiments/{self.config}.py:'
+        f'{self.config_arg(scale, dataset)} --workdir={workdir}{flags}'
+    )
 
 
 def table_variants(table: int) -> list[Variant]:
   """Table 1 (27 BYOL + 9 SimCLR norm cells) or 2, in table order."""
   if table == 2:
-    return [Variant('bn', 'byol_bn'), Variant('no_norm', 'no_bn'),
-            Variant('modified_init', 'modified_init'),
-            Variant('gn_ws', 'gn_ws')]
+    return [
+        Variant('bn', 'byol_bn'),
+        Variant('no_norm', 'no_bn'),
+        Variant('modified_init', 'modified_init'),
+        Variant('gn_ws', 'gn_ws'),
+    ]
   if table == 1:
     out = []
     for enc, proj, pred in itertools.product(NORMS, repeat=3):
-      out.append(Variant(
-          f'byol_enc-{enc}_proj-{proj}_pred-{pred}', 'ablation',
-          f'method=byol,encoder={enc},projector={proj},predictor={pred}'))
+      out.append(
+          Variant(
+              f'byol_enc-{enc}_proj-{proj}_pred-{pred}',
+              'ablation',
+              f'method=byol,encoder={enc},projector={proj},predictor={pred}',
+          )
+      )
     for enc, proj in itertools.product(NORMS, repeat=2):
-      out.append(Variant(f'simclr_enc-{enc}_proj-{proj}', 'ablation',
-                         f'method=simclr,encoder={enc},projector={proj}'))
+      out.append(
+          Variant(
+              f'simclr_enc-{enc}_proj-{proj}',
+              'ablation',
+              f'method=simclr,encoder={enc},projector={proj}',
+          )
+      )
     return out
   raise ValueError(f'--table={table}: use 1 or 2.')
 
@@ -76,21 +92,30 @@ def select(variants: Sequence[Variant], names: Sequence[str]) -> list[Variant]:
   known = {v.name for v in variants}
   unknown = [n for n in names if n not in known]
   if unknown:
-    raise ValueError(f'--variants: {", ".join(unknown)} not in this table; '
-                     f'use some of: {", ".join(sorted(known))}.')
+    raise ValueError(
+        f'--variants: {", ".join(unknown)} not in this table; '
+        f'use some of: {", ".join(sorted(known))}.'
+    )
   return [v for v in variants if v.name in names]
 
 
-def variant_config(variant: Variant, scale: str, dataset: str = '',
-                overrides=(), experiments_dir=EXPERIMENTS_DIR):
+def variant_config(
+    variant: Variant,
+    scale: str,
+    dataset: str = '',
+    overrides=(),
+    experiments_dir=EXPERIMENTS_DIR,
+):
   """The variant's config, as `--config=...:<arg> --config.<k>=<v>` gives it.
 
   Raises:
     ValueError: an override names no field or does not convert to its type.
   """
-  config = configs.load_experiment(variant.config,
-                                   variant.config_arg(scale, dataset),
-                                   experiments_dir=experiments_dir)
+  config = configs.load_experiment(
+      variant.config,
+      variant.config_arg(scale, dataset),
+      experiments_dir=experiments_dir,
+  )
   for key, value in overrides:
     *parents, leaf = key.split('.')
     node = config
@@ -99,8 +124,9 @@ def variant_config(variant: Variant, scale: str, dataset: str = '',
         node = node[p]
       old = node[leaf]
     except (KeyError, AttributeError, TypeError):
-      raise ValueError(f'--override {key}={value}: the config has no field '
-                       f'{key!r}.') from None
+      raise ValueError(
+          f'--override {key}={value}: the config has no field ' f'{key!r}.'
+      ) from None
     node[leaf] = _cast(value, old, key)
   return config
 
@@ -108,25 +134,33 @@ def variant_config(variant: Variant, scale: str, dataset: str = '',
 # The parsers of main.py's --config.<field> flags (ml_collections picks them
 # by the type of the field's default), so that an override means what the
 # printed command's --config.<field>=<value> means.
-_PARSERS = {bool: flags.BooleanParser(), int: flags.IntegerParser(),
-            float: flags.FloatParser(), tuple: tuple_parser.TupleParser(),
-            str: flags.ArgumentParser()}
+_PARSERS = {
+    bool: flags.BooleanParser(),
+    int: flags.IntegerParser(),
+    float: flags.FloatParser(),
+    tuple: tuple_parser.TupleParser(),
+    str: flags.ArgumentParser(),
+}
 
 
 def _cast(value: str, old, key: str):
   """`value` parsed as main's --config.<key> flag parses it."""
   parser = _PARSERS.get(type(old))
   if parser is None:
-    raise ValueError(f'--override {key}={value}: {key} is a section of the '
-                     f'config, not a field; name one of its fields, e.g. '
-                     f'{key}.{next(iter(old), "FIELD")}=VALUE.')
+    raise ValueError(
+        f'--override {key}={value}: {key} is a section of the '
+        f'config, not a field; name one of its fields, e.g. '
+        f'{key}.{next(iter(old), "FIELD")}=VALUE.'
+    )
   try:
     return parser.parse(value)
   except ValueError as e:
     expected = {bool: 'true or false', tuple: f'a tuple ({e})'}.get(
-        type(old), f'a {type(old).__name__}')
-    raise ValueError(f'--override {key}={value!r}: expected {expected}.'
-                     ) from None
+        type(old), f'a {type(old).__name__}'
+    )
+    raise ValueError(
+        f'--override {key}={value!r}: expected {expected}.'
+    ) from None
 
 
 def parse_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
@@ -135,7 +169,9 @@ def parse_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
   for item in items:
     key, sep, value = item.partition('=')
     if not sep or not key:
-      raise ValueError(f'--override {item!r}: use field=value, e.g. '
-                       'training.total_steps=100.')
+      raise ValueError(
+          f'--override {item!r}: use field=value, e.g. '
+          'training.total_steps=100.'
+      )
     out.append((key.strip(), value.strip()))
   return out

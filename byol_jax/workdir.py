@@ -12,6 +12,7 @@ A pre-training run's WORKDIR (a local path or gs:// URL) holds:
 
 Process 0 writes all of them but the checkpoints.
 """
+
 import fcntl
 import json
 import os
@@ -78,8 +79,9 @@ def check_not_a_file(workdir) -> None:
       what = 'is' if existing == path else f'is inside {existing}, which is'
       raise WorkdirError(
           f'--workdir={workdir} {what} an existing file, not a directory: '
-          'pass a directory (a new path, or an earlier run\'s workdir to '
-          'resume it), e.g. --workdir=/tmp/byol_run.')
+          "pass a directory (a new path, or an earlier run's workdir to "
+          'resume it), e.g. --workdir=/tmp/byol_run.'
+      )
     return
 
 
@@ -106,8 +108,13 @@ class TrainingLock:
     except (FileExistsError, NotADirectoryError):
       check_not_a_file(self._workdir)
       raise
-    mine = json.dumps({'host': socket.gethostname(), 'pid': os.getpid(),
-                       'started': time.strftime('%Y-%m-%d %H:%M:%S %Z')})
+    mine = json.dumps(
+        {
+            'host': socket.gethostname(),
+            'pid': os.getpid(),
+            'started': time.strftime('%Y-%m-%d %H:%M:%S %Z'),
+        }
+    )
     if '://' in str(self.path):
       if self.path.exists():
         raise WorkdirError(self._refusal(self._holder(), remote=True))
@@ -150,11 +157,16 @@ class TrainingLock:
 
   def _refusal(self, holder: dict, remote: bool = False) -> str:
     pid = holder.get('pid', '?')
-    fix = ('wait for it to finish or pass another --workdir; if you know that '
-           f'run is dead (e.g. its host was preempted), delete {self.path} '
-           'and rerun.' if remote else
-           f'wait for it to finish, stop it (kill {pid} on host '
-           f'{holder.get("host", "?")}), or pass another --workdir.')
-    return (f'--workdir={self._workdir} is in use by another run (host '
-            f'{holder.get("host", "?")}, pid {pid}, started '
-            f'{holder.get("started", "?")}; lock file {self.path}): {fix}')
+    fix = (
+        'wait for it to finish or pass another --workdir; if you know that '
+        f'run is dead (e.g. its host was preempted), delete {self.path} '
+        'and rerun.'
+        if remote
+        else f'wait for it to finish, stop it (kill {pid} on host '
+        f'{holder.get("host", "?")}), or pass another --workdir.'
+    )
+    return (
+        f'--workdir={self._workdir} is in use by another run (host '
+        f'{holder.get("host", "?")}, pid {pid}, started '
+        f'{holder.get("started", "?")}; lock file {self.path}): {fix}'
+    )

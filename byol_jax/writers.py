@@ -6,6 +6,7 @@ TensorFlow; gs:// only when TF is importable); without the package, one
 warning and the jsonl file still. Only process 0 writes; elsewhere every
 method is a no-op, so the loop calls them unconditionally.
 """
+
 import json
 import time
 from typing import Callable, Mapping, Optional
@@ -24,7 +25,8 @@ def _scalar(name: str, value) -> float:
     raise ValueError(
         f'metric {name!r} has shape {arr.shape}; write scalars only (take the '
         'first replica of pmapped metrics, e.g. jax.tree.map(lambda x: x[0], '
-        'metrics), or average them).')
+        'metrics), or average them).'
+    )
   return float(arr.reshape(()))
 
 
@@ -43,14 +45,16 @@ def format_duration(seconds: float) -> str:
 class MetricWriter:
   """Writes scalar metrics of one run to jsonl, TensorBoard and the console."""
 
-  def __init__(self,
-               workdir,
-               *,
-               is_chief: bool = True,
-               total_steps: Optional[int] = None,
-               images_per_step: Optional[int] = None,
-               tensorboard: bool = True,
-               time_fn: Callable[[], float] = time.monotonic):
+  def __init__(
+      self,
+      workdir,
+      *,
+      is_chief: bool = True,
+      total_steps: Optional[int] = None,
+      images_per_step: Optional[int] = None,
+      tensorboard: bool = True,
+      time_fn: Callable[[], float] = time.monotonic,
+  ):
     """images_per_step (global batch) and total_steps feed the img/s and ETA."""
     self._workdir = epath.Path(workdir)
     self._path = workdir_lib.metrics_path(workdir)
@@ -87,11 +91,21 @@ class MetricWriter:
     tb = self._tensorboard()
     if tb is not None:
       # pylint: disable-next=g-import-not-at-top
-      from tensorboard.compat.proto import event_pb2, summary_pb2
-      values = [summary_pb2.Summary.Value(tag=k, simple_value=v)
-                for k, v in row.items() if k != 'step']
-      tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                   summary=summary_pb2.Summary(value=values)))
+      from tensorboard.compat.proto import event_pb2
+      from tensorboard.compat.proto import summary_pb2
+
+      values = [
+          summary_pb2.Summary.Value(tag=k, simple_value=v)
+          for k, v in row.items()
+          if k != 'step'
+      ]
+      tb.add_event(
+          event_pb2.Event(
+              wall_time=time.time(),
+              step=int(step),
+              summary=summary_pb2.Summary(value=values),
+          )
+      )
 
   def _tensorboard(self):
     """The event-file writer, created on first use; None when off or missing."""
@@ -104,13 +118,17 @@ class MetricWriter:
       except ImportError as e:
         logging.warning(
             'TensorBoard logging disabled: the tensorboard package is not '
-            'importable (%s). Metrics are still written to %s.', e, self._path)
+            'importable (%s). Metrics are still written to %s.',
+            e,
+            self._path,
+        )
         self._use_tb = False
         return None
       # ".v2" as tf.summary names its files: events.out.tfevents.<time>.
       # <host>.<pid>.<n>.v2, so tools that parse the pid keep working.
       self._tb_writer = event_file_writer.EventFileWriter(
-          str(self._workdir), filename_suffix=".v2")
+          str(self._workdir), filename_suffix='.v2'
+      )
     return self._tb_writer
 
   def console(self, step: int, metrics: Mapping[str, object]) -> Optional[str]:
@@ -123,9 +141,12 @@ class MetricWriter:
       return None
     now = self._time_fn()
     step = int(step)
-    parts = [f'step {step}' if self._total_steps is None else
-             f'step {step}/{self._total_steps} '
-             f'({100.0 * step / max(self._total_steps, 1):.1f}%)']
+    parts = [
+        f'step {step}'
+        if self._total_steps is None
+        else f'step {step}/{self._total_steps} '
+        f'({100.0 * step / max(self._total_steps, 1):.1f}%)'
+    ]
     for name, fmt in (('loss', '.4f'), ('lr', '.2e'), ('tau', '.5f')):
       if name in metrics:
         parts.append(f'{name} {_scalar(name, metrics[name]):{fmt}}')
@@ -135,12 +156,18 @@ class MetricWriter:
       if dt > 0 and dstep > 0:
         secs_per_step = dt / dstep
     if self._images_per_step is not None:
-      parts.append('-- img/s' if secs_per_step is None else
-                   f'{self._images_per_step / secs_per_step:.1f} img/s')
+      parts.append(
+          '-- img/s'
+          if secs_per_step is None
+          else f'{self._images_per_step / secs_per_step:.1f} img/s'
+      )
     if self._total_steps is not None:
-      parts.append('ETA --' if secs_per_step is None else 'ETA ' +
-                   format_duration(max(self._total_steps - step, 0) *
-                                    secs_per_step))
+      parts.append(
+          'ETA --'
+          if secs_per_step is None
+          else 'ETA '
+          + format_duration(max(self._total_steps - step, 0) * secs_per_step)
+      )
     self._last = (now, step)
     line = ' | '.join(parts)
     logging.info(line)
@@ -160,8 +187,9 @@ class MetricWriter:
     tmp.replace(self._path)
     dropped = len(rows) - len(kept)
     if dropped:
-      logging.info('Dropped %d rows after step %d from %s.', dropped, step,
-                   self._path)
+      logging.info(
+          'Dropped %d rows after step %d from %s.', dropped, step, self._path
+      )
     return dropped
 
   def close(self) -> None:
@@ -200,4 +228,3 @@ def read_metrics(workdir) -> list[dict]:
         continue
       raise ValueError(f'{path}:{i + 1} is not valid JSON ({e}).') from e
   return rows
-

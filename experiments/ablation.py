@@ -8,7 +8,7 @@ Table 1's runs are 300-epoch ResNet-50 runs; paper_top1 is the cell's number
 paper did not run (e.g. LN encoder with a BN projector).
 
   python -m byol_jax.main \
-      --config=experiments/ablation.py:encoder=bn,projector=none,predictor=none \
+      --config=experiments/ablation.py:encoder=bn,projector=none,predictor=none\
       --workdir=$WORKDIR
   python -m byol_jax.main \
       --config=experiments/ablation.py:method=simclr,encoder=ln,tiny \
@@ -23,22 +23,32 @@ from byol_jax import validation
 
 def get_config(arg=None):
   options = configs.parse_options(
-      arg, configs.COMMON_OPTIONS + ('encoder', 'projector', 'predictor',
-                                     'method'))
+      arg,
+      configs.COMMON_OPTIONS + ('encoder', 'projector', 'predictor', 'method'),
+  )
   norms = {}
   for component in ('encoder', 'projector', 'predictor'):
     kind = options.get(component, 'bn')
     if kind not in presets.TABLE1_NORMS:
-      raise ValueError(f'ablation option {component}={kind!r}: use one of '
-                       f'{", ".join(presets.TABLE1_NORMS)} (paper Table 1).')
+      raise ValueError(
+          f'ablation option {component}={kind!r}: use one of '
+          f'{", ".join(presets.TABLE1_NORMS)} (paper Table 1).'
+      )
     norms[f'{component}_norm'] = kind
   method = options.get('method', 'byol')
   if method not in validation.METHODS:
-    raise ValueError(f'ablation option method={method!r}: use '
-                     f'{" or ".join(validation.METHODS)}.')
-  config = configs.experiment_config(arg, method=method, epochs=300,
-                                     model=norms, options=options)
-  top1 = paper.table1(method, norms['encoder_norm'], norms['projector_norm'],
-                      norms['predictor_norm'])
-  config.paper_top1 = -1. if top1 is None else top1
+    raise ValueError(
+        f'ablation option method={method!r}: use '
+        f'{" or ".join(validation.METHODS)}.'
+    )
+  config = configs.experiment_config(
+      arg, method=method, epochs=300, model=norms, options=options
+  )
+  top1 = paper.table1(
+      method,
+      norms['encoder_norm'],
+      norms['projector_norm'],
+      norms['predictor_norm'],
+  )
+  config.paper_top1 = -1.0 if top1 is None else top1
   return config

@@ -28,11 +28,17 @@ def get_config(arg=None):
   options = configs.parse_options(arg, configs.COMMON_OPTIONS + ('ws',))
   ws = options.get('ws', 'all')
   if ws not in WS_CHOICES:
-    raise ValueError(f'gn_ws option ws={ws!r}: use all (paper §3.3: every '
-                     'conv and linear layer) or conv (convolutions only).')
+    raise ValueError(
+        f'gn_ws option ws={ws!r}: use all (paper §3.3: every '
+        'conv and linear layer) or conv (convolutions only).'
+    )
   model = dict(presets.GN_WS_MODEL, heads_ws=ws == 'all')
-  config = configs.experiment_config(arg, epochs=1000, model=model,
-                                     training=presets.GN_WS_TRAINING,
-                                     options=options)
+  config = configs.experiment_config(
+      arg,
+      epochs=1000,
+      model=model,
+      training=presets.GN_WS_TRAINING,
+      options=options,
+  )
   config.paper_top1 = presets.GN_WS_PAPER_TOP1
   return config

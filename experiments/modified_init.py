@@ -7,8 +7,10 @@ and the learning rate warms up for 50 epochs instead of 10 (paper §3.2).
 Our reading of "BN-free": every component (encoder, projector, predictor) is
 calibrated, so no layer computes batch statistics.
 
-  python -m byol_jax.main --config=experiments/modified_init.py --workdir=$WORKDIR
-  python -m byol_jax.main --config=experiments/modified_init.py:tiny --workdir=/tmp/mi
+  python -m byol_jax.main --config=experiments/modified_init.py \
+      --workdir=$WORKDIR
+  python -m byol_jax.main --config=experiments/modified_init.py:tiny \
+      --workdir=/tmp/mi
 """
 
 from byol_jax import configs
@@ -17,10 +19,16 @@ from byol_jax import paper
 
 def get_config(arg=None):
   config = configs.experiment_config(
-      arg, epochs=1000,
+      arg,
+      epochs=1000,
       # gamma0 = 0 for the last norm of each residual block (paper §3.2).
-      model=dict(encoder_norm='affine', projector_norm='affine',
-                 predictor_norm='affine', zero_init_last=True),
-      training=dict(modified_init=True, warmup_epochs=50))  # paper §3.2
+      model=dict(
+          encoder_norm='affine',
+          projector_norm='affine',
+          predictor_norm='affine',
+          zero_init_last=True,
+      ),
+      training=dict(modified_init=True, warmup_epochs=50),
+  )  # paper §3.2
   config.paper_top1 = paper.TABLE2['modified_init']
   return config

@@ -12,7 +12,12 @@ from byol_jax import paper
 
 
 def get_config(arg=None):
-  config = configs.experiment_config(arg, epochs=1000, model=dict(
-      encoder_norm='none', projector_norm='none', predictor_norm='none'))
+  config = configs.experiment_config(
+      arg,
+      epochs=1000,
+      model=dict(
+          encoder_norm='none', projector_norm='none', predictor_norm='none'
+      ),
+  )
   config.paper_top1 = paper.TABLE2['no_bn']
   return config

@@ -18,9 +18,13 @@ def get_config(arg=None):
   options = configs.parse_options(arg, configs.COMMON_OPTIONS)
   if not options.get('cifar10'):
     options.setdefault('tiny', True)
-  config = configs.experiment_config(arg, options=options, epochs=1000,
-                                     model=presets.GN_WS_MODEL,
-                                     training=presets.GN_WS_TRAINING)
+  config = configs.experiment_config(
+      arg,
+      options=options,
+      epochs=1000,
+      model=presets.GN_WS_MODEL,
+      training=presets.GN_WS_TRAINING,
+  )
   config.paper_top1 = presets.GN_WS_PAPER_TOP1
   config.eval.random_baseline = True
   return config

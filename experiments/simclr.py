@@ -6,7 +6,8 @@ Paper Table 1 (BN encoder and projector, 300 epochs): 69.3% ImageNet top-1.
 Table 1's other SimCLR cells: experiments/ablation.py:method=simclr,...
 
   python -m byol_jax.main --config=experiments/simclr.py --workdir=$WORKDIR
-  python -m byol_jax.main --config=experiments/simclr.py:tiny --workdir=/tmp/simclr
+  python -m byol_jax.main --config=experiments/simclr.py:tiny \
+      --workdir=/tmp/simclr
 """
 
 from byol_jax import configs
@@ -15,7 +16,10 @@ from byol_jax import paper
 
 def get_config(arg=None):
   config = configs.experiment_config(
-      arg, method='simclr', epochs=300,
-      training=dict(base_learning_rate=0.3, weight_decay=1e-6))
+      arg,
+      method='simclr',
+      epochs=300,
+      training=dict(base_learning_rate=0.3, weight_decay=1e-6),
+  )
   config.paper_top1 = paper.table1('simclr', 'bn', 'bn')  # Table 1: 69.3
   return config

@@ -5,6 +5,7 @@ pytest before any test module, so every test (and every pmapped path) sees 8
 CPU devices, and compiles at LLVM -O2 (tests/xla_env.py says why).
 Single-device code still runs on device 0.
 """
+
 import os
 import pathlib
 
@@ -16,7 +17,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Identical programs (the same tiny config in several tests and in the
 # subprocesses they start) compile once per machine.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', '/tmp/byol_jax_test_jax_cache')
+os.environ.setdefault(
+    'JAX_COMPILATION_CACHE_DIR', '/tmp/byol_jax_test_jax_cache'
+)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
 # Decoded image folders (byol_jax/data/folder.py) are cached under
@@ -34,12 +37,19 @@ CIFAR_TARBALL = SHARED / 'data' / 'cifar10-jpg' / 'cifar10-jpg.tar.gz'
 def cifar10_jpg_dir():
   """The CIFAR-10 JPEG folders unpacked once per machine, or a skip."""
   if not CIFAR_TARBALL.exists():
-    pytest.skip(f'needs ../shared/data/cifar10-jpg beside the repo '
-                f'(looked for {CIFAR_TARBALL}); absent on this machine')
+    pytest.skip(
+        f'needs ../shared/data/cifar10-jpg beside the repo '
+        f'(looked for {CIFAR_TARBALL}); absent on this machine'
+    )
   import subprocess  # pylint: disable=g-import-not-at-top
+
   dest = os.environ.get('BYOL_CIFAR10_DIR', '/tmp/byol_jax_cifar10-jpg')
-  out = subprocess.run(['bash', str(CIFAR_TARBALL.parent / 'unpack.sh'), dest],
-                       check=True, capture_output=True, text=True)
+  out = subprocess.run(
+      ['bash', str(CIFAR_TARBALL.parent / 'unpack.sh'), dest],
+      check=True,
+      capture_output=True,
+      text=True,
+  )
   return pathlib.Path(out.stdout.strip().splitlines()[-1])
 
 
@@ -77,9 +87,11 @@ class _JitO0:
   def compile(self, fn, *args):
     """fn compiled at level 0 for arguments shaped like args (reusable)."""
     import jax  # pylint: disable=g-import-not-at-top
+
     program = fn if hasattr(fn, 'lower') else jax.jit(fn)
     return program.lower(*args).compile(
-        compiler_options={'xla_backend_optimization_level': 0})
+        compiler_options={'xla_backend_optimization_level': 0}
+    )
 
   def __call__(self, fn, *args):
     return self.compile(fn, *args)(*args)
@@ -88,7 +100,10 @@ class _JitO0:
 # The longest test (several minutes: a slice of the tiny Table 2 in a
 # subprocess) goes first, so that pytest-xdist runs it beside the others
 # rather than alone at the end of the run.
-_LONGEST = 'tests/test_tiny_scale.py::test_quickstart_and_tiny_table2_bn_learn_without_collapse'
+_LONGEST = (
+    'tests/test_tiny_scale.py::'
+    'test_quickstart_and_tiny_table2_bn_learn_without_collapse'
+)
 
 
 def pytest_collection_modifyitems(items):
@@ -114,6 +129,8 @@ def pytest_runtest_teardown(item, nextitem):
   """
   if nextitem is None or nextitem.module is not item.module:
     import gc  # pylint: disable=g-import-not-at-top
+
     import jax  # pylint: disable=g-import-not-at-top
+
     jax.clear_caches()
     gc.collect()

@@ -4,6 +4,7 @@ The tiny benchmark run writes into tmp_path (never benchmarks/results/), in
 a child process as the command does; it inherits conftest's 8 fake CPU
 devices, of which it pmaps over 2 so the global-batch arithmetic is checked.
 """
+
 import json
 import math
 
@@ -13,15 +14,41 @@ from benchmarks import flops
 from benchmarks import input_pipeline
 from benchmarks import throughput
 
-TINY = ['--depth', '10', '--width', '0.25', '--image_size', '16',
-        '--per_device_batch', '4', '--num_devices', '2', '--steps', '3',
-        '--warmup', '1', '--norm', 'bn', '--no_flop_check']
+TINY = [
+    '--depth',
+    '10',
+    '--width',
+    '0.25',
+    '--image_size',
+    '16',
+    '--per_device_batch',
+    '4',
+    '--num_devices',
+    '2',
+    '--steps',
+    '3',
+    '--warmup',
+    '1',
+    '--norm',
+    'bn',
+    '--no_flop_check',
+]
 
-ROW_NUMBERS = ('images_per_sec', 'step_time_median_s', 'step_time_p10_s',
-               'step_time_p90_s', 'lower_time_s', 'compile_time_s',
-               'peak_memory_bytes', 'compiled_memory_bytes', 'flops_per_step',
-               'flops_per_image', 'analytic_flops_per_image',
-               'flops_vs_analytic_ratio', 'tflops_per_sec')
+ROW_NUMBERS = (
+    'images_per_sec',
+    'step_time_median_s',
+    'step_time_p10_s',
+    'step_time_p90_s',
+    'lower_time_s',
+    'compile_time_s',
+    'peak_memory_bytes',
+    'compiled_memory_bytes',
+    'flops_per_step',
+    'flops_per_image',
+    'analytic_flops_per_image',
+    'flops_vs_analytic_ratio',
+    'tflops_per_sec',
+)
 
 
 def test_tiny_run_writes_a_consistent_results_file(tmp_path):
@@ -37,8 +64,13 @@ def test_tiny_run_writes_a_consistent_results_file(tmp_path):
   assert written['platform'] == 'cpu' and written['num_devices'] == 2
   assert written['flop_check'] is None  # --no_flop_check
   (row,) = written['rows']
-  assert (row['method'], row['norm'], row['depth'], row['image_size'],
-          row['dtype']) == ('byol', 'bn', 10, 16, 'float32')
+  assert (
+      row['method'],
+      row['norm'],
+      row['depth'],
+      row['image_size'],
+      row['dtype'],
+  ) == ('byol', 'bn', 10, 16, 'float32')
   assert row['per_device_batch'] == 4 and row['global_batch'] == 8
   for field in ROW_NUMBERS:
     value = row[field]
@@ -48,11 +80,14 @@ def test_tiny_run_writes_a_consistent_results_file(tmp_path):
   assert row['step_time_median_s'] <= row['step_time_p90_s']
   assert row['lower_time_s'] < row['compile_time_s']
   assert row['images_per_sec'] == pytest.approx(
-      row['global_batch'] / row['step_time_median_s'], rel=1e-9)
+      row['global_batch'] / row['step_time_median_s'], rel=1e-9
+  )
   assert row['flops_per_image'] == pytest.approx(
-      row['flops_per_step'] / row['global_batch'], rel=1e-9)
+      row['flops_per_step'] / row['global_batch'], rel=1e-9
+  )
   assert row['tflops_per_sec'] == pytest.approx(
-      row['flops_per_step'] / row['step_time_median_s'] / 1e12, rel=1e-9)
+      row['flops_per_step'] / row['step_time_median_s'] / 1e12, rel=1e-9
+  )
   # The encoder and heads are nearly all of the step's arithmetic.
   assert 0.8 < row['flops_vs_analytic_ratio'] < 1.2
   # No defensible CPU peak: no MFU, and the file says why.
@@ -65,12 +100,13 @@ def test_tiny_run_writes_a_consistent_results_file(tmp_path):
 def test_resnet50_byol_flops_match_the_analytic_count():
   """Acceptance: XLA's count is within 10% of the analytic 65.8 GFLOP."""
   check = throughput.flop_check()
-  assert check['flops_vs_issue_ratio'] == pytest.approx(1., abs=0.1)
+  assert check['flops_vs_issue_ratio'] == pytest.approx(1.0, abs=0.1)
   # The analytic rule reproduces the round 65.8 GFLOP from the architecture.
   assert check['analytic_flops_per_image'] == pytest.approx(65.8e9, rel=0.01)
   # ResNet-50 forward at 224 px: the often quoted 4.1 G multiply-adds.
-  assert flops.encoder_macs(50, 1., 'imagenet', 224) == pytest.approx(
-      4.1e9, rel=0.01)
+  assert flops.encoder_macs(50, 1.0, 'imagenet', 224) == pytest.approx(
+      4.1e9, rel=0.01
+  )
 
 
 def test_analytic_count_follows_the_method():
@@ -78,35 +114,41 @@ def test_analytic_count_follows_the_method():
   config = throughput.make_config(spec, 1)
   byol = flops.analytic_flops_per_image(config)
   simclr = flops.analytic_flops_per_image(
-      throughput.make_config(dict(spec, method='simclr'), 1))
+      throughput.make_config(dict(spec, method='simclr'), 1)
+  )
   # Per view, SimCLR trains encoder + projector (3 passes); BYOL adds their
   # target forward (1 pass) and the trained predictor (3 passes); 2 views,
   # 2 FLOP per multiply-add.
   m = config.model
   predictor = 2 * m.projector_output_size * m.predictor_hidden_size
-  assert byol == pytest.approx(simclr * 4 / 3 + 2 * 2 * 3 * predictor,
-                               rel=1e-12)
+  assert byol == pytest.approx(
+      simclr * 4 / 3 + 2 * 2 * 3 * predictor, rel=1e-12
+  )
 
 
-@pytest.mark.parametrize('kind,dtype,peak', [
-    ('NVIDIA H100 80GB HBM3', 'bfloat16', 989.4e12),
-    ('NVIDIA H100 80GB HBM3', 'float32', 494.7e12),
-    ('NVIDIA H100 PCIe', 'bfloat16', 756e12),
-    ('NVIDIA H200', 'bfloat16', 989.4e12),
-    ('NVIDIA A100-SXM4-40GB', 'bfloat16', 312e12),
-    ('TPU v3', 'bfloat16', 61.5e12),
-    ('TPU v5 lite', 'bfloat16', 197e12),
-    ('TPU v5', 'bfloat16', 459e12),
-    ('cpu', 'float32', None),
-])
+@pytest.mark.parametrize(
+    'kind,dtype,peak',
+    [
+        ('NVIDIA H100 80GB HBM3', 'bfloat16', 989.4e12),
+        ('NVIDIA H100 80GB HBM3', 'float32', 494.7e12),
+        ('NVIDIA H100 PCIe', 'bfloat16', 756e12),
+        ('NVIDIA H200', 'bfloat16', 989.4e12),
+        ('NVIDIA A100-SXM4-40GB', 'bfloat16', 312e12),
+        ('TPU v3', 'bfloat16', 61.5e12),
+        ('TPU v5 lite', 'bfloat16', 197e12),
+        ('TPU v5', 'bfloat16', 459e12),
+        ('cpu', 'float32', None),
+    ],
+)
 def test_peak_flops_table(kind, dtype, peak):
   assert flops.peak_flops(kind, dtype)[0] == peak
 
 
 def test_bad_config_fails_before_compiling(tmp_path):
   with pytest.raises(ValueError, match='encoder_norm'):
-    throughput.main(TINY + ['--encoder_norm', 'batchnorm',
-                            '--out', str(tmp_path)])
+    throughput.main(
+        TINY + ['--encoder_norm', 'batchnorm', '--out', str(tmp_path)]
+    )
   with pytest.raises(ValueError, match='norm=.bn_ws.'):
     throughput.main(TINY[:-3] + ['--norm', 'bn_ws', '--out', str(tmp_path)])
   assert not list(tmp_path.iterdir())
@@ -114,25 +156,48 @@ def test_bad_config_fails_before_compiling(tmp_path):
 
 def test_probe_sweep_reports_both_timings_and_their_ratios():
   from benchmarks import probe_sweep  # pylint: disable=g-import-not-at-top
-  r = probe_sweep.main(['--num_examples', '512', '--dim', '16', '--classes',
-                        '5', '--batch', '128', '--steps', '4', '--repeats',
-                        '2', '--no_write'])
+
+  r = probe_sweep.main(
+      [
+          '--num_examples',
+          '512',
+          '--dim',
+          '16',
+          '--classes',
+          '5',
+          '--batch',
+          '128',
+          '--steps',
+          '4',
+          '--repeats',
+          '2',
+          '--no_write',
+      ]
+  )
   assert r['grid'] == [0.4, 0.3, 0.2, 0.1, 0.05]
   assert len(r['one_probe_times_s']) == len(r['sweep_times_s']) == 2
   assert r['one_probe_s'] > 0 and r['sweep_s'] > 0
   assert r['sweep_over_one'] == pytest.approx(
-      r['sweep_s'] / r['one_probe_s'], rel=1e-2)
-  assert r['protocol_over_one'] == pytest.approx(r['sweep_over_one'] + 1,
-                                                 abs=2e-3)
+      r['sweep_s'] / r['one_probe_s'], rel=1e-2
+  )
+  assert r['protocol_over_one'] == pytest.approx(
+      r['sweep_over_one'] + 1, abs=2e-3
+  )
 
 
-@pytest.mark.parametrize('argv,message', [
-    (['--per-device-batch', '8'], "Unknown command line flag 'per-device-batch'"),
-    (['--per_device_batch=8,x'], 'flag --per_device_batch=8,x'),
-    (['--dtype=float16'], "--dtype 'float16': use float32 or bfloat16"),
-    (['--steps=0'], '--steps must be >= 1'),
-    (['--encoder_ws', 'true'], "unexpected argument(s) 'true'"),
-])
+@pytest.mark.parametrize(
+    'argv,message',
+    [
+        (
+            ['--per-device-batch', '8'],
+            "Unknown command line flag 'per-device-batch'",
+        ),
+        (['--per_device_batch=8,x'], 'flag --per_device_batch=8,x'),
+        (['--dtype=float16'], "--dtype 'float16': use float32 or bfloat16"),
+        (['--steps=0'], '--steps must be >= 1'),
+        (['--encoder_ws', 'true'], "unexpected argument(s) 'true'"),
+    ],
+)
 def test_bad_command_line_is_one_line_and_exit_code_2(argv, message, capsys):
   with pytest.raises(SystemExit) as e:
     throughput.parse_args(argv)
@@ -143,8 +208,15 @@ def test_bad_command_line_is_one_line_and_exit_code_2(argv, message, capsys):
 
 
 def test_command_line_lists_booleans_and_fresh_values():
-  args = throughput.parse_args(['--per_device_batch=8,,16', '--noencoder_ws',
-                                '--norm', 'bn', '--no_isolate'])
+  args = throughput.parse_args(
+      [
+          '--per_device_batch=8,,16',
+          '--noencoder_ws',
+          '--norm',
+          'bn',
+          '--no_isolate',
+      ]
+  )
   assert args.per_device_batch == [8, 16] and args.no_isolate
   specs = throughput.row_specs(args)
   assert [s['per_device_batch'] for s in specs] == [8, 16]
@@ -159,30 +231,39 @@ def test_command_exits_2_on_a_bad_flag():
   """The absl.app path (python -m) as the device suite's children run it."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
+
   proc = subprocess.run(
       [sys.executable, '-m', 'benchmarks.torch_reference', '--compile=maybe'],
-      cwd=throughput._results.REPO, capture_output=True, text=True,
-      check=False, timeout=120)
+      cwd=throughput._results.REPO,
+      capture_output=True,
+      text=True,
+      check=False,
+      timeout=120,
+  )
   assert proc.returncode == 2, proc.stderr
   assert proc.stderr.strip().splitlines() == [
       'Usage error: flag --compile=maybe: value should be one of '
-      '<auto|on|off>'], proc.stderr
+      '<auto|on|off>'
+  ], proc.stderr
 
 
 def _cifar_like_tarball(path, top=''):
   """A .tar.gz of train/<class>/*.jpg and test/... (32 px noise JPEGs)."""
   import io  # pylint: disable=g-import-not-at-top
   import tarfile  # pylint: disable=g-import-not-at-top
+
   import numpy as np  # pylint: disable=g-import-not-at-top
   import PIL.Image  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(0)
   with tarfile.open(path, 'w:gz') as tar:
     for split, n in (('train', 8), ('test', 4)):
       for label in ('cat', 'dog'):
         for i in range(n):
           buf = io.BytesIO()
-          PIL.Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)
-                              ).save(buf, format='JPEG')
+          PIL.Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(
+              buf, format='JPEG'
+          )
           info = tarfile.TarInfo(f'{top}{split}/{label}/{i:04d}.jpg')
           info.size = len(buf.getvalue())
           buf.seek(0)
@@ -201,8 +282,9 @@ def test_input_pipeline_unpacks_a_cifar_tarball_once(tmp_path, top):
   # A second call finds the marker and extracts nothing.
   victim = next((tmp_path / 'unp').rglob('*.jpg'))
   victim.unlink()
-  assert input_pipeline.cifar_folder(str(tarball),
-                                     str(tmp_path / 'unp')) == folder
+  assert (
+      input_pipeline.cifar_folder(str(tarball), str(tmp_path / 'unp')) == folder
+  )
   assert not victim.exists()
   assert input_pipeline.cifar_folder('none') == ''
   assert input_pipeline.cifar_folder(str(tmp_path)) == str(tmp_path)
@@ -210,18 +292,26 @@ def test_input_pipeline_unpacks_a_cifar_tarball_once(tmp_path, top):
     input_pipeline.cifar_folder(str(tmp_path / 'missing.tar.gz'))
 
 
-def test_input_pipeline_measures_a_cifar_tarball_and_names_the_device(
-    tmp_path):
+def test_input_pipeline_measures_a_cifar_tarball_and_names_the_device(tmp_path):
   tarball = _cifar_like_tarball(tmp_path / 'c.tar.gz')
   out = tmp_path / 'out'
-  result = input_pipeline.main([
-      '--skip_streaming', f'--cifar={tarball}',
-      f'--unpack_dir={tmp_path / "unp"}', f'--cache_dir={tmp_path / "cache"}',
-      '--in_memory_batch=8', '--in_memory_batch_224=2', '--batches=1',
-      f'--out={out}'])
+  result = input_pipeline.main(
+      [
+          '--skip_streaming',
+          f'--cifar={tarball}',
+          f'--unpack_dir={tmp_path / "unp"}',
+          f'--cache_dir={tmp_path / "cache"}',
+          '--in_memory_batch=8',
+          '--in_memory_batch_224=2',
+          '--batches=1',
+          f'--out={out}',
+      ]
+  )
   rows = {r['name']: r for r in result['in_memory']}
-  assert set(rows) == {'cifar10_jpg/in_memory_crop_augment',
-                       'synthetic_224/in_memory_crop_augment'}
+  assert set(rows) == {
+      'cifar10_jpg/in_memory_crop_augment',
+      'synthetic_224/in_memory_crop_augment',
+  }
   cifar = rows['cifar10_jpg/in_memory_crop_augment']
   assert cifar['image_size'] == 32 and cifar['batch'] == 8
   for key in ('images_per_sec', 'crop_only_images_per_sec', 'compile_s'):

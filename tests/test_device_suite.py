@@ -4,6 +4,7 @@ The smoke run is the whole suite at tiny sizes on the CPU, in a subprocess
 as the device command runs it: every section must come back with numbers
 (the PyTorch one with "torch not installed" where torch is absent).
 """
+
 import json
 import math
 import subprocess
@@ -11,11 +12,10 @@ import sys
 import time
 
 import pytest
+import xla_env  # tests/xla_env.py
 
 from benchmarks import device_suite
 from benchmarks import torch_reference
-
-import xla_env  # tests/xla_env.py
 
 REPO = device_suite._results.REPO
 
@@ -33,9 +33,21 @@ def test_smoke_run_has_every_section_with_numbers(tmp_path):
       # work is done, and a CPU shared with other test workers compiles the
       # tiny step several times slower (up to a minute per row, measured
       # at load 8 on 2 cores), which the default's time boxes would cut.
-      [sys.executable, '-m', 'benchmarks.device_suite', '--smoke',
-       '--budget_minutes=10', f'--out={tmp_path}'], cwd=REPO, env=env,
-      capture_output=True, text=True, timeout=900, check=False)
+      [
+          sys.executable,
+          '-m',
+          'benchmarks.device_suite',
+          '--smoke',
+          '--budget_minutes=10',
+          f'--out={tmp_path}',
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+      check=False,
+  )
   seconds = time.perf_counter() - start
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   result = json.loads((tmp_path / device_suite.OUT_JSON).read_text())
@@ -56,8 +68,14 @@ def test_smoke_run_has_every_section_with_numbers(tmp_path):
   for item in jax_items:
     assert item['status'] == 'ok', item
     row = item['row']
-    for key in ('images_per_sec', 'step_time_median_s', 'compile_time_s',
-                'peak_memory_bytes', 'flops_per_image', 'tflops_per_sec'):
+    for key in (
+        'images_per_sec',
+        'step_time_median_s',
+        'compile_time_s',
+        'peak_memory_bytes',
+        'flops_per_image',
+        'tflops_per_sec',
+    ):
       assert _number(row[key]) and row[key] > 0, key
     assert row['mfu'] is None and 'CPU' in row['mfu_note']  # no CPU peak
     assert f'{row["images_per_sec"]:.1f}' in md
@@ -88,12 +106,15 @@ def test_smoke_run_has_every_section_with_numbers(tmp_path):
   assert cifar['status'] == 'ok', cifar
   r = cifar['result']
   assert r['data_path'] == 'in_memory' and r['stages'] == [
-      'data', 'pretrain', 'eval']
+      'data',
+      'pretrain',
+      'eval',
+  ]
   assert r['steps_done'] == r['steps_planned'] == 8
   assert r['stopped_by'] == 'end of schedule'
   assert _number(r['images_per_sec']) and r['images_per_sec'] > 0
   for key in ('knn_top1', 'linear_top1'):
-    assert 0. <= r[key] <= 1.
+    assert 0.0 <= r[key] <= 1.0
     assert f'{r[key] / 0.01:.2f}%' in md  # as render_markdown writes it
   for title in device_suite.SECTION_TITLES.values():
     assert title in md
@@ -105,22 +126,22 @@ def test_smoke_run_has_every_section_with_numbers(tmp_path):
 @pytest.mark.parametrize('smoke', [False, True])
 @pytest.mark.parametrize('torch_missing', [None, 'torch not installed'])
 def test_plan_fits_the_budget_with_a_margin(minutes, smoke, torch_missing):
-  budget = minutes * 60.
-  plan = device_suite.make_plan(budget, smoke=smoke,
-                                torch_missing=torch_missing)
+  budget = minutes * 60.0
+  plan = device_suite.make_plan(
+      budget, smoke=smoke, torch_missing=torch_missing
+  )
   assert plan.margin_s >= device_suite.MIN_MARGIN_S
   assert plan.margin_s >= device_suite.MARGIN_FRACTION * budget
   assert plan.planned_s + plan.margin_s <= budget
   sections = [i.section for i in plan.items]
   assert sections == sorted(sections, key=device_suite.SECTIONS.index)
   assert sections[0] == 'environment'
-  batches = (device_suite.SMOKE_BATCHES if smoke else
-             device_suite.GPU_BATCHES)
+  batches = device_suite.SMOKE_BATCHES if smoke else device_suite.GPU_BATCHES
   # Every candidate is either planned or listed as dropped, with a reason.
   assert len(plan.items) + len(plan.dropped) == (
-      1 + 2 * len(batches) + 1 + (1 if torch_missing else len(batches)) + 1)
-  assert all(d['reason'].startswith('not in the budget')
-             for d in plan.dropped)
+      1 + 2 * len(batches) + 1 + (1 if torch_missing else len(batches)) + 1
+  )
+  assert all(d['reason'].startswith('not in the budget') for d in plan.dropped)
   # What is dropped is less important than the most important item kept
   # after the environment (the first JAX row).
   first_row = device_suite.PRIORITY[('jax_step', 'bn', 0)]
@@ -128,7 +149,7 @@ def test_plan_fits_the_budget_with_a_margin(minutes, smoke, torch_missing):
 
 
 def test_default_gpu_plan_inside_the_command_limit():
-  budget = device_suite.DEFAULT_BUDGET_MINUTES * 60.
+  budget = device_suite.DEFAULT_BUDGET_MINUTES * 60.0
   assert budget <= 9 * 60  # the device tool stops a command at 10 minutes
   plan = device_suite.make_plan(budget)
   # Everything but the lowest-priority item: with the input pipeline's 45 s
@@ -137,47 +158,88 @@ def test_default_gpu_plan_inside_the_command_limit():
   assert [d['name'] for d in plan.dropped] == ['torch bn batch 256']
   assert plan.dropped[0]['priority'] == max(device_suite.PRIORITY.values())
   names = [i.name for i in plan.items]
-  assert names == ['environment', 'jax bn batch 128', 'jax bn batch 256',
-                   'jax gn_ws batch 128', 'jax gn_ws batch 256',
-                   'input pipeline', 'torch bn batch 128', 'cifar']
+  assert names == [
+      'environment',
+      'jax bn batch 128',
+      'jax bn batch 256',
+      'jax gn_ws batch 128',
+      'jax gn_ws batch 256',
+      'input pipeline',
+      'torch bn batch 128',
+      'cifar',
+  ]
   # A smaller budget keeps the batch-128 rows, the input pipeline and
   # CIFAR, drops batch 256.
-  small = device_suite.make_plan(6.5 * 60.)
+  small = device_suite.make_plan(6.5 * 60.0)
   assert [i.name for i in small.items] == [
-      'environment', 'jax bn batch 128', 'jax gn_ws batch 128',
-      'input pipeline', 'torch bn batch 128', 'cifar']
+      'environment',
+      'jax bn batch 128',
+      'jax gn_ws batch 128',
+      'input pipeline',
+      'torch bn batch 128',
+      'cifar',
+  ]
   assert {d['name'] for d in small.dropped} == {
-      'jax bn batch 256', 'jax gn_ws batch 256', 'torch bn batch 256'}
+      'jax bn batch 256',
+      'jax gn_ws batch 256',
+      'torch bn batch 256',
+  }
   with pytest.raises(ValueError, match='too small'):
-    device_suite.make_plan(20.)
+    device_suite.make_plan(20.0)
 
 
 def test_a_child_past_its_box_is_killed_with_its_children(tmp_path):
   log = tmp_path / 'log'
-  code = ('import subprocess, sys, time; print("started", flush=True); '
-          'subprocess.Popen([sys.executable, "-c", "import time; '
-          'time.sleep(60)"]); time.sleep(60)')
+  code = (
+      'import subprocess, sys, time; print("started", flush=True); '
+      'subprocess.Popen([sys.executable, "-c", "import time; '
+      'time.sleep(60)"]); time.sleep(60)'
+  )
   start = time.perf_counter()
-  run = device_suite._run_child([sys.executable, '-c', code], 2., log)
+  run = device_suite._run_child([sys.executable, '-c', code], 2.0, log)
   assert time.perf_counter() - start < 20
   assert run['timed_out'] and run['returncode'] is None
   assert 'started' in run['tail']
 
 
-@pytest.mark.parametrize('rate,verdict', [(61234.5, 'met'),
-                                          (12000., 'missed')])
-def test_input_markdown_compares_the_cifar_row_with_the_target(rate,
-                                                               verdict):
-  rows = [dict(dataset='folder:cifar10_jpg', image_size=32, batch=512,
-               images_per_sec=rate, crop_only_images_per_sec=2 * rate,
-               compile_s=1.5, device='gpu: NVIDIA H200'),
-          dict(dataset='synthetic:224', image_size=224, batch=256,
-               images_per_sec=9000., crop_only_images_per_sec=20000.,
-               compile_s=2., device='gpu: NVIDIA H200')]
-  items = [dict(name='input pipeline', status='ok', result=dict(
-      rows=rows, batches_timed=20, results_file='input_pipeline-x.json'))]
+@pytest.mark.parametrize(
+    'rate,verdict', [(61234.5, 'met'), (12000.0, 'missed')]
+)
+def test_input_markdown_compares_the_cifar_row_with_the_target(rate, verdict):
+  rows = [
+      dict(
+          dataset='folder:cifar10_jpg',
+          image_size=32,
+          batch=512,
+          images_per_sec=rate,
+          crop_only_images_per_sec=2 * rate,
+          compile_s=1.5,
+          device='gpu: NVIDIA H200',
+      ),
+      dict(
+          dataset='synthetic:224',
+          image_size=224,
+          batch=256,
+          images_per_sec=9000.0,
+          crop_only_images_per_sec=20000.0,
+          compile_s=2.0,
+          device='gpu: NVIDIA H200',
+      ),
+  ]
+  items = [
+      dict(
+          name='input pipeline',
+          status='ok',
+          result=dict(
+              rows=rows, batches_timed=20, results_file='input_pipeline-x.json'
+          ),
+      )
+  ]
   md = '\n'.join(device_suite.input_markdown(items))
-  assert f'| folder:cifar10_jpg | 32 | 512 | {rate:.1f} | {2 * rate:.1f} | 1.50 |' in md
+  assert (
+      f'| folder:cifar10_jpg | 32 | 512 | {rate:.1f} | {2 * rate:.1f} | 1.50 |'
+      in md
+  )
   assert '| synthetic:224 | 224 | 256 | 9000.0 | 20000.0 | 2.00 |' in md
   assert f'**{verdict}**, {rate:,.0f} images/s' in md
   assert 'NVIDIA H200' in md

@@ -30,12 +30,14 @@ def tiny_config():
 def random_tree(template, seed):
   """Random values with the template's shapes; BN variances positive."""
   rng = np.random.default_rng(seed)
+
   def leaf(path, x):
     name = jax.tree_util.keystr(path)
     if not np.issubdtype(x.dtype, np.floating):
       return np.zeros(x.shape, x.dtype)
-    value = rng.normal(0., 0.3, x.shape).astype(x.dtype)
+    value = rng.normal(0.0, 0.3, x.shape).astype(x.dtype)
     return np.abs(value) + 0.5 if "'var'" in name else value
+
   return jax.tree_util.tree_map_with_path(leaf, template)
 
 
@@ -51,30 +53,39 @@ def saved(tmp_path_factory):
 
 
 def images(n=5, size=16, seed=1):
-  return np.random.default_rng(seed).uniform(
-      0., 1., (n, size, size, 3)).astype(np.float32)
+  return (
+      np.random.default_rng(seed)
+      .uniform(0.0, 1.0, (n, size, size, 3))
+      .astype(np.float32)
+  )
 
 
 def test_encoder_matches_make_forward_representation(saved):
   config, state, _ = saved
-  forward = networks.make_forward(config.model, 10, with_predictor=False,
-                                  with_classifier=False)
+  forward = networks.make_forward(
+      config.model, 10, with_predictor=False, with_classifier=False
+  )
   x = images()
   shapes, _ = jax.eval_shape(
-      lambda: forward.init(jax.random.PRNGKey(0), x, is_training=True))
+      lambda: forward.init(jax.random.PRNGKey(0), x, is_training=True)
+  )
   transform = encoder._encoder_transform(config.model)  # pylint: disable=protected-access
   enc_shapes, _ = jax.eval_shape(
-      lambda: transform.init(jax.random.PRNGKey(0), x, is_training=True))
-  assert (jax.tree.map(lambda s: s.shape, enc_shapes) == jax.tree.map(
-      lambda s: s.shape, networks.restrict(shapes, ('encoder',))))
+      lambda: transform.init(jax.random.PRNGKey(0), x, is_training=True)
+  )
+  assert jax.tree.map(lambda s: s.shape, enc_shapes) == jax.tree.map(
+      lambda s: s.shape, networks.restrict(shapes, ('encoder',))
+  )
   # Full online trees (with projector/predictor/classifier): extra modules
   # are ignored by encoder_apply, used by make_forward.
   params, net_state = state.online_params, state.online_state
-  want, _ = jax.jit(lambda p, s: forward.apply(
-      p, s, None, augment.normalize(x), is_training=False))(params, net_state)
+  want, _ = jax.jit(
+      lambda p, s: forward.apply(
+          p, s, None, augment.normalize(x), is_training=False
+      )
+  )(params, net_state)
   got = jax.jit(encoder.encoder_apply(config))(params, net_state, x)
-  np.testing.assert_allclose(got, want['representation'], rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(got, want['representation'], rtol=1e-5, atol=1e-6)
 
 
 def test_load_encoder_returns_checkpoint_features(saved):
@@ -86,12 +97,14 @@ def test_load_encoder_returns_checkpoint_features(saved):
   dim = resnet.feature_size(config.model.depth, config.model.width_multiplier)
   assert got.shape == (6, dim)
   want = jax.jit(encoder.encoder_apply(config))(
-      state.online_params, state.online_state, x)
+      state.online_params, state.online_state, x
+  )
   np.testing.assert_array_equal(got, np.asarray(want))
   # The checkpoint's BN statistics matter: fresh ones give other features.
   fresh_state = jax.tree.map(np.ones_like, state.online_state)
   other = jax.jit(encoder.encoder_apply(config))(
-      state.online_params, fresh_state, x)
+      state.online_params, fresh_state, x
+  )
   assert np.abs(np.asarray(other) - got).max() > 1e-3
   with pytest.raises(ValueError, match=r'\[N, H, W, 3\]'):
     encode(x[0])
@@ -99,16 +112,18 @@ def test_load_encoder_returns_checkpoint_features(saved):
 
 def test_missing_workdir_or_checkpoint_is_a_clear_error(tmp_path):
   missing = tmp_path / 'nope'
-  with pytest.raises(FileNotFoundError,
-                     match=r'nope does not exist.*byol_jax\.main'):
+  with pytest.raises(
+      FileNotFoundError, match=r'nope does not exist.*byol_jax\.main'
+  ):
     encoder.load_encoder(str(missing))
   no_config = tmp_path / 'empty'
   no_config.mkdir()
   with pytest.raises(FileNotFoundError, match=r'empty/config\.json not found'):
     encoder.load_encoder(str(no_config))
   (no_config / 'config.json').write_text(tiny_config().to_json_best_effort())
-  with pytest.raises(FileNotFoundError,
-                     match=r'empty/checkpoints holds no checkpoint'):
+  with pytest.raises(
+      FileNotFoundError, match=r'empty/checkpoints holds no checkpoint'
+  ):
     encoder.load_encoder(str(no_config))
   assert not (no_config / 'checkpoints').exists()  # nothing created
   (no_config / 'checkpoints').mkdir()
@@ -120,23 +135,27 @@ def test_linear_eval_mode_uses_the_pretrained_model(saved, tmp_path):
   _, _, workdir = saved
   config = configs.experiment_config('tiny')
   config.mode = 'linear_eval'
-  config.eval.update(dict(pretrain_workdir=str(workdir), augment=False,
-                          num_epochs=2))
+  config.eval.update(
+      dict(pretrain_workdir=str(workdir), augment=False, num_epochs=2)
+  )
   config.data.source = ''  # '' = the pre-training run's data
   config.model.depth = 18  # ignored: the architecture is the checkpoint's
   run = plan.build(config)
   assert run.config.model.depth == 10 and run.config.data.source == 'digits'
   results = linear_eval.run_linear_eval_from_workdir(
-      run.config, str(tmp_path), source=run.source)
+      run.config, str(tmp_path), source=run.source
+  )
   on_disk = json.loads((tmp_path / 'eval_results.json').read_text())
   assert on_disk == results
   assert results['checkpoint_step'] == STEP
   assert results['pretrain_workdir'] == str(workdir)
   assert results['steps'] == 2 * (1500 // 256)
-  assert 0. <= results['top1'] <= results['top5'] <= 1.
+  assert 0.0 <= results['top1'] <= results['top5'] <= 1.0
   config.eval.pretrain_workdir = ''
-  with pytest.raises(plan.ConfigError, match="eval.pretrain_workdir='': set "
-                     'it to the pre-training run'):
+  with pytest.raises(
+      plan.ConfigError,
+      match="eval.pretrain_workdir='': set " 'it to the pre-training run',
+  ):
     plan.build(config)
 
 
@@ -150,8 +169,12 @@ def test_random_encoder_is_a_function_of_the_seed():
     np.testing.assert_array_equal(a, b)
   config.seed = 1
   other, _ = encoder.random_encoder(config)
-  assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(params),
-                                             jax.tree.leaves(other)))
+  assert any(
+      np.any(a != b)
+      for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(other))
+  )
   assert jax.tree.structure(state) == jax.tree.structure(
-      networks.restrict(experiment.state_template(config).online_state,
-                        ('encoder',)))
+      networks.restrict(
+          experiment.state_template(config).online_state, ('encoder',)
+      )
+  )

@@ -1,4 +1,5 @@
 """The package's imports point one way: no module imports itself back."""
+
 import ast
 import pathlib
 
@@ -20,8 +21,9 @@ def import_graph(package=PACKAGE) -> dict:
       if isinstance(node, ast.Import):
         targets = [a.name for a in node.names]
       elif isinstance(node, ast.ImportFrom) and node.module:
-        targets = [node.module] + [f'{node.module}.{a.name}'
-                                   for a in node.names]
+        targets = [node.module] + [
+            f'{node.module}.{a.name}' for a in node.names
+        ]
       else:
         continue
       deps |= {t for t in targets if t in modules and t != name}
@@ -39,7 +41,7 @@ def find_cycle(graph: dict):
     stack.append(node)
     for dep in sorted(graph.get(node, ())):
       if state.get(dep) == 'open':
-        return stack[stack.index(dep):] + [dep]
+        return stack[stack.index(dep) :] + [dep]
       if dep not in state:
         found = visit(dep, stack)
         if found:
@@ -57,8 +59,12 @@ def find_cycle(graph: dict):
 
 
 def test_find_cycle_finds_one():
-  assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c',
-                                                               'a']
+  assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == [
+      'a',
+      'b',
+      'c',
+      'a',
+  ]
   assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': set()}) is None
 
 

@@ -1,4 +1,5 @@
 """Tests for byol_jax/losses.py: hand-computed values, symmetry, gradients."""
+
 import functools
 
 import jax
@@ -8,26 +9,30 @@ import pytest
 
 from byol_jax import losses
 
-
 # ---------------------------------------------------------------- BYOL loss.
 
 
 def test_regression_loss_hand_computed_values():
-  x = jnp.array([[1., 0.], [2., 0.], [1., 0.], [3., 4.], [0., 5.]])
-  y = jnp.array([[0., 3.], [7., 0.], [-2., 0.], [4., 3.], [0., 0.]])
+  x = jnp.array([[1.0, 0.0], [2.0, 0.0], [1.0, 0.0], [3.0, 4.0], [0.0, 5.0]])
+  y = jnp.array([[0.0, 3.0], [7.0, 0.0], [-2.0, 0.0], [4.0, 3.0], [0.0, 0.0]])
   # Orthogonal -> 2; parallel (different norms) -> 0; opposite -> 4;
   # 3-4-5: cos = (12 + 12) / 25 = 0.96 -> 2 - 1.92 = 0.08;
   # a zero target is normalised to 0 (safe eps) -> ||x/|x|||^2 = 1, no NaN.
-  np.testing.assert_allclose(losses.regression_loss(x, y),
-                             [2., 0., 4., 0.08, 1.], rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+      losses.regression_loss(x, y),
+      [2.0, 0.0, 4.0, 0.08, 1.0],
+      rtol=1e-6,
+      atol=1e-6,
+  )
 
 
 def test_regression_loss_equals_two_minus_two_cos():
   x, y = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7))
   norms = np.linalg.norm(x, axis=-1) * np.linalg.norm(y, axis=-1)
   cos = np.sum(x * y, axis=-1) / norms
-  np.testing.assert_allclose(losses.regression_loss(x, y), 2 - 2 * cos,
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      losses.regression_loss(x, y), 2 - 2 * cos, rtol=1e-5, atol=1e-6
+  )
   assert losses.regression_loss(x, y).shape == (5,)
 
 
@@ -37,10 +42,10 @@ def test_regression_loss_rejects_mismatched_shapes():
 
 
 def test_byol_loss_hand_computed_and_symmetric():
-  p1 = jnp.array([[1., 0.], [3., 4.]])
-  p2 = jnp.array([[0., 1.], [1., 1.]])
-  z1 = jnp.array([[0., 2.], [-1., -1.]])
-  z2 = jnp.array([[5., 0.], [4., 3.]])
+  p1 = jnp.array([[1.0, 0.0], [3.0, 4.0]])
+  p2 = jnp.array([[0.0, 1.0], [1.0, 1.0]])
+  z1 = jnp.array([[0.0, 2.0], [-1.0, -1.0]])
+  z2 = jnp.array([[5.0, 0.0], [4.0, 3.0]])
   # Example 0: (p1, z2) parallel -> 0; (p2, z1) parallel -> 0.
   # Example 1: (p1, z2) 3-4-5 -> 0.08; (p2, z1) opposite -> 4.
   # Mean over the batch of the per-example sums: (0 + 4.08) / 2.
@@ -56,8 +61,8 @@ def test_byol_loss_gradient_flows_to_online_only():
   p1, p2, z1, z2 = jax.random.normal(jax.random.PRNGKey(1), (4, 6, 8))
   grads = jax.grad(losses.byol_loss, argnums=(0, 1, 2, 3))(p1, p2, z1, z2)
   g_p1, g_p2, g_z1, g_z2 = grads
-  np.testing.assert_array_equal(g_z1, 0.)
-  np.testing.assert_array_equal(g_z2, 0.)
+  np.testing.assert_array_equal(g_z1, 0.0)
+  np.testing.assert_array_equal(g_z2, 0.0)
   # Least row norm, 10 keys (AMD EPYC): 0.078 +- 0.009 (0.065..0.088).
   assert float(jnp.min(jnp.linalg.norm(g_p1, axis=-1))) > 1e-3
   assert float(jnp.min(jnp.linalg.norm(g_p2, axis=-1))) > 1e-3
@@ -68,25 +73,27 @@ def test_byol_loss_float32_under_bfloat16_inputs():
   bf = [a.astype(jnp.bfloat16) for a in (p1, p2, z1, z2)]
   loss = losses.byol_loss(*bf)
   assert loss.dtype == jnp.float32
-  np.testing.assert_allclose(loss, losses.byol_loss(p1, p2, z1, z2),
-                             atol=2e-2)
+  np.testing.assert_allclose(loss, losses.byol_loss(p1, p2, z1, z2), atol=2e-2)
 
 
 # ------------------------------------------------------------ classification.
 
 
 def test_softmax_cross_entropy_and_topk():
-  logits = jnp.array([[0., 0., 0., 0.], [3., 1., 2., 0.]])
+  logits = jnp.array([[0.0, 0.0, 0.0, 0.0], [3.0, 1.0, 2.0, 0.0]])
   labels = jnp.array([2, 2])
-  lse = np.log(np.exp(3.) + np.exp(1.) + np.exp(2.) + 1.)
-  expected = (np.log(4.) + (lse - 2.)) / 2
-  np.testing.assert_allclose(losses.softmax_cross_entropy(logits, labels),
-                             expected, rtol=1e-6)
+  lse = np.log(np.exp(3.0) + np.exp(1.0) + np.exp(2.0) + 1.0)
+  expected = (np.log(4.0) + (lse - 2.0)) / 2
+  np.testing.assert_allclose(
+      losses.softmax_cross_entropy(logits, labels), expected, rtol=1e-6
+  )
   # Row 1 ranks classes 0 > 2 > 1 > 3: label 2 is 2nd.
   np.testing.assert_array_equal(
-      losses.topk_correct(logits[1:], labels[1:], 1), [0.])
+      losses.topk_correct(logits[1:], labels[1:], 1), [0.0]
+  )
   np.testing.assert_array_equal(
-      losses.topk_correct(logits[1:], labels[1:], 2), [1.])
+      losses.topk_correct(logits[1:], labels[1:], 2), [1.0]
+  )
   assert losses.topk_correct(logits, labels, 4).dtype == jnp.float32
   with pytest.raises(ValueError, match='k must be in'):
     losses.topk_correct(logits, labels, 5)
@@ -129,7 +136,7 @@ def test_infonce_hand_computed_two_examples():
   # Two images, identical views, orthogonal to each other: for every anchor the
   # positive has cosine 1 and the two negatives cosine 0, so with T = 1
   # loss = -log(e / (e + 2)) and every anchor is correct.
-  z = jnp.array([[1., 0.], [0., 2.]])
+  z = jnp.array([[1.0, 0.0], [0.0, 2.0]])
   loss, metrics = losses.infonce_loss(z, z, temperature=1.0)
   np.testing.assert_allclose(loss, np.log((np.e + 2) / np.e), rtol=1e-6)
   np.testing.assert_allclose(metrics['contrastive_top1_acc'], 1.0)
@@ -137,7 +144,7 @@ def test_infonce_hand_computed_two_examples():
 
 def test_infonce_rejects_bad_arguments():
   with pytest.raises(ValueError, match='temperature'):
-    losses.infonce_loss(jnp.ones((2, 3)), jnp.ones((2, 3)), temperature=0.)
+    losses.infonce_loss(jnp.ones((2, 3)), jnp.ones((2, 3)), temperature=0.0)
   with pytest.raises(ValueError, match='same shape'):
     losses.infonce_loss(jnp.ones((2, 3)), jnp.ones((3, 3)), temperature=0.1)
 
@@ -153,8 +160,9 @@ def test_infonce_over_8_devices_equals_one_device():
 
   @functools.partial(jax.pmap, axis_name='i')
   def per_device(a, b):
-    loss, metrics = losses.infonce_loss(a, b, temperature=temperature,
-                                        axis_name='i')
+    loss, metrics = losses.infonce_loss(
+        a, b, temperature=temperature, axis_name='i'
+    )
     return loss, jax.lax.pmean(metrics, 'i')
 
   shard = lambda x: x.reshape(n_dev, local, -1)
@@ -163,14 +171,17 @@ def test_infonce_over_8_devices_equals_one_device():
   # global loss, with negatives drawn from all 8 devices.
   assert float(jnp.std(dev_loss)) > 1e-3  # 10 keys (AMD EPYC): 0.13..0.46.
   np.testing.assert_allclose(jnp.mean(dev_loss), ref_loss, rtol=1e-5)
-  np.testing.assert_allclose(dev_metrics['contrastive_top1_acc'],
-                             ref_metrics['contrastive_top1_acc'])
+  np.testing.assert_allclose(
+      dev_metrics['contrastive_top1_acc'], ref_metrics['contrastive_top1_acc']
+  )
   # Local-only negatives (no all_gather) would give a different, lower loss.
-  local_only = jax.vmap(functools.partial(losses.infonce_loss,
-                                          temperature=temperature))
+  local_only = jax.vmap(
+      functools.partial(losses.infonce_loss, temperature=temperature)
+  )
   # ref - local-only, 10 keys (AMD EPYC): 1.15 +- 0.10 (1.01..1.39): 10 sd.
   assert float(jnp.mean(local_only(shard(z1), shard(z2))[0])) < (
-      float(ref_loss) - 0.1)
+      float(ref_loss) - 0.1
+  )
 
 
 def test_infonce_pmean_gradient_over_8_devices_equals_one_device():
@@ -181,8 +192,9 @@ def test_infonce_pmean_gradient_over_8_devices_equals_one_device():
   w = jax.random.normal(jax.random.PRNGKey(6), (4, 3))
 
   def loss_fn(w, a, b, axis_name=None):
-    return losses.infonce_loss(a @ w, b @ w, temperature=0.3,
-                               axis_name=axis_name)[0]
+    return losses.infonce_loss(
+        a @ w, b @ w, temperature=0.3, axis_name=axis_name
+    )[0]
 
   ref = jax.grad(loss_fn)(w, x1, x2)
 

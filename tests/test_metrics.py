@@ -1,4 +1,5 @@
 """Tests for byol_jax/metrics.py (collapse statistics)."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,9 +15,10 @@ def effective_rank(z):
   metrics.check_embeddings('z', z)
   s = jnp.linalg.svd(jnp.asarray(z, jnp.float32), compute_uv=False)
   p = s / jnp.maximum(jnp.sum(s), 1e-12)
-  entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.)),
-                               0.))
-  return jnp.where(jnp.sum(s) > 0, jnp.exp(entropy), 0.)
+  entropy = -jnp.sum(
+      jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)
+  )
+  return jnp.where(jnp.sum(s) > 0, jnp.exp(entropy), 0.0)
 
 
 def test_collapse_std_isotropic_gaussian_is_one():
@@ -33,9 +35,10 @@ def test_collapse_std_identical_rows_is_zero():
 
 def test_collapse_std_ignores_row_scale():
   z = np.random.RandomState(2).randn(256, 32).astype(np.float32)
-  scale = np.random.RandomState(3).uniform(0.1, 10., (256, 1))
-  np.testing.assert_allclose(metrics.collapse_std(z),
-                             metrics.collapse_std(z * scale), rtol=1e-5)
+  scale = np.random.RandomState(3).uniform(0.1, 10.0, (256, 1))
+  np.testing.assert_allclose(
+      metrics.collapse_std(z), metrics.collapse_std(z * scale), rtol=1e-5
+  )
 
 
 def test_collapse_std_rejects_1d():

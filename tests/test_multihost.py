@@ -57,6 +57,7 @@ import time
 import jax
 import numpy as np
 import pytest
+import xla_env  # tests/xla_env.py
 
 from byol_jax import checkpointing
 from byol_jax import configs
@@ -66,8 +67,6 @@ from byol_jax import main as main_lib
 from byol_jax import plan
 from byol_jax.data import pipeline
 from byol_jax.data import sources
-
-import xla_env  # tests/xla_env.py
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 900
@@ -96,8 +95,10 @@ SYNC_EVERY = 2  # The two-process runs log, and agree, every 2nd step.
 # step moves.
 LAYOUT_STEP = 2
 LAYOUT_TOLERANCE = 1e-5
-EVERY_STEP = ('--config.checkpoint.every_steps=1',
-              f'--config.checkpoint.max_to_keep={STEPS}')
+EVERY_STEP = (
+    '--config.checkpoint.every_steps=1',
+    f'--config.checkpoint.max_to_keep={STEPS}',
+)
 CONFIG = 'byol_bn'
 # Uniform noise images, not the digits: see LAYOUT_TOLERANCE.
 ARG = f'tiny,dataset=synthetic:16,steps={STEPS},batch={BATCH}'
@@ -110,7 +111,9 @@ OVERRIDES = {
     'checkpoint.every_secs': 0,
 }
 _FINAL = re.compile(r'Process (\d+): final state \(step (\d+)\) sha256 (\w+)')
-_START = re.compile(r'Process (\d+): starting state \(step (\d+)\) sha256 (\w+)')
+_START = re.compile(
+    r'Process (\d+): starting state \(step (\d+)\) sha256 (\w+)'
+)
 
 
 def two_host_batches(make_iterator, **kwargs):
@@ -125,9 +128,15 @@ def two_host_batches(make_iterator, **kwargs):
     Dicts of [8, per_device, ...] numpy arrays: host 0's batch, then host
     1's (pmap's global device order: process 0's devices come first).
   """
-  hosts = [make_iterator(**kwargs, process_index=p, process_count=HOSTS,
-                         local_device_count=DEVICES_PER_PROCESS)
-           for p in range(HOSTS)]
+  hosts = [
+      make_iterator(
+          **kwargs,
+          process_index=p,
+          process_count=HOSTS,
+          local_device_count=DEVICES_PER_PROCESS,
+      )
+      for p in range(HOSTS)
+  ]
   for parts in zip(*hosts):
     yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -139,34 +148,59 @@ def _free_port() -> int:
 
 
 def _env(devices: int) -> dict:
-  env = xla_env.subprocess_env(devices, PYTHONUNBUFFERED='1',
-                               JAX_PLATFORMS='cpu')
+  env = xla_env.subprocess_env(
+      devices, PYTHONUNBUFFERED='1', JAX_PLATFORMS='cpu'
+  )
   # The subprocesses must import this checkout's byol_jax.
   env['PYTHONPATH'] = os.pathsep.join(
-      [str(REPO)] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep)
-                     if p])
+      [str(REPO)]
+      + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p]
+  )
   return env
 
 
 class Job:
   """The processes of one multi-process run of main, logging to files."""
 
-  def __init__(self, name, workdir, config, *, processes=2, extra=(),
-               cwds=None, logdir=None):
+  def __init__(
+      self,
+      name,
+      workdir,
+      config,
+      *,
+      processes=2,
+      extra=(),
+      cwds=None,
+      logdir=None,
+  ):
     self.name, self.workdir = name, pathlib.Path(workdir)
     port = _free_port()
     self.procs, self.logs = [], []
     for i in range(processes):
-      cmd = [sys.executable, '-m', 'byol_jax.main', f'--config={config}',
-             f'--workdir={workdir}', f'--coordinator_address=127.0.0.1:{port}',
-             f'--num_processes={processes}', f'--process_id={i}',
-             *(f'--config.{k}={v}' for k, v in OVERRIDES.items()), *extra]
+      cmd = [
+          sys.executable,
+          '-m',
+          'byol_jax.main',
+          f'--config={config}',
+          f'--workdir={workdir}',
+          f'--coordinator_address=127.0.0.1:{port}',
+          f'--num_processes={processes}',
+          f'--process_id={i}',
+          *(f'--config.{k}={v}' for k, v in OVERRIDES.items()),
+          *extra,
+      ]
       log = (logdir or self.workdir.parent) / f'{name}.process{i}.log'
       self.logs.append(log)
       with log.open('w') as f:
-        self.procs.append(subprocess.Popen(
-            cmd, cwd=cwds[i] if cwds else REPO, env=_env(DEVICES_PER_PROCESS),
-            stdout=f, stderr=subprocess.STDOUT))
+        self.procs.append(
+            subprocess.Popen(
+                cmd,
+                cwd=cwds[i] if cwds else REPO,
+                env=_env(DEVICES_PER_PROCESS),
+                stdout=f,
+                stderr=subprocess.STDOUT,
+            )
+        )
 
   def wait(self, deadline, expect_failure=False) -> dict:
     """Waits for every process; on a failure kills the rest and fails.
@@ -175,25 +209,32 @@ class Job:
     return codes instead.
     """
     while any(p.poll() is None for p in self.procs):
-      if (not expect_failure and
-          any(p.poll() not in (None, 0) for p in self.procs)):
+      if not expect_failure and any(
+          p.poll() not in (None, 0) for p in self.procs
+      ):
         break
       if time.time() > deadline:
         break
       time.sleep(0.5)
     if expect_failure and all(p.poll() is not None for p in self.procs):
-      return {'returncodes': [p.returncode for p in self.procs],
-              'logs': [log.read_text() for log in self.logs]}
+      return {
+          'returncodes': [p.returncode for p in self.procs],
+          'logs': [log.read_text() for log in self.logs],
+      }
     if not expect_failure and all(p.poll() == 0 for p in self.procs):
-      return {'workdir': self.workdir, 'pids': [p.pid for p in self.procs],
-              'logs': [log.read_text() for log in self.logs]}
+      return {
+          'workdir': self.workdir,
+          'pids': [p.pid for p in self.procs],
+          'logs': [log.read_text() for log in self.logs],
+      }
     for p in self.procs:
       if p.poll() is None:
         p.kill()
         p.wait()
-    tails = '\n'.join(f'--- {log.name} (rc {p.returncode}):\n'
-                      + log.read_text()[-3000:]
-                      for p, log in zip(self.procs, self.logs))
+    tails = '\n'.join(
+        f'--- {log.name} (rc {p.returncode}):\n' + log.read_text()[-3000:]
+        for p, log in zip(self.procs, self.logs)
+    )
     pytest.fail(f'run {self.name} failed or timed out:\n{tails}')
 
 
@@ -210,18 +251,27 @@ def _reference(name, arg, workdir, **overrides):
       (config[section[0]] if section else config)[field] = value
   original = pipeline.make_pretrain_iterator
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(pipeline, 'make_pretrain_iterator',
-                  lambda source, **kw: two_host_batches(
-                      original, source=source, **kw))
+    patch.setattr(
+        pipeline,
+        'make_pretrain_iterator',
+        lambda source, **kw: two_host_batches(original, source=source, **kw),
+    )
     return main_lib.run(config, str(workdir))
 
 
 def _two_process_job(name, workdir, *extra, **kwargs):
   """bn2's command; bn2s, bn2r and the unshared run repeat it (same config)."""
-  return Job(name, workdir,
-             f'{kwargs.pop("experiments", "experiments")}/{CONFIG}.py:{ARG}',
-             extra=(f'--config.logging.every_steps={SYNC_EVERY}',
-                    '--config.checkpoint.every_secs=600', *extra), **kwargs)
+  return Job(
+      name,
+      workdir,
+      f'{kwargs.pop("experiments", "experiments")}/{CONFIG}.py:{ARG}',
+      extra=(
+          f'--config.logging.every_steps={SYNC_EVERY}',
+          '--config.checkpoint.every_secs=600',
+          *extra,
+      ),
+      **kwargs,
+  )
 
 
 def _run_all(root):
@@ -229,16 +279,26 @@ def _run_all(root):
   assert jax.local_device_count() == 8  # conftest.py
   root.mkdir(parents=True)
   deadline = time.time() + TIMEOUT_S
-  jobs = {'bn2': _two_process_job('bn2', root / 'bn2'),
-          'bn2s': _two_process_job('bn2s', root / 'bn2s', *EVERY_STEP)}
+  jobs = {
+      'bn2': _two_process_job('bn2', root / 'bn2'),
+      'bn2s': _two_process_job('bn2s', root / 'bn2s', *EVERY_STEP),
+  }
   signaller = threading.Thread(
-      target=_sigterm_process_1_after_first_log, args=(jobs['bn2'], deadline),
-      daemon=True)
+      target=_sigterm_process_1_after_first_log,
+      args=(jobs['bn2'], deadline),
+      daemon=True,
+  )
   signaller.start()
-  _reference(CONFIG, ARG, root / 'bn1',
-             **{'training.max_steps': LAYOUT_STEP,
-                'checkpoint.every_steps': 1,
-                'checkpoint.max_to_keep': LAYOUT_STEP})
+  _reference(
+      CONFIG,
+      ARG,
+      root / 'bn1',
+      **{
+          'training.max_steps': LAYOUT_STEP,
+          'checkpoint.every_steps': 1,
+          'checkpoint.max_to_keep': LAYOUT_STEP,
+      },
+  )
   out = {'bn1': {'workdir': root / 'bn1'}}
   out.update((name, job.wait(deadline)) for name, job in jobs.items())
   signaller.join()
@@ -273,7 +333,8 @@ def _restore(workdir, step, config_name, tmp_path):
   only = tmp_path / f'{workdir.name}-{step}'
   shutil.copytree(workdir / 'checkpoints' / str(step), only / str(step))
   restored = checkpointing.Checkpointer(only).restore_latest(
-      experiment.state_template(plan.build(_config(config_name, ARG)).config))
+      experiment.state_template(plan.build(_config(config_name, ARG)).config)
+  )
   assert restored.step == step
   return restored.state
 
@@ -283,11 +344,12 @@ def _excess(two, one, parts=None) -> float:
 
   The tolerance of a leaf is LAYOUT_TOLERANCE x the largest value in its
   part of the TrainState (online/target params, BN state, optimizer state),
-  not of the leaf itself: a bias followed by BatchNorm gets a gradient that is 0 up to
+  not of the leaf itself: a bias followed by BatchNorm gets a gradient that is 0
+  up to
   rounding, so its values (and momentum) are round-off noise, ~1e-11, and
   differ between any two summation orders.
   """
-  worst = 0.
+  worst = 0.0
   assert two._fields == one._fields
   for part in parts or one._fields:
     a, b = getattr(two, part), getattr(one, part)
@@ -295,14 +357,17 @@ def _excess(two, one, parts=None) -> float:
     assert len(leaves_a) == len(leaves_b), part
     if not leaves_b:
       continue
-    scale = max(float(np.max(np.abs(np.asarray(y, np.float64)), initial=0.))
-                for y in leaves_b)
+    scale = max(
+        float(np.max(np.abs(np.asarray(y, np.float64)), initial=0.0))
+        for y in leaves_b
+    )
     for x, y in zip(leaves_a, leaves_b):
       x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
       assert x.shape == y.shape, part
-      diff = float(np.max(np.abs(x - y), initial=0.))
-      worst = max(worst, diff / (LAYOUT_TOLERANCE * scale) if scale
-                  else diff * np.inf)
+      diff = float(np.max(np.abs(x - y), initial=0.0))
+      worst = max(
+          worst, diff / (LAYOUT_TOLERANCE * scale) if scale else diff * np.inf
+      )
   return worst
 
 
@@ -331,8 +396,11 @@ def _check_no_per_step_agreement(runs):
   k = _stopped_at(runs)
   for name, steps in (('bn2', k), ('bn2r', STEPS - k)):
     for log in runs[name]['logs']:
-      assert re.search(rf'Process \d: {steps // SYNC_EVERY} cross-process '
-                       rf'agreements in {steps} steps', log), name
+      assert re.search(
+          rf'Process \d: {steps // SYNC_EVERY} cross-process '
+          rf'agreements in {steps} steps',
+          log,
+      ), name
 
 
 def _check_equal_to_one_process(runs, tmp_path):
@@ -340,8 +408,12 @@ def _check_equal_to_one_process(runs, tmp_path):
   # Both processes end with the same state, bit for bit ...
   assert set(final) == {0, 1} and final[0] == final[1] and final[0][0] == STEPS
   # ... which is the checkpoint process 0 wrote.
-  assert hosts.fingerprint(_restore(runs['bn2s']['workdir'], STEPS, CONFIG,
-                                    tmp_path)) == final[0][1]
+  assert (
+      hosts.fingerprint(
+          _restore(runs['bn2s']['workdir'], STEPS, CONFIG, tmp_path)
+      )
+      == final[0][1]
+  )
   # Training moved the parameters (the comparisons are not of two inits).
   start = _fingerprints(runs['bn2s']['logs'], _START)
   assert start[0] == start[1] and start[0][1] != final[0][1]
@@ -349,7 +421,7 @@ def _check_equal_to_one_process(runs, tmp_path):
   # run on the same data, to the measured tolerance ...
   two = _restore(runs['bn2s']['workdir'], LAYOUT_STEP, CONFIG, tmp_path)
   one = _restore(runs['bn1']['workdir'], LAYOUT_STEP, CONFIG, tmp_path)
-  assert _excess(two, one) <= 1.
+  assert _excess(two, one) <= 1.0
   # ... which tells training steps apart: one step moves the parameters by
   # far more (measured: 4,500-5,400 tolerances; LAYOUT_TOLERANCE).
   before = _restore(runs['bn1']['workdir'], LAYOUT_STEP - 1, CONFIG, tmp_path)
@@ -362,8 +434,10 @@ def _check_signal_to_one_process_stops_both(runs):
   # Agreed at a logging step after the signal.
   assert SYNC_EVERY <= k < STEPS and k % SYNC_EVERY == 0
   assert f'SIGTERM received at step {k}: checkpoint saved' in logs[1]
-  assert ('A preemption signal (on another host) received at step '
-          f'{k}: checkpoint saved') in logs[0]
+  assert (
+      'A preemption signal (on another host) received at step '
+      f'{k}: checkpoint saved'
+  ) in logs[0]
   assert checkpointing.Checkpointer(workdir / 'checkpoints').latest_step() == k
   assert not (workdir / 'pretrain_done.json').exists()  # not finished
 
@@ -390,23 +464,27 @@ def _check_only_process_zero_writes_logs(runs):
   k = _stopped_at(runs)
   for name, last in (('bn2', k), ('bn2r', STEPS)):
     steps = list(range(SYNC_EVERY, last + 1, SYNC_EVERY))
-    workdir, pids, logs = (runs[name][key] for key in ('workdir', 'pids',
-                                                       'logs'))
+    workdir, pids, logs = (
+        runs[name][key] for key in ('workdir', 'pids', 'logs')
+    )
     rows = [json.loads(l) for l in (workdir / 'metrics.jsonl').open()]
     # One row per step: a second writer would have appended duplicates.
     assert [r['step'] for r in rows] == steps, name
     events = sorted(p.name for p in workdir.glob('events.out.tfevents.*'))
     # TensorBoard files end in .<pid>.<n>.v2: all from a process 0.
     writers = {int(e.split('.')[-3]) for e in events}
-    chiefs = {pids[0]} | ({runs['bn2']['pids'][0]} if name == 'bn2r' else
-                          set())
+    chiefs = {pids[0]} | ({runs['bn2']['pids'][0]} if name == 'bn2r' else set())
     assert events and writers <= chiefs, (name, events, pids)
     if name != 'bn2':  # bn2 was preempted: no pretrain_done.json.
       done = json.loads((workdir / 'pretrain_done.json').read_text())
       assert done['step'] == steps[-1]
       assert done['state_sha256'] == _fingerprints(logs)[0][1]
-    assert json.loads((workdir / 'config.json').read_text())['training'][
-        'global_batch_size'] == BATCH
+    assert (
+        json.loads((workdir / 'config.json').read_text())['training'][
+            'global_batch_size'
+        ]
+        == BATCH
+    )
     # The console progress line is process 0's alone.
     last = f'step {steps[-1]}/'
     assert last in logs[0] and last not in logs[1]
@@ -419,15 +497,22 @@ def _check_unshared_workdir_refused(runs, tmp_path):
   disks = [tmp_path / 'host0', tmp_path / 'host1']
   shutil.copytree(runs['bn2']['workdir'], disks[0] / 'run')
   disks[1].mkdir(parents=True)
-  job = _two_process_job('unshared', 'run', experiments=REPO / 'experiments',
-                         cwds=disks, logdir=tmp_path)
+  job = _two_process_job(
+      'unshared',
+      'run',
+      experiments=REPO / 'experiments',
+      cwds=disks,
+      logdir=tmp_path,
+  )
   out = job.wait(time.time() + 300, expect_failure=True)
   assert out['returncodes'] == [2, 2]
   for log, disk in zip(out['logs'], disks):
     assert 'Traceback' not in log
     # The relative workdir is reported resolved against each host's cwd.
-    assert ('Checkpoint error: processes see different checkpoints in '
-            f'{disk.resolve()}/run/checkpoints') in log
+    assert (
+        'Checkpoint error: processes see different checkpoints in '
+        f'{disk.resolve()}/run/checkpoints'
+    ) in log
     assert f'[{_stopped_at(runs)}, -1]' in log
     assert 'must share one workdir' in log
     assert 'Compiled the training step' not in log  # stopped before training
@@ -437,11 +522,13 @@ def _check_unshared_workdir_refused(runs, tmp_path):
 def test_global_batch_must_split_over_all_devices_of_all_hosts():
   config = _config('gn_ws')
   config.training.global_batch_size = 20
-  with pytest.raises(plan.ConfigError,
-                     match=r'training.global_batch_size=20: must be a positive '
-                     r'multiple of the 8 devices \(2 host\(s\) x 4 '
-                     r'device\(s\)\), e.g. '
-                     r'--config.training.global_batch_size=16'):
+  with pytest.raises(
+      plan.ConfigError,
+      match=r'training.global_batch_size=20: must be a positive '
+      r'multiple of the 8 devices \(2 host\(s\) x 4 '
+      r'device\(s\)\), e.g. '
+      r'--config.training.global_batch_size=16',
+  ):
     plan.build(config, topology=plan.Topology(2, 4), read_data=False)
 
 
@@ -450,26 +537,36 @@ def test_host_shards_are_disjoint_and_make_the_global_batch():
   digits = sources.get_source('digits')
   split = digits.resolve_split('pretrain')
   n = digits.num_examples(split)
-  ids = sources.InMemorySource('ids', n, {split: digits.images[split]},
-                               {split: np.arange(n, dtype=np.int32)})
-  kwargs = dict(source=ids, split='pretrain', global_batch_size=BATCH,
-                image_size=16, seed=0)
+  ids = sources.InMemorySource(
+      'ids',
+      n,
+      {split: digits.images[split]},
+      {split: np.arange(n, dtype=np.int32)},
+  )
+  kwargs = dict(
+      source=ids,
+      split='pretrain',
+      global_batch_size=BATCH,
+      image_size=16,
+      seed=0,
+  )
   host_batch = BATCH // HOSTS
   steps = n // BATCH  # About one epoch of each host's shard.
-  hosts = [pipeline.make_pretrain_iterator(
-      **kwargs, process_index=p, process_count=2, local_device_count=4)
-           for p in range(2)]
+  hosts = [
+      pipeline.make_pretrain_iterator(
+          **kwargs, process_index=p, process_count=2, local_device_count=4
+      )
+      for p in range(2)
+  ]
   # What the reference feeds its 8 devices: host 0's batch, then host 1's.
-  merged = two_host_batches(
-      pipeline.make_pretrain_iterator, **kwargs)
+  merged = two_host_batches(pipeline.make_pretrain_iterator, **kwargs)
   seen = [[], []]
   for _, a, b, both in zip(range(steps), *hosts, merged):
     a, b = ({k: np.asarray(v) for k, v in x.items()} for x in (a, b))
     assert a['label'].shape == b['label'].shape == (4, host_batch // 4)
     assert not set(a['label'].ravel()) & set(b['label'].ravel())
     for key in ('view1', 'view2', 'label'):
-      np.testing.assert_array_equal(both[key],
-                                    np.concatenate([a[key], b[key]]))
+      np.testing.assert_array_equal(both[key], np.concatenate([a[key], b[key]]))
     seen[0] += list(a['label'].ravel())
     seen[1] += list(b['label'].ravel())
   # Within an epoch a host never repeats an example, and the hosts' shards
@@ -481,37 +578,70 @@ def test_host_shards_are_disjoint_and_make_the_global_batch():
 
 def test_half_specified_distributed_flags_exit_with_one_line(tmp_path):
   proc = subprocess.run(
-      [sys.executable, '-m', 'byol_jax.main',
-       '--config=experiments/gn_ws.py:tiny', f'--workdir={tmp_path}',
-       '--coordinator_address=127.0.0.1:1234'], cwd=REPO, env=_env(1),
-      capture_output=True, text=True, timeout=120)
+      [
+          sys.executable,
+          '-m',
+          'byol_jax.main',
+          '--config=experiments/gn_ws.py:tiny',
+          f'--workdir={tmp_path}',
+          '--coordinator_address=127.0.0.1:1234',
+      ],
+      cwd=REPO,
+      env=_env(1),
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert proc.returncode == 2
   assert 'Traceback' not in proc.stderr
   line = proc.stderr.strip().splitlines()[-1]
-  assert line.startswith('Distributed setup error: --coordinator_address '
-                         'set but --num_processes, --process_id not')
+  assert line.startswith(
+      'Distributed setup error: --coordinator_address '
+      'set but --num_processes, --process_id not'
+  )
 
 
-@pytest.mark.skipif(not os.environ.get('BYOL_MEASURE_LAYOUT'),
-                    reason='a measurement (LAYOUT_TOLERANCE), not a check: '
-                    'set BYOL_MEASURE_LAYOUT=1 (seeds: BYOL_SEEDS=0,1,...)')
-@pytest.mark.parametrize('seed', [
-    int(s) for s in os.environ.get('BYOL_SEEDS', '0,1,2,3,4').split(',')])
+@pytest.mark.skipif(
+    not os.environ.get('BYOL_MEASURE_LAYOUT'),
+    reason='a measurement (LAYOUT_TOLERANCE), not a check: '
+    'set BYOL_MEASURE_LAYOUT=1 (seeds: BYOL_SEEDS=0,1,...)',
+)
+@pytest.mark.parametrize(
+    'seed',
+    [int(s) for s in os.environ.get('BYOL_SEEDS', '0,1,2,3,4').split(',')],
+)
 def test_layout_spread(tmp_path, seed):
   """Prints _excess(two-process, one-process) per part at every step."""
-  job = _two_process_job('two', tmp_path / 'two', *EVERY_STEP,
-                         f'--config.seed={seed}')
-  _reference(CONFIG, ARG, tmp_path / 'one', seed=seed,
-             **{'checkpoint.every_steps': 1, 'checkpoint.max_to_keep': STEPS})
+  job = _two_process_job(
+      'two', tmp_path / 'two', *EVERY_STEP, f'--config.seed={seed}'
+  )
+  _reference(
+      CONFIG,
+      ARG,
+      tmp_path / 'one',
+      seed=seed,
+      **{'checkpoint.every_steps': 1, 'checkpoint.max_to_keep': STEPS},
+  )
   job.wait(time.time() + TIMEOUT_S)
-  states = {(run, step): _restore(tmp_path / run, step, CONFIG, tmp_path)
-            for run in ('two', 'one') for step in range(1, STEPS + 1)}
+  states = {
+      (run, step): _restore(tmp_path / run, step, CONFIG, tmp_path)
+      for run in ('two', 'one')
+      for step in range(1, STEPS + 1)
+  }
   for step in range(1, STEPS + 1):
     two, one = states['two', step], states['one', step]
-    row = {p: round(_excess(two, one, parts=[p]), 3) for p in one._fields
-           if p not in ('step', 'rng')}
+    row = {
+        p: round(_excess(two, one, parts=[p]), 3)
+        for p in one._fields
+        if p not in ('step', 'rng')
+    }
     if step > 1:
-      row['step_moves'] = round(_excess(
-          states['one', step - 1], one,
-          parts=['online_params', 'target_params']), 1)
+      row['step_moves'] = round(
+          _excess(
+              states['one', step - 1],
+              one,
+              parts=['online_params', 'target_params'],
+          ),
+          1,
+      )
     print(json.dumps({'seed': seed, 'step': step, **row}))

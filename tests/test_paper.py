@@ -33,22 +33,32 @@ def test_transcription_matches_the_shared_tables():
       table2[cells[0]] = float(cells[2])
   assert byol == paper.TABLE1_BYOL and len(byol) == 15
   assert simclr == paper.TABLE1_SIMCLR and len(simclr) == 7
-  assert table2 == {'Vanilla BN': paper.TABLE2['byol_bn'],
-                    'No BN': paper.TABLE2['no_bn'],
-                    'Modified init (§3.2)': paper.TABLE2['modified_init'],
-                    'GN + WS (§3.3)': paper.TABLE2['gn_ws']}
+  assert table2 == {
+      'Vanilla BN': paper.TABLE2['byol_bn'],
+      'No BN': paper.TABLE2['no_bn'],
+      'Modified init (§3.2)': paper.TABLE2['modified_init'],
+      'GN + WS (§3.3)': paper.TABLE2['gn_ws'],
+  }
 
 
 def test_configs_carry_the_paper_numbers():
   for name, top1 in paper.TABLE2.items():
     assert _config(name).paper_top1 == top1
   assert _config('simclr').paper_top1 == 69.3
-  assert _config('ablation', 'encoder=ln,projector=ln,predictor=none'
-                 ).paper_top1 == 5.4
-  assert _config('ablation', 'method=simclr,encoder=none,projector=none'
-                 ).paper_top1 == 0.1
+  assert (
+      _config('ablation', 'encoder=ln,projector=ln,predictor=none').paper_top1
+      == 5.4
+  )
+  assert (
+      _config(
+          'ablation', 'method=simclr,encoder=none,projector=none'
+      ).paper_top1
+      == 0.1
+  )
   # A combination the paper did not run: no number.
-  assert _config('ablation', 'encoder=ln,projector=bn,predictor=bn'
-                 ).paper_top1 == -1.
+  assert (
+      _config('ablation', 'encoder=ln,projector=bn,predictor=bn').paper_top1
+      == -1.0
+  )
   assert paper.collapsed(5.4) and not paper.collapsed(53.8)
-  assert paper.collapsed(None) is None and paper.collapsed(-1.) is None
+  assert paper.collapsed(None) is None and paper.collapsed(-1.0) is None

@@ -1,4 +1,5 @@
-"""Tests for byol_jax/preemption.py (the loop's use: tests/test_pretrain_loop.py)."""
+"""Tests for byol_jax/preemption.py (its use: tests/test_pretrain_loop.py)."""
+
 import os
 import signal
 import time

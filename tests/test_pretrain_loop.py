@@ -18,6 +18,7 @@ import jax
 from jax._src import array as jax_array
 import numpy as np
 import pytest
+import xla_env
 
 from byol_jax import checkpointing
 from byol_jax import configs
@@ -25,7 +26,6 @@ from byol_jax import experiment
 from byol_jax import main as main_lib
 from byol_jax import preemption
 from byol_jax import pretrain
-import xla_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS, LOG_EVERY = 7, 3
@@ -33,22 +33,26 @@ STEPS, LOG_EVERY = 7, 3
 
 def _config(**overrides):
   config = configs.load_experiment('gn_ws', 'tiny,batch=16')
-  for key, value in {'training.total_steps': STEPS,
-                     'training.warmup_steps': 1,
-                     'eval.after_pretraining': False,
-                     'logging.knn_every_steps': 0,
-                     'logging.every_steps': LOG_EVERY,
-                     # The clock schedule on (the default), due never here;
-                     # the step schedule saves at step 4.
-                     'checkpoint.every_secs': 3600,
-                     'checkpoint.every_steps': 4, **overrides}.items():
+  for key, value in {
+      'training.total_steps': STEPS,
+      'training.warmup_steps': 1,
+      'eval.after_pretraining': False,
+      'logging.knn_every_steps': 0,
+      'logging.every_steps': LOG_EVERY,
+      # The clock schedule on (the default), due never here;
+      # the step schedule saves at step 4.
+      'checkpoint.every_secs': 3600,
+      'checkpoint.every_steps': 4,
+      **overrides,
+  }.items():
     section, field = key.split('.')
     config[section][field] = value
   return config
 
 
 def test_one_compilation_and_no_host_sync_between_logging_steps(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
   steps_done = []
   reads = []  # (steps done when the read happened, what was read)
   original_pmap = experiment.pmap_update
@@ -62,6 +66,7 @@ def test_one_compilation_and_no_host_sync_between_logging_steps(
       out = stepped(state, batch)
       steps_done.append(len(steps_done) + 1)
       return out
+
     step.lower = stepped.lower
     return step
 
@@ -85,25 +90,37 @@ def test_one_compilation_and_no_host_sync_between_logging_steps(
   rows = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').open()]
   assert [r['step'] for r in rows] == [3, 4, 6, 7]
   assert checkpointing.Checkpointer(tmp_path / 'checkpoints').all_steps() == [
-      4, 7]
+      4,
+      7,
+  ]
 
 
 def test_should_save_never_communicates(tmp_path, monkeypatch):
   """Multi-process: no broadcast per step; the clock is agreed by the caller."""
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   calls = []
-  monkeypatch.setattr(multihost_utils, 'broadcast_one_to_all',
-                      lambda *a, **k: calls.append('broadcast'))
-  monkeypatch.setattr(multihost_utils, 'process_allgather',
-                      lambda *a, **k: calls.append('allgather'))
-  now = [0.]
-  ckpt = checkpointing.Checkpointer(tmp_path, save_interval_steps=50,
-                                    save_interval_secs=10,
-                                    time_fn=lambda: now[0])
+  monkeypatch.setattr(
+      multihost_utils,
+      'broadcast_one_to_all',
+      lambda *a, **k: calls.append('broadcast'),
+  )
+  monkeypatch.setattr(
+      multihost_utils,
+      'process_allgather',
+      lambda *a, **k: calls.append('allgather'),
+  )
+  now = [0.0]
+  ckpt = checkpointing.Checkpointer(
+      tmp_path,
+      save_interval_steps=50,
+      save_interval_secs=10,
+      time_fn=lambda: now[0],
+  )
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
   due = []
   for step in range(1, 101):
-    now[0] += 1.
+    now[0] += 1.0
     due.append(ckpt.should_save(step))
   assert calls == []
   # The clock alone never saves on several processes (its answer must be
@@ -117,20 +134,23 @@ def test_should_save_never_communicates(tmp_path, monkeypatch):
 
 
 def test_two_process_decisions_use_one_allgather(monkeypatch, tmp_path):
-  """At a logging step: preempt if any process got a signal, process 0's clock."""
+  """At a logging step: preempt if any process got a signal; 0's clock."""
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   gathered = []
 
   def allgather(flags):
     gathered.append(np.asarray(flags).tolist())
     other = np.asarray([1, 0], np.int32)  # process 1: signal, clock not due
     return np.stack([np.asarray(flags), other])
-  now = [100.]
-  ckpt = checkpointing.Checkpointer(tmp_path, save_interval_secs=10,
-                                    time_fn=lambda: now[0])
+
+  now = [100.0]
+  ckpt = checkpointing.Checkpointer(
+      tmp_path, save_interval_secs=10, time_fn=lambda: now[0]
+  )
   monkeypatch.setattr(multihost_utils, 'process_allgather', allgather)
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
-  now[0] += 10.
+  now[0] += 10.0
   watcher = preemption.PreemptionWatcher()
   assert preemption.decide(watcher, ckpt, sync=True) == (True, True, 1)
   assert gathered == [[0, 1]]
@@ -163,15 +183,21 @@ def _replicated(**values):
 def test_metrics_buffer_logs_the_interval_mean_and_the_newest_schedule():
   writer = _RecordingWriter()
   buffer = pretrain._MetricsBuffer(writer, _NoCheckpoint())
-  for step, (loss, lr) in enumerate([(1., .1), (2., .2), (6., .3)], 1):
-    buffer.add(step, _replicated(loss=loss, online_top1=loss / 10, lr=lr,
-                                 tau=.99 + step / 1000))
+  for step, (loss, lr) in enumerate([(1.0, 0.1), (2.0, 0.2), (6.0, 0.3)], 1):
+    buffer.add(
+        step,
+        _replicated(
+            loss=loss, online_top1=loss / 10, lr=lr, tau=0.99 + step / 1000
+        ),
+    )
   buffer.flush()
   ((step, row),) = writer.rows
   assert step == 3
   np.testing.assert_allclose(
       [row['loss'], row['online_top1'], row['lr'], row['tau']],
-      [3., .3, .3, .993], rtol=1e-6)
+      [3.0, 0.3, 0.3, 0.993],
+      rtol=1e-6,
+  )
   assert buffer.last == row
   buffer.flush()  # nothing pending: nothing logged
   assert len(writer.rows) == 1
@@ -180,44 +206,64 @@ def test_metrics_buffer_logs_the_interval_mean_and_the_newest_schedule():
 def test_metrics_buffer_names_the_first_non_finite_step():
   writer = _RecordingWriter()
   buffer = pretrain._MetricsBuffer(writer, _NoCheckpoint())
-  for step, loss in ((7, 1.), (8, np.nan), (9, np.inf)):
-    buffer.add(step, _replicated(loss=loss, lr=.1, tau=.99))
+  for step, loss in ((7, 1.0), (8, np.nan), (9, np.inf)):
+    buffer.add(step, _replicated(loss=loss, lr=0.1, tau=0.99))
   with pytest.raises(pretrain.NonFiniteLossError, match='at step 8;'):
     buffer.flush()
   assert not writer.rows
 
 
 def test_metrics_buffer_counts_collapsed_rows_in_a_row():
-  buffer = pretrain._MetricsBuffer(_RecordingWriter(), _NoCheckpoint(),
-                                   collapse_below=1e-3)
+  buffer = pretrain._MetricsBuffer(
+      _RecordingWriter(), _NoCheckpoint(), collapse_below=1e-3
+  )
   lows = []
-  for step, std in enumerate([.5, 1e-4, 0., .2, 0., 0., 0.], 1):
-    buffer.add(step, _replicated(loss=1., lr=.1, tau=.99,
-                                 collapse_std_projection=std))
+  for step, std in enumerate([0.5, 1e-4, 0.0, 0.2, 0.0, 0.0, 0.0], 1):
+    buffer.add(
+        step,
+        _replicated(loss=1.0, lr=0.1, tau=0.99, collapse_std_projection=std),
+    )
     buffer.flush()
     lows.append(buffer.low)
   assert lows == [0, 1, 2, 0, 1, 2, 3]
   off = pretrain._MetricsBuffer(_RecordingWriter(), _NoCheckpoint())
-  off.add(1, _replicated(loss=1., lr=.1, tau=.99, collapse_std_projection=0.))
+  off.add(
+      1, _replicated(loss=1.0, lr=0.1, tau=0.99, collapse_std_projection=0.0)
+  )
   off.flush()
   assert off.low == 0  # threshold 0: the monitor is off
 
 
 def _main(workdir, *overrides):
   return subprocess.run(
-      [sys.executable, '-m', 'byol_jax.main',
-       '--config=experiments/gn_ws.py:tiny,batch=16,steps=6',
-       f'--workdir={workdir}', '--config.logging.every_steps=1',
-       '--config.logging.knn_every_steps=0', '--config.checkpoint.every_steps=0',
-       '--config.checkpoint.every_secs=0', '--config.eval.after_pretraining=false',
-       *overrides], cwd=REPO, env=xla_env.subprocess_env(1),
-      capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          '-m',
+          'byol_jax.main',
+          '--config=experiments/gn_ws.py:tiny,batch=16,steps=6',
+          f'--workdir={workdir}',
+          '--config.logging.every_steps=1',
+          '--config.logging.knn_every_steps=0',
+          '--config.checkpoint.every_steps=0',
+          '--config.checkpoint.every_secs=0',
+          '--config.eval.after_pretraining=false',
+          *overrides,
+      ],
+      cwd=REPO,
+      env=xla_env.subprocess_env(1),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
 
 
 def test_collapse_monitor_stops_in_one_line_and_keeps_the_checkpoint(tmp_path):
   """A threshold above any statistic (it is at most 1) forces the stop."""
-  proc = _main(tmp_path, '--config.logging.collapse_stop_below=2',
-               '--config.logging.collapse_stop_after=2')
+  proc = _main(
+      tmp_path,
+      '--config.logging.collapse_stop_below=2',
+      '--config.logging.collapse_stop_after=2',
+  )
   assert proc.returncode == 1, proc.stderr[-3000:]
   assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
   last = proc.stderr.strip().splitlines()[-1]
@@ -228,8 +274,7 @@ def test_collapse_monitor_stops_in_one_line_and_keeps_the_checkpoint(tmp_path):
   assert f'at step 2); step 2 is saved in {tmp_path}/checkpoints.' in last
   rows = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').open()]
   assert [r['step'] for r in rows] == [1, 2]
-  assert checkpointing.Checkpointer(tmp_path / 'checkpoints').all_steps() == [
-      2]
+  assert checkpointing.Checkpointer(tmp_path / 'checkpoints').all_steps() == [2]
   assert not (tmp_path / 'pretrain_done.json').exists()
   # As the line says: with the monitor off, the run goes on from step 2.
   proc = _main(tmp_path, '--config.logging.collapse_stop_below=0')

@@ -5,6 +5,7 @@ plus kNN-monitor rows). bn and gn_ws have pretrain_done.json (with a recorded
 wall time) and eval_results.json; nonorm has neither, so its wall time comes
 from file mtimes (set here) and its kNN from the training-time monitor.
 """
+
 import os
 import pathlib
 import shutil
@@ -50,7 +51,7 @@ def test_load_run_fields(workdirs):
   assert bn['final']['knn_top1'] == 0.884
   assert (bn['last_step'], bn['total_steps']) == (40, 40)
   assert (bn['wall_time_s'], bn['wall_time_exact']) == (754.4, True)
-  assert (nonorm['wall_time_s'], nonorm['wall_time_exact']) == (95., False)
+  assert (nonorm['wall_time_s'], nonorm['wall_time_exact']) == (95.0, False)
   assert nonorm['top1'] is None and not nonorm['finished']
   assert bn['finished'] and bn['top1'] == 0.9512
   assert (gn_ws['random_top1'], bn['random_top1']) == (0.9, None)
@@ -59,17 +60,26 @@ def test_load_run_fields(workdirs):
 
 
 def test_variant_label_simclr_and_modified_init():
-  config = {'method': 'simclr',
-            'model': {'encoder_norm': 'affine', 'projector_norm': 'affine',
-                      'predictor_norm': 'affine', 'encoder_ws': False,
-                      'heads_ws': True},
-            'training': {'modified_init': True}}
-  assert (runs_lib.variant_label(config) ==
-          'SIMCLR enc=affine proj=affine+ws +modified init')
+  config = {
+      'method': 'simclr',
+      'model': {
+          'encoder_norm': 'affine',
+          'projector_norm': 'affine',
+          'predictor_norm': 'affine',
+          'encoder_ws': False,
+          'heads_ws': True,
+      },
+      'training': {'modified_init': True},
+  }
+  assert (
+      runs_lib.variant_label(config)
+      == 'SIMCLR enc=affine proj=affine+ws +modified init'
+  )
 
 
 def test_plots_are_pngs_with_one_line_per_run(workdirs, tmp_path):
   import matplotlib.image as mpimg  # pylint: disable=g-import-not-at-top
+
   runs = [runs_lib.load_run(w) for w in workdirs]
   out = plots.plot(runs, tmp_path / 'out', title='fixture')
   assert sorted(out) == sorted(runs_lib.PLOT_METRICS)
@@ -82,8 +92,7 @@ def test_plots_are_pngs_with_one_line_per_run(workdirs, tmp_path):
     assert img.shape[2] in (3, 4)
     assert np.ptp(img[..., :3]) > 0.5  # not a blank image
     assert info['num_lines'] == len(RUNS), metric
-    assert info['labels'] == [
-        f'{r["variant"]} ({r["name"]})' for r in runs]
+    assert info['labels'] == [f'{r["variant"]} ({r["name"]})' for r in runs]
 
 
 def test_write_report_writes_table_and_plot_links(workdirs, tmp_path):
@@ -100,8 +109,9 @@ def test_workdir_without_metrics_is_refused(workdirs, tmp_path):
   empty = tmp_path / 'runs' / 'not_started'
   empty.mkdir()
   (empty / 'config.json').write_text('{"method": "byol"}')
-  with pytest.raises(ValueError, match=r'metrics\.jsonl does not exist.*'
-                     r'byol_jax\.main'):
+  with pytest.raises(
+      ValueError, match=r'metrics\.jsonl does not exist.*' r'byol_jax\.main'
+  ):
     runs_lib.load_run(str(empty))
   with pytest.raises(ValueError, match='not_started'):
     report.write_report(workdirs + [str(empty)], tmp_path / 'rep')
@@ -116,18 +126,24 @@ def test_empty_metrics_file_is_refused(tmp_path):
 
 def test_format_duration():
   assert [report.format_duration(s) for s in (None, 12, 754.4, 7380)] == [
-      '—', '12s', '12m34s', '2h03m']
+      '—',
+      '12s',
+      '12m34s',
+      '2h03m',
+  ]
 
 
-@pytest.mark.parametrize('paper_top1,std,cell', [
-    (73.2, 0.6, 'learns / learns (agree)'),
-    (0.1, 0.001, 'collapsed / collapsed (agree)'),
-    (5.4, 0.3, 'collapsed / learns (DIFFER)'),  # BYOL LN/LN/-, Table 1
-    (0.1, 0.7, 'collapsed / learns (DIFFER)'),
-    (None, 0.7, '— / learns'),  # a cell the paper did not run
-    (62.6, None, 'learns / —'),
-])
+@pytest.mark.parametrize(
+    'paper_top1,std,cell',
+    [
+        (73.2, 0.6, 'learns / learns (agree)'),
+        (0.1, 0.001, 'collapsed / collapsed (agree)'),
+        (5.4, 0.3, 'collapsed / learns (DIFFER)'),  # BYOL LN/LN/-, Table 1
+        (0.1, 0.7, 'collapsed / learns (DIFFER)'),
+        (None, 0.7, '— / learns'),  # a cell the paper did not run
+        (62.6, None, 'learns / —'),
+    ],
+)
 def test_collapse_cell(paper_top1, std, cell):
-  run = {'paper_top1': paper_top1,
-         'final': {'collapse_std_projection': std}}
+  run = {'paper_top1': paper_top1, 'final': {'collapse_std_projection': std}}
   assert report.collapse_cell(run) == cell

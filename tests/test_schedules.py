@@ -1,4 +1,5 @@
 """Tests for byol_jax/schedules.py: endpoints, slopes and exact midpoints."""
+
 import functools
 
 import jax
@@ -9,8 +10,12 @@ import pytest
 from byol_jax import schedules
 
 # base 0.2 at batch 512 -> peak 0.4 (BYOL: LearningRate = 0.2 x BatchSize/256).
-LR = dict(base_learning_rate=0.2, global_batch_size=512, total_steps=1000,
-          warmup_steps=100)
+LR = dict(
+    base_learning_rate=0.2,
+    global_batch_size=512,
+    total_steps=1000,
+    warmup_steps=100,
+)
 PEAK = 0.4
 
 
@@ -31,7 +36,7 @@ def test_learning_rate_cosine_values():
   # Midpoint of the 900 decay steps: cos(pi/2) = 0 -> half the peak.
   np.testing.assert_allclose(lr(550), PEAK / 2, rtol=1e-6)
   # A quarter of the way: (1 + cos(pi/4)) / 2 * 0.4.
-  np.testing.assert_allclose(lr(325), PEAK * (1 + np.sqrt(.5)) / 2, rtol=1e-6)
+  np.testing.assert_allclose(lr(325), PEAK * (1 + np.sqrt(0.5)) / 2, rtol=1e-6)
   values = np.asarray(lr(jnp.arange(100, 1001)))
   assert np.all(np.diff(values) <= 0)
 
@@ -39,54 +44,66 @@ def test_learning_rate_cosine_values():
 def test_learning_rate_inside_jit_with_int_steps():
   lr = jax.jit(functools.partial(schedules.learning_rate, **LR))
   steps = jnp.array([0, 50, 100, 550, 1000], dtype=jnp.int32)
-  np.testing.assert_allclose(jax.vmap(lr)(steps),
-                             [0., 0.2, 0.4, 0.2, 0.], rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(
+      jax.vmap(lr)(steps), [0.0, 0.2, 0.4, 0.2, 0.0], rtol=1e-6, atol=1e-7
+  )
   assert lr(jnp.int32(50)).dtype == jnp.float32
 
 
 def test_learning_rate_without_warmup_and_all_warmup():
   no_warm = dict(LR, warmup_steps=0)
-  np.testing.assert_allclose(schedules.learning_rate(0, **no_warm), PEAK,
-                             rtol=1e-6)
-  np.testing.assert_allclose(schedules.learning_rate(500, **no_warm), PEAK / 2,
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      schedules.learning_rate(0, **no_warm), PEAK, rtol=1e-6
+  )
+  np.testing.assert_allclose(
+      schedules.learning_rate(500, **no_warm), PEAK / 2, rtol=1e-6
+  )
   all_warm = dict(LR, warmup_steps=1000)
-  np.testing.assert_allclose(schedules.learning_rate(500, **all_warm),
-                             PEAK / 2, rtol=1e-6)
+  np.testing.assert_allclose(
+      schedules.learning_rate(500, **all_warm), PEAK / 2, rtol=1e-6
+  )
   assert np.isfinite(schedules.learning_rate(1000, **all_warm))
 
 
-@pytest.mark.parametrize('override,field', [
-    (dict(warmup_steps=1001), 'warmup_steps'),
-    (dict(warmup_steps=-1), 'warmup_steps'),
-    (dict(total_steps=0, warmup_steps=0), 'total_steps'),
-    (dict(global_batch_size=0), 'global_batch_size'),
-    (dict(base_learning_rate=-1.), 'base_learning_rate'),
-])
+@pytest.mark.parametrize(
+    'override,field',
+    [
+        (dict(warmup_steps=1001), 'warmup_steps'),
+        (dict(warmup_steps=-1), 'warmup_steps'),
+        (dict(total_steps=0, warmup_steps=0), 'total_steps'),
+        (dict(global_batch_size=0), 'global_batch_size'),
+        (dict(base_learning_rate=-1.0), 'base_learning_rate'),
+    ],
+)
 def test_learning_rate_validates_arguments(override, field):
   with pytest.raises(ValueError, match=field):
     schedules.learning_rate(0, **dict(LR, **override))
 
 
 def test_target_ema_schedule():
-  tau = functools.partial(schedules.target_ema, base_ema=0.996,
-                          total_steps=1000)
+  tau = functools.partial(
+      schedules.target_ema, base_ema=0.996, total_steps=1000
+  )
   np.testing.assert_allclose(tau(0), 0.996, rtol=1e-7)
   np.testing.assert_allclose(tau(1000), 1.0, rtol=1e-7)
   np.testing.assert_allclose(tau(2000), 1.0, rtol=1e-7)
   # Midpoint: 1 - 0.004 * (cos(pi/2) + 1) / 2 = 0.998.
   np.testing.assert_allclose(tau(500), 0.998, rtol=1e-7)
-  np.testing.assert_allclose(tau(250), 1 - 0.004 * (np.sqrt(.5) + 1) / 2,
-                             rtol=1e-7)
+  np.testing.assert_allclose(
+      tau(250), 1 - 0.004 * (np.sqrt(0.5) + 1) / 2, rtol=1e-7
+  )
   values = np.asarray(jax.jit(jax.vmap(tau))(jnp.arange(0, 1001)))
   assert np.all(np.diff(values) >= 0) and values[-1] > values[0]
 
 
-@pytest.mark.parametrize('kwargs,field', [
-    (dict(base_ema=1.5, total_steps=10), 'base_ema'),
-    (dict(base_ema=-0.1, total_steps=10), 'base_ema'),
-    (dict(base_ema=0.99, total_steps=0), 'total_steps'),
-])
+@pytest.mark.parametrize(
+    'kwargs,field',
+    [
+        (dict(base_ema=1.5, total_steps=10), 'base_ema'),
+        (dict(base_ema=-0.1, total_steps=10), 'base_ema'),
+        (dict(base_ema=0.99, total_steps=0), 'total_steps'),
+    ],
+)
 def test_target_ema_validates_arguments(kwargs, field):
   with pytest.raises(ValueError, match=field):
     schedules.target_ema(0, **kwargs)

@@ -16,9 +16,15 @@ from byol_jax import stack
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / 'experiments'
-TESTED = {'jax': '0.10.2', 'jaxlib': '0.10.2', 'dm-haiku': '0.0.17',
-          'optax': '0.2.8', 'tensorflow-cpu': '2.21.0',
-          'tensorflow-datasets': '4.9.10', 'orbax-checkpoint': '0.12.8'}
+TESTED = {
+    'jax': '0.10.2',
+    'jaxlib': '0.10.2',
+    'dm-haiku': '0.0.17',
+    'optax': '0.2.8',
+    'tensorflow-cpu': '2.21.0',
+    'tensorflow-datasets': '4.9.10',
+    'orbax-checkpoint': '0.12.8',
+}
 
 
 # ------------------------------------------------------------ constraints.txt
@@ -52,10 +58,15 @@ def test_setup_ci_and_readme_agree_on_python_and_constraints():
 
 def test_read_pins_skips_ranges_and_names_a_missing_file(tmp_path):
   path = tmp_path / 'c.txt'
-  path.write_text('# a comment\nJAX==0.4.35\njax_lib>=1\njaxlib == 0.4.35  '
-                  '# pinned\nlibtpu==0.0.5 ; python_version >= "3.11"\n')
-  assert stack.read_pins(path) == {'jax': '0.4.35', 'jaxlib': '0.4.35',
-                                   'libtpu': '0.0.5'}
+  path.write_text(
+      '# a comment\nJAX==0.4.35\njax_lib>=1\njaxlib == 0.4.35  '
+      '# pinned\nlibtpu==0.0.5 ; python_version >= "3.11"\n'
+  )
+  assert stack.read_pins(path) == {
+      'jax': '0.4.35',
+      'jaxlib': '0.4.35',
+      'libtpu': '0.0.5',
+  }
   with pytest.raises(stack.StackError, match='nope.txt not found'):
     stack.read_pins(tmp_path / 'nope.txt')
   path.write_text('numpy==2.0\n')
@@ -64,8 +75,13 @@ def test_read_pins_skips_ranges_and_names_a_missing_file(tmp_path):
 
 
 # ----------------------------------------------------------- version checks
-PINS = {'jax': '0.10.2', 'jaxlib': '0.10.2', 'libtpu': '0.0.42.1',
-        'jax-cuda12-plugin': '0.10.2', 'jax-cuda12-pjrt': '0.10.2'}
+PINS = {
+    'jax': '0.10.2',
+    'jaxlib': '0.10.2',
+    'libtpu': '0.0.42.1',
+    'jax-cuda12-plugin': '0.10.2',
+    'jax-cuda12-pjrt': '0.10.2',
+}
 
 
 def _versions(**got):
@@ -79,70 +95,113 @@ def test_installed_reads_metadata_and_marks_missing_packages():
     if name == 'libtpu':
       raise importlib.metadata.PackageNotFoundError(name)
     return {'jax': '0.6.2', 'jaxlib': '0.6.2'}.get(name, '1.0')
-  got = stack.installed(('jax', 'jaxlib', 'libtpu', 'jax_cuda12_plugin'),
-                        version_fn=version_fn)
-  assert got == {'jax': '0.6.2', 'jaxlib': '0.6.2', 'libtpu': None,
-                 'jax-cuda12-plugin': '1.0'}
+
+  got = stack.installed(
+      ('jax', 'jaxlib', 'libtpu', 'jax_cuda12_plugin'), version_fn=version_fn
+  )
+  assert got == {
+      'jax': '0.6.2',
+      'jaxlib': '0.6.2',
+      'libtpu': None,
+      'jax-cuda12-plugin': '1.0',
+  }
   line = stack.describe(got)
-  assert re.fullmatch(r'Python 3\.\d+\.\d+\S*, jax 0\.6\.2, jaxlib 0\.6\.2, '
-                      r'jax-cuda12-plugin 1\.0', line), line
+  assert re.fullmatch(
+      r'Python 3\.\d+\.\d+\S*, jax 0\.6\.2, jaxlib 0\.6\.2, '
+      r'jax-cuda12-plugin 1\.0',
+      line,
+  ), line
 
 
 def test_pinned_stack_passes_on_cpu_tpu_and_gpu_hosts():
   stack.check_pinned(_versions(jax='0.10.2', jaxlib='0.10.2'), PINS)
-  stack.check_pinned(_versions(jax='0.10.2', jaxlib='0.10.2',
-                               libtpu='0.0.42.1'), PINS)
-  stack.check_pinned(_versions(jax='0.10.2', jaxlib='0.10.2',
-                               jax_cuda12_plugin='0.10.2',
-                               jax_cuda12_pjrt='0.10.2'), PINS)
+  stack.check_pinned(
+      _versions(jax='0.10.2', jaxlib='0.10.2', libtpu='0.0.42.1'), PINS
+  )
+  stack.check_pinned(
+      _versions(
+          jax='0.10.2',
+          jaxlib='0.10.2',
+          jax_cuda12_plugin='0.10.2',
+          jax_cuda12_pjrt='0.10.2',
+      ),
+      PINS,
+  )
 
 
 def test_unpinned_stack_is_refused_in_one_line_naming_both_versions():
   # What pip resolves for jax[tpu] on a TPU VM's Python 3.10.
   with pytest.raises(stack.StackError) as e:
-    stack.check_pinned(_versions(jax='0.6.2', jaxlib='0.6.2',
-                                 libtpu='0.0.17'), PINS)
+    stack.check_pinned(
+        _versions(jax='0.6.2', jaxlib='0.6.2', libtpu='0.0.17'), PINS
+    )
   message = str(e.value)
   assert '\n' not in message
-  assert ('jax 0.6.2 (pinned 0.10.2), jaxlib 0.6.2 (pinned 0.10.2), '
-          'libtpu 0.0.17 (pinned 0.0.42.1)') in message
+  assert (
+      'jax 0.6.2 (pinned 0.10.2), jaxlib 0.6.2 (pinned 0.10.2), '
+      'libtpu 0.0.17 (pinned 0.0.42.1)'
+  ) in message
   assert '--norequire_pinned_stack' in message
-  with pytest.raises(stack.StackError, match=r'jax-cuda12-pjrt 0\.10\.1 '
-                     r'\(pinned 0\.10\.2\)'):
-    stack.check_pinned(_versions(jax='0.10.2', jaxlib='0.10.2',
-                                 jax_cuda12_plugin='0.10.2',
-                                 jax_cuda12_pjrt='0.10.1'), PINS)
+  with pytest.raises(
+      stack.StackError,
+      match=r'jax-cuda12-pjrt 0\.10\.1 ' r'\(pinned 0\.10\.2\)',
+  ):
+    stack.check_pinned(
+        _versions(
+            jax='0.10.2',
+            jaxlib='0.10.2',
+            jax_cuda12_plugin='0.10.2',
+            jax_cuda12_pjrt='0.10.1',
+        ),
+        PINS,
+    )
 
 
 def test_accelerator_check():
   cpu_only = _versions(jax='0.10.2', jaxlib='0.10.2')
   assert stack.check_accelerator(cpu_only, backend='gpu') == 'gpu'
   assert stack.check_accelerator(cpu_only, backend='tpu') == 'tpu'
-  with pytest.raises(stack.StackError, match='no accelerator plugin '
-                     r"installed .*'jax\[cuda12\]'"):
+  with pytest.raises(
+      stack.StackError,
+      match='no accelerator plugin ' r"installed .*'jax\[cuda12\]'",
+  ):
     stack.check_accelerator(cpu_only, backend='cpu')
-  cuda = _versions(jax='0.10.2', jaxlib='0.10.2', jax_cuda12_plugin='0.10.2',
-                   jax_cuda12_pjrt='0.10.2')
-  with pytest.raises(stack.StackError,
-                     match=r'jax-cuda12-plugin 0\.10\.2 installed but no '
-                     r'usable GPU .*CUDA_VISIBLE_DEVICES=<unset>\)'):
+  cuda = _versions(
+      jax='0.10.2',
+      jaxlib='0.10.2',
+      jax_cuda12_plugin='0.10.2',
+      jax_cuda12_pjrt='0.10.2',
+  )
+  with pytest.raises(
+      stack.StackError,
+      match=r'jax-cuda12-plugin 0\.10\.2 installed but no '
+      r'usable GPU .*CUDA_VISIBLE_DEVICES=<unset>\)',
+  ):
     stack.check_accelerator(cuda, backend='cpu', env={})
   tpu = _versions(jax='0.10.2', jaxlib='0.10.2', libtpu='0.0.42.1')
-  with pytest.raises(stack.StackError,
-                     match=r'libtpu 0\.0\.42\.1 installed but no usable TPU'):
+  with pytest.raises(
+      stack.StackError, match=r'libtpu 0\.0\.42\.1 installed but no usable TPU'
+  ):
     stack.check_accelerator(tpu, backend='cpu')
 
 
 def test_resources_line():
   device = types.SimpleNamespace(device_kind='NVIDIA H100', platform='gpu')
   line = stack.resources(
-      env={'CUDA_VISIBLE_DEVICES': '0,1', 'SLURM_CPUS_PER_TASK': '32',
-           'HOME': '/x'},
-      affinity_fn=lambda pid: set(range(32)), cpu_count_fn=lambda: 128,
-      devices=[device, device])
-  assert line == ('CPUs 32 usable of 128; CUDA_VISIBLE_DEVICES=0,1; '
-                  'SLURM_CPUS_PER_TASK=32; local devices: 2 x NVIDIA H100 '
-                  '(gpu)')
+      env={
+          'CUDA_VISIBLE_DEVICES': '0,1',
+          'SLURM_CPUS_PER_TASK': '32',
+          'HOME': '/x',
+      },
+      affinity_fn=lambda pid: set(range(32)),
+      cpu_count_fn=lambda: 128,
+      devices=[device, device],
+  )
+  assert line == (
+      'CPUs 32 usable of 128; CUDA_VISIBLE_DEVICES=0,1; '
+      'SLURM_CPUS_PER_TASK=32; local devices: 2 x NVIDIA H100 '
+      '(gpu)'
+  )
 
 
 # ---------------------------------------------------------- main's two flags
@@ -164,11 +223,22 @@ def _main(tmp_path, pins, *flags, stand_in_run=False):
   constraints.write_text(''.join(f'{k}=={v}\n' for k, v in pins.items()))
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   return subprocess.run(
-      [sys.executable, '-c', _MAIN_WITH_PINS, str(constraints),
-       *(['--stand-in-run'] if stand_in_run else []),
-       f'--config={EXPERIMENTS}/quickstart.py',
-       f'--workdir={tmp_path / "run"}', *flags],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+      [
+          sys.executable,
+          '-c',
+          _MAIN_WITH_PINS,
+          str(constraints),
+          *(['--stand-in-run'] if stand_in_run else []),
+          f'--config={EXPERIMENTS}/quickstart.py',
+          f'--workdir={tmp_path / "run"}',
+          *flags,
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=180,
+  )
 
 
 def _installed_pins():
@@ -180,23 +250,28 @@ def test_require_accelerator_stops_a_cpu_run_in_one_line(tmp_path):
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1, proc.stderr
-  assert lines[0].startswith('Stack error: --require_accelerator: JAX found '
-                             'no GPU or TPU (jax.default_backend() is cpu)')
+  assert lines[0].startswith(
+      'Stack error: --require_accelerator: JAX found '
+      'no GPU or TPU (jax.default_backend() is cpu)'
+  )
   assert 'Traceback' not in proc.stderr
   assert not (tmp_path / 'run').exists()  # nothing was started
 
 
 def test_require_pinned_stack_refuses_other_versions(tmp_path):
   pins = dict(_installed_pins(), jax='0.4.35', jaxlib='0.4.35')
-  proc = _main(tmp_path, pins, '--require_pinned_stack',
-               '--require_accelerator')
+  proc = _main(
+      tmp_path, pins, '--require_pinned_stack', '--require_accelerator'
+  )
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1, proc.stderr
   jax_version = importlib.metadata.version('jax')
-  assert lines[0].startswith('Stack error: not the pinned stack of '
-                             f'constraints.txt: jax {jax_version} (pinned '
-                             f'0.4.35), jaxlib ')
+  assert lines[0].startswith(
+      'Stack error: not the pinned stack of '
+      f'constraints.txt: jax {jax_version} (pinned '
+      f'0.4.35), jaxlib '
+  )
   assert not (tmp_path / 'run').exists()
 
 
@@ -205,8 +280,10 @@ def test_pins_are_only_enforced_when_asked(tmp_path):
   # the next check (a local run on other versions works); with the installed
   # versions as pins, --require_pinned_stack lets it through too.
   wrong = dict(_installed_pins(), jax='0.4.35')
-  for pins, flags in ((wrong, ()), (_installed_pins(),
-                                    ('--require_pinned_stack',))):
+  for pins, flags in (
+      (wrong, ()),
+      (_installed_pins(), ('--require_pinned_stack',)),
+  ):
     proc = _main(tmp_path, pins, *flags, '--require_accelerator')
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert 'not the pinned stack' not in proc.stderr
@@ -216,14 +293,22 @@ def test_pins_are_only_enforced_when_asked(tmp_path):
 def test_a_run_logs_its_stack_and_what_it_may_use(tmp_path):
   # The pinned stack passes; then the run (a stand-in here) logs the
   # versions it got and the CPUs and devices it sees.
-  proc = _main(tmp_path, _installed_pins(), '--require_pinned_stack',
-               stand_in_run=True)
+  proc = _main(
+      tmp_path, _installed_pins(), '--require_pinned_stack', stand_in_run=True
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   jax_version = importlib.metadata.version('jax')
   jaxlib_version = importlib.metadata.version('jaxlib')
-  assert re.search(rf'Stack: Python 3\.\d+\.\d+, jax {jax_version}, '
-                   rf'jaxlib {jaxlib_version}$', proc.stderr, re.M), proc.stderr
+  assert re.search(
+      rf'Stack: Python 3\.\d+\.\d+, jax {jax_version}, '
+      rf'jaxlib {jaxlib_version}$',
+      proc.stderr,
+      re.M,
+  ), proc.stderr
   usable = len(os.sched_getaffinity(0))
-  assert re.search(rf'Visible to this process: CPUs {usable} usable of '
-                   rf'{os.cpu_count()}; local devices: 8 x cpu \(cpu\)$',
-                   proc.stderr, re.M), proc.stderr
+  assert re.search(
+      rf'Visible to this process: CPUs {usable} usable of '
+      rf'{os.cpu_count()}; local devices: 8 x cpu \(cpu\)$',
+      proc.stderr,
+      re.M,
+  ), proc.stderr

@@ -26,6 +26,7 @@ asserted:
 Everything is in one test so that pytest-xdist runs it once; the two
 commands run concurrently so that the test is not the suite's long pole.
 """
+
 import json
 import os
 import pathlib
@@ -37,8 +38,7 @@ from byol_jax import runs as runs_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SLICE_STEPS = 100
-SLICE_OVERRIDES = (f'training.total_steps={SLICE_STEPS}',
-                   'data.image_size=8')
+SLICE_OVERRIDES = (f'training.total_steps={SLICE_STEPS}', 'data.image_size=8')
 # 5 seeds (module docstring): projection collapse statistic, linear top-1.
 QUICKSTART_MIN_PROJECTION = 0.1  # 0.489-0.596 (0.555 +- 0.044): 10 sd
 QUICKSTART_MIN_TOP1 = 0.88  # 93.6-96.3% (95.3 +- 1.1): 6.8 sd
@@ -64,8 +64,9 @@ def test_quickstart_is_gn_ws_tiny_with_the_random_baseline():
 def _start(cmd, log):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   with log.open('w') as f:
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT
+    )
 
 
 def _finish(proc, log):
@@ -83,14 +84,29 @@ def test_quickstart_and_tiny_table2_bn_learn_without_collapse(tmp_path):
   table = tmp_path / 'table2'
   procs = {
       'quickstart': _start(
-          [sys.executable, '-m', 'byol_jax.main',
-           '--config=experiments/quickstart.py', f'--workdir={quickstart}'],
-          tmp_path / 'quickstart.log'),
+          [
+              sys.executable,
+              '-m',
+              'byol_jax.main',
+              '--config=experiments/quickstart.py',
+              f'--workdir={quickstart}',
+          ],
+          tmp_path / 'quickstart.log',
+      ),
       'table2': _start(
-          [sys.executable, '-m', 'byol_jax.reproduce', '--table=2',
-           '--scale=tiny', f'--workdir={table}', '--variants=bn',
-           *(f'--override={o}' for o in SLICE_OVERRIDES)],
-          tmp_path / 'table2.log')}
+          [
+              sys.executable,
+              '-m',
+              'byol_jax.reproduce',
+              '--table=2',
+              '--scale=tiny',
+              f'--workdir={table}',
+              '--variants=bn',
+              *(f'--override={o}' for o in SLICE_OVERRIDES),
+          ],
+          tmp_path / 'table2.log',
+      ),
+  }
   try:
     for name, proc in procs.items():
       _finish(proc, tmp_path / f'{name}.log')
@@ -98,8 +114,10 @@ def test_quickstart_and_tiny_table2_bn_learn_without_collapse(tmp_path):
     for proc in procs.values():
       if proc.poll() is None:
         proc.kill()
-  runs = {'bn': runs_lib.load_run(table / 'bn'),
-          'gn_ws': runs_lib.load_run(quickstart)}
+  runs = {
+      'bn': runs_lib.load_run(table / 'bn'),
+      'gn_ws': runs_lib.load_run(quickstart),
+  }
   assert [r['last_step'] for r in runs.values()] == [SLICE_STEPS, 150]
   proj = {n: r['final']['collapse_std_projection'] for n, r in runs.items()}
   top1 = {n: r['top1'] for n, r in runs.items()}

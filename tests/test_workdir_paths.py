@@ -7,6 +7,7 @@ look for a local file named 'gs:/fake-bucket/...' and fail. (orbax writes gs://
 through tensorstore, which this cannot mock; checkpointing passes epath paths
 to orbax and never touches the files itself.)
 """
+
 import json
 import pathlib
 
@@ -36,7 +37,7 @@ def fake_gcs(tmp_path, monkeypatch):
     path = str(path)
     if path.startswith(BUCKET):
       used.add(path)
-      return str(root) + path[len(BUCKET):]
+      return str(root) + path[len(BUCKET) :]
     return path
 
   def one(fn, path, *args, **kwargs):
@@ -46,13 +47,27 @@ def fake_gcs(tmp_path, monkeypatch):
     return fn(local(path), local(dst), *args, **kwargs)
 
   def glob(fn, pattern):
-    return [BUCKET + p[len(str(root)):] if p.startswith(str(root)) else p
-            for p in fn(local(pattern))]
+    return [
+        BUCKET + p[len(str(root)) :] if p.startswith(str(root)) else p
+        for p in fn(local(pattern))
+    ]
 
   with epath_testing.mock_epath(
-      open=one, exists=one, isdir=one, listdir=one, makedirs=one, mkdir=one,
-      remove=one, rmtree=one, stat=one, walk=one, glob=glob, rename=two,
-      replace=two, copy=two):
+      open=one,
+      exists=one,
+      isdir=one,
+      listdir=one,
+      makedirs=one,
+      mkdir=one,
+      remove=one,
+      rmtree=one,
+      stat=one,
+      walk=one,
+      glob=glob,
+      rename=two,
+      replace=two,
+      copy=two,
+  ):
     yield root, used
 
 
@@ -61,14 +76,23 @@ def test_metric_writer_and_report_on_a_gs_workdir(fake_gcs):
   workdir = epath.Path(BUCKET) / 'runs' / 'gn_ws'
   writer = writers.MetricWriter(workdir, total_steps=4, tensorboard=False)
   for step in range(1, 5):
-    writer.write(step, {'loss': 1. / step, 'collapse_std_projection': 0.5})
+    writer.write(step, {'loss': 1.0 / step, 'collapse_std_projection': 0.5})
   assert writer.truncate_after(3) == 1  # a resume at step 3
-  (workdir / 'config.json').write_text(json.dumps(
-      {'method': 'byol', 'paper_top1': 73.9,
-       'training': {'total_steps': 4}, 'model': {}}))
+  (workdir / 'config.json').write_text(
+      json.dumps(
+          {
+              'method': 'byol',
+              'paper_top1': 73.9,
+              'training': {'total_steps': 4},
+              'model': {},
+          }
+      )
+  )
   # The files are in the (fake) bucket, not in a local 'gs:' directory.
-  rows = [json.loads(l) for l in
-          (root / 'runs/gn_ws/metrics.jsonl').read_text().splitlines()]
+  rows = [
+      json.loads(l)
+      for l in (root / 'runs/gn_ws/metrics.jsonl').read_text().splitlines()
+  ]
   assert [r['step'] for r in rows] == [1, 2, 3]
   assert not pathlib.Path('gs:').exists()
   assert writers.read_metrics(workdir) == rows

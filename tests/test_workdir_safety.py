@@ -9,6 +9,7 @@ The trainings are the same tiny 12-step run with a checkpoint every step
 (one CPU device, so they share compiled programs through the persistent
 cache); the undisturbed one runs once per module, beside the first test.
 """
+
 import json
 import os
 import pathlib
@@ -35,14 +36,17 @@ from byol_jax import workdir as workdir_lib
 
 # orbax's asyncio loops, closed at exit (as in test_checkpointing.py).
 pytestmark = pytest.mark.filterwarnings(
-    'ignore::pytest.PytestUnraisableExceptionWarning')
+    'ignore::pytest.PytestUnraisableExceptionWarning'
+)
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600
-ARGS = ('--config=experiments/gn_ws.py:tiny,batch=16',
-        '--config.training.total_steps=12',
-        '--config.checkpoint.every_steps=1',
-        '--config.eval.after_pretraining=false',
-        '--config.logging.knn_every_steps=0')
+ARGS = (
+    '--config=experiments/gn_ws.py:tiny,batch=16',
+    '--config.training.total_steps=12',
+    '--config.checkpoint.every_steps=1',
+    '--config.eval.after_pretraining=false',
+    '--config.logging.knn_every_steps=0',
+)
 MAIN = ('-m', 'byol_jax.main')
 
 # main with orbax's JSON item writer failing as a full disk does (Python's
@@ -74,13 +78,17 @@ def _start(workdir, log, *prefix):
   with open(log, 'w') as stderr:
     return subprocess.Popen(
         [sys.executable, *(prefix or MAIN), f'--workdir={workdir}', *ARGS],
-        cwd=REPO, env=xla_env.subprocess_env(1, PYTHONUNBUFFERED='1'),
-        stdout=subprocess.DEVNULL, stderr=stderr)
+        cwd=REPO,
+        env=xla_env.subprocess_env(1, PYTHONUNBUFFERED='1'),
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
 
 
 def _finished_sha(proc, workdir, log) -> str:
-  assert proc.wait(timeout=TIMEOUT_S) == 0, (
-      pathlib.Path(log).read_text()[-3000:])
+  assert proc.wait(timeout=TIMEOUT_S) == 0, pathlib.Path(log).read_text()[
+      -3000:
+  ]
   done = json.loads(workdir_lib.pretrain_done_path(workdir).read_text())
   assert done['step'] == 12
   assert not workdir_lib.lock_path(workdir).exists()  # released at the end
@@ -88,13 +96,18 @@ def _finished_sha(proc, workdir, log) -> str:
 
 
 def _steps(workdir) -> list:
-  return sorted(int(p.name) for p in (pathlib.Path(workdir) / 'checkpoints')
-                .glob('*') if p.name.isdigit())
+  return sorted(
+      int(p.name)
+      for p in (pathlib.Path(workdir) / 'checkpoints').glob('*')
+      if p.name.isdigit()
+  )
 
 
 def _saving(workdir) -> bool:
-  return any('orbax-checkpoint-tmp' in p.name
-             for p in (pathlib.Path(workdir) / 'checkpoints').glob('*'))
+  return any(
+      'orbax-checkpoint-tmp' in p.name
+      for p in (pathlib.Path(workdir) / 'checkpoints').glob('*')
+  )
 
 
 def _wait_for_checkpoint(workdir, proc, log):
@@ -113,9 +126,10 @@ def _one_line(proc) -> str:
 
 
 def _listing(directory) -> dict:
-  return {str(p.relative_to(directory)): (p.stat().st_size,
-                                          p.stat().st_mtime_ns)
-          for p in sorted(pathlib.Path(directory).rglob('*'))}
+  return {
+      str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+      for p in sorted(pathlib.Path(directory).rglob('*'))
+  }
 
 
 @pytest.fixture(scope='module')
@@ -131,6 +145,7 @@ def undisturbed(tmp_path_factory):
     @staticmethod
     def sha():
       return _finished_sha(proc, workdir, log)
+
   yield Reference
   if proc.poll() is None:
     proc.kill()
@@ -138,7 +153,8 @@ def undisturbed(tmp_path_factory):
 
 
 def test_load_encoder_while_training_leaves_the_run_undisturbed(
-    tmp_path, undisturbed):
+    tmp_path, undisturbed
+):
   """load_encoder in a loop, some of it while a save is half-written."""
   workdir, log = tmp_path / 'run', tmp_path / 'stderr.txt'
   proc = _start(workdir, log)
@@ -172,9 +188,13 @@ def test_a_second_training_on_the_workdir_stops_at_once(tmp_path, undisturbed):
     start = time.time()
     # JAX_LOG_COMPILES logs every compilation: one line means none happened.
     second = subprocess.run(
-        [sys.executable, *MAIN, f'--workdir={workdir}', *ARGS], cwd=REPO,
+        [sys.executable, *MAIN, f'--workdir={workdir}', *ARGS],
+        cwd=REPO,
         env=xla_env.subprocess_env(1, JAX_LOG_COMPILES='1'),
-        capture_output=True, text=True, timeout=TIMEOUT_S)
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
     elapsed = time.time() - start
   finally:
     first.send_signal(signal.SIGCONT)
@@ -186,15 +206,20 @@ def test_a_second_training_on_the_workdir_stops_at_once(tmp_path, undisturbed):
   assert _finished_sha(first, workdir, log) == undisturbed.sha()
 
 
-_HOLD = ('import sys, time; from byol_jax import workdir; '
-         'workdir.TrainingLock(sys.argv[1]).acquire(); print("held", '
-         'flush=True); time.sleep(60)')
+_HOLD = (
+    'import sys, time; from byol_jax import workdir; '
+    'workdir.TrainingLock(sys.argv[1]).acquire(); print("held", '
+    'flush=True); time.sleep(60)'
+)
 
 
 def test_a_killed_holders_lock_is_free_a_live_ones_refused(tmp_path):
   """The kernel's lock: held while its process lives, free once it dies."""
-  holder = subprocess.Popen([sys.executable, '-c', _HOLD, str(tmp_path)],
-                            stdout=subprocess.PIPE, text=True)
+  holder = subprocess.Popen(
+      [sys.executable, '-c', _HOLD, str(tmp_path)],
+      stdout=subprocess.PIPE,
+      text=True,
+  )
   try:
     assert holder.stdout.readline().strip() == 'held'
     path = workdir_lib.lock_path(tmp_path)
@@ -202,8 +227,10 @@ def test_a_killed_holders_lock_is_free_a_live_ones_refused(tmp_path):
     with pytest.raises(workdir_lib.WorkdirError) as e:
       workdir_lib.TrainingLock(tmp_path).acquire()
     message = str(e.value)
-    assert (f'host {socket.gethostname()}, pid {holder.pid}' in message
-            and '\n' not in message)
+    assert (
+        f'host {socket.gethostname()}, pid {holder.pid}' in message
+        and '\n' not in message
+    )
     assert path.read_text() == held  # the refused start changed nothing
   finally:
     holder.kill()  # SIGKILL: no release, the file stays
@@ -221,8 +248,11 @@ def test_two_starts_beside_a_killed_runs_lock_exactly_one_wins(tmp_path):
   for trial in range(40):
     workdir = tmp_path / str(trial)
     workdir.mkdir()
-    workdir_lib.lock_path(workdir).write_text(json.dumps(
-        {'host': socket.gethostname(), 'pid': 1 << 30, 'started': 'then'}))
+    workdir_lib.lock_path(workdir).write_text(
+        json.dumps(
+            {'host': socket.gethostname(), 'pid': 1 << 30, 'started': 'then'}
+        )
+    )
     locks = [workdir_lib.TrainingLock(workdir) for _ in range(2)]
     barrier, won = threading.Barrier(2), []
 
@@ -244,15 +274,19 @@ def test_two_starts_beside_a_killed_runs_lock_exactly_one_wins(tmp_path):
 
 
 def test_load_encoder_skips_a_corrupt_newest_checkpoint_touching_nothing(
-    tmp_path, undisturbed):
+    tmp_path, undisturbed
+):
   undisturbed.sha()
   workdir = tmp_path / 'copy'
   shutil.copytree(undisturbed.path, workdir)
   *_, previous, newest = _steps(workdir)
-  data = [p for p in (workdir / 'checkpoints' / str(newest) / 'state')
-          .rglob('*') if p.is_file()]
+  data = [
+      p
+      for p in (workdir / 'checkpoints' / str(newest) / 'state').rglob('*')
+      if p.is_file()
+  ]
   biggest = max(data, key=lambda p: p.stat().st_size)
-  biggest.write_bytes(biggest.read_bytes()[:biggest.stat().st_size // 2])
+  biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
   before = _listing(workdir)
   encode = encoder.load_encoder(workdir)
   assert encode.pretrained.step == previous
@@ -263,9 +297,13 @@ def test_workdir_that_is_a_file_is_one_line(tmp_path):
   afile = tmp_path / 'results.txt'
   afile.write_text('not a run')
   proc = subprocess.run(
-      [sys.executable, *MAIN, f'--workdir={afile}', *ARGS], cwd=REPO,
-      env=xla_env.subprocess_env(1), capture_output=True, text=True,
-      timeout=TIMEOUT_S)
+      [sys.executable, *MAIN, f'--workdir={afile}', *ARGS],
+      cwd=REPO,
+      env=xla_env.subprocess_env(1),
+      capture_output=True,
+      text=True,
+      timeout=TIMEOUT_S,
+  )
   assert proc.returncode == 2, proc.stderr[-3000:]
   line = _one_line(proc)
   assert f'--workdir={afile} is an existing file, not a directory' in line
@@ -282,16 +320,19 @@ def test_full_disk_is_one_line_and_keeps_the_earlier_checkpoint(tmp_path):
   assert proc.wait(timeout=TIMEOUT_S) == 2
   stderr = log.read_text()
   # One error line: no traceback, no ERROR record (absl's 'E1206 ...').
-  errors = [l for l in stderr.splitlines()
-            if l.startswith('Checkpoint error') or re.match(r'E\d{4} ', l)]
+  errors = [
+      l
+      for l in stderr.splitlines()
+      if l.startswith('Checkpoint error') or re.match(r'E\d{4} ', l)
+  ]
   assert len(errors) == 1 and 'Traceback' not in stderr, stderr[-3000:]
   assert errors[0].startswith('Checkpoint error: no space left on the device')
   assert f'steps [1] in {workdir / "checkpoints"}' in errors[0]
   assert not workdir_lib.lock_path(workdir).exists()
   config = encoder.saved_config(workdir)
   restored = checkpointing.Checkpointer(
-      workdir / 'checkpoints', read_only=True).restore_latest(
-          experiment.state_template(config))
+      workdir / 'checkpoints', read_only=True
+  ).restore_latest(experiment.state_template(config))
   assert restored.step == 1 and restored.extra['wall_time_s'] > 0
   assert int(restored.state.step) == 1
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored.state))
@@ -303,7 +344,8 @@ def test_disk_full_is_recognised():
       'RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database at local '
       'file "/mnt/c/3.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.'
       'process_0/": Failed to write 263579 bytes to file 8: No space left on '
-      "device [os_error_code='28']")
+      "device [os_error_code='28']"
+  )
   assert runner._is_disk_full(measured)
   try:
     try:
@@ -315,5 +357,8 @@ def test_disk_full_is_recognised():
   assert not runner._is_disk_full(ValueError('NOT_FOUND: /x'))
   assert not runner._is_disk_full(OSError(13, 'Permission denied'))
   # A device out of memory is not a full disk (XLA's status is the same).
-  assert not runner._is_disk_full(RuntimeError(
-      'RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.0GiB.'))
+  assert not runner._is_disk_full(
+      RuntimeError(
+          'RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.0GiB.'
+      )
+  )

@@ -28,6 +28,7 @@ cheaper; a compiled step runs about 6% slower. Measured on this project's
     a407439, 1,437 at 200b210 before it (not all of the difference is the
     flag).
 """
+
 import os
 
 DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
@@ -51,8 +52,10 @@ def xla_flags(devices: int, base: str = '') -> str:
   """
   base = base.strip()
   if base and not base.startswith('-'):
-    raise ValueError(f'XLA_FLAGS={base!r} names a flags file; tests need '
-                     'flags (--name=value): unset XLA_FLAGS or pass flags.')
+    raise ValueError(
+        f'XLA_FLAGS={base!r} names a flags file; tests need '
+        'flags (--name=value): unset XLA_FLAGS or pass flags.'
+    )
   kept = [f for f in base.split() if not f.startswith(DEVICE_COUNT_FLAG)]
   names = {f.split('=')[0] for f in kept}  # a flag already set is kept
   kept += [f for f in TEST_FLAGS if f.split('=')[0] not in names]

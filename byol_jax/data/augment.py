@@ -12,6 +12,7 @@ lowers to a select that evaluates both branches anyway, and selects keep the
 graph fusible. Each op is thus computed for the whole batch (view 2's blur for
 all examples, kept for 10%): memory-bound and cheap next to the ResNet step.
 """
+
 import dataclasses
 
 import dm_pix as pix
@@ -42,6 +43,7 @@ class ViewConfig:
     solarize_prob: probability of solarisation.
     solarize_threshold: pixels >= threshold are inverted.
   """
+
   flip_prob: float = 0.5
   color_jitter_prob: float = 0.8
   brightness: float = 0.4
@@ -50,7 +52,7 @@ class ViewConfig:
   hue: float = 0.1
   grayscale_prob: float = 0.2
   blur_prob: float = 1.0
-  blur_divider: float = 10.
+  blur_divider: float = 10.0
   blur_sigma_min: float = 0.1
   blur_sigma_max: float = 2.0
   solarize_prob: float = 0.0
@@ -77,8 +79,9 @@ def normalize(images: jax.Array) -> jax.Array:
   return (jnp.asarray(images, jnp.float32) - mean) / std
 
 
-def sample_decisions(key: jax.Array, batch_size: int,
-                     config: ViewConfig) -> dict[str, jax.Array]:
+def sample_decisions(
+    key: jax.Array, batch_size: int, config: ViewConfig
+) -> dict[str, jax.Array]:
   """Every random choice of one view for `batch_size` examples.
 
   Returns:
@@ -88,8 +91,10 @@ def sample_decisions(key: jax.Array, batch_size: int,
     2 saturation, 3 hue).
   """
   keys = jax.random.split(key, 11)
-  def uniform(k, lo=0., hi=1.):
+
+  def uniform(k, lo=0.0, hi=1.0):
     return jax.random.uniform(k, (batch_size,), jnp.float32, lo, hi)
+
   # `u < p` is True with probability p and never for p = 0, always for p = 1.
   c = config
   return {
@@ -98,8 +103,8 @@ def sample_decisions(key: jax.Array, batch_size: int,
       # argsort of i.i.d. uniforms is a uniformly random permutation.
       'order': jnp.argsort(jax.random.uniform(keys[2], (batch_size, 4)), -1),
       'brightness': uniform(keys[3], -c.brightness, c.brightness),
-      'contrast': uniform(keys[4], 1. - c.contrast, 1. + c.contrast),
-      'saturation': uniform(keys[5], 1. - c.saturation, 1. + c.saturation),
+      'contrast': uniform(keys[4], 1.0 - c.contrast, 1.0 + c.contrast),
+      'saturation': uniform(keys[5], 1.0 - c.saturation, 1.0 + c.saturation),
       'hue': uniform(keys[6], -c.hue, c.hue),
       'grayscale': uniform(keys[7]) < c.grayscale_prob,
       'blur': uniform(keys[8]) < c.blur_prob,
@@ -119,21 +124,31 @@ def _color_jitter(x, d):
   trip, so each of the 4 stages computes one affine and one HSV op (neutral for
   the op not chosen) and selects: 4 HSV round trips instead of 8.
   """
+
   def stage(i, x):
     op = d['order'][:, i]
     mean = jnp.mean(x, axis=(1, 2), keepdims=True)  # per channel, as official
     is_b, is_c = _per_example(op == 0), _per_example(op == 1)
     factor = _per_example(d['contrast'])
-    a = jnp.where(is_c, factor, 1.)
-    b = jnp.where(is_b, _per_example(d['brightness']),
-                  jnp.where(is_c, (1. - factor) * mean, 0.))
-    affine = jnp.clip(a * x + b, 0., 1.)
+    a = jnp.where(is_c, factor, 1.0)
+    b = jnp.where(
+        is_b,
+        _per_example(d['brightness']),
+        jnp.where(is_c, (1.0 - factor) * mean, 0.0),
+    )
+    affine = jnp.clip(a * x + b, 0.0, 1.0)
     hsv = pix.rgb_to_hsv(x)
-    sat = jnp.where(op == 2, d['saturation'], 1.)[:, None, None]
-    hue = jnp.where(op == 3, d['hue'], 0.)[:, None, None]
-    hsv = jnp.stack([(hsv[..., 0] + hue) % 1.,
-                     jnp.clip(hsv[..., 1] * sat, 0., 1.), hsv[..., 2]], -1)
-    shifted = jnp.clip(pix.hsv_to_rgb(hsv), 0., 1.)
+    sat = jnp.where(op == 2, d['saturation'], 1.0)[:, None, None]
+    hue = jnp.where(op == 3, d['hue'], 0.0)[:, None, None]
+    hsv = jnp.stack(
+        [
+            (hsv[..., 0] + hue) % 1.0,
+            jnp.clip(hsv[..., 1] * sat, 0.0, 1.0),
+            hsv[..., 2],
+        ],
+        -1,
+    )
+    shifted = jnp.clip(pix.hsv_to_rgb(hsv), 0.0, 1.0)
     return jnp.where(_per_example(op < 2), affine, shifted)
 
   # Unrolled: a lax.fori_loop halves compile time (2.0 -> 1.0 s) but blocks
@@ -153,21 +168,23 @@ def _gaussian_blur(x, sigma, divider):
   """
   radius = max(1, int(x.shape[1] / divider / 2))
   taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
-  w = jnp.exp(-taps[None] ** 2 / (2. * sigma[:, None] ** 2))
+  w = jnp.exp(-taps[None] ** 2 / (2.0 * sigma[:, None] ** 2))
   w = w / jnp.sum(w, axis=1, keepdims=True)  # [B, 2r+1]
   for axis in (2, 1):  # horizontal then vertical, as the official code
     pad = [(0, 0)] * 4
     pad[axis] = (radius, radius)
     xp = jnp.pad(x, pad)
     size = x.shape[axis]
-    x = sum(_per_example(w[:, k]) *
-            jax.lax.slice_in_dim(xp, k, k + size, axis=axis)
-            for k in range(2 * radius + 1))
+    x = sum(
+        _per_example(w[:, k]) * jax.lax.slice_in_dim(xp, k, k + size, axis=axis)
+        for k in range(2 * radius + 1)
+    )
   return x
 
 
-def apply_augmentations(images: jax.Array, decisions: dict[str, jax.Array],
-                        config: ViewConfig) -> jax.Array:
+def apply_augmentations(
+    images: jax.Array, decisions: dict[str, jax.Array], config: ViewConfig
+) -> jax.Array:
   """Applies one view's decisions to [B, H, W, 3] in [0, 1]; float32 in [0, 1].
 
   `config` is static: ops of probability 0 are skipped.
@@ -186,11 +203,16 @@ def apply_augmentations(images: jax.Array, decisions: dict[str, jax.Array],
   if config.solarize_prob > 0:
     solarized = pix.solarize(x, config.solarize_threshold)
     x = jnp.where(_per_example(d['solarize']), solarized, x)
-  return jnp.clip(x, 0., 1.)
+  return jnp.clip(x, 0.0, 1.0)
 
 
-def augment_examples(keys: jax.Array, images: jax.Array, view: int, *,
-                     config: ViewConfig | None = None) -> jax.Array:
+def augment_examples(
+    keys: jax.Array,
+    images: jax.Array,
+    view: int,
+    *,
+    config: ViewConfig | None = None,
+) -> jax.Array:
   """BYOL augmentation of one view, one key per example, normalised.
 
   An example's choices depend on its own key alone, not on its batch or device

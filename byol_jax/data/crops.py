@@ -7,6 +7,7 @@ inside tf.data (tf_stream.py), or `numpy` (tests). They take sizes and
 uniforms as floats and return the box (y0, x0, height, width) as floats
 holding whole numbers; each caller casts. No TensorFlow or JAX import here.
 """
+
 import math
 
 # Random-resized crop, the official BYOL sampler (byol/utils/dataset.py,
@@ -18,11 +19,11 @@ import math
 # and SimCLR's sample_distorted_bounding_box retry up to 10 times and then
 # fall back, which biases them towards smaller crops).
 AREA_RANGE = (0.08, 1.0)
-ASPECT_RANGE = (3. / 4., 4. / 3.)
+ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 # Eval: centre crop of 224/256 of the shorter side, then resize (official
 # byol/utils/dataset.py). Images whose shorter side is already <= image_size
 # (32px CIFAR, 8px digits) are not cropped: the central square is resized.
-CENTER_CROP_FRACTION = 224. / 256.
+CENTER_CROP_FRACTION = 224.0 / 256.0
 NUM_U = 4  # uniforms per crop: area, log-ratio, y offset, x offset.
 # Salts of the stateless random draws (pipeline.py's and tf_stream.py's
 # docstrings say what each seeds).
@@ -36,8 +37,8 @@ def sample_crop(xp, u, height, width, min_area=AREA_RANGE[0]):
   ratio = xp.exp(lo + (hi - lo) * u[..., 1])
   # round() is half-to-even in numpy, jax.numpy and tf.math, as tf.round
   # in the official code.
-  cw = xp.minimum(xp.maximum(xp.round(xp.sqrt(area * ratio)), 1.), width)
-  ch = xp.minimum(xp.maximum(xp.round(xp.sqrt(area / ratio)), 1.), height)
+  cw = xp.minimum(xp.maximum(xp.round(xp.sqrt(area * ratio)), 1.0), width)
+  ch = xp.minimum(xp.maximum(xp.round(xp.sqrt(area / ratio)), 1.0), height)
   y0 = xp.floor(u[..., 2] * (height - ch + 1))
   x0 = xp.floor(u[..., 3] * (width - cw + 1))
   return y0, x0, ch, cw
@@ -49,7 +50,11 @@ def center_crop(xp, height, width, image_size):
   # crop = floor(side x 224/256) when side > image_size, else side; written
   # with minimum/maximum only (sides are whole numbers, so `cut` is 0 or 1),
   # as tf.math has no `where`.
-  cut = xp.minimum(xp.maximum(side - image_size, 0.), 1.)
+  cut = xp.minimum(xp.maximum(side - image_size, 0.0), 1.0)
   crop = side - cut * (side - xp.floor(side * CENTER_CROP_FRACTION))
-  return (xp.floor((height - crop + 1) / 2), xp.floor((width - crop + 1) / 2),
-          crop, crop)
+  return (
+      xp.floor((height - crop + 1) / 2),
+      xp.floor((width - crop + 1) / 2),
+      crop,
+      crop,
+  )

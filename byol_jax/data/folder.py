@@ -28,6 +28,7 @@ stops the start in one line naming it. side 0 keeps the images' size (all
 must share it: CIFAR-10's and STL-10's do); side S resizes the shorter side
 to S (Pillow's antialiased bicubic) and keeps the central S x S square.
 """
+
 import concurrent.futures
 import contextlib
 import hashlib
@@ -56,39 +57,58 @@ def list_folder(root: str, *, validate_files: bool = True):
   """
   root = os.path.abspath(os.path.expanduser(root))
   if not os.path.isdir(root):
-    raise ValueError(f'folder:{root} does not exist; point folder:<path> at a '
-                     'directory holding one sub-folder of images per class')
+    raise ValueError(
+        f'folder:{root} does not exist; point folder:<path> at a '
+        'directory holding one sub-folder of images per class'
+    )
   folders = _subfolders(root)
   split_dirs = {s: os.path.join(root, s) for s in SPLIT_DIRS if s in folders}
   if 'train' in folders and set(folders) - set(SPLIT_DIRS):
-    logging.warning('folder:%s: ignored the folders %s: the split folders '
-                    'read are %s (one of %s)', root,
-                    sorted(set(folders) - set(SPLIT_DIRS)), list(split_dirs),
-                    list(SPLIT_DIRS))
+    logging.warning(
+        'folder:%s: ignored the folders %s: the split folders '
+        'read are %s (one of %s)',
+        root,
+        sorted(set(folders) - set(SPLIT_DIRS)),
+        list(split_dirs),
+        list(SPLIT_DIRS),
+    )
   _check_layout(root, split_dirs, folders)
   split_dirs = split_dirs if 'train' in folders else {'train': root}
   class_names = tuple(_subfolders(split_dirs['train']))
   files, labels, skipped = {}, {}, {}
   for split, path in split_dirs.items():
     if _subfolders(path) != list(class_names):
-      raise ValueError(f'{path} has classes {_subfolders(path)[:5]}... but '
-                       f'train has {list(class_names)[:5]}...; every split '
-                       'needs the same class folders')
-    found = [(p, y) for y, name in enumerate(class_names)
-             for p in _list_images(os.path.join(path, name), root)]
-    ok = _validate([p for p, _ in found]) if validate_files else [1] * len(
-        found)
+      raise ValueError(
+          f'{path} has classes {_subfolders(path)[:5]}... but '
+          f'train has {list(class_names)[:5]}...; every split '
+          'needs the same class folders'
+      )
+    found = [
+        (p, y)
+        for y, name in enumerate(class_names)
+        for p in _list_images(os.path.join(path, name), root)
+    ]
+    ok = (
+        _validate([p for p, _ in found]) if validate_files else [1] * len(found)
+    )
     bad = [p for (p, _), good in zip(found, ok) if not good]
     if bad:
-      logging.warning('folder:%s split %r: skipped %d of %d files that are '
-                      'not decodable JPEG/PNG images, e.g. %s', root, split,
-                      len(bad), len(found), bad[:3])
+      logging.warning(
+          'folder:%s split %r: skipped %d of %d files that are '
+          'not decodable JPEG/PNG images, e.g. %s',
+          root,
+          split,
+          len(bad),
+          len(found),
+          bad[:3],
+      )
     if len(bad) == len(found):
       raise ValueError(
           f'folder:{root} split {split!r} ({path}) holds no decodable '
           f'{"/".join(IMAGE_EXTENSIONS)} images in class sub-folders '
           f'(found classes: {list(class_names)[:10]}); expected '
-          f'{path}/<class_name>/<image>.jpg')
+          f'{path}/<class_name>/<image>.jpg'
+      )
     kept = [f for f, good in zip(found, ok) if good]
     files[split] = np.asarray([p for p, _ in kept])
     labels[split] = np.asarray([y for _, y in kept], np.int32)
@@ -99,8 +119,9 @@ def list_folder(root: str, *, validate_files: bool = True):
 def _subfolders(path) -> list[str]:
   """Sorted names of the folders (or links to folders) in path, not hidden."""
   with os.scandir(path) as entries:
-    return sorted(e.name for e in entries
-                  if e.is_dir() and not e.name.startswith('.'))
+    return sorted(
+        e.name for e in entries if e.is_dir() and not e.name.startswith('.')
+    )
 
 
 def _check_layout(root, split_dirs, folders):
@@ -114,20 +135,25 @@ def _check_layout(root, split_dirs, folders):
           f'folder:{root} is ambiguous: {train} holds images ({min(direct)}, '
           f'...) where the split layout {root}/train/<class>/ expects class '
           'folders; if train is a class of a flat folder, rename it (e.g. to '
-          f'train_class), else move those images into {train}/<class>/')
+          f'train_class), else move those images into {train}/<class>/'
+      )
   elif split_dirs:
     named = min(split_dirs)
     raise ValueError(
         f'folder:{root} is ambiguous: it has a {named}/ folder but no '
         f'train/, so {named} would be read as a class of a flat folder; '
         f'for the split layout put the training images in {root}/train/'
-        '<class>/, else rename that class folder')
+        '<class>/, else rename that class folder'
+    )
 
 
 def _is_image(entry) -> bool:
   # Hidden files (macOS '._x.jpg') are not images.
-  return (entry.name.lower().endswith(IMAGE_EXTENSIONS) and
-          not entry.name.startswith('.') and entry.is_file())
+  return (
+      entry.name.lower().endswith(IMAGE_EXTENSIONS)
+      and not entry.name.startswith('.')
+      and entry.is_file()
+  )
 
 
 def _list_images(folder, root) -> list[str]:
@@ -150,8 +176,12 @@ def _list_images(folder, root) -> list[str]:
         elif e.is_symlink() and not os.path.exists(e.path):
           dangling.append(e.path)
   if dangling:
-    logging.warning('folder:%s: left out %d broken link(s), e.g. %s', root,
-                    len(dangling), dangling[:3])
+    logging.warning(
+        'folder:%s: left out %d broken link(s), e.g. %s',
+        root,
+        len(dangling),
+        dangling[:3],
+    )
   return sorted(found)
 
 
@@ -166,8 +196,10 @@ def _check_file(path) -> str:
     return 'bad'
   # A JPEG ends in FFD9, a PNG in an IEND chunk; junk after either is
   # tolerated up to 1 KiB.
-  for magic, end in ((b'\xff\xd8\xff', b'\xff\xd9'),
-                     (b'\x89PNG\r\n\x1a\n', b'IEND')):
+  for magic, end in (
+      (b'\xff\xd8\xff', b'\xff\xd9'),
+      (b'\x89PNG\r\n\x1a\n', b'IEND'),
+  ):
     if head.startswith(magic):
       return 'ok' if end in tail else 'suspect'
   return 'bad'
@@ -181,25 +213,34 @@ def _validate(paths) -> list[bool]:
   if (time.perf_counter() - start) / max(1, len(status)) > 1e-4:
     # Slow (network) file system: threads hide the latency. On a local disk
     # one thread is fastest (60,000 CIFAR files in 0.7 s; GIL contention).
-    chunks = [paths[i:i + 512] for i in range(512, len(paths), 512)]
+    chunks = [paths[i : i + 512] for i in range(512, len(paths), 512)]
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
       status += [s for part in pool.map(check, chunks) for s in part]
   else:
     status += check(paths[512:])
   # Rare: a truncated file, or junk after the end: decoded to be sure.
-  return [s == 'ok' or s == 'suspect' and _decode(p, 0) is not None
-          for p, s in zip(paths, status)]
+  return [
+      s == 'ok' or s == 'suspect' and _decode(p, 0) is not None
+      for p, s in zip(paths, status)
+  ]
 
 
 def image_shape(files) -> tuple[int, int] | None:
   """(height, width) of the first decodable JPEG/PNG among files, else None."""
-  return next((x.shape[:2] for x in map(lambda p: _decode(p, 0), files)
-               if x is not None), None)
+  return next(
+      (
+          x.shape[:2]
+          for x in map(lambda p: _decode(p, 0), files)
+          if x is not None
+      ),
+      None,
+  )
 
 
 def square(image, side: int) -> np.ndarray:
   """uint8 [side, side, 3]: shorter side resized to side (bicubic), centre."""
   import PIL.Image  # pylint: disable=g-import-not-at-top
+
   if isinstance(image, np.ndarray):
     image = PIL.Image.fromarray(image)
   scale = side / min(image.width, image.height)
@@ -213,6 +254,7 @@ def square(image, side: int) -> np.ndarray:
 def _decode(path: str, side: int) -> np.ndarray | None:
   """uint8 [H, W, 3] of one JPEG/PNG, None when it is not a decodable one."""
   import PIL.Image  # pylint: disable=g-import-not-at-top
+
   try:
     with PIL.Image.open(path) as im:
       if im.format not in ('JPEG', 'PNG'):  # what tf.data decodes, too
@@ -220,14 +262,16 @@ def _decode(path: str, side: int) -> np.ndarray | None:
       if im.mode.startswith('I'):  # 16-bit grey: Pillow's RGB saturates
         grey = np.clip(np.asarray(im, np.int64), 0, 2**16 - 1) >> 8
         im = PIL.Image.fromarray(  # the high byte, as libpng's 16->8 strip
-            np.repeat(grey.astype(np.uint8)[..., None], 3, -1))
+            np.repeat(grey.astype(np.uint8)[..., None], 3, -1)
+        )
       else:
         im = im.convert('RGB')  # decodes; a truncated file raises here
   except PIL.Image.DecompressionBombError as e:
     raise ValueError(
         f'{path} is above Pillow\'s image size limit: {str(e).rstrip(".")} '
         f'(PIL.Image.MAX_IMAGE_PIXELS={PIL.Image.MAX_IMAGE_PIXELS}; Pillow '
-        'refuses twice that); downscale or remove that image') from None
+        'refuses twice that); downscale or remove that image'
+    ) from None
   except (OSError, ValueError, SyntaxError):
     return None
   return square(im, side) if side else np.asarray(im, np.uint8)
@@ -235,8 +279,11 @@ def _decode(path: str, side: int) -> np.ndarray | None:
 
 def _decode_split(root, split, paths, side, num_threads):
   """The decoded images of one split's paths, None where not decodable."""
-  cores = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
-           else os.cpu_count() or 1)
+  cores = (
+      len(os.sched_getaffinity(0))
+      if hasattr(os, 'sched_getaffinity')
+      else os.cpu_count() or 1
+  )
   # Pillow releases the GIL while decoding. Side 0: the first image of
   # another size stops the split there, before the rest is decoded
   # (open_source's memory estimate assumes the first file's size).
@@ -251,21 +298,27 @@ def _decode_split(root, split, paths, side, num_threads):
             f'(e.g. {first[1]}x{first[0]} and {x.shape[1]}x{x.shape[0]}); set '
             '--config.data.cache_side=N to hold them at N x N (shorter side '
             'resized to N, centre square), or stream the folder with '
-            '--config.data.max_in_memory_mb=0')
+            '--config.data.max_in_memory_mb=0'
+        )
       decoded.append(x)
   finally:
     pool.shutdown(cancel_futures=True)
   if first is None:
-    raise ValueError(f'folder:{root} split {split!r} holds no decodable '
-                     f'JPEG/PNG images ({len(paths)} files tried, e.g. '
-                     f'{list(paths[:3])})')
+    raise ValueError(
+        f'folder:{root} split {split!r} holds no decodable '
+        f'JPEG/PNG images ({len(paths)} files tried, e.g. '
+        f'{list(paths[:3])})'
+    )
   return decoded
 
 
 def _listing_key(listing, side: int) -> str:
   """sha256 of every file's relative path, size and mtime, classes and side."""
-  h = hashlib.sha256(json.dumps(
-      [FORMAT_VERSION, int(side), list(listing.class_names)]).encode())
+  h = hashlib.sha256(
+      json.dumps(
+          [FORMAT_VERSION, int(side), list(listing.class_names)]
+      ).encode()
+  )
   for split in sorted(listing.files):
     h.update(f'\0split {split}\0'.encode())
     for path in listing.files[split]:
@@ -274,8 +327,9 @@ def _listing_key(listing, side: int) -> str:
         size, mtime = st.st_size, st.st_mtime_ns
       except OSError:  # vanished, or a dangling link: decoding skips it
         size = mtime = -1
-      h.update(f'{os.path.relpath(path, listing.root)}\0{size}\0{mtime}\n'
-               .encode())
+      h.update(
+          f'{os.path.relpath(path, listing.root)}\0{size}\0{mtime}\n'.encode()
+      )
   return h.hexdigest()
 
 
@@ -288,17 +342,23 @@ def _read(path: str, key: str, splits):
       if str(z['key']) != key:
         raise ValueError('it was written for another listing')
       if sorted(z.files) != sorted(
-          ['key'] + [f'{s}.{f}' for s in splits for f in _FIELDS]):
+          ['key'] + [f'{s}.{f}' for s in splits for f in _FIELDS]
+      ):
         raise ValueError(f'its splits are not {sorted(splits)}')
       out = {f: {s: z[f'{s}.{f}'] for s in splits} for f in _FIELDS}
-    if any(x.dtype != np.uint8 or len(x) != len(out['labels'][s])
-           for s, x in out['images'].items()):
+    if any(
+        x.dtype != np.uint8 or len(x) != len(out['labels'][s])
+        for s, x in out['images'].items()
+    ):
       raise ValueError('its arrays do not match')
     return out
   except Exception as e:  # pylint: disable=broad-except
     # Whatever does not read back whole (a bad zip CRC-32, a bad header...).
-    logging.warning('Image cache %s is incomplete or corrupt (%s); '
-                    'rebuilding it.', path, e)
+    logging.warning(
+        'Image cache %s is incomplete or corrupt (%s); ' 'rebuilding it.',
+        path,
+        e,
+    )
     return None
 
 
@@ -307,12 +367,19 @@ def _write(path: str, key: str, out):
   directory = os.path.dirname(path)
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(  # named by host and pid: _remove_dead_writers
-      prefix=f'.tmp-{socket.gethostname()}-{os.getpid()}-', dir=directory)
+      prefix=f'.tmp-{socket.gethostname()}-{os.getpid()}-', dir=directory
+  )
   try:
     with os.fdopen(fd, 'wb') as f:
-      np.savez(f, key=np.asarray(key), **{
-          f'{s}.{f}': np.asarray(x) for f in _FIELDS
-          for s, x in out[f].items()})
+      np.savez(
+          f,
+          key=np.asarray(key),
+          **{
+              f'{s}.{f}': np.asarray(x)
+              for f in _FIELDS
+              for s, x in out[f].items()
+          },
+      )
     os.replace(tmp, path)
   except BaseException:  # a full disk: leave nothing half-written behind
     _remove(tmp)
@@ -345,8 +412,13 @@ def _remove_dead_writers(cache_dir: str):
       pass
 
 
-def arrays(listing, *, side: int = 0, cache_dir: str = '',
-           num_threads: int | None = None):
+def arrays(
+    listing,
+    *,
+    side: int = 0,
+    cache_dir: str = '',
+    num_threads: int | None = None,
+):
   """A listed folder (a FolderSource) as uint8 arrays: cached, else decoded.
 
   Returns ({split: images}, {split: labels}, {split: files skipped}, the
@@ -354,9 +426,17 @@ def arrays(listing, *, side: int = 0, cache_dir: str = '',
   $XDG_CACHE_HOME (else ~/.cache)/byol_jax/folders.
   """
   root = listing.root
-  cache_dir = os.path.abspath(os.path.expanduser(cache_dir or os.path.join(
-      os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'),
-      'byol_jax', 'folders')))
+  cache_dir = os.path.abspath(
+      os.path.expanduser(
+          cache_dir
+          or os.path.join(
+              os.environ.get('XDG_CACHE_HOME')
+              or os.path.expanduser('~/.cache'),
+              'byol_jax',
+              'folders',
+          )
+      )
+  )
   _remove_dead_writers(cache_dir)
   key = _listing_key(listing, side)
   name = re.sub(r'[^A-Za-z0-9_.-]+', '_', os.path.basename(root)) or 'root'
@@ -380,13 +460,26 @@ def arrays(listing, *, side: int = 0, cache_dir: str = '',
           'folder:%s could not be cached in %s (%s); using the decoded '
           'images for this run only (the next start decodes them again): '
           'free space there or set --config.data.cache_dir to a writable '
-          'directory.', root, cache_dir, e)
+          'directory.',
+          root,
+          cache_dir,
+          e,
+      )
       path, how = '', 'decoded, not cached'
   skipped = {s: int(n) for s, n in out['skipped'].items()}
   for split, x in out['images'].items():
     log = logging.warning if skipped[split] else logging.info
-    log('folder:%s split %r: %d of %d files held in memory as %dx%d uint8 '
-        '(%.1f MB), %d skipped (not decodable JPEG/PNG); %s', root, split,
-        len(x), len(x) + skipped[split], x.shape[1], x.shape[2],
-        x.nbytes / 2**20, skipped[split], how)
+    log(
+        'folder:%s split %r: %d of %d files held in memory as %dx%d uint8 '
+        '(%.1f MB), %d skipped (not decodable JPEG/PNG); %s',
+        root,
+        split,
+        len(x),
+        len(x) + skipped[split],
+        x.shape[1],
+        x.shape[2],
+        x.nbytes / 2**20,
+        skipped[split],
+        how,
+    )
   return out['images'], out['labels'], skipped, path

@@ -28,6 +28,7 @@ key fold_in(fold_in(fold_in(key(seed), crops.SALT_CROP), k), p)), so batches
 do not depend on the number of devices or hosts. Streaming, each host owns a
 fixed shard of the split and streams its epochs.
 """
+
 import collections
 import functools
 import itertools
@@ -49,22 +50,29 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 class _Layout:
   """Per-host batch geometry, validated."""
 
-  def __init__(self, global_batch_size, process_index, process_count,
-               local_device_count):
+  def __init__(
+      self, global_batch_size, process_index, process_count, local_device_count
+  ):
     self.index = jax.process_index() if process_index is None else process_index
     self.count = jax.process_count() if process_count is None else process_count
-    self.devices = (jax.local_device_count() if local_device_count is None
-                    else local_device_count)
+    self.devices = (
+        jax.local_device_count()
+        if local_device_count is None
+        else local_device_count
+    )
     total = self.count * self.devices
     if global_batch_size <= 0 or global_batch_size % total:
       raise ValueError(
           f'global_batch_size={global_batch_size} must be a positive multiple '
           f'of process_count * local_device_count = {self.count} * '
           f'{self.devices} = {total}; set global_batch_size to e.g. '
-          f'{max(1, round(global_batch_size / total)) * total}')
+          f'{max(1, round(global_batch_size / total)) * total}'
+      )
     if not 0 <= self.index < self.count:
-      raise ValueError(f'process_index={self.index} must be in [0, '
-                       f'{self.count}) (process_count={self.count})')
+      raise ValueError(
+          f'process_index={self.index} must be in [0, '
+          f'{self.count}) (process_count={self.count})'
+      )
     self.host_batch = global_batch_size // self.count
     self.per_device = self.host_batch // self.devices
 
@@ -73,8 +81,9 @@ class _Layout:
     return np.arange(self.index, n, self.count)
 
 
-def num_eval_batches(num_examples: int, global_batch_size: int,
-                     process_count: int | None = None) -> int:
+def num_eval_batches(
+    num_examples: int, global_batch_size: int, process_count: int | None = None
+) -> int:
   """Batches every host's eval iterator yields: its shard padded to a batch."""
   count = jax.process_count() if process_count is None else process_count
   per_host = -(-num_examples // count)
@@ -98,19 +107,35 @@ def stream_indices(positions: np.ndarray, n: int, seed: tuple) -> np.ndarray:
 
 def _check_args(image_size, seed=0, start_step=0):
   values = (image_size, seed, start_step)
-  if not (all(isinstance(v, (int, np.integer)) for v in values) and
-          image_size > 0 and 0 <= seed < 2**62 and start_step >= 0):
-    raise ValueError(f'image_size={image_size!r}, seed={seed!r}, start_step='
-                     f'{start_step!r}: need ints > 0, in [0, 2**62), >= 0')
+  if not (
+      all(isinstance(v, (int, np.integer)) for v in values)
+      and image_size > 0
+      and 0 <= seed < 2**62
+      and start_step >= 0
+  ):
+    raise ValueError(
+        f'image_size={image_size!r}, seed={seed!r}, start_step='
+        f'{start_step!r}: need ints > 0, in [0, 2**62), >= 0'
+    )
 
 
 def make_pretrain_iterator(
-    source: sources.Source, *, split: str, global_batch_size: int,
-    image_size: int, seed: int, start_step: int = 0,
-    process_index: int | None = None, process_count: int | None = None,
-    local_device_count: int | None = None, num_threads: int | None = None,
-    min_crop_area: float = crops.AREA_RANGE[0], in_memory_on: str = 'device',
-    views: int = 2, flip: bool = False) -> Iterator[dict[str, Any]]:
+    source: sources.Source,
+    *,
+    split: str,
+    global_batch_size: int,
+    image_size: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    local_device_count: int | None = None,
+    num_threads: int | None = None,
+    min_crop_area: float = crops.AREA_RANGE[0],
+    in_memory_on: str = 'device',
+    views: int = 2,
+    flip: bool = False,
+) -> Iterator[dict[str, Any]]:
   """Infinite, shuffled, resumable stream of BYOL's two crops per image.
 
   Yields {'view1', 'view2': float32 [local_devices, per_device, image_size,
@@ -121,15 +146,35 @@ def make_pretrain_iterator(
   pool; views / flip: crops per image, mirrored with probability 1/2.
   """
   _check_args(image_size, seed, start_step)
-  layout = _Layout(global_batch_size, process_index, process_count,
-                   local_device_count)
+  layout = _Layout(
+      global_batch_size, process_index, process_count, local_device_count
+  )
   raw = source.resolve_split(split)
   if isinstance(source, sources.InMemorySource):
-    return _in_memory_crops(source, raw, layout, seed, start_step, image_size,
-                            views, flip, min_crop_area, in_memory_on)
-  return tf_stream.random_iterator(source, raw, layout, seed, start_step,
-                                   image_size, views, flip, num_threads,
-                                   min_crop_area)
+    return _in_memory_crops(
+        source,
+        raw,
+        layout,
+        seed,
+        start_step,
+        image_size,
+        views,
+        flip,
+        min_crop_area,
+        in_memory_on,
+    )
+  return tf_stream.random_iterator(
+      source,
+      raw,
+      layout,
+      seed,
+      start_step,
+      image_size,
+      views,
+      flip,
+      num_threads,
+      min_crop_area,
+  )
 
 
 def make_supervised_iterator(source: sources.Source, **kwargs):
@@ -139,11 +184,18 @@ def make_supervised_iterator(source: sources.Source, **kwargs):
 
 
 def make_eval_iterator(
-    source: sources.Source, *, split: str, global_batch_size: int,
-    image_size: int, process_index: int | None = None,
-    process_count: int | None = None, local_device_count: int | None = None,
-    num_threads: int | None = None, in_memory_on: str = 'device',
-    indices: np.ndarray | None = None) -> Iterator[dict[str, Any]]:
+    source: sources.Source,
+    *,
+    split: str,
+    global_batch_size: int,
+    image_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    local_device_count: int | None = None,
+    num_threads: int | None = None,
+    in_memory_on: str = 'device',
+    indices: np.ndarray | None = None,
+) -> Iterator[dict[str, Any]]:
   """One centre-cropped pass over this host's shard: {'image', 'label', 'mask'}.
 
   Every host yields num_eval_batches(n, global_batch_size) batches (pmapped
@@ -151,22 +203,34 @@ def make_eval_iterator(
   indices (in memory only): just these examples, e.g. the kNN subset.
   """
   _check_args(image_size)
-  layout = _Layout(global_batch_size, process_index, process_count,
-                   local_device_count)
+  layout = _Layout(
+      global_batch_size, process_index, process_count, local_device_count
+  )
   raw = source.resolve_split(split)
   if isinstance(source, sources.InMemorySource):
-    return _in_memory_eval(source, raw, layout, image_size, in_memory_on,
-                           indices)
+    return _in_memory_eval(
+        source, raw, layout, image_size, in_memory_on, indices
+    )
   if indices is not None:
-    raise ValueError(f'indices: only in-memory sources read a subset; '
-                     f'{source.name} streams')
+    raise ValueError(
+        f'indices: only in-memory sources read a subset; '
+        f'{source.name} streams'
+    )
   return tf_stream.eval_iterator(
-      source, raw, layout, image_size, num_threads, num_eval_batches(
-          source.num_examples(raw), global_batch_size, layout.count))
+      source,
+      raw,
+      layout,
+      image_size,
+      num_threads,
+      num_eval_batches(
+          source.num_examples(raw), global_batch_size, layout.count
+      ),
+  )
 
 
-def prefetch_to_device(iterator: Iterator[Any], size: int = 2,
-                       devices=None) -> Iterator[Any]:
+def prefetch_to_device(
+    iterator: Iterator[Any], size: int = 2, devices=None
+) -> Iterator[Any]:
   """Puts [local_devices, ...] batches on the devices (the step's layout)."""
   sharding = parallel.device_sharding(devices)
   queue = collections.deque()
@@ -174,9 +238,14 @@ def prefetch_to_device(iterator: Iterator[Any], size: int = 2,
 
   def enqueue(n):
     for batch in itertools.islice(iterator, n):
-      queue.append(jax.tree.map(
-          lambda x: x if isinstance(x, jax.Array) else jax.device_put(
-              x, sharding), batch))
+      queue.append(
+          jax.tree.map(
+              lambda x: x
+              if isinstance(x, jax.Array)
+              else jax.device_put(x, sharding),
+              batch,
+          )
+      )
 
   enqueue(size)
   while queue:
@@ -188,59 +257,73 @@ def prefetch_to_device(iterator: Iterator[Any], size: int = 2,
 def _keys_cubic(x):
   """Keys' cubic convolution kernel, a = -0.5 (TF's bicubic)."""
   x = jnp.abs(x)
-  return jnp.where(x <= 1, (1.5 * x - 2.5) * x * x + 1,
-                   jnp.where(x < 2, ((-0.5 * x + 2.5) * x - 4) * x + 2, 0.))
+  return jnp.where(
+      x <= 1,
+      (1.5 * x - 2.5) * x * x + 1,
+      jnp.where(x < 2, ((-0.5 * x + 2.5) * x - 4) * x + 2, 0.0),
+  )
 
 
 def resize_weights(start, length, size: int, in_size: int) -> jax.Array:
   """[B, size, in_size] bicubic weights of the spans [start, start + length)."""
   start = jnp.asarray(start, jnp.float32)[:, None]
   length = jnp.asarray(length, jnp.float32)[:, None]
-  centre = start + (jnp.arange(size, dtype=jnp.float32) + 0.5) * (
-      length / size) - 0.5  # [B, size], half-pixel centres
+  centre = (
+      start
+      + (jnp.arange(size, dtype=jnp.float32) + 0.5) * (length / size)
+      - 0.5
+  )  # [B, size], half-pixel centres
   floor = jnp.floor(centre)
   grid = jnp.arange(in_size, dtype=jnp.float32)
-  weights = 0.
-  for k in (-1., 0., 1., 2.):
+  weights = 0.0
+  for k in (-1.0, 0.0, 1.0, 2.0):
     tap = floor + k
     inside = (tap >= start) & (tap <= start + length - 1)
-    w = jnp.where(inside, _keys_cubic(centre - tap), 0.)
+    w = jnp.where(inside, _keys_cubic(centre - tap), 0.0)
     weights = weights + w[..., None] * (tap[..., None] == grid)
   return weights / jnp.sum(weights, axis=-1, keepdims=True)
 
 
-def crop_resize(images: jax.Array, box, size: int,
-                flip: jax.Array | None = None) -> jax.Array:
+def crop_resize(
+    images: jax.Array, box, size: int, flip: jax.Array | None = None
+) -> jax.Array:
   """[B, size, size, 3] in [0, 1]: box (y0, x0, h, w) of each image, resized."""
   b, h, w = images.shape[:3]
-  y0, x0, ch, cw = (jnp.broadcast_to(jnp.asarray(v, jnp.int32), (b,))
-                    for v in box)
+  y0, x0, ch, cw = (
+      jnp.broadcast_to(jnp.asarray(v, jnp.int32), (b,)) for v in box
+  )
   wy = resize_weights(y0, ch, size, h)
   wx = resize_weights(x0, cw, size, w)
   if flip is not None:
     wx = jnp.where(flip[:, None, None], wx[:, ::-1], wx)
   x = images.astype(jnp.float32)
   if images.dtype == jnp.uint8:
-    wy = wy * (1. / 255.)
+    wy = wy * (1.0 / 255.0)
   x = jnp.einsum('bsh,bhwc->bswc', wy, x, precision=_HIGHEST)
   x = jnp.einsum('btw,bswc->bstc', wx, x, precision=_HIGHEST)
-  return jnp.clip(x, 0., 1.)
+  return jnp.clip(x, 0.0, 1.0)
 
 
-def _random_views(images, idx, pos, step, key, *, size, views, flip,
-                  min_area, gathered):
+def _random_views(
+    images, idx, pos, step, key, *, size, views, flip, min_area, gathered
+):
   """One device's crops: {'view1', ...} [b, size, size, 3] float32."""
   x = images if gathered else images[idx]
   h, w = x.shape[1:3]
   step_key = jax.random.fold_in(key, step)
-  u = jax.vmap(lambda p: jax.random.uniform(
-      jax.random.fold_in(step_key, p), (views, crops.NUM_U + 1)))(pos)
+  u = jax.vmap(
+      lambda p: jax.random.uniform(
+          jax.random.fold_in(step_key, p), (views, crops.NUM_U + 1)
+      )
+  )(pos)
   out = {}
   for v in range(views):
-    box = crops.sample_crop(jnp, u[:, v, :crops.NUM_U], float(h), float(w),
-                            min_area)
+    box = crops.sample_crop(
+        jnp, u[:, v, : crops.NUM_U], float(h), float(w), min_area
+    )
     out[f'view{v + 1}'] = crop_resize(
-        x, box, size, (u[:, v, crops.NUM_U] < 0.5) if flip else None)
+        x, box, size, (u[:, v, crops.NUM_U] < 0.5) if flip else None
+    )
   return out
 
 
@@ -254,15 +337,24 @@ def _center_view(images, idx, mask, *, size, gathered):
 @functools.lru_cache(maxsize=32)
 def _compiled(kind: str, devices: tuple, gathered: bool, **static):
   """jit(shard_map(one device's crops)) over `devices`, cached."""
-  fn = functools.partial(_random_views if kind == 'random' else _center_view,
-                         gathered=gathered, **static)
+  fn = functools.partial(
+      _random_views if kind == 'random' else _center_view,
+      gathered=gathered,
+      **static,
+  )
   spec = jax.sharding.PartitionSpec(parallel.AXIS_NAME)
 
   def per_device(*args):  # each argument: this device's [1, ...] block
     return jax.tree.map(lambda x: x[None], fn(*(a[0] for a in args)))
 
-  return jax.jit(jax.shard_map(per_device, mesh=parallel.device_mesh(devices),
-                               in_specs=spec, out_specs=spec))
+  return jax.jit(
+      jax.shard_map(
+          per_device,
+          mesh=parallel.device_mesh(devices),
+          in_specs=spec,
+          out_specs=spec,
+      )
+  )
 
 
 def _put(x, devices):
@@ -275,10 +367,12 @@ def _place(source, split, layout, on):
     raise ValueError(f'in_memory_on={on!r}: use one of device, host.')
   local = jax.local_devices()
   if layout.devices > len(local):
-    raise ValueError(f'local_device_count={layout.devices} but this process '
-                     f'has {len(local)} devices; in-memory data is cropped '
-                     'on the devices')
-  devices = tuple(local[:layout.devices])
+    raise ValueError(
+        f'local_device_count={layout.devices} but this process '
+        f'has {len(local)} devices; in-memory data is cropped '
+        'on the devices'
+    )
+  devices = tuple(local[: layout.devices])
   placed = source.__dict__.setdefault('_placed', {})
   key = (split, tuple(d.id for d in devices), on)
   if key not in placed:
@@ -286,15 +380,23 @@ def _place(source, split, layout, on):
     images = host
     if on == 'device':
       images = jax.make_array_from_single_device_arrays(
-          (len(devices),) + host.shape, parallel.device_sharding(devices),
-          [jax.device_put(host[None], d) for d in devices])
-    logging.info('In-memory data %s split %r: %d images %s %s, %.1f MiB %s.',
-                 source.name, split, len(host),
-                 'x'.join(map(str, host.shape[1:])), host.dtype,
-                 host.nbytes / 2**20,
-                 f'on each of {len(devices)} device(s) ({devices[0].platform})'
-                 if on == 'device' else f'on the host (gathered there, '
-                 f'cropped on {len(devices)} device(s))')
+          (len(devices),) + host.shape,
+          parallel.device_sharding(devices),
+          [jax.device_put(host[None], d) for d in devices],
+      )
+    logging.info(
+        'In-memory data %s split %r: %d images %s %s, %.1f MiB %s.',
+        source.name,
+        split,
+        len(host),
+        'x'.join(map(str, host.shape[1:])),
+        host.dtype,
+        host.nbytes / 2**20,
+        f'on each of {len(devices)} device(s) ({devices[0].platform})'
+        if on == 'device'
+        else f'on the host (gathered there, '
+        f'cropped on {len(devices)} device(s))',
+    )
     placed[key] = images, np.asarray(source.labels[split], np.int32)
   return (devices, *placed[key])
 
@@ -304,26 +406,49 @@ def _gathered(images, idx, devices, on):
   return images if on == 'device' else _put(images[idx], devices)
 
 
-def _in_memory_crops(source, split, layout, seed, start_step, image_size,
-                     views, flip, min_area, on):
+def _in_memory_crops(
+    source,
+    split,
+    layout,
+    seed,
+    start_step,
+    image_size,
+    views,
+    flip,
+    min_area,
+    on,
+):
   devices, images, labels = _place(source, split, layout, on)
   global_batch = layout.host_batch * layout.count
   # This host's positions within a global batch, [devices, per_device].
-  offsets = (layout.index * layout.host_batch +
-             np.arange(layout.host_batch)).reshape(layout.devices, -1)
+  offsets = (
+      layout.index * layout.host_batch + np.arange(layout.host_batch)
+  ).reshape(layout.devices, -1)
   # The raw threefry key of seed (jax.random.PRNGKey's for seeds < 2**32),
   # built on the host so that any seed < 2**62 works without jax_enable_x64.
   seed_key = np.asarray([seed >> 32, seed & 0xFFFFFFFF], np.uint32)
   key = jax.random.fold_in(seed_key, crops.SALT_CROP)
   keys = _put(np.broadcast_to(np.asarray(key), (len(devices), 2)), devices)
-  fn = _compiled('random', devices, on == 'host', size=image_size,
-                 views=views, flip=flip, min_area=float(min_area))
+  fn = _compiled(
+      'random',
+      devices,
+      on == 'host',
+      size=image_size,
+      views=views,
+      flip=flip,
+      min_area=float(min_area),
+  )
   for step in itertools.count(start_step):
-    idx = stream_indices(step * global_batch + offsets, len(labels),
-                         (seed, crops.SALT_PERM)).astype(np.int32)
-    out = fn(_gathered(images, idx, devices, on), _put(idx, devices),
-             _put(offsets.astype(np.int32), devices),
-             _put(np.full(len(devices), step, np.int32), devices), keys)
+    idx = stream_indices(
+        step * global_batch + offsets, len(labels), (seed, crops.SALT_PERM)
+    ).astype(np.int32)
+    out = fn(
+        _gathered(images, idx, devices, on),
+        _put(idx, devices),
+        _put(offsets.astype(np.int32), devices),
+        _put(np.full(len(devices), step, np.int32), devices),
+        keys,
+    )
     out['label'] = _put(labels[idx], devices)
     yield out
 
@@ -334,14 +459,22 @@ def _in_memory_eval(source, split, layout, image_size, on, indices):
   shard = examples[layout.shard(len(examples))]
   fn = _compiled('center', devices, on == 'host', size=image_size)
   b = layout.host_batch
-  for i in range(num_eval_batches(len(examples), b * layout.count,
-                                  layout.count)):
-    idx = shard[i * b:(i + 1) * b]
+  for i in range(
+      num_eval_batches(len(examples), b * layout.count, layout.count)
+  ):
+    idx = shard[i * b : (i + 1) * b]
     mask = (np.arange(b) < len(idx)).reshape(layout.devices, -1)
-    idx = np.pad(idx, (0, b - len(idx))).astype(np.int32).reshape(
-        layout.devices, -1)
-    yield {'image': fn(_gathered(images, idx, devices, on),
-                       _put(idx, devices), _put(mask, devices)),
-           'label': _put(np.where(mask, labels[idx], 0).astype(np.int32),
-                         devices),
-           'mask': _put(mask, devices)}
+    idx = (
+        np.pad(idx, (0, b - len(idx)))
+        .astype(np.int32)
+        .reshape(layout.devices, -1)
+    )
+    yield {
+        'image': fn(
+            _gathered(images, idx, devices, on),
+            _put(idx, devices),
+            _put(mask, devices),
+        ),
+        'label': _put(np.where(mask, labels[idx], 0).astype(np.int32), devices),
+        'mask': _put(mask, devices),
+    }

@@ -19,6 +19,7 @@ decoded once through folder.py's disk cache, TFDS through tfds.as_numpy),
 cropped on the devices by pipeline.py; else STREAMING through tf.data
 (tf_stream.py). TensorFlow is imported for TFDS sources and streaming only.
 """
+
 import dataclasses
 import importlib.util
 import os
@@ -40,10 +41,12 @@ IMAGENET_SPLITS = {
     'pretrain': 'train',
     'linear_train': f'train[{IMAGENET_VALID_EXAMPLES}:]',
     'linear_valid': f'train[:{IMAGENET_VALID_EXAMPLES}]',
-    'test': 'validation'}
+    'test': 'validation',
+}
 HELD_OUT = 'held_out'  # the raw split that `hold_out` adds
-_HOLD_OUT_HINT = ('hold out part of train with '
-                  '--config.data.held_out_examples=N')
+_HOLD_OUT_HINT = (
+    'hold out part of train with ' '--config.data.held_out_examples=N'
+)
 IN_MEMORY, STREAMING = 'in_memory', 'streaming'  # derived.data_path
 
 # Known without opening a source (--dry_run, benchmarks): split sizes and
@@ -53,13 +56,16 @@ KNOWN_SIZES = {
     'tfds:imagenet2012': ({'train': 1_281_167, 'validation': 50_000}, 1000),
     'tfds:cifar10': ({'train': 50_000, 'test': 10_000}, 10),
     'tfds:cifar100': ({'train': 50_000, 'test': 10_000}, 100),
-    'tfds:stl10': ({'train': 5_000, 'test': 8_000, 'unlabelled': 100_000},
-                   10),
+    'tfds:stl10': ({'train': 5_000, 'test': 8_000, 'unlabelled': 100_000}, 10),
     'tfds:imagenette': ({'train': 9_469, 'validation': 3_925}, 10),
     'digits': ({'train': 1500, 'test': 297}, 10),  # digits_source's split
 }
-KNOWN_IMAGE_SHAPES = {'tfds:cifar10': (32, 32), 'tfds:cifar100': (32, 32),
-                      'tfds:stl10': (96, 96), 'digits': (8, 8)}
+KNOWN_IMAGE_SHAPES = {
+    'tfds:cifar10': (32, 32),
+    'tfds:cifar100': (32, 32),
+    'tfds:stl10': (96, 96),
+    'digits': (8, 8),
+}
 
 
 def _is_imagenet(name: str) -> bool:
@@ -69,8 +75,9 @@ def _is_imagenet(name: str) -> bool:
 def tfds_split(name: str, logical: str, available=()) -> str:
   """The TFDS split string of a logical split of TFDS dataset `name`."""
   if logical not in LOGICAL_SPLITS:
-    raise ValueError(f'logical split {logical!r} is not one of '
-                     f'{LOGICAL_SPLITS}')
+    raise ValueError(
+        f'logical split {logical!r} is not one of ' f'{LOGICAL_SPLITS}'
+    )
   if _is_imagenet(name):
     return IMAGENET_SPLITS[logical]
   return generic_split(logical, tuple(available), f'tfds:{name}')
@@ -91,14 +98,17 @@ def generic_split(logical: str, available: tuple[str, ...], what: str) -> str:
     if 'test' in available and val:
       return val[0]
   hint = '' if HELD_OUT in available else f', or {_HOLD_OUT_HINT}'
-  raise ValueError(f'{what} has no split for {logical!r} (its splits: '
-                   f'{sorted(available)}); pass a split name it has '
-                   f'instead{hint}.')
+  raise ValueError(
+      f'{what} has no split for {logical!r} (its splits: '
+      f'{sorted(available)}); pass a split name it has '
+      f'instead{hint}.'
+  )
 
 
 @dataclasses.dataclass
 class Source:
   """A named dataset: classes (labels 0..num_classes-1) and raw splits."""
+
   name: str
   num_classes: int
 
@@ -122,13 +132,16 @@ class Source:
 
 def _unknown(source: Source, split: str) -> ValueError:
   hint = f', or {_HOLD_OUT_HINT}' if split == HELD_OUT else ''
-  return ValueError(f'split {split!r} of {source.name} is unknown; use one of '
-                    f'{sorted(source.raw_splits())} or {LOGICAL_SPLITS}{hint}')
+  return ValueError(
+      f'split {split!r} of {source.name} is unknown; use one of '
+      f'{sorted(source.raw_splits())} or {LOGICAL_SPLITS}{hint}'
+  )
 
 
 @dataclasses.dataclass
 class InMemorySource(Source):
   """Images in numpy: split -> uint8 (or float32 in [0, 1]) [N, H, W, 3]."""
+
   images: Mapping[str, np.ndarray]
   labels: Mapping[str, np.ndarray]  # split -> int32 [N]
   num_skipped: Mapping[str, int] = dataclasses.field(default_factory=dict)
@@ -138,6 +151,7 @@ class InMemorySource(Source):
 @dataclasses.dataclass
 class FolderSource(Source):
   """Image files in class sub-folders, as folder.list_folder lists them."""
+
   root: str
   class_names: tuple[str, ...]  # label i's folder name
   files: Mapping[str, np.ndarray]  # split -> paths, by class then path
@@ -151,6 +165,7 @@ class TfdsSource(Source):
 
   'train' is then train[N:]; 'train[:100]', say, does overlap 'held_out'.
   """
+
   builder: Any = None
   image_key: str = 'image'
   label_key: str = 'label'
@@ -167,8 +182,11 @@ class TfdsSource(Source):
   def resolve_split(self, split):
     if split in LOGICAL_SPLITS:
       kind, _, name = self.name.partition(':')
-      split = (tfds_split(name, split, self.raw_splits()) if kind == 'tfds'
-               else generic_split(split, self.raw_splits(), self.name))
+      split = (
+          tfds_split(name, split, self.raw_splits())
+          if kind == 'tfds'
+          else generic_split(split, self.raw_splits(), self.name)
+      )
     n = self.held_out_examples
     if split in (HELD_OUT, 'train') and n:
       return f'train[:{n}]' if split == HELD_OUT else f'train[{n}:]'
@@ -183,6 +201,7 @@ class TfdsSource(Source):
 @dataclasses.dataclass
 class SizedSource(TfdsSource):
   """Known split sizes, no images (--dry_run); splits resolve as TFDS's do."""
+
   sizes: Mapping[str, int] = None
   stand_in = True  # nothing was read
 
@@ -205,32 +224,45 @@ def _stand_in(spec: str) -> SizedSource | None:
   return sizes and SizedSource(spec, classes, sizes=dict(sizes))
 
 
-def get_source(spec: str, *, data_dir: str | None = None,
-               validate_files: bool = True) -> Source:
+def get_source(
+    spec: str, *, data_dir: str | None = None, validate_files: bool = True
+) -> Source:
   """The source of a spec; ValueError saying how to fix a bad or missing one."""
   kind, _, arg = spec.partition(':')
   if kind == 'tfds' and arg:
     return tfds_source(arg, data_dir=data_dir)
   if kind == 'folder' and arg:
     root, class_names, files, labels, skipped = folder.list_folder(
-        arg, validate_files=validate_files)
-    return FolderSource(f'folder:{root}', len(class_names), root, class_names,
-                        files, labels, skipped)
+        arg, validate_files=validate_files
+    )
+    return FolderSource(
+        f'folder:{root}',
+        len(class_names),
+        root,
+        class_names,
+        files,
+        labels,
+        skipped,
+    )
   if spec == 'digits':
     return digits_source()
   if kind == 'synthetic':
     side = int(arg) if arg.isdigit() else -1 if arg else 32
     if side <= 0:
-      raise ValueError(f'dataset spec {spec!r}: the synthetic image side must '
-                       'be a positive integer, e.g. synthetic:32')
+      raise ValueError(
+          f'dataset spec {spec!r}: the synthetic image side must '
+          'be a positive integer, e.g. synthetic:32'
+      )
     rng = np.random.default_rng(0)  # uniform uint8 images, random labels
     images, labels = {}, {}
     for split, n in SYNTHETIC_SIZES.items():
       images[split] = rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)
       labels[split] = rng.integers(0, 10, n).astype(np.int32)
     return InMemorySource(f'synthetic:{side}', 10, images, labels)
-  raise ValueError(f'dataset spec {spec!r} is not one of tfds:<name>, '
-                   "folder:<path>, 'digits', 'synthetic[:<side>]'")
+  raise ValueError(
+      f'dataset spec {spec!r} is not one of tfds:<name>, '
+      "folder:<path>, 'digits', 'synthetic[:<side>]'"
+  )
 
 
 def hold_out(source: Source, num_examples: int) -> Source:
@@ -244,24 +276,33 @@ def hold_out(source: Source, num_examples: int) -> Source:
     raise ValueError(
         f'cannot hold out num_examples={num_examples!r} of {source.name}: its '
         'paper protocol already holds out train[:10000] as linear_valid '
-        '(IMAGENET_SPLITS); set held_out_examples to 0 for it.')
+        '(IMAGENET_SPLITS); set held_out_examples to 0 for it.'
+    )
   splits = source.raw_splits()
   if HELD_OUT in splits:
-    raise ValueError(f'cannot hold out num_examples={num_examples!r} of '
-                     f'{source.name}: it already has a {HELD_OUT!r} split '
-                     f'(its splits: {sorted(splits)}); hold out once, from '
-                     'the source get_source returns.')
+    raise ValueError(
+        f'cannot hold out num_examples={num_examples!r} of '
+        f'{source.name}: it already has a {HELD_OUT!r} split '
+        f'(its splits: {sorted(splits)}); hold out once, from '
+        'the source get_source returns.'
+    )
   if 'train' not in splits:
-    raise ValueError(f'{source.name} has no train split to hold out from '
-                     f'(its splits: {sorted(splits)}); set '
-                     'held_out_examples to 0.')
+    raise ValueError(
+        f'{source.name} has no train split to hold out from '
+        f'(its splits: {sorted(splits)}); set '
+        'held_out_examples to 0.'
+    )
   total = source.num_examples('train')
-  if (isinstance(num_examples, bool) or
-      not isinstance(num_examples, (int, np.integer)) or
-      not 0 < num_examples < total):
-    raise ValueError(f'cannot hold out num_examples={num_examples!r} of the '
-                     f'{total} training examples of {source.name}; use an int '
-                     f'from 1 to {total - 1}.')
+  if (
+      isinstance(num_examples, bool)
+      or not isinstance(num_examples, (int, np.integer))
+      or not 0 < num_examples < total
+  ):
+    raise ValueError(
+        f'cannot hold out num_examples={num_examples!r} of the '
+        f'{total} training examples of {source.name}; use an int '
+        f'from 1 to {total - 1}.'
+    )
   if isinstance(source, TfdsSource):  # the stand-in too: the same sizes
     return dataclasses.replace(source, held_out_examples=int(num_examples))
   perm = np.random.default_rng(0).permutation(total)
@@ -269,8 +310,11 @@ def hold_out(source: Source, num_examples: int) -> Source:
   changes = {}
   for name in ('images' if hasattr(source, 'images') else 'files', 'labels'):
     data = getattr(source, name)
-    changes[name] = {**data, 'train': data['train'][rest],
-                     HELD_OUT: data['train'][held]}
+    changes[name] = {
+        **data,
+        'train': data['train'][rest],
+        HELD_OUT: data['train'][held],
+    }
   if source.num_skipped:  # skipped files stay counted in train
     changes['num_skipped'] = {**source.num_skipped, HELD_OUT: 0}
   return dataclasses.replace(source, **changes)
@@ -281,27 +325,36 @@ def digits_source() -> InMemorySource:
   try:
     from sklearn import datasets  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ValueError(f'the digits come from scikit-learn, which is not '
-                     f'importable ({e}); pip install scikit-learn, or use '
-                     'another dataset (synthetic, folder:PATH).') from None
+    raise ValueError(
+        f'the digits come from scikit-learn, which is not '
+        f'importable ({e}); pip install scikit-learn, or use '
+        'another dataset (synthetic, folder:PATH).'
+    ) from None
   digits = datasets.load_digits()
-  images = np.repeat(digits.images[..., None] / 16., 3, -1).astype(np.float32)
+  images = np.repeat(digits.images[..., None] / 16.0, 3, -1).astype(np.float32)
   labels = digits.target.astype(np.int32)
   perm = np.random.default_rng(0).permutation(len(labels))
   split = {'train': perm[:1500], 'test': perm[1500:]}
-  return InMemorySource('digits', 10, {s: images[i] for s, i in split.items()},
-                        {s: labels[i] for s, i in split.items()})
+  return InMemorySource(
+      'digits',
+      10,
+      {s: images[i] for s, i in split.items()},
+      {s: labels[i] for s, i in split.items()},
+  )
 
 
 def tfds_source(name: str, *, data_dir: str | None = None) -> TfdsSource:
   """A prepared TFDS dataset (or tfds.testing.mock_data's); no download."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
-    raise ValueError(f'tfds:{name} is not a TFDS dataset name; '
-                     'tfds.list_builders() lists them (e.g. tfds:cifar10, '
-                     'tfds:imagenet2012).') from None
+    raise ValueError(
+        f'tfds:{name} is not a TFDS dataset name; '
+        'tfds.list_builders() lists them (e.g. tfds:cifar10, '
+        'tfds:imagenet2012).'
+    ) from None
   if not builder.is_prepared():
     try:  # readable all the same? (tfds.testing.mock_data makes data up)
       builder.as_dataset(split='train')
@@ -310,26 +363,40 @@ def tfds_source(name: str, *, data_dir: str | None = None) -> TfdsSource:
   info = builder.info
   known = KNOWN_SIZES.get(f'tfds:{builder.name}')
   if not info.splits and known:  # no split metadata (mock_data)
-    info.set_splits(tfds.core.SplitDict([
-        tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0)
-        for s, n in known[0].items()]))
+    info.set_splits(
+        tfds.core.SplitDict(
+            [
+                tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0)
+                for s, n in known[0].items()
+            ]
+        )
+    )
   image_key, label_key = info.supervised_keys or ('image', 'label')
-  return TfdsSource(f'tfds:{name}', info.features[label_key].num_classes,
-                    builder, image_key, label_key)
+  return TfdsSource(
+      f'tfds:{name}',
+      info.features[label_key].num_classes,
+      builder,
+      image_key,
+      label_key,
+  )
 
 
 def _unprepared(builder, name, data_dir) -> str:
   where, dd = builder.data_dir, data_dir or str(builder.data_dir_root)
   if _is_imagenet(name):
     manual = os.path.join(dd, 'downloads', 'manual')
-    return (f'tfds:{name} is not prepared in {where}. ImageNet needs a manual '
-            'download: register at https://image-net.org/download-images, put '
-            f'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in {manual} '
-            f'(the manual_dir), then run `tfds build imagenet2012 '
-            f'--data_dir={dd} --manual_dir={manual}` (about 150 GB, hours).')
-  return (f'tfds:{name} is not prepared in {where}; run `tfds build {name} '
-          f'--data_dir={dd}` (or tfds.builder({name!r}, data_dir={dd!r})'
-          '.download_and_prepare()) on a machine with internet access first.')
+    return (
+        f'tfds:{name} is not prepared in {where}. ImageNet needs a manual '
+        'download: register at https://image-net.org/download-images, put '
+        f'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in {manual} '
+        f'(the manual_dir), then run `tfds build imagenet2012 '
+        f'--data_dir={dd} --manual_dir={manual}` (about 150 GB, hours).'
+    )
+  return (
+      f'tfds:{name} is not prepared in {where}; run `tfds build {name} '
+      f'--data_dir={dd}` (or tfds.builder({name!r}, data_dir={dd!r})'
+      '.download_and_prepare()) on a machine with internet access first.'
+  )
 
 
 def decoded_bytes(source: Source, side: int = 0) -> int | None:
@@ -346,23 +413,30 @@ def decoded_bytes(source: Source, side: int = 0) -> int | None:
   return 3 * shape[0] * shape[1] * sum(source.split_sizes().values())
 
 
-def in_memory_folder(source: FolderSource, *, side: int = 0,
-                     cache_dir: str = '') -> InMemorySource:
+def in_memory_folder(
+    source: FolderSource, *, side: int = 0, cache_dir: str = ''
+) -> InMemorySource:
   """The folder decoded once (Pillow) through the disk cache (folder.py)."""
-  images, labels, skipped, path = folder.arrays(source, side=side,
-                                                cache_dir=cache_dir)
-  return InMemorySource(source.name, source.num_classes, images, labels,
-                        skipped, path)
+  images, labels, skipped, path = folder.arrays(
+      source, side=side, cache_dir=cache_dir
+  )
+  return InMemorySource(
+      source.name, source.num_classes, images, labels, skipped, path
+  )
 
 
 def in_memory_tfds(source: TfdsSource, *, side: int = 0) -> InMemorySource:
   """Every raw split decoded by tfds.as_numpy at each start, as uint8 RGB."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   images, labels = {}, {}
   for raw in source.raw_splits():
     xs, ys = [], []
-    for ex in tfds.as_numpy(source.builder.as_dataset(
-        split=source.resolve_split(raw), shuffle_files=False)):
+    for ex in tfds.as_numpy(
+        source.builder.as_dataset(
+            split=source.resolve_split(raw), shuffle_files=False
+        )
+    ):
       x = ex[source.image_key]
       x = np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
       xs.append(folder.square(x, side) if side else x)
@@ -373,12 +447,18 @@ def in_memory_tfds(source: TfdsSource, *, side: int = 0) -> InMemorySource:
           f'{source.name} split {raw!r}: images have different sizes (e.g. '
           f'{shapes[0]} and {shapes[-1]}); set --config.data.cache_side=N to '
           'hold them at N x N, or stream it with '
-          '--config.data.max_in_memory_mb=0')
+          '--config.data.max_in_memory_mb=0'
+      )
     images[raw] = np.stack(xs).astype(np.uint8)
     labels[raw] = np.asarray(ys, np.int32)
-    logging.info('%s split %r: %d images held in memory as %dx%d uint8 '
-                 '(%.1f MB), decoded through tfds.as_numpy', source.name, raw,
-                 *images[raw].shape[:3], images[raw].nbytes / 2**20)
+    logging.info(
+        '%s split %r: %d images held in memory as %dx%d uint8 '
+        '(%.1f MB), decoded through tfds.as_numpy',
+        source.name,
+        raw,
+        *images[raw].shape[:3],
+        images[raw].nbytes / 2**20,
+    )
   return InMemorySource(source.name, source.num_classes, images, labels)
 
 
@@ -401,7 +481,8 @@ def open_source(data, read_data: bool):
     raise ValueError(
         f'data.source={spec!r}: TFDS datasets need TensorFlow, which is not '
         'importable; install it (pip install tensorflow-cpu), or train on an '
-        'image folder (folder:<path>), digits or synthetic.')
+        'image folder (folder:<path>), digits or synthetic.'
+    )
 
   def attempt(fn, *args, **kwargs):
     try:
@@ -417,7 +498,8 @@ def open_source(data, read_data: bool):
       raise ValueError(f'data.held_out_examples={n}: {e}') from None
 
   source = (None if read_data else _stand_in(spec)) or attempt(
-      get_source, spec, data_dir=data.data_dir or None, validate_files=False)
+      get_source, spec, data_dir=data.data_dir or None, validate_files=False
+  )
   if kind == 'tfds':  # TFDS's own train[:N] slices, before anything is read
     source = hold(source)
   size, fits = None, True  # digits, synthetic
@@ -432,10 +514,12 @@ def open_source(data, read_data: bool):
         'through tf.data, and TensorFlow is not importable; install it (pip '
         'install tensorflow-cpu), or use an image folder that fits in memory '
         '(raise --config.data.max_in_memory_mb, or lower '
-        '--config.data.cache_side).')
+        '--config.data.cache_side).'
+    )
   if read_data and kind == 'folder' and fits:
-    source = attempt(in_memory_folder, source, side=data.cache_side,
-                     cache_dir=data.cache_dir)
+    source = attempt(
+        in_memory_folder, source, side=data.cache_side, cache_dir=data.cache_dir
+    )
   elif read_data and kind == 'folder':  # streams: undecodable files left out
     source = attempt(get_source, spec)
   elif read_data and kind == 'tfds' and fits:

@@ -1,4 +1,5 @@
 """The weighted kNN accuracy of frozen features (a training monitor)."""
+
 import functools
 
 import jax
@@ -14,23 +15,43 @@ def _l2_normalize(x: jnp.ndarray) -> jnp.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames=('num_classes', 'k'))
-def _knn_chunk_correct(train_n, train_labels, test_chunk, test_labels, valid,
-                       *, num_classes, k, temperature):
+def _knn_chunk_correct(
+    train_n,
+    train_labels,
+    test_chunk,
+    test_labels,
+    valid,
+    *,
+    num_classes,
+    k,
+    temperature,
+):
   """Number of correct weighted-kNN predictions in one chunk of test points."""
   # HIGHEST: the default TPU matmul precision (bf16) reorders near neighbours.
-  sim = jnp.dot(_l2_normalize(test_chunk), train_n.T,
-                precision=jax.lax.Precision.HIGHEST)            # [B, N_train]
-  top_sim, top_idx = jax.lax.top_k(sim, k)                      # [B, k]
+  sim = jnp.dot(
+      _l2_normalize(test_chunk), train_n.T, precision=jax.lax.Precision.HIGHEST
+  )  # [B, N_train]
+  top_sim, top_idx = jax.lax.top_k(sim, k)  # [B, k]
   weights = jnp.exp(top_sim / temperature)
-  votes = jnp.sum(jax.nn.one_hot(train_labels[top_idx], num_classes) *
-                  weights[..., None], axis=1)                   # [B, C]
+  votes = jnp.sum(
+      jax.nn.one_hot(train_labels[top_idx], num_classes) * weights[..., None],
+      axis=1,
+  )  # [B, C]
   correct = (jnp.argmax(votes, -1) == test_labels) & valid
   return jnp.sum(correct.astype(jnp.int32))
 
 
-def knn_accuracy(train_features, train_labels, test_features, test_labels, *,
-                 num_classes: int, k: int = 20, temperature: float = 0.07,
-                 batch_size: int = 256) -> float:
+def knn_accuracy(
+    train_features,
+    train_labels,
+    test_features,
+    test_labels,
+    *,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    batch_size: int = 256,
+) -> float:
   """Top-1 in [0, 1] of a weighted k-nearest-neighbour classifier.
 
   Wu et al. (2018, InstDisc, §3.4), the public BYOL / SimSiam CIFAR codebases'
@@ -46,13 +67,16 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, *,
   n_train, dim = np.shape(train_features)
   n_test = np.shape(test_features)[0]
   if np.shape(test_features)[1] != dim:
-    raise ValueError(f'test_features has dim {np.shape(test_features)[1]} but '
-                     f'train_features has dim {dim}; use the same encoder.')
+    raise ValueError(
+        f'test_features has dim {np.shape(test_features)[1]} but '
+        f'train_features has dim {dim}; use the same encoder.'
+    )
   if np.shape(train_labels) != (n_train,) or np.shape(test_labels) != (n_test,):
     raise ValueError(
         f'labels must be [N]: train_labels {np.shape(train_labels)} for '
         f'{n_train} train features, test_labels {np.shape(test_labels)} for '
-        f'{n_test} test features.')
+        f'{n_test} test features.'
+    )
   if not 1 <= k <= n_train:
     raise ValueError(f'k={k} must be in [1, {n_train}] (the train set size).')
   if temperature <= 0:
@@ -66,13 +90,21 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, *,
   batch_size = min(batch_size, n_test)
   correct = 0
   for start in range(0, n_test, batch_size):
-    chunk = test_features[start:start + batch_size]
-    labels = test_labels[start:start + batch_size]
+    chunk = test_features[start : start + batch_size]
+    labels = test_labels[start : start + batch_size]
     n = chunk.shape[0]
     pad = batch_size - n  # Fixed chunk shape: one compilation.
     valid = np.arange(batch_size) < n
-    correct += int(_knn_chunk_correct(
-        train_n, train_labels,
-        np.pad(chunk, ((0, pad), (0, 0))), np.pad(labels, (0, pad)), valid,
-        num_classes=num_classes, k=k, temperature=temperature))
+    correct += int(
+        _knn_chunk_correct(
+            train_n,
+            train_labels,
+            np.pad(chunk, ((0, pad), (0, 0))),
+            np.pad(labels, (0, pad)),
+            valid,
+            num_classes=num_classes,
+            k=k,
+            temperature=temperature,
+        )
+    )
   return correct / n_test

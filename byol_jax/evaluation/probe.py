@@ -56,8 +56,11 @@ from byol_jax.models import resnet
 
 def classifier(num_classes: int) -> hk.Transformed:
   """The probe: a zero-initialised LinearClassifier on features [N, D]."""
-  return hk.without_apply_rng(hk.transform(
-      lambda x: heads.LinearClassifier(num_classes, zero_init=True)(x)))
+  return hk.without_apply_rng(
+      hk.transform(
+          lambda x: heads.LinearClassifier(num_classes, zero_init=True)(x)
+      )
+  )
 
 
 def make_loss(config, num_classes: int, *, encode: bool):
@@ -74,42 +77,53 @@ def make_loss(config, num_classes: int, *, encode: bool):
     feats = jax.lax.stop_gradient(feats)
     logits = clf.apply(clf_params, feats)
     return losses.softmax_cross_entropy(logits, labels), logits
+
   return loss
 
 
-def make_train_step(loss_fn, optimizer: optax.GradientTransformation,
-                    axis_name: Optional[str] = parallel.AXIS_NAME):
+def make_train_step(
+    loss_fn,
+    optimizer: optax.GradientTransformation,
+    axis_name: Optional[str] = parallel.AXIS_NAME,
+):
   """The classifier's SGD step, gradients pmean'd over axis_name.
 
   The pmean is the mean over the global batch, as the official psum of
   loss / num_devices. Returns (clf_params, opt_state, {'loss', 'top1'}).
   """
+
   def step(clf_params, opt_state, enc_params, enc_state, inputs, labels):
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        clf_params, enc_params, enc_state, inputs, labels)
-    metrics = {'loss': loss,
-               'top1': losses.topk_correct(logits, labels, 1).mean()}
+        clf_params, enc_params, enc_state, inputs, labels
+    )
+    metrics = {
+        'loss': loss,
+        'top1': losses.topk_correct(logits, labels, 1).mean(),
+    }
     if axis_name is not None:
       grads = jax.lax.pmean(grads, axis_name)
       metrics = jax.lax.pmean(metrics, axis_name)
     updates, opt_state = optimizer.update(grads, opt_state, clf_params)
     return optax.apply_updates(clf_params, updates), opt_state, metrics
+
   return step
 
 
 def _feature_batches(feats, labels, batch_size: int, seed: int):
   """Infinite batches of precomputed features, each epoch a permutation."""
   for step in itertools.count():
-    idx = pipeline.stream_indices(step * batch_size + np.arange(batch_size),
-                                  len(labels), (seed,))
+    idx = pipeline.stream_indices(
+        step * batch_size + np.arange(batch_size), len(labels), (seed,)
+    )
     yield feats[idx], labels[idx]
 
 
 def _probe_optimizer(peak, steps: int, momentum: float):
   """SGD + Nesterov momentum, lr peak x cosine to 0 over `steps` (official)."""
-  cosine = optax.cosine_decay_schedule(1., steps)
-  return optax.sgd(lambda step: peak * cosine(step), momentum=momentum,
-                   nesterov=True)
+  cosine = optax.cosine_decay_schedule(1.0, steps)
+  return optax.sgd(
+      lambda step: peak * cosine(step), momentum=momentum, nesterov=True
+  )
 
 
 @functools.lru_cache(maxsize=8)
@@ -120,28 +134,40 @@ def _probes_step(num_classes: int, steps: int, momentum: float):
   def one(params, opt_state, peak, feats, labels):
     def loss(p):
       return losses.softmax_cross_entropy(clf.apply(p, feats), labels)
+
     grads = jax.grad(loss)(params)
     updates, opt_state = _probe_optimizer(peak, steps, momentum).update(
-        grads, opt_state, params)
+        grads, opt_state, params
+    )
     return optax.apply_updates(params, updates), opt_state
 
-  return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None, None)),
-                 donate_argnums=(0, 1))
+  return jax.jit(
+      jax.vmap(one, in_axes=(0, 0, 0, None, None)), donate_argnums=(0, 1)
+  )
 
 
-def train_probes(feats: np.ndarray, labels: np.ndarray, peaks, *,
-                 num_classes: int, steps: int, batch_size: int,
-                 momentum: float, seed: int):
+def train_probes(
+    feats: np.ndarray,
+    labels: np.ndarray,
+    peaks,
+    *,
+    num_classes: int,
+    steps: int,
+    batch_size: int,
+    momentum: float,
+    seed: int
+):
   """K probes on features [N, D], one per peak rate, on the same batches.
 
   One device (every host computes the same); params with a leading axis K.
   """
   clf = classifier(num_classes)
-  init = clf.init(jax.random.PRNGKey(0),
-                         np.zeros((1, feats.shape[-1]), np.float32))
+  init = clf.init(
+      jax.random.PRNGKey(0), np.zeros((1, feats.shape[-1]), np.float32)
+  )
   k = len(peaks)
   params = jax.tree.map(lambda x: np.repeat(np.asarray(x)[None], k, 0), init)
-  opt_state = jax.vmap(_probe_optimizer(1., steps, momentum).init)(params)
+  opt_state = jax.vmap(_probe_optimizer(1.0, steps, momentum).init)(params)
   step = _probes_step(num_classes, steps, momentum)
   peaks = np.asarray(peaks, np.float32)
   batches = _feature_batches(feats, labels, batch_size, seed)
@@ -158,8 +184,7 @@ def _valid_indices(source, n: int, num_valid: int) -> np.ndarray:
   return np.sort(rng.choice(n, num_valid, replace=False))
 
 
-def sweep_learning_rate(config, source, train, num_classes: int,
-                        valid=None):
+def sweep_learning_rate(config, source, train, num_classes: int, valid=None):
   """(index of the chosen rate, {base rate: held-out top-1}).
 
   valid: the dataset's own validation split's (features, labels) (ImageNet's
@@ -173,62 +198,97 @@ def sweep_learning_rate(config, source, train, num_classes: int,
     valid = feats[held], labels[held]
     feats, labels = feats[rest], labels[rest]
   probes = train_probes(
-      feats, labels, d.eval_peak_learning_rates,
-      num_classes=num_classes, steps=d.eval_sweep_steps,
-      batch_size=e.global_batch_size, momentum=e.momentum, seed=config.seed)
+      feats,
+      labels,
+      d.eval_peak_learning_rates,
+      num_classes=num_classes,
+      steps=d.eval_sweep_steps,
+      batch_size=e.global_batch_size,
+      momentum=e.momentum,
+      seed=config.seed,
+  )
   clf = classifier(num_classes)
-  logits = jax.jit(jax.vmap(clf.apply, in_axes=(0, None)))(
-      probes, valid[0])
-  top1 = np.asarray(jax.vmap(
-      lambda l: losses.topk_correct(l, valid[1], 1).mean())(logits))
+  logits = jax.jit(jax.vmap(clf.apply, in_axes=(0, None)))(probes, valid[0])
+  top1 = np.asarray(
+      jax.vmap(lambda l: losses.topk_correct(l, valid[1], 1).mean())(logits)
+  )
   chosen = int(np.argmax(top1))  # ties: the first (largest) rate in the grid
   table = {str(rate): float(t) for rate, t in zip(e.learning_rates, top1)}
-  logging.info('Linear probe learning rate: %s chosen on %d held-out '
-               'examples (top-1 per base rate: %s)', e.learning_rates[chosen],
-               len(valid[1]), table)
+  logging.info(
+      'Linear probe learning rate: %s chosen on %d held-out '
+      'examples (top-1 per base rate: %s)',
+      e.learning_rates[chosen],
+      len(valid[1]),
+      table,
+  )
   return chosen, table
 
 
-def _train_augmented(config, source, params, state, num_classes, peak,
-                     devices):
+def _train_augmented(config, source, params, state, num_classes, peak, devices):
   """The probe on per-step random crops of train (frozen encoder), pmapped."""
   e, d = config.eval, config.derived
   local = list(devices or jax.local_devices())
   steps = d.eval_steps
   optimizer = _probe_optimizer(peak, steps, e.momentum)
   it = pipeline.make_supervised_iterator(
-      source, split=e.train_split, global_batch_size=e.global_batch_size,
-      image_size=config.data.image_size, seed=config.seed,
+      source,
+      split=e.train_split,
+      global_batch_size=e.global_batch_size,
+      image_size=config.data.image_size,
+      seed=config.seed,
       local_device_count=len(local),
       min_crop_area=config.data.get('min_crop_area', 0.08),
-      in_memory_on=config.data.get('in_memory_on', 'device'))
+      in_memory_on=config.data.get('in_memory_on', 'device'),
+  )
   clf = classifier(num_classes)
   dim = resnet.feature_size(config.model.depth, config.model.width_multiplier)
-  clf_params = clf.init(jax.random.PRNGKey(0),
-                               np.zeros((1, dim), np.float32))
+  clf_params = clf.init(jax.random.PRNGKey(0), np.zeros((1, dim), np.float32))
   opt_state = optimizer.init(clf_params)
   step_fn = parallel.device_program(
       make_train_step(make_loss(config, num_classes, encode=True), optimizer),
-      devices=devices, donate_argnums=(0, 1))
+      devices=devices,
+      donate_argnums=(0, 1),
+  )
   rclf, ropt = parallel.replicate((clf_params, opt_state), local)
   renc = parallel.replicate((params, state), local)
   log_every = max(1, steps // 10)
   batches = pipeline.prefetch_to_device(it, devices=local)
   first = next(batches)
-  hosts.compile_then_sync(step_fn, rclf, ropt, *renc, first['image'],
-                          first['label'], name='the linear probe step')
+  hosts.compile_then_sync(
+      step_fn,
+      rclf,
+      ropt,
+      *renc,
+      first['image'],
+      first['label'],
+      name='the linear probe step'
+  )
   for i, batch in zip(range(steps), itertools.chain([first], batches)):
-    rclf, ropt, metrics = step_fn(rclf, ropt, *renc, batch['image'],
-                                  batch['label'])
+    rclf, ropt, metrics = step_fn(
+        rclf, ropt, *renc, batch['image'], batch['label']
+    )
     if (i + 1) % log_every == 0 or i + 1 == steps:
       m = jax.device_get(parallel.unreplicate(metrics))
-      logging.info('linear eval step %d/%d: loss %.4f, batch top-1 %.3f',
-                   i + 1, steps, m['loss'], m['top1'])
+      logging.info(
+          'linear eval step %d/%d: loss %.4f, batch top-1 %.3f',
+          i + 1,
+          steps,
+          m['loss'],
+          m['top1'],
+      )
   return jax.device_get(parallel.unreplicate(rclf))
 
 
-def train_final_probe(config, source, params, state, train, num_classes: int,
-                      peak: float, devices=None):
+def train_final_probe(
+    config,
+    source,
+    params,
+    state,
+    train,
+    num_classes: int,
+    peak: float,
+    devices=None,
+):
   """The probe on all of eval.train_split at `peak`, on crops or features.
 
   eval.augment: per-step random crops through the frozen encoder; else the
@@ -236,9 +296,19 @@ def train_final_probe(config, source, params, state, train, num_classes: int,
   """
   e, d = config.eval, config.derived
   if e.augment:
-    return _train_augmented(config, source, params, state, num_classes, peak,
-                            devices)
-  return jax.tree.map(lambda x: x[0], train_probes(
-      train[0], train[1], [peak], num_classes=num_classes,
-      steps=d.eval_steps, batch_size=e.global_batch_size,
-      momentum=e.momentum, seed=config.seed))
+    return _train_augmented(
+        config, source, params, state, num_classes, peak, devices
+    )
+  return jax.tree.map(
+      lambda x: x[0],
+      train_probes(
+          train[0],
+          train[1],
+          [peak],
+          num_classes=num_classes,
+          steps=d.eval_steps,
+          batch_size=e.global_batch_size,
+          momentum=e.momentum,
+          seed=config.seed,
+      ),
+  )

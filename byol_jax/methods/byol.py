@@ -20,14 +20,16 @@ def ema(target_params, online_params, tau):
   online_params: after this step's update; tau in [0, 1] (schedules.target_ema).
   """
   return {
-      name: jax.tree.map(lambda t, o: tau * t + (1. - tau) * o, module,
-                         online_params[name])
+      name: jax.tree.map(
+          lambda t, o: tau * t + (1.0 - tau) * o, module, online_params[name]
+      )
       for name, module in target_params.items()
   }
 
 
-def make_byol(model, num_classes: int,
-              axis_name: Optional[str] = None) -> networks.Method:
+def make_byol(
+    model, num_classes: int, axis_name: Optional[str] = None
+) -> networks.Method:
   """BYOL's networks.Method for the `model` sub-config.
 
   Args:
@@ -40,10 +42,20 @@ def make_byol(model, num_classes: int,
     networks.TARGET_MODULES, its loss losses.byol_loss of the online
     predictions and the target projections, its target update `ema`.
   """
-  online = networks.make_forward(model, num_classes, with_predictor=True,
-                                 with_classifier=True, axis_name=axis_name)
-  target = networks.make_forward(model, num_classes, with_predictor=False,
-                                 with_classifier=False, axis_name=axis_name)
+  online = networks.make_forward(
+      model,
+      num_classes,
+      with_predictor=True,
+      with_classifier=True,
+      axis_name=axis_name,
+  )
+  target = networks.make_forward(
+      model,
+      num_classes,
+      with_predictor=False,
+      with_classifier=False,
+      axis_name=axis_name,
+  )
 
   def init(rng, images):
     params, state = online.init(rng, images, is_training=True)
@@ -54,10 +66,20 @@ def make_byol(model, num_classes: int,
 
   def loss(online_out, target_out):
     (out1, out2), (tgt1, tgt2) = online_out, target_out
-    return losses.byol_loss(out1['prediction'], out2['prediction'],
-                            tgt1['projection'], tgt2['projection']), {}
+    return (
+        losses.byol_loss(
+            out1['prediction'],
+            out2['prediction'],
+            tgt1['projection'],
+            tgt2['projection'],
+        ),
+        {},
+    )
 
   return networks.Method(
-      init=init, online=networks.forward_views(model, online, True),
-      target=networks.forward_views(model, target, False), loss=loss,
-      target_update=ema)
+      init=init,
+      online=networks.forward_views(model, online, True),
+      target=networks.forward_views(model, target, False),
+      loss=loss,
+      target_update=ema,
+  )

@@ -45,11 +45,12 @@ def validate_model_config(model) -> None:
   """
   resnet.check_depth(model.depth, 'model.depth')
   if model.stem not in resnet.STEMS:
-    raise ValueError(f'model.stem={model.stem!r} is not a stem; use one of '
-                     f'{", ".join(resnet.STEMS)}.')
+    raise ValueError(
+        f'model.stem={model.stem!r} is not a stem; use one of '
+        f'{", ".join(resnet.STEMS)}.'
+    )
   for component in ('encoder', 'projector', 'predictor'):
-    norms.check_norm_kind(model[f'{component}_norm'],
-                          f'model.{component}_norm')
+    norms.check_norm_kind(model[f'{component}_norm'], f'model.{component}_norm')
   if model.dtype not in _DTYPES:
     raise ValueError(f'model.dtype={model.dtype!r}; use float32 or bfloat16.')
   w, groups = model.width_multiplier, model.gn_groups
@@ -59,14 +60,16 @@ def validate_model_config(model) -> None:
       raise ValueError(
           f'model.width_multiplier={w} gives {c:g} channels in {where}, not a '
           'whole number >= 1; use a multiplier m whose 64 x m is a whole '
-          'number (e.g. 0.25, 0.5, 1, 2).')
+          'number (e.g. 0.25, 0.5, 1, 2).'
+      )
     if model.encoder_norm == 'gn' and c % groups:
       raise ValueError(
           f'model.width_multiplier={w} gives {c:g} channels in {where}, not '
           f'divisible by the {groups} GroupNorm groups (model.gn_groups='
           f'{groups}); use a model.gn_groups that divides {c:g}, or a '
           f'multiplier m whose 64 x m is a multiple of {groups} (e.g. '
-          f'{groups / 64:g}).')
+          f'{groups / 64:g}).'
+      )
   if model.projector_output_size < 2:
     # Measured, 30 steps: gn_ws:tiny's loss 2.000 at every step; byol_bn:tiny's
     # 2.5-5.4, moved by the batch statistics alone.
@@ -74,34 +77,44 @@ def validate_model_config(model) -> None:
         f'model.projector_output_size={model.projector_output_size}: the '
         'losses compare l2-normalised outputs, and one of 1 dimension is its '
         'sign, whose gradient is 0 (nothing trains); use at least 2 (the '
-        'paper: 256).')
+        'paper: 256).'
+    )
   for head in ('projector', 'predictor'):
     kind, field = model[f'{head}_norm'], f'model.{head}_hidden_size'
     if kind not in ('gn', 'ln'):
       continue
     hidden, g = model[f'{head}_hidden_size'], groups if kind == 'gn' else 1
-    name = (f'{g} GroupNorm groups (model.gn_groups={g})' if kind == 'gn'
-            else 'LayerNorm')
+    name = (
+        f'{g} GroupNorm groups (model.gn_groups={g})'
+        if kind == 'gn'
+        else 'LayerNorm'
+    )
     if hidden % g:
-      raise ValueError(f'{field}={hidden} is not divisible by the {name} of '
-                       f'the {head}; use a multiple of {g}.')
+      raise ValueError(
+          f'{field}={hidden} is not divisible by the {name} of '
+          f'the {head}; use a multiple of {g}.'
+      )
     if hidden // g < HEAD_MIN_PER_GROUP:
       raise ValueError(
-          f'{field}={hidden} gives the {head}\'s {name} {hidden // g} unit(s) '
+          f"{field}={hidden} gives the {head}'s {name} {hidden // g} unit(s) "
           'per group, too few to learn: a group of 1 is normalised to 0 (the '
           'head outputs 0 and nothing trains: a constant loss, measured 0.000 '
           'or 2.000), of 2 to its sign (collapse within 20 steps); use at '
           'least '
-          f'{HEAD_MIN_PER_GROUP * g} ({HEAD_MIN_PER_GROUP} per group).')
+          f'{HEAD_MIN_PER_GROUP * g} ({HEAD_MIN_PER_GROUP} per group).'
+      )
 
 
-def norm_spec(model, component: str,
-              axis_name: Optional[str]) -> norms.NormSpec:
+def norm_spec(
+    model, component: str, axis_name: Optional[str]
+) -> norms.NormSpec:
   """The norms.NormSpec of 'encoder', 'projector' or 'predictor'."""
   return norms.NormSpec(
-      kind=model[f'{component}_norm'], groups=model.gn_groups,
+      kind=model[f'{component}_norm'],
+      groups=model.gn_groups,
       axis_name=axis_name if model.cross_replica_bn else None,
-      decay=model.get('bn_decay', norms.BN_DECAY))
+      decay=model.get('bn_decay', norms.BN_DECAY),
+  )
 
 
 def make_encoder(model, axis_name: Optional[str] = None) -> resnet.ResNet:
@@ -111,14 +124,25 @@ def make_encoder(model, axis_name: Optional[str] = None) -> resnet.ResNet:
   the same parameter paths. Call inside a Haiku transform.
   """
   return resnet.ResNet(
-      model.depth, model.width_multiplier, model.stem,
-      norm_spec(model, 'encoder', axis_name), model.encoder_ws,
-      model.zero_init_last, _DTYPES[model.dtype], name='encoder')
+      model.depth,
+      model.width_multiplier,
+      model.stem,
+      norm_spec(model, 'encoder', axis_name),
+      model.encoder_ws,
+      model.zero_init_last,
+      _DTYPES[model.dtype],
+      name='encoder',
+  )
 
 
-def make_forward(model, num_classes: int, *, with_predictor: bool,
-                 with_classifier: bool, axis_name: Optional[str] = None
-                 ) -> hk.TransformedWithState:
+def make_forward(
+    model,
+    num_classes: int,
+    *,
+    with_predictor: bool,
+    with_classifier: bool,
+    axis_name: Optional[str] = None,
+) -> hk.TransformedWithState:
   """f(images, is_training) -> {'representation', 'projection', ...} with state.
 
   Args:
@@ -138,17 +162,26 @@ def make_forward(model, num_classes: int, *, with_predictor: bool,
     out = {}
     out['representation'] = make_encoder(model, axis_name)(images, is_training)
     out['projection'] = heads.MLP(
-        model.projector_hidden_size, model.projector_output_size,
-        norm_spec(model, 'projector', axis_name), model.heads_ws, dtype,
-        name='projector')(out['representation'], is_training)
+        model.projector_hidden_size,
+        model.projector_output_size,
+        norm_spec(model, 'projector', axis_name),
+        model.heads_ws,
+        dtype,
+        name='projector',
+    )(out['representation'], is_training)
     if with_predictor:
       out['prediction'] = heads.MLP(
-          model.predictor_hidden_size, model.projector_output_size,
-          norm_spec(model, 'predictor', axis_name), model.heads_ws, dtype,
-          name='predictor')(out['projection'], is_training)
+          model.predictor_hidden_size,
+          model.projector_output_size,
+          norm_spec(model, 'predictor', axis_name),
+          model.heads_ws,
+          dtype,
+          name='predictor',
+      )(out['projection'], is_training)
     if with_classifier:
       out['logits'] = heads.LinearClassifier(num_classes)(
-          jax.lax.stop_gradient(out['representation']))
+          jax.lax.stop_gradient(out['representation'])
+      )
     return out
 
   return hk.transform_with_state(forward)
@@ -165,14 +198,18 @@ def views_in_one_batch(model, *, with_predictor: bool) -> bool:
   launches. BatchNorm anywhere keeps one pass per view: per-view batch
   statistics are the official code's behaviour (byol/byol_experiment.py).
   """
-  components = ('encoder', 'projector') + (('predictor',) if with_predictor
-                                           else ())
-  return all(norms.check_norm_kind(model[f'{c}_norm']) in
-             BATCH_INDEPENDENT_NORMS for c in components)
+  components = ('encoder', 'projector') + (
+      ('predictor',) if with_predictor else ()
+  )
+  return all(
+      norms.check_norm_kind(model[f'{c}_norm']) in BATCH_INDEPENDENT_NORMS
+      for c in components
+  )
 
 
-def forward_views(model, transformed: hk.TransformedWithState,
-                  with_predictor: bool):
+def forward_views(
+    model, transformed: hk.TransformedWithState, with_predictor: bool
+):
   """fn(params, state, views) -> ([output dict per view], state), training mode.
 
   One pass of the concatenated views when views_in_one_batch (same outputs);
@@ -182,16 +219,19 @@ def forward_views(model, transformed: hk.TransformedWithState,
 
   def forward(params, state, views):
     if one_batch:
-      out, state = transformed.apply(params, state, None,
-                                     jnp.concatenate(views), is_training=True)
+      out, state = transformed.apply(
+          params, state, None, jnp.concatenate(views), is_training=True
+      )
       bounds = np.cumsum([v.shape[0] for v in views])[:-1].tolist()
       parts = {k: jnp.split(v, bounds) for k, v in out.items()}
-      return [{k: p[i] for k, p in parts.items()} for i in range(len(views))
-              ], state
+      return [
+          {k: p[i] for k, p in parts.items()} for i in range(len(views))
+      ], state
     outputs = []
     for view in views:
-      out, state = transformed.apply(params, state, None, view,
-                                     is_training=True)
+      out, state = transformed.apply(
+          params, state, None, view, is_training=True
+      )
       outputs.append(out)
     return outputs, state
 
@@ -201,7 +241,8 @@ def forward_views(model, transformed: hk.TransformedWithState,
 def restrict(tree, modules=TARGET_MODULES) -> dict:
   """The part of a Haiku tree under the given top-level modules (not copied)."""
   return hk.data_structures.filter(
-      lambda module, name, value: module.split('/')[0] in modules, tree)
+      lambda module, name, value: module.split('/')[0] in modules, tree
+  )
 
 
 def classifier_and_monitors(out: dict, labels: jax.Array):
@@ -216,12 +257,14 @@ def classifier_and_monitors(out: dict, labels: jax.Array):
   metrics = {
       'classif_loss': classif,
       'online_top1': losses.masked_mean(
-          losses.topk_correct(out['logits'], labels, 1), labelled),
+          losses.topk_correct(out['logits'], labels, 1), labelled
+      ),
       # Collapse statistic: per-dimension std of L2-normalised vectors times
       # sqrt(dim); about 1 when spread out, 0 when collapsed (paper Table 2).
       'collapse_std_projection': metrics_lib.collapse_std(out['projection']),
       'collapse_std_representation': metrics_lib.collapse_std(
-          out['representation']),
+          out['representation']
+      ),
   }
   return classif, metrics
 
@@ -239,6 +282,7 @@ class Method(NamedTuple):
       metrics of its own); it stops the target's gradient.
     target_update: (target_params, new online_params, tau) -> target_params.
   """
+
   init: Callable[..., Any]
   online: Callable[..., Any]
   target: Callable[..., Any]

@@ -10,8 +10,13 @@ from byol_jax import losses
 from byol_jax.methods import networks
 
 
-def make_simclr(model, num_classes: int, *, temperature: float,
-                axis_name: Optional[str] = None) -> networks.Method:
+def make_simclr(
+    model,
+    num_classes: int,
+    *,
+    temperature: float,
+    axis_name: Optional[str] = None
+) -> networks.Method:
   """SimCLR's networks.Method: no target (trees {}, nothing to update).
 
   Args:
@@ -21,8 +26,13 @@ def make_simclr(model, num_classes: int, *, temperature: float,
     axis_name: collective axis for cross-replica BN and cross-device
       negatives, or None.
   """
-  online = networks.make_forward(model, num_classes, with_predictor=False,
-                                 with_classifier=True, axis_name=axis_name)
+  online = networks.make_forward(
+      model,
+      num_classes,
+      with_predictor=False,
+      with_classifier=True,
+      axis_name=axis_name,
+  )
 
   def init(rng, images):
     params, state = online.init(rng, images, is_training=True)
@@ -30,13 +40,19 @@ def make_simclr(model, num_classes: int, *, temperature: float,
 
   def loss(online_out, target_out):
     del target_out  # None
-    (out1, out2) = online_out
+    out1, out2 = online_out
     contrastive, info = losses.infonce_loss(
-        out1['projection'], out2['projection'], temperature=temperature,
-        axis_name=axis_name)
+        out1['projection'],
+        out2['projection'],
+        temperature=temperature,
+        axis_name=axis_name,
+    )
     return contrastive, {'contrastive_top1': info['contrastive_top1_acc']}
 
   return networks.Method(
-      init=init, online=networks.forward_views(model, online, False),
-      target=lambda params, state, views: (None, state), loss=loss,
-      target_update=lambda target_params, online_params, tau: target_params)
+      init=init,
+      online=networks.forward_views(model, online, False),
+      target=lambda params, state, views: (None, state),
+      loss=loss,
+      target_update=lambda target_params, online_params, tau: target_params,
+  )

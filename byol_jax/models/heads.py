@@ -30,10 +30,15 @@ class MLP(hk.Module):
   Call: [N, D_in] -> [N, output_size] float32.
   """
 
-  def __init__(self, hidden_size: int = MLP_HIDDEN_SIZE,
-               output_size: int = MLP_OUTPUT_SIZE, norm='bn',
-               weight_standardization: bool = False, dtype=jnp.float32,
-               name: Optional[str] = None):
+  def __init__(
+      self,
+      hidden_size: int = MLP_HIDDEN_SIZE,
+      output_size: int = MLP_OUTPUT_SIZE,
+      norm='bn',
+      weight_standardization: bool = False,
+      dtype=jnp.float32,
+      name: Optional[str] = None,
+  ):
     super().__init__(name=name)
     self.hidden_size, self.output_size = hidden_size, output_size
     self.norm = norms.as_norm_spec(norm)
@@ -41,12 +46,17 @@ class MLP(hk.Module):
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
     x = x.astype(self.dtype)
-    x = layers.Linear(self.hidden_size, weight_standardization=self.ws,
-                      name='linear_0')(x)
+    x = layers.Linear(
+        self.hidden_size, weight_standardization=self.ws, name='linear_0'
+    )(x)
     x = norms.make_norm(self.norm, 'norm_0')(x, is_training)
     x = jax.nn.relu(x)
-    x = layers.Linear(self.output_size, with_bias=False,
-                      weight_standardization=self.ws, name='linear_1')(x)
+    x = layers.Linear(
+        self.output_size,
+        with_bias=False,
+        weight_standardization=self.ws,
+        name='linear_1',
+    )(x)
     return x.astype(jnp.float32)
 
 
@@ -58,12 +68,18 @@ class LinearClassifier(hk.Module):
   (LARS, as the official code) uses Haiku's truncated-normal default.
   """
 
-  def __init__(self, num_classes: int, zero_init: bool = False,
-               name: Optional[str] = 'classifier'):
+  def __init__(
+      self,
+      num_classes: int,
+      zero_init: bool = False,
+      name: Optional[str] = 'classifier',
+  ):
     super().__init__(name=name)
     self.num_classes, self.zero_init = num_classes, zero_init
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return layers.Linear(self.num_classes,
-                         w_init=jnp.zeros if self.zero_init else None,
-                         name='linear')(x.astype(jnp.float32))
+    return layers.Linear(
+        self.num_classes,
+        w_init=jnp.zeros if self.zero_init else None,
+        name='linear',
+    )(x.astype(jnp.float32))

@@ -15,8 +15,9 @@ import numpy as np
 WS_EPS = 1e-4  # paper §2: eps of Weight Standardisation.
 
 
-def standardize_weight(w: jax.Array, fan_in_axes: Sequence[int],
-                       eps: float = WS_EPS) -> jax.Array:
+def standardize_weight(
+    w: jax.Array, fan_in_axes: Sequence[int], eps: float = WS_EPS
+) -> jax.Array:
   """Weight Standardisation (paper §2): (w - mean) / sqrt(var + eps).
 
   Args:
@@ -34,7 +35,7 @@ def standardize_weight(w: jax.Array, fan_in_axes: Sequence[int],
 
 def _fan_in_init(fan_in: int) -> hk.initializers.Initializer:
   # Haiku's default for Conv2D and Linear, which the official BYOL code uses.
-  return hk.initializers.TruncatedNormal(stddev=1. / np.sqrt(fan_in))
+  return hk.initializers.TruncatedNormal(stddev=1.0 / np.sqrt(fan_in))
 
 
 class Conv2D(hk.Module):
@@ -53,8 +54,14 @@ class Conv2D(hk.Module):
   in the input's dtype.
   """
 
-  def __init__(self, output_channels: int, kernel_shape: int, stride: int = 1,
-               weight_standardization: bool = False, name: Optional[str] = None):
+  def __init__(
+      self,
+      output_channels: int,
+      kernel_shape: int,
+      stride: int = 1,
+      weight_standardization: bool = False,
+      name: Optional[str] = None,
+  ):
     super().__init__(name=name)
     self.output_channels = output_channels
     self.kernel_shape = kernel_shape
@@ -63,13 +70,21 @@ class Conv2D(hk.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     k, cin = self.kernel_shape, x.shape[-1]
-    w = hk.get_parameter('w', (k, k, cin, self.output_channels), jnp.float32,
-                         init=_fan_in_init(k * k * cin))
+    w = hk.get_parameter(
+        'w',
+        (k, k, cin, self.output_channels),
+        jnp.float32,
+        init=_fan_in_init(k * k * cin),
+    )
     if self.weight_standardization:
       w = standardize_weight(w, fan_in_axes=(0, 1, 2))
     return jax.lax.conv_general_dilated(
-        x, w.astype(x.dtype), window_strides=(self.stride, self.stride),
-        padding='SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+        x,
+        w.astype(x.dtype),
+        window_strides=(self.stride, self.stride),
+        padding='SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    )
 
 
 class Linear(hk.Module):
@@ -85,10 +100,14 @@ class Linear(hk.Module):
   Call: [..., D_in] -> [..., D_out], in the input's dtype.
   """
 
-  def __init__(self, output_size: int, with_bias: bool = True,
-               weight_standardization: bool = False,
-               w_init: Optional[hk.initializers.Initializer] = None,
-               name: Optional[str] = None):
+  def __init__(
+      self,
+      output_size: int,
+      with_bias: bool = True,
+      weight_standardization: bool = False,
+      w_init: Optional[hk.initializers.Initializer] = None,
+      name: Optional[str] = None,
+  ):
     super().__init__(name=name)
     self.output_size = output_size
     self.with_bias = with_bias
@@ -97,13 +116,18 @@ class Linear(hk.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     fan_in = x.shape[-1]
-    w = hk.get_parameter('w', (fan_in, self.output_size), jnp.float32,
-                         init=self.w_init or _fan_in_init(fan_in))
+    w = hk.get_parameter(
+        'w',
+        (fan_in, self.output_size),
+        jnp.float32,
+        init=self.w_init or _fan_in_init(fan_in),
+    )
     if self.weight_standardization:
       w = standardize_weight(w, fan_in_axes=(0,))
     out = jnp.dot(x, w.astype(x.dtype))
     if self.with_bias:
-      b = hk.get_parameter('b', (self.output_size,), jnp.float32,
-                           init=jnp.zeros)
+      b = hk.get_parameter(
+          'b', (self.output_size,), jnp.float32, init=jnp.zeros
+      )
       out = out + b.astype(x.dtype)
     return out

@@ -34,8 +34,10 @@ GN_GROUPS = 16  # paper §3.3: "GroupNorm with 16 groups".
 def check_norm_kind(kind: str, field: str = 'norm') -> str:
   """Returns `kind`; a ValueError naming `field` unless it is in NORM_KINDS."""
   if kind not in NORM_KINDS:
-    raise ValueError(f'{field}={kind!r} is not a normalisation kind; use one '
-                     f'of {", ".join(NORM_KINDS)}.')
+    raise ValueError(
+        f'{field}={kind!r} is not a normalisation kind; use one '
+        f'of {", ".join(NORM_KINDS)}.'
+    )
   return kind
 
 
@@ -51,6 +53,7 @@ class NormSpec:
     decay: BatchNorm moving-average decay.
     eps: variance epsilon of bn / gn / ln.
   """
+
   kind: str = 'bn'
   groups: int = GN_GROUPS
   axis_name: Optional[str] = None
@@ -59,8 +62,9 @@ class NormSpec:
 
   def __post_init__(self):
     check_norm_kind(self.kind)
-    if self.kind == 'gn' and (not isinstance(self.groups, int) or
-                              self.groups < 1):
+    if self.kind == 'gn' and (
+        not isinstance(self.groups, int) or self.groups < 1
+    ):
       raise ValueError(f'gn groups={self.groups!r} must be a positive integer.')
 
 
@@ -74,8 +78,9 @@ def as_norm_spec(norm) -> NormSpec:
 
 
 def _scale_offset(channels: int, scale_init) -> tuple[jax.Array, jax.Array]:
-  scale = hk.get_parameter('scale', (channels,), jnp.float32,
-                           init=scale_init or jnp.ones)
+  scale = hk.get_parameter(
+      'scale', (channels,), jnp.float32, init=scale_init or jnp.ones
+  )
   offset = hk.get_parameter('offset', (channels,), jnp.float32, init=jnp.zeros)
   return scale, offset
 
@@ -102,9 +107,14 @@ class BatchNorm(hk.Module):
   baseline) eval mode uses mean 0 and variance 1, i.e. no normalisation.
   """
 
-  def __init__(self, decay: float = BN_DECAY, eps: float = BN_EPS,
-               axis_name: Optional[str] = None, scale_init=None,
-               name: Optional[str] = None):
+  def __init__(
+      self,
+      decay: float = BN_DECAY,
+      eps: float = BN_EPS,
+      axis_name: Optional[str] = None,
+      scale_init=None,
+      name: Optional[str] = None,
+  ):
     """decay in [0, 1) per step; axis_name None: per-device statistics."""
     super().__init__(name=name)
     self.decay, self.eps, self.axis_name = decay, eps, axis_name
@@ -131,16 +141,16 @@ class BatchNorm(hk.Module):
         hk.set_state('var', d * hidden_var + (1 - d) * var)
         hk.set_state('counter', counter + 1)
     else:
-      mean, var = debiased_moments(hidden_mean, hidden_var, counter,
-                                   self.decay)
+      mean, var = debiased_moments(hidden_mean, hidden_var, counter, self.decay)
     inv = scale * jax.lax.rsqrt(var + self.eps)
     # (x - mean) first: x * inv - mean * inv would cancel in float32 when
     # the mean is large against the spread (as hk.BatchNorm orders it).
     return (x - mean) * inv + offset
 
 
-def batch_moments(x: jax.Array, axis_name: Optional[str] = None
-                  ) -> tuple[jax.Array, jax.Array]:
+def batch_moments(
+    x: jax.Array, axis_name: Optional[str] = None
+) -> tuple[jax.Array, jax.Array]:
   """Per-channel (mean [C], var [C]) over all axes but the last, two-pass.
 
   The mean is taken of x - x[0] (a per-channel shift, constant for the
@@ -162,10 +172,10 @@ def batch_moments(x: jax.Array, axis_name: Optional[str] = None
 def debiased_moments(hidden_mean, hidden_var, counter, decay: float):
   """Debiased moving averages (mean, var) = h / (1 - decay^t); (0, 1) at t=0."""
   t = counter.astype(jnp.float32)
-  correction = 1. - jnp.power(jnp.float32(decay), t)
-  safe = jnp.where(counter > 0, correction, 1.)
-  mean = jnp.where(counter > 0, hidden_mean / safe, 0.)
-  var = jnp.where(counter > 0, hidden_var / safe, 1.)
+  correction = 1.0 - jnp.power(jnp.float32(decay), t)
+  safe = jnp.where(counter > 0, correction, 1.0)
+  mean = jnp.where(counter > 0, hidden_mean / safe, 0.0)
+  var = jnp.where(counter > 0, hidden_var / safe, 1.0)
   return mean, var
 
 
@@ -176,8 +186,13 @@ class GroupNorm(hk.Module):
   [N, H, W, C]; no batch statistics, so train and eval agree.
   """
 
-  def __init__(self, groups: int, eps: float = BN_EPS, scale_init=None,
-               name: Optional[str] = None):
+  def __init__(
+      self,
+      groups: int,
+      eps: float = BN_EPS,
+      scale_init=None,
+      name: Optional[str] = None,
+  ):
     super().__init__(name=name)
     self.groups, self.eps, self.scale_init = groups, eps, scale_init
 
@@ -189,7 +204,8 @@ class GroupNorm(hk.Module):
       raise ValueError(
           f'GroupNorm {self.module_name!r}: groups={self.groups} does not '
           f'divide the {c} channels; set the norm groups (config '
-          f'`model.gn_groups`) to a divisor of every channel count.')
+          f'`model.gn_groups`) to a divisor of every channel count.'
+      )
     scale, offset = _scale_offset(c, self.scale_init)
     grouped = x.reshape(x.shape[:-1] + (self.groups, c // self.groups))
     axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)  # spatial + in-group.
@@ -231,8 +247,9 @@ def make_norm(norm, name: str, zero_init: bool = False) -> NormFn:
   if spec.kind == 'none':
     return lambda x, is_training: x
   if spec.kind == 'bn':
-    module = BatchNorm(spec.decay, spec.eps, spec.axis_name, scale_init,
-                       name=name)
+    module = BatchNorm(
+        spec.decay, spec.eps, spec.axis_name, scale_init, name=name
+    )
   elif spec.kind in ('gn', 'ln'):
     groups = spec.groups if spec.kind == 'gn' else 1
     module = GroupNorm(groups, spec.eps, scale_init, name=name)
@@ -241,4 +258,5 @@ def make_norm(norm, name: str, zero_init: bool = False) -> NormFn:
 
   def apply(x, is_training):
     return module(x.astype(jnp.float32), is_training).astype(x.dtype)
+
   return apply

@@ -57,8 +57,10 @@ _STAGE_STRIDES = (1, 2, 2, 2)
 def check_depth(depth: int, field: str = 'depth') -> int:
   """Returns `depth`; a ValueError naming `field` unless it is in DEPTHS."""
   if depth not in DEPTHS:
-    raise ValueError(f'{field}={depth!r} is not a supported ResNet depth; use '
-                     f'one of {sorted(DEPTHS)}.')
+    raise ValueError(
+        f'{field}={depth!r} is not a supported ResNet depth; use '
+        f'one of {sorted(DEPTHS)}.'
+    )
   return depth
 
 
@@ -82,18 +84,28 @@ def norm_channels(depth: int, width_multiplier: float) -> dict:
 def _width(channels: int, multiplier: float) -> int:
   width = channels * multiplier
   if width != int(width) or width < 1:
-    raise ValueError(f'width_multiplier={multiplier} gives {width} channels '
-                     f'for a {channels}-channel layer; use a multiplier that '
-                     'gives whole channel counts (e.g. 0.25, 0.5, 1, 2, 4).')
+    raise ValueError(
+        f'width_multiplier={multiplier} gives {width} channels '
+        f'for a {channels}-channel layer; use a multiplier that '
+        'gives whole channel counts (e.g. 0.25, 0.5, 1, 2, 4).'
+    )
   return int(width)
 
 
 class _Block(hk.Module):
   """Residual block v1: (conv -> norm -> relu)* -> conv -> norm, + shortcut."""
 
-  def __init__(self, channels: int, stride: int, bottleneck: bool,
-               project: bool, norm: norms.NormSpec, ws: bool,
-               zero_init_last: bool, name: str):
+  def __init__(
+      self,
+      channels: int,
+      stride: int,
+      bottleneck: bool,
+      project: bool,
+      norm: norms.NormSpec,
+      ws: bool,
+      zero_init_last: bool,
+      name: str,
+  ):
     super().__init__(name=name)
     self.channels, self.stride = channels, stride
     self.bottleneck, self.project = bottleneck, project
@@ -102,24 +114,30 @@ class _Block(hk.Module):
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
     if self.bottleneck:
       # (out channels, kernel, stride): 1x1 reduce, 3x3 (strided), 1x1 expand.
-      convs = ((self.channels // 4, 1, 1), (self.channels // 4, 3, self.stride),
-               (self.channels, 1, 1))
+      convs = (
+          (self.channels // 4, 1, 1),
+          (self.channels // 4, 3, self.stride),
+          (self.channels, 1, 1),
+      )
     else:
       convs = ((self.channels, 3, self.stride), (self.channels, 3, 1))
     shortcut = x
     if self.project:
-      shortcut = layers.Conv2D(self.channels, 1, self.stride, self.ws,
-                               name='shortcut_conv')(x)
-      shortcut = norms.make_norm(self.norm, 'shortcut_norm')(shortcut,
-                                                             is_training)
+      shortcut = layers.Conv2D(
+          self.channels, 1, self.stride, self.ws, name='shortcut_conv'
+      )(x)
+      shortcut = norms.make_norm(self.norm, 'shortcut_norm')(
+          shortcut, is_training
+      )
     out = x
     for i, (channels, kernel, stride) in enumerate(convs):
       last = i == len(convs) - 1
-      out = layers.Conv2D(channels, kernel, stride, self.ws,
-                          name=f'conv_{i}')(out)
-      out = norms.make_norm(self.norm, f'norm_{i}',
-                            zero_init=last and self.zero_init_last)(
-                                 out, is_training)
+      out = layers.Conv2D(channels, kernel, stride, self.ws, name=f'conv_{i}')(
+          out
+      )
+      out = norms.make_norm(
+          self.norm, f'norm_{i}', zero_init=last and self.zero_init_last
+      )(out, is_training)
       if not last:
         out = jax.nn.relu(out)
     return jax.nn.relu(out + shortcut)
@@ -128,11 +146,17 @@ class _Block(hk.Module):
 class ResNet(hk.Module):
   """ResNet v1: images [N, H, W, C] -> pooled features [N, feature_size] f32."""
 
-  def __init__(self, depth: int = 50, width_multiplier: float = 1,
-               stem: str = 'imagenet', norm='bn',
-               weight_standardization: bool = False,
-               zero_init_last: bool = False,
-               dtype=jnp.float32, name: Optional[str] = 'encoder'):
+  def __init__(
+      self,
+      depth: int = 50,
+      width_multiplier: float = 1,
+      stem: str = 'imagenet',
+      norm='bn',
+      weight_standardization: bool = False,
+      zero_init_last: bool = False,
+      dtype=jnp.float32,
+      name: Optional[str] = 'encoder',
+  ):
     """Describes the network (no parameters are created here).
 
     Args:
@@ -156,8 +180,10 @@ class ResNet(hk.Module):
     super().__init__(name=name)
     self.block, self.blocks_per_stage = DEPTHS[check_depth(depth)]
     if stem not in STEMS:
-      raise ValueError(f'stem={stem!r} is not a ResNet stem; use one of '
-                       f'{", ".join(STEMS)}.')
+      raise ValueError(
+          f'stem={stem!r} is not a ResNet stem; use one of '
+          f'{", ".join(STEMS)}.'
+      )
     self.depth, self.stem = depth, stem
     self.width_multiplier = width_multiplier
     self.norm = norms.as_norm_spec(norm)
@@ -176,18 +202,27 @@ class ResNet(hk.Module):
       x = layers.Conv2D(stem_width, 3, 1, self.ws, name='stem_conv')(x)
     x = jax.nn.relu(norms.make_norm(self.norm, 'stem_norm')(x, is_training))
     if self.stem == 'imagenet':
-      x = hk.max_pool(x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1),
-                      padding='SAME')
+      x = hk.max_pool(
+          x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME'
+      )
     bottleneck = self.block == 'bottleneck'
     in_channels = stem_width
     for s, (num_blocks, width, stride) in enumerate(
-        zip(self.blocks_per_stage, _STAGE_WIDTHS, _STAGE_STRIDES)):
+        zip(self.blocks_per_stage, _STAGE_WIDTHS, _STAGE_STRIDES)
+    ):
       channels = _width(width * (4 if bottleneck else 1), self.width_multiplier)
       for b in range(num_blocks):
         block_stride = stride if b == 0 else 1
         project = b == 0 and (block_stride != 1 or in_channels != channels)
-        x = _Block(channels, block_stride, bottleneck, project, self.norm,
-                   self.ws, self.zero_init_last, name=f'stage{s}_block{b}')(
-                       x, is_training)
+        x = _Block(
+            channels,
+            block_stride,
+            bottleneck,
+            project,
+            self.norm,
+            self.ws,
+            self.zero_init_last,
+            name=f'stage{s}_block{b}',
+        )(x, is_training)
         in_channels = channels
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

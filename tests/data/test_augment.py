@@ -1,4 +1,5 @@
 """Tests for byol_jax.data.augment: BYOL's per-view augmentation statistics."""
+
 import dataclasses
 
 import dm_pix as pix
@@ -19,14 +20,16 @@ def _augment_view(key, images, *, view, config=None):
   the per-example `augment.augment_examples` is checked against)."""
   config = config or augment.view_config(view)
   decisions = augment.sample_decisions(key, images.shape[0], config)
-  return augment.normalize(augment.apply_augmentations(images, decisions,
-                                                       config))
+  return augment.normalize(
+      augment.apply_augmentations(images, decisions, config)
+  )
 
 
 # Jitted once per shape/config: op-by-op eager dispatch is far slower on CPU.
 augment_view = jax.jit(_augment_view, static_argnames=('view', 'config'))
-apply_augmentations = jax.jit(augment.apply_augmentations,
-                              static_argnames='config')
+apply_augmentations = jax.jit(
+    augment.apply_augmentations, static_argnames='config'
+)
 
 
 @pytest.fixture(scope='module')
@@ -38,19 +41,34 @@ def colour_images():
 def outputs(colour_images):
   """augment_view of both views on N random colour images, unnormalised."""
   key = jax.random.PRNGKey(42)
-  return {v: np.asarray(augment_view(key, colour_images, view=v)) * STD + MEAN
-          for v in (1, 2)}, key
+  return {
+      v: np.asarray(augment_view(key, colour_images, view=v)) * STD + MEAN
+      for v in (1, 2)
+  }, key
 
 
 def test_view_configs_are_byols():
   v1, v2 = augment.VIEW1, augment.VIEW2
   for v in (v1, v2):
-    assert (v.flip_prob, v.color_jitter_prob, v.grayscale_prob) == (.5, .8, .2)
-    assert (v.brightness, v.contrast, v.saturation, v.hue) == (.4, .4, .2, .1)
-    assert (v.blur_sigma_min, v.blur_sigma_max, v.blur_divider) == (.1, 2., 10.)
-    assert v.solarize_threshold == .5
-  assert (v1.blur_prob, v1.solarize_prob) == (1., 0.)
-  assert (v2.blur_prob, v2.solarize_prob) == (.1, .2)
+    assert (v.flip_prob, v.color_jitter_prob, v.grayscale_prob) == (
+        0.5,
+        0.8,
+        0.2,
+    )
+    assert (v.brightness, v.contrast, v.saturation, v.hue) == (
+        0.4,
+        0.4,
+        0.2,
+        0.1,
+    )
+    assert (v.blur_sigma_min, v.blur_sigma_max, v.blur_divider) == (
+        0.1,
+        2.0,
+        10.0,
+    )
+    assert v.solarize_threshold == 0.5
+  assert (v1.blur_prob, v1.solarize_prob) == (1.0, 0.0)
+  assert (v2.blur_prob, v2.solarize_prob) == (0.1, 0.2)
   assert augment.view_config(2) is v2
   with pytest.raises(ValueError, match='view'):
     augment.view_config(3)
@@ -69,10 +87,11 @@ def test_decision_frequencies():
     assert abs(d['grayscale'].mean() - 0.2) < 0.04
     assert abs(d['flip'].mean() - 0.5) < 0.05
     assert abs(d['jitter'].mean() - 0.8) < 0.04
-    np.testing.assert_array_equal(np.sort(d['order'], 1),
-                                  np.tile(np.arange(4), (N, 1)))
+    np.testing.assert_array_equal(
+        np.sort(d['order'], 1), np.tile(np.arange(4), (N, 1))
+    )
     assert len({tuple(o) for o in np.asarray(d['order'])}) == 24
-    assert float(d['sigma'].min()) >= 0.1 and float(d['sigma'].max()) <= 2.
+    assert float(d['sigma'].min()) >= 0.1 and float(d['sigma'].max()) <= 2.0
   assert abs(d2['solarize'].mean() - 0.2) < 0.04
   assert abs(d2['blur'].mean() - 0.1) < 0.03
 
@@ -94,18 +113,26 @@ def test_outputs_in_range_and_grayscale_fraction(outputs):
 
 def _only(config, **keep):
   """`config` with every op but those in `keep` switched off."""
-  off = dict(flip_prob=0., color_jitter_prob=0., grayscale_prob=0.,
-             blur_prob=0., solarize_prob=0.)
+  off = dict(
+      flip_prob=0.0,
+      color_jitter_prob=0.0,
+      grayscale_prob=0.0,
+      blur_prob=0.0,
+      solarize_prob=0.0,
+  )
   return dataclasses.replace(config, **{**off, **keep})
 
 
 def test_solarize_fraction_from_outputs():
   images = jnp.full((N, 4, 4, 3), 0.9)
-  for view, expected in ((1, 0.), (2, 0.2)):
+  for view, expected in ((1, 0.0), (2, 0.2)):
     config = augment.view_config(view)
     config = _only(config, solarize_prob=config.solarize_prob)
-    out = augment_view(jax.random.PRNGKey(view), images, view=view,
-                       config=config) * STD + MEAN
+    out = (
+        augment_view(jax.random.PRNGKey(view), images, view=view, config=config)
+        * STD
+        + MEAN
+    )
     solarized = np.isclose(np.asarray(out), 0.1, atol=1e-5).all((1, 2, 3))
     kept = np.isclose(np.asarray(out), 0.9, atol=1e-5).all((1, 2, 3))
     assert (solarized | kept).all()
@@ -116,12 +143,14 @@ def test_solarize_fraction_from_outputs():
 
 
 def test_view1_always_blurred():
-  checker = jnp.tile(jnp.asarray([[0., 1.], [1., 0.]])[..., None],
-                     (N // 4, 16, 16, 3))  # [N/4, 32, 32, 3]
+  checker = jnp.tile(
+      jnp.asarray([[0.0, 1.0], [1.0, 0.0]])[..., None], (N // 4, 16, 16, 3)
+  )  # [N/4, 32, 32, 3]
   key = jax.random.PRNGKey(3)
-  config = _only(augment.VIEW1, blur_prob=1.)
+  config = _only(augment.VIEW1, blur_prob=1.0)
   out = apply_augmentations(
-      checker, augment.sample_decisions(key, N // 4, config), config)
+      checker, augment.sample_decisions(key, N // 4, config), config
+  )
   d = augment.sample_decisions(key, N // 4, augment.VIEW1)
   changed = np.abs(np.asarray(out) - np.asarray(checker)).max((1, 2, 3)) > 0.01
   # sigma < 0.3 px is numerically the identity; every other draw must blur.
@@ -133,37 +162,47 @@ def test_view1_always_blurred():
 def test_blur_matches_dm_pix():
   x = jax.random.uniform(jax.random.PRNGKey(0), (3, 32, 32, 3))
   sigma = jnp.asarray([0.5, 1.0, 2.0])
-  ours = jax.jit(augment._gaussian_blur, static_argnums=2)(x, sigma, 10.)
+  ours = jax.jit(augment._gaussian_blur, static_argnums=2)(x, sigma, 10.0)
   for i in range(3):  # official kernel size: side / 10 -> radius 1 at 32px
-    ref = pix.gaussian_blur(x[i], sigma[i], kernel_size=32 / 10.)
+    ref = pix.gaussian_blur(x[i], sigma[i], kernel_size=32 / 10.0)
     np.testing.assert_allclose(ours[i], ref, atol=1e-5)
 
 
-@pytest.mark.parametrize('op,param,reference', [
-    (0, 'brightness', lambda x, v: pix.adjust_brightness(x, v)),
-    (1, 'contrast', lambda x, v: pix.adjust_contrast(x, v)),
-    (2, 'saturation', lambda x, v: pix.adjust_saturation(x, v)),
-    (3, 'hue', lambda x, v: pix.adjust_hue(x, v)),
-])
+@pytest.mark.parametrize(
+    'op,param,reference',
+    [
+        (0, 'brightness', lambda x, v: pix.adjust_brightness(x, v)),
+        (1, 'contrast', lambda x, v: pix.adjust_contrast(x, v)),
+        (2, 'saturation', lambda x, v: pix.adjust_saturation(x, v)),
+        (3, 'hue', lambda x, v: pix.adjust_hue(x, v)),
+    ],
+)
 def test_each_jitter_op_matches_dm_pix(op, param, reference):
   x = jax.random.uniform(jax.random.PRNGKey(1), (4, 8, 8, 3))
   d = augment.sample_decisions(jax.random.PRNGKey(2), 4, augment.VIEW2)
-  neutral = dict(brightness=0., contrast=1., saturation=1., hue=0.)
+  neutral = dict(brightness=0.0, contrast=1.0, saturation=1.0, hue=0.0)
   d = {**d, **{k: jnp.full((4,), v) for k, v in neutral.items()}}
-  d[param] = augment.sample_decisions(
-      jax.random.PRNGKey(5), 4, augment.VIEW2)[param]
-  d['order'] = jnp.tile(jnp.asarray([op] + [k for k in range(4) if k != op]),
-                        (4, 1))
+  d[param] = augment.sample_decisions(jax.random.PRNGKey(5), 4, augment.VIEW2)[
+      param
+  ]
+  d['order'] = jnp.tile(
+      jnp.asarray([op] + [k for k in range(4) if k != op]), (4, 1)
+  )
   ours = jax.jit(augment._color_jitter)(x, d)
-  want = jnp.clip(jax.jit(jax.vmap(reference))(x, d[param]), 0., 1.)
+  want = jnp.clip(jax.jit(jax.vmap(reference))(x, d[param]), 0.0, 1.0)
   np.testing.assert_allclose(ours, want, atol=2e-5)
 
 
 def test_keys_determine_outputs(colour_images, outputs):
   out, key = outputs
   a = np.asarray(augment_view(key, colour_images, view=2)) * STD + MEAN
-  c = np.asarray(augment_view(jax.random.fold_in(key, 1), colour_images,
-                              view=2)) * STD + MEAN
+  c = (
+      np.asarray(
+          augment_view(jax.random.fold_in(key, 1), colour_images, view=2)
+      )
+      * STD
+      + MEAN
+  )
   np.testing.assert_array_equal(a, out[2])  # same key, same output
   # Different keys: (almost) every example differs; an example that draws
   # "no op at all" under both keys (p = 0.058^2 for view 2) is left alone.
@@ -172,17 +211,20 @@ def test_keys_determine_outputs(colour_images, outputs):
 
 
 def test_normalize_and_pmap():
-  np.testing.assert_allclose(augment.normalize(jnp.asarray(MEAN)), 0.,
-                             atol=1e-6)
-  np.testing.assert_allclose(augment.normalize(jnp.ones(3)), (1 - MEAN) / STD,
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      augment.normalize(jnp.asarray(MEAN)), 0.0, atol=1e-6
+  )
+  np.testing.assert_allclose(
+      augment.normalize(jnp.ones(3)), (1 - MEAN) / STD, rtol=1e-6
+  )
   devices = jax.local_device_count()
   x = jax.random.uniform(jax.random.PRNGKey(0), (devices, 2, 8, 8, 3))
   keys = jax.random.split(jax.random.PRNGKey(0), devices)
   out = jax.pmap(lambda k, v: _augment_view(k, v, view=1))(keys, x)
   assert out.shape == x.shape
   np.testing.assert_allclose(
-      out[1], augment_view(keys[1], x[1], view=1), atol=1e-5)
+      out[1], augment_view(keys[1], x[1], view=1), atol=1e-5
+  )
 
 
 @pytest.mark.parametrize('size', [8, 32])
@@ -192,14 +234,17 @@ def test_augment_examples_equals_each_example_augmented_alone(size, view):
   augment_view of each example as a batch of one with its own key."""
   n = 64
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(3), i))(
-      jnp.arange(n))
+      jnp.arange(n)
+  )
   images = jax.random.uniform(jax.random.PRNGKey(size), (n, size, size, 3))
-  alone = jax.jit(jax.vmap(
-      lambda k, x: _augment_view(k, x[None], view=view)[0]))
+  alone = jax.jit(
+      jax.vmap(lambda k, x: _augment_view(k, x[None], view=view)[0])
+  )
   batched = jax.jit(augment.augment_examples, static_argnums=2)
   expected = np.asarray(alone(keys, images))
-  np.testing.assert_array_equal(np.asarray(batched(keys, images, view)),
-                                expected)
+  np.testing.assert_array_equal(
+      np.asarray(batched(keys, images, view)), expected
+  )
   # Not vacuous: the examples were augmented differently.
   assert np.abs(expected - augment.normalize(images)).max() > 0.1
   assert len({float(x) for x in expected.mean((1, 2, 3))}) == n

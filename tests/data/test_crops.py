@@ -19,8 +19,9 @@ def _official_moments(height, width, min_area=0.08, grid=1500):
   """
   t = (np.arange(grid) + 0.5) / grid
   area = (min_area + (1 - min_area) * t)[:, None] * height * width
-  aspect = np.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) *
-                  t)[None, :]
+  aspect = np.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * t)[
+      None, :
+  ]
   w = np.minimum(np.round(np.sqrt(area * aspect)), width)
   h = np.minimum(np.round(np.sqrt(area / aspect)), height)
   frac = w * h / (height * width)
@@ -32,8 +33,9 @@ def test_crop_areas_match_the_official_sampler(height, width):
   n = 20_000
   u = np.random.default_rng(1).random((n, crops.NUM_U))
   y0, x0, ch, cw = crops.sample_crop(np, u, height, width)
-  assert np.all((y0 >= 0) & (x0 >= 0) & (y0 + ch <= height) &
-                (x0 + cw <= width))
+  assert np.all(
+      (y0 >= 0) & (x0 >= 0) & (y0 + ch <= height) & (x0 + cw <= width)
+  )
   frac = ch * cw / (height * width)
   mean, p_large = _official_moments(height, width)
   se_mean = frac.std() / math.sqrt(n)
@@ -41,7 +43,9 @@ def test_crop_areas_match_the_official_sampler(height, width):
   # z = deviation / se over 10 seeds (AMD EPYC): sd 1.0-1.1, |z| <= 2.3.
   assert abs(frac.mean() - mean) < 5 * se_mean, (frac.mean(), mean)
   assert abs((frac > 0.8).mean() - p_large) < 5 * se_p, (
-      (frac > 0.8).mean(), p_large)
+      (frac > 0.8).mean(),
+      p_large,
+  )
   # The rejection sampler this replaced: mean 0.43 and 5.6% above 0.8 on a
   # 500x375 image; the official one keeps large crops.
   if (height, width) == (375, 500):
@@ -63,7 +67,7 @@ def test_offsets_are_uniform_over_the_positions_that_fit():
 def test_min_crop_area_bounds_the_crop(min_area):
   u = np.random.RandomState(0).uniform(size=(4000, crops.NUM_U))
   y0, x0, ch, cw = crops.sample_crop(np, u, 100, 120, min_area)
-  frac = ch * cw / (100. * 120.)
+  frac = ch * cw / (100.0 * 120.0)
   assert np.all((y0 >= 0) & (x0 >= 0) & (y0 + ch <= 100) & (x0 + cw <= 120))
   # Rounding of the sides may shave a little off the smallest areas.
   # frac.min() / min_area over 10 seeds (AMD EPYC): 0.984..1.000.

@@ -4,6 +4,7 @@ What `--dry_run` counts (the listing, read_data=False) must be what a run
 holds (the decoded cache); a layout that reads two ways, or an image Pillow
 refuses, stops the start with one line naming the fix.
 """
+
 import logging
 import os
 import pathlib
@@ -12,8 +13,8 @@ import sys
 
 import PIL.Image
 import pytest
-
 import xla_env
+
 from byol_jax import configs
 from byol_jax import plan
 from byol_jax.data import sources
@@ -42,23 +43,27 @@ def _counts(root, cache):
   """(dry run's derived, run's derived, the run's held train pixel values)."""
   dry = plan.build(_tiny(root, cache), topology=ONE, read_data=False)
   run = plan.build(_tiny(root, cache), topology=ONE)
-  return (dry.config.derived, run.config.derived,
-          sorted(run.source.images['train'][:, 0, 0, 0].tolist()))
+  return (
+      dry.config.derived,
+      run.config.derived,
+      sorted(run.source.images['train'][:, 0, 0, 0].tolist()),
+  )
 
 
 def test_symlinks_are_followed_and_dry_run_counts_what_the_run_holds(
-    tmp_path, caplog):
+    tmp_path, caplog
+):
   real, root = tmp_path / 'real', tmp_path / 'data'
-  _pngs(real / 'cats', 3)                     # a linked class folder
-  _pngs(real / 'more_dogs', 2, start=10)      # a linked sub-folder
-  _pngs(real / 'loose', 1, start=20)          # a linked file
+  _pngs(real / 'cats', 3)  # a linked class folder
+  _pngs(real / 'more_dogs', 2, start=10)  # a linked sub-folder
+  _pngs(real / 'loose', 1, start=20)  # a linked file
   _pngs(root / 'train' / 'dogs', 2, start=30)
   _pngs(real / 'test' / 'cats', 1, start=40)
   _pngs(real / 'test' / 'dogs', 1, start=41)
   os.symlink(real / 'cats', root / 'train' / 'cats')
   os.symlink(real / 'more_dogs', root / 'train' / 'dogs' / 'sub')
   os.symlink(real / 'loose' / '020.png', root / 'train' / 'dogs' / 'l.png')
-  os.symlink(real / 'test', root / 'test')    # a linked split folder
+  os.symlink(real / 'test', root / 'test')  # a linked split folder
   os.symlink(root / 'train' / 'dogs', root / 'train' / 'dogs' / 'loop')
   os.symlink(real / 'more_dogs', root / 'train' / 'dogs' / 'sub2')  # again
   os.symlink(tmp_path / 'gone.png', root / 'train' / 'dogs' / 'gone.png')
@@ -67,13 +72,21 @@ def test_symlinks_are_followed_and_dry_run_counts_what_the_run_holds(
   assert listing.class_names == ('cats', 'dogs')
   assert 'left out 1 broken link(s)' in caplog.text
   assert (listing.num_examples('train'), listing.num_examples('test')) == (
-      8, 2)  # each real folder once: 3 cats + 2 + 2 + 1 dogs
+      8,
+      2,
+  )  # each real folder once: 3 cats + 2 + 2 + 1 dogs
   dry, run, values = _counts(root, tmp_path / 'cache')
   assert values == [0, 1, 2, 10, 11, 20, 30, 31]
   keys = ('num_train_examples', 'eval_num_train_examples', 'num_classes')
-  assert {k: dry[k] for k in keys} == {k: run[k] for k in keys} == {
-      'num_train_examples': 8, 'eval_num_train_examples': 8,
-      'num_classes': 2}
+  assert (
+      {k: dry[k] for k in keys}
+      == {k: run[k] for k in keys}
+      == {
+          'num_train_examples': 8,
+          'eval_num_train_examples': 8,
+          'num_classes': 2,
+      }
+  )
 
 
 @pytest.mark.parametrize('name', ['valid', 'validation', 'val'])
@@ -99,9 +112,13 @@ def test_a_validation_folder_is_the_validation_split(tmp_path, caplog, name):
 
 def _main(*args):
   return subprocess.run(
-      [sys.executable, '-m', 'byol_jax.main', *args], cwd=REPO,
-      env=xla_env.subprocess_env(1), capture_output=True, text=True,
-      timeout=120)
+      [sys.executable, '-m', 'byol_jax.main', *args],
+      cwd=REPO,
+      env=xla_env.subprocess_env(1),
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
 
 
 def _assert_one_line(result, *needles):
@@ -118,23 +135,34 @@ def test_a_flat_folder_whose_class_is_named_train_is_one_line(tmp_path):
   root = tmp_path / 'data'
   _pngs(root / 'train', 3)  # PATH/train/*.png: a class, or the train split?
   _assert_one_line(
-      _main('--config=experiments/gn_ws.py:tiny,steps=1',
-            f'--config.data.source=folder:{root}',
-            f'--workdir={tmp_path / "run"}', '--dry_run'),
-      'Config error: ', f'folder:{root} is ambiguous', f'{root}/train holds '
-      'images', 'rename it', f'move those images into {root}/train/<class>/')
+      _main(
+          '--config=experiments/gn_ws.py:tiny,steps=1',
+          f'--config.data.source=folder:{root}',
+          f'--workdir={tmp_path / "run"}',
+          '--dry_run',
+      ),
+      'Config error: ',
+      f'folder:{root} is ambiguous',
+      f'{root}/train holds ' 'images',
+      'rename it',
+      f'move those images into {root}/train/<class>/',
+  )
   assert not (tmp_path / 'run').exists()
   # The same in a flat folder with a class named like another split.
   flat = tmp_path / 'flat'
   _pngs(flat / 'cats', 2)
   _pngs(flat / 'test', 2)
-  with pytest.raises(plan.ConfigError, match=r'ambiguous: it has a test/ '
-                     r'folder but no train/.*rename that class folder$'):
+  with pytest.raises(
+      plan.ConfigError,
+      match=r'ambiguous: it has a test/ '
+      r'folder but no train/.*rename that class folder$',
+  ):
     plan.build(_tiny(flat, tmp_path / 'cache'), topology=ONE, read_data=False)
 
 
 def test_an_image_above_pillows_limit_is_named_in_one_line(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
   """The decoder's path, in process: Image.MAX_IMAGE_PIXELS lowered to 100."""
   root = tmp_path / 'data'
   _pngs(root / 'a', 3)  # 4x4: sized by these
@@ -151,19 +179,22 @@ def test_an_image_above_pillows_limit_is_named_in_one_line(
       plan.build(config, topology=ONE, read_data=read_data)
     message = str(err.value)
     assert '\n' not in message
-    assert message.startswith(f"data.source='folder:{root}': {big} is above "
-                              "Pillow's image size limit: Image size (300 "
-                              'pixels) exceeds limit of 200 pixels')
-    assert message.endswith('(PIL.Image.MAX_IMAGE_PIXELS=100; Pillow refuses '
-                            'twice that); downscale or remove that image')
+    assert message.startswith(
+        f"data.source='folder:{root}': {big} is above "
+        "Pillow's image size limit: Image size (300 "
+        'pixels) exceeds limit of 200 pixels'
+    )
+    assert message.endswith(
+        '(PIL.Image.MAX_IMAGE_PIXELS=100; Pillow refuses '
+        'twice that); downscale or remove that image'
+    )
   assert not (tmp_path / 'cache').exists()
   # The streaming path's listing check opens only files without an end
   # marker: a whole big PNG is not read there.
   assert sources.get_source(f'folder:{root}').num_examples('train') == 6
 
 
-def test_an_image_above_pillows_real_limit_stops_the_run_in_one_line(
-    tmp_path):
+def test_an_image_above_pillows_real_limit_stops_the_run_in_one_line(tmp_path):
   """End to end: a 13,500 x 13,500 1-bit PNG (22 kB) as the first image."""
   root = tmp_path / 'data'
   _pngs(root / 'b', 2)
@@ -172,11 +203,15 @@ def test_an_image_above_pillows_real_limit_stops_the_run_in_one_line(
   PIL.Image.new('1', (13_500, 13_500)).save(big)
   limit = 2 * PIL.Image.MAX_IMAGE_PIXELS
   _assert_one_line(
-      _main('--config=experiments/gn_ws.py:tiny,steps=1',
-            f'--config.data.source=folder:{root}',
-            f'--config.data.cache_dir={tmp_path / "cache"}',
-            f'--workdir={tmp_path / "run"}'),
+      _main(
+          '--config=experiments/gn_ws.py:tiny,steps=1',
+          f'--config.data.source=folder:{root}',
+          f'--config.data.cache_dir={tmp_path / "cache"}',
+          f'--workdir={tmp_path / "run"}',
+      ),
       f"Config error: data.source='folder:{root}': {big} is above Pillow's "
       f'image size limit: Image size (182250000 pixels) exceeds limit of '
-      f'{limit} pixels', 'downscale or remove that image')
+      f'{limit} pixels',
+      'downscale or remove that image',
+  )
   assert not (tmp_path / 'cache').exists()

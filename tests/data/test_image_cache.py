@@ -1,4 +1,5 @@
 """Image folders decoded once (Pillow) and cached on disk (data/folder.py)."""
+
 import io
 import logging
 import os
@@ -53,8 +54,7 @@ def _expected(good, split):
   return np.stack([good[k] for k in names])
 
 
-def test_folder_is_decoded_skips_counted_then_read_from_cache(tmp_path,
-                                                              caplog):
+def test_folder_is_decoded_skips_counted_then_read_from_cache(tmp_path, caplog):
   root, cache = tmp_path / 'data', tmp_path / 'cache'
   good = _make_folder(root)
   with caplog.at_level(logging.INFO):
@@ -67,9 +67,11 @@ def test_folder_is_decoded_skips_counted_then_read_from_cache(tmp_path,
   np.testing.assert_array_equal(src.labels['train'], [0, 0, 0, 1, 1])
   assert src.num_skipped == {'train': 2, 'test': 0}
   assert "split 'train': 5 of 7 files held in memory as 6x5 uint8" in (
-      caplog.text)
+      caplog.text
+  )
   assert '2 skipped (not decodable JPEG/PNG); decoded and cached in' in (
-      caplog.text)
+      caplog.text
+  )
   [entry] = os.listdir(cache)
   assert entry.startswith('data-0-') and src.cache_path == str(cache / entry)
   caplog.clear()
@@ -109,15 +111,26 @@ def test_a_changed_folder_rebuilds_the_cache(tmp_path, caplog, change):
   if change == 'corrupt':
     assert '3 skipped (not decodable JPEG/PNG)' in caplog.text
   if change == 'modify':
-    np.testing.assert_array_equal(src.images['train'][-1],
-                                  255 - good['train/b/1.png'])
+    np.testing.assert_array_equal(
+        src.images['train'][-1], 255 - good['train/b/1.png']
+    )
   assert len(first.images['train']) == 5
   assert len(os.listdir(cache)) == 1  # the stale cache is removed
 
 
-@pytest.mark.parametrize('damage', ['truncate', 'flip_byte', 'flip_header',
-                                    'not_a_zip', 'empty', 'other_listing',
-                                    'split_missing', 'no_splits'])
+@pytest.mark.parametrize(
+    'damage',
+    [
+        'truncate',
+        'flip_byte',
+        'flip_header',
+        'not_a_zip',
+        'empty',
+        'other_listing',
+        'split_missing',
+        'no_splits',
+    ],
+)
 def test_a_corrupt_cache_is_rebuilt_not_trusted(tmp_path, caplog, damage):
   root, cache = tmp_path / 'data', tmp_path / 'cache'
   good = _make_folder(root)
@@ -128,10 +141,10 @@ def test_a_corrupt_cache_is_rebuilt_not_trusted(tmp_path, caplog, damage):
     arrays = dict(z)
   pixel = data.index(arrays['train.images'].tobytes()) + 7
   if damage == 'truncate':
-    path.write_bytes(data[:len(data) - 17])
+    path.write_bytes(data[: len(data) - 17])
   elif damage in ('flip_byte', 'flip_header'):  # only the CRC-32 can tell
     at = pixel if damage == 'flip_byte' else data.index(b"'descr'") + 9
-    path.write_bytes(data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:])
+    path.write_bytes(data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :])
   elif damage in ('not_a_zip', 'empty'):
     path.write_bytes(b'{"key": ' if damage == 'not_a_zip' else b'')
   else:  # whole and readable, but not this folder's
@@ -139,7 +152,8 @@ def test_a_corrupt_cache_is_rebuilt_not_trusted(tmp_path, caplog, damage):
       arrays['key'] = np.asarray('0' * 64)
     for name in list(arrays):
       if (damage == 'split_missing' and name.startswith('test.')) or (
-          damage == 'no_splits' and name != 'key'):
+          damage == 'no_splits' and name != 'key'
+      ):
         del arrays[name]
     np.savez(path, **arrays)
   caplog.clear()
@@ -160,19 +174,26 @@ def test_mixed_sizes_need_a_cache_side(tmp_path):
   for i, size in enumerate(((10, 12), (20, 14))):
     os.makedirs(root / 'c', exist_ok=True)
     PIL.Image.fromarray(_image(i, size)).save(root / 'c' / f'{i}.png')
-  with pytest.raises(ValueError, match=r'different sizes \(e.g. 12x10 and '
-                     r'14x20\); set --config.data.cache_side=N'):
+  with pytest.raises(
+      ValueError,
+      match=r'different sizes \(e.g. 12x10 and '
+      r'14x20\); set --config.data.cache_side=N',
+  ):
     _load(root, tmp_path / 'cache')
   src = _load(root, tmp_path / 'cache', side=8)
   assert src.images['train'].shape == (2, 8, 8, 3)
   # The 10x12 image: shorter side 10 -> 8 (width 12 -> 10), central 8x8.
-  expected = np.asarray(PIL.Image.fromarray(_image(0, (10, 12))).resize(
-      (10, 8), PIL.Image.BICUBIC))[:, 1:9]
+  expected = np.asarray(
+      PIL.Image.fromarray(_image(0, (10, 12))).resize(
+          (10, 8), PIL.Image.BICUBIC
+      )
+  )[:, 1:9]
   np.testing.assert_array_equal(src.images['train'][0], expected)
 
 
 def test_mixed_sizes_stop_before_the_larger_images_are_decoded(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
   # plan.py's memory estimate takes the first image's size: a folder of
   # large photos behind a thumbnail must not be decoded whole (memory).
   root = tmp_path / 'mixed'
@@ -183,13 +204,18 @@ def test_mixed_sizes_stop_before_the_larger_images_are_decoded(
     PIL.Image.fromarray(big).save(root / 'c' / f'{i:02d}.jpg')
   decoded = []
   convert = PIL.Image.Image.convert
+
   def spy(im, *args, **kwargs):
     decoded.append(im.size)
     return convert(im, *args, **kwargs)
+
   monkeypatch.setattr(PIL.Image.Image, 'convert', spy)
   listing = sources.get_source(f'folder:{root}', validate_files=False)
-  with pytest.raises(ValueError, match=r'different sizes \(e.g. 12x10 and '
-                     r'1500x1000\); set --config.data.cache_side=N'):
+  with pytest.raises(
+      ValueError,
+      match=r'different sizes \(e.g. 12x10 and '
+      r'1500x1000\); set --config.data.cache_side=N',
+  ):
     folder.arrays(listing, cache_dir=str(tmp_path / 'cache'), num_threads=1)
   assert decoded.count((1500, 1000)) < 20
 
@@ -204,12 +230,14 @@ def test_16_bit_grayscale_png_is_scaled_to_8_bits_not_saturated(tmp_path):
   src = _load(root, tmp_path / 'cache')
   # What libpng's 16 -> 8 bit strip (tf.io.decode_png, the streaming path)
   # gives: the high byte.
-  np.testing.assert_array_equal(src.images['train'][0],
-                                np.repeat((grey >> 8)[..., None], 3, -1))
+  np.testing.assert_array_equal(
+      src.images['train'][0], np.repeat((grey >> 8)[..., None], 3, -1)
+  )
 
 
 def test_a_dangling_symlink_is_left_out_of_the_listing_and_logged(
-    tmp_path, caplog):
+    tmp_path, caplog
+):
   root, cache = tmp_path / 'data', tmp_path / 'cache'
   good = _make_folder(root)
   os.symlink(tmp_path / 'gone.png', root / 'train' / 'a' / 'link.png')
@@ -244,8 +272,11 @@ def test_a_writer_killed_mid_write_leaves_nothing_behind(tmp_path, caplog):
   with open(tmp_path / 'stderr', 'w') as err:
     writer = subprocess.Popen(
         [sys.executable, '-c', _WRITER, str(root), str(cache)],
-        cwd=pathlib.Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
-        stderr=err, text=True)
+        cwd=pathlib.Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        stderr=err,
+        text=True,
+    )
     saved = writer.stdout.readline()  # '' if it failed before saving
     assert saved == 'saved\n', (tmp_path / 'stderr').read_text()
     partial = os.listdir(cache)  # the half-written cache, under a temp name
@@ -272,18 +303,23 @@ def test_a_writer_killed_mid_write_leaves_nothing_behind(tmp_path, caplog):
 
 @pytest.mark.parametrize('failure', ['read_only', 'disk_full'])
 def test_an_unwritable_cache_dir_warns_and_the_run_goes_on(
-    tmp_path, caplog, monkeypatch, failure):
+    tmp_path, caplog, monkeypatch, failure
+):
   root, cache = tmp_path / 'data', tmp_path / 'cache'
   good = _make_folder(root)
   os.makedirs(cache)
   if failure == 'read_only':
+
     def refuse(*args, **kwargs):
       raise PermissionError(13, 'Permission denied', str(cache))
+
     monkeypatch.setattr(folder.tempfile, 'mkstemp', refuse)
   else:
+
     def full(file, **arrays):
       file.write(b'PK' * 100)  # a part was written
       raise OSError(28, 'No space left on device')
+
     monkeypatch.setattr(folder.np, 'savez', full)
   with caplog.at_level(logging.INFO):
     src = _load(root, cache)
@@ -310,7 +346,8 @@ def _tiny(source, *overrides):
 
 
 def test_plan_holds_a_folder_that_fits_in_memory_and_streams_a_larger_one(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
   root = tmp_path / 'data'
   _make_folder(root)
   one = plan.Topology(1, 1)
@@ -320,50 +357,68 @@ def test_plan_holds_a_folder_that_fits_in_memory_and_streams_a_larger_one(
   d = run.config.derived
   assert d.data_path == 'in_memory' and d.num_train_examples == 5
   assert d.in_memory_mb == round(7 * 6 * 5 * 3 / 2**20, 1)
-  dry = plan.build(_tiny(f'folder:{root}', cache), topology=one,
-                   read_data=False).config.derived
+  dry = plan.build(
+      _tiny(f'folder:{root}', cache), topology=one, read_data=False
+  ).config.derived
   assert dry.data_path == 'in_memory'
   assert dry.in_memory_mb == round(9 * 6 * 5 * 3 / 2**20, 1)  # listed files
-  streamed = plan.build(_tiny(f'folder:{root}', cache,
-                              ('data.max_in_memory_mb', 0)), topology=one)
+  streamed = plan.build(
+      _tiny(f'folder:{root}', cache, ('data.max_in_memory_mb', 0)), topology=one
+  )
   assert type(streamed.source) is sources.FolderSource  # validated
   assert streamed.config.derived.data_path == 'streaming'
   assert streamed.source.num_skipped == {'train': 2, 'test': 0}
   assert resume.trajectory(run.config)['derived.data_path'] == 'in_memory'
   monkeypatch.setattr(sources, 'tensorflow_importable', lambda: False)
-  with pytest.raises(plan.ConfigError,
-                     match=r"^data.source='folder:.*': its decoded size "
-                     r'\(0.0 MiB\) is above data.max_in_memory_mb=0, so it '
-                     r'streams through tf.data, and TensorFlow is not '
-                     r'importable; install it'):
-    plan.build(_tiny(f'folder:{root}', cache, ('data.max_in_memory_mb', 0)),
-               topology=one)
+  with pytest.raises(
+      plan.ConfigError,
+      match=r"^data.source='folder:.*': its decoded size "
+      r'\(0.0 MiB\) is above data.max_in_memory_mb=0, so it '
+      r'streams through tf.data, and TensorFlow is not '
+      r'importable; install it',
+  ):
+    plan.build(
+        _tiny(f'folder:{root}', cache, ('data.max_in_memory_mb', 0)),
+        topology=one,
+    )
   plan.build(_tiny(f'folder:{root}', cache), topology=one)  # needs no TF
 
 
 def test_a_folder_whose_first_files_are_not_images_is_still_held_in_memory(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
   root = tmp_path / 'data'
   good = _make_folder(root)
   for i in range(20):  # sorted before every image of train/a
     (root / 'train' / 'a' / f'-junk{i:02d}.jpg').write_text('not an image\n')
   one = plan.Topology(1, 1)
   cache = ('data.cache_dir', str(tmp_path / 'cache'))
-  dry = plan.build(_tiny(f'folder:{root}', cache), topology=one,
-                   read_data=False).config.derived
+  dry = plan.build(
+      _tiny(f'folder:{root}', cache), topology=one, read_data=False
+  ).config.derived
   assert dry.data_path == 'in_memory' and dry.in_memory_mb >= 0
   monkeypatch.setattr(sources, 'tensorflow_importable', lambda: False)
   run = plan.build(_tiny(f'folder:{root}', cache), topology=one)
   assert run.config.derived.data_path == 'in_memory'
-  np.testing.assert_array_equal(run.source.images['train'],
-                                _expected(good, 'train'))
+  np.testing.assert_array_equal(
+      run.source.images['train'], _expected(good, 'train')
+  )
   assert run.source.num_skipped == {'train': 22, 'test': 0}
 
 
-@pytest.mark.parametrize('field,value', [
-    ('data.max_in_memory_mb', -1), ('data.cache_side', -3),
-    ('data.in_memory_on', 'gpu'), ('data.cache_dir', 'gs://bucket/cache')])
+@pytest.mark.parametrize(
+    'field,value',
+    [
+        ('data.max_in_memory_mb', -1),
+        ('data.cache_side', -3),
+        ('data.in_memory_on', 'gpu'),
+        ('data.cache_dir', 'gs://bucket/cache'),
+    ],
+)
 def test_bad_in_memory_fields_are_config_errors(field, value):
   with pytest.raises(plan.ConfigError, match=f'^{field}='):
-    plan.build(_tiny('digits', (field, value)), topology=plan.Topology(1, 1),
-               read_data=False)
+    plan.build(
+        _tiny('digits', (field, value)),
+        topology=plan.Topology(1, 1),
+        read_data=False,
+    )

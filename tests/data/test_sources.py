@@ -1,4 +1,5 @@
 """Tests for byol_jax.data.sources: spec parsing, splits, folders, bad files."""
+
 import io
 import logging
 import os
@@ -12,8 +13,18 @@ import pytest
 
 from byol_jax.data import sources
 
-CIFAR_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
-                 'frog', 'horse', 'ship', 'truck')
+CIFAR_CLASSES = (
+    'airplane',
+    'automobile',
+    'bird',
+    'cat',
+    'deer',
+    'dog',
+    'frog',
+    'horse',
+    'ship',
+    'truck',
+)
 
 
 def _jpeg_bytes(seed, size=(40, 48)):
@@ -31,11 +42,12 @@ def make_bad_folder(root):
   for i in range(3):
     (root / 'a' / f'{i}.jpg').write_bytes(_jpeg_bytes(i))
   full = _jpeg_bytes(99)
-  (root / 'a' / 'truncated.jpg').write_bytes(full[:len(full) * 2 // 5])
+  (root / 'a' / 'truncated.jpg').write_bytes(full[: len(full) * 2 // 5])
   (root / 'a' / 'notes.jpg').write_text('this is not an image\n')
   for i in range(2):
     PIL.Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(
-        root / 'b' / f'{i}.png')
+        root / 'b' / f'{i}.png'
+    )
   return root
 
 
@@ -48,7 +60,7 @@ def test_digits_source_is_fixed_and_in_range():
   assert src.resolve_split('test') == 'test'
   x = src.images['train']
   assert x.shape == (1500, 8, 8, 3) and x.dtype == np.float32
-  assert x.min() == 0. and x.max() == 1.
+  assert x.min() == 0.0 and x.max() == 1.0
   np.testing.assert_array_equal(x[..., 0], x[..., 2])  # grey as RGB
   again = sources.get_source('digits')
   np.testing.assert_array_equal(again.labels['test'], src.labels['test'])
@@ -71,8 +83,10 @@ def test_imagenet_protocol_splits():
   assert sources.tfds_split('imagenet2012', 'linear_valid') == 'train[:10000]'
   assert sources.tfds_split('imagenet2012', 'test') == 'validation'
   assert sources.tfds_split('cifar10', 'test', ('train', 'test')) == 'test'
-  assert sources.tfds_split('imagenette', 'test',
-                            ('train', 'validation')) == 'validation'
+  assert (
+      sources.tfds_split('imagenette', 'test', ('train', 'validation'))
+      == 'validation'
+  )
   with pytest.raises(ValueError, match='linear_valid'):
     sources.tfds_split('cifar10', 'linear_valid', ('train', 'test'))
 
@@ -141,7 +155,8 @@ def _png_folder(root, per_class=(5, 4, 3)):
     (root / f'c{k}').mkdir(parents=True)
     for i in range(n):
       PIL.Image.fromarray(np.full((6, 7, 3), 20 * k + i, np.uint8)).save(
-          root / f'c{k}' / f'{i}.png')
+          root / f'c{k}' / f'{i}.png'
+      )
   return root
 
 
@@ -157,12 +172,17 @@ def _check_partition(before, after, field):
   keys = [x.tobytes() if field == 'images' else x for x in data]
   assert len(set(keys)) == len(keys)  # examples are distinct
   where = {k: i for i, k in enumerate(keys)}
-  idx = {s: np.asarray([where[x.tobytes() if field == 'images' else x]
-                        for x in new[s]]) for s in ('train', 'held_out')}
+  idx = {
+      s: np.asarray(
+          [where[x.tobytes() if field == 'images' else x] for x in new[s]]
+      )
+      for s in ('train', 'held_out')
+  }
   assert not set(idx['train']) & set(idx['held_out'])
   np.testing.assert_array_equal(
       np.sort(np.concatenate([idx['train'], idx['held_out']])),
-      np.arange(len(data)))
+      np.arange(len(data)),
+  )
   for s in ('train', 'held_out'):
     assert (np.diff(idx[s]) > 0).all()  # ascending: original order kept
     np.testing.assert_array_equal(after.labels[s], labels[idx[s]])
@@ -228,7 +248,8 @@ def test_hold_out_folder_partitions_and_maps_test(tmp_path):
   assert src.num_skipped == {'train': 0} and src.raw_splits() == ('train',)
   idx = _check_partition(src, held, 'files')
   np.testing.assert_array_equal(
-      idx['held_out'], np.sort(np.random.default_rng(0).permutation(12)[:4]))
+      idx['held_out'], np.sort(np.random.default_rng(0).permutation(12)[:4])
+  )
   for s in ('train', 'held_out'):  # still sorted by class, then path
     assert list(held.files[s]) == sorted(held.files[s])
     for path, label in zip(held.files[s], held.labels[s]):
@@ -263,10 +284,13 @@ def test_logical_mapping_with_held_out():
   assert gs('test', ('train', 'validation', 'held_out'), 'x') == 'validation'
   assert gs('test', ('train', 'val', 'held_out'), 'x') == 'val'
   assert gs('linear_valid', ('train', 'held_out'), 'x') == 'held_out'
-  assert gs('linear_valid', ('train', 'validation', 'test', 'held_out'),
-            'x') == 'held_out'
-  assert gs('linear_valid', ('train', 'validation', 'test'),
-            'x') == 'validation'  # unchanged without a held-out split
+  assert (
+      gs('linear_valid', ('train', 'validation', 'test', 'held_out'), 'x')
+      == 'held_out'
+  )
+  assert (
+      gs('linear_valid', ('train', 'validation', 'test'), 'x') == 'validation'
+  )  # unchanged without a held-out split
   for logical in ('pretrain', 'linear_train'):
     assert gs(logical, ('train', 'held_out'), 'x') == 'train'
   with pytest.raises(ValueError) as err:
@@ -275,7 +299,8 @@ def test_logical_mapping_with_held_out():
   assert 'tfds:cifar10' in message and "'linear_valid'" in message
   assert "['test', 'train']" in message
   assert 'hold out part of train with --config.data.held_out_examples=N' in (
-      message)
+      message
+  )
 
 
 def test_hold_out_errors(tmp_path):
@@ -290,8 +315,9 @@ def test_hold_out_errors(tmp_path):
   folder = sources.get_source(f'folder:{_png_folder(tmp_path / "f")}')
   with pytest.raises(ValueError, match='num_examples=12 .*12 training'):
     sources.hold_out(folder, 12)
-  no_train = sources.InMemorySource('x', 2, {'test': src.images['test']},
-                                    {'test': src.labels['test']})
+  no_train = sources.InMemorySource(
+      'x', 2, {'test': src.images['test']}, {'test': src.labels['test']}
+  )
   with pytest.raises(ValueError, match='no train split'):
     sources.hold_out(no_train, 5)
 
@@ -338,14 +364,17 @@ def test_hold_out_tfds_cifar10_splits(tfds_data_dir):
   with pytest.raises(ValueError, match=r'train\[:10000\] as linear_valid'):
     sources.hold_out(imagenet, 100)
   # Only prepared datasets open (TFDS cannot download them at start-up).
-  with pytest.raises(ValueError, match=r'tfds:mnist is not prepared in .*'
-                     'run `tfds build mnist'):
+  with pytest.raises(
+      ValueError,
+      match=r'tfds:mnist is not prepared in .*' 'run `tfds build mnist',
+  ):
     sources.get_source('tfds:mnist', data_dir=tfds_data_dir)
 
 
 def _tiny_plan(dataset, *overrides, read_data=True):
   from byol_jax import configs  # pylint: disable=g-import-not-at-top
   from byol_jax import plan  # pylint: disable=g-import-not-at-top
+
   config = configs.experiment_config(f'tiny,dataset={dataset}')
   for field, value in overrides:
     section, name = field.split('.')
@@ -356,6 +385,7 @@ def _tiny_plan(dataset, *overrides, read_data=True):
 def test_small_tfds_datasets_are_held_in_memory(monkeypatch, tfds_data_dir):
   tfds = pytest.importorskip('tensorflow_datasets')
   from byol_jax import plan  # pylint: disable=g-import-not-at-top
+
   data_dir = ('data.data_dir', tfds_data_dir)
   run = _tiny_plan('tfds:cifar10', data_dir)
   assert type(run.source) is sources.InMemorySource
@@ -369,15 +399,16 @@ def test_small_tfds_datasets_are_held_in_memory(monkeypatch, tfds_data_dir):
     # TFDS's examples in file order, decoded.
     ds = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
     expected = list(ds)
-    np.testing.assert_array_equal(run.source.images[split],
-                                  np.stack([ex['image'] for ex in expected]))
-    np.testing.assert_array_equal(run.source.labels[split],
-                                  [ex['label'] for ex in expected])
+    np.testing.assert_array_equal(
+        run.source.images[split], np.stack([ex['image'] for ex in expected])
+    )
+    np.testing.assert_array_equal(
+        run.source.labels[split], [ex['label'] for ex in expected]
+    )
   d = run.config.derived
   assert d.data_path == 'in_memory' and d.num_train_examples == 24
   assert d.in_memory_mb == round((24 + 12) * 32 * 32 * 3 / 2**20, 1)
-  streamed = _tiny_plan('tfds:cifar10', data_dir,
-                        ('data.max_in_memory_mb', 0))
+  streamed = _tiny_plan('tfds:cifar10', data_dir, ('data.max_in_memory_mb', 0))
   assert type(streamed.source) is sources.TfdsSource
   assert streamed.config.derived.data_path == 'streaming'
   assert streamed.config.derived.num_train_examples == 24
@@ -387,15 +418,19 @@ def test_small_tfds_datasets_are_held_in_memory(monkeypatch, tfds_data_dir):
   dry = _tiny_plan('tfds:imagenet2012', read_data=False).config.derived
   assert dry.data_path == 'streaming'
   monkeypatch.setattr(sources, 'tensorflow_importable', lambda: False)
-  with pytest.raises(plan.ConfigError, match=r"^data.source='tfds:cifar10': "
-                     'TFDS datasets need TensorFlow, which is not importable'):
+  with pytest.raises(
+      plan.ConfigError,
+      match=r"^data.source='tfds:cifar10': "
+      'TFDS datasets need TensorFlow, which is not importable',
+  ):
     _tiny_plan('tfds:cifar10', read_data=False)
 
 
 def test_hold_out_tfds_prepared_slices_sizes(tfds_data_dir):
   # A prepared TFDS dataset with a train split (30 examples) only.
-  src = sources.get_source('tfds:byol_jax_held_out_images',
-                           data_dir=tfds_data_dir)
+  src = sources.get_source(
+      'tfds:byol_jax_held_out_images', data_dir=tfds_data_dir
+  )
   assert src.raw_splits() == ('train',)
   with pytest.raises(ValueError, match='held_out_examples=N'):
     src.resolve_split('test')
@@ -409,9 +444,17 @@ def test_hold_out_tfds_prepared_slices_sizes(tfds_data_dir):
   with pytest.raises(ValueError, match='1 to 29'):
     sources.hold_out(src, 30)
   from byol_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  batches = list(pipeline.make_eval_iterator(
-      held, split='test', global_batch_size=6, image_size=8,
-      local_device_count=1, **ONE_HOST))
+
+  batches = list(
+      pipeline.make_eval_iterator(
+          held,
+          split='test',
+          global_batch_size=6,
+          image_size=8,
+          local_device_count=1,
+          **ONE_HOST,
+      )
+  )
   mask = np.concatenate([b['mask'].ravel() for b in batches])
   assert len(batches) == 2 and mask.sum() == 8
   # Together, train[8:] and train[:8] are the whole of TFDS's train.
@@ -428,8 +471,9 @@ def test_hold_out_tfds_prepared_slices_sizes(tfds_data_dir):
   mem = sources.in_memory_tfds(held, side=4)
   assert mem.images['held_out'].shape == (8, 4, 4, 3)
   assert mem.images['train'].shape == (22, 4, 4, 3)
-  ids = {k: np.round(mem.images[k][:, 2, 1, 2] / 5).astype(int)
-         for k in mem.images}
+  ids = {
+      k: np.round(mem.images[k][:, 2, 1, 2] / 5).astype(int) for k in mem.images
+  }
   assert sorted(ids['held_out']) == seen[0]  # TFDS's train[:8], as above
   assert sorted(np.concatenate(list(ids.values()))) == list(range(30))
   for split in mem.images:
@@ -439,39 +483,64 @@ def test_hold_out_tfds_prepared_slices_sizes(tfds_data_dir):
 
 def test_eval_iterator_reads_exactly_the_held_out_examples(tmp_path):
   from byol_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
   digits = sources.hold_out(sources.digits_source(), 37)
   folder = sources.hold_out(
-      sources.get_source(f'folder:{_png_folder(tmp_path / "f", (9, 8, 7))}'),
-      5)
-  for src, split, n, size in ((digits, 'held_out', 37, 8),
-                              (digits, 'linear_valid', 37, 8),
-                              (folder, 'test', 5, 6),
-                              (folder, 'held_out', 5, 6)):
-    batches = list(pipeline.make_eval_iterator(
-        src, split=split, global_batch_size=16, image_size=size,
-        local_device_count=2, **ONE_HOST))
+      sources.get_source(f'folder:{_png_folder(tmp_path / "f", (9, 8, 7))}'), 5
+  )
+  for src, split, n, size in (
+      (digits, 'held_out', 37, 8),
+      (digits, 'linear_valid', 37, 8),
+      (folder, 'test', 5, 6),
+      (folder, 'held_out', 5, 6),
+  ):
+    batches = list(
+        pipeline.make_eval_iterator(
+            src,
+            split=split,
+            global_batch_size=16,
+            image_size=size,
+            local_device_count=2,
+            **ONE_HOST,
+        )
+    )
     assert len(batches) == pipeline.num_eval_batches(n, 16, 1)
     mask = np.concatenate([b['mask'].ravel() for b in batches])
     labels = np.concatenate([b['label'].ravel() for b in batches])
     assert mask.sum() == n and mask[:n].all()
     np.testing.assert_array_equal(labels[:n], src.labels['held_out'])
   # Digits are 8x8 at image_size 8: the images are the held-out ones.
-  batch = next(pipeline.make_eval_iterator(
-      digits, split='held_out', global_batch_size=8, image_size=8,
-      local_device_count=1, **ONE_HOST))
-  np.testing.assert_allclose(batch['image'][0], digits.images['held_out'][:8],
-                             atol=1e-6)
+  batch = next(
+      pipeline.make_eval_iterator(
+          digits,
+          split='held_out',
+          global_batch_size=8,
+          image_size=8,
+          local_device_count=1,
+          **ONE_HOST,
+      )
+  )
+  np.testing.assert_allclose(
+      batch['image'][0], digits.images['held_out'][:8], atol=1e-6
+  )
 
 
 def test_digits_without_scikit_learn_is_one_config_line(tmp_path):
   """A machine without scikit-learn (the GPU image) is told what to do."""
-  code = ("import sys; sys.modules['sklearn'] = None; "
-          "from byol_jax import main; sys.argv = ['main', "
-          "'--config=experiments/quickstart.py', '--workdir=' + sys.argv[1]]; "
-          "from absl import app; app.run(main.main)")
+  code = (
+      "import sys; sys.modules['sklearn'] = None; "
+      "from byol_jax import main; sys.argv = ['main', "
+      "'--config=experiments/quickstart.py', '--workdir=' + sys.argv[1]]; "
+      'from absl import app; app.run(main.main)'
+  )
   repo = pathlib.Path(__file__).resolve().parents[2]
-  out = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'run')],
-                       cwd=repo, capture_output=True, text=True, timeout=300)
+  out = subprocess.run(
+      [sys.executable, '-c', code, str(tmp_path / 'run')],
+      cwd=repo,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   lines = out.stderr.strip().splitlines()
   assert out.returncode == 2, out.stderr
   assert len(lines) == 1 and 'scikit-learn' in lines[0], out.stderr

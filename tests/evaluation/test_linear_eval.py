@@ -52,8 +52,9 @@ def eight_device_run(setup, tmp_path_factory):
   assert jax.local_device_count() == 8
   config = tiny_config(random_baseline=True)
   workdir = tmp_path_factory.mktemp('linear_eval')
-  results = linear_eval.run_linear_eval(config, str(workdir), params, state,
-                                        source=source, tag='t')
+  results = linear_eval.run_linear_eval(
+      config, str(workdir), params, state, source=source, tag='t'
+  )
   return workdir, results
 
 
@@ -61,8 +62,16 @@ def test_fast_path_beats_chance_and_writes_results(eight_device_run):
   workdir, results = eight_device_run
   on_disk = json.loads((workdir / workdir_lib.EVAL_RESULTS).read_text())
   assert on_disk == results
-  for key in ('top1', 'top5', 'knn_top1', 'num_train', 'num_test', 'epochs',
-              'steps', 'tag'):
+  for key in (
+      'top1',
+      'top5',
+      'knn_top1',
+      'num_train',
+      'num_test',
+      'epochs',
+      'steps',
+      'tag',
+  ):
     assert key in on_disk, key
   assert (results['num_train'], results['num_test']) == (1500, 297)
   assert (results['epochs'], results['steps']) == (20, 20 * (1500 // 256))
@@ -82,9 +91,14 @@ def test_fast_path_beats_chance_and_writes_results(eight_device_run):
 def test_one_device_matches_eight_devices(setup, eight_device_run, tmp_path):
   config, source, params, state = setup
   _, eight = eight_device_run
-  one = linear_eval.run_linear_eval(config, str(tmp_path), params, state,
-                                    source=source,
-                                    devices=jax.local_devices()[:1])
+  one = linear_eval.run_linear_eval(
+      config,
+      str(tmp_path),
+      params,
+      state,
+      source=source,
+      devices=jax.local_devices()[:1],
+  )
   assert 'random_init' not in one
   assert one['steps'] == eight['steps']
   assert one['knn_top1'] == eight['knn_top1']  # same features either way.
@@ -101,10 +115,11 @@ def test_augmented_path_leaves_encoder_unchanged(setup, tmp_path):
   config, source, params, state = setup
   config = tiny_config(augment=True, num_epochs=1)
   before = jax.tree.map(np.array, (params, state))
-  results = linear_eval.run_linear_eval(config, str(tmp_path), params, state,
-                                        source=source)
+  results = linear_eval.run_linear_eval(
+      config, str(tmp_path), params, state, source=source
+  )
   assert results['augment'] is True and results['steps'] == 1500 // 256
-  assert 0. <= results['top1'] <= results['top5'] <= 1.
+  assert 0.0 <= results['top1'] <= results['top5'] <= 1.0
   after = jax.tree.map(np.asarray, (params, state))
   assert jax.tree.structure(after) == jax.tree.structure(before)
   for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before)):
@@ -119,48 +134,56 @@ def test_probe_loss_sends_no_gradient_into_the_encoder(setup):
   classifier = probe.classifier(10)
   clf = classifier.init(jax.random.PRNGKey(0), jnp.zeros((1, 128)))
   clf = jax.tree.map(lambda x: x + 0.1, clf)  # non-zero: encoder grads flow
-  grad_fn = jax.jit(jax.grad(lambda c, p: loss_fn(c, p, state, images,
-                                                  labels)[0], argnums=(0, 1)))
+  grad_fn = jax.jit(
+      jax.grad(
+          lambda c, p: loss_fn(c, p, state, images, labels)[0], argnums=(0, 1)
+      )
+  )
   clf_grads, enc_grads = grad_fn(clf, params)
-  assert all(np.all(np.asarray(g) == 0.) for g in jax.tree.leaves(enc_grads))
-  assert any(np.any(np.asarray(g) != 0.) for g in jax.tree.leaves(clf_grads))
+  assert all(np.all(np.asarray(g) == 0.0) for g in jax.tree.leaves(enc_grads))
+  assert any(np.any(np.asarray(g) != 0.0) for g in jax.tree.leaves(clf_grads))
+
   # Without the stop-gradient the encoder would get a gradient.
   def leaky(c, p):
     feats = encoder.encoder_apply(config)(p, state, images)
-    return losses.softmax_cross_entropy(
-        classifier.apply(c, feats), labels)
+    return losses.softmax_cross_entropy(classifier.apply(c, feats), labels)
+
   leak = jax.jit(jax.grad(leaky, argnums=1))(clf, params)
-  assert any(np.any(np.asarray(g) != 0.) for g in jax.tree.leaves(leak))
+  assert any(np.any(np.asarray(g) != 0.0) for g in jax.tree.leaves(leak))
 
 
 def test_knn_eval_above_chance(setup, eight_device_run):
   config, source, params, state = setup
   acc = features.knn_eval(config, source, params, state)
-  assert 0. <= acc <= 1.
+  assert 0.0 <= acc <= 1.0
   assert acc > 4 * CHANCE  # 8 seeds: 0.910 +- 0.013 (module docstring)
   assert acc == eight_device_run[1]['knn_top1']
 
 
 def test_extract_features_subset_matches_full_pass(setup):
   config, source, params, state = setup
-  feats, labels = features.extract_features(config, source, params, state,
-                                               split='test')
+  feats, labels = features.extract_features(
+      config, source, params, state, split='test'
+  )
   assert feats.shape == (297, 128) and labels.shape == (297,)
   np.testing.assert_array_equal(labels, source.labels['test'])
   sub_feats, sub_labels = features.extract_features(
-      config, source, params, state, split='test', max_examples=100)
-  idx = features.subset_indices(
-      297, 100)
+      config, source, params, state, split='test', max_examples=100
+  )
+  idx = features.subset_indices(297, 100)
   assert len(np.unique(idx)) == 100
   np.testing.assert_array_equal(sub_labels, labels[idx])
   np.testing.assert_allclose(sub_feats, feats[idx], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('field,value,match', [
-    ('global_batch_size', 100, 'eval.global_batch_size=100'),
-    ('test_split', 'bogus', "eval.test_split='bogus'"),
-    ('num_epochs', 0, 'eval.num_epochs=0'),
-])
+@pytest.mark.parametrize(
+    'field,value,match',
+    [
+        ('global_batch_size', 100, 'eval.global_batch_size=100'),
+        ('test_split', 'bogus', "eval.test_split='bogus'"),
+        ('num_epochs', 0, 'eval.num_epochs=0'),
+    ],
+)
 def test_bad_eval_config_fails_at_build(field, value, match):
   with pytest.raises(plan.ConfigError, match=match):
     plan.build(tiny_inputs(**{field: value}))
@@ -195,8 +218,11 @@ def test_sweep_chooses_the_clearly_best_rate():
   assert config.derived.eval_sweep_steps == 2 * (1200 // 256)
   config = tiny_config(num_epochs=2, learning_rates=(1e-3, 0.4, 1e-4))
   chosen, table = probe.sweep_learning_rate(
-      config, plan.build(tiny_inputs()).source,
-      (feats, signal.astype(np.int32)), 2)
+      config,
+      plan.build(tiny_inputs()).source,
+      (feats, signal.astype(np.int32)),
+      2,
+  )
   assert chosen == 1 and list(table) == ['0.001', '0.4', '0.0001']
   assert table['0.4'] > 0.95
   assert max(v for k, v in table.items() if k != '0.4') < 0.85
@@ -210,17 +236,20 @@ def _record_probe_calls(monkeypatch) -> list:
   def spy(feats, labels, peaks, **kwargs):
     calls.append((len(labels), list(peaks), kwargs['steps']))
     return real(feats, labels, peaks, **kwargs)
+
   monkeypatch.setattr(probe, 'train_probes', spy)
   return calls
 
 
 def test_final_probe_trains_on_all_of_train_at_the_chosen_rate(
-    setup, tmp_path, monkeypatch):
+    setup, tmp_path, monkeypatch
+):
   _, source, params, state = setup
   config = tiny_config(learning_rates=(0.4, 0.1), num_epochs=2)
   calls = _record_probe_calls(monkeypatch)
-  results = linear_eval.run_linear_eval(config, str(tmp_path), params, state,
-                                        source=source)
+  results = linear_eval.run_linear_eval(
+      config, str(tmp_path), params, state, source=source
+  )
   sweep_call, final_call = calls
   # The sweep: both rates together on the 1200 non-held-out examples.
   assert sweep_call == (1200, [0.4, 0.1], 2 * (1200 // 256))
@@ -247,8 +276,9 @@ def test_online_classifier_is_scored_on_the_test_split():
   assert linear_eval.online_top1({'encoder/x': {}}, (feats, labels), 5) is None
 
 
-def test_sweep_uses_the_datasets_own_validation_split(setup, tmp_path,
-                                                      monkeypatch):
+def test_sweep_uses_the_datasets_own_validation_split(
+    setup, tmp_path, monkeypatch
+):
   """With a validation split apart from train and test (here 200 digits held
   out of train, the test split kept), the grid's probes train on all of
   linear_train and are scored on that split, as ImageNet's train[10000:] /
@@ -259,12 +289,15 @@ def test_sweep_uses_the_datasets_own_validation_split(setup, tmp_path,
   run = plan.build(inputs)
   d = run.config.derived
   assert (d.eval_sweep_valid_split, d.eval_sweep_valid_examples) == (
-      'linear_valid', 200)
+      'linear_valid',
+      200,
+  )
   assert run.source.resolve_split('linear_valid') == 'held_out'
   assert run.source.resolve_split('test') == 'test'
   calls = _record_probe_calls(monkeypatch)
-  results = linear_eval.run_linear_eval(run.config, str(tmp_path), params,
-                                        state, source=run.source)
+  results = linear_eval.run_linear_eval(
+      run.config, str(tmp_path), params, state, source=run.source
+  )
   # Both calls train on the 1300 examples left in train; steps per epoch
   # 1300 // 256 = 5.
   assert calls[0] == (1300, [0.4, 0.1], 2 * 5)
@@ -274,18 +307,24 @@ def test_sweep_uses_the_datasets_own_validation_split(setup, tmp_path,
 
 
 def test_features_come_from_the_in_memory_copy_in_few_large_batches(
-    setup, monkeypatch):
+    setup, monkeypatch
+):
   """digits: the whole 297-image test split is one batch of 8 x 38."""
   config, source, params, state = setup
   seen = []
   original = features.pipeline.make_eval_iterator
-  monkeypatch.setattr(features.pipeline, 'make_eval_iterator',
-                      lambda *a, **k: seen.append(k) or original(*a, **k))
-  feats, _ = features.extract_features(config, source, params, state,
-                                          split='test')
+  monkeypatch.setattr(
+      features.pipeline,
+      'make_eval_iterator',
+      lambda *a, **k: seen.append(k) or original(*a, **k),
+  )
+  feats, _ = features.extract_features(
+      config, source, params, state, split='test'
+  )
   assert seen[-1]['global_batch_size'] == 8 * 38 and len(feats) == 297
-  features.extract_features(config, source, params, state,
-                               split='linear_train', max_examples=1000)
+  features.extract_features(
+      config, source, params, state, split='linear_train', max_examples=1000
+  )
   assert seen[-1]['global_batch_size'] == 8 * 125
   assert len(seen[-1]['indices']) == 1000
   # One copy per split on the devices: the subset reads the train split's.

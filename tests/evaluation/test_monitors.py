@@ -1,4 +1,5 @@
 """Tests for byol_jax/evaluation/monitors.py."""
+
 import numpy as np
 import pytest
 
@@ -18,8 +19,9 @@ def test_knn_separable_clusters_is_perfect():
   x_tr, y_tr = _clusters(50, 10, 16, seed=0)
   x_te, y_te = _clusters(20, 10, 16, seed=1)
   # batch_size 64 does not divide 200: exercises the padded last chunk.
-  acc = monitors.knn_accuracy(x_tr, y_tr, x_te, y_te, num_classes=10, k=20,
-                              batch_size=64)
+  acc = monitors.knn_accuracy(
+      x_tr, y_tr, x_te, y_te, num_classes=10, k=20, batch_size=64
+  )
   assert acc == 1.0
 
 
@@ -31,7 +33,7 @@ def test_knn_shuffled_labels_is_near_chance():
   # Chance is 0.1; 40 seeds (AMD EPYC): 0.095 +- 0.022 (0.067..0.171; the
   # test points of a cluster share neighbours, twice the binomial sd): both
   # bounds >= 4.3 sd; a kNN that reads the test labels gives 1.
-  assert 0. < acc < 0.2, acc
+  assert 0.0 < acc < 0.2, acc
 
 
 def _knn_reference(x_tr, y_tr, x_te, y_te, num_classes, k, temperature):
@@ -57,8 +59,16 @@ def test_knn_matches_numpy_reference(k, temperature):
   x_te = rng.randn(97, 12)
   y_te = rng.randint(0, 5, 97)
   want = _knn_reference(x_tr, y_tr, x_te, y_te, 5, k, temperature)
-  got = monitors.knn_accuracy(x_tr, y_tr, x_te, y_te, num_classes=5, k=k,
-                              temperature=temperature, batch_size=32)
+  got = monitors.knn_accuracy(
+      x_tr,
+      y_tr,
+      x_te,
+      y_te,
+      num_classes=5,
+      k=k,
+      temperature=temperature,
+      batch_size=32,
+  )
   assert got == pytest.approx(want, abs=1e-9)
   # Random data: a non-trivial number of hits. 120 draws (40 seeds x 3 k,
   # AMD EPYC): 0.20 +- 0.041 (0.07..0.31): 4.4 and 7 sd.

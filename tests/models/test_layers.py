@@ -47,43 +47,48 @@ def test_layer_norm_on_mlp_features_matches_numpy():
 
 def test_batch_norm_train_eval_and_debiased_moving_averages():
   rng = np.random.RandomState(2)
-  batches = [rng.randn(8, 3, 3, 4).astype(np.float32) * (2 + i % 3) + 5 - i
-             for i in range(10)]
+  batches = [
+      rng.randn(8, 3, 3, 4).astype(np.float32) * (2 + i % 3) + 5 - i
+      for i in range(10)
+  ]
   f = hk.transform_with_state(lambda x, t: norms.make_norm('bn', 'bn')(x, t))
   params, state = f.init(None, batches[0], True)
   assert params['bn']['scale'].shape == (4,)  # [C], like GN / affine.
   step = jax.jit(lambda s, x: f.apply(params, s, None, x, True))
   evaluate = jax.jit(lambda s, x: f.apply(params, s, None, x, False)[0])
   # Before any update eval mode does not normalise (mean 0, variance 1).
-  np.testing.assert_allclose(evaluate(state, batches[0]),
-                             batches[0] / np.sqrt(1 + 1e-5), rtol=1e-6)
+  np.testing.assert_allclose(
+      evaluate(state, batches[0]), batches[0] / np.sqrt(1 + 1e-5), rtol=1e-6
+  )
   d = 0.9  # official BYOL decay; zero-debiased as hk.BatchNorm's EMA.
   hidden_m, hidden_v = np.zeros(4), np.zeros(4)
   for t, x in enumerate(batches, start=1):
     out, state = step(state, x)
     mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
-    np.testing.assert_allclose(out, (x - mean) / np.sqrt(var + 1e-5),
-                               atol=1e-4)
+    np.testing.assert_allclose(out, (x - mean) / np.sqrt(var + 1e-5), atol=1e-4)
     hidden_m = d * hidden_m + (1 - d) * mean
     hidden_v = d * hidden_v + (1 - d) * var
     if t in (1, 2, 10):
-      m_hat, v_hat = hidden_m / (1 - d ** t), hidden_v / (1 - d ** t)
+      m_hat, v_hat = hidden_m / (1 - d**t), hidden_v / (1 - d**t)
       if t == 1:  # after one update: that batch's statistics exactly.
         np.testing.assert_allclose(m_hat, mean, rtol=1e-6)
       assert int(state['bn']['counter']) == t
       probe = batches[0]
       np.testing.assert_allclose(
-          evaluate(state, probe), (probe - m_hat) / np.sqrt(v_hat + 1e-5),
-          rtol=1e-4, atol=1e-4)
+          evaluate(state, probe),
+          (probe - m_hat) / np.sqrt(v_hat + 1e-5),
+          rtol=1e-4,
+          atol=1e-4,
+      )
   _, same = f.apply(params, state, None, batches[0], False)
   assert jax.tree.all(jax.tree.map(np.array_equal, same, state))
 
 
 def test_batch_norm_variance_is_stable_for_large_means():
   """E[x^2] - E[x]^2 would give ~+-316 here, not +-1 (float32)."""
-  x = np.array([4999., 5001.] * 4, np.float32).reshape(8, 1)
+  x = np.array([4999.0, 5001.0] * 4, np.float32).reshape(8, 1)
   out, *_ = _apply(lambda x, t: norms.make_norm('bn', 'bn')(x, t), x)
-  np.testing.assert_allclose(np.abs(out), 1., atol=1e-3)
+  np.testing.assert_allclose(np.abs(out), 1.0, atol=1e-3)
   rng = np.random.RandomState(4)
   x = (1e4 + rng.randn(64, 4, 4, 3)).astype(np.float32)
   out, *_ = _apply(lambda x, t: norms.make_norm('bn', 'bn')(x, t), x)
@@ -94,8 +99,7 @@ def test_batch_norm_variance_is_stable_for_large_means():
 
 def test_cross_replica_moments_equal_the_global_batch():
   x = (1e3 + 3 * np.random.RandomState(5).randn(8, 6, 5)).astype(np.float32)
-  mean, var = jax.pmap(lambda v: norms.batch_moments(v, 'i'),
-                       axis_name='i')(x)
+  mean, var = jax.pmap(lambda v: norms.batch_moments(v, 'i'), axis_name='i')(x)
   flat = x.reshape(-1, 5).astype(np.float64)
   np.testing.assert_allclose(mean[0], flat.mean(0), rtol=1e-6)
   np.testing.assert_allclose(var[0], flat.var(0), rtol=1e-4)
@@ -104,7 +108,8 @@ def test_cross_replica_moments_equal_the_global_batch():
 def test_affine_and_none():
   x = np.random.RandomState(3).randn(2, 4, 4, 8).astype(np.float32)
   out, params, state, _ = _apply(
-      lambda x, t: norms.make_norm('affine', 'a')(x, t), x)
+      lambda x, t: norms.make_norm('affine', 'a')(x, t), x
+  )
   np.testing.assert_array_equal(out, x)  # scale 1, offset 0 at init.
   assert sorted(params['a']) == ['offset', 'scale'] and not state
   out, params, *_ = _apply(lambda x, t: norms.make_norm('none', 'n')(x, t), x)
@@ -127,8 +132,9 @@ def test_weight_standardization_statistics_and_reference():
   ref, var = _np_ws(w, (0, 1, 2))
   np.testing.assert_allclose(ws, ref, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(ws.mean(axis=(0, 1, 2)), 0, atol=1e-5)
-  np.testing.assert_allclose(ws.var(axis=(0, 1, 2)),
-                             (var / (var + 1e-4)).ravel(), rtol=1e-4)
+  np.testing.assert_allclose(
+      ws.var(axis=(0, 1, 2)), (var / (var + 1e-4)).ravel(), rtol=1e-4
+  )
   # eps = 1e-4 really applied: max over the 5 units, 10 seeds (AMD EPYC):
   # 0.544 +- 0.030 (0.51..0.60): 0.8 is 8.5 sd; without eps: 1.
   assert np.all(ws.var(axis=(0, 1, 2)) < 0.8)
@@ -150,13 +156,15 @@ def test_ws_layers_forward_and_gradient_reach_raw_weights(layer):
   params = f_ws.init(jax.random.PRNGKey(0), x)
   # No extra trainable parameter: the same tree as the plain layer.
   assert jax.tree.structure(params) == jax.tree.structure(
-      f_raw.init(jax.random.PRNGKey(0), x))
+      f_raw.init(jax.random.PRNGKey(0), x)
+  )
   # Forward = plain layer applied to the NumPy-standardised kernel.
   w_hat, _ = _np_ws(np.asarray(params['c']['w']), axes)
   std_params = jax.tree.map(lambda p: p, params)
   std_params['c'] = dict(params['c'], w=jnp.asarray(w_hat, jnp.float32))
-  np.testing.assert_allclose(f_ws.apply(params, x), f_raw.apply(std_params, x),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+      f_ws.apply(params, x), f_raw.apply(std_params, x), rtol=1e-4, atol=1e-4
+  )
   # Gradients reach the raw W, and are orthogonal to per-unit shifts of W
   # (the output is invariant to adding a constant to a unit's fan-in).
   grad = jax.grad(lambda p: jnp.sum(jnp.sin(f_ws.apply(p, x))))(params)
@@ -173,24 +181,34 @@ def test_norm_kind_errors_name_the_field():
   with pytest.raises(ValueError, match='groups=0'):
     norms.NormSpec('gn', groups=0)
   with pytest.raises(ValueError, match='groups=3 does not divide the 8'):
-    _apply(lambda x, t: norms.make_norm(norms.NormSpec('gn', groups=3),
-                                        'g')(x, t), np.ones((1, 2, 2, 8)))
+    _apply(
+        lambda x, t: norms.make_norm(norms.NormSpec('gn', groups=3), 'g')(x, t),
+        np.ones((1, 2, 2, 8)),
+    )
 
 
 def test_ws_linear_effective_weight_has_unit_statistics_per_output_unit():
   """Each output unit's fan-in (a column of W [in, out]) is standardised."""
   x = np.random.RandomState(6).randn(3, 64).astype(np.float32)
-  f = hk.without_apply_rng(hk.transform(
-      lambda x: layers.Linear(32, weight_standardization=True, name='l')(x)))
+  f = hk.without_apply_rng(
+      hk.transform(
+          lambda x: layers.Linear(32, weight_standardization=True, name='l')(x)
+      )
+  )
   params = f.init(jax.random.PRNGKey(1), x)
   w = np.asarray(params['l']['w'], np.float64)
-  w_hat = np.asarray(layers.standardize_weight(params['l']['w'], (0,)),
-                     np.float64)
-  np.testing.assert_allclose(w_hat.mean(0), 0., atol=1e-6)
+  w_hat = np.asarray(
+      layers.standardize_weight(params['l']['w'], (0,)), np.float64
+  )
+  np.testing.assert_allclose(w_hat.mean(0), 0.0, atol=1e-6)
   # Unit variance up to eps: var / (var + 1e-4), var ~ 1/64 here.
-  np.testing.assert_allclose(w_hat.var(0), w.var(0) / (w.var(0) + 1e-4),
-                             rtol=1e-4)
-  np.testing.assert_allclose(w_hat.var(0), 1., atol=0.015)
-  np.testing.assert_allclose(f.apply(params, x),
-                             x @ w_hat + np.asarray(params['l']['b']),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+      w_hat.var(0), w.var(0) / (w.var(0) + 1e-4), rtol=1e-4
+  )
+  np.testing.assert_allclose(w_hat.var(0), 1.0, atol=0.015)
+  np.testing.assert_allclose(
+      f.apply(params, x),
+      x @ w_hat + np.asarray(params['l']['b']),
+      rtol=1e-4,
+      atol=1e-4,
+  )
