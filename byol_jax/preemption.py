@@ -1,73 +1,21 @@
-"""When to checkpoint: the schedule, preemption, the processes' agreement.
+"""Preemption, and the checkpoint decision every process shares.
 
 Ours, not orbax's: its `ContinuousCheckpointingPolicy` hands the primary
 host's answer to the others through a blocking barrier at every call (a
 cross-host exchange per step), while `decide` exchanges only at logging
 steps; its preemption policy relies on JAX's own SIGTERM notifier, which
 `PreemptionWatcher` replaces so that SIGINT and runs without jax.distributed
-behave alike. The step schedule is a modulo, as orbax's `FixedIntervalPolicy`.
+behave alike.
 """
 
 import signal
 import threading
-import time
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
-
-
-class SaveSchedule:
-  """A save every `every_steps` steps and/or `every_secs` s (None: off)."""
-
-  def __init__(
-      self,
-      every_steps: Optional[int] = None,
-      every_secs: Optional[float] = None,
-      time_fn: Callable[[], float] = time.monotonic,
-  ):
-    if every_steps is not None and every_steps < 1:
-      raise ValueError(
-          f'save_interval_steps={every_steps}: use a positive '
-          'integer, or None for no step schedule.'
-      )
-    if every_secs is not None and every_secs <= 0:
-      raise ValueError(
-          f'save_interval_secs={every_secs}: use a positive '
-          'number, or None to disable the time schedule.'
-      )
-    self._every_steps, self._every_secs = every_steps, every_secs
-    self._time_fn = time_fn
-    self.restart_clock()
-
-  def restart_clock(self) -> None:
-    """Counts the time schedule from now (after a save, after compiling)."""
-    self._last_save_time = self._time_fn()
-
-  def time_due(self) -> bool:
-    """Whether `every_secs` have passed since the last save, on this clock.
-
-    On several processes agree on it (`decide`) first: clocks differ, and every
-    process must join a save or orbax's barrier hangs.
-    """
-    return (
-        self._every_secs is not None
-        and self._time_fn() - self._last_save_time >= self._every_secs
-    )
-
-  def due(self, step: int, *, time_due: Optional[bool] = None) -> bool:
-    """Whether `step` is a multiple of `every_steps` or the time is due.
-
-    `time_due` is the answer agreed across processes; None reads this clock on
-    one process and leaves the clock out on several.
-    """
-    if time_due is None:
-      time_due = jax.process_count() == 1 and self.time_due()
-    return bool(time_due) or bool(
-        self._every_steps and step % self._every_steps == 0
-    )
 
 
 class PreemptionWatcher:
@@ -82,24 +30,19 @@ class PreemptionWatcher:
   def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
     self._signals = tuple(signals)
     self._previous = {}
-    self._signal_name = None
+    self.signal_name: Optional[str] = None  # the first signal's, 'SIGTERM'
 
   @property
   def requested(self) -> bool:
-    return self._signal_name is not None
-
-  @property
-  def signal_name(self) -> Optional[str]:
-    """Name of the first signal received ('SIGTERM'), or None."""
-    return self._signal_name
+    return self.signal_name is not None
 
   def _handle(self, signum, frame):
     del frame
-    name = signal.Signals(signum).name
-    if self._signal_name is None:
-      self._signal_name = name
+    if self.signal_name is None:
+      self.signal_name = signal.Signals(signum).name
       logging.warning(
-          'Received %s: will checkpoint and stop after this step.', name
+          'Received %s: will checkpoint and stop after this step.',
+          self.signal_name,
       )
     if signum == signal.SIGINT:
       previous = _restorable(self._previous[signal.SIGINT])
@@ -124,7 +67,6 @@ class PreemptionWatcher:
     for sig, previous in self._previous.items():
       signal.signal(sig, _restorable(previous))
     self._previous = {}
-    return False
 
 
 def _restorable(handler):

@@ -36,64 +36,40 @@ class WorkdirError(validation.ConfigError):
   """A --workdir that cannot be used (a file, or another run's); one line."""
 
 
-def config_path(workdir) -> epath.Path:
-  """WORKDIR/config.json."""
-  return epath.Path(workdir) / CONFIG
+def _path_of(name: str):
+  return lambda workdir: epath.Path(workdir) / name
 
 
-def config_history_path(workdir) -> epath.Path:
-  """WORKDIR/config_history.jsonl."""
-  return epath.Path(workdir) / CONFIG_HISTORY
-
-
-def checkpoint_dir(workdir) -> epath.Path:
-  """WORKDIR/checkpoints (one sub-directory per saved step)."""
-  return epath.Path(workdir) / CHECKPOINTS
-
-
-def metrics_path(workdir) -> epath.Path:
-  """WORKDIR/metrics.jsonl."""
-  return epath.Path(workdir) / METRICS
-
-
-def pretrain_done_path(workdir) -> epath.Path:
-  """WORKDIR/pretrain_done.json."""
-  return epath.Path(workdir) / PRETRAIN_DONE
-
-
-def eval_results_path(workdir) -> epath.Path:
-  """WORKDIR/eval_results.json."""
-  return epath.Path(workdir) / EVAL_RESULTS
-
-
-def lock_path(workdir) -> epath.Path:
-  """WORKDIR/training.lock."""
-  return epath.Path(workdir) / LOCK
+config_path = _path_of(CONFIG)
+config_history_path = _path_of(CONFIG_HISTORY)
+checkpoint_dir = _path_of(CHECKPOINTS)
+metrics_path = _path_of(METRICS)
+pretrain_done_path = _path_of(PRETRAIN_DONE)
+eval_results_path = _path_of(EVAL_RESULTS)
+lock_path = _path_of(LOCK)
 
 
 def check_not_a_file(workdir) -> None:
   """WorkdirError when WORKDIR or its nearest existing parent is a file."""
   path = epath.Path(workdir)
-  for existing in (p for p in (path, *path.parents) if p.exists()):
-    if not existing.is_dir():
-      what = 'is' if existing == path else f'is inside {existing}, which is'
-      raise WorkdirError(
-          f'--workdir={workdir} {what} an existing file, not a directory: '
-          "pass a directory (a new path, or an earlier run's workdir to "
-          'resume it), e.g. --workdir=/tmp/byol_run.'
-      )
-    return
+  existing = next((p for p in (path, *path.parents) if p.exists()), None)
+  if existing is not None and not existing.is_dir():
+    what = 'is' if existing == path else f'is inside {existing}, which is'
+    raise WorkdirError(
+        f'--workdir={workdir} {what} an existing file, not a directory: '
+        "pass a directory (a new path, or an earlier run's workdir to "
+        'resume it), e.g. --workdir=/tmp/byol_run.'
+    )
 
 
 class TrainingLock:
   """WORKDIR/training.lock: at most one run writes a workdir at a time.
 
-  Taken by the run (process 0) before it touches the workdir; readers never
-  take it. On POSIX filesystems the lock is the kernel's fcntl.flock: of two
-  starts exactly one gets it, and it dies with its process (SIGKILL included);
-  the file only names the holder (host, pid) for the refusal. On gs:// the
-  file itself is the lock, checked then written (two starts within a second
-  could both pass); one left by a killed run is deleted by hand.
+  On POSIX filesystems the lock is the kernel's fcntl.flock: of two starts
+  exactly one gets it, and it dies with its process (SIGKILL included); the
+  file only names the holder (host, pid) for the refusal. On gs:// the file
+  itself is the lock, checked then written (two starts within a second could
+  both pass); one left by a killed run is deleted by hand.
   """
 
   def __init__(self, workdir):
@@ -117,7 +93,7 @@ class TrainingLock:
     )
     if '://' in str(self.path):
       if self.path.exists():
-        raise WorkdirError(self._refusal(self._holder(), remote=True))
+        raise WorkdirError(self._refusal(remote=True))
       self.path.write_text(mine)
       self._held = True
       return
@@ -127,7 +103,7 @@ class TrainingLock:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:
         os.close(fd)
-        raise WorkdirError(self._refusal(self._holder())) from None
+        raise WorkdirError(self._refusal()) from None
       try:  # a holder that released meanwhile unlinked what we opened
         if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
           break
@@ -146,27 +122,25 @@ class TrainingLock:
         os.close(self._fd)
       self._fd, self._held = None, False
 
-  def _holder(self) -> dict:
-    """The lock file's {'host', 'pid', 'started'} (being written: '?')."""
+  def _refusal(self, remote: bool = False) -> str:
+    holder = {}
     for _ in range(10):  # a lock being written reads empty for an instant
       try:
-        return json.loads(self.path.read_text())
+        holder = json.loads(self.path.read_text())
+        break
       except (FileNotFoundError, ValueError):
         time.sleep(0.1)
-    return {}
-
-  def _refusal(self, holder: dict, remote: bool = False) -> str:
-    pid = holder.get('pid', '?')
+    host, pid = holder.get('host', '?'), holder.get('pid', '?')
     fix = (
         'wait for it to finish or pass another --workdir; if you know that '
         f'run is dead (e.g. its host was preempted), delete {self.path} '
         'and rerun.'
         if remote
-        else f'wait for it to finish, stop it (kill {pid} on host '
-        f'{holder.get("host", "?")}), or pass another --workdir.'
+        else f'wait for it to finish, stop it (kill {pid} on host {host}), '
+        'or pass another --workdir.'
     )
     return (
-        f'--workdir={self._workdir} is in use by another run (host '
-        f'{holder.get("host", "?")}, pid {pid}, started '
-        f'{holder.get("started", "?")}; lock file {self.path}): {fix}'
+        f'--workdir={self._workdir} is in use by another run (host {host}, '
+        f'pid {pid}, started {holder.get("started", "?")}; lock file '
+        f'{self.path}): {fix}'
     )

@@ -19,7 +19,6 @@ from byol_jax import workdir as workdir_lib
 
 
 def _scalar(name: str, value) -> float:
-  """`value` (any size-1 array or scalar) as a float; ValueError otherwise."""
   arr = np.asarray(value)
   if arr.size != 1:
     raise ValueError(
@@ -32,18 +31,16 @@ def _scalar(name: str, value) -> float:
 
 def format_duration(seconds: float) -> str:
   """A duration for humans: 12 -> '12s', 754 -> '12m34s', 7380 -> '2h03m'."""
-  seconds = int(round(seconds))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  if h:
-    return f'{h}h{m:02d}m'
-  if m:
-    return f'{m}m{s:02d}s'
-  return f'{s}s'
+  m, s = divmod(int(round(seconds)), 60)
+  h, m = divmod(m, 60)
+  return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s' if m else f'{s}s'
 
 
 class MetricWriter:
-  """Writes scalar metrics of one run to jsonl, TensorBoard and the console."""
+  """Writes scalar metrics of one run to jsonl, TensorBoard and the console.
+
+  `images_per_step` (the global batch) and `total_steps` feed img/s and ETA.
+  """
 
   def __init__(
       self,
@@ -55,13 +52,10 @@ class MetricWriter:
       tensorboard: bool = True,
       time_fn: Callable[[], float] = time.monotonic,
   ):
-    """images_per_step (global batch) and total_steps feed the img/s and ETA."""
     self._workdir = epath.Path(workdir)
     self._path = workdir_lib.metrics_path(workdir)
-    self._is_chief = is_chief
-    self._total_steps = total_steps
-    self._images_per_step = images_per_step
-    self._use_tb = tensorboard
+    self._is_chief, self._use_tb = is_chief, tensorboard
+    self._total_steps, self._images_per_step = total_steps, images_per_step
     self._time_fn = time_fn
     self._tb_writer = None
     self._last = None  # (time, step) of the previous console() call.
@@ -78,9 +72,8 @@ class MetricWriter:
       return
     if 'step' in metrics:
       raise ValueError("metrics must not contain 'step'; pass it as `step`.")
-    row = {'step': int(step)}
-    row.update({k: _scalar(k, v) for k, v in metrics.items()})
-    line = json.dumps(row) + '\n'
+    values = {k: _scalar(k, v) for k, v in metrics.items()}
+    line = json.dumps({'step': int(step), **values}) + '\n'
     if '://' in str(self._path):
       # Object stores (gs://) cannot append: rewrite the (small) file.
       old = self._path.read_text() if self._path.exists() else ''
@@ -88,48 +81,39 @@ class MetricWriter:
     else:
       with self._path.open('a') as f:
         f.write(line)
-    tb = self._tensorboard()
-    if tb is not None:
-      # pylint: disable-next=g-import-not-at-top
+    if self._use_tb:
+      self._write_tensorboard(int(step), values)
+
+  def _write_tensorboard(self, step: int, values: dict) -> None:
+    try:
+      # pylint: disable=g-import-not-at-top
       from tensorboard.compat.proto import event_pb2
       from tensorboard.compat.proto import summary_pb2
-
-      values = [
-          summary_pb2.Summary.Value(tag=k, simple_value=v)
-          for k, v in row.items()
-          if k != 'step'
-      ]
-      tb.add_event(
-          event_pb2.Event(
-              wall_time=time.time(),
-              step=int(step),
-              summary=summary_pb2.Summary(value=values),
-          )
+      from tensorboard.summary.writer import event_file_writer
+    except ImportError as e:
+      logging.warning(
+          'TensorBoard logging disabled: the tensorboard package is not '
+          'importable (%s). Metrics are still written to %s.',
+          e,
+          self._path,
       )
-
-  def _tensorboard(self):
-    """The event-file writer, created on first use; None when off or missing."""
-    if not self._use_tb:
-      return None
+      self._use_tb = False
+      return
     if self._tb_writer is None:
-      try:
-        # pylint: disable-next=g-import-not-at-top
-        from tensorboard.summary.writer import event_file_writer
-      except ImportError as e:
-        logging.warning(
-            'TensorBoard logging disabled: the tensorboard package is not '
-            'importable (%s). Metrics are still written to %s.',
-            e,
-            self._path,
-        )
-        self._use_tb = False
-        return None
       # ".v2" as tf.summary names its files: events.out.tfevents.<time>.
       # <host>.<pid>.<n>.v2, so tools that parse the pid keep working.
       self._tb_writer = event_file_writer.EventFileWriter(
           str(self._workdir), filename_suffix='.v2'
       )
-    return self._tb_writer
+    summary = summary_pb2.Summary(
+        value=[
+            summary_pb2.Summary.Value(tag=k, simple_value=v)
+            for k, v in values.items()
+        ]
+    )
+    self._tb_writer.add_event(
+        event_pb2.Event(wall_time=time.time(), step=step, summary=summary)
+    )
 
   def console(self, step: int, metrics: Mapping[str, object]) -> Optional[str]:
     """Logs and returns one progress line (None on non-chief processes).
@@ -139,34 +123,27 @@ class MetricWriter:
     """
     if not self._is_chief:
       return None
-    now = self._time_fn()
-    step = int(step)
-    parts = [
-        f'step {step}'
-        if self._total_steps is None
-        else f'step {step}/{self._total_steps} '
-        f'({100.0 * step / max(self._total_steps, 1):.1f}%)'
-    ]
+    now, step, total = self._time_fn(), int(step), self._total_steps
+    parts = [f'step {step}']
+    if total is not None:
+      parts[0] += f'/{total} ({100.0 * step / max(total, 1):.1f}%)'
     for name, fmt in (('loss', '.4f'), ('lr', '.2e'), ('tau', '.5f')):
       if name in metrics:
         parts.append(f'{name} {_scalar(name, metrics[name]):{fmt}}')
     secs_per_step = None
-    if self._last is not None:
-      dt, dstep = now - self._last[0], step - self._last[1]
-      if dt > 0 and dstep > 0:
-        secs_per_step = dt / dstep
+    if self._last is not None and now > self._last[0] and step > self._last[1]:
+      secs_per_step = (now - self._last[0]) / (step - self._last[1])
     if self._images_per_step is not None:
       parts.append(
           '-- img/s'
           if secs_per_step is None
           else f'{self._images_per_step / secs_per_step:.1f} img/s'
       )
-    if self._total_steps is not None:
+    if total is not None:
       parts.append(
           'ETA --'
           if secs_per_step is None
-          else 'ETA '
-          + format_duration(max(self._total_steps - step, 0) * secs_per_step)
+          else f'ETA {format_duration(max(total - step, 0) * secs_per_step)}'
       )
     self._last = (now, step)
     line = ' | '.join(parts)
@@ -180,13 +157,11 @@ class MetricWriter:
     rows = read_metrics(self._workdir)
     kept = [r for r in rows if r['step'] <= step]
     text = ''.join(json.dumps(r) + '\n' for r in kept)
-    if text == self._path.read_text():
-      return 0  # nothing to drop: leave the file (and its mtime) alone.
-    tmp = self._path.parent / (self._path.name + '.tmp')
-    tmp.write_text(text)
-    tmp.replace(self._path)
-    dropped = len(rows) - len(kept)
-    if dropped:
+    if text != self._path.read_text():  # else leave the file (and its mtime)
+      tmp = self._path.parent / (self._path.name + '.tmp')
+      tmp.write_text(text)
+      tmp.replace(self._path)
+    if dropped := len(rows) - len(kept):
       logging.info(
           'Dropped %d rows after step %d from %s.', dropped, step, self._path
       )
@@ -198,13 +173,6 @@ class MetricWriter:
       self._tb_writer.close()
       self._tb_writer = None
 
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self.close()
-    return False
-
 
 def read_metrics(workdir) -> list[dict]:
   """WORKDIR/metrics.jsonl as a list of dicts; [] when absent.
@@ -213,9 +181,7 @@ def read_metrics(workdir) -> list[dict]:
   bad line is a ValueError naming the file and line.
   """
   path = workdir_lib.metrics_path(workdir)
-  if not path.exists():
-    return []
-  lines = path.read_text().splitlines()
+  lines = path.read_text().splitlines() if path.exists() else []
   rows = []
   for i, line in enumerate(lines):
     if not line.strip():
@@ -225,6 +191,6 @@ def read_metrics(workdir) -> list[dict]:
     except json.JSONDecodeError as e:
       if i == len(lines) - 1:
         logging.warning('Skipping a truncated last line of %s.', path)
-        continue
-      raise ValueError(f'{path}:{i + 1} is not valid JSON ({e}).') from e
+      else:
+        raise ValueError(f'{path}:{i + 1} is not valid JSON ({e}).') from e
   return rows
