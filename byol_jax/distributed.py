@@ -1,18 +1,14 @@
 """How this process starts jax.distributed (before touching the backend).
 
-One Python process per host runs the same program on its own devices and data
-shard. `plan` (pure: arguments and an environment dict) decides, in order:
-
-  1. flags: --coordinator_address, --num_processes, --process_id (all three);
+One process per host runs the same program on its own devices and data shard.
+`process_plan` (pure: arguments and an environment dict) decides, in order:
+  1. flags --coordinator_address, --num_processes, --process_id (all three);
   2. BYOL_COORDINATOR_ADDRESS, BYOL_NUM_PROCESSES, BYOL_PROCESS_ID (all three);
-  3. SLURM with more than one task: coordinator = JAX_COORDINATOR_ADDRESS,
-     else the job's first node at BYOL_COORDINATOR_PORT (default: JAX's port
-     for the job id);
+  3. SLURM with more than one task: coordinator JAX_COORDINATOR_ADDRESS, else
+     the job's first node at BYOL_COORDINATOR_PORT (default: JAX's port for
+     the job id);
   4. a Cloud TPU VM: jax.distributed.initialize() with no arguments;
   5. otherwise one process.
-
-A half-specified source is a `DistributedConfigError` naming the flag or
-variable.
 """
 
 import dataclasses
@@ -23,15 +19,10 @@ from absl import logging
 import jax
 
 FLAG_NAMES = ('--coordinator_address', '--num_processes', '--process_id')
-ENV_NAMES = (
-    'BYOL_COORDINATOR_ADDRESS',
-    'BYOL_NUM_PROCESSES',
-    'BYOL_PROCESS_ID',
-)
+ENV_NAMES = tuple(f'BYOL_{n[2:].upper()}' for n in FLAG_NAMES)
 MODES = ('auto', 'off')
-# JAX's own choice of coordinator port for a SLURM job (jax._src.clusters.
-# slurm_cluster): the job id folded into the top 4096 ports, so every task of
-# the job computes the same port without talking to the others.
+# JAX's own coordinator port for a SLURM job (jax._src.clusters.slurm_cluster):
+# the job id folded into the top 4096 ports, so every task computes the same.
 _SLURM_PORT_RANGE = 2**12
 
 
@@ -41,14 +32,10 @@ class DistributedConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """How (and whether) this process joins a multi-process run.
+  """How this process joins a run: source 'flags'|'env'|'slurm'|'tpu'|'none'.
 
-  Attributes:
-    source: 'flags', 'env', 'slurm', 'tpu' or 'none' (single process).
-    coordinator_address: 'host:port' of process 0 (None for 'tpu', 'none').
-    num_processes, process_id: likewise None for 'tpu' and 'none'.
-    local_device_ids: accelerators this process may use (None: all); set for
-      SLURM jobs with several tasks on a node.
+  local_device_ids (None: all) is set for SLURM jobs with several tasks on a
+  node; the other fields are None for 'tpu' and 'none'.
   """
 
   source: str
@@ -62,19 +49,12 @@ class Plan:
     return self.source != 'none'
 
   def describe(self) -> str:
-    """One human line for the start-up log."""
     if self.source == 'none':
       return 'single process (no jax.distributed)'
     if self.source == 'tpu':
-      return (
-          'Cloud TPU VM: jax.distributed.initialize() detects the pod '
-          'from the TPU metadata'
-      )
-    devices = (
-        'all local devices'
-        if self.local_device_ids is None
-        else f'local devices {list(self.local_device_ids)}'
-    )
+      return 'Cloud TPU VM: jax.distributed.initialize() reads the TPU metadata'
+    ids = self.local_device_ids
+    devices = f'local devices {"all" if ids is None else list(ids)}'
     return (
         f'process {self.process_id} of {self.num_processes}, coordinator '
         f'{self.coordinator_address}, {devices} (from {self.source})'
@@ -91,13 +71,20 @@ def _int(value, name: str) -> int:
 
 
 def _check_address(address: str, name: str) -> str:
-  host, sep, port = str(address).rpartition(':')
-  if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+  host, _, port = str(address).rpartition(':')
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:
     raise DistributedConfigError(
         f'{name}={address!r} must be host:port (e.g. 10.0.0.1:1234), the '
         'address of process 0 and a free port on it.'
     )
   return address
+
+
+def _check_index(index: int, count: int, names, hint: str = '') -> None:
+  if not 0 <= index < count:
+    raise DistributedConfigError(
+        f'{names[1]}={index} is out of range for {names[0]}={count}{hint}.'
+    )
 
 
 def _explicit(values, names, source) -> Optional[Plan]:
@@ -117,18 +104,14 @@ def _explicit(values, names, source) -> Optional[Plan]:
   count, index = _int(values[1], names[1]), _int(values[2], names[2])
   if count < 1:
     raise DistributedConfigError(f'{names[1]}={count} must be >= 1.')
-  if not 0 <= index < count:
-    raise DistributedConfigError(
-        f'{names[2]}={index} is out of range for {names[1]}={count}; use '
-        f'0..{count - 1}, a different one on each process.'
-    )
+  hint = f'; use 0..{count - 1}, a different one on each process'
+  _check_index(index, count, names[1:], hint)
   return Plan(source, address, count, index)
 
 
 def first_slurm_host(nodelist: str) -> str:
   """'node[003-005,009],gpu2' -> 'node003'; an error for an empty list."""
-  m = re.match(r'([^,\[]*)(\[([^\]]*)\])?', nodelist)
-  prefix, ranges = m.group(1), m.group(3)
+  prefix, ranges = re.match(r'([^,\[]*)(?:\[([^\]]*)\])?', nodelist).groups()
   if not prefix and not ranges:
     raise DistributedConfigError(f'SLURM node list {nodelist!r} is empty.')
   return prefix + (re.split(r'[,-]', ranges)[0] if ranges else '')
@@ -137,48 +120,41 @@ def first_slurm_host(nodelist: str) -> str:
 def _tasks_on_node(env: Mapping[str, str]) -> int:
   """Tasks SLURM runs on this node, from '2(x3),1'-style task counts."""
   spec = env.get('SLURM_STEP_TASKS_PER_NODE') or env.get('SLURM_TASKS_PER_NODE')
-  if not spec:
-    return 1
   counts = []
-  for part in spec.split(','):
+  for part in (spec or '1').split(','):
     m = re.fullmatch(r'(\d+)(?:\(x(\d+)\))?', part.strip())
     if not m:
       return 1
     counts += [int(m.group(1))] * int(m.group(2) or 1)
   node = _int(env.get('SLURM_NODEID', 0), 'SLURM_NODEID')
-  return counts[node] if node < len(counts) else counts[-1]
+  return counts[min(node, len(counts) - 1)]
 
 
 def _slurm(env: Mapping[str, str]) -> Optional[Plan]:
   """A Plan from a SLURM step's variables; None outside SLURM or 1 task."""
-  needed = ('SLURM_JOB_ID', 'SLURM_NTASKS', 'SLURM_PROCID')
   nodelist = env.get('SLURM_STEP_NODELIST') or env.get('SLURM_JOB_NODELIST')
-  if not all(n in env for n in needed) or not nodelist:
+  needed = ('SLURM_JOB_ID', 'SLURM_NTASKS', 'SLURM_PROCID')
+  if not nodelist or not all(n in env for n in needed):
     return None
   count = _int(env['SLURM_NTASKS'], 'SLURM_NTASKS')
   if count <= 1:
     return None
   index = _int(env['SLURM_PROCID'], 'SLURM_PROCID')
-  if not 0 <= index < count:
-    raise DistributedConfigError(
-        f'SLURM_PROCID={index} is out of range for SLURM_NTASKS={count}.'
-    )
+  _check_index(index, count, ('SLURM_NTASKS', 'SLURM_PROCID'))
   address = env.get('JAX_COORDINATOR_ADDRESS')
   if address:
     _check_address(address, 'JAX_COORDINATOR_ADDRESS')
   else:
+    job = _int(env['SLURM_JOB_ID'], 'SLURM_JOB_ID')
     port = env.get('BYOL_COORDINATOR_PORT') or str(
-        _int(env['SLURM_JOB_ID'], 'SLURM_JOB_ID') % _SLURM_PORT_RANGE
-        + 65536
-        - _SLURM_PORT_RANGE
+        job % _SLURM_PORT_RANGE + 65536 - _SLURM_PORT_RANGE
     )
     address = _check_address(
         f'{first_slurm_host(nodelist)}:{port}', 'BYOL_COORDINATOR_PORT'
     )
-  # One task per node sees all the node's GPUs (pmap over them); several
-  # tasks on a node get one GPU each, by local rank. (JAX's own SLURM
-  # detection always restricts a task to one GPU, which would leave all but
-  # one GPU of a node idle with one task per node.)
+  # One task per node sees all the node's GPUs (pmap over them); several tasks
+  # on a node get one GPU each, by local rank. (JAX's own SLURM detection always
+  # restricts a task to one GPU, leaving all but one idle with one per node.)
   local = None
   if _tasks_on_node(env) > 1:
     local = (_int(env.get('SLURM_LOCALID', 0), 'SLURM_LOCALID'),)
@@ -194,34 +170,28 @@ def process_plan(
     env: Mapping[str, str],
     on_cloud_tpu: bool = False,
 ) -> Plan:
-  """Decides how this process starts (the order in the module docstring).
-
-  mode 'off' is one process whatever the environment says (explicit flags are
-  then an error). Raises DistributedConfigError for a half-specified or
-  inconsistent source.
-  """
+  """This process's Plan (module docstring's order); 'off': one process."""
   if mode not in MODES:
     raise DistributedConfigError(
-        f'--distributed={mode!r}; use one of ' f'{", ".join(MODES)}.'
+        f'--distributed={mode!r}; use one of {", ".join(MODES)}.'
     )
   flags = _explicit(
       (coordinator_address, num_processes, process_id), FLAG_NAMES, 'flags'
   )
+  if mode == 'off' and flags is not None:
+    raise DistributedConfigError(
+        '--distributed=off contradicts --coordinator_address/'
+        '--num_processes/--process_id; drop one or the other.'
+    )
   if mode == 'off':
-    if flags is not None:
-      raise DistributedConfigError(
-          '--distributed=off contradicts --coordinator_address/'
-          '--num_processes/--process_id; drop one or the other.'
-      )
     return Plan('none')
-  if flags is not None:
-    return flags
-  from_env = _explicit(tuple(env.get(n) for n in ENV_NAMES), ENV_NAMES, 'env')
-  if from_env is not None:
-    return from_env
-  slurm = _slurm(env)
-  if slurm is not None:
-    return slurm
+  plan = (
+      flags
+      or _explicit([env.get(n) for n in ENV_NAMES], ENV_NAMES, 'env')
+      or _slurm(env)
+  )
+  if plan is not None:
+    return plan
   if on_cloud_tpu:
     return Plan('tpu')
   if env.get('JAX_COORDINATOR_ADDRESS'):
@@ -252,26 +222,24 @@ def initialize(
   logging.info('Distributed: %s.', the_plan.describe())
   if not the_plan.is_multiprocess:
     return False
-  initialize_fn = initialize_fn or jax.distributed.initialize
-  config_update = config_update or jax.config.update
   # Cross-process collectives on CPU need an implementation (gloo over TCP);
   # jax 0.10 defaults to it, older versions to none, and then a multi-process
   # pmap on CPU hosts fails. GPU and TPU backends ignore this setting.
-  config_update('jax_cpu_collectives_implementation', 'gloo')
+  (config_update or jax.config.update)(
+      'jax_cpu_collectives_implementation', 'gloo'
+  )
+  initialize_fn = initialize_fn or jax.distributed.initialize
   if the_plan.source == 'tpu':
     initialize_fn()
-  else:
-    # 'deactivate': use exactly these values; JAX's own cluster detection
-    # would otherwise restrict each SLURM task to one GPU.
-    initialize_fn(
-        coordinator_address=the_plan.coordinator_address,
-        num_processes=the_plan.num_processes,
-        process_id=the_plan.process_id,
-        local_device_ids=(
-            None
-            if the_plan.local_device_ids is None
-            else list(the_plan.local_device_ids)
-        ),
-        cluster_detection_method='deactivate',
-    )
+    return True
+  # 'deactivate': exactly these values; JAX's own cluster detection would
+  # restrict each SLURM task to one GPU.
+  ids = the_plan.local_device_ids
+  initialize_fn(
+      coordinator_address=the_plan.coordinator_address,
+      num_processes=the_plan.num_processes,
+      process_id=the_plan.process_id,
+      local_device_ids=None if ids is None else list(ids),
+      cluster_detection_method='deactivate',
+  )
   return True

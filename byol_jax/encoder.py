@@ -12,7 +12,6 @@ representation depends on its own image alone.
 
 import dataclasses
 import functools
-import json
 from typing import Any, Callable
 
 from etils import epath
@@ -24,6 +23,7 @@ import ml_collections
 from byol_jax import checkpointing
 from byol_jax import experiment
 from byol_jax import resume
+from byol_jax import runs
 from byol_jax import workdir as workdir_lib
 from byol_jax.data import augment
 from byol_jax.methods import networks
@@ -35,12 +35,14 @@ _RUN_HINT = (
 )
 
 
+def _encoder_part(tree):
+  return networks.restrict(tree, ENCODER_MODULES)
+
+
 def _encoder_transform(model) -> hk.TransformedWithState:
   """The encoder alone: no projector parameters needed, same parameter paths."""
   return hk.transform_with_state(
-      lambda images, is_training: networks.make_encoder(model)(
-          images, is_training
-      )
+      lambda x, is_training: networks.make_encoder(model)(x, is_training)
   )
 
 
@@ -55,14 +57,9 @@ def encoder_apply(config) -> Callable[[Any, Any, jax.Array], jax.Array]:
   transformed = _encoder_transform(config.model)
 
   def apply(params, state, images):
-    out, _ = transformed.apply(
-        networks.restrict(params, ENCODER_MODULES),
-        networks.restrict(state, ENCODER_MODULES),
-        None,
-        augment.normalize(images),
-        is_training=False,
-    )
-    return out
+    params, state = _encoder_part(params), _encoder_part(state)
+    images = augment.normalize(images)
+    return transformed.apply(params, state, None, images, is_training=False)[0]
 
   return apply
 
@@ -86,18 +83,12 @@ def random_encoder(config):
   # Keyed on what the initialisation depends on (not eval/logging fields).
   key = {k: config[k].to_dict() for k in ('model', 'training')}
   key['derived'] = {'num_classes': config.derived.num_classes}
-  init = _jitted_init(
-      ml_collections.FrozenConfigDict(dict(key, method=config.method))
-  )
-  state = init(
-      jax.random.PRNGKey(config.seed), experiment.sample_images(config)
-  )
-  return jax.device_get(
-      (
-          networks.restrict(state.online_params, ENCODER_MODULES),
-          networks.restrict(state.online_state, ENCODER_MODULES),
-      )
-  )
+  key['method'] = config.method
+  init = _jitted_init(ml_collections.FrozenConfigDict(key))
+  images = experiment.sample_images(config)
+  state = init(jax.random.PRNGKey(config.seed), images)
+  params, net_state = state.online_params, state.online_state
+  return jax.device_get((_encoder_part(params), _encoder_part(net_state)))
 
 
 @dataclasses.dataclass
@@ -114,26 +105,19 @@ class Pretrained:
 def saved_config(workdir) -> ml_collections.ConfigDict:
   """WORKDIR/config.json (resume.from_saved); a clear error if absent."""
   workdir = epath.Path(workdir)
-  path = workdir_lib.config_path(workdir)
   if not workdir.exists():
     raise FileNotFoundError(
         f'{workdir} does not exist: expected a pre-training workdir holding '
         f'{workdir_lib.CONFIG} and {workdir_lib.CHECKPOINTS}/; '
         + _RUN_HINT.format(workdir=workdir)
     )
-  if not path.exists():
+  saved = runs.read_json(workdir_lib.config_path(workdir))
+  if saved is None:
     raise FileNotFoundError(
-        f'{path} not found: {workdir} is not a pre-training workdir (the run '
-        f'writes {workdir_lib.CONFIG} when it starts); '
-        + _RUN_HINT.format(workdir=workdir)
+        f'{workdir_lib.config_path(workdir)} not found: {workdir} is not a '
+        f'pre-training workdir (the run writes {workdir_lib.CONFIG} when it '
+        'starts); ' + _RUN_HINT.format(workdir=workdir)
     )
-  try:
-    saved = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(
-        f'{path} is not valid JSON ({e}); it was damaged: copy '
-        'it from a backup, or rerun the pre-training.'
-    ) from None
   return resume.from_saved(saved)
 
 
@@ -148,13 +132,8 @@ def _no_checkpoint(workdir) -> FileNotFoundError:
 
 def latest_checkpoint_step(workdir) -> int:
   """The newest finished checkpoint's step (unfinished ones carry a suffix)."""
-  workdir = epath.Path(workdir)
-  ckpt_dir = workdir_lib.checkpoint_dir(workdir)
-  steps = (
-      [int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()]
-      if ckpt_dir.exists()
-      else []
-  )
+  ckpt_dir = workdir_lib.checkpoint_dir(epath.Path(workdir))
+  steps = [int(p.name) for p in ckpt_dir.glob('*') if p.name.isdigit()]
   if not steps:
     raise _no_checkpoint(workdir)
   return max(steps)
@@ -177,16 +156,10 @@ def load_pretrained(workdir) -> Pretrained:
   if restored is None:
     raise _no_checkpoint(workdir)
   state = restored.state
-  return Pretrained(
-      config=config,
-      # The online classifier too: linear evaluation scores it on test.
-      params=networks.restrict(
-          state.online_params, ENCODER_MODULES + ('classifier',)
-      ),
-      state=networks.restrict(state.online_state, ENCODER_MODULES),
-      step=int(restored.step),
-      workdir=str(workdir),
-  )
+  # The online classifier too: linear evaluation scores it on test.
+  params = networks.restrict(state.online_params, ('encoder', 'classifier'))
+  net_state = _encoder_part(state.online_state)
+  return Pretrained(config, params, net_state, int(restored.step), str(workdir))
 
 
 def load_encoder(workdir) -> Callable[[Any], jax.Array]:

@@ -9,6 +9,7 @@ import time
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 # Compiling a ResNet-50 step can take minutes on a loaded host.
@@ -22,30 +23,22 @@ def barrier(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
   jax.distributed's coordination service, not a device collective: on CPU
   hosts the first cross-process collective of a program sets up a gloo context
   that gives up when a peer is more than 30 s late (fixed in XLA), and compile
-  times differ between processes (one may hit the persistent cache). A barrier
-  after compiling and before running absorbs that skew.
+  times differ between processes (one may hit the persistent cache).
   """
-  if jax.process_count() == 1:
-    return
-  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  if jax.process_count() > 1:
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
 
-  client = jax_distributed.global_state.client
-  barrier_id = f'byol_jax/{name}/{next(_barrier_ids)}'
-  if client is None:  # Multi-process without jax.distributed.initialize.
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-    multihost_utils.sync_global_devices(barrier_id)
-    return
-  client.wait_at_barrier(barrier_id, timeout_in_ms=timeout_s * 1000)
+    distributed.global_state.client.wait_at_barrier(
+        f'byol_jax/{name}/{next(_barrier_ids)}', timeout_in_ms=timeout_s * 1000
+    )
 
 
 def compile_then_sync(fn, *args, name: str) -> None:
   """Compiles a jit/pmap `fn` for `args` without running it, then a barrier.
 
-  Call `fn` itself afterwards: JAX reuses this compilation from its in-memory
-  cache. The `.compile()` executable cannot be called on several processes: a
-  multi-process pmap lowers for the global [all devices, ...] shape while each
-  process passes its local arrays.
+  Call `fn` itself afterwards: JAX reuses this compilation. The `.compile()`
+  executable cannot be called on several processes: a multi-process pmap lowers
+  for the global [all devices, ...] shape while each passes its local arrays.
   """
   start = time.monotonic()
   fn.lower(*args).compile()
@@ -57,8 +50,6 @@ def _allgather(x: np.ndarray) -> np.ndarray:
   """[process_count, ...] stack of every process's x (x itself on one)."""
   if jax.process_count() == 1:
     return np.asarray(x)[None]
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
   barrier('allgather')  # Processes arrive here after unequal work.
   return np.asarray(multihost_utils.process_allgather(np.asarray(x)))
 
@@ -69,9 +60,8 @@ def check_same_on_all_processes(values: np.ndarray, what: str) -> None:
   A collective (every process calls it at the same point); `values` is a small
   int array of one shape and dtype everywhere.
   """
-  values = np.asarray(values)
   gathered = _allgather(values)
-  if not all(np.array_equal(g, gathered[0]) for g in gathered):
+  if any(not np.array_equal(g, gathered[0]) for g in gathered):
     per_process = '; '.join(
         f'process {i}: {g.tolist()}' for i, g in enumerate(gathered)
     )
@@ -80,11 +70,9 @@ def check_same_on_all_processes(values: np.ndarray, what: str) -> None:
 
 def fingerprint(tree) -> str:
   """sha256 hex of a pytree's structure, shapes, dtypes and bytes."""
-  h = hashlib.sha256()
   leaves, treedef = jax.tree_util.tree_flatten(jax.device_get(tree))
-  h.update(str(treedef).encode())
-  for leaf in leaves:
-    leaf = np.ascontiguousarray(np.asarray(leaf))
+  h = hashlib.sha256(str(treedef).encode())
+  for leaf in map(np.ascontiguousarray, leaves):
     h.update(f'{leaf.dtype}{leaf.shape}'.encode())
     h.update(leaf.tobytes())
   return h.hexdigest()

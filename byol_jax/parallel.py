@@ -1,38 +1,29 @@
 """The local devices as one axis: its mesh, and the one home of jax.pmap.
 
-Every per-device program (training step, probe step, feature extraction,
-modified init) is built by `device_program`, and what feeds them is laid out
-by `device_sharding`, so the prefetcher and the step agree on one mesh and a
-[local_devices, ...] array reaches the program without a copy. Moving from
-pmap to jit/shard_map touches this module only. Multi-host: lax.axis_index is
-global (process p's devices after those of processes < p), so programs are
-written once for any number of hosts.
+The prefetcher (`device_sharding`) and every per-device program
+(`device_program`) share one mesh, so a [local_devices, ...] array reaches the
+program without a copy; moving from pmap to jit/shard_map touches this module
+only. lax.axis_index is global (process p's devices after those of processes
+< p), so programs are written once for any number of hosts.
 """
 
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
 
-# The one collective axis name: the step's pmean, cross-replica BN and the
-# InfoNCE all-gather are written against it.
+# The step's pmean, cross-replica BN and the InfoNCE all-gather use this axis.
 AXIS_NAME = 'i'
 
 
-def _local(devices: Optional[Sequence[jax.Device]]) -> list:
-  return list(devices or jax.local_devices())
-
-
-def device_mesh(
-    devices: Optional[Sequence[jax.Device]] = None,
-) -> jax.sharding.Mesh:
+def device_mesh(devices: Optional[Sequence[jax.Device]] = None):
   """The local devices (default: all) as a one-axis mesh named AXIS_NAME."""
-  return jax.sharding.Mesh(np.asarray(_local(devices)), (AXIS_NAME,))
+  return jax.sharding.Mesh(
+      np.asarray(devices or jax.local_devices()), AXIS_NAME
+  )
 
 
-def device_sharding(
-    devices: Optional[Sequence[jax.Device]] = None,
-) -> jax.sharding.NamedSharding:
+def device_sharding(devices: Optional[Sequence[jax.Device]] = None):
   """The layout of a [devices, ...] array: row d on device d."""
   return jax.sharding.NamedSharding(
       device_mesh(devices), jax.sharding.PartitionSpec(AXIS_NAME)
@@ -40,38 +31,25 @@ def device_sharding(
 
 
 def device_program(
-    fn: Callable[..., Any],
-    *,
-    axis_name: Optional[str] = AXIS_NAME,
-    devices: Optional[Sequence[jax.Device]] = None,
-    in_axes: Union[int, None, Sequence[Any]] = 0,
-    donate_argnums: Union[int, Sequence[int]] = ()
+    fn: Callable[..., Any], *, axis_name: Optional[str] = AXIS_NAME, **kwargs
 ) -> Callable[..., Any]:
-  """`fn` run once per device on its slice of the leading axis (jax.pmap).
+  """`fn` once per device on its slice of the leading axis (jax.pmap).
 
-  in_axes per argument: 0 (split along the device axis) or None (the same on
-  every device); outputs have the device axis; axis_name None for a program
-  without collectives; on multi-host runs `devices` must be all local ones.
+  kwargs: jax.pmap's devices (all local ones on multi-host runs), in_axes (0:
+  split, None: the same on every device), donate_argnums; axis_name None for a
+  program without collectives.
   """
-  return jax.pmap(
-      fn,
-      axis_name=axis_name,
-      devices=devices,
-      in_axes=in_axes,
-      donate_argnums=donate_argnums,
-  )
+  return jax.pmap(fn, axis_name=axis_name, **kwargs)
 
 
 def replicate(tree: Any, devices: Optional[Sequence[jax.Device]] = None) -> Any:
   """A pytree copied to each device: leaves [len(devices), ...]."""
   sharding = device_sharding(devices)
   n = sharding.mesh.size
-  return jax.tree.map(
-      lambda x: jax.device_put(
-          np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), sharding
-      ),
-      tree,
+  put = lambda x: jax.device_put(
+      np.broadcast_to(x, (n,) + np.shape(x)), sharding
   )
+  return jax.tree.map(put, tree)
 
 
 def unreplicate(tree: Any) -> Any:

@@ -1,12 +1,11 @@
 """The software stack and hardware a run got, against what it requires.
 
-What decides the XLA a run compiles with is jax, jaxlib and the backend's
-plugin (libtpu, jax-cuda12-*), pinned in constraints.txt. main.py decides
-which checks apply (--require_pinned_stack, --require_accelerator): without
-the latter, a jaxlib without CUDA or an unusable driver only logs a warning
-and trains on the CPU.
+jax, jaxlib and the backend's plugin (libtpu, jax-cuda12-*) decide the XLA a
+run compiles with; constraints.txt pins them. main.py decides which checks
+apply (--require_pinned_stack, --require_accelerator).
 """
 
+import collections
 import importlib.metadata
 import os
 import pathlib
@@ -16,20 +15,12 @@ from typing import Callable, Dict, Mapping, Optional
 
 # The pins: next to the package in a checkout (`pip install -e .`).
 CONSTRAINTS = pathlib.Path(__file__).resolve().parents[1] / 'constraints.txt'
-
-# The distributions that make up JAX's compiler and runtime, in log order.
-STACK_PACKAGES = (
-    'jax',
-    'jaxlib',
-    'libtpu',
-    'jax-cuda12-plugin',
-    'jax-cuda12-pjrt',
-)
 _PLUGINS = ('libtpu', 'jax-cuda12-plugin', 'jax-cuda12-pjrt')
-
+# JAX's compiler and runtime, in log order.
+STACK_PACKAGES = ('jax', 'jaxlib') + _PLUGINS
 _INSTALL_HINT = (
-    "pip install -c constraints.txt -e . 'jax[tpu]' (or "
-    "'jax[cuda12]'), as the launch scripts do"
+    "pip install -c constraints.txt -e . 'jax[tpu]' (or 'jax[cuda12]'), as the "
+    'launch scripts do'
 )
 
 
@@ -43,29 +34,26 @@ def canonical(name: str) -> str:
 
 
 def read_pins(path: Optional[pathlib.Path] = None) -> Dict[str, str]:
-  """{canonical name: version} of a constraints file's `name==version` pins.
-
-  StackError when the file is missing (installed without its checkout) or pins
-  no jax or jaxlib.
-  """
+  """{canonical name: version} of a constraints file's `name==version` lines."""
   path = pathlib.Path(path or CONSTRAINTS)
   if not path.is_file():
     raise StackError(
-        f"{path} not found: the pins live in the checkout's "
-        'constraints.txt (install with pip install -e . from a '
-        'clone), or pass --norequire_pinned_stack.'
+        f"{path} not found: the pins live in the checkout's constraints.txt "
+        '(install with pip install -e . from a clone), or pass '
+        '--norequire_pinned_stack.'
     )
-  pins = {}
-  for line in path.read_text().splitlines():
-    match = re.match(
-        r'^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)', line
-    )
-    if match:
-      pins[canonical(match.group(1))] = match.group(2)
+  pins = {
+      canonical(name): version
+      for name, version in re.findall(
+          r'^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)',
+          path.read_text(),
+          re.M,
+      )
+  }
   if 'jax' not in pins or 'jaxlib' not in pins:
     raise StackError(
-        f'{path} pins no jax or jaxlib version (lines like '
-        'jax==0.10.2 expected).'
+        f'{path} pins no jax or jaxlib version (lines like jax==0.10.2 '
+        'expected).'
     )
   return pins
 
@@ -86,11 +74,7 @@ def installed(
 
 def describe(versions: Mapping[str, Optional[str]]) -> str:
   """'Python <version>, <package> <version>, ...' of the installed packages."""
-  got = [
-      f'{name} {version}'
-      for name, version in versions.items()
-      if version is not None
-  ]
+  got = [f'{name} {v}' for name, v in versions.items() if v is not None]
   return ', '.join([f'Python {platform.python_version()}'] + got)
 
 
@@ -102,23 +86,20 @@ def check_pinned(
 ) -> None:
   """StackError (one line, each package, version and pin) unless on the pins.
 
-  jax and jaxlib must match; a plugin only when installed (a CPU host has none;
-  a GPU/TPU run without its plugin gets the CPU, which check_accelerator
-  catches).
+  A plugin is checked only when installed: a CPU host has none, and a GPU/TPU
+  run without its plugin gets the CPU, which check_accelerator catches.
   """
-  wrong = []
-  for name, version in versions.items():
-    pin = pins.get(canonical(name))
-    if pin is None or version == pin:
-      continue
-    if version is None and name in _PLUGINS:
-      continue
-    wrong.append(f'{name} {version or "not installed"} (pinned {pin})')
+  wrong = [
+      f'{name} {version or "not installed"} (pinned {pins[canonical(name)]})'
+      for name, version in versions.items()
+      if pins.get(canonical(name), version) != version
+      and (version is not None or name not in _PLUGINS)
+  ]
   if wrong:
     raise StackError(
-        f'not the pinned stack of {source}: {", ".join(wrong)}; '
-        f'install with {_INSTALL_HINT}, or pass '
-        '--norequire_pinned_stack to run on this stack anyway.'
+        f'not the pinned stack of {source}: {", ".join(wrong)}; install with '
+        f'{_INSTALL_HINT}, or pass --norequire_pinned_stack to run on this '
+        'stack anyway.'
     )
 
 
@@ -127,7 +108,7 @@ def check_accelerator(
     backend: Optional[str] = None,
     env: Mapping[str, str] = os.environ,
 ) -> str:
-  """The backend; a one-line StackError saying why and how to fix it if 'cpu'.
+  """The backend; a one-line StackError saying why and the fix if 'cpu'.
 
   Call after jax.distributed is initialised (it starts the backend).
   """
@@ -139,14 +120,14 @@ def check_accelerator(
     return backend
   if versions.get('libtpu'):
     why = (
-        f'libtpu {versions["libtpu"]} installed but no usable TPU (not a '
-        'TPU VM, another process holding the chips, or a runtime version '
-        'for another TPU generation)'
+        f'libtpu {versions["libtpu"]} installed but no usable TPU (not a TPU '
+        'VM, another process holding the chips, or a runtime version for '
+        'another TPU generation)'
     )
   elif versions.get('jax-cuda12-plugin'):
     why = (
-        f'jax-cuda12-plugin {versions["jax-cuda12-plugin"]} installed but '
-        'no usable GPU (check nvidia-smi, the driver, and '
+        f'jax-cuda12-plugin {versions["jax-cuda12-plugin"]} installed but no '
+        'usable GPU (check nvidia-smi, the driver, and '
         f'CUDA_VISIBLE_DEVICES={env.get("CUDA_VISIBLE_DEVICES", "<unset>")})'
     )
   else:
@@ -155,9 +136,8 @@ def check_accelerator(
         f'install with {_INSTALL_HINT}'
     )
   raise StackError(
-      f'--require_accelerator: JAX found no GPU or TPU '
-      f'(jax.default_backend() is cpu): {why}; or pass '
-      '--norequire_accelerator to train on the CPU.'
+      '--require_accelerator: JAX found no GPU or TPU (jax.default_backend() '
+      f'is cpu): {why}; or pass --norequire_accelerator to train on the CPU.'
   )
 
 
@@ -167,33 +147,24 @@ def resources(
     cpu_count_fn: Callable[[], Optional[int]] = os.cpu_count,
     devices=None,
 ) -> str:
-  """One line: the CPUs and accelerators this process may use.
-
-  E.g. 'CPUs 32 usable of 128; CUDA_VISIBLE_DEVICES=0,1; local devices: 2 x
-  NVIDIA H100 (gpu)' (what a cluster's pinning left it).
-  """
+  """One line: the CPUs (after a cluster's pinning) and devices it may use."""
   affinity_fn = affinity_fn or getattr(os, 'sched_getaffinity', None)
   total = cpu_count_fn()
   usable = len(affinity_fn(0)) if affinity_fn else total
   parts = [f'CPUs {usable} usable of {total}']
-  for name in (
+  names = (
       'CUDA_VISIBLE_DEVICES',
       'SLURM_CPUS_PER_TASK',
       'SLURM_GPUS_ON_NODE',
       'SLURM_JOB_GPUS',
-  ):
-    if name in env:
-      parts.append(f'{name}={env[name]}')
+  )
+  parts += [f'{name}={env[name]}' for name in names if name in env]
   if devices is None:
     import jax  # pylint: disable=g-import-not-at-top
 
     devices = jax.local_devices()
-  kinds = {}
-  for device in devices:
-    key = f'{device.device_kind} ({device.platform})'
-    kinds[key] = kinds.get(key, 0) + 1
-  parts.append(
-      'local devices: '
-      + ', '.join(f'{count} x {kind}' for kind, count in kinds.items())
+  kinds = collections.Counter(
+      f'{d.device_kind} ({d.platform})' for d in devices
   )
-  return '; '.join(parts)
+  kinds = ', '.join(f'{n} x {kind}' for kind, n in kinds.items())
+  return '; '.join(parts + [f'local devices: {kinds}'])
