@@ -21,9 +21,6 @@ import jax
 FLAG_NAMES = ('--coordinator_address', '--num_processes', '--process_id')
 ENV_NAMES = tuple(f'BYOL_{n[2:].upper()}' for n in FLAG_NAMES)
 MODES = ('auto', 'off')
-# JAX's own coordinator port for a SLURM job (jax._src.clusters.slurm_cluster):
-# the job id folded into the top 4096 ports, so every task computes the same.
-_SLURM_PORT_RANGE = 2**12
 
 
 class DistributedConfigError(ValueError):
@@ -32,11 +29,7 @@ class DistributedConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """How this process joins a run: source 'flags'|'env'|'slurm'|'tpu'|'none'.
-
-  local_device_ids (None: all) is set for SLURM jobs with several tasks on a
-  node; the other fields are None for 'tpu' and 'none'.
-  """
+  """How this process joins a run: source 'flags'|'env'|'slurm'|'tpu'|'none'."""
 
   source: str
   coordinator_address: Optional[str] = None
@@ -70,26 +63,29 @@ def _int(value, name: str) -> int:
     ) from None
 
 
-def _check_address(address: str, name: str) -> str:
+def _plan(source, values, names, local=None) -> Plan:
+  """A checked Plan from (address, count, index), named by `names`."""
+  address, count, index = values
   host, _, port = str(address).rpartition(':')
   if not host or not port.isdigit() or not 0 < int(port) < 65536:
     raise DistributedConfigError(
-        f'{name}={address!r} must be host:port (e.g. 10.0.0.1:1234), the '
+        f'{names[0]}={address!r} must be host:port (e.g. 10.0.0.1:1234), the '
         'address of process 0 and a free port on it.'
     )
-  return address
-
-
-def _check_index(index: int, count: int, names, hint: str = '') -> None:
+  count, index = _int(count, names[1]), _int(index, names[2])
+  if count < 1:
+    raise DistributedConfigError(f'{names[1]}={count} must be >= 1.')
   if not 0 <= index < count:
     raise DistributedConfigError(
-        f'{names[1]}={index} is out of range for {names[0]}={count}{hint}.'
+        f'{names[2]}={index} is out of range for {names[1]}={count}; use '
+        f'0..{count - 1}, a different one on each process.'
     )
+  return Plan(source, address, count, index, local)
 
 
 def _explicit(values, names, source) -> Optional[Plan]:
   """A Plan from three explicit values, None when none is given."""
-  given = [v is not None and v != '' for v in values]
+  given = [v not in (None, '') for v in values]
   if not any(given):
     return None
   if not all(given):
@@ -100,13 +96,7 @@ def _explicit(values, names, source) -> Optional[Plan]:
         f'{", ".join(names)} (or none of them, to detect SLURM or a Cloud '
         'TPU VM).'
     )
-  address = _check_address(values[0], names[0])
-  count, index = _int(values[1], names[1]), _int(values[2], names[2])
-  if count < 1:
-    raise DistributedConfigError(f'{names[1]}={count} must be >= 1.')
-  hint = f'; use 0..{count - 1}, a different one on each process'
-  _check_index(index, count, names[1:], hint)
-  return Plan(source, address, count, index)
+  return _plan(source, values, names)
 
 
 def first_slurm_host(nodelist: str) -> str:
@@ -133,32 +123,27 @@ def _tasks_on_node(env: Mapping[str, str]) -> int:
 def _slurm(env: Mapping[str, str]) -> Optional[Plan]:
   """A Plan from a SLURM step's variables; None outside SLURM or 1 task."""
   nodelist = env.get('SLURM_STEP_NODELIST') or env.get('SLURM_JOB_NODELIST')
-  needed = ('SLURM_JOB_ID', 'SLURM_NTASKS', 'SLURM_PROCID')
-  if not nodelist or not all(n in env for n in needed):
+  names = ['JAX_COORDINATOR_ADDRESS', 'SLURM_NTASKS', 'SLURM_PROCID']
+  if not nodelist or not all(n in env for n in names[1:] + ['SLURM_JOB_ID']):
     return None
-  count = _int(env['SLURM_NTASKS'], 'SLURM_NTASKS')
-  if count <= 1:
+  if _int(env['SLURM_NTASKS'], 'SLURM_NTASKS') <= 1:
     return None
-  index = _int(env['SLURM_PROCID'], 'SLURM_PROCID')
-  _check_index(index, count, ('SLURM_NTASKS', 'SLURM_PROCID'))
-  address = env.get('JAX_COORDINATOR_ADDRESS')
-  if address:
-    _check_address(address, 'JAX_COORDINATOR_ADDRESS')
-  else:
+  address = env.get(names[0])
+  if not address:
+    # JAX's own port for the job (jax._src.clusters.slurm_cluster): the job id
+    # folded into the top 4096 ports, so every task computes the same.
     job = _int(env['SLURM_JOB_ID'], 'SLURM_JOB_ID')
-    port = env.get('BYOL_COORDINATOR_PORT') or str(
-        job % _SLURM_PORT_RANGE + 65536 - _SLURM_PORT_RANGE
-    )
-    address = _check_address(
-        f'{first_slurm_host(nodelist)}:{port}', 'BYOL_COORDINATOR_PORT'
-    )
+    port = env.get('BYOL_COORDINATOR_PORT') or 65536 - 4096 + job % 4096
+    address = f'{first_slurm_host(nodelist)}:{port}'
+    names[0] = 'BYOL_COORDINATOR_PORT'
   # One task per node sees all the node's GPUs (pmap over them); several tasks
   # on a node get one GPU each, by local rank. (JAX's own SLURM detection always
   # restricts a task to one GPU, leaving all but one idle with one per node.)
   local = None
   if _tasks_on_node(env) > 1:
     local = (_int(env.get('SLURM_LOCALID', 0), 'SLURM_LOCALID'),)
-  return Plan('slurm', address, count, index, local)
+  values = (address, env['SLURM_NTASKS'], env['SLURM_PROCID'])
+  return _plan('slurm', values, names, local)
 
 
 def process_plan(
@@ -178,7 +163,7 @@ def process_plan(
   flags = _explicit(
       (coordinator_address, num_processes, process_id), FLAG_NAMES, 'flags'
   )
-  if mode == 'off' and flags is not None:
+  if mode == 'off' and flags:
     raise DistributedConfigError(
         '--distributed=off contradicts --coordinator_address/'
         '--num_processes/--process_id; drop one or the other.'

@@ -185,15 +185,11 @@ def load_encoder(workdir) -> Callable[[Any], jax.Array]:
   jitted = jax.jit(encoder_apply(pretrained.config))
 
   def encode(images) -> jax.Array:
-    if jnp.ndim(images) != 4 or jnp.shape(images)[-1] != 3:
+    shape, dtype = jnp.shape(images), jnp.result_type(images)
+    if len(shape) != 4 or shape[-1] != 3 or jnp.issubdtype(dtype, jnp.integer):
       raise ValueError(
-          f'images must be [N, H, W, 3] floats in [0, 1]; got '
-          f'shape {jnp.shape(images)}.'
-      )
-    if jnp.issubdtype(jnp.result_type(images), jnp.integer):
-      raise ValueError(
-          'images must be floats in [0, 1], got integers; '
-          'divide uint8 images by 255 first.'
+          f'images must be [N, H, W, 3] floats in [0, 1] (divide uint8 images '
+          f'by 255); got {dtype} of shape {shape}.'
       )
     return jitted(params, state, images)
 

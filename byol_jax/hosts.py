@@ -12,18 +12,17 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-# Compiling a ResNet-50 step can take minutes on a loaded host.
-BARRIER_TIMEOUT_S = 1800
 _barrier_ids = itertools.count()
 
 
-def barrier(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
+def barrier(name: str, timeout_s: int = 1800) -> None:
   """Waits until every process reaches this barrier (no-op on one process).
 
   jax.distributed's coordination service, not a device collective: on CPU
   hosts the first cross-process collective of a program sets up a gloo context
   that gives up when a peer is more than 30 s late (fixed in XLA), and compile
-  times differ between processes (one may hit the persistent cache).
+  times differ between processes (one may hit the persistent cache). The
+  timeout is long: compiling a ResNet-50 step can take minutes on a loaded host.
   """
   if jax.process_count() > 1:
     from jax._src import distributed  # pylint: disable=g-import-not-at-top

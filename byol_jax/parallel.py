@@ -60,9 +60,7 @@ def unreplicate(tree: Any) -> Any:
   sliced its own buffer. Slicing this process's first buffer needs none.
   """
 
-  def first(x):
-    if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
-      return x.addressable_data(0)[0]
-    return x[0]
+  def first(x):  # A single-device array is its own first buffer.
+    return x.addressable_data(0)[0] if isinstance(x, jax.Array) else x[0]
 
   return jax.tree.map(first, tree)

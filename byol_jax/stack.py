@@ -63,13 +63,14 @@ def installed(
     version_fn: Callable[[str], str] = importlib.metadata.version,
 ) -> Dict[str, Optional[str]]:
   """{canonical name: installed version or None}, in the order of `packages`."""
-  versions = {}
-  for name in packages:
+
+  def version(name):
     try:
-      versions[canonical(name)] = version_fn(name)
+      return version_fn(name)
     except importlib.metadata.PackageNotFoundError:
-      versions[canonical(name)] = None
-  return versions
+      return None
+
+  return {canonical(name): version(name) for name in packages}
 
 
 def describe(versions: Mapping[str, Optional[str]]) -> str:
@@ -152,13 +153,8 @@ def resources(
   total = cpu_count_fn()
   usable = len(affinity_fn(0)) if affinity_fn else total
   parts = [f'CPUs {usable} usable of {total}']
-  names = (
-      'CUDA_VISIBLE_DEVICES',
-      'SLURM_CPUS_PER_TASK',
-      'SLURM_GPUS_ON_NODE',
-      'SLURM_JOB_GPUS',
-  )
-  parts += [f'{name}={env[name]}' for name in names if name in env]
+  shown = r'CUDA_VISIBLE_DEVICES|SLURM_(CPUS_PER_TASK|GPUS_ON_NODE|JOB_GPUS)'
+  parts += [f'{k}={env[k]}' for k in sorted(env) if re.fullmatch(shown, k)]
   if devices is None:
     import jax  # pylint: disable=g-import-not-at-top
 
