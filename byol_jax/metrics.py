@@ -1,8 +1,5 @@
-"""Collapse statistics beside the losses (methods/ need nothing of evaluation/).
-
-The paper asks whether BYOL without batch statistics collapses (§1, §3); these
-show collapse as it happens, long before linear evaluation.
-"""
+"""Collapse statistics beside the losses: does BYOL without batch statistics
+collapse (paper §1, §3)? Seen as it happens, long before linear evaluation."""
 
 import jax.numpy as jnp
 import numpy as np
