@@ -2,14 +2,9 @@
 
 Richemond, Grill, Altché, Tallec, Strub, Brock, Smith, De, Pascanu, Piot,
 Valko, "BYOL works even without batch statistics", arXiv:2010.10241 (2020).
-ImageNet top-1 (%) under linear evaluation, ResNet-50. Table 1: 300 epochs,
-mean of 3 seeds, one normalisation per component ('bn', 'ln' = GroupNorm
-with one group, 'none' = "-"). Table 2: 1000 epochs. Transcribed from the
-paper's tables (the project's ../shared/paper/TABLES.md, checked against the
-column headers of Table 1 in the text).
-
-The experiment configs take their `paper_top1` from here, and report.py sets
-our collapse next to the paper's.
+ImageNet linear top-1 (%), ResNet-50. Table 1: 300 epochs, mean of 3 seeds
+('ln' = GroupNorm with one group, 'none' = "-"); Table 2: 1000 epochs.
+Transcribed from ../shared/paper/TABLES.md (tests/test_paper.py compares).
 """
 
 from typing import Optional
@@ -66,31 +61,12 @@ COLLAPSED_BELOW = 10.0
 def table1(
     method: str, encoder: str, projector: str, predictor: Optional[str] = None
 ) -> Optional[float]:
-  """Table 1's top-1 (%) of a cell, or None when the paper has no such cell.
-
-  Args:
-    method: 'byol' or 'simclr'.
-    encoder, projector, predictor: 'bn', 'ln' or 'none' (SimCLR: no
-      predictor).
-
-  Returns:
-    The paper's number, or None (e.g. BYOL with BN in the projector and LN in
-    the encoder: the paper ran 15 of the 27 BYOL combinations).
-  """
+  """Table 1's top-1 (%) of a cell; None where the paper has no such cell."""
   if method == methods.SIMCLR:
     return TABLE1_SIMCLR.get((encoder, projector))
   return TABLE1_BYOL.get((encoder, projector, predictor))
 
 
 def collapsed(top1: Optional[float]) -> Optional[bool]:
-  """Whether a paper number counts as collapse.
-
-  Args:
-    top1: a paper top-1 accuracy in percent, or None (no such cell); a
-      negative value also means no number.
-
-  Returns:
-    True below COLLAPSED_BELOW (10%), False at or above it, None without a
-    number.
-  """
+  """top1 < COLLAPSED_BELOW; None without a number (None or negative)."""
   return None if top1 is None or top1 < 0 else top1 < COLLAPSED_BELOW

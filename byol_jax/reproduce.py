@@ -1,29 +1,21 @@
 r"""Reproduce the paper's tables at small scale: every variant, then a report.
 
-    python -m byol_jax.reproduce --table=2 --scale=tiny --workdir=/tmp/table2
     python -m byol_jax.reproduce --table=1 --scale=tiny --workdir=/tmp/table1
     python -m byol_jax.reproduce --table=2 --scale=small \
         --dataset=folder:/data/cifar10-jpg --workdir=/tmp/table2_small
-    python -m byol_jax.reproduce --table=2 --scale=cifar10 \
-        --dataset=folder:/data/cifar10-jpg --workdir=/tmp/table2_cifar10
 
-Each variant is one normal experiment config (experiments/<name>.py with
-the scale's option), run by runner.run (what byol_jax.main runs) in
-WORKDIR/<variant>: pre-training, then linear evaluation; `--dry_run` prints
-the equivalent `python -m byol_jax.main` commands. report.py then writes
-WORKDIR/table<N>.md and WORKDIR/plots/.
-
-Resumable: a variant with eval_results.json is skipped, any other resumes
-from its checkpoint. A variant whose workdir holds a run of other inputs
-(config.json vs the request, _NOT_COMPARED aside) is moved, under its
-training lock, to WORKDIR/replaced/<variant>.<n> and trained again; when
-only eval.* fields changed it is only evaluated again.
+Each variant (experiments/<name>.py with the scale's option) runs as
+byol_jax.main would (`--dry_run` prints those commands) in WORKDIR/<variant>;
+report.py then writes WORKDIR/table<N>.md and WORKDIR/plots/. Resumable: a
+variant with eval_results.json is skipped. One whose workdir holds a run of
+other inputs (_NOT_COMPARED aside) is moved, under its training lock, to
+WORKDIR/replaced/<variant>.<n> and trained again (only evaluated again when
+just eval.* fields changed).
 """
 
 import json
 import sys
 import time
-from typing import Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -39,16 +31,11 @@ from byol_jax import validation
 from byol_jax import variants as variants_lib
 from byol_jax import workdir as workdir_lib
 
-# Failures recorded by this command (variant -> message); a variant listed
-# here is retried on the next run.
-FAILURES_FILE = 'failures.json'
-# Where a variant's run under other inputs is moved before it is trained
-# again: WORKDIR/replaced/<variant>.<n>.
+FAILURES_FILE = 'failures.json'  # variant -> message; retried next time.
 REPLACED_DIR = 'replaced'
-# Inputs that change no number of the table (prefixes of dotted fields): the
-# option string (the fields it sets are compared themselves), where data and
-# caches live, where in-memory arrays are held, the modified init's chunking
-# (exactly merged) and the checkpoint policy.
+# Inputs (prefixes) that change no number of the table: the option string (its
+# fields are compared themselves), where data, caches and in-memory arrays
+# live, the modified init's chunking (exactly merged), the checkpoint policy.
 _NOT_COMPARED = (
     'options',
     'data.data_dir',
@@ -59,16 +46,8 @@ _NOT_COMPARED = (
 )
 
 
-def is_done(workdir: epath.Path) -> bool:
-  """Whether a variant is finished (its eval_results.json exists)."""
-  return workdir_lib.eval_results_path(workdir).exists()
-
-
 def changed_inputs(config, workdir: epath.Path) -> dict:
-  """{field: (saved, requested)} of the inputs that differ from workdir's run.
-
-  Empty when nothing ran there yet; _NOT_COMPARED fields are left out.
-  """
+  """{field: (saved, requested)} of the inputs (_NOT_COMPARED aside) changed."""
   saved = runs_lib.read_json(workdir_lib.config_path(workdir))
   if saved is None:
     return {}
@@ -83,39 +62,21 @@ def changed_inputs(config, workdir: epath.Path) -> dict:
 
 
 def _move_aside(root: epath.Path, vdir: epath.Path) -> epath.Path:
-  """Moves a variant's directory to WORKDIR/replaced/<variant>.<n>.
-
-  Holds the variant's training lock while moving: a directory that a
-  training run is writing is refused (workdir.WorkdirError), never moved.
-  """
+  """vdir -> root/replaced/<variant>.<n>, under its training lock."""
+  replaced = root / REPLACED_DIR
   n = 1
-  while (root / REPLACED_DIR / f'{vdir.name}.{n}').exists():
+  while (replaced / f'{vdir.name}.{n}').exists():
     n += 1
-  (root / REPLACED_DIR).mkdir(parents=True, exist_ok=True)
+  replaced.mkdir(parents=True, exist_ok=True)
   lock = workdir_lib.TrainingLock(vdir)
-  lock.acquire()
-  aside = vdir.rename(root / REPLACED_DIR / f'{vdir.name}.{n}')
+  lock.acquire()  # a directory a training run writes is refused, not moved.
+  aside = vdir.rename(replaced / f'{vdir.name}.{n}')
   workdir_lib.lock_path(aside).unlink()
   lock.release()
   return aside
 
 
-def _read_failures(root: epath.Path) -> dict:
-  path = root / FAILURES_FILE
-  return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _write_failures(root: epath.Path, failures: dict) -> None:
-  path = root / FAILURES_FILE
-  if failures:
-    path.write_text(json.dumps(failures, indent=2))
-  elif path.exists():
-    path.unlink()
-
-
-def run_variant(
-    variant: variants_lib.Variant, config, workdir: epath.Path
-) -> dict:
+def run_variant(variant, config, workdir: epath.Path) -> dict:
   """Pre-trains and evaluates one variant (resuming what is there)."""
   if not config.eval.after_pretraining:
     raise ValueError(
@@ -155,14 +116,12 @@ def reproduce(
     dry_run: only print the commands.
 
   Returns:
-    {'commands': [...], 'ran': [names], 'skipped': [names], 'failed':
-    {name: message}, 'replaced': {name: where its run under other inputs
-    was moved}, 'report': report.write_report's dict or None}.
+    {'commands', 'ran', 'skipped', 'failed': {name: message}, 'replaced':
+    {name: where its old run went}, 'report': write_report's dict or None}.
 
   Raises:
-    ValueError: an unknown scale, table or variant, a bad override, an
-      invalid config (plan.ConfigError) or an unreadable config.json in a
-      variant's workdir; all before any training.
+    ValueError: a bad scale, table, variant, override or config, or an
+      unreadable config.json; all before any training.
     KeyboardInterrupt: a variant was interrupted (other failures are
       recorded in WORKDIR/failures.json and the next variant runs).
   """
@@ -187,51 +146,35 @@ def reproduce(
   commands = [
       v.command(scale, dataset, root / v.name, overrides) for v in chosen
   ]
-  out = {
-      'commands': commands,
-      'ran': [],
-      'skipped': [],
-      'failed': {},
-      'replaced': {},
-      'report': None,
-  }
+  out = dict(
+      commands=commands, ran=[], skipped=[], failed={}, replaced={}, report=None
+  )
   if dry_run:
     return out
   changed = [
       changed_inputs(c, root / v.name) for v, c in zip(chosen, variant_configs)
   ]
   root.mkdir(parents=True, exist_ok=True)
-  failures = _read_failures(root)
+  failures_path = root / FAILURES_FILE
+  failures = runs_lib.read_json(failures_path) or {}
   for variant, config, command, diff in zip(
       chosen, variant_configs, commands, changed
   ):
     vdir = root / variant.name
-    if diff and all(k.startswith('eval.') for k in diff):
+    if diff:
+      then = 'its encoder is evaluated again, eval_results.json replaced'
+      if not all(k.startswith('eval.') for k in diff):
+        out['replaced'][variant.name] = str(_move_aside(root, vdir))
+        then = f'moved to {out["replaced"][variant.name]}, trained again'
       logging.warning(
-          '%s: evaluation inputs changed since the run in %s (%s):'
-          ' evaluating its encoder again, eval_results.json is '
-          'replaced.',
+          '%s: inputs changed since the run in %s (%s): %s.',
           variant.name,
           vdir,
           resume.describe_changes(diff),
+          then,
       )
-    elif diff:
-      aside = _move_aside(root, vdir)
-      logging.warning(
-          '%s: inputs changed since the run in %s (%s): it is '
-          'moved to %s and the variant trains again.',
-          variant.name,
-          vdir,
-          resume.describe_changes(diff),
-          aside,
-      )
-      out['replaced'][variant.name] = str(aside)
-    elif is_done(vdir):
-      logging.info(
-          '%s: done (%s exists), skipped.',
-          variant.name,
-          workdir_lib.eval_results_path(vdir),
-      )
+    elif workdir_lib.eval_results_path(vdir).exists():
+      logging.info('%s: done, skipped.', variant.name)
       out['skipped'].append(variant.name)
       continue
     logging.info('%s: %s', variant.name, command)
@@ -243,46 +186,33 @@ def reproduce(
     except Exception as e:  # pylint: disable=broad-except
       # A diverged variant (NaN loss) is a result too: record it, go on.
       failures[variant.name] = f'{type(e).__name__}: {e}'
-      _write_failures(root, failures)
       out['failed'][variant.name] = failures[variant.name]
       logging.error('%s failed: %s', variant.name, failures[variant.name])
-      continue
-    failures.pop(variant.name, None)
-    _write_failures(root, failures)
-    out['ran'].append(variant.name)
-    logging.info('%s: finished in %.0fs.', variant.name, time.time() - start)
-  out['report'] = write_table(table, scale, root, chosen, failures)
-  return out
-
-
-def write_table(
-    table: int,
-    scale: str,
-    root: epath.Path,
-    variants: Sequence[variants_lib.Variant],
-    failures: Optional[dict] = None,
-):
-  """WORKDIR/table<N>.md and plots/; variants without metrics listed below."""
-  has_metrics = {
-      v.name: workdir_lib.metrics_path(root / v.name).exists() for v in variants
-  }
-  present = [root / v.name for v in variants if has_metrics[v.name]]
-  missing = [v.name for v in variants if not has_metrics[v.name]]
+    else:
+      failures.pop(variant.name, None)
+      out['ran'].append(variant.name)
+      logging.info('%s: finished in %.0fs.', variant.name, time.time() - start)
+    if failures:
+      failures_path.write_text(json.dumps(failures, indent=2))
+    elif failures_path.exists():
+      failures_path.unlink()
+  present = [
+      v.name for v in chosen if workdir_lib.metrics_path(root / v.name).exists()
+  ]
   if not present:
     raise ValueError(f'no variant of table {table} in {root} has metrics yet.')
-  notes = []
-  if missing:
-    notes.append('Not run yet: ' + ', '.join(missing) + '.')
-  for name, message in sorted((failures or {}).items()):
-    notes.append(f'Failed: {name}: {message}')
-  return report.write_report(
-      [str(p) for p in present],
+  missing = [v.name for v in chosen if v.name not in present]
+  notes = ['Not run yet: ' + ', '.join(missing) + '.'] if missing else []
+  notes += [f'Failed: {n}: {m}' for n, m in sorted(failures.items())]
+  out['report'] = report.write_report(
+      [str(root / name) for name in present],
       root,
       table_name=f'table{table}.md',
       title=f'Paper Table {table}, scale {scale}',
       notes=notes,
       group_by_method=table == 1,
   )
+  return out
 
 
 def main(argv):
@@ -291,20 +221,18 @@ def main(argv):
   runner.quiet_libraries()
   f = flags.FLAGS
   try:
-    overrides = variants_lib.parse_overrides(f.override or ())
     out = reproduce(
         int(f.table),
         f.scale,
         f.workdir,
-        variants=f.variants or (),
+        variants=f.variants,
         dataset=f.dataset,
-        overrides=overrides,
+        overrides=variants_lib.parse_overrides(f.override),
         experiments_dir=f.experiments_dir,
         dry_run=f.dry_run,
     )
   except (ValueError, FileNotFoundError) as e:
-    print(f'reproduce: {e}', file=sys.stderr)
-    sys.exit(2)
+    report.exit_one_line(f'reproduce: {e}')
   if f.dry_run:
     print('\n'.join(out['commands']))
     return
@@ -340,7 +268,7 @@ if __name__ == '__main__':
   flags.DEFINE_multi_string(
       'override',
       [],
-      'field=value applied to every ' 'variant, e.g. training.total_steps=100.',
+      'field=value applied to every variant, e.g. training.total_steps=100.',
   )
   flags.DEFINE_string(
       'experiments_dir',

@@ -1,12 +1,7 @@
-"""One run directory as the report reads it: config, metrics and results.
-
-Reads only what a run leaves behind (config.json, metrics.jsonl,
-pretrain_done.json, eval_results.json), so it works on any copied workdirs,
-finished or still running.
-"""
+"""One run directory as the report reads it, from the files a run leaves."""
 
 import json
-from typing import Optional, Sequence
+from typing import Optional
 
 from etils import epath
 
@@ -14,14 +9,16 @@ from byol_jax import methods
 from byol_jax import workdir as workdir_lib
 from byol_jax import writers
 
-# Metrics followed against step (names as in metrics.jsonl): load_run keeps
-# the last value of each, and plots.plot draws one PNG each.
-PLOT_METRICS = (
-    'loss',
-    'collapse_std_projection',
-    'collapse_std_representation',
-    'online_top1',
-)
+# Metrics followed against step (names as in metrics.jsonl) -> y-axis label:
+# load_run keeps the last value of each, and plots.plot draws one PNG each.
+PLOT_METRICS = {
+    'loss': 'regression loss 2 - 2cos (BYOL) / InfoNCE (SimCLR)',
+    'collapse_std_projection': 'std of l2-normalised projection x sqrt(dim)',
+    'collapse_std_representation': (
+        'std of l2-normalised representation x sqrt(dim)'
+    ),
+    'online_top1': 'online classifier top-1 (train batch)',
+}
 
 
 def read_json(path: epath.Path) -> Optional[dict]:
@@ -46,89 +43,35 @@ def read_json(path: epath.Path) -> Optional[dict]:
 def _number(record: dict, key: str, path) -> Optional[float]:
   """record[key] as a float (None when absent); ValueError naming `path`."""
   value = record.get(key)
-  if value is not None and (
-      isinstance(value, bool) or not isinstance(value, (int, float))
-  ):
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
     raise ValueError(
-        f'{path}: {key}={value!r} is not a number; fix or ' 'delete the file.'
+        f'{path}: {key}={value!r} is not a number; fix or delete the file.'
     )
-  return None if value is None else float(value)
-
-
-def _check_rows(rows: Sequence[dict], path) -> None:
-  """Every row an object with an integer step and numeric metrics."""
-  for i, row in enumerate(rows):
-    if not isinstance(row, dict) or not isinstance(row.get('step'), int):
-      raise ValueError(
-          f'{path}: row {i + 1} ({str(row)[:60]}) has no '
-          'integer "step"; not a byol_jax metrics.jsonl.'
-      )
-    for key in PLOT_METRICS + ('knn_top1',):
-      _number(row, key, f'{path} row {i + 1}')
-
-
-def _last(rows: Sequence[dict], key: str) -> Optional[float]:
-  """The value of `key` in the last row that has it (rows may be partial)."""
-  for row in reversed(rows):
-    if key in row:
-      return float(row[key])
-  return None
-
-
-def _norm_label(model: dict, component: str) -> str:
-  norm = model.get(f'{component}_norm', '?')
-  ws_key = 'encoder_ws' if component == 'encoder' else 'heads_ws'
-  return norm + ('+ws' if model.get(ws_key) else '')
+  return float(value)
 
 
 def variant_label(config: dict) -> str:
   """'BYOL enc=gn+ws proj=gn pred=gn' (+ ' +modified init') of a config dict."""
   method = str(config.get('method', '?'))
   model = config.get('model', {})
-  parts = [
-      method.upper(),
-      'enc=' + _norm_label(model, 'encoder'),
-      'proj=' + _norm_label(model, 'projector'),
-  ]
-  if method != methods.SIMCLR:
-    parts.append('pred=' + _norm_label(model, 'predictor'))
+  parts = [method.upper()]
+  for short, part in (('enc', 'encoder'), ('proj', 'projector')) + (
+      () if method == methods.SIMCLR else (('pred', 'predictor'),)
+  ):
+    ws = model.get('encoder_ws' if part == 'encoder' else 'heads_ws')
+    parts.append(f'{short}={model.get(part + "_norm", "?")}' + '+ws' * bool(ws))
   if config.get('training', {}).get('modified_init'):
     parts.append('+modified init')  # paper §3.2
   return ' '.join(parts)
 
 
-def _wall_time(workdir: epath.Path, done: Optional[dict], done_path):
-  """(seconds, exact) of pre-training, or (None, False) when unknown.
-
-  Exact: pretrain_done.json's 'wall_time_s'. Otherwise metrics.jsonl's mtime
-  minus config.json's (rewritten at a resume: then the last segment only).
-  """
-  if done and 'wall_time_s' in done:
-    return _number(done, 'wall_time_s', done_path), True
-  config_path = workdir_lib.config_path(workdir)
-  if not config_path.exists():
-    return None, False
-  # epath's stat() works on local paths and on gs:// objects alike.
-  start = config_path.stat().mtime
-  end = workdir_lib.metrics_path(workdir).stat().mtime
-  if start is None or end is None:
-    return None, False
-  return max(float(end) - float(start), 0.0), False
-
-
 def load_run(workdir) -> dict:
-  """Everything the table and plots need from one run directory.
+  """What the table and plots need from one run directory.
 
-  Returns:
-    {'name', 'method', 'workdir', 'variant', 'paper_top1' (% or None), 'rows'
-    (metrics.jsonl), 'last_step', 'total_steps', 'final' (last value of each
-    PLOT_METRICS and knn_top1), 'wall_time_s', 'wall_time_exact', 'finished',
-    'top1', 'top5', 'knn_top1', 'random_top1' (fractions, None without
-    eval_results.json)}.
-
-  Raises:
-    ValueError: not a directory, no metric rows, or a file unreadable or not
-      what byol_jax writes (naming it).
+  Accuracies are fractions, None when unknown. ValueError (one line) for a
+  directory that holds no run (yet) or a file byol_jax did not write.
   """
   workdir = epath.Path(workdir)
   metrics_path = workdir_lib.metrics_path(workdir)
@@ -153,18 +96,34 @@ def load_run(workdir) -> dict:
         f'{metrics_path} has no metric rows; let pre-training '
         'run to its first logging step.'
     )
-  _check_rows(rows, metrics_path)
+  keys = (*PLOT_METRICS, 'knn_top1')
+  for i, row in enumerate(rows):
+    if not isinstance(row, dict) or not isinstance(row.get('step'), int):
+      raise ValueError(
+          f'{metrics_path}: row {i + 1} ({str(row)[:60]}) has no '
+          'integer "step"; not a byol_jax metrics.jsonl.'
+      )
+    for key in keys:
+      _number(row, key, f'{metrics_path} row {i + 1}')
   config_path = workdir_lib.config_path(workdir)
   config = read_json(config_path) or {}
   done_path = workdir_lib.pretrain_done_path(workdir)
   done = read_json(done_path)
   results_path = workdir_lib.eval_results_path(workdir)
   results = read_json(results_path) or {}
+  random_init = results.get('random_init') or {}
   paper = _number(config, 'paper_top1', config_path)
   total = _number(config.get('derived') or {}, 'total_steps', config_path)
   if total is None:  # a config.json without the derived section.
     total = _number(config.get('training') or {}, 'total_steps', config_path)
-  wall, exact = _wall_time(workdir, done, done_path)
+  wall, exact = None, bool(done and 'wall_time_s' in done)
+  if exact:
+    wall = _number(done, 'wall_time_s', done_path)
+  elif config_path.exists():
+    # metrics.jsonl's mtime minus config.json's (rewritten at a resume: then
+    # the last segment only); epath's stat() works on gs:// objects too.
+    start = config_path.stat().mtime
+    wall = max(float(metrics_path.stat().mtime - start), 0.0)
   return {
       'name': workdir.name,
       'method': str(config.get('method', methods.BYOL)),
@@ -174,7 +133,10 @@ def load_run(workdir) -> dict:
       'rows': rows,
       'last_step': max(int(r['step']) for r in rows),
       'total_steps': int(total) if total and total > 0 else None,
-      'final': {k: _last(rows, k) for k in PLOT_METRICS + ('knn_top1',)},
+      'final': {
+          k: next((float(r[k]) for r in reversed(rows) if k in r), None)
+          for k in keys
+      },
       'wall_time_s': wall,
       'wall_time_exact': exact,
       'finished': done is not None,
@@ -184,10 +146,6 @@ def load_run(workdir) -> dict:
       # The online classifier (a monitor trained beside BYOL) on test.
       'online_top1': _number(results, 'online_top1', results_path),
       # The same probe on a randomly initialised encoder (eval.random_baseline).
-      'random_top1': _number(
-          results.get('random_init') or {}, 'top1', results_path
-      ),
-      'random_knn_top1': _number(
-          results.get('random_init') or {}, 'knn_top1', results_path
-      ),
+      'random_top1': _number(random_init, 'top1', results_path),
+      'random_knn_top1': _number(random_init, 'knn_top1', results_path),
   }
