@@ -5,28 +5,25 @@ root/train/ exists, root/<split>/<class>/... for each of SPLIT_DIRS there.
 Links are followed (each real folder once per class; links to nothing are
 left out, logged). Label i is train's i-th class folder in sorted order.
 
-The in-memory path holds a folder as one uint8 array per split, decoded once
-with Pillow (about 4 s for CIFAR-10's 60,000 JPEGs on one core) and cached in
-one file per folder and side, written on first use:
+The in-memory path decodes a folder once with Pillow (about 4 s for CIFAR-10's
+60,000 JPEGs on one core) into one cache file per folder and side:
 
     <cache_dir>/<folder name>-<side>-<root hash>-<listing key>.npz
         'key'; per split: '<split>.images' uint8 [N, H, W, 3],
         '<split>.labels' int32 [N], '<split>.skipped' (files left out)
 
-The listing key is a sha256 over every image file's relative path, size and
-mtime, the class names, the side and FORMAT_VERSION: a changed, added or
-removed file changes it, so the folder is decoded again (and the stale file
-of that folder and side removed). A cache that does not read back whole (zip
-checks every member's CRC-32: a truncated file, a flipped byte) is rebuilt,
-never used. It is written under a temporary name and renamed into place; a
-killed writer's temporary file is removed by the next start on its host.
+The key hashes every image file's relative path, size and mtime, the class
+names, the side and FORMAT_VERSION: a changed, added or removed file decodes
+the folder again (and removes the stale file). A cache that does not read back
+whole (zip's CRC-32 of every member) is rebuilt, never used. It is written
+under a temporary name and renamed; the next start on its host removes a
+killed writer's temporary file.
 
-Decoding: Pillow, RGB. Files Pillow cannot decode, or that are not JPEG/PNG
-whatever their extension, are skipped and counted (as `validate_files` does
-for the streaming path); an image above Pillow's decompression-bomb limit
-stops the start in one line naming it. side 0 keeps the images' size (all
-must share it: CIFAR-10's and STL-10's do); side S resizes the shorter side
-to S (Pillow's antialiased bicubic) and keeps the central S x S square.
+Files Pillow cannot decode, or that are not JPEG/PNG whatever their extension,
+are skipped and counted (as `validate_files` does for the streaming path); an
+image above Pillow's decompression-bomb limit stops the start in one line.
+side 0 keeps the images' size (all must share it); side S resizes the shorter
+side to S (Pillow's antialiased bicubic) and keeps the central S x S square.
 """
 
 import concurrent.futures
@@ -51,37 +48,33 @@ _FIELDS = ('images', 'labels', 'skipped')  # per split, in the cache
 def list_folder(root: str, *, validate_files: bool = True):
   """(root, class names, {split: paths}, {split: labels}, {split: skipped}).
 
-  validate_files: read each file's first bytes and last 1 KiB once and leave
-  out (counted, logged) files that are not JPEG/PNG, or lack their end marker
-  and do not decode; the streaming path then meets no undecodable file.
+  validate_files: leave out (counted, logged) files that are not JPEG/PNG, or
+  lack their end marker and do not decode; streaming then meets none.
   """
   root = os.path.abspath(os.path.expanduser(root))
   if not os.path.isdir(root):
     raise ValueError(
-        f'folder:{root} does not exist; point folder:<path> at a '
-        'directory holding one sub-folder of images per class'
+        f'folder:{root} does not exist; point folder:<path> at a directory '
+        'holding one sub-folder of images per class'
     )
   folders = _subfolders(root)
   split_dirs = {s: os.path.join(root, s) for s in SPLIT_DIRS if s in folders}
-  if 'train' in folders and set(folders) - set(SPLIT_DIRS):
+  ignored = sorted(set(folders) - set(SPLIT_DIRS))
+  if 'train' in folders and ignored:
     logging.warning(
-        'folder:%s: ignored the folders %s: the split folders '
-        'read are %s (one of %s)',
-        root,
-        sorted(set(folders) - set(SPLIT_DIRS)),
-        list(split_dirs),
-        list(SPLIT_DIRS),
+        f'folder:{root}: ignored the folders {ignored}: the split folders '
+        f'read are {list(split_dirs)} (one of {list(SPLIT_DIRS)})'
     )
-  _check_layout(root, split_dirs, folders)
+  _check_layout(root, split_dirs)
   split_dirs = split_dirs if 'train' in folders else {'train': root}
   class_names = tuple(_subfolders(split_dirs['train']))
   files, labels, skipped = {}, {}, {}
   for split, path in split_dirs.items():
     if _subfolders(path) != list(class_names):
       raise ValueError(
-          f'{path} has classes {_subfolders(path)[:5]}... but '
-          f'train has {list(class_names)[:5]}...; every split '
-          'needs the same class folders'
+          f'{path} has classes {_subfolders(path)[:5]}... but train has '
+          f'{list(class_names)[:5]}...; every split needs the same class '
+          'folders'
       )
     found = [
         (p, y)
@@ -94,19 +87,14 @@ def list_folder(root: str, *, validate_files: bool = True):
     bad = [p for (p, _), good in zip(found, ok) if not good]
     if bad:
       logging.warning(
-          'folder:%s split %r: skipped %d of %d files that are '
-          'not decodable JPEG/PNG images, e.g. %s',
-          root,
-          split,
-          len(bad),
-          len(found),
-          bad[:3],
+          f'folder:{root} split {split!r}: skipped {len(bad)} of {len(found)} '
+          f'files that are not decodable JPEG/PNG images, e.g. {bad[:3]}'
       )
     if len(bad) == len(found):
       raise ValueError(
           f'folder:{root} split {split!r} ({path}) holds no decodable '
-          f'{"/".join(IMAGE_EXTENSIONS)} images in class sub-folders '
-          f'(found classes: {list(class_names)[:10]}); expected '
+          f'{"/".join(IMAGE_EXTENSIONS)} images in class sub-folders (found '
+          f'classes: {list(class_names)[:10]}); expected '
           f'{path}/<class_name>/<image>.jpg'
       )
     kept = [f for f, good in zip(found, ok) if good]
@@ -124,10 +112,10 @@ def _subfolders(path) -> list[str]:
     )
 
 
-def _check_layout(root, split_dirs, folders):
+def _check_layout(root, split_dirs):
   """Refuses a layout that reads as both flat and split folders."""
-  if 'train' in split_dirs:
-    train = split_dirs['train']
+  train = split_dirs.get('train')
+  if train:
     with os.scandir(train) as entries:
       direct = [e.name for e in entries if _is_image(e)]
     if direct:
@@ -177,10 +165,8 @@ def _list_images(folder, root) -> list[str]:
           dangling.append(e.path)
   if dangling:
     logging.warning(
-        'folder:%s: left out %d broken link(s), e.g. %s',
-        root,
-        len(dangling),
-        dangling[:3],
+        f'folder:{root}: left out {len(dangling)} broken link(s), e.g. '
+        f'{dangling[:3]}'
     )
   return sorted(found)
 
@@ -207,17 +193,15 @@ def _check_file(path) -> str:
 
 def _validate(paths) -> list[bool]:
   """Cheap header/trailer check; full decode only of files lacking an end."""
-  check = lambda chunk: [_check_file(p) for p in chunk]
   start = time.perf_counter()
-  status = check(paths[:512])
+  status = [_check_file(p) for p in paths[:512]]
   if (time.perf_counter() - start) / max(1, len(status)) > 1e-4:
     # Slow (network) file system: threads hide the latency. On a local disk
     # one thread is fastest (60,000 CIFAR files in 0.7 s; GIL contention).
-    chunks = [paths[i : i + 512] for i in range(512, len(paths), 512)]
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-      status += [s for part in pool.map(check, chunks) for s in part]
+      status += pool.map(_check_file, paths[512:])
   else:
-    status += check(paths[512:])
+    status += map(_check_file, paths[512:])
   # Rare: a truncated file, or junk after the end: decoded to be sure.
   return [
       s == 'ok' or s == 'suspect' and _decode(p, 0) is not None
@@ -227,14 +211,10 @@ def _validate(paths) -> list[bool]:
 
 def image_shape(files) -> tuple[int, int] | None:
   """(height, width) of the first decodable JPEG/PNG among files, else None."""
-  return next(
-      (
-          x.shape[:2]
-          for x in map(lambda p: _decode(p, 0), files)
-          if x is not None
-      ),
-      None,
-  )
+  for path in files:
+    if (x := _decode(path, 0)) is not None:
+      return x.shape[:2]
+  return None
 
 
 def square(image, side: int) -> np.ndarray:
@@ -305,20 +285,16 @@ def _decode_split(root, split, paths, side, num_threads):
     pool.shutdown(cancel_futures=True)
   if first is None:
     raise ValueError(
-        f'folder:{root} split {split!r} holds no decodable '
-        f'JPEG/PNG images ({len(paths)} files tried, e.g. '
-        f'{list(paths[:3])})'
+        f'folder:{root} split {split!r} holds no decodable JPEG/PNG images '
+        f'({len(paths)} files tried, e.g. {list(paths[:3])})'
     )
   return decoded
 
 
 def _listing_key(listing, side: int) -> str:
   """sha256 of every file's relative path, size and mtime, classes and side."""
-  h = hashlib.sha256(
-      json.dumps(
-          [FORMAT_VERSION, int(side), list(listing.class_names)]
-      ).encode()
-  )
+  head = [FORMAT_VERSION, int(side), list(listing.class_names)]
+  h = hashlib.sha256(json.dumps(head).encode())
   for split in sorted(listing.files):
     h.update(f'\0split {split}\0'.encode())
     for path in listing.files[split]:
@@ -327,9 +303,8 @@ def _listing_key(listing, side: int) -> str:
         size, mtime = st.st_size, st.st_mtime_ns
       except OSError:  # vanished, or a dangling link: decoding skips it
         size = mtime = -1
-      h.update(
-          f'{os.path.relpath(path, listing.root)}\0{size}\0{mtime}\n'.encode()
-      )
+      rel = os.path.relpath(path, listing.root)
+      h.update(f'{rel}\0{size}\0{mtime}\n'.encode())
   return h.hexdigest()
 
 
@@ -339,25 +314,14 @@ def _read(path: str, key: str, splits):
     return None
   try:
     with np.load(path) as z:
-      if str(z['key']) != key:
-        raise ValueError('it was written for another listing')
-      if sorted(z.files) != sorted(
-          ['key'] + [f'{s}.{f}' for s in splits for f in _FIELDS]
-      ):
-        raise ValueError(f'its splits are not {sorted(splits)}')
-      out = {f: {s: z[f'{s}.{f}'] for s in splits} for f in _FIELDS}
-    if any(
-        x.dtype != np.uint8 or len(x) != len(out['labels'][s])
-        for s, x in out['images'].items()
-    ):
-      raise ValueError('its arrays do not match')
-    return out
+      z = dict(z)  # reads every member, so zip checks every CRC-32
+    if str(z['key']) != key:
+      raise ValueError('it was written for another listing')
+    return {f: {s: z[f'{s}.{f}'] for s in splits} for f in _FIELDS}
   except Exception as e:  # pylint: disable=broad-except
-    # Whatever does not read back whole (a bad zip CRC-32, a bad header...).
+    # Whatever does not read back whole (a bad CRC-32, a missing split...).
     logging.warning(
-        'Image cache %s is incomplete or corrupt (%s); ' 'rebuilding it.',
-        path,
-        e,
+        f'Image cache {path} is incomplete or corrupt ({e}); rebuilding it.'
     )
     return None
 
@@ -371,15 +335,8 @@ def _write(path: str, key: str, out):
   )
   try:
     with os.fdopen(fd, 'wb') as f:
-      np.savez(
-          f,
-          key=np.asarray(key),
-          **{
-              f'{s}.{f}': np.asarray(x)
-              for f in _FIELDS
-              for s, x in out[f].items()
-          },
-      )
+      arrays = {f'{s}.{f}': out[f][s] for f in _FIELDS for s in out[f]}
+      np.savez(f, key=np.asarray(key), **arrays)
     os.replace(tmp, path)
   except BaseException:  # a full disk: leave nothing half-written behind
     _remove(tmp)
@@ -412,13 +369,7 @@ def _remove_dead_writers(cache_dir: str):
       pass
 
 
-def arrays(
-    listing,
-    *,
-    side: int = 0,
-    cache_dir: str = '',
-    num_threads: int | None = None,
-):
+def arrays(listing, *, side=0, cache_dir='', num_threads=None):
   """A listed folder (a FolderSource) as uint8 arrays: cached, else decoded.
 
   Returns ({split: images}, {split: labels}, {split: files skipped}, the
@@ -426,17 +377,9 @@ def arrays(
   $XDG_CACHE_HOME (else ~/.cache)/byol_jax/folders.
   """
   root = listing.root
-  cache_dir = os.path.abspath(
-      os.path.expanduser(
-          cache_dir
-          or os.path.join(
-              os.environ.get('XDG_CACHE_HOME')
-              or os.path.expanduser('~/.cache'),
-              'byol_jax',
-              'folders',
-          )
-      )
-  )
+  xdg = os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache')
+  cache_dir = cache_dir or os.path.join(xdg, 'byol_jax', 'folders')
+  cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
   _remove_dead_writers(cache_dir)
   key = _listing_key(listing, side)
   name = re.sub(r'[^A-Za-z0-9_.-]+', '_', os.path.basename(root)) or 'root'
@@ -451,35 +394,25 @@ def arrays(
       keep = [i for i, x in enumerate(decoded) if x is not None]
       out['images'][split] = np.stack([decoded[i] for i in keep])
       out['labels'][split] = np.asarray(listing.labels[split], np.int32)[keep]
-      out['skipped'][split] = len(paths) - len(keep)
+      out['skipped'][split] = np.asarray(len(paths) - len(keep))
     try:
       _write(path, key, out)
       how = f'decoded and cached in {path}'
     except OSError as e:  # read-only or full: the run goes on, uncached
       logging.warning(
-          'folder:%s could not be cached in %s (%s); using the decoded '
-          'images for this run only (the next start decodes them again): '
-          'free space there or set --config.data.cache_dir to a writable '
-          'directory.',
-          root,
-          cache_dir,
-          e,
+          f'folder:{root} could not be cached in {cache_dir} ({e}); using the '
+          'decoded images for this run only (the next start decodes them '
+          'again): free space there or set --config.data.cache_dir to a '
+          'writable directory.'
       )
       path, how = '', 'decoded, not cached'
   skipped = {s: int(n) for s, n in out['skipped'].items()}
   for split, x in out['images'].items():
-    log = logging.warning if skipped[split] else logging.info
-    log(
-        'folder:%s split %r: %d of %d files held in memory as %dx%d uint8 '
-        '(%.1f MB), %d skipped (not decodable JPEG/PNG); %s',
-        root,
-        split,
-        len(x),
-        len(x) + skipped[split],
-        x.shape[1],
-        x.shape[2],
-        x.nbytes / 2**20,
-        skipped[split],
-        how,
+    n = skipped[split]
+    (logging.warning if n else logging.info)(
+        f'folder:{root} split {split!r}: {len(x)} of {len(x) + n} files held '
+        f'in memory as {x.shape[1]}x{x.shape[2]} uint8 '
+        f'({x.nbytes / 2**20:.1f} MB), {n} skipped (not decodable JPEG/PNG); '
+        f'{how}'
     )
   return out['images'], out['labels'], skipped, path

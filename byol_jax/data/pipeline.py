@@ -1,31 +1,29 @@
 """Input pipelines: per-host batches of crops for a pmapped step.
 
 Every iterator yields dicts of arrays [local_devices, per_device_batch, ...];
-colour augmentations follow on device (augment.py). Two paths, by source:
-in memory (`InMemorySource`), the uint8 arrays sit on every local device (or
-the host, in_memory_on='host') and each step gathers, crops, resizes and
-flips its examples ON the devices under jit(shard_map), the host computing
-an index per example (no TensorFlow); streaming (`FolderSource`,
-`TfdsSource`), tf.data on each host reads, decodes and crops its own shard
-(tf_stream.py) and `prefetch_to_device` moves the numpy batches.
+colour augmentations follow on device (augment.py). In memory
+(`InMemorySource`), the uint8 arrays sit on every local device (or the host,
+in_memory_on='host') and each step gathers, crops, resizes and flips its
+examples on the devices under jit(shard_map), from one index per example that
+the host computes (no TensorFlow). Streaming (`FolderSource`, `TfdsSource`),
+tf.data on each host reads, decodes and crops its own shard (tf_stream.py).
 
 Both cut crops.sample_crop's boxes (the official BYOL sampler) and resize with
 Keys' cubic convolution (a = -0.5, half-pixel centres, taps outside the crop
-dropped and the rest renormalised, no antialiasing: tf.image.resize's
-bicubic of the crop, which the streaming path runs as the official
-byol/utils/dataset.py does), then clip to [0, 1]. On device the resize is two
-dense products per image, [S, H] x [H, W, 3] x [W, S] at HIGHEST precision
-(matmuls, not gathers), equal to TF's to float32 rounding (measured 3e-7 of
-the pixel range with tensorflow-cpu 2.21; tests/data/test_in_memory.py).
+dropped and the rest renormalised, no antialiasing: tf.image.resize's bicubic
+of the crop, as the official byol/utils/dataset.py), then clip to [0, 1]. On
+device the resize is two dense products per image, [S, H] x [H, W, 3] x [W, S]
+at HIGHEST precision (matmuls, not gathers), equal to TF's to float32 rounding
+(measured 3e-7 of the pixel range with tensorflow-cpu 2.21).
 
 Resumption: batch k is stream positions [k B, (k + 1) B), and every random
 draw of an example is a stateless function of the seed and its place in the
-stream, so start_step=k starts there without decoding what it skips. In
-memory the stream is global (epoch e: the permutation `stream_indices` draws
-from [seed, crops.SALT_PERM, e]; host h takes positions [h B / hosts,
-(h + 1) B / hosts) of each global batch; position p of step k is cropped with
-key fold_in(fold_in(fold_in(key(seed), crops.SALT_CROP), k), p)), so batches
-do not depend on the number of devices or hosts. Streaming, each host owns a
+stream, so start_step=k starts there without decoding what it skips. In memory
+the stream is global (epoch e: the permutation `stream_indices` draws from
+[seed, crops.SALT_PERM, e]; host h takes positions [h B / hosts, (h + 1) B /
+hosts) of each global batch; position p of step k is cropped with key
+fold_in(fold_in(fold_in(key(seed), crops.SALT_CROP), k), p)), so batches do
+not depend on the number of devices or hosts. Streaming, each host owns a
 fixed shard of the split and streams its epochs.
 """
 
@@ -48,32 +46,21 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 class _Layout:
-  """Per-host batch geometry, validated."""
+  """Per-host batch geometry (None: this process's)."""
 
-  def __init__(
-      self, global_batch_size, process_index, process_count, local_device_count
-  ):
+  def __init__(self, global_batch, process_index, process_count, devices):
     self.index = jax.process_index() if process_index is None else process_index
     self.count = jax.process_count() if process_count is None else process_count
-    self.devices = (
-        jax.local_device_count()
-        if local_device_count is None
-        else local_device_count
-    )
+    self.devices = devices or jax.local_device_count()
     total = self.count * self.devices
-    if global_batch_size <= 0 or global_batch_size % total:
+    if global_batch <= 0 or global_batch % total:
       raise ValueError(
-          f'global_batch_size={global_batch_size} must be a positive multiple '
-          f'of process_count * local_device_count = {self.count} * '
+          f'global_batch_size={global_batch} must be a positive multiple of '
+          f'process_count * local_device_count = {self.count} * '
           f'{self.devices} = {total}; set global_batch_size to e.g. '
-          f'{max(1, round(global_batch_size / total)) * total}'
+          f'{max(1, round(global_batch / total)) * total}'
       )
-    if not 0 <= self.index < self.count:
-      raise ValueError(
-          f'process_index={self.index} must be in [0, '
-          f'{self.count}) (process_count={self.count})'
-      )
-    self.host_batch = global_batch_size // self.count
+    self.host_batch = global_batch // self.count
     self.per_device = self.host_batch // self.devices
 
   def shard(self, n):
@@ -105,20 +92,6 @@ def stream_indices(positions: np.ndarray, n: int, seed: tuple) -> np.ndarray:
   return idx
 
 
-def _check_args(image_size, seed=0, start_step=0):
-  values = (image_size, seed, start_step)
-  if not (
-      all(isinstance(v, (int, np.integer)) for v in values)
-      and image_size > 0
-      and 0 <= seed < 2**62
-      and start_step >= 0
-  ):
-    raise ValueError(
-        f'image_size={image_size!r}, seed={seed!r}, start_step='
-        f'{start_step!r}: need ints > 0, in [0, 2**62), >= 0'
-    )
-
-
 def make_pretrain_iterator(
     source: sources.Source,
     *,
@@ -145,36 +118,16 @@ def make_pretrain_iterator(
   'host' gathers on the host (the same batches); num_threads sizes tf.data's
   pool; views / flip: crops per image, mirrored with probability 1/2.
   """
-  _check_args(image_size, seed, start_step)
   layout = _Layout(
       global_batch_size, process_index, process_count, local_device_count
   )
-  raw = source.resolve_split(split)
-  if isinstance(source, sources.InMemorySource):
-    return _in_memory_crops(
-        source,
-        raw,
-        layout,
-        seed,
-        start_step,
-        image_size,
-        views,
-        flip,
-        min_crop_area,
-        in_memory_on,
-    )
-  return tf_stream.random_iterator(
-      source,
-      raw,
-      layout,
-      seed,
-      start_step,
-      image_size,
-      views,
-      flip,
-      num_threads,
-      min_crop_area,
+  args = (source, source.resolve_split(split), layout, seed, start_step)
+  crop = dict(
+      size=image_size, views=views, flip=flip, min_area=float(min_crop_area)
   )
+  if isinstance(source, sources.InMemorySource):
+    return _in_memory_crops(*args, in_memory_on, crop)
+  return tf_stream.random_iterator(*args, num_threads, crop)
 
 
 def make_supervised_iterator(source: sources.Source, **kwargs):
@@ -202,7 +155,6 @@ def make_eval_iterator(
   steps stay in lock-step); padding has mask False, label 0, a zero image.
   indices (in memory only): just these examples, e.g. the kNN subset.
   """
-  _check_args(image_size)
   layout = _Layout(
       global_batch_size, process_index, process_count, local_device_count
   )
@@ -213,18 +165,13 @@ def make_eval_iterator(
     )
   if indices is not None:
     raise ValueError(
-        f'indices: only in-memory sources read a subset; '
-        f'{source.name} streams'
+        f'indices: only in-memory sources read a subset; {source.name} streams'
     )
+  n = num_eval_batches(
+      source.num_examples(raw), global_batch_size, layout.count
+  )
   return tf_stream.eval_iterator(
-      source,
-      raw,
-      layout,
-      image_size,
-      num_threads,
-      num_eval_batches(
-          source.num_examples(raw), global_batch_size, layout.count
-      ),
+      source, raw, layout, image_size, num_threads, n
   )
 
 
@@ -233,24 +180,13 @@ def prefetch_to_device(
 ) -> Iterator[Any]:
   """Puts [local_devices, ...] batches on the devices (the step's layout)."""
   sharding = parallel.device_sharding(devices)
+  put = lambda x: x if isinstance(x, jax.Array) else jax.device_put(x, sharding)
   queue = collections.deque()
-  iterator = iter(iterator)
-
-  def enqueue(n):
-    for batch in itertools.islice(iterator, n):
-      queue.append(
-          jax.tree.map(
-              lambda x: x
-              if isinstance(x, jax.Array)
-              else jax.device_put(x, sharding),
-              batch,
-          )
-      )
-
-  enqueue(size)
-  while queue:
-    yield queue.popleft()
-    enqueue(1)
+  for batch in iterator:
+    queue.append(jax.tree.map(put, batch))
+    if len(queue) >= size:
+      yield queue.popleft()
+  yield from queue
 
 
 # ------------------------------------------------ in memory: crops on device
@@ -268,11 +204,8 @@ def resize_weights(start, length, size: int, in_size: int) -> jax.Array:
   """[B, size, in_size] bicubic weights of the spans [start, start + length)."""
   start = jnp.asarray(start, jnp.float32)[:, None]
   length = jnp.asarray(length, jnp.float32)[:, None]
-  centre = (
-      start
-      + (jnp.arange(size, dtype=jnp.float32) + 0.5) * (length / size)
-      - 0.5
-  )  # [B, size], half-pixel centres
+  # [B, size], half-pixel centres
+  centre = start + (jnp.arange(size) + 0.5) * (length / size) - 0.5
   floor = jnp.floor(centre)
   grid = jnp.arange(in_size, dtype=jnp.float32)
   weights = 0.0
@@ -296,185 +229,130 @@ def crop_resize(
   wx = resize_weights(x0, cw, size, w)
   if flip is not None:
     wx = jnp.where(flip[:, None, None], wx[:, ::-1], wx)
-  x = images.astype(jnp.float32)
   if images.dtype == jnp.uint8:
     wy = wy * (1.0 / 255.0)
+  x = images.astype(jnp.float32)
   x = jnp.einsum('bsh,bhwc->bswc', wy, x, precision=_HIGHEST)
   x = jnp.einsum('btw,bswc->bstc', wx, x, precision=_HIGHEST)
   return jnp.clip(x, 0.0, 1.0)
 
 
-def _random_views(
-    images, idx, pos, step, key, *, size, views, flip, min_area, gathered
-):
+def _random_views(images, idx, pos, step, key, *, size, views, flip, min_area):
   """One device's crops: {'view1', ...} [b, size, size, 3] float32."""
-  x = images if gathered else images[idx]
+  x = images if idx is None else images[idx]
   h, w = x.shape[1:3]
   step_key = jax.random.fold_in(key, step)
-  u = jax.vmap(
-      lambda p: jax.random.uniform(
-          jax.random.fold_in(step_key, p), (views, crops.NUM_U + 1)
-      )
-  )(pos)
+  draw = lambda p: jax.random.uniform(
+      jax.random.fold_in(step_key, p), (views, crops.NUM_U + 1)
+  )
+  u = jax.vmap(draw)(pos)
   out = {}
   for v in range(views):
-    box = crops.sample_crop(
-        jnp, u[:, v, : crops.NUM_U], float(h), float(w), min_area
-    )
-    out[f'view{v + 1}'] = crop_resize(
-        x, box, size, (u[:, v, crops.NUM_U] < 0.5) if flip else None
-    )
+    u_box = u[:, v, : crops.NUM_U]
+    box = crops.sample_crop(jnp, u_box, float(h), float(w), min_area)
+    mirror = (u[:, v, crops.NUM_U] < 0.5) if flip else None
+    out[f'view{v + 1}'] = crop_resize(x, box, size, mirror)
   return out
 
 
-def _center_view(images, idx, mask, *, size, gathered):
+def _center_view(images, idx, mask, *, size):
   """One device's centre crops, zero where mask is False."""
-  x = images if gathered else images[idx]
+  x = images if idx is None else images[idx]
   box = crops.center_crop(np, float(x.shape[1]), float(x.shape[2]), size)
   return crop_resize(x, box, size) * mask[:, None, None, None]
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(kind: str, devices: tuple, gathered: bool, **static):
-  """jit(shard_map(one device's crops)) over `devices`, cached."""
-  fn = functools.partial(
-      _random_views if kind == 'random' else _center_view,
-      gathered=gathered,
-      **static,
-  )
+def _compiled(fn, devices: tuple, gathered: bool, **static):
+  """jit(shard_map(fn on one device's blocks)) over `devices`, cached."""
   spec = jax.sharding.PartitionSpec(parallel.AXIS_NAME)
 
-  def per_device(*args):  # each argument: this device's [1, ...] block
-    return jax.tree.map(lambda x: x[None], fn(*(a[0] for a in args)))
+  def per_device(images, idx, *args):  # each argument: [1, ...] blocks
+    idx = None if gathered else idx[0]
+    out = fn(images[0], idx, *(a[0] for a in args), **static)
+    return jax.tree.map(lambda x: x[None], out)
 
+  mesh = parallel.device_mesh(devices)
   return jax.jit(
-      jax.shard_map(
-          per_device,
-          mesh=parallel.device_mesh(devices),
-          in_specs=spec,
-          out_specs=spec,
-      )
+      jax.shard_map(per_device, mesh=mesh, in_specs=spec, out_specs=spec)
   )
-
-
-def _put(x, devices):
-  return jax.device_put(x, parallel.device_sharding(devices))
 
 
 def _place(source, split, layout, on):
-  """(devices, images, labels) of a split, placed once: kept on the source."""
+  """(devices, put, gather(idx), labels) of a split placed once, on the source.
+
+  gather(idx) is the images argument of _compiled's function: the copies on
+  the devices, or the examples gathered on the host.
+  """
   if on not in ('device', 'host'):
     raise ValueError(f'in_memory_on={on!r}: use one of device, host.')
   local = jax.local_devices()
   if layout.devices > len(local):
     raise ValueError(
-        f'local_device_count={layout.devices} but this process '
-        f'has {len(local)} devices; in-memory data is cropped '
-        'on the devices'
+        f'local_device_count={layout.devices} but this process has '
+        f'{len(local)} devices; in-memory data is cropped on the devices'
     )
   devices = tuple(local[: layout.devices])
+  put = lambda x: jax.device_put(x, parallel.device_sharding(devices))
   placed = source.__dict__.setdefault('_placed', {})
   key = (split, tuple(d.id for d in devices), on)
   if key not in placed:
-    host = np.asarray(source.images[split])
-    images = host
+    images = host = np.asarray(source.images[split])
+    where = f'on each of {len(devices)} device(s) ({devices[0].platform})'
     if on == 'device':
       images = jax.make_array_from_single_device_arrays(
           (len(devices),) + host.shape,
           parallel.device_sharding(devices),
           [jax.device_put(host[None], d) for d in devices],
       )
+    else:
+      where = f'on the host, cropped on {len(devices)} device(s)'
+    shape = 'x'.join(map(str, host.shape[1:]))
     logging.info(
-        'In-memory data %s split %r: %d images %s %s, %.1f MiB %s.',
-        source.name,
-        split,
-        len(host),
-        'x'.join(map(str, host.shape[1:])),
-        host.dtype,
-        host.nbytes / 2**20,
-        f'on each of {len(devices)} device(s) ({devices[0].platform})'
-        if on == 'device'
-        else f'on the host (gathered there, '
-        f'cropped on {len(devices)} device(s))',
+        f'In-memory data {source.name} split {split!r}: {len(host)} images '
+        f'{shape} {host.dtype}, {host.nbytes / 2**20:.1f} MiB {where}.'
     )
     placed[key] = images, np.asarray(source.labels[split], np.int32)
-  return (devices, *placed[key])
+  images, labels = placed[key]
+  if on == 'device':
+    return devices, put, lambda idx: images, labels
+  return devices, put, lambda idx: put(images[idx]), labels
 
 
-def _gathered(images, idx, devices, on):
-  """The images argument: the placed copies, or the host-gathered batch."""
-  return images if on == 'device' else _put(images[idx], devices)
-
-
-def _in_memory_crops(
-    source,
-    split,
-    layout,
-    seed,
-    start_step,
-    image_size,
-    views,
-    flip,
-    min_area,
-    on,
-):
-  devices, images, labels = _place(source, split, layout, on)
+def _in_memory_crops(source, split, layout, seed, start_step, on, crop):
+  devices, put, gather, labels = _place(source, split, layout, on)
   global_batch = layout.host_batch * layout.count
   # This host's positions within a global batch, [devices, per_device].
-  offsets = (
-      layout.index * layout.host_batch + np.arange(layout.host_batch)
-  ).reshape(layout.devices, -1)
+  offsets = layout.index * layout.host_batch + np.arange(layout.host_batch)
+  offsets = offsets.reshape(layout.devices, -1)
+  positions = put(offsets.astype(np.int32))
   # The raw threefry key of seed (jax.random.PRNGKey's for seeds < 2**32),
   # built on the host so that any seed < 2**62 works without jax_enable_x64.
   seed_key = np.asarray([seed >> 32, seed & 0xFFFFFFFF], np.uint32)
-  key = jax.random.fold_in(seed_key, crops.SALT_CROP)
-  keys = _put(np.broadcast_to(np.asarray(key), (len(devices), 2)), devices)
-  fn = _compiled(
-      'random',
-      devices,
-      on == 'host',
-      size=image_size,
-      views=views,
-      flip=flip,
-      min_area=float(min_area),
-  )
+  key = np.asarray(jax.random.fold_in(seed_key, crops.SALT_CROP))
+  keys = put(np.broadcast_to(key, (len(devices), 2)))
+  fn = _compiled(_random_views, devices, on == 'host', **crop)
   for step in itertools.count(start_step):
     idx = stream_indices(
         step * global_batch + offsets, len(labels), (seed, crops.SALT_PERM)
     ).astype(np.int32)
-    out = fn(
-        _gathered(images, idx, devices, on),
-        _put(idx, devices),
-        _put(offsets.astype(np.int32), devices),
-        _put(np.full(len(devices), step, np.int32), devices),
-        keys,
-    )
-    out['label'] = _put(labels[idx], devices)
-    yield out
+    steps = np.full(len(devices), step, np.int32)
+    out = fn(gather(idx), put(idx), positions, put(steps), keys)
+    yield {**out, 'label': put(labels[idx])}
 
 
 def _in_memory_eval(source, split, layout, image_size, on, indices):
-  devices, images, labels = _place(source, split, layout, on)
+  devices, put, gather, labels = _place(source, split, layout, on)
   examples = np.arange(len(labels)) if indices is None else np.asarray(indices)
   shard = examples[layout.shard(len(examples))]
-  fn = _compiled('center', devices, on == 'host', size=image_size)
+  fn = _compiled(_center_view, devices, on == 'host', size=image_size)
   b = layout.host_batch
   for i in range(
       num_eval_batches(len(examples), b * layout.count, layout.count)
   ):
     idx = shard[i * b : (i + 1) * b]
     mask = (np.arange(b) < len(idx)).reshape(layout.devices, -1)
-    idx = (
-        np.pad(idx, (0, b - len(idx)))
-        .astype(np.int32)
-        .reshape(layout.devices, -1)
-    )
-    yield {
-        'image': fn(
-            _gathered(images, idx, devices, on),
-            _put(idx, devices),
-            _put(mask, devices),
-        ),
-        'label': _put(np.where(mask, labels[idx], 0).astype(np.int32), devices),
-        'mask': _put(mask, devices),
-    }
+    idx = np.pad(idx, (0, b - len(idx))).astype(np.int32).reshape(mask.shape)
+    label = np.where(mask, labels[idx], 0).astype(np.int32)
+    image = fn(gather(idx), put(idx), put(mask))
+    yield {'image': image, 'label': put(label), 'mask': put(mask)}

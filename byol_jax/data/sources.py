@@ -1,4 +1,4 @@
-"""What the data is: sources named by a config string, and how a run opens one.
+"""What the data is (sources named by a config string), and how a run opens one.
 
     get_source('tfds:imagenet2012')   a TFDS dataset prepared in `data_dir`
     get_source('folder:/data/pets')   class sub-folders of images (folder.py)
@@ -7,17 +7,12 @@
     hold_out(source, 500)             500 training examples moved to 'held_out'
 
 Split names are a source's own ('train', 'train[10000:]') or the paper
-protocol's logical names (`LOGICAL_SPLITS`), which `resolve_split` maps. A
-dataset with only a train split has nothing to report on: `hold_out`
-(data.held_out_examples) carves a fixed part of train into 'held_out', which
-the logical 'test' and 'linear_valid' then read.
-
-`open_source` (plan.build's) chooses the path of a run's images
-(derived.data_path): IN_MEMORY for digits, synthetic, and folders and TFDS
-datasets whose decoded uint8 size is at most data.max_in_memory_mb (folders
-decoded once through folder.py's disk cache, TFDS through tfds.as_numpy),
-cropped on the devices by pipeline.py; else STREAMING through tf.data
-(tf_stream.py). TensorFlow is imported for TFDS sources and streaming only.
+protocol's `LOGICAL_SPLITS`, which `resolve_split` maps; a dataset with only a
+train split reports on a part of it that `hold_out` carves.
+`open_source` chooses the data path (derived.data_path): IN_MEMORY for digits,
+synthetic, and folders and TFDS sets whose decoded uint8 size is at most
+data.max_in_memory_mb (cropped on the devices, pipeline.py); else STREAMING
+through tf.data (tf_stream.py). TensorFlow is imported for those only.
 """
 
 import dataclasses
@@ -44,9 +39,7 @@ IMAGENET_SPLITS = {
     'test': 'validation',
 }
 HELD_OUT = 'held_out'  # the raw split that `hold_out` adds
-_HOLD_OUT_HINT = (
-    'hold out part of train with ' '--config.data.held_out_examples=N'
-)
+_HOLD_OUT_HINT = 'hold out part of train with --config.data.held_out_examples=N'
 IN_MEMORY, STREAMING = 'in_memory', 'streaming'  # derived.data_path
 
 # Known without opening a source (--dry_run, benchmarks): split sizes and
@@ -69,14 +62,17 @@ KNOWN_IMAGE_SHAPES = {
 
 
 def _is_imagenet(name: str) -> bool:
-  return name.split('/')[0].split(':')[0] == 'imagenet2012'
+  """Whether a TFDS name ('tfds:' optional) is ImageNet's, any version."""
+  return name.removeprefix('tfds:').split('/')[0].split(':')[0] == (
+      'imagenet2012'
+  )
 
 
 def tfds_split(name: str, logical: str, available=()) -> str:
   """The TFDS split string of a logical split of TFDS dataset `name`."""
   if logical not in LOGICAL_SPLITS:
     raise ValueError(
-        f'logical split {logical!r} is not one of ' f'{LOGICAL_SPLITS}'
+        f'logical split {logical!r} is not one of {LOGICAL_SPLITS}'
     )
   if _is_imagenet(name):
     return IMAGENET_SPLITS[logical]
@@ -100,8 +96,7 @@ def generic_split(logical: str, available: tuple[str, ...], what: str) -> str:
   hint = '' if HELD_OUT in available else f', or {_HOLD_OUT_HINT}'
   raise ValueError(
       f'{what} has no split for {logical!r} (its splits: '
-      f'{sorted(available)}); pass a split name it has '
-      f'instead{hint}.'
+      f'{sorted(available)}); pass a split name it has instead{hint}.'
   )
 
 
@@ -181,11 +176,10 @@ class TfdsSource(Source):
 
   def resolve_split(self, split):
     if split in LOGICAL_SPLITS:
-      kind, _, name = self.name.partition(':')
       split = (
-          tfds_split(name, split, self.raw_splits())
-          if kind == 'tfds'
-          else generic_split(split, self.raw_splits(), self.name)
+          IMAGENET_SPLITS[split]
+          if _is_imagenet(self.name)
+          else super().resolve_split(split)
       )
     n = self.held_out_examples
     if split in (HELD_OUT, 'train') and n:
@@ -232,26 +226,16 @@ def get_source(
   if kind == 'tfds' and arg:
     return tfds_source(arg, data_dir=data_dir)
   if kind == 'folder' and arg:
-    root, class_names, files, labels, skipped = folder.list_folder(
-        arg, validate_files=validate_files
-    )
-    return FolderSource(
-        f'folder:{root}',
-        len(class_names),
-        root,
-        class_names,
-        files,
-        labels,
-        skipped,
-    )
+    root, *listing = folder.list_folder(arg, validate_files=validate_files)
+    return FolderSource(f'folder:{root}', len(listing[0]), root, *listing)
   if spec == 'digits':
     return digits_source()
   if kind == 'synthetic':
     side = int(arg) if arg.isdigit() else -1 if arg else 32
     if side <= 0:
       raise ValueError(
-          f'dataset spec {spec!r}: the synthetic image side must '
-          'be a positive integer, e.g. synthetic:32'
+          f'dataset spec {spec!r}: the synthetic image side must be a '
+          'positive integer, e.g. synthetic:32'
       )
     rng = np.random.default_rng(0)  # uniform uint8 images, random labels
     images, labels = {}, {}
@@ -260,8 +244,8 @@ def get_source(
       labels[split] = rng.integers(0, 10, n).astype(np.int32)
     return InMemorySource(f'synthetic:{side}', 10, images, labels)
   raise ValueError(
-      f'dataset spec {spec!r} is not one of tfds:<name>, '
-      "folder:<path>, 'digits', 'synthetic[:<side>]'"
+      f'dataset spec {spec!r} is not one of tfds:<name>, folder:<path>, '
+      "'digits', 'synthetic[:<side>]'"
   )
 
 
@@ -272,25 +256,24 @@ def hold_out(source: Source, num_examples: int) -> Source:
   random subset of train (both parts keep train's order); TFDS (shuffled when
   prepared), train[:N], and 'train' becomes train[N:].
   """
-  if source.name.startswith('tfds:') and _is_imagenet(source.name[5:]):
+  what = f'cannot hold out num_examples={num_examples!r} of'
+  if _is_imagenet(source.name):
     raise ValueError(
-        f'cannot hold out num_examples={num_examples!r} of {source.name}: its '
-        'paper protocol already holds out train[:10000] as linear_valid '
-        '(IMAGENET_SPLITS); set held_out_examples to 0 for it.'
+        f'{what} {source.name}: its paper protocol already holds out '
+        'train[:10000] as linear_valid (IMAGENET_SPLITS); set '
+        'held_out_examples to 0 for it.'
     )
   splits = source.raw_splits()
   if HELD_OUT in splits:
     raise ValueError(
-        f'cannot hold out num_examples={num_examples!r} of '
-        f'{source.name}: it already has a {HELD_OUT!r} split '
-        f'(its splits: {sorted(splits)}); hold out once, from '
-        'the source get_source returns.'
+        f'{what} {source.name}: it already has a {HELD_OUT!r} split (its '
+        f'splits: {sorted(splits)}); hold out once, from the source '
+        'get_source returns.'
     )
   if 'train' not in splits:
     raise ValueError(
-        f'{source.name} has no train split to hold out from '
-        f'(its splits: {sorted(splits)}); set '
-        'held_out_examples to 0.'
+        f'{source.name} has no train split to hold out from (its splits: '
+        f'{sorted(splits)}); set held_out_examples to 0.'
     )
   total = source.num_examples('train')
   if (
@@ -299,8 +282,7 @@ def hold_out(source: Source, num_examples: int) -> Source:
       or not 0 < num_examples < total
   ):
     raise ValueError(
-        f'cannot hold out num_examples={num_examples!r} of the '
-        f'{total} training examples of {source.name}; use an int '
+        f'{what} the {total} training examples of {source.name}; use an int '
         f'from 1 to {total - 1}.'
     )
   if isinstance(source, TfdsSource):  # the stand-in too: the same sizes
@@ -310,11 +292,8 @@ def hold_out(source: Source, num_examples: int) -> Source:
   changes = {}
   for name in ('images' if hasattr(source, 'images') else 'files', 'labels'):
     data = getattr(source, name)
-    changes[name] = {
-        **data,
-        'train': data['train'][rest],
-        HELD_OUT: data['train'][held],
-    }
+    train = data['train']
+    changes[name] = {**data, 'train': train[rest], HELD_OUT: train[held]}
   if source.num_skipped:  # skipped files stay counted in train
     changes['num_skipped'] = {**source.num_skipped, HELD_OUT: 0}
   return dataclasses.replace(source, **changes)
@@ -326,9 +305,9 @@ def digits_source() -> InMemorySource:
     from sklearn import datasets  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ValueError(
-        f'the digits come from scikit-learn, which is not '
-        f'importable ({e}); pip install scikit-learn, or use '
-        'another dataset (synthetic, folder:PATH).'
+        f'the digits come from scikit-learn, which is not importable ({e}); '
+        'pip install scikit-learn, or use another dataset (synthetic, '
+        'folder:PATH).'
     ) from None
   digits = datasets.load_digits()
   images = np.repeat(digits.images[..., None] / 16.0, 3, -1).astype(np.float32)
@@ -351,15 +330,27 @@ def tfds_source(name: str, *, data_dir: str | None = None) -> TfdsSource:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     raise ValueError(
-        f'tfds:{name} is not a TFDS dataset name; '
-        'tfds.list_builders() lists them (e.g. tfds:cifar10, '
-        'tfds:imagenet2012).'
+        f'tfds:{name} is not a TFDS dataset name; tfds.list_builders() lists '
+        'them (e.g. tfds:cifar10, tfds:imagenet2012).'
     ) from None
   if not builder.is_prepared():
     try:  # readable all the same? (tfds.testing.mock_data makes data up)
       builder.as_dataset(split='train')
     except AssertionError:  # TFDS's "could not find data in <data_dir>"
-      raise ValueError(_unprepared(builder, name, data_dir)) from None
+      where, dd = builder.data_dir, data_dir or str(builder.data_dir_root)
+      manual = os.path.join(dd, 'downloads', 'manual')
+      raise ValueError(
+          f'tfds:{name} is not prepared in {where}. ImageNet needs a manual '
+          'download: register at https://image-net.org/download-images, put '
+          f'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in {manual} '
+          '(the manual_dir), then run `tfds build imagenet2012 '
+          f'--data_dir={dd} --manual_dir={manual}` (about 150 GB, hours).'
+          if _is_imagenet(name)
+          else f'tfds:{name} is not prepared in {where}; run `tfds build '
+          f'{name} --data_dir={dd}` (or tfds.builder({name!r}, '
+          f'data_dir={dd!r}).download_and_prepare()) on a machine with '
+          'internet access first.'
+      ) from None
   info = builder.info
   known = KNOWN_SIZES.get(f'tfds:{builder.name}')
   if not info.splits and known:  # no split metadata (mock_data)
@@ -372,31 +363,8 @@ def tfds_source(name: str, *, data_dir: str | None = None) -> TfdsSource:
         )
     )
   image_key, label_key = info.supervised_keys or ('image', 'label')
-  return TfdsSource(
-      f'tfds:{name}',
-      info.features[label_key].num_classes,
-      builder,
-      image_key,
-      label_key,
-  )
-
-
-def _unprepared(builder, name, data_dir) -> str:
-  where, dd = builder.data_dir, data_dir or str(builder.data_dir_root)
-  if _is_imagenet(name):
-    manual = os.path.join(dd, 'downloads', 'manual')
-    return (
-        f'tfds:{name} is not prepared in {where}. ImageNet needs a manual '
-        'download: register at https://image-net.org/download-images, put '
-        f'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in {manual} '
-        f'(the manual_dir), then run `tfds build imagenet2012 '
-        f'--data_dir={dd} --manual_dir={manual}` (about 150 GB, hours).'
-    )
-  return (
-      f'tfds:{name} is not prepared in {where}; run `tfds build {name} '
-      f'--data_dir={dd}` (or tfds.builder({name!r}, data_dir={dd!r})'
-      '.download_and_prepare()) on a machine with internet access first.'
-  )
+  classes = info.features[label_key].num_classes
+  return TfdsSource(f'tfds:{name}', classes, builder, image_key, label_key)
 
 
 def decoded_bytes(source: Source, side: int = 0) -> int | None:
@@ -417,12 +385,8 @@ def in_memory_folder(
     source: FolderSource, *, side: int = 0, cache_dir: str = ''
 ) -> InMemorySource:
   """The folder decoded once (Pillow) through the disk cache (folder.py)."""
-  images, labels, skipped, path = folder.arrays(
-      source, side=side, cache_dir=cache_dir
-  )
-  return InMemorySource(
-      source.name, source.num_classes, images, labels, skipped, path
-  )
+  arrays = folder.arrays(source, side=side, cache_dir=cache_dir)
+  return InMemorySource(source.name, source.num_classes, *arrays)
 
 
 def in_memory_tfds(source: TfdsSource, *, side: int = 0) -> InMemorySource:
@@ -431,12 +395,11 @@ def in_memory_tfds(source: TfdsSource, *, side: int = 0) -> InMemorySource:
 
   images, labels = {}, {}
   for raw in source.raw_splits():
+    ds = source.builder.as_dataset(
+        source.resolve_split(raw), shuffle_files=False
+    )
     xs, ys = [], []
-    for ex in tfds.as_numpy(
-        source.builder.as_dataset(
-            split=source.resolve_split(raw), shuffle_files=False
-        )
-    ):
+    for ex in tfds.as_numpy(ds):
       x = ex[source.image_key]
       x = np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
       xs.append(folder.square(x, side) if side else x)
@@ -452,12 +415,8 @@ def in_memory_tfds(source: TfdsSource, *, side: int = 0) -> InMemorySource:
     images[raw] = np.stack(xs).astype(np.uint8)
     labels[raw] = np.asarray(ys, np.int32)
     logging.info(
-        '%s split %r: %d images held in memory as %dx%d uint8 '
-        '(%.1f MB), decoded through tfds.as_numpy',
-        source.name,
-        raw,
-        *images[raw].shape[:3],
-        images[raw].nbytes / 2**20,
+        f'{source.name} split {raw!r}: {images[raw].shape} uint8 in memory '
+        f'({images[raw].nbytes / 2**20:.1f} MB), through tfds.as_numpy'
     )
   return InMemorySource(source.name, source.num_classes, images, labels)
 
