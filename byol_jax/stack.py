@@ -42,14 +42,8 @@ def read_pins(path: Optional[pathlib.Path] = None) -> Dict[str, str]:
         '(install with pip install -e . from a clone), or pass '
         '--norequire_pinned_stack.'
     )
-  pins = {
-      canonical(name): version
-      for name, version in re.findall(
-          r'^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)',
-          path.read_text(),
-          re.M,
-      )
-  }
+  pin = r'^\s*([\w.-]+)\s*==\s*([^\s;#]+)'
+  pins = {canonical(n): v for n, v in re.findall(pin, path.read_text(), re.M)}
   if 'jax' not in pins or 'jaxlib' not in pins:
     raise StackError(
         f'{path} pins no jax or jaxlib version (lines like jax==0.10.2 '
