@@ -20,14 +20,9 @@ common to every config:
   steps=N          total pre-training steps (wins over epochs).
   bf16             compute in bfloat16 (float32 parameters and statistics).
 
-The presets (the official ones by epochs, the GN + WS variant, the scale
-presets behind `tiny`, `small` and `cifar10`) are presets.py's.
-
-Nothing is derived here: the step counts, warm-up, batch-scaled learning
-rate and dataset size are derived once at start-up by byol_jax/plan.py,
-after any `--config.<field>=<value>` overrides, so an override of epochs or
-batch always takes effect. -1 in training.total_steps / warmup_steps and in
-data.num_classes means "derive it".
+The presets are presets.py's. Nothing is derived here: plan.py derives step
+counts, warm-up, learning rates and dataset size at start-up, after any
+`--config.<field>=<value>` override; -1 in a field means "derive it".
 """
 
 import importlib.util
@@ -48,19 +43,7 @@ FLAG_OPTIONS = SCALES + ('bf16',)
 
 
 def parse_options(arg, allowed) -> dict:
-  """'tiny,dataset=digits' -> {'tiny': True, 'dataset': 'digits'}.
-
-  Args:
-    arg: the config string (None or '' for no options).
-    allowed: option names this config accepts.
-
-  Returns:
-    A dict of option name -> string value (True for FLAG_OPTIONS).
-
-  Raises:
-    ValueError: an unknown or repeated option, a value on a flag option
-      (`bf16=no`), or a missing value (`dataset=`).
-  """
+  """'tiny,dataset=digits' -> {'tiny': True, 'dataset': 'digits'}."""
   options = {}
   for item in filter(None, (arg or '').split(',')):
     name, sep, value = (x.strip() for x in item.partition('='))
@@ -71,7 +54,7 @@ def parse_options(arg, allowed) -> dict:
       )
     if name in options:
       raise ValueError(
-          f'config option {name!r} is given twice in {arg!r}; ' 'give it once.'
+          f'config option {name!r} is given twice in {arg!r}; give it once.'
       )
     if name in FLAG_OPTIONS:
       if sep:
@@ -96,21 +79,13 @@ def _int_option(options, name):
     value = None
   if value is None or value <= 0:
     raise ValueError(
-        f'config option {name}={options[name]!r} must be a ' 'positive integer.'
+        f'config option {name}={options[name]!r} must be a positive integer.'
     )
   return value
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
-  """ResNet-50 + BYOL heads, BN everywhere (vanilla BYOL, paper Table 2).
-
-  Args:
-    **overrides: model fields to replace, e.g. encoder_norm='gn'.
-
-  Returns:
-    The `model` section (an unlocked ConfigDict): depth, width, stem, norms
-    per component, Weight Standardisation, head sizes (4096 -> 256), dtype.
-  """
+  """ResNet-50 + BYOL heads, BN everywhere (paper Table 2), with `overrides`."""
   model = ml_collections.ConfigDict(
       dict(
           depth=50,
@@ -151,162 +126,117 @@ def experiment_config(
     training=None,
     options=None,
 ):
-  """The full experiment config.
+  """The config of inputs: defaults, the variant, the scale preset, options.
 
-  Args:
-    arg: the config string (options).
-    method: 'byol' or 'simclr'.
-    extra_options: option names the calling config accepts besides
-      COMMON_OPTIONS (it applies them itself, from `options`).
-    model: overrides of model_config().
-    epochs: default number of pre-training epochs (selects the presets).
-    training: overrides of the training section, applied after the presets.
-    options: already-parsed options (else parsed from arg).
-
-  Returns:
-    ml_collections.ConfigDict of the inputs (no `derived` section: plan.build
-    derives step counts and validates).
-
-  Raises:
-    ValueError: a malformed or unknown option, a non-positive epochs=,
-      batch= or steps=, or two scale presets (tiny, small, cifar10).
+  `model` and `training` are the variant's overrides (training's after the
+  presets of `epochs`); `options` are parsed from `arg` unless given, and may
+  include `extra_options` the caller applies. Bad options raise ValueError.
   """
   if options is None:
     options = parse_options(arg, COMMON_OPTIONS + tuple(extra_options))
   if 'epochs' in options:
     epochs = _int_option(options, 'epochs')
   preset = epochs if epochs in presets.LR_PRESETS else 300
-  config = ml_collections.ConfigDict()
-  # The config string's options as given (config.json records them; linear
-  # evaluation reads whether `dataset=` named the data).
-  config.options = arg or ''
-  # 'pretrain' (then linear evaluation, eval.after_pretraining) or
-  # 'linear_eval'; a non-empty eval.pretrain_workdir means 'linear_eval'.
-  config.mode = 'pretrain'
-  config.seed = 0
-  # The paper's ImageNet linear-eval top-1 for this variant (-1: none).
-  config.paper_top1 = -1.0
-  config.method = method
-  config.data = ml_collections.ConfigDict(
+  model = model_config(**(model or {}))
+  config = ml_collections.ConfigDict(
       dict(
-          source='tfds:imagenet2012',
-          data_dir='',  # TFDS data_dir ('' for the TFDS default).
-          image_size=224,
-          pretrain_split='pretrain',
-          # random-resized-crop scale range [0.08, 1] (BYOL).
-          min_crop_area=0.08,
-          # Hold this many training examples out as a split of their own
-          # ('held_out': the test split of sources without one, else the linear
-          # probe's validation split). 0: none.
-          held_out_examples=0,
-          num_classes=-1,  # -1: the dataset's.
-          # Datasets that fit in memory are decoded once, held as uint8 and
-          # cropped on the devices: digits and synthetic always, image folders
-          # (no TensorFlow needed) and TFDS datasets whose decoded size is at
-          # most this many MiB (CIFAR-10: 176 MiB). Larger ones stream through
-          # tf.data. 0: folders and TFDS datasets always stream.
-          max_in_memory_mb=4096,
-          # Side at which a folder's (or TFDS set's) images are held in memory:
-          # 0 keeps their own size (all must share it, as CIFAR-10's and
-          # STL-10's do; else a folder fails, a TFDS set streams); N resizes
-          # each shorter side to N and keeps the central N x N square.
-          cache_side=0,
-          # Where decoded folders are cached
-          # ('': $XDG_CACHE_HOME/byol_jax/folders
-          # or ~/.cache/byol_jax/folders).
-          cache_dir='',
-          # Where the in-memory arrays live: 'device' (a copy on every local
-          # device; each step gathers its examples there) or 'host' (gathered
-          # on the host, then cropped on the devices; for device memory that
-          # cannot hold the dataset). The same numbers either way.
-          in_memory_on='device',
+          options=arg or '',  # linear evaluation reads `dataset=` here.
+          mode='pretrain',  # or 'linear_eval' (eval.pretrain_workdir).
+          seed=0,
+          # The paper's ImageNet linear-eval top-1 for this variant (-1: none).
+          paper_top1=-1.0,
+          method=method,
+          data=dict(
+              source='tfds:imagenet2012',
+              data_dir='',  # TFDS data_dir ('' for the TFDS default).
+              image_size=224,
+              pretrain_split='pretrain',
+              min_crop_area=0.08,  # random-resized crop area >= 8% (BYOL).
+              # Training examples held out as a split of their own
+              # ('held_out': the test split of sources without one, else the
+              # probe's validation split). 0: none.
+              held_out_examples=0,
+              num_classes=-1,  # -1: the dataset's.
+              # Folders and TFDS sets of at most this many decoded MiB are
+              # held in memory (CIFAR-10: 176 MiB); larger ones stream. 0:
+              # always stream.
+              max_in_memory_mb=4096,
+              # Side of the images held in memory: 0 keeps their own (all
+              # must share it); N: shorter side to N, central N x N square.
+              cache_side=0,
+              # Cache of decoded folders ('': $XDG_CACHE_HOME/byol_jax/folders
+              # or ~/.cache/byol_jax/folders).
+              cache_dir='',
+              # 'device': a copy per local device; 'host': gathered on the
+              # host (for small device memory). The same numbers.
+              in_memory_on='device',
+          ),
+          model=model,
+          training=dict(
+              num_epochs=epochs,
+              total_steps=-1,  # > 0 wins over num_epochs.
+              max_steps=-1,  # stop (with a checkpoint) before total_steps.
+              global_batch_size=4096,  # BYOL §3.3 (512 TPU v3 cores).
+              base_learning_rate=presets.LR_PRESETS[preset],  # x batch / 256.
+              warmup_epochs=10.0,  # BYOL §3.3; short runs warm up for less.
+              warmup_steps=-1,  # >= 0 wins over warmup_epochs.
+              weight_decay=presets.WD_PRESETS[preset],
+              # LARS trust coefficient eta (BYOL §3.3 / official: 1e-3).
+              trust_coefficient=1e-3,
+              # x the others' learning rate: 1 in the paper and the official
+              # code; short CPU runs use more (presets.apply_tiny).
+              predictor_lr_multiplier=1.0,
+              base_ema=presets.EMA_PRESETS[preset],  # tau_base (BYOL §3.3).
+              temperature=0.1,  # SimCLR's InfoNCE temperature (batch 4096).
+              modified_init=False,  # paper §3.2
+              modified_init_batch_size=4096,
+              # Images per device per forward pass of the calibration (memory).
+              modified_init_chunk_size=256,
+          ),
+          checkpoint=dict(
+              every_steps=1000,
+              every_secs=600,
+              max_to_keep=3,
+              # Resume a checkpoint trained under another trajectory (e.g.
+              # to extend a finished run; config_history.jsonl records it).
+              allow_changed_config=False,
+          ),
+          logging=dict(
+              every_steps=50,
+              knn_every_steps=5000,  # kNN monitor on the test split; 0: off.
+              knn_max_train_examples=10_000,
+              # Stop pre-training (checkpoint kept, one line, exit 1) when the
+              # projections' collapse statistic stays below this for
+              # collapse_stop_after logged steps in a row; 0: never. Off for
+              # the variants the paper reports collapsing.
+              collapse_stop_below=presets.collapse_stop_below(method, model),
+              collapse_stop_after=5,
+          ),
+          # Linear evaluation, the paper's protocol (BYOL Appendix C.1):
+          # frozen encoder, SGD with Nesterov momentum 0.9, no weight decay,
+          # cosine lr, random-resized crop + flip to train, centre crop to test.
+          eval=dict(
+              after_pretraining=True,
+              pretrain_workdir='',  # set: evaluate this run's encoder.
+              num_epochs=80,
+              global_batch_size=1024,
+              # Base rates (x batch / 256) chosen from on held-out data; one
+              # value: no selection.
+              learning_rates=(0.4, 0.3, 0.2, 0.1, 0.05),
+              # Held out from train to choose the rate when the dataset has
+              # no validation split (ImageNet's: train[:10000], official);
+              # -1: a fifth of them, at most 10,000.
+              sweep_valid_examples=-1,
+              momentum=0.9,
+              train_split='linear_train',
+              test_split='test',
+              augment=True,  # crop + flip per step; False: features once.
+              random_baseline=False,  # also evaluate a random encoder.
+          ),
       )
   )
-  config.model = model_config(**(model or {}))
-  config.training = ml_collections.ConfigDict(
-      dict(
-          num_epochs=epochs,
-          total_steps=-1,  # > 0 wins over num_epochs; -1: from num_epochs.
-          # stop (with a checkpoint) before total_steps; -1: don't.
-          max_steps=-1,
-          global_batch_size=4096,  # BYOL §3.3: 4096 over 512 TPU v3 cores.
-          # x batch / 256 (BYOL §3.3).
-          base_learning_rate=presets.LR_PRESETS[preset],
-          # BYOL §3.3 (a float: short runs warm up for less).
-          warmup_epochs=10.0,
-          warmup_steps=-1,  # >= 0 wins over warmup_epochs; -1: derived.
-          weight_decay=presets.WD_PRESETS[preset],
-          # LARS trust coefficient eta (BYOL §3.3 / official optimizer: 1e-3).
-          trust_coefficient=1e-3,
-          # The predictor's learning rate is this times the others'. The paper
-          # and the official code use 1; short CPU runs use more (see
-          # presets.apply_tiny).
-          predictor_lr_multiplier=1.0,
-          base_ema=presets.EMA_PRESETS[preset],  # tau_base (BYOL §3.3).
-          temperature=0.1,  # SimCLR InfoNCE temperature (SimCLR, batch 4096).
-          # Paper §3.2: BN-free modified init from one BN forward pass.
-          modified_init=False,
-          modified_init_batch_size=4096,
-          # Images per device per forward pass of the calibration (memory).
-          modified_init_chunk_size=256,
-      )
-  )
-  config.checkpoint = ml_collections.ConfigDict(
-      dict(
-          every_steps=1000,
-          every_secs=600,
-          max_to_keep=3,
-          # Resume a workdir whose checkpoint was trained under another
-          # trajectory (resume.trajectory), e.g. to extend a finished run; the
-          # change is recorded in WORKDIR/config_history.jsonl.
-          allow_changed_config=False,
-      )
-  )
-  config.logging = ml_collections.ConfigDict(
-      dict(
-          every_steps=50,
-          knn_every_steps=5000,  # kNN monitor on the test split; 0 disables.
-          knn_max_train_examples=10_000,
-          # Stop pre-training (checkpoint kept, one line, exit 1) when the
-          # projections' collapse statistic stays below this for
-          # collapse_stop_after logged steps in a row; 0: never. Off for the
-          # variants the paper reports collapsing (presets.collapse_stop_below).
-          collapse_stop_below=presets.collapse_stop_below(method, config.model),
-          collapse_stop_after=5,
-      )
-  )
-  # Linear evaluation, the paper's protocol (BYOL Appendix C.1): frozen
-  # encoder, SGD with Nesterov momentum 0.9, no weight decay, cosine lr,
-  # random-resized crop + flip for training, centre crop for testing.
-  config.eval = ml_collections.ConfigDict(
-      dict(
-          after_pretraining=True,
-          # Set: evaluate this pre-training run's encoder instead of training
-          # (any config; data from the run unless data.source is set).
-          pretrain_workdir='',
-          num_epochs=80,
-          global_batch_size=1024,
-          # Base rates (x batch / 256) the protocol chooses from on a held-out
-          # part of train; one value: no selection.
-          learning_rates=(0.4, 0.3, 0.2, 0.1, 0.05),
-          # Chosen on the dataset's validation split when it has one (ImageNet:
-          # train[:10000], the official protocol); else on this many held-out
-          # training examples, -1: a fifth of them, at most 10,000.
-          sweep_valid_examples=-1,
-          momentum=0.9,
-          train_split='linear_train',
-          test_split='test',
-          augment=True,  # crop + flip per step; False: features computed once.
-          # also evaluate a randomly initialised encoder.
-          random_baseline=False,
-      )
-  )
-
   if training:
     config.training.update(training)
-  # Scale presets come after the variant's own hyper-parameters: they set what
-  # depends on the run's length and size (steps, warm-up, tau) for every
-  # variant alike, so tiny runs of two variants differ only by the variant.
   scales = [s for s in SCALES if options.get(s)]
   if len(scales) > 1:
     raise ValueError(
@@ -317,8 +247,7 @@ def experiment_config(
     getattr(presets, f'apply_{scales[0]}')(config)
   if 'dataset' in options:
     config.data.source = options['dataset']
-  if 'epochs' in options:
-    # Chosen by the user: it replaces a scale preset's explicit step count.
+  if 'epochs' in options:  # replaces a scale preset's step count
     config.training.num_epochs = epochs
     config.training.total_steps = -1
   if 'batch' in options:
@@ -333,23 +262,7 @@ def experiment_config(
 def load_experiment(
     name: str, arg: str = '', *, experiments_dir=EXPERIMENTS_DIR
 ) -> ml_collections.ConfigDict:
-  """experiments/<name>.py's get_config(arg): what `--config=...:<arg>` gives.
-
-  The one loader of experiment config files outside main.py (whose absl
-  flag, ml_collections.config_flags, loads them from the command line):
-  variants.py (reproduce) and the tests.
-
-  Args:
-    name: the experiment, e.g. 'gn_ws' (experiments/gn_ws.py).
-    arg: the config string after the colon, e.g. 'tiny,dataset=digits'.
-    experiments_dir: where the experiment configs live.
-
-  Returns:
-    The config of inputs (before any --config.* override).
-
-  Raises:
-    FileNotFoundError: no such experiment file, naming the fix.
-  """
+  """experiments/<name>.py's get_config(arg), as --config=...:<arg> loads it."""
   path = pathlib.Path(experiments_dir) / f'{name}.py'
   if not path.exists():
     raise FileNotFoundError(

@@ -1,35 +1,24 @@
 r"""Entry point: pre-training or linear evaluation, chosen by the config.
 
     python -m byol_jax.main --config=experiments/gn_ws.py --workdir=/tmp/run
-    python -m byol_jax.main --config=experiments/quickstart.py \
-        --workdir=/tmp/byol_quickstart
     python -m byol_jax.main --config=experiments/ablation.py:encoder=bn,tiny \
         --workdir=/tmp/abl --config.training.total_steps=100
-
-Rerunning the same command on a workdir that holds a checkpoint resumes it
-(and refuses, in one line, to resume under a changed config; see
-byol_jax/plan.py). Linear evaluation of a finished run:
-
     python -m byol_jax.main --config=experiments/linear_eval.py \
-        --config.eval.pretrain_workdir=/tmp/byol_quickstart --workdir=/tmp/eval
+        --config.eval.pretrain_workdir=/tmp/run --workdir=/tmp/eval
 
-`--dry_run` prints the built config (inputs and derived values: steps,
-warm-up, peak learning rate, per-host batch) as JSON on stdout and exits,
-writing nothing and reading no image. Every config error, in the config file,
-an override or a value, ends the process with one line and exit code 2.
-This is the only module that reads flags.
+Rerunning a command on a workdir that holds a checkpoint resumes it (and
+refuses, in one line, to resume under a changed trajectory: resume.py).
+`--dry_run` prints the built config (inputs and derived values) as JSON and
+exits, writing nothing and reading no image. Every config error ends the
+process with one line and exit code 2. This is the only module that reads
+flags.
 
-Multi-process runs (TPU pods, several GPU nodes) run this same command on every
-host; jax.distributed starts first, from the flags below, BYOL_* variables,
-SLURM or the Cloud TPU metadata (byol_jax/distributed.py decides):
-
-    python -m byol_jax.main --config=... --workdir=gs://bucket/run \
-        --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0
-
-The run logs the jax/jaxlib/plugin versions and the CPUs and devices it got.
-`--require_accelerator` stops it (exit 2) when JAX's backend is the CPU, and
-`--require_pinned_stack` when those versions differ from constraints.txt
-(byol_jax/stack.py); the launch scripts pass both.
+Multi-process runs (TPU pods, several GPU nodes) run the same command on
+every host; jax.distributed starts first, from the flags below, BYOL_*
+variables, SLURM or the Cloud TPU metadata (distributed.py decides).
+`--require_accelerator` stops a run (exit 2) on JAX's CPU backend, and
+`--require_pinned_stack` when jax and its plugins differ from
+constraints.txt (stack.py); the launch scripts pass both.
 """
 
 import json
@@ -52,19 +41,17 @@ from byol_jax import stack
 _CONFIG = config_flags.DEFINE_config_file(
     'config',
     None,
-    'Experiment config file, e.g. experiments/gn_ws.py[:opts].',
+    'Experiment config, e.g. experiments/gn_ws.py[:opts].',
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(
-    'workdir',
-    None,
-    'Run directory (local or ' 'gs://); holds checkpoints, logs, results.',
+    'workdir', None, 'Run directory (local or gs://): checkpoints, logs.'
 )
 _DRY_RUN = flags.DEFINE_bool(
     'dry_run',
     False,
-    'Print the built config (derived values included) as '
-    'JSON and exit: nothing is written, no image is read, nothing compiles.',
+    'Print the built config (derived values included) as JSON and exit: '
+    'nothing is written, no image is read, nothing compiles.',
 )
 _DISTRIBUTED = flags.DEFINE_enum(
     'distributed',
@@ -74,10 +61,7 @@ _DISTRIBUTED = flags.DEFINE_enum(
     'SLURM or a Cloud TPU VM (in that order); off: always one process.',
 )
 _COORDINATOR = flags.DEFINE_string(
-    'coordinator_address',
-    None,
-    'host:port of process 0 (multi-process runs; '
-    'with --num_processes and --process_id).',
+    'coordinator_address', None, 'host:port of process 0 (multi-process).'
 )
 _NUM_PROCESSES = flags.DEFINE_integer(
     'num_processes', None, 'Number of processes (hosts) in the run.'
@@ -86,35 +70,26 @@ _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'This process, in [0, num_processes).'
 )
 _REQUIRE_ACCELERATOR = flags.DEFINE_bool(
-    'require_accelerator',
-    False,
-    'Stop (exit 2) when JAX finds no GPU or TPU '
-    'instead of training on the CPU (the launch scripts pass it).',
+    'require_accelerator', False, "Stop (exit 2) on JAX's CPU backend."
 )
 _REQUIRE_PINNED_STACK = flags.DEFINE_bool(
     'require_pinned_stack',
     False,
-    'Stop (exit 2) when the installed jax, '
-    'jaxlib, libtpu or jax-cuda12-* differ from constraints.txt (the launch '
-    'scripts pass it).',
+    'Stop (exit 2) when jax, jaxlib, libtpu or jax-cuda12-* differ from '
+    'constraints.txt.',
 )
-
 
 run = runner.run  # the experiment itself (byol_jax/runner.py).
 
 
-def _exit(kind: str, message: str):
+def _exit(kind: str, message):
   """One line on stderr, exit code 2: the user's to fix, no stack trace."""
   print(f'{kind}: {" ".join(str(message).split())}', file=sys.stderr)
   sys.exit(2)
 
 
 def _one_line(error: Exception) -> str:
-  """The user-facing line of a flag-parsing error.
-
-  ml_collections wraps an error of get_config in a message holding its whole
-  traceback; the last 'SomeError: message' line says what is wrong.
-  """
+  """The last 'SomeError: message' line of ml_collections' wrapped error."""
   text = str(error)
   if 'Error whilst parsing config file' in text:
     lines = [l.strip() for l in text.splitlines() if l.strip()]
@@ -139,13 +114,13 @@ def _unknown_field(argv, error: Exception) -> str:
       ),
       '--config.*',
   )
-  hint = re.search(r'Did you mean "([^"]+)"', text)
   if name == 'derived':
     return (
         f'{flag}: derived values are computed at start-up and cannot be '
         'set; set the input instead (e.g. training.total_steps, '
         'training.global_batch_size).'
     )
+  hint = re.search(r'Did you mean "([^"]+)"', text)
   return (
       f'{flag}: the config has no field {name!r}'
       + (f' (did you mean {hint.group(1)!r}?)' if hint else '')
@@ -157,14 +132,10 @@ def parse_flags(argv):
   """absl's flag parsing (argv without the parsed flags), errors in one line."""
   try:
     return flags.FLAGS(argv)
-  except (KeyError, AttributeError) as e:
-    # An override of a field the config does not have.
+  except (KeyError, AttributeError) as e:  # an override of no field
     _exit('Config error', _unknown_field(argv, e))
-  except flags.Error as e:
-    _exit('Config error', _one_line(e))
-  except (ValueError, TypeError, OSError) as e:
-    # Raised by get_config or the config file itself.
-    _exit('Config error', _one_line(e))
+  except (flags.Error, ValueError, TypeError, OSError) as e:
+    _exit('Config error', _one_line(e))  # get_config's or the file's
 
 
 def _config():
@@ -174,41 +145,13 @@ def _config():
         '--config is required, e.g. '
         '--config=experiments/gn_ws.py:tiny (experiments/ lists them).',
     )
-  config = _CONFIG.value
   try:
-    config.to_dict()  # a config file that failed to load raises here.
+    _CONFIG.value.to_dict()  # a config file that failed to load raises here.
   except OSError as e:
     errno = re.search(r'\[Errno \d+\].*', str(e))
-    _exit(
-        'Config error',
-        f'--config={_config_path()}: ' f'{errno.group(0) if errno else e}',
-    )
-  return config
-
-
-def _config_path() -> str:
-  return flags.FLAGS['config'].serialize().partition('=')[2] or '?'
-
-
-def _explicit() -> frozenset:
-  """Dotted names of the fields set by --config.<field> overrides."""
-  return frozenset(config_flags.get_override_values(flags.FLAGS['config']))
-
-
-def _dry_run(the_plan) -> None:
-  """Prints the built config as JSON on stdout; writes nothing."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  topology = plan.Topology(
-      the_plan.num_processes or 1, jax.local_device_count()
-  )
-  try:
-    built = plan.build(
-        _config(), topology=topology, read_data=False, explicit=_explicit()
-    )
-  except plan.ConfigError as e:
-    _exit('Config error', e)
-  print(json.dumps(built.config.to_dict(), indent=2, sort_keys=True))
+    path = flags.FLAGS['config'].serialize().partition('=')[2] or '?'
+    _exit('Config error', f'--config={path}: {errno.group(0) if errno else e}')
+  return _CONFIG.value
 
 
 def main(argv):
@@ -233,6 +176,7 @@ def main(argv):
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.WARNING)
   config = _config()
+  explicit = frozenset(config_flags.get_override_values(flags.FLAGS['config']))
   try:
     the_plan = distributed.process_plan(
         mode=_DISTRIBUTED.value,
@@ -245,9 +189,20 @@ def main(argv):
   except distributed.DistributedConfigError as e:
     _exit('Distributed setup error', e)
   if _DRY_RUN.value:
-    # No jax.distributed: a dry run plans for the flags' process count and
-    # this host's devices.
-    _dry_run(the_plan)
+    # No jax.distributed: plans for the flags' process count and this
+    # host's devices.
+    import jax  # pylint: disable=g-import-not-at-top
+
+    topology = plan.Topology(
+        the_plan.num_processes or 1, jax.local_device_count()
+    )
+    try:
+      built = plan.build(
+          config, topology=topology, read_data=False, explicit=explicit
+      )
+    except plan.ConfigError as e:
+      _exit('Config error', e)
+    print(json.dumps(built.config.to_dict(), indent=2, sort_keys=True))
     return
   if not _WORKDIR.value:
     _exit(
@@ -272,13 +227,12 @@ def main(argv):
     logging.info('Visible to this process: %s', stack.resources())
 
   try:
-    run(config, _WORKDIR.value, explicit=_explicit(), on_checked=on_checked)
+    run(config, _WORKDIR.value, explicit=explicit, on_checked=on_checked)
   except plan.ConfigError as e:
-    # One clear line, no stack trace: a config problem is the user's to fix.
     _exit('Config error', e)
   except checkpointing.CheckpointRestoreError as e:
-    # Likewise for checkpoints that cannot be resumed (unreadable, or hosts
-    # that do not share the workdir): the message says what to do.
+    # Unreadable, or hosts that do not share the workdir: the message says
+    # what to do.
     _exit('Checkpoint error', e)
   except FileNotFoundError as e:
     _exit('Error', e)  # e.g. a pre-training run's checkpoint disappeared.

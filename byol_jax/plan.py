@@ -1,27 +1,9 @@
 """The run plan: a config of inputs + the dataset + the devices -> the run.
 
-Experiment configs (experiments/*.py) hold inputs only: epochs or an explicit
-step count, the global batch, base learning rates, the variant. `build` runs
-once at start-up, after ml_collections has applied the `--config.*`
-overrides, and turns them into the run:
-
-  1. the mode: pre-training, or linear evaluation of `eval.pretrain_workdir`
-     (any config with that field set; `eval_inputs` is the one merge rule);
-  2. every input field validated (ConfigError: one line naming the field, the
-     bad value and what is allowed) before anything is opened or compiled;
-  3. the data source opened (or, with read_data=False, only listed: folder
-     file names, or the known-size table of sources.KNOWN_SIZES), with
-     `data.held_out_examples` carved from train when asked;
-  4. every split the run will read (pre-training, the kNN monitor, linear
-     evaluation) checked to exist;
-  5. the derived values, in a `derived` section of the returned config:
-     dataset size and classes, total and warm-up steps, the batch-scaled peak
-     learning rates, per-host and per-device batches, the resolved split
-     names, the linear probe's step count.
-
-Pre-training, linear evaluation, load_encoder, reproduce and the benchmarks
-take the built config; nothing downstream re-derives or re-validates.
-WORKDIR/config.json is the built config: the values actually used.
+`build` runs once at start-up, after the `--config.*` overrides: the mode,
+every field validated, the data opened, the splits checked, then the
+`derived` section. Nothing downstream re-derives or re-validates;
+WORKDIR/config.json is the built config.
 
 Run length, in order of precedence:
   * training.total_steps > 0 (the `steps=` option) is the step count;
@@ -35,10 +17,6 @@ Run length, in order of precedence:
   * training.warmup_steps >= 0 is the warm-up; else warmup_epochs * examples
     // batch. A warm-up longer than the run is shortened to the run (logged,
     and listed in derived.notes).
-
-Field checks live in validation.py, opening the data and choosing its path
-in data/sources.py, and the resume contract (`trajectory`, `from_saved`) in
-resume.py.
 """
 
 import dataclasses
@@ -56,66 +34,34 @@ ConfigError = validation.ConfigError  # what build raises
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
-  """The devices a run is planned for.
-
-  Attributes:
-    process_count: hosts (processes) in the run.
-    local_device_count: devices per host.
-  """
+  """The devices a run is planned for: hosts x devices per host."""
 
   process_count: int
   local_device_count: int
 
   @property
   def device_count(self) -> int:
-    """All devices of the run: processes x local devices."""
     return self.process_count * self.local_device_count
-
-  @classmethod
-  def current(cls) -> 'Topology':
-    """This run's topology (jax.distributed must already be initialised).
-
-    Returns:
-      Topology(jax.process_count(), jax.local_device_count()).
-    """
-    import jax  # pylint: disable=g-import-not-at-top
-
-    return cls(jax.process_count(), jax.local_device_count())
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """What `build` returns.
-
-  Attributes:
-    config: the built config: the inputs plus the `derived` section, locked.
-    source: the opened data source (sources.Source); with read_data=False a
-      listing or a sources.SizedSource stand-in that reads no images.
-  """
+  """The built config (inputs + `derived`, locked) and its data source."""
 
   config: ml_collections.ConfigDict
-  source: Any
+  source: Any  # with read_data=False, a listing or a sources.SizedSource
 
 
+# Sections that describe the checkpoint: linear evaluation takes them from
 # the pre-training run and refuses explicit overrides of them.
 RUN_SECTIONS = ('method', 'model', 'training')
 
 
-def option_names(options: str) -> set:
-  """The option names of a config string.
-
-  Args:
-    options: the text after ':' in --config=FILE:OPTIONS, e.g.
-      'tiny,dataset=digits' ('' or None: no options).
-
-  Returns:
-    The set of names, e.g. {'tiny', 'dataset'}.
-  """
-  return {
-      item.partition('=')[0].strip()
-      for item in (options or '').split(',')
-      if item.strip()
-  }
+def _inputs(config) -> ml_collections.ConfigDict:
+  """An unlocked copy of config without its `derived` section."""
+  tree = config.to_dict()
+  tree.pop('derived', None)
+  return ml_collections.ConfigDict(tree)
 
 
 def eval_inputs(
@@ -123,24 +69,11 @@ def eval_inputs(
 ) -> ml_collections.ConfigDict:
   """The one merge rule of linear evaluation of a pre-training run.
 
-  method, model, training (and the run's derived step counts): the
-  pre-training run's (they describe the checkpoint). eval, logging,
-  checkpoint, seed: this config's. data: the run's, except the fields this
-  config sets explicitly: a `--config.data.<field>` override, or data.source
-  when the config string has `dataset=` (e.g. linear_eval.py:dataset=...).
-  A preset's data (gn_ws.py:tiny's digits) is not explicit: the run's wins.
-
-  Args:
-    config: the linear-evaluation config (inputs).
-    pretrained: the pre-training run's config.json (a built config).
-    explicit: dotted names of the fields the user set with `--config.*`
-      overrides (main.py passes them; programmatic callers may too).
-
-  Returns:
-    A new, unlocked ConfigDict of inputs (plus the run's `derived`).
-
-  Raises:
-    ConfigError: an explicit override of a field the run owns.
+  method, model, training: the run's (they describe the checkpoint); an
+  explicit override of them is a ConfigError. eval, logging, checkpoint,
+  seed: this config's. data: the run's, except the fields `explicit` names
+  (`--config.data.*` overrides) and data.source when the config string has
+  `dataset=`; a preset's data (gn_ws.py:tiny's digits) is not explicit.
   """
   for field in sorted(explicit):
     if field.split('.')[0] in RUN_SECTIONS:
@@ -150,39 +83,37 @@ def eval_inputs(
           f'{config.eval.pretrain_workdir!r}), which describes its '
           f'checkpoint; drop --config.{field}.'
       )
-  merged = ml_collections.ConfigDict(pretrained.to_dict())
+  merged = _inputs(pretrained)
   merged.mode = 'linear_eval'
   merged.seed = config.seed
   merged.options = config.options
   for section in ('eval', 'logging', 'checkpoint'):
     merged[section] = ml_collections.ConfigDict(config[section].to_dict())
   chosen = {f.split('.', 1)[1] for f in explicit if f.startswith('data.')}
-  if 'dataset' in option_names(config.options):
+  options = (
+      item.partition('=')[0] for item in (config.options or '').split(',')
+  )
+  if 'dataset' in {name.strip() for name in options}:
     chosen.add('source')
   for field in sorted(chosen):
     merged.data[field] = config.data[field]
   return merged
 
 
-def _splits_read(config, mode: str) -> dict:
-  """{config field: split name} of every split the run will read."""
+def _check_splits(config, mode: str, source) -> dict:
+  """{split: resolved name} of every split the run reads, each checked."""
   needed = {}
   if mode == 'pretrain':
     needed['data.pretrain_split'] = config.data.pretrain_split
     if config.logging.knn_every_steps:
-      needed['logging.knn_every_steps (reference: linear_train)'] = (
-          'linear_train'
-      )
+      field = 'logging.knn_every_steps (reference: linear_train)'
+      needed[field] = 'linear_train'
       needed['eval.test_split'] = config.eval.test_split
   if mode == 'linear_eval' or config.eval.after_pretraining:
     needed['eval.train_split'] = config.eval.train_split
     needed['eval.test_split'] = config.eval.test_split
-  return needed
-
-
-def _check_splits(config, mode: str, source) -> dict:
   resolved = {}
-  for field, split in _splits_read(config, mode).items():
+  for field, split in needed.items():
     try:
       resolved[split] = source.resolve_split(split)
       n = source.num_examples(split)
@@ -196,42 +127,16 @@ def _check_splits(config, mode: str, source) -> dict:
   return resolved
 
 
-# ------------------------------------------------------------------ derive
 def epochs_to_steps(epochs: float, num_examples: int, batch: int) -> int:
-  """Training steps for a number of epochs, as official byol/configs/byol.py.
-
-  Args:
-    epochs: passes over the data (a warm-up may be a fraction).
-    num_examples: examples in the pre-training split.
-    batch: global batch size (examples per step).
-
-  Returns:
-    floor(epochs * num_examples / batch).
-  """
+  """floor(epochs * num_examples / batch), as official byol/configs/byol.py."""
   return int(epochs * int(num_examples)) // int(batch)
 
 
-# Held-out examples for the probe's learning-rate sweep when the dataset has
-# no validation split and eval.sweep_valid_examples is -1: a fifth of the
-# training split, at most ImageNet's 10,000.
-SWEEP_VALID_MAX = sources.IMAGENET_VALID_EXAMPLES
-
-
 def sweep_valid_split(config, source) -> str:
-  """The split the linear probe's learning rate is chosen on, or ''.
+  """'linear_valid' when the dataset has one apart from the probe's splits.
 
-  The dataset's own 'linear_valid' split when it has one that is neither the
-  probe's training split nor its test split (ImageNet: train[:10000], with
-  the probes trained on train[10000:], as the official byol/utils/dataset.py
-  splits it); '' otherwise, and `eval.sweep_valid_examples` of the training
-  split are held out instead (probe.sweep_learning_rate).
-
-  Args:
-    config: the experiment config (eval.train_split / eval.test_split).
-    source: the opened data source.
-
-  Returns:
-    A split name `source` accepts, or ''.
+  ImageNet: train[:10000], the probes trained on train[10000:] (official
+  byol/utils/dataset.py). '': eval.sweep_valid_examples are held out instead.
   """
   try:
     valid = source.resolve_split('linear_valid')
@@ -244,33 +149,13 @@ def sweep_valid_split(config, source) -> str:
   return '' if valid in others else 'linear_valid'
 
 
-def _derive(
-    config, mode: str, source, topology: Topology, read_data: bool
-) -> dict:
+def _derive(config, mode: str, source, topology: Topology, notes) -> dict:
+  """The derived step counts, learning rates and batches."""
   t, e = config.training, config.eval
-  notes = []
-  d = dict(
-      mode=mode,
-      data_read=read_data,
-      process_count=topology.process_count,
-      local_device_count=topology.local_device_count,
-      device_count=topology.device_count,
-  )
-  d['num_classes'] = int(source.num_classes)
-  if config.data.num_classes > 0:
-    if config.data.num_classes < source.num_classes:
-      validation.fail(
-          'data.num_classes',
-          config.data.num_classes,
-          f'{config.data.source} has {source.num_classes} classes: use at '
-          'least that many outputs, or -1 to take them from the dataset.',
-      )
-    d['num_classes'] = config.data.num_classes
-  d['splits'] = _check_splits(config, mode, source)
+  d = {}
   if mode == 'pretrain':
     n = int(source.num_examples(config.data.pretrain_split))
     b = t.global_batch_size
-    d['num_train_examples'] = n
     if t.total_steps > 0:
       total, d['total_steps_from'] = t.total_steps, 'training.total_steps'
     else:
@@ -283,21 +168,19 @@ def _derive(
             f'gives 0 steps of batch {b} over {n} examples; raise it, lower '
             'training.global_batch_size, or set training.total_steps.',
         )
-    if t.warmup_steps >= 0:
-      warmup, d['warmup_steps_from'] = t.warmup_steps, 'training.warmup_steps'
-    else:
+    warmup = t.warmup_steps
+    if warmup < 0:
       warmup = epochs_to_steps(t.warmup_epochs, n, b)
-      d['warmup_steps_from'] = 'training.warmup_epochs'
     if warmup > total:  # runner.py logs the notes once the run may start.
       notes.append(
-          f"warm-up shortened from {warmup} to the run's " f'{total} steps'
+          f"warm-up shortened from {warmup} to the run's {total} steps"
       )
       warmup = total
     d.update(
+        num_train_examples=n,
         total_steps=int(total),
         warmup_steps=int(warmup),
         stop_step=int(total if t.max_steps < 0 else min(t.max_steps, total)),
-        epochs=round(total * b / n, 4),
         peak_learning_rate=schedules.peak_learning_rate(
             t.base_learning_rate, b
         ),
@@ -306,8 +189,8 @@ def _derive(
     )
   if mode == 'linear_eval' or e.after_pretraining:
     n = source.num_examples(e.train_split)
-    d['eval_num_train_examples'] = n
     # Steps of the probe: eval.num_epochs full passes of whole batches.
+    d['eval_num_train_examples'] = n
     d['eval_steps'] = int(e.num_epochs * max(1, n // e.global_batch_size))
     d['eval_peak_learning_rates'] = [
         schedules.peak_learning_rate(r, e.global_batch_size)
@@ -319,8 +202,8 @@ def _derive(
         valid, rest = int(source.num_examples(valid_split)), n
       else:
         valid = e.sweep_valid_examples
-        if valid == -1:
-          valid = max(1, min(SWEEP_VALID_MAX, n // 5))
+        if valid == -1:  # a fifth, at most ImageNet's 10,000
+          valid = max(1, min(sources.IMAGENET_VALID_EXAMPLES, n // 5))
         validation.check(
             valid < n,
             'eval.sweep_valid_examples',
@@ -329,19 +212,11 @@ def _derive(
             f'{e.train_split!r}: the learning-rate sweep trains on the rest.',
         )
         rest = n - valid
-      d['eval_sweep_valid_split'] = valid_split or ''
+      d['eval_sweep_valid_split'] = valid_split
       d['eval_sweep_valid_examples'] = valid
       d['eval_sweep_steps'] = int(
           e.num_epochs * max(1, rest // e.global_batch_size)
       )
-    d['eval_per_device_batch_size'] = (
-        e.global_batch_size // topology.device_count
-    )
-  # Whether image files were opened (checked) rather than only listed.
-  d['data_read'] = d.get('data_read', True) and not getattr(
-      source, 'stand_in', False
-  )
-  d['notes'] = notes
   return d
 
 
@@ -355,26 +230,13 @@ def build(
 ) -> Run:
   """Validates the inputs, opens the data and derives the run, once.
 
-  Args:
-    config: an experiment config of inputs (get_config + overrides). A built
-      config (with `derived`) is rebuilt from its inputs.
-    topology: the devices (default: this process's, via jax).
-    source: an already-opened data source for config.data (else opened).
-    read_data: False for dry runs and benchmarks: no image is read; sizes
-      come from a folder listing or sources.KNOWN_SIZES.
-    explicit: dotted names of the fields set by `--config.*` overrides
-      (linear evaluation's merge rule, eval_inputs, reads them).
-
-  Returns:
-    A Run: the built config (inputs + `derived`, locked) and the source.
-
-  Raises:
-    ConfigError: one line naming the field, the value and what is allowed.
+  `config` may be a built one (rebuilt from its inputs); `topology` defaults
+  to this process's devices; `source` is opened from config.data when None;
+  read_data=False (dry runs, benchmarks) reads no image: sizes come from a
+  folder listing or sources.KNOWN_SIZES; `explicit` names the fields set by
+  `--config.*` overrides (eval_inputs). Raises ConfigError, in one line.
   """
-  inputs = ml_collections.ConfigDict(config.to_dict())
-  with inputs.unlocked():
-    if 'derived' in inputs:
-      del inputs['derived']
+  inputs = _inputs(config)
   mode = validation.mode_of(inputs)
   validation.validate_inputs(inputs, mode)
   if mode == 'linear_eval':
@@ -385,11 +247,10 @@ def build(
     except (FileNotFoundError, ValueError) as e:
       raise ConfigError(f'eval.pretrain_workdir={workdir!r}: {e}') from None
     inputs = eval_inputs(inputs, pretrained, explicit)
-    run_derived = pretrained.get('derived')
-    with inputs.unlocked():
-      if 'derived' in inputs:
-        del inputs['derived']
-  topology = topology or Topology.current()
+  if topology is None:
+    import jax  # pylint: disable=g-import-not-at-top
+
+    topology = Topology(jax.process_count(), jax.local_device_count())
   if mode == 'pretrain':
     validation.check_batch(
         'training.global_batch_size',
@@ -409,41 +270,50 @@ def build(
       raise ConfigError(str(e)) from None
   else:
     data_path = sources.data_path_of(source)
-  derived = _derive(inputs, mode, source, topology, read_data)
-  derived['data_path'] = data_path
+  data = inputs.data
+  num_classes = int(source.num_classes)
+  if data.num_classes > 0:
+    if data.num_classes < num_classes:
+      validation.fail(
+          'data.num_classes',
+          data.num_classes,
+          f'{data.source} has {num_classes} classes: use at '
+          'least that many outputs, or -1 to take them from the dataset.',
+      )
+    num_classes = data.num_classes
+  notes = []
+  derived = dict(
+      mode=mode,
+      # Whether image files were opened (checked) rather than only listed.
+      data_read=read_data and not getattr(source, 'stand_in', False),
+      num_classes=num_classes,
+      splits=_check_splits(inputs, mode, source),
+      **_derive(inputs, mode, source, topology, notes),
+      data_path=data_path,
+  )
   if data_path == sources.IN_MEMORY:
     images = getattr(source, 'images', None)
     if images is not None:  # read: what the devices will hold
       megabytes = round(sum(x.nbytes for x in images.values()) / 2**20, 1)
-    derived['in_memory_mb'] = megabytes if megabytes is not None else -1
+    derived['in_memory_mb'] = -1 if megabytes is None else megabytes
   if mode == 'linear_eval':
     # The pre-training run's own plan (its schedules shape the checkpoint).
-    for key in (
-        'num_train_examples',
-        'total_steps',
-        'warmup_steps',
-        'peak_learning_rate',
-    ):
-      if key in (run_derived or {}):
-        derived[f'pretrain_{key}'] = run_derived[key]
-    total = derived.get('pretrain_total_steps', -1)
-    derived['pretrain_checkpoint_step'] = checkpoint_step
-    derived['pretrain_finished'] = bool(total > 0 and checkpoint_step >= total)
-    if not derived['pretrain_finished']:
-      derived['notes'].append(
+    total = (pretrained.get('derived') or {}).get('total_steps', -1)
+    finished = bool(total > 0 and checkpoint_step >= total)
+    derived.update(
+        pretrain_checkpoint_step=checkpoint_step, pretrain_finished=finished
+    )
+    if not finished:
+      notes.append(
           f'evaluating step {checkpoint_step} of a pre-training run of '
           f'{total} steps: the run is unfinished'
       )
     old = pretrained.data
-    if (inputs.data.source, inputs.data.image_size) != (
-        old.source,
-        old.image_size,
-    ):
-      derived['notes'].append(
-          f'evaluating on {inputs.data.source} at {inputs.data.image_size}px '
+    if (data.source, data.image_size) != (old.source, old.image_size):
+      notes.append(
+          f'evaluating on {data.source} at {data.image_size}px '
           f'an encoder pre-trained on {old.source} at {old.image_size}px'
       )
-  with inputs.unlocked():
-    inputs.derived = ml_collections.ConfigDict(derived)
+  inputs.derived = ml_collections.ConfigDict(dict(derived, notes=notes))
   inputs.lock()
   return Run(inputs, source)

@@ -1,19 +1,9 @@
 """Hyper-parameter presets: the official ones, the paper's variants, the scales.
 
-  * The official BYOL presets by number of pre-training epochs
-    (`LR_PRESETS`, `WD_PRESETS`, `EMA_PRESETS`), which
-    configs.experiment_config selects.
-  * The GN + WS variant of paper §3.3 (`GN_WS_MODEL`, `GN_WS_TRAINING`,
-    `GN_WS_PAPER_TOP1`), shared by experiments/gn_ws.py and quickstart.py.
-  * Paper Table 1's per-component normalisations (`TABLE1_NORMS`).
-  * The scale presets behind the `tiny`, `small` and `cifar10` config options
-    (`apply_tiny`, `apply_small`, `apply_cifar10`), which
-    configs.experiment_config applies after the
-    variant's own hyper-parameters: they set what depends on the run's length
-    and size, for every variant alike.
-
-Like configs.py, nothing here is derived: plan.py derives step counts and
-learning rates from what these set.
+The scale presets (`tiny`, `small`, `cifar10`) run after the variant's own
+hyper-parameters (configs.experiment_config): they set what depends on the
+run's length and size, for every variant alike. Nothing here is derived:
+plan.py derives step counts and learning rates from what these set.
 """
 
 from byol_jax import paper
@@ -28,10 +18,7 @@ EMA_PRESETS = {40: 0.97, 100: 0.99, 300: 0.99, 1000: 0.996}
 # BYOL with GroupNorm + Weight Standardisation, paper §3.3: "we apply weight
 # standardization to convolutional and linear parameters ... and replace all
 # BN by GN layers", G = 16; base lr 0.24, weight decay 3e-8, tau_base 0.999.
-# WS in every convolution of the encoder and every linear layer of the
-# projector and predictor; GN everywhere BN was. No layer uses batch
-# statistics. (The online classifier, a monitor on the stop-gradient
-# representation that plays no part in BYOL's objective, stays a plain
+# (The online classifier, a monitor outside BYOL's objective, stays a plain
 # linear layer.)
 GN_WS_MODEL = dict(
     encoder_norm='gn',
@@ -55,17 +42,7 @@ COLLAPSE_STOP_BELOW = 1e-3
 
 
 def collapse_stop_below(method: str, model) -> float:
-  """The collapse monitor's threshold for a variant: 0 (off) where it collapses.
-
-  Args:
-    method: 'byol' or 'simclr'.
-    model: the `model` section (its three norm kinds).
-
-  Returns:
-    0. for a Table 1 cell the paper reports as collapsed (top-1 below
-    paper.COLLAPSED_BELOW; no normalisation anywhere, Table 2's no_bn, is
-    one), else COLLAPSE_STOP_BELOW.
-  """
+  """0 (off) for a cell the paper reports collapsed, else COLLAPSE_STOP_BELOW"""
   top1 = paper.table1(
       method, model.encoder_norm, model.projector_norm, model.predictor_norm
   )
@@ -77,13 +54,17 @@ def collapse_stop_below(method: str, model) -> float:
 TABLE1_NORMS = ('bn', 'ln', 'none')
 
 
-def apply_tiny(config) -> None:
-  """CPU-sized model, batch and step count (2-core laptop, minutes).
+def _update(config, **sections) -> None:
+  for name, values in sections.items():
+    config[name].update(values)
 
-  ResNet-10 at width 1/4, 16 px digits, batch 256, 150 steps. A 150-step run
-  is a thousand times shorter than the paper's, so the
-  hyper-parameters that set how far a run travels are rescaled, identically
-  for every variant (measured on the digits; docs/RESULTS.md):
+
+def apply_tiny(config) -> None:
+  """CPU-sized: ResNet-10 at width 1/4, 16 px digits, batch 256, 150 steps.
+
+  A 150-step run is a thousand times shorter than the paper's, so what sets
+  how far a run travels is rescaled, identically for every variant (measured
+  on the digits; docs/RESULTS.md):
     * LARS trust coefficient 1e-2 (paper 1e-3): LARS moves a weight matrix
       by about lr x eta of its norm per step; in the former tiny preset
       (batch 64, 300 steps, eta 1e-3, lr 0.06) the encoder's weights moved
@@ -101,24 +82,24 @@ def apply_tiny(config) -> None:
       crop of an 8x8 digit is 2x2 pixels, which shows no digit.
     * one warm-up step per warm-up epoch (10; 50 for the modified init).
 
-  Args:
-    config: a config from `configs.experiment_config`, modified in place.
+  The probe: features computed once (centre crop), 400 epochs (seconds). The
+  paper's per-step-augmented probe needs far more steps (on digits: 44% vs
+  85% top-1 for the same random encoder after 100 steps); 100 epochs left the
+  feature probe short of convergence (random GN+WS encoder: 84.8%, 87.2% after
+  400, 87.9% for an L-BFGS logistic regression on the same features).
   """
-  config.model.update(
-      dict(
+  _update(
+      config,
+      model=dict(
           depth=10,
           width_multiplier=0.25,
           stem='small',
           projector_hidden_size=128,
           projector_output_size=32,
           predictor_hidden_size=128,
-      )
-  )
-  config.data.source = 'digits'
-  config.data.image_size = 16
-  config.data.min_crop_area = 0.5
-  config.training.update(
-      dict(
+      ),
+      data=dict(source='digits', image_size=16, min_crop_area=0.5),
+      training=dict(
           global_batch_size=256,
           total_steps=150,
           warmup_steps=int(config.training.warmup_epochs),
@@ -126,45 +107,27 @@ def apply_tiny(config) -> None:
           predictor_lr_multiplier=30.0,
           base_ema=EMA_PRESETS[300],
           modified_init_batch_size=256,
-      )
-  )
-  config.checkpoint.update(dict(every_steps=100, every_secs=120))
-  config.logging.update(
-      dict(every_steps=10, knn_every_steps=50, knn_max_train_examples=1500)
-  )
-  # CPU-sized probe: features computed once (centre crop), then 400 cheap
-  # epochs (2,000 steps of a linear layer, seconds). The per-step-augmented
-  # probe of the paper needs far more steps than a laptop run affords
-  # (measured on digits: 44% vs 85% top-1 for the same random encoder after
-  # 100 steps); 100 epochs left even the precomputed-feature probe short of
-  # convergence (random GN+WS encoder: 84.8%, vs 87.9% for an L-BFGS
-  # logistic regression on the same features; 87.2% after 400 epochs).
-  config.eval.update(
-      dict(
-          num_epochs=400,
-          global_batch_size=256,
-          sweep_valid_examples=-1,
-          augment=False,
-      )
+      ),
+      checkpoint=dict(every_steps=100, every_secs=120),
+      logging=dict(
+          every_steps=10, knn_every_steps=50, knn_max_train_examples=1500
+      ),
+      eval=dict(num_epochs=400, global_batch_size=256, augment=False),
   )
 
 
 def apply_cifar10(config) -> None:
-  """CIFAR-scale runs on one GPU: ResNet-18, small-image stem, 32 px.
+  """One GPU: ResNet-18, small-image stem, 32 px, batch 512, 200 epochs.
 
-  The scale of the public BYOL-on-CIFAR-10 reproductions (ResNet-18 with a
-  3x3 stride-1 stem and no max-pool, 32 px, batch 512): their BYOL reaches
-  a kNN top-1 of about 0.87 after 200 epochs. The variant's lr / weight decay
-  are kept; tau_base 0.99 suits 200 epochs (official 300-epoch preset).
-
-  Args:
-    config: a config from `configs.experiment_config`, modified in place.
+  The public BYOL-on-CIFAR-10 reproductions' scale (their kNN top-1: about
+  0.87 after 200 epochs). The variant's lr / weight decay are kept; tau_base
+  0.99 (official 300-epoch preset); the paper's probe (cheap at 32 px).
   """
-  config.model.update(dict(depth=18, width_multiplier=1.0, stem='small'))
-  config.data.source = 'tfds:cifar10'
-  config.data.image_size = 32
-  config.training.update(
-      dict(
+  _update(
+      config,
+      model=dict(depth=18, width_multiplier=1.0, stem='small'),
+      data=dict(source='tfds:cifar10', image_size=32),
+      training=dict(
           global_batch_size=512,
           num_epochs=200,
           total_steps=-1,
@@ -172,20 +135,9 @@ def apply_cifar10(config) -> None:
           warmup_epochs=min(config.training.warmup_epochs, 20),
           base_ema=EMA_PRESETS[300],
           modified_init_batch_size=512,
-      )
-  )
-  config.checkpoint.update(dict(every_steps=1000, every_secs=300))
-  config.logging.update(
-      dict(every_steps=50, knn_every_steps=2000, knn_max_train_examples=10_000)
-  )
-  # The paper's probe protocol (augmented crops, 80 epochs), cheap at 32 px.
-  config.eval.update(
-      dict(
-          num_epochs=80,
-          global_batch_size=1024,
-          sweep_valid_examples=-1,
-          augment=True,
-      )
+      ),
+      checkpoint=dict(every_secs=300),
+      logging=dict(knn_every_steps=2000),
   )
 
 
@@ -202,68 +154,59 @@ SMALL_MAX_WARMUP_FRACTION = 0.5
 def apply_small(config) -> None:
   """CIFAR-10 on a 2-core CPU with the paper's optimiser.
 
-  ResNet-10 at width 1/4 with the small stem, 32 px CIFAR-10 images cropped
-  (area from 8%, the paper's) to 16 px, batch 256, 4 epochs (781 steps).
-  Measured with benchmarks/throughput.py on a 2-core AMD EPYC (BYOL step,
-  batch 256): ResNet-10 x1/4 at 16 px 390 (BN) / 362 (GN+WS) / 499 (none)
-  img/s, i.e. 8-9 minutes of pre-training per variant; ResNet-18 x1/4 at
-  16 px 207 / 173 and at 32 px 79 / 59 img/s, two to six times longer.
+  ResNet-10 x1/4, small stem, 32 px images cropped (area from 8%) to 16 px,
+  batch 256, 4 epochs (781 steps). benchmarks/throughput.py on a 2-core AMD
+  EPYC (BYOL step, batch 256): 390 (BN) / 362 (GN+WS) / 499 (none) img/s,
+  8-9 minutes per variant; ResNet-18 x1/4 at 16 px 207 / 173 and at 32 px
+  79 / 59 img/s, two to six times longer.
 
-  The optimiser is the paper's, scaled only as the official code scales it:
-  LARS trust coefficient 1e-3, predictor lr x1, lr = base x batch / 256,
-  warm-up in epochs. Base lr, weight decay and 1 - tau move from the preset
-  of the variant's own run length (1000 epochs for Table 2, 300 for Table
-  1) to the official 40-epoch preset by the same ratio for every variant:
-  BN 0.2 -> 0.45, 1.5e-6 -> 1e-6, tau 0.996 -> 0.97; GN+WS (paper 3.3)
-  0.24 -> 0.54, 3e-8 -> 2e-8, 0.999 -> 0.9925. Warm-up: a quarter of the run
-  per 10 of the variant's warm-up epochs, at most half (the modified init).
+  The optimiser is the paper's, scaled only as the official code scales it
+  (LARS eta 1e-3, predictor lr x1, lr x batch / 256, warm-up in epochs); base
+  lr, weight decay and 1 - tau move from the preset of the variant's own run
+  length (1000 epochs for Table 2, 300 for Table 1) to the official 40-epoch
+  one by the same ratio: BN 0.2 -> 0.45, 1.5e-6 -> 1e-6, tau 0.996 -> 0.97;
+  GN+WS 0.24 -> 0.54, 3e-8 -> 2e-8, 0.999 -> 0.9925. Warm-up: a quarter of
+  the run per 10 warm-up epochs of the variant, at most half.
 
-  Linear probe: the paper's protocol (SGD + Nesterov, cosine, lr chosen on
-  10,000 held-out training images from the paper's grid) on frozen
-  centre-crop features, 100 epochs: per-step augmented crops need an
-  encoder forward per image per epoch (not measured here; by the training
-  step's throughput, tens of minutes per variant). The random-init baseline is
-  always evaluated.
-
-  Args:
-    config: a config from `configs.experiment_config`, modified in place.
+  Probe: the paper's protocol on frozen centre-crop features, 100 epochs
+  (augmented crops would cost, by the step's throughput, tens of minutes per
+  variant), and the random-init baseline.
   """
   t = config.training
   own = t.num_epochs if t.num_epochs in LR_PRESETS else 300
   to = SMALL_PRESET_EPOCHS
-  t.base_learning_rate = round(
-      t.base_learning_rate * LR_PRESETS[to] / LR_PRESETS[own], 9
-  )
-  t.weight_decay = round(t.weight_decay * WD_PRESETS[to] / WD_PRESETS[own], 15)
-  t.base_ema = round(
-      1.0
-      - (1.0 - t.base_ema) * (1.0 - EMA_PRESETS[to]) / (1.0 - EMA_PRESETS[own]),
-      9,
-  )
   warmup = min(t.warmup_epochs / 10 / 4, SMALL_MAX_WARMUP_FRACTION)
-  t.update(
-      dict(
+  _update(
+      config,
+      training=dict(
+          base_learning_rate=round(
+              t.base_learning_rate * LR_PRESETS[to] / LR_PRESETS[own], 9
+          ),
+          weight_decay=round(
+              t.weight_decay * WD_PRESETS[to] / WD_PRESETS[own], 15
+          ),
+          base_ema=round(
+              1.0
+              - (1.0 - t.base_ema)
+              * (1.0 - EMA_PRESETS[to])
+              / (1.0 - EMA_PRESETS[own]),
+              9,
+          ),
           num_epochs=SMALL_EPOCHS,
           total_steps=-1,
           warmup_steps=-1,
           warmup_epochs=warmup * SMALL_EPOCHS,
           global_batch_size=256,
           modified_init_batch_size=256,
-      )
-  )
-  config.model.update(dict(depth=10, width_multiplier=0.25, stem='small'))
-  config.data.source = 'tfds:cifar10'
-  config.data.image_size = 16
-  config.checkpoint.update(dict(every_steps=200, every_secs=300))
-  config.logging.update(
-      dict(every_steps=20, knn_every_steps=260, knn_max_train_examples=10_000)
-  )
-  config.eval.update(
-      dict(
+      ),
+      model=dict(depth=10, width_multiplier=0.25, stem='small'),
+      data=dict(source='tfds:cifar10', image_size=16),
+      checkpoint=dict(every_steps=200, every_secs=300),
+      logging=dict(every_steps=20, knn_every_steps=260),
+      eval=dict(
           num_epochs=100,
           global_batch_size=256,
-          sweep_valid_examples=-1,
           augment=False,
           random_baseline=True,
-      )
+      ),
   )

@@ -29,31 +29,12 @@ class ConfigError(ValueError):
 
 
 def fail(field: str, value, allowed: str):
-  """Refuses a config value in one line.
-
-  Args:
-    field: the dotted config field, e.g. 'training.batch_size'.
-    value: its value (shown with repr).
-    allowed: what is allowed, or how to fix it (one sentence).
-
-  Raises:
-    ConfigError: always, with the message '<field>=<value!r>: <allowed>'.
-  """
+  """Raises ConfigError('<field>=<value!r>: <allowed>')."""
   raise ConfigError(f'{field}={value!r}: {allowed}')
 
 
 def check(ok: bool, field: str, value, allowed: str) -> None:
-  """Refuses a config value unless `ok`.
-
-  Args:
-    ok: whether the value is acceptable.
-    field: the dotted config field, for the message.
-    value: its value, for the message.
-    allowed: what is allowed, for the message.
-
-  Raises:
-    ConfigError: `ok` is false (see `fail`).
-  """
+  """`fail`s unless `ok`."""
   if not ok:
     fail(field, value, allowed)
 
@@ -62,51 +43,126 @@ def _is_int(x) -> bool:
   return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _positive_int(section, name, field=None, *, auto=''):
-  """Checks a positive integer field; `auto` describes what -1 means."""
-  value = section[name]
-  field = field or name
-  if auto and value == -1:
-    return
-  check(
-      _is_int(value) and value > 0,
-      field,
-      value,
-      'must be a positive integer'
-      + (f' (or -1: {auto})' if auto else '')
-      + '.',
-  )
+def _is_finite(x) -> bool:
+  return _is_int(x) or isinstance(x, float) and math.isfinite(x)
 
 
-def _number(
-    value, field: str, low: float, allowed: str, *, above: bool = True
-) -> None:
-  """A finite number > low (or >= low with above=False)."""
-  ok = (
-      isinstance(value, (int, float))
-      and not isinstance(value, bool)
-      and math.isfinite(value)
-      and (value > low if above else value >= low)
-  )
-  check(ok, field, value, allowed)
+def _note(note):
+  return f' ({note}).' if note else '.'
+
+
+def _ints(lowest, note=''):
+  allowed = f'an integer >= {lowest} ({note})' if note else 'a positive integer'
+  return lambda v: _is_int(v) and v >= lowest, f'must be {allowed}.'
+
+
+def _ints_or_auto(lowest, allowed):
+  return lambda v: v == -1 or _is_int(v) and v >= lowest, allowed
+
+
+def _numbers(sign, note=''):
+  ok = {'>': lambda v: v > 0, '>=': lambda v: v >= 0}[sign]
+  allowed = f'must be a finite number {sign} 0{_note(note)}'
+  return lambda v: _is_finite(v) and ok(v), allowed
+
+
+def _interval(interval, note=''):
+  """A number in `interval` of [0, 1]: '[' / ']' closed, '(' / ')' open."""
+  lower = (lambda v: 0 < v) if interval[0] == '(' else (lambda v: 0 <= v)
+  upper = (lambda v: v < 1) if interval[-1] == ')' else (lambda v: v <= 1)
+  return lambda v: lower(v) and upper(v), f'must be in {interval}{_note(note)}'
+
+
+def _one_of(choices):
+  return lambda v: v in choices, f'use one of {", ".join(choices)}.'
+
+
+# {field: (whether a value is allowed, what is allowed)}, in schema order.
+_FIELDS = {
+    'seed': (
+        lambda v: _is_int(v) and 0 <= v < SEED_LIMIT,
+        f'must be an integer in [0, 2**32) = [0, {SEED_LIMIT - 1}]: '
+        'jax.random.PRNGKey keeps 32 bits (2**32 would repeat seed 0, 2**63 '
+        'overflows).',
+    ),
+    'method': _one_of(METHODS),
+    'model.width_multiplier': _numbers('>'),
+    'model.gn_groups': _ints(1, 'the paper uses 16'),
+    'model.bn_decay': _interval('[0, 1)', 'the official value is 0.9'),
+    'model.projector_hidden_size': _ints(1),
+    'model.projector_output_size': _ints(1),
+    'model.predictor_hidden_size': _ints(1),
+    'data.image_size': _ints(1),
+    'data.min_crop_area': _interval('(0, 1]', 'BYOL: 0.08'),
+    'data.held_out_examples': _ints(0, '0: hold nothing out'),
+    'data.num_classes': _ints_or_auto(
+        1, 'must be > 0, or -1 to take it from the dataset.'
+    ),
+    'data.max_in_memory_mb': _ints(
+        0,
+        'MiB of decoded uint8 images held in memory; 0: folders stream '
+        'through tf.data',
+    ),
+    'data.cache_side': _ints(0, "0: the images' own size"),
+    'data.cache_dir': (
+        lambda v: isinstance(v, str) and '://' not in v,
+        "must be a local directory path ('' for the default); the cache "
+        'of decoded folders is not written to gs:// or other URLs.',
+    ),
+    'data.in_memory_on': _one_of(IN_MEMORY_ON),
+    'training.total_steps': _ints_or_auto(
+        1,
+        'must be a positive integer (or -1: derive it from '
+        'training.num_epochs).',
+    ),
+    'training.max_steps': _ints_or_auto(
+        1, 'must be a positive integer (or -1: no early stop).'
+    ),
+    'training.base_learning_rate': _numbers('>', 'scaled by batch / 256'),
+    'training.warmup_epochs': _numbers('>='),
+    'training.warmup_steps': _ints_or_auto(
+        0, 'must be >= 0, or -1 to derive it from training.warmup_epochs.'
+    ),
+    'training.weight_decay': _numbers('>='),
+    'training.trust_coefficient': _numbers(
+        '>', 'LARS eta; the paper uses 1e-3'
+    ),
+    'training.predictor_lr_multiplier': _numbers(
+        '>', "1: the paper's single learning rate"
+    ),
+    'training.base_ema': _interval('[0, 1]', 'tau_base'),
+    'training.temperature': _numbers('>', 'SimCLR InfoNCE temperature'),
+    'training.modified_init_batch_size': _ints(1),
+    'training.modified_init_chunk_size': _ints(1),
+    'checkpoint.every_steps': (
+        lambda v: v >= 0,
+        'must be >= 0 (0: no such schedule).',
+    ),
+    'checkpoint.every_secs': (
+        lambda v: v >= 0,
+        'must be >= 0 (0: no such schedule).',
+    ),
+    'checkpoint.max_to_keep': _ints(1),
+    'logging.every_steps': _ints(1),
+    'logging.knn_every_steps': _ints(0, '0: no kNN monitor'),
+    'logging.knn_max_train_examples': _ints(0, '0: every training example'),
+    'logging.collapse_stop_below': _numbers(
+        '>=',
+        '0: never stop; healthy runs log 0.03 and above, collapsed ones 0.000',
+    ),
+    'logging.collapse_stop_after': _ints(1),
+    'eval.num_epochs': _ints(1),
+    'eval.sweep_valid_examples': _ints_or_auto(
+        1,
+        'must be a positive count, or -1 for a fifth of the training split '
+        f'(at most {sources.IMAGENET_VALID_EXAMPLES}).',
+    ),
+    'eval.momentum': _interval('[0, 1)'),
+}
 
 
 def check_batch(field: str, batch, topology, per_device: int = 1) -> None:
-  """Checks that a global batch splits evenly over the devices.
-
-  Args:
-    field: the config field of the batch, e.g. 'training.global_batch_size'.
-    batch: the global batch size (images over all hosts).
-    topology: the run's topology (device_count, process_count,
-      local_device_count).
-    per_device: the fewest examples a device may get
-      (MIN_PRETRAIN_PER_DEVICE for pre-training, which says why).
-
-  Raises:
-    ConfigError: `batch` is not a positive int multiple of
-      topology.device_count, or gives fewer than `per_device` examples per
-      device; the message suggests the nearest batch that works.
-  """
+  """Refuses a global batch that gives a device 0 or < per_device examples."""
   devices = topology.device_count
   ok = _is_int(batch) and batch >= per_device * devices
   if ok and not batch % devices:
@@ -135,186 +191,32 @@ def check_batch(field: str, batch, topology, per_device: int = 1) -> None:
 
 
 def validate_inputs(config, mode: str) -> None:
-  """Checks every input field that needs neither data nor devices.
-
-  Args:
-    config: the experiment config of inputs (byol_jax/configs.py).
-    mode: 'pretrain' or 'linear_eval' (fields that mode reads are checked).
-
-  Raises:
-    ConfigError: naming the first bad field, its value and what is allowed.
-  """
-  check(
-      config.method in METHODS,
-      'method',
-      config.method,
-      f'use one of {", ".join(METHODS)}.',
-  )
-  check(
-      _is_int(config.seed) and 0 <= config.seed < SEED_LIMIT,
-      'seed',
-      config.seed,
-      f'must be an integer in [0, 2**32) = [0, {SEED_LIMIT - 1}]'
-      ': jax.random.PRNGKey keeps 32 bits (2**32 would repeat seed 0, '
-      '2**63 overflows).',
-  )
-  model = config.model
-  check(
-      _is_int(model.gn_groups) and model.gn_groups >= 1,
-      'model.gn_groups',
-      model.gn_groups,
-      'must be an integer >= 1 (the paper uses 16).',
-  )
-  _number(
-      model.width_multiplier,
-      'model.width_multiplier',
-      0.0,
-      'must be a finite number > 0.',
-  )
-  for name in (
-      'projector_hidden_size',
-      'projector_output_size',
-      'predictor_hidden_size',
-  ):
-    _positive_int(model, name, f'model.{name}')
-  check(
-      0 <= model.bn_decay < 1,
-      'model.bn_decay',
-      model.bn_decay,
-      'must be in [0, 1) (the official value is 0.9).',
-  )
+  """Checks every input field that needs neither data nor devices."""
+  for field, (ok, allowed) in _FIELDS.items():
+    value = config
+    for name in field.split('.'):
+      value = value[name]
+    check(ok(value), field, value, allowed)
+  model, t = config.model, config.training
   try:
     networks.validate_model_config(model)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-
-  data = config.data
-  _positive_int(data, 'image_size', 'data.image_size')
-  check(
-      0 < data.min_crop_area <= 1,
-      'data.min_crop_area',
-      data.min_crop_area,
-      'must be in (0, 1] (BYOL: 0.08).',
-  )
-  check(
-      _is_int(data.held_out_examples) and data.held_out_examples >= 0,
-      'data.held_out_examples',
-      data.held_out_examples,
-      'must be an integer >= 0 (0: hold nothing out).',
-  )
-  check(
-      _is_int(data.max_in_memory_mb) and data.max_in_memory_mb >= 0,
-      'data.max_in_memory_mb',
-      data.max_in_memory_mb,
-      'must be an integer >= 0 (MiB of decoded uint8 images held in '
-      'memory; 0: folders stream through tf.data).',
-  )
-  check(
-      _is_int(data.cache_side) and data.cache_side >= 0,
-      'data.cache_side',
-      data.cache_side,
-      "must be an integer >= 0 (0: the images' own size).",
-  )
-  check(
-      data.in_memory_on in IN_MEMORY_ON,
-      'data.in_memory_on',
-      data.in_memory_on,
-      f'use one of {", ".join(IN_MEMORY_ON)}.',
-  )
-  check(
-      isinstance(data.cache_dir, str) and '://' not in data.cache_dir,
-      'data.cache_dir',
-      data.cache_dir,
-      "must be a local directory path ('' for the default); the cache "
-      'of decoded folders is not written to gs:// or other URLs.',
-  )
-  check(
-      data.num_classes == -1
-      or (_is_int(data.num_classes) and data.num_classes > 0),
-      'data.num_classes',
-      data.num_classes,
-      'must be > 0, or -1 to take it from the dataset.',
-  )
   if mode == 'pretrain':
     check(
-        bool(data.source),
+        bool(config.data.source),
         'data.source',
-        data.source,
+        config.data.source,
         'name a dataset: tfds:<name> | folder:<path> | digits | '
         'synthetic[:<side>].',
     )
-
-  t = config.training
-  _positive_int(
-      t,
-      'total_steps',
-      'training.total_steps',
-      auto='derive it from training.num_epochs',
-  )
   if t.total_steps == -1:
     check(
         _is_int(t.num_epochs) and t.num_epochs > 0,
         'training.num_epochs',
         t.num_epochs,
-        'must be a positive integer (or set ' 'training.total_steps).',
+        'must be a positive integer (or set training.total_steps).',
     )
-  _positive_int(t, 'max_steps', 'training.max_steps', auto='no early stop')
-  _number(
-      t.warmup_epochs,
-      'training.warmup_epochs',
-      0.0,
-      'must be >= 0.',
-      above=False,
-  )
-  check(
-      t.warmup_steps == -1 or (_is_int(t.warmup_steps) and t.warmup_steps >= 0),
-      'training.warmup_steps',
-      t.warmup_steps,
-      'must be >= 0, or -1 to derive it from training.warmup_epochs.',
-  )
-  _number(
-      t.base_learning_rate,
-      'training.base_learning_rate',
-      0.0,
-      'must be a finite number > 0 (scaled by batch / 256).',
-  )
-  _number(
-      t.weight_decay,
-      'training.weight_decay',
-      0.0,
-      'must be a finite number >= 0.',
-      above=False,
-  )
-  _number(
-      t.trust_coefficient,
-      'training.trust_coefficient',
-      0.0,
-      'must be a finite number > 0 (LARS eta; the paper uses 1e-3).',
-  )
-  _number(
-      t.predictor_lr_multiplier,
-      'training.predictor_lr_multiplier',
-      0.0,
-      "must be a finite number > 0 (1: the paper's single learning rate).",
-  )
-  check(
-      0.0 <= t.base_ema <= 1.0,
-      'training.base_ema',
-      t.base_ema,
-      'must be in [0, 1] (tau_base).',
-  )
-  _number(
-      t.temperature,
-      'training.temperature',
-      0.0,
-      'must be a finite number > 0 (SimCLR InfoNCE temperature).',
-  )
-  _positive_int(
-      t, 'modified_init_batch_size', 'training.modified_init_batch_size'
-  )
-  _positive_int(
-      t, 'modified_init_chunk_size', 'training.modified_init_chunk_size'
-  )
   if t.modified_init and model.encoder_norm != 'affine':
     fail(
         'training.modified_init',
@@ -322,80 +224,18 @@ def validate_inputs(config, mode: str) -> None:
         'needs model.encoder_norm=affine (the BN layers are replaced by '
         'calibrated affine layers, paper §3.2).',
     )
-
-  c = config.checkpoint
-  for name in ('every_steps', 'every_secs'):
-    check(
-        c[name] >= 0,
-        f'checkpoint.{name}',
-        c[name],
-        'must be >= 0 (0: no such schedule).',
-    )
-  _positive_int(c, 'max_to_keep', 'checkpoint.max_to_keep')
-
-  lg = config.logging
-  _positive_int(lg, 'every_steps', 'logging.every_steps')
+  rates = tuple(config.eval.learning_rates)
   check(
-      _is_int(lg.knn_every_steps) and lg.knn_every_steps >= 0,
-      'logging.knn_every_steps',
-      lg.knn_every_steps,
-      'must be an integer >= 0 (0: no kNN monitor).',
-  )
-  check(
-      _is_int(lg.knn_max_train_examples) and lg.knn_max_train_examples >= 0,
-      'logging.knn_max_train_examples',
-      lg.knn_max_train_examples,
-      'must be an integer >= 0 (0: every training example).',
-  )
-  _number(
-      lg.collapse_stop_below,
-      'logging.collapse_stop_below',
-      0.0,
-      'must be a finite number >= 0 (0: never stop; healthy runs log '
-      '0.03 and above, collapsed ones 0.000).',
-      above=False,
-  )
-  _positive_int(lg, 'collapse_stop_after', 'logging.collapse_stop_after')
-
-  e = config.eval
-  _positive_int(e, 'num_epochs', 'eval.num_epochs')
-  rates = tuple(e.learning_rates)
-  check(
-      len(rates) > 0
-      and all(
-          isinstance(r, (int, float)) and math.isfinite(r) and r > 0
-          for r in rates
-      ),
+      rates and all(_is_finite(r) and r > 0 for r in rates),
       'eval.learning_rates',
       rates,
       'must be one or more finite base rates > 0 (for batch 256), e.g. '
       '(0.4, 0.3, 0.2, 0.1, 0.05).',
   )
-  check(
-      _is_int(e.sweep_valid_examples)
-      and (e.sweep_valid_examples > 0 or e.sweep_valid_examples == -1),
-      'eval.sweep_valid_examples',
-      e.sweep_valid_examples,
-      'must be a positive count, or -1 for a fifth of the training split '
-      f'(at most {sources.IMAGENET_VALID_EXAMPLES}).',
-  )
-  check(0 <= e.momentum < 1, 'eval.momentum', e.momentum, 'must be in [0, 1).')
 
 
 def mode_of(config) -> str:
-  """What a run does: pre-train, or evaluate a pre-trained encoder.
-
-  Args:
-    config: the experiment config (reads `mode` and
-      `eval.pretrain_workdir`).
-
-  Returns:
-    'linear_eval' when eval.pretrain_workdir is set, else config.mode.
-
-  Raises:
-    ConfigError: mode is not one of MODES, or it is 'linear_eval' without
-      eval.pretrain_workdir.
-  """
+  """'linear_eval' when eval.pretrain_workdir is set, else config.mode."""
   check(
       config.mode in MODES,
       'mode',
@@ -412,6 +252,3 @@ def mode_of(config) -> str:
         '--config.eval.pretrain_workdir=/tmp/byol_quickstart.',
     )
   return config.mode
-
-
-# Sections that describe the checkpoint: linear evaluation takes them from

@@ -1,13 +1,7 @@
-"""The paper tables' variants as experiment configs (what reproduce.py runs).
+"""The paper tables' cells as experiment configs (what reproduce.py runs).
 
-Each cell of a table is a `Variant`: one normal experiment config
-(experiments/<config>.py) with the scale's option (`tiny`, `small` or
-`cifar10`) and the cell's own options. Table 2: BN, no normalisation,
-modified init, GN + WS. Table 1: the BN / LN / none grid over (encoder,
-projector, predictor) for BYOL and (encoder, projector) for SimCLR
-(experiments/ablation.py).
-
-`variant_config` gives a variant's config exactly as
+Each cell is a `Variant`: an experiments/<config>.py with the scale's option
+and the cell's own. `variant_config` gives its config exactly as
 `--config=experiments/<config>.py:<arg>` plus `--config.<field>=<value>`
 overrides would; `Variant.command` prints that command line.
 """
@@ -25,7 +19,6 @@ from byol_jax import presets
 
 EXPERIMENTS_DIR = configs.EXPERIMENTS_DIR
 SCALES = configs.SCALES
-NORMS = presets.TABLE1_NORMS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,10 +31,8 @@ class Variant:
 
   def config_arg(self, scale: str, dataset: str = '') -> str:
     """'<scale>[,<options>][,dataset=<dataset>]': the config string."""
-    opts = [scale] + ([self.options] if self.options else [])
-    if dataset:
-      opts.append(f'dataset={dataset}')
-    return ','.join(opts)
+    opts = [scale, self.options, f'dataset={dataset}' if dataset else '']
+    return ','.join(filter(None, opts))
 
   def command(self, scale: str, dataset: str, workdir, overrides=()) -> str:
     """The equivalent `python -m byol_jax.main` command, one shell line."""
@@ -63,26 +54,24 @@ def table_variants(table: int) -> list[Variant]:
         Variant('modified_init', 'modified_init'),
         Variant('gn_ws', 'gn_ws'),
     ]
-  if table == 1:
-    out = []
-    for enc, proj, pred in itertools.product(NORMS, repeat=3):
-      out.append(
-          Variant(
-              f'byol_enc-{enc}_proj-{proj}_pred-{pred}',
-              'ablation',
-              f'method=byol,encoder={enc},projector={proj},predictor={pred}',
-          )
+  if table != 1:
+    raise ValueError(f'--table={table}: use 1 or 2.')
+  norms = presets.TABLE1_NORMS
+  return [
+      Variant(
+          f'byol_enc-{enc}_proj-{proj}_pred-{pred}',
+          'ablation',
+          f'method=byol,encoder={enc},projector={proj},predictor={pred}',
       )
-    for enc, proj in itertools.product(NORMS, repeat=2):
-      out.append(
-          Variant(
-              f'simclr_enc-{enc}_proj-{proj}',
-              'ablation',
-              f'method=simclr,encoder={enc},projector={proj}',
-          )
+      for enc, proj, pred in itertools.product(norms, repeat=3)
+  ] + [
+      Variant(
+          f'simclr_enc-{enc}_proj-{proj}',
+          'ablation',
+          f'method=simclr,encoder={enc},projector={proj}',
       )
-    return out
-  raise ValueError(f'--table={table}: use 1 or 2.')
+      for enc, proj in itertools.product(norms, repeat=2)
+  ]
 
 
 def select(variants: Sequence[Variant], names: Sequence[str]) -> list[Variant]:
@@ -125,9 +114,24 @@ def variant_config(
       old = node[leaf]
     except (KeyError, AttributeError, TypeError):
       raise ValueError(
-          f'--override {key}={value}: the config has no field ' f'{key!r}.'
+          f'--override {key}={value}: the config has no field {key!r}.'
       ) from None
-    node[leaf] = _cast(value, old, key)
+    parser = _PARSERS.get(type(old))
+    if parser is None:
+      raise ValueError(
+          f'--override {key}={value}: {key} is a section of the '
+          f'config, not a field; name one of its fields, e.g. '
+          f'{key}.{next(iter(old), "FIELD")}=VALUE.'
+      )
+    try:
+      node[leaf] = parser.parse(value)
+    except ValueError as e:
+      expected = {bool: 'true or false', tuple: f'a tuple ({e})'}.get(
+          type(old), f'a {type(old).__name__}'
+      )
+      raise ValueError(
+          f'--override {key}={value!r}: expected {expected}.'
+      ) from None
   return config
 
 
@@ -141,26 +145,6 @@ _PARSERS = {
     tuple: tuple_parser.TupleParser(),
     str: flags.ArgumentParser(),
 }
-
-
-def _cast(value: str, old, key: str):
-  """`value` parsed as main's --config.<key> flag parses it."""
-  parser = _PARSERS.get(type(old))
-  if parser is None:
-    raise ValueError(
-        f'--override {key}={value}: {key} is a section of the '
-        f'config, not a field; name one of its fields, e.g. '
-        f'{key}.{next(iter(old), "FIELD")}=VALUE.'
-    )
-  try:
-    return parser.parse(value)
-  except ValueError as e:
-    expected = {bool: 'true or false', tuple: f'a tuple ({e})'}.get(
-        type(old), f'a {type(old).__name__}'
-    )
-    raise ValueError(
-        f'--override {key}={value!r}: expected {expected}.'
-    ) from None
 
 
 def parse_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
