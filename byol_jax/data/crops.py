@@ -1,11 +1,9 @@
 """The crop specification shared by both paths: the official BYOL sampler.
 
-`sample_crop` (random-resized crop) and `center_crop` (eval) are written once
-over a module `xp` with numpy's exp, sqrt, round (half to even), floor,
-minimum and maximum: `jax.numpy` on the devices (pipeline.py), `tf.math`
-inside tf.data (tf_stream.py), or `numpy` (tests). They take sizes and
-uniforms as floats and return the box (y0, x0, height, width) as floats
-holding whole numbers; each caller casts. No TensorFlow or JAX import here.
+Written once over a module `xp` with numpy's exp, sqrt, round (half to even),
+floor, minimum and maximum: `jax.numpy` on the devices (pipeline.py), `tf.math`
+in tf.data (tf_stream.py), `numpy` in tests. Sizes and uniforms are floats;
+boxes (y0, x0, height, width) are floats holding whole numbers.
 """
 
 import math
@@ -25,8 +23,7 @@ ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 # (32px CIFAR, 8px digits) are not cropped: the central square is resized.
 CENTER_CROP_FRACTION = 224.0 / 256.0
 NUM_U = 4  # uniforms per crop: area, log-ratio, y offset, x offset.
-# Salts of the stateless random draws (pipeline.py's and tf_stream.py's
-# docstrings say what each seeds).
+# Salts of the stateless random draws (see pipeline.py's docstring).
 SALT_PERM, SALT_CROP, SALT_FILES, SALT_WINDOW = 1, 2, 3, 4
 
 

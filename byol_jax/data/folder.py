@@ -13,17 +13,12 @@ The in-memory path decodes a folder once with Pillow (about 4 s for CIFAR-10's
         '<split>.labels' int32 [N], '<split>.skipped' (files left out)
 
 The key hashes every image file's relative path, size and mtime, the class
-names, the side and FORMAT_VERSION: a changed, added or removed file decodes
-the folder again (and removes the stale file). A cache that does not read back
-whole (zip's CRC-32 of every member) is rebuilt, never used. It is written
-under a temporary name and renamed; the next start on its host removes a
-killed writer's temporary file.
-
-Files Pillow cannot decode, or that are not JPEG/PNG whatever their extension,
-are skipped and counted (as `validate_files` does for the streaming path); an
-image above Pillow's decompression-bomb limit stops the start in one line.
-side 0 keeps the images' size (all must share it); side S resizes the shorter
-side to S (Pillow's antialiased bicubic) and keeps the central S x S square.
+names, the side and FORMAT_VERSION: any change decodes the folder again (and
+removes the stale file). A cache that does not read back whole (zip's CRC-32)
+is rebuilt. It is written under a temporary name and renamed; the next start
+on its host removes a killed writer's temporary file. Files that are not
+decodable JPEG/PNG are skipped and counted; side S resizes the shorter side to
+S (Pillow's antialiased bicubic) and keeps the central S x S square.
 """
 
 import concurrent.futures
@@ -65,57 +60,8 @@ def list_folder(root: str, *, validate_files: bool = True):
         f'folder:{root}: ignored the folders {ignored}: the split folders '
         f'read are {list(split_dirs)} (one of {list(SPLIT_DIRS)})'
     )
-  _check_layout(root, split_dirs)
-  split_dirs = split_dirs if 'train' in folders else {'train': root}
-  class_names = tuple(_subfolders(split_dirs['train']))
-  files, labels, skipped = {}, {}, {}
-  for split, path in split_dirs.items():
-    if _subfolders(path) != list(class_names):
-      raise ValueError(
-          f'{path} has classes {_subfolders(path)[:5]}... but train has '
-          f'{list(class_names)[:5]}...; every split needs the same class '
-          'folders'
-      )
-    found = [
-        (p, y)
-        for y, name in enumerate(class_names)
-        for p in _list_images(os.path.join(path, name), root)
-    ]
-    ok = (
-        _validate([p for p, _ in found]) if validate_files else [1] * len(found)
-    )
-    bad = [p for (p, _), good in zip(found, ok) if not good]
-    if bad:
-      logging.warning(
-          f'folder:{root} split {split!r}: skipped {len(bad)} of {len(found)} '
-          f'files that are not decodable JPEG/PNG images, e.g. {bad[:3]}'
-      )
-    if len(bad) == len(found):
-      raise ValueError(
-          f'folder:{root} split {split!r} ({path}) holds no decodable '
-          f'{"/".join(IMAGE_EXTENSIONS)} images in class sub-folders (found '
-          f'classes: {list(class_names)[:10]}); expected '
-          f'{path}/<class_name>/<image>.jpg'
-      )
-    kept = [f for f, good in zip(found, ok) if good]
-    files[split] = np.asarray([p for p, _ in kept])
-    labels[split] = np.asarray([y for _, y in kept], np.int32)
-    skipped[split] = len(bad)
-  return root, class_names, files, labels, skipped
-
-
-def _subfolders(path) -> list[str]:
-  """Sorted names of the folders (or links to folders) in path, not hidden."""
-  with os.scandir(path) as entries:
-    return sorted(
-        e.name for e in entries if e.is_dir() and not e.name.startswith('.')
-    )
-
-
-def _check_layout(root, split_dirs):
-  """Refuses a layout that reads as both flat and split folders."""
   train = split_dirs.get('train')
-  if train:
+  if train:  # a layout that reads as both flat and split folders: refused
     with os.scandir(train) as entries:
       direct = [e.name for e in entries if _is_image(e)]
     if direct:
@@ -132,6 +78,49 @@ def _check_layout(root, split_dirs):
         f'train/, so {named} would be read as a class of a flat folder; '
         f'for the split layout put the training images in {root}/train/'
         '<class>/, else rename that class folder'
+    )
+  split_dirs = split_dirs if 'train' in folders else {'train': root}
+  class_names = tuple(_subfolders(split_dirs['train']))
+  files, labels, skipped = {}, {}, {}
+  for split, path in split_dirs.items():
+    if _subfolders(path) != list(class_names):
+      raise ValueError(
+          f'{path} has classes {_subfolders(path)[:5]}... but train has '
+          f'{list(class_names)[:5]}...; every split needs the same class '
+          'folders'
+      )
+    found = [
+        (p, y)
+        for y, name in enumerate(class_names)
+        for p in _list_images(os.path.join(path, name), root)
+    ]
+    paths = np.asarray([p for p, _ in found])
+    ok = _validate(paths) if validate_files else [True] * len(paths)
+    ok = np.asarray(ok, bool)
+    if not ok.all():
+      logging.warning(
+          f'folder:{root} split {split!r}: skipped {(~ok).sum()} of '
+          f'{len(ok)} files that are not decodable JPEG/PNG images, e.g. '
+          f'{paths[~ok][:3].tolist()}'
+      )
+    if not ok.any():
+      raise ValueError(
+          f'folder:{root} split {split!r} ({path}) holds no decodable '
+          f'{"/".join(IMAGE_EXTENSIONS)} images in class sub-folders (found '
+          f'classes: {list(class_names)[:10]}); expected '
+          f'{path}/<class_name>/<image>.jpg'
+      )
+    files[split] = paths[ok]
+    labels[split] = np.asarray([y for _, y in found], np.int32)[ok]
+    skipped[split] = int((~ok).sum())
+  return root, class_names, files, labels, skipped
+
+
+def _subfolders(path) -> list[str]:
+  """Sorted names of the folders (or links to folders) in path, not hidden."""
+  with os.scandir(path) as entries:
+    return sorted(
+        e.name for e in entries if e.is_dir() and not e.name.startswith('.')
     )
 
 

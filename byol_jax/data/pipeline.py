@@ -1,20 +1,17 @@
 """Input pipelines: per-host batches of crops for a pmapped step.
 
 Every iterator yields dicts of arrays [local_devices, per_device_batch, ...];
-colour augmentations follow on device (augment.py). In memory
-(`InMemorySource`), the uint8 arrays sit on every local device (or the host,
-in_memory_on='host') and each step gathers, crops, resizes and flips its
-examples on the devices under jit(shard_map), from one index per example that
-the host computes (no TensorFlow). Streaming (`FolderSource`, `TfdsSource`),
-tf.data on each host reads, decodes and crops its own shard (tf_stream.py).
-
-Both cut crops.sample_crop's boxes (the official BYOL sampler) and resize with
-Keys' cubic convolution (a = -0.5, half-pixel centres, taps outside the crop
-dropped and the rest renormalised, no antialiasing: tf.image.resize's bicubic
-of the crop, as the official byol/utils/dataset.py), then clip to [0, 1]. On
-device the resize is two dense products per image, [S, H] x [H, W, 3] x [W, S]
-at HIGHEST precision (matmuls, not gathers), equal to TF's to float32 rounding
-(measured 3e-7 of the pixel range with tensorflow-cpu 2.21).
+colour augmentations follow on device (augment.py). In memory, the uint8
+arrays sit on every local device (or the host: in_memory_on='host') and each
+step gathers, crops, resizes and flips its examples on the devices under
+jit(shard_map); streaming, tf.data on each host reads, decodes and crops its
+own shard (tf_stream.py). Both cut crops.sample_crop's boxes and resize them as
+tf.image.resize's bicubic of the crop (Keys' cubic, a = -0.5, half-pixel
+centres, taps outside the crop dropped and the rest renormalised, no
+antialiasing), as the official byol/utils/dataset.py, then clip to [0, 1]. On
+device the resize is two dense products per image, [S, H] x [H, W, 3] x
+[W, S] at HIGHEST precision, equal to TF's to 3e-7 of the pixel range
+(measured, tensorflow-cpu 2.21).
 
 Resumption: batch k is stream positions [k B, (k + 1) B), and every random
 draw of an example is a stateless function of the seed and its place in the
@@ -24,7 +21,7 @@ the stream is global (epoch e: the permutation `stream_indices` draws from
 hosts) of each global batch; position p of step k is cropped with key
 fold_in(fold_in(fold_in(key(seed), crops.SALT_CROP), k), p)), so batches do
 not depend on the number of devices or hosts. Streaming, each host owns a
-fixed shard of the split and streams its epochs.
+fixed shard of the split.
 """
 
 import collections
@@ -159,20 +156,15 @@ def make_eval_iterator(
       global_batch_size, process_index, process_count, local_device_count
   )
   raw = source.resolve_split(split)
+  args = (source, raw, layout, image_size)
   if isinstance(source, sources.InMemorySource):
-    return _in_memory_eval(
-        source, raw, layout, image_size, in_memory_on, indices
-    )
+    return _in_memory_eval(*args, in_memory_on, indices)
   if indices is not None:
-    raise ValueError(
-        f'indices: only in-memory sources read a subset; {source.name} streams'
-    )
+    raise ValueError(f'indices: {source.name} streams; only in memory')
   n = num_eval_batches(
       source.num_examples(raw), global_batch_size, layout.count
   )
-  return tf_stream.eval_iterator(
-      source, raw, layout, image_size, num_threads, n
-  )
+  return tf_stream.eval_iterator(*args, num_threads, n)
 
 
 def prefetch_to_device(

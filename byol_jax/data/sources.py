@@ -314,12 +314,9 @@ def digits_source() -> InMemorySource:
   labels = digits.target.astype(np.int32)
   perm = np.random.default_rng(0).permutation(len(labels))
   split = {'train': perm[:1500], 'test': perm[1500:]}
-  return InMemorySource(
-      'digits',
-      10,
-      {s: images[i] for s, i in split.items()},
-      {s: labels[i] for s, i in split.items()},
-  )
+  images = {s: images[i] for s, i in split.items()}
+  labels = {s: labels[i] for s, i in split.items()}
+  return InMemorySource('digits', 10, images, labels)
 
 
 def tfds_source(name: str, *, data_dir: str | None = None) -> TfdsSource:
@@ -354,14 +351,11 @@ def tfds_source(name: str, *, data_dir: str | None = None) -> TfdsSource:
   info = builder.info
   known = KNOWN_SIZES.get(f'tfds:{builder.name}')
   if not info.splits and known:  # no split metadata (mock_data)
-    info.set_splits(
-        tfds.core.SplitDict(
-            [
-                tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0)
-                for s, n in known[0].items()
-            ]
-        )
-    )
+    infos = [
+        tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0)
+        for s, n in known[0].items()
+    ]
+    info.set_splits(tfds.core.SplitDict(infos))
   image_key, label_key = info.supervised_keys or ('image', 'label')
   classes = info.features[label_key].num_classes
   return TfdsSource(f'tfds:{name}', classes, builder, image_key, label_key)
