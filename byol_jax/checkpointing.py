@@ -77,10 +77,8 @@ class Checkpointer:
         if '://' in str(directory)
         else pathlib.Path(directory).absolute()
     )
-    self._every_steps, self._every_secs = (
-        save_interval_steps,
-        save_interval_secs,
-    )
+    self._every_steps = save_interval_steps
+    self._every_secs = save_interval_secs
     self._time_fn = time_fn
     self.restart_clock()
     self._async, self._read_only = async_save, read_only
@@ -132,11 +130,7 @@ class Checkpointer:
     )
 
   def should_save(self, step: int, *, time_due: Optional[bool] = None) -> bool:
-    """Whether a schedule is due at `step` and it is not saved yet.
-
-    `time_due`: the clock agreed across processes (None: this clock on one
-    process, no clock on several: every process must join a save).
-    """
+    """A schedule due at `step`, not saved yet (`time_due`: agreed clock)."""
     if time_due is None:
       time_due = jax.process_count() == 1 and self.time_due()
     due = time_due or (self._every_steps and step % self._every_steps == 0)
@@ -150,11 +144,7 @@ class Checkpointer:
       *,
       force: bool = False,
   ) -> bool:
-    """Whether `state` (unreplicated) and `extra` (JSON) were saved at `step`.
-
-    Not when unscheduled without `force`, or already saved; NonFiniteStateError
-    (nothing written) for a NaN/Inf leaf.
-    """
+    """Whether `state` and `extra` (JSON) were saved (scheduled, or `force`)."""
     if self._read_only:
       raise ValueError(f'{self.directory} was opened read_only.')
     step = int(step)
@@ -233,11 +223,7 @@ class Checkpointer:
     return None
 
   def restore_latest(self, template: Any) -> Optional[Restored]:
-    """The newest readable checkpoint in the template's structure, or None.
-
-    NumPy leaves and ShapeDtypeStructs restore as NumPy, jax.Arrays with their
-    sharding; CheckpointRestoreError when none of the steps can be read.
-    """
+    """The newest readable checkpoint as `template` (its jax shardings)."""
     steps = self.all_steps()
     self._check_processes_see(steps)
     abstract = jax.tree.map(

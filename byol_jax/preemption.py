@@ -19,13 +19,7 @@ import numpy as np
 
 
 class PreemptionWatcher:
-  """Turns SIGTERM / SIGINT into a flag (`requested`) the training loop polls.
-
-  The first signal only sets the flag; after a first SIGINT the previous
-  handler is back, so a second Ctrl-C still interrupts. Handlers are restored
-  on exit; outside the main thread the watcher is inactive (with a warning).
-  A signal may reach only some hosts: agree with `decide` before saving.
-  """
+  """SIGTERM / SIGINT -> a flag (`requested`); a second Ctrl-C interrupts."""
 
   def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
     self._signals = tuple(signals)
@@ -83,12 +77,10 @@ class Decision(NamedTuple):
 
 
 def decide(watcher: PreemptionWatcher, ckpt, sync: bool) -> Decision:
-  """Agrees on preemption and the checkpoint clock across processes.
+  """Preemption and the checkpoint clock, agreed by all processes.
 
-  One process: the flag and the clock, every step, no communication. Several:
-  at `sync` steps (logging steps, the same on every process) one all-gather of
-  [signal received, clock due]: preempt when any process got a signal, save on
-  process 0's clock; other steps neither preempt nor save on the clock.
+  Several processes: one all-gather of [signal, clock due] at `sync` (logging)
+  steps: preempt when any got a signal, save on process 0's clock.
   """
   if jax.process_count() == 1:
     return Decision(watcher.requested, ckpt.time_due(), 0)

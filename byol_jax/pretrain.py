@@ -1,16 +1,10 @@
 """The pre-training loop: data -> pmapped update -> metrics and checkpoints.
 
-Resume is exact: the checkpoint holds the whole TrainState, the data stream is
-a function of (seed, step) and restarts at the restored step, and per-step
-randomness is fold_in(rng, step): a run stopped at step k and resumed ends
-bit-identical (on CPU) to an uninterrupted one.
-
-Multi-process: every process runs this loop in lock-step on its own data
-shard; they check that they start and end with the same state (sha256), and
-agree on preemption and the checkpoint clock at logging steps only (a signal
-may reach only some hosts, clocks differ, every host must join a save).
-Between logging steps the loop only dispatches steps: no device value is read,
-no process communicates; scheduled checkpoints are written asynchronously.
+Resume is exact (the whole TrainState, data and randomness functions of the
+step): stopped and resumed ends bit-identical (on CPU) to uninterrupted. All
+processes run it in lock-step on their own shards, check that they start and
+end with the same state, and agree on preemption and the checkpoint clock at
+logging steps only; no other step reads a device value or communicates.
 """
 
 import functools
@@ -51,9 +45,7 @@ class CollapseError(TrainingStopped):
   """The projections stayed collapsed (collapse monitor); checkpoint saved."""
 
 
-def _checkpointer(
-    config, workdir, async_save: bool = False
-) -> checkpointing.Checkpointer:
+def _checkpointer(config, workdir, async_save: bool = False):
   return checkpointing.Checkpointer(
       workdir_lib.checkpoint_dir(workdir),
       max_to_keep=config.checkpoint.max_to_keep,
@@ -71,72 +63,65 @@ def check_workdir(config, workdir) -> dict:
 
 def _initial_state(config, method, optimizer, source):
   """Fresh TrainState (with the modified init of §3.2 when configured)."""
-  rng = jax.random.PRNGKey(config.seed)
-  # Jitted: one compilation instead of one per initialiser op, which matters
-  # on multi-host runs where every host initialises and hosts other than
-  # process 0 never hit the persistent compilation cache. (Same values as
-  # the eager init, bit for bit, on the tiny GN+WS and BN configs on CPU.)
+  # Jitted: one compilation, not one per initialiser op (hosts other than
+  # process 0 never hit the compilation cache); the eager init's values bit
+  # for bit (tiny GN+WS and BN configs, CPU).
   init = jax.jit(
       functools.partial(experiment.init_train_state, method, optimizer)
   )
-  state = init(rng, experiment.sample_images(config))
-  if config.training.modified_init:
-    # A batch of augmented view-1 images, from its own data seed.
-    batch = next(
-        pipeline.make_pretrain_iterator(
-            source,
-            split=config.data.pretrain_split,
-            global_batch_size=config.training.modified_init_batch_size,
-            image_size=config.data.image_size,
-            seed=config.seed + 1,
-            process_index=0,
-            process_count=1,
-            local_device_count=1,
-            min_crop_area=config.data.min_crop_area,
-            in_memory_on=config.data.in_memory_on,
-        )
-    )
-    images = batch['view1'][0]
-    keys = experiment.example_keys(
-        jax.random.PRNGKey(config.seed + 2), images.shape[0], None
-    )
-    # Per-example augmentation, so chunking it changes nothing but memory.
-    chunk = config.training.modified_init_chunk_size
-    augment = jax.jit(functools.partial(augment_lib.augment_examples, view=1))
-    images = np.concatenate(
-        [
-            np.asarray(
-                augment(keys[i : i + chunk], jnp.asarray(images[i : i + chunk]))
-            )
-            for i in range(0, len(images), chunk)
-        ]
-    )
-    state = modified_init.apply_to_state(
-        state, config.model, config.derived.num_classes, images, chunk
-    )
-    logging.info(
-        'Modified init (paper §3.2): calibrated %s on %d images.',
-        ', '.join(modified_init.calibrated_components(config.model)),
-        images.shape[0],
-    )
-  return state
+  state = init(
+      jax.random.PRNGKey(config.seed), experiment.sample_images(config)
+  )
+  if not config.training.modified_init:
+    return state
+  # A batch of augmented view-1 images, from its own data seed.
+  data, chunk = config.data, config.training.modified_init_chunk_size
+  images = next(
+      pipeline.make_pretrain_iterator(
+          source,
+          split=data.pretrain_split,
+          global_batch_size=config.training.modified_init_batch_size,
+          image_size=data.image_size,
+          seed=config.seed + 1,
+          process_index=0,
+          process_count=1,
+          local_device_count=1,
+          min_crop_area=data.min_crop_area,
+          in_memory_on=data.in_memory_on,
+      )
+  )['view1'][0]
+  keys = experiment.example_keys(
+      jax.random.PRNGKey(config.seed + 2), len(images), None
+  )
+  # Per-example augmentation, so chunking it changes nothing but memory.
+  augment = jax.jit(functools.partial(augment_lib.augment_examples, view=1))
+  images = np.concatenate(
+      [
+          np.asarray(
+              augment(keys[i : i + chunk], jnp.asarray(images[i : i + chunk]))
+          )
+          for i in range(0, len(images), chunk)
+      ]
+  )
+  logging.info(
+      'Modified init (paper §3.2): calibrated %s on %d images.',
+      ', '.join(modified_init.calibrated_components(config.model)),
+      len(images),
+  )
+  return modified_init.apply_to_state(
+      state, config.model, config.derived.num_classes, images, chunk
+  )
 
 
 class _MetricsBuffer:
   """The steps' metrics since the last flush, left on the devices till then.
 
-  `flush` fetches them in one transfer, stops at the first non-finite loss
-  (naming its step) and logs each metric's mean over the interval, except the
-  schedules' (SCHEDULED), which are the newest step's. `low` counts logged rows
-  in a row whose collapse_std_projection is below `collapse_below`, from
-  pmean'd metrics: every process counts the same without communicating.
+  `flush`: one transfer, the first non-finite loss's step named, each
+  metric's mean logged (lr and tau: the newest). `low`: logged rows in a row
+  with collapse_std_projection < `collapse_below` (pmean'd: the same on all).
   """
 
-  SCHEDULED = ('lr', 'tau')
-
-  def __init__(
-      self, writer: writers.MetricWriter, ckpt, collapse_below: float = 0.0
-  ):
+  def __init__(self, writer, ckpt, collapse_below: float = 0.0):
     self._writer, self._ckpt = writer, ckpt
     self._pending = []  # (step, replicated metrics), not yet on the host
     self.last = {}  # the newest logged step's metrics, as floats
@@ -150,8 +135,7 @@ class _MetricsBuffer:
       return
     fetched, self._pending = jax.device_get(self._pending), []
     for step, metrics in fetched:
-      loss = metrics['loss'][0]
-      if not np.isfinite(loss):
+      if not np.isfinite(loss := metrics['loss'][0]):
         raise NonFiniteLossError(
             f'loss became {loss} at step {step}; stopping. '
             f'{_kept(self._ckpt)} Lower training.base_learning_rate or check '
@@ -160,7 +144,7 @@ class _MetricsBuffer:
     step, newest = fetched[-1]
     self.last = {
         k: float(v[0])
-        if k in self.SCHEDULED
+        if k in ('lr', 'tau')
         else float(np.mean([m[k][0] for _, m in fetched], dtype=np.float64))
         for k, v in newest.items()
     }
@@ -171,49 +155,34 @@ class _MetricsBuffer:
 
 
 def train(config, workdir, *, source) -> dict:
-  """Pre-trains (or resumes) in `workdir`; returns the summary.
-
-  Returns:
-    {'step', 'preempted', 'metrics' (last logged), 'state_sha256'}.
-
-  Raises:
-    validation.ConfigError: the checkpoint was trained under another
-      trajectory (resume.check_resume); nothing is written.
-    NonFiniteLossError, CollapseError: see their docstrings.
-  """
+  """Pre-trains (or resumes) in `workdir`: {step, preempted, metrics, sha}."""
   resume.check_built(config)
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  t, d = config.training, config.derived
+  t, d, lg = config.training, config.derived, config.logging
   # Asynchronous saves: a scheduled checkpoint stalls the loop for the
   # device-to-host copy only; ckpt.close() below waits for the writes.
   ckpt = _checkpointer(config, workdir, async_save=True)
   trajectory_changes = resume.check_resume(config, ckpt)
-  trajectory = resume.trajectory(config)
   method, optimizer, update = experiment.make_update(config)
   restored = ckpt.restore_latest(experiment.state_template(config))
   resume.write_config(
       config,
       workdir,
-      start_step=0 if restored is None else int(restored.step),
+      start_step=0 if restored is None else restored.step,
       trajectory_changes=trajectory_changes,
   )
-  # Wall time summed over every segment of a resumed run.
-  wall_base = (
-      0.0
-      if restored is None
-      else float((restored.extra or {}).get('wall_time_s', 0.0))
-  )
-  start_time = time.time()
-  wall_time = lambda: wall_base + time.time() - start_time
   if restored is not None:
     state = restored.state
     logging.info('Resumed from %s at step %d.', ckpt.directory, restored.step)
   else:
     state = _initial_state(config, method, optimizer, source)
+  # Wall time summed over every segment of a resumed run.
+  wall_base = 0.0 if restored is None else restored.extra.get('wall_time_s', 0)
+  start_time = time.time()
+  wall_time = lambda: float(wall_base) + time.time() - start_time
   step = start_step = int(state.step)
   _check_same_state(state, step, 'starting')
-  stop_at = d.stop_step
   writer = writers.MetricWriter(
       workdir,
       is_chief=jax.process_index() == 0,
@@ -222,13 +191,10 @@ def train(config, workdir, *, source) -> dict:
   )
   writer.truncate_after(step)
   logging.info(
-      'Process %d of %d reads its own data shard: %d of the %d '
-      'images of each step, %d per local device.',
+      'Process %d of %d reads its own data shard: %d images of each step.',
       jax.process_index(),
       jax.process_count(),
       t.global_batch_size // jax.process_count(),
-      t.global_batch_size,
-      t.global_batch_size // jax.device_count(),
   )
   data = pipeline.prefetch_to_device(
       pipeline.make_pretrain_iterator(
@@ -245,7 +211,7 @@ def train(config, workdir, *, source) -> dict:
   rstate = parallel.replicate(state)
   del state
   p_update = experiment.pmap_update(update)
-  if step < stop_at:
+  if step < d.stop_step:
     # Compiled before the loop, then a barrier: every process enters the
     # first step's collectives together (see hosts.barrier).
     first_batch = next(data)
@@ -253,67 +219,62 @@ def train(config, workdir, *, source) -> dict:
         p_update, rstate, first_batch, name='the training step'
     )
     data = itertools.chain([first_batch], data)
-  metrics = _MetricsBuffer(writer, ckpt, config.logging.collapse_stop_below)
-  collapsed = lambda: metrics.low >= config.logging.collapse_stop_after
+  metrics = _MetricsBuffer(writer, ckpt, lg.collapse_stop_below)
+  collapsed = lambda: metrics.low >= lg.collapse_stop_after
+  extra = lambda: {
+      'wall_time_s': wall_time(),
+      'trajectory': resume.trajectory(config),
+  }
   preempted, agreements = False, 0  # agreements: all-gathers (logged, tested)
 
-  # No host-device or cross-host synchronisation at other steps than logging
-  # steps (every logging.every_steps, and the last): the pmapped steps are
-  # dispatched asynchronously, their metrics stay on the devices until the
-  # logging step fetches them all, and the decisions that need every
-  # process (preemption, the checkpoint clock) are agreed there.
   # The checkpoint clock counts training time, not restoring and compiling.
   ckpt.restart_clock()
   try:
     with preemption.PreemptionWatcher() as watcher:
-      while step < stop_at:
+      while step < d.stop_step:
         rstate, step_metrics = p_update(rstate, next(data))
         step += 1
         metrics.add(step, step_metrics)
-        sync = step % config.logging.every_steps == 0 or step == stop_at
+        sync = step % lg.every_steps == 0 or step == d.stop_step
         if sync:
           metrics.flush()
-        if (
-            config.logging.knn_every_steps
-            and step % config.logging.knn_every_steps == 0
-        ):
+        if lg.knn_every_steps and step % lg.knn_every_steps == 0:
           metrics.flush()
           online = parallel.unreplicate(rstate)  # frozen, in eval mode
-          writer.write(
-              step,
-              {
-                  'knn_top1': features.knn_eval(
-                      config, source, online.online_params, online.online_state
-                  )
-              },
+          knn = features.knn_eval(
+              config, source, online.online_params, online.online_state
           )
+          writer.write(step, {'knn_top1': knn})
         decision = preemption.decide(watcher, ckpt, sync)
         agreements += decision.collectives
         if (
             decision.preempt
-            or step == stop_at
+            or step == d.stop_step
             or collapsed()
             or ckpt.should_save(step, time_due=decision.time_due)
         ):
           metrics.flush()  # Never checkpoint a state whose loss is not finite.
-          _save(
-              ckpt,
-              step,
-              rstate,
-              {'wall_time_s': wall_time(), 'trajectory': trajectory},
-          )
+          try:
+            ckpt.save(step, parallel.unreplicate(rstate), extra(), force=True)
+          except checkpointing.NonFiniteStateError as e:
+            # The weights went non-finite in this step's update; its loss
+            # (computed before the update) was still finite.
+            raise NonFiniteLossError(
+                f'the training state became non-finite at step {step}; '
+                f'stopping without saving it. {_kept(ckpt)} ({e})'
+            ) from e
         if decision.preempt:
           ckpt.wait()  # The process is about to exit: commit first.
           logging.warning(
               '%s received at step %d: checkpoint saved in %s; '
               'rerun the same command to resume.',
-              watcher.signal_name or 'A preemption signal (on ' 'another host)',
+              watcher.signal_name or 'A preemption signal (on another host)',
               step,
               ckpt.directory,
           )
           preempted = True
           break
-        if collapsed() and step < stop_at:  # every process: _MetricsBuffer
+        if collapsed() and step < d.stop_step:  # every process: _MetricsBuffer
           ckpt.wait()  # commit the checkpoint before stopping
           raise CollapseError(
               f'the projections collapsed: collapse_std_projection was below '
@@ -337,6 +298,12 @@ def train(config, workdir, *, source) -> dict:
       step - start_step,
   )
   fingerprint = _check_same_state(parallel.unreplicate(rstate), step, 'final')
+  summary = {
+      'step': step,
+      'preempted': preempted,
+      'metrics': metrics.last,
+      'state_sha256': fingerprint,
+  }
   done_path = workdir_lib.pretrain_done_path(workdir)
   # Written when the run is complete (not when max_steps stopped it early);
   # a rerun of a finished run trains nothing and leaves the record alone.
@@ -357,38 +324,14 @@ def train(config, workdir, *, source) -> dict:
             }
         )
     )
-  return {
-      'step': step,
-      'preempted': preempted,
-      'metrics': metrics.last,
-      'state_sha256': fingerprint,
-  }
-
-
-def _save(
-    ckpt: checkpointing.Checkpointer, step: int, rstate, extra: dict
-) -> None:
-  """Checkpoints the replicated state (async); a non-finite one stops."""
-  try:
-    ckpt.save(
-        step, jax.device_get(parallel.unreplicate(rstate)), extra, force=True
-    )
-  except checkpointing.NonFiniteStateError as e:
-    # The weights went non-finite in this step's update; its loss (computed
-    # before the update) was still finite.
-    raise NonFiniteLossError(
-        f'the training state became non-finite at step {step}; stopping '
-        f'without saving it. {_kept(ckpt)} ({e})'
-    ) from e
+  return summary
 
 
 def _kept(ckpt) -> str:
-  latest = ckpt.latest_step()
-  if latest is None:
+  if (latest := ckpt.latest_step()) is None:
     return f'No checkpoint was saved yet in {ckpt.directory}.'
   return (
-      f'The last good checkpoint (step {latest}) in {ckpt.directory} is '
-      'kept.'
+      f'The last good checkpoint (step {latest}) in {ckpt.directory} is kept.'
   )
 
 
@@ -419,7 +362,6 @@ def _check_same_state(state, step: int, which: str) -> str:
 
 def load_latest_state(config, workdir) -> Optional[experiment.TrainState]:
   """The workdir's latest checkpointed TrainState (host NumPy), or None."""
-  ckpt = checkpointing.Checkpointer(workdir_lib.checkpoint_dir(workdir))
-  restored = ckpt.restore_latest(experiment.state_template(config))
-  ckpt.close()
+  with checkpointing.Checkpointer(workdir_lib.checkpoint_dir(workdir)) as ckpt:
+    restored = ckpt.restore_latest(experiment.state_template(config))
   return None if restored is None else restored.state

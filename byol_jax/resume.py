@@ -1,12 +1,9 @@
 """The resume contract: what shapes a pre-training trajectory.
 
-`trajectory(config)` is what shapes the training trajectory (model, method,
-seed, batch, step counts and schedules, optimiser, data source, size and
-crops); each checkpoint records it, and a run that would resume under a
-different one stops (`check_resume`) unless checkpoint.allow_changed_config.
-`write_config` writes the run's config.json and appends each start under a
-new or changed config to config_history.jsonl; `from_saved` reads a
-config.json back into a built config (older ones included).
+Each checkpoint records `trajectory(config)`, and a run that would resume
+under a different one stops (`check_resume`) unless
+checkpoint.allow_changed_config. `write_config` writes config.json and the
+history of starts; `from_saved` reads a config.json back (older ones too).
 """
 
 import datetime
@@ -16,7 +13,6 @@ from absl import logging
 import jax
 import ml_collections
 
-from byol_jax import checkpointing
 from byol_jax import configs
 from byol_jax import validation
 from byol_jax import workdir as workdir_lib
@@ -59,10 +55,8 @@ def check_built(config) -> None:
     )
 
 
-# ------------------------------------------------------------ resume contract
 # Fields that do not change the trajectory of pre-training: when to stop
-# (max_steps), how it is logged, checkpointed and evaluated, where TFDS lives,
-# and the inputs the derived step counts replace.
+# (max_steps), where data lives, and the inputs the derived step counts replace.
 _NOT_TRAJECTORY = (
     'training.max_steps',
     'training.num_epochs',
@@ -76,7 +70,6 @@ _NOT_TRAJECTORY = (
     'data.max_in_memory_mb',  # derived.data_path says
     'data.num_classes',
 )
-_TRAJECTORY_SECTIONS = ('model', 'training', 'data')
 _TRAJECTORY_DERIVED = (
     'num_train_examples',
     'num_classes',
@@ -84,35 +77,6 @@ _TRAJECTORY_DERIVED = (
     'warmup_steps',
     'data_path',
 )
-
-
-def flatten(tree: dict, prefix: str = '') -> dict:
-  """{'a': {'b': 1}} -> {'a.b': 1} (lists stay whole)."""
-  out = {}
-  for key, value in tree.items():
-    name = f'{prefix}{key}'
-    if isinstance(value, dict):
-      out.update(flatten(value, name + '.'))
-    else:
-      out[name] = value
-  return out
-
-
-def trajectory(config) -> dict:
-  """{dotted field: value} of all that shapes pre-training, sorted.
-
-  model.*, method, seed, training.* (but when to stop), the data source,
-  size and crops, and the derived step and class counts.
-  """
-  check_built(config)
-  tree = {'method': config.method, 'seed': config.seed}
-  for section in _TRAJECTORY_SECTIONS:
-    tree[section] = config[section].to_dict()
-  tree['derived'] = {k: config.derived.get(k) for k in _TRAJECTORY_DERIVED}
-  flat = flatten(tree)
-  return {k: v for k, v in sorted(flat.items()) if k not in _NOT_TRAJECTORY}
-
-
 # Trajectory fields added after checkpoints were first written, and the value
 # that reproduces what a checkpoint without them was trained under: images
 # at their own size, and the host (tf.data or numpy) crops. A digits or
@@ -120,6 +84,29 @@ def trajectory(config) -> dict:
 # checkpoint.allow_changed_config (its crops are now cut on the devices,
 # from other random draws); a streamed ImageNet run resumes as before.
 _TRAJECTORY_ADDED = {'data.cache_side': 0, 'derived.data_path': STREAMING}
+
+
+def flatten(tree: dict, prefix: str = '') -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1} (lists stay whole)."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def trajectory(config) -> dict:
+  """{dotted field: value} of model.*, method, seed, training.* and data.* but
+  when to stop and where data lives, and the derived counts; sorted."""
+  check_built(config)
+  tree = {'method': config.method, 'seed': config.seed}
+  for section in ('model', 'training', 'data'):
+    tree[section] = config[section].to_dict()
+  tree['derived'] = {k: config.derived.get(k) for k in _TRAJECTORY_DERIVED}
+  flat = flatten(tree)
+  return {k: v for k, v in sorted(flat.items()) if k not in _NOT_TRAJECTORY}
 
 
 def upgrade_trajectory(old: dict) -> dict:
@@ -138,44 +125,40 @@ def describe_changes(diff: dict) -> str:
   return ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in diff.items())
 
 
-# ------------------------------------------------ the workdir's record of it
-def check_resume(config, ckpt: checkpointing.Checkpointer) -> dict:
+def check_resume(config, ckpt) -> dict:
   """The trajectory changes the run resumes under (empty: none, or no record).
 
-  Raises:
-    validation.ConfigError: the network changed, or the trajectory changed
-      without checkpoint.allow_changed_config; the workdir is untouched.
+  `ckpt` is the workdir's checkpointing.Checkpointer. Raises
+  validation.ConfigError (the workdir untouched) when the network changed, or
+  the trajectory without checkpoint.allow_changed_config.
   """
   latest = ckpt.latest_extra()
   if latest is None:
     return {}
   step, extra = latest
-  old = extra.get('trajectory')
-  if old is None:
+  where = f'{ckpt.directory} holds step {step} of a run'
+  if (old := extra.get('trajectory')) is None:
     logging.warning(
-        'Checkpoint %s records no config trajectory (written by '
-        'an older version): resuming without checking it.',
-        ckpt.directory / str(step),
+        '%s from an older version, recording no config: resuming without '
+        'checking it.',
+        where,
     )
     return {}
   diff = changes(upgrade_trajectory(old), trajectory(config))
-  structural = [
-      k
-      for k in diff
+  if structural := {
+      k: v
+      for k, v in diff.items()
       if k.split('.')[0] in ('method', 'model') or k == 'derived.num_classes'
-  ]
-  if structural:
+  }:
     raise validation.ConfigError(
-        f'{ckpt.directory} holds step {step} of a run with another network: '
-        f'{describe_changes({k: diff[k] for k in structural})}; a '
+        f'{where} with another network: {describe_changes(structural)}; a '
         'checkpoint cannot be resumed under another architecture (not even '
         'with checkpoint.allow_changed_config): use a fresh --workdir.'
     )
   if diff and not config.checkpoint.allow_changed_config:
     raise validation.ConfigError(
-        f'{ckpt.directory} holds step {step} of a run trained under another '
-        f'config: {describe_changes(diff)}. Resume with the old values, '
-        'use a fresh --workdir, or pass '
+        f'{where} trained under another config: {describe_changes(diff)}. '
+        'Resume with the old values, use a fresh --workdir, or pass '
         '--config.checkpoint.allow_changed_config=true to resume anyway (e.g. '
         f'to extend a finished run; recorded in {workdir_lib.CONFIG_HISTORY}).'
     )
@@ -192,17 +175,16 @@ def check_resume(config, ckpt: checkpointing.Checkpointer) -> dict:
 def write_config(
     config, workdir, *, start_step: int, trajectory_changes: dict
 ) -> None:
-  """Writes config.json and logs a new or changed config to the history.
-
-  Process 0 only; config_history.jsonl gets the time, the start step and
-  each changed field.
-  """
+  """Process 0: config.json, and a config_history.jsonl line (time, start
+  step, changed fields) for a new or changed config."""
   if jax.process_index() != 0:
     return
   path = workdir_lib.config_path(workdir)
-  new = json.loads(config.to_json_best_effort())
-  old = json.loads(path.read_text()) if path.exists() else None
-  diff = {} if old is None else changes(flatten(old), flatten(new))
+  text = config.to_json_best_effort(indent=2)
+  old = path.read_text() if path.exists() else None
+  diff = {}
+  if old is not None:
+    diff = changes(flatten(json.loads(old)), flatten(json.loads(text)))
   if old is None or diff or trajectory_changes:
     entry = {
         'time': datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -214,8 +196,7 @@ def write_config(
     }
     with workdir_lib.config_history_path(workdir).open('a') as f:
       f.write(json.dumps(entry) + '\n')
-  text = config.to_json_best_effort(indent=2)
-  if old is None or path.read_text() != text:
+  if old != text:
     tmp = path.parent / (path.name + '.tmp')
     tmp.write_text(text)
     tmp.replace(path)  # a reader never sees a half-written config.json

@@ -31,44 +31,34 @@ def run(
     explicit=frozenset(),
     on_checked=None,
 ) -> dict:
-  """Builds the run from `config` and runs it in `workdir`; returns a summary.
+  """Pre-training and linear evaluation (each skipped once done) in `workdir`.
 
-  Pre-training (resumed from the workdir's latest checkpoint), then linear
-  evaluation when config.eval.after_pretraining (skipped when
-  eval_results.json already holds it: a rerun of a finished run does nothing);
-  with eval.pretrain_workdir, linear evaluation of that run only. `explicit`:
-  the fields `--config.*` set; `on_checked`: called once the run is built and
-  its checkpoint checked (main turns INFO logging back on there).
-
-  Raises:
-    plan.ConfigError: before anything compiles: a config that cannot run or
-      would resume another config's checkpoint, a workdir that is a file or
-      that another run writes.
-    checkpointing.DiskFullError: the workdir's disk filled up.
+  `explicit`: the fields `--config.*` set; `on_checked`: called once the run
+  is built and its checkpoint checked, before anything compiles.
   """
   workdir_lib.check_not_a_file(workdir)
   built = plan.build(config, topology=topology, explicit=explicit)
   try:
     with _training_lock(workdir):
-      return _run(built, workdir, on_checked)
+      return _run(built.config, built.source, workdir, on_checked)
   except Exception as e:  # pylint: disable=broad-except
     if not _is_disk_full(e):
       raise
-    _QuietLibraries.disk_full = True
-    where = getattr(e, 'filename', None) or workdir
+    _quiet.disk_full = True
     ckpts = workdir_lib.checkpoint_dir(workdir)
     steps = sorted(int(p.name) for p in ckpts.glob('*') if p.name.isdigit())
     raise checkpointing.DiskFullError(
-        f'no space left on the device of {where} '
+        'no space left on the device of '
+        f'{getattr(e, "filename", None) or workdir} '
         f'({str(e).splitlines()[0][:300]}). The earlier checkpoints are '
         f'intact (steps {steps or "none yet"} in {ckpts}): free space there, '
         'then rerun the same command to resume.'
     ) from e
 
 
-def _run(built, workdir, on_checked) -> dict:
-  config, source = built.config, built.source
-  if config.derived.mode == 'pretrain':
+def _run(config, source, workdir, on_checked) -> dict:
+  pretraining = config.derived.mode == 'pretrain'
+  if pretraining:
     pretrain.check_workdir(config, workdir)  # before anything is logged
   if on_checked is not None:
     on_checked()
@@ -83,46 +73,39 @@ def _run(built, workdir, on_checked) -> dict:
       jax.device_count(),
       jax.local_devices(),
   )
-  if config.derived.mode == 'linear_eval':
-    done = _done_eval(config, workdir, config.derived.pretrain_checkpoint_step)
-    if done is not None:
-      return done
-    return linear_eval.run_linear_eval_from_workdir(
-        config,
-        workdir,
-        source=source,
-        extra={'eval_inputs': eval_signature(config)},
+  signature = {'eval_inputs': eval_signature(config)}
+  if not pretraining:
+    step = config.derived.pretrain_checkpoint_step
+    return _done_eval(config, workdir, step) or (
+        linear_eval.run_linear_eval_from_workdir(
+            config, workdir, source=source, extra=signature
+        )
     )
   summary = pretrain.train(config, workdir, source=source)
+  step = summary['step']
   if (
       config.eval.after_pretraining
       and not summary['preempted']
-      and summary['step'] >= config.derived.total_steps
+      and step >= config.derived.total_steps
   ):
-    done = _done_eval(config, workdir, summary['step'])
-    if done is not None:
-      summary['eval'] = done
-      return summary
-    state = pretrain.load_latest_state(config, workdir)
-    summary['eval'] = linear_eval.run_linear_eval(
-        config,
-        workdir,
-        state.online_params,
-        state.online_state,
-        source=source,
-        extra={
-            'checkpoint_step': summary['step'],
-            'eval_inputs': eval_signature(config),
-        },
-    )
+    summary['eval'] = _done_eval(config, workdir, step)
+    if summary['eval'] is None:
+      state = pretrain.load_latest_state(config, workdir)
+      summary['eval'] = linear_eval.run_linear_eval(
+          config,
+          workdir,
+          state.online_params,
+          state.online_state,
+          source=source,
+          extra={'checkpoint_step': step, **signature},
+      )
   return summary
 
 
 @contextlib.contextmanager
 def _training_lock(workdir):
   """workdir.TrainingLock held by process 0; every process stops if refused."""
-  lock = workdir_lib.TrainingLock(workdir)
-  error = None
+  lock, error = workdir_lib.TrainingLock(workdir), None
   if jax.process_index() == 0:
     try:
       lock.acquire()
@@ -140,8 +123,7 @@ def _training_lock(workdir):
   try:
     yield
   finally:
-    if jax.process_index() == 0:
-      lock.release()
+    lock.release()
 
 
 def _is_disk_full(error) -> bool:
@@ -149,14 +131,13 @@ def _is_disk_full(error) -> bool:
 
   orbax 0.12.8 raised tensorstore's ValueError('RESOURCE_EXHAUSTED: ... No
   space left on device') on a full tmpfs; Python's own writes OSError(ENOSPC).
+  Not RESOURCE_EXHAUSTED alone: XLA says that for device memory too.
   """
   full, seen = (errno.ENOSPC, errno.EDQUOT), set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
-    text = str(error)
-    # Not RESOURCE_EXHAUSTED alone: XLA says that for device memory too.
     if getattr(error, 'errno', None) in full or any(
-        os.strerror(code) in text for code in full
+        os.strerror(code) in str(error) for code in full
     ):
       return True
     error = error.__cause__ or error.__context__
@@ -165,56 +146,46 @@ def _is_disk_full(error) -> bool:
 
 def eval_signature(config) -> dict:
   """What a linear evaluation's numbers depend on besides the encoder (flat)."""
-  return json.loads(
-      json.dumps(
-          resume.flatten(
-              {
-                  'eval': config.eval.to_dict(),
-                  'seed': config.seed,
-                  'data': config.data.to_dict(),
-                  'splits': config.derived.splits.to_dict(),
-                  'num_classes': config.derived.num_classes,
-              }
-          )
-      )
-  )
+  tree = {
+      'eval': config.eval.to_dict(),
+      'seed': config.seed,
+      'data': config.data.to_dict(),
+      'splits': config.derived.splits.to_dict(),
+      'num_classes': config.derived.num_classes,
+  }
+  return json.loads(json.dumps(resume.flatten(tree)))
 
 
 def _done_eval(config, workdir, step):
   """eval_results.json when it holds this step's evaluation under config."""
   path = workdir_lib.eval_results_path(workdir)
-  if not path.exists():
-    return None
-  results = json.loads(path.read_text())
-  if results.get('checkpoint_step') == step and results.get(
+  results = json.loads(path.read_text()) if path.exists() else {}
+  if results.get('checkpoint_step') != step or results.get(
       'eval_inputs'
-  ) == eval_signature(config):
-    logging.info(
-        'Linear evaluation of step %d already in %s; skipped.', step, path
-    )
-    return results
-  return None
+  ) != eval_signature(config):
+    return None
+  logging.info(
+      'Linear evaluation of step %d already in %s; skipped.', step, path
+  )
+  return results
 
 
-class _QuietLibraries(logging_lib.Filter):
-  """Drops orbax's and etils' INFO records, and a full disk's errors.
+def _quiet(record) -> bool:
+  """Drops orbax's and etils' INFO records, and a full disk's errors (run()
+  says it in one line; orbax's threads would log it until exit)."""
+  if not any(f'/{lib}/' in record.pathname for lib in ('orbax', 'etils')):
+    return True
+  if record.levelno < logging_lib.WARNING or _quiet.disk_full:
+    return False
+  error = record.exc_info[1] if record.exc_info else None
+  return not (
+      _is_disk_full(error) or _is_disk_full(Exception(record.getMessage()))
+  )
 
-  run() says a full disk in one line; orbax's threads would log it until exit.
-  """
 
-  disk_full = False  # set by run() when it raises DiskFullError
-
-  def filter(self, record):
-    if not any(f'/{lib}/' in record.pathname for lib in ('orbax', 'etils')):
-      return True
-    if record.levelno < logging_lib.WARNING or self.disk_full:
-      return False
-    error = record.exc_info[1] if record.exc_info else None
-    return not (
-        _is_disk_full(error) or _is_disk_full(Exception(record.getMessage()))
-    )
+_quiet.disk_full = False  # set by run() when it raises DiskFullError
 
 
 def quiet_libraries() -> None:
   """Keeps the console to our progress lines (entry points call this)."""
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logging.get_absl_handler().addFilter(_quiet)

@@ -63,14 +63,9 @@ def check_not_a_file(workdir) -> None:
 
 
 class TrainingLock:
-  """WORKDIR/training.lock: at most one run writes a workdir at a time.
-
-  On POSIX filesystems the lock is the kernel's fcntl.flock: of two starts
-  exactly one gets it, and it dies with its process (SIGKILL included); the
-  file only names the holder (host, pid) for the refusal. On gs:// the file
-  itself is the lock, checked then written (two starts within a second could
-  both pass); one left by a killed run is deleted by hand.
-  """
+  """At most one run writes a workdir: fcntl.flock (freed when its process
+  dies), the file naming the holder; on gs:// the file itself, checked then
+  written (racy; a killed run's is deleted by hand)."""
 
   def __init__(self, workdir):
     self._workdir = workdir

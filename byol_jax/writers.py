@@ -37,10 +37,7 @@ def format_duration(seconds: float) -> str:
 
 
 class MetricWriter:
-  """Writes scalar metrics of one run to jsonl, TensorBoard and the console.
-
-  `images_per_step` (the global batch) and `total_steps` feed img/s and ETA.
-  """
+  """Scalar metrics to jsonl, TensorBoard and the console (img/s, ETA)."""
 
   def __init__(
       self,
@@ -63,11 +60,7 @@ class MetricWriter:
       self._workdir.mkdir(parents=True, exist_ok=True)
 
   def write(self, step: int, metrics: Mapping[str, object]) -> None:
-    """Appends {"step": step, **scalar metrics} to the jsonl and TensorBoard.
-
-    Non-finite values are written as NaN/Infinity (json parses them back);
-    ValueError for a non-scalar metric or one named 'step'.
-    """
+    """Appends {"step": step, **scalar metrics} (NaN as json's NaN)."""
     if not self._is_chief:
       return
     if 'step' in metrics:
@@ -116,11 +109,7 @@ class MetricWriter:
     )
 
   def console(self, step: int, metrics: Mapping[str, object]) -> Optional[str]:
-    """Logs and returns one progress line (None on non-chief processes).
-
-    E.g. `step 200/1000 (20.0%) | loss 0.4321 | lr 1.20e-01 | tau 0.99612 |
-    512.0 img/s | ETA 2m40s`, the rates from the wall time since the last call.
-    """
+    """Logs and returns the progress line (rates since the last call)."""
     if not self._is_chief:
       return None
     now, step, total = self._time_fn(), int(step), self._total_steps
@@ -175,11 +164,7 @@ class MetricWriter:
 
 
 def read_metrics(workdir) -> list[dict]:
-  """WORKDIR/metrics.jsonl as a list of dicts; [] when absent.
-
-  A truncated last line (killed mid-write) is skipped with a warning; any other
-  bad line is a ValueError naming the file and line.
-  """
+  """WORKDIR/metrics.jsonl's rows; a truncated last line skipped, warned."""
   path = workdir_lib.metrics_path(workdir)
   lines = path.read_text().splitlines() if path.exists() else []
   rows = []
