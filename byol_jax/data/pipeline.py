@@ -271,20 +271,10 @@ def _compiled(fn, devices: tuple, gathered: bool, **static):
 
 
 def _place(source, split, layout, on):
-  """(devices, put, gather(idx), labels) of a split placed once, on the source.
-
-  gather(idx) is the images argument of _compiled's function: the copies on
-  the devices, or the examples gathered on the host.
-  """
+  """(devices, put, gather(idx) -> the images argument, labels), placed once."""
   if on not in ('device', 'host'):
     raise ValueError(f'in_memory_on={on!r}: use one of device, host.')
-  local = jax.local_devices()
-  if layout.devices > len(local):
-    raise ValueError(
-        f'local_device_count={layout.devices} but this process has '
-        f'{len(local)} devices; in-memory data is cropped on the devices'
-    )
-  devices = tuple(local[: layout.devices])
+  devices = tuple(jax.local_devices()[: layout.devices])
   put = lambda x: jax.device_put(x, parallel.device_sharding(devices))
   placed = source.__dict__.setdefault('_placed', {})
   key = (split, tuple(d.id for d in devices), on)

@@ -256,10 +256,6 @@ def eval_iterator(source, split, layout, image_size, num_threads, num_batches):
     image = _decode_crop_resize(tf, image_bytes, box, image_size)
     return {'image': image, 'label': tf.cast(label, tf.int32), 'mask': True}
 
-  pad = {
-      'image': tf.zeros([image_size, image_size, 3]),
-      'label': 0,
-      'mask': False,
-  }
+  pad = {'image': tf.zeros([image_size] * 2 + [3]), 'label': 0, 'mask': False}
   stream = _stream(tf, source, split, layout, None, 0)
   return _batches(tf, stream, center, layout, num_threads, pad, num_batches)
