@@ -1,18 +1,15 @@
 """One training step, top to bottom, from a built config (plan.build).
 
-As the official byol/byol_experiment.py: `make_update` returns the step, which
-augments both views on device, forwards them through the online and target
-networks, takes the method's loss (BYOL's symmetric regression, SimCLR's
-InfoNCE) and its gradient, averages it over the devices, applies LARS, moves
-the target (the method's target update: BYOL's EMA, none for SimCLR) and
-reports the metrics. The methods (methods/byol.py, methods/simclr.py) say only
-what differs between them.
+As the official byol/byol_experiment.py, `make_update`'s step augments both
+views on device, forwards them through the online and target networks, takes
+the method's loss and its gradient, averages it over the devices, applies
+LARS, moves the target (BYOL's EMA) and reports the metrics; the methods
+(methods/byol.py, methods/simclr.py) say only what differs.
 
-Randomness: `state.rng` is a fixed base key; the step's key is
-fold_in(rng, step), each example's augmentation key fold_in(step key, global
-example index) (lax.axis_index is global under multi-controller pmap). A
-step's result thus depends only on (seed, step, global batch), not on how the
-batch is split over devices: 1-device and 8-device updates are equal.
+Randomness: the step's key is fold_in(state.rng, step), each example's
+augmentation key fold_in(step key, global example index) (lax.axis_index is
+global under multi-controller pmap), so 1-device and 8-device updates of the
+same global batch are equal.
 """
 
 import functools
@@ -38,11 +35,10 @@ class TrainState(NamedTuple):
   Attributes:
     step: int32 scalar, the number of updates applied.
     rng: the base PRNG key.
-    online_params, online_state: the online network's Haiku parameters and
-      state (BN moving averages; {} without BN).
+    online_params, online_state: Haiku trees (state: BN averages, or {}).
     target_params, target_state: the online trees restricted to
-      networks.TARGET_MODULES; {} without a target network (SimCLR).
-    opt_state: the optimizer's state of the online parameters.
+      networks.TARGET_MODULES ({} for SimCLR).
+    opt_state: LARS's state of the online params.
   """
 
   step: jax.Array
@@ -57,10 +53,8 @@ class TrainState(NamedTuple):
 def make_method(
     config, axis_name: Optional[str] = parallel.AXIS_NAME
 ) -> networks.Method:
-  """The networks.Method `config.method` names, for the run's model."""
+  """The networks.Method of `config.method` (validated by plan.build)."""
   num_classes = config.derived.num_classes
-  if config.method == methods.BYOL:
-    return byol.make_byol(config.model, num_classes, axis_name=axis_name)
   if config.method == methods.SIMCLR:
     return simclr.make_simclr(
         config.model,
@@ -68,9 +62,7 @@ def make_method(
         temperature=config.training.temperature,
         axis_name=axis_name,
     )
-  raise ValueError(
-      f'method={config.method!r}: use one of ' f'{", ".join(methods.METHODS)}.'
-  )
+  return byol.make_byol(config.model, num_classes, axis_name=axis_name)
 
 
 def learning_rate_fn(config):
@@ -86,12 +78,12 @@ def learning_rate_fn(config):
 
 
 def _lars(config, learning_rate):
-  """optim.make_optimizer with the run's hyper-parameters and learning rate."""
+  t = config.training
   return optim.make_optimizer(
       learning_rate,
-      weight_decay=config.training.weight_decay,
-      trust_coefficient=config.training.trust_coefficient,
-      lr_multipliers={'predictor': config.training.predictor_lr_multiplier},
+      weight_decay=t.weight_decay,
+      trust_coefficient=t.trust_coefficient,
+      lr_multipliers={'predictor': t.predictor_lr_multiplier},
   )
 
 
@@ -110,27 +102,20 @@ def init_train_state(
   """A TrainState at step 0 (target = copy of online), unreplicated.
 
   Args:
-    method: from make_method (methods.byol.make_byol, simclr.make_simclr).
-    optimizer: optim.make_optimizer's (LARS).
+    method, optimizer: make_method's and optim.make_optimizer's (LARS).
     rng: a PRNG key (the run's seed).
-    images: [B, H, W, 3] images fixing the input shape (sample_images).
+    images: [B, H, W, 3], fixing the input shape (sample_images).
   """
   init_rng, base_rng = jax.random.split(rng)
-  params, state, target_params, target_state = method.init(init_rng, images)
-  return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      rng=base_rng,
-      online_params=params,
-      online_state=state,
-      target_params=target_params,
-      target_state=target_state,
-      opt_state=optimizer.init(params),
-  )
+  # (online params, online state, target params, target state).
+  trees = method.init(init_rng, images)
+  step = jnp.zeros((), jnp.int32)
+  return TrainState(step, base_rng, *trees, optimizer.init(trees[0]))
 
 
 def init_objects(config):
   """(method, optimizer) without schedules (LARS's state holds no rate)."""
-  return (make_method(config, axis_name=None), _lars(config, lambda step: 0.0))
+  return make_method(config, axis_name=None), _lars(config, lambda step: 0.0)
 
 
 def state_template(config) -> TrainState:
@@ -174,12 +159,8 @@ def loss_fn(
   target, target_state = method.target(target_params, target_state, views)
   loss, metrics = method.loss(online, target)
   classif, monitors = networks.classifier_and_monitors(online[0], labels)
-  metrics = dict(monitors, loss=loss, **metrics)
-  return loss + classif, (
-      online_state,
-      target_state,
-      jax.lax.stop_gradient(metrics),
-  )
+  metrics = jax.lax.stop_gradient(dict(monitors, loss=loss, **metrics))
+  return loss + classif, (online_state, target_state, metrics)
 
 
 def make_update(
@@ -192,39 +173,29 @@ def make_update(
 
   Args:
     config: a built config (plan.build).
-    axis_name: the collective axis of the step (gradients, metrics,
-      cross-replica BN and InfoNCE's negatives), or None on one device.
+    axis_name: the step's collective axis, or None on one device.
     augment_fn: (keys [B], images [B, H, W, 3] in [0, 1], view 1|2) ->
       augmented, normalised images (tests swap in a cheaper one).
 
   Returns:
-    method, optimizer and the pure update(state, batch) -> (state, metrics);
-    batch is this device's part: 'view1', 'view2' [B, H, W, 3] float in
-    [0, 1] and 'label' [B] int; metrics float32 scalars, pmean'd.
+    method, optimizer and the pure update(state, batch) -> (state, metrics):
+    batch is this device's 'view1', 'view2' [B, H, W, 3] float in [0, 1] and
+    'label' [B] int; metrics float32 scalars, pmean'd.
   """
   method = make_method(config, axis_name)
   learning_rate = learning_rate_fn(config)
   optimizer = _lars(config, learning_rate)
-  target_ema = functools.partial(
-      schedules.target_ema,
-      base_ema=config.training.base_ema,
-      total_steps=config.derived.total_steps,
-  )
+  base_ema, total_steps = config.training.base_ema, config.derived.total_steps
 
   def update(state: TrainState, batch):
     rng1, rng2 = jax.random.split(jax.random.fold_in(state.rng, state.step))
-    batch_size = batch['view1'].shape[0]
+    keys = lambda rng: example_keys(rng, batch['view1'].shape[0], axis_name)
     views = (
-        augment_fn(
-            example_keys(rng1, batch_size, axis_name), batch['view1'], 1
-        ),
-        augment_fn(
-            example_keys(rng2, batch_size, axis_name), batch['view2'], 2
-        ),
+        augment_fn(keys(rng1), batch['view1'], 1),
+        augment_fn(keys(rng2), batch['view2'], 2),
     )
-    grads, (online_state, target_state, metrics) = jax.grad(
-        functools.partial(loss_fn, method), has_aux=True
-    )(
+    grad_fn = jax.grad(functools.partial(loss_fn, method), has_aux=True)
+    grads, (online_state, target_state, metrics) = grad_fn(
         state.online_params,
         state.online_state,
         state.target_params,
@@ -239,7 +210,9 @@ def make_update(
         grads, state.opt_state, state.online_params
     )
     online_params = optax.apply_updates(state.online_params, updates)
-    tau = target_ema(state.step)
+    tau = schedules.target_ema(
+        state.step, base_ema=base_ema, total_steps=total_steps
+    )
     # The target moves after the online update, towards the new online
     # weights (official code order).
     target_params = method.target_update(
@@ -251,18 +224,15 @@ def make_update(
         tau=jnp.asarray(tau, jnp.float32),
         grad_norm=optax.tree.norm(grads),
     )
-    return (
-        TrainState(
-            step=state.step + 1,
-            rng=state.rng,
-            online_params=online_params,
-            online_state=online_state,
-            target_params=target_params,
-            target_state=target_state,
-            opt_state=opt_state,
-        ),
-        metrics,
+    new_state = state._replace(
+        step=state.step + 1,
+        online_params=online_params,
+        online_state=online_state,
+        target_params=target_params,
+        target_state=target_state,
+        opt_state=opt_state,
     )
+    return new_state, metrics
 
   return method, optimizer, update
 

@@ -1,7 +1,4 @@
-"""Losses of BYOL and of the SimCLR baseline: pure, per-device functions.
-
-The caller pmeans what it needs over the collective axis.
-"""
+"""Losses of BYOL and the SimCLR baseline: per-device (the caller pmeans)."""
 
 from typing import Dict, Optional, Tuple
 
@@ -9,19 +6,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-# SimCLR masks self-similarities by subtracting a large number from the
-# logits (official simclr/tf2/objective.py uses LARGE_NUM = 1e9). A finite
-# value keeps the softmax free of inf - inf = NaN.
+# Subtracted from self-similarity logits, as the official SimCLR
+# objective.py; finite, so the softmax has no inf - inf = NaN.
 _LARGE_NUM = 1e9
 
 
 def l2_normalize(
     x: jnp.ndarray, axis: int = -1, eps: float = 1e-12
 ) -> jnp.ndarray:
-  """x / max(||x||, sqrt(eps)) along `axis`: zero vectors map to 0, not NaN.
-
-  As the official code (byol/utils/helpers.py): `eps` bounds the squared norm.
-  """
+  """x / max(||x||, sqrt(eps)) along `axis` (official helpers.py): 0 -> 0."""
   square_sum = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
   return x * jax.lax.rsqrt(jnp.maximum(square_sum, eps))
 
@@ -33,21 +26,17 @@ def regression_loss(
 
   Args:
     x: [..., D] predictions, any float dtype (computed in float32).
-    y: targets, shape of `x`.
+    y: targets, shape of `x` (else ValueError).
     eps: lower bound on the squared norm in the normalisation.
 
   Returns:
     float32 [...] in [0, 4] (0 parallel, 2 orthogonal, 4 opposite).
-
-  Raises:
-    ValueError: x and y differ in shape.
   """
   if x.shape != y.shape:
     raise ValueError(
         f'regression_loss: x and y must have the same shape, got '
         f'{x.shape} and {y.shape}.'
     )
-  # Losses are computed in float32 even when the network runs in bfloat16.
   normed_x = l2_normalize(x.astype(jnp.float32), axis=-1, eps=eps)
   normed_y = l2_normalize(y.astype(jnp.float32), axis=-1, eps=eps)
   return jnp.sum(jnp.square(normed_x - normed_y), axis=-1)
@@ -61,10 +50,8 @@ def byol_loss(
 ) -> jnp.ndarray:
   """Symmetrised BYOL loss (paper §3.1, L^BYOL = L + L~), mean over the batch.
 
-  As the official code (byol/byol_experiment.py): the two views' regression
-  losses summed per example, then averaged, so the value lies in [0, 8]. The
-  target projections are stop-gradient'ed here: the target never receives a
-  gradient, whatever the caller does (it moves by the EMA of eq. 1).
+  As the official byol_experiment.py: the views' losses summed per example,
+  then averaged (in [0, 8]); the target never gets a gradient (eq. 1).
 
   Args:
     online_pred_1, online_pred_2: [B, D] online predictions of views 1 and 2.
@@ -74,12 +61,9 @@ def byol_loss(
     float32 scalar mean_b [l(p1, sg(z2)) + l(p2, sg(z1))]; with equal local
     batches its pmean over devices is the global batch's loss.
   """
-  target_proj_1 = jax.lax.stop_gradient(target_proj_1)
-  target_proj_2 = jax.lax.stop_gradient(target_proj_2)
-  loss = regression_loss(online_pred_1, target_proj_2) + regression_loss(
-      online_pred_2, target_proj_1
-  )
-  return jnp.mean(loss)
+  sg = jax.lax.stop_gradient
+  loss = regression_loss(online_pred_1, sg(target_proj_2))
+  return jnp.mean(loss + regression_loss(online_pred_2, sg(target_proj_1)))
 
 
 def softmax_cross_entropy(
@@ -135,72 +119,58 @@ def infonce_loss(
 ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
   """SimCLR's NT-Xent (Chen et al., 2020, eq. 1) with global-batch negatives.
 
-  For each anchor the positive is the other view of its image; the negatives are
-  the 2N - 2 other embeddings of the global batch of N images, with cosine
-  similarity / temperature as logits. As SimCLR on TPU (simclr/tf2/objective.py,
-  tpu_cross_replica_concat), with `axis_name` z1 and z2 are all-gathered and the
-  positive's label is offset by axis_index * local_batch.
-
-  Averaging follows the paper (Alg. 1: the mean over all 2N anchors), not the
-  official code's loss_a + loss_b (twice this). With equal local batches the
-  pmean of this loss, and of the parameter gradients (all_gather transposes to
-  psum_scatter), equals the one-device loss on the global batch exactly.
+  Each anchor's positive is the other view of its image, its negatives the
+  2N - 2 other embeddings of the global batch; logits: cosine / temperature.
+  Negatives all-gathered over `axis_name` as SimCLR on TPU (objective.py,
+  tpu_cross_replica_concat); the mean over the 2N anchors as the paper's
+  Alg. 1 (the official loss_a + loss_b is twice it). With equal local
+  batches, its pmean and its gradients' equal the one-device global batch's.
 
   Args:
     z1: [n, D] projections of view 1 on this device (not yet normalised).
     z2: [n, D] projections of view 2, row i the same image as z1[i].
-    temperature: tau > 0 (SimCLR: 0.1 for ImageNet at large batch, 0.5 for
-      CIFAR-10).
+    temperature: > 0 (SimCLR: 0.1 ImageNet, 0.5 CIFAR-10).
     axis_name: the collective axis to gather negatives over, or None.
 
   Returns:
-    (loss, metrics): the float32 scalar mean cross-entropy over the local 2n
-    anchors; metrics 'infonce_loss' (the same) and 'contrastive_top1_acc'.
+    (float32 mean cross-entropy over the local 2n anchors, metrics
+    'infonce_loss' (the same) and 'contrastive_top1_acc').
 
   Raises:
     ValueError: temperature <= 0, or z1 and z2 not 2-D of one shape.
   """
   if temperature <= 0:
     raise ValueError(
-        f'infonce_loss: temperature must be > 0, got ' f'{temperature}.'
+        f'infonce_loss: temperature must be > 0, got {temperature}.'
     )
   if z1.ndim != 2 or z1.shape != z2.shape:
     raise ValueError(
         f'infonce_loss: z1 and z2 must both be [batch, dim] of '
         f'the same shape, got {z1.shape} and {z2.shape}.'
     )
-  local_batch = z1.shape[0]
+  n = z1.shape[0]
   # float32 even under bfloat16 compute: 1/temperature magnifies rounding.
   z1 = l2_normalize(z1.astype(jnp.float32), axis=-1)
   z2 = l2_normalize(z2.astype(jnp.float32), axis=-1)
-
-  if axis_name is None:
-    z1_all, z2_all = z1, z2
-    offset = 0
-  else:
-    # [devices * n, D], device-major, so local row i is global row
-    # axis_index * n + i.
-    z1_all = jax.lax.all_gather(z1, axis_name, tiled=True)
+  z1_all, z2_all, offset = z1, z2, 0
+  if axis_name is not None:  # [devices * n, D]: local row i is global row
+    z1_all = jax.lax.all_gather(z1, axis_name, tiled=True)  # index * n + i.
     z2_all = jax.lax.all_gather(z2, axis_name, tiled=True)
-    offset = jax.lax.axis_index(axis_name) * local_batch
-  global_batch = z1_all.shape[0]
+    offset = jax.lax.axis_index(axis_name) * n
+  labels = jnp.arange(n) + offset  # the positive, in [0, N).
+  # Each anchor's similarity with itself (column `labels` of the same-view
+  # block) is masked: neither positive nor negative.
+  self_mask = jax.nn.one_hot(labels, z1_all.shape[0], dtype=z1.dtype)
 
-  labels = jnp.arange(local_batch) + offset  # the positive, in [0, N).
-  # Each anchor's similarity with itself is masked (it is neither positive
-  # nor negative); it sits in the same-view block at column `labels`.
-  self_mask = jax.nn.one_hot(labels, global_batch, dtype=z1.dtype)
+  def anchor_logits(anchors, other_view, same_view):  # [n, 2N]
+    cross = anchors @ other_view.T / temperature  # holds the positive.
+    same = anchors @ same_view.T / temperature - self_mask * _LARGE_NUM
+    return jnp.concatenate([cross, same], axis=-1)
 
-  logits_12 = z1 @ z2_all.T / temperature  # view-1 anchors vs all view 2.
-  logits_11 = z1 @ z1_all.T / temperature - self_mask * _LARGE_NUM
-  logits_21 = z2 @ z1_all.T / temperature
-  logits_22 = z2 @ z2_all.T / temperature - self_mask * _LARGE_NUM
-  # [n, 2N]: the positive is column `labels` (the other view); the other
-  # 2N - 2 unmasked columns are the negatives.
-  logits_1 = jnp.concatenate([logits_12, logits_11], axis=-1)
-  logits_2 = jnp.concatenate([logits_21, logits_22], axis=-1)
-  logits = jnp.concatenate([logits_1, logits_2], axis=0)  # [2n, 2N]
+  logits = jnp.concatenate(
+      [anchor_logits(z1, z2_all, z1_all), anchor_logits(z2, z1_all, z2_all)]
+  )  # [2n, 2N]
   all_labels = jnp.concatenate([labels, labels], axis=0)
-
   loss = softmax_cross_entropy(logits, all_labels)
   acc = jnp.mean(topk_correct(logits, all_labels, 1))
   return loss, {'infonce_loss': loss, 'contrastive_top1_acc': acc}

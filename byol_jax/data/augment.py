@@ -1,16 +1,11 @@
 """BYOL's image augmentations, on device, as pure functions of explicit keys.
 
-The input pipeline only crops and resizes; the rest of the paper's
-augmentation (BYOL Appendix B, Table 6; official byol/utils/augmentations.py)
-happens here, per example and per view:
-
-    flip -> colour jitter (random order) -> grayscale -> blur -> solarize
-    -> clip to [0, 1] -> ImageNet mean/std normalisation
-
-Per-example choices are `jnp.where` selects, not `lax.cond`: under vmap a cond
-lowers to a select that evaluates both branches anyway, and selects keep the
-graph fusible. Each op is thus computed for the whole batch (view 2's blur for
-all examples, kept for 10%): memory-bound and cheap next to the ResNet step.
+After the pipeline's crop and resize, per example and view (BYOL Appendix B,
+Table 6; official byol/utils/augmentations.py): flip -> colour jitter (random
+order) -> grayscale -> blur -> solarize -> clip to [0, 1] -> normalisation.
+Choices are `jnp.where` selects, not `lax.cond` (under vmap a cond evaluates
+both branches anyway; selects fuse): each op runs on the whole batch (view
+2's blur kept for 10%), memory-bound and cheap next to the ResNet step.
 """
 
 import dataclasses
@@ -28,20 +23,10 @@ STDDEV_RGB = (0.229, 0.224, 0.225)
 class ViewConfig:
   """Per-view augmentation parameters (paper Table 6 / official augment_config).
 
-  Attributes:
-    flip_prob: probability of a horizontal flip.
-    color_jitter_prob: probability of colour jitter (the four ops below in a
-      random order, each clipped to [0, 1]).
-    brightness: additive delta ~ U[-brightness, brightness].
-    contrast: factor ~ U[1 - contrast, 1 + contrast] around the channel mean.
-    saturation: factor ~ U[1 - saturation, 1 + saturation].
-    hue: delta ~ U[-hue, hue], in turns.
-    grayscale_prob: probability of grayscale (after jitter).
-    blur_prob: probability of a Gaussian blur.
-    blur_divider: kernel side ~ image side / blur_divider (23 taps at 224 px).
-    blur_sigma_min, blur_sigma_max: sigma ~ U[min, max], in pixels.
-    solarize_prob: probability of solarisation.
-    solarize_threshold: pixels >= threshold are inverted.
+  Jitter's four ops, each clipped to [0, 1]: brightness adds U[-b, b];
+  contrast (around the channel mean) and saturation multiply by U[1 - c,
+  1 + c]; hue adds U[-h, h] turns. Blur: kernel side ~ image side /
+  blur_divider, sigma U[min, max] px. Solarize inverts pixels >= threshold.
   """
 
   flip_prob: float = 0.5
@@ -84,11 +69,9 @@ def sample_decisions(
 ) -> dict[str, jax.Array]:
   """Every random choice of one view for `batch_size` examples.
 
-  Returns:
-    {name: [batch_size]}: bools 'flip', 'jitter', 'grayscale', 'blur',
-    'solarize'; float32 'brightness', 'contrast', 'saturation', 'hue', 'sigma';
-    and 'order' [batch_size, 4], the jitter order (0 brightness, 1 contrast,
-    2 saturation, 3 hue).
+  Returns {name: [batch_size]}: bools 'flip', 'jitter', 'grayscale', 'blur',
+  'solarize'; float32 'brightness', 'contrast', 'saturation', 'hue', 'sigma';
+  'order' [batch_size, 4], the jitter order (0 brightness ... 3 hue).
   """
   keys = jax.random.split(key, 11)
 
@@ -120,34 +103,23 @@ def _per_example(v):
 def _color_jitter(x, d):
   """Brightness, contrast, saturation, hue in the per-example order d['order'].
 
-  Brightness and contrast are both affine, saturation and hue both an HSV round
-  trip, so each of the 4 stages computes one affine and one HSV op (neutral for
-  the op not chosen) and selects: 4 HSV round trips instead of 8.
+  Each of the 4 stages computes one affine op (brightness or contrast) and one
+  HSV round trip (saturation or hue), neutral for the op not chosen, and
+  selects: 4 HSV round trips instead of 8.
   """
 
   def stage(i, x):
     op = d['order'][:, i]
     mean = jnp.mean(x, axis=(1, 2), keepdims=True)  # per channel, as official
     is_b, is_c = _per_example(op == 0), _per_example(op == 1)
-    factor = _per_example(d['contrast'])
+    factor, delta = _per_example(d['contrast']), _per_example(d['brightness'])
     a = jnp.where(is_c, factor, 1.0)
-    b = jnp.where(
-        is_b,
-        _per_example(d['brightness']),
-        jnp.where(is_c, (1.0 - factor) * mean, 0.0),
-    )
+    b = jnp.where(is_b, delta, jnp.where(is_c, (1.0 - factor) * mean, 0.0))
     affine = jnp.clip(a * x + b, 0.0, 1.0)
-    hsv = pix.rgb_to_hsv(x)
+    h, s, v = jnp.moveaxis(pix.rgb_to_hsv(x), -1, 0)
     sat = jnp.where(op == 2, d['saturation'], 1.0)[:, None, None]
     hue = jnp.where(op == 3, d['hue'], 0.0)[:, None, None]
-    hsv = jnp.stack(
-        [
-            (hsv[..., 0] + hue) % 1.0,
-            jnp.clip(hsv[..., 1] * sat, 0.0, 1.0),
-            hsv[..., 2],
-        ],
-        -1,
-    )
+    hsv = jnp.stack([(h + hue) % 1.0, jnp.clip(s * sat, 0.0, 1.0), v], -1)
     shifted = jnp.clip(pix.hsv_to_rgb(hsv), 0.0, 1.0)
     return jnp.where(_per_example(op < 2), affine, shifted)
 
@@ -166,18 +138,16 @@ def _gaussian_blur(x, sigma, divider):
   dm_pix.gaussian_blur: a per-example sigma under vmap makes its depthwise conv
   a B*C-group convolution; shifted adds fuse into one elementwise loop.
   """
-  radius = max(1, int(x.shape[1] / divider / 2))
-  taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  r = max(1, int(x.shape[1] / divider / 2))
+  taps = jnp.arange(-r, r + 1, dtype=jnp.float32)
   w = jnp.exp(-taps[None] ** 2 / (2.0 * sigma[:, None] ** 2))
   w = w / jnp.sum(w, axis=1, keepdims=True)  # [B, 2r+1]
   for axis in (2, 1):  # horizontal then vertical, as the official code
-    pad = [(0, 0)] * 4
-    pad[axis] = (radius, radius)
-    xp = jnp.pad(x, pad)
+    xp = jnp.pad(x, [(r, r) if a == axis else (0, 0) for a in range(4)])
     size = x.shape[axis]
     x = sum(
         _per_example(w[:, k]) * jax.lax.slice_in_dim(xp, k, k + size, axis=axis)
-        for k in range(2 * radius + 1)
+        for k in range(2 * r + 1)
     )
   return x
 
@@ -189,20 +159,18 @@ def apply_augmentations(
 
   `config` is static: ops of probability 0 are skipped.
   """
-  d = decisions
+  d, c = decisions, config
+  select = lambda name, y, x: jnp.where(_per_example(d[name]), y, x)
   x = jnp.asarray(images, jnp.float32)
-  x = jnp.where(_per_example(d['flip']), x[:, :, ::-1], x)
-  if config.color_jitter_prob > 0:
-    x = jnp.where(_per_example(d['jitter']), _color_jitter(x, d), x)
-  if config.grayscale_prob > 0:
-    gray = pix.rgb_to_grayscale(x, keep_dims=True)
-    x = jnp.where(_per_example(d['grayscale']), gray, x)
-  if config.blur_prob > 0:
-    blurred = _gaussian_blur(x, d['sigma'], config.blur_divider)
-    x = jnp.where(_per_example(d['blur']), blurred, x)
-  if config.solarize_prob > 0:
-    solarized = pix.solarize(x, config.solarize_threshold)
-    x = jnp.where(_per_example(d['solarize']), solarized, x)
+  x = select('flip', x[:, :, ::-1], x)
+  if c.color_jitter_prob > 0:
+    x = select('jitter', _color_jitter(x, d), x)
+  if c.grayscale_prob > 0:
+    x = select('grayscale', pix.rgb_to_grayscale(x, keep_dims=True), x)
+  if c.blur_prob > 0:
+    x = select('blur', _gaussian_blur(x, d['sigma'], c.blur_divider), x)
+  if c.solarize_prob > 0:
+    x = select('solarize', pix.solarize(x, c.solarize_threshold), x)
   return jnp.clip(x, 0.0, 1.0)
 
 
@@ -215,20 +183,17 @@ def augment_examples(
 ) -> jax.Array:
   """BYOL augmentation of one view, one key per example, normalised.
 
-  An example's choices depend on its own key alone, not on its batch or device
-  split: the decisions are drawn per key (vmapped) and applied batch-wide.
+  Ours per example (decisions drawn per key, vmapped, applied batch-wide):
+  an example's augmentation then does not depend on the device split.
 
   Args:
     keys: [B] PRNG keys (experiment.example_keys).
     images: [B, H, W, 3] float in [0, 1] (the pipeline's crops).
-    view: 1 or 2: `VIEW1` / `VIEW2` (they differ in blur and solarisation).
+    view: 1 or 2 (`VIEW1` / `VIEW2`; else ValueError without config).
     config: overrides the view's parameters (ablations).
 
   Returns:
     [B, H, W, 3] float32, normalised with the ImageNet mean and std.
-
-  Raises:
-    ValueError: view is not 1 or 2 (and no config).
   """
   config = config or view_config(view)
   decisions = jax.vmap(lambda key: sample_decisions(key, 1, config))(keys)

@@ -1,8 +1,7 @@
 """BYOL (Grill et al., 2020): what it adds to the shared step (experiment.py).
 
-Online: encoder -> projector -> predictor, plus a linear classifier on the
-stop-gradient representation of view 1 (the official code's accuracy monitor).
-Target: encoder -> projector, its own tree, moved only by the EMA (eq. 1).
+Online: encoder -> projector -> predictor (+ the classifier monitor); target:
+encoder -> projector, its own tree, moved only by the EMA (eq. 1).
 """
 
 from typing import Optional
@@ -19,12 +18,10 @@ def ema(target_params, online_params, tau):
 
   online_params: after this step's update; tau in [0, 1] (schedules.target_ema).
   """
-  return {
-      name: jax.tree.map(
-          lambda t, o: tau * t + (1.0 - tau) * o, module, online_params[name]
-      )
-      for name, module in target_params.items()
-  }
+  online = {name: online_params[name] for name in target_params}
+  return jax.tree.map(
+      lambda t, o: tau * t + (1.0 - tau) * o, target_params, online
+  )
 
 
 def make_byol(
@@ -38,43 +35,29 @@ def make_byol(
     axis_name: collective axis for cross-replica BN, or None.
 
   Returns:
-    A networks.Method; its target trees are the online ones restricted to
-    networks.TARGET_MODULES, its loss losses.byol_loss of the online
-    predictions and the target projections, its target update `ema`.
+    A networks.Method: target = online restricted to TARGET_MODULES, loss
+    losses.byol_loss, target update `ema`.
   """
-  online = networks.make_forward(
+  forward = lambda predictor: networks.make_forward(
       model,
       num_classes,
-      with_predictor=True,
-      with_classifier=True,
+      with_predictor=predictor,
+      with_classifier=predictor,
       axis_name=axis_name,
   )
-  target = networks.make_forward(
-      model,
-      num_classes,
-      with_predictor=False,
-      with_classifier=False,
-      axis_name=axis_name,
-  )
+  online, target = forward(True), forward(False)
 
   def init(rng, images):
     params, state = online.init(rng, images, is_training=True)
-    # BYOL initialises the target as a copy of the online network (§3.1).
-    # A real copy: the state is donated, and aliased buffers cannot be.
+    # The target starts as a copy of the online network (§3.1); a real copy:
+    # the state is donated, and aliased buffers cannot be.
     copy = lambda tree: jax.tree.map(jnp.copy, networks.restrict(tree))
     return params, state, copy(params), copy(state)
 
   def loss(online_out, target_out):
-    (out1, out2), (tgt1, tgt2) = online_out, target_out
-    return (
-        losses.byol_loss(
-            out1['prediction'],
-            out2['prediction'],
-            tgt1['projection'],
-            tgt2['projection'],
-        ),
-        {},
-    )
+    p1, p2 = (out['prediction'] for out in online_out)
+    z1, z2 = (out['projection'] for out in target_out)
+    return losses.byol_loss(p1, p2, z1, z2), {}
 
   return networks.Method(
       init=init,

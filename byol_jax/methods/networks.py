@@ -1,8 +1,7 @@
 """The networks a method trains, built from the `model` sub-config.
 
-One Haiku function builds encoder -> projector [-> predictor] [+ classifier];
-online and target networks are two transforms of it, so the target tree is
-exactly the online tree restricted to 'encoder/...' and 'projector/...'.
+encoder -> projector [-> predictor] [+ classifier] in one Haiku function, so
+the target tree is the online tree restricted to TARGET_MODULES.
 """
 
 from typing import Any, Callable, NamedTuple, Optional
@@ -21,53 +20,41 @@ from byol_jax.models import resnet
 TARGET_MODULES = ('encoder', 'projector')
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
-
-# The fewest hidden units per group a GroupNorm (or LayerNorm: one group)
-# head may have. Measured on gn_ws:tiny (16 groups), 30 steps, logged every 5:
-# with 1 unit per group (hidden 16) GroupNorm normalises each unit by itself,
-# x - mean(x) = 0, so every output is the norm's offset (0 at init), the head
-# outputs 0 and no gradient passes it: loss and collapse statistic 0.000 at
-# every step (both heads at 16; the predictor alone: loss 2.000 at every
-# step, the projection statistic steady at 0.91). With 2 per group (hidden
-# 32) each group's output is +-1, its sign alone: collapse statistic 0.86 at
-# step 5, 0.0055 at step 15, 0.000 from step 20. With 4 per group (hidden
-# 64): 0.93 at step 5, 0.107 at step 30, not collapsed. The tiny preset's 8
-# (128 / 16) learns (0.30 -> 0.52).
+# The fewest hidden units per group of a GroupNorm (or LayerNorm) head.
+# Measured on gn_ws:tiny (16 groups), 30 steps: 1 per group normalises each
+# unit by itself to 0, so the head outputs 0 and nothing trains (loss and
+# collapse statistic 0.000 at every step; predictor alone: loss 2.000); 2 per
+# group keep only each unit's sign (collapse statistic 0.86 at step 5, 0.000
+# from step 20); 4 per group: 0.107 at step 30, not collapsed; the tiny
+# preset's 8 learns (0.30 -> 0.52).
 HEAD_MIN_PER_GROUP = 4
 
 
 def validate_model_config(model) -> None:
   """ValueError naming the first bad `model.*` field that shapes the networks.
 
-  Depth, stem, norm kinds, dtype; a width multiplier giving fractional or zero
-  channels, or channels the GN groups do not divide; a GN/LN head with fewer
-  than HEAD_MIN_PER_GROUP units per group; 1-d projections.
+  Also refused: channel counts the GN groups do not divide, GN/LN heads of
+  fewer than HEAD_MIN_PER_GROUP units per group, 1-d projections.
   """
   resnet.check_depth(model.depth, 'model.depth')
-  if model.stem not in resnet.STEMS:
-    raise ValueError(
-        f'model.stem={model.stem!r} is not a stem; use one of '
-        f'{", ".join(resnet.STEMS)}.'
-    )
+  resnet.check_stem(model.stem, 'model.stem')
   for component in ('encoder', 'projector', 'predictor'):
     norms.check_norm_kind(model[f'{component}_norm'], f'model.{component}_norm')
   if model.dtype not in _DTYPES:
     raise ValueError(f'model.dtype={model.dtype!r}; use float32 or bfloat16.')
   w, groups = model.width_multiplier, model.gn_groups
-  channels = resnet.norm_channels(model.depth, w)
-  for where, c in channels.items():
+  for where, c in resnet.norm_channels(model.depth, w).items():
+    gives = f'model.width_multiplier={w} gives {c:g} channels in {where}, not'
     if c != int(c) or c < 1:
       raise ValueError(
-          f'model.width_multiplier={w} gives {c:g} channels in {where}, not a '
-          'whole number >= 1; use a multiplier m whose 64 x m is a whole '
-          'number (e.g. 0.25, 0.5, 1, 2).'
+          f'{gives} a whole number >= 1; use a multiplier m whose 64 x m is a '
+          'whole number (e.g. 0.25, 0.5, 1, 2).'
       )
     if model.encoder_norm == 'gn' and c % groups:
       raise ValueError(
-          f'model.width_multiplier={w} gives {c:g} channels in {where}, not '
-          f'divisible by the {groups} GroupNorm groups (model.gn_groups='
-          f'{groups}); use a model.gn_groups that divides {c:g}, or a '
-          f'multiplier m whose 64 x m is a multiple of {groups} (e.g. '
+          f'{gives} divisible by the {groups} GroupNorm groups (model.'
+          f'gn_groups={groups}); use a model.gn_groups that divides {c:g}, or '
+          f'a multiplier m whose 64 x m is a multiple of {groups} (e.g. '
           f'{groups / 64:g}).'
       )
   if model.projector_output_size < 2:
@@ -76,32 +63,26 @@ def validate_model_config(model) -> None:
     raise ValueError(
         f'model.projector_output_size={model.projector_output_size}: the '
         'losses compare l2-normalised outputs, and one of 1 dimension is its '
-        'sign, whose gradient is 0 (nothing trains); use at least 2 (the '
-        'paper: 256).'
+        'sign (gradient 0: nothing trains); use at least 2 (paper: 256).'
     )
   for head in ('projector', 'predictor'):
     kind, field = model[f'{head}_norm'], f'model.{head}_hidden_size'
     if kind not in ('gn', 'ln'):
       continue
     hidden, g = model[f'{head}_hidden_size'], groups if kind == 'gn' else 1
-    name = (
-        f'{g} GroupNorm groups (model.gn_groups={g})'
-        if kind == 'gn'
-        else 'LayerNorm'
-    )
+    name = f'{g} GroupNorm groups (model.gn_groups={g})'
+    name = name if kind == 'gn' else 'LayerNorm'
     if hidden % g:
       raise ValueError(
-          f'{field}={hidden} is not divisible by the {name} of '
-          f'the {head}; use a multiple of {g}.'
+          f'{field}={hidden} is not divisible by the {name} of the {head}; '
+          f'use a multiple of {g}.'
       )
     if hidden // g < HEAD_MIN_PER_GROUP:
       raise ValueError(
           f"{field}={hidden} gives the {head}'s {name} {hidden // g} unit(s) "
-          'per group, too few to learn: a group of 1 is normalised to 0 (the '
-          'head outputs 0 and nothing trains: a constant loss, measured 0.000 '
-          'or 2.000), of 2 to its sign (collapse within 20 steps); use at '
-          'least '
-          f'{HEAD_MIN_PER_GROUP * g} ({HEAD_MIN_PER_GROUP} per group).'
+          'per group, too few to learn (measured: 1 outputs 0, 2 collapse '
+          f'within 20 steps); use at least {HEAD_MIN_PER_GROUP * g} '
+          f'({HEAD_MIN_PER_GROUP} per group).'
       )
 
 
@@ -118,11 +99,7 @@ def norm_spec(
 
 
 def make_encoder(model, axis_name: Optional[str] = None) -> resnet.ResNet:
-  """The 'encoder' resnet.ResNet: images [N, H, W, 3] -> representations [N, D].
-
-  Shared by make_forward and encoder.py, so both build the same network with
-  the same parameter paths. Call inside a Haiku transform.
-  """
+  """The 'encoder' ResNet [N, H, W, 3] -> [N, D] (make_forward, encoder.py)."""
   return resnet.ResNet(
       model.depth,
       model.width_multiplier,
@@ -148,62 +125,48 @@ def make_forward(
   Args:
     model: the `model` sub-config.
     num_classes: outputs of the classifier.
-    with_predictor: add the BYOL predictor ('prediction'; online network only).
-    with_classifier: add a linear classifier on the stop-gradient
-      representation ('logits'; the official code's online accuracy monitor).
+    with_predictor: add the BYOL predictor ('prediction').
+    with_classifier: add the official online accuracy monitor ('logits'), a
+      linear classifier on the stop-gradient representation.
     axis_name: collective axis for cross-replica BN (None outside pmap).
 
   Returns:
-    hk.TransformedWithState; outputs [N, ...] float32.
+    hk.TransformedWithState of images [N, H, W, 3]; outputs [N, ...] float32.
   """
-  dtype = _DTYPES[model.dtype]
+
+  def mlp(head, x, is_training):
+    return heads.MLP(
+        model[f'{head}_hidden_size'],
+        model.projector_output_size,
+        norm_spec(model, head, axis_name),
+        model.heads_ws,
+        _DTYPES[model.dtype],
+        name=head,
+    )(x, is_training)
 
   def forward(images, is_training):
-    out = {}
-    out['representation'] = make_encoder(model, axis_name)(images, is_training)
-    out['projection'] = heads.MLP(
-        model.projector_hidden_size,
-        model.projector_output_size,
-        norm_spec(model, 'projector', axis_name),
-        model.heads_ws,
-        dtype,
-        name='projector',
-    )(out['representation'], is_training)
+    h = make_encoder(model, axis_name)(images, is_training)
+    out = {'representation': h, 'projection': mlp('projector', h, is_training)}
     if with_predictor:
-      out['prediction'] = heads.MLP(
-          model.predictor_hidden_size,
-          model.projector_output_size,
-          norm_spec(model, 'predictor', axis_name),
-          model.heads_ws,
-          dtype,
-          name='predictor',
-      )(out['projection'], is_training)
+      out['prediction'] = mlp('predictor', out['projection'], is_training)
     if with_classifier:
-      out['logits'] = heads.LinearClassifier(num_classes)(
-          jax.lax.stop_gradient(out['representation'])
-      )
+      classifier = heads.LinearClassifier(num_classes)
+      out['logits'] = classifier(jax.lax.stop_gradient(h))
     return out
 
   return hk.transform_with_state(forward)
 
 
-BATCH_INDEPENDENT_NORMS = frozenset(('gn', 'ln', 'none', 'affine'))
-
-
 def views_in_one_batch(model, *, with_predictor: bool) -> bool:
   """Whether no norm uses batch statistics, so both views may go as one batch.
 
-  Each example's output then depends on that example alone: one pass of
-  [view1; view2] computes exactly the per-view outputs, with half the kernel
-  launches. BatchNorm anywhere keeps one pass per view: per-view batch
-  statistics are the official code's behaviour (byol/byol_experiment.py).
+  Then one pass of [view1; view2] computes exactly the per-view outputs, with
+  half the kernel launches. BN anywhere keeps one pass per view, as the
+  official byol_experiment.py (per-view batch statistics).
   """
-  components = ('encoder', 'projector') + (
-      ('predictor',) if with_predictor else ()
-  )
+  components = ['encoder', 'projector'] + ['predictor'] * with_predictor
   return all(
-      norms.check_norm_kind(model[f'{c}_norm']) in BATCH_INDEPENDENT_NORMS
-      for c in components
+      norms.check_norm_kind(model[f'{c}_norm']) != 'bn' for c in components
   )
 
 
@@ -216,24 +179,19 @@ def forward_views(
   otherwise one pass per view, BN state threaded view 1 -> view 2.
   """
   one_batch = views_in_one_batch(model, with_predictor=with_predictor)
+  apply = lambda p, s, x: transformed.apply(p, s, None, x, is_training=True)
 
   def forward(params, state, views):
-    if one_batch:
-      out, state = transformed.apply(
-          params, state, None, jnp.concatenate(views), is_training=True
-      )
-      bounds = np.cumsum([v.shape[0] for v in views])[:-1].tolist()
-      parts = {k: jnp.split(v, bounds) for k, v in out.items()}
-      return [
-          {k: p[i] for k, p in parts.items()} for i in range(len(views))
-      ], state
-    outputs = []
-    for view in views:
-      out, state = transformed.apply(
-          params, state, None, view, is_training=True
-      )
-      outputs.append(out)
-    return outputs, state
+    if not one_batch:
+      outputs = []
+      for view in views:
+        out, state = apply(params, state, view)
+        outputs.append(out)
+      return outputs, state
+    out, state = apply(params, state, jnp.concatenate(views))
+    ends = np.cumsum([v.shape[0] for v in views]).tolist()
+    split = lambda a, b: jax.tree.map(lambda v: v[a:b], out)
+    return [split(b - v.shape[0], b) for v, b in zip(views, ends)], state
 
   return forward
 
@@ -248,35 +206,29 @@ def restrict(tree, modules=TARGET_MODULES) -> dict:
 def classifier_and_monitors(out: dict, labels: jax.Array):
   """(classifier loss, metrics) of one view's outputs and [B] int labels.
 
-  Labels < 0 (unlabelled examples) are left out of the loss and accuracy. The
-  classifier sees the stop-gradient representation, so its loss leaves the
-  encoder's gradient unchanged.
+  Labels < 0 (unlabelled) count in neither loss nor accuracy. Collapse
+  statistics (paper Table 2): collapse_std of projections, representations.
   """
   labelled = labels >= 0
   classif = losses.softmax_cross_entropy(out['logits'], labels, labelled)
-  metrics = {
+  top1 = losses.topk_correct(out['logits'], labels, 1)
+  return classif, {
       'classif_loss': classif,
-      'online_top1': losses.masked_mean(
-          losses.topk_correct(out['logits'], labels, 1), labelled
-      ),
-      # Collapse statistic: per-dimension std of L2-normalised vectors times
-      # sqrt(dim); about 1 when spread out, 0 when collapsed (paper Table 2).
+      'online_top1': losses.masked_mean(top1, labelled),
       'collapse_std_projection': metrics_lib.collapse_std(out['projection']),
       'collapse_std_representation': metrics_lib.collapse_std(
           out['representation']
       ),
   }
-  return classif, metrics
 
 
 class Method(NamedTuple):
   """What a self-supervised method brings to the shared step (experiment.py).
 
   Attributes:
-    init: init(rng, images [B, H, W, 3]) -> (online_params, online_state,
-      target_params, target_state); target trees {} without a target network.
-    online: (params, state, views) -> ([output dict per view], state), the
-      online network on the two augmented views (forward_views).
+    init: (rng, images [B, H, W, 3]) -> (online_params, online_state,
+      target_params, target_state); target trees {} without a target.
+    online: (params, state, views) -> ([output dict per view], state).
     target: the same for the target network; (None, state) without one.
     loss: (online outputs, target outputs) -> (float32 loss, {name: scalar}
       metrics of its own); it stops the target's gradient.

@@ -1,7 +1,6 @@
 """SimCLR (Chen et al., 2020), the contrastive baseline of the paper's Table 1.
 
-BYOL's encoder, projector, norms and online classifier; no predictor, no
-target network; negatives span the global batch (InfoNCE all-gathers).
+BYOL's networks without predictor and target; global-batch negatives.
 """
 
 from typing import Optional
@@ -15,7 +14,7 @@ def make_simclr(
     num_classes: int,
     *,
     temperature: float,
-    axis_name: Optional[str] = None
+    axis_name: Optional[str] = None,
 ) -> networks.Method:
   """SimCLR's networks.Method: no target (trees {}, nothing to update).
 
@@ -23,8 +22,7 @@ def make_simclr(
     model: the `model` sub-config.
     num_classes: outputs of the online classifier.
     temperature: InfoNCE temperature, > 0.
-    axis_name: collective axis for cross-replica BN and cross-device
-      negatives, or None.
+    axis_name: axis of cross-replica BN and of the negatives, or None.
   """
   online = networks.make_forward(
       model,
@@ -35,12 +33,10 @@ def make_simclr(
   )
 
   def init(rng, images):
-    params, state = online.init(rng, images, is_training=True)
-    return params, state, {}, {}
+    return *online.init(rng, images, is_training=True), {}, {}
 
   def loss(online_out, target_out):
-    del target_out  # None
-    out1, out2 = online_out
+    (out1, out2), _ = online_out, target_out
     contrastive, info = losses.infonce_loss(
         out1['projection'],
         out2['projection'],

@@ -1,10 +1,11 @@
 """Conv2D and Linear with optional Weight Standardisation (paper §2, §3.3).
 
-The raw W is the trainable parameter (gradients flow through the
-standardisation; no extra gain). Layers compute in their input's dtype;
-parameters are float32.
+The raw W is the parameter (no extra gain), float32, initialised truncated-
+normal with stddev 1/sqrt(fan-in) (Haiku's default, as the official code);
+layers compute in their input's dtype.
 """
 
+import dataclasses
 from typing import Optional, Sequence
 
 import haiku as hk
@@ -23,7 +24,7 @@ def standardize_weight(
   Args:
     w: raw weight, output units on the last axis.
     fan_in_axes: the axes of each output unit's fan-in.
-    eps: added to the variance (1e-4 in the paper).
+    eps: added to the variance (paper: 1e-4).
 
   Returns:
     The standardised weight, shape and dtype of `w`.
@@ -33,51 +34,32 @@ def standardize_weight(
   return (w - mean) * jax.lax.rsqrt(var + eps)
 
 
-def _fan_in_init(fan_in: int) -> hk.initializers.Initializer:
-  # Haiku's default for Conv2D and Linear, which the official BYOL code uses.
-  return hk.initializers.TruncatedNormal(stddev=1.0 / np.sqrt(fan_in))
+def _weight(shape, fan_in_axes, ws: bool, init=None) -> jax.Array:
+  fan_in = np.prod([shape[a] for a in fan_in_axes])
+  init = init or hk.initializers.TruncatedNormal(stddev=1.0 / np.sqrt(fan_in))
+  w = hk.get_parameter('w', shape, jnp.float32, init=init)
+  return standardize_weight(w, fan_in_axes) if ws else w
 
 
+@dataclasses.dataclass
 class Conv2D(hk.Module):
-  """2-D convolution (NHWC, no bias, 'SAME' padding), optionally WS.
+  """k x k convolution (NHWC, no bias, 'SAME' padding), optionally WS.
 
-  Args:
-    output_channels: C_out.
-    kernel_shape: k, the side of the square kernel.
-    stride: spatial stride along H and W.
-    weight_standardization: standardise the float32 [k, k, C_in, C_out] kernel
-      over (k, k, C_in) before use (initialised truncated-normal with stddev
-      1/sqrt(k * k * C_in), Haiku's default).
-    name: Haiku module name.
-
-  Call: [N, H, W, C_in] -> [N, ceil(H / stride), ceil(W / stride), C_out],
-  in the input's dtype.
+  [N, H, W, C_in] -> [N, ceil(H / stride), ceil(W / stride), output_channels];
+  with weight_standardization the [k, k, C_in, C_out] kernel is standardised
+  over (k, k, C_in).
   """
 
-  def __init__(
-      self,
-      output_channels: int,
-      kernel_shape: int,
-      stride: int = 1,
-      weight_standardization: bool = False,
-      name: Optional[str] = None,
-  ):
-    super().__init__(name=name)
-    self.output_channels = output_channels
-    self.kernel_shape = kernel_shape
-    self.stride = stride
-    self.weight_standardization = weight_standardization
+  output_channels: int
+  kernel_shape: int
+  stride: int = 1
+  weight_standardization: bool = False
+  name: Optional[str] = None
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    k, cin = self.kernel_shape, x.shape[-1]
-    w = hk.get_parameter(
-        'w',
-        (k, k, cin, self.output_channels),
-        jnp.float32,
-        init=_fan_in_init(k * k * cin),
-    )
-    if self.weight_standardization:
-      w = standardize_weight(w, fan_in_axes=(0, 1, 2))
+    k = self.kernel_shape
+    shape = (k, k, x.shape[-1], self.output_channels)
+    w = _weight(shape, (0, 1, 2), self.weight_standardization)
     return jax.lax.conv_general_dilated(
         x,
         w.astype(x.dtype),
@@ -87,47 +69,25 @@ class Conv2D(hk.Module):
     )
 
 
+@dataclasses.dataclass
 class Linear(hk.Module):
-  """Dense layer x @ w (+ b), optionally weight-standardised over D_in.
+  """Dense layer [..., D_in] -> [..., output_size]: x @ w (+ b, zeros at init).
 
-  Args:
-    output_size: D_out.
-    with_bias: add the bias `b` [D_out] (zeros at init).
-    weight_standardization: standardise `w` [D_in, D_out] per output unit.
-    w_init: initialiser of `w`; None: truncated normal, stddev 1/sqrt(D_in).
-    name: Haiku module name.
-
-  Call: [..., D_in] -> [..., D_out], in the input's dtype.
+  With weight_standardization `w` [D_in, D_out] is standardised per output
+  unit; w_init None: truncated normal, stddev 1/sqrt(D_in).
   """
 
-  def __init__(
-      self,
-      output_size: int,
-      with_bias: bool = True,
-      weight_standardization: bool = False,
-      w_init: Optional[hk.initializers.Initializer] = None,
-      name: Optional[str] = None,
-  ):
-    super().__init__(name=name)
-    self.output_size = output_size
-    self.with_bias = with_bias
-    self.weight_standardization = weight_standardization
-    self.w_init = w_init
+  output_size: int
+  with_bias: bool = True
+  weight_standardization: bool = False
+  w_init: Optional[hk.initializers.Initializer] = None
+  name: Optional[str] = None
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    fan_in = x.shape[-1]
-    w = hk.get_parameter(
-        'w',
-        (fan_in, self.output_size),
-        jnp.float32,
-        init=self.w_init or _fan_in_init(fan_in),
-    )
-    if self.weight_standardization:
-      w = standardize_weight(w, fan_in_axes=(0,))
+    shape, ws = (x.shape[-1], self.output_size), self.weight_standardization
+    w = _weight(shape, (0,), ws, self.w_init)
     out = jnp.dot(x, w.astype(x.dtype))
     if self.with_bias:
-      b = hk.get_parameter(
-          'b', (self.output_size,), jnp.float32, init=jnp.zeros
-      )
+      b = hk.get_parameter('b', (self.output_size,), jnp.float32, jnp.zeros)
       out = out + b.astype(x.dtype)
     return out

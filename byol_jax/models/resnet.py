@@ -1,36 +1,22 @@
 """ResNet v1 encoders with injected normalisation and Weight Standardisation.
 
-Depths 18/34 use basic blocks, 50/101/152/200 bottleneck blocks (He et al.,
-2016; the stride sits on the 3x3 convolution, as in Haiku's ResNet v1 that the
-official BYOL code uses). Depth 10 ([1, 1, 1, 1] basic blocks) is a
-non-standard small network for CPU tests and tiny configs.
-
-The width multiplier scales every layer including the stem, as in the
-SimCLR/BYOL ResNet-50 (2x, 3x, 4x). Returns globally average-pooled features:
-2048 * width for bottleneck networks, 512 * width for basic ones.
-
-Conventions where ResNet implementations differ (the paper's networks are
-ResNet-50s, where they agree):
-  * Shortcuts: a 1x1 projection (+ norm) only where the shape changes. In a
-    bottleneck network that includes stage 0's first block (64 -> 256
-    channels), as everywhere. In basic-block networks (18/34) stage 0 keeps
-    64 channels at stride 1, so its first block has an identity shortcut, as
-    in He et al. (2016) and torchvision; Haiku's ResNet18/34 (the official
-    BYOL code's small-scale encoder) projects there.
-  * zero_init_last: the scale of each block's last norm starts at 0 (Goyal
-    et al., 2017) in every block kind, bottleneck and basic, when set; Haiku
-    zero-inits it in bottleneck blocks only. Paper configs set it False
-    (gamma = 1, as the BYOL paper's runs, byol/README.md) except the
-    modified init, whose gamma0 = 0 for that layer is part of the method
-    (§3.2).
-
-Module names are explicit and independent of the normalisation kind:
-  encoder/stem_conv, encoder/stem_norm,
-  encoder/stage{s}_block{b}/conv_{i}, .../norm_{i},
-  .../shortcut_conv, .../shortcut_norm.
+Depths 18/34: basic blocks; 50-200: bottleneck blocks, stride on the 3x3 conv
+(He et al., 2016; Haiku's ResNet v1, as the official BYOL code); 10 ([1, 1,
+1, 1] basic) is for CPU tests. The width multiplier scales every layer, stem
+included (BYOL's 2x-4x). Where implementations differ (not on ResNet-50):
+  * A 1x1 projection shortcut (+ norm) only where the shape changes: basic
+    nets keep stage 0's identity shortcut (torchvision), where Haiku's
+    ResNet18/34 (the official small encoder) projects.
+  * zero_init_last (Goyal et al., 2017) in every block kind (Haiku: bottleneck
+    only); off in the paper configs (gamma 1, as the official README's runs),
+    on for the modified init (§3.2's gamma0 = 0).
+Module names, whatever the norm: encoder/stem_{conv,norm},
+encoder/stage{s}_block{b}/{conv,norm}_{i}, .../shortcut_{conv,norm}.
 """
 
-from typing import Optional
+import dataclasses
+import functools
+from typing import Any, Optional
 
 import haiku as hk
 import jax
@@ -51,7 +37,6 @@ DEPTHS = {
 }
 STEMS = ('imagenet', 'small')
 _STAGE_WIDTHS = (64, 128, 256, 512)  # Bottleneck blocks output 4x these.
-_STAGE_STRIDES = (1, 2, 2, 2)
 
 
 def check_depth(depth: int, field: str = 'depth') -> int:
@@ -62,6 +47,13 @@ def check_depth(depth: int, field: str = 'depth') -> int:
         f'one of {sorted(DEPTHS)}.'
     )
   return depth
+
+
+def check_stem(stem: str, field: str = 'stem') -> str:
+  """Returns `stem`; a ValueError naming `field` unless it is in STEMS."""
+  if stem not in STEMS:
+    raise ValueError(f'{field}={stem!r}: use one of {", ".join(STEMS)}.')
+  return stem
 
 
 def feature_size(depth: int, width_multiplier: float = 1) -> int:
@@ -92,137 +84,75 @@ def _width(channels: int, multiplier: float) -> int:
   return int(width)
 
 
-class _Block(hk.Module):
+def _block(x, is_training, channels, stride, project, net):
   """Residual block v1: (conv -> norm -> relu)* -> conv -> norm, + shortcut."""
-
-  def __init__(
-      self,
-      channels: int,
-      stride: int,
-      bottleneck: bool,
-      project: bool,
-      norm: norms.NormSpec,
-      ws: bool,
-      zero_init_last: bool,
-      name: str,
-  ):
-    super().__init__(name=name)
-    self.channels, self.stride = channels, stride
-    self.bottleneck, self.project = bottleneck, project
-    self.norm, self.ws, self.zero_init_last = norm, ws, zero_init_last
-
-  def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
-    if self.bottleneck:
-      # (out channels, kernel, stride): 1x1 reduce, 3x3 (strided), 1x1 expand.
-      convs = (
-          (self.channels // 4, 1, 1),
-          (self.channels // 4, 3, self.stride),
-          (self.channels, 1, 1),
-      )
-    else:
-      convs = ((self.channels, 3, self.stride), (self.channels, 3, 1))
-    shortcut = x
-    if self.project:
-      shortcut = layers.Conv2D(
-          self.channels, 1, self.stride, self.ws, name='shortcut_conv'
-      )(x)
-      shortcut = norms.make_norm(self.norm, 'shortcut_norm')(
-          shortcut, is_training
-      )
-    out = x
-    for i, (channels, kernel, stride) in enumerate(convs):
-      last = i == len(convs) - 1
-      out = layers.Conv2D(channels, kernel, stride, self.ws, name=f'conv_{i}')(
-          out
-      )
-      out = norms.make_norm(
-          self.norm, f'norm_{i}', zero_init=last and self.zero_init_last
-      )(out, is_training)
-      if not last:
-        out = jax.nn.relu(out)
-    return jax.nn.relu(out + shortcut)
+  norm = functools.partial(norms.make_norm, net.norm)
+  ws = net.weight_standardization
+  # (out channels, kernel, stride) per conv.
+  if DEPTHS[net.depth][0] == 'bottleneck':  # 1x1 reduce, 3x3 strided, 1x1.
+    convs = ((channels // 4, 1, 1), (channels // 4, 3, stride))
+    convs += ((channels, 1, 1),)
+  else:
+    convs = ((channels, 3, stride), (channels, 3, 1))
+  shortcut = x
+  if project:
+    shortcut = layers.Conv2D(channels, 1, stride, ws, name='shortcut_conv')(x)
+    shortcut = norm('shortcut_norm')(shortcut, is_training)
+  for i, (c, kernel, s) in enumerate(convs):
+    last = i == len(convs) - 1
+    x = layers.Conv2D(c, kernel, s, ws, name=f'conv_{i}')(x)
+    x = norm(f'norm_{i}', last and net.zero_init_last)(x, is_training)
+    if not last:
+      x = jax.nn.relu(x)
+  return jax.nn.relu(x + shortcut)
 
 
+@dataclasses.dataclass
 class ResNet(hk.Module):
-  """ResNet v1: images [N, H, W, C] -> pooled features [N, feature_size] f32."""
+  """ResNet v1: images [N, H, W, C] -> pooled features [N, feature_size].
 
-  def __init__(
-      self,
-      depth: int = 50,
-      width_multiplier: float = 1,
-      stem: str = 'imagenet',
-      norm='bn',
-      weight_standardization: bool = False,
-      zero_init_last: bool = False,
-      dtype=jnp.float32,
-      name: Optional[str] = 'encoder',
-  ):
-    """Describes the network (no parameters are created here).
+  Attributes:
+    depth: one of DEPTHS.
+    width_multiplier: scales every layer's channels (paper: 1-4).
+    stem: 'imagenet' (7x7/2 conv + 3x3/2 max-pool) or 'small' (3x3/1 conv,
+      no pooling; 32 px images).
+    norm: a norms.NormSpec or kind string, for every norm layer.
+    weight_standardization: standardise every convolution's kernel.
+    zero_init_last: each block's last norm scale starts at 0.
+    dtype: compute dtype (parameters, statistics and the output: float32).
 
-    Args:
-      depth: one of DEPTHS.
-      width_multiplier: scales every layer's channels (1 to 4 in the paper;
-        0.25 gives CPU-sized networks).
-      stem: 'imagenet' (7x7 stride-2 conv + 3x3 stride-2 max-pool) or 'small'
-        (3x3 stride-1 conv, no pooling; 32-pixel images).
-      norm: a norms.NormSpec or kind string, for every norm layer.
-      weight_standardization: standardise every convolution's kernel.
-      zero_init_last: each block's last norm scale starts at 0 (Goyal et al.;
-        the gamma0 = 0 of the modified init, paper §3.2).
-      dtype: compute dtype (bfloat16 for mixed precision); parameters, norm
-        statistics and the pooled output stay float32.
-      name: module name.
+  A bad depth, stem, norm or width raises ValueError at init.
+  """
 
-    Raises:
-      ValueError: depth not in DEPTHS, stem not in STEMS, or a width_multiplier
-        giving a fractional or zero channel count.
-    """
-    super().__init__(name=name)
-    self.block, self.blocks_per_stage = DEPTHS[check_depth(depth)]
-    if stem not in STEMS:
-      raise ValueError(
-          f'stem={stem!r} is not a ResNet stem; use one of '
-          f'{", ".join(STEMS)}.'
-      )
-    self.depth, self.stem = depth, stem
-    self.width_multiplier = width_multiplier
-    self.norm = norms.as_norm_spec(norm)
-    self.ws = weight_standardization
-    self.zero_init_last = zero_init_last
-    self.dtype = dtype
-    _width(64, width_multiplier)  # Validate early, before any tracing.
+  depth: int = 50
+  width_multiplier: float = 1
+  stem: str = 'imagenet'
+  norm: Any = 'bn'
+  weight_standardization: bool = False
+  zero_init_last: bool = False
+  dtype: Any = jnp.float32
+  name: Optional[str] = 'encoder'
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
     """Encodes images (BatchNorm uses batch statistics when is_training)."""
-    x = x.astype(self.dtype)
-    stem_width = _width(64, self.width_multiplier)
-    if self.stem == 'imagenet':
-      x = layers.Conv2D(stem_width, 7, 2, self.ws, name='stem_conv')(x)
-    else:
-      x = layers.Conv2D(stem_width, 3, 1, self.ws, name='stem_conv')(x)
+    kind, blocks_per_stage = DEPTHS[check_depth(self.depth)]
+    imagenet = check_stem(self.stem) == 'imagenet'
+    channels = _width(64, self.width_multiplier)
+    kernel, stride = (7, 2) if imagenet else (3, 1)
+    ws = self.weight_standardization
+    x = layers.Conv2D(channels, kernel, stride, ws, name='stem_conv')(
+        x.astype(self.dtype)
+    )
     x = jax.nn.relu(norms.make_norm(self.norm, 'stem_norm')(x, is_training))
-    if self.stem == 'imagenet':
-      x = hk.max_pool(
-          x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME'
-      )
-    bottleneck = self.block == 'bottleneck'
-    in_channels = stem_width
-    for s, (num_blocks, width, stride) in enumerate(
-        zip(self.blocks_per_stage, _STAGE_WIDTHS, _STAGE_STRIDES)
-    ):
-      channels = _width(width * (4 if bottleneck else 1), self.width_multiplier)
+    if imagenet:
+      x = hk.max_pool(x, (1, 3, 3, 1), (1, 2, 2, 1), padding='SAME')
+    expansion = 4 if kind == 'bottleneck' else 1
+    for s, num_blocks in enumerate(blocks_per_stage):
+      out = _width(_STAGE_WIDTHS[s] * expansion, self.width_multiplier)
       for b in range(num_blocks):
-        block_stride = stride if b == 0 else 1
-        project = b == 0 and (block_stride != 1 or in_channels != channels)
-        x = _Block(
-            channels,
-            block_stride,
-            bottleneck,
-            project,
-            self.norm,
-            self.ws,
-            self.zero_init_last,
-            name=f'stage{s}_block{b}',
-        )(x, is_training)
-        in_channels = channels
+        stride = 2 if s > 0 and b == 0 else 1
+        project = b == 0 and (stride != 1 or channels != out)
+        block = hk.to_module(_block)(name=f'stage{s}_block{b}')
+        x = block(x, is_training, out, stride, project, self)
+        channels = out
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
