@@ -120,24 +120,21 @@ def infonce_loss(
   """SimCLR's NT-Xent (Chen et al., 2020, eq. 1) with global-batch negatives.
 
   Each anchor's positive is the other view of its image, its negatives the
-  2N - 2 other embeddings of the global batch; logits: cosine / temperature.
-  Negatives all-gathered over `axis_name` as SimCLR on TPU (objective.py,
-  tpu_cross_replica_concat); the mean over the 2N anchors as the paper's
-  Alg. 1 (the official loss_a + loss_b is twice it). With equal local
-  batches, its pmean and its gradients' equal the one-device global batch's.
+  2N - 2 other embeddings of the global batch (all-gathered over `axis_name`
+  as SimCLR's tpu_cross_replica_concat); logits: cosine / temperature. The
+  mean over the 2N anchors (paper Alg. 1; the official loss_a + loss_b is
+  twice it): with equal local batches, its pmean and gradients are the
+  one-device global batch's.
 
   Args:
-    z1: [n, D] projections of view 1 on this device (not yet normalised).
-    z2: [n, D] projections of view 2, row i the same image as z1[i].
-    temperature: > 0 (SimCLR: 0.1 ImageNet, 0.5 CIFAR-10).
+    z1, z2: [n, D] projections of views 1 and 2 on this device, row i the
+      same image (2-D of one shape, else ValueError).
+    temperature: > 0, else ValueError (SimCLR: 0.1 ImageNet, 0.5 CIFAR-10).
     axis_name: the collective axis to gather negatives over, or None.
 
   Returns:
     (float32 mean cross-entropy over the local 2n anchors, metrics
     'infonce_loss' (the same) and 'contrastive_top1_acc').
-
-  Raises:
-    ValueError: temperature <= 0, or z1 and z2 not 2-D of one shape.
   """
   if temperature <= 0:
     raise ValueError(

@@ -118,8 +118,7 @@ def calibrate(
   """`params` with every affine layer set from the batch's statistics (§3.2).
 
   Args:
-    model: the `model` config (some components with norm 'affine', else
-      ValueError).
+    model: the `model` config (norm 'affine' somewhere, else ValueError).
     num_classes: classifier outputs (to build the same tree).
     params: the affine network's initial online parameters.
     images: [B, H, W, 3] augmented, normalised images (host or device).

@@ -61,9 +61,7 @@ def make_optimizer(
     nesterov: bool = False,
     lr_multipliers: Optional[Mapping[str, float]] = None,
 ) -> optax.GradientTransformation:
-  """LARS with BYOL's exclusions (lars_mask), in the official order.
-
-  Defaults are BYOL's (§3.3; byol_experiment.py).
+  """LARS with BYOL's exclusions (lars_mask) and defaults (§3.3).
 
   Args:
     learning_rate_fn: a float, or a schedule of the optimizer's step count
@@ -77,8 +75,8 @@ def make_optimizer(
       (None: one rate for all, as the paper).
 
   Returns:
-    An optax.GradientTransformation whose update needs `params`; ValueError
-    for an argument outside the ranges above.
+    An optax.GradientTransformation whose update needs `params` (ValueError
+    for an argument outside the ranges above).
   """
   checks = [
       ('weight_decay', weight_decay, weight_decay >= 0, '>= 0'),
