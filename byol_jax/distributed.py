@@ -1,14 +1,12 @@
 """How this process starts jax.distributed (before touching the backend).
 
 One process per host runs the same program on its own devices and data shard.
-`process_plan` (pure: arguments and an environment dict) decides, in order:
-  1. flags --coordinator_address, --num_processes, --process_id (all three);
-  2. BYOL_COORDINATOR_ADDRESS, BYOL_NUM_PROCESSES, BYOL_PROCESS_ID (all three);
-  3. SLURM with more than one task: coordinator JAX_COORDINATOR_ADDRESS, else
-     the job's first node at BYOL_COORDINATOR_PORT (default: JAX's port for
-     the job id);
-  4. a Cloud TPU VM: jax.distributed.initialize() with no arguments;
-  5. otherwise one process.
+`process_plan` (pure: arguments and an environment dict) takes the first of:
+the flags --coordinator_address, --num_processes, --process_id (all three);
+the BYOL_* variables of those names (all three); SLURM with more than one task
+(coordinator JAX_COORDINATOR_ADDRESS, else the job's first node at
+BYOL_COORDINATOR_PORT, default JAX's port for the job id); a Cloud TPU VM
+(jax.distributed.initialize() with no arguments); one process.
 """
 
 import dataclasses
@@ -63,8 +61,19 @@ def _int(value, name: str) -> int:
     ) from None
 
 
-def _plan(source, values, names, local=None) -> Plan:
-  """A checked Plan from (address, count, index), named by `names`."""
+def _plan(source, values, names, local=None) -> Optional[Plan]:
+  """A checked Plan of (address, count, index), named `names`; None if unset."""
+  given = [v not in (None, '') for v in values]
+  if not any(given):
+    return None
+  if not all(given):
+    have = ', '.join(n for n, g in zip(names, given) if g)
+    missing = ', '.join(n for n, g in zip(names, given) if not g)
+    raise DistributedConfigError(
+        f'{have} set but {missing} not: a multi-process run needs all of '
+        f'{", ".join(names)} (or none of them, to detect SLURM or a Cloud '
+        'TPU VM).'
+    )
   address, count, index = values
   host, _, port = str(address).rpartition(':')
   if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -81,22 +90,6 @@ def _plan(source, values, names, local=None) -> Plan:
         f'0..{count - 1}, a different one on each process.'
     )
   return Plan(source, address, count, index, local)
-
-
-def _explicit(values, names, source) -> Optional[Plan]:
-  """A Plan from three explicit values, None when none is given."""
-  given = [v not in (None, '') for v in values]
-  if not any(given):
-    return None
-  if not all(given):
-    have = ', '.join(n for n, g in zip(names, given) if g)
-    missing = ', '.join(n for n, g in zip(names, given) if not g)
-    raise DistributedConfigError(
-        f'{have} set but {missing} not: a multi-process run needs all of '
-        f'{", ".join(names)} (or none of them, to detect SLURM or a Cloud '
-        'TPU VM).'
-    )
-  return _plan(source, values, names)
 
 
 def first_slurm_host(nodelist: str) -> str:
@@ -155,24 +148,20 @@ def process_plan(
     env: Mapping[str, str],
     on_cloud_tpu: bool = False,
 ) -> Plan:
-  """This process's Plan (module docstring's order); 'off': one process."""
-  if mode not in MODES:
-    raise DistributedConfigError(
-        f'--distributed={mode!r}; use one of {", ".join(MODES)}.'
-    )
-  flags = _explicit(
-      (coordinator_address, num_processes, process_id), FLAG_NAMES, 'flags'
+  """This process's Plan (module docstring's order); mode 'off': one process."""
+  flags = _plan(
+      'flags', (coordinator_address, num_processes, process_id), FLAG_NAMES
   )
-  if mode == 'off' and flags:
-    raise DistributedConfigError(
-        '--distributed=off contradicts --coordinator_address/'
-        '--num_processes/--process_id; drop one or the other.'
-    )
   if mode == 'off':
+    if flags:
+      raise DistributedConfigError(
+          '--distributed=off contradicts --coordinator_address/'
+          '--num_processes/--process_id; drop one or the other.'
+      )
     return Plan('none')
   plan = (
       flags
-      or _explicit([env.get(n) for n in ENV_NAMES], ENV_NAMES, 'env')
+      or _plan('env', [env.get(n) for n in ENV_NAMES], ENV_NAMES)
       or _slurm(env)
   )
   if plan is not None:
@@ -207,24 +196,22 @@ def initialize(
   logging.info('Distributed: %s.', the_plan.describe())
   if not the_plan.is_multiprocess:
     return False
-  # Cross-process collectives on CPU need an implementation (gloo over TCP);
-  # jax 0.10 defaults to it, older versions to none, and then a multi-process
-  # pmap on CPU hosts fails. GPU and TPU backends ignore this setting.
+  # CPU collectives across processes need gloo (older jax defaults to none,
+  # and a multi-process pmap fails); GPU and TPU backends ignore it.
   (config_update or jax.config.update)(
       'jax_cpu_collectives_implementation', 'gloo'
   )
-  initialize_fn = initialize_fn or jax.distributed.initialize
-  if the_plan.source == 'tpu':
-    initialize_fn()
-    return True
-  # 'deactivate': exactly these values; JAX's own cluster detection would
-  # restrict each SLURM task to one GPU.
-  ids = the_plan.local_device_ids
-  initialize_fn(
-      coordinator_address=the_plan.coordinator_address,
-      num_processes=the_plan.num_processes,
-      process_id=the_plan.process_id,
-      local_device_ids=None if ids is None else list(ids),
-      cluster_detection_method='deactivate',
-  )
+  # A Cloud TPU VM: no arguments, JAX reads the metadata. Otherwise exactly
+  # the plan's values: JAX's own cluster detection would restrict each SLURM
+  # task to one GPU.
+  kwargs, ids = {}, the_plan.local_device_ids
+  if the_plan.source != 'tpu':
+    kwargs = dict(
+        coordinator_address=the_plan.coordinator_address,
+        num_processes=the_plan.num_processes,
+        process_id=the_plan.process_id,
+        local_device_ids=None if ids is None else list(ids),
+        cluster_detection_method='deactivate',
+    )
+  (initialize_fn or jax.distributed.initialize)(**kwargs)
   return True

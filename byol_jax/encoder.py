@@ -131,7 +131,10 @@ def _no_checkpoint(workdir) -> FileNotFoundError:
 
 
 def latest_checkpoint_step(workdir) -> int:
-  """The newest finished checkpoint's step (unfinished ones carry a suffix)."""
+  """The newest finished checkpoint's step (unfinished ones carry a suffix).
+
+  A listing, not orbax: plan.build's error stays one line (orbax warns first).
+  """
   ckpt_dir = workdir_lib.checkpoint_dir(epath.Path(workdir))
   steps = [int(p.name) for p in ckpt_dir.glob('*') if p.name.isdigit()]
   if not steps:
@@ -148,9 +151,9 @@ def load_pretrained(workdir) -> Pretrained:
   """
   workdir = epath.Path(workdir)
   config = saved_config(workdir)
-  ckpt_dir = workdir_lib.checkpoint_dir(workdir)
   latest_checkpoint_step(workdir)  # a clear error when there is none.
   # Read-only: the run may still be training in workdir (its lock, not ours).
+  ckpt_dir = workdir_lib.checkpoint_dir(workdir)
   with checkpointing.Checkpointer(ckpt_dir, read_only=True) as ckpt:
     restored = ckpt.restore_latest(experiment.state_template(config))
   if restored is None:

@@ -1,7 +1,4 @@
-"""What the processes of a multi-process run do together once started.
-
-On one process every function is local and communicates nothing.
-"""
+"""What the processes of a run do together (local on one process)."""
 
 import hashlib
 import itertools
@@ -18,11 +15,10 @@ _barrier_ids = itertools.count()
 def barrier(name: str, timeout_s: int = 1800) -> None:
   """Waits until every process reaches this barrier (no-op on one process).
 
-  jax.distributed's coordination service, not a device collective: on CPU
-  hosts the first cross-process collective of a program sets up a gloo context
-  that gives up when a peer is more than 30 s late (fixed in XLA), and compile
-  times differ between processes (one may hit the persistent cache). The
-  timeout is long: compiling a ResNet-50 step can take minutes on a loaded host.
+  The coordination service, not a collective: on CPU a program's first gloo
+  collective gives up when a peer is more than 30 s late (fixed in XLA), and
+  processes compile for unequal times. The timeout is long: compiling a
+  ResNet-50 step can take minutes.
   """
   if jax.process_count() > 1:
     from jax._src import distributed  # pylint: disable=g-import-not-at-top
@@ -33,11 +29,10 @@ def barrier(name: str, timeout_s: int = 1800) -> None:
 
 
 def compile_then_sync(fn, *args, name: str) -> None:
-  """Compiles a jit/pmap `fn` for `args` without running it, then a barrier.
+  """Compiles `fn` for `args` without running it, then a barrier.
 
-  Call `fn` itself afterwards: JAX reuses this compilation. The `.compile()`
-  executable cannot be called on several processes: a multi-process pmap lowers
-  for the global [all devices, ...] shape while each passes its local arrays.
+  Call `fn` itself afterwards (JAX reuses this compilation): a multi-process
+  pmap's `.compile()` executable expects the global [all devices, ...] shape.
   """
   start = time.monotonic()
   fn.lower(*args).compile()
@@ -56,8 +51,7 @@ def _allgather(x: np.ndarray) -> np.ndarray:
 def check_same_on_all_processes(values: np.ndarray, what: str) -> None:
   """RuntimeError on every process, listing the values, unless all equal.
 
-  A collective (every process calls it at the same point); `values` is a small
-  int array of one shape and dtype everywhere.
+  A collective: every process calls it with a small int array of one shape.
   """
   gathered = _allgather(values)
   if any(not np.array_equal(g, gathered[0]) for g in gathered):

@@ -1,10 +1,8 @@
 """The local devices as one axis: its mesh, and the one home of jax.pmap.
 
-The prefetcher (`device_sharding`) and every per-device program
-(`device_program`) share one mesh, so a [local_devices, ...] array reaches the
-program without a copy; moving from pmap to jit/shard_map touches this module
-only. lax.axis_index is global (process p's devices after those of processes
-< p), so programs are written once for any number of hosts.
+The prefetcher (`device_sharding`) and every per-device program share one
+mesh, so a [local_devices, ...] array reaches a program without a copy.
+lax.axis_index is global (process p's devices after those of processes < p).
 """
 
 from typing import Any, Callable, Optional, Sequence
@@ -33,11 +31,9 @@ def device_sharding(devices: Optional[Sequence[jax.Device]] = None):
 def device_program(
     fn: Callable[..., Any], *, axis_name: Optional[str] = AXIS_NAME, **kwargs
 ) -> Callable[..., Any]:
-  """`fn` once per device on its slice of the leading axis (jax.pmap).
+  """`fn` once per device on its slice of the leading axis: jax.pmap(**kwargs).
 
-  kwargs: jax.pmap's devices (all local ones on multi-host runs), in_axes (0:
-  split, None: the same on every device), donate_argnums; axis_name None for a
-  program without collectives.
+  axis_name None for a program without collectives.
   """
   return jax.pmap(fn, axis_name=axis_name, **kwargs)
 

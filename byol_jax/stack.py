@@ -113,23 +113,20 @@ def check_accelerator(
     backend = jax.default_backend()
   if backend != 'cpu':
     return backend
-  if versions.get('libtpu'):
-    why = (
-        f'libtpu {versions["libtpu"]} installed but no usable TPU (not a TPU '
-        'VM, another process holding the chips, or a runtime version for '
-        'another TPU generation)'
-    )
-  elif versions.get('jax-cuda12-plugin'):
-    why = (
-        f'jax-cuda12-plugin {versions["jax-cuda12-plugin"]} installed but no '
-        'usable GPU (check nvidia-smi, the driver, and '
-        f'CUDA_VISIBLE_DEVICES={env.get("CUDA_VISIBLE_DEVICES", "<unset>")})'
-    )
-  else:
-    why = (
-        'no accelerator plugin installed (jaxlib alone runs on the CPU); '
-        f'install with {_INSTALL_HINT}'
-    )
+  cuda = env.get('CUDA_VISIBLE_DEVICES', '<unset>')
+  no_device = {
+      'libtpu': 'TPU (not a TPU VM, another process holding the chips, or a '
+      'runtime version for another TPU generation)',
+      'jax-cuda12-plugin': 'GPU (check nvidia-smi, the driver, and '
+      f'CUDA_VISIBLE_DEVICES={cuda})',
+  }
+  plugin = next((p for p in no_device if versions.get(p)), None)
+  why = (
+      f'{plugin} {versions[plugin]} installed but no usable {no_device[plugin]}'
+      if plugin
+      else 'no accelerator plugin installed (jaxlib alone runs on the CPU); '
+      f'install with {_INSTALL_HINT}'
+  )
   raise StackError(
       '--require_accelerator: JAX found no GPU or TPU (jax.default_backend() '
       f'is cpu): {why}; or pass --norequire_accelerator to train on the CPU.'
