@@ -1,7 +1,5 @@
-"""The paper's numbers, as data: every cell of Tables 1 and 2.
+"""The paper's numbers (CITATION), as data: every cell of Tables 1 and 2.
 
-Richemond, Grill, Altché, Tallec, Strub, Brock, Smith, De, Pascanu, Piot,
-Valko, "BYOL works even without batch statistics", arXiv:2010.10241 (2020).
 ImageNet linear top-1 (%), ResNet-50. Table 1: 300 epochs, mean of 3 seeds
 ('ln' = GroupNorm with one group, 'none' = "-"); Table 2: 1000 epochs.
 Transcribed from ../shared/paper/TABLES.md (tests/test_paper.py compares).

@@ -40,11 +40,7 @@ def format_duration(seconds: Optional[float]) -> str:
 
 
 def collapse_cell(run: dict) -> str:
-  """'paper / ours (agree|DIFFER)', each 'collapsed', 'learns' or '—'.
-
-  The paper's: below paper.COLLAPSED_BELOW % top-1; ours: the final
-  projection collapse statistic below COLLAPSE_STD_BELOW.
-  """
+  """'paper / ours (agree|DIFFER)', each 'collapsed', 'learns' or '—'."""
   theirs = paper.collapsed(run['paper_top1'])
   std = run['final']['collapse_std_projection']
   ours = None if std is None else std < COLLAPSE_STD_BELOW
@@ -86,11 +82,7 @@ def table_row(run: dict) -> dict[str, str]:
 
 
 def markdown_table(runs: Sequence[dict]) -> str:
-  """A markdown table of runs.load_run() dicts, one row per run, in order.
-
-  The paper's numbers are ImageNet top-1 of ResNet-50 runs (Tables 1-2):
-  compare the ordering of variants, not the values, at small scale.
-  """
+  """A markdown table of runs.load_run() dicts, one row per run, in order."""
   rows = [table_row(run) for run in runs]
   lines = ['| ' + ' | '.join(rows[0]) + ' |', '|---' * len(rows[0]) + '|']
   for row in rows:

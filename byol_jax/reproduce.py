@@ -4,13 +4,11 @@ r"""Reproduce the paper's tables at small scale: every variant, then a report.
     python -m byol_jax.reproduce --table=2 --scale=small \
         --dataset=folder:/data/cifar10-jpg --workdir=/tmp/table2_small
 
-Each variant (experiments/<name>.py with the scale's option) runs as
-byol_jax.main would (`--dry_run` prints those commands) in WORKDIR/<variant>;
-report.py then writes WORKDIR/table<N>.md and WORKDIR/plots/. Resumable: a
-variant with eval_results.json is skipped. One whose workdir holds a run of
-other inputs (_NOT_COMPARED aside) is moved, under its training lock, to
-WORKDIR/replaced/<variant>.<n> and trained again (only evaluated again when
-just eval.* fields changed).
+Each variant runs as byol_jax.main would (`--dry_run` prints those commands)
+in WORKDIR/<variant>, then report.py writes WORKDIR/table<N>.md and plots/.
+Resumable: a variant with eval_results.json is skipped; one whose workdir
+holds a run of other inputs is moved to WORKDIR/replaced/<variant>.<n> and
+trained again (only evaluated again when just eval.* fields changed).
 """
 
 import json
@@ -27,7 +25,6 @@ from byol_jax import report
 from byol_jax import resume
 from byol_jax import runner
 from byol_jax import runs as runs_lib
-from byol_jax import validation
 from byol_jax import variants as variants_lib
 from byol_jax import workdir as workdir_lib
 
@@ -76,20 +73,14 @@ def _move_aside(root: epath.Path, vdir: epath.Path) -> epath.Path:
   return aside
 
 
-def run_variant(variant, config, workdir: epath.Path) -> dict:
+def run_variant(variant, config, workdir: epath.Path) -> None:
   """Pre-trains and evaluates one variant (resuming what is there)."""
-  if not config.eval.after_pretraining:
-    raise ValueError(
-        f'{variant.name}: eval.after_pretraining is False; the '
-        'table needs the linear evaluation of every variant.'
-    )
   summary = runner.run(config, str(workdir))
   if summary.get('preempted'):
     raise KeyboardInterrupt(
         f'{variant.name} was interrupted at step '
         f'{summary["step"]} (checkpoint saved)'
     )
-  return summary
 
 
 def reproduce(
@@ -130,18 +121,23 @@ def reproduce(
     raise ValueError(f'--scale={scale!r}: use one of {", ".join(scales)}.')
   chosen = variants_lib.select(variants_lib.table_variants(table), variants)
   root = epath.Path(workdir)
-  if any(field == 'eval.pretrain_workdir' for field, _ in overrides):
-    raise validation.ConfigError(
-        '--override=eval.pretrain_workdir: reproduce pre-trains every variant '
-        'itself; evaluate another run with python -m byol_jax.main '
-        '--config=experiments/linear_eval.py '
-        '--config.eval.pretrain_workdir=DIR.'
-    )
   variant_configs = [
       variants_lib.variant_config(v, scale, dataset, overrides, experiments_dir)
       for v in chosen
   ]
-  for config in variant_configs:  # every config error before training.
+  for v, config in zip(chosen, variant_configs):  # every error before training
+    if config.eval.pretrain_workdir:
+      raise ValueError(
+          '--override=eval.pretrain_workdir: reproduce pre-trains every '
+          'variant itself; evaluate another run with python -m byol_jax.main '
+          '--config=experiments/linear_eval.py '
+          '--config.eval.pretrain_workdir=DIR.'
+      )
+    if not config.eval.after_pretraining:
+      raise ValueError(
+          f'{v.name}: eval.after_pretraining is False; the table needs the '
+          'linear evaluation of every variant.'
+      )
     plan.build(config, read_data=False)
   commands = [
       v.command(scale, dataset, root / v.name, overrides) for v in chosen
@@ -260,10 +256,7 @@ if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'Root directory of the variants.')
   flags.DEFINE_list('variants', [], 'Only these variants (default: all).')
   flags.DEFINE_string(
-      'dataset',
-      '',
-      'Data source for every variant, e.g. '
-      "folder:/data/cifar10-jpg (default: the scale's).",
+      'dataset', '', "Data source of every variant (default: the scale's)."
   )
   flags.DEFINE_multi_string(
       'override',

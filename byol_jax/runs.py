@@ -113,13 +113,12 @@ def load_run(workdir) -> dict:
   results = read_json(results_path) or {}
   random_init = results.get('random_init') or {}
   paper = _number(config, 'paper_top1', config_path)
-  total = _number(config.get('derived') or {}, 'total_steps', config_path)
-  if total is None:  # a config.json without the derived section.
-    total = _number(config.get('training') or {}, 'total_steps', config_path)
-  wall, exact = None, bool(done and 'wall_time_s' in done)
-  if exact:
-    wall = _number(done, 'wall_time_s', done_path)
-  elif config_path.exists():
+  # training.total_steps: a config.json without the derived section.
+  steps = config.get('derived') or config.get('training') or {}
+  total = _number(steps, 'total_steps', config_path)
+  wall = _number(done or {}, 'wall_time_s', done_path)
+  exact = wall is not None
+  if not exact and config_path.exists():
     # metrics.jsonl's mtime minus config.json's (rewritten at a resume: then
     # the last segment only); epath's stat() works on gs:// objects too.
     start = config_path.stat().mtime
