@@ -153,41 +153,36 @@ def reproduce(
   root.mkdir(parents=True, exist_ok=True)
   failures_path = root / FAILURES_FILE
   failures = runs_lib.read_json(failures_path) or {}
-  for variant, config, command, diff in zip(
-      chosen, variant_configs, commands, changed
-  ):
-    vdir = root / variant.name
+  for v, config, cmd, diff in zip(chosen, variant_configs, commands, changed):
+    vdir = root / v.name
     if diff:
       then = 'its encoder is evaluated again, eval_results.json replaced'
       if not all(k.startswith('eval.') for k in diff):
-        out['replaced'][variant.name] = str(_move_aside(root, vdir))
-        then = f'moved to {out["replaced"][variant.name]}, trained again'
+        out['replaced'][v.name] = str(_move_aside(root, vdir))
+        then = f'moved to {out["replaced"][v.name]}, trained again'
       logging.warning(
-          '%s: inputs changed since the run in %s (%s): %s.',
-          variant.name,
-          vdir,
-          resume.describe_changes(diff),
-          then,
+          f'{v.name}: inputs changed since the run in {vdir} '
+          f'({resume.describe_changes(diff)}): {then}.'
       )
     elif workdir_lib.eval_results_path(vdir).exists():
-      logging.info('%s: done, skipped.', variant.name)
-      out['skipped'].append(variant.name)
+      logging.info('%s: done, skipped.', v.name)
+      out['skipped'].append(v.name)
       continue
-    logging.info('%s: %s', variant.name, command)
+    logging.info('%s: %s', v.name, cmd)
     start = time.time()
     try:
-      run_variant(variant, config, vdir)
+      run_variant(v, config, vdir)
     except (KeyboardInterrupt, workdir_lib.WorkdirError):
       raise  # a variant another run writes is not a failed variant
     except Exception as e:  # pylint: disable=broad-except
       # A diverged variant (NaN loss) is a result too: record it, go on.
-      failures[variant.name] = f'{type(e).__name__}: {e}'
-      out['failed'][variant.name] = failures[variant.name]
-      logging.error('%s failed: %s', variant.name, failures[variant.name])
+      failures[v.name] = f'{type(e).__name__}: {e}'
+      out['failed'][v.name] = failures[v.name]
+      logging.error('%s failed: %s', v.name, failures[v.name])
     else:
-      failures.pop(variant.name, None)
-      out['ran'].append(variant.name)
-      logging.info('%s: finished in %.0fs.', variant.name, time.time() - start)
+      failures.pop(v.name, None)
+      out['ran'].append(v.name)
+      logging.info('%s: finished in %.0fs.', v.name, time.time() - start)
     if failures:
       failures_path.write_text(json.dumps(failures, indent=2))
     elif failures_path.exists():
