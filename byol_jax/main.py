@@ -92,12 +92,8 @@ def _one_line(error: Exception) -> str:
   """The last 'SomeError: message' line of ml_collections' wrapped error."""
   text = str(error)
   if 'Error whilst parsing config file' in text:
-    lines = [l.strip() for l in text.splitlines() if l.strip()]
-    for line in reversed(lines):
-      match = re.match(r'^[\w.]*(Error|Exception): (.*)$', line)
-      if match:
-        return match.group(2)
-    return lines[-1]
+    found = re.findall(r'^\s*[\w.]*(?:Error|Exception): (.*?)\s*$', text, re.M)
+    return found[-1] if found else text.strip().splitlines()[-1].strip()
   return text.splitlines()[0] if text else type(error).__name__
 
 

@@ -77,6 +77,7 @@ def _one_of(choices):
   return lambda v: v in choices, f'use one of {", ".join(choices)}.'
 
 
+_SCHEDULE = (lambda v: v >= 0, 'must be >= 0 (0: no such schedule).')
 # {field: (whether a value is allowed, what is allowed)}, in schema order.
 _FIELDS = {
     'seed': (
@@ -134,14 +135,8 @@ _FIELDS = {
     'training.temperature': _numbers('>', 'SimCLR InfoNCE temperature'),
     'training.modified_init_batch_size': _ints(1),
     'training.modified_init_chunk_size': _ints(1),
-    'checkpoint.every_steps': (
-        lambda v: v >= 0,
-        'must be >= 0 (0: no such schedule).',
-    ),
-    'checkpoint.every_secs': (
-        lambda v: v >= 0,
-        'must be >= 0 (0: no such schedule).',
-    ),
+    'checkpoint.every_steps': _SCHEDULE,
+    'checkpoint.every_secs': _SCHEDULE,
     'checkpoint.max_to_keep': _ints(1),
     'logging.every_steps': _ints(1),
     'logging.knn_every_steps': _ints(0, '0: no kNN monitor'),
