@@ -1,24 +1,12 @@
 """Image folders (`folder:<path>`): the listing, file checks and decoded cache.
 
 Layout: root/<class>/**/*.{jpg,jpeg,png} (one split, 'train'), or, when
-root/train/ exists, root/<split>/<class>/... for each of SPLIT_DIRS there.
-Links are followed (each real folder once per class; links to nothing are
-left out, logged). Label i is train's i-th class folder in sorted order.
-
-The in-memory path decodes a folder once with Pillow (about 4 s for CIFAR-10's
-60,000 JPEGs on one core) into one cache file per folder and side:
-
-    <cache_dir>/<folder name>-<side>-<root hash>-<listing key>.npz
-        'key'; per split: '<split>.images' uint8 [N, H, W, 3],
-        '<split>.labels' int32 [N], '<split>.skipped' (files left out)
-
-The key hashes every image file's relative path, size and mtime, the class
-names, the side and FORMAT_VERSION: any change decodes the folder again (and
-removes the stale file). A cache that does not read back whole (zip's CRC-32)
-is rebuilt. It is written under a temporary name and renamed; the next start
-on its host removes a killed writer's temporary file. Files that are not
-decodable JPEG/PNG are skipped and counted; side S resizes the shorter side to
-S (Pillow's antialiased bicubic) and keeps the central S x S square.
+root/train/ exists, root/<split>/<class>/... for each of SPLIT_DIRS there;
+links followed, label i is train's i-th class folder in sorted order. The
+in-memory path decodes a folder once with Pillow (CIFAR-10's 60,000 JPEGs: 4 s
+on one core) into <cache_dir>/<name>-<side>-<root hash>-<listing key>.npz,
+keyed by every file's relative path, size and mtime, the classes, the side and
+FORMAT_VERSION; a changed key or a damaged file (zip's CRC-32) rebuilds it.
 """
 
 import concurrent.futures
@@ -41,10 +29,9 @@ _FIELDS = ('images', 'labels', 'skipped')  # per split, in the cache
 
 
 def list_folder(root: str, *, validate_files: bool = True):
-  """(root, class names, {split: paths}, {split: labels}, {split: skipped}).
+  """(root, classes, {split: paths}, {split: labels}, {split: skipped}).
 
-  validate_files: leave out (counted, logged) files that are not JPEG/PNG, or
-  lack their end marker and do not decode; streaming then meets none.
+  validate_files: leave out (counted) what is not a decodable JPEG/PNG.
   """
   root = os.path.abspath(os.path.expanduser(root))
   if not os.path.isdir(root):
@@ -79,7 +66,7 @@ def list_folder(root: str, *, validate_files: bool = True):
         f'for the split layout put the training images in {root}/train/'
         '<class>/, else rename that class folder'
     )
-  split_dirs = split_dirs if 'train' in folders else {'train': root}
+  split_dirs = split_dirs if train else {'train': root}
   class_names = tuple(_subfolders(split_dirs['train']))
   files, labels, skipped = {}, {}, {}
   for split, path in split_dirs.items():
@@ -89,14 +76,10 @@ def list_folder(root: str, *, validate_files: bool = True):
           f'{list(class_names)[:5]}...; every split needs the same class '
           'folders'
       )
-    found = [
-        (p, y)
-        for y, name in enumerate(class_names)
-        for p in _list_images(os.path.join(path, name), root)
-    ]
-    paths = np.asarray([p for p, _ in found])
-    ok = _validate(paths) if validate_files else [True] * len(paths)
-    ok = np.asarray(ok, bool)
+    found = [_list_images(os.path.join(path, c), root) for c in class_names]
+    paths = np.asarray(sum(found, []))
+    ok = np.asarray(_validate(paths) if validate_files else [1] * len(paths))
+    ok = ok.astype(bool)
     if not ok.all():
       logging.warning(
           f'folder:{root} split {split!r}: skipped {(~ok).sum()} of '
@@ -111,7 +94,9 @@ def list_folder(root: str, *, validate_files: bool = True):
           f'{path}/<class_name>/<image>.jpg'
       )
     files[split] = paths[ok]
-    labels[split] = np.asarray([y for _, y in found], np.int32)[ok]
+    labels[split] = np.repeat(
+        np.arange(len(found), dtype=np.int32), [len(f) for f in found]
+    )[ok]
     skipped[split] = int((~ok).sum())
   return root, class_names, files, labels, skipped
 
@@ -124,8 +109,7 @@ def _subfolders(path) -> list[str]:
     )
 
 
-def _is_image(entry) -> bool:
-  # Hidden files (macOS '._x.jpg') are not images.
+def _is_image(entry) -> bool:  # hidden ones (macOS '._x.jpg') are not
   return (
       entry.name.lower().endswith(IMAGE_EXTENSIONS)
       and not entry.name.startswith('.')
@@ -200,10 +184,8 @@ def _validate(paths) -> list[bool]:
 
 def image_shape(files) -> tuple[int, int] | None:
   """(height, width) of the first decodable JPEG/PNG among files, else None."""
-  for path in files:
-    if (x := _decode(path, 0)) is not None:
-      return x.shape[:2]
-  return None
+  shapes = (x.shape[:2] for p in files if (x := _decode(p, 0)) is not None)
+  return next(shapes, None)
 
 
 def square(image, side: int) -> np.ndarray:
@@ -246,38 +228,41 @@ def _decode(path: str, side: int) -> np.ndarray | None:
   return square(im, side) if side else np.asarray(im, np.uint8)
 
 
-def _decode_split(root, split, paths, side, num_threads):
-  """The decoded images of one split's paths, None where not decodable."""
-  cores = (
-      len(os.sched_getaffinity(0))
-      if hasattr(os, 'sched_getaffinity')
-      else os.cpu_count() or 1
-  )
+def stack(what: str, images) -> tuple[np.ndarray, list[int]]:
+  """(uint8 [N, H, W, 3], indices kept) of images (None: skipped), one size."""
+  kept, keep = [], []
+  for i, x in enumerate(images):  # the first of another size stops here
+    if x is not None and kept and x.shape != kept[0].shape:
+      (h, w), (h2, w2) = kept[0].shape[:2], x.shape[:2]
+      raise ValueError(
+          f'{what}: images have different sizes (e.g. {w}x{h} and {w2}x{h2}); '
+          'set --config.data.cache_side=N to hold them at N x N (shorter side '
+          'resized to N, centre square), or stream it with '
+          '--config.data.max_in_memory_mb=0'
+      )
+    if x is not None:
+      kept.append(x)
+      keep.append(i)
+  if not kept:
+    raise ValueError(f'{what} holds no decodable JPEG/PNG images')
+  return np.stack(kept).astype(np.uint8), keep
+
+
+def _decode_split(root, split, paths, labels, side, num_threads):
+  """(images, labels, number skipped) of one split, decoded by threads."""
   # Pillow releases the GIL while decoding. Side 0: the first image of
   # another size stops the split there, before the rest is decoded
   # (open_source's memory estimate assumes the first file's size).
-  pool = concurrent.futures.ThreadPoolExecutor(num_threads or min(16, cores))
+  pool = concurrent.futures.ThreadPoolExecutor(
+      num_threads or min(16, os.cpu_count() or 1)
+  )
   try:
-    decoded, first = [], None
-    for x in pool.map(lambda p: _decode(p, side), paths):
-      first = first or (None if x is None else x.shape)
-      if x is not None and x.shape != first:
-        raise ValueError(
-            f'folder:{root} split {split!r}: images have different sizes '
-            f'(e.g. {first[1]}x{first[0]} and {x.shape[1]}x{x.shape[0]}); set '
-            '--config.data.cache_side=N to hold them at N x N (shorter side '
-            'resized to N, centre square), or stream the folder with '
-            '--config.data.max_in_memory_mb=0'
-        )
-      decoded.append(x)
+    decoded = pool.map(lambda p: _decode(p, side), paths)
+    images, keep = stack(f'folder:{root} split {split!r}', decoded)
   finally:
     pool.shutdown(cancel_futures=True)
-  if first is None:
-    raise ValueError(
-        f'folder:{root} split {split!r} holds no decodable JPEG/PNG images '
-        f'({len(paths)} files tried, e.g. {list(paths[:3])})'
-    )
-  return decoded
+  labels = np.asarray(labels, np.int32)[keep]
+  return images, labels, len(paths) - len(keep)
 
 
 def _listing_key(listing, side: int) -> str:
@@ -297,49 +282,30 @@ def _listing_key(listing, side: int) -> str:
   return h.hexdigest()
 
 
-def _read(path: str, key: str, splits):
-  """{field: {split: array}} of the cache at path if whole, else None."""
-  if not os.path.exists(path):
-    return None
-  try:
-    with np.load(path) as z:
-      z = dict(z)  # reads every member, so zip checks every CRC-32
-    if str(z['key']) != key:
-      raise ValueError('it was written for another listing')
-    return {f: {s: z[f'{s}.{f}'] for s in splits} for f in _FIELDS}
-  except Exception as e:  # pylint: disable=broad-except
-    # Whatever does not read back whole (a bad CRC-32, a missing split...).
-    logging.warning(
-        f'Image cache {path} is incomplete or corrupt ({e}); rebuilding it.'
-    )
-    return None
+def _remove(path: str):
+  with contextlib.suppress(FileNotFoundError):  # another process was first
+    os.remove(path)
 
 
 def _write(path: str, key: str, out):
-  """Writes the cache under a temporary name, then renames it into place."""
-  directory = os.path.dirname(path)
+  """Writes the cache under a temporary name, renames it, drops stale ones."""
+  directory, name = os.path.split(path)
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(  # named by host and pid: _remove_dead_writers
       prefix=f'.tmp-{socket.gethostname()}-{os.getpid()}-', dir=directory
   )
   try:
     with os.fdopen(fd, 'wb') as f:
-      arrays = {f'{s}.{f}': out[f][s] for f in _FIELDS for s in out[f]}
+      arrays = {f'{s}.{f}': v for s in out for f, v in zip(_FIELDS, out[s])}
       np.savez(f, key=np.asarray(key), **arrays)
     os.replace(tmp, path)
   except BaseException:  # a full disk: leave nothing half-written behind
     _remove(tmp)
     raise
-  name = os.path.basename(path)
   prefix = name.rsplit('-', 1)[0] + '-'  # this folder and side
   for entry in os.listdir(directory):  # stale caches of other listings
     if entry.startswith(prefix) and entry != name:
       _remove(os.path.join(directory, entry))
-
-
-def _remove(path: str):
-  with contextlib.suppress(FileNotFoundError):  # another process was first
-    os.remove(path)
 
 
 def _remove_dead_writers(cache_dir: str):
@@ -348,7 +314,7 @@ def _remove_dead_writers(cache_dir: str):
   try:
     entries = os.listdir(cache_dir)
   except OSError:  # none yet, or unreadable
-    return
+    entries = []
   for match in filter(None, map(ours.match, entries)):
     try:
       os.kill(int(match.group(1)), 0)  # signal 0: only asks if it lives
@@ -359,11 +325,9 @@ def _remove_dead_writers(cache_dir: str):
 
 
 def arrays(listing, *, side=0, cache_dir='', num_threads=None):
-  """A listed folder (a FolderSource) as uint8 arrays: cached, else decoded.
+  """(images, labels, skipped: {split: ...}, cache file or '') of a listing.
 
-  Returns ({split: images}, {split: labels}, {split: files skipped}, the
-  cache file or '' when it could not be written). cache_dir '':
-  $XDG_CACHE_HOME (else ~/.cache)/byol_jax/folders.
+  cache_dir '': $XDG_CACHE_HOME (else ~/.cache)/byol_jax/folders.
   """
   root = listing.root
   xdg = os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache')
@@ -374,16 +338,26 @@ def arrays(listing, *, side=0, cache_dir='', num_threads=None):
   name = re.sub(r'[^A-Za-z0-9_.-]+', '_', os.path.basename(root)) or 'root'
   root_hash = hashlib.sha256(root.encode()).hexdigest()[:8]
   path = os.path.join(cache_dir, f'{name}-{side}-{root_hash}-{key[:16]}.npz')
-  out = _read(path, key, list(listing.files))
-  how = f'read from {path}'
+  out, how = None, f'read from {path}'
+  if os.path.exists(path):
+    try:
+      with np.load(path) as z:
+        z = dict(z)  # reads every member, so zip checks every CRC-32
+      if str(z['key']) != key:
+        raise ValueError('it was written for another listing')
+      out = {s: [z[f'{s}.{f}'] for f in _FIELDS] for s in listing.files}
+    except Exception as e:  # pylint: disable=broad-except
+      # Whatever does not read back whole (a bad CRC-32, a missing split...).
+      logging.warning(
+          f'Image cache {path} is incomplete or corrupt ({e}); rebuilding it.'
+      )
   if out is None:
-    out = {f: {} for f in _FIELDS}
-    for split, paths in listing.files.items():
-      decoded = _decode_split(root, split, list(paths), side, num_threads)
-      keep = [i for i, x in enumerate(decoded) if x is not None]
-      out['images'][split] = np.stack([decoded[i] for i in keep])
-      out['labels'][split] = np.asarray(listing.labels[split], np.int32)[keep]
-      out['skipped'][split] = np.asarray(len(paths) - len(keep))
+    out = {
+        split: _decode_split(
+            root, split, paths, listing.labels[split], side, num_threads
+        )
+        for split, paths in listing.files.items()
+    }
     try:
       _write(path, key, out)
       how = f'decoded and cached in {path}'
@@ -395,13 +369,12 @@ def arrays(listing, *, side=0, cache_dir='', num_threads=None):
           'writable directory.'
       )
       path, how = '', 'decoded, not cached'
-  skipped = {s: int(n) for s, n in out['skipped'].items()}
-  for split, x in out['images'].items():
-    n = skipped[split]
+  for split, (x, _, n) in out.items():
     (logging.warning if n else logging.info)(
         f'folder:{root} split {split!r}: {len(x)} of {len(x) + n} files held '
         f'in memory as {x.shape[1]}x{x.shape[2]} uint8 '
         f'({x.nbytes / 2**20:.1f} MB), {n} skipped (not decodable JPEG/PNG); '
         f'{how}'
     )
-  return out['images'], out['labels'], skipped, path
+  images, labels, skipped = (dict(zip(out, v)) for v in zip(*out.values()))
+  return images, labels, {s: int(n) for s, n in skipped.items()}, path

@@ -1,27 +1,23 @@
 """Input pipelines: per-host batches of crops for a pmapped step.
 
-Every iterator yields dicts of arrays [local_devices, per_device_batch, ...];
-colour augmentations follow on device (augment.py). In memory, the uint8
-arrays sit on every local device (or the host: in_memory_on='host') and each
-step gathers, crops, resizes and flips its examples on the devices under
-jit(shard_map); streaming, tf.data on each host reads, decodes and crops its
-own shard (tf_stream.py). Both cut crops.sample_crop's boxes and resize them as
-tf.image.resize's bicubic of the crop (Keys' cubic, a = -0.5, half-pixel
-centres, taps outside the crop dropped and the rest renormalised, no
-antialiasing), as the official byol/utils/dataset.py, then clip to [0, 1]. On
-device the resize is two dense products per image, [S, H] x [H, W, 3] x
-[W, S] at HIGHEST precision, equal to TF's to 3e-7 of the pixel range
-(measured, tensorflow-cpu 2.21).
+Every iterator yields dicts [local_devices, per_device_batch, ...]; colour
+augmentations follow on device (augment.py). In memory, the arrays sit on every
+local device (or the host) and each step gathers, crops, resizes and flips its
+examples on the devices under jit(shard_map); streaming, tf.data on each host
+decodes and crops its own shard (tf_stream.py). Both cut crops.sample_crop's
+boxes and resize them as tf.image.resize's bicubic of the crop (Keys' cubic,
+a = -0.5, half-pixel centres, taps outside the crop dropped and renormalised,
+no antialiasing: the official byol/utils/dataset.py), clipped to [0, 1]; on
+device as two dense products [S, H] x [H, W, 3] x [W, S] at HIGHEST
+precision, equal to TF's to 3e-7 (measured, tensorflow-cpu 2.21).
 
-Resumption: batch k is stream positions [k B, (k + 1) B), and every random
-draw of an example is a stateless function of the seed and its place in the
-stream, so start_step=k starts there without decoding what it skips. In memory
-the stream is global (epoch e: the permutation `stream_indices` draws from
-[seed, crops.SALT_PERM, e]; host h takes positions [h B / hosts, (h + 1) B /
-hosts) of each global batch; position p of step k is cropped with key
-fold_in(fold_in(fold_in(key(seed), crops.SALT_CROP), k), p)), so batches do
-not depend on the number of devices or hosts. Streaming, each host owns a
-fixed shard of the split.
+Batch k is stream positions [k B, (k + 1) B) and every random draw is a
+stateless function of the seed and the position, so start_step=k resumes
+exactly. In memory the stream is global (epoch e: `stream_indices`'s
+permutation of [seed, crops.SALT_PERM, e]; host h takes its slice of each
+global batch; position p of step k is cropped with key fold_in(fold_in(
+fold_in(key(seed), crops.SALT_CROP), k), p)): batches do not depend on the
+device or host count. Streaming, each host owns a fixed shard.
 """
 
 import collections
@@ -52,10 +48,8 @@ class _Layout:
     total = self.count * self.devices
     if global_batch <= 0 or global_batch % total:
       raise ValueError(
-          f'global_batch_size={global_batch} must be a positive multiple of '
-          f'process_count * local_device_count = {self.count} * '
-          f'{self.devices} = {total}; set global_batch_size to e.g. '
-          f'{max(1, round(global_batch / total)) * total}'
+          f'global_batch_size={global_batch}: not a multiple of the {total} '
+          'devices of all processes'
       )
     self.host_batch = global_batch // self.count
     self.per_device = self.host_batch // self.devices
@@ -106,14 +100,11 @@ def make_pretrain_iterator(
     views: int = 2,
     flip: bool = False,
 ) -> Iterator[dict[str, Any]]:
-  """Infinite, shuffled, resumable stream of BYOL's two crops per image.
+  """Endless resumable {'view1', 'view2', 'label'} of this host, see module.
 
-  Yields {'view1', 'view2': float32 [local_devices, per_device, image_size,
-  image_size, 3] in [0, 1], 'label': int32 [local_devices, per_device]}:
-  numpy when streaming, jax.Arrays on the devices when in memory. Defaults:
-  this process's jax.process_index/count and local devices; in_memory_on
-  'host' gathers on the host (the same batches); num_threads sizes tf.data's
-  pool; views / flip: crops per image, mirrored with probability 1/2.
+  Views float32 [local_devices, per_device, image_size, image_size, 3] in
+  [0, 1] (numpy streaming, on the devices in memory), mirrored half the time
+  if flip; None host arguments: this process's.
   """
   layout = _Layout(
       global_batch_size, process_index, process_count, local_device_count
@@ -148,9 +139,8 @@ def make_eval_iterator(
 ) -> Iterator[dict[str, Any]]:
   """One centre-cropped pass over this host's shard: {'image', 'label', 'mask'}.
 
-  Every host yields num_eval_batches(n, global_batch_size) batches (pmapped
-  steps stay in lock-step); padding has mask False, label 0, a zero image.
-  indices (in memory only): just these examples, e.g. the kNN subset.
+  num_eval_batches(n, global_batch_size) batches on every host, padded with
+  mask False, label 0, zero images; indices (in memory): only these examples.
   """
   layout = _Layout(
       global_batch_size, process_index, process_count, local_device_count
@@ -182,16 +172,6 @@ def prefetch_to_device(
 
 
 # ------------------------------------------------ in memory: crops on device
-def _keys_cubic(x):
-  """Keys' cubic convolution kernel, a = -0.5 (TF's bicubic)."""
-  x = jnp.abs(x)
-  return jnp.where(
-      x <= 1,
-      (1.5 * x - 2.5) * x * x + 1,
-      jnp.where(x < 2, ((-0.5 * x + 2.5) * x - 4) * x + 2, 0.0),
-  )
-
-
 def resize_weights(start, length, size: int, in_size: int) -> jax.Array:
   """[B, size, in_size] bicubic weights of the spans [start, start + length)."""
   start = jnp.asarray(start, jnp.float32)[:, None]
@@ -204,7 +184,10 @@ def resize_weights(start, length, size: int, in_size: int) -> jax.Array:
   for k in (-1.0, 0.0, 1.0, 2.0):
     tap = floor + k
     inside = (tap >= start) & (tap <= start + length - 1)
-    w = jnp.where(inside, _keys_cubic(centre - tap), 0.0)
+    d = jnp.abs(centre - tap)  # Keys' cubic, a = -0.5 (TF's bicubic)
+    keys = jnp.where(d < 2, ((-0.5 * d + 2.5) * d - 4) * d + 2, 0.0)
+    keys = jnp.where(d <= 1, (1.5 * d - 2.5) * d * d + 1, keys)
+    w = jnp.where(inside, keys, 0.0)
     weights = weights + w[..., None] * (tap[..., None] == grid)
   return weights / jnp.sum(weights, axis=-1, keepdims=True)
 
@@ -229,9 +212,8 @@ def crop_resize(
   return jnp.clip(x, 0.0, 1.0)
 
 
-def _random_views(images, idx, pos, step, key, *, size, views, flip, min_area):
+def _random_views(x, pos, step, key, *, size, views, flip, min_area):
   """One device's crops: {'view1', ...} [b, size, size, 3] float32."""
-  x = images if idx is None else images[idx]
   h, w = x.shape[1:3]
   step_key = jax.random.fold_in(key, step)
   draw = lambda p: jax.random.uniform(
@@ -247,9 +229,8 @@ def _random_views(images, idx, pos, step, key, *, size, views, flip, min_area):
   return out
 
 
-def _center_view(images, idx, mask, *, size):
+def _center_view(x, mask, *, size):
   """One device's centre crops, zero where mask is False."""
-  x = images if idx is None else images[idx]
   box = crops.center_crop(np, float(x.shape[1]), float(x.shape[2]), size)
   return crop_resize(x, box, size) * mask[:, None, None, None]
 
@@ -260,8 +241,8 @@ def _compiled(fn, devices: tuple, gathered: bool, **static):
   spec = jax.sharding.PartitionSpec(parallel.AXIS_NAME)
 
   def per_device(images, idx, *args):  # each argument: [1, ...] blocks
-    idx = None if gathered else idx[0]
-    out = fn(images[0], idx, *(a[0] for a in args), **static)
+    x = images[0] if gathered else images[0][idx[0]]
+    out = fn(x, *(a[0] for a in args), **static)
     return jax.tree.map(lambda x: x[None], out)
 
   mesh = parallel.device_mesh(devices)
@@ -282,10 +263,10 @@ def _place(source, split, layout, on):
     images = host = np.asarray(source.images[split])
     where = f'on each of {len(devices)} device(s) ({devices[0].platform})'
     if on == 'device':
-      images = jax.make_array_from_single_device_arrays(
+      images = jax.make_array_from_callback(
           (len(devices),) + host.shape,
           parallel.device_sharding(devices),
-          [jax.device_put(host[None], d) for d in devices],
+          lambda _: host[None],
       )
     else:
       where = f'on the host, cropped on {len(devices)} device(s)'

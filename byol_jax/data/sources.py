@@ -7,12 +7,9 @@
     hold_out(source, 500)             500 training examples moved to 'held_out'
 
 Split names are a source's own ('train', 'train[10000:]') or the paper
-protocol's `LOGICAL_SPLITS`, which `resolve_split` maps; a dataset with only a
-train split reports on a part of it that `hold_out` carves.
-`open_source` chooses the data path (derived.data_path): IN_MEMORY for digits,
-synthetic, and folders and TFDS sets whose decoded uint8 size is at most
-data.max_in_memory_mb (cropped on the devices, pipeline.py); else STREAMING
-through tf.data (tf_stream.py). TensorFlow is imported for those only.
+protocol's `LOGICAL_SPLITS`, which `resolve_split` maps. `open_source` picks
+the data path: IN_MEMORY (pipeline.py) for digits, synthetic, and sources of
+at most data.max_in_memory_mb decoded, else STREAMING (tf_stream.py).
 """
 
 import dataclasses
@@ -63,20 +60,16 @@ KNOWN_IMAGE_SHAPES = {
 
 def _is_imagenet(name: str) -> bool:
   """Whether a TFDS name ('tfds:' optional) is ImageNet's, any version."""
-  return name.removeprefix('tfds:').split('/')[0].split(':')[0] == (
-      'imagenet2012'
-  )
+  name = name.removeprefix('tfds:')
+  return name.split('/')[0].split(':')[0] == 'imagenet2012'
 
 
 def tfds_split(name: str, logical: str, available=()) -> str:
   """The TFDS split string of a logical split of TFDS dataset `name`."""
-  if logical not in LOGICAL_SPLITS:
-    raise ValueError(
-        f'logical split {logical!r} is not one of {LOGICAL_SPLITS}'
-    )
   if _is_imagenet(name):
     return IMAGENET_SPLITS[logical]
-  return generic_split(logical, tuple(available), f'tfds:{name}')
+  name = 'tfds:' + name.removeprefix('tfds:')
+  return generic_split(logical, tuple(available), name)
 
 
 def generic_split(logical: str, available: tuple[str, ...], what: str) -> str:
@@ -117,20 +110,19 @@ class Source:
     """The raw split (or TFDS slice) that a logical or raw split name reads."""
     if split in LOGICAL_SPLITS:
       return generic_split(split, self.raw_splits(), self.name)
-    if split not in self.raw_splits():
-      raise _unknown(self, split)
-    return split
+    return self._known(split, split)
 
   def num_examples(self, split: str) -> int:
     return self.split_sizes()[self.resolve_split(split)]
 
-
-def _unknown(source: Source, split: str) -> ValueError:
-  hint = f', or {_HOLD_OUT_HINT}' if split == HELD_OUT else ''
-  return ValueError(
-      f'split {split!r} of {source.name} is unknown; use one of '
-      f'{sorted(source.raw_splits())} or {LOGICAL_SPLITS}{hint}'
-  )
+  def _known(self, split: str, raw: str) -> str:
+    if raw in self.split_sizes():
+      return split
+    hint = f', or {_HOLD_OUT_HINT}' if split == HELD_OUT else ''
+    raise ValueError(
+        f'split {split!r} of {self.name} is unknown; use one of '
+        f'{sorted(self.raw_splits())} or {LOGICAL_SPLITS}{hint}'
+    )
 
 
 @dataclasses.dataclass
@@ -159,16 +151,20 @@ class TfdsSource(Source):
   """A prepared TFDS dataset; held_out_examples N: 'held_out' is train[:N].
 
   'train' is then train[N:]; 'train[:100]', say, does overlap 'held_out'.
+  Without a builder: a stand-in of KNOWN_SIZES that reads nothing (--dry_run).
   """
 
   builder: Any = None
   image_key: str = 'image'
   label_key: str = 'label'
   held_out_examples: int = 0
+  sizes: Mapping[str, int] | None = None
+  stand_in = property(lambda self: self.builder is None)
 
   def split_sizes(self):
-    splits = self.builder.info.splits
-    return {s: splits[s].num_examples for s in splits}
+    if self.stand_in:
+      return dict(self.sizes)
+    return {s: v.num_examples for s, v in self.builder.info.splits.items()}
 
   def raw_splits(self):
     names = tuple(self.split_sizes())
@@ -176,46 +172,20 @@ class TfdsSource(Source):
 
   def resolve_split(self, split):
     if split in LOGICAL_SPLITS:
-      split = (
-          IMAGENET_SPLITS[split]
-          if _is_imagenet(self.name)
-          else super().resolve_split(split)
-      )
+      split = tfds_split(self.name, split, self.raw_splits())
     n = self.held_out_examples
     if split in (HELD_OUT, 'train') and n:
       return f'train[:{n}]' if split == HELD_OUT else f'train[{n}:]'
-    if split.partition('[')[0] not in self.split_sizes():
-      raise _unknown(self, split)
-    return split
+    return self._known(split, split.partition('[')[0])
 
   def num_examples(self, split):
-    return self.builder.info.splits[self.resolve_split(split)].num_examples
-
-
-@dataclasses.dataclass
-class SizedSource(TfdsSource):
-  """Known split sizes, no images (--dry_run); splits resolve as TFDS's do."""
-
-  sizes: Mapping[str, int] = None
-  stand_in = True  # nothing was read
-
-  def split_sizes(self):
-    return dict(self.sizes)
-
-  def num_examples(self, split):
-    name, _, bounds = self.resolve_split(split).partition('[')
+    split = self.resolve_split(split)
+    if not self.stand_in:
+      return self.builder.info.splits[split].num_examples
+    name, _, bounds = split.partition('[')
     start, _, stop = bounds.rstrip(']').partition(':')
     part = slice(int(start or 0), int(stop) if stop else None)
     return len(range(self.sizes[name])[part])
-
-
-def _stand_in(spec: str) -> SizedSource | None:
-  """The sizes of a spec in KNOWN_SIZES or of a well-formed synthetic one."""
-  kind, _, arg = spec.partition(':')
-  if kind == 'synthetic' and (not arg or arg.isdigit() and int(arg) > 0):
-    return SizedSource(spec, 10, sizes=dict(SYNTHETIC_SIZES))
-  sizes, classes = KNOWN_SIZES.get(spec, (None, 0))
-  return sizes and SizedSource(spec, classes, sizes=dict(sizes))
 
 
 def get_source(
@@ -252,18 +222,17 @@ def get_source(
 def hold_out(source: Source, num_examples: int) -> Source:
   """A copy of `source` whose 'train' lends `num_examples` to 'held_out'.
 
-  The same examples for every run and seed: in memory and folders, a seed-0
-  random subset of train (both parts keep train's order); TFDS (shuffled when
-  prepared), train[:N], and 'train' becomes train[N:].
+  In memory and folders a seed-0 random subset of train (orders kept); TFDS
+  (shuffled when prepared) train[:N], 'train' becoming train[N:].
   """
   what = f'cannot hold out num_examples={num_examples!r} of'
+  splits = source.raw_splits()
   if _is_imagenet(source.name):
     raise ValueError(
         f'{what} {source.name}: its paper protocol already holds out '
         'train[:10000] as linear_valid (IMAGENET_SPLITS); set '
         'held_out_examples to 0 for it.'
     )
-  splits = source.raw_splits()
   if HELD_OUT in splits:
     raise ValueError(
         f'{what} {source.name}: it already has a {HELD_OUT!r} split (its '
@@ -276,11 +245,7 @@ def hold_out(source: Source, num_examples: int) -> Source:
         f'{sorted(splits)}); set held_out_examples to 0.'
     )
   total = source.num_examples('train')
-  if (
-      isinstance(num_examples, bool)
-      or not isinstance(num_examples, (int, np.integer))
-      or not 0 < num_examples < total
-  ):
+  if isinstance(num_examples, bool) or num_examples not in range(1, total):
     raise ValueError(
         f'{what} the {total} training examples of {source.name}; use an int '
         f'from 1 to {total - 1}.'
@@ -334,19 +299,20 @@ def tfds_source(name: str, *, data_dir: str | None = None) -> TfdsSource:
     try:  # readable all the same? (tfds.testing.mock_data makes data up)
       builder.as_dataset(split='train')
     except AssertionError:  # TFDS's "could not find data in <data_dir>"
-      where, dd = builder.data_dir, data_dir or str(builder.data_dir_root)
+      dd = data_dir or str(builder.data_dir_root)
       manual = os.path.join(dd, 'downloads', 'manual')
-      raise ValueError(
-          f'tfds:{name} is not prepared in {where}. ImageNet needs a manual '
-          'download: register at https://image-net.org/download-images, put '
-          f'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in {manual} '
-          '(the manual_dir), then run `tfds build imagenet2012 '
-          f'--data_dir={dd} --manual_dir={manual}` (about 150 GB, hours).'
+      fix = (
+          'ImageNet needs a manual download: register at '
+          'https://image-net.org/download-images, put ILSVRC2012_img_train.tar'
+          f' and ILSVRC2012_img_val.tar in {manual}, then run `tfds build '
+          f'imagenet2012 --data_dir={dd} --manual_dir={manual}` (about 150 '
+          'GB, hours).'
           if _is_imagenet(name)
-          else f'tfds:{name} is not prepared in {where}; run `tfds build '
-          f'{name} --data_dir={dd}` (or tfds.builder({name!r}, '
-          f'data_dir={dd!r}).download_and_prepare()) on a machine with '
+          else f'run `tfds build {name} --data_dir={dd}` on a machine with '
           'internet access first.'
+      )
+      raise ValueError(
+          f'tfds:{name} is not prepared in {builder.data_dir}; {fix}'
       ) from None
   info = builder.info
   known = KNOWN_SIZES.get(f'tfds:{builder.name}')
@@ -366,7 +332,7 @@ def decoded_bytes(source: Source, side: int = 0) -> int | None:
   shape = (side, side)
   if not side and isinstance(source, FolderSource):
     shape = folder.image_shape(source.files['train'])
-  elif not side and isinstance(source, SizedSource):
+  elif not side and source.stand_in:
     shape = KNOWN_IMAGE_SHAPES.get(source.name)
   elif not side:
     shape = source.builder.info.features[source.image_key].shape[:2]
@@ -392,24 +358,19 @@ def in_memory_tfds(source: TfdsSource, *, side: int = 0) -> InMemorySource:
     ds = source.builder.as_dataset(
         source.resolve_split(raw), shuffle_files=False
     )
-    xs, ys = [], []
-    for ex in tfds.as_numpy(ds):
+    ys = labels[raw] = []
+
+    def image(ex, ys=ys):
+      ys.append(ex[source.label_key])
       x = ex[source.image_key]
       x = np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
-      xs.append(folder.square(x, side) if side else x)
-      ys.append(ex[source.label_key])
-    shapes = sorted({x.shape[:2] for x in xs})
-    if len(shapes) > 1:
-      raise ValueError(
-          f'{source.name} split {raw!r}: images have different sizes (e.g. '
-          f'{shapes[0]} and {shapes[-1]}); set --config.data.cache_side=N to '
-          'hold them at N x N, or stream it with '
-          '--config.data.max_in_memory_mb=0'
-      )
-    images[raw] = np.stack(xs).astype(np.uint8)
+      return folder.square(x, side) if side else x
+
+    what = f'{source.name} split {raw!r}'
+    images[raw], _ = folder.stack(what, map(image, tfds.as_numpy(ds)))
     labels[raw] = np.asarray(ys, np.int32)
     logging.info(
-        f'{source.name} split {raw!r}: {images[raw].shape} uint8 in memory '
+        f'{what}: {images[raw].shape} uint8 in memory '
         f'({images[raw].nbytes / 2**20:.1f} MB), through tfds.as_numpy'
     )
   return InMemorySource(source.name, source.num_classes, images, labels)
@@ -426,10 +387,10 @@ def tensorflow_importable() -> bool:
 def open_source(data, read_data: bool):
   """(source, data path, decoded MiB or None) of config.data; one-line errors.
 
-  read_data=False (--dry_run, benchmarks) decodes nothing: the sizes come
-  from the listing and one image, TFDS's metadata, or KNOWN_SIZES.
+  read_data=False (--dry_run, benchmarks): sizes from a listing, TFDS's
+  metadata or KNOWN_SIZES, nothing decoded.
   """
-  spec, kind = data.source, data.source.partition(':')[0]
+  spec, (kind, _, arg) = data.source, data.source.partition(':')
   if kind == 'tfds' and not tensorflow_importable():
     raise ValueError(
         f'data.source={spec!r}: TFDS datasets need TensorFlow, which is not '
@@ -450,9 +411,15 @@ def open_source(data, read_data: bool):
     except ValueError as e:
       raise ValueError(f'data.held_out_examples={n}: {e}') from None
 
-  source = (None if read_data else _stand_in(spec)) or attempt(
-      get_source, spec, data_dir=data.data_dir or None, validate_files=False
-  )
+  sizes, classes = KNOWN_SIZES.get(spec, (None, 0))
+  if kind == 'synthetic' and (not arg or arg.isdigit() and int(arg) > 0):
+    sizes, classes = SYNTHETIC_SIZES, 10
+  if sizes and not read_data:  # a stand-in: nothing read
+    source = TfdsSource(spec, classes, sizes=dict(sizes))
+  else:
+    source = attempt(
+        get_source, spec, data_dir=data.data_dir or None, validate_files=False
+    )
   if kind == 'tfds':  # TFDS's own train[:N] slices, before anything is read
     source = hold(source)
   size, fits = None, True  # digits, synthetic
