@@ -48,8 +48,9 @@ class _Layout:
     total = self.count * self.devices
     if global_batch <= 0 or global_batch % total:
       raise ValueError(
-          f'global_batch_size={global_batch}: not a multiple of the {total} '
-          'devices of all processes'
+          f'global_batch_size={global_batch}: not a positive multiple of the '
+          f'{total} devices of all processes; use e.g. '
+          f'{max(1, round(global_batch / total)) * total}'
       )
     self.host_batch = global_batch // self.count
     self.per_device = self.host_batch // self.devices
