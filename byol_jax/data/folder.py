@@ -29,10 +29,7 @@ _FIELDS = ('images', 'labels', 'skipped')  # per split, in the cache
 
 
 def list_folder(root: str, *, validate_files: bool = True):
-  """(root, classes, {split: paths}, {split: labels}, {split: skipped}).
-
-  validate_files: leave out (counted) what is not a decodable JPEG/PNG.
-  """
+  """(root, classes, {split: paths / labels / number of undecodable files})."""
   root = os.path.abspath(os.path.expanduser(root))
   if not os.path.isdir(root):
     raise ValueError(
@@ -248,40 +245,6 @@ def stack(what: str, images) -> tuple[np.ndarray, list[int]]:
   return np.stack(kept).astype(np.uint8), keep
 
 
-def _decode_split(root, split, paths, labels, side, num_threads):
-  """(images, labels, number skipped) of one split, decoded by threads."""
-  # Pillow releases the GIL while decoding. Side 0: the first image of
-  # another size stops the split there, before the rest is decoded
-  # (open_source's memory estimate assumes the first file's size).
-  pool = concurrent.futures.ThreadPoolExecutor(
-      num_threads or min(16, os.cpu_count() or 1)
-  )
-  try:
-    decoded = pool.map(lambda p: _decode(p, side), paths)
-    images, keep = stack(f'folder:{root} split {split!r}', decoded)
-  finally:
-    pool.shutdown(cancel_futures=True)
-  labels = np.asarray(labels, np.int32)[keep]
-  return images, labels, len(paths) - len(keep)
-
-
-def _listing_key(listing, side: int) -> str:
-  """sha256 of every file's relative path, size and mtime, classes and side."""
-  head = [FORMAT_VERSION, int(side), list(listing.class_names)]
-  h = hashlib.sha256(json.dumps(head).encode())
-  for split in sorted(listing.files):
-    h.update(f'\0split {split}\0'.encode())
-    for path in listing.files[split]:
-      try:
-        st = os.stat(path)
-        size, mtime = st.st_size, st.st_mtime_ns
-      except OSError:  # vanished, or a dangling link: decoding skips it
-        size = mtime = -1
-      rel = os.path.relpath(path, listing.root)
-      h.update(f'{rel}\0{size}\0{mtime}\n'.encode())
-  return h.hexdigest()
-
-
 def _remove(path: str):
   with contextlib.suppress(FileNotFoundError):  # another process was first
     os.remove(path)
@@ -291,7 +254,7 @@ def _write(path: str, key: str, out):
   """Writes the cache under a temporary name, renames it, drops stale ones."""
   directory, name = os.path.split(path)
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(  # named by host and pid: _remove_dead_writers
+  fd, tmp = tempfile.mkstemp(  # named by host and pid: see arrays
       prefix=f'.tmp-{socket.gethostname()}-{os.getpid()}-', dir=directory
   )
   try:
@@ -308,33 +271,36 @@ def _write(path: str, key: str, out):
       _remove(os.path.join(directory, entry))
 
 
-def _remove_dead_writers(cache_dir: str):
-  """Removes the temporary files of this host's writers that died."""
+def arrays(listing, *, side=0, cache_dir='', num_threads=None):
+  """({split: images / labels / files skipped}, cache file or '') of listing."""
+  root = listing.root
+  xdg = os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache')
+  cache_dir = cache_dir or os.path.join(xdg, 'byol_jax', 'folders')
+  cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
   ours = re.compile(rf'\.tmp-{re.escape(socket.gethostname())}-(\d+)-')
   try:
     entries = os.listdir(cache_dir)
   except OSError:  # none yet, or unreadable
     entries = []
   for match in filter(None, map(ours.match, entries)):
-    try:
+    try:  # the temporary file of a writer of this host that died: removed
       os.kill(int(match.group(1)), 0)  # signal 0: only asks if it lives
     except ProcessLookupError:
       _remove(os.path.join(cache_dir, match.string))
     except PermissionError:  # alive: another user's
       pass
-
-
-def arrays(listing, *, side=0, cache_dir='', num_threads=None):
-  """(images, labels, skipped: {split: ...}, cache file or '') of a listing.
-
-  cache_dir '': $XDG_CACHE_HOME (else ~/.cache)/byol_jax/folders.
-  """
-  root = listing.root
-  xdg = os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache')
-  cache_dir = cache_dir or os.path.join(xdg, 'byol_jax', 'folders')
-  cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
-  _remove_dead_writers(cache_dir)
-  key = _listing_key(listing, side)
+  head = json.dumps([FORMAT_VERSION, int(side), list(listing.class_names)])
+  h = hashlib.sha256(head.encode())  # and every file's path, size and mtime
+  for split, paths in sorted(listing.files.items()):
+    h.update(f'\0split {split}\0'.encode())
+    for p in paths:
+      try:
+        st = os.stat(p)
+        size, mtime = st.st_size, st.st_mtime_ns
+      except OSError:  # vanished, or a dangling link: decoding skips it
+        size = mtime = -1
+      h.update(f'{os.path.relpath(p, root)}\0{size}\0{mtime}\n'.encode())
+  key = h.hexdigest()
   name = re.sub(r'[^A-Za-z0-9_.-]+', '_', os.path.basename(root)) or 'root'
   root_hash = hashlib.sha256(root.encode()).hexdigest()[:8]
   path = os.path.join(cache_dir, f'{name}-{side}-{root_hash}-{key[:16]}.npz')
@@ -352,21 +318,27 @@ def arrays(listing, *, side=0, cache_dir='', num_threads=None):
           f'Image cache {path} is incomplete or corrupt ({e}); rebuilding it.'
       )
   if out is None:
-    out = {
-        split: _decode_split(
-            root, split, paths, listing.labels[split], side, num_threads
-        )
-        for split, paths in listing.files.items()
-    }
+    # Pillow releases the GIL while decoding. Side 0: the first image of
+    # another size stops the split before the rest is decoded (open_source's
+    # memory estimate takes the first file's size).
+    cores = min(16, os.cpu_count() or 1)
+    pool, out = concurrent.futures.ThreadPoolExecutor(num_threads or cores), {}
+    try:
+      for split, paths in listing.files.items():
+        decoded = pool.map(lambda p: _decode(p, side), paths)
+        images, keep = stack(f'folder:{root} split {split!r}', decoded)
+        labels = np.asarray(listing.labels[split], np.int32)[keep]
+        out[split] = images, labels, len(paths) - len(keep)
+    finally:
+      pool.shutdown(cancel_futures=True)
     try:
       _write(path, key, out)
       how = f'decoded and cached in {path}'
     except OSError as e:  # read-only or full: the run goes on, uncached
       logging.warning(
-          f'folder:{root} could not be cached in {cache_dir} ({e}); using the '
-          'decoded images for this run only (the next start decodes them '
-          'again): free space there or set --config.data.cache_dir to a '
-          'writable directory.'
+          f'folder:{root} could not be cached in {cache_dir} ({e}); decoded '
+          'for this run only: free space there or set --config.data.cache_dir'
+          ' to a writable directory.'
       )
       path, how = '', 'decoded, not cached'
   for split, (x, _, n) in out.items():

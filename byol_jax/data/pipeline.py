@@ -1,23 +1,15 @@
-"""Input pipelines: per-host batches of crops for a pmapped step.
+"""Input pipelines: per-host batches [local_devices, per_device, ...] of crops.
 
-Every iterator yields dicts [local_devices, per_device_batch, ...]; colour
-augmentations follow on device (augment.py). In memory, the arrays sit on every
-local device (or the host) and each step gathers, crops, resizes and flips its
-examples on the devices under jit(shard_map); streaming, tf.data on each host
-decodes and crops its own shard (tf_stream.py). Both cut crops.sample_crop's
-boxes and resize them as tf.image.resize's bicubic of the crop (Keys' cubic,
-a = -0.5, half-pixel centres, taps outside the crop dropped and renormalised,
-no antialiasing: the official byol/utils/dataset.py), clipped to [0, 1]; on
-device as two dense products [S, H] x [H, W, 3] x [W, S] at HIGHEST
-precision, equal to TF's to 3e-7 (measured, tensorflow-cpu 2.21).
-
-Batch k is stream positions [k B, (k + 1) B) and every random draw is a
-stateless function of the seed and the position, so start_step=k resumes
-exactly. In memory the stream is global (epoch e: `stream_indices`'s
-permutation of [seed, crops.SALT_PERM, e]; host h takes its slice of each
-global batch; position p of step k is cropped with key fold_in(fold_in(
-fold_in(key(seed), crops.SALT_CROP), k), p)): batches do not depend on the
-device or host count. Streaming, each host owns a fixed shard.
+In memory the arrays sit on every local device (or the host) and each step
+gathers, crops, resizes and flips its examples on the devices (jit(shard_map));
+streaming, tf.data on each host decodes and crops its own shard (tf_stream.py).
+Both cut crops.sample_crop's boxes and resize as tf.image.resize's bicubic of
+the crop (the official byol/utils/dataset.py), clipped to [0, 1]; on device as
+two dense products [S, H] x [H, W, 3] x [W, S], equal to TF's to 3e-7
+(measured, tensorflow-cpu 2.21). Batch k is stream positions [k B, (k + 1) B)
+and every draw is stateless in (seed, position), so start_step=k resumes
+exactly; in memory the stream is global (host h takes its slice of each global
+batch), so batches do not depend on the device or host count.
 """
 
 import collections
@@ -101,11 +93,9 @@ def make_pretrain_iterator(
     views: int = 2,
     flip: bool = False,
 ) -> Iterator[dict[str, Any]]:
-  """Endless resumable {'view1', 'view2', 'label'} of this host, see module.
+  """Endless {'view1', 'view2': float32 [devices, per_device, S, S, 3], label}.
 
-  Views float32 [local_devices, per_device, image_size, image_size, 3] in
-  [0, 1] (numpy streaming, on the devices in memory), mirrored half the time
-  if flip; None host arguments: this process's.
+  numpy when streaming; None host arguments: this process's.
   """
   layout = _Layout(
       global_batch_size, process_index, process_count, local_device_count
@@ -138,11 +128,7 @@ def make_eval_iterator(
     in_memory_on: str = 'device',
     indices: np.ndarray | None = None,
 ) -> Iterator[dict[str, Any]]:
-  """One centre-cropped pass over this host's shard: {'image', 'label', 'mask'}.
-
-  num_eval_batches(n, global_batch_size) batches on every host, padded with
-  mask False, label 0, zero images; indices (in memory): only these examples.
-  """
+  """num_eval_batches centre crops {'image', 'label', 'mask'} of this host."""
   layout = _Layout(
       global_batch_size, process_index, process_count, local_device_count
   )

@@ -1,15 +1,8 @@
-"""What the data is (sources named by a config string), and how a run opens one.
+"""Data sources named by a config string, their splits, and how a run opens one.
 
-    get_source('tfds:imagenet2012')   a TFDS dataset prepared in `data_dir`
-    get_source('folder:/data/pets')   class sub-folders of images (folder.py)
-    get_source('digits')              scikit-learn's 8x8 digits (offline)
-    get_source('synthetic:64')        random images for benchmarks (side 64)
-    hold_out(source, 500)             500 training examples moved to 'held_out'
-
-Split names are a source's own ('train', 'train[10000:]') or the paper
-protocol's `LOGICAL_SPLITS`, which `resolve_split` maps. `open_source` picks
-the data path: IN_MEMORY (pipeline.py) for digits, synthetic, and sources of
-at most data.max_in_memory_mb decoded, else STREAMING (tf_stream.py).
+Specs: tfds:<name>, folder:<path> (folder.py), digits (scikit-learn's 8x8),
+synthetic[:<side>]. Split names are a source's own ('train[10000:]') or the
+paper protocol's LOGICAL_SPLITS, which `resolve_split` maps.
 """
 
 import dataclasses
@@ -148,11 +141,8 @@ class FolderSource(Source):
 
 @dataclasses.dataclass
 class TfdsSource(Source):
-  """A prepared TFDS dataset; held_out_examples N: 'held_out' is train[:N].
-
-  'train' is then train[N:]; 'train[:100]', say, does overlap 'held_out'.
-  Without a builder: a stand-in of KNOWN_SIZES that reads nothing (--dry_run).
-  """
+  """A prepared TFDS dataset; held out N: 'held_out' is train[:N], 'train'
+  train[N:]. Without a builder: a stand-in of known sizes that reads nothing."""
 
   builder: Any = None
   image_key: str = 'image'
@@ -220,11 +210,8 @@ def get_source(
 
 
 def hold_out(source: Source, num_examples: int) -> Source:
-  """A copy of `source` whose 'train' lends `num_examples` to 'held_out'.
-
-  In memory and folders a seed-0 random subset of train (orders kept); TFDS
-  (shuffled when prepared) train[:N], 'train' becoming train[N:].
-  """
+  """A copy whose 'train' lends num_examples to 'held_out': a seed-0 random
+  subset (orders kept), or TFDS's (shuffled when prepared) train[:N]."""
   what = f'cannot hold out num_examples={num_examples!r} of'
   splits = source.raw_splits()
   if _is_imagenet(source.name):
@@ -385,10 +372,10 @@ def tensorflow_importable() -> bool:
 
 
 def open_source(data, read_data: bool):
-  """(source, data path, decoded MiB or None) of config.data; one-line errors.
+  """(source, IN_MEMORY or STREAMING, decoded MiB or None) of config.data.
 
-  read_data=False (--dry_run, benchmarks): sizes from a listing, TFDS's
-  metadata or KNOWN_SIZES, nothing decoded.
+  IN_MEMORY: digits, synthetic, and sources <= data.max_in_memory_mb decoded.
+  read_data=False (--dry_run): sizes from a listing or metadata, no decoding.
   """
   spec, (kind, _, arg) = data.source, data.source.partition(':')
   if kind == 'tfds' and not tensorflow_importable():

@@ -44,10 +44,7 @@ def _decode_crop_resize(tf, image_bytes, box_fn, size):
 
 
 def _stream(tf, source, split, layout, seed, start_pos):
-  """(epoch, index, payload) elements and payload -> (bytes, label).
-
-  seed None: one pass in order (eval).
-  """
+  """(epoch, index, payload) elements (seed None: one pass), payload loader."""
   shuffle = tf.random.experimental.stateless_shuffle
   slices = tf.data.Dataset.from_tensor_slices
   epochs = lambda epoch, n: (
@@ -152,10 +149,7 @@ def _stream(tf, source, split, layout, seed, start_pos):
 
 
 def _batches(source, split, layout, num_threads, seed, start, example, pad=0):
-  """Numpy [devices, per_device, ...] batches of example(tf, seed, *element).
-
-  pad (eval): (the padding element's fn(tf), number of batches).
-  """
+  """Numpy batches of example(tf, seed, bytes, label, epoch, index); pad."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   try:  # the input pipeline must never take accelerator memory
