@@ -1,9 +1,7 @@
-"""The crop specification shared by both paths: the official BYOL sampler.
+"""The official BYOL crop sampler, written once over a numpy-like module `xp`.
 
-Written once over a module `xp` with numpy's exp, sqrt, round (half to even),
-floor, minimum and maximum: `jax.numpy` on the devices (pipeline.py), `tf.math`
-in tf.data (tf_stream.py), `numpy` in tests. Sizes and uniforms are floats;
-boxes (y0, x0, height, width) are floats holding whole numbers.
+`jax.numpy` on the devices (pipeline.py), `tf.math` in tf.data (tf_stream.py),
+`numpy` in tests; boxes (y0, x0, height, width) are floats of whole numbers.
 """
 
 import math

@@ -216,9 +216,8 @@ def hold_out(source: Source, num_examples: int) -> Source:
   splits = source.raw_splits()
   if _is_imagenet(source.name):
     raise ValueError(
-        f'{what} {source.name}: its paper protocol already holds out '
-        'train[:10000] as linear_valid (IMAGENET_SPLITS); set '
-        'held_out_examples to 0 for it.'
+        f'{what} {source.name}: its paper protocol holds out train[:10000] '
+        'as linear_valid already; set held_out_examples to 0 for it.'
     )
   if HELD_OUT in splits:
     raise ValueError(
@@ -257,18 +256,16 @@ def digits_source() -> InMemorySource:
     from sklearn import datasets  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ValueError(
-        f'the digits come from scikit-learn, which is not importable ({e}); '
-        'pip install scikit-learn, or use another dataset (synthetic, '
-        'folder:PATH).'
+        f'the digits need scikit-learn, which is not importable ({e}); pip '
+        'install scikit-learn, or use synthetic or folder:PATH.'
     ) from None
   digits = datasets.load_digits()
   images = np.repeat(digits.images[..., None] / 16.0, 3, -1).astype(np.float32)
   labels = digits.target.astype(np.int32)
   perm = np.random.default_rng(0).permutation(len(labels))
   split = {'train': perm[:1500], 'test': perm[1500:]}
-  images = {s: images[i] for s, i in split.items()}
-  labels = {s: labels[i] for s, i in split.items()}
-  return InMemorySource('digits', 10, images, labels)
+  arrays = ({s: a[i] for s, i in split.items()} for a in (images, labels))
+  return InMemorySource('digits', 10, *arrays)
 
 
 def tfds_source(name: str, *, data_dir: str | None = None) -> TfdsSource:

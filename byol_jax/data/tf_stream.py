@@ -218,10 +218,7 @@ def eval_iterator(source, split, layout, image_size, num_threads, num_batches):
     image = _decode_crop_resize(tf, image_bytes, box, image_size)
     return {'image': image, 'label': tf.cast(label, tf.int32), 'mask': True}
 
-  pad = lambda tf: {
-      'image': tf.zeros([image_size] * 2 + [3]),
-      'label': 0,
-      'mask': False,
-  }
+  zeros = [image_size, image_size, 3]
+  pad = lambda tf: {'image': tf.zeros(zeros), 'label': 0, 'mask': False}
   args = (source, split, layout, num_threads, None, 0, center)
   return _batches(*args, (pad, num_batches))
