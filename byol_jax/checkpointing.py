@@ -1,14 +1,11 @@
-"""Checkpoints of the whole TrainState with orbax, and what the loop relies on.
+"""Orbax checkpoints of the whole TrainState: WORKDIR/checkpoints/<step>/.
 
-WORKDIR/checkpoints/<step>/ holds `state` (the pytree) and `extra` (a small
-JSON dict), local or gs://. Atomic (orbax commits a complete tmp directory).
-A NaN/Inf state is refused before any write, and orbax rotates old steps out
-only after a new one is committed: divergence never costs a good one. A
-corrupt newest step is moved aside (skipped by `read_only` readers) and the
-previous one restored; none readable raises: a run never silently restarts.
-Multi-host: every process calls `save` / `restore_latest` alike; orbax writes
-from process 0; the directory must be shared. `should_save` never
-communicates.
+Each step holds `state` (the pytree) and `extra` (a small JSON dict), committed
+atomically; a NaN/Inf state is refused before any write and old steps rotate
+out only after a new one commits, so divergence never costs a good step. A
+corrupt newest step is moved aside (`read_only` readers skip it) and the one
+before restored; none readable raises. Every process calls save/restore alike
+(orbax writes from process 0; the directory is shared).
 """
 
 import contextlib
@@ -23,9 +20,6 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
-
-_STATE = 'state'
-_EXTRA = 'extra'
 
 
 class NonFiniteStateError(ValueError):
@@ -50,14 +44,11 @@ def _path_str(path) -> str:
   return jax.tree_util.keystr(path, simple=True, separator='/')
 
 
-class Checkpointer:
-  """The last `max_to_keep` checkpoints of a run, saved on a schedule.
-
-  Every `save_interval_steps` steps and/or `save_interval_secs` of `time_fn`
-  since the last save (None: off). `async_save`: `save` returns once the state
-  is on the host and checked, `wait` and `close` commit. `read_only`: restore
-  only (create, delete, clean up, rename nothing; `save` raises).
-  """
+class Checkpointer(contextlib.AbstractContextManager):
+  """The last `max_to_keep` checkpoints, every `save_interval_steps` steps
+  and/or `save_interval_secs` of `time_fn` (None: off). `async_save`: `save`
+  returns once the state is on the host and checked; `wait`/`close` commit.
+  `read_only`: restore only (nothing created, deleted or renamed)."""
 
   def __init__(
       self,
@@ -77,11 +68,9 @@ class Checkpointer:
         if '://' in str(directory)
         else pathlib.Path(directory).absolute()
     )
-    self._every_steps = save_interval_steps
-    self._every_secs = save_interval_secs
-    self._time_fn = time_fn
+    self._steps, self._secs = save_interval_steps, save_interval_secs
+    self._time_fn, self._async, self._read_only = time_fn, async_save, read_only
     self.restart_clock()
-    self._async, self._read_only = async_save, read_only
     if read_only:  # what orbax would otherwise reset, with a warning each
       options = ocp.CheckpointManagerOptions(
           read_only=True, create=False, max_to_keep=None, save_interval_steps=0
@@ -97,7 +86,7 @@ class Checkpointer:
       )
     self._manager = self._listing(
         lambda: ocp.CheckpointManager(
-            self.directory, options=options, item_names=(_STATE, _EXTRA)
+            self.directory, options=options, item_names=('state', 'extra')
         )
     )
 
@@ -125,15 +114,15 @@ class Checkpointer:
   def time_due(self) -> bool:
     """This process's clock (several: agree first, preemption.decide)."""
     return (
-        self._every_secs is not None
-        and self._time_fn() - self._last_save_time >= self._every_secs
+        self._secs is not None
+        and self._time_fn() - self._last_save_time >= self._secs
     )
 
   def should_save(self, step: int, *, time_due: Optional[bool] = None) -> bool:
     """A schedule due at `step`, not saved yet (`time_due`: agreed clock)."""
     if time_due is None:
       time_due = jax.process_count() == 1 and self.time_due()
-    due = time_due or (self._every_steps and step % self._every_steps == 0)
+    due = time_due or (self._steps and step % self._steps == 0)
     return bool(due) and step not in self._manager.all_steps()
 
   def save(
@@ -148,10 +137,9 @@ class Checkpointer:
     if self._read_only:
       raise ValueError(f'{self.directory} was opened read_only.')
     step = int(step)
-    if not force and not self.should_save(step):
-      return False
-    if step in self._manager.all_steps():
-      logging.info('Checkpoint %s exists; not saving again.', self._at(step))
+    if step in self._manager.all_steps() or not (
+        force or self.should_save(step)
+    ):
       return False
     state = jax.device_get(state)
     if bad := [
@@ -174,26 +162,17 @@ class Checkpointer:
     # own copies: the background write must not read buffers the caller may
     # reuse (a donated state whose host view is shared, on CPU).
     state = jax.tree.map(np.array if self._async else np.asarray, state)
-    start = time.monotonic()
     self._manager.save(
         step,
         force=True,
         args=ocp.args.Composite(
-            **{
-                _STATE: ocp.args.StandardSave(state),
-                _EXTRA: ocp.args.JsonSave(extra),
-            }
+            state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)
         ),
     )
     if not self._async:
       self._manager.wait_until_finished()
     self.restart_clock()
-    logging.info(
-        '%s checkpoint %s in %.2fs.',
-        'Started writing' if self._async else 'Saved',
-        self._at(step),
-        time.monotonic() - start,
-    )
+    logging.info('%s %s', 'Writing' if self._async else 'Saved', self._at(step))
     return True
 
   def wait(self) -> None:
@@ -206,14 +185,27 @@ class Checkpointer:
   def _restore(self, step: int, **items):
     return self._manager.restore(step, args=ocp.args.Composite(**items))
 
+  def _checked_steps(self) -> list[int]:
+    """all_steps(); raises on every process unless all see the same latest."""
+    steps = self.all_steps()
+    if jax.process_count() > 1:
+      latest = np.asarray(steps[-1] if steps else -1, np.int32)
+      seen = np.asarray(multihost_utils.process_allgather(latest)).reshape(-1)
+      if len(set(seen.tolist())) > 1:
+        raise CheckpointRestoreError(
+            f'processes see different checkpoints in {self.directory} (latest'
+            f' step per process, -1 for none: {seen.tolist()}). All hosts '
+            'must share one workdir: a gs:// bucket on TPU pods, a shared '
+            'filesystem on GPU clusters, not a local path on each host.'
+        )
+    return steps
+
   def latest_extra(self) -> Optional[tuple[int, dict]]:
     """(step, extra) of the newest readable `extra` item, or None (cheap)."""
-    steps = self.all_steps()
-    self._check_processes_see(steps)
-    for step in reversed(steps):
+    for step in reversed(self._checked_steps()):
       try:
-        restored = self._restore(step, **{_EXTRA: ocp.args.JsonRestore()})
-        return step, dict(restored[_EXTRA] or {})
+        restored = self._restore(step, extra=ocp.args.JsonRestore())
+        return step, dict(restored.extra or {})
       except Exception as e:  # pylint: disable=broad-except
         logging.warning(
             'Checkpoint %s: its extra item is unreadable (%s).',
@@ -224,8 +216,7 @@ class Checkpointer:
 
   def restore_latest(self, template: Any) -> Optional[Restored]:
     """The newest readable checkpoint as `template` (its jax shardings)."""
-    steps = self.all_steps()
-    self._check_processes_see(steps)
+    steps = self._checked_steps()
     abstract = jax.tree.map(
         lambda x: x
         if isinstance(x, (jax.Array, jax.ShapeDtypeStruct))
@@ -233,20 +224,19 @@ class Checkpointer:
         template,
     )
     failed = {}  # unreadable step -> its error
-    while candidates := [s for s in steps if s not in failed]:
-      step = candidates[-1]
+    while steps:
+      step = steps.pop()
       try:
         restored = self._restore(
             step,
-            **{
-                _STATE: ocp.args.StandardRestore(abstract),
-                _EXTRA: ocp.args.JsonRestore(),
-            },
+            state=ocp.args.StandardRestore(abstract),
+            extra=ocp.args.JsonRestore(),
         )
       except Exception as e:  # pylint: disable=broad-except
         # read_only: its writer may have rotated it out. Otherwise any failure
         # to read counts as corruption: report it, try the previous step.
-        if self._read_only and step not in (steps := self.all_steps()):
+        if self._read_only and step not in (listed := self.all_steps()):
+          steps = [s for s in listed if s not in failed]
           continue
         logging.warning(
             'Checkpoint %s is unreadable (%s: %s); falling back to the '
@@ -257,7 +247,7 @@ class Checkpointer:
         )
         failed[step] = e
         continue
-      state = restored[_STATE]
+      state = restored.state
       for (path, got), want in zip(
           jax.tree_util.tree_flatten_with_path(state)[0],
           jax.tree_util.tree_leaves(abstract),
@@ -272,7 +262,7 @@ class Checkpointer:
       if failed and not self._read_only:
         self._quarantine(sorted(failed))
       logging.info('Restored checkpoint %s.', self._at(step))
-      return Restored(step, state, dict(restored[_EXTRA] or {}))
+      return Restored(step, state, dict(restored.extra or {}))
     if not failed:
       return None
     last_error = failed[min(failed)]
@@ -283,29 +273,12 @@ class Checkpointer:
         'move these checkpoints away, or use a fresh workdir.'
     ) from last_error
 
-  def _check_processes_see(self, steps: list[int]) -> None:
-    """Raises on every process unless all see the same latest checkpoint."""
-    if jax.process_count() == 1:
-      return
-    latest = np.asarray(steps[-1] if steps else -1, np.int32)
-    seen = np.asarray(multihost_utils.process_allgather(latest)).reshape(-1)
-    if len(set(seen.tolist())) > 1:
-      raise CheckpointRestoreError(
-          f'processes see different checkpoints in {self.directory} (latest '
-          f'step per process, -1 for none: {seen.tolist()}). All hosts must '
-          'share one workdir: a gs:// bucket on TPU pods, a shared filesystem '
-          'on GPU clusters, not a local path on each host.'
-      )
-
   def _quarantine(self, steps: list[int]) -> None:
     """Renames corrupt steps to `<step>.corrupt` (orbax would skip saves)."""
     if jax.process_index() == 0:
       for step in steps:
-        src, n = self._at(step), 0
-        dst = self.directory / f'{step}.corrupt'
-        while dst.exists():
-          n += 1
-          dst = self.directory / f'{step}.corrupt.{n}'
+        src, n = self._at(step), len(list(self.directory.glob(f'{step}.c*')))
+        dst = self.directory / (f'{step}.corrupt' + (f'.{n}' if n else ''))
         try:
           src.rename(dst)
         except Exception as e:  # pylint: disable=broad-except
@@ -321,9 +294,6 @@ class Checkpointer:
     """Waits for pending writes and releases the manager."""
     self._manager.wait_until_finished()
     self._manager.close()
-
-  def __enter__(self):
-    return self
 
   def __exit__(self, *exc):
     self.close()

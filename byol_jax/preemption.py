@@ -1,11 +1,9 @@
 """Preemption, and the checkpoint decision every process shares.
 
-Ours, not orbax's: its `ContinuousCheckpointingPolicy` hands the primary
-host's answer to the others through a blocking barrier at every call (a
-cross-host exchange per step), while `decide` exchanges only at logging
-steps; its preemption policy relies on JAX's own SIGTERM notifier, which
-`PreemptionWatcher` replaces so that SIGINT and runs without jax.distributed
-behave alike.
+Not orbax's: its `ContinuousCheckpointingPolicy` exchanges between hosts at
+every call (`decide`: at logging steps only), and its preemption policy needs
+JAX's SIGTERM notifier (the watcher also takes SIGINT, without
+jax.distributed).
 """
 
 import signal
@@ -39,7 +37,7 @@ class PreemptionWatcher:
           self.signal_name,
       )
     if signum == signal.SIGINT:
-      previous = _restorable(self._previous[signal.SIGINT])
+      previous = self._previous[signal.SIGINT] or signal.SIG_DFL
       if previous is signal.SIG_IGN:
         # An ignored SIGINT would make a second Ctrl-C a no-op; use Python's
         # default (KeyboardInterrupt) so the user can always stop the process.
@@ -59,13 +57,9 @@ class PreemptionWatcher:
 
   def __exit__(self, *exc):
     for sig, previous in self._previous.items():
-      signal.signal(sig, _restorable(previous))
+      # None: a handler installed outside Python.
+      signal.signal(sig, previous or signal.SIG_DFL)
     self._previous = {}
-
-
-def _restorable(handler):
-  """signal.getsignal() returns None for handlers installed outside Python."""
-  return signal.SIG_DFL if handler is None else handler
 
 
 class Decision(NamedTuple):

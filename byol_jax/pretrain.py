@@ -1,10 +1,8 @@
 """The pre-training loop: data -> pmapped update -> metrics and checkpoints.
 
-Resume is exact (the whole TrainState, data and randomness functions of the
-step): stopped and resumed ends bit-identical (on CPU) to uninterrupted. All
-processes run it in lock-step on their own shards, check that they start and
-end with the same state, and agree on preemption and the checkpoint clock at
-logging steps only; no other step reads a device value or communicates.
+Resume is exact (state, data and randomness are functions of the step). All
+processes check they start and end with the same state and agree on
+preemption and the checkpoint clock at logging steps only.
 """
 
 import functools
@@ -61,6 +59,19 @@ def check_workdir(config, workdir) -> dict:
     return resume.check_resume(config, ckpt)
 
 
+def _stream(config, source, batch_size, **kwargs):
+  data = config.data
+  return pipeline.make_pretrain_iterator(
+      source,
+      split=data.pretrain_split,
+      global_batch_size=batch_size,
+      image_size=data.image_size,
+      min_crop_area=data.min_crop_area,
+      in_memory_on=data.in_memory_on,
+      **kwargs,
+  )
+
+
 def _initial_state(config, method, optimizer, source):
   """Fresh TrainState (with the modified init of §3.2 when configured)."""
   # Jitted: one compilation, not one per initialiser op (hosts other than
@@ -75,19 +86,16 @@ def _initial_state(config, method, optimizer, source):
   if not config.training.modified_init:
     return state
   # A batch of augmented view-1 images, from its own data seed.
-  data, chunk = config.data, config.training.modified_init_chunk_size
+  chunk = config.training.modified_init_chunk_size
   images = next(
-      pipeline.make_pretrain_iterator(
+      _stream(
+          config,
           source,
-          split=data.pretrain_split,
-          global_batch_size=config.training.modified_init_batch_size,
-          image_size=data.image_size,
+          config.training.modified_init_batch_size,
           seed=config.seed + 1,
           process_index=0,
           process_count=1,
           local_device_count=1,
-          min_crop_area=data.min_crop_area,
-          in_memory_on=data.in_memory_on,
       )
   )['view1'][0]
   keys = experiment.example_keys(
@@ -114,11 +122,9 @@ def _initial_state(config, method, optimizer, source):
 
 
 class _MetricsBuffer:
-  """The steps' metrics since the last flush, left on the devices till then.
+  """The steps' metrics, on the devices until `flush` logs their means.
 
-  `flush`: one transfer, the first non-finite loss's step named, each
-  metric's mean logged (lr and tau: the newest). `low`: logged rows in a row
-  with collapse_std_projection < `collapse_below` (pmean'd: the same on all).
+  `low`: logged rows in a row with collapse_std_projection < `collapse_below`.
   """
 
   def __init__(self, writer, ckpt, collapse_below: float = 0.0):
@@ -178,9 +184,9 @@ def train(config, workdir, *, source) -> dict:
   else:
     state = _initial_state(config, method, optimizer, source)
   # Wall time summed over every segment of a resumed run.
-  wall_base = 0.0 if restored is None else restored.extra.get('wall_time_s', 0)
+  resumed_s = restored.extra.get('wall_time_s', 0) if restored else 0
   start_time = time.time()
-  wall_time = lambda: float(wall_base) + time.time() - start_time
+  wall_time = lambda: resumed_s + time.time() - start_time
   step = start_step = int(state.step)
   _check_same_state(state, step, 'starting')
   writer = writers.MetricWriter(
@@ -190,22 +196,9 @@ def train(config, workdir, *, source) -> dict:
       images_per_step=t.global_batch_size,
   )
   writer.truncate_after(step)
-  logging.info(
-      'Process %d of %d reads its own data shard: %d images of each step.',
-      jax.process_index(),
-      jax.process_count(),
-      t.global_batch_size // jax.process_count(),
-  )
   data = pipeline.prefetch_to_device(
-      pipeline.make_pretrain_iterator(
-          source,
-          split=config.data.pretrain_split,
-          global_batch_size=t.global_batch_size,
-          image_size=config.data.image_size,
-          seed=config.seed,
-          start_step=step,
-          min_crop_area=config.data.min_crop_area,
-          in_memory_on=config.data.in_memory_on,
+      _stream(
+          config, source, t.global_batch_size, seed=config.seed, start_step=step
       )
   )
   rstate = parallel.replicate(state)
@@ -221,10 +214,7 @@ def train(config, workdir, *, source) -> dict:
     data = itertools.chain([first_batch], data)
   metrics = _MetricsBuffer(writer, ckpt, lg.collapse_stop_below)
   collapsed = lambda: metrics.low >= lg.collapse_stop_after
-  extra = lambda: {
-      'wall_time_s': wall_time(),
-      'trajectory': resume.trajectory(config),
-  }
+  trajectory = resume.trajectory(config)
   preempted, agreements = False, 0  # agreements: all-gathers (logged, tested)
 
   # The checkpoint clock counts training time, not restoring and compiling.
@@ -255,7 +245,8 @@ def train(config, workdir, *, source) -> dict:
         ):
           metrics.flush()  # Never checkpoint a state whose loss is not finite.
           try:
-            ckpt.save(step, parallel.unreplicate(rstate), extra(), force=True)
+            extra = {'wall_time_s': wall_time(), 'trajectory': trajectory}
+            ckpt.save(step, parallel.unreplicate(rstate), extra, force=True)
           except checkpointing.NonFiniteStateError as e:
             # The weights went non-finite in this step's update; its loss
             # (computed before the update) was still finite.
@@ -263,19 +254,9 @@ def train(config, workdir, *, source) -> dict:
                 f'the training state became non-finite at step {step}; '
                 f'stopping without saving it. {_kept(ckpt)} ({e})'
             ) from e
-        if decision.preempt:
-          ckpt.wait()  # The process is about to exit: commit first.
-          logging.warning(
-              '%s received at step %d: checkpoint saved in %s; '
-              'rerun the same command to resume.',
-              watcher.signal_name or 'A preemption signal (on another host)',
-              step,
-              ckpt.directory,
-          )
-          preempted = True
+        if preempted := decision.preempt:
           break
         if collapsed() and step < d.stop_step:  # every process: _MetricsBuffer
-          ckpt.wait()  # commit the checkpoint before stopping
           raise CollapseError(
               f'the projections collapsed: collapse_std_projection was below '
               f'logging.collapse_stop_below={metrics.collapse_below:g} for '
@@ -287,10 +268,18 @@ def train(config, workdir, *, source) -> dict:
           )
     metrics.flush()
   finally:
-    # Commits a save still being written (the final one, or the last good
-    # one when the run stops on a non-finite loss) before returning.
+    # Commits a save still being written (the final one, a preemption's or
+    # collapse's, or the last good one before a non-finite loss).
     ckpt.close()
   writer.close()
+  if preempted:
+    logging.warning(
+        '%s received at step %d: checkpoint saved in %s; '
+        'rerun the same command to resume.',
+        watcher.signal_name or 'A preemption signal (on another host)',
+        step,
+        ckpt.directory,
+    )
   logging.info(
       'Process %d: %d cross-process agreements in %d steps.',
       jax.process_index(),
@@ -298,12 +287,7 @@ def train(config, workdir, *, source) -> dict:
       step - start_step,
   )
   fingerprint = _check_same_state(parallel.unreplicate(rstate), step, 'final')
-  summary = {
-      'step': step,
-      'preempted': preempted,
-      'metrics': metrics.last,
-      'state_sha256': fingerprint,
-  }
+  record = dict(step=step, metrics=metrics.last, state_sha256=fingerprint)
   done_path = workdir_lib.pretrain_done_path(workdir)
   # Written when the run is complete (not when max_steps stopped it early);
   # a rerun of a finished run trains nothing and leaves the record alone.
@@ -313,18 +297,9 @@ def train(config, workdir, *, source) -> dict:
       and step >= d.total_steps
       and (step > start_step or not done_path.exists())
   ):
-    done_path.write_text(
-        json.dumps(
-            {
-                'step': step,
-                'total_steps': d.total_steps,
-                'metrics': metrics.last,
-                'wall_time_s': wall_time(),
-                'state_sha256': fingerprint,
-            }
-        )
-    )
-  return summary
+    done = dict(record, total_steps=d.total_steps, wall_time_s=wall_time())
+    done_path.write_text(json.dumps(done))
+  return dict(record, preempted=preempted)
 
 
 def _kept(ckpt) -> str:

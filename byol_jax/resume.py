@@ -1,9 +1,5 @@
-"""The resume contract: what shapes a pre-training trajectory.
-
-Each checkpoint records `trajectory(config)`, and a run that would resume
-under a different one stops (`check_resume`) unless
-checkpoint.allow_changed_config. `write_config` writes config.json and the
-history of starts; `from_saved` reads a config.json back (older ones too).
+"""The resume contract: each checkpoint records `trajectory(config)`; a run
+that would resume under another stops unless checkpoint.allow_changed_config.
 """
 
 import datetime
@@ -29,10 +25,7 @@ def _deep_update(base: dict, new: dict) -> dict:
 
 
 def from_saved(saved: dict) -> ml_collections.ConfigDict:
-  """A built config from a run's config.json; fields added since take defaults.
-
-  A config.json from before `derived` existed gets the values it implies.
-  """
+  """A built config from a run's config.json (older ones too: defaults)."""
   tree = _deep_update(configs.experiment_config(None).to_dict(), saved)
   if 'derived' not in saved:
     t, data = saved.get('training', {}), saved.get('data', {})
@@ -77,12 +70,10 @@ _TRAJECTORY_DERIVED = (
     'warmup_steps',
     'data_path',
 )
-# Trajectory fields added after checkpoints were first written, and the value
-# that reproduces what a checkpoint without them was trained under: images
-# at their own size, and the host (tf.data or numpy) crops. A digits or
-# synthetic run from before the in-memory path thus resumes only with
-# checkpoint.allow_changed_config (its crops are now cut on the devices,
-# from other random draws); a streamed ImageNet run resumes as before.
+# Trajectory fields a checkpoint may lack, at the values it was trained under
+# (images at their own size, crops on the host): a streamed run resumes as
+# before; an in-memory one only with checkpoint.allow_changed_config (its
+# crops are now cut on the devices, from other random draws).
 _TRAJECTORY_ADDED = {'data.cache_side': 0, 'derived.data_path': STREAMING}
 
 
@@ -98,9 +89,7 @@ def flatten(tree: dict, prefix: str = '') -> dict:
 
 
 def trajectory(config) -> dict:
-  """{dotted field: value} of model.*, method, seed, training.* and data.* but
-  when to stop and where data lives, and the derived counts; sorted."""
-  check_built(config)
+  """{dotted field: value} of what shapes pre-training (sorted)."""
   tree = {'method': config.method, 'seed': config.seed}
   for section in ('model', 'training', 'data'):
     tree[section] = config[section].to_dict()
@@ -126,12 +115,8 @@ def describe_changes(diff: dict) -> str:
 
 
 def check_resume(config, ckpt) -> dict:
-  """The trajectory changes the run resumes under (empty: none, or no record).
-
-  `ckpt` is the workdir's checkpointing.Checkpointer. Raises
-  validation.ConfigError (the workdir untouched) when the network changed, or
-  the trajectory without checkpoint.allow_changed_config.
-  """
+  """The trajectory changes a run resumes under from `ckpt`; ConfigError if
+  the network changed, or anything without checkpoint.allow_changed_config."""
   latest = ckpt.latest_extra()
   if latest is None:
     return {}
@@ -175,8 +160,7 @@ def check_resume(config, ckpt) -> dict:
 def write_config(
     config, workdir, *, start_step: int, trajectory_changes: dict
 ) -> None:
-  """Process 0: config.json, and a config_history.jsonl line (time, start
-  step, changed fields) for a new or changed config."""
+  """Process 0: config.json, and a config_history.jsonl line if it changed."""
   if jax.process_index() != 0:
     return
   path = workdir_lib.config_path(workdir)

@@ -1,8 +1,4 @@
-"""Runs one experiment config in a workdir: what `python -m byol_jax.main` does.
-
-Apart from main.py, which defines absl flags when imported, so that other
-entry points (reproduce, tests) run experiments without them.
-"""
+"""What `python -m byol_jax.main` runs, importable without main's absl flags."""
 
 import contextlib
 import errno
@@ -33,8 +29,8 @@ def run(
 ) -> dict:
   """Pre-training and linear evaluation (each skipped once done) in `workdir`.
 
-  `explicit`: the fields `--config.*` set; `on_checked`: called once the run
-  is built and its checkpoint checked, before anything compiles.
+  `explicit`: the fields `--config.*` set; `on_checked()`: once the run is
+  built and its checkpoint checked, before anything compiles.
   """
   workdir_lib.check_not_a_file(workdir)
   built = plan.build(config, topology=topology, explicit=explicit)
@@ -160,19 +156,16 @@ def _done_eval(config, workdir, step):
   """eval_results.json when it holds this step's evaluation under config."""
   path = workdir_lib.eval_results_path(workdir)
   results = json.loads(path.read_text()) if path.exists() else {}
-  if results.get('checkpoint_step') != step or results.get(
-      'eval_inputs'
-  ) != eval_signature(config):
+  done = {'checkpoint_step': step, 'eval_inputs': eval_signature(config)}
+  if any(results.get(k) != v for k, v in done.items()):
     return None
-  logging.info(
-      'Linear evaluation of step %d already in %s; skipped.', step, path
-  )
+  logging.info('Linear evaluation of step %d already in %s.', step, path)
   return results
 
 
 def _quiet(record) -> bool:
-  """Drops orbax's and etils' INFO records, and a full disk's errors (run()
-  says it in one line; orbax's threads would log it until exit)."""
+  """Drops orbax's and etils' INFO records and full-disk errors (run() says
+  it in one line; orbax's threads would log it until exit)."""
   if not any(f'/{lib}/' in record.pathname for lib in ('orbax', 'etils')):
     return True
   if record.levelno < logging_lib.WARNING or _quiet.disk_full:

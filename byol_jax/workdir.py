@@ -1,17 +1,4 @@
-"""The run directory's file names (their one home) and its lock.
-
-A pre-training run's WORKDIR (a local path or gs:// URL) holds:
-
-  config.json            the built config (inputs and the `derived` section)
-  config_history.jsonl   one line per start under a new or changed config
-  checkpoints/<step>/    orbax checkpoints of the whole TrainState
-  metrics.jsonl          one JSON line per logged step (writers.py)
-  pretrain_done.json     last step, last metrics, wall time, state_sha256
-  eval_results.json      linear evaluation (linear_eval.run_linear_eval)
-  training.lock          host and pid of the training writing it, while it runs
-
-Process 0 writes all of them but the checkpoints.
-"""
+"""A run directory's file names (their one home), paths and lock."""
 
 import fcntl
 import json
@@ -68,17 +55,12 @@ class TrainingLock:
   written (racy; a killed run's is deleted by hand)."""
 
   def __init__(self, workdir):
-    self._workdir = workdir
-    self.path = lock_path(workdir)
+    self._workdir, self.path = workdir, lock_path(workdir)
     self._fd, self._held = None, False
 
   def acquire(self) -> None:
     """Takes the lock (creating the workdir); WorkdirError naming its holder."""
-    try:
-      self.path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-      check_not_a_file(self._workdir)
-      raise
+    self.path.parent.mkdir(parents=True, exist_ok=True)
     mine = json.dumps(
         {
             'host': socket.gethostname(),

@@ -1,10 +1,7 @@
 """A run's metrics: WORKDIR/metrics.jsonl, TensorBoard and the console line.
 
-Named `writers`, not `logging`, so it never shadows the standard library.
-TensorBoard events go through the `tensorboard` package's own writer (no
-TensorFlow; gs:// only when TF is importable); without the package, one
-warning and the jsonl file still. Only process 0 writes; elsewhere every
-method is a no-op, so the loop calls them unconditionally.
+TensorBoard through the `tensorboard` package (no TensorFlow; without it one
+warning, the jsonl file still). Only the chief writes; elsewhere a no-op.
 """
 
 import json
@@ -119,21 +116,15 @@ class MetricWriter:
     for name, fmt in (('loss', '.4f'), ('lr', '.2e'), ('tau', '.5f')):
       if name in metrics:
         parts.append(f'{name} {_scalar(name, metrics[name]):{fmt}}')
-    secs_per_step = None
+    sps = None  # seconds per step since the last call
     if self._last is not None and now > self._last[0] and step > self._last[1]:
-      secs_per_step = (now - self._last[0]) / (step - self._last[1])
+      sps = (now - self._last[0]) / (step - self._last[1])
     if self._images_per_step is not None:
-      parts.append(
-          '-- img/s'
-          if secs_per_step is None
-          else f'{self._images_per_step / secs_per_step:.1f} img/s'
-      )
+      rate = f'{self._images_per_step / sps:.1f}' if sps else '--'
+      parts.append(f'{rate} img/s')
     if total is not None:
-      parts.append(
-          'ETA --'
-          if secs_per_step is None
-          else f'ETA {format_duration(max(total - step, 0) * secs_per_step)}'
-      )
+      eta = format_duration(max(total - step, 0) * sps) if sps else '--'
+      parts.append(f'ETA {eta}')
     self._last = (now, step)
     line = ' | '.join(parts)
     logging.info(line)
