@@ -49,7 +49,7 @@ class Run:
   """The built config (inputs + `derived`, locked) and its data source."""
 
   config: ml_collections.ConfigDict
-  source: Any  # with read_data=False, a listing or a sources.SizedSource
+  source: Any  # read_data=False: a listing or a stand-in sources.TfdsSource
 
 
 # Sections that describe the checkpoint: linear evaluation takes them from
