@@ -102,15 +102,25 @@ def run_linear_eval(
     results['online_top1'] = online
   results.update(tag=tag, **(extra or {}))
   logging.info(
-      'Linear eval %(tag)s: top-1 %(top1).4f, top-5 %(top5).4f, kNN top-1'
-      ' %(knn_top1).4f (%(num_train)d train / %(num_test)d test, %(steps)d'
-      ' steps)',
-      results,
+      'Linear eval%s: top-1 %.2f%%, top-%d %.2f%%, kNN top-1 %.2f%% (%d train'
+      ' / %d test images, %d steps)',
+      f' [{tag}]' if tag else '',
+      100 * results['top1'],
+      min(5, config.derived.num_classes),
+      100 * results['top5'],
+      100 * results['knn_top1'],
+      results['num_train'],
+      results['num_test'],
+      results['steps'],
   )
   if config.eval.random_baseline:
     rparams, rstate = encoder_lib.random_encoder(config)
     results['random_init'], _ = _probe(config, source, rparams, rstate, devices)
-    logging.info('random encoder top-1 %.4f', results['random_init']['top1'])
+    logging.info(
+        'trained encoder top-1 %.2f%% vs random encoder top-1 %.2f%%',
+        100 * results['top1'],
+        100 * results['random_init']['top1'],
+    )
   if jax.process_index() == 0:
     path = workdir_lib.eval_results_path(workdir)
     path.parent.mkdir(parents=True, exist_ok=True)
