@@ -42,9 +42,9 @@ def measure(spec: dict, saves: int) -> dict:
   """
   import jax  # pylint: disable=g-import-not-at-top
 
-  from byol_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from byol_jax import experiment  # pylint: disable=g-import-not-at-top
   from byol_jax import experiment as ts  # pylint: disable=g-import-not-at-top
+  from byol_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
 
   config = throughput.make_config(spec, 1)
   method, optimizer = experiment.init_objects(config)

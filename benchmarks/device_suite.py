@@ -554,11 +554,11 @@ def _cifar_child(spec: dict, result_file: str) -> None:
   """
   import threading  # pylint: disable=g-import-not-at-top
 
-  from byol_jax import plan  # pylint: disable=g-import-not-at-top
-  from byol_jax import pretrain  # pylint: disable=g-import-not-at-top
-  from byol_jax import variants  # pylint: disable=g-import-not-at-top
-  from byol_jax import writers  # pylint: disable=g-import-not-at-top
+  from byol_jax.config import plan  # pylint: disable=g-import-not-at-top
   from byol_jax.evaluation import linear_eval  # pylint: disable=g-import-not-at-top
+  from byol_jax.results import variants  # pylint: disable=g-import-not-at-top
+  from byol_jax.training import pretrain  # pylint: disable=g-import-not-at-top
+  from byol_jax.training import writers  # pylint: disable=g-import-not-at-top
 
   start = time.time()
   workdir = pathlib.Path(spec['workdir'])

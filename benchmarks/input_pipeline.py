@@ -211,9 +211,9 @@ def time_in_memory(source, image_size, batch, batches, devices, warmup=3):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from byol_jax import parallel  # pylint: disable=g-import-not-at-top
-  from byol_jax.data import augment as augment_lib  # pylint: disable=g-import-not-at-top
+  from byol_jax import augment as augment_lib  # pylint: disable=g-import-not-at-top
   from byol_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from byol_jax.hosts import parallel  # pylint: disable=g-import-not-at-top
 
   it = pipeline.make_pretrain_iterator(
       source,

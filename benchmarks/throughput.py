@@ -122,8 +122,8 @@ def make_config(spec: dict, num_devices: int):
     The built config (plan.build); raises ValueError (plan.ConfigError)
     naming the field when the row cannot run.
   """
-  from byol_jax import configs  # pylint: disable=g-import-not-at-top
-  from byol_jax import plan  # pylint: disable=g-import-not-at-top
+  from byol_jax.config import configs  # pylint: disable=g-import-not-at-top
+  from byol_jax.config import plan  # pylint: disable=g-import-not-at-top
 
   if spec['norm'] not in NORM_PRESETS:
     raise ValueError(
@@ -232,7 +232,7 @@ def run_row(spec: dict) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
 
   from byol_jax import experiment  # pylint: disable=g-import-not-at-top
-  from byol_jax import parallel  # pylint: disable=g-import-not-at-top
+  from byol_jax.hosts import parallel  # pylint: disable=g-import-not-at-top
 
   devices = jax.local_devices()
   n = spec.get('num_devices') or len(devices)

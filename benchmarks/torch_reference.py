@@ -7,7 +7,7 @@ batch, so our images/s can be read beside what PyTorch gives. One step:
     brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1 in a random order
     per image, p 0.8; grayscale p 0.2; Gaussian blur of 23 taps at 224 px,
     sigma U[0.1, 2], p 1.0 / 0.1; solarisation p 0 / 0.2; ImageNet
-    mean/std), as byol_jax/data/augment.py does inside our step;
+    mean/std), as byol_jax/augment.py does inside our step;
   * online network: torchvision ResNet-50 (`fc` removed, 2048-d features),
     projector and predictor MLPs Linear(4096) -> BatchNorm1d -> ReLU ->
     Linear(256, no bias) as the official BYOL code, and a linear classifier

@@ -20,13 +20,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from byol_jax import checkpointing
+from byol_jax import augment
 from byol_jax import experiment
-from byol_jax import resume
-from byol_jax import runs
-from byol_jax import workdir as workdir_lib
-from byol_jax.data import augment
 from byol_jax.methods import networks
+from byol_jax.results import runs
+from byol_jax.training import checkpointing
+from byol_jax.training import resume
+from byol_jax.training import workdir as workdir_lib
 
 ENCODER_MODULES = ('encoder',)
 _RUN_HINT = (

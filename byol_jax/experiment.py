@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from byol_jax import augment
 from byol_jax import methods
 from byol_jax import optim
-from byol_jax import parallel
 from byol_jax import schedules
-from byol_jax.data import augment
+from byol_jax.hosts import parallel
 from byol_jax.methods import byol
 from byol_jax.methods import networks
 from byol_jax.methods import simclr

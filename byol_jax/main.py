@@ -31,12 +31,12 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from byol_jax import checkpointing
-from byol_jax import distributed
-from byol_jax import plan
-from byol_jax import pretrain
-from byol_jax import runner
-from byol_jax import stack
+from byol_jax.config import plan
+from byol_jax.hosts import distributed
+from byol_jax.hosts import stack
+from byol_jax.training import checkpointing
+from byol_jax.training import pretrain
+from byol_jax.training import runner
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config',
@@ -79,7 +79,7 @@ _REQUIRE_PINNED_STACK = flags.DEFINE_bool(
     'constraints.txt.',
 )
 
-run = runner.run  # the experiment itself (byol_jax/runner.py).
+run = runner.run  # the experiment itself (byol_jax/training/runner.py).
 
 
 def _exit(kind: str, message):

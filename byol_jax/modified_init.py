@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from byol_jax import parallel
+from byol_jax.hosts import parallel
 from byol_jax.methods import networks
 from byol_jax.models import norms
 

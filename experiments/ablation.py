@@ -4,7 +4,7 @@ Options (besides the common ones): encoder=, projector=, predictor=, each in
 bn | ln | none (default bn), and method=byol|simclr (default byol). `ln` is
 the paper's LayerNorm: normalisation over H, W and C (GroupNorm, one group).
 Table 1's runs are 300-epoch ResNet-50 runs; paper_top1 is the cell's number
-(byol_jax/paper.py), or -1 for the 12 BYOL and 2 SimCLR combinations the
+(byol_jax/results/paper.py), or -1 for the 12 BYOL and 2 SimCLR combinations the
 paper did not run (e.g. LN encoder with a BN projector).
 
   python -m byol_jax.main \
@@ -15,10 +15,10 @@ paper did not run (e.g. LN encoder with a BN projector).
       --workdir=/tmp/abl
 """
 
-from byol_jax import configs
-from byol_jax import paper
-from byol_jax import presets
-from byol_jax import validation
+from byol_jax.config import configs
+from byol_jax.config import presets
+from byol_jax.config import validation
+from byol_jax.results import paper
 
 
 def get_config(arg=None):

@@ -7,8 +7,8 @@ epochs, batch 4096, LARS, lr 0.2 x B/256, wd 1.5e-6, tau_base 0.996.
   python -m byol_jax.main --config=experiments/byol_bn.py:tiny --workdir=/tmp/bn
 """
 
-from byol_jax import configs
-from byol_jax import paper
+from byol_jax.config import configs
+from byol_jax.results import paper
 
 
 def get_config(arg=None):

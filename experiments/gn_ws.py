@@ -18,8 +18,8 @@ comparison.
       --workdir=/tmp/gnws_conv
 """
 
-from byol_jax import configs
-from byol_jax import presets
+from byol_jax.config import configs
+from byol_jax.config import presets
 
 WS_CHOICES = ('all', 'conv')
 

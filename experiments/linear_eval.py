@@ -5,7 +5,8 @@ no weight decay, cosine lr, 80 epochs, batch 1024, random-resized crop + flip;
 centre-crop test (BYOL Appendix C.1). Results: WORKDIR/eval_results.json.
 The model comes from the pre-training run's config.json, and so does the
 data, except what you name explicitly: `dataset=` or a --config.data.<field>
-override (byol_jax/plan.py, eval_inputs). Setting --config.eval.pretrain_workdir
+override (byol_jax/config/plan.py, eval_inputs). Setting
+--config.eval.pretrain_workdir
 on any experiment config evaluates the same way; its presets' data does not
 count as named.
 
@@ -17,7 +18,7 @@ count as named.
       --workdir=/path/to/eval_workdir
 """
 
-from byol_jax import configs
+from byol_jax.config import configs
 
 
 def get_config(arg=None):

@@ -13,8 +13,8 @@ calibrated, so no layer computes batch statistics.
       --workdir=/tmp/mi
 """
 
-from byol_jax import configs
-from byol_jax import paper
+from byol_jax.config import configs
+from byol_jax.results import paper
 
 
 def get_config(arg=None):

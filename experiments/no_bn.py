@@ -7,8 +7,8 @@ byol_bn.py; every norm layer is removed (norm kind 'none').
   python -m byol_jax.main --config=experiments/no_bn.py:tiny --workdir=/tmp/nobn
 """
 
-from byol_jax import configs
-from byol_jax import paper
+from byol_jax.config import configs
+from byol_jax.results import paper
 
 
 def get_config(arg=None):

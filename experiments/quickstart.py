@@ -4,14 +4,14 @@ Pre-trains a tiny ResNet with GroupNorm + WS (no batch statistics anywhere)
 on scikit-learn's digits (no download), then runs linear evaluation and
 prints the trained encoder's accuracy next to a randomly initialised one's.
 It is experiments/gn_ws.py:tiny with the random-encoder baseline turned on
-(tests/test_tiny_scale.py checks both, and the margin).
+(tests/results/test_tiny_scale.py checks both, and the margin).
 
   python -m byol_jax.main --config=experiments/quickstart.py \
       --workdir=/tmp/byol_quickstart
 """
 
-from byol_jax import configs
-from byol_jax import presets
+from byol_jax.config import configs
+from byol_jax.config import presets
 
 
 def get_config(arg=None):

@@ -10,8 +10,8 @@ Table 1's other SimCLR cells: experiments/ablation.py:method=simclr,...
       --workdir=/tmp/simclr
 """
 
-from byol_jax import configs
-from byol_jax import paper
+from byol_jax.config import configs
+from byol_jax.results import paper
 
 
 def get_config(arg=None):

@@ -101,7 +101,7 @@ class _JitO0:
 # subprocess) goes first, so that pytest-xdist runs it beside the others
 # rather than alone at the end of the run.
 _LONGEST = (
-    'tests/test_tiny_scale.py::'
+    'tests/results/test_tiny_scale.py::'
     'test_quickstart_and_tiny_table2_bn_learn_without_collapse'
 )
 
@@ -124,7 +124,7 @@ def pytest_runtest_teardown(item, nextitem):
   later module needs come back from the persistent compilation cache.
   (Measured with `/usr/bin/time -v python -m pytest -q tests/methods
   tests/models tests/test_losses.py tests/data/test_in_memory.py
-  tests/data/test_augment.py`, empty JAX_COMPILATION_CACHE_DIR, with and
+  tests/test_augment.py`, empty JAX_COMPILATION_CACHE_DIR, with and
   without this hook.)
   """
   if nextitem is None or nextitem.module is not item.module:

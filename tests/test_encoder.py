@@ -10,15 +10,15 @@ import jax
 import numpy as np
 import pytest
 
-from byol_jax import checkpointing
-from byol_jax import configs
+from byol_jax import augment
 from byol_jax import encoder
 from byol_jax import experiment
-from byol_jax import plan
-from byol_jax.data import augment
+from byol_jax.config import configs
+from byol_jax.config import plan
 from byol_jax.evaluation import linear_eval
 from byol_jax.methods import networks
 from byol_jax.models import resnet
+from byol_jax.training import checkpointing
 
 STEP = 7
 

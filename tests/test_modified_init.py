@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from byol_jax import configs
 from byol_jax import modified_init
+from byol_jax.config import configs
 from byol_jax.methods import networks
 
 

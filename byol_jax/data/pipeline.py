@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from byol_jax import parallel
 from byol_jax.data import crops
 from byol_jax.data import sources
 from byol_jax.data import tf_stream
+from byol_jax.hosts import parallel
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 

@@ -15,11 +15,11 @@ import ml_collections
 import numpy as np
 
 from byol_jax import encoder as encoder_lib
-from byol_jax import hosts
-from byol_jax import parallel
 from byol_jax.data import pipeline
 from byol_jax.data import sources
 from byol_jax.evaluation import monitors
+from byol_jax.hosts import parallel
+from byol_jax.hosts import sync
 from byol_jax.methods import networks
 
 # kNN monitor: the weighted kNN of Wu et al. 2018 with DINO's k = 20, T = 0.07
@@ -115,8 +115,8 @@ def extract_features(
   out = [np.concatenate(x) for x in out]
   if jax.process_count() > 1:
     # Hosts arrive after unequal work (compiling, reading); see
-    # hosts.barrier for why CPU hosts must meet before a collective.
-    hosts.barrier('features extracted')
+    # sync.barrier for why CPU hosts must meet before a collective.
+    sync.barrier('features extracted')
     out = multihost_utils.process_allgather(out, tiled=True)
   feats, labels, masks = out
   feats, labels = feats[masks][:max_examples], labels[masks][:max_examples]

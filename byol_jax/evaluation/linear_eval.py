@@ -13,11 +13,11 @@ import jax
 
 from byol_jax import encoder as encoder_lib
 from byol_jax import losses
-from byol_jax import resume
-from byol_jax import workdir as workdir_lib
 from byol_jax.evaluation import features
 from byol_jax.evaluation import probe
 from byol_jax.methods import networks
+from byol_jax.training import resume
+from byol_jax.training import workdir as workdir_lib
 
 
 def _probe(config, source, params, state, devices):

@@ -24,12 +24,12 @@ import numpy as np
 import optax
 
 from byol_jax import encoder as encoder_lib
-from byol_jax import hosts
 from byol_jax import losses
-from byol_jax import parallel
 from byol_jax.data import pipeline
 from byol_jax.data import sources
 from byol_jax.evaluation import features
+from byol_jax.hosts import parallel
+from byol_jax.hosts import sync
 from byol_jax.models import heads
 
 
@@ -197,7 +197,7 @@ def train_final_probe(
   )
   batches = pipeline.prefetch_to_device(it, devices=local)
   first = next(batches)
-  hosts.compile_then_sync(step_fn, rclf, ropt, *renc, first, name='the probe')
+  sync.compile_then_sync(step_fn, rclf, ropt, *renc, first, name='the probe')
   log_every = max(1, d.eval_steps // 10)
   for i, batch in zip(range(d.eval_steps), itertools.chain([first], batches)):
     rclf, ropt, m = step_fn(rclf, ropt, *renc, batch)

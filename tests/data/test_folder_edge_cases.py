@@ -15,8 +15,8 @@ import PIL.Image
 import pytest
 import xla_env
 
-from byol_jax import configs
-from byol_jax import plan
+from byol_jax.config import configs
+from byol_jax.config import plan
 from byol_jax.data import sources
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

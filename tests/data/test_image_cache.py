@@ -14,11 +14,11 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from byol_jax import configs
-from byol_jax import plan
-from byol_jax import resume
+from byol_jax.config import configs
+from byol_jax.config import plan
 from byol_jax.data import folder
 from byol_jax.data import sources
+from byol_jax.training import resume
 
 
 def _image(seed, size=(6, 5)):

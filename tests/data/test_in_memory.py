@@ -230,12 +230,12 @@ def test_eval_is_the_centre_crop_padded_and_placement_logged(caplog):
 
 def test_a_training_step_on_8_devices_equals_1_device(jit_o0):
   """The in-memory batch and the update (GN+WS tiny) on 8 devices and on 1."""
-  from byol_jax import configs  # pylint: disable=g-import-not-at-top
   from byol_jax import experiment  # pylint: disable=g-import-not-at-top
   from byol_jax import experiment as ts  # pylint: disable=g-import-not-at-top
-  from byol_jax import parallel  # pylint: disable=g-import-not-at-top
-  from byol_jax import plan  # pylint: disable=g-import-not-at-top
-  from byol_jax import presets  # pylint: disable=g-import-not-at-top
+  from byol_jax.config import configs  # pylint: disable=g-import-not-at-top
+  from byol_jax.config import plan  # pylint: disable=g-import-not-at-top
+  from byol_jax.config import presets  # pylint: disable=g-import-not-at-top
+  from byol_jax.hosts import parallel  # pylint: disable=g-import-not-at-top
 
   assert jax.local_device_count() == 8
   inputs = configs.experiment_config(

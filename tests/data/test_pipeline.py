@@ -543,7 +543,8 @@ def test_in_memory_sources_need_no_tensorflow():
   code = (
       "import sys; sys.modules['tensorflow'] = None; "
       "sys.modules['tensorflow_datasets'] = None\n"
-      'from byol_jax.data import augment, pipeline, sources\n'
+      'from byol_jax import augment\n'
+      'from byol_jax.data import pipeline, sources\n'
       "src = sources.get_source('digits')\n"
       'kw = dict(global_batch_size=8, image_size=16, process_index=0, '
       'process_count=1, local_device_count=1)\n'

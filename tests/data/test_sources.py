@@ -372,8 +372,8 @@ def test_hold_out_tfds_cifar10_splits(tfds_data_dir):
 
 
 def _tiny_plan(dataset, *overrides, read_data=True):
-  from byol_jax import configs  # pylint: disable=g-import-not-at-top
-  from byol_jax import plan  # pylint: disable=g-import-not-at-top
+  from byol_jax.config import configs  # pylint: disable=g-import-not-at-top
+  from byol_jax.config import plan  # pylint: disable=g-import-not-at-top
 
   config = configs.experiment_config(f'tiny,dataset={dataset}')
   for field, value in overrides:
@@ -384,7 +384,7 @@ def _tiny_plan(dataset, *overrides, read_data=True):
 
 def test_small_tfds_datasets_are_held_in_memory(monkeypatch, tfds_data_dir):
   tfds = pytest.importorskip('tensorflow_datasets')
-  from byol_jax import plan  # pylint: disable=g-import-not-at-top
+  from byol_jax.config import plan  # pylint: disable=g-import-not-at-top
 
   data_dir = ('data.data_dir', tfds_data_dir)
   run = _tiny_plan('tfds:cifar10', data_dir)

@@ -15,14 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from byol_jax import configs
 from byol_jax import encoder
 from byol_jax import losses
-from byol_jax import plan
-from byol_jax import workdir as workdir_lib
+from byol_jax.config import configs
+from byol_jax.config import plan
 from byol_jax.evaluation import features
 from byol_jax.evaluation import linear_eval
 from byol_jax.evaluation import probe
+from byol_jax.training import workdir as workdir_lib
 
 CHANCE = 0.1  # 10 balanced-ish digit classes
 

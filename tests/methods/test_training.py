@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from byol_jax import experiment
-from byol_jax import parallel
 from byol_jax import schedules
+from byol_jax.hosts import parallel
 
 NUM_CLASSES = 4
 

@@ -110,7 +110,7 @@ def test_gn_ws_config_standardises_the_projector_and_predictor():
   scaling w -> a w up to eps (var / (var + 1e-4): 1-2% at these fan-ins,
   less after scaling by 10-20); with `ws=conv` (the conv-only variant) the
   heads' outputs change."""
-  from byol_jax import configs  # pylint: disable=g-import-not-at-top
+  from byol_jax.config import configs  # pylint: disable=g-import-not-at-top
   from byol_jax.methods import networks  # pylint: disable=g-import-not-at-top
 
   images = jax.random.uniform(jax.random.PRNGKey(0), (4, 16, 16, 3))

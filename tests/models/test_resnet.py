@@ -147,7 +147,7 @@ def test_zero_init_last_norm_scale():
 
 
 def test_paper_configs_zero_init_only_the_modified_init():
-  from byol_jax import configs  # pylint: disable=g-import-not-at-top
+  from byol_jax.config import configs  # pylint: disable=g-import-not-at-top
 
   for name, expected in (
       ('byol_bn', False),

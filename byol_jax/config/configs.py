@@ -1,0 +1,276 @@
+"""The experiment config: its schema, its options, and the experiment loader.
+
+Each experiments/<name>.py is a thin `get_config(arg)` that returns
+`experiment_config(arg, ...)` with its variant: a config of inputs only.
+`arg` is the string after the colon in `--config=experiments/<name>.py:<arg>`:
+comma-separated options, e.g. `tiny,dataset=digits,epochs=100`. Options
+common to every config:
+
+  tiny             a CPU-sized model (ResNet-10 at width 1/4, 16 px images),
+                   batch 256 and 150 steps, on the digits by default.
+  small            CIFAR-10 on a 2-core CPU with the paper's optimiser
+                   (ResNet-10 at width 1/4, 16 px, batch 256, 4 epochs).
+  cifar10          ResNet-18 with the small-image stem at 32 px, batch 512,
+                   200 epochs, on tfds:cifar10 by default (one GPU).
+  dataset=SOURCE   tfds:<name> | folder:<path> | digits | synthetic[:side].
+  epochs=N         pre-training epochs (clears a preset's step count);
+                   40/100/300/1000 also select the official BYOL presets of
+                   lr, weight decay and tau.
+  batch=N          global batch size.
+  steps=N          total pre-training steps (wins over epochs).
+  bf16             compute in bfloat16 (float32 parameters and statistics).
+
+The presets are presets.py's. Nothing is derived here: plan.py derives step
+counts, warm-up, learning rates and dataset size at start-up, after any
+`--config.<field>=<value>` override; -1 in a field means "derive it".
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+from byol_jax import methods
+from byol_jax.config import presets
+
+# The experiment configs of a checkout (not installed with the package).
+EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parents[2] / 'experiments'
+
+SCALES = ('tiny', 'small', 'cifar10')
+COMMON_OPTIONS = SCALES + ('dataset', 'epochs', 'batch', 'steps', 'bf16')
+# Options that take no value (all others need one: `name=value`).
+FLAG_OPTIONS = SCALES + ('bf16',)
+
+
+def parse_options(arg, allowed) -> dict:
+  """'tiny,dataset=digits' -> {'tiny': True, 'dataset': 'digits'}."""
+  options = {}
+  for item in filter(None, (arg or '').split(',')):
+    name, sep, value = (x.strip() for x in item.partition('='))
+    if name not in allowed:
+      raise ValueError(
+          f'unknown config option {name!r} in {arg!r}; this config accepts: '
+          f'{", ".join(sorted(allowed))}.'
+      )
+    if name in options:
+      raise ValueError(
+          f'config option {name!r} is given twice in {arg!r}; give it once.'
+      )
+    if name in FLAG_OPTIONS:
+      if sep:
+        raise ValueError(
+            f'config option {name} takes no value (got '
+            f'{item.strip()!r}); write {name} to turn it on, '
+            'or leave it out.'
+        )
+      options[name] = True
+    elif not value:
+      raise ValueError(f'config option {name} needs a value: {name}=VALUE.')
+    else:
+      options[name] = value
+  return options
+
+
+def _int_option(options, name):
+  """A positive integer option (epochs=, batch=, steps=)."""
+  try:
+    value = int(options[name])
+  except ValueError:
+    value = None
+  if value is None or value <= 0:
+    raise ValueError(
+        f'config option {name}={options[name]!r} must be a positive integer.'
+    )
+  return value
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+  """ResNet-50 + BYOL heads, BN everywhere (paper Table 2), with `overrides`."""
+  model = ml_collections.ConfigDict(
+      dict(
+          depth=50,
+          width_multiplier=1.0,
+          stem='imagenet',
+          # Scale of each residual block's last norm at init: 1 (False) as the
+          # BYOL paper's runs (the official byol/README.md, "Note on batch
+          # normalization": results were obtained with Haiku's default gamma =
+          # 1, not the zero init its code ships with); the modified init sets
+          # True: gamma0 = 0 for that layer (paper §3.2).
+          zero_init_last=False,
+          dtype='float32',
+          encoder_norm='bn',
+          projector_norm='bn',
+          predictor_norm='bn',
+          gn_groups=16,  # paper §3.3.
+          encoder_ws=False,
+          heads_ws=False,
+          # BN statistics over the global batch (official).
+          cross_replica_bn=True,
+          bn_decay=0.9,  # BN moving-average decay (official bn_config).
+          projector_hidden_size=4096,  # BYOL §3.3: MLP 4096 -> 256.
+          projector_output_size=256,
+          predictor_hidden_size=4096,
+      )
+  )
+  model.update(overrides)
+  return model
+
+
+def experiment_config(
+    arg=None,
+    *,
+    method=methods.BYOL,
+    extra_options=(),
+    model=None,
+    epochs=300,
+    training=None,
+    options=None,
+):
+  """The config of inputs: defaults, the variant, the scale preset, options.
+
+  `model` and `training` are the variant's overrides (training's after the
+  presets of `epochs`); `options` are parsed from `arg` unless given, and may
+  include `extra_options` the caller applies. Bad options raise ValueError.
+  """
+  if options is None:
+    options = parse_options(arg, COMMON_OPTIONS + tuple(extra_options))
+  if 'epochs' in options:
+    epochs = _int_option(options, 'epochs')
+  preset = epochs if epochs in presets.LR_PRESETS else 300
+  model = model_config(**(model or {}))
+  config = ml_collections.ConfigDict(
+      dict(
+          options=arg or '',  # linear evaluation reads `dataset=` here.
+          mode='pretrain',  # or 'linear_eval' (eval.pretrain_workdir).
+          seed=0,
+          # The paper's ImageNet linear-eval top-1 for this variant (-1: none).
+          paper_top1=-1.0,
+          method=method,
+          data=dict(
+              source='tfds:imagenet2012',
+              data_dir='',  # TFDS data_dir ('' for the TFDS default).
+              image_size=224,
+              pretrain_split='pretrain',
+              min_crop_area=0.08,  # random-resized crop area >= 8% (BYOL).
+              # Training examples held out as a split of their own
+              # ('held_out': the test split of sources without one, else the
+              # probe's validation split). 0: none.
+              held_out_examples=0,
+              num_classes=-1,  # -1: the dataset's.
+              # Folders and TFDS sets of at most this many decoded MiB are
+              # held in memory (CIFAR-10: 176 MiB); larger ones stream. 0:
+              # always stream.
+              max_in_memory_mb=4096,
+              # Side of the images held in memory: 0 keeps their own (all
+              # must share it); N: shorter side to N, central N x N square.
+              cache_side=0,
+              # Cache of decoded folders ('': $XDG_CACHE_HOME/byol_jax/folders
+              # or ~/.cache/byol_jax/folders).
+              cache_dir='',
+              # 'device': a copy per local device; 'host': gathered on the
+              # host (for small device memory). The same numbers.
+              in_memory_on='device',
+          ),
+          model=model,
+          training=dict(
+              num_epochs=epochs,
+              total_steps=-1,  # > 0 wins over num_epochs.
+              max_steps=-1,  # stop (with a checkpoint) before total_steps.
+              global_batch_size=4096,  # BYOL §3.3 (512 TPU v3 cores).
+              base_learning_rate=presets.LR_PRESETS[preset],  # x batch / 256.
+              warmup_epochs=10.0,  # BYOL §3.3; short runs warm up for less.
+              warmup_steps=-1,  # >= 0 wins over warmup_epochs.
+              weight_decay=presets.WD_PRESETS[preset],
+              # LARS trust coefficient eta (BYOL §3.3 / official: 1e-3).
+              trust_coefficient=1e-3,
+              # x the others' learning rate: 1 in the paper and the official
+              # code; short CPU runs use more (presets.apply_tiny).
+              predictor_lr_multiplier=1.0,
+              base_ema=presets.EMA_PRESETS[preset],  # tau_base (BYOL §3.3).
+              temperature=0.1,  # SimCLR's InfoNCE temperature (batch 4096).
+              modified_init=False,  # paper §3.2
+              modified_init_batch_size=4096,
+              # Images per device per forward pass of the calibration (memory).
+              modified_init_chunk_size=256,
+          ),
+          checkpoint=dict(
+              every_steps=1000,
+              every_secs=600,
+              max_to_keep=3,
+              # Resume a checkpoint trained under another trajectory (e.g.
+              # to extend a finished run; config_history.jsonl records it).
+              allow_changed_config=False,
+          ),
+          logging=dict(
+              every_steps=50,
+              knn_every_steps=5000,  # kNN monitor on the test split; 0: off.
+              knn_max_train_examples=10_000,
+              # Stop pre-training (checkpoint kept, one line, exit 1) when the
+              # projections' collapse statistic stays below this for
+              # collapse_stop_after logged steps in a row; 0: never. Off for
+              # the variants the paper reports collapsing.
+              collapse_stop_below=presets.collapse_stop_below(method, model),
+              collapse_stop_after=5,
+          ),
+          # Linear evaluation, the paper's protocol (BYOL Appendix C.1):
+          # frozen encoder, SGD with Nesterov momentum 0.9, no weight decay,
+          # cosine lr, random-resized crop + flip to train, centre crop to test.
+          eval=dict(
+              after_pretraining=True,
+              pretrain_workdir='',  # set: evaluate this run's encoder.
+              num_epochs=80,
+              global_batch_size=1024,
+              # Base rates (x batch / 256) chosen from on held-out data; one
+              # value: no selection.
+              learning_rates=(0.4, 0.3, 0.2, 0.1, 0.05),
+              # Held out from train to choose the rate when the dataset has
+              # no validation split (ImageNet's: train[:10000], official);
+              # -1: a fifth of them, at most 10,000.
+              sweep_valid_examples=-1,
+              momentum=0.9,
+              train_split='linear_train',
+              test_split='test',
+              augment=True,  # crop + flip per step; False: features once.
+              random_baseline=False,  # also evaluate a random encoder.
+          ),
+      )
+  )
+  if training:
+    config.training.update(training)
+  scales = [s for s in SCALES if options.get(s)]
+  if len(scales) > 1:
+    raise ValueError(
+        f'config options {" and ".join(scales)} in {arg!r} are '
+        'scales; use one of them.'
+    )
+  if scales:
+    getattr(presets, f'apply_{scales[0]}')(config)
+  if 'dataset' in options:
+    config.data.source = options['dataset']
+  if 'epochs' in options:  # replaces a scale preset's step count
+    config.training.num_epochs = epochs
+    config.training.total_steps = -1
+  if 'batch' in options:
+    config.training.global_batch_size = _int_option(options, 'batch')
+  if 'steps' in options:
+    config.training.total_steps = _int_option(options, 'steps')
+  if options.get('bf16'):
+    config.model.dtype = 'bfloat16'
+  return config
+
+
+def load_experiment(
+    name: str, arg: str = '', *, experiments_dir=EXPERIMENTS_DIR
+) -> ml_collections.ConfigDict:
+  """experiments/<name>.py's get_config(arg), as --config=...:<arg> loads it."""
+  path = pathlib.Path(experiments_dir) / f'{name}.py'
+  if not path.exists():
+    raise FileNotFoundError(
+        f'{path} not found: run from a checkout of byol_jax (the experiment '
+        'configs are not installed with the package) or pass '
+        '--experiments_dir.'
+    )
+  spec = importlib.util.spec_from_file_location(f'_exp_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

@@ -1,0 +1,212 @@
+"""Hyper-parameter presets: the official ones, the paper's variants, the scales.
+
+The scale presets (`tiny`, `small`, `cifar10`) run after the variant's own
+hyper-parameters (configs.experiment_config): they set what depends on the
+run's length and size, for every variant alike. Nothing here is derived:
+plan.py derives step counts and learning rates from what these set.
+"""
+
+from byol_jax.results import paper
+
+# Official BYOL presets by number of pre-training epochs (byol/configs/byol.py
+# of the official code; BYOL paper Appendix C): base learning rate (for batch
+# 256, scaled linearly), weight decay and base target decay tau.
+LR_PRESETS = {40: 0.45, 100: 0.45, 300: 0.3, 1000: 0.2}
+WD_PRESETS = {40: 1e-6, 100: 1e-6, 300: 1e-6, 1000: 1.5e-6}
+EMA_PRESETS = {40: 0.97, 100: 0.99, 300: 0.99, 1000: 0.996}
+
+# BYOL with GroupNorm + Weight Standardisation, paper §3.3: "we apply weight
+# standardization to convolutional and linear parameters ... and replace all
+# BN by GN layers", G = 16; base lr 0.24, weight decay 3e-8, tau_base 0.999.
+# (The online classifier, a monitor outside BYOL's objective, stays a plain
+# linear layer.)
+GN_WS_MODEL = dict(
+    encoder_norm='gn',
+    projector_norm='gn',
+    predictor_norm='gn',
+    gn_groups=16,
+    encoder_ws=True,
+    heads_ws=True,
+)
+GN_WS_TRAINING = dict(
+    base_learning_rate=0.24, weight_decay=3e-8, base_ema=0.999
+)
+GN_WS_PAPER_TOP1 = paper.TABLE2['gn_ws']
+
+# The collapse monitor's threshold (logging.collapse_stop_below) for the
+# projection statistic (metrics.collapse_std): the tiny runs' lowest final
+# value that is not the paper's collapse is 0.031 (Table 1's LN / - / BN cell;
+# the others 0.17-0.89), where no normalisation ends at 0.000
+# (docs/RESULTS.md).
+COLLAPSE_STOP_BELOW = 1e-3
+
+
+def collapse_stop_below(method: str, model) -> float:
+  """0 (off) for a cell the paper reports collapsed, else COLLAPSE_STOP_BELOW"""
+  top1 = paper.table1(
+      method, model.encoder_norm, model.projector_norm, model.predictor_norm
+  )
+  return 0.0 if paper.collapsed(top1) else COLLAPSE_STOP_BELOW
+
+
+# Paper Table 1: each component's normalisation is one of these ('ln' is the
+# paper's LayerNorm: GroupNorm with one group).
+TABLE1_NORMS = ('bn', 'ln', 'none')
+
+
+def _update(config, **sections) -> None:
+  for name, values in sections.items():
+    config[name].update(values)
+
+
+def apply_tiny(config) -> None:
+  """CPU-sized: ResNet-10 at width 1/4, 16 px digits, batch 256, 150 steps.
+
+  A 150-step run is a thousand times shorter than the paper's, so what sets
+  how far a run travels is rescaled, identically for every variant (measured
+  on the digits; docs/RESULTS.md):
+    * LARS trust coefficient 1e-2 (paper 1e-3): LARS moves a weight matrix
+      by about lr x eta of its norm per step; in the former tiny preset
+      (batch 64, 300 steps, eta 1e-3, lr 0.06) the encoder's weights moved
+      1.2% over the whole run, so every "trained" encoder was its random
+      initialisation with re-tuned norm parameters.
+    * predictor learning rate x30 (paper x1): at the paper's single rate the
+      BN-free variants collapse within 50 steps here (GN+WS projection
+      collapse statistic 0.04); a predictor that adapts faster than the
+      encoder is what keeps non-contrastive training from collapsing (Tian,
+      Chen & Ganguli, 2021, "Understanding self-supervised learning
+      dynamics without contrastive pairs").
+    * tau_base 0.99 (BYOL's 300-epoch preset): 0.996-0.999 leave the target
+      of a 150-step run nearly frozen.
+    * random-resized crops of at least 50% of the image (paper 8%): an 8%
+      crop of an 8x8 digit is 2x2 pixels, which shows no digit.
+    * one warm-up step per warm-up epoch (10; 50 for the modified init).
+
+  The probe: features computed once (centre crop), 400 epochs (seconds). The
+  paper's per-step-augmented probe needs far more steps (on digits: 44% vs
+  85% top-1 for the same random encoder after 100 steps); 100 epochs left the
+  feature probe short of convergence (random GN+WS encoder: 84.8%, 87.2% after
+  400, 87.9% for an L-BFGS logistic regression on the same features).
+  """
+  _update(
+      config,
+      model=dict(
+          depth=10,
+          width_multiplier=0.25,
+          stem='small',
+          projector_hidden_size=128,
+          projector_output_size=32,
+          predictor_hidden_size=128,
+      ),
+      data=dict(source='digits', image_size=16, min_crop_area=0.5),
+      training=dict(
+          global_batch_size=256,
+          total_steps=150,
+          warmup_steps=int(config.training.warmup_epochs),
+          trust_coefficient=1e-2,
+          predictor_lr_multiplier=30.0,
+          base_ema=EMA_PRESETS[300],
+          modified_init_batch_size=256,
+      ),
+      checkpoint=dict(every_steps=100, every_secs=120),
+      logging=dict(
+          every_steps=10, knn_every_steps=50, knn_max_train_examples=1500
+      ),
+      eval=dict(num_epochs=400, global_batch_size=256, augment=False),
+  )
+
+
+def apply_cifar10(config) -> None:
+  """One GPU: ResNet-18, small-image stem, 32 px, batch 512, 200 epochs.
+
+  The public BYOL-on-CIFAR-10 reproductions' scale (their kNN top-1: about
+  0.87 after 200 epochs). The variant's lr / weight decay are kept; tau_base
+  0.99 (official 300-epoch preset); the paper's probe (cheap at 32 px).
+  """
+  _update(
+      config,
+      model=dict(depth=18, width_multiplier=1.0, stem='small'),
+      data=dict(source='tfds:cifar10', image_size=32),
+      training=dict(
+          global_batch_size=512,
+          num_epochs=200,
+          total_steps=-1,
+          warmup_steps=-1,
+          warmup_epochs=min(config.training.warmup_epochs, 20),
+          base_ema=EMA_PRESETS[300],
+          modified_init_batch_size=512,
+      ),
+      checkpoint=dict(every_secs=300),
+      logging=dict(knn_every_steps=2000),
+  )
+
+
+# The `small` scale (CIFAR-10 on a 2-core CPU): its run length, and the
+# official preset its optimiser follows (the 40-epoch one: the shortest).
+SMALL_EPOCHS = 4
+SMALL_PRESET_EPOCHS = 40
+# Official code: 10 warm-up epochs whatever the run's length, i.e. a quarter
+# of a 40-epoch run; a variant's own longer warm-up (the modified init's 50,
+# paper 3.2) keeps its ratio to those 10, up to half the run.
+SMALL_MAX_WARMUP_FRACTION = 0.5
+
+
+def apply_small(config) -> None:
+  """CIFAR-10 on a 2-core CPU with the paper's optimiser.
+
+  ResNet-10 x1/4, small stem, 32 px images cropped (area from 8%) to 16 px,
+  batch 256, 4 epochs (781 steps). benchmarks/throughput.py on a 2-core AMD
+  EPYC (BYOL step, batch 256): 390 (BN) / 362 (GN+WS) / 499 (none) img/s,
+  8-9 minutes per variant; ResNet-18 x1/4 at 16 px 207 / 173 and at 32 px
+  79 / 59 img/s, two to six times longer.
+
+  The optimiser is the paper's, scaled only as the official code scales it
+  (LARS eta 1e-3, predictor lr x1, lr x batch / 256, warm-up in epochs); base
+  lr, weight decay and 1 - tau move from the preset of the variant's own run
+  length (1000 epochs for Table 2, 300 for Table 1) to the official 40-epoch
+  one by the same ratio: BN 0.2 -> 0.45, 1.5e-6 -> 1e-6, tau 0.996 -> 0.97;
+  GN+WS 0.24 -> 0.54, 3e-8 -> 2e-8, 0.999 -> 0.9925. Warm-up: a quarter of
+  the run per 10 warm-up epochs of the variant, at most half.
+
+  Probe: the paper's protocol on frozen centre-crop features, 100 epochs
+  (augmented crops would cost, by the step's throughput, tens of minutes per
+  variant), and the random-init baseline.
+  """
+  t = config.training
+  own = t.num_epochs if t.num_epochs in LR_PRESETS else 300
+  to = SMALL_PRESET_EPOCHS
+  warmup = min(t.warmup_epochs / 10 / 4, SMALL_MAX_WARMUP_FRACTION)
+  _update(
+      config,
+      training=dict(
+          base_learning_rate=round(
+              t.base_learning_rate * LR_PRESETS[to] / LR_PRESETS[own], 9
+          ),
+          weight_decay=round(
+              t.weight_decay * WD_PRESETS[to] / WD_PRESETS[own], 15
+          ),
+          base_ema=round(
+              1.0
+              - (1.0 - t.base_ema)
+              * (1.0 - EMA_PRESETS[to])
+              / (1.0 - EMA_PRESETS[own]),
+              9,
+          ),
+          num_epochs=SMALL_EPOCHS,
+          total_steps=-1,
+          warmup_steps=-1,
+          warmup_epochs=warmup * SMALL_EPOCHS,
+          global_batch_size=256,
+          modified_init_batch_size=256,
+      ),
+      model=dict(depth=10, width_multiplier=0.25, stem='small'),
+      data=dict(source='tfds:cifar10', image_size=16),
+      checkpoint=dict(every_steps=200, every_secs=300),
+      logging=dict(every_steps=20, knn_every_steps=260),
+      eval=dict(
+          num_epochs=100,
+          global_batch_size=256,
+          augment=False,
+          random_baseline=True,
+      ),
+  )

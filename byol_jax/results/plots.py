@@ -1,0 +1,47 @@
+"""Plots of runs.load_run dicts' metrics against step (matplotlib)."""
+
+from typing import Sequence
+
+from etils import epath
+
+from byol_jax.results import runs as runs_lib
+
+
+def plot(
+    runs: Sequence[dict], out_dir, title: str = '', prefix: str = ''
+) -> dict:
+  """One PNG per metric, one line per run: out_dir/plots/<prefix><metric>.png.
+
+  Returns:
+    {metric: {'path': str, 'num_lines': int, 'labels': [str]}}; a run that
+    never logged a metric has no line in its plot.
+  """
+  # A Figure without pyplot: no GUI backend, nothing global to close.
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+
+  plot_dir = epath.Path(out_dir) / 'plots'
+  plot_dir.mkdir(parents=True, exist_ok=True)
+  out = {}
+  for metric, ylabel in runs_lib.PLOT_METRICS.items():
+    fig = figure.Figure(figsize=(7, 4.5), dpi=100)
+    ax = fig.subplots()
+    labels = []
+    for run in runs:
+      points = [(r['step'], r[metric]) for r in run['rows'] if metric in r]
+      if not points:
+        continue
+      label = f'{run["variant"]} ({run["name"]})'
+      ax.plot(*zip(*points), marker='.', label=label)
+      labels.append(label)
+    ax.set_xlabel('step')
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(f'{title}: {metric}' if title else metric)
+    ax.grid(alpha=0.3)
+    if labels:
+      ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = plot_dir / f'{prefix}{metric}.png'
+    with path.open('wb') as f:
+      fig.savefig(f, format='png')
+    out[metric] = dict(path=str(path), num_lines=len(labels), labels=labels)
+  return out

@@ -1,0 +1,161 @@
+"""The paper tables' cells as experiment configs (what reproduce.py runs).
+
+Each cell is a `Variant`: an experiments/<config>.py with the scale's option
+and the cell's own. `variant_config` gives its config exactly as
+`--config=experiments/<config>.py:<arg>` plus `--config.<field>=<value>`
+overrides would; `Variant.command` prints that command line.
+"""
+
+import dataclasses
+import itertools
+import shlex
+from typing import Sequence
+
+from absl import flags
+from ml_collections.config_flags import tuple_parser
+
+from byol_jax.config import configs
+from byol_jax.config import presets
+
+EXPERIMENTS_DIR = configs.EXPERIMENTS_DIR
+SCALES = configs.SCALES
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One table cell: WORKDIR/<name>, experiments/<config>.py:<options>."""
+
+  name: str
+  config: str
+  options: str = ''
+
+  def config_arg(self, scale: str, dataset: str = '') -> str:
+    """'<scale>[,<options>][,dataset=<dataset>]': the config string."""
+    opts = [scale, self.options, f'dataset={dataset}' if dataset else '']
+    return ','.join(filter(None, opts))
+
+  def command(self, scale: str, dataset: str, workdir, overrides=()) -> str:
+    """The equivalent `python -m byol_jax.main` command, one shell line."""
+    flags = ''.join(
+        ' ' + shlex.quote(f'--config.{k}={v}') for k, v in overrides
+    )
+    return (
+        f'python -m byol_jax.main --config=experiments/{self.config}.py:'
+        f'{self.config_arg(scale, dataset)} --workdir={workdir}{flags}'
+    )
+
+
+def table_variants(table: int) -> list[Variant]:
+  """Table 1 (27 BYOL + 9 SimCLR norm cells) or 2, in table order."""
+  if table == 2:
+    return [
+        Variant('bn', 'byol_bn'),
+        Variant('no_norm', 'no_bn'),
+        Variant('modified_init', 'modified_init'),
+        Variant('gn_ws', 'gn_ws'),
+    ]
+  if table != 1:
+    raise ValueError(f'--table={table}: use 1 or 2.')
+  norms = presets.TABLE1_NORMS
+  return [
+      Variant(
+          f'byol_enc-{enc}_proj-{proj}_pred-{pred}',
+          'ablation',
+          f'method=byol,encoder={enc},projector={proj},predictor={pred}',
+      )
+      for enc, proj, pred in itertools.product(norms, repeat=3)
+  ] + [
+      Variant(
+          f'simclr_enc-{enc}_proj-{proj}',
+          'ablation',
+          f'method=simclr,encoder={enc},projector={proj}',
+      )
+      for enc, proj in itertools.product(norms, repeat=2)
+  ]
+
+
+def select(variants: Sequence[Variant], names: Sequence[str]) -> list[Variant]:
+  """The variants named in `names` (empty: all), in table order."""
+  if not names:
+    return list(variants)
+  known = {v.name for v in variants}
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise ValueError(
+        f'--variants: {", ".join(unknown)} not in this table; '
+        f'use some of: {", ".join(sorted(known))}.'
+    )
+  return [v for v in variants if v.name in names]
+
+
+def variant_config(
+    variant: Variant,
+    scale: str,
+    dataset: str = '',
+    overrides=(),
+    experiments_dir=EXPERIMENTS_DIR,
+):
+  """The variant's config, as `--config=...:<arg> --config.<k>=<v>` gives it.
+
+  Raises:
+    ValueError: an override names no field or does not convert to its type.
+  """
+  config = configs.load_experiment(
+      variant.config,
+      variant.config_arg(scale, dataset),
+      experiments_dir=experiments_dir,
+  )
+  for key, value in overrides:
+    *parents, leaf = key.split('.')
+    node = config
+    try:
+      for p in parents:
+        node = node[p]
+      old = node[leaf]
+    except (KeyError, AttributeError, TypeError):
+      raise ValueError(
+          f'--override {key}={value}: the config has no field {key!r}.'
+      ) from None
+    parser = _PARSERS.get(type(old))
+    if parser is None:
+      raise ValueError(
+          f'--override {key}={value}: {key} is a section of the '
+          f'config, not a field; name one of its fields, e.g. '
+          f'{key}.{next(iter(old), "FIELD")}=VALUE.'
+      )
+    try:
+      node[leaf] = parser.parse(value)
+    except ValueError as e:
+      expected = {bool: 'true or false', tuple: f'a tuple ({e})'}.get(
+          type(old), f'a {type(old).__name__}'
+      )
+      raise ValueError(
+          f'--override {key}={value!r}: expected {expected}.'
+      ) from None
+  return config
+
+
+# The parsers of main.py's --config.<field> flags (ml_collections picks them
+# by the type of the field's default), so that an override means what the
+# printed command's --config.<field>=<value> means.
+_PARSERS = {
+    bool: flags.BooleanParser(),
+    int: flags.IntegerParser(),
+    float: flags.FloatParser(),
+    tuple: tuple_parser.TupleParser(),
+    str: flags.ArgumentParser(),
+}
+
+
+def parse_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
+  """'field=value' strings -> stripped (field, value) pairs."""
+  out = []
+  for item in items:
+    key, sep, value = item.partition('=')
+    if not sep or not key:
+      raise ValueError(
+          f'--override {item!r}: use field=value, e.g. '
+          'training.total_steps=100.'
+      )
+    out.append((key.strip(), value.strip()))
+  return out

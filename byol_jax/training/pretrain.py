@@ -1,0 +1,342 @@
+"""The pre-training loop: data -> pmapped update -> metrics and checkpoints.
+
+Resume is exact (state, data and randomness are functions of the step). All
+processes check they start and end with the same state and agree on
+preemption and the checkpoint clock at logging steps only.
+"""
+
+import functools
+import itertools
+import json
+import time
+from typing import Optional
+
+from absl import logging
+from etils import epath
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from byol_jax import augment as augment_lib
+from byol_jax import experiment
+from byol_jax import modified_init
+from byol_jax.data import pipeline
+from byol_jax.evaluation import features
+from byol_jax.hosts import parallel
+from byol_jax.hosts import sync
+from byol_jax.training import checkpointing
+from byol_jax.training import preemption
+from byol_jax.training import resume
+from byol_jax.training import workdir as workdir_lib
+from byol_jax.training import writers
+
+
+class TrainingStopped(RuntimeError):
+  """Training cannot usefully go on; the message says why and what is kept."""
+
+
+class NonFiniteLossError(TrainingStopped):
+  """The loss or state became NaN or infinite; the last good step is kept."""
+
+
+class CollapseError(TrainingStopped):
+  """The projections stayed collapsed (collapse monitor); checkpoint saved."""
+
+
+def _checkpointer(config, workdir, async_save: bool = False):
+  return checkpointing.Checkpointer(
+      workdir_lib.checkpoint_dir(workdir),
+      max_to_keep=config.checkpoint.max_to_keep,
+      save_interval_steps=config.checkpoint.every_steps or None,
+      save_interval_secs=config.checkpoint.every_secs or None,
+      async_save=async_save,
+  )
+
+
+def check_workdir(config, workdir) -> dict:
+  """resume.check_resume on the workdir's checkpoints (on every process)."""
+  with _checkpointer(config, workdir) as ckpt:
+    return resume.check_resume(config, ckpt)
+
+
+def _stream(config, source, batch_size, **kwargs):
+  data = config.data
+  return pipeline.make_pretrain_iterator(
+      source,
+      split=data.pretrain_split,
+      global_batch_size=batch_size,
+      image_size=data.image_size,
+      min_crop_area=data.min_crop_area,
+      in_memory_on=data.in_memory_on,
+      **kwargs,
+  )
+
+
+def _initial_state(config, method, optimizer, source):
+  """Fresh TrainState (with the modified init of §3.2 when configured)."""
+  # Jitted: one compilation, not one per initialiser op (hosts other than
+  # process 0 never hit the compilation cache); the eager init's values bit
+  # for bit (tiny GN+WS and BN configs, CPU).
+  init = jax.jit(
+      functools.partial(experiment.init_train_state, method, optimizer)
+  )
+  state = init(
+      jax.random.PRNGKey(config.seed), experiment.sample_images(config)
+  )
+  if not config.training.modified_init:
+    return state
+  # A batch of augmented view-1 images, from its own data seed.
+  chunk = config.training.modified_init_chunk_size
+  images = next(
+      _stream(
+          config,
+          source,
+          config.training.modified_init_batch_size,
+          seed=config.seed + 1,
+          process_index=0,
+          process_count=1,
+          local_device_count=1,
+      )
+  )['view1'][0]
+  keys = experiment.example_keys(
+      jax.random.PRNGKey(config.seed + 2), len(images), None
+  )
+  # Per-example augmentation, so chunking it changes nothing but memory.
+  augment = jax.jit(functools.partial(augment_lib.augment_examples, view=1))
+  images = np.concatenate(
+      [
+          np.asarray(
+              augment(keys[i : i + chunk], jnp.asarray(images[i : i + chunk]))
+          )
+          for i in range(0, len(images), chunk)
+      ]
+  )
+  logging.info(
+      'Modified init (paper §3.2): calibrated %s on %d images.',
+      ', '.join(modified_init.calibrated_components(config.model)),
+      len(images),
+  )
+  return modified_init.apply_to_state(
+      state, config.model, config.derived.num_classes, images, chunk
+  )
+
+
+class _MetricsBuffer:
+  """The steps' metrics, on the devices until `flush` logs their means.
+
+  `low`: logged rows in a row with collapse_std_projection < `collapse_below`.
+  """
+
+  def __init__(self, writer, ckpt, collapse_below: float = 0.0):
+    self._writer, self._ckpt = writer, ckpt
+    self._pending = []  # (step, replicated metrics), not yet on the host
+    self.last = {}  # the newest logged step's metrics, as floats
+    self.collapse_below, self.low = collapse_below, 0
+
+  def add(self, step: int, metrics) -> None:
+    self._pending.append((step, metrics))
+
+  def flush(self) -> None:
+    if not self._pending:
+      return
+    fetched, self._pending = jax.device_get(self._pending), []
+    for step, metrics in fetched:
+      if not np.isfinite(loss := metrics['loss'][0]):
+        raise NonFiniteLossError(
+            f'loss became {loss} at step {step}; stopping. '
+            f'{_kept(self._ckpt)} Lower training.base_learning_rate or check '
+            'the data.'
+        )
+    step, newest = fetched[-1]
+    self.last = {
+        k: float(v[0])
+        if k in ('lr', 'tau')
+        else float(np.mean([m[k][0] for _, m in fetched], dtype=np.float64))
+        for k, v in newest.items()
+    }
+    self._writer.write(step, self.last)
+    self._writer.console(step, self.last)
+    low = self.last.get('collapse_std_projection', 1.0) < self.collapse_below
+    self.low = self.low + 1 if low else 0
+
+
+def train(config, workdir, *, source) -> dict:
+  """Pre-trains (or resumes) in `workdir`: {step, preempted, metrics, sha}."""
+  resume.check_built(config)
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  t, d, lg = config.training, config.derived, config.logging
+  # Asynchronous saves: a scheduled checkpoint stalls the loop for the
+  # device-to-host copy only; ckpt.close() below waits for the writes.
+  ckpt = _checkpointer(config, workdir, async_save=True)
+  trajectory_changes = resume.check_resume(config, ckpt)
+  method, optimizer, update = experiment.make_update(config)
+  restored = ckpt.restore_latest(experiment.state_template(config))
+  resume.write_config(
+      config,
+      workdir,
+      start_step=0 if restored is None else restored.step,
+      trajectory_changes=trajectory_changes,
+  )
+  if restored is not None:
+    state = restored.state
+    logging.info('Resumed from %s at step %d.', ckpt.directory, restored.step)
+  else:
+    state = _initial_state(config, method, optimizer, source)
+  # Wall time summed over every segment of a resumed run.
+  resumed_s = restored.extra.get('wall_time_s', 0) if restored else 0
+  start_time = time.time()
+  wall_time = lambda: resumed_s + time.time() - start_time
+  step = start_step = int(state.step)
+  _check_same_state(state, step, 'starting')
+  writer = writers.MetricWriter(
+      workdir,
+      is_chief=jax.process_index() == 0,
+      total_steps=d.total_steps,
+      images_per_step=t.global_batch_size,
+  )
+  writer.truncate_after(step)
+  data = pipeline.prefetch_to_device(
+      _stream(
+          config, source, t.global_batch_size, seed=config.seed, start_step=step
+      )
+  )
+  rstate = parallel.replicate(state)
+  del state
+  p_update = experiment.pmap_update(update)
+  if step < d.stop_step:
+    # Compiled before the loop, then a barrier: every process enters the
+    # first step's collectives together (see sync.barrier).
+    first_batch = next(data)
+    sync.compile_then_sync(
+        p_update, rstate, first_batch, name='the training step'
+    )
+    data = itertools.chain([first_batch], data)
+  metrics = _MetricsBuffer(writer, ckpt, lg.collapse_stop_below)
+  collapsed = lambda: metrics.low >= lg.collapse_stop_after
+  trajectory = resume.trajectory(config)
+  preempted, agreements = False, 0  # agreements: all-gathers (logged, tested)
+
+  # The checkpoint clock counts training time, not restoring and compiling.
+  ckpt.restart_clock()
+  try:
+    with preemption.PreemptionWatcher() as watcher:
+      while step < d.stop_step:
+        rstate, step_metrics = p_update(rstate, next(data))
+        step += 1
+        metrics.add(step, step_metrics)
+        logging_step = step % lg.every_steps == 0 or step == d.stop_step
+        if logging_step:
+          metrics.flush()
+        if lg.knn_every_steps and step % lg.knn_every_steps == 0:
+          metrics.flush()
+          online = parallel.unreplicate(rstate)  # frozen, in eval mode
+          knn = features.knn_eval(
+              config, source, online.online_params, online.online_state
+          )
+          writer.write(step, {'knn_top1': knn})
+        decision = preemption.decide(watcher, ckpt, logging_step)
+        agreements += decision.collectives
+        if (
+            decision.preempt
+            or step == d.stop_step
+            or collapsed()
+            or ckpt.should_save(step, time_due=decision.time_due)
+        ):
+          metrics.flush()  # Never checkpoint a state whose loss is not finite.
+          try:
+            extra = {'wall_time_s': wall_time(), 'trajectory': trajectory}
+            ckpt.save(step, parallel.unreplicate(rstate), extra, force=True)
+          except checkpointing.NonFiniteStateError as e:
+            # The weights went non-finite in this step's update; its loss
+            # (computed before the update) was still finite.
+            raise NonFiniteLossError(
+                f'the training state became non-finite at step {step}; '
+                f'stopping without saving it. {_kept(ckpt)} ({e})'
+            ) from e
+        if preempted := decision.preempt:
+          break
+        if collapsed() and step < d.stop_step:  # every process: _MetricsBuffer
+          raise CollapseError(
+              f'the projections collapsed: collapse_std_projection was below '
+              f'logging.collapse_stop_below={metrics.collapse_below:g} for '
+              f'{metrics.low} logged steps in a row ('
+              f'{metrics.last["collapse_std_projection"]:.4f} at step {step});'
+              f' step {step} is saved in {ckpt.directory}. If this variant is '
+              'meant to collapse, rerun with '
+              '--config.logging.collapse_stop_below=0 to go on from there.'
+          )
+    metrics.flush()
+  finally:
+    # Commits a save still being written (the final one, a preemption's or
+    # collapse's, or the last good one before a non-finite loss).
+    ckpt.close()
+  writer.close()
+  if preempted:
+    logging.warning(
+        '%s received at step %d: checkpoint saved in %s; '
+        'rerun the same command to resume.',
+        watcher.signal_name or 'A preemption signal (on another host)',
+        step,
+        ckpt.directory,
+    )
+  logging.info(
+      'Process %d: %d cross-process agreements in %d steps.',
+      jax.process_index(),
+      agreements,
+      step - start_step,
+  )
+  fingerprint = _check_same_state(parallel.unreplicate(rstate), step, 'final')
+  record = dict(step=step, metrics=metrics.last, state_sha256=fingerprint)
+  done_path = workdir_lib.pretrain_done_path(workdir)
+  # Written when the run is complete (not when max_steps stopped it early);
+  # a rerun of a finished run trains nothing and leaves the record alone.
+  if (
+      jax.process_index() == 0
+      and not preempted
+      and step >= d.total_steps
+      and (step > start_step or not done_path.exists())
+  ):
+    done = dict(record, total_steps=d.total_steps, wall_time_s=wall_time())
+    done_path.write_text(json.dumps(done))
+  return dict(record, preempted=preempted)
+
+
+def _kept(ckpt) -> str:
+  if (latest := ckpt.latest_step()) is None:
+    return f'No checkpoint was saved yet in {ckpt.directory}.'
+  return (
+      f'The last good checkpoint (step {latest}) in {ckpt.directory} is kept.'
+  )
+
+
+def _check_same_state(state, step: int, which: str) -> str:
+  """Logs the state's fingerprint; raises unless every process has it."""
+  fingerprint = sync.fingerprint(state)
+  logging.info(
+      'Process %d: %s state (step %d) sha256 %s',
+      jax.process_index(),
+      which,
+      step,
+      fingerprint,
+  )
+  hint = (
+      'every process must start from the same checkpoint: use one '
+      'workdir that all hosts share (gs:// on TPU pods)'
+      if which == 'starting'
+      else 'the processes diverged while training '
+      '(a host-dependent computation outside the pmapped step?)'
+  )
+  sync.check_same_on_all_processes(
+      sync.fingerprint_words(fingerprint),
+      f'the {which} training state at step {step} (sha256 prefixes as int32 '
+      f'words); {hint}',
+  )
+  return fingerprint
+
+
+def load_latest_state(config, workdir) -> Optional[experiment.TrainState]:
+  """The workdir's latest checkpointed TrainState (host NumPy), or None."""
+  with checkpointing.Checkpointer(workdir_lib.checkpoint_dir(workdir)) as ckpt:
+    restored = ckpt.restore_latest(experiment.state_template(config))
+  return None if restored is None else restored.state

@@ -1,0 +1,186 @@
+"""The resume contract: each checkpoint records `trajectory(config)`; a run
+that would resume under another stops unless checkpoint.allow_changed_config.
+"""
+
+import datetime
+import json
+
+from absl import logging
+import jax
+import ml_collections
+
+from byol_jax.config import configs
+from byol_jax.config import validation
+from byol_jax.data.sources import STREAMING
+from byol_jax.training import workdir as workdir_lib
+
+
+def _deep_update(base: dict, new: dict) -> dict:
+  for key, value in new.items():
+    if isinstance(value, dict) and isinstance(base.get(key), dict):
+      _deep_update(base[key], value)
+    else:
+      base[key] = value
+  return base
+
+
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+  """A built config from a run's config.json (older ones too: defaults)."""
+  tree = _deep_update(configs.experiment_config(None).to_dict(), saved)
+  if 'derived' not in saved:
+    t, data = saved.get('training', {}), saved.get('data', {})
+    tree['derived'] = dict(
+        num_classes=data.get('num_classes', -1),
+        num_train_examples=data.get('num_train_examples', -1),
+        total_steps=t.get('total_steps', -1),
+        warmup_steps=t.get('warmup_steps', -1),
+    )
+  return ml_collections.ConfigDict(tree)
+
+
+def check_built(config) -> None:
+  """Raises TypeError for a config that did not go through plan.build."""
+  if 'derived' not in config:
+    raise TypeError(
+        'this function takes a built config: call '
+        'byol_jax.config.plan.build(config) first (it derives the step '
+        'counts and validates the fields).'
+    )
+
+
+# Fields that do not change the trajectory of pre-training: when to stop
+# (max_steps), where data lives, and the inputs the derived step counts replace.
+_NOT_TRAJECTORY = (
+    'training.max_steps',
+    'training.num_epochs',
+    'training.total_steps',
+    'training.warmup_epochs',
+    'training.warmup_steps',
+    'training.modified_init_chunk_size',
+    'data.data_dir',
+    'data.cache_dir',
+    'data.in_memory_on',
+    'data.max_in_memory_mb',  # derived.data_path says
+    'data.num_classes',
+)
+_TRAJECTORY_DERIVED = (
+    'num_train_examples',
+    'num_classes',
+    'total_steps',
+    'warmup_steps',
+    'data_path',
+)
+# Trajectory fields a checkpoint may lack, at the values it was trained under
+# (images at their own size, crops on the host): a streamed run resumes as
+# before; an in-memory one only with checkpoint.allow_changed_config (its
+# crops are now cut on the devices, from other random draws).
+_TRAJECTORY_ADDED = {'data.cache_side': 0, 'derived.data_path': STREAMING}
+
+
+def flatten(tree: dict, prefix: str = '') -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1} (lists stay whole)."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def trajectory(config) -> dict:
+  """{dotted field: value} of what shapes pre-training (sorted)."""
+  tree = {'method': config.method, 'seed': config.seed}
+  for section in ('model', 'training', 'data'):
+    tree[section] = config[section].to_dict()
+  tree['derived'] = {k: config.derived.get(k) for k in _TRAJECTORY_DERIVED}
+  flat = flatten(tree)
+  return {k: v for k, v in sorted(flat.items()) if k not in _NOT_TRAJECTORY}
+
+
+def upgrade_trajectory(old: dict) -> dict:
+  """A recorded trajectory with the fields added since, at their old values."""
+  return {**_TRAJECTORY_ADDED, **old}
+
+
+def changes(old: dict, new: dict) -> dict:
+  """{field: (old, new)} where two flat dicts differ (None where missing)."""
+  keys = sorted(set(old) | set(new))
+  return {k: (old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)}
+
+
+def describe_changes(diff: dict) -> str:
+  """A diff as one line: field 'old' -> 'new', ..."""
+  return ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in diff.items())
+
+
+def check_resume(config, ckpt) -> dict:
+  """The trajectory changes a run resumes under from `ckpt`; ConfigError if
+  the network changed, or anything without checkpoint.allow_changed_config."""
+  latest = ckpt.latest_extra()
+  if latest is None:
+    return {}
+  step, extra = latest
+  where = f'{ckpt.directory} holds step {step} of a run'
+  if (old := extra.get('trajectory')) is None:
+    logging.warning(
+        '%s from an older version, recording no config: resuming without '
+        'checking it.',
+        where,
+    )
+    return {}
+  diff = changes(upgrade_trajectory(old), trajectory(config))
+  if structural := {
+      k: v
+      for k, v in diff.items()
+      if k.split('.')[0] in ('method', 'model') or k == 'derived.num_classes'
+  }:
+    raise validation.ConfigError(
+        f'{where} with another network: {describe_changes(structural)}; a '
+        'checkpoint cannot be resumed under another architecture (not even '
+        'with checkpoint.allow_changed_config): use a fresh --workdir.'
+    )
+  if diff and not config.checkpoint.allow_changed_config:
+    raise validation.ConfigError(
+        f'{where} trained under another config: {describe_changes(diff)}. '
+        'Resume with the old values, use a fresh --workdir, or pass '
+        '--config.checkpoint.allow_changed_config=true to resume anyway (e.g. '
+        f'to extend a finished run; recorded in {workdir_lib.CONFIG_HISTORY}).'
+    )
+  if diff:
+    logging.warning(
+        'Resuming step %d under a changed config (allowed by '
+        'checkpoint.allow_changed_config): %s',
+        step,
+        describe_changes(diff),
+    )
+  return diff
+
+
+def write_config(
+    config, workdir, *, start_step: int, trajectory_changes: dict
+) -> None:
+  """Process 0: config.json, and a config_history.jsonl line if it changed."""
+  if jax.process_index() != 0:
+    return
+  path = workdir_lib.config_path(workdir)
+  text = config.to_json_best_effort(indent=2)
+  old = path.read_text() if path.exists() else None
+  diff = {}
+  if old is not None:
+    diff = changes(flatten(json.loads(old)), flatten(json.loads(text)))
+  if old is None or diff or trajectory_changes:
+    entry = {
+        'time': datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec='seconds'
+        ),
+        'start_step': start_step,
+        'config_changes': diff,
+        'trajectory_changes': trajectory_changes,
+    }
+    with workdir_lib.config_history_path(workdir).open('a') as f:
+      f.write(json.dumps(entry) + '\n')
+  if old != text:
+    tmp = path.parent / (path.name + '.tmp')
+    tmp.write_text(text)
+    tmp.replace(path)  # a reader never sees a half-written config.json
