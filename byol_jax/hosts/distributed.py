@@ -1,12 +1,10 @@
 """How this process starts jax.distributed (before touching the backend).
 
-One process per host runs the same program on its own devices and data shard.
-`process_plan` (pure: arguments and an environment dict) takes the first of:
-the flags --coordinator_address, --num_processes, --process_id (all three);
-the BYOL_* variables of those names (all three); SLURM with more than one task
-(coordinator JAX_COORDINATOR_ADDRESS, else the job's first node at
-BYOL_COORDINATOR_PORT, default JAX's port for the job id); a Cloud TPU VM
-(jax.distributed.initialize() with no arguments); one process.
+`process_plan` takes the first of: the flags --coordinator_address,
+--num_processes, --process_id (all three); the BYOL_* variables of those names;
+SLURM with more than one task (coordinator JAX_COORDINATOR_ADDRESS, else the
+first node at BYOL_COORDINATOR_PORT or JAX's port for the job id); a Cloud TPU
+VM (jax.distributed.initialize() without arguments); one process.
 """
 
 import dataclasses
@@ -40,15 +38,15 @@ class Plan:
     return self.source != 'none'
 
   def describe(self) -> str:
-    if self.source == 'none':
-      return 'single process (no jax.distributed)'
-    if self.source == 'tpu':
-      return 'Cloud TPU VM: jax.distributed.initialize() reads the TPU metadata'
     ids = self.local_device_ids
-    devices = f'local devices {"all" if ids is None else list(ids)}'
-    return (
+    return {
+        'none': 'single process (no jax.distributed)',
+        'tpu': 'Cloud TPU VM: jax.distributed.initialize() reads the metadata',
+    }.get(
+        self.source,
         f'process {self.process_id} of {self.num_processes}, coordinator '
-        f'{self.coordinator_address}, {devices} (from {self.source})'
+        f'{self.coordinator_address}, local devices '
+        f'{"all" if ids is None else list(ids)} (from {self.source})',
     )
 
 
@@ -62,7 +60,7 @@ def _int(value, name: str) -> int:
 
 
 def _plan(source, values, names, local=None) -> Optional[Plan]:
-  """A checked Plan of (address, count, index), named `names`; None if unset."""
+  """A checked Plan of (address, count, index); None if none is set."""
   given = [v not in (None, '') for v in values]
   if not any(given):
     return None
@@ -101,7 +99,7 @@ def first_slurm_host(nodelist: str) -> str:
 
 
 def _tasks_on_node(env: Mapping[str, str]) -> int:
-  """Tasks SLURM runs on this node, from '2(x3),1'-style task counts."""
+  """Tasks SLURM runs on this node ('2(x3),1'-style counts)."""
   spec = env.get('SLURM_STEP_TASKS_PER_NODE') or env.get('SLURM_TASKS_PER_NODE')
   counts = []
   for part in (spec or '1').split(','):
@@ -114,7 +112,7 @@ def _tasks_on_node(env: Mapping[str, str]) -> int:
 
 
 def _slurm(env: Mapping[str, str]) -> Optional[Plan]:
-  """A Plan from a SLURM step's variables; None outside SLURM or 1 task."""
+  """None outside SLURM or with one task."""
   nodelist = env.get('SLURM_STEP_NODELIST') or env.get('SLURM_JOB_NODELIST')
   names = ['JAX_COORDINATOR_ADDRESS', 'SLURM_NTASKS', 'SLURM_PROCID']
   if not nodelist or not all(n in env for n in names[1:] + ['SLURM_JOB_ID']):
@@ -129,9 +127,8 @@ def _slurm(env: Mapping[str, str]) -> Optional[Plan]:
     port = env.get('BYOL_COORDINATOR_PORT') or 65536 - 4096 + job % 4096
     address = f'{first_slurm_host(nodelist)}:{port}'
     names[0] = 'BYOL_COORDINATOR_PORT'
-  # One task per node sees all the node's GPUs (pmap over them); several tasks
-  # on a node get one GPU each, by local rank. (JAX's own SLURM detection always
-  # restricts a task to one GPU, leaving all but one idle with one per node.)
+  # One task per node sees all its GPUs; several get one GPU each, by local
+  # rank. (JAX's own SLURM detection restricts every task to one GPU.)
   local = None
   if _tasks_on_node(env) > 1:
     local = (_int(env.get('SLURM_LOCALID', 0), 'SLURM_LOCALID'),)
@@ -148,7 +145,7 @@ def process_plan(
     env: Mapping[str, str],
     on_cloud_tpu: bool = False,
 ) -> Plan:
-  """This process's Plan (module docstring's order); mode 'off': one process."""
+  """This process's Plan (in the module docstring's order)."""
   flags = _plan(
       'flags', (coordinator_address, num_processes, process_id), FLAG_NAMES
   )
@@ -163,11 +160,10 @@ def process_plan(
       flags
       or _plan('env', [env.get(n) for n in ENV_NAMES], ENV_NAMES)
       or _slurm(env)
+      or (on_cloud_tpu and Plan('tpu'))
   )
-  if plan is not None:
+  if plan:
     return plan
-  if on_cloud_tpu:
-    return Plan('tpu')
   if env.get('JAX_COORDINATOR_ADDRESS'):
     raise DistributedConfigError(
         f'JAX_COORDINATOR_ADDRESS={env["JAX_COORDINATOR_ADDRESS"]} is set but '
@@ -201,9 +197,8 @@ def initialize(
   (config_update or jax.config.update)(
       'jax_cpu_collectives_implementation', 'gloo'
   )
-  # A Cloud TPU VM: no arguments, JAX reads the metadata. Otherwise exactly
-  # the plan's values: JAX's own cluster detection would restrict each SLURM
-  # task to one GPU.
+  # Exactly the plan's values: JAX's cluster detection would restrict each
+  # SLURM task to one GPU. A Cloud TPU VM: none, JAX reads the metadata.
   kwargs, ids = {}, the_plan.local_device_ids
   if the_plan.source != 'tpu':
     kwargs = dict(

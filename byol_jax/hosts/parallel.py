@@ -2,7 +2,6 @@
 
 The prefetcher (`device_sharding`) and every per-device program share one
 mesh, so a [local_devices, ...] array reaches a program without a copy.
-lax.axis_index is global (process p's devices after those of processes < p).
 """
 
 from typing import Any, Callable, Optional, Sequence
@@ -31,20 +30,15 @@ def device_sharding(devices: Optional[Sequence[jax.Device]] = None):
 def device_program(
     fn: Callable[..., Any], *, axis_name: Optional[str] = AXIS_NAME, **kwargs
 ) -> Callable[..., Any]:
-  """`fn` once per device on its slice of the leading axis: jax.pmap(**kwargs).
-
-  axis_name None for a program without collectives.
-  """
+  """jax.pmap(fn, **kwargs); axis_name None: a program without collectives."""
   return jax.pmap(fn, axis_name=axis_name, **kwargs)
 
 
 def replicate(tree: Any, devices: Optional[Sequence[jax.Device]] = None) -> Any:
   """A pytree copied to each device: leaves [len(devices), ...]."""
   sharding = device_sharding(devices)
-  n = sharding.mesh.size
-  put = lambda x: jax.device_put(
-      np.broadcast_to(x, (n,) + np.shape(x)), sharding
-  )
+  shape = lambda x: (sharding.mesh.size,) + np.shape(x)
+  put = lambda x: jax.device_put(np.broadcast_to(x, shape(x)), sharding)
   return jax.tree.map(put, tree)
 
 

@@ -1,11 +1,11 @@
 """The software stack and hardware a run got, against what it requires.
 
 jax, jaxlib and the backend's plugin (libtpu, jax-cuda12-*) decide the XLA a
-run compiles with; constraints.txt pins them. main.py decides which checks
-apply (--require_pinned_stack, --require_accelerator).
+run compiles with; constraints.txt pins them.
 """
 
 import collections
+import contextlib
 import importlib.metadata
 import os
 import pathlib
@@ -13,10 +13,8 @@ import platform
 import re
 from typing import Callable, Dict, Mapping, Optional
 
-# The pins: next to the package in a checkout (`pip install -e .`).
 CONSTRAINTS = pathlib.Path(__file__).resolve().parents[2] / 'constraints.txt'
 _PLUGINS = ('libtpu', 'jax-cuda12-plugin', 'jax-cuda12-pjrt')
-# JAX's compiler and runtime, in log order.
 STACK_PACKAGES = ('jax', 'jaxlib') + _PLUGINS
 _INSTALL_HINT = (
     "pip install -c constraints.txt -e . 'jax[tpu]' (or 'jax[cuda12]'), as the "
@@ -57,14 +55,11 @@ def installed(
     version_fn: Callable[[str], str] = importlib.metadata.version,
 ) -> Dict[str, Optional[str]]:
   """{canonical name: installed version or None}, in the order of `packages`."""
-
-  def version(name):
-    try:
-      return version_fn(name)
-    except importlib.metadata.PackageNotFoundError:
-      return None
-
-  return {canonical(name): version(name) for name in packages}
+  versions = dict.fromkeys(map(canonical, packages))
+  for name in packages:
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+      versions[canonical(name)] = version_fn(name)
+  return versions
 
 
 def describe(versions: Mapping[str, Optional[str]]) -> str:
@@ -81,8 +76,8 @@ def check_pinned(
 ) -> None:
   """StackError (one line, each package, version and pin) unless on the pins.
 
-  A plugin is checked only when installed: a CPU host has none, and a GPU/TPU
-  run without its plugin gets the CPU, which check_accelerator catches.
+  A plugin only when installed: a CPU host has none, and a GPU/TPU run without
+  its plugin gets the CPU, which check_accelerator catches.
   """
   wrong = [
       f'{name} {version or "not installed"} (pinned {pins[canonical(name)]})'
@@ -103,10 +98,7 @@ def check_accelerator(
     backend: Optional[str] = None,
     env: Mapping[str, str] = os.environ,
 ) -> str:
-  """The backend; a one-line StackError saying why and the fix if 'cpu'.
-
-  Call after jax.distributed is initialised (it starts the backend).
-  """
+  """The backend (after jax.distributed starts); StackError if 'cpu'."""
   if backend is None:
     import jax  # pylint: disable=g-import-not-at-top
 
@@ -142,8 +134,9 @@ def resources(
   """One line: the CPUs (after a cluster's pinning) and devices it may use."""
   affinity_fn = affinity_fn or getattr(os, 'sched_getaffinity', None)
   total = cpu_count_fn()
-  usable = len(affinity_fn(0)) if affinity_fn else total
-  parts = [f'CPUs {usable} usable of {total}']
+  parts = [
+      f'CPUs {len(affinity_fn(0)) if affinity_fn else total} usable of {total}'
+  ]
   shown = r'CUDA_VISIBLE_DEVICES|SLURM_(CPUS_PER_TASK|GPUS_ON_NODE|JOB_GPUS)'
   parts += [f'{k}={env[k]}' for k in sorted(env) if re.fullmatch(shown, k)]
   if devices is None:

@@ -17,8 +17,7 @@ def barrier(name: str, timeout_s: int = 1800) -> None:
 
   The coordination service, not a collective: on CPU a program's first gloo
   collective gives up when a peer is more than 30 s late (fixed in XLA), and
-  processes compile for unequal times. The timeout is long: compiling a
-  ResNet-50 step can take minutes.
+  compile times differ. Long timeout: a ResNet-50 step compiles for minutes.
   """
   if jax.process_count() > 1:
     from jax._src import distributed  # pylint: disable=g-import-not-at-top
@@ -29,10 +28,10 @@ def barrier(name: str, timeout_s: int = 1800) -> None:
 
 
 def compile_then_sync(fn, *args, name: str) -> None:
-  """Compiles `fn` for `args` without running it, then a barrier.
+  """Compiles `fn` for `args`, then a barrier; call `fn` itself afterwards.
 
-  Call `fn` itself afterwards (JAX reuses this compilation): a multi-process
-  pmap's `.compile()` executable expects the global [all devices, ...] shape.
+  JAX reuses this compilation; the `.compile()` executable of a multi-process
+  pmap expects the global [all devices, ...] shape.
   """
   start = time.monotonic()
   fn.lower(*args).compile()
@@ -49,10 +48,7 @@ def _allgather(x: np.ndarray) -> np.ndarray:
 
 
 def check_same_on_all_processes(values: np.ndarray, what: str) -> None:
-  """RuntimeError on every process, listing the values, unless all equal.
-
-  A collective: every process calls it with a small int array of one shape.
-  """
+  """RuntimeError on every process unless all pass equal small int arrays."""
   gathered = _allgather(values)
   if any(not np.array_equal(g, gathered[0]) for g in gathered):
     per_process = '; '.join(

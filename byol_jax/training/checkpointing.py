@@ -1,11 +1,11 @@
 """Orbax checkpoints of the whole TrainState: WORKDIR/checkpoints/<step>/.
 
 Each step holds `state` (the pytree) and `extra` (a small JSON dict), committed
-atomically; a NaN/Inf state is refused before any write and old steps rotate
+atomically. A NaN/Inf state is refused before any write, and old steps rotate
 out only after a new one commits, so divergence never costs a good step. A
 corrupt newest step is moved aside (`read_only` readers skip it) and the one
-before restored; none readable raises. Every process calls save/restore alike
-(orbax writes from process 0; the directory is shared).
+before restored. Every process calls save/restore alike (orbax writes from
+process 0; the directory is shared).
 """
 
 import contextlib
@@ -45,10 +45,10 @@ def _path_str(path) -> str:
 
 
 class Checkpointer(contextlib.AbstractContextManager):
-  """The last `max_to_keep` checkpoints, every `save_interval_steps` steps
-  and/or `save_interval_secs` of `time_fn` (None: off). `async_save`: `save`
-  returns once the state is on the host and checked; `wait`/`close` commit.
-  `read_only`: restore only (nothing created, deleted or renamed)."""
+  """The last `max_to_keep` checkpoints, saved every `save_interval_steps`
+  steps and/or `save_interval_secs` of `time_fn` (None: off). `async_save`:
+  `save` returns once the state is on the host and checked, `wait`/`close`
+  commit. `read_only`: restore only (nothing created, deleted or renamed)."""
 
   def __init__(
       self,
@@ -63,27 +63,24 @@ class Checkpointer(contextlib.AbstractContextManager):
   ):
     # orbax restores only from absolute local paths (a relative workdir
     # would save, then fail to resume); etils may lack absolute().
-    self.directory = epath.Path(
-        directory
-        if '://' in str(directory)
-        else pathlib.Path(directory).absolute()
-    )
+    if '://' not in str(directory):
+      directory = pathlib.Path(directory).absolute()
+    self.directory = epath.Path(directory)
     self._steps, self._secs = save_interval_steps, save_interval_secs
     self._time_fn, self._async, self._read_only = time_fn, async_save, read_only
     self.restart_clock()
-    if read_only:  # what orbax would otherwise reset, with a warning each
-      options = ocp.CheckpointManagerOptions(
-          read_only=True, create=False, max_to_keep=None, save_interval_steps=0
-      )
-    else:
-      options = ocp.CheckpointManagerOptions(
-          max_to_keep=max_to_keep,
-          # Async: orbax writes, commits, then rotates in a background thread.
-          enable_async_checkpointing=async_save,
-          # `*.orbax-checkpoint-tmp-*` of a process killed mid-save: the
-          # workdir's lock (workdir.TrainingLock) makes them no one's.
-          cleanup_tmp_directories=True,
-      )
+    # read_only: set what orbax would otherwise reset, with a warning each.
+    options = ocp.CheckpointManagerOptions(
+        read_only=read_only,
+        create=not read_only,
+        max_to_keep=None if read_only else max_to_keep,
+        save_interval_steps=0 if read_only else 1,
+        # Async: orbax writes, commits, then rotates in a background thread.
+        enable_async_checkpointing=async_save,
+        # `*.orbax-checkpoint-tmp-*` of a process killed mid-save: the
+        # workdir's lock (workdir.TrainingLock) makes them no one's.
+        cleanup_tmp_directories=not read_only,
+    )
     self._manager = self._listing(
         lambda: ocp.CheckpointManager(
             self.directory, options=options, item_names=('state', 'extra')
@@ -104,8 +101,7 @@ class Checkpointer(contextlib.AbstractContextManager):
     return sorted(self._manager.all_steps())
 
   def latest_step(self) -> Optional[int]:
-    steps = self.all_steps()
-    return steps[-1] if steps else None
+    return max(self.all_steps(), default=None)
 
   def restart_clock(self) -> None:
     """Counts the time schedule from now (after a save, after compiling)."""
@@ -125,14 +121,7 @@ class Checkpointer(contextlib.AbstractContextManager):
     due = time_due or (self._steps and step % self._steps == 0)
     return bool(due) and step not in self._manager.all_steps()
 
-  def save(
-      self,
-      step: int,
-      state: Any,
-      extra: Optional[dict] = None,
-      *,
-      force: bool = False,
-  ) -> bool:
+  def save(self, step: int, state: Any, extra=None, *, force=False) -> bool:
     """Whether `state` and `extra` (JSON) were saved (scheduled, or `force`)."""
     if self._read_only:
       raise ValueError(f'{self.directory} was opened read_only.')
@@ -153,14 +142,12 @@ class Checkpointer(contextlib.AbstractContextManager):
           'checkpoint is kept. The run diverged: lower the learning rate or '
           'check the inputs, then resume from the last good checkpoint.'
       )
-    # Through JSON now (NumPy/JAX scalars as numbers): a bad `extra` fails
-    # before any write.
+    # Through JSON now (NumPy scalars as numbers): a bad `extra` fails first.
     extra = json.loads(
         json.dumps(extra or {}, default=lambda x: np.asarray(x).tolist())
     )
-    # Host-side NumPy (orbax writes it from the primary host only); async,
-    # own copies: the background write must not read buffers the caller may
-    # reuse (a donated state whose host view is shared, on CPU).
+    # Host NumPy; async, own copies: the background write must not read
+    # buffers the caller may reuse (a donated state's host view, on CPU).
     state = jax.tree.map(np.array if self._async else np.asarray, state)
     self._manager.save(
         step,
@@ -182,9 +169,6 @@ class Checkpointer(contextlib.AbstractContextManager):
   def _at(self, step: int) -> epath.Path:
     return self.directory / str(step)
 
-  def _restore(self, step: int, **items):
-    return self._manager.restore(step, args=ocp.args.Composite(**items))
-
   def _checked_steps(self) -> list[int]:
     """all_steps(); raises on every process unless all see the same latest."""
     steps = self.all_steps()
@@ -204,8 +188,8 @@ class Checkpointer(contextlib.AbstractContextManager):
     """(step, extra) of the newest readable `extra` item, or None (cheap)."""
     for step in reversed(self._checked_steps()):
       try:
-        restored = self._restore(step, extra=ocp.args.JsonRestore())
-        return step, dict(restored.extra or {})
+        extra = ocp.args.Composite(extra=ocp.args.JsonRestore())
+        return step, dict(self._manager.restore(step, args=extra).extra or {})
       except Exception as e:  # pylint: disable=broad-except
         logging.warning(
             'Checkpoint %s: its extra item is unreadable (%s).',
@@ -223,15 +207,14 @@ class Checkpointer(contextlib.AbstractContextManager):
         else jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
         template,
     )
+    args = ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()
+    )
     failed = {}  # unreadable step -> its error
     while steps:
       step = steps.pop()
       try:
-        restored = self._restore(
-            step,
-            state=ocp.args.StandardRestore(abstract),
-            extra=ocp.args.JsonRestore(),
-        )
+        restored = self._manager.restore(step, args=args)
       except Exception as e:  # pylint: disable=broad-except
         # read_only: its writer may have rotated it out. Otherwise any failure
         # to read counts as corruption: report it, try the previous step.
@@ -247,9 +230,8 @@ class Checkpointer(contextlib.AbstractContextManager):
         )
         failed[step] = e
         continue
-      state = restored.state
       for (path, got), want in zip(
-          jax.tree_util.tree_flatten_with_path(state)[0],
+          jax.tree_util.tree_flatten_with_path(restored.state)[0],
           jax.tree_util.tree_leaves(abstract),
       ):
         if tuple(np.shape(got)) != tuple(want.shape):
@@ -262,7 +244,7 @@ class Checkpointer(contextlib.AbstractContextManager):
       if failed and not self._read_only:
         self._quarantine(sorted(failed))
       logging.info('Restored checkpoint %s.', self._at(step))
-      return Restored(step, state, dict(restored.extra or {}))
+      return Restored(step, restored.state, dict(restored.extra or {}))
     if not failed:
       return None
     last_error = failed[min(failed)]

@@ -20,8 +20,7 @@ class PreemptionWatcher:
   """SIGTERM / SIGINT -> a flag (`requested`); a second Ctrl-C interrupts."""
 
   def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
-    self._signals = tuple(signals)
-    self._previous = {}
+    self._signals, self._previous = tuple(signals), {}
     self.signal_name: Optional[str] = None  # the first signal's, 'SIGTERM'
 
   @property
@@ -63,7 +62,7 @@ class PreemptionWatcher:
 
 
 class Decision(NamedTuple):
-  """What every process does after a step (collectives: exchanges, 0|1)."""
+  """What every process does after a step; collectives: exchanges (0 or 1)."""
 
   preempt: bool
   time_due: bool
@@ -71,11 +70,9 @@ class Decision(NamedTuple):
 
 
 def decide(watcher: PreemptionWatcher, ckpt, sync: bool) -> Decision:
-  """Preemption and the checkpoint clock, agreed by all processes.
-
-  Several processes: one all-gather of [signal, clock due] at `sync` (logging)
-  steps: preempt when any got a signal, save on process 0's clock.
-  """
+  """Preemption and the checkpoint clock, agreed by all processes: at `sync`
+  (logging) steps one all-gather of [signal, clock due]; preempt when any got
+  a signal, save on process 0's clock."""
   if jax.process_count() == 1:
     return Decision(watcher.requested, ckpt.time_due(), 0)
   if not sync:

@@ -48,11 +48,9 @@ class MetricWriter:
   ):
     self._workdir = epath.Path(workdir)
     self._path = workdir_lib.metrics_path(workdir)
-    self._is_chief, self._use_tb = is_chief, tensorboard
+    self._is_chief, self._use_tb, self._time_fn = is_chief, tensorboard, time_fn
     self._total_steps, self._images_per_step = total_steps, images_per_step
-    self._time_fn = time_fn
-    self._tb_writer = None
-    self._last = None  # (time, step) of the previous console() call.
+    self._tb_writer = self._last = None  # _last: (time, step) of console().
     if is_chief:
       self._workdir.mkdir(parents=True, exist_ok=True)
 
@@ -71,10 +69,8 @@ class MetricWriter:
     else:
       with self._path.open('a') as f:
         f.write(line)
-    if self._use_tb:
-      self._write_tensorboard(int(step), values)
-
-  def _write_tensorboard(self, step: int, values: dict) -> None:
+    if not self._use_tb:
+      return
     try:
       # pylint: disable=g-import-not-at-top
       from tensorboard.compat.proto import event_pb2
@@ -90,19 +86,16 @@ class MetricWriter:
       self._use_tb = False
       return
     if self._tb_writer is None:
-      # ".v2" as tf.summary names its files: events.out.tfevents.<time>.
-      # <host>.<pid>.<n>.v2, so tools that parse the pid keep working.
+      # ".v2" as tf.summary names its files (events.out.tfevents.<time>.
+      # <host>.<pid>.<n>.v2), so tools that parse the pid keep working.
       self._tb_writer = event_file_writer.EventFileWriter(
           str(self._workdir), filename_suffix='.v2'
       )
-    summary = summary_pb2.Summary(
-        value=[
-            summary_pb2.Summary.Value(tag=k, simple_value=v)
-            for k, v in values.items()
-        ]
-    )
+    summary = summary_pb2.Summary()
+    for k, v in values.items():
+      summary.value.add(tag=k, simple_value=v)
     self._tb_writer.add_event(
-        event_pb2.Event(wall_time=time.time(), step=step, summary=summary)
+        event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
     )
 
   def console(self, step: int, metrics: Mapping[str, object]) -> Optional[str]:
