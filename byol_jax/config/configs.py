@@ -1,28 +1,12 @@
 """The experiment config: its schema, its options, and the experiment loader.
 
 Each experiments/<name>.py is a thin `get_config(arg)` that returns
-`experiment_config(arg, ...)` with its variant: a config of inputs only.
-`arg` is the string after the colon in `--config=experiments/<name>.py:<arg>`:
-comma-separated options, e.g. `tiny,dataset=digits,epochs=100`. Options
-common to every config:
-
-  tiny             a CPU-sized model (ResNet-10 at width 1/4, 16 px images),
-                   batch 256 and 150 steps, on the digits by default.
-  small            CIFAR-10 on a 2-core CPU with the paper's optimiser
-                   (ResNet-10 at width 1/4, 16 px, batch 256, 4 epochs).
-  cifar10          ResNet-18 with the small-image stem at 32 px, batch 512,
-                   200 epochs, on tfds:cifar10 by default (one GPU).
-  dataset=SOURCE   tfds:<name> | folder:<path> | digits | synthetic[:side].
-  epochs=N         pre-training epochs (clears a preset's step count);
-                   40/100/300/1000 also select the official BYOL presets of
-                   lr, weight decay and tau.
-  batch=N          global batch size.
-  steps=N          total pre-training steps (wins over epochs).
-  bf16             compute in bfloat16 (float32 parameters and statistics).
-
-The presets are presets.py's. Nothing is derived here: plan.py derives step
-counts, warm-up, learning rates and dataset size at start-up, after any
-`--config.<field>=<value>` override; -1 in a field means "derive it".
+`experiment_config(arg, ...)` with its variant: a config of inputs only. `arg`
+is the string after the colon in `--config=experiments/<name>.py:<arg>`:
+comma-separated options (COMMON_OPTIONS: the scales `tiny`, `small`, `cifar10`
+of presets.py, `dataset=SOURCE`, `epochs=N` (40/100/300/1000 select the
+official presets; clears a scale's step count), `batch=N`, `steps=N`, `bf16`;
+README.md, "Configs and overrides"). -1 in a field means "plan.py derives it".
 """
 
 import importlib.util
@@ -38,12 +22,12 @@ EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parents[2] / 'experiments'
 
 SCALES = ('tiny', 'small', 'cifar10')
 COMMON_OPTIONS = SCALES + ('dataset', 'epochs', 'batch', 'steps', 'bf16')
-# Options that take no value (all others need one: `name=value`).
-FLAG_OPTIONS = SCALES + ('bf16',)
+FLAG_OPTIONS = SCALES + ('bf16',)  # options without a value
+INT_OPTIONS = ('epochs', 'batch', 'steps')  # positive integers
 
 
 def parse_options(arg, allowed) -> dict:
-  """'tiny,dataset=digits' -> {'tiny': True, 'dataset': 'digits'}."""
+  """'tiny,steps=5,dataset=digits' -> {'tiny': True, 'steps': 5, ...}."""
   options = {}
   for item in filter(None, (arg or '').split(',')):
     name, sep, value = (x.strip() for x in item.partition('='))
@@ -63,25 +47,17 @@ def parse_options(arg, allowed) -> dict:
             f'{item.strip()!r}); write {name} to turn it on, '
             'or leave it out.'
         )
-      options[name] = True
+      value = True
     elif not value:
       raise ValueError(f'config option {name} needs a value: {name}=VALUE.')
-    else:
-      options[name] = value
+    elif name in INT_OPTIONS:
+      if not value.isdecimal() or int(value) <= 0:
+        raise ValueError(
+            f'config option {name}={value!r} must be a positive integer.'
+        )
+      value = int(value)
+    options[name] = value
   return options
-
-
-def _int_option(options, name):
-  """A positive integer option (epochs=, batch=, steps=)."""
-  try:
-    value = int(options[name])
-  except ValueError:
-    value = None
-  if value is None or value <= 0:
-    raise ValueError(
-        f'config option {name}={options[name]!r} must be a positive integer.'
-    )
-  return value
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
@@ -120,7 +96,6 @@ def experiment_config(
     arg=None,
     *,
     method=methods.BYOL,
-    extra_options=(),
     model=None,
     epochs=300,
     training=None,
@@ -129,13 +104,12 @@ def experiment_config(
   """The config of inputs: defaults, the variant, the scale preset, options.
 
   `model` and `training` are the variant's overrides (training's after the
-  presets of `epochs`); `options` are parsed from `arg` unless given, and may
-  include `extra_options` the caller applies. Bad options raise ValueError.
+  presets of `epochs`); `options` are parsed from `arg` unless given. Bad
+  options raise ValueError.
   """
   if options is None:
-    options = parse_options(arg, COMMON_OPTIONS + tuple(extra_options))
-  if 'epochs' in options:
-    epochs = _int_option(options, 'epochs')
+    options = parse_options(arg, COMMON_OPTIONS)
+  epochs = options.get('epochs', epochs)
   preset = epochs if epochs in presets.LR_PRESETS else 300
   model = model_config(**(model or {}))
   config = ml_collections.ConfigDict(
@@ -152,23 +126,18 @@ def experiment_config(
               image_size=224,
               pretrain_split='pretrain',
               min_crop_area=0.08,  # random-resized crop area >= 8% (BYOL).
-              # Training examples held out as a split of their own
-              # ('held_out': the test split of sources without one, else the
-              # probe's validation split). 0: none.
+              # Training examples held out as split 'held_out' (the test split
+              # of sources without one, else the probe's validation split).
               held_out_examples=0,
               num_classes=-1,  # -1: the dataset's.
-              # Folders and TFDS sets of at most this many decoded MiB are
-              # held in memory (CIFAR-10: 176 MiB); larger ones stream. 0:
-              # always stream.
+              # Decoded MiB up to which a folder or TFDS set is held in memory
+              # (CIFAR-10: 176 MiB); larger ones stream.
               max_in_memory_mb=4096,
               # Side of the images held in memory: 0 keeps their own (all
               # must share it); N: shorter side to N, central N x N square.
               cache_side=0,
-              # Cache of decoded folders ('': $XDG_CACHE_HOME/byol_jax/folders
-              # or ~/.cache/byol_jax/folders).
-              cache_dir='',
-              # 'device': a copy per local device; 'host': gathered on the
-              # host (for small device memory). The same numbers.
+              cache_dir='',  # '': $XDG_CACHE_HOME/byol_jax/folders or ~/.cache
+              # A copy per local device, or 'host' (small device memory).
               in_memory_on='device',
           ),
           model=model,
@@ -205,10 +174,9 @@ def experiment_config(
               every_steps=50,
               knn_every_steps=5000,  # kNN monitor on the test split; 0: off.
               knn_max_train_examples=10_000,
-              # Stop pre-training (checkpoint kept, one line, exit 1) when the
-              # projections' collapse statistic stays below this for
-              # collapse_stop_after logged steps in a row; 0: never. Off for
-              # the variants the paper reports collapsing.
+              # Stop pre-training (checkpoint kept, exit 1) when the collapse
+              # statistic stays below this for collapse_stop_after logged
+              # steps; 0: never (the variants the paper reports collapsing).
               collapse_stop_below=presets.collapse_stop_below(method, model),
               collapse_stop_after=5,
           ),
@@ -223,9 +191,8 @@ def experiment_config(
               # Base rates (x batch / 256) chosen from on held-out data; one
               # value: no selection.
               learning_rates=(0.4, 0.3, 0.2, 0.1, 0.05),
-              # Held out from train to choose the rate when the dataset has
-              # no validation split (ImageNet's: train[:10000], official);
-              # -1: a fifth of them, at most 10,000.
+              # Held out from train to choose the rate without a validation
+              # split (ImageNet's: train[:10000], official); -1: a fifth.
               sweep_valid_examples=-1,
               momentum=0.9,
               train_split='linear_train',
@@ -248,13 +215,12 @@ def experiment_config(
   if 'dataset' in options:
     config.data.source = options['dataset']
   if 'epochs' in options:  # replaces a scale preset's step count
-    config.training.num_epochs = epochs
-    config.training.total_steps = -1
+    config.training.update(num_epochs=epochs, total_steps=-1)
   if 'batch' in options:
-    config.training.global_batch_size = _int_option(options, 'batch')
+    config.training.global_batch_size = options['batch']
   if 'steps' in options:
-    config.training.total_steps = _int_option(options, 'steps')
-  if options.get('bf16'):
+    config.training.total_steps = options['steps']
+  if 'bf16' in options:
     config.model.dtype = 'bfloat16'
   return config
 

@@ -1,16 +1,14 @@
 """Hyper-parameter presets: the official ones, the paper's variants, the scales.
 
-The scale presets (`tiny`, `small`, `cifar10`) run after the variant's own
-hyper-parameters (configs.experiment_config): they set what depends on the
-run's length and size, for every variant alike. Nothing here is derived:
-plan.py derives step counts and learning rates from what these set.
+The scale presets (`apply_tiny`, `apply_small`, `apply_cifar10`) run after the
+variant's own hyper-parameters and set what depends on the run's length and
+size, for every variant alike.
 """
 
 from byol_jax.results import paper
 
-# Official BYOL presets by number of pre-training epochs (byol/configs/byol.py
-# of the official code; BYOL paper Appendix C): base learning rate (for batch
-# 256, scaled linearly), weight decay and base target decay tau.
+# Official BYOL presets by pre-training epochs (byol/configs/byol.py; paper
+# Appendix C): base learning rate (batch 256), weight decay and tau_base.
 LR_PRESETS = {40: 0.45, 100: 0.45, 300: 0.3, 1000: 0.2}
 WD_PRESETS = {40: 1e-6, 100: 1e-6, 300: 1e-6, 1000: 1.5e-6}
 EMA_PRESETS = {40: 0.97, 100: 0.99, 300: 0.99, 1000: 0.996}
@@ -54,11 +52,6 @@ def collapse_stop_below(method: str, model) -> float:
 TABLE1_NORMS = ('bn', 'ln', 'none')
 
 
-def _update(config, **sections) -> None:
-  for name, values in sections.items():
-    config[name].update(values)
-
-
 def apply_tiny(config) -> None:
   """CPU-sized: ResNet-10 at width 1/4, 16 px digits, batch 256, 150 steps.
 
@@ -88,8 +81,7 @@ def apply_tiny(config) -> None:
   feature probe short of convergence (random GN+WS encoder: 84.8%, 87.2% after
   400, 87.9% for an L-BFGS logistic regression on the same features).
   """
-  _update(
-      config,
+  config.update(
       model=dict(
           depth=10,
           width_multiplier=0.25,
@@ -123,8 +115,7 @@ def apply_cifar10(config) -> None:
   0.87 after 200 epochs). The variant's lr / weight decay are kept; tau_base
   0.99 (official 300-epoch preset); the paper's probe (cheap at 32 px).
   """
-  _update(
-      config,
+  config.update(
       model=dict(depth=18, width_multiplier=1.0, stem='small'),
       data=dict(source='tfds:cifar10', image_size=32),
       training=dict(
@@ -176,22 +167,17 @@ def apply_small(config) -> None:
   own = t.num_epochs if t.num_epochs in LR_PRESETS else 300
   to = SMALL_PRESET_EPOCHS
   warmup = min(t.warmup_epochs / 10 / 4, SMALL_MAX_WARMUP_FRACTION)
-  _update(
-      config,
+
+  def moved(field, table, digits, one=0):
+    # x preset[to] / preset[own]; for tau (one=1) 1 - tau moves so.
+    gap = (one - t[field]) * (one - table[to]) / (one - table[own])
+    return round(one - gap, digits)
+
+  config.update(
       training=dict(
-          base_learning_rate=round(
-              t.base_learning_rate * LR_PRESETS[to] / LR_PRESETS[own], 9
-          ),
-          weight_decay=round(
-              t.weight_decay * WD_PRESETS[to] / WD_PRESETS[own], 15
-          ),
-          base_ema=round(
-              1.0
-              - (1.0 - t.base_ema)
-              * (1.0 - EMA_PRESETS[to])
-              / (1.0 - EMA_PRESETS[own]),
-              9,
-          ),
+          base_learning_rate=moved('base_learning_rate', LR_PRESETS, 9),
+          weight_decay=moved('weight_decay', WD_PRESETS, 15),
+          base_ema=moved('base_ema', EMA_PRESETS, 9, one=1.0),
           num_epochs=SMALL_EPOCHS,
           total_steps=-1,
           warmup_steps=-1,
