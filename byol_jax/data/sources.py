@@ -32,22 +32,16 @@ HELD_OUT = 'held_out'  # the raw split that `hold_out` adds
 _HOLD_OUT_HINT = 'hold out part of train with --config.data.held_out_examples=N'
 IN_MEMORY, STREAMING = 'in_memory', 'streaming'  # derived.data_path
 
-# Known without opening a source (--dry_run, benchmarks): split sizes and
-# classes, and the image (height, width) of sources whose images share one.
+# Known without opening a source (--dry_run, benchmarks): classes, the image
+# (height, width) where a source's images share one, and split sizes.
 SYNTHETIC_SIZES = {'train': 1024, 'test': 256}
 KNOWN_SIZES = {
-    'tfds:imagenet2012': ({'train': 1_281_167, 'validation': 50_000}, 1000),
-    'tfds:cifar10': ({'train': 50_000, 'test': 10_000}, 10),
-    'tfds:cifar100': ({'train': 50_000, 'test': 10_000}, 100),
-    'tfds:stl10': ({'train': 5_000, 'test': 8_000, 'unlabelled': 100_000}, 10),
-    'tfds:imagenette': ({'train': 9_469, 'validation': 3_925}, 10),
-    'digits': ({'train': 1500, 'test': 297}, 10),  # digits_source's split
-}
-KNOWN_IMAGE_SHAPES = {
-    'tfds:cifar10': (32, 32),
-    'tfds:cifar100': (32, 32),
-    'tfds:stl10': (96, 96),
-    'digits': (8, 8),
+    'tfds:imagenet2012': (1000, None, dict(train=1_281_167, validation=50_000)),
+    'tfds:cifar10': (10, (32, 32), dict(train=50_000, test=10_000)),
+    'tfds:cifar100': (100, (32, 32), dict(train=50_000, test=10_000)),
+    'tfds:stl10': (10, (96, 96), dict(train=5000, test=8000, unlabelled=10**5)),
+    'tfds:imagenette': (10, None, dict(train=9_469, validation=3_925)),
+    'digits': (10, (8, 8), dict(train=1500, test=297)),  # digits_source's
 }
 
 
@@ -59,14 +53,14 @@ def _is_imagenet(name: str) -> bool:
 
 def tfds_split(name: str, logical: str, available=()) -> str:
   """The TFDS split string of a logical split of TFDS dataset `name`."""
-  if _is_imagenet(name):
-    return IMAGENET_SPLITS[logical]
   name = 'tfds:' + name.removeprefix('tfds:')
   return generic_split(logical, tuple(available), name)
 
 
 def generic_split(logical: str, available: tuple[str, ...], what: str) -> str:
-  """Logical -> raw split of a dataset with a train split and maybe val/test."""
+  """Logical -> raw split of dataset `what` (ImageNet: its paper protocol)."""
+  if _is_imagenet(what):
+    return IMAGENET_SPLITS[logical]
   val = [s for s in ('validation', 'valid', 'val') if s in available]
   if logical in ('pretrain', 'linear_train'):
     return 'train'
@@ -92,6 +86,7 @@ class Source:
 
   name: str
   num_classes: int
+  slices = False  # whether a split name may carry a TFDS slice, 'train[5:]'
 
   def split_sizes(self) -> dict[str, int]:
     return {s: len(y) for s, y in self.labels.items()}
@@ -102,20 +97,18 @@ class Source:
   def resolve_split(self, split: str) -> str:
     """The raw split (or TFDS slice) that a logical or raw split name reads."""
     if split in LOGICAL_SPLITS:
-      return generic_split(split, self.raw_splits(), self.name)
-    return self._known(split, split)
-
-  def num_examples(self, split: str) -> int:
-    return self.split_sizes()[self.resolve_split(split)]
-
-  def _known(self, split: str, raw: str) -> str:
-    if raw in self.split_sizes():
+      split = generic_split(split, self.raw_splits(), self.name)
+    raw = split.partition('[')[0] if self.slices else split
+    if split in self.raw_splits() or raw in self.split_sizes():
       return split
     hint = f', or {_HOLD_OUT_HINT}' if split == HELD_OUT else ''
     raise ValueError(
         f'split {split!r} of {self.name} is unknown; use one of '
         f'{sorted(self.raw_splits())} or {LOGICAL_SPLITS}{hint}'
     )
+
+  def num_examples(self, split: str) -> int:
+    return self.split_sizes()[self.resolve_split(split)]
 
 
 @dataclasses.dataclass
@@ -150,6 +143,7 @@ class TfdsSource(Source):
   held_out_examples: int = 0
   sizes: Mapping[str, int] | None = None
   stand_in = property(lambda self: self.builder is None)
+  slices = True
 
   def split_sizes(self):
     if self.stand_in:
@@ -161,12 +155,10 @@ class TfdsSource(Source):
     return names + (HELD_OUT,) if self.held_out_examples else names
 
   def resolve_split(self, split):
-    if split in LOGICAL_SPLITS:
-      split = tfds_split(self.name, split, self.raw_splits())
-    n = self.held_out_examples
+    split, n = super().resolve_split(split), self.held_out_examples
     if split in (HELD_OUT, 'train') and n:
       return f'train[:{n}]' if split == HELD_OUT else f'train[{n}:]'
-    return self._known(split, split.partition('[')[0])
+    return split
 
   def num_examples(self, split):
     split = self.resolve_split(split)
@@ -303,7 +295,7 @@ def tfds_source(name: str, *, data_dir: str | None = None) -> TfdsSource:
   if not info.splits and known:  # no split metadata (mock_data)
     infos = [
         tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0)
-        for s, n in known[0].items()
+        for s, n in known[2].items()
     ]
     info.set_splits(tfds.core.SplitDict(infos))
   image_key, label_key = info.supervised_keys or ('image', 'label')
@@ -317,7 +309,7 @@ def decoded_bytes(source: Source, side: int = 0) -> int | None:
   if not side and isinstance(source, FolderSource):
     shape = folder.image_shape(source.files['train'])
   elif not side and source.stand_in:
-    shape = KNOWN_IMAGE_SHAPES.get(source.name)
+    shape = KNOWN_SIZES.get(source.name, (0, None))[1]
   elif not side:
     shape = source.builder.info.features[source.image_key].shape[:2]
   if shape is None or None in shape:
@@ -382,20 +374,18 @@ def open_source(data, read_data: bool):
         'image folder (folder:<path>), digits or synthetic.'
     )
 
-  def attempt(fn, *args, **kwargs):
+  def attempt(fn, *args, field='source', **kwargs):
     try:
       return fn(*args, **kwargs)
     except (ValueError, OSError) as e:
-      raise ValueError(f'data.source={spec!r}: {e}') from None
+      raise ValueError(f'data.{field}={getattr(data, field)!r}: {e}') from None
 
-  def hold(source):
-    n = data.held_out_examples
-    try:
-      return hold_out(source, n) if n else source
-    except ValueError as e:
-      raise ValueError(f'data.held_out_examples={n}: {e}') from None
+  n = data.held_out_examples
+  hold = (
+      lambda s: attempt(hold_out, s, n, field='held_out_examples') if n else s
+  )
 
-  sizes, classes = KNOWN_SIZES.get(spec, (None, 0))
+  classes, _, sizes = KNOWN_SIZES.get(spec, (0, None, None))
   if kind == 'synthetic' and (not arg or arg.isdigit() and int(arg) > 0):
     sizes, classes = SYNTHETIC_SIZES, 10
   if sizes and not read_data:  # a stand-in: nothing read
