@@ -46,8 +46,7 @@ def list_folder(root: str, *, validate_files: bool = True):
     )
   train = split_dirs.get('train')
   if train:  # a layout that reads as both flat and split folders: refused
-    with os.scandir(train) as entries:
-      direct = [e.name for e in entries if _is_image(e)]
+    direct = [n for n in os.listdir(train) if _is_image(f'{train}/{n}')]
     if direct:
       raise ValueError(
           f'folder:{root} is ambiguous: {train} holds images ({min(direct)}, '
@@ -75,7 +74,7 @@ def list_folder(root: str, *, validate_files: bool = True):
       )
     found = [_list_images(os.path.join(path, c), root) for c in class_names]
     paths = np.asarray(sum(found, []))
-    ok = np.asarray(_validate(paths) if validate_files else [1] * len(paths))
+    ok = np.array(_validate(paths) if validate_files else [1] * len(paths))
     ok = ok.astype(bool)
     if not ok.all():
       logging.warning(
@@ -100,39 +99,32 @@ def list_folder(root: str, *, validate_files: bool = True):
 
 def _subfolders(path) -> list[str]:
   """Sorted names of the folders (or links to folders) in path, not hidden."""
-  with os.scandir(path) as entries:
-    return sorted(
-        e.name for e in entries if e.is_dir() and not e.name.startswith('.')
-    )
-
-
-def _is_image(entry) -> bool:  # hidden ones (macOS '._x.jpg') are not
-  return (
-      entry.name.lower().endswith(IMAGE_EXTENSIONS)
-      and not entry.name.startswith('.')
-      and entry.is_file()
+  return sorted(
+      e.name for e in os.scandir(path) if e.is_dir() and e.name[0] != '.'
   )
+
+
+def _is_image(path) -> bool:  # hidden ones (macOS '._x.jpg') are not
+  name = os.path.basename(path)
+  ext = name.lower().endswith(IMAGE_EXTENSIONS)
+  return ext and name[0] != '.' and os.path.isfile(path)
 
 
 def _list_images(folder, root) -> list[str]:
   """Sorted image paths under folder, links followed, each real dir once."""
-  found, seen, todo, dangling = [], set(), [folder], []
-  while todo:
-    path = todo.pop()
+  found, seen, dangling = [], set(), []
+  for path, dirs, names in os.walk(folder, followlinks=True):
     real = os.path.realpath(path)
     if real in seen:  # a link back up (a cycle) or a second link to it
+      dirs.clear()
       continue
     seen.add(real)
-    with os.scandir(path) as entries:  # sorted: the same links win each time
-      for e in sorted(entries, key=lambda e: e.name):
-        if e.name.startswith('.'):
-          continue
-        if e.is_dir():
-          todo.append(e.path)
-        elif _is_image(e):
-          found.append(e.path)
-        elif e.is_symlink() and not os.path.exists(e.path):
-          dangling.append(e.path)
+    dirs[:] = sorted(d for d in dirs if d[0] != '.')  # the same links win
+    for p in (os.path.join(path, n) for n in names if n[0] != '.'):
+      if _is_image(p):
+        found.append(p)
+      elif os.path.islink(p) and not os.path.exists(p):
+        dangling.append(p)
   if dangling:
     logging.warning(
         f'folder:{root}: left out {len(dangling)} broken link(s), e.g. '

@@ -43,26 +43,24 @@ def _decode_crop_resize(tf, image_bytes, box_fn, size):
   )
 
 
-def _stream(tf, source, split, layout, seed, start_pos):
-  """(epoch, index, payload) elements (seed None: one pass), payload loader."""
+def _stream(tf, source, split, layout, seed):
+  """(epoch e -> its (e, index, payload) elements, examples per epoch, payload
+  -> (image bytes, label)); seed None: one pass in file order."""
   shuffle = tf.random.experimental.stateless_shuffle
   slices = tf.data.Dataset.from_tensor_slices
-  epochs = lambda epoch, n: (
-      tf.data.Dataset.range(start_pos // n, 2**62)
-      .flat_map(epoch)
-      .skip(start_pos % n)
-  )
   if isinstance(source, sources.FolderSource):
     paths = tf.constant(source.files[split])
     labels = tf.constant(source.labels[split])
     shard = tf.constant(layout.shard(len(source.files[split])), tf.int64)
+
+    def epoch(e):
+      order = shard
+      if seed is not None:  # a stateless permutation of the shard
+        order = shuffle(shard, seed=_fold(tf, seed, crops.SALT_PERM, e))
+      return slices(order).map(lambda i: (e, i, i))
+
     load = lambda i: (tf.io.read_file(paths[i]), labels[i])
-    if seed is None:
-      return slices(shard).map(lambda i: (tf.constant(0, tf.int64), i, i)), load
-    epoch = lambda e: slices(
-        shuffle(shard, seed=_fold(tf, seed, crops.SALT_PERM, e))
-    ).map(lambda i: (e, i, i))
-    return epochs(epoch, shard.shape[0]), load
+    return epoch, shard.shape[0], load
 
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
@@ -86,22 +84,46 @@ def _stream(tf, source, split, layout, seed, start_pos):
         f'{layout.index} of {layout.count}'
     )
   host_split = f'{name}[{start}:{start + n}]'
-  # (global index, (bytes, label)) in file order
-  records = (
-      builder.as_dataset(
-          split=host_split, shuffle_files=False, decoders=decoders
-      )
-      .map(lambda ex: (ex[ik], ex[lk]))
-      .enumerate()
-      .map(lambda j, p: (start + j, p))
-  )
-  same = lambda payload: payload
-  if seed is None:
-    return records.map(lambda i, p: (tf.constant(0, tf.int64), i, p)), same
+  file_format = str(getattr(builder.info, 'file_format', None)).lower()
+  if 'tfrecord' in file_format and builder.is_prepared():
+    fis = splits[host_split].file_instructions
+    names = tf.constant([str(fi.filename) for fi in fis])
+    skips = tf.constant([fi.skip for fi in fis], tf.int64)
+    takes = tf.constant([fi.take for fi in fis], tf.int64)
+    firsts = start + np.cumsum([0] + [fi.take for fi in fis])[:-1]
+    firsts = tf.constant(firsts, tf.int64)
+
+    def read(f):  # (global index, record) of file f
+      ds = tf.data.TFRecordDataset(names[f]).skip(skips[f]).take(takes[f])
+      return ds.enumerate().map(lambda j, rec: (firsts[f] + j, rec))
+
+    def load(rec):
+      ex = builder.info.features.deserialize_example(rec, decoders=decoders)
+      return ex[ik], ex[lk]
+
+    num_files = len(fis)
+  else:  # no files to shuffle (tfds.testing.mock_data's builders): one part
+    records = builder.as_dataset(
+        split=host_split, shuffle_files=False, decoders=decoders
+    )
+    records = records.map(lambda ex: (ex[ik], ex[lk])).enumerate()
+    read = lambda f: records.map(lambda j, p: (start + j, p))
+    load, num_files = (lambda p: p), 1
   # Shuffle window: ~10 batches of records (the official code's 10 * batch).
   window = int(np.clip(10 * layout.host_batch, 1024, 10_000))
 
-  def shuffled(ds, e):  # stateless shuffle of each window of records
+  def epoch(e):  # files in a stateless order, 16 interleaved, then windows
+    order = tf.range(num_files, dtype=tf.int64)
+    if seed is None:
+      return slices(order).flat_map(read).map(lambda i, p: (e, i, p))
+    order = shuffle(order, seed=_fold(tf, seed, crops.SALT_FILES, e))
+    recs = slices(order).interleave(
+        read,
+        cycle_length=min(16, num_files),
+        num_parallel_calls=min(16, num_files),
+        deterministic=True,
+    )
+
     def window_shuffle(w, batch):
       perm = shuffle(
           tf.range(tf.shape(batch[0], out_type=tf.int64)[0]),
@@ -109,43 +131,10 @@ def _stream(tf, source, split, layout, seed, start_pos):
       )
       return slices(tf.nest.map_structure(lambda t: tf.gather(t, perm), batch))
 
-    batches = ds.batch(window).enumerate().flat_map(window_shuffle)
-    return batches.map(lambda i, p: (e, i, p))
+    recs = recs.batch(window).enumerate().flat_map(window_shuffle)
+    return recs.map(lambda i, p: (e, i, p))
 
-  file_format = getattr(builder.info, 'file_format', None)
-  if 'tfrecord' not in str(file_format).lower() or not builder.is_prepared():
-    # No file-level shuffle (or no files: tfds.testing.mock_data's builders
-    # read through as_dataset only); window shuffle only.
-    return epochs(lambda e: shuffled(records, e), n), same
-  fis = splits[host_split].file_instructions
-  names = tf.constant([str(fi.filename) for fi in fis])
-  skips = tf.constant([fi.skip for fi in fis], tf.int64)
-  takes = tf.constant([fi.take for fi in fis], tf.int64)
-  firsts = start + np.cumsum([0] + [fi.take for fi in fis])[:-1]
-  firsts = tf.constant(firsts, tf.int64)
-
-  def read(f):
-    ds = tf.data.TFRecordDataset(names[f]).skip(skips[f]).take(takes[f])
-    return ds.enumerate().map(lambda j, rec: (firsts[f] + j, rec))
-
-  def epoch(e):
-    order = shuffle(
-        tf.range(len(fis), dtype=tf.int64),
-        seed=_fold(tf, seed, crops.SALT_FILES, e),
-    )
-    recs = slices(order).interleave(
-        read,
-        cycle_length=min(16, len(fis)),
-        num_parallel_calls=min(16, len(fis)),
-        deterministic=True,
-    )
-    return shuffled(recs, e)
-
-  def load(rec):
-    ex = builder.info.features.deserialize_example(rec, decoders=decoders)
-    return ex[ik], ex[lk]
-
-  return epochs(epoch, n), load
+  return epoch, n, load
 
 
 def _batches(source, split, layout, num_threads, seed, start, example, pad=0):
@@ -157,7 +146,9 @@ def _batches(source, split, layout, num_threads, seed, start, example, pad=0):
   except RuntimeError:  # already initialised
     pass
   seed = None if seed is None else tf.constant([seed, 0], tf.int64)
-  ds, load = _stream(tf, source, split, layout, seed, start)
+  epoch, n, load = _stream(tf, source, split, layout, seed)
+  last = 1 if seed is None else 2**62  # eval: one pass
+  ds = tf.data.Dataset.range(start // n, last).flat_map(epoch).skip(start % n)
   ds = ds.map(
       lambda e, i, payload: example(tf, seed, *load(payload), e, i),
       num_parallel_calls=tf.data.AUTOTUNE,
