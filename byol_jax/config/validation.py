@@ -1,12 +1,10 @@
-"""Validation of a config's input fields: one line per bad value.
+"""Every input field's check: ConfigError, one line naming field, value, fix.
 
-Every field a run reads is checked here once, at start-up (plan.build),
-before any data is opened or anything compiles. A bad value raises
-ConfigError, whose one-line message names the field, the value and what is
-allowed; main.py prints it and exits 2.
+plan.build runs them once, before any data is opened or anything compiles.
 """
 
 import math
+import operator
 
 from byol_jax import methods
 from byol_jax.data import sources
@@ -14,7 +12,6 @@ from byol_jax.methods import networks
 
 METHODS = methods.METHODS
 MODES = ('pretrain', 'linear_eval')
-IN_MEMORY_ON = ('device', 'host')
 # jax.random.PRNGKey(seed) without jax_enable_x64 keeps the low 32 bits
 # (PRNGKey(2**32) == PRNGKey(0)) and overflows from 2**63.
 SEED_LIMIT = 2**32
@@ -51,40 +48,38 @@ def _note(note):
   return f' ({note}).' if note else '.'
 
 
-def _ints(lowest, note=''):
-  allowed = f'an integer >= {lowest} ({note})' if note else 'a positive integer'
-  return lambda v: _is_int(v) and v >= lowest, f'must be {allowed}.'
-
-
-def _ints_or_auto(lowest, allowed):
-  return lambda v: v == -1 or _is_int(v) and v >= lowest, allowed
+def _ints(lowest, note='', auto=False):
+  """Integers >= lowest (and -1 when `auto`; the note says what -1 means)."""
+  plain = lowest == 1 and not note
+  allowed = 'a positive integer' if plain else f'an integer >= {lowest}'
+  ok = lambda v: _is_int(v) and (v >= lowest or auto and v == -1)
+  return ok, f'must be {allowed}{_note(note)}'
 
 
 def _numbers(sign, note=''):
-  ok = {'>': lambda v: v > 0, '>=': lambda v: v >= 0}[sign]
+  above = operator.gt if sign == '>' else operator.ge
   allowed = f'must be a finite number {sign} 0{_note(note)}'
-  return lambda v: _is_finite(v) and ok(v), allowed
+  return lambda v: _is_finite(v) and above(v, 0), allowed
 
 
 def _interval(interval, note=''):
   """A number in `interval` of [0, 1]: '[' / ']' closed, '(' / ')' open."""
-  lower = (lambda v: 0 < v) if interval[0] == '(' else (lambda v: 0 <= v)
-  upper = (lambda v: v < 1) if interval[-1] == ')' else (lambda v: v <= 1)
-  return lambda v: lower(v) and upper(v), f'must be in {interval}{_note(note)}'
+  low = operator.lt if interval[0] == '(' else operator.le
+  high = operator.lt if interval[-1] == ')' else operator.le
+  allowed = f'must be in {interval}{_note(note)}'
+  return lambda v: low(0, v) and high(v, 1), allowed
 
 
 def _one_of(choices):
   return lambda v: v in choices, f'use one of {", ".join(choices)}.'
 
 
-_SCHEDULE = (lambda v: v >= 0, 'must be >= 0 (0: no such schedule).')
 # {field: (whether a value is allowed, what is allowed)}, in schema order.
 _FIELDS = {
     'seed': (
         lambda v: _is_int(v) and 0 <= v < SEED_LIMIT,
         f'must be an integer in [0, 2**32) = [0, {SEED_LIMIT - 1}]: '
-        'jax.random.PRNGKey keeps 32 bits (2**32 would repeat seed 0, 2**63 '
-        'overflows).',
+        'jax.random.PRNGKey keeps 32 bits.',
     ),
     'method': _one_of(METHODS),
     'model.width_multiplier': _numbers('>'),
@@ -96,61 +91,50 @@ _FIELDS = {
     'data.image_size': _ints(1),
     'data.min_crop_area': _interval('(0, 1]', 'BYOL: 0.08'),
     'data.held_out_examples': _ints(0, '0: hold nothing out'),
-    'data.num_classes': _ints_or_auto(
-        1, 'must be > 0, or -1 to take it from the dataset.'
-    ),
-    'data.max_in_memory_mb': _ints(
-        0,
-        'MiB of decoded uint8 images held in memory; 0: folders stream '
-        'through tf.data',
-    ),
+    'data.num_classes': _ints(1, "-1: the dataset's", auto=True),
+    'data.max_in_memory_mb': _ints(0, 'decoded MiB held in memory; 0: stream'),
     'data.cache_side': _ints(0, "0: the images' own size"),
     'data.cache_dir': (
         lambda v: isinstance(v, str) and '://' not in v,
         "must be a local directory path ('' for the default); the cache "
         'of decoded folders is not written to gs:// or other URLs.',
     ),
-    'data.in_memory_on': _one_of(IN_MEMORY_ON),
-    'training.total_steps': _ints_or_auto(
-        1,
-        'must be a positive integer (or -1: derive it from '
-        'training.num_epochs).',
-    ),
-    'training.max_steps': _ints_or_auto(
-        1, 'must be a positive integer (or -1: no early stop).'
-    ),
+    'data.in_memory_on': _one_of(('device', 'host')),
+    'training.total_steps': _ints(1, '-1: from training.num_epochs', auto=True),
+    'training.max_steps': _ints(1, '-1: no early stop', auto=True),
     'training.base_learning_rate': _numbers('>', 'scaled by batch / 256'),
     'training.warmup_epochs': _numbers('>='),
-    'training.warmup_steps': _ints_or_auto(
-        0, 'must be >= 0, or -1 to derive it from training.warmup_epochs.'
+    'training.warmup_steps': _ints(
+        0, '-1: from training.warmup_epochs', auto=True
     ),
     'training.weight_decay': _numbers('>='),
-    'training.trust_coefficient': _numbers(
-        '>', 'LARS eta; the paper uses 1e-3'
-    ),
-    'training.predictor_lr_multiplier': _numbers(
-        '>', "1: the paper's single learning rate"
-    ),
+    'training.trust_coefficient': _numbers('>', 'LARS eta; paper: 1e-3'),
+    'training.predictor_lr_multiplier': _numbers('>', '1: the paper'),
     'training.base_ema': _interval('[0, 1]', 'tau_base'),
     'training.temperature': _numbers('>', 'SimCLR InfoNCE temperature'),
     'training.modified_init_batch_size': _ints(1),
     'training.modified_init_chunk_size': _ints(1),
-    'checkpoint.every_steps': _SCHEDULE,
-    'checkpoint.every_secs': _SCHEDULE,
+    'checkpoint.every_steps': _ints(0, '0: no such schedule'),
+    'checkpoint.every_secs': _numbers('>=', '0: no such schedule'),
     'checkpoint.max_to_keep': _ints(1),
     'logging.every_steps': _ints(1),
     'logging.knn_every_steps': _ints(0, '0: no kNN monitor'),
     'logging.knn_max_train_examples': _ints(0, '0: every training example'),
     'logging.collapse_stop_below': _numbers(
-        '>=',
-        '0: never stop; healthy runs log 0.03 and above, collapsed ones 0.000',
+        '>=', '0: never; healthy runs log 0.03 and above, collapsed 0.000'
     ),
     'logging.collapse_stop_after': _ints(1),
     'eval.num_epochs': _ints(1),
-    'eval.sweep_valid_examples': _ints_or_auto(
+    'eval.sweep_valid_examples': _ints(
         1,
-        'must be a positive count, or -1 for a fifth of the training split '
-        f'(at most {sources.IMAGENET_VALID_EXAMPLES}).',
+        '-1: a fifth of the training split, at most '
+        f'{sources.IMAGENET_VALID_EXAMPLES}',
+        auto=True,
+    ),
+    'eval.learning_rates': (
+        lambda v: v and all(_is_finite(r) and r > 0 for r in v),
+        'must be one or more finite base rates > 0 (for batch 256), e.g. '
+        '(0.4, 0.3, 0.2, 0.1, 0.05).',
     ),
     'eval.momentum': _interval('[0, 1)'),
 }
@@ -159,30 +143,24 @@ _FIELDS = {
 def check_batch(field: str, batch, topology, per_device: int = 1) -> None:
   """Refuses a global batch that gives a device 0 or < per_device examples."""
   devices = topology.device_count
-  ok = _is_int(batch) and batch >= per_device * devices
-  if ok and not batch % devices:
+  whole = _is_int(batch) and batch > 0
+  if whole and batch >= per_device * devices and not batch % devices:
     return
-  hint = max((batch if _is_int(batch) else 0) // devices, per_device) * devices
+  hint = max((batch if whole else 0) // devices, per_device) * devices
   where = (
       f'{topology.process_count} host(s) x '
       f'{topology.local_device_count} device(s)'
   )
-  if ok or per_device == 1 or not _is_int(batch) or batch <= 0:
-    fail(
-        field,
-        batch,
-        f'must be a positive multiple of the {devices} devices '
-        f'({where}), e.g. --config.{field}={hint}.',
+  if whole and per_device > 1 and batch < per_device * devices:
+    allowed = (
+        f'gives {batch / devices:g} example(s) per device ({where}); '
+        f'pre-training needs at least {per_device} per device (the collapse '
+        "statistics are a standard deviation over each device's examples, "
+        "and BatchNorm's variance of one example is 0)"
     )
-  fail(
-      field,
-      batch,
-      f'gives {batch / devices:g} example(s) per device '
-      f'({where}); pre-training needs at least {per_device} per device '
-      '(the collapse statistics are a standard deviation over each '
-      "device's examples, and BatchNorm's variance of one example is 0), "
-      f'e.g. --config.{field}={hint}.',
-  )
+  else:
+    allowed = f'must be a positive multiple of the {devices} devices ({where})'
+  fail(field, batch, f'{allowed}, e.g. --config.{field}={hint}.')
 
 
 def validate_inputs(config, mode: str) -> None:
@@ -192,58 +170,42 @@ def validate_inputs(config, mode: str) -> None:
     for name in field.split('.'):
       value = value[name]
     check(ok(value), field, value, allowed)
-  model, t = config.model, config.training
   try:
-    networks.validate_model_config(model)
+    networks.validate_model_config(config.model)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  if mode == 'pretrain':
-    check(
-        bool(config.data.source),
-        'data.source',
-        config.data.source,
-        'name a dataset: tfds:<name> | folder:<path> | digits | '
-        'synthetic[:<side>].',
-    )
-  if t.total_steps == -1:
-    check(
-        _is_int(t.num_epochs) and t.num_epochs > 0,
-        'training.num_epochs',
-        t.num_epochs,
-        'must be a positive integer (or set training.total_steps).',
-    )
-  if t.modified_init and model.encoder_norm != 'affine':
-    fail(
-        'training.modified_init',
-        True,
-        'needs model.encoder_norm=affine (the BN layers are replaced by '
-        'calibrated affine layers, paper §3.2).',
-    )
-  rates = tuple(config.eval.learning_rates)
+  source, t = config.data.source, config.training
   check(
-      rates and all(_is_finite(r) and r > 0 for r in rates),
-      'eval.learning_rates',
-      rates,
-      'must be one or more finite base rates > 0 (for batch 256), e.g. '
-      '(0.4, 0.3, 0.2, 0.1, 0.05).',
+      mode != 'pretrain' or source,
+      'data.source',
+      source,
+      'name a dataset: tfds:<name> | folder:<path> | digits | '
+      'synthetic[:<side>].',
+  )
+  check(
+      t.total_steps != -1 or _is_int(t.num_epochs) and t.num_epochs > 0,
+      'training.num_epochs',
+      t.num_epochs,
+      'must be a positive integer (or set training.total_steps).',
+  )
+  check(
+      not t.modified_init or config.model.encoder_norm == 'affine',
+      'training.modified_init',
+      t.modified_init,
+      'needs model.encoder_norm=affine (the BN layers are replaced by '
+      'calibrated affine layers, paper §3.2).',
   )
 
 
 def mode_of(config) -> str:
   """'linear_eval' when eval.pretrain_workdir is set, else config.mode."""
+  ok, allowed = _one_of(MODES)
+  check(ok(config.mode), 'mode', config.mode, allowed)
   check(
-      config.mode in MODES,
-      'mode',
-      config.mode,
-      f'use one of {", ".join(MODES)}.',
+      config.eval.pretrain_workdir or config.mode != 'linear_eval',
+      'eval.pretrain_workdir',
+      '',
+      'set it to the pre-training run to evaluate, e.g. '
+      '--config.eval.pretrain_workdir=/tmp/byol_quickstart.',
   )
-  if config.eval.pretrain_workdir:
-    return 'linear_eval'
-  if config.mode == 'linear_eval':
-    fail(
-        'eval.pretrain_workdir',
-        '',
-        'set it to the pre-training run to evaluate, e.g. '
-        '--config.eval.pretrain_workdir=/tmp/byol_quickstart.',
-    )
-  return config.mode
+  return 'linear_eval' if config.eval.pretrain_workdir else config.mode
