@@ -270,10 +270,7 @@ def arrays(listing, *, side=0, cache_dir='', num_threads=None):
   cache_dir = cache_dir or os.path.join(xdg, 'byol_jax', 'folders')
   cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
   ours = re.compile(rf'\.tmp-{re.escape(socket.gethostname())}-(\d+)-')
-  try:
-    entries = os.listdir(cache_dir)
-  except OSError:  # none yet, or unreadable
-    entries = []
+  entries = os.listdir(cache_dir) if os.path.isdir(cache_dir) else []
   for match in filter(None, map(ours.match, entries)):
     try:  # the temporary file of a writer of this host that died: removed
       os.kill(int(match.group(1)), 0)  # signal 0: only asks if it lives

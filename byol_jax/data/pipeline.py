@@ -136,8 +136,6 @@ def make_eval_iterator(
   args = (source, raw, layout, image_size)
   if isinstance(source, sources.InMemorySource):
     return _in_memory_eval(*args, in_memory_on, indices)
-  if indices is not None:
-    raise ValueError(f'indices: {source.name} streams; only in memory')
   n = num_eval_batches(
       source.num_examples(raw), global_batch_size, layout.count
   )
@@ -240,33 +238,28 @@ def _compiled(fn, devices: tuple, gathered: bool, **static):
 
 def _place(source, split, layout, on):
   """(devices, put, gather(idx) -> the images argument, labels), placed once."""
-  if on not in ('device', 'host'):
-    raise ValueError(f'in_memory_on={on!r}: use one of device, host.')
   devices = tuple(jax.local_devices()[: layout.devices])
-  put = lambda x: jax.device_put(x, parallel.device_sharding(devices))
+  sharding = parallel.device_sharding(devices)
+  put = lambda x: jax.device_put(x, sharding)
   placed = source.__dict__.setdefault('_placed', {})
   key = (split, tuple(d.id for d in devices), on)
   if key not in placed:
     images = host = np.asarray(source.images[split])
-    where = f'on each of {len(devices)} device(s) ({devices[0].platform})'
+    where = f'on the host, cropped on {len(devices)} device(s)'
     if on == 'device':
+      where = f'on each of {len(devices)} device(s) ({devices[0].platform})'
       images = jax.make_array_from_callback(
-          (len(devices),) + host.shape,
-          parallel.device_sharding(devices),
-          lambda _: host[None],
+          (len(devices),) + host.shape, sharding, lambda _: host[None]
       )
-    else:
-      where = f'on the host, cropped on {len(devices)} device(s)'
-    shape = 'x'.join(map(str, host.shape[1:]))
     logging.info(
         f'In-memory data {source.name} split {split!r}: {len(host)} images '
-        f'{shape} {host.dtype}, {host.nbytes / 2**20:.1f} MiB {where}.'
+        f'{"x".join(map(str, host.shape[1:]))} {host.dtype}, '
+        f'{host.nbytes / 2**20:.1f} MiB {where}.'
     )
     placed[key] = images, np.asarray(source.labels[split], np.int32)
   images, labels = placed[key]
-  if on == 'device':
-    return devices, put, lambda idx: images, labels
-  return devices, put, lambda idx: put(images[idx]), labels
+  gather = lambda idx: images if on == 'device' else put(images[idx])
+  return devices, put, gather, labels
 
 
 def _in_memory_crops(source, split, layout, seed, start_step, on, crop):
@@ -296,10 +289,8 @@ def _in_memory_eval(source, split, layout, image_size, on, indices):
   examples = np.arange(len(labels)) if indices is None else np.asarray(indices)
   shard = examples[layout.shard(len(examples))]
   fn = _compiled(_center_view, devices, on == 'host', size=image_size)
-  b = layout.host_batch
-  for i in range(
-      num_eval_batches(len(examples), b * layout.count, layout.count)
-  ):
+  b, n = layout.host_batch, len(examples)
+  for i in range(num_eval_batches(n, b * layout.count, layout.count)):
     idx = shard[i * b : (i + 1) * b]
     mask = (np.arange(b) < len(idx)).reshape(layout.devices, -1)
     idx = np.pad(idx, (0, b - len(idx))).astype(np.int32).reshape(mask.shape)

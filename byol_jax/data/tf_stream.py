@@ -159,20 +159,18 @@ def _batches(source, split, layout, num_threads, seed, start, example, pad=0):
   if pad:
     ds = ds.concatenate(tf.data.Dataset.from_tensors(pad[0](tf)).repeat())
     ds = ds.take(pad[1] * layout.host_batch)
-  shape = [layout.devices, layout.per_device]
-  reshape = lambda v: tf.reshape(v, tf.concat([shape, tf.shape(v)[1:]], 0))
   ds = ds.batch(layout.host_batch, drop_remainder=True)
-  ds = ds.map(lambda b: {k: reshape(v) for k, v in b.items()})
-  options = tf.data.Options()
-  options.deterministic = True
-  options.experimental_optimization.map_parallelization = True
+  options = tf.data.Options()  # deterministic and parallel maps: the defaults
   if num_threads:
     options.threading.private_threadpool_size = num_threads
     options.threading.max_intra_op_parallelism = 1
   ds = ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
   def numpy_batches():  # tf.data starts on the first batch asked for
-    yield from ds.as_numpy_iterator()
+    for b in ds.as_numpy_iterator():
+      yield {k: v.reshape(shape + v.shape[1:]) for k, v in b.items()}
+
+  shape = (layout.devices, layout.per_device)
 
   return numpy_batches()
 
