@@ -6,6 +6,7 @@
 writes OUT/report.md (the table) and OUT/plots/<metric>.png, one line per run.
 """
 
+import functools
 import sys
 from typing import Optional, Sequence
 
@@ -20,18 +21,15 @@ from byol_jax.training import writers
 
 _DASH = '—'
 # Our runs count as collapsed when the projection collapse statistic ends
-# below this (the no-normalisation BYOL runs end at 0.000; healthy runs
-# above 0.1).
+# below this (no-normalisation BYOL runs end at 0.000; healthy runs above 0.1).
 COLLAPSE_STD_BELOW = 0.05
 
 
 def _fmt(x: Optional[float], fmt: str = '.1f', scale: float = 1.0) -> str:
-  # 'nan' / 'inf' stay visible: a diverged run.
-  return _DASH if x is None else format(scale * x, fmt)
+  return _DASH if x is None else format(scale * x, fmt)  # 'nan' stays visible
 
 
-def _pct(x: Optional[float]) -> str:
-  return _fmt(x, scale=100.0)
+_pct = functools.partial(_fmt, scale=100.0)
 
 
 def format_duration(seconds: Optional[float]) -> str:

@@ -7,7 +7,9 @@ overrides would; `Variant.command` prints that command line.
 """
 
 import dataclasses
+import functools
 import itertools
+import operator
 import shlex
 from typing import Sequence
 
@@ -56,21 +58,16 @@ def table_variants(table: int) -> list[Variant]:
     ]
   if table != 1:
     raise ValueError(f'--table={table}: use 1 or 2.')
-  norms = presets.TABLE1_NORMS
+  parts = (('enc', 'encoder'), ('proj', 'projector'), ('pred', 'predictor'))
   return [
       Variant(
-          f'byol_enc-{enc}_proj-{proj}_pred-{pred}',
+          method + ''.join(f'_{p}-{n}' for (p, _), n in zip(parts, cell)),
           'ablation',
-          f'method=byol,encoder={enc},projector={proj},predictor={pred}',
+          f'method={method}'
+          + ''.join(f',{field}={n}' for (_, field), n in zip(parts, cell)),
       )
-      for enc, proj, pred in itertools.product(norms, repeat=3)
-  ] + [
-      Variant(
-          f'simclr_enc-{enc}_proj-{proj}',
-          'ablation',
-          f'method=simclr,encoder={enc},projector={proj}',
-      )
-      for enc, proj in itertools.product(norms, repeat=2)
+      for method, k in (('byol', 3), ('simclr', 2))
+      for cell in itertools.product(presets.TABLE1_NORMS, repeat=k)
   ]
 
 
@@ -107,10 +104,8 @@ def variant_config(
   )
   for key, value in overrides:
     *parents, leaf = key.split('.')
-    node = config
     try:
-      for p in parents:
-        node = node[p]
+      node = functools.reduce(operator.getitem, parents, config)
       old = node[leaf]
     except (KeyError, AttributeError, TypeError):
       raise ValueError(

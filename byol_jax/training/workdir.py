@@ -61,12 +61,9 @@ class TrainingLock:
   def acquire(self) -> None:
     """Takes the lock (creating the workdir); WorkdirError naming its holder."""
     self.path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.strftime('%Y-%m-%d %H:%M:%S %Z')
     mine = json.dumps(
-        {
-            'host': socket.gethostname(),
-            'pid': os.getpid(),
-            'started': time.strftime('%Y-%m-%d %H:%M:%S %Z'),
-        }
+        dict(host=socket.gethostname(), pid=os.getpid(), started=started)
     )
     if '://' in str(self.path):
       if self.path.exists():
