@@ -6,12 +6,11 @@ r"""Entry point: pre-training or linear evaluation, chosen by the config.
     python -m byol_jax.main --config=experiments/linear_eval.py \
         --config.eval.pretrain_workdir=/tmp/run --workdir=/tmp/eval
 
-Rerunning a command on a workdir that holds a checkpoint resumes it (and
-refuses, in one line, to resume under a changed trajectory: resume.py).
-`--dry_run` prints the built config as JSON, writing nothing and reading no
-image. The only module that reads flags. Multi-process runs (TPU pods, GPU
-nodes) run the same command on every host; jax.distributed starts first
-(distributed.py decides how).
+Rerunning a command on a workdir with a checkpoint resumes it (refused in one
+line under a changed trajectory: resume.py). `--dry_run` prints the built
+config as JSON, writing nothing and reading no image. The only module that
+reads flags. Multi-process runs run the same command on every host;
+jax.distributed starts first (distributed.py decides how).
 """
 
 import json
@@ -38,18 +37,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True,
 )
 flags.DEFINE_string('workdir', None, 'Run directory: local or gs://.')
-flags.DEFINE_bool(
-    'dry_run',
-    False,
-    'Print the built config (derived values included) as JSON and exit: '
-    'nothing is written, no image is read, nothing compiles.',
-)
+flags.DEFINE_bool('dry_run', False, 'Print the built config as JSON, exit.')
 flags.DEFINE_enum(
     'distributed',
     'auto',
     distributed.MODES,
-    'auto: start jax.distributed from the flags below, BYOL_* variables, '
-    'SLURM or a Cloud TPU VM (in that order); off: always one process.',
+    'auto: from the flags below, BYOL_*, SLURM or a TPU VM; off: one process.',
 )
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
 flags.DEFINE_integer('num_processes', None, 'Processes (hosts) in the run.')
@@ -91,20 +84,15 @@ def parse_flags(argv):
     name = (re.findall(r'[A-Za-z_]\w*', text) or [text])[0]
     given = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
     flag = next((f for f in given if name in f.split('.')), '--config.*')
-    if name == 'derived':
-      _exit(
-          'Config error',
-          f'{flag}: derived values are computed at start-up and cannot be '
-          'set; set the input instead (e.g. training.total_steps, '
-          'training.global_batch_size).',
-      )
     hint = re.search(r'Did you mean "([^"]+)"', text)
     hint = f' (did you mean {hint.group(1)!r}?)' if hint else ''
-    _exit(
-        'Config error',
-        f'{flag}: the config has no field {name!r}{hint}; --dry_run prints '
-        'every field.',
-    )
+    why = f'the config has no field {name!r}{hint}; --dry_run prints them'
+    if name == 'derived':
+      why = (
+          'derived values are computed at start-up and cannot be set; set '
+          'the input instead (e.g. training.total_steps)'
+      )
+    _exit('Config error', f'{flag}: {why}.')
   except (flags.Error, ValueError, TypeError, OSError) as e:
     text = str(e).strip() or type(e).__name__
     if 'Error whilst parsing config file' in text:  # get_config's traceback

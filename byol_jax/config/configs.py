@@ -1,12 +1,9 @@
 """The experiment config: its schema, its options, and the experiment loader.
 
-Each experiments/<name>.py is a thin `get_config(arg)` that returns
-`experiment_config(arg, ...)` with its variant: a config of inputs only. `arg`
-is the string after the colon in `--config=experiments/<name>.py:<arg>`:
-comma-separated options (COMMON_OPTIONS: the scales `tiny`, `small`, `cifar10`
-of presets.py, `dataset=SOURCE`, `epochs=N` (40/100/300/1000 select the
-official presets; clears a scale's step count), `batch=N`, `steps=N`, `bf16`;
-README.md, "Configs and overrides"). -1 in a field means "plan.py derives it".
+experiments/<name>.py's `get_config(arg)` returns `experiment_config(arg, ...)`
+with its variant, inputs only (-1: plan.py derives the field); `arg`, after the
+colon in `--config=experiments/<name>.py:<arg>`, holds the options (README.md,
+"Configs and overrides").
 """
 
 import importlib.util
@@ -31,32 +28,22 @@ def parse_options(arg, allowed) -> dict:
   options = {}
   for item in filter(None, (arg or '').split(',')):
     name, sep, value = (x.strip() for x in item.partition('='))
+    flag, number = name in FLAG_OPTIONS, name in INT_OPTIONS
     if name not in allowed:
-      raise ValueError(
-          f'unknown config option {name!r} in {arg!r}; this config accepts: '
-          f'{", ".join(sorted(allowed))}.'
-      )
-    if name in options:
-      raise ValueError(
-          f'config option {name!r} is given twice in {arg!r}; give it once.'
-      )
-    if name in FLAG_OPTIONS:
-      if sep:
-        raise ValueError(
-            f'config option {name} takes no value (got '
-            f'{item.strip()!r}); write {name} to turn it on, '
-            'or leave it out.'
-        )
-      value = True
-    elif not value:
-      raise ValueError(f'config option {name} needs a value: {name}=VALUE.')
-    elif name in INT_OPTIONS:
-      if not value.isdecimal() or int(value) <= 0:
-        raise ValueError(
-            f'config option {name}={value!r} must be a positive integer.'
-        )
-      value = int(value)
-    options[name] = value
+      known = ', '.join(sorted(allowed))
+      problem = f'unknown config option {name!r} in {arg!r}; known: {known}'
+    elif name in options:
+      problem = f'config option {name!r} is given twice in {arg!r}'
+    elif flag and sep:
+      problem = f'config option {name} takes no value: write {name} alone'
+    elif not flag and not value:
+      problem = f'config option {name} needs a value: {name}=VALUE'
+    elif number and not (value.isdecimal() and int(value) > 0):
+      problem = f'config option {name}={value!r} must be a positive integer'
+    else:
+      options[name] = True if flag else int(value) if number else value
+      continue
+    raise ValueError(problem + '.')
   return options
 
 
@@ -103,9 +90,8 @@ def experiment_config(
 ):
   """The config of inputs: defaults, the variant, the scale preset, options.
 
-  `model` and `training` are the variant's overrides (training's after the
-  presets of `epochs`); `options` are parsed from `arg` unless given. Bad
-  options raise ValueError.
+  `model`, `training`: the variant's overrides (training's after the presets
+  of `epochs`); `options`: parsed from `arg` unless given (ValueError if bad).
   """
   if options is None:
     options = parse_options(arg, COMMON_OPTIONS)
@@ -202,13 +188,11 @@ def experiment_config(
           ),
       )
   )
-  if training:
-    config.training.update(training)
+  config.training.update(training or {})
   scales = [s for s in SCALES if options.get(s)]
   if len(scales) > 1:
     raise ValueError(
-        f'config options {" and ".join(scales)} in {arg!r} are '
-        'scales; use one of them.'
+        f'config options {" and ".join(scales)} in {arg!r}: use one scale.'
     )
   if scales:
     getattr(presets, f'apply_{scales[0]}')(config)
@@ -232,9 +216,8 @@ def load_experiment(
   path = pathlib.Path(experiments_dir) / f'{name}.py'
   if not path.exists():
     raise FileNotFoundError(
-        f'{path} not found: run from a checkout of byol_jax (the experiment '
-        'configs are not installed with the package) or pass '
-        '--experiments_dir.'
+        f'{path} not found: run from a checkout of byol_jax (experiments/ is '
+        'not installed with the package) or pass --experiments_dir.'
     )
   spec = importlib.util.spec_from_file_location(f'_exp_{name}', path)
   module = importlib.util.module_from_spec(spec)

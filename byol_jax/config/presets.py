@@ -16,8 +16,7 @@ EMA_PRESETS = {40: 0.97, 100: 0.99, 300: 0.99, 1000: 0.996}
 # BYOL with GroupNorm + Weight Standardisation, paper §3.3: "we apply weight
 # standardization to convolutional and linear parameters ... and replace all
 # BN by GN layers", G = 16; base lr 0.24, weight decay 3e-8, tau_base 0.999.
-# (The online classifier, a monitor outside BYOL's objective, stays a plain
-# linear layer.)
+# (The online classifier, a monitor outside the objective, stays plain.)
 GN_WS_MODEL = dict(
     encoder_norm='gn',
     projector_norm='gn',
@@ -31,11 +30,10 @@ GN_WS_TRAINING = dict(
 )
 GN_WS_PAPER_TOP1 = paper.TABLE2['gn_ws']
 
-# The collapse monitor's threshold (logging.collapse_stop_below) for the
-# projection statistic (metrics.collapse_std): the tiny runs' lowest final
-# value that is not the paper's collapse is 0.031 (Table 1's LN / - / BN cell;
-# the others 0.17-0.89), where no normalisation ends at 0.000
-# (docs/RESULTS.md).
+# logging.collapse_stop_below for the projections' metrics.collapse_std: the
+# tiny runs' lowest final value that is not the paper's collapse is 0.031
+# (Table 1's LN / - / BN cell; the others 0.17-0.89), where no normalisation
+# ends at 0.000 (docs/RESULTS.md).
 COLLAPSE_STOP_BELOW = 1e-3
 
 
@@ -47,8 +45,7 @@ def collapse_stop_below(method: str, model) -> float:
   return 0.0 if paper.collapsed(top1) else COLLAPSE_STOP_BELOW
 
 
-# Paper Table 1: each component's normalisation is one of these ('ln' is the
-# paper's LayerNorm: GroupNorm with one group).
+# Paper Table 1's normalisations of a component ('ln': GroupNorm, one group).
 TABLE1_NORMS = ('bn', 'ln', 'none')
 
 
@@ -59,10 +56,10 @@ def apply_tiny(config) -> None:
   how far a run travels is rescaled, identically for every variant (measured
   on the digits; docs/RESULTS.md):
     * LARS trust coefficient 1e-2 (paper 1e-3): LARS moves a weight matrix
-      by about lr x eta of its norm per step; in the former tiny preset
-      (batch 64, 300 steps, eta 1e-3, lr 0.06) the encoder's weights moved
-      1.2% over the whole run, so every "trained" encoder was its random
-      initialisation with re-tuned norm parameters.
+      by about lr x eta of its norm per step; at eta 1e-3 (batch 64, 300
+      steps, lr 0.06) the encoder's weights moved 1.2% over the whole run:
+      every "trained" encoder was its random initialisation with re-tuned
+      norm parameters.
     * predictor learning rate x30 (paper x1): at the paper's single rate the
       BN-free variants collapse within 50 steps here (GN+WS projection
       collapse statistic 0.04); a predictor that adapts faster than the
@@ -132,13 +129,12 @@ def apply_cifar10(config) -> None:
   )
 
 
-# The `small` scale (CIFAR-10 on a 2-core CPU): its run length, and the
-# official preset its optimiser follows (the 40-epoch one: the shortest).
+# The `small` scale's run length, and the official preset its optimiser
+# follows (the shortest). Official warm-up: 10 epochs whatever the run's
+# length, a quarter of a 40-epoch run; a variant's own longer warm-up (the
+# modified init's 50, paper §3.2) keeps its ratio to those 10, up to half.
 SMALL_EPOCHS = 4
 SMALL_PRESET_EPOCHS = 40
-# Official code: 10 warm-up epochs whatever the run's length, i.e. a quarter
-# of a 40-epoch run; a variant's own longer warm-up (the modified init's 50,
-# paper 3.2) keeps its ratio to those 10, up to half the run.
 SMALL_MAX_WARMUP_FRACTION = 0.5
 
 

@@ -104,9 +104,7 @@ _FIELDS = {
     'training.max_steps': _ints(1, '-1: no early stop', auto=True),
     'training.base_learning_rate': _numbers('>', 'scaled by batch / 256'),
     'training.warmup_epochs': _numbers('>='),
-    'training.warmup_steps': _ints(
-        0, '-1: from training.warmup_epochs', auto=True
-    ),
+    'training.warmup_steps': _ints(0, '-1: from warmup_epochs', auto=True),
     'training.weight_decay': _numbers('>='),
     'training.trust_coefficient': _numbers('>', 'LARS eta; paper: 1e-3'),
     'training.predictor_lr_multiplier': _numbers('>', '1: the paper'),
@@ -126,10 +124,7 @@ _FIELDS = {
     'logging.collapse_stop_after': _ints(1),
     'eval.num_epochs': _ints(1),
     'eval.sweep_valid_examples': _ints(
-        1,
-        '-1: a fifth of the training split, at most '
-        f'{sources.IMAGENET_VALID_EXAMPLES}',
-        auto=True,
+        1, f'-1: a fifth of train, <= {sources.IMAGENET_VALID_EXAMPLES}', True
     ),
     'eval.learning_rates': (
         lambda v: v and all(_is_finite(r) and r > 0 for r in v),
@@ -142,15 +137,12 @@ _FIELDS = {
 
 def check_batch(field: str, batch, topology, per_device: int = 1) -> None:
   """Refuses a global batch that gives a device 0 or < per_device examples."""
-  devices = topology.device_count
+  t, devices = topology, topology.device_count
   whole = _is_int(batch) and batch > 0
   if whole and batch >= per_device * devices and not batch % devices:
     return
   hint = max((batch if whole else 0) // devices, per_device) * devices
-  where = (
-      f'{topology.process_count} host(s) x '
-      f'{topology.local_device_count} device(s)'
-  )
+  where = f'{t.process_count} host(s) x {t.local_device_count} device(s)'
   if whole and per_device > 1 and batch < per_device * devices:
     allowed = (
         f'gives {batch / devices:g} example(s) per device ({where}); '
