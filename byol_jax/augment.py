@@ -67,12 +67,9 @@ def normalize(images: jax.Array) -> jax.Array:
 def sample_decisions(
     key: jax.Array, batch_size: int, config: ViewConfig
 ) -> dict[str, jax.Array]:
-  """Every random choice of one view for `batch_size` examples.
-
-  Returns {name: [batch_size]}: bools 'flip', 'jitter', 'grayscale', 'blur',
-  'solarize'; float32 'brightness', 'contrast', 'saturation', 'hue', 'sigma';
-  'order' [batch_size, 4], the jitter order (0 brightness ... 3 hue).
-  """
+  """Every random choice of one view for `batch_size` examples: {name: [B]}
+  (bools: flip, jitter, grayscale, blur, solarize; the rest float32) and
+  'order' [B, 4], the jitter order (0 brightness ... 3 hue)."""
   keys = jax.random.split(key, 11)
 
   def uniform(k, lo=0.0, hi=1.0):
@@ -155,10 +152,8 @@ def _gaussian_blur(x, sigma, divider):
 def apply_augmentations(
     images: jax.Array, decisions: dict[str, jax.Array], config: ViewConfig
 ) -> jax.Array:
-  """Applies one view's decisions to [B, H, W, 3] in [0, 1]; float32 in [0, 1].
-
-  `config` is static: ops of probability 0 are skipped.
-  """
+  """One view's decisions on [B, H, W, 3] in [0, 1] -> float32 in [0, 1]
+  (`config` static: ops of probability 0 are skipped)."""
   d, c = decisions, config
   select = lambda name, y, x: jnp.where(_per_example(d[name]), y, x)
   x = jnp.asarray(images, jnp.float32)
@@ -175,11 +170,7 @@ def apply_augmentations(
 
 
 def augment_examples(
-    keys: jax.Array,
-    images: jax.Array,
-    view: int,
-    *,
-    config: ViewConfig | None = None,
+    keys: jax.Array, images: jax.Array, view: int
 ) -> jax.Array:
   """BYOL augmentation of one view, one key per example, normalised.
 
@@ -189,13 +180,12 @@ def augment_examples(
   Args:
     keys: [B] PRNG keys (experiment.example_keys).
     images: [B, H, W, 3] float in [0, 1] (the pipeline's crops).
-    view: 1 or 2 (`VIEW1` / `VIEW2`; else ValueError without config).
-    config: overrides the view's parameters (ablations).
+    view: 1 or 2 (`VIEW1` / `VIEW2`; else ValueError).
 
   Returns:
     [B, H, W, 3] float32, normalised with the ImageNet mean and std.
   """
-  config = config or view_config(view)
+  config = view_config(view)
   decisions = jax.vmap(lambda key: sample_decisions(key, 1, config))(keys)
   decisions = jax.tree.map(lambda d: d[:, 0], decisions)
   return normalize(apply_augmentations(images, decisions, config))

@@ -11,23 +11,18 @@ import optax
 _LARGE_NUM = 1e9
 
 
-def l2_normalize(
-    x: jnp.ndarray, axis: int = -1, eps: float = 1e-12
-) -> jnp.ndarray:
-  """x / max(||x||, sqrt(eps)) along `axis` (official helpers.py): 0 -> 0."""
-  square_sum = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+def l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
+  """x / max(||x||, sqrt(eps)) along the last axis (official helpers.py)."""
+  square_sum = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
   return x * jax.lax.rsqrt(jnp.maximum(square_sum, eps))
 
 
-def regression_loss(
-    x: jnp.ndarray, y: jnp.ndarray, eps: float = 1e-12
-) -> jnp.ndarray:
+def regression_loss(x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
   """BYOL's per-example loss ||x/|x| - y/|y|||^2 = 2 - 2 cos(x, y) (eq. 2).
 
   Args:
     x: [..., D] predictions, any float dtype (computed in float32).
     y: targets, shape of `x` (else ValueError).
-    eps: lower bound on the squared norm in the normalisation.
 
   Returns:
     float32 [...] in [0, 4] (0 parallel, 2 orthogonal, 4 opposite).
@@ -37,8 +32,8 @@ def regression_loss(
         f'regression_loss: x and y must have the same shape, got '
         f'{x.shape} and {y.shape}.'
     )
-  normed_x = l2_normalize(x.astype(jnp.float32), axis=-1, eps=eps)
-  normed_y = l2_normalize(y.astype(jnp.float32), axis=-1, eps=eps)
+  normed_x = l2_normalize(x.astype(jnp.float32))
+  normed_y = l2_normalize(y.astype(jnp.float32))
   return jnp.sum(jnp.square(normed_x - normed_y), axis=-1)
 
 
@@ -48,10 +43,8 @@ def byol_loss(
     target_proj_1: jnp.ndarray,
     target_proj_2: jnp.ndarray,
 ) -> jnp.ndarray:
-  """Symmetrised BYOL loss (paper §3.1, L^BYOL = L + L~), mean over the batch.
-
-  As the official byol_experiment.py: the views' losses summed per example,
-  then averaged (in [0, 8]); the target never gets a gradient (eq. 1).
+  """Symmetrised BYOL loss (paper §3.1, L^BYOL = L + L~), mean over the batch
+  of the views' summed losses (official byol_experiment.py); target: no grad.
 
   Args:
     online_pred_1, online_pred_2: [B, D] online predictions of views 1 and 2.
@@ -119,12 +112,10 @@ def infonce_loss(
 ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
   """SimCLR's NT-Xent (Chen et al., 2020, eq. 1) with global-batch negatives.
 
-  Each anchor's positive is the other view of its image, its negatives the
-  2N - 2 other embeddings of the global batch (all-gathered over `axis_name`
-  as SimCLR's tpu_cross_replica_concat); logits: cosine / temperature. The
-  mean over the 2N anchors (paper Alg. 1; the official loss_a + loss_b is
-  twice it): with equal local batches, its pmean and gradients are the
-  one-device global batch's.
+  An anchor's positive: its image's other view; negatives: the 2N - 2 other
+  embeddings of the global batch (all-gathered as SimCLR's
+  tpu_cross_replica_concat); logits cosine / temperature; the mean over 2N
+  anchors (Alg. 1; the official loss_a + loss_b is twice it).
 
   Args:
     z1, z2: [n, D] projections of views 1 and 2 on this device, row i the
@@ -147,8 +138,8 @@ def infonce_loss(
     )
   n = z1.shape[0]
   # float32 even under bfloat16 compute: 1/temperature magnifies rounding.
-  z1 = l2_normalize(z1.astype(jnp.float32), axis=-1)
-  z2 = l2_normalize(z2.astype(jnp.float32), axis=-1)
+  z1 = l2_normalize(z1.astype(jnp.float32))
+  z2 = l2_normalize(z2.astype(jnp.float32))
   z1_all, z2_all, offset = z1, z2, 0
   if axis_name is not None:  # [devices * n, D]: local row i is global row
     z1_all = jax.lax.all_gather(z1, axis_name, tiled=True)  # index * n + i.

@@ -17,13 +17,11 @@ def check_embeddings(name: str, z) -> None:
 
 
 def collapse_std(z: jnp.ndarray) -> jnp.ndarray:
-  """Per-dimension std of L2-normalised embeddings [N, D], times sqrt(D).
+  """Per-dimension std of L2-normalised embeddings [N, D] x sqrt(D), float32.
 
-  About 1 for embeddings spread on the unit sphere (each coordinate has variance
-  1/D), 0 when they collapse to one point. It measures spread around the mean
-  direction, not dimensionality (a random low-dimensional subspace still scores
-  ~1; the effective rank, Roy & Vetterli 2007, sees that). SimSiam's collapse
-  monitor (Chen & He, 2021, §4.1), here scaled by sqrt(D). Returns float32.
+  SimSiam's collapse monitor (Chen & He, 2021, §4.1) scaled by sqrt(D): about
+  1 spread on the unit sphere, 0 collapsed to one point; blind to dimensional
+  collapse (the effective rank, Roy & Vetterli 2007, sees that).
   """
   check_embeddings('z', z)
   zn = losses.l2_normalize(jnp.asarray(z, jnp.float32))

@@ -1,18 +1,16 @@
 """BN-free "modified initialisation" (paper §3.2).
 
 The mean and std of every BN layer's input, on a batch of augmented images,
-set the trainable per-channel affine layer that replaces it so that on that
-batch it computes what BN did: gamma = gamma0 / std, beta = -mean * gamma,
-std = sqrt(var + eps); gamma0 = 0 for each residual block's last norm, 1
-elsewhere (zero_init_last). Memory: the whole batch (4096 images at 224 px)
-does not fit on one accelerator, so the layers are calibrated one at a time
-in forward order (with layers < k calibrated, the affine network computes
-the BN network's activations up to layer k), each pass in chunks of
-`chunk_size` images per device merged in float64 (Chan et al.): memory
-bounded by a chunk, one pass's result up to rounding, one forward pass per
-layer (55 for a ResNet-50 with both heads, one compiled program), once a run.
+set the affine layer that replaces it to compute what BN did on that batch:
+gamma = gamma0 / std, beta = -mean * gamma, std = sqrt(var + eps); gamma0 = 0
+for each residual block's last norm, 1 elsewhere (zero_init_last). The batch
+(4096 images at 224 px) does not fit on one accelerator: layers are calibrated
+one at a time in forward order (one forward pass per layer, 55 for a
+ResNet-50 with both heads, one compiled program), each pass in chunks of
+`chunk_size` images per device merged in float64 (Chan et al.).
 """
 
+import functools
 from typing import Optional
 
 import haiku as hk
@@ -32,23 +30,15 @@ def calibrated_components(model) -> tuple:
   return tuple(c for c in COMPONENTS if model[f'{c}_norm'] == 'affine')
 
 
-def _input_moments(forward, state, components, order: list):
-  """fn(params, images) -> {name: (count, mean [C], M2 [C])} of affine inputs.
-
-  count: values per channel; M2: sum of squared deviations from the mean (BN's
-  two-pass batch_moments). Tracing fn lists the names in call order in `order`.
-  """
+def _input_moments(forward, state, order: list):
+  """fn(params, images) -> {affine layer: (count, mean, M2)} of its input."""
 
   def fn(params, images):
     out = {}
 
     def capture(next_f, args, kwargs, context):
       module = context.module
-      if (
-          context.method_name == '__call__'
-          and isinstance(module, norms.Affine)
-          and module.module_name.split('/')[0] in components
-      ):
+      if isinstance(module, norms.Affine) and context.method_name == '__call__':
         x = args[0].astype(jnp.float32)
         count = np.prod(x.shape[:-1])
         mean, var = norms.batch_moments(x)
@@ -71,39 +61,6 @@ def _merge(a, b):
   return n, ma + delta * nb / n, m2a + m2b + delta * delta * na * nb / n
 
 
-def _chunked(fn, devices):
-  """(params, images, chunk_size) -> {name: (mean, var)} (float64) of `fn`.
-
-  Over all of `images`: one chunk per device at a time, the remainder on the
-  first device.
-  """
-  pmapped = parallel.device_program(
-      fn, axis_name=None, devices=devices, in_axes=(None, 0)
-  )
-  single, n = jax.jit(fn), len(devices)
-
-  def moments(params, images, chunk_size):
-    chunk = chunk_size or -(-len(images) // n)
-    total = None
-    for start in range(0, len(images), chunk * n):
-      group = images[start : start + chunk * n]
-      if len(group) == chunk * n:
-        out = pmapped(params, group.reshape((n, chunk) + group.shape[1:]))
-        out = jax.device_get(out)
-        parts = [jax.tree.map(lambda v: v[i], out) for i in range(n)]
-      else:
-        group = jax.device_put(group, devices[0])
-        parts = [jax.device_get(single(params, group))]
-      for part in parts:
-        part = jax.tree.map(lambda v: np.asarray(v, np.float64), part)
-        if total is not None:
-          part = {k: _merge(total[k], v) for k, v in part.items()}
-        total = part
-    return {k: (mean, m2 / count) for k, (count, mean, m2) in total.items()}
-
-  return moments
-
-
 def calibrate(
     model,
     num_classes: int,
@@ -118,7 +75,7 @@ def calibrate(
   """`params` with every affine layer set from the batch's statistics (§3.2).
 
   Args:
-    model: the `model` config (norm 'affine' somewhere, else ValueError).
+    model: the `model` config (norm 'affine' somewhere).
     num_classes: classifier outputs (to build the same tree).
     params: the affine network's initial online parameters.
     images: [B, H, W, 3] augmented, normalised images (host or device).
@@ -131,12 +88,6 @@ def calibrate(
     New params: scale = gamma0 / std, offset = -mean * scale at each
     calibrated layer; (params, statistics) with return_statistics.
   """
-  components = calibrated_components(model)
-  if not components:
-    raise ValueError(
-        'modified init needs at least one component with norm '
-        "'affine' (model.encoder_norm=affine, paper §3.2)."
-    )
   forward = networks.make_forward(
       model,
       num_classes,
@@ -152,14 +103,36 @@ def calibrate(
   )
   state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), state)
   order = []
-  fn = _input_moments(forward, state, components, order)
+  fn = _input_moments(forward, state, order)
   jax.eval_shape(fn, new, images[:1])
+  devices = list(devices or jax.local_devices())
+  n, single = len(devices), jax.jit(fn)
+  pmapped = parallel.device_program(
+      fn, axis_name=None, devices=devices, in_axes=(None, 0)
+  )
+  chunk = chunk_size or -(-len(images) // n)
+
+  def moments(params):  # {name: (count, mean, M2)} of all images, float64.
+    parts = []
+    for start in range(0, len(images), chunk * n):
+      group = images[start : start + chunk * n]
+      if len(group) == chunk * n:  # one chunk per device.
+        out = pmapped(params, group.reshape((n, chunk) + group.shape[1:]))
+        out = jax.device_get(out)
+        parts += [jax.tree.map(lambda v: v[i], out) for i in range(n)]
+      else:  # the remainder, on the first device.
+        group = jax.device_put(group, devices[0])
+        parts.append(jax.device_get(single(params, group)))
+    parts = jax.tree.map(lambda v: np.asarray(v, np.float64), parts)
+    merge = lambda a, b: {k: _merge(a[k], b[k]) for k in a}
+    return functools.reduce(merge, parts)
+
   # One compiled pass measures every calibrated layer's input; pass k uses
   # layer k's (earlier layers are calibrated by then, later ones not).
-  moments = _chunked(fn, list(devices or jax.local_devices()))
   statistics = {}
   for name in order:
-    mean, var = statistics[name] = moments(new, images, chunk_size)[name]
+    count, mean, m2 = moments(new)[name]
+    mean, var = statistics[name] = mean, m2 / count
     scale = new[name]['scale'] / np.sqrt(var + norms.BN_EPS)  # gamma0 / std
     offset = new[name]['offset'] - mean * scale
     new[name] = {

@@ -12,7 +12,6 @@ Ours because the order is the research's: `optax.lars` (0.2.8) scales by the
 rate before the momentum trace, which differs during warm-up and decay.
 """
 
-import functools
 from typing import Any, Callable, Mapping, Optional, Union
 
 import jax
@@ -43,10 +42,10 @@ def lars_mask(params) -> Any:
   return jax.tree_util.tree_map_with_path(is_weight, params)
 
 
-def _module_mask(params, component: str) -> Any:
-  """True for the parameters of module `component` or `component/...`."""
+def _module_mask(component: str) -> Callable[[Any], Any]:
+  """params -> True for the parameters of module `component[/...]`."""
   top = lambda path: jax.tree_util.keystr(path[:1], simple=True).split('/')[0]
-  return jax.tree_util.tree_map_with_path(
+  return lambda params: jax.tree_util.tree_map_with_path(
       lambda path, _: top(path) == component, params
   )
 
@@ -107,10 +106,7 @@ def make_optimizer(
       optax.trace(decay=momentum, nesterov=nesterov),
       optax.scale_by_learning_rate(learning_rate_fn),
       *(
-          optax.masked(
-              optax.scale(factor),
-              mask=functools.partial(_module_mask, component=component),
-          )
+          optax.masked(optax.scale(factor), _module_mask(component))
           for component, factor in multipliers
           if factor != 1
       ),

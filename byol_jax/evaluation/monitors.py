@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from byol_jax import losses
-from byol_jax import metrics
 
 
 @functools.partial(jax.jit, static_argnums=(5, 6, 7))
@@ -40,28 +39,20 @@ def knn_accuracy(
 ) -> float:
   """Top-1 in [0, 1] of a weighted k-nearest-neighbour classifier.
 
-  Wu et al. (2018, InstDisc, §3.4), the public BYOL / SimSiam CIFAR codebases'
-  monitor: on L2-normalised features each test point takes the k training points
-  of highest cosine similarity s_i; class c gets the vote sum_i exp(s_i / T)
-  [y_i = c]. batch_size test points at a time (a [batch_size, N_train] block).
-  k: InstDisc's default is 200, 20 common on CIFAR-sized sets.
+  Wu et al. (2018, InstDisc, §3.4; k 200 there, 20 common on CIFAR): on
+  L2-normalised features the k training points of highest cosine s_i vote
+  sum_i exp(s_i / T) [y_i = c]; batch_size test points at a time.
   """
-  metrics.check_embeddings('train_features', train_features)
-  metrics.check_embeddings('test_features', test_features)
   args = (train_features, train_labels, test_features, test_labels)
   shapes = [np.shape(x) for x in args]
-  (n_train, dim), (n_test, _) = shapes[0], shapes[2]
-  if shapes[1:] != [(n_train,), (n_test, dim), (n_test,)]:
+  n, m, d = np.size(train_labels), np.size(test_labels), shapes[0][1:]
+  if len(d) != 1 or not m or shapes != [(n, *d), (n,), (m, *d), (m,)]:
     raise ValueError(
         'need features [N, D] of one D and labels [N] (train features, '
         f'labels, test features, labels); got shapes {shapes}.'
     )
-  if not 1 <= k <= n_train:
-    raise ValueError(f'k={k} must be in [1, {n_train}] (the train set size).')
-  if temperature <= 0 or batch_size < 1:
-    raise ValueError(
-        f'temperature={temperature} must be > 0, batch_size={batch_size} >= 1.'
-    )
-  batch = min(batch_size, n_test)
+  if not 1 <= k <= n:
+    raise ValueError(f'k={k} must be in [1, {n}] (the train set size).')
+  batch = min(batch_size, m)
   correct = _knn_correct(*args, temperature, num_classes, k, batch)
-  return int(correct) / n_test
+  return int(correct) / m

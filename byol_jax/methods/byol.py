@@ -1,9 +1,8 @@
-"""BYOL (Grill et al., 2020): what it adds to the shared step (experiment.py).
-
-Online: encoder -> projector -> predictor (+ the classifier monitor); target:
-encoder -> projector, its own tree, moved only by the EMA (eq. 1).
+"""BYOL (Grill et al., 2020): what it adds to the shared step (experiment.py):
+the predictor, a target network (encoder -> projector) moved by the EMA (eq. 1).
 """
 
+import functools
 from typing import Optional
 
 import jax
@@ -38,14 +37,11 @@ def make_byol(
     A networks.Method: target = online restricted to TARGET_MODULES, loss
     losses.byol_loss, target update `ema`.
   """
-  forward = lambda predictor: networks.make_forward(
-      model,
-      num_classes,
-      with_predictor=predictor,
-      with_classifier=predictor,
-      axis_name=axis_name,
+  forward = functools.partial(
+      networks.make_forward, model, num_classes, axis_name=axis_name
   )
-  online, target = forward(True), forward(False)
+  online = forward(with_predictor=True, with_classifier=True)
+  target = forward(with_predictor=False, with_classifier=False)
 
   def init(rng, images):
     params, state = online.init(rng, images, is_training=True)

@@ -1,15 +1,12 @@
-"""The networks a method trains, built from the `model` sub-config.
-
-encoder -> projector [-> predictor] [+ classifier] in one Haiku function, so
-the target tree is the online tree restricted to TARGET_MODULES.
-"""
+"""The networks a method trains, from the `model` sub-config: encoder ->
+projector [-> predictor] [+ classifier] in one Haiku function (the target tree
+is the online tree restricted to TARGET_MODULES)."""
 
 from typing import Any, Callable, NamedTuple, Optional
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from byol_jax import losses
 from byol_jax import metrics as metrics_lib
@@ -31,11 +28,9 @@ HEAD_MIN_PER_GROUP = 4
 
 
 def validate_model_config(model) -> None:
-  """ValueError naming the first bad `model.*` field that shapes the networks.
-
-  Also refused: channel counts the GN groups do not divide, GN/LN heads of
-  fewer than HEAD_MIN_PER_GROUP units per group, 1-d projections.
-  """
+  """ValueError naming the first bad `model.*` field that shapes the networks
+  (also: channels GN groups do not divide, GN/LN heads < HEAD_MIN_PER_GROUP
+  units per group, 1-d projections)."""
   resnet.check_depth(model.depth, 'model.depth')
   resnet.check_stem(model.stem, 'model.stem')
   for component in ('encoder', 'projector', 'predictor'):
@@ -67,17 +62,16 @@ def validate_model_config(model) -> None:
     )
   for head in ('projector', 'predictor'):
     kind, field = model[f'{head}_norm'], f'model.{head}_hidden_size'
-    if kind not in ('gn', 'ln'):
-      continue
     hidden, g = model[f'{head}_hidden_size'], groups if kind == 'gn' else 1
     name = f'{g} GroupNorm groups (model.gn_groups={g})'
     name = name if kind == 'gn' else 'LayerNorm'
-    if hidden % g:
+    grouped = kind in ('gn', 'ln')
+    if grouped and hidden % g:
       raise ValueError(
           f'{field}={hidden} is not divisible by the {name} of the {head}; '
           f'use a multiple of {g}.'
       )
-    if hidden // g < HEAD_MIN_PER_GROUP:
+    if grouped and hidden // g < HEAD_MIN_PER_GROUP:
       raise ValueError(
           f"{field}={hidden} gives the {head}'s {name} {hidden // g} unit(s) "
           'per group, too few to learn (measured: 1 outputs 0, 2 collapse '
@@ -158,40 +152,32 @@ def make_forward(
 
 
 def views_in_one_batch(model, *, with_predictor: bool) -> bool:
-  """Whether no norm uses batch statistics, so both views may go as one batch.
-
-  Then one pass of [view1; view2] computes exactly the per-view outputs, with
-  half the kernel launches. BN anywhere keeps one pass per view, as the
-  official byol_experiment.py (per-view batch statistics).
-  """
+  """Whether no norm uses batch statistics: one pass of [view1; view2] is then
+  exact, with half the launches (BN: a pass per view, as the official code)."""
   components = ['encoder', 'projector'] + ['predictor'] * with_predictor
-  return all(
-      norms.check_norm_kind(model[f'{c}_norm']) != 'bn' for c in components
-  )
+  return all(model[f'{c}_norm'] != 'bn' for c in components)
 
 
 def forward_views(
     model, transformed: hk.TransformedWithState, with_predictor: bool
 ):
-  """fn(params, state, views) -> ([output dict per view], state), training mode.
-
-  One pass of the concatenated views when views_in_one_batch (same outputs);
-  otherwise one pass per view, BN state threaded view 1 -> view 2.
-  """
+  """fn(params, state, views) -> ([output dict per view], state), training mode:
+  one pass of the concatenated views when views_in_one_batch, else one pass
+  per view, BN state threaded view 1 -> view 2."""
   one_batch = views_in_one_batch(model, with_predictor=with_predictor)
   apply = lambda p, s, x: transformed.apply(p, s, None, x, is_training=True)
 
   def forward(params, state, views):
-    if not one_batch:
-      outputs = []
-      for view in views:
-        out, state = apply(params, state, view)
-        outputs.append(out)
-      return outputs, state
-    out, state = apply(params, state, jnp.concatenate(views))
-    ends = np.cumsum([v.shape[0] for v in views]).tolist()
-    split = lambda a, b: jax.tree.map(lambda v: v[a:b], out)
-    return [split(b - v.shape[0], b) for v, b in zip(views, ends)], state
+    if one_batch:
+      out, state = apply(params, state, jnp.concatenate(views))
+      n = views[0].shape[0]
+      part = lambda i: jax.tree.map(lambda v: v[i * n : (i + 1) * n], out)
+      return [part(i) for i in range(len(views))], state
+    outputs = []
+    for view in views:
+      out, state = apply(params, state, view)
+      outputs.append(out)
+    return outputs, state
 
   return forward
 
@@ -204,11 +190,8 @@ def restrict(tree, modules=TARGET_MODULES) -> dict:
 
 
 def classifier_and_monitors(out: dict, labels: jax.Array):
-  """(classifier loss, metrics) of one view's outputs and [B] int labels.
-
-  Labels < 0 (unlabelled) count in neither loss nor accuracy. Collapse
-  statistics (paper Table 2): collapse_std of projections, representations.
-  """
+  """(classifier loss, metrics) of one view's outputs and [B] int labels (< 0:
+  unlabelled, not counted), with the collapse statistics (paper Table 2)."""
   labelled = labels >= 0
   classif = losses.softmax_cross_entropy(out['logits'], labels, labelled)
   top1 = losses.topk_correct(out['logits'], labels, 1)

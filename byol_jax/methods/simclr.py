@@ -1,7 +1,4 @@
-"""SimCLR (Chen et al., 2020), the contrastive baseline of the paper's Table 1.
-
-BYOL's networks without predictor and target; global-batch negatives.
-"""
+"""SimCLR (Chen et al., 2020), Table 1's baseline: no predictor, no target."""
 
 from typing import Optional
 
@@ -35,13 +32,10 @@ def make_simclr(
   def init(rng, images):
     return *online.init(rng, images, is_training=True), {}, {}
 
-  def loss(online_out, target_out):
-    (out1, out2), _ = online_out, target_out
+  def loss(online_out, unused_target_out):
+    z1, z2 = (out['projection'] for out in online_out)
     contrastive, info = losses.infonce_loss(
-        out1['projection'],
-        out2['projection'],
-        temperature=temperature,
-        axis_name=axis_name,
+        z1, z2, temperature=temperature, axis_name=axis_name
     )
     return contrastive, {'contrastive_top1': info['contrastive_top1_acc']}
 

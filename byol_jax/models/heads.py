@@ -16,12 +16,9 @@ class MLP(hk.Module):
   """BYOL's projector / predictor: Linear -> norm -> ReLU -> Linear (no bias).
 
   As the official networks.py: [N, D_in] -> [N, output_size] float32.
-
-  Attributes:
-    hidden_size, output_size: widths (BYOL §3.3: 4096, 256).
-    norm: NormSpec or kind of the hidden layer, per head (paper Table 1).
-    weight_standardization: of both linear layers.
-    dtype: compute dtype.
+  Attributes: hidden_size, output_size (BYOL §3.3: 4096, 256); norm (NormSpec
+  or kind of the hidden layer, per head: paper Table 1); weight_standardization
+  of both linear layers; dtype (compute).
   """
 
   hidden_size: int = 4096

@@ -46,8 +46,7 @@ class Conv2D(hk.Module):
   """k x k convolution (NHWC, no bias, 'SAME' padding), optionally WS.
 
   [N, H, W, C_in] -> [N, ceil(H / stride), ceil(W / stride), output_channels];
-  with weight_standardization the [k, k, C_in, C_out] kernel is standardised
-  over (k, k, C_in).
+  WS standardises the [k, k, C_in, C_out] kernel over (k, k, C_in).
   """
 
   output_channels: int
@@ -73,8 +72,7 @@ class Conv2D(hk.Module):
 class Linear(hk.Module):
   """Dense layer [..., D_in] -> [..., output_size]: x @ w (+ b, zeros at init).
 
-  With weight_standardization `w` [D_in, D_out] is standardised per output
-  unit; w_init None: truncated normal, stddev 1/sqrt(D_in).
+  WS standardises w [D_in, D_out] per output unit; w_init None: the default.
   """
 
   output_size: int

@@ -4,9 +4,8 @@
 with `axis_name`), `gn` GroupNorm (16 groups, §3.3), `ln` LayerNorm as the
 paper defines it (over H, W and C: GN with one group), `none` (the collapsing
 baseline, Table 2), `affine` (per-channel scale and offset: the modified init,
-§3.2). Every kind stores `scale` and `offset` of shape [C] under the same
-module name, so checkpoint paths do not depend on the kind and BN statistics
-map one-to-one onto `affine`. Statistics are float32 whatever the dtype.
+§3.2). Every kind stores `scale` and `offset` [C] under the same module name
+(checkpoint paths do not depend on the kind; BN maps one-to-one onto `affine`).
 """
 
 import dataclasses
@@ -36,13 +35,12 @@ def check_norm_kind(kind: str, field: str = 'norm') -> str:
 class NormSpec:
   """A component's normalisation: kind (NORM_KINDS), GN groups, the axis BN
   averages its statistics over (cross-replica BN, as the official code on
-  TPU; None: per device), BN's moving-average decay, eps of bn/gn/ln."""
+  TPU; None: per device), BN's moving-average decay."""
 
   kind: str = 'bn'
   groups: int = GN_GROUPS
   axis_name: Optional[str] = None
   decay: float = BN_DECAY
-  eps: float = BN_EPS
 
   def __post_init__(self):
     check_norm_kind(self.kind)
@@ -52,15 +50,9 @@ class NormSpec:
       raise ValueError(f'gn groups={self.groups!r} must be a positive integer.')
 
 
-def as_norm_spec(norm) -> NormSpec:
-  """`norm` if a NormSpec, else NormSpec(kind=norm)."""
-  return norm if isinstance(norm, NormSpec) else NormSpec(kind=norm)
-
-
-def _scale_offset(channels: int, scale_init) -> tuple[jax.Array, jax.Array]:
-  scale = hk.get_parameter(
-      'scale', (channels,), jnp.float32, init=scale_init or jnp.ones
-  )
+def _scale_offset(channels: int, zero_init: bool) -> tuple[jax.Array, ...]:
+  init = jnp.zeros if zero_init else jnp.ones
+  scale = hk.get_parameter('scale', (channels,), jnp.float32, init=init)
   offset = hk.get_parameter('offset', (channels,), jnp.float32, init=jnp.zeros)
   return scale, offset
 
@@ -69,32 +61,29 @@ def _scale_offset(channels: int, scale_init) -> tuple[jax.Array, jax.Array]:
 class BatchNorm(hk.Module):
   """BatchNorm over all axes but the last, with [C] scale/offset parameters.
 
-  Training mode normalises with the batch statistics (`batch_moments`, over
-  `axis_name` when given) and updates moving averages, zero-debiased as the
-  official code's hk.BatchNorm (hk.ExponentialMovingAverage): state holds
-  h_t = decay h_{t-1} + (1 - decay) x_t from h_0 = 0 and t; eval mode uses
-  h_t / (1 - decay^t) (after one update, that batch's statistic exactly) and,
-  at t = 0 (the random-encoder baseline), mean 0 and variance 1.
+  Training: batch statistics (`batch_moments`, over `axis_name` when given);
+  moving averages h_t = decay h_{t-1} + (1 - decay) x_t from h_0 = 0, read in
+  eval mode as h_t / (1 - decay^t), zero-debiased as the official code's
+  hk.BatchNorm (at t = 0, the random-encoder baseline: mean 0, variance 1).
   """
 
   decay: float = BN_DECAY
-  eps: float = BN_EPS
   axis_name: Optional[str] = None
-  scale_init: Optional[Callable[..., jax.Array]] = None
+  zero_init: bool = False
   name: Optional[str] = None
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
     """[..., C] float32 -> (x - mean) / sqrt(var + eps) * scale + offset."""
     c = x.shape[-1]
-    scale, offset = _scale_offset(c, self.scale_init)
+    scale, offset = _scale_offset(c, self.zero_init)
     hidden_mean = hk.get_state('mean', (c,), jnp.float32, init=jnp.zeros)
     hidden_var = hk.get_state('var', (c,), jnp.float32, init=jnp.zeros)
     counter = hk.get_state('counter', (), jnp.int32, init=jnp.zeros)
     if is_training:
       # Skipped at init, which runs outside pmap and discards the output.
-      axis = None if hk.running_init() else self.axis_name
-      mean, var = batch_moments(x, axis)
-      if not hk.running_init():
+      init = hk.running_init()
+      mean, var = batch_moments(x, None if init else self.axis_name)
+      if not init:
         d = self.decay
         hk.set_state('mean', d * hidden_mean + (1 - d) * mean)
         hk.set_state('var', d * hidden_var + (1 - d) * var)
@@ -105,7 +94,7 @@ class BatchNorm(hk.Module):
       correction = jnp.where(seen, 1.0 - decayed, 1.0)
       mean = jnp.where(seen, hidden_mean / correction, 0.0)
       var = jnp.where(seen, hidden_var / correction, 1.0)
-    inv = scale * jax.lax.rsqrt(var + self.eps)
+    inv = scale * jax.lax.rsqrt(var + BN_EPS)
     # (x - mean) first: x * inv - mean * inv would cancel in float32 when
     # the mean is large against the spread (as hk.BatchNorm orders it).
     return (x - mean) * inv + offset
@@ -130,14 +119,10 @@ def batch_moments(
 
 @dataclasses.dataclass
 class GroupNorm(hk.Module):
-  """GroupNorm over (spatial axes, a group's channels) of [N, (H, W,) C].
-
-  groups=1 is the paper's LayerNorm; no batch statistics: train = eval.
-  """
+  """GroupNorm over (H, W, a group's channels); groups=1: the paper's LN."""
 
   groups: int
-  eps: float = BN_EPS
-  scale_init: Optional[Callable[..., jax.Array]] = None
+  zero_init: bool = False
   name: Optional[str] = None
 
   def __call__(self, x: jax.Array, is_training: bool = True) -> jax.Array:
@@ -149,12 +134,12 @@ class GroupNorm(hk.Module):
           f'divide the {c} channels; set the norm groups (config '
           f'`model.gn_groups`) to a divisor of every channel count.'
       )
-    scale, offset = _scale_offset(c, self.scale_init)
+    scale, offset = _scale_offset(c, self.zero_init)
     grouped = x.reshape(x.shape[:-1] + (self.groups, c // self.groups))
     axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)  # spatial + in-group.
     mean = jnp.mean(grouped, axes, keepdims=True)
     var = jnp.var(grouped, axes, keepdims=True)
-    normed = ((grouped - mean) * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
+    normed = ((grouped - mean) * jax.lax.rsqrt(var + BN_EPS)).reshape(x.shape)
     return normed * scale + offset
 
 
@@ -162,11 +147,11 @@ class GroupNorm(hk.Module):
 class Affine(hk.Module):
   """Per-channel scale and offset, no statistics (paper §3.2, modified init)."""
 
-  scale_init: Optional[Callable[..., jax.Array]] = None
+  zero_init: bool = False
   name: Optional[str] = None
 
   def __call__(self, x: jax.Array, is_training: bool = True) -> jax.Array:
-    scale, offset = _scale_offset(x.shape[-1], self.scale_init)
+    scale, offset = _scale_offset(x.shape[-1], self.zero_init)
     return x * scale + offset
 
 
@@ -179,17 +164,14 @@ def make_norm(
   zero_init: scale 0 at init (a residual block's last norm). The function
   computes in float32 and returns the input's dtype.
   """
-  spec = as_norm_spec(norm)
-  scale_init = jnp.zeros if zero_init else None
+  spec = norm if isinstance(norm, NormSpec) else NormSpec(kind=norm)
   if spec.kind == 'none':
     return lambda x, is_training: x
   if spec.kind == 'bn':
-    module = BatchNorm(
-        spec.decay, spec.eps, spec.axis_name, scale_init, name=name
-    )
-  elif spec.kind in ('gn', 'ln'):
-    groups = spec.groups if spec.kind == 'gn' else 1
-    module = GroupNorm(groups, spec.eps, scale_init, name=name)
+    module = BatchNorm(spec.decay, spec.axis_name, zero_init, name)
+  elif spec.kind == 'affine':
+    module = Affine(zero_init, name)
   else:
-    module = Affine(scale_init, name=name)
+    groups = spec.groups if spec.kind == 'gn' else 1
+    module = GroupNorm(groups, zero_init, name)
   return lambda x, t: module(x.astype(jnp.float32), t).astype(x.dtype)
