@@ -46,8 +46,9 @@ def measure(spec: dict, saves: int) -> dict:
   from byol_jax import experiment as ts  # pylint: disable=g-import-not-at-top
   from byol_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
 
-  config = throughput.make_config(spec, 1)
-  method, optimizer = experiment.init_objects(config)
+  run = throughput.make_run(spec, 1)
+  config = run.config
+  method, optimizer = experiment.init_objects(config, run.data.num_classes)
   state = jax.jit(functools.partial(ts.init_train_state, method, optimizer))(
       jax.random.PRNGKey(0), experiment.sample_images(config)
   )

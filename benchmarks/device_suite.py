@@ -607,8 +607,8 @@ def _cifar_child(spec: dict, result_file: str) -> None:
       config=f'experiments/{config_name}.py:'
       f'{variant.config_arg(scale, dataset)}',
       source=built.config.data.source,
-      data_path=built.config.derived.data_path,
-      num_train_examples=int(built.config.derived.num_train_examples),
+      data_path=built.data.path,
+      num_train_examples=int(built.pretrain.num_train_examples),
       image_size=int(built.config.data.image_size),
       data_seconds=time.time() - start,
   )
@@ -649,7 +649,7 @@ def _cifar_child(spec: dict, result_file: str) -> None:
   timer = threading.Thread(target=time_box, daemon=True)
   timer.start()
   t0 = time.time()
-  summary = pretrain.train(config, str(workdir / 'run'), source=source)
+  summary = pretrain.train(built, str(workdir / 'run'))
   stop.set()
   pretrain_s = time.time() - t0
   rate = None
@@ -670,20 +670,21 @@ def _cifar_child(spec: dict, result_file: str) -> None:
       'crops included)',
       pretrain_seconds=pretrain_s,
       loss_last=metrics.get('loss'),
-      total_steps=int(config.derived.total_steps),
-      warmup_steps=int(config.derived.warmup_steps),
+      total_steps=int(built.pretrain.total_steps),
+      warmup_steps=int(built.pretrain.warmup_steps),
       dtype=config.model.dtype,
       depth=int(config.model.depth),
   )
   _append(result_file, record)
   t0 = time.time()
-  state = pretrain.load_latest_state(config, str(workdir / 'run'))
+  state = pretrain.load_latest_state(
+      config, built.data.num_classes, str(workdir / 'run')
+  )
   results = linear_eval.run_linear_eval(
-      config,
+      built,
       str(workdir / 'run'),
       state.online_params,
       state.online_state,
-      source=source,
       extra={'checkpoint_step': int(summary['step'])},
   )
   _append(

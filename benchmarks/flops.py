@@ -153,7 +153,7 @@ def cost_flops(stage) -> Optional[float]:
   return float(flops) if flops is not None and flops > 0 else None
 
 
-def step_flops(config, num_devices: int = 1) -> float:
+def step_flops(run, num_devices: int = 1) -> float:
   """FLOPs of one pmapped update of the global batch, without running it.
 
   Nothing is initialised or compiled: the TrainState comes from
@@ -169,7 +169,7 @@ def step_flops(config, num_devices: int = 1) -> float:
   MFU uses XLA's count: it is the arithmetic the step actually asks for.
 
   Args:
-    config: an experiment config (see throughput.make_config).
+    run: a built plan.Run (see throughput.make_run).
     num_devices: devices the update is pmapped over (must exist locally).
 
   Returns:
@@ -180,7 +180,8 @@ def step_flops(config, num_devices: int = 1) -> float:
 
   from byol_jax import experiment  # pylint: disable=g-import-not-at-top
 
-  method, optimizer, update = experiment.make_update(config)
+  config = run.config
+  method, optimizer, update = experiment.make_update(config, run.pretrain)
   state = jax.eval_shape(
       lambda: experiment.init_train_state(
           method,

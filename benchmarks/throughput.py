@@ -109,7 +109,7 @@ DEFAULT_SPEC = dict(
 )
 
 
-def make_config(spec: dict, num_devices: int):
+def make_run(spec: dict, num_devices: int):
   """The experiment config of one benchmark row.
 
   Args:
@@ -119,7 +119,7 @@ def make_config(spec: dict, num_devices: int):
     num_devices: devices the step is pmapped over.
 
   Returns:
-    The built config (plan.build); raises ValueError (plan.ConfigError)
+    The built plan.Run; raises ValueError (plan.ConfigError)
     naming the field when the row cannot run.
   """
   from byol_jax.config import configs  # pylint: disable=g-import-not-at-top
@@ -156,13 +156,12 @@ def make_config(spec: dict, num_devices: int):
   config.eval.global_batch_size = global_batch
   # Built like every run (plan.build validates and derives); no image is
   # read: the synthetic source's sizes are known.
-  config = plan.build(
+  return plan.build(
       config, topology=plan.Topology(1, num_devices), read_data=False
-  ).config
-  return config
+  )
 
 
-def _batch(config, num_devices, seed=0):
+def _batch(config, num_classes, num_devices, seed=0):
   """Synthetic [devices, per-device batch, ...] views in [0, 1] and labels."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -174,9 +173,7 @@ def _batch(config, num_devices, seed=0):
   return {
       'view1': jax.random.uniform(k1, shape, jnp.float32),
       'view2': jax.random.uniform(k2, shape, jnp.float32),
-      'label': jax.random.randint(
-          k3, shape[:2], 0, config.derived.num_classes, jnp.int32
-      ),
+      'label': jax.random.randint(k3, shape[:2], 0, num_classes, jnp.int32),
   }
 
 
@@ -223,7 +220,7 @@ def run_row(spec: dict) -> dict:
   """Compiles and times one row in this process.
 
   Args:
-    spec: a row spec (see make_config), with num_devices (None: all local
+    spec: a row spec (see make_run), with num_devices (None: all local
       devices), steps (timed) and warmup (untimed steps after compilation).
 
   Returns:
@@ -242,9 +239,10 @@ def run_row(spec: dict) -> dict:
         'local devices; pass --num_devices <= that.'
     )
   devices = devices[:n]
-  config = make_config(spec, n)
+  built = make_run(spec, n)
+  config, num_classes = built.config, built.data.num_classes
   rss_reset = _reset_peak_rss()
-  method, optimizer, update = experiment.make_update(config)
+  method, optimizer, update = experiment.make_update(config, built.pretrain)
   init = jax.jit(
       functools.partial(experiment.init_train_state, method, optimizer)
   )
@@ -252,7 +250,7 @@ def run_row(spec: dict) -> dict:
       init(jax.random.PRNGKey(0), experiment.sample_images(config)), devices
   )
   batch = jax.device_put(
-      jax.jit(functools.partial(_batch, config, n))(),
+      jax.jit(functools.partial(_batch, config, num_classes, n))(),
       parallel.device_sharding(devices),
   )
   step = experiment.pmap_update(update, devices=devices)
@@ -303,7 +301,7 @@ def run_row(spec: dict) -> dict:
       stem=m.stem,
       image_size=config.data.image_size,
       dtype=m.dtype,
-      num_classes=config.derived.num_classes,
+      num_classes=num_classes,
       num_devices=n,
       per_device_batch=spec['per_device_batch'],
       global_batch=global_batch,
@@ -370,9 +368,9 @@ def flop_check(per_device_batch: int = 8) -> dict:
       num_classes=1000,
       per_device_batch=per_device_batch,
   )
-  config = make_config(spec, 1)
+  built = make_run(spec, 1)
   start = time.perf_counter()
-  per_image = flops.step_flops(config, 1) / per_device_batch
+  per_image = flops.step_flops(built, 1) / per_device_batch
   issue = flops.ISSUE_RESNET50_BYOL_FLOPS_PER_IMAGE
   return dict(
       config='byol resnet50 bn float32 224px',
@@ -380,7 +378,7 @@ def flop_check(per_device_batch: int = 8) -> dict:
       flops_per_image=per_image,
       issue_flops_per_image=issue,
       flops_vs_issue_ratio=per_image / issue,
-      analytic_flops_per_image=flops.analytic_flops_per_image(config),
+      analytic_flops_per_image=flops.analytic_flops_per_image(built.config),
       seconds=time.perf_counter() - start,
   )
 
@@ -439,7 +437,7 @@ def _cpu_step_flops(spec: dict) -> float:
       _in_child(
           'import json; from benchmarks import throughput as t, flops as f; '
           f'spec = json.loads({json.dumps(one)!r}); '
-          'print(json.dumps(f.step_flops(t.make_config(spec, 1), 1)))',
+          'print(json.dumps(f.step_flops(t.make_run(spec, 1), 1)))',
           JAX_PLATFORMS='cpu',
       )
   )
@@ -632,7 +630,7 @@ def run(args, argv) -> dict:
   """main's body: args the parsed flags, argv the command line behind them."""
   specs = row_specs(args)
   for spec in specs:  # Bad configs fail here, before anything compiles.
-    make_config(spec, spec['num_devices'] or 1)
+    make_run(spec, spec['num_devices'] or 1)
   rows = []
   for spec in specs:
     print(

@@ -65,15 +65,16 @@ def encoder_apply(config) -> Callable[[Any, Any, jax.Array], jax.Array]:
 
 
 @functools.lru_cache(maxsize=2)
-def _jitted_init(key: ml_collections.FrozenConfigDict):
+def _jitted_init(key: ml_collections.FrozenConfigDict, num_classes: int):
   """jit(init_train_state), cached: compiling the initialisers is slow."""
-  method, optimizer = experiment.init_objects(ml_collections.ConfigDict(key))
+  config = ml_collections.ConfigDict(key)
+  method, optimizer = experiment.init_objects(config, num_classes)
   return jax.jit(
       functools.partial(experiment.init_train_state, method, optimizer)
   )
 
 
-def random_encoder(config):
+def random_encoder(config, num_classes: int):
   """Host (params, state) of the encoder at pre-training step 0 for config.seed.
 
   The same initialisation as pre-training, so linear evaluation's random
@@ -82,9 +83,8 @@ def random_encoder(config):
   """
   # Keyed on what the initialisation depends on (not eval/logging fields).
   key = {k: config[k].to_dict() for k in ('model', 'training')}
-  key['derived'] = {'num_classes': config.derived.num_classes}
   key['method'] = config.method
-  init = _jitted_init(ml_collections.FrozenConfigDict(key))
+  init = _jitted_init(ml_collections.FrozenConfigDict(key), num_classes)
   images = experiment.sample_images(config)
   state = init(jax.random.PRNGKey(config.seed), images)
   params, net_state = state.online_params, state.online_state
@@ -155,7 +155,8 @@ def load_pretrained(workdir) -> Pretrained:
   # Read-only: the run may still be training in workdir (its lock, not ours).
   ckpt_dir = workdir_lib.checkpoint_dir(workdir)
   with checkpointing.Checkpointer(ckpt_dir, read_only=True) as ckpt:
-    restored = ckpt.restore_latest(experiment.state_template(config))
+    template = experiment.state_template(config, config.derived.num_classes)
+    restored = ckpt.restore_latest(template)
   if restored is None:
     raise _no_checkpoint(workdir)
   state = restored.state

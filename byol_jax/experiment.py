@@ -51,10 +51,9 @@ class TrainState(NamedTuple):
 
 
 def make_method(
-    config, axis_name: Optional[str] = parallel.AXIS_NAME
+    config, num_classes: int, axis_name: Optional[str] = parallel.AXIS_NAME
 ) -> networks.Method:
   """The networks.Method of `config.method` (validated by plan.build)."""
-  num_classes = config.derived.num_classes
   if config.method == methods.SIMCLR:
     return simclr.make_simclr(
         config.model,
@@ -65,20 +64,18 @@ def make_method(
   return byol.make_byol(config.model, num_classes, axis_name=axis_name)
 
 
-def learning_rate_fn(config):
-  """The run's schedules.learning_rate as fn(step)."""
-  t, d = config.training, config.derived
+def learning_rate_fn(training, plan):
+  """schedules.learning_rate as fn(step): training inputs, a PretrainPlan."""
   return functools.partial(
       schedules.learning_rate,
-      base_learning_rate=t.base_learning_rate,
-      global_batch_size=t.global_batch_size,
-      total_steps=d.total_steps,
-      warmup_steps=d.warmup_steps,
+      base_learning_rate=training.base_learning_rate,
+      global_batch_size=training.global_batch_size,
+      total_steps=plan.total_steps,
+      warmup_steps=plan.warmup_steps,
   )
 
 
-def _lars(config, learning_rate):
-  t = config.training
+def _lars(t, learning_rate):
   return optim.make_optimizer(
       learning_rate,
       weight_decay=t.weight_decay,
@@ -113,14 +110,15 @@ def init_train_state(
   return TrainState(step, base_rng, *trees, optimizer.init(trees[0]))
 
 
-def init_objects(config):
+def init_objects(config, num_classes: int):
   """(method, optimizer) without schedules (LARS's state holds no rate)."""
-  return make_method(config, axis_name=None), _lars(config, lambda step: 0.0)
+  method = make_method(config, num_classes, axis_name=None)
+  return method, _lars(config.training, lambda step: 0.0)
 
 
-def state_template(config) -> TrainState:
+def state_template(config, num_classes: int) -> TrainState:
   """The TrainState as jax.ShapeDtypeStruct leaves (to restore into)."""
-  method, optimizer = init_objects(config)
+  method, optimizer = init_objects(config, num_classes)
   return jax.eval_shape(
       lambda: init_train_state(
           method, optimizer, jax.random.PRNGKey(0), sample_images(config)
@@ -165,6 +163,7 @@ def loss_fn(
 
 def make_update(
     config,
+    plan,
     axis_name: Optional[str] = parallel.AXIS_NAME,
     *,
     augment_fn=augment.augment_examples,
@@ -172,7 +171,8 @@ def make_update(
   """(method, optimizer, update) of the run.
 
   Args:
-    config: a built config (plan.build).
+    config: the run's inputs (plan.build's Run.config).
+    plan: its plan.PretrainPlan (step counts, classes).
     axis_name: the step's collective axis, or None on one device.
     augment_fn: (keys [B], images [B, H, W, 3] in [0, 1], view 1|2) ->
       augmented, normalised images (tests swap in a cheaper one).
@@ -182,10 +182,10 @@ def make_update(
     batch is this device's 'view1', 'view2' [B, H, W, 3] float in [0, 1] and
     'label' [B] int; metrics float32 scalars, pmean'd.
   """
-  method = make_method(config, axis_name)
-  learning_rate = learning_rate_fn(config)
-  optimizer = _lars(config, learning_rate)
-  base_ema, total_steps = config.training.base_ema, config.derived.total_steps
+  method = make_method(config, plan.num_classes, axis_name)
+  learning_rate = learning_rate_fn(config.training, plan)
+  optimizer = _lars(config.training, learning_rate)
+  base_ema, total_steps = config.training.base_ema, plan.total_steps
 
   def update(state: TrainState, batch):
     rng1, rng2 = jax.random.split(jax.random.fold_in(state.rng, state.step))

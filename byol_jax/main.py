@@ -155,7 +155,7 @@ def main(argv):
       built = plan.build(
           config, topology=topology, read_data=False, explicit=explicit
       )
-      print(json.dumps(built.config.to_dict(), indent=2, sort_keys=True))
+      print(json.dumps(built.record(), indent=2, sort_keys=True))
       return
     if not FLAGS.workdir:
       _exit(

@@ -111,10 +111,10 @@ def test_resnet50_byol_flops_match_the_analytic_count():
 
 def test_analytic_count_follows_the_method():
   spec = dict(throughput.DEFAULT_SPEC, depth=10, width=0.25, image_size=16)
-  config = throughput.make_config(spec, 1)
+  config = throughput.make_run(spec, 1).config
   byol = flops.analytic_flops_per_image(config)
   simclr = flops.analytic_flops_per_image(
-      throughput.make_config(dict(spec, method='simclr'), 1)
+      throughput.make_run(dict(spec, method='simclr'), 1).config
   )
   # Per view, SimCLR trains encoder + projector (3 passes); BYOL adds their
   # target forward (1 pass) and the trained predictor (3 passes); 2 views,

@@ -23,8 +23,8 @@ from byol_jax.training import checkpointing
 STEP = 7
 
 
-def tiny_config():
-  return plan.build(configs.experiment_config('tiny')).config
+def tiny_run():
+  return plan.build(configs.experiment_config('tiny'))
 
 
 def random_tree(template, seed):
@@ -43,10 +43,11 @@ def random_tree(template, seed):
 
 @pytest.fixture(scope='module')
 def saved(tmp_path_factory):
-  config = tiny_config()
-  state = random_tree(experiment.state_template(config), seed=0)
+  run = tiny_run()
+  config = run.config
+  state = random_tree(experiment.state_template(config, 10), seed=0)
   workdir = tmp_path_factory.mktemp('pretrain')
-  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  (workdir / 'config.json').write_text(json.dumps(run.record(), indent=2))
   with checkpointing.Checkpointer(workdir / 'checkpoints') as ckpt:
     ckpt.save(STEP, state, force=True)
   return config, state, workdir
@@ -120,7 +121,7 @@ def test_missing_workdir_or_checkpoint_is_a_clear_error(tmp_path):
   no_config.mkdir()
   with pytest.raises(FileNotFoundError, match=r'empty/config\.json not found'):
     encoder.load_encoder(str(no_config))
-  (no_config / 'config.json').write_text(tiny_config().to_json_best_effort())
+  (no_config / 'config.json').write_text(json.dumps(tiny_run().record()))
   with pytest.raises(
       FileNotFoundError, match=r'empty/checkpoints holds no checkpoint'
   ):
@@ -142,9 +143,7 @@ def test_linear_eval_mode_uses_the_pretrained_model(saved, tmp_path):
   config.model.depth = 18  # ignored: the architecture is the checkpoint's
   run = plan.build(config)
   assert run.config.model.depth == 10 and run.config.data.source == 'digits'
-  results = linear_eval.run_linear_eval_from_workdir(
-      run.config, str(tmp_path), source=run.source
-  )
+  results = linear_eval.run_linear_eval_from_workdir(run, str(tmp_path))
   on_disk = json.loads((tmp_path / 'eval_results.json').read_text())
   assert on_disk == results
   assert results['checkpoint_step'] == STEP
@@ -160,21 +159,21 @@ def test_linear_eval_mode_uses_the_pretrained_model(saved, tmp_path):
 
 
 def test_random_encoder_is_a_function_of_the_seed():
-  config = tiny_config()
-  params, state = encoder.random_encoder(config)
+  config = tiny_run().config
+  params, state = encoder.random_encoder(config, 10)
   assert set(params) == set(networks.restrict(params, ('encoder',)))
   config.eval.num_epochs = 3  # eval settings do not change the init
-  again, _ = encoder.random_encoder(config)
+  again, _ = encoder.random_encoder(config, 10)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
     np.testing.assert_array_equal(a, b)
   config.seed = 1
-  other, _ = encoder.random_encoder(config)
+  other, _ = encoder.random_encoder(config, 10)
   assert any(
       np.any(a != b)
       for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(other))
   )
   assert jax.tree.structure(state) == jax.tree.structure(
       networks.restrict(
-          experiment.state_template(config).online_state, ('encoder',)
+          experiment.state_template(config, 10).online_state, ('encoder',)
       )
   )

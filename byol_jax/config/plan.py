@@ -1,9 +1,10 @@
 """The run plan: a config of inputs + the dataset + the devices -> the run.
 
 `build` runs once at start-up, after the `--config.*` overrides: the mode,
-every field validated, the data opened, the splits checked, then the
-`derived` section. Nothing downstream re-derives or re-validates;
-WORKDIR/config.json is the built config.
+every field validated, the data opened, the splits checked, then the typed
+plans (data, pre-training, probe) that the functions below the entry points
+take. Nothing downstream re-derives or re-validates; WORKDIR/config.json is
+`Run.record()`: the inputs and the plans as its `derived` section.
 
 Run length, in order of precedence:
   * training.total_steps > 0 (the `steps=` option) is the step count;
@@ -12,15 +13,15 @@ Run length, in order of precedence:
     train_images // batch_size);
   * the `epochs=` option sets num_epochs and clears a preset's step count
     (`tiny,epochs=30` runs 30 epochs); `--config.training.num_epochs` does
-    not clear an explicit training.total_steps: derived.total_steps_from says
-    which one was used.
+    not clear an explicit training.total_steps: PretrainPlan.total_steps_from
+    says which one was used.
   * training.warmup_steps >= 0 is the warm-up; else warmup_epochs * examples
     // batch. A warm-up longer than the run is shortened to the run (logged,
-    and listed in derived.notes).
+    and listed in Run.notes).
 """
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Tuple
 
 import ml_collections
 
@@ -45,11 +46,89 @@ class Topology:
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
-  """The built config (inputs + `derived`, locked) and its data source."""
+class DataPlan:
+  """What the data gives the run: classes, splits and the data path."""
 
-  config: ml_collections.ConfigDict
+  num_classes: int  # the classifiers' outputs
+  splits: Mapping[str, str]  # {split the run reads: its resolved name}
+  path: str  # sources.IN_MEMORY or sources.STREAMING
+  read: bool  # image files were opened (checked), not only listed
+  in_memory_mb: Optional[float] = None  # IN_MEMORY: what the devices hold
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainPlan:
+  """Pre-training's step counts, learning rate and batch split."""
+
+  num_classes: int
+  num_train_examples: int
+  total_steps: int  # the schedules' length
+  total_steps_from: str  # 'training.total_steps' or 'training.num_epochs'
+  warmup_steps: int
+  stop_step: int  # total_steps, or training.max_steps when earlier
+  peak_learning_rate: float
+  per_host_batch_size: int
+  per_device_batch_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbePlan:
+  """Linear evaluation's steps and rates (probe.py), and what it evaluates."""
+
+  num_classes: int
+  num_train_examples: int
+  steps: int
+  peak_learning_rates: Tuple[float, ...]  # one per eval.learning_rates
+  sweep_valid_split: str = ''  # '' : sweep_valid_examples held out of train
+  sweep_valid_examples: int = 0
+  sweep_steps: int = 0
+  checkpoint_step: Optional[int] = None  # linear_eval mode: the run's step
+  pretrain_finished: Optional[bool] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """The built run: the locked inputs, the data source and the plans."""
+
+  config: ml_collections.ConfigDict  # inputs only, locked
   source: Any  # read_data=False: a listing or a stand-in sources.TfdsSource
+  mode: str  # 'pretrain' or 'linear_eval'
+  data: DataPlan
+  pretrain: Optional[PretrainPlan] = None  # mode 'pretrain'
+  probe: Optional[ProbePlan] = None  # linear_eval, or eval.after_pretraining
+  notes: Tuple[str, ...] = ()  # logged as the run starts
+
+  def record(self) -> dict:
+    """The inputs + `derived`: the plans, flat (config.json, --dry_run)."""
+    d, data = dict(mode=self.mode), self.data
+    d.update(
+        data_read=data.read,
+        num_classes=data.num_classes,
+        splits=dict(data.splits),
+        data_path=data.path,
+    )
+    if data.in_memory_mb is not None:
+      d['in_memory_mb'] = data.in_memory_mb
+    if self.pretrain:
+      d.update(dataclasses.asdict(self.pretrain))
+    if p := self.probe:
+      d.update(
+          eval_num_train_examples=p.num_train_examples,
+          eval_steps=p.steps,
+          eval_peak_learning_rates=list(p.peak_learning_rates),
+      )
+      if len(p.peak_learning_rates) > 1:
+        d.update(
+            eval_sweep_valid_split=p.sweep_valid_split,
+            eval_sweep_valid_examples=p.sweep_valid_examples,
+            eval_sweep_steps=p.sweep_steps,
+        )
+      if p.checkpoint_step is not None:
+        d.update(
+            pretrain_checkpoint_step=p.checkpoint_step,
+            pretrain_finished=p.pretrain_finished,
+        )
+    return dict(self.config.to_dict(), derived=dict(d, notes=list(self.notes)))
 
 
 # Sections that describe the checkpoint: linear evaluation takes them from
@@ -149,75 +228,82 @@ def sweep_valid_split(config, source) -> str:
   return '' if valid in others else 'linear_valid'
 
 
-def _derive(config, mode: str, source, topology: Topology, notes) -> dict:
-  """The derived step counts, learning rates and batches."""
-  t, e = config.training, config.eval
-  d = {}
-  if mode == 'pretrain':
-    n = int(source.num_examples(config.data.pretrain_split))
-    b = t.global_batch_size
-    if t.total_steps > 0:
-      total, d['total_steps_from'] = t.total_steps, 'training.total_steps'
-    else:
-      total = epochs_to_steps(t.num_epochs, n, b)
-      d['total_steps_from'] = 'training.num_epochs'
-      if total <= 0:
-        validation.fail(
-            'training.num_epochs',
-            t.num_epochs,
-            f'gives 0 steps of batch {b} over {n} examples; raise it, lower '
-            'training.global_batch_size, or set training.total_steps.',
-        )
-    warmup = t.warmup_steps
-    if warmup < 0:
-      warmup = epochs_to_steps(t.warmup_epochs, n, b)
-    if warmup > total:  # runner.py logs the notes once the run may start.
-      notes.append(
-          f"warm-up shortened from {warmup} to the run's {total} steps"
-      )
-      warmup = total
-    d.update(
-        num_train_examples=n,
-        total_steps=int(total),
-        warmup_steps=int(warmup),
-        stop_step=int(total if t.max_steps < 0 else min(t.max_steps, total)),
-        peak_learning_rate=schedules.peak_learning_rate(
-            t.base_learning_rate, b
-        ),
-        per_host_batch_size=b // topology.process_count,
-        per_device_batch_size=b // topology.device_count,
+def _pretrain_plan(config, source, topology, num_classes, notes):
+  t = config.training
+  n, b = (
+      int(source.num_examples(config.data.pretrain_split)),
+      t.global_batch_size,
+  )
+  total, total_from = t.total_steps, 'training.total_steps'
+  if total <= 0:
+    total, total_from = (
+        epochs_to_steps(t.num_epochs, n, b),
+        'training.num_epochs',
     )
-  if mode == 'linear_eval' or e.after_pretraining:
-    n = source.num_examples(e.train_split)
-    # Steps of the probe: eval.num_epochs full passes of whole batches.
-    d['eval_num_train_examples'] = n
-    d['eval_steps'] = int(e.num_epochs * max(1, n // e.global_batch_size))
-    d['eval_peak_learning_rates'] = [
-        schedules.peak_learning_rate(r, e.global_batch_size)
-        for r in e.learning_rates
-    ]
-    if len(e.learning_rates) > 1:
-      valid_split = sweep_valid_split(config, source)
-      if valid_split:  # ImageNet: train[:10000], apart from train[10000:].
-        valid, rest = int(source.num_examples(valid_split)), n
-      else:
-        valid = e.sweep_valid_examples
-        if valid == -1:  # a fifth, at most ImageNet's 10,000
-          valid = max(1, min(sources.IMAGENET_VALID_EXAMPLES, n // 5))
-        validation.check(
-            valid < n,
-            'eval.sweep_valid_examples',
-            valid,
-            f'must be below the {n} examples of eval.train_split '
-            f'{e.train_split!r}: the learning-rate sweep trains on the rest.',
-        )
-        rest = n - valid
-      d['eval_sweep_valid_split'] = valid_split
-      d['eval_sweep_valid_examples'] = valid
-      d['eval_sweep_steps'] = int(
-          e.num_epochs * max(1, rest // e.global_batch_size)
+    if total <= 0:
+      validation.fail(
+          'training.num_epochs',
+          t.num_epochs,
+          f'gives 0 steps of batch {b} over {n} examples; raise it, lower '
+          'training.global_batch_size, or set training.total_steps.',
       )
-  return d
+  warmup = t.warmup_steps
+  if warmup < 0:
+    warmup = epochs_to_steps(t.warmup_epochs, n, b)
+  if warmup > total:
+    notes.append(f"warm-up shortened from {warmup} to the run's {total} steps")
+    warmup = total
+  return PretrainPlan(
+      num_classes=num_classes,
+      num_train_examples=n,
+      total_steps=int(total),
+      total_steps_from=total_from,
+      warmup_steps=int(warmup),
+      stop_step=int(total if t.max_steps < 0 else min(t.max_steps, total)),
+      peak_learning_rate=schedules.peak_learning_rate(t.base_learning_rate, b),
+      per_host_batch_size=b // topology.process_count,
+      per_device_batch_size=b // topology.device_count,
+  )
+
+
+def _probe_plan(config, source, num_classes, **pretrained) -> ProbePlan:
+  e = config.eval
+  n = source.num_examples(e.train_split)
+  # eval.num_epochs full passes of whole batches.
+  epoch_steps = lambda examples: max(1, examples // e.global_batch_size)
+  plan = ProbePlan(
+      num_classes=num_classes,
+      num_train_examples=n,
+      steps=int(e.num_epochs * epoch_steps(n)),
+      peak_learning_rates=tuple(
+          schedules.peak_learning_rate(r, e.global_batch_size)
+          for r in e.learning_rates
+      ),
+      **pretrained,
+  )
+  if len(e.learning_rates) == 1:
+    return plan
+  valid_split = sweep_valid_split(config, source)
+  if valid_split:  # ImageNet: train[:10000], apart from train[10000:].
+    valid, rest = int(source.num_examples(valid_split)), n
+  else:
+    valid = e.sweep_valid_examples
+    if valid == -1:  # a fifth, at most ImageNet's 10,000
+      valid = max(1, min(sources.IMAGENET_VALID_EXAMPLES, n // 5))
+    validation.check(
+        valid < n,
+        'eval.sweep_valid_examples',
+        valid,
+        f'must be below the {n} examples of eval.train_split '
+        f'{e.train_split!r}: the learning-rate sweep trains on the rest.',
+    )
+    rest = n - valid
+  return dataclasses.replace(
+      plan,
+      sweep_valid_split=valid_split,
+      sweep_valid_examples=valid,
+      sweep_steps=int(e.num_epochs * epoch_steps(rest)),
+  )
 
 
 def build(
@@ -242,11 +328,11 @@ def build(
   if mode == 'linear_eval':
     workdir = inputs.eval.pretrain_workdir
     try:
-      pretrained = encoder.saved_config(workdir)
+      pretrained_config = encoder.saved_config(workdir)
       checkpoint_step = encoder.latest_checkpoint_step(workdir)
     except (FileNotFoundError, ValueError) as e:
       raise ConfigError(f'eval.pretrain_workdir={workdir!r}: {e}') from None
-    inputs = eval_inputs(inputs, pretrained, explicit)
+    inputs = eval_inputs(inputs, pretrained_config, explicit)
   if topology is None:
     import jax  # pylint: disable=g-import-not-at-top
 
@@ -281,39 +367,43 @@ def build(
           'least that many outputs, or -1 to take them from the dataset.',
       )
     num_classes = data.num_classes
-  notes = []
-  derived = dict(
-      mode=mode,
-      # Whether image files were opened (checked) rather than only listed.
-      data_read=read_data and not getattr(source, 'stand_in', False),
-      num_classes=num_classes,
-      splits=_check_splits(inputs, mode, source),
-      **_derive(inputs, mode, source, topology, notes),
-      data_path=data_path,
-  )
-  if data_path == sources.IN_MEMORY:
-    images = getattr(source, 'images', None)
-    if images is not None:  # read: what the devices will hold
-      megabytes = round(sum(x.nbytes for x in images.values()) / 2**20, 1)
-    derived['in_memory_mb'] = -1 if megabytes is None else megabytes
+  notes, pretrained = [], {}
   if mode == 'linear_eval':
     # The pre-training run's own plan (its schedules shape the checkpoint).
-    total = (pretrained.get('derived') or {}).get('total_steps', -1)
+    total = (pretrained_config.get('derived') or {}).get('total_steps', -1)
     finished = bool(total > 0 and checkpoint_step >= total)
-    derived.update(
-        pretrain_checkpoint_step=checkpoint_step, pretrain_finished=finished
+    pretrained = dict(
+        checkpoint_step=checkpoint_step, pretrain_finished=finished
     )
     if not finished:
       notes.append(
           f'evaluating step {checkpoint_step} of a pre-training run of '
           f'{total} steps: the run is unfinished'
       )
-    old = pretrained.data
+    old = pretrained_config.data
     if (data.source, data.image_size) != (old.source, old.image_size):
       notes.append(
           f'evaluating on {data.source} at {data.image_size}px '
           f'an encoder pre-trained on {old.source} at {old.image_size}px'
       )
-  inputs.derived = ml_collections.ConfigDict(dict(derived, notes=notes))
+  splits = _check_splits(inputs, mode, source)
+  pretrain = probe = None
+  if mode == 'pretrain':
+    pretrain = _pretrain_plan(inputs, source, topology, num_classes, notes)
+  if mode == 'linear_eval' or inputs.eval.after_pretraining:
+    probe = _probe_plan(inputs, source, num_classes, **pretrained)
+  if data_path != sources.IN_MEMORY:
+    megabytes = None
+  elif (images := getattr(source, 'images', None)) is not None:
+    megabytes = round(sum(x.nbytes for x in images.values()) / 2**20, 1)
+  elif megabytes is None:
+    megabytes = -1
+  data_plan = DataPlan(
+      num_classes=num_classes,
+      splits=splits,
+      path=data_path,
+      read=read_data and not getattr(source, 'stand_in', False),
+      in_memory_mb=megabytes,
+  )
   inputs.lock()
-  return Run(inputs, source)
+  return Run(inputs, source, mode, data_plan, pretrain, probe, tuple(notes))

@@ -135,7 +135,9 @@ def knn_top1(config, num_classes: int, train, test) -> float:
   )
 
 
-def knn_eval(config, source, params, state, *, devices=None) -> float:
+def knn_eval(
+    config, num_classes: int, source, params, state, *, devices=None
+) -> float:
   """The kNN monitor: top-1 of eval.test_split against linear_train's subset.
 
   k = KNN_K, T = KNN_TEMPERATURE, centre crops (monitors.knn_accuracy).
@@ -148,4 +150,4 @@ def knn_eval(config, source, params, state, *, devices=None) -> float:
       max_examples=config.logging.knn_max_train_examples,
   )
   test = extract(split=config.eval.test_split)
-  return knn_top1(config, config.derived.num_classes, train, test)
+  return knn_top1(config, num_classes, train, test)

@@ -16,13 +16,13 @@ from byol_jax import losses
 from byol_jax.evaluation import features
 from byol_jax.evaluation import probe
 from byol_jax.methods import networks
-from byol_jax.training import resume
 from byol_jax.training import workdir as workdir_lib
 
 
-def _probe(config, source, params, state, devices):
+def _probe(run, params, state, devices):
   """(results, test features) of a linear probe on one encoder."""
-  e, d = config.eval, config.derived
+  config, source, plan = run.config, run.source, run.probe
+  e, num_classes = config.eval, run.probe.num_classes
   params, state = (networks.restrict(x, ('encoder',)) for x in (params, state))
   extract = functools.partial(
       features.extract_features, config, source, params, state, devices=devices
@@ -38,34 +38,30 @@ def _probe(config, source, params, state, devices):
   )
   results, chosen = {}, 0
   if sweep:
-    valid = d.eval_sweep_valid_split
+    valid = plan.sweep_valid_split
     chosen, results['sweep'] = probe.sweep_learning_rate(
-        config,
-        source,
-        train,
-        d.num_classes,
-        extract(split=valid) if valid else None,
+        config, plan, source, train, extract(split=valid) if valid else None
     )
     results.update(
         sweep_on='centre-crop features',
         sweep_valid_split=valid
-        or f'{d.eval_sweep_valid_examples} of {e.train_split}',
-        sweep_valid_examples=int(d.eval_sweep_valid_examples),
+        or f'{plan.sweep_valid_examples} of {e.train_split}',
+        sweep_valid_examples=int(plan.sweep_valid_examples),
     )
-  peak = d.eval_peak_learning_rates[chosen]
+  peak = plan.peak_learning_rates[chosen]
   clf_params = probe.train_final_probe(
-      config, source, params, state, train, d.num_classes, peak, devices
+      config, plan, source, params, state, train, peak, devices
   )
-  logits = jax.jit(probe.classifier(d.num_classes).apply)(clf_params, test[0])
-  top5 = min(5, d.num_classes)
+  logits = jax.jit(probe.classifier(num_classes).apply)(clf_params, test[0])
+  top5 = min(5, num_classes)
   results.update(
       top1=float(losses.topk_correct(logits, test[1], 1).mean()),
       top5=float(losses.topk_correct(logits, test[1], top5).mean()),
-      knn_top1=features.knn_top1(config, d.num_classes, train, test),
-      num_train=int(d.eval_num_train_examples),
+      knn_top1=features.knn_top1(config, num_classes, train, test),
+      num_train=int(plan.num_train_examples),
       num_test=int(len(test[1])),
       epochs=int(e.num_epochs),
-      steps=int(d.eval_steps),
+      steps=int(plan.steps),
       base_learning_rate=float(e.learning_rates[chosen]),
       learning_rate=float(peak),
       global_batch_size=int(e.global_batch_size),
@@ -87,17 +83,18 @@ def online_top1(params, test, num_classes: int) -> Optional[float]:
 
 
 def run_linear_eval(
-    config, workdir, params, state, *, source, tag='', devices=None, extra=None
+    run, workdir, params, state, *, tag='', devices=None, extra=None
 ) -> dict:
   """Linear evaluation of a frozen encoder; writes WORKDIR/eval_results.json.
 
-  Returns its dict: 'top1', 'top5' (top-min(5, classes)), 'knn_top1' in [0, 1],
-  the probe's settings, 'sweep' (held-out top-1 per base rate), 'online_top1',
-  'tag'; 'random_init', the same for the random encoder (eval.random_baseline).
+  `run`: plan.build's, with a probe plan. Returns a dict: 'top1', 'top5'
+  (top-min(5, classes)), 'knn_top1' in [0, 1], the probe's settings, 'sweep'
+  (held-out top-1 per base rate), 'online_top1', 'tag'; 'random_init', the
+  same for the random encoder (eval.random_baseline).
   """
-  resume.check_built(config)
-  results, test = _probe(config, source, params, state, devices)
-  online = online_top1(params, test, config.derived.num_classes)
+  config, num_classes = run.config, run.probe.num_classes
+  results, test = _probe(run, params, state, devices)
+  online = online_top1(params, test, num_classes)
   if online is not None:
     results['online_top1'] = online
   results.update(tag=tag, **(extra or {}))
@@ -106,7 +103,7 @@ def run_linear_eval(
       ' / %d test images, %d steps)',
       f' [{tag}]' if tag else '',
       100 * results['top1'],
-      min(5, config.derived.num_classes),
+      min(5, num_classes),
       100 * results['top5'],
       100 * results['knn_top1'],
       results['num_train'],
@@ -114,8 +111,8 @@ def run_linear_eval(
       results['steps'],
   )
   if config.eval.random_baseline:
-    rparams, rstate = encoder_lib.random_encoder(config)
-    results['random_init'], _ = _probe(config, source, rparams, rstate, devices)
+    rparams, rstate = encoder_lib.random_encoder(config, num_classes)
+    results['random_init'], _ = _probe(run, rparams, rstate, devices)
     logging.info(
         'trained encoder top-1 %.2f%% vs random encoder top-1 %.2f%%',
         100 * results['top1'],
@@ -131,21 +128,19 @@ def run_linear_eval(
   return results
 
 
-def run_linear_eval_from_workdir(config, workdir, *, source, extra=None):
-  """run_linear_eval of config.eval.pretrain_workdir's latest checkpoint."""
-  resume.check_built(config)
-  pretrained = encoder_lib.load_pretrained(config.eval.pretrain_workdir)
+def run_linear_eval_from_workdir(run, workdir, *, extra=None):
+  """run_linear_eval of eval.pretrain_workdir's latest checkpoint."""
+  pretrained = encoder_lib.load_pretrained(run.config.eval.pretrain_workdir)
   return run_linear_eval(
-      config,
+      run,
       workdir,
       pretrained.params,
       pretrained.state,
-      source=source,
       extra={
           'pretrain_workdir': pretrained.workdir,
           'checkpoint_step': pretrained.step,
-          'pretrain_finished': bool(config.derived.pretrain_finished),
-          'data_source': config.data.source,
+          'pretrain_finished': bool(run.probe.pretrain_finished),
+          'data_source': run.config.data.source,
           **(extra or {}),
       },
   )

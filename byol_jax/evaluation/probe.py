@@ -105,13 +105,14 @@ def train_probes(
   return jax.device_get(params)
 
 
-def sweep_learning_rate(config, source, train, num_classes: int, valid=None):
+def sweep_learning_rate(config, plan, source, train, valid=None):
   """(index of the chosen rate, {base rate: held-out top-1}) on valid, the
-  validation split's (features, labels), or (None) a part of train held out."""
-  e, d = config.eval, config.derived
+  validation split's (features, labels), or (None) a part of train held out.
+  plan: the run's plan.ProbePlan."""
+  e, num_classes = config.eval, plan.num_classes
   feats, labels = train
   if valid is None:
-    n, num_valid = len(labels), d.eval_sweep_valid_examples
+    n, num_valid = len(labels), plan.sweep_valid_examples
     if isinstance(source, sources.TfdsSource):
       held = np.arange(num_valid)  # train[:N], as the ImageNet protocol.
     else:
@@ -122,9 +123,9 @@ def sweep_learning_rate(config, source, train, num_classes: int, valid=None):
   probes = train_probes(
       feats,
       labels,
-      d.eval_peak_learning_rates,
+      plan.peak_learning_rates,
       num_classes=num_classes,
-      steps=d.eval_sweep_steps,
+      steps=plan.sweep_steps,
       batch_size=e.global_batch_size,
       momentum=e.momentum,
       seed=config.seed,
@@ -143,27 +144,27 @@ def sweep_learning_rate(config, source, train, num_classes: int, valid=None):
 
 
 def train_final_probe(
-    config, source, params, state, train, num_classes, peak, devices=None
+    config, plan, source, params, state, train, peak, devices=None
 ):
   """The probe on all of eval.train_split at `peak`, on crops or features.
 
   eval.augment: per-step random crops through the frozen encoder (pmapped);
   else the precomputed centre-crop features `train` (features [N, D], labels).
   """
-  e, d = config.eval, config.derived
+  e, steps, num_classes = config.eval, plan.steps, plan.num_classes
   if not e.augment:
     probes = train_probes(
         *train,
         [peak],
         num_classes=num_classes,
-        steps=d.eval_steps,
+        steps=steps,
         batch_size=e.global_batch_size,
         momentum=e.momentum,
         seed=config.seed,
     )
     return jax.tree.map(lambda x: x[0], probes)
   local = list(devices or jax.local_devices())
-  optimizer = _probe_optimizer(peak, d.eval_steps, e.momentum)
+  optimizer = _probe_optimizer(peak, steps, e.momentum)
   loss_fn = make_loss(config, num_classes, encode=True)
 
   def step(clf_params, opt_state, enc_params, enc_state, batch):
@@ -198,14 +199,14 @@ def train_final_probe(
   batches = pipeline.prefetch_to_device(it, devices=local)
   first = next(batches)
   sync.compile_then_sync(step_fn, rclf, ropt, *renc, first, name='the probe')
-  log_every = max(1, d.eval_steps // 10)
-  for i, batch in zip(range(d.eval_steps), itertools.chain([first], batches)):
+  log_every = max(1, steps // 10)
+  for i, batch in zip(range(steps), itertools.chain([first], batches)):
     rclf, ropt, m = step_fn(rclf, ropt, *renc, batch)
-    if (i + 1) % log_every == 0 or i + 1 == d.eval_steps:
+    if (i + 1) % log_every == 0 or i + 1 == steps:
       m = jax.device_get(parallel.unreplicate(m))
       logging.info(
           'linear eval step %(step)d/%(steps)d: loss %(loss).4f, batch top-1'
           ' %(top1).3f',
-          dict(m, step=i + 1, steps=d.eval_steps),
+          dict(m, step=i + 1, steps=steps),
       )
   return jax.device_get(parallel.unreplicate(rclf))

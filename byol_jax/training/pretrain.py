@@ -53,10 +53,10 @@ def _checkpointer(config, workdir, async_save: bool = False):
   )
 
 
-def check_workdir(config, workdir) -> dict:
+def check_workdir(run, workdir) -> dict:
   """resume.check_resume on the workdir's checkpoints (on every process)."""
-  with _checkpointer(config, workdir) as ckpt:
-    return resume.check_resume(config, ckpt)
+  with _checkpointer(run.config, workdir) as ckpt:
+    return resume.check_resume(run, ckpt)
 
 
 def _stream(config, source, batch_size, **kwargs):
@@ -72,7 +72,7 @@ def _stream(config, source, batch_size, **kwargs):
   )
 
 
-def _initial_state(config, method, optimizer, source):
+def _initial_state(config, num_classes, method, optimizer, source):
   """Fresh TrainState (with the modified init of §3.2 when configured)."""
   # Jitted: one compilation, not one per initialiser op (hosts other than
   # process 0 never hit the compilation cache); the eager init's values bit
@@ -117,7 +117,7 @@ def _initial_state(config, method, optimizer, source):
       len(images),
   )
   return modified_init.apply_to_state(
-      state, config.model, config.derived.num_classes, images, chunk
+      state, config.model, num_classes, images, chunk
   )
 
 
@@ -160,20 +160,22 @@ class _MetricsBuffer:
     self.low = self.low + 1 if low else 0
 
 
-def train(config, workdir, *, source) -> dict:
-  """Pre-trains (or resumes) in `workdir`: {step, preempted, metrics, sha}."""
-  resume.check_built(config)
+def train(run, workdir) -> dict:
+  """Pre-trains (or resumes) plan.build's `run` in `workdir`: {step,
+  preempted, metrics, state_sha256}."""
+  config, source, d = run.config, run.source, run.pretrain
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  t, d, lg = config.training, config.derived, config.logging
+  t, lg = config.training, config.logging
   # Asynchronous saves: a scheduled checkpoint stalls the loop for the
   # device-to-host copy only; ckpt.close() below waits for the writes.
   ckpt = _checkpointer(config, workdir, async_save=True)
-  trajectory_changes = resume.check_resume(config, ckpt)
-  method, optimizer, update = experiment.make_update(config)
-  restored = ckpt.restore_latest(experiment.state_template(config))
+  trajectory_changes = resume.check_resume(run, ckpt)
+  method, optimizer, update = experiment.make_update(config, d)
+  template = experiment.state_template(config, d.num_classes)
+  restored = ckpt.restore_latest(template)
   resume.write_config(
-      config,
+      run,
       workdir,
       start_step=0 if restored is None else restored.step,
       trajectory_changes=trajectory_changes,
@@ -182,7 +184,7 @@ def train(config, workdir, *, source) -> dict:
     state = restored.state
     logging.info('Resumed from %s at step %d.', ckpt.directory, restored.step)
   else:
-    state = _initial_state(config, method, optimizer, source)
+    state = _initial_state(config, d.num_classes, method, optimizer, source)
   # Wall time summed over every segment of a resumed run.
   resumed_s = restored.extra.get('wall_time_s', 0) if restored else 0
   start_time = time.time()
@@ -214,7 +216,7 @@ def train(config, workdir, *, source) -> dict:
     data = itertools.chain([first_batch], data)
   metrics = _MetricsBuffer(writer, ckpt, lg.collapse_stop_below)
   collapsed = lambda: metrics.low >= lg.collapse_stop_after
-  trajectory = resume.trajectory(config)
+  trajectory = resume.trajectory(run)
   preempted, agreements = False, 0  # agreements: all-gathers (logged, tested)
 
   # The checkpoint clock counts training time, not restoring and compiling.
@@ -232,7 +234,11 @@ def train(config, workdir, *, source) -> dict:
           metrics.flush()
           online = parallel.unreplicate(rstate)  # frozen, in eval mode
           knn = features.knn_eval(
-              config, source, online.online_params, online.online_state
+              config,
+              d.num_classes,
+              source,
+              online.online_params,
+              online.online_state,
           )
           writer.write(step, {'knn_top1': knn})
         decision = preemption.decide(watcher, ckpt, logging_step)
@@ -335,8 +341,11 @@ def _check_same_state(state, step: int, which: str) -> str:
   return fingerprint
 
 
-def load_latest_state(config, workdir) -> Optional[experiment.TrainState]:
+def load_latest_state(
+    config, num_classes: int, workdir
+) -> Optional[experiment.TrainState]:
   """The workdir's latest checkpointed TrainState (host NumPy), or None."""
+  template = experiment.state_template(config, num_classes)
   with checkpointing.Checkpointer(workdir_lib.checkpoint_dir(workdir)) as ckpt:
-    restored = ckpt.restore_latest(experiment.state_template(config))
+    restored = ckpt.restore_latest(template)
   return None if restored is None else restored.state

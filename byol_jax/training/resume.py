@@ -38,16 +38,6 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(tree)
 
 
-def check_built(config) -> None:
-  """Raises TypeError for a config that did not go through plan.build."""
-  if 'derived' not in config:
-    raise TypeError(
-        'this function takes a built config: call '
-        'byol_jax.config.plan.build(config) first (it derives the step '
-        'counts and validates the fields).'
-    )
-
-
 # Fields that do not change the trajectory of pre-training: when to stop
 # (max_steps), where data lives, and the inputs the derived step counts replace.
 _NOT_TRAJECTORY = (
@@ -88,12 +78,13 @@ def flatten(tree: dict, prefix: str = '') -> dict:
   return out
 
 
-def trajectory(config) -> dict:
-  """{dotted field: value} of what shapes pre-training (sorted)."""
+def trajectory(run) -> dict:
+  """{dotted field: value} of what shapes a plan.Run's pre-training (sorted)."""
+  config, derived = run.config, run.record()['derived']
   tree = {'method': config.method, 'seed': config.seed}
   for section in ('model', 'training', 'data'):
     tree[section] = config[section].to_dict()
-  tree['derived'] = {k: config.derived.get(k) for k in _TRAJECTORY_DERIVED}
+  tree['derived'] = {k: derived.get(k) for k in _TRAJECTORY_DERIVED}
   flat = flatten(tree)
   return {k: v for k, v in sorted(flat.items()) if k not in _NOT_TRAJECTORY}
 
@@ -114,9 +105,12 @@ def describe_changes(diff: dict) -> str:
   return ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in diff.items())
 
 
-def check_resume(config, ckpt) -> dict:
-  """The trajectory changes a run resumes under from `ckpt`; ConfigError if
-  the network changed, or anything without checkpoint.allow_changed_config."""
+def check_resume(run, ckpt) -> dict:
+  """The trajectory changes a plan.Run resumes under from `ckpt`.
+
+  ConfigError if the network changed, or if anything did without
+  checkpoint.allow_changed_config.
+  """
   latest = ckpt.latest_extra()
   if latest is None:
     return {}
@@ -129,7 +123,7 @@ def check_resume(config, ckpt) -> dict:
         where,
     )
     return {}
-  diff = changes(upgrade_trajectory(old), trajectory(config))
+  diff = changes(upgrade_trajectory(old), trajectory(run))
   if structural := {
       k: v
       for k, v in diff.items()
@@ -140,7 +134,7 @@ def check_resume(config, ckpt) -> dict:
         'checkpoint cannot be resumed under another architecture (not even '
         'with checkpoint.allow_changed_config): use a fresh --workdir.'
     )
-  if diff and not config.checkpoint.allow_changed_config:
+  if diff and not run.config.checkpoint.allow_changed_config:
     raise validation.ConfigError(
         f'{where} trained under another config: {describe_changes(diff)}. '
         'Resume with the old values, use a fresh --workdir, or pass '
@@ -158,13 +152,14 @@ def check_resume(config, ckpt) -> dict:
 
 
 def write_config(
-    config, workdir, *, start_step: int, trajectory_changes: dict
+    run, workdir, *, start_step: int, trajectory_changes: dict
 ) -> None:
-  """Process 0: config.json, and a config_history.jsonl line if it changed."""
+  """Process 0: config.json (Run.record), and a config_history.jsonl line if
+  it changed."""
   if jax.process_index() != 0:
     return
   path = workdir_lib.config_path(workdir)
-  text = config.to_json_best_effort(indent=2)
+  text = json.dumps(run.record(), indent=2, sort_keys=True)
   old = path.read_text() if path.exists() else None
   diff = {}
   if old is not None:

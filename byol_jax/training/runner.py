@@ -36,7 +36,7 @@ def run(
   built = plan.build(config, topology=topology, explicit=explicit)
   try:
     with _training_lock(workdir):
-      return _run(built.config, built.source, workdir, on_checked)
+      return _run(built, workdir, on_checked)
   except Exception as e:  # pylint: disable=broad-except
     if not _is_disk_full(e):
       raise
@@ -52,14 +52,17 @@ def run(
     ) from e
 
 
-def _run(config, source, workdir, on_checked) -> dict:
-  pretraining = config.derived.mode == 'pretrain'
+def _run(run, workdir, on_checked) -> dict:
+  config, pretraining = run.config, run.mode == 'pretrain'
   if pretraining:
-    pretrain.check_workdir(config, workdir)  # before anything is logged
+    pretrain.check_workdir(run, workdir)  # before anything is logged
   if on_checked is not None:
     on_checked()
-  logging.info('Config (inputs and derived values):\n%s', config)
-  for note in config.derived.notes:
+  logging.info(
+      'Config (inputs and derived values):\n%s',
+      json.dumps(run.record(), indent=2, sort_keys=True),
+  )
+  for note in run.notes:
     logging.warning('Note: %s.', note)
   logging.info(
       'Process %d of %d, %d local device(s) of %d: %s',
@@ -69,30 +72,27 @@ def _run(config, source, workdir, on_checked) -> dict:
       jax.device_count(),
       jax.local_devices(),
   )
-  signature = {'eval_inputs': eval_signature(config)}
+  signature = {'eval_inputs': eval_signature(run)}
   if not pretraining:
-    step = config.derived.pretrain_checkpoint_step
-    return _done_eval(config, workdir, step) or (
-        linear_eval.run_linear_eval_from_workdir(
-            config, workdir, source=source, extra=signature
-        )
+    step = run.probe.checkpoint_step
+    return _done_eval(run, workdir, step) or (
+        linear_eval.run_linear_eval_from_workdir(run, workdir, extra=signature)
     )
-  summary = pretrain.train(config, workdir, source=source)
+  summary = pretrain.train(run, workdir)
   step = summary['step']
   if (
       config.eval.after_pretraining
       and not summary['preempted']
-      and step >= config.derived.total_steps
+      and step >= run.pretrain.total_steps
   ):
-    summary['eval'] = _done_eval(config, workdir, step)
+    summary['eval'] = _done_eval(run, workdir, step)
     if summary['eval'] is None:
-      state = pretrain.load_latest_state(config, workdir)
+      state = pretrain.load_latest_state(config, run.data.num_classes, workdir)
       summary['eval'] = linear_eval.run_linear_eval(
-          config,
+          run,
           workdir,
           state.online_params,
           state.online_state,
-          source=source,
           extra={'checkpoint_step': step, **signature},
       )
   return summary
@@ -140,23 +140,24 @@ def _is_disk_full(error) -> bool:
   return False
 
 
-def eval_signature(config) -> dict:
+def eval_signature(run) -> dict:
   """What a linear evaluation's numbers depend on besides the encoder (flat)."""
+  config = run.config
   tree = {
       'eval': config.eval.to_dict(),
       'seed': config.seed,
       'data': config.data.to_dict(),
-      'splits': config.derived.splits.to_dict(),
-      'num_classes': config.derived.num_classes,
+      'splits': dict(run.data.splits),
+      'num_classes': run.data.num_classes,
   }
   return json.loads(json.dumps(resume.flatten(tree)))
 
 
-def _done_eval(config, workdir, step):
-  """eval_results.json when it holds this step's evaluation under config."""
+def _done_eval(run, workdir, step):
+  """eval_results.json when it holds this step's evaluation under the run."""
   path = workdir_lib.eval_results_path(workdir)
   results = json.loads(path.read_text()) if path.exists() else {}
-  done = {'checkpoint_step': step, 'eval_inputs': eval_signature(config)}
+  done = {'checkpoint_step': step, 'eval_inputs': eval_signature(run)}
   if any(results.get(k) != v for k, v in done.items()):
     return None
   logging.info('Linear evaluation of step %d already in %s.', step, path)

@@ -48,10 +48,9 @@ def parse(config_arg: str, *overrides: str, with_explicit=False):
 
 
 def derived(config_arg: str, *overrides: str, topology=EIGHT):
-  config = plan.build(
+  d = plan.build(
       parse(config_arg, *overrides), topology=topology, read_data=False
-  ).config
-  d = config.derived
+  ).pretrain
   return d.total_steps, d.warmup_steps, d.peak_learning_rate
 
 
@@ -163,18 +162,18 @@ def test_get_config_derives_nothing():
 
 
 def test_derived_section_values():
-  config = plan.build(
+  run = plan.build(
       parse('gn_ws.py', '--config.training.max_steps=100'),
       topology=plan.Topology(2, 4),
       read_data=False,
-  ).config
-  d = config.derived
-  assert d.mode == 'pretrain' and not d.data_read
+  )
+  config, d, p = run.config, run.pretrain, run.probe
+  assert run.mode == 'pretrain' and not run.data.read
   assert (d.num_train_examples, d.num_classes) == (1_281_167, 1000)
   assert (d.per_host_batch_size, d.per_device_batch_size) == (2048, 512)
   assert d.stop_step == 100 and d.total_steps_from == 'training.num_epochs'
   # ImageNet protocol splits (official byol/utils/dataset.py).
-  assert d.splits.to_dict() == {
+  assert run.data.splits == {
       'pretrain': 'train',
       'linear_train': 'train[10000:]',
       'test': 'validation',
@@ -182,14 +181,21 @@ def test_derived_section_values():
   # The probe: 80 epochs x (1271167 // 1024) steps; the grid of base rates
   # (0.4, 0.3, 0.2, 0.1, 0.05) x 1024 / 256, chosen on train[:10000] with the
   # probes trained on train[10000:] (all 1241 batches per epoch).
-  assert d.eval_num_train_examples == 1_271_167
-  assert d.eval_steps == 80 * 1241
-  assert d.eval_peak_learning_rates == [1.6, 1.2, 0.8, 0.4, 0.2]
-  assert (
-      d.eval_sweep_valid_split,
-      d.eval_sweep_valid_examples,
-      d.eval_sweep_steps,
-  ) == ('linear_valid', 10_000, 80 * 1241)
+  assert p.num_train_examples == 1_271_167
+  assert p.steps == 80 * 1241
+  assert p.peak_learning_rates == (1.6, 1.2, 0.8, 0.4, 0.2)
+  assert (p.sweep_valid_split, p.sweep_valid_examples, p.sweep_steps) == (
+      'linear_valid',
+      10_000,
+      80 * 1241,
+  )
+  # config.json's `derived` record holds the same numbers, flat.
+  record = run.record()['derived']
+  assert (record['total_steps'], record['eval_steps']) == (
+      d.total_steps,
+      p.steps,
+  )
+  assert 'derived' not in config
   assert config.training.total_steps == -1  # inputs are kept as given
 
 
@@ -222,8 +228,8 @@ def test_folder_and_known_size_sources_give_the_same_plan(tmp_path):
 
   def plan_of(source, read_data):
     config = parse(f'gn_ws.py:dataset={source}', *opts)
-    d = plan.build(config, topology=EIGHT, read_data=read_data).config.derived
-    return {k: d[k] for k in keys}
+    d = plan.build(config, topology=EIGHT, read_data=read_data).pretrain
+    return {k: getattr(d, k) for k in keys}
 
   tfds_plan = plan_of('tfds:stl10', False)
   # 100 x 5000 // 512 = 976 steps, 10 x 5000 // 512 = 97 warm-up.
@@ -233,11 +239,11 @@ def test_folder_and_known_size_sources_give_the_same_plan(tmp_path):
   # A folder of the digits' size (1500 train images) plans like 'digits'.
   digits = _folder(tmp_path / 'digits', {'train': 1500, 'test': 20})
   config = parse('gn_ws.py:tiny,epochs=30')
-  a = plan.build(config, topology=EIGHT).config.derived
+  a = plan.build(config, topology=EIGHT).pretrain
   with config.unlocked():
     config.data.source = f'folder:{digits}'
-  b = plan.build(config, topology=EIGHT).config.derived
-  assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+  b = plan.build(config, topology=EIGHT).pretrain
+  assert {k: getattr(a, k) for k in keys} == {k: getattr(b, k) for k in keys}
   assert (a.num_train_examples, a.total_steps, a.warmup_steps) == (
       1500,
       175,
@@ -251,9 +257,9 @@ def test_held_out_examples_carve_the_test_split(tmp_path):
       f'gn_ws.py:tiny,dataset=folder:{root}',
       '--config.data.held_out_examples=50',
   )
-  d = plan.build(config, topology=EIGHT).config.derived
-  assert d.num_train_examples == 150
-  assert d.splits.to_dict() == {
+  run = plan.build(config, topology=EIGHT)
+  assert run.pretrain.num_train_examples == 150
+  assert run.data.splits == {
       'pretrain': 'train',
       'linear_train': 'train',
       'test': 'held_out',
@@ -329,10 +335,10 @@ def _fake_run(root: pathlib.Path, checkpoint_step: int) -> pathlib.Path:
       f'gn_ws.py:tiny,steps=6,dataset=folder:{data}',
       '--config.data.image_size=24',
   )
-  built = plan.build(config, topology=EIGHT).config
+  built = plan.build(config, topology=EIGHT)
   run = root / 'run'
   (run / 'checkpoints' / str(checkpoint_step)).mkdir(parents=True)
-  (run / 'config.json').write_text(built.to_json())
+  (run / 'config.json').write_text(json.dumps(built.record()))
   return run
 
 
@@ -347,25 +353,29 @@ def test_linear_eval_takes_the_runs_data_unless_named(tmp_path):
         *overrides,
         with_explicit=True,
     )
-    return plan.build(config, topology=EIGHT, explicit=explicit).config
+    return plan.build(config, topology=EIGHT, explicit=explicit)
 
   # Any config: its presets' data (gn_ws:tiny's digits) is not "named".
   for arg in ('gn_ws.py:tiny', 'linear_eval.py', 'byol_bn.py'):
-    config = build(arg)
-    assert config.derived.mode == 'linear_eval'
+    built = build(arg)
+    config = built.config
+    assert built.mode == 'linear_eval'
     assert config.data.to_dict() == saved['data'], arg
     assert config.model.to_dict() == saved['model'], arg
-    assert config.derived.num_classes == 4 and not config.derived.notes
-    assert config.derived.pretrain_finished
+    assert built.probe.num_classes == 4 and not built.notes
+    assert built.probe.pretrain_finished
   # Named: `dataset=` names the source; the run's image size stays.
-  config = build('linear_eval.py:dataset=digits')
-  assert (config.data.source, config.data.image_size) == ('digits', 24)
-  assert config.derived.notes == [
+  built = build('linear_eval.py:dataset=digits')
+  assert (built.config.data.source, built.config.data.image_size) == (
+      'digits',
+      24,
+  )
+  assert built.notes == (
       f'evaluating on digits at 24px an encoder pre-trained on '
-      f'{saved["data"]["source"]} at 24px'
-  ]
+      f'{saved["data"]["source"]} at 24px',
+  )
   # ... and an override names a field.
-  config = build('gn_ws.py:tiny', '--config.data.image_size=32')
+  config = build('gn_ws.py:tiny', '--config.data.image_size=32').config
   assert (config.data.source, config.data.image_size) == (
       saved['data']['source'],
       32,
@@ -381,16 +391,16 @@ def test_linear_eval_takes_the_runs_data_unless_named(tmp_path):
 
 def test_linear_eval_of_an_unfinished_run_says_so(tmp_path):
   run = _fake_run(tmp_path, checkpoint_step=3)
-  config = plan.build(
+  built = plan.build(
       parse('linear_eval.py', f'--config.eval.pretrain_workdir={run}'),
       topology=EIGHT,
-  ).config
-  assert config.derived.pretrain_checkpoint_step == 3
-  assert not config.derived.pretrain_finished
-  assert config.derived.notes == [
+  )
+  assert built.probe.checkpoint_step == 3
+  assert not built.probe.pretrain_finished
+  assert built.notes == (
       'evaluating step 3 of a pre-training run of 6 steps: the run is '
-      'unfinished'
-  ]
+      'unfinished',
+  )
 
 
 def _train_only_folder(tmp_path):
@@ -706,7 +716,7 @@ def test_the_cli_refuses_a_changed_resume_in_one_line(tmp_path):
 
 
 def test_trajectory_ignores_what_does_not_shape_training():
-  base = plan.build(parse('gn_ws.py:tiny'), topology=EIGHT).config
+  base = plan.build(parse('gn_ws.py:tiny'), topology=EIGHT)
   t = resume.trajectory(base)
   assert t['training.global_batch_size'] == 256
   assert t['derived.total_steps'] == 150
@@ -725,25 +735,23 @@ def test_trajectory_ignores_what_does_not_shape_training():
           '--config.eval.num_epochs=3',
       ),
       topology=EIGHT,
-  ).config
+  )
   assert resume.trajectory(other) == t
   lr = plan.build(
       parse('gn_ws.py:tiny', '--config.training.base_learning_rate=0.3'),
       topology=EIGHT,
-  ).config
+  )
   assert resume.changes(t, resume.trajectory(lr)) == {
       'training.base_learning_rate': (0.24, 0.3)
   }
-  assert np.isclose(lr.derived.peak_learning_rate, 0.3)
+  assert np.isclose(lr.pretrain.peak_learning_rate, 0.3)
 
 
 def test_checkpoints_from_before_the_in_memory_path_resume_as_they_ran():
   """A trajectory recorded before data.cache_side / derived.data_path."""
   from byol_jax.data import sources  # pylint: disable=g-import-not-at-top
 
-  imagenet = plan.build(
-      parse('gn_ws.py'), topology=EIGHT, read_data=False
-  ).config
+  imagenet = plan.build(parse('gn_ws.py'), topology=EIGHT, read_data=False)
   new = resume.trajectory(imagenet)
   assert new['derived.data_path'] == 'streaming'
   old = {
@@ -757,7 +765,7 @@ def test_checkpoints_from_before_the_in_memory_path_resume_as_they_ran():
       parse('gn_ws.py:tiny'),
       topology=EIGHT,
       source=sources.get_source('digits'),
-  ).config
+  )
   new = resume.trajectory(digits)
   old = {
       k: v

@@ -63,7 +63,7 @@ def test_small_preset_is_the_paper_optimiser_moved_to_40_epochs(name):
   ) == (10, 0.25, 16, 256)
   derived = plan.build(
       config, topology=plan.Topology(1, 1), read_data=False
-  ).config.derived
+  ).pretrain
   # floor(epochs x examples / batch), the official formula; lr x batch / 256.
   assert derived.total_steps == 4 * CIFAR_TRAIN // 256 == 781
   assert derived.warmup_steps == int(warmup * CIFAR_TRAIN) // 256

@@ -40,12 +40,12 @@ def _tiny(root, cache, **data):
 
 
 def _counts(root, cache):
-  """(dry run's derived, run's derived, the run's held train pixel values)."""
+  """(dry run's record, run's record, the run's held train pixel values)."""
   dry = plan.build(_tiny(root, cache), topology=ONE, read_data=False)
   run = plan.build(_tiny(root, cache), topology=ONE)
   return (
-      dry.config.derived,
-      run.config.derived,
+      dry.record()['derived'],
+      run.record()['derived'],
       sorted(run.source.images['train'][:, 0, 0, 0].tolist()),
   )
 
@@ -101,9 +101,9 @@ def test_a_validation_folder_is_the_validation_split(tmp_path, caplog, name):
   assert src.resolve_split('linear_valid') == name
   assert src.resolve_split('test') == 'test'
   assert "ignored the folders ['extra']" in caplog.text  # named, not silent
-  d = plan.build(_tiny(root, tmp_path / 'cache'), topology=ONE).config.derived
-  assert d.eval_sweep_valid_split == 'linear_valid'
-  assert d.eval_sweep_valid_examples == 4
+  d = plan.build(_tiny(root, tmp_path / 'cache'), topology=ONE).probe
+  assert d.sweep_valid_split == 'linear_valid'
+  assert d.sweep_valid_examples == 4
   # Without test/, the validation folder is what is reported on.
   os.rename(root / 'test', tmp_path / 'moved')
   src = sources.get_source(f'folder:{root}', validate_files=False)

@@ -354,21 +354,21 @@ def test_plan_holds_a_folder_that_fits_in_memory_and_streams_a_larger_one(
   cache = ('data.cache_dir', str(tmp_path / 'cache'))
   run = plan.build(_tiny(f'folder:{root}', cache), topology=one)
   assert isinstance(run.source, sources.InMemorySource)
-  d = run.config.derived
-  assert d.data_path == 'in_memory' and d.num_train_examples == 5
+  d = run.data
+  assert d.path == 'in_memory' and run.pretrain.num_train_examples == 5
   assert d.in_memory_mb == round(7 * 6 * 5 * 3 / 2**20, 1)
   dry = plan.build(
       _tiny(f'folder:{root}', cache), topology=one, read_data=False
-  ).config.derived
-  assert dry.data_path == 'in_memory'
+  ).data
+  assert dry.path == 'in_memory'
   assert dry.in_memory_mb == round(9 * 6 * 5 * 3 / 2**20, 1)  # listed files
   streamed = plan.build(
       _tiny(f'folder:{root}', cache, ('data.max_in_memory_mb', 0)), topology=one
   )
   assert type(streamed.source) is sources.FolderSource  # validated
-  assert streamed.config.derived.data_path == 'streaming'
+  assert streamed.data.path == 'streaming'
   assert streamed.source.num_skipped == {'train': 2, 'test': 0}
-  assert resume.trajectory(run.config)['derived.data_path'] == 'in_memory'
+  assert resume.trajectory(run)['derived.data_path'] == 'in_memory'
   monkeypatch.setattr(sources, 'tensorflow_importable', lambda: False)
   with pytest.raises(
       plan.ConfigError,
@@ -395,11 +395,11 @@ def test_a_folder_whose_first_files_are_not_images_is_still_held_in_memory(
   cache = ('data.cache_dir', str(tmp_path / 'cache'))
   dry = plan.build(
       _tiny(f'folder:{root}', cache), topology=one, read_data=False
-  ).config.derived
-  assert dry.data_path == 'in_memory' and dry.in_memory_mb >= 0
+  ).data
+  assert dry.path == 'in_memory' and dry.in_memory_mb >= 0
   monkeypatch.setattr(sources, 'tensorflow_importable', lambda: False)
   run = plan.build(_tiny(f'folder:{root}', cache), topology=one)
-  assert run.config.derived.data_path == 'in_memory'
+  assert run.data.path == 'in_memory'
   np.testing.assert_array_equal(
       run.source.images['train'], _expected(good, 'train')
   )

@@ -244,7 +244,7 @@ def test_a_training_step_on_8_devices_equals_1_device(jit_o0):
   inputs.training.warmup_steps = 0
   run = plan.build(inputs, topology=plan.Topology(1, 8))
   config = run.config
-  method, optimizer, update = experiment.make_update(config)
+  method, optimizer, update = experiment.make_update(config, run.pretrain)
   # conftest's jit_o0: the equality holds for any initial state.
   state = jit_o0(
       lambda: ts.init_train_state(

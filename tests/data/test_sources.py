@@ -405,18 +405,18 @@ def test_small_tfds_datasets_are_held_in_memory(monkeypatch, tfds_data_dir):
     np.testing.assert_array_equal(
         run.source.labels[split], [ex['label'] for ex in expected]
     )
-  d = run.config.derived
-  assert d.data_path == 'in_memory' and d.num_train_examples == 24
+  d = run.data
+  assert d.path == 'in_memory' and run.pretrain.num_train_examples == 24
   assert d.in_memory_mb == round((24 + 12) * 32 * 32 * 3 / 2**20, 1)
   streamed = _tiny_plan('tfds:cifar10', data_dir, ('data.max_in_memory_mb', 0))
   assert type(streamed.source) is sources.TfdsSource
-  assert streamed.config.derived.data_path == 'streaming'
-  assert streamed.config.derived.num_train_examples == 24
+  assert streamed.data.path == 'streaming'
+  assert streamed.pretrain.num_train_examples == 24
   # Without reading (dry run): from the catalogue's sizes and image shape.
-  dry = _tiny_plan('tfds:cifar10', read_data=False).config.derived
-  assert (dry.data_path, dry.in_memory_mb) == ('in_memory', 175.8)
-  dry = _tiny_plan('tfds:imagenet2012', read_data=False).config.derived
-  assert dry.data_path == 'streaming'
+  dry = _tiny_plan('tfds:cifar10', read_data=False).data
+  assert (dry.path, dry.in_memory_mb) == ('in_memory', 175.8)
+  dry = _tiny_plan('tfds:imagenet2012', read_data=False).data
+  assert dry.path == 'streaming'
   monkeypatch.setattr(sources, 'tensorflow_importable', lambda: False)
   with pytest.raises(
       plan.ConfigError,

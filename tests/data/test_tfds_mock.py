@@ -26,22 +26,22 @@ def test_imagenet_plans_and_streams_under_mock_data(tmp_path):
   config.training.total_steps = 3
   with tfds.testing.mock_data(num_examples=6):
     run = plan.build(config, topology=plan.Topology(1, 2))
-    d = run.config.derived
+    d = run.pretrain
     assert isinstance(run.source, sources.TfdsSource)
     assert (d.num_train_examples, d.num_classes) == (1_281_167, 1000)
-    assert d.data_path == 'streaming'
+    assert run.data.path == 'streaming'
     assert run.source.num_examples('linear_train') == 1_271_167
     assert run.source.num_examples('test') == 50_000
     assert {
         s: run.source.resolve_split(s) for s in sources.LOGICAL_SPLITS
     } == sources.IMAGENET_SPLITS
-    assert (d.eval_sweep_valid_split, d.eval_sweep_valid_examples) == (
+    assert (run.probe.sweep_valid_split, run.probe.sweep_valid_examples) == (
         'linear_valid',
         10_000,
     )
     batches = pipeline.make_pretrain_iterator(
         run.source,
-        split=d.splits.pretrain,
+        split=run.data.splits['pretrain'],
         global_batch_size=8,
         image_size=16,
         seed=0,

@@ -8,6 +8,7 @@ kNN (k=20, T=0.07) top-1 0.910 +- 0.013; seed 0: 0.781 / 0.983 / 0.902;
 chance is 10%. 1 device and 8 devices gave the same numbers for every seed.
 """
 
+import dataclasses
 import json
 
 import jax
@@ -34,14 +35,14 @@ def tiny_inputs(**eval_overrides):
   return config
 
 
-def tiny_config(**eval_overrides):
-  return plan.build(tiny_inputs(**eval_overrides)).config
+def tiny_run(**eval_overrides):
+  return plan.build(tiny_inputs(**eval_overrides))
 
 
 @pytest.fixture(scope='module')
 def setup():
   run = plan.build(tiny_inputs())
-  params, state = encoder.random_encoder(run.config)
+  params, state = encoder.random_encoder(run.config, run.data.num_classes)
   return run.config, run.source, params, state
 
 
@@ -50,10 +51,9 @@ def eight_device_run(setup, tmp_path_factory):
   """The fast path on 8 devices, with the random baseline switched on."""
   config, source, params, state = setup
   assert jax.local_device_count() == 8
-  config = tiny_config(random_baseline=True)
   workdir = tmp_path_factory.mktemp('linear_eval')
   results = linear_eval.run_linear_eval(
-      config, str(workdir), params, state, source=source, tag='t'
+      tiny_run(random_baseline=True), str(workdir), params, state, tag='t'
   )
   return workdir, results
 
@@ -92,11 +92,10 @@ def test_one_device_matches_eight_devices(setup, eight_device_run, tmp_path):
   config, source, params, state = setup
   _, eight = eight_device_run
   one = linear_eval.run_linear_eval(
-      config,
+      tiny_run(),
       str(tmp_path),
       params,
       state,
-      source=source,
       devices=jax.local_devices()[:1],
   )
   assert 'random_init' not in one
@@ -113,11 +112,9 @@ def test_one_device_matches_eight_devices(setup, eight_device_run, tmp_path):
 
 def test_augmented_path_leaves_encoder_unchanged(setup, tmp_path):
   config, source, params, state = setup
-  config = tiny_config(augment=True, num_epochs=1)
+  run = tiny_run(augment=True, num_epochs=1)
   before = jax.tree.map(np.array, (params, state))
-  results = linear_eval.run_linear_eval(
-      config, str(tmp_path), params, state, source=source
-  )
+  results = linear_eval.run_linear_eval(run, str(tmp_path), params, state)
   assert results['augment'] is True and results['steps'] == 1500 // 256
   assert 0.0 <= results['top1'] <= results['top5'] <= 1.0
   after = jax.tree.map(np.asarray, (params, state))
@@ -154,7 +151,7 @@ def test_probe_loss_sends_no_gradient_into_the_encoder(setup):
 
 def test_knn_eval_above_chance(setup, eight_device_run):
   config, source, params, state = setup
-  acc = features.knn_eval(config, source, params, state)
+  acc = features.knn_eval(config, 10, source, params, state)
   assert 0.0 <= acc <= 1.0
   assert acc > 4 * CHANCE  # 8 seeds: 0.910 +- 0.013 (module docstring)
   assert acc == eight_device_run[1]['knn_top1']
@@ -212,16 +209,16 @@ def test_sweep_chooses_the_clearly_best_rate():
   signal = rng.integers(0, 2, 1500)
   noise = 3 * rng.normal(0, 1, 1500)
   feats = np.stack([2 * signal - 1 + noise, noise], 1).astype(np.float32)
-  config = tiny_config(num_epochs=2)  # the paper's grid, the default
-  assert tuple(config.eval.learning_rates) == (0.4, 0.3, 0.2, 0.1, 0.05)
-  assert config.derived.eval_sweep_valid_examples == 300
-  assert config.derived.eval_sweep_steps == 2 * (1200 // 256)
-  config = tiny_config(num_epochs=2, learning_rates=(1e-3, 0.4, 1e-4))
+  run = tiny_run(num_epochs=2)  # the paper's grid, the default
+  assert tuple(run.config.eval.learning_rates) == (0.4, 0.3, 0.2, 0.1, 0.05)
+  assert run.probe.sweep_valid_examples == 300
+  assert run.probe.sweep_steps == 2 * (1200 // 256)
+  run = tiny_run(num_epochs=2, learning_rates=(1e-3, 0.4, 1e-4))
   chosen, table = probe.sweep_learning_rate(
-      config,
-      plan.build(tiny_inputs()).source,
+      run.config,
+      dataclasses.replace(run.probe, num_classes=2),
+      run.source,
       (feats, signal.astype(np.int32)),
-      2,
   )
   assert chosen == 1 and list(table) == ['0.001', '0.4', '0.0001']
   assert table['0.4'] > 0.95
@@ -244,12 +241,10 @@ def _record_probe_calls(monkeypatch) -> list:
 def test_final_probe_trains_on_all_of_train_at_the_chosen_rate(
     setup, tmp_path, monkeypatch
 ):
-  _, source, params, state = setup
-  config = tiny_config(learning_rates=(0.4, 0.1), num_epochs=2)
+  _, _, params, state = setup
+  run = tiny_run(learning_rates=(0.4, 0.1), num_epochs=2)
   calls = _record_probe_calls(monkeypatch)
-  results = linear_eval.run_linear_eval(
-      config, str(tmp_path), params, state, source=source
-  )
+  results = linear_eval.run_linear_eval(run, str(tmp_path), params, state)
   sweep_call, final_call = calls
   # The sweep: both rates together on the 1200 non-held-out examples.
   assert sweep_call == (1200, [0.4, 0.1], 2 * (1200 // 256))
@@ -287,17 +282,14 @@ def test_sweep_uses_the_datasets_own_validation_split(
   inputs = tiny_inputs(learning_rates=(0.4, 0.1), num_epochs=2)
   inputs.data.held_out_examples = 200
   run = plan.build(inputs)
-  d = run.config.derived
-  assert (d.eval_sweep_valid_split, d.eval_sweep_valid_examples) == (
+  assert (run.probe.sweep_valid_split, run.probe.sweep_valid_examples) == (
       'linear_valid',
       200,
   )
   assert run.source.resolve_split('linear_valid') == 'held_out'
   assert run.source.resolve_split('test') == 'test'
   calls = _record_probe_calls(monkeypatch)
-  results = linear_eval.run_linear_eval(
-      run.config, str(tmp_path), params, state, source=run.source
-  )
+  results = linear_eval.run_linear_eval(run, str(tmp_path), params, state)
   # Both calls train on the 1300 examples left in train; steps per epoch
   # 1300 // 256 = 5.
   assert calls[0] == (1300, [0.4, 0.1], 2 * 5)

@@ -332,8 +332,9 @@ def _restore(workdir, step, config_name, tmp_path):
   """The TrainState of checkpoint `step` of a run (host NumPy)."""
   only = tmp_path / f'{workdir.name}-{step}'
   shutil.copytree(workdir / 'checkpoints' / str(step), only / str(step))
+  run = plan.build(_config(config_name, ARG))
   restored = checkpointing.Checkpointer(only).restore_latest(
-      experiment.state_template(plan.build(_config(config_name, ARG)).config)
+      experiment.state_template(run.config, run.data.num_classes)
   )
   assert restored.step == step
   return restored.state

@@ -9,6 +9,7 @@ the whole training step (augmentation, loss, gradients, LARS, EMA).
 """
 
 import re
+import types
 
 import jax
 import jax.numpy as jnp
@@ -51,10 +52,13 @@ def _step(norm, ws):
               predictor_lr_multiplier=1.0,
               base_ema=0.99,
           ),
-          derived=dict(num_classes=NUM_CLASSES, total_steps=10, warmup_steps=1),
       )
   )
-  method, opt, update = experiment.make_update(config, axis_name=None)
+  # What make_update reads of a plan.PretrainPlan.
+  steps = types.SimpleNamespace(
+      num_classes=NUM_CLASSES, total_steps=10, warmup_steps=1
+  )
+  method, opt, update = experiment.make_update(config, steps, axis_name=None)
   images = jnp.full((BATCH, 16, 16, 3), 0.5)
   batch = {
       'view1': images,

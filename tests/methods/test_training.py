@@ -1,6 +1,7 @@
 """BYOL / SimCLR update step: EMA, stop-gradient, pmap equivalence, learning."""
 
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -96,13 +97,14 @@ def build(
               base_ema=base_ema,
               temperature=0.5,
           ),
-          derived=dict(
-              num_classes=NUM_CLASSES, total_steps=total, warmup_steps=warmup
-          ),
       )
   )
+  # What make_update reads of a plan.PretrainPlan.
+  steps = types.SimpleNamespace(
+      num_classes=NUM_CLASSES, total_steps=total, warmup_steps=warmup
+  )
   m, opt, update = experiment.make_update(
-      config, axis_name, augment_fn=flip_and_jitter
+      config, steps, axis_name, augment_fn=flip_and_jitter
   )
   tau_fn = functools.partial(
       schedules.target_ema, base_ema=base_ema, total_steps=total

@@ -57,11 +57,9 @@ def test_every_table2_variant_is_the_normal_config(scale):
           config.model.stem,
           config.data.image_size,
       ) == (18, 'small', 32)
-      built = plan.build(
-          config, topology=plan.Topology(1, 1), read_data=False
-      ).config
+      built = plan.build(config, topology=plan.Topology(1, 1), read_data=False)
       # floor(epochs * examples / batch), the official formula.
-      assert built.derived.total_steps == 200 * 50_000 // 512 == 19_531
+      assert built.pretrain.total_steps == 200 * 50_000 // 512 == 19_531
     else:
       assert config.model.depth == 10 and config.data.image_size == 16
   # The variant's own hyper-parameters survive the scale preset; tau is the

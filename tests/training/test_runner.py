@@ -87,7 +87,7 @@ def test_every_experiment_has_a_launch_command_and_paper_number():
       0.99,
   )
   built = plan.build(bn300, topology=plan.Topology(1, 1), read_data=False)
-  assert built.config.derived.total_steps == 300 * 1_281_167 // 4096
+  assert built.pretrain.total_steps == 300 * 1_281_167 // 4096
   assert load_config('modified_init', '').training.warmup_epochs == 50
 
 
@@ -156,8 +156,8 @@ def test_missing_dataset_is_a_config_error(tmp_path):
 
 
 def _nan_from_step(nan_step):
-  def lr_fn(config):
-    good = experiment_learning_rate_fn(config)
+  def lr_fn(training, plan):
+    good = experiment_learning_rate_fn(training, plan)
     return lambda step: jnp.where(step >= nan_step, jnp.nan, good(step))
 
   return lr_fn
@@ -235,7 +235,7 @@ def _final_state(workdir):
   config = plan.build(load_config('gn_ws', 'tiny')).config
   restored = checkpointing.Checkpointer(
       pathlib.Path(workdir) / 'checkpoints'
-  ).restore_latest(experiment.state_template(config))
+  ).restore_latest(experiment.state_template(config, 10))
   return restored.step, restored.state
 
 

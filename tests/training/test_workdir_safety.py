@@ -332,7 +332,9 @@ def test_full_disk_is_one_line_and_keeps_the_earlier_checkpoint(tmp_path):
   config = encoder.saved_config(workdir)
   restored = checkpointing.Checkpointer(
       workdir / 'checkpoints', read_only=True
-  ).restore_latest(experiment.state_template(config))
+  ).restore_latest(
+      experiment.state_template(config, config.derived.num_classes)
+  )
   assert restored.step == 1 and restored.extra['wall_time_s'] > 0
   assert int(restored.state.step) == 1
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored.state))
