@@ -323,7 +323,7 @@ def map_release(release: dict, template, arch: str) -> tuple[dict, dict]:
 
 
 def release_config(model: dict, step: int):
-  """experiments/byol_bn.py with `model`, `step` steps long, built (plan.build).
+  """experiments/byol_bn.py with `model`, `step` steps long: its plan.Run.
 
   read_data=False: ImageNet's sizes from sources.KNOWN_SIZES, no image read.
   """
@@ -332,7 +332,7 @@ def release_config(model: dict, step: int):
   if model != ARCHS['resnet50x1']:
     config.paper_top1 = -1.0  # byol_bn's number is ResNet-50's.
   config.training.total_steps = step
-  return plan.build(config, read_data=False).config
+  return plan.build(config, read_data=False)
 
 
 def import_release(checkpoint, workdir, arch: str = 'resnet50x1', model=None):
@@ -360,11 +360,12 @@ def import_release(checkpoint, workdir, arch: str = 'resnet50x1', model=None):
     )
   release = read_release(checkpoint)
   step = release['step']
-  config = release_config(model or ARCHS[arch], step)
-  template = experiment.state_template(config)
+  run = release_config(model or ARCHS[arch], step)
+  config, num_classes = run.config, run.data.num_classes
+  template = experiment.state_template(config, num_classes)
   params, net_state = map_release(release, template, arch)
   del release
-  _, optimizer = experiment.init_objects(config)
+  _, optimizer = experiment.init_objects(config, num_classes)
   state = experiment.TrainState(
       step=np.int32(step),
       # init_train_state's base key for config.seed.
@@ -376,8 +377,8 @@ def import_release(checkpoint, workdir, arch: str = 'resnet50x1', model=None):
       opt_state=optimizer.init(params),
   )
   workdir.mkdir(parents=True, exist_ok=True)
-  resume.write_config(config, workdir, start_step=step, trajectory_changes={})
-  extra = {'trajectory': resume.trajectory(config), 'imported': str(checkpoint)}
+  resume.write_config(run, workdir, start_step=step, trajectory_changes={})
+  extra = {'trajectory': resume.trajectory(run), 'imported': str(checkpoint)}
   with checkpointing.Checkpointer(workdir_lib.checkpoint_dir(workdir)) as ckpt:
     ckpt.save(step, state, extra, force=True)
   return step
