@@ -100,6 +100,7 @@ DEFAULT_SPEC = dict(
     stem='small',
     image_size=32,
     per_device_batch=32,
+    accumulation_steps=1,  # micro-batches per device batch (lax.scan)
     dtype='float32',
     num_classes=10,
     num_devices=None,
@@ -151,7 +152,12 @@ def make_run(spec: dict, num_devices: int):
   # The schedules only need to be well defined: their values do not change
   # the cost of a step.
   config.training.update(
-      dict(global_batch_size=global_batch, total_steps=1000, warmup_steps=10)
+      dict(
+          global_batch_size=global_batch,
+          total_steps=1000,
+          warmup_steps=10,
+          accumulation_steps=spec.get('accumulation_steps', 1),
+      )
   )
   config.eval.global_batch_size = global_batch
   # Built like every run (plan.build validates and derives); no image is
@@ -304,6 +310,7 @@ def run_row(spec: dict) -> dict:
       num_classes=num_classes,
       num_devices=n,
       per_device_batch=spec['per_device_batch'],
+      accumulation_steps=config.training.accumulation_steps,
       global_batch=global_batch,
       steps_timed=spec['steps'],
       warmup_steps=spec['warmup'],
@@ -458,6 +465,7 @@ def row_specs(args) -> list:
           stem=args.stem,
           image_size=args.image_size,
           per_device_batch=batch,
+          accumulation_steps=accumulation,
           dtype=dtype,
           num_classes=num_classes,
           num_devices=args.num_devices,
@@ -469,6 +477,7 @@ def row_specs(args) -> list:
       for norm in args.norm
       for dtype in args.dtype
       for batch in args.per_device_batch
+      for accumulation in args.accumulation_steps
   ]
 
 
@@ -479,14 +488,14 @@ def _fmt(value, scale=1.0, digits=1, suffix=''):
 def print_table(rows) -> None:
   """One line per row: throughput, spread, compile, FLOPs, MFU, memory."""
   print(
-      f'\n{"method":7s} {"norm":6s} {"dtype":8s} {"batch":>5s} '
+      f'\n{"method":7s} {"norm":6s} {"dtype":8s} {"batch":>5s} {"acc":>3s} '
       f'{"img/s":>8s} {"step ms":>8s} {"p10-p90 ms":>13s} {"compile s":>9s} '
       f'{"GFLOP/img":>9s} {"TFLOP/s":>8s} {"MFU":>6s} {"mem GiB":>7s}'
   )
   for r in rows:
     head = (
         f'{r["method"]:7s} {r["norm"]:6s} {r["dtype"]:8s} '
-        f'{r["per_device_batch"]:5d} '
+        f'{r["per_device_batch"]:5d} {r.get("accumulation_steps", 1):3d} '
     )
     if 'error' in r:
       print(head + 'error: ' + r['error'].splitlines()[-1])
@@ -525,6 +534,13 @@ def define_flags(flag_values) -> None:
       'per_device_batch',
       [DEFAULT_SPEC['per_device_batch']],
       'comma-separated',
+      kind=int,
+      **fv,
+  )
+  _cli.define_csv(
+      'accumulation_steps',
+      [1],
+      'comma-separated micro-batches per device batch (peak memory falls)',
       kind=int,
       **fv,
   )

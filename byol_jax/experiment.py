@@ -172,7 +172,12 @@ def make_update(
 
   Args:
     config: the run's inputs (plan.build's Run.config).
-    plan: its plan.PretrainPlan (step counts, classes).
+    plan: its plan.PretrainPlan (step counts, classes). With
+      training.accumulation_steps N > 1 the device's batch is N micro-batches
+      (lax.scan) whose gradients are averaged before the pmean, one LARS and
+      one EMA update: the whole batch's gradient for GN, LN or no norm
+      (the paper's point, §3.3), ghost BN for BN; the activations of one
+      micro-batch at a time.
     axis_name: the step's collective axis, or None on one device.
     augment_fn: (keys [B], images [B, H, W, 3] in [0, 1], view 1|2) ->
       augmented, normalised images (tests swap in a cheaper one).
@@ -186,22 +191,57 @@ def make_update(
   learning_rate = learning_rate_fn(config.training, plan)
   optimizer = _lars(config.training, learning_rate)
   base_ema, total_steps = config.training.base_ema, plan.total_steps
+  micro = config.training.accumulation_steps
+  grad_fn = jax.grad(functools.partial(loss_fn, method), has_aux=True)
+
+  def grads_of(state: TrainState, views, labels):
+    """grad_fn of the batch, or the mean of its `micro` equal micro-batches'
+    (the whole batch's mean loss), the BN state threaded through them."""
+    if micro == 1:
+      return grad_fn(
+          state.online_params,
+          state.online_state,
+          state.target_params,
+          state.target_state,
+          views,
+          labels,
+      )
+
+    def accumulate(carry, inputs):
+      grads, online_state, target_state = carry
+      g, (online_state, target_state, metrics) = grad_fn(
+          state.online_params,
+          online_state,
+          state.target_params,
+          target_state,
+          *inputs,
+      )
+      return (optax.tree.add(grads, g), online_state, target_state), metrics
+
+    split = lambda x: x.reshape((micro, -1) + x.shape[1:])
+    zeros = optax.tree.zeros_like(state.online_params)
+    (grads, online_state, target_state), metrics = jax.lax.scan(
+        accumulate,
+        (zeros, state.online_state, state.target_state),
+        jax.tree.map(split, (views, labels)),
+    )
+    metrics = jax.tree.map(lambda m: m.mean(0), metrics)
+    return optax.tree.scale(1 / micro, grads), (
+        online_state,
+        target_state,
+        metrics,
+    )
 
   def update(state: TrainState, batch):
     rng1, rng2 = jax.random.split(jax.random.fold_in(state.rng, state.step))
     keys = lambda rng: example_keys(rng, batch['view1'].shape[0], axis_name)
+    # Augmented whole (per-example keys): micro-batches see the same views.
     views = (
         augment_fn(keys(rng1), batch['view1'], 1),
         augment_fn(keys(rng2), batch['view2'], 2),
     )
-    grad_fn = jax.grad(functools.partial(loss_fn, method), has_aux=True)
-    grads, (online_state, target_state, metrics) = grad_fn(
-        state.online_params,
-        state.online_state,
-        state.target_params,
-        state.target_state,
-        views,
-        batch['label'],
+    grads, (online_state, target_state, metrics) = grads_of(
+        state, views, batch['label']
     )
     if axis_name is not None:
       grads = jax.lax.pmean(grads, axis_name)

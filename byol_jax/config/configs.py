@@ -132,6 +132,11 @@ def experiment_config(
               total_steps=-1,  # > 0 wins over num_epochs.
               max_steps=-1,  # stop (with a checkpoint) before total_steps.
               global_batch_size=4096,  # BYOL §3.3 (512 TPU v3 cores).
+              # Each device's batch in this many micro-batches, gradients
+              # summed (lax.scan), then one LARS and one EMA update: exactly
+              # the whole batch for GN, LN or no norm; with BN each micro-batch
+              # has its own statistics (ghost BN; plan.build notes it).
+              accumulation_steps=1,
               base_learning_rate=presets.LR_PRESETS[preset],  # x batch / 256.
               warmup_epochs=10.0,  # BYOL §3.3; short runs warm up for less.
               warmup_steps=-1,  # >= 0 wins over warmup_epochs.

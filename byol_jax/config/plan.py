@@ -253,6 +253,22 @@ def _pretrain_plan(config, source, topology, num_classes, notes):
   if warmup > total:
     notes.append(f"warm-up shortened from {warmup} to the run's {total} steps")
     warmup = total
+  per_device, micro = b // topology.device_count, t.accumulation_steps
+  validation.check(
+      per_device % micro == 0,
+      'training.accumulation_steps',
+      micro,
+      f'must divide the per-device batch of {per_device} '
+      f'(training.global_batch_size={b} over {topology.device_count} '
+      'devices).',
+  )
+  bn = [k for k, v in config.model.items() if k.endswith('_norm') and v == 'bn']
+  if micro > 1 and bn:
+    notes.append(
+        f'training.accumulation_steps={micro}: {", ".join(bn)}=bn normalises '
+        f'each micro-batch of {b // micro} examples (all devices) with its '
+        f'own statistics (ghost BN), not the batch of {b}'
+    )
   return PretrainPlan(
       num_classes=num_classes,
       num_train_examples=n,
@@ -262,7 +278,7 @@ def _pretrain_plan(config, source, topology, num_classes, notes):
       stop_step=int(total if t.max_steps < 0 else min(t.max_steps, total)),
       peak_learning_rate=schedules.peak_learning_rate(t.base_learning_rate, b),
       per_host_batch_size=b // topology.process_count,
-      per_device_batch_size=b // topology.device_count,
+      per_device_batch_size=per_device,
   )
 
 

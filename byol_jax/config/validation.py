@@ -102,6 +102,7 @@ _FIELDS = {
     'data.in_memory_on': _one_of(('device', 'host')),
     'training.total_steps': _ints(1, '-1: from training.num_epochs', auto=True),
     'training.max_steps': _ints(1, '-1: no early stop', auto=True),
+    'training.accumulation_steps': _ints(1, '1: no accumulation'),
     'training.base_learning_rate': _numbers('>', 'scaled by batch / 256'),
     'training.warmup_epochs': _numbers('>='),
     'training.warmup_steps': _ints(0, '-1: from warmup_epochs', auto=True),
@@ -179,6 +180,13 @@ def validate_inputs(config, mode: str) -> None:
       'training.num_epochs',
       t.num_epochs,
       'must be a positive integer (or set training.total_steps).',
+  )
+  check(
+      t.accumulation_steps == 1 or config.method != 'simclr',
+      'training.accumulation_steps',
+      t.accumulation_steps,
+      "must be 1 for SimCLR: its negatives are the batch's other examples, "
+      'so micro-batches would change its loss.',
   )
   check(
       not t.modified_init or config.model.encoder_norm == 'affine',

@@ -61,10 +61,15 @@ _TRAJECTORY_DERIVED = (
     'data_path',
 )
 # Trajectory fields a checkpoint may lack, at the values it was trained under
-# (images at their own size, crops on the host): a streamed run resumes as
-# before; an in-memory one only with checkpoint.allow_changed_config (its
-# crops are now cut on the devices, from other random draws).
-_TRAJECTORY_ADDED = {'data.cache_side': 0, 'derived.data_path': STREAMING}
+# (images at their own size, crops on the host, no accumulation): a streamed
+# run resumes as before; an in-memory one only with
+# checkpoint.allow_changed_config (its crops are now cut on the devices, from
+# other random draws).
+_TRAJECTORY_ADDED = {
+    'data.cache_side': 0,
+    'derived.data_path': STREAMING,
+    'training.accumulation_steps': 1,
+}
 
 
 def flatten(tree: dict, prefix: str = '') -> dict:

@@ -757,7 +757,12 @@ def test_checkpoints_from_before_the_in_memory_path_resume_as_they_ran():
   old = {
       k: v
       for k, v in new.items()
-      if k not in ('data.cache_side', 'derived.data_path')
+      if k
+      not in (
+          'data.cache_side',
+          'derived.data_path',
+          'training.accumulation_steps',
+      )
   }
   assert resume.changes(resume.upgrade_trajectory(old), new) == {}
   # A digits run's crops moved from the host to the devices: a change.
@@ -770,7 +775,12 @@ def test_checkpoints_from_before_the_in_memory_path_resume_as_they_ran():
   old = {
       k: v
       for k, v in new.items()
-      if k not in ('data.cache_side', 'derived.data_path')
+      if k
+      not in (
+          'data.cache_side',
+          'derived.data_path',
+          'training.accumulation_steps',
+      )
   }
   assert resume.changes(resume.upgrade_trajectory(old), new) == {
       'derived.data_path': ('streaming', 'in_memory')
