@@ -47,9 +47,5 @@ def center_crop(xp, height, width, image_size):
   # as tf.math has no `where`.
   cut = xp.minimum(xp.maximum(side - image_size, 0.0), 1.0)
   crop = side - cut * (side - xp.floor(side * CENTER_CROP_FRACTION))
-  return (
-      xp.floor((height - crop + 1) / 2),
-      xp.floor((width - crop + 1) / 2),
-      crop,
-      crop,
-  )
+  y0, x0 = xp.floor((height - crop + 1) / 2), xp.floor((width - crop + 1) / 2)
+  return y0, x0, crop, crop

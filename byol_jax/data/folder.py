@@ -1,12 +1,10 @@
 """Image folders (`folder:<path>`): the listing, file checks and decoded cache.
 
-Layout: root/<class>/**/*.{jpg,jpeg,png} (one split, 'train'), or, when
-root/train/ exists, root/<split>/<class>/... for each of SPLIT_DIRS there;
-links followed, label i is train's i-th class folder in sorted order. The
-in-memory path decodes a folder once with Pillow (CIFAR-10's 60,000 JPEGs: 4 s
-on one core) into <cache_dir>/<name>-<side>-<root hash>-<listing key>.npz,
-keyed by every file's relative path, size and mtime, the classes, the side and
-FORMAT_VERSION; a changed key or a damaged file (zip's CRC-32) rebuilds it.
+Layout: root/<class>/**/*.{jpg,jpeg,png} (split 'train'), or, when root/train/
+exists, root/<split>/<class>/... for each of SPLIT_DIRS; label i is train's
+i-th class folder, sorted. Decoded once with Pillow (CIFAR-10's 60,000 JPEGs: 4
+s on one core) into one .npz per folder and side, keyed by every file's path,
+size and mtime; a changed key or a bad CRC-32 rebuilds it.
 """
 
 import concurrent.futures
@@ -38,14 +36,13 @@ def list_folder(root: str, *, validate_files: bool = True):
     )
   folders = _subfolders(root)
   split_dirs = {s: os.path.join(root, s) for s in SPLIT_DIRS if s in folders}
-  ignored = sorted(set(folders) - set(SPLIT_DIRS))
-  if 'train' in folders and ignored:
-    logging.warning(
-        f'folder:{root}: ignored the folders {ignored}: the split folders '
-        f'read are {list(split_dirs)} (one of {list(SPLIT_DIRS)})'
-    )
   train = split_dirs.get('train')
   if train:  # a layout that reads as both flat and split folders: refused
+    if ignored := sorted(set(folders) - set(SPLIT_DIRS)):
+      logging.warning(
+          f'folder:{root}: ignored the folders {ignored}: the split folders '
+          f'read are {list(split_dirs)} (one of {list(SPLIT_DIRS)})'
+      )
     direct = [n for n in os.listdir(train) if _is_image(f'{train}/{n}')]
     if direct:
       raise ValueError(
@@ -62,7 +59,8 @@ def list_folder(root: str, *, validate_files: bool = True):
         f'for the split layout put the training images in {root}/train/'
         '<class>/, else rename that class folder'
     )
-  split_dirs = split_dirs if train else {'train': root}
+  else:
+    split_dirs = {'train': root}
   class_names = tuple(_subfolders(split_dirs['train']))
   files, labels, skipped = {}, {}, {}
   for split, path in split_dirs.items():
@@ -74,8 +72,15 @@ def list_folder(root: str, *, validate_files: bool = True):
       )
     found = [_list_images(os.path.join(path, c), root) for c in class_names]
     paths = np.asarray(sum(found, []))
-    ok = np.array(_validate(paths) if validate_files else [1] * len(paths))
-    ok = ok.astype(bool)
+    ok = np.ones(len(paths), bool)
+    if validate_files:
+      start = time.perf_counter()
+      ok[:512] = [_file_ok(p) for p in paths[:512]]
+      # Slow (network) file system: threads hide the latency. On a local disk
+      # one thread is fastest (60,000 CIFAR files in 0.7 s; GIL contention).
+      slow = time.perf_counter() - start > 1e-4 * len(paths[:512])
+      with concurrent.futures.ThreadPoolExecutor(16 if slow else 1) as pool:
+        ok[512:] = list(pool.map(_file_ok, paths[512:]))
     if not ok.all():
       logging.warning(
           f'folder:{root} split {split!r}: skipped {(~ok).sum()} of '
@@ -133,48 +138,24 @@ def _list_images(folder, root) -> list[str]:
   return sorted(found)
 
 
-def _check_file(path) -> str:
-  """'ok', 'bad' (not a JPEG/PNG) or 'suspect' (its end marker is missing)."""
+def _file_ok(path) -> bool:
+  """A JPEG/PNG header and end marker (a file lacking its end: decoded)."""
   try:
     with open(path, 'rb') as f:
       head = f.read(8)
       f.seek(max(0, f.seek(0, os.SEEK_END) - 1024))
       tail = f.read()
   except OSError:
-    return 'bad'
+    return False
   # A JPEG ends in FFD9, a PNG in an IEND chunk; junk after either is
-  # tolerated up to 1 KiB.
+  # tolerated up to 1 KiB. Rare: a truncated file, or junk after the end.
   for magic, end in (
       (b'\xff\xd8\xff', b'\xff\xd9'),
       (b'\x89PNG\r\n\x1a\n', b'IEND'),
   ):
     if head.startswith(magic):
-      return 'ok' if end in tail else 'suspect'
-  return 'bad'
-
-
-def _validate(paths) -> list[bool]:
-  """Cheap header/trailer check; full decode only of files lacking an end."""
-  start = time.perf_counter()
-  status = [_check_file(p) for p in paths[:512]]
-  if (time.perf_counter() - start) / max(1, len(status)) > 1e-4:
-    # Slow (network) file system: threads hide the latency. On a local disk
-    # one thread is fastest (60,000 CIFAR files in 0.7 s; GIL contention).
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-      status += pool.map(_check_file, paths[512:])
-  else:
-    status += map(_check_file, paths[512:])
-  # Rare: a truncated file, or junk after the end: decoded to be sure.
-  return [
-      s == 'ok' or s == 'suspect' and _decode(p, 0) is not None
-      for p, s in zip(paths, status)
-  ]
-
-
-def image_shape(files) -> tuple[int, int] | None:
-  """(height, width) of the first decodable JPEG/PNG among files, else None."""
-  shapes = (x.shape[:2] for p in files if (x := _decode(p, 0)) is not None)
-  return next(shapes, None)
+      return end in tail or decode(path, 0) is not None
+  return False
 
 
 def square(image, side: int) -> np.ndarray:
@@ -191,7 +172,7 @@ def square(image, side: int) -> np.ndarray:
   return np.asarray(image.crop((x0, y0, x0 + side, y0 + side)), np.uint8)
 
 
-def _decode(path: str, side: int) -> np.ndarray | None:
+def decode(path: str, side: int) -> np.ndarray | None:
   """uint8 [H, W, 3] of one JPEG/PNG, None when it is not a decodable one."""
   import PIL.Image  # pylint: disable=g-import-not-at-top
 
@@ -258,9 +239,17 @@ def _write(path: str, key: str, out):
     _remove(tmp)
     raise
   prefix = name.rsplit('-', 1)[0] + '-'  # this folder and side
-  for entry in os.listdir(directory):  # stale caches of other listings
-    if entry.startswith(prefix) and entry != name:
+  ours = re.compile(rf'\.tmp-{re.escape(socket.gethostname())}-(\d+)-')
+  for entry in os.listdir(directory):
+    if entry.startswith(prefix) and entry != name:  # of another listing
       _remove(os.path.join(directory, entry))
+    elif match := ours.match(entry):  # a temporary file of this host's
+      try:  # removed if its writer died (signal 0 only asks if it lives)
+        os.kill(int(match.group(1)), 0)
+      except ProcessLookupError:
+        _remove(os.path.join(directory, entry))
+      except PermissionError:  # alive: another user's
+        pass
 
 
 def arrays(listing, *, side=0, cache_dir='', num_threads=None):
@@ -269,15 +258,6 @@ def arrays(listing, *, side=0, cache_dir='', num_threads=None):
   xdg = os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache')
   cache_dir = cache_dir or os.path.join(xdg, 'byol_jax', 'folders')
   cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
-  ours = re.compile(rf'\.tmp-{re.escape(socket.gethostname())}-(\d+)-')
-  entries = os.listdir(cache_dir) if os.path.isdir(cache_dir) else []
-  for match in filter(None, map(ours.match, entries)):
-    try:  # the temporary file of a writer of this host that died: removed
-      os.kill(int(match.group(1)), 0)  # signal 0: only asks if it lives
-    except ProcessLookupError:
-      _remove(os.path.join(cache_dir, match.string))
-    except PermissionError:  # alive: another user's
-      pass
   head = json.dumps([FORMAT_VERSION, int(side), list(listing.class_names)])
   h = hashlib.sha256(head.encode())  # and every file's path, size and mtime
   for split, paths in sorted(listing.files.items()):
@@ -314,7 +294,7 @@ def arrays(listing, *, side=0, cache_dir='', num_threads=None):
     pool, out = concurrent.futures.ThreadPoolExecutor(num_threads or cores), {}
     try:
       for split, paths in listing.files.items():
-        decoded = pool.map(lambda p: _decode(p, side), paths)
+        decoded = pool.map(lambda p: decode(p, side), paths)
         images, keep = stack(f'folder:{root} split {split!r}', decoded)
         labels = np.asarray(listing.labels[split], np.int32)[keep]
         out[split] = images, labels, len(paths) - len(keep)

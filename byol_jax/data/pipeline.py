@@ -1,15 +1,13 @@
 """Input pipelines: per-host batches [local_devices, per_device, ...] of crops.
 
-In memory the arrays sit on every local device (or the host) and each step
-gathers, crops, resizes and flips its examples on the devices (jit(shard_map));
-streaming, tf.data on each host decodes and crops its own shard (tf_stream.py).
-Both cut crops.sample_crop's boxes and resize as tf.image.resize's bicubic of
-the crop (the official byol/utils/dataset.py), clipped to [0, 1]; on device as
-two dense products [S, H] x [H, W, 3] x [W, S], equal to TF's to 3e-7
-(measured, tensorflow-cpu 2.21). Batch k is stream positions [k B, (k + 1) B)
-and every draw is stateless in (seed, position), so start_step=k resumes
-exactly; in memory the stream is global (host h takes its slice of each global
-batch), so batches do not depend on the device or host count.
+In memory, each step gathers, crops, resizes and flips its examples on the
+devices (jit(shard_map)); streaming, tf.data on each host (tf_stream.py). Both
+resize crops.sample_crop's boxes as tf.image.resize's bicubic (the official
+byol/utils/dataset.py), clipped to [0, 1]; on device as dense products
+[S, H] x [H, W, 3] x [W, S], equal to TF's to 3e-7 (measured, tensorflow-cpu
+2.21). Batch k is stream positions [k B, (k + 1) B), every draw stateless in
+(seed, position): start_step=k resumes exactly; in memory the stream is global,
+so batches do not depend on the device or host count.
 """
 
 import collections
@@ -100,13 +98,36 @@ def make_pretrain_iterator(
   layout = _Layout(
       global_batch_size, process_index, process_count, local_device_count
   )
-  args = (source, source.resolve_split(split), layout, seed, start_step)
+  split = source.resolve_split(split)
   crop = dict(
       size=image_size, views=views, flip=flip, min_area=float(min_crop_area)
   )
-  if isinstance(source, sources.InMemorySource):
-    return _in_memory_crops(*args, in_memory_on, crop)
-  return tf_stream.random_iterator(*args, num_threads, crop)
+  if not isinstance(source, sources.InMemorySource):
+    args = (source, split, layout, seed, start_step, num_threads, crop)
+    return tf_stream.random_iterator(*args)
+  devices, put, gather, labels = _place(source, split, layout, in_memory_on)
+  global_batch = layout.host_batch * layout.count
+  # This host's positions within a global batch, [devices, per_device].
+  offsets = layout.index * layout.host_batch + np.arange(layout.host_batch)
+  offsets = offsets.reshape(layout.devices, -1)
+  positions = put(offsets.astype(np.int32))
+  # The raw threefry key of seed (jax.random.PRNGKey's for seeds < 2**32),
+  # built on the host so that any seed < 2**62 works without jax_enable_x64.
+  seed_key = np.asarray([seed >> 32, seed & 0xFFFFFFFF], np.uint32)
+  key = np.asarray(jax.random.fold_in(seed_key, crops.SALT_CROP))
+  keys = put(np.broadcast_to(key, (len(devices), 2)))
+  fn = _compiled(_random_views, devices, in_memory_on == 'host', **crop)
+
+  def batches():
+    for step in itertools.count(start_step):
+      idx = stream_indices(
+          step * global_batch + offsets, len(labels), (seed, crops.SALT_PERM)
+      ).astype(np.int32)
+      steps = np.full(len(devices), step, np.int32)
+      out = fn(gather(idx), put(idx), positions, put(steps), keys)
+      yield {**out, 'label': put(labels[idx])}
+
+  return batches()
 
 
 def make_supervised_iterator(source: sources.Source, **kwargs):
@@ -132,14 +153,27 @@ def make_eval_iterator(
   layout = _Layout(
       global_batch_size, process_index, process_count, local_device_count
   )
-  raw = source.resolve_split(split)
-  args = (source, raw, layout, image_size)
-  if isinstance(source, sources.InMemorySource):
-    return _in_memory_eval(*args, in_memory_on, indices)
-  n = num_eval_batches(
-      source.num_examples(raw), global_batch_size, layout.count
-  )
-  return tf_stream.eval_iterator(*args, num_threads, n)
+  split = source.resolve_split(split)
+  n = source.num_examples(split) if indices is None else len(indices)
+  num_batches = num_eval_batches(n, global_batch_size, layout.count)
+  if not isinstance(source, sources.InMemorySource):
+    args = (source, split, layout, image_size, num_threads, num_batches)
+    return tf_stream.eval_iterator(*args)
+  devices, put, gather, labels = _place(source, split, layout, in_memory_on)
+  examples = np.arange(n) if indices is None else np.asarray(indices)
+  shard, b = examples[layout.shard(n)], layout.host_batch
+  fn = _compiled(_center_view, devices, in_memory_on == 'host', size=image_size)
+
+  def batches():
+    for i in range(num_batches):
+      idx = shard[i * b : (i + 1) * b]
+      mask = (np.arange(b) < len(idx)).reshape(layout.devices, -1)
+      idx = np.pad(idx, (0, b - len(idx))).astype(np.int32).reshape(mask.shape)
+      label = np.where(mask, labels[idx], 0).astype(np.int32)
+      image = fn(gather(idx), put(idx), put(mask))
+      yield {'image': image, 'label': put(label), 'mask': put(mask)}
+
+  return batches()
 
 
 def prefetch_to_device(
@@ -182,9 +216,7 @@ def crop_resize(
 ) -> jax.Array:
   """[B, size, size, 3] in [0, 1]: box (y0, x0, h, w) of each image, resized."""
   b, h, w = images.shape[:3]
-  y0, x0, ch, cw = (
-      jnp.broadcast_to(jnp.asarray(v, jnp.int32), (b,)) for v in box
-  )
+  y0, x0, ch, cw = (jnp.broadcast_to(v, (b,)) for v in box)
   wy = resize_weights(y0, ch, size, h)
   wx = resize_weights(x0, cw, size, w)
   if flip is not None:
@@ -260,40 +292,3 @@ def _place(source, split, layout, on):
   images, labels = placed[key]
   gather = lambda idx: images if on == 'device' else put(images[idx])
   return devices, put, gather, labels
-
-
-def _in_memory_crops(source, split, layout, seed, start_step, on, crop):
-  devices, put, gather, labels = _place(source, split, layout, on)
-  global_batch = layout.host_batch * layout.count
-  # This host's positions within a global batch, [devices, per_device].
-  offsets = layout.index * layout.host_batch + np.arange(layout.host_batch)
-  offsets = offsets.reshape(layout.devices, -1)
-  positions = put(offsets.astype(np.int32))
-  # The raw threefry key of seed (jax.random.PRNGKey's for seeds < 2**32),
-  # built on the host so that any seed < 2**62 works without jax_enable_x64.
-  seed_key = np.asarray([seed >> 32, seed & 0xFFFFFFFF], np.uint32)
-  key = np.asarray(jax.random.fold_in(seed_key, crops.SALT_CROP))
-  keys = put(np.broadcast_to(key, (len(devices), 2)))
-  fn = _compiled(_random_views, devices, on == 'host', **crop)
-  for step in itertools.count(start_step):
-    idx = stream_indices(
-        step * global_batch + offsets, len(labels), (seed, crops.SALT_PERM)
-    ).astype(np.int32)
-    steps = np.full(len(devices), step, np.int32)
-    out = fn(gather(idx), put(idx), positions, put(steps), keys)
-    yield {**out, 'label': put(labels[idx])}
-
-
-def _in_memory_eval(source, split, layout, image_size, on, indices):
-  devices, put, gather, labels = _place(source, split, layout, on)
-  examples = np.arange(len(labels)) if indices is None else np.asarray(indices)
-  shard = examples[layout.shard(len(examples))]
-  fn = _compiled(_center_view, devices, on == 'host', size=image_size)
-  b, n = layout.host_batch, len(examples)
-  for i in range(num_eval_batches(n, b * layout.count, layout.count)):
-    idx = shard[i * b : (i + 1) * b]
-    mask = (np.arange(b) < len(idx)).reshape(layout.devices, -1)
-    idx = np.pad(idx, (0, b - len(idx))).astype(np.int32).reshape(mask.shape)
-    label = np.where(mask, labels[idx], 0).astype(np.int32)
-    image = fn(gather(idx), put(idx), put(mask))
-    yield {'image': image, 'label': put(label), 'mask': put(mask)}

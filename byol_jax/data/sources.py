@@ -61,18 +61,16 @@ def generic_split(logical: str, available: tuple[str, ...], what: str) -> str:
   """Logical -> raw split of dataset `what` (ImageNet: its paper protocol)."""
   if _is_imagenet(what):
     return IMAGENET_SPLITS[logical]
-  val = [s for s in ('validation', 'valid', 'val') if s in available]
   if logical in ('pretrain', 'linear_train'):
     return 'train'
-  if logical == 'test':
-    for s in ('test', *val, HELD_OUT):
-      if s in available:
-        return s
-  if logical == 'linear_valid':
-    if HELD_OUT in available:
-      return HELD_OUT
-    if 'test' in available and val:
-      return val[0]
+  val = [s for s in ('validation', 'valid', 'val') if s in available]
+  order = {  # linear_valid: a validation split only beside a test split
+      'test': ('test', *val, HELD_OUT),
+      'linear_valid': (HELD_OUT, *(val if 'test' in available else ())),
+  }.get(logical, ())
+  for s in order:
+    if s in available:
+      return s
   hint = '' if HELD_OUT in available else f', or {_HOLD_OUT_HINT}'
   raise ValueError(
       f'{what} has no split for {logical!r} (its splits: '
@@ -306,8 +304,9 @@ def tfds_source(name: str, *, data_dir: str | None = None) -> TfdsSource:
 def decoded_bytes(source: Source, side: int = 0) -> int | None:
   """Bytes of a folder's or TFDS source's uint8 arrays; None: no one size."""
   shape = (side, side)
-  if not side and isinstance(source, FolderSource):
-    shape = folder.image_shape(source.files['train'])
+  if not side and isinstance(source, FolderSource):  # the first decodable
+    decoded = (folder.decode(p, 0) for p in source.files['train'])
+    shape = next((x.shape[:2] for x in decoded if x is not None), None)
   elif not side and source.stand_in:
     shape = KNOWN_SIZES.get(source.name, (0, None))[1]
   elif not side:
@@ -363,7 +362,6 @@ def tensorflow_importable() -> bool:
 def open_source(data, read_data: bool):
   """(source, IN_MEMORY or STREAMING, decoded MiB or None) of config.data.
 
-  IN_MEMORY: digits, synthetic, and sources <= data.max_in_memory_mb decoded.
   read_data=False (--dry_run): sizes from a listing or metadata, no decoding.
   """
   spec, (kind, _, arg) = data.source, data.source.partition(':')

@@ -138,7 +138,7 @@ def _stream(tf, source, split, layout, seed):
 
 
 def _batches(source, split, layout, num_threads, seed, start, example, pad=0):
-  """Numpy batches of example(tf, seed, bytes, label, epoch, index); pad."""
+  """Numpy batches of example(tf, bytes, label, seed, epoch, index); pad."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   try:  # the input pipeline must never take accelerator memory
@@ -150,7 +150,7 @@ def _batches(source, split, layout, num_threads, seed, start, example, pad=0):
   last = 1 if seed is None else 2**62  # eval: one pass
   ds = tf.data.Dataset.range(start // n, last).flat_map(epoch).skip(start % n)
   ds = ds.map(
-      lambda e, i, payload: example(tf, seed, *load(payload), e, i),
+      lambda e, i, payload: example(tf, *load(payload), seed, e, i),
       num_parallel_calls=tf.data.AUTOTUNE,
       deterministic=True,
   )
@@ -167,10 +167,9 @@ def _batches(source, split, layout, num_threads, seed, start, example, pad=0):
   ds = ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
   def numpy_batches():  # tf.data starts on the first batch asked for
+    shape = (layout.devices, layout.per_device)
     for b in ds.as_numpy_iterator():
       yield {k: v.reshape(shape + v.shape[1:]) for k, v in b.items()}
-
-  shape = (layout.devices, layout.per_device)
 
   return numpy_batches()
 
@@ -178,7 +177,7 @@ def _batches(source, split, layout, num_threads, seed, start, example, pad=0):
 def random_iterator(source, split, layout, seed, start_step, num_threads, crop):
   """make_pretrain_iterator's stream; crop: {size, views, flip, min_area}."""
 
-  def crop_views(tf, seed, image_bytes, label, e, i):
+  def crop_views(tf, image_bytes, label, seed, e, i):
     example_seed = _fold(tf, seed, crops.SALT_CROP, e, i)
     out = {'label': tf.cast(label, tf.int32)}
     for v in range(crop['views']):
@@ -201,8 +200,7 @@ def random_iterator(source, split, layout, seed, start_step, num_threads, crop):
 def eval_iterator(source, split, layout, image_size, num_threads, num_batches):
   """pipeline.make_eval_iterator's pass over a resolved split, numpy."""
 
-  def center(tf, seed, image_bytes, label, e, i):
-    del seed, e, i
+  def center(tf, image_bytes, label, *unused_seed_epoch_index):
     box = lambda h, w: crops.center_crop(tf.math, h, w, image_size)
     image = _decode_crop_resize(tf, image_bytes, box, image_size)
     return {'image': image, 'label': tf.cast(label, tf.int32), 'mask': True}
