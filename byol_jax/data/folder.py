@@ -227,7 +227,7 @@ def _write(path: str, key: str, out):
   """Writes the cache under a temporary name, renames it, drops stale ones."""
   directory, name = os.path.split(path)
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(  # named by host and pid: see arrays
+  fd, tmp = tempfile.mkstemp(  # named by host and pid: see below
       prefix=f'.tmp-{socket.gethostname()}-{os.getpid()}-', dir=directory
   )
   try:

@@ -1,13 +1,12 @@
 """Input pipelines: per-host batches [local_devices, per_device, ...] of crops.
 
-In memory, each step gathers, crops, resizes and flips its examples on the
-devices (jit(shard_map)); streaming, tf.data on each host (tf_stream.py). Both
-resize crops.sample_crop's boxes as tf.image.resize's bicubic (the official
-byol/utils/dataset.py), clipped to [0, 1]; on device as dense products
-[S, H] x [H, W, 3] x [W, S], equal to TF's to 3e-7 (measured, tensorflow-cpu
-2.21). Batch k is stream positions [k B, (k + 1) B), every draw stateless in
-(seed, position): start_step=k resumes exactly; in memory the stream is global,
-so batches do not depend on the device or host count.
+In memory, each step crops its examples on the devices (jit(shard_map));
+streaming, tf.data on each host (tf_stream.py). Both resize crops.sample_crop's
+boxes as tf.image.resize's bicubic (official byol/utils/dataset.py), clipped to
+[0, 1]; on device as products [S, H] x [H, W, 3] x [W, S], equal to TF's to
+3e-7 (measured, tensorflow-cpu 2.21). Batch k is stream positions [k B,
+(k + 1) B), every draw stateless in (seed, position): start_step=k resumes
+exactly; in memory the stream is global: batches do not depend on devices/hosts.
 """
 
 import collections
@@ -239,9 +238,8 @@ def _random_views(x, pos, step, key, *, size, views, flip, min_area):
   u = jax.vmap(draw)(pos)
   out = {}
   for v in range(views):
-    u_box = u[:, v, : crops.NUM_U]
-    box = crops.sample_crop(jnp, u_box, float(h), float(w), min_area)
-    mirror = (u[:, v, crops.NUM_U] < 0.5) if flip else None
+    box = crops.sample_crop(jnp, u[:, v, :-1], float(h), float(w), min_area)
+    mirror = (u[:, v, -1] < 0.5) if flip else None  # u[..., NUM_U]
     out[f'view{v + 1}'] = crop_resize(x, box, size, mirror)
   return out
 

@@ -45,8 +45,7 @@ KNOWN_SIZES = {
 }
 
 
-def _is_imagenet(name: str) -> bool:
-  """Whether a TFDS name ('tfds:' optional) is ImageNet's, any version."""
+def _is_imagenet(name: str) -> bool:  # 'tfds:' optional, any version
   name = name.removeprefix('tfds:')
   return name.split('/')[0].split(':')[0] == 'imagenet2012'
 
@@ -230,11 +229,9 @@ def hold_out(source: Source, num_examples: int) -> Source:
     return dataclasses.replace(source, held_out_examples=int(num_examples))
   perm = np.random.default_rng(0).permutation(total)
   held, rest = np.sort(perm[:num_examples]), np.sort(perm[num_examples:])
-  changes = {}
-  for name in ('images' if hasattr(source, 'images') else 'files', 'labels'):
-    data = getattr(source, name)
-    train = data['train']
-    changes[name] = {**data, 'train': train[rest], HELD_OUT: train[held]}
+  split = lambda d: {**d, 'train': d['train'][rest], HELD_OUT: d['train'][held]}
+  fields = ('images' if hasattr(source, 'images') else 'files', 'labels')
+  changes = {f: split(getattr(source, f)) for f in fields}
   if source.num_skipped:  # skipped files stay counted in train
     changes['num_skipped'] = {**source.num_skipped, HELD_OUT: 0}
   return dataclasses.replace(source, **changes)
@@ -372,16 +369,14 @@ def open_source(data, read_data: bool):
         'image folder (folder:<path>), digits or synthetic.'
     )
 
-  def attempt(fn, *args, field='source', **kwargs):
+  def named(fn, *args, field='source', **kwargs):  # errors name the field
     try:
       return fn(*args, **kwargs)
     except (ValueError, OSError) as e:
       raise ValueError(f'data.{field}={getattr(data, field)!r}: {e}') from None
 
   n = data.held_out_examples
-  hold = (
-      lambda s: attempt(hold_out, s, n, field='held_out_examples') if n else s
-  )
+  hold = lambda s: named(hold_out, s, n, field='held_out_examples') if n else s
 
   classes, _, sizes = KNOWN_SIZES.get(spec, (0, None, None))
   if kind == 'synthetic' and (not arg or arg.isdigit() and int(arg) > 0):
@@ -389,14 +384,14 @@ def open_source(data, read_data: bool):
   if sizes and not read_data:  # a stand-in: nothing read
     source = TfdsSource(spec, classes, sizes=dict(sizes))
   else:
-    source = attempt(
+    source = named(
         get_source, spec, data_dir=data.data_dir or None, validate_files=False
     )
   if kind == 'tfds':  # TFDS's own train[:N] slices, before anything is read
     source = hold(source)
   size, fits = None, True  # digits, synthetic
   if kind in ('folder', 'tfds'):
-    size = attempt(decoded_bytes, source, data.cache_side)
+    size = named(decoded_bytes, source, data.cache_side)
     fits = size is not None and size <= data.max_in_memory_mb * 2**20
   megabytes = None if size is None else round(size / 2**20, 1)
   if not fits and not tensorflow_importable():
@@ -409,13 +404,13 @@ def open_source(data, read_data: bool):
         '--config.data.cache_side).'
     )
   if read_data and kind == 'folder' and fits:
-    source = attempt(
+    source = named(
         in_memory_folder, source, side=data.cache_side, cache_dir=data.cache_dir
     )
   elif read_data and kind == 'folder':  # streams: undecodable files left out
-    source = attempt(get_source, spec)
+    source = named(get_source, spec)
   elif read_data and kind == 'tfds' and fits:
-    source = attempt(in_memory_tfds, source, side=data.cache_side)
+    source = named(in_memory_tfds, source, side=data.cache_side)
   source = source if kind == 'tfds' else hold(source)
   return source, IN_MEMORY if fits else STREAMING, megabytes
 

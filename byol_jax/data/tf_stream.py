@@ -1,10 +1,9 @@
 """tf.data host streams of folder and TFDS sources (pipeline.py's contract).
 
-TensorFlow is imported only here, inside the functions. A folder host streams
-its strided shard in a stateless permutation of (seed, epoch). A TFDS host
-(TFRecords: no random access) streams its contiguous slice's files in a
-stateless per-epoch order, 16 interleaved, shuffled in windows of about 10
-batches; resuming mid-epoch reads (not decodes) the records before.
+A folder host streams its strided shard in a stateless permutation of (seed,
+epoch); a TFDS host (TFRecords: no random access) its contiguous slice's files
+in a stateless per-epoch order, 16 interleaved, shuffled in windows of about 10
+batches (resuming mid-epoch reads, not decodes, the records before).
 """
 
 import numpy as np
@@ -37,10 +36,8 @@ def _decode_crop_resize(tf, image_bytes, box_fn, size):
 
   image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
   # Bicubic then clip, as the official byol/utils/dataset.py.
-  image = tf.image.resize(image, [size, size], method='bicubic')
-  return tf.ensure_shape(
-      tf.clip_by_value(image / 255.0, 0.0, 1.0), [size] * 2 + [3]
-  )
+  image = tf.image.resize(image, [size, size], method='bicubic') / 255.0
+  return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), [size, size, 3])
 
 
 def _stream(tf, source, split, layout, seed):
@@ -90,12 +87,11 @@ def _stream(tf, source, split, layout, seed):
     names = tf.constant([str(fi.filename) for fi in fis])
     skips = tf.constant([fi.skip for fi in fis], tf.int64)
     takes = tf.constant([fi.take for fi in fis], tf.int64)
-    firsts = start + np.cumsum([0] + [fi.take for fi in fis])[:-1]
-    firsts = tf.constant(firsts, tf.int64)
+    firsts = start + tf.math.cumsum(takes, exclusive=True)
 
     def read(f):  # (global index, record) of file f
       ds = tf.data.TFRecordDataset(names[f]).skip(skips[f]).take(takes[f])
-      return ds.enumerate().map(lambda j, rec: (firsts[f] + j, rec))
+      return ds.enumerate(firsts[f])
 
     def load(rec):
       ex = builder.info.features.deserialize_example(rec, decoders=decoders)
@@ -106,8 +102,7 @@ def _stream(tf, source, split, layout, seed):
     records = builder.as_dataset(
         split=host_split, shuffle_files=False, decoders=decoders
     )
-    records = records.map(lambda ex: (ex[ik], ex[lk])).enumerate()
-    read = lambda f: records.map(lambda j, p: (start + j, p))
+    read = lambda f: records.map(lambda ex: (ex[ik], ex[lk])).enumerate(start)
     load, num_files = (lambda p: p), 1
   # Shuffle window: ~10 batches of records (the official code's 10 * batch).
   window = int(np.clip(10 * layout.host_batch, 1024, 10_000))
