@@ -1,28 +1,25 @@
 """The run plan: a config of inputs + the dataset + the devices -> the run.
 
-`build` runs once at start-up, after the `--config.*` overrides: the mode,
-every field validated, the data opened, the splits checked, then the typed
-plans (data, pre-training, probe) that the functions below the entry points
-take. Nothing downstream re-derives or re-validates; WORKDIR/config.json is
-`Run.record()`: the inputs and the plans as its `derived` section.
+`build` runs once at start-up, after the `--config.*` overrides: every field
+validated, the data opened, the splits checked, then the typed plans (data,
+pre-training, probe) that the code below the entry points takes; nothing
+re-derives them. WORKDIR/config.json is `Run.record()`.
 
 Run length, in order of precedence:
   * training.total_steps > 0 (the `steps=` option) is the step count;
   * else floor(training.num_epochs * examples / global_batch_size), the
     official BYOL code's formula (byol/configs/byol.py: num_epochs *
-    train_images // batch_size);
-  * the `epochs=` option sets num_epochs and clears a preset's step count
-    (`tiny,epochs=30` runs 30 epochs); `--config.training.num_epochs` does
-    not clear an explicit training.total_steps: PretrainPlan.total_steps_from
-    says which one was used.
+    train_images // batch_size); the `epochs=` option sets num_epochs and
+    clears a preset's step count, `--config.training.num_epochs` does not
+    (PretrainPlan.total_steps_from says which one was used);
   * training.warmup_steps >= 0 is the warm-up; else warmup_epochs * examples
-    // batch. A warm-up longer than the run is shortened to the run (logged,
-    and listed in Run.notes).
+    // batch, never longer than the run (then listed in Run.notes).
 """
 
 import dataclasses
 from typing import Any, Mapping, Optional, Tuple
 
+import jax
 import ml_collections
 
 from byol_jax import encoder
@@ -86,6 +83,17 @@ class ProbePlan:
   pretrain_finished: Optional[bool] = None
 
 
+# Run.record()'s key of a plan's field, where it is not the field's name
+# (ProbePlan's: 'eval_' + name); '': not recorded (the data's num_classes is).
+_RECORD_KEYS = {
+    ('data', 'path'): 'data_path',
+    ('data', 'read'): 'data_read',
+    ('probe', 'num_classes'): '',
+    ('probe', 'checkpoint_step'): 'pretrain_checkpoint_step',
+    ('probe', 'pretrain_finished'): 'pretrain_finished',
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
   """The built run: the locked inputs, the data source and the plans."""
@@ -100,40 +108,17 @@ class Run:
 
   def record(self) -> dict:
     """The inputs + `derived`: the plans, flat (config.json, --dry_run)."""
-    d, data = dict(mode=self.mode), self.data
-    d.update(
-        data_read=data.read,
-        num_classes=data.num_classes,
-        splits=dict(data.splits),
-        data_path=data.path,
-    )
-    if data.in_memory_mb is not None:
-      d['in_memory_mb'] = data.in_memory_mb
-    if self.pretrain:
-      d.update(dataclasses.asdict(self.pretrain))
-    if p := self.probe:
-      d.update(
-          eval_num_train_examples=p.num_train_examples,
-          eval_steps=p.steps,
-          eval_peak_learning_rates=list(p.peak_learning_rates),
-      )
-      if len(p.peak_learning_rates) > 1:
-        d.update(
-            eval_sweep_valid_split=p.sweep_valid_split,
-            eval_sweep_valid_examples=p.sweep_valid_examples,
-            eval_sweep_steps=p.sweep_steps,
-        )
-      if p.checkpoint_step is not None:
-        d.update(
-            pretrain_checkpoint_step=p.checkpoint_step,
-            pretrain_finished=p.pretrain_finished,
-        )
-    return dict(self.config.to_dict(), derived=dict(d, notes=list(self.notes)))
-
-
-# Sections that describe the checkpoint: linear evaluation takes them from
-# the pre-training run and refuses explicit overrides of them.
-RUN_SECTIONS = ('method', 'model', 'training')
+    derived = dict(mode=self.mode)
+    sweep = self.probe and len(self.probe.peak_learning_rates) > 1
+    plans = dict(data=self.data, pretrain=self.pretrain, probe=self.probe)
+    for name, plan in plans.items():
+      for field, value in (dataclasses.asdict(plan) if plan else {}).items():
+        default = f'eval_{field}' if name == 'probe' else field
+        key = _RECORD_KEYS.get((name, field), default)
+        if key and value is not None and (sweep or 'sweep' not in field):
+          derived[key] = list(value) if isinstance(value, tuple) else value
+    derived['notes'] = list(self.notes)
+    return dict(self.config.to_dict(), derived=derived)
 
 
 def _inputs(config) -> ml_collections.ConfigDict:
@@ -146,35 +131,27 @@ def _inputs(config) -> ml_collections.ConfigDict:
 def eval_inputs(
     config, pretrained, explicit=frozenset()
 ) -> ml_collections.ConfigDict:
-  """The one merge rule of linear evaluation of a pre-training run.
-
-  method, model, training: the run's (they describe the checkpoint); an
-  explicit override of them is a ConfigError. eval, logging, checkpoint,
-  seed: this config's. data: the run's, except the fields `explicit` names
-  (`--config.data.*` overrides) and data.source when the config string has
-  `dataset=`; a preset's data (gn_ws.py:tiny's digits) is not explicit.
-  """
+  """Linear evaluation's inputs: method, model, training (an `explicit`
+  override of them is an error) and data from the pre-training run, but the
+  data fields `explicit` names and data.source under a `dataset=` option (not
+  a preset's data); eval, logging, checkpoint and seed from `config`."""
   for field in sorted(explicit):
-    if field.split('.')[0] in RUN_SECTIONS:
+    section = field.split('.')[0]
+    if section in ('method', 'model', 'training'):
       raise ConfigError(
-          f'{field}: linear evaluation takes {field.split(".")[0]} from the '
-          f'pre-training run (eval.pretrain_workdir='
-          f'{config.eval.pretrain_workdir!r}), which describes its '
-          f'checkpoint; drop --config.{field}.'
+          f'{field}: linear evaluation takes {section} from the pre-training '
+          f'run (eval.pretrain_workdir={config.eval.pretrain_workdir!r}), '
+          f'which describes its checkpoint; drop --config.{field}.'
       )
   merged = _inputs(pretrained)
-  merged.mode = 'linear_eval'
-  merged.seed = config.seed
-  merged.options = config.options
+  merged.update(mode='linear_eval', seed=config.seed, options=config.options)
   for section in ('eval', 'logging', 'checkpoint'):
     merged[section] = ml_collections.ConfigDict(config[section].to_dict())
   chosen = {f.split('.', 1)[1] for f in explicit if f.startswith('data.')}
-  options = (
-      item.partition('=')[0] for item in (config.options or '').split(',')
-  )
-  if 'dataset' in {name.strip() for name in options}:
+  options = (config.options or '').split(',')
+  if 'dataset' in {o.partition('=')[0].strip() for o in options}:
     chosen.add('source')
-  for field in sorted(chosen):
+  for field in chosen:
     merged.data[field] = config.data[field]
   return merged
 
@@ -185,8 +162,9 @@ def _check_splits(config, mode: str, source) -> dict:
   if mode == 'pretrain':
     needed['data.pretrain_split'] = config.data.pretrain_split
     if config.logging.knn_every_steps:
-      field = 'logging.knn_every_steps (reference: linear_train)'
-      needed[field] = 'linear_train'
+      needed['logging.knn_every_steps (reference: linear_train)'] = (
+          'linear_train'
+      )
       needed['eval.test_split'] = config.eval.test_split
   if mode == 'linear_eval' or config.eval.after_pretraining:
     needed['eval.train_split'] = config.eval.train_split
@@ -206,50 +184,25 @@ def _check_splits(config, mode: str, source) -> dict:
   return resolved
 
 
-def epochs_to_steps(epochs: float, num_examples: int, batch: int) -> int:
-  """floor(epochs * num_examples / batch), as official byol/configs/byol.py."""
-  return int(epochs * int(num_examples)) // int(batch)
-
-
-def sweep_valid_split(config, source) -> str:
-  """'linear_valid' when the dataset has one apart from the probe's splits.
-
-  ImageNet: train[:10000], the probes trained on train[10000:] (official
-  byol/utils/dataset.py). '': eval.sweep_valid_examples are held out instead.
-  """
-  try:
-    valid = source.resolve_split('linear_valid')
-  except ValueError:
-    return ''
-  others = {
-      source.resolve_split(config.eval.train_split),
-      source.resolve_split(config.eval.test_split),
-  }
-  return '' if valid in others else 'linear_valid'
-
-
 def _pretrain_plan(config, source, topology, num_classes, notes):
   t = config.training
-  n, b = (
-      int(source.num_examples(config.data.pretrain_split)),
-      t.global_batch_size,
-  )
+  n = int(source.num_examples(config.data.pretrain_split))
+  b = t.global_batch_size
+  steps_of = lambda epochs: int(epochs * n) // b  # official byol/configs
   total, total_from = t.total_steps, 'training.total_steps'
   if total <= 0:
-    total, total_from = (
-        epochs_to_steps(t.num_epochs, n, b),
+    total = steps_of(t.num_epochs)
+    total_from = 'training.num_epochs'
+    validation.check(
+        total > 0,
         'training.num_epochs',
+        t.num_epochs,
+        f'gives 0 steps of batch {b} over {n} examples; raise it, lower '
+        'training.global_batch_size, or set training.total_steps.',
     )
-    if total <= 0:
-      validation.fail(
-          'training.num_epochs',
-          t.num_epochs,
-          f'gives 0 steps of batch {b} over {n} examples; raise it, lower '
-          'training.global_batch_size, or set training.total_steps.',
-      )
   warmup = t.warmup_steps
   if warmup < 0:
-    warmup = epochs_to_steps(t.warmup_epochs, n, b)
+    warmup = steps_of(t.warmup_epochs)
   if warmup > total:
     notes.append(f"warm-up shortened from {warmup} to the run's {total} steps")
     warmup = total
@@ -286,39 +239,48 @@ def _probe_plan(config, source, num_classes, **pretrained) -> ProbePlan:
   e = config.eval
   n = source.num_examples(e.train_split)
   # eval.num_epochs full passes of whole batches.
-  epoch_steps = lambda examples: max(1, examples // e.global_batch_size)
-  plan = ProbePlan(
+  steps = lambda examples: int(
+      e.num_epochs * max(1, examples // e.global_batch_size)
+  )
+  if len(e.learning_rates) > 1:
+    # The dataset's own validation split when it has one apart from the
+    # probe's splits (ImageNet: train[:10000], the probes trained on
+    # train[10000:], official byol/utils/dataset.py); else held out of train.
+    try:
+      valid = source.resolve_split('linear_valid')
+      probe_splits = {source.resolve_split(e.train_split)}
+      probe_splits.add(source.resolve_split(e.test_split))
+      valid_split = '' if valid in probe_splits else 'linear_valid'
+    except ValueError:
+      valid_split = ''
+    if valid_split:
+      valid, rest = int(source.num_examples(valid_split)), n
+    else:
+      valid = e.sweep_valid_examples
+      if valid == -1:  # a fifth, at most ImageNet's 10,000
+        valid = max(1, min(sources.IMAGENET_VALID_EXAMPLES, n // 5))
+      validation.check(
+          valid < n,
+          'eval.sweep_valid_examples',
+          valid,
+          f'must be below the {n} examples of eval.train_split '
+          f'{e.train_split!r}: the learning-rate sweep trains on the rest.',
+      )
+      rest = n - valid
+    pretrained.update(
+        sweep_valid_split=valid_split,
+        sweep_valid_examples=valid,
+        sweep_steps=steps(rest),
+    )
+  return ProbePlan(
       num_classes=num_classes,
       num_train_examples=n,
-      steps=int(e.num_epochs * epoch_steps(n)),
+      steps=steps(n),
       peak_learning_rates=tuple(
           schedules.peak_learning_rate(r, e.global_batch_size)
           for r in e.learning_rates
       ),
       **pretrained,
-  )
-  if len(e.learning_rates) == 1:
-    return plan
-  valid_split = sweep_valid_split(config, source)
-  if valid_split:  # ImageNet: train[:10000], apart from train[10000:].
-    valid, rest = int(source.num_examples(valid_split)), n
-  else:
-    valid = e.sweep_valid_examples
-    if valid == -1:  # a fifth, at most ImageNet's 10,000
-      valid = max(1, min(sources.IMAGENET_VALID_EXAMPLES, n // 5))
-    validation.check(
-        valid < n,
-        'eval.sweep_valid_examples',
-        valid,
-        f'must be below the {n} examples of eval.train_split '
-        f'{e.train_split!r}: the learning-rate sweep trains on the rest.',
-    )
-    rest = n - valid
-  return dataclasses.replace(
-      plan,
-      sweep_valid_split=valid_split,
-      sweep_valid_examples=valid,
-      sweep_steps=int(e.num_epochs * epoch_steps(rest)),
   )
 
 
@@ -332,26 +294,40 @@ def build(
 ) -> Run:
   """Validates the inputs, opens the data and derives the run, once.
 
-  `config` may be a built one (rebuilt from its inputs); `topology` defaults
-  to this process's devices; `source` is opened from config.data when None;
-  read_data=False (dry runs, benchmarks) reads no image: sizes come from a
-  folder listing or sources.KNOWN_SIZES; `explicit` names the fields set by
-  `--config.*` overrides (eval_inputs). Raises ConfigError, in one line.
+  `topology`: this process's devices when None; `source`: opened from
+  config.data when None; read_data=False (dry runs, benchmarks) reads no
+  image, sizes come from a listing or sources.KNOWN_SIZES; `explicit`: the
+  fields `--config.*` set (eval_inputs). Raises ConfigError, in one line.
   """
   inputs = _inputs(config)
   mode = validation.mode_of(inputs)
   validation.validate_inputs(inputs, mode)
+  probing = mode == 'linear_eval' or inputs.eval.after_pretraining
+  notes, pretrained = [], {}
   if mode == 'linear_eval':
     workdir = inputs.eval.pretrain_workdir
     try:
       pretrained_config = encoder.saved_config(workdir)
-      checkpoint_step = encoder.latest_checkpoint_step(workdir)
+      step = encoder.latest_checkpoint_step(workdir)
     except (FileNotFoundError, ValueError) as e:
       raise ConfigError(f'eval.pretrain_workdir={workdir!r}: {e}') from None
     inputs = eval_inputs(inputs, pretrained_config, explicit)
+    # The pre-training run's own plan (its schedules shape the checkpoint).
+    total = (pretrained_config.get('derived') or {}).get('total_steps', -1)
+    finished = bool(total > 0 and step >= total)
+    pretrained = dict(checkpoint_step=step, pretrain_finished=finished)
+    if not finished:
+      notes.append(
+          f'evaluating step {step} of a pre-training run of '
+          f'{total} steps: the run is unfinished'
+      )
+    old, new = pretrained_config.data, inputs.data
+    if (new.source, new.image_size) != (old.source, old.image_size):
+      notes.append(
+          f'evaluating on {new.source} at {new.image_size}px '
+          f'an encoder pre-trained on {old.source} at {old.image_size}px'
+      )
   if topology is None:
-    import jax  # pylint: disable=g-import-not-at-top
-
     topology = Topology(jax.process_count(), jax.local_device_count())
   if mode == 'pretrain':
     validation.check_batch(
@@ -360,7 +336,7 @@ def build(
         topology,
         validation.MIN_PRETRAIN_PER_DEVICE,
     )
-  if mode == 'linear_eval' or inputs.eval.after_pretraining:
+  if probing:
     validation.check_batch(
         'eval.global_batch_size', inputs.eval.global_batch_size, topology
     )
@@ -375,38 +351,19 @@ def build(
   data = inputs.data
   num_classes = int(source.num_classes)
   if data.num_classes > 0:
-    if data.num_classes < num_classes:
-      validation.fail(
-          'data.num_classes',
-          data.num_classes,
-          f'{data.source} has {num_classes} classes: use at '
-          'least that many outputs, or -1 to take them from the dataset.',
-      )
-    num_classes = data.num_classes
-  notes, pretrained = [], {}
-  if mode == 'linear_eval':
-    # The pre-training run's own plan (its schedules shape the checkpoint).
-    total = (pretrained_config.get('derived') or {}).get('total_steps', -1)
-    finished = bool(total > 0 and checkpoint_step >= total)
-    pretrained = dict(
-        checkpoint_step=checkpoint_step, pretrain_finished=finished
+    validation.check(
+        data.num_classes >= num_classes,
+        'data.num_classes',
+        data.num_classes,
+        f'{data.source} has {num_classes} classes: use at least that many '
+        'outputs, or -1 to take them from the dataset.',
     )
-    if not finished:
-      notes.append(
-          f'evaluating step {checkpoint_step} of a pre-training run of '
-          f'{total} steps: the run is unfinished'
-      )
-    old = pretrained_config.data
-    if (data.source, data.image_size) != (old.source, old.image_size):
-      notes.append(
-          f'evaluating on {data.source} at {data.image_size}px '
-          f'an encoder pre-trained on {old.source} at {old.image_size}px'
-      )
+    num_classes = data.num_classes
   splits = _check_splits(inputs, mode, source)
   pretrain = probe = None
   if mode == 'pretrain':
     pretrain = _pretrain_plan(inputs, source, topology, num_classes, notes)
-  if mode == 'linear_eval' or inputs.eval.after_pretraining:
+  if probing:
     probe = _probe_plan(inputs, source, num_classes, **pretrained)
   if data_path != sources.IN_MEMORY:
     megabytes = None
@@ -414,12 +371,7 @@ def build(
     megabytes = round(sum(x.nbytes for x in images.values()) / 2**20, 1)
   elif megabytes is None:
     megabytes = -1
-  data_plan = DataPlan(
-      num_classes=num_classes,
-      splits=splits,
-      path=data_path,
-      read=read_data and not getattr(source, 'stand_in', False),
-      in_memory_mb=megabytes,
-  )
+  read = read_data and not getattr(source, 'stand_in', False)
+  data_plan = DataPlan(num_classes, splits, data_path, read, megabytes)
   inputs.lock()
   return Run(inputs, source, mode, data_plan, pretrain, probe, tuple(notes))
