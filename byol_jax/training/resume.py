@@ -1,6 +1,5 @@
-"""The resume contract: each checkpoint records `trajectory(config)`; a run
-that would resume under another stops unless checkpoint.allow_changed_config.
-"""
+"""The resume contract: each checkpoint records `trajectory(run)`; a run that
+would resume under another stops unless checkpoint.allow_changed_config."""
 
 import datetime
 import json
@@ -27,13 +26,10 @@ def _deep_update(base: dict, new: dict) -> dict:
 def from_saved(saved: dict) -> ml_collections.ConfigDict:
   """A built config from a run's config.json (older ones too: defaults)."""
   tree = _deep_update(configs.experiment_config(None).to_dict(), saved)
-  if 'derived' not in saved:
-    t, data = saved.get('training', {}), saved.get('data', {})
+  if 'derived' not in saved:  # what its readers take, from where it was then
     tree['derived'] = dict(
-        num_classes=data.get('num_classes', -1),
-        num_train_examples=data.get('num_train_examples', -1),
-        total_steps=t.get('total_steps', -1),
-        warmup_steps=t.get('warmup_steps', -1),
+        num_classes=tree['data'].get('num_classes', -1),
+        total_steps=tree['training'].get('total_steps', -1),
     )
   return ml_collections.ConfigDict(tree)
 
@@ -85,13 +81,11 @@ def flatten(tree: dict, prefix: str = '') -> dict:
 
 def trajectory(run) -> dict:
   """{dotted field: value} of what shapes a plan.Run's pre-training (sorted)."""
-  config, derived = run.config, run.record()['derived']
-  tree = {'method': config.method, 'seed': config.seed}
-  for section in ('model', 'training', 'data'):
-    tree[section] = config[section].to_dict()
-  tree['derived'] = {k: derived.get(k) for k in _TRAJECTORY_DERIVED}
+  record = run.record()
+  tree = {k: record[k] for k in ('method', 'seed', 'model', 'training', 'data')}
+  tree['derived'] = {k: record['derived'].get(k) for k in _TRAJECTORY_DERIVED}
   flat = flatten(tree)
-  return {k: v for k, v in sorted(flat.items()) if k not in _NOT_TRAJECTORY}
+  return {k: flat[k] for k in sorted(flat) if k not in _NOT_TRAJECTORY}
 
 
 def upgrade_trajectory(old: dict) -> dict:
@@ -129,11 +123,8 @@ def check_resume(run, ckpt) -> dict:
     )
     return {}
   diff = changes(upgrade_trajectory(old), trajectory(run))
-  if structural := {
-      k: v
-      for k, v in diff.items()
-      if k.split('.')[0] in ('method', 'model') or k == 'derived.num_classes'
-  }:
+  network = ('method', 'model.', 'derived.num_classes')
+  if structural := {k: v for k, v in diff.items() if k.startswith(network)}:
     raise validation.ConfigError(
         f'{where} with another network: {describe_changes(structural)}; a '
         'checkpoint cannot be resumed under another architecture (not even '
@@ -159,21 +150,17 @@ def check_resume(run, ckpt) -> dict:
 def write_config(
     run, workdir, *, start_step: int, trajectory_changes: dict
 ) -> None:
-  """Process 0: config.json (Run.record), and a config_history.jsonl line if
-  it changed."""
+  """Process 0: config.json (Run.record); config_history.jsonl on a change."""
   if jax.process_index() != 0:
     return
   path = workdir_lib.config_path(workdir)
   text = json.dumps(run.record(), indent=2, sort_keys=True)
   old = path.read_text() if path.exists() else None
-  diff = {}
-  if old is not None:
-    diff = changes(flatten(json.loads(old)), flatten(json.loads(text)))
+  diff = changes(flatten(json.loads(old or text)), flatten(json.loads(text)))
   if old is None or diff or trajectory_changes:
+    now = datetime.datetime.now(datetime.timezone.utc)
     entry = {
-        'time': datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec='seconds'
-        ),
+        'time': now.isoformat(timespec='seconds'),
         'start_step': start_step,
         'config_changes': diff,
         'trajectory_changes': trajectory_changes,

@@ -19,21 +19,14 @@ from byol_jax.training import resume
 from byol_jax.training import workdir as workdir_lib
 
 
-def run(
-    config,
-    workdir: str,
-    *,
-    topology=None,
-    explicit=frozenset(),
-    on_checked=None,
-) -> dict:
+def run(config, workdir: str, *, explicit=frozenset(), on_checked=None) -> dict:
   """Pre-training and linear evaluation (each skipped once done) in `workdir`.
 
   `explicit`: the fields `--config.*` set; `on_checked()`: once the run is
   built and its checkpoint checked, before anything compiles.
   """
   workdir_lib.check_not_a_file(workdir)
-  built = plan.build(config, topology=topology, explicit=explicit)
+  built = plan.build(config, explicit=explicit)
   try:
     with _training_lock(workdir):
       return _run(built, workdir, on_checked)
@@ -74,8 +67,7 @@ def _run(run, workdir, on_checked) -> dict:
   )
   signature = {'eval_inputs': eval_signature(run)}
   if not pretraining:
-    step = run.probe.checkpoint_step
-    return _done_eval(run, workdir, step) or (
+    return _done_eval(run, workdir, run.probe.checkpoint_step) or (
         linear_eval.run_linear_eval_from_workdir(run, workdir, extra=signature)
     )
   summary = pretrain.train(run, workdir)
