@@ -11,6 +11,7 @@ holds a run of other inputs is moved to WORKDIR/replaced/<variant>.<n> and
 trained again (only evaluated again when just eval.* fields changed).
 """
 
+import itertools
 import json
 import sys
 import time
@@ -20,6 +21,7 @@ from absl import flags
 from absl import logging
 from etils import epath
 
+from byol_jax.config import configs
 from byol_jax.config import plan
 from byol_jax.results import report
 from byol_jax.results import runs as runs_lib
@@ -32,8 +34,10 @@ FAILURES_FILE = 'failures.json'  # variant -> message; retried next time.
 REPLACED_DIR = 'replaced'
 # Inputs (prefixes) that change no number of the table: the option string (its
 # fields are compared themselves), where data, caches and in-memory arrays
-# live, the modified init's chunking (exactly merged), the checkpoint policy.
+# live, the modified init's chunking (exactly merged), the checkpoint policy;
+# and the values plan.build derives from the inputs.
 _NOT_COMPARED = (
+    'derived.',
     'options',
     'data.data_dir',
     'data.cache_dir',
@@ -48,26 +52,22 @@ def changed_inputs(config, workdir: epath.Path) -> dict:
   saved = runs_lib.read_json(workdir_lib.config_path(workdir))
   if saved is None:
     return {}
-  saved = resume.from_saved(saved)
-  del saved['derived']  # values plan.build derives from the inputs.
 
   def inputs(tree):
     flat = resume.flatten(json.loads(tree.to_json_best_effort()))
     return {k: v for k, v in flat.items() if not k.startswith(_NOT_COMPARED)}
 
-  return resume.changes(inputs(saved), inputs(config))
+  return resume.changes(inputs(resume.from_saved(saved)), inputs(config))
 
 
 def _move_aside(root: epath.Path, vdir: epath.Path) -> epath.Path:
   """vdir -> root/replaced/<variant>.<n>, under its training lock."""
-  replaced = root / REPLACED_DIR
-  n = 1
-  while (replaced / f'{vdir.name}.{n}').exists():
-    n += 1
-  replaced.mkdir(parents=True, exist_ok=True)
+  names = (root / REPLACED_DIR / f'{vdir.name}.{n}' for n in itertools.count(1))
+  aside = next(path for path in names if not path.exists())
+  aside.parent.mkdir(parents=True, exist_ok=True)
   lock = workdir_lib.TrainingLock(vdir)
   lock.acquire()  # a directory a training run writes is refused, not moved.
-  aside = vdir.rename(replaced / f'{vdir.name}.{n}')
+  vdir.rename(aside)
   workdir_lib.lock_path(aside).unlink()
   lock.release()
   return aside
@@ -91,7 +91,7 @@ def reproduce(
     variants=(),
     dataset='',
     overrides=(),
-    experiments_dir=variants_lib.EXPERIMENTS_DIR,
+    experiments_dir=configs.EXPERIMENTS_DIR,
     dry_run: bool = False,
 ) -> dict:
   """Runs (or resumes) every selected variant, then writes the report.
@@ -116,8 +116,7 @@ def reproduce(
     KeyboardInterrupt: a variant was interrupted (other failures are
       recorded in WORKDIR/failures.json and the next variant runs).
   """
-  scales = variants_lib.SCALES
-  if scale not in scales:
+  if scale not in (scales := configs.SCALES):
     raise ValueError(f'--scale={scale!r}: use one of {", ".join(scales)}.')
   chosen = variants_lib.select(variants_lib.table_variants(table), variants)
   root = epath.Path(workdir)
@@ -142,9 +141,8 @@ def reproduce(
   commands = [
       v.command(scale, dataset, root / v.name, overrides) for v in chosen
   ]
-  out = dict(
-      commands=commands, ran=[], skipped=[], failed={}, replaced={}, report=None
-  )
+  out = dict(commands=commands, ran=[], skipped=[], failed={}, replaced={})
+  out['report'] = None
   if dry_run:
     return out
   changed = [
@@ -185,8 +183,8 @@ def reproduce(
       logging.info('%s: finished in %.0fs.', v.name, time.time() - start)
     if failures:
       failures_path.write_text(json.dumps(failures, indent=2))
-    elif failures_path.exists():
-      failures_path.unlink()
+    else:
+      failures_path.unlink(missing_ok=True)
   present = [
       v.name for v in chosen if workdir_lib.metrics_path(root / v.name).exists()
   ]
@@ -244,7 +242,7 @@ if __name__ == '__main__':
   flags.DEFINE_enum(
       'scale',
       'tiny',
-      list(variants_lib.SCALES),
+      list(configs.SCALES),
       'tiny: digits on a CPU; small: CIFAR-10 on a CPU with the '
       "paper's optimiser; cifar10: CIFAR-10, ResNet-18, GPU.",
   )
@@ -260,7 +258,7 @@ if __name__ == '__main__':
   )
   flags.DEFINE_string(
       'experiments_dir',
-      str(variants_lib.EXPERIMENTS_DIR),
+      str(configs.EXPERIMENTS_DIR),
       'Directory of the experiment configs.',
   )
   flags.DEFINE_bool('dry_run', False, 'Print the commands, run nothing.')

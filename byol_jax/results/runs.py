@@ -106,10 +106,9 @@ def load_run(workdir) -> dict:
     for key in keys:
       _number(row, key, f'{metrics_path} row {i + 1}')
   config_path = workdir_lib.config_path(workdir)
-  config = read_json(config_path) or {}
   done_path = workdir_lib.pretrain_done_path(workdir)
-  done = read_json(done_path)
   results_path = workdir_lib.eval_results_path(workdir)
+  config, done = read_json(config_path) or {}, read_json(done_path)
   results = read_json(results_path) or {}
   random_init = results.get('random_init') or {}
   paper = _number(config, 'paper_top1', config_path)

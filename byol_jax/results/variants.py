@@ -19,9 +19,6 @@ from ml_collections.config_flags import tuple_parser
 from byol_jax.config import configs
 from byol_jax.config import presets
 
-EXPERIMENTS_DIR = configs.EXPERIMENTS_DIR
-SCALES = configs.SCALES
-
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
@@ -90,7 +87,7 @@ def variant_config(
     scale: str,
     dataset: str = '',
     overrides=(),
-    experiments_dir=EXPERIMENTS_DIR,
+    experiments_dir=configs.EXPERIMENTS_DIR,
 ):
   """The variant's config, as `--config=...:<arg> --config.<k>=<v>` gives it.
 
