@@ -28,7 +28,6 @@ from byol_jax.training import checkpointing
 from byol_jax.training import resume
 from byol_jax.training import workdir as workdir_lib
 
-ENCODER_MODULES = ('encoder',)
 _RUN_HINT = (
     'run a pre-training first: python -m byol_jax.main '
     '--config=experiments/quickstart.py --workdir={workdir}'
@@ -36,7 +35,7 @@ _RUN_HINT = (
 
 
 def _encoder_part(tree):
-  return networks.restrict(tree, ENCODER_MODULES)
+  return networks.restrict(tree, ('encoder',))
 
 
 def _encoder_transform(model) -> hk.TransformedWithState:
@@ -66,12 +65,21 @@ def encoder_apply(config) -> Callable[[Any, Any, jax.Array], jax.Array]:
 
 @functools.lru_cache(maxsize=2)
 def _jitted_init(key: ml_collections.FrozenConfigDict, num_classes: int):
-  """jit(init_train_state), cached: compiling the initialisers is slow."""
-  config = ml_collections.ConfigDict(key)
-  method, optimizer = experiment.init_objects(config, num_classes)
+  # Jitted: one compilation, not one per initialiser op (hosts other than
+  # process 0 never hit the compilation cache); the eager init's values bit
+  # for bit (tiny GN+WS and BN configs, CPU).
+  method, optimizer = experiment.init_objects(
+      ml_collections.ConfigDict(key), num_classes
+  )
   return jax.jit(
       functools.partial(experiment.init_train_state, method, optimizer)
   )
+
+
+def initial_train_state(config, num_classes: int) -> experiment.TrainState:
+  """Pre-training's TrainState at step 0 for config.seed (before §3.2)."""
+  init = _jitted_init(ml_collections.FrozenConfigDict(config), num_classes)
+  return init(jax.random.PRNGKey(config.seed), experiment.sample_images(config))
 
 
 def random_encoder(config, num_classes: int):
@@ -81,14 +89,10 @@ def random_encoder(config, num_classes: int):
   baseline is the trained encoder's own starting point (before any
   modified-init calibration, paper §3.2).
   """
-  # Keyed on what the initialisation depends on (not eval/logging fields).
-  key = {k: config[k].to_dict() for k in ('model', 'training')}
-  key['method'] = config.method
-  init = _jitted_init(ml_collections.FrozenConfigDict(key), num_classes)
-  images = experiment.sample_images(config)
-  state = init(jax.random.PRNGKey(config.seed), images)
-  params, net_state = state.online_params, state.online_state
-  return jax.device_get((_encoder_part(params), _encoder_part(net_state)))
+  state = initial_train_state(config, num_classes)
+  return jax.device_get(
+      tuple(map(_encoder_part, (state.online_params, state.online_state)))
+  )
 
 
 @dataclasses.dataclass
@@ -105,29 +109,19 @@ class Pretrained:
 def saved_config(workdir) -> ml_collections.ConfigDict:
   """WORKDIR/config.json (resume.from_saved); a clear error if absent."""
   workdir = epath.Path(workdir)
+  path = workdir_lib.config_path(workdir)
+  hint = _RUN_HINT.format(workdir=workdir)
   if not workdir.exists():
     raise FileNotFoundError(
         f'{workdir} does not exist: expected a pre-training workdir holding '
-        f'{workdir_lib.CONFIG} and {workdir_lib.CHECKPOINTS}/; '
-        + _RUN_HINT.format(workdir=workdir)
+        f'{workdir_lib.CONFIG} and {workdir_lib.CHECKPOINTS}/; {hint}'
     )
-  saved = runs.read_json(workdir_lib.config_path(workdir))
-  if saved is None:
+  if (saved := runs.read_json(path)) is None:
     raise FileNotFoundError(
-        f'{workdir_lib.config_path(workdir)} not found: {workdir} is not a '
-        f'pre-training workdir (the run writes {workdir_lib.CONFIG} when it '
-        'starts); ' + _RUN_HINT.format(workdir=workdir)
+        f'{path} not found: {workdir} is not a pre-training workdir (the run '
+        f'writes {workdir_lib.CONFIG} when it starts); {hint}'
     )
   return resume.from_saved(saved)
-
-
-def _no_checkpoint(workdir) -> FileNotFoundError:
-  return FileNotFoundError(
-      f'{workdir_lib.checkpoint_dir(workdir)} holds no checkpoint: the '
-      f'pre-training run in {workdir} has not saved one yet (it saves every '
-      'checkpoint.every_steps steps and on SIGTERM); resume it with the same '
-      '--workdir, or ' + _RUN_HINT.format(workdir=workdir)
-  )
 
 
 def latest_checkpoint_step(workdir) -> int:
@@ -138,7 +132,12 @@ def latest_checkpoint_step(workdir) -> int:
   ckpt_dir = workdir_lib.checkpoint_dir(epath.Path(workdir))
   steps = [int(p.name) for p in ckpt_dir.glob('*') if p.name.isdigit()]
   if not steps:
-    raise _no_checkpoint(workdir)
+    raise FileNotFoundError(
+        f'{ckpt_dir} holds no checkpoint: the pre-training run in {workdir} '
+        'has not saved one yet (it saves every checkpoint.every_steps steps '
+        'and on SIGTERM); resume it with the same --workdir, or '
+        + _RUN_HINT.format(workdir=workdir)
+    )
   return max(steps)
 
 
@@ -157,8 +156,8 @@ def load_pretrained(workdir) -> Pretrained:
   with checkpointing.Checkpointer(ckpt_dir, read_only=True) as ckpt:
     template = experiment.state_template(config, config.derived.num_classes)
     restored = ckpt.restore_latest(template)
-  if restored is None:
-    raise _no_checkpoint(workdir)
+  if restored is None:  # every step unreadable (each skipped with a warning)
+    raise FileNotFoundError(f'{ckpt_dir} holds no readable checkpoint.')
   state = restored.state
   # The online classifier too: linear evaluation scores it on test.
   params = networks.restrict(state.online_params, ('encoder', 'classifier'))

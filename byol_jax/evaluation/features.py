@@ -7,6 +7,7 @@ features are all-gathered, so every host computes the same numbers.
 
 import dataclasses
 import functools
+import itertools
 from typing import Optional
 
 import jax
@@ -62,20 +63,16 @@ def feature_batch_size(
 def extract_features(
     config, source, params, state, *, split, max_examples=None, devices=None
 ):
-  """(features float32 [N, D], labels int32 [N]) of centre crops of a split.
-
-  max_examples: a fixed random subset (in memory, folders: sorted by class, the
-  first N would hold a few classes), the first ones (TFDS: files shuffled when
-  prepared). Multi-host: gathered from every host.
-  """
+  """(features float32 [N, D], labels int32 [N]) of a split's centre crops."""
   local = list(devices or jax.local_devices())
   n = source.num_examples(split)
-  indices = None
   if max_examples is None or not 0 < max_examples < n:
     max_examples = None
-  elif isinstance(source, (sources.InMemorySource, sources.FolderSource)):
+  indices = None
+  # max_examples: a fixed random subset (folders are sorted by class), or the
+  # first ones (TFDS: files shuffled when prepared).
+  if max_examples and not isinstance(source, sources.TfdsSource):
     indices, n = subset_indices(n, max_examples), max_examples
-    max_examples = None
     if isinstance(source, sources.FolderSource):
       raw = source.resolve_split(split)
       source = dataclasses.replace(
@@ -96,18 +93,18 @@ def extract_features(
       in_memory_on=config.data.get('in_memory_on', 'device'),
       indices=indices,
   )
-  num_batches = pipeline.num_eval_batches(n, gb)
-  if max_examples is not None:
-    num_batches = min(num_batches, -(-max_examples // gb))
   fn = _pmapped_encoder(
       ml_collections.FrozenConfigDict({'model': config.model}),
       None if devices is None else tuple(local),
   )
-  rparams = parallel.replicate(networks.restrict(params, ('encoder',)), local)
-  rstate = parallel.replicate(networks.restrict(state, ('encoder',)), local)
+  rparams, rstate = parallel.replicate(
+      [networks.restrict(x, ('encoder',)) for x in (params, state)], local
+  )
+  # TFDS: the first max_examples' batches.
+  num_batches = pipeline.num_eval_batches(max_examples or n, gb)
   out = [], [], []
-  for _, batch in zip(
-      range(num_batches), pipeline.prefetch_to_device(it, devices=local)
+  for batch in itertools.islice(
+      pipeline.prefetch_to_device(it, devices=local), num_batches
   ):
     feats = fn(rparams, rstate, batch['image'])
     for x, y in zip(out, (feats, batch['label'], batch['mask'])):
@@ -138,10 +135,7 @@ def knn_top1(config, num_classes: int, train, test) -> float:
 def knn_eval(
     config, num_classes: int, source, params, state, *, devices=None
 ) -> float:
-  """The kNN monitor: top-1 of eval.test_split against linear_train's subset.
-
-  k = KNN_K, T = KNN_TEMPERATURE, centre crops (monitors.knn_accuracy).
-  """
+  """The kNN monitor: knn_top1 of eval.test_split against linear_train's."""
   extract = functools.partial(
       extract_features, config, source, params, state, devices=devices
   )

@@ -22,7 +22,7 @@ from byol_jax.training import workdir as workdir_lib
 def _probe(run, params, state, devices):
   """(results, test features) of a linear probe on one encoder."""
   config, source, plan = run.config, run.source, run.probe
-  e, num_classes = config.eval, run.probe.num_classes
+  e, num_classes = config.eval, plan.num_classes
   params, state = (networks.restrict(x, ('encoder',)) for x in (params, state))
   extract = functools.partial(
       features.extract_features, config, source, params, state, devices=devices
@@ -52,46 +52,39 @@ def _probe(run, params, state, devices):
   clf_params = probe.train_final_probe(
       config, plan, source, params, state, train, peak, devices
   )
-  logits = jax.jit(probe.classifier(num_classes).apply)(clf_params, test[0])
-  top5 = min(5, num_classes)
   results.update(
-      top1=float(losses.topk_correct(logits, test[1], 1).mean()),
-      top5=float(losses.topk_correct(logits, test[1], top5).mean()),
+      top1=_accuracy(clf_params, test, num_classes),
+      top5=_accuracy(clf_params, test, num_classes, min(5, num_classes)),
       knn_top1=features.knn_top1(config, num_classes, train, test),
       num_train=int(plan.num_train_examples),
-      num_test=int(len(test[1])),
+      num_test=len(test[1]),
       epochs=int(e.num_epochs),
-      steps=int(plan.steps),
+      steps=plan.steps,
       base_learning_rate=float(e.learning_rates[chosen]),
       learning_rate=float(peak),
-      global_batch_size=int(e.global_batch_size),
+      global_batch_size=e.global_batch_size,
       augment=bool(e.augment),
   )
   return results, test
 
 
+def _accuracy(clf_params, test, num_classes: int, k: int = 1) -> float:
+  logits = jax.jit(probe.classifier(num_classes).apply)(clf_params, test[0])
+  return float(losses.topk_correct(logits, test[1], k).mean())
+
+
 def online_top1(params, test, num_classes: int) -> Optional[float]:
-  """Test top-1 of the online classifier in params (scored on test, as the
-  official code), None without one or with another class count."""
+  """The online classifier's test top-1 (as the official code), or None."""
   clf = params.get('classifier/linear')
   if clf is None or clf['w'].shape[-1] != num_classes:
     return None
-  logits = jax.jit(probe.classifier(num_classes).apply)(
-      {'classifier/linear': clf}, test[0]
-  )
-  return float(losses.topk_correct(logits, test[1], 1).mean())
+  return _accuracy({'classifier/linear': clf}, test, num_classes)
 
 
 def run_linear_eval(
     run, workdir, params, state, *, tag='', devices=None, extra=None
 ) -> dict:
-  """Linear evaluation of a frozen encoder; writes WORKDIR/eval_results.json.
-
-  `run`: plan.build's, with a probe plan. Returns a dict: 'top1', 'top5'
-  (top-min(5, classes)), 'knn_top1' in [0, 1], the probe's settings, 'sweep'
-  (held-out top-1 per base rate), 'online_top1', 'tag'; 'random_init', the
-  same for the random encoder (eval.random_baseline).
-  """
+  """Linear evaluation of an encoder: the results, in eval_results.json too."""
   config, num_classes = run.config, run.probe.num_classes
   results, test = _probe(run, params, state, devices)
   online = online_top1(params, test, num_classes)

@@ -40,17 +40,14 @@ def classifier(num_classes: int) -> hk.Transformed:
 
 
 def make_loss(config, num_classes: int, *, encode: bool):
-  """loss(clf_params, enc_params, enc_state, inputs, labels) -> (CE, logits).
-
-  encode: inputs are images through the frozen encoder, else features.
-  """
+  """loss(clf, enc_params, enc_state, images|features, labels) -> CE, logits."""
   clf = classifier(num_classes)
-  enc = encoder_lib.encoder_apply(config) if encode else None
+  enc = encoder_lib.encoder_apply(config) if encode else lambda p, s, x: x
 
   def loss(clf_params, enc_params, enc_state, inputs, labels):
-    feats = enc(enc_params, enc_state, inputs) if encode else inputs
     # Frozen encoder (BYOL App. C.1): nothing flows back into it.
-    logits = clf.apply(clf_params, jax.lax.stop_gradient(feats))
+    feats = jax.lax.stop_gradient(enc(enc_params, enc_state, inputs))
+    logits = clf.apply(clf_params, feats)
     return losses.softmax_cross_entropy(logits, labels), logits
 
   return loss
@@ -88,10 +85,8 @@ def _probes_step(num_classes: int, steps: int, momentum: float):
 def train_probes(
     feats, labels, peaks, *, num_classes, steps, batch_size, momentum, seed
 ):
-  """K probes on features [N, D], one per peak rate, on the same batches.
-
-  One device (every host the same), each epoch a permutation; params [K, ...].
-  """
+  """Params [K, ...] of K probes, one per peak rate, on features [N, D]."""
+  # One device (every host the same), the same batches, each epoch permuted.
   init = _init_probe(num_classes, feats.shape[-1])
   params = jax.tree.map(lambda x: np.repeat(x[None], len(peaks), 0), init)
   opt_state = jax.vmap(_probe_optimizer(1.0, steps, momentum).init)(params)
@@ -105,38 +100,40 @@ def train_probes(
   return jax.device_get(params)
 
 
-def sweep_learning_rate(config, plan, source, train, valid=None):
-  """(index of the chosen rate, {base rate: held-out top-1}) on valid, the
-  validation split's (features, labels), or (None) a part of train held out.
-  plan: the run's plan.ProbePlan."""
-  e, num_classes = config.eval, plan.num_classes
-  feats, labels = train
-  if valid is None:
-    n, num_valid = len(labels), plan.sweep_valid_examples
-    if isinstance(source, sources.TfdsSource):
-      held = np.arange(num_valid)  # train[:N], as the ImageNet protocol.
-    else:
-      held = features.subset_indices(n, num_valid)
-    rest = np.setdiff1d(np.arange(n), held)
-    valid = feats[held], labels[held]
-    feats, labels = feats[rest], labels[rest]
-  probes = train_probes(
-      feats,
-      labels,
-      plan.peak_learning_rates,
-      num_classes=num_classes,
-      steps=plan.sweep_steps,
+def _fit(config, plan, train, peaks, steps: int):
+  """train_probes on (features, labels) with the run's batch, momentum, seed."""
+  e = config.eval
+  return train_probes(
+      *train,
+      peaks,
+      num_classes=plan.num_classes,
+      steps=steps,
       batch_size=e.global_batch_size,
       momentum=e.momentum,
       seed=config.seed,
   )
-  logits = jax.vmap(classifier(num_classes).apply, (0, None))(probes, valid[0])
+
+
+def sweep_learning_rate(config, plan, source, train, valid=None):
+  """(chosen rate's index, {rate: top-1}) on valid or (None) a part of train."""
+  rates = config.eval.learning_rates
+  if valid is None:
+    n = len(train[1])
+    if isinstance(source, sources.TfdsSource):
+      held = np.arange(plan.sweep_valid_examples)  # train[:N], as ImageNet's.
+    else:
+      held = features.subset_indices(n, plan.sweep_valid_examples)
+    rest = np.setdiff1d(np.arange(n), held)
+    valid, train = [x[held] for x in train], [x[rest] for x in train]
+  probes = _fit(config, plan, train, plan.peak_learning_rates, plan.sweep_steps)
+  clf = classifier(plan.num_classes)
+  logits = jax.vmap(clf.apply, (0, None))(probes, valid[0])
   top1 = np.asarray(losses.topk_correct(logits, valid[1], 1).mean(-1))
   chosen = int(np.argmax(top1))  # ties: the first (largest) rate in the grid
-  table = {str(rate): float(t) for rate, t in zip(e.learning_rates, top1)}
+  table = {str(rate): float(t) for rate, t in zip(rates, top1)}
   logging.info(
       'Probe base rate %s chosen on %d held-out examples (top-1s: %s)',
-      e.learning_rates[chosen],
+      rates[chosen],
       len(valid[1]),
       table,
   )
@@ -146,26 +143,14 @@ def sweep_learning_rate(config, plan, source, train, valid=None):
 def train_final_probe(
     config, plan, source, params, state, train, peak, devices=None
 ):
-  """The probe on all of eval.train_split at `peak`, on crops or features.
-
-  eval.augment: per-step random crops through the frozen encoder (pmapped);
-  else the precomputed centre-crop features `train` (features [N, D], labels).
-  """
-  e, steps, num_classes = config.eval, plan.steps, plan.num_classes
+  """The probe at `peak` on all of train: crops (eval.augment) or features."""
+  e, steps = config.eval, plan.steps
   if not e.augment:
-    probes = train_probes(
-        *train,
-        [peak],
-        num_classes=num_classes,
-        steps=steps,
-        batch_size=e.global_batch_size,
-        momentum=e.momentum,
-        seed=config.seed,
-    )
+    probes = _fit(config, plan, train, [peak], steps)
     return jax.tree.map(lambda x: x[0], probes)
   local = list(devices or jax.local_devices())
   optimizer = _probe_optimizer(peak, steps, e.momentum)
-  loss_fn = make_loss(config, num_classes, encode=True)
+  loss_fn = make_loss(config, plan.num_classes, encode=True)
 
   def step(clf_params, opt_state, enc_params, enc_state, batch):
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -182,7 +167,7 @@ def train_final_probe(
   step_fn = parallel.device_program(
       step, devices=devices, donate_argnums=(0, 1)
   )
-  clf_params = _init_probe(num_classes, train[0].shape[-1])
+  clf_params = _init_probe(plan.num_classes, train[0].shape[-1])
   rclf, ropt, renc = parallel.replicate(
       (clf_params, optimizer.init(clf_params), (params, state)), local
   )

@@ -14,10 +14,10 @@ from typing import Optional
 from absl import logging
 from etils import epath
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from byol_jax import augment as augment_lib
+from byol_jax import encoder
 from byol_jax import experiment
 from byol_jax import modified_init
 from byol_jax.data import pipeline
@@ -72,17 +72,9 @@ def _stream(config, source, batch_size, **kwargs):
   )
 
 
-def _initial_state(config, num_classes, method, optimizer, source):
+def _initial_state(config, num_classes, source):
   """Fresh TrainState (with the modified init of §3.2 when configured)."""
-  # Jitted: one compilation, not one per initialiser op (hosts other than
-  # process 0 never hit the compilation cache); the eager init's values bit
-  # for bit (tiny GN+WS and BN configs, CPU).
-  init = jax.jit(
-      functools.partial(experiment.init_train_state, method, optimizer)
-  )
-  state = init(
-      jax.random.PRNGKey(config.seed), experiment.sample_images(config)
-  )
+  state = encoder.initial_train_state(config, num_classes)
   if not config.training.modified_init:
     return state
   # A batch of augmented view-1 images, from its own data seed.
@@ -105,9 +97,7 @@ def _initial_state(config, num_classes, method, optimizer, source):
   augment = jax.jit(functools.partial(augment_lib.augment_examples, view=1))
   images = np.concatenate(
       [
-          np.asarray(
-              augment(keys[i : i + chunk], jnp.asarray(images[i : i + chunk]))
-          )
+          augment(keys[i : i + chunk], images[i : i + chunk])
           for i in range(0, len(images), chunk)
       ]
   )
@@ -122,16 +112,12 @@ def _initial_state(config, num_classes, method, optimizer, source):
 
 
 class _MetricsBuffer:
-  """The steps' metrics, on the devices until `flush` logs their means.
-
-  `low`: logged rows in a row with collapse_std_projection < `collapse_below`.
-  """
+  """The steps' metrics, on the devices until `flush` logs their means."""
 
   def __init__(self, writer, ckpt, collapse_below: float = 0.0):
-    self._writer, self._ckpt = writer, ckpt
-    self._pending = []  # (step, replicated metrics), not yet on the host
-    self.last = {}  # the newest logged step's metrics, as floats
-    self.collapse_below, self.low = collapse_below, 0
+    self._writer, self._ckpt, self.collapse_below = writer, ckpt, collapse_below
+    self._pending, self.last = [], {}  # last: the newest logged row
+    self.low = 0  # logged rows in a row with collapse std < collapse_below
 
   def add(self, step: int, metrics) -> None:
     self._pending.append((step, metrics))
@@ -139,39 +125,38 @@ class _MetricsBuffer:
   def flush(self) -> None:
     if not self._pending:
       return
-    fetched, self._pending = jax.device_get(self._pending), []
-    for step, metrics in fetched:
-      if not np.isfinite(loss := metrics['loss'][0]):
-        raise NonFiniteLossError(
-            f'loss became {loss} at step {step}; stopping. '
-            f'{_kept(self._ckpt)} Lower training.base_learning_rate or check '
-            'the data.'
-        )
-    step, newest = fetched[-1]
+    steps, rows = zip(*jax.device_get(self._pending))
+    self._pending = []
+    # Each metric of the interval's steps, as the first device holds it.
+    values = {k: np.array([r[k][0] for r in rows], np.float64) for k in rows[0]}
+    if not (finite := np.isfinite(values['loss'])).all():
+      i = np.argmin(finite)
+      raise NonFiniteLossError(
+          f'loss became {values["loss"][i]} at step {steps[i]}; stopping. '
+          f'{_kept(self._ckpt)} Lower training.base_learning_rate or check '
+          'the data.'
+      )
     self.last = {
-        k: float(v[0])
-        if k in ('lr', 'tau')
-        else float(np.mean([m[k][0] for _, m in fetched], dtype=np.float64))
-        for k, v in newest.items()
+        k: float(v[-1] if k in ('lr', 'tau') else v.mean())
+        for k, v in values.items()
     }
-    self._writer.write(step, self.last)
-    self._writer.console(step, self.last)
+    self._writer.write(steps[-1], self.last)
+    self._writer.console(steps[-1], self.last)
     low = self.last.get('collapse_std_projection', 1.0) < self.collapse_below
     self.low = self.low + 1 if low else 0
 
 
 def train(run, workdir) -> dict:
-  """Pre-trains (or resumes) plan.build's `run` in `workdir`: {step,
-  preempted, metrics, state_sha256}."""
+  """Pre-trains or resumes `run`: {step, preempted, metrics, state_sha256}."""
   config, source, d = run.config, run.source, run.pretrain
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  t, lg = config.training, config.logging
+  lg, batch_size = config.logging, config.training.global_batch_size
   # Asynchronous saves: a scheduled checkpoint stalls the loop for the
   # device-to-host copy only; ckpt.close() below waits for the writes.
   ckpt = _checkpointer(config, workdir, async_save=True)
   trajectory_changes = resume.check_resume(run, ckpt)
-  method, optimizer, update = experiment.make_update(config, d)
+  _, _, update = experiment.make_update(config, d)
   template = experiment.state_template(config, d.num_classes)
   restored = ckpt.restore_latest(template)
   resume.write_config(
@@ -180,13 +165,13 @@ def train(run, workdir) -> dict:
       start_step=0 if restored is None else restored.step,
       trajectory_changes=trajectory_changes,
   )
+  # Wall time summed over every segment of a resumed run.
   if restored is not None:
-    state = restored.state
+    state, resumed_s = restored.state, restored.extra.get('wall_time_s', 0)
     logging.info('Resumed from %s at step %d.', ckpt.directory, restored.step)
   else:
-    state = _initial_state(config, d.num_classes, method, optimizer, source)
-  # Wall time summed over every segment of a resumed run.
-  resumed_s = restored.extra.get('wall_time_s', 0) if restored else 0
+    state = _initial_state(config, d.num_classes, source)
+    resumed_s = 0
   start_time = time.time()
   wall_time = lambda: resumed_s + time.time() - start_time
   step = start_step = int(state.step)
@@ -195,13 +180,11 @@ def train(run, workdir) -> dict:
       workdir,
       is_chief=jax.process_index() == 0,
       total_steps=d.total_steps,
-      images_per_step=t.global_batch_size,
+      images_per_step=batch_size,
   )
   writer.truncate_after(step)
   data = pipeline.prefetch_to_device(
-      _stream(
-          config, source, t.global_batch_size, seed=config.seed, start_step=step
-      )
+      _stream(config, source, batch_size, seed=config.seed, start_step=step)
   )
   rstate = parallel.replicate(state)
   del state
@@ -228,10 +211,10 @@ def train(run, workdir) -> dict:
         step += 1
         metrics.add(step, step_metrics)
         logging_step = step % lg.every_steps == 0 or step == d.stop_step
-        if logging_step:
+        knn_step = lg.knn_every_steps and step % lg.knn_every_steps == 0
+        if logging_step or knn_step:
           metrics.flush()
-        if lg.knn_every_steps and step % lg.knn_every_steps == 0:
-          metrics.flush()
+        if knn_step:
           online = parallel.unreplicate(rstate)  # frozen, in eval mode
           knn = features.knn_eval(
               config,
@@ -316,6 +299,14 @@ def _kept(ckpt) -> str:
   )
 
 
+_DIVERGED = {
+    'starting': 'every process must start from the same checkpoint: use one '
+    'workdir that all hosts share (gs:// on TPU pods)',
+    'final': 'the processes diverged while training (a host-dependent '
+    'computation outside the pmapped step?)',
+}
+
+
 def _check_same_state(state, step: int, which: str) -> str:
   """Logs the state's fingerprint; raises unless every process has it."""
   fingerprint = sync.fingerprint(state)
@@ -326,17 +317,10 @@ def _check_same_state(state, step: int, which: str) -> str:
       step,
       fingerprint,
   )
-  hint = (
-      'every process must start from the same checkpoint: use one '
-      'workdir that all hosts share (gs:// on TPU pods)'
-      if which == 'starting'
-      else 'the processes diverged while training '
-      '(a host-dependent computation outside the pmapped step?)'
-  )
   sync.check_same_on_all_processes(
       sync.fingerprint_words(fingerprint),
       f'the {which} training state at step {step} (sha256 prefixes as int32 '
-      f'words); {hint}',
+      f'words); {_DIVERGED[which]}',
   )
   return fingerprint
 
@@ -345,7 +329,8 @@ def load_latest_state(
     config, num_classes: int, workdir
 ) -> Optional[experiment.TrainState]:
   """The workdir's latest checkpointed TrainState (host NumPy), or None."""
-  template = experiment.state_template(config, num_classes)
-  with checkpointing.Checkpointer(workdir_lib.checkpoint_dir(workdir)) as ckpt:
-    restored = ckpt.restore_latest(template)
+  with _checkpointer(config, workdir) as ckpt:
+    restored = ckpt.restore_latest(
+        experiment.state_template(config, num_classes)
+    )
   return None if restored is None else restored.state
