@@ -139,9 +139,7 @@ def knn_eval(
   extract = functools.partial(
       extract_features, config, source, params, state, devices=devices
   )
-  train = extract(
-      split='linear_train',
-      max_examples=config.logging.knn_max_train_examples,
-  )
+  max_train = config.logging.knn_max_train_examples
+  train = extract(split='linear_train', max_examples=max_train)
   test = extract(split=config.eval.test_split)
   return knn_top1(config, num_classes, train, test)

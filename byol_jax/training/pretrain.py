@@ -215,13 +215,9 @@ def train(run, workdir) -> dict:
         if logging_step or knn_step:
           metrics.flush()
         if knn_step:
-          online = parallel.unreplicate(rstate)  # frozen, in eval mode
+          o = parallel.unreplicate(rstate)  # frozen, in eval mode
           knn = features.knn_eval(
-              config,
-              d.num_classes,
-              source,
-              online.online_params,
-              online.online_state,
+              config, d.num_classes, source, o.online_params, o.online_state
           )
           writer.write(step, {'knn_top1': knn})
         decision = preemption.decide(watcher, ckpt, logging_step)
