@@ -83,12 +83,9 @@ def initial_train_state(config, num_classes: int) -> experiment.TrainState:
 
 
 def random_encoder(config, num_classes: int):
-  """Host (params, state) of the encoder at pre-training step 0 for config.seed.
-
-  The same initialisation as pre-training, so linear evaluation's random
-  baseline is the trained encoder's own starting point (before any
-  modified-init calibration, paper §3.2).
-  """
+  """Host (params, state) of the encoder of initial_train_state: linear
+  evaluation's random baseline is the trained encoder's own start (paper §3.2's
+  calibration not applied)."""
   state = initial_train_state(config, num_classes)
   return jax.device_get(
       tuple(map(_encoder_part, (state.online_params, state.online_state)))
@@ -125,10 +122,8 @@ def saved_config(workdir) -> ml_collections.ConfigDict:
 
 
 def latest_checkpoint_step(workdir) -> int:
-  """The newest finished checkpoint's step (unfinished ones carry a suffix).
-
-  A listing, not orbax: plan.build's error stays one line (orbax warns first).
-  """
+  """The newest finished checkpoint's step, listed (orbax would warn first and
+  plan.build's error would not be one line; unfinished ones carry a suffix)."""
   ckpt_dir = workdir_lib.checkpoint_dir(epath.Path(workdir))
   steps = [int(p.name) for p in ckpt_dir.glob('*') if p.name.isdigit()]
   if not steps:
