@@ -204,7 +204,12 @@ def read_release(path) -> dict:
       global, opcode or field that is not one's).
     OSError: the file cannot be read.
   """
-  with epath.Path(path).open('rb') as f:
+  try:
+    f = epath.Path(path).open('rb')
+  except Exception as e:  # pylint: disable=broad-except
+    # OSError locally; gs:// raises tf.errors (no OSError) through epath.
+    raise ValueError(f'--checkpoint={path}: cannot be read: {e}') from None
+  with f:
     try:
       data = _Unpickler(f).load()
     except Exception as e:  # pylint: disable=broad-except
@@ -221,9 +226,16 @@ def read_release(path) -> dict:
         f'--checkpoint={path}: no experiment_state (online_params, ...) '
         f'tuple at the top: {NOT_RELEASE}.'
     )
-  state = dict(zip(getattr(state, 'fields', ()) or STATE_FIELDS, state))
+  fields = getattr(state, 'fields', None) or STATE_FIELDS
+  if not isinstance(fields, tuple) or set(map(type, fields)) != {str}:
+    raise ValueError(f'--checkpoint={path}: experiment_state: {NOT_RELEASE}.')
+  state = dict(zip(fields, state))
   step = data.get('step')
-  if not isinstance(step, (int, np.integer)) or step <= 0:
+  if (
+      not isinstance(step, (int, np.integer))
+      or isinstance(step, bool)
+      or not 0 < step < 2**31
+  ):
     raise ValueError(f'--checkpoint={path}: step={step!r}: {NOT_RELEASE}.')
   return dict(
       step=int(step),
@@ -259,10 +271,17 @@ def _entries(tree, what):
   if not isinstance(tree, dict):
     raise ValueError(f'{what} is not a Haiku mapping: {NOT_RELEASE}.')
   for module, values in tree.items():
-    if not isinstance(values, dict):
+    if not isinstance(module, str) or not isinstance(values, dict):
       raise ValueError(f'{what} {module!r} is not a mapping: {NOT_RELEASE}.')
     for name, value in values.items():
-      yield module, name, value
+      value = value.array if isinstance(value, _Array) else value
+      # Arrays the unpickler rebuilt, or scalars: nested lists (a memo bomb
+      # of a few bytes) are refused before numpy sees them.
+      if not isinstance(name, str) or not isinstance(
+          value, (np.ndarray, np.generic, int, float)
+      ):
+        raise ValueError(f'{what} {module}/{name!r}: {NOT_RELEASE}.')
+      yield module, name, np.asarray(value)
 
 
 def map_release(release: dict, template, arch: str) -> tuple[dict, dict]:
@@ -284,7 +303,6 @@ def map_release(release: dict, template, arch: str) -> tuple[dict, dict]:
           f'{official} has no counterpart ({module}/{name}) in our {arch}; '
           f'{hint}'
       )
-    value = np.asarray(value.array if isinstance(value, _Array) else value)
     if (
         value.dtype.kind != 'f'
         or value.size != expected.size
@@ -294,6 +312,8 @@ def map_release(release: dict, template, arch: str) -> tuple[dict, dict]:
           f'{official} is {value.dtype}{list(value.shape)}, our {module}/{name}'
           f' {expected.dtype}{list(expected.shape)}; {hint}'
       )
+    if not np.all(np.isfinite(value)):
+      raise ValueError(f'{official} holds NaN or inf: {NOT_RELEASE}.')
     out[kind].setdefault(module, {})[name] = value.reshape(
         expected.shape
     ).astype(expected.dtype, copy=False)
@@ -352,9 +372,18 @@ def import_release(checkpoint, workdir, arch: str = 'resnet50x1', model=None):
       (one line each).
     OSError: the checkpoint cannot be read.
   """
-  workdir_lib.check_not_a_file(workdir)
+  if not str(checkpoint) or not str(workdir):
+    raise ValueError('--checkpoint and --workdir must be non-empty paths.')
   workdir = epath.Path(workdir)
-  if workdir.exists() and any(workdir.iterdir()):
+  try:
+    workdir_lib.check_not_a_file(workdir)
+    used = workdir.exists() and any(workdir.iterdir())
+  except workdir_lib.WorkdirError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # gs:// raises tf.errors (no OSError) through epath.
+    raise ValueError(f'--workdir={workdir}: cannot be read: {e}') from None
+  if used:
     raise ValueError(
         f'--workdir={workdir} is not empty: import into a new directory.'
     )

@@ -432,6 +432,34 @@ def test_the_mapping_is_checked_one_to_one(small_r50, tmp_path):
     assert '\n' not in str(raised.value) and not workdir.exists(), case
 
 
+def test_hostile_contents_are_refused_before_anything_is_written(
+    small_r50, tmp_path
+):
+  """Found by trying to break the importer: each was a traceback, a 1 GB
+  allocation from a 718-byte file (nested lists), or a half-written workdir."""
+  params, state = small_r50
+  conv = 'res_net50/~/initial_conv'
+  nan = dict(params[conv], w=np.full_like(params[conv]['w'], np.nan))
+  nested = [[[0.0] * 4] * 4] * 4  # a memo bomb is lists nested like this
+  ema = next(iter(state.values()))
+  cases = {  # (params, state, step, what the line says)
+      'NaN weights': ({**params, conv: nan}, state, STEP, 'holds NaN or inf'),
+      'a nested list': ({**params, conv: {'w': nested}}, state, STEP, "'w'"),
+      'a module name not a string': (params, {**state, 5: ema}, STEP, '5'),
+      'a step beyond int32': (params, state, 2**31, 'step=2147483648'),
+      'a boolean step': (params, state, True, 'step=True'),
+  }
+  for case, (p, s, step, needle) in cases.items():
+    path = write_release(tmp_path / 'f.pkl', p, s, step=step)
+    workdir = tmp_path / 'w'
+    with pytest.raises(ValueError, match='not a BYOL release') as raised:
+      import_official.import_release(path, workdir, model=SMALL)
+    assert needle in str(raised.value), (case, str(raised.value))
+    assert '\n' not in str(raised.value) and not workdir.exists(), case
+  with pytest.raises(ValueError, match='must be non-empty paths'):
+    import_official.import_release(path, '', model=SMALL)
+
+
 def test_a_used_workdir_is_refused_untouched(small_r50, tmp_path):
   path = write_release(tmp_path / 'f.pkl', *small_r50)
   workdir = tmp_path / 'w'

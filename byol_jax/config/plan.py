@@ -217,10 +217,18 @@ def _pretrain_plan(config, source, topology, num_classes, notes):
   )
   bn = [k for k, v in config.model.items() if k.endswith('_norm') and v == 'bn']
   if micro > 1 and bn:
+    validation.check(
+        per_device // micro >= validation.MIN_PRETRAIN_PER_DEVICE,
+        'training.accumulation_steps',
+        micro,
+        f'leaves micro-batches of {per_device // micro} example per device; '
+        f'BN needs at least {validation.MIN_PRETRAIN_PER_DEVICE}.',
+    )
     notes.append(
         f'training.accumulation_steps={micro}: {", ".join(bn)}=bn normalises '
-        f'each micro-batch of {b // micro} examples (all devices) with its '
-        f'own statistics (ghost BN), not the batch of {b}'
+        f'each micro-batch of {b // micro} examples with its own statistics '
+        f'(ghost BN), not the batch of {b}, and updates its moving averages '
+        'once per micro-batch'
     )
   return PretrainPlan(
       num_classes=num_classes,
