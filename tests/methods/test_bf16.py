@@ -51,6 +51,7 @@ def _step(norm, ws):
               trust_coefficient=1e-3,
               predictor_lr_multiplier=1.0,
               base_ema=0.99,
+              accumulation_steps=1,
           ),
       )
   )

@@ -96,6 +96,7 @@ def build(
               predictor_lr_multiplier=1.0,
               base_ema=base_ema,
               temperature=0.5,
+              accumulation_steps=1,
           ),
       )
   )
