@@ -268,14 +268,21 @@ def run_row(spec: dict) -> dict:
   compile_time = time.perf_counter() - start  # lowering included.
   per_device_flops = flops.cost_flops(lowered)
   flops_source = 'lowered HLO, this backend'
-  if per_device_flops is None:
+  accumulating = spec.get('accumulation_steps', 1) > 1
+  if accumulating:
+    # XLA counts a loop's body once; accumulating over micro-batches does the
+    # arithmetic of the whole batch, so count the step without it.
+    per_device_flops = _cpu_step_flops(dict(spec, accumulation_steps=1))
+    flops_source = 'lowered HLO of the same step unaccumulated, cpu backend'
+  elif per_device_flops is None:
     # Some backends (GPU under jax 0.11) give no cost analysis of the
     # pre-optimisation HLO; the step's arithmetic does not depend on the
     # backend, so count the same one-device step lowered for the CPU.
     per_device_flops = _cpu_step_flops(spec)
     flops_source = 'lowered HLO, cpu backend (this backend gave none)'
   flops_per_step = per_device_flops * n
-  compiled_flops = flops.cost_flops(compiled)
+  # The compiled loop's body would be counted once.
+  compiled_flops = None if accumulating else flops.cost_flops(compiled)
   memory = compiled.memory_analysis()
 
   times, metrics = [], None
