@@ -101,7 +101,8 @@ def check_accelerator(
     env: Mapping[str, str] = os.environ,
 ) -> str:
   """The backend (after jax.distributed starts); StackError if 'cpu'."""
-  backend = backend or jax.default_backend()
+  if backend is None:
+    backend = jax.default_backend()
   if backend != 'cpu':
     return backend
   cuda = env.get('CUDA_VISIBLE_DEVICES', '<unset>')

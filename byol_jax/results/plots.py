@@ -10,7 +10,7 @@ from byol_jax.results import runs as runs_lib
 def plot(
     runs: Sequence[dict], out_dir, title: str = '', prefix: str = ''
 ) -> dict:
-  """out_dir/plots/<prefix><metric>.png, a line per run that logged metric.
+  """A PNG per metric (plots/<prefix><metric>.png), a line per run logging it.
 
   Returns {metric: {'path': str, 'num_lines': int, 'labels': [str]}}.
   """
