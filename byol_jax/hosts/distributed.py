@@ -38,15 +38,15 @@ class Plan:
     return self.source != 'none'
 
   def describe(self) -> str:
+    if self.source == 'none':
+      return 'single process (no jax.distributed)'
+    if self.source == 'tpu':
+      return 'Cloud TPU VM: jax.distributed.initialize() reads the metadata'
     ids = self.local_device_ids
-    return {
-        'none': 'single process (no jax.distributed)',
-        'tpu': 'Cloud TPU VM: jax.distributed.initialize() reads the metadata',
-    }.get(
-        self.source,
+    return (
         f'process {self.process_id} of {self.num_processes}, coordinator '
         f'{self.coordinator_address}, local devices '
-        f'{"all" if ids is None else list(ids)} (from {self.source})',
+        f'{"all" if ids is None else list(ids)} (from {self.source})'
     )
 
 

@@ -13,6 +13,8 @@ import platform
 import re
 from typing import Callable, Dict, Mapping, Optional
 
+import jax
+
 CONSTRAINTS = pathlib.Path(__file__).resolve().parents[2] / 'constraints.txt'
 _PLUGINS = ('libtpu', 'jax-cuda12-plugin', 'jax-cuda12-pjrt')
 STACK_PACKAGES = ('jax', 'jaxlib') + _PLUGINS
@@ -100,8 +102,6 @@ def check_accelerator(
 ) -> str:
   """The backend (after jax.distributed starts); StackError if 'cpu'."""
   if backend is None:
-    import jax  # pylint: disable=g-import-not-at-top
-
     backend = jax.default_backend()
   if backend != 'cpu':
     return backend
@@ -134,14 +134,11 @@ def resources(
   """One line: the CPUs (after a cluster's pinning) and devices it may use."""
   affinity_fn = affinity_fn or getattr(os, 'sched_getaffinity', None)
   total = cpu_count_fn()
-  parts = [
-      f'CPUs {len(affinity_fn(0)) if affinity_fn else total} usable of {total}'
-  ]
+  usable = len(affinity_fn(0)) if affinity_fn else total
+  parts = [f'CPUs {usable} usable of {total}']
   shown = r'CUDA_VISIBLE_DEVICES|SLURM_(CPUS_PER_TASK|GPUS_ON_NODE|JOB_GPUS)'
   parts += [f'{k}={env[k]}' for k in sorted(env) if re.fullmatch(shown, k)]
   if devices is None:
-    import jax  # pylint: disable=g-import-not-at-top
-
     devices = jax.local_devices()
   kinds = collections.Counter(
       f'{d.device_kind} ({d.platform})' for d in devices

@@ -6,6 +6,7 @@ import time
 
 from absl import logging
 import jax
+from jax._src import distributed as jax_distributed
 from jax.experimental import multihost_utils
 import numpy as np
 
@@ -20,9 +21,7 @@ def barrier(name: str, timeout_s: int = 1800) -> None:
   compile times differ. Long timeout: a ResNet-50 step compiles for minutes.
   """
   if jax.process_count() > 1:
-    from jax._src import distributed  # pylint: disable=g-import-not-at-top
-
-    distributed.global_state.client.wait_at_barrier(
+    jax_distributed.global_state.client.wait_at_barrier(
         f'byol_jax/{name}/{next(_barrier_ids)}', timeout_in_ms=timeout_s * 1000
     )
 

@@ -10,11 +10,9 @@ from byol_jax.results import runs as runs_lib
 def plot(
     runs: Sequence[dict], out_dir, title: str = '', prefix: str = ''
 ) -> dict:
-  """One PNG per metric, one line per run: out_dir/plots/<prefix><metric>.png.
+  """A PNG per metric (plots/<prefix><metric>.png), a line per run logging it.
 
-  Returns:
-    {metric: {'path': str, 'num_lines': int, 'labels': [str]}}; a run that
-    never logged a metric has no line in its plot.
+  Returns {metric: {'path': str, 'num_lines': int, 'labels': [str]}}.
   """
   # A Figure without pyplot: no GUI backend, nothing global to close.
   from matplotlib import figure  # pylint: disable=g-import-not-at-top

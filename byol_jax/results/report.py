@@ -99,17 +99,9 @@ def write_report(
 ) -> dict:
   """Writes out_dir/<table_name> (title, table, notes, plot links) and plots.
 
-  Args:
-    workdirs: run directories, in table order.
-    out_dir: output directory (local path or gs://), created if needed.
-    group_by_method: plots/<method>_<metric>.png, one set per method.
-
-  Returns:
-    {'table_path', 'table', 'plots': {[<method>_]<metric>: plot info}, 'runs'}.
-
-  Raises:
-    ValueError: no workdirs, or one is not a readable run (runs.load_run).
-    OSError: out_dir cannot be written.
+  group_by_method: one set of plots/<method>_<metric>.png per method. Returns
+  {'table_path', 'table', 'plots', 'runs'}; ValueError for no workdirs or an
+  unreadable run (runs.load_run), OSError when out_dir cannot be written.
   """
   if not workdirs:
     raise ValueError('no run directories: pass --workdirs=DIR1,DIR2.')

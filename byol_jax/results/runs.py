@@ -141,9 +141,7 @@ def load_run(workdir) -> dict:
       'top1': _number(results, 'top1', results_path),
       'top5': _number(results, 'top5', results_path),
       'knn_top1': _number(results, 'knn_top1', results_path),
-      # The online classifier (a monitor trained beside BYOL) on test.
       'online_top1': _number(results, 'online_top1', results_path),
-      # The same probe on a randomly initialised encoder (eval.random_baseline).
       'random_top1': _number(random_init, 'top1', results_path),
       'random_knn_top1': _number(random_init, 'knn_top1', results_path),
   }

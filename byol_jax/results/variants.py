@@ -1,10 +1,4 @@
-"""The paper tables' cells as experiment configs (what reproduce.py runs).
-
-Each cell is a `Variant`: an experiments/<config>.py with the scale's option
-and the cell's own. `variant_config` gives its config exactly as
-`--config=experiments/<config>.py:<arg>` plus `--config.<field>=<value>`
-overrides would; `Variant.command` prints that command line.
-"""
+"""The paper tables' cells as experiment configs (what reproduce.py runs)."""
 
 import dataclasses
 import functools
@@ -35,12 +29,12 @@ class Variant:
 
   def command(self, scale: str, dataset: str, workdir, overrides=()) -> str:
     """The equivalent `python -m byol_jax.main` command, one shell line."""
-    flags = ''.join(
+    extra = ''.join(
         ' ' + shlex.quote(f'--config.{k}={v}') for k, v in overrides
     )
     return (
         f'python -m byol_jax.main --config=experiments/{self.config}.py:'
-        f'{self.config_arg(scale, dataset)} --workdir={workdir}{flags}'
+        f'{self.config_arg(scale, dataset)} --workdir={workdir}{extra}'
     )
 
 
@@ -89,11 +83,7 @@ def variant_config(
     overrides=(),
     experiments_dir=configs.EXPERIMENTS_DIR,
 ):
-  """The variant's config, as `--config=...:<arg> --config.<k>=<v>` gives it.
-
-  Raises:
-    ValueError: an override names no field or does not convert to its type.
-  """
+  """The config of `--config=...:<arg> --config.<k>=<v>`; ValueError if bad."""
   config = configs.load_experiment(
       variant.config,
       variant.config_arg(scale, dataset),
