@@ -24,6 +24,7 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 SPLIT_DIRS = ('train', 'validation', 'valid', 'val', 'test')
 FORMAT_VERSION = 2
 _FIELDS = ('images', 'labels', 'skipped')  # per split, in the cache
+_END_MARKERS = {b'\xff\xd8\xff': b'\xff\xd9', b'\x89PNG\r\n\x1a\n': b'IEND'}
 
 
 def list_folder(root: str, *, validate_files: bool = True):
@@ -149,10 +150,7 @@ def _file_ok(path) -> bool:
     return False
   # A JPEG ends in FFD9, a PNG in an IEND chunk; junk after either is
   # tolerated up to 1 KiB. Rare: a truncated file, or junk after the end.
-  for magic, end in (
-      (b'\xff\xd8\xff', b'\xff\xd9'),
-      (b'\x89PNG\r\n\x1a\n', b'IEND'),
-  ):
+  for magic, end in _END_MARKERS.items():
     if head.startswith(magic):
       return end in tail or decode(path, 0) is not None
   return False

@@ -50,12 +50,6 @@ def _is_imagenet(name: str) -> bool:  # 'tfds:' optional, any version
   return name.split('/')[0].split(':')[0] == 'imagenet2012'
 
 
-def tfds_split(name: str, logical: str, available=()) -> str:
-  """The TFDS split string of a logical split of TFDS dataset `name`."""
-  name = 'tfds:' + name.removeprefix('tfds:')
-  return generic_split(logical, tuple(available), name)
-
-
 def generic_split(logical: str, available: tuple[str, ...], what: str) -> str:
   """Logical -> raw split of dataset `what` (ImageNet: its paper protocol)."""
   if _is_imagenet(what):

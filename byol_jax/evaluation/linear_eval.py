@@ -92,24 +92,18 @@ def run_linear_eval(
     results['online_top1'] = online
   results.update(tag=tag, **(extra or {}))
   logging.info(
-      'Linear eval%s: top-1 %.2f%%, top-%d %.2f%%, kNN top-1 %.2f%% (%d train'
-      ' / %d test images, %d steps)',
-      f' [{tag}]' if tag else '',
-      100 * results['top1'],
-      min(5, num_classes),
-      100 * results['top5'],
-      100 * results['knn_top1'],
-      results['num_train'],
-      results['num_test'],
-      results['steps'],
+      f'Linear eval{f" [{tag}]" if tag else ""}: top-1 '
+      f'{100 * results["top1"]:.2f}%, top-{min(5, num_classes)} '
+      f'{100 * results["top5"]:.2f}%, kNN top-1 '
+      f'{100 * results["knn_top1"]:.2f}% ({results["num_train"]} train / '
+      f'{results["num_test"]} test images, {results["steps"]} steps)'
   )
   if config.eval.random_baseline:
     rparams, rstate = encoder_lib.random_encoder(config, num_classes)
     results['random_init'], _ = _probe(run, rparams, rstate, devices)
     logging.info(
-        'trained encoder top-1 %.2f%% vs random encoder top-1 %.2f%%',
-        100 * results['top1'],
-        100 * results['random_init']['top1'],
+        f'trained encoder top-1 {100 * results["top1"]:.2f}% vs random '
+        f'encoder top-1 {100 * results["random_init"]["top1"]:.2f}%'
     )
   if jax.process_index() == 0:
     path = workdir_lib.eval_results_path(workdir)
@@ -124,16 +118,12 @@ def run_linear_eval(
 def run_linear_eval_from_workdir(run, workdir, *, extra=None):
   """run_linear_eval of eval.pretrain_workdir's latest checkpoint."""
   pretrained = encoder_lib.load_pretrained(run.config.eval.pretrain_workdir)
-  return run_linear_eval(
-      run,
-      workdir,
-      pretrained.params,
-      pretrained.state,
-      extra={
-          'pretrain_workdir': pretrained.workdir,
-          'checkpoint_step': pretrained.step,
-          'pretrain_finished': bool(run.probe.pretrain_finished),
-          'data_source': run.config.data.source,
-          **(extra or {}),
-      },
-  )
+  extra = {
+      'pretrain_workdir': pretrained.workdir,
+      'checkpoint_step': pretrained.step,
+      'pretrain_finished': bool(run.probe.pretrain_finished),
+      'data_source': run.config.data.source,
+      **(extra or {}),
+  }
+  params, state = pretrained.params, pretrained.state
+  return run_linear_eval(run, workdir, params, state, extra=extra)

@@ -132,10 +132,8 @@ def sweep_learning_rate(config, plan, source, train, valid=None):
   chosen = int(np.argmax(top1))  # ties: the first (largest) rate in the grid
   table = {str(rate): float(t) for rate, t in zip(rates, top1)}
   logging.info(
-      'Probe base rate %s chosen on %d held-out examples (top-1s: %s)',
-      rates[chosen],
-      len(valid[1]),
-      table,
+      f'Probe base rate {rates[chosen]} chosen on {len(valid[1])} held-out '
+      f'examples (top-1s: {table})'
   )
   return chosen, table
 
@@ -190,8 +188,7 @@ def train_final_probe(
     if (i + 1) % log_every == 0 or i + 1 == steps:
       m = jax.device_get(parallel.unreplicate(m))
       logging.info(
-          'linear eval step %(step)d/%(steps)d: loss %(loss).4f, batch top-1'
-          ' %(top1).3f',
-          dict(m, step=i + 1, steps=steps),
+          f'linear eval step {i + 1}/{steps}: loss {m["loss"]:.4f}, batch '
+          f'top-1 {m["top1"]:.3f}'
       )
   return jax.device_get(parallel.unreplicate(rclf))

@@ -78,17 +78,15 @@ def test_synthetic_source_and_bad_spec():
 
 
 def test_imagenet_protocol_splits():
-  assert sources.tfds_split('imagenet2012', 'pretrain') == 'train'
-  assert sources.tfds_split('imagenet2012', 'linear_train') == 'train[10000:]'
-  assert sources.tfds_split('imagenet2012', 'linear_valid') == 'train[:10000]'
-  assert sources.tfds_split('imagenet2012', 'test') == 'validation'
-  assert sources.tfds_split('cifar10', 'test', ('train', 'test')) == 'test'
-  assert (
-      sources.tfds_split('imagenette', 'test', ('train', 'validation'))
-      == 'validation'
-  )
+  gs = sources.generic_split
+  assert gs('pretrain', (), 'tfds:imagenet2012') == 'train'
+  assert gs('linear_train', (), 'tfds:imagenet2012') == 'train[10000:]'
+  assert gs('linear_valid', (), 'tfds:imagenet2012') == 'train[:10000]'
+  assert gs('test', (), 'tfds:imagenet2012') == 'validation'
+  assert gs('test', ('train', 'test'), 'tfds:cifar10') == 'test'
+  assert gs('test', ('train', 'validation'), 'tfds:imagenette') == 'validation'
   with pytest.raises(ValueError, match='linear_valid'):
-    sources.tfds_split('cifar10', 'linear_valid', ('train', 'test'))
+    gs('linear_valid', ('train', 'test'), 'tfds:cifar10')
 
 
 def test_cifar10_folder_counts_and_mapping(cifar10_jpg_dir):

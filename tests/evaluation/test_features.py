@@ -1,9 +1,9 @@
-"""Tests for byol_jax/evaluation/monitors.py."""
+"""Tests for the kNN accuracy of byol_jax/evaluation/features.py."""
 
 import numpy as np
 import pytest
 
-from byol_jax.evaluation import monitors
+from byol_jax.evaluation import features
 
 
 def _clusters(n_per_class, num_classes, dim, seed, spread=0.05):
@@ -19,7 +19,7 @@ def test_knn_separable_clusters_is_perfect():
   x_tr, y_tr = _clusters(50, 10, 16, seed=0)
   x_te, y_te = _clusters(20, 10, 16, seed=1)
   # batch_size 64 does not divide 200: exercises the padded last chunk.
-  acc = monitors.knn_accuracy(
+  acc = features.knn_accuracy(
       x_tr, y_tr, x_te, y_te, num_classes=10, k=20, batch_size=64
   )
   assert acc == 1.0
@@ -29,7 +29,7 @@ def test_knn_shuffled_labels_is_near_chance():
   x_tr, y_tr = _clusters(200, 10, 16, seed=2)
   x_te, y_te = _clusters(100, 10, 16, seed=3)
   y_tr = np.random.RandomState(4).permutation(y_tr)
-  acc = monitors.knn_accuracy(x_tr, y_tr, x_te, y_te, num_classes=10, k=20)
+  acc = features.knn_accuracy(x_tr, y_tr, x_te, y_te, num_classes=10, k=20)
   # Chance is 0.1; 40 seeds (AMD EPYC): 0.095 +- 0.022 (0.067..0.171; the
   # test points of a cluster share neighbours, twice the binomial sd): both
   # bounds >= 4.3 sd; a kNN that reads the test labels gives 1.
@@ -59,7 +59,7 @@ def test_knn_matches_numpy_reference(k, temperature):
   x_te = rng.randn(97, 12)
   y_te = rng.randint(0, 5, 97)
   want = _knn_reference(x_tr, y_tr, x_te, y_te, 5, k, temperature)
-  got = monitors.knn_accuracy(
+  got = features.knn_accuracy(
       x_tr,
       y_tr,
       x_te,
@@ -78,4 +78,4 @@ def test_knn_matches_numpy_reference(k, temperature):
 def test_knn_rejects_k_larger_than_train_set():
   x = np.ones((4, 3), np.float32)
   with pytest.raises(ValueError, match='k=5'):
-    monitors.knn_accuracy(x, np.zeros(4), x, np.zeros(4), num_classes=2, k=5)
+    features.knn_accuracy(x, np.zeros(4), x, np.zeros(4), num_classes=2, k=5)
