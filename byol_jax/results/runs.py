@@ -132,7 +132,10 @@ def load_run(workdir) -> dict:
       'last_step': max(int(r['step']) for r in rows),
       'total_steps': int(total) if total and total > 0 else None,
       'final': {
-          k: next((float(r[k]) for r in reversed(rows) if k in r), None)
+          k: next(
+              (float(r[k]) for r in reversed(rows) if r.get(k) is not None),
+              None,
+          )
           for k in keys
       },
       'wall_time_s': wall,

@@ -196,3 +196,15 @@ def test_a_good_run_is_reported(tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert (tmp_path / 'report.md').read_text().startswith('# T\n')
   assert '| bn | BYOL enc=bn proj=bn pred=bn | 74.3 |' in proc.stdout
+
+
+def test_a_null_metric_counts_as_absent(tmp_path):
+  """_number takes null as absent; the final value then skips that row."""
+  from byol_jax.results import runs  # pylint: disable=g-import-not-at-top
+
+  run = tmp_path / 'bn'
+  shutil.copytree(BN, run)
+  rows = (run / 'metrics.jsonl').read_text()
+  last = runs.load_run(run)['final']['loss']
+  (run / 'metrics.jsonl').write_text(rows + '{"step": 999999, "loss": null}\n')
+  assert runs.load_run(run)['final']['loss'] == last is not None
