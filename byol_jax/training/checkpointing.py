@@ -75,7 +75,6 @@ class Checkpointer(contextlib.AbstractContextManager):
         create=not read_only,
         max_to_keep=None if read_only else max_to_keep,
         save_interval_steps=0 if read_only else 1,
-        # Async: orbax writes, commits, then rotates in a background thread.
         enable_async_checkpointing=async_save,
         # `*.orbax-checkpoint-tmp-*` of a process killed mid-save: the
         # workdir's lock (workdir.TrainingLock) makes them no one's.
@@ -186,10 +185,10 @@ class Checkpointer(contextlib.AbstractContextManager):
 
   def latest_extra(self) -> Optional[tuple[int, dict]]:
     """(step, extra) of the newest readable `extra` item, or None (cheap)."""
+    args = ocp.args.Composite(extra=ocp.args.JsonRestore())
     for step in reversed(self._checked_steps()):
       try:
-        extra = ocp.args.Composite(extra=ocp.args.JsonRestore())
-        return step, dict(self._manager.restore(step, args=extra).extra or {})
+        return step, dict(self._manager.restore(step, args=args).extra or {})
       except Exception as e:  # pylint: disable=broad-except
         logging.warning(
             'Checkpoint %s: its extra item is unreadable (%s).',
@@ -273,7 +272,6 @@ class Checkpointer(contextlib.AbstractContextManager):
     self._manager.reload()
 
   def close(self) -> None:
-    """Waits for pending writes and releases the manager."""
     self._manager.wait_until_finished()
     self._manager.close()
 
