@@ -10,6 +10,7 @@ process 0; the directory is shared).
 
 import contextlib
 import json
+import math
 import pathlib
 import time
 from typing import Any, Callable, NamedTuple, Optional
@@ -66,7 +67,8 @@ class Checkpointer(contextlib.AbstractContextManager):
     if '://' not in str(directory):
       directory = pathlib.Path(directory).absolute()
     self.directory = epath.Path(directory)
-    self._steps, self._secs = save_interval_steps, save_interval_secs
+    self._steps = save_interval_steps
+    self._secs = math.inf if save_interval_secs is None else save_interval_secs
     self._time_fn, self._async, self._read_only = time_fn, async_save, read_only
     self.restart_clock()
     # read_only: set what orbax would otherwise reset, with a warning each.
@@ -108,10 +110,7 @@ class Checkpointer(contextlib.AbstractContextManager):
 
   def time_due(self) -> bool:
     """This process's clock (several: agree first, preemption.decide)."""
-    return (
-        self._secs is not None
-        and self._time_fn() - self._last_save_time >= self._secs
-    )
+    return self._time_fn() - self._last_save_time >= self._secs
 
   def should_save(self, step: int, *, time_due: Optional[bool] = None) -> bool:
     """A schedule due at `step`, not saved yet (`time_due`: agreed clock)."""
