@@ -10,6 +10,7 @@ process 0; the directory is shared).
 
 import contextlib
 import json
+import math
 import pathlib
 import time
 from typing import Any, Callable, NamedTuple, Optional
@@ -66,7 +67,8 @@ class Checkpointer(contextlib.AbstractContextManager):
     if '://' not in str(directory):
       directory = pathlib.Path(directory).absolute()
     self.directory = epath.Path(directory)
-    self._steps, self._secs = save_interval_steps, save_interval_secs
+    self._steps = save_interval_steps
+    self._secs = math.inf if save_interval_secs is None else save_interval_secs
     self._time_fn, self._async, self._read_only = time_fn, async_save, read_only
     self.restart_clock()
     # read_only: set what orbax would otherwise reset, with a warning each.
@@ -75,7 +77,6 @@ class Checkpointer(contextlib.AbstractContextManager):
         create=not read_only,
         max_to_keep=None if read_only else max_to_keep,
         save_interval_steps=0 if read_only else 1,
-        # Async: orbax writes, commits, then rotates in a background thread.
         enable_async_checkpointing=async_save,
         # `*.orbax-checkpoint-tmp-*` of a process killed mid-save: the
         # workdir's lock (workdir.TrainingLock) makes them no one's.
@@ -109,10 +110,7 @@ class Checkpointer(contextlib.AbstractContextManager):
 
   def time_due(self) -> bool:
     """This process's clock (several: agree first, preemption.decide)."""
-    return (
-        self._secs is not None
-        and self._time_fn() - self._last_save_time >= self._secs
-    )
+    return self._time_fn() - self._last_save_time >= self._secs
 
   def should_save(self, step: int, *, time_due: Optional[bool] = None) -> bool:
     """A schedule due at `step`, not saved yet (`time_due`: agreed clock)."""
@@ -186,10 +184,10 @@ class Checkpointer(contextlib.AbstractContextManager):
 
   def latest_extra(self) -> Optional[tuple[int, dict]]:
     """(step, extra) of the newest readable `extra` item, or None (cheap)."""
+    args = ocp.args.Composite(extra=ocp.args.JsonRestore())
     for step in reversed(self._checked_steps()):
       try:
-        extra = ocp.args.Composite(extra=ocp.args.JsonRestore())
-        return step, dict(self._manager.restore(step, args=extra).extra or {})
+        return step, dict(self._manager.restore(step, args=args).extra or {})
       except Exception as e:  # pylint: disable=broad-except
         logging.warning(
             'Checkpoint %s: its extra item is unreadable (%s).',
@@ -273,7 +271,6 @@ class Checkpointer(contextlib.AbstractContextManager):
     self._manager.reload()
 
   def close(self) -> None:
-    """Waits for pending writes and releases the manager."""
     self._manager.wait_until_finished()
     self._manager.close()
 

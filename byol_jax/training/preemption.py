@@ -8,7 +8,7 @@ jax.distributed).
 
 import signal
 import threading
-from typing import NamedTuple, Optional
+from typing import Optional
 
 from absl import logging
 import jax
@@ -19,8 +19,8 @@ import numpy as np
 class PreemptionWatcher:
   """SIGTERM / SIGINT -> a flag (`requested`); a second Ctrl-C interrupts."""
 
-  def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
-    self._signals, self._previous = tuple(signals), {}
+  def __init__(self):
+    self._previous = {}
     self.signal_name: Optional[str] = None  # the first signal's, 'SIGTERM'
 
   @property
@@ -50,7 +50,7 @@ class PreemptionWatcher:
           'signal handlers not installed, preemption not watched.'
       )
       return self
-    for sig in self._signals:
+    for sig in (signal.SIGTERM, signal.SIGINT):
       self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
@@ -61,22 +61,16 @@ class PreemptionWatcher:
     self._previous = {}
 
 
-class Decision(NamedTuple):
-  """What every process does after a step; collectives: exchanges (0 or 1)."""
+def decide(watcher, ckpt, sync: bool) -> tuple[bool, bool, int]:
+  """(preempt, time_due, all-gathers: 0 or 1), the same on every process.
 
-  preempt: bool
-  time_due: bool
-  collectives: int
-
-
-def decide(watcher: PreemptionWatcher, ckpt, sync: bool) -> Decision:
-  """Preemption and the checkpoint clock, agreed by all processes: at `sync`
-  (logging) steps one all-gather of [signal, clock due]; preempt when any got
-  a signal, save on process 0's clock."""
+  Several processes exchange [signal, clock due] at `sync` (logging) steps
+  only: preempt when any got a signal, save on process 0's clock.
+  """
   if jax.process_count() == 1:
-    return Decision(watcher.requested, ckpt.time_due(), 0)
+    return watcher.requested, ckpt.time_due(), 0
   if not sync:
-    return Decision(False, False, 0)
+    return False, False, 0
   flags = np.asarray([watcher.requested, ckpt.time_due()], np.int32)
   gathered = np.asarray(multihost_utils.process_allgather(flags)).reshape(-1, 2)
-  return Decision(bool(gathered[:, 0].max()), bool(gathered[0, 1]), 1)
+  return bool(gathered[:, 0].max()), bool(gathered[0, 1]), 1

@@ -170,8 +170,7 @@ def train(run, workdir) -> dict:
     state, resumed_s = restored.state, restored.extra.get('wall_time_s', 0)
     logging.info('Resumed from %s at step %d.', ckpt.directory, restored.step)
   else:
-    state = _initial_state(config, d.num_classes, source)
-    resumed_s = 0
+    state, resumed_s = _initial_state(config, d.num_classes, source), 0
   start_time = time.time()
   wall_time = lambda: resumed_s + time.time() - start_time
   step = start_step = int(state.step)
@@ -220,17 +219,19 @@ def train(run, workdir) -> dict:
               config, d.num_classes, source, o.online_params, o.online_state
           )
           writer.write(step, {'knn_top1': knn})
-        decision = preemption.decide(watcher, ckpt, logging_step)
-        agreements += decision.collectives
+        preempted, time_due, exchanged = preemption.decide(
+            watcher, ckpt, logging_step
+        )
+        agreements += exchanged
         if (
-            decision.preempt
+            preempted
             or step == d.stop_step
             or collapsed()
-            or ckpt.should_save(step, time_due=decision.time_due)
+            or ckpt.should_save(step, time_due=time_due)
         ):
           metrics.flush()  # Never checkpoint a state whose loss is not finite.
+          extra = {'wall_time_s': wall_time(), 'trajectory': trajectory}
           try:
-            extra = {'wall_time_s': wall_time(), 'trajectory': trajectory}
             ckpt.save(step, parallel.unreplicate(rstate), extra, force=True)
           except checkpointing.NonFiniteStateError as e:
             # The weights went non-finite in this step's update; its loss
@@ -239,7 +240,7 @@ def train(run, workdir) -> dict:
                 f'the training state became non-finite at step {step}; '
                 f'stopping without saving it. {_kept(ckpt)} ({e})'
             ) from e
-        if preempted := decision.preempt:
+        if preempted:
           break
         if collapsed() and step < d.stop_step:  # every process: _MetricsBuffer
           raise CollapseError(

@@ -35,26 +35,16 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
 
 
 # Fields that do not change the trajectory of pre-training: when to stop
-# (max_steps), where data lives, and the inputs the derived step counts replace.
-_NOT_TRAJECTORY = (
-    'training.max_steps',
-    'training.num_epochs',
-    'training.total_steps',
-    'training.warmup_epochs',
-    'training.warmup_steps',
-    'training.modified_init_chunk_size',
-    'data.data_dir',
-    'data.cache_dir',
-    'data.in_memory_on',
-    'data.max_in_memory_mb',  # derived.data_path says
-    'data.num_classes',
-)
+# (max_steps), where data lives (derived.data_path records what it decides),
+# and the inputs the derived step counts replace.
+_NOT_TRAJECTORY = frozenset("""
+    training.max_steps training.num_epochs training.total_steps
+    training.warmup_epochs training.warmup_steps
+    training.modified_init_chunk_size data.data_dir data.cache_dir
+    data.in_memory_on data.max_in_memory_mb data.num_classes
+""".split())
 _TRAJECTORY_DERIVED = (
-    'num_train_examples',
-    'num_classes',
-    'total_steps',
-    'warmup_steps',
-    'data_path',
+    'num_train_examples num_classes total_steps warmup_steps data_path'.split()
 )
 # Trajectory fields a checkpoint may lack, at the values it was trained under
 # (images at their own size, crops on the host, no accumulation): a streamed

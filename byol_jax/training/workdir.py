@@ -89,7 +89,6 @@ class TrainingLock:
     self._fd, self._held = fd, True
 
   def release(self) -> None:
-    """Removes the lock if this object holds it."""
     if self._held:
       self.path.unlink(missing_ok=True)  # first: an opener of it retries
       if self._fd is not None:

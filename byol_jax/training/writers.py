@@ -9,7 +9,6 @@ import time
 from typing import Callable, Mapping, Optional
 
 from absl import logging
-from etils import epath
 import numpy as np
 
 from byol_jax.training import workdir as workdir_lib
@@ -46,13 +45,12 @@ class MetricWriter:
       tensorboard: bool = True,
       time_fn: Callable[[], float] = time.monotonic,
   ):
-    self._workdir = epath.Path(workdir)
     self._path = workdir_lib.metrics_path(workdir)
     self._is_chief, self._use_tb, self._time_fn = is_chief, tensorboard, time_fn
     self._total_steps, self._images_per_step = total_steps, images_per_step
     self._tb_writer = self._last = None  # _last: (time, step) of console().
     if is_chief:
-      self._workdir.mkdir(parents=True, exist_ok=True)
+      self._path.parent.mkdir(parents=True, exist_ok=True)
 
   def write(self, step: int, metrics: Mapping[str, object]) -> None:
     """Appends {"step": step, **scalar metrics} (NaN as json's NaN)."""
@@ -89,7 +87,7 @@ class MetricWriter:
       # ".v2" as tf.summary names its files (events.out.tfevents.<time>.
       # <host>.<pid>.<n>.v2), so tools that parse the pid keep working.
       self._tb_writer = event_file_writer.EventFileWriter(
-          str(self._workdir), filename_suffix='.v2'
+          str(self._path.parent), filename_suffix='.v2'
       )
     summary = summary_pb2.Summary()
     for k, v in values.items():
@@ -127,7 +125,7 @@ class MetricWriter:
     """Drops rows past `step` and a partial last line; returns how many."""
     if not self._is_chief or not self._path.exists():
       return 0
-    rows = read_metrics(self._workdir)
+    rows = read_metrics(self._path.parent)
     kept = [r for r in rows if r['step'] <= step]
     text = ''.join(json.dumps(r) + '\n' for r in kept)
     if text != self._path.read_text():  # else leave the file (and its mtime)
