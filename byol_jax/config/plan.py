@@ -223,10 +223,10 @@ def _pretrain_plan(config, source, topology, num_classes, notes):
   return PretrainPlan(
       num_classes=num_classes,
       num_train_examples=n,
-      total_steps=int(total),
+      total_steps=total,
       total_steps_from=total_from,
-      warmup_steps=int(warmup),
-      stop_step=int(total if t.max_steps < 0 else min(t.max_steps, total)),
+      warmup_steps=warmup,
+      stop_step=total if t.max_steps < 0 else min(t.max_steps, total),
       peak_learning_rate=schedules.peak_learning_rate(t.base_learning_rate, b),
       per_host_batch_size=b // topology.process_count,
       per_device_batch_size=per_device,
@@ -243,10 +243,9 @@ def _probe_plan(config, source, num_classes, **pretrained) -> ProbePlan:
     # probe's splits (ImageNet: train[:10000], the probes trained on
     # train[10000:], official byol/utils/dataset.py); else held out of train.
     try:
+      ours = [source.resolve_split(s) for s in (e.train_split, e.test_split)]
       valid = source.resolve_split('linear_valid')
-      probe_splits = {source.resolve_split(e.train_split)}
-      probe_splits.add(source.resolve_split(e.test_split))
-      valid_split = '' if valid in probe_splits else 'linear_valid'
+      valid_split = '' if valid in ours else 'linear_valid'
     except ValueError:
       valid_split = ''
     if valid_split:
