@@ -160,9 +160,7 @@ def experiment_config(
           collapse_stop_below=presets.collapse_stop_below(method, model),
           collapse_stop_after=5,
       ),
-      # Linear evaluation, the paper's protocol (BYOL Appendix C.1):
-      # frozen encoder, SGD with Nesterov momentum 0.9, no weight decay,
-      # cosine lr, random-resized crop + flip to train, centre crop to test.
+      # Linear evaluation, the paper's protocol (BYOL Appendix C.1).
       eval=dict(
           after_pretraining=True,
           pretrain_workdir='',  # set: evaluate this run's encoder.

@@ -3,13 +3,8 @@
 `build` runs once at start-up, after the `--config.*` overrides: every field
 validated, the data opened, the splits checked, then the typed plans (data,
 pre-training, probe) that the code below the entry points takes; nothing
-re-derives them. WORKDIR/config.json is `Run.record()`.
-
-Run length: training.total_steps when > 0, else num_epochs * examples //
-global_batch_size (official byol/configs/byol.py); the `epochs=` option clears
-a preset's step count, `--config.training.num_epochs` does not. Warm-up:
-training.warmup_steps when >= 0, else warmup_epochs * examples // batch,
-never longer than the run (noted).
+re-derives them. WORKDIR/config.json is `Run.record()`. The precedence of
+step counts and warm-up: README.md, "Configs and overrides".
 """
 
 import dataclasses
