@@ -9,8 +9,7 @@ r"""Entry point: pre-training or linear evaluation, chosen by the config.
 Rerunning a command on a workdir with a checkpoint resumes it (refused in one
 line under a changed trajectory: resume.py). `--dry_run` prints the built
 config as JSON, writing nothing and reading no image. The only module that
-reads flags. Multi-process runs run the same command on every host;
-jax.distributed starts first (distributed.py decides how).
+reads flags. Multi-process runs run the same command on every host.
 """
 
 import json
@@ -21,6 +20,7 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from byol_jax.config import plan
@@ -137,7 +137,7 @@ def main(argv):
     _exit('Config error', f'--config={path}: {errno.group(0) if errno else e}')
   explicit = frozenset(config_flags.get_override_values(FLAGS['config']))
   try:
-    the_plan = distributed.process_plan(
+    processes = distributed.process_plan(
         mode=FLAGS.distributed,
         coordinator_address=FLAGS.coordinator_address,
         num_processes=FLAGS.num_processes,
@@ -147,11 +147,8 @@ def main(argv):
     )
     if FLAGS.dry_run:
       # No jax.distributed: the flags' process count, this host's devices.
-      import jax  # pylint: disable=g-import-not-at-top
-
-      topology = plan.Topology(
-          the_plan.num_processes or 1, jax.local_device_count()
-      )
+      hosts = processes.num_processes or 1
+      topology = plan.Topology(hosts, jax.local_device_count())
       built = plan.build(
           config, topology=topology, read_data=False, explicit=explicit
       )
@@ -167,7 +164,7 @@ def main(argv):
     if FLAGS.require_pinned_stack:  # before the backend starts
       stack.check_pinned(versions, stack.read_pins())
     # Before anything touches the XLA backend (jax.distributed's rule).
-    distributed.initialize(the_plan)
+    distributed.initialize(processes)
     if FLAGS.require_accelerator:
       stack.check_accelerator(versions)
 

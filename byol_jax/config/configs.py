@@ -1,15 +1,15 @@
 """The experiment config: its schema, its options, and the experiment loader.
 
 experiments/<name>.py's `get_config(arg)` returns `experiment_config(arg, ...)`
-with its variant, inputs only (-1: plan.py derives the field); `arg`, after the
-colon in `--config=experiments/<name>.py:<arg>`, holds the options (README.md,
-"Configs and overrides").
+with its variant: inputs only (-1: plan.py derives the field); `arg` (after the
+colon in `--config=`) holds the options (README.md, "Configs and overrides").
 """
 
-import importlib.util
 import pathlib
+import runpy
 
 import ml_collections
+from ml_collections import config_dict
 
 from byol_jax import methods
 from byol_jax.config import presets
@@ -49,31 +49,26 @@ def parse_options(arg, allowed) -> dict:
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
   """ResNet-50 + BYOL heads, BN everywhere (paper Table 2), with `overrides`."""
-  model = ml_collections.ConfigDict(
-      dict(
-          depth=50,
-          width_multiplier=1.0,
-          stem='imagenet',
-          # Scale of each residual block's last norm at init: 1 (False) as the
-          # BYOL paper's runs (the official byol/README.md, "Note on batch
-          # normalization": results were obtained with Haiku's default gamma =
-          # 1, not the zero init its code ships with); the modified init sets
-          # True: gamma0 = 0 for that layer (paper §3.2).
-          zero_init_last=False,
-          dtype='float32',
-          encoder_norm='bn',
-          projector_norm='bn',
-          predictor_norm='bn',
-          gn_groups=16,  # paper §3.3.
-          encoder_ws=False,
-          heads_ws=False,
-          # BN statistics over the global batch (official).
-          cross_replica_bn=True,
-          bn_decay=0.9,  # BN moving-average decay (official bn_config).
-          projector_hidden_size=4096,  # BYOL §3.3: MLP 4096 -> 256.
-          projector_output_size=256,
-          predictor_hidden_size=4096,
-      )
+  model = config_dict.create(
+      depth=50,
+      width_multiplier=1.0,
+      stem='imagenet',
+      # Each residual block's last norm scale at init: 1 (False) as the paper's
+      # runs, not the zero init the official code ships (its README, "Note on
+      # batch normalization"); the modified init sets True: 0 (paper §3.2).
+      zero_init_last=False,
+      dtype='float32',
+      encoder_norm='bn',
+      projector_norm='bn',
+      predictor_norm='bn',
+      gn_groups=16,  # paper §3.3.
+      encoder_ws=False,
+      heads_ws=False,
+      cross_replica_bn=True,  # BN statistics over the global batch (official).
+      bn_decay=0.9,  # BN moving-average decay (official bn_config).
+      projector_hidden_size=4096,  # BYOL §3.3: MLP 4096 -> 256.
+      projector_output_size=256,
+      predictor_hidden_size=4096,
   )
   model.update(overrides)
   return model
@@ -98,100 +93,90 @@ def experiment_config(
   epochs = options.get('epochs', epochs)
   preset = epochs if epochs in presets.LR_PRESETS else 300
   model = model_config(**(model or {}))
-  config = ml_collections.ConfigDict(
-      dict(
-          options=arg or '',  # linear evaluation reads `dataset=` here.
-          mode='pretrain',  # or 'linear_eval' (eval.pretrain_workdir).
-          seed=0,
-          # The paper's ImageNet linear-eval top-1 for this variant (-1: none).
-          paper_top1=-1.0,
-          method=method,
-          data=dict(
-              source='tfds:imagenet2012',
-              data_dir='',  # TFDS data_dir ('' for the TFDS default).
-              image_size=224,
-              pretrain_split='pretrain',
-              min_crop_area=0.08,  # random-resized crop area >= 8% (BYOL).
-              # Training examples held out as split 'held_out' (the test split
-              # of sources without one, else the probe's validation split).
-              held_out_examples=0,
-              num_classes=-1,  # -1: the dataset's.
-              # Decoded MiB up to which a folder or TFDS set is held in memory
-              # (CIFAR-10: 176 MiB); larger ones stream.
-              max_in_memory_mb=4096,
-              # Side of the images held in memory: 0 keeps their own (all
-              # must share it); N: shorter side to N, central N x N square.
-              cache_side=0,
-              cache_dir='',  # '': $XDG_CACHE_HOME/byol_jax/folders or ~/.cache
-              # A copy per local device, or 'host' (small device memory).
-              in_memory_on='device',
-          ),
-          model=model,
-          training=dict(
-              num_epochs=epochs,
-              total_steps=-1,  # > 0 wins over num_epochs.
-              max_steps=-1,  # stop (with a checkpoint) before total_steps.
-              global_batch_size=4096,  # BYOL §3.3 (512 TPU v3 cores).
-              # Each device's batch in this many micro-batches, gradients
-              # summed (lax.scan), then one LARS and one EMA update: exactly
-              # the whole batch for GN, LN or no norm; with BN each micro-batch
-              # has its own statistics (ghost BN; plan.build notes it).
-              accumulation_steps=1,
-              base_learning_rate=presets.LR_PRESETS[preset],  # x batch / 256.
-              warmup_epochs=10.0,  # BYOL §3.3; short runs warm up for less.
-              warmup_steps=-1,  # >= 0 wins over warmup_epochs.
-              weight_decay=presets.WD_PRESETS[preset],
-              # LARS trust coefficient eta (BYOL §3.3 / official: 1e-3).
-              trust_coefficient=1e-3,
-              # x the others' learning rate: 1 in the paper and the official
-              # code; short CPU runs use more (presets.apply_tiny).
-              predictor_lr_multiplier=1.0,
-              base_ema=presets.EMA_PRESETS[preset],  # tau_base (BYOL §3.3).
-              temperature=0.1,  # SimCLR's InfoNCE temperature (batch 4096).
-              modified_init=False,  # paper §3.2
-              modified_init_batch_size=4096,
-              # Images per device per forward pass of the calibration (memory).
-              modified_init_chunk_size=256,
-          ),
-          checkpoint=dict(
-              every_steps=1000,
-              every_secs=600,
-              max_to_keep=3,
-              # Resume a checkpoint trained under another trajectory (e.g.
-              # to extend a finished run; config_history.jsonl records it).
-              allow_changed_config=False,
-          ),
-          logging=dict(
-              every_steps=50,
-              knn_every_steps=5000,  # kNN monitor on the test split; 0: off.
-              knn_max_train_examples=10_000,
-              # Stop pre-training (checkpoint kept, exit 1) when the collapse
-              # statistic stays below this for collapse_stop_after logged
-              # steps; 0: never (the variants the paper reports collapsing).
-              collapse_stop_below=presets.collapse_stop_below(method, model),
-              collapse_stop_after=5,
-          ),
-          # Linear evaluation, the paper's protocol (BYOL Appendix C.1):
-          # frozen encoder, SGD with Nesterov momentum 0.9, no weight decay,
-          # cosine lr, random-resized crop + flip to train, centre crop to test.
-          eval=dict(
-              after_pretraining=True,
-              pretrain_workdir='',  # set: evaluate this run's encoder.
-              num_epochs=80,
-              global_batch_size=1024,
-              # Base rates (x batch / 256) chosen from on held-out data; one
-              # value: no selection.
-              learning_rates=(0.4, 0.3, 0.2, 0.1, 0.05),
-              # Held out from train to choose the rate without a validation
-              # split (ImageNet's: train[:10000], official); -1: a fifth.
-              sweep_valid_examples=-1,
-              momentum=0.9,
-              train_split='linear_train',
-              test_split='test',
-              augment=True,  # crop + flip per step; False: features once.
-              random_baseline=False,  # also evaluate a random encoder.
-          ),
-      )
+  config = config_dict.create(
+      options=arg or '',  # linear evaluation reads `dataset=` here.
+      mode='pretrain',  # or 'linear_eval' (eval.pretrain_workdir).
+      seed=0,
+      paper_top1=-1.0,  # the paper's ImageNet linear-eval top-1 (-1: none).
+      method=method,
+      data=dict(
+          source='tfds:imagenet2012',
+          data_dir='',  # TFDS data_dir ('' for the TFDS default).
+          image_size=224,
+          pretrain_split='pretrain',
+          min_crop_area=0.08,  # random-resized crop area >= 8% (BYOL).
+          # Training examples held out as split 'held_out' (the test split
+          # of sources without one, else the probe's validation split).
+          held_out_examples=0,
+          num_classes=-1,  # -1: the dataset's.
+          # Decoded MiB up to which a folder or TFDS set is held in memory
+          # (CIFAR-10: 176 MiB); larger ones stream.
+          max_in_memory_mb=4096,
+          # Side of the images held in memory: 0 keeps their own (all
+          # must share it); N: shorter side to N, central N x N square.
+          cache_side=0,
+          cache_dir='',  # '': $XDG_CACHE_HOME/byol_jax/folders or ~/.cache
+          in_memory_on='device',  # a copy per local device; or 'host'.
+      ),
+      model=model,
+      training=dict(
+          num_epochs=epochs,
+          total_steps=-1,  # > 0 wins over num_epochs.
+          max_steps=-1,  # stop (with a checkpoint) before total_steps.
+          global_batch_size=4096,  # BYOL §3.3 (512 TPU v3 cores).
+          # Micro-batches per device batch, gradients summed (lax.scan), then
+          # one LARS and one EMA update: exactly the whole batch for GN, LN or
+          # no norm; with BN, each its own statistics (ghost BN; noted).
+          accumulation_steps=1,
+          base_learning_rate=presets.LR_PRESETS[preset],  # x batch / 256.
+          warmup_epochs=10.0,  # BYOL §3.3; short runs warm up for less.
+          warmup_steps=-1,  # >= 0 wins over warmup_epochs.
+          weight_decay=presets.WD_PRESETS[preset],
+          trust_coefficient=1e-3,  # LARS eta (BYOL §3.3, official).
+          # x the others' learning rate: 1 in the paper and the official
+          # code; short CPU runs use more (presets.apply_tiny).
+          predictor_lr_multiplier=1.0,
+          base_ema=presets.EMA_PRESETS[preset],  # tau_base (BYOL §3.3).
+          temperature=0.1,  # SimCLR's InfoNCE temperature (batch 4096).
+          modified_init=False,  # paper §3.2
+          modified_init_batch_size=4096,
+          modified_init_chunk_size=256,  # per device per calibration pass.
+      ),
+      checkpoint=dict(
+          every_steps=1000,
+          every_secs=600,
+          max_to_keep=3,
+          # Resume a checkpoint trained under another trajectory (e.g.
+          # to extend a finished run; config_history.jsonl records it).
+          allow_changed_config=False,
+      ),
+      logging=dict(
+          every_steps=50,
+          knn_every_steps=5000,  # kNN monitor on the test split; 0: off.
+          knn_max_train_examples=10_000,
+          # Stop pre-training (checkpoint kept, exit 1) when the collapse
+          # statistic stays below this for collapse_stop_after logged
+          # steps; 0: never (the variants the paper reports collapsing).
+          collapse_stop_below=presets.collapse_stop_below(method, model),
+          collapse_stop_after=5,
+      ),
+      # Linear evaluation, the paper's protocol (BYOL Appendix C.1).
+      eval=dict(
+          after_pretraining=True,
+          pretrain_workdir='',  # set: evaluate this run's encoder.
+          num_epochs=80,
+          global_batch_size=1024,
+          # Base rates (x batch / 256) chosen on held-out data; one: no sweep.
+          learning_rates=(0.4, 0.3, 0.2, 0.1, 0.05),
+          # Held out from train to choose the rate without a validation
+          # split (ImageNet's: train[:10000], official); -1: a fifth.
+          sweep_valid_examples=-1,
+          momentum=0.9,
+          train_split='linear_train',
+          test_split='test',
+          augment=True,  # crop + flip per step; False: features once.
+          random_baseline=False,  # also evaluate a random encoder.
+      ),
   )
   config.training.update(training or {})
   scales = [s for s in SCALES if options.get(s)]
@@ -224,7 +209,4 @@ def load_experiment(
         f'{path} not found: run from a checkout of byol_jax (experiments/ is '
         'not installed with the package) or pass --experiments_dir.'
     )
-  spec = importlib.util.spec_from_file_location(f'_exp_{name}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return runpy.run_path(str(path))['get_config'](arg)

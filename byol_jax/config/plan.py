@@ -3,17 +3,8 @@
 `build` runs once at start-up, after the `--config.*` overrides: every field
 validated, the data opened, the splits checked, then the typed plans (data,
 pre-training, probe) that the code below the entry points takes; nothing
-re-derives them. WORKDIR/config.json is `Run.record()`.
-
-Run length, in order of precedence:
-  * training.total_steps > 0 (the `steps=` option) is the step count;
-  * else floor(training.num_epochs * examples / global_batch_size), the
-    official BYOL code's formula (byol/configs/byol.py: num_epochs *
-    train_images // batch_size); the `epochs=` option sets num_epochs and
-    clears a preset's step count, `--config.training.num_epochs` does not
-    (PretrainPlan.total_steps_from says which one was used);
-  * training.warmup_steps >= 0 is the warm-up; else warmup_epochs * examples
-    // batch, never longer than the run (then listed in Run.notes).
+re-derives them. WORKDIR/config.json is `Run.record()`. The precedence of
+step counts and warm-up: README.md, "Configs and overrides".
 """
 
 import dataclasses
@@ -128,9 +119,7 @@ def _inputs(config) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(tree)
 
 
-def eval_inputs(
-    config, pretrained, explicit=frozenset()
-) -> ml_collections.ConfigDict:
+def eval_inputs(config, pretrained, explicit=frozenset()):
   """Linear evaluation's inputs: method, model, training (an `explicit`
   override of them is an error) and data from the pre-training run, but the
   data fields `explicit` names and data.source under a `dataset=` option (not
@@ -162,9 +151,8 @@ def _check_splits(config, mode: str, source) -> dict:
   if mode == 'pretrain':
     needed['data.pretrain_split'] = config.data.pretrain_split
     if config.logging.knn_every_steps:
-      needed['logging.knn_every_steps (reference: linear_train)'] = (
-          'linear_train'
-      )
+      knn = 'logging.knn_every_steps (reference: linear_train)'
+      needed[knn] = 'linear_train'
       needed['eval.test_split'] = config.eval.test_split
   if mode == 'linear_eval' or config.eval.after_pretraining:
     needed['eval.train_split'] = config.eval.train_split
@@ -191,8 +179,7 @@ def _pretrain_plan(config, source, topology, num_classes, notes):
   steps_of = lambda epochs: int(epochs * n) // b  # official byol/configs
   total, total_from = t.total_steps, 'training.total_steps'
   if total <= 0:
-    total = steps_of(t.num_epochs)
-    total_from = 'training.num_epochs'
+    total, total_from = steps_of(t.num_epochs), 'training.num_epochs'
     validation.check(
         total > 0,
         'training.num_epochs',
@@ -200,9 +187,7 @@ def _pretrain_plan(config, source, topology, num_classes, notes):
         f'gives 0 steps of batch {b} over {n} examples; raise it, lower '
         'training.global_batch_size, or set training.total_steps.',
     )
-  warmup = t.warmup_steps
-  if warmup < 0:
-    warmup = steps_of(t.warmup_epochs)
+  warmup = t.warmup_steps if t.warmup_steps >= 0 else steps_of(t.warmup_epochs)
   if warmup > total:
     notes.append(f"warm-up shortened from {warmup} to the run's {total} steps")
     warmup = total
@@ -233,10 +218,10 @@ def _pretrain_plan(config, source, topology, num_classes, notes):
   return PretrainPlan(
       num_classes=num_classes,
       num_train_examples=n,
-      total_steps=int(total),
+      total_steps=total,
       total_steps_from=total_from,
-      warmup_steps=int(warmup),
-      stop_step=int(total if t.max_steps < 0 else min(t.max_steps, total)),
+      warmup_steps=warmup,
+      stop_step=total if t.max_steps < 0 else min(t.max_steps, total),
       peak_learning_rate=schedules.peak_learning_rate(t.base_learning_rate, b),
       per_host_batch_size=b // topology.process_count,
       per_device_batch_size=per_device,
@@ -247,18 +232,15 @@ def _probe_plan(config, source, num_classes, **pretrained) -> ProbePlan:
   e = config.eval
   n = source.num_examples(e.train_split)
   # eval.num_epochs full passes of whole batches.
-  steps = lambda examples: int(
-      e.num_epochs * max(1, examples // e.global_batch_size)
-  )
+  steps = lambda count: e.num_epochs * max(1, count // e.global_batch_size)
   if len(e.learning_rates) > 1:
     # The dataset's own validation split when it has one apart from the
     # probe's splits (ImageNet: train[:10000], the probes trained on
     # train[10000:], official byol/utils/dataset.py); else held out of train.
     try:
+      ours = [source.resolve_split(s) for s in (e.train_split, e.test_split)]
       valid = source.resolve_split('linear_valid')
-      probe_splits = {source.resolve_split(e.train_split)}
-      probe_splits.add(source.resolve_split(e.test_split))
-      valid_split = '' if valid in probe_splits else 'linear_valid'
+      valid_split = '' if valid in ours else 'linear_valid'
     except ValueError:
       valid_split = ''
     if valid_split:
@@ -308,8 +290,7 @@ def build(
   fields `--config.*` set (eval_inputs). Raises ConfigError, in one line.
   """
   inputs = _inputs(config)
-  mode = validation.mode_of(inputs)
-  validation.validate_inputs(inputs, mode)
+  mode = validation.validate_inputs(inputs)
   probing = mode == 'linear_eval' or inputs.eval.after_pretraining
   notes, pretrained = [], {}
   if mode == 'linear_eval':
@@ -335,8 +316,7 @@ def build(
           f'evaluating on {new.source} at {new.image_size}px '
           f'an encoder pre-trained on {old.source} at {old.image_size}px'
       )
-  if topology is None:
-    topology = Topology(jax.process_count(), jax.local_device_count())
+  topology = topology or Topology(jax.process_count(), jax.local_device_count())
   if mode == 'pretrain':
     validation.check_batch(
         'training.global_batch_size',

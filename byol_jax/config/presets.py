@@ -1,8 +1,7 @@
 """Hyper-parameter presets: the official ones, the paper's variants, the scales.
 
-The scale presets (`apply_tiny`, `apply_small`, `apply_cifar10`) run after the
-variant's own hyper-parameters and set what depends on the run's length and
-size, for every variant alike.
+The scale presets (`apply_*`) run after the variant's own hyper-parameters and
+set what depends on the run's length and size, for every variant alike.
 """
 
 from byol_jax.results import paper
@@ -52,31 +51,25 @@ TABLE1_NORMS = ('bn', 'ln', 'none')
 def apply_tiny(config) -> None:
   """CPU-sized: ResNet-10 at width 1/4, 16 px digits, batch 256, 150 steps.
 
-  A 150-step run is a thousand times shorter than the paper's, so what sets
-  how far a run travels is rescaled, identically for every variant (measured
-  on the digits; docs/RESULTS.md):
-    * LARS trust coefficient 1e-2 (paper 1e-3): LARS moves a weight matrix
-      by about lr x eta of its norm per step; at eta 1e-3 (batch 64, 300
-      steps, lr 0.06) the encoder's weights moved 1.2% over the whole run:
-      every "trained" encoder was its random initialisation with re-tuned
-      norm parameters.
-    * predictor learning rate x30 (paper x1): at the paper's single rate the
-      BN-free variants collapse within 50 steps here (GN+WS projection
-      collapse statistic 0.04); a predictor that adapts faster than the
-      encoder is what keeps non-contrastive training from collapsing (Tian,
-      Chen & Ganguli, 2021, "Understanding self-supervised learning
-      dynamics without contrastive pairs").
-    * tau_base 0.99 (BYOL's 300-epoch preset): 0.996-0.999 leave the target
-      of a 150-step run nearly frozen.
-    * random-resized crops of at least 50% of the image (paper 8%): an 8%
-      crop of an 8x8 digit is 2x2 pixels, which shows no digit.
+  A 150-step run is a thousand times shorter than the paper's; what sets how
+  far a run travels is rescaled, identically for every variant (measured on
+  the digits; docs/RESULTS.md):
+    * LARS eta 1e-2 (paper 1e-3): LARS moves a weight matrix by about
+      lr x eta of its norm per step; at 1e-3 (batch 64, 300 steps, lr 0.06)
+      the encoder's weights moved 1.2% over the whole run.
+    * predictor lr x30 (paper x1): at x1 the BN-free variants collapse within
+      50 steps (GN+WS projection collapse statistic 0.04); a predictor faster
+      than the encoder keeps non-contrastive training from collapsing (Tian,
+      Chen & Ganguli, 2021).
+    * tau_base 0.99: 0.996-0.999 leave a 150-step run's target nearly frozen.
+    * crops of at least 50% (paper 8%): an 8% crop of an 8x8 digit is 2x2 px.
     * one warm-up step per warm-up epoch (10; 50 for the modified init).
 
-  The probe: features computed once (centre crop), 400 epochs (seconds). The
-  paper's per-step-augmented probe needs far more steps (on digits: 44% vs
-  85% top-1 for the same random encoder after 100 steps); 100 epochs left the
-  feature probe short of convergence (random GN+WS encoder: 84.8%, 87.2% after
-  400, 87.9% for an L-BFGS logistic regression on the same features).
+  Probe: features computed once (centre crop), 400 epochs (seconds). The
+  per-step-augmented probe needs far more steps (44% vs 85% top-1 for one
+  random encoder after 100 steps); 100 epochs left the feature probe short of
+  convergence (random GN+WS encoder: 84.8%, 87.2% after 400, 87.9% for an
+  L-BFGS logistic regression on the same features).
   """
   config.update(
       model=dict(
@@ -130,34 +123,24 @@ def apply_cifar10(config) -> None:
 
 
 # The `small` scale's run length, and the official preset its optimiser
-# follows (the shortest). Official warm-up: 10 epochs whatever the run's
-# length, a quarter of a 40-epoch run; a variant's own longer warm-up (the
-# modified init's 50, paper §3.2) keeps its ratio to those 10, up to half.
+# follows (the shortest); the official 10 warm-up epochs are a quarter of it.
 SMALL_EPOCHS = 4
 SMALL_PRESET_EPOCHS = 40
 SMALL_MAX_WARMUP_FRACTION = 0.5
 
 
 def apply_small(config) -> None:
-  """CIFAR-10 on a 2-core CPU with the paper's optimiser.
+  """CIFAR-10 on a 2-core CPU with the paper's optimiser (docs/RESULTS.md).
 
   ResNet-10 x1/4, small stem, 32 px images cropped (area from 8%) to 16 px,
-  batch 256, 4 epochs (781 steps). benchmarks/throughput.py on a 2-core AMD
-  EPYC (BYOL step, batch 256): 390 (BN) / 362 (GN+WS) / 499 (none) img/s,
-  8-9 minutes per variant; ResNet-18 x1/4 at 16 px 207 / 173 and at 32 px
-  79 / 59 img/s, two to six times longer.
-
-  The optimiser is the paper's, scaled only as the official code scales it
-  (LARS eta 1e-3, predictor lr x1, lr x batch / 256, warm-up in epochs); base
+  batch 256, 4 epochs (781 steps): 8-9 minutes per variant on 2 CPU cores.
+  LARS eta 1e-3, predictor lr x1, lr x batch / 256, warm-up in epochs; base
   lr, weight decay and 1 - tau move from the preset of the variant's own run
   length (1000 epochs for Table 2, 300 for Table 1) to the official 40-epoch
-  one by the same ratio: BN 0.2 -> 0.45, 1.5e-6 -> 1e-6, tau 0.996 -> 0.97;
-  GN+WS 0.24 -> 0.54, 3e-8 -> 2e-8, 0.999 -> 0.9925. Warm-up: a quarter of
-  the run per 10 warm-up epochs of the variant, at most half.
-
-  Probe: the paper's protocol on frozen centre-crop features, 100 epochs
-  (augmented crops would cost, by the step's throughput, tens of minutes per
-  variant), and the random-init baseline.
+  one by the same ratio (BN 0.2 -> 0.45, GN+WS 0.24 -> 0.54); warm-up: a
+  quarter of the run per 10 warm-up epochs of the variant, at most half.
+  Probe: the paper's protocol on frozen centre-crop features, 100 epochs, and
+  the random-init baseline.
   """
   t = config.training
   own = t.num_epochs if t.num_epochs in LR_PRESETS else 300

@@ -15,9 +15,7 @@ MODES = ('pretrain', 'linear_eval')
 # jax.random.PRNGKey(seed) without jax_enable_x64 keeps the low 32 bits
 # (PRNGKey(2**32) == PRNGKey(0)) and overflows from 2**63.
 SEED_LIMIT = 2**32
-# Pre-training's smallest batch per device: the collapse statistics are a
-# standard deviation over each device's examples (metrics.collapse_std), and
-# BatchNorm's batch variance of one example is 0 (every output its offset).
+# Pre-training's smallest batch per device (check_batch's message says why).
 MIN_PRETRAIN_PER_DEVICE = 2
 
 
@@ -76,6 +74,7 @@ def _one_of(choices):
 
 # {field: (whether a value is allowed, what is allowed)}, in schema order.
 _FIELDS = {
+    'mode': _one_of(MODES),
     'seed': (
         lambda v: _is_int(v) and 0 <= v < SEED_LIMIT,
         f'must be an integer in [0, 2**32) = [0, {SEED_LIMIT - 1}]: '
@@ -156,8 +155,16 @@ def check_batch(field: str, batch, topology, per_device: int = 1) -> None:
   fail(field, batch, f'{allowed}, e.g. --config.{field}={hint}.')
 
 
-def validate_inputs(config, mode: str) -> None:
-  """Checks every input field that needs neither data nor devices."""
+def validate_inputs(config) -> str:
+  """Checks every input field that needs neither data nor devices: the mode."""
+  check(
+      config.eval.pretrain_workdir or config.mode != 'linear_eval',
+      'eval.pretrain_workdir',
+      '',
+      'set it to the pre-training run to evaluate, e.g. '
+      '--config.eval.pretrain_workdir=/tmp/byol_quickstart.',
+  )
+  mode = 'linear_eval' if config.eval.pretrain_workdir else config.mode
   for field, (ok, allowed) in _FIELDS.items():
     value = config
     for name in field.split('.'):
@@ -195,17 +202,4 @@ def validate_inputs(config, mode: str) -> None:
       'needs model.encoder_norm=affine (the BN layers are replaced by '
       'calibrated affine layers, paper §3.2).',
   )
-
-
-def mode_of(config) -> str:
-  """'linear_eval' when eval.pretrain_workdir is set, else config.mode."""
-  ok, allowed = _one_of(MODES)
-  check(ok(config.mode), 'mode', config.mode, allowed)
-  check(
-      config.eval.pretrain_workdir or config.mode != 'linear_eval',
-      'eval.pretrain_workdir',
-      '',
-      'set it to the pre-training run to evaluate, e.g. '
-      '--config.eval.pretrain_workdir=/tmp/byol_quickstart.',
-  )
-  return 'linear_eval' if config.eval.pretrain_workdir else config.mode
+  return mode
