@@ -69,6 +69,9 @@ _ERRORS = {
 }
 
 
+_FORM = 'a config file is as experiments/gn_ws.py: get_config() -> ConfigDict'
+
+
 def _exit(kind: str, message, code: int = 2):
   """One line on stderr, then exit: the user's to fix, no stack trace."""
   print(f'{kind}: {" ".join(str(message).split())}', file=sys.stderr)
@@ -77,10 +80,15 @@ def _exit(kind: str, message, code: int = 2):
 
 def parse_flags(argv):
   """absl's flag parsing (argv without the parsed flags), errors in one line."""
+  config_arg = next((a for a in argv if a.startswith('--config=')), '--config')
   try:
     return FLAGS(argv)
+  except (SyntaxError, ImportError) as e:  # the config file's own code
+    _exit('Config error', f'{config_arg}: {type(e).__name__}: {e}')
   except (KeyError, AttributeError) as e:  # an override of no field
     text = str(e)
+    if "attribute 'get_config'" in text:
+      _exit('Config error', f'{config_arg}: no get_config(); {_FORM}')
     name = (re.findall(r'[A-Za-z_]\w*', text) or [text])[0]
     given = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
     flag = next((f for f in given if name in f.split('.')), '--config.*')
@@ -98,6 +106,9 @@ def parse_flags(argv):
     if 'Error whilst parsing config file' in text:  # get_config's traceback
       found = re.findall(r'^\s*[\w.]*(?:Error|Exception): (.*?)$', text, re.M)
       text = (found or text.splitlines())[-1]
+    text = text.replace(
+        'invalid literal for int() with base 10', 'not an integer'
+    )
     _exit('Config error', text.splitlines()[0])
 
 
@@ -128,13 +139,18 @@ def main(argv):
   # error line reach the console: a bad input reads as one line.
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.WARNING)
+  path = FLAGS['config'].serialize().partition('=')[2] or '?'
+  config = _CONFIG.value
   try:
-    config = _CONFIG.value
     config.to_dict()  # a config file that failed to load raises here.
   except OSError as e:
     errno = re.search(r'\[Errno \d+\].*', str(e))
-    path = FLAGS['config'].serialize().partition('=')[2] or '?'
     _exit('Config error', f'--config={path}: {errno.group(0) if errno else e}')
+  except AttributeError:
+    _exit(
+        'Config error',
+        f'--config={path}: get_config() gave {config!r}; {_FORM}',
+    )
   explicit = frozenset(config_flags.get_override_values(FLAGS['config']))
   try:
     processes = distributed.process_plan(

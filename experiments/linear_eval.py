@@ -22,7 +22,8 @@ from byol_jax.config import configs
 
 
 def get_config(arg=None):
-  options = configs.parse_options(arg, configs.COMMON_OPTIONS + ('pretrain',))
+  # The run fixes model, training and scale: only its data may be renamed.
+  options = configs.parse_options(arg, ('dataset', 'pretrain'))
   config = configs.experiment_config(arg, options=options)
   config.mode = 'linear_eval'
   config.eval.pretrain_workdir = options.get('pretrain', '')

@@ -505,7 +505,7 @@ BAD_INPUTS = [
     (
         'bad override type',
         ['gn_ws.py:tiny', '--config.training.num_epochs=x'],
-        'flag --config.training.num_epochs=x',
+        "flag --config.training.num_epochs=x: not an integer: 'x'",
     ),
     (
         'unknown field',
@@ -549,6 +549,11 @@ BAD_INPUTS = [
         "eval.pretrain_workdir='': set it",
     ),
     (
+        'linear eval with an option of the run',
+        ['linear_eval.py:pretrain={no_checkpoint},bf16'],
+        "unknown config option 'bf16' in",
+    ),
+    (
         'linear eval of a run without checkpoint',
         ['linear_eval.py:pretrain={no_checkpoint}'],
         'holds no checkpoint',
@@ -590,6 +595,28 @@ def test_bad_input_is_one_line_exit_2(tmp_path, name, args, message):
   assert not list(workdir.glob('checkpoints/*'))
   assert not (workdir / 'config.json').exists()
   assert elapsed < 30, elapsed
+
+
+BAD_CONFIG_FILES = [
+    ('syntax', 'x = →\n', 'SyntaxError: invalid character'),
+    ('import', 'import no_such_module\n', "No module named 'no_such_module'"),
+    ('no get_config', 'x = 1\n', 'no get_config()'),
+    ('not a ConfigDict', 'def get_config():\n  return 5\n', 'gave 5'),
+]
+
+
+@pytest.mark.parametrize(
+    'text,message',
+    [b[1:] for b in BAD_CONFIG_FILES],
+    ids=[b[0] for b in BAD_CONFIG_FILES],
+)
+def test_a_bad_config_file_is_one_line_exit_2(tmp_path, text, message):
+  (tmp_path / 'bad.py').write_text(text)
+  proc = _main(f'--config={tmp_path}/bad.py', '--dry_run', timeout=60)
+  assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+  (line,) = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert line.startswith(f'Config error: --config={tmp_path}/bad.py: '), line
+  assert message in line, line
 
 
 # ----------------------------------------------------------------- resume
