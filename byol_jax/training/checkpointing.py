@@ -90,8 +90,10 @@ class Checkpointer(contextlib.AbstractContextManager):
 
   def _listing(self, fn):
     """fn(); read_only, retried while its writer removes listed steps."""
+    # orbax checks a step's exists() then is_dir(): a step deleted between
+    # the two raises NotADirectoryError (seen in CI, a rotating writer).
     for _ in range(9 if self._read_only else 0):
-      with contextlib.suppress(FileNotFoundError):
+      with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         return fn()
     return fn()
 

@@ -4,6 +4,7 @@ import logging as std_logging
 import os
 import pathlib
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -447,3 +448,24 @@ def test_sigkill_during_save_never_leaves_a_bad_checkpoint(tmp_path, mode):
       force=True,
   )
   assert not any('tmp' in p.name for p in directory.iterdir())
+
+
+def test_read_only_lists_again_when_a_step_vanishes_mid_listing(
+    tmp_path, monkeypatch
+):
+  """A step its writer deletes between orbax's exists() and is_dir() (CI)."""
+  ckpt = checkpointing.Checkpointer(tmp_path, max_to_keep=3)
+  for step in (1, 2):
+    ckpt.save(step, make_state(step), force=True)
+  path_type = type(epath.Path(tmp_path))
+  is_dir = path_type.is_dir
+
+  def rotated_in_between(self):
+    caller = sys._getframe(1).f_code.co_name  # pylint: disable=protected-access
+    if caller == '_sanitize_metadata_path' and self.name == '1':
+      shutil.rmtree(self, ignore_errors=True)  # the writer's max_to_keep
+    return is_dir(self)
+
+  monkeypatch.setattr(path_type, 'is_dir', rotated_in_between)
+  reader = checkpointing.Checkpointer(tmp_path, read_only=True)
+  assert reader.all_steps() == [2]
