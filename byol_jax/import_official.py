@@ -49,17 +49,30 @@ NOT_RELEASE = 'not a BYOL release checkpoint'
 # uses `average` as released.
 BN_COUNTER = 10_000
 # experiment_state's fields when the file's tuple has no names.
-STATE_FIELDS = (
-    'online_params',
-    'target_params',
-    'online_state',
-    'target_state',
-    'opt_state',
+STATE_FIELDS = tuple(
+    'online_params target_params online_state target_state opt_state'.split()
 )
+# Official (deepmind-research byol/utils/networks.py on Haiku's ResNet v1
+# blocks) -> our module names (models/resnet.py, models/heads.py).
+_RENAMES = (
+    (r'^res_net\d+/~/', 'encoder/'),
+    (r'^encoder/initial_(conv|batchnorm)$', r'encoder/stem_\1'),
+    (r'block_group_(\d+)/~/block_(\d+)/~/', r'stage\1_block\2/'),
+    (r'batchnorm', 'norm'),
+    (r'^(projector|predictor)/(batch_)?(norm|linear)$', r'\1/\3_0'),
+    (r'^classifier$', 'classifier/linear'),
+)
+_EMA = re.compile(r'^(.*)/~/(mean|var)_ema$')
 
 
-# What find_class returns: functions and this instance, never a class of
-# ours (BUILD could set a class's attributes).
+def _require(ok, what: str) -> None:
+  """ValueError 'WHAT: not a BYOL release checkpoint.' unless `ok`."""
+  if not ok:
+    raise ValueError(f'{what}: {NOT_RELEASE}.')
+
+
+# The stand-ins find_class returns: functions and _NDARRAY, never a class of
+# ours (BUILD could set a class's attributes); each checks its arguments.
 _NDARRAY = object()  # numpy.ndarray: only _reconstruct's first argument.
 
 
@@ -67,12 +80,15 @@ class _Dtype:
   """numpy.dtype(spec) of a numeric kind, its byte order set by BUILD."""
 
   def __init__(self, spec):
+    numeric = isinstance(spec, str) and re.fullmatch(r'[biuf]\d{1,2}', spec)
+    why = 'only numeric arrays are read (object arrays run code when loaded)'
+    _require(numeric, f'numpy.dtype({spec!r}): {why}')
     self.value = np.dtype(spec)
 
   def __setstate__(self, state):
-    order, rest = state[1], state[2:5]
-    if order not in '<>|=' or rest != (None, None, None):
-      raise ValueError(f'numpy.dtype state {state!r}: {NOT_RELEASE}.')
+    order = state[1]
+    ok = order in '<>|=' and state[2:5] == (None, None, None)
+    _require(ok, f'numpy.dtype state {state!r}')
     self.value = self.value.newbyteorder(order if order in '<>' else '=')
 
 
@@ -83,39 +99,26 @@ class _Array:
 
   def __setstate__(self, state):
     shape, dtype, fortran, data = state[-4:]
-    if not (
+    _require(
         isinstance(dtype, _Dtype)
         and isinstance(data, bytes)
         and all(isinstance(n, int) and n >= 0 for n in shape)
-        and len(data) == np.prod(shape, dtype=np.int64) * dtype.value.itemsize
-    ):
-      raise ValueError(f'an array of shape {shape!r}: {NOT_RELEASE}.')
-    self.array = np.frombuffer(data, dtype.value).reshape(
-        shape, order='F' if fortran else 'C'
+        and len(data) == np.prod(shape, dtype=np.int64) * dtype.value.itemsize,
+        f'an array of shape {shape!r}',
     )
-
-
-def _dtype(spec, align=False, copy=True):
-  del align, copy
-  if not (isinstance(spec, str) and re.fullmatch(r'[biuf]\d{1,2}', spec)):
-    raise ValueError(
-        f'numpy.dtype({spec!r}): only numeric arrays are read (object '
-        f'arrays run code when loaded); {NOT_RELEASE}.'
-    )
-  return _Dtype(spec)
+    order = 'F' if fortran else 'C'
+    self.array = np.frombuffer(data, dtype.value).reshape(shape, order=order)
 
 
 def _reconstruct(cls, shape, typecode):
-  if cls is not _NDARRAY or tuple(shape) != (0,) or typecode != b'b':
-    raise ValueError(
-        f'numpy _reconstruct{(cls, shape, typecode)}: {NOT_RELEASE}.'
-    )
+  ok = cls is _NDARRAY and tuple(shape) == (0,) and typecode == b'b'
+  _require(ok, f'numpy _reconstruct{(cls, shape, typecode)}')
   return _Array()
 
 
 def _create_array(reconstruct, args, state, npdict=None):
-  if reconstruct is not _reconstruct or npdict is not None:
-    raise ValueError(f'dill _create_array of {reconstruct!r}: {NOT_RELEASE}.')
+  ok = reconstruct is _reconstruct and npdict is None
+  _require(ok, f'dill _create_array of {reconstruct!r}')
   array = reconstruct(*args)
   array.__setstate__(state)
   return array.array
@@ -123,87 +126,61 @@ def _create_array(reconstruct, args, state, npdict=None):
 
 def _scalar(dtype, data):
   """A numpy scalar (a step may be one)."""
-  if not (isinstance(dtype, _Dtype) and isinstance(data, bytes)):
-    raise ValueError(f'numpy scalar of {dtype!r}: {NOT_RELEASE}.')
+  ok = isinstance(dtype, _Dtype) and isinstance(data, bytes)
+  _require(ok, f'numpy scalar of {dtype!r}')
   return np.frombuffer(data, dtype.value, count=1)[0]
 
 
 def _latin1(text, encoding):
   """Protocol 2's bytes: _codecs.encode(text, 'latin1') and nothing else."""
-  if not isinstance(text, str) or encoding not in ('latin1', 'latin-1'):
-    raise ValueError(f'_codecs.encode(..., {encoding!r}): {NOT_RELEASE}.')
+  ok = isinstance(text, str) and encoding in ('latin1', 'latin-1')
+  _require(ok, f'_codecs.encode(..., {encoding!r})')
   return text.encode('latin1')
 
 
-class _Record(tuple):
-  """A namedtuple of the file as a plain tuple with its field names."""
-
-  fields = ()
-
-  def __new__(cls, *values):
-    return super().__new__(cls, values)
-
-
 def _namedtuple(name, fields, module):
-  """dill's _create_namedtuple without importing `module`: a _Record type."""
-  names = (name, module, *fields)
-  if not all(isinstance(x, str) for x in names):
-    raise ValueError(f'namedtuple {name!r}: {NOT_RELEASE}.')
-  return type(name, (_Record,), {'fields': tuple(fields)})
+  """dill's _create_namedtuple, `module` not imported: a tuple type."""
+  ok = all(isinstance(x, str) for x in (name, module, *fields))
+  _require(ok, f'namedtuple {name!r}')
+  new = lambda cls, *values: tuple.__new__(cls, values)
+  return type(name, (tuple,), {'fields': tuple(fields), '__new__': new})
 
 
 def _mapping(items):
   """Haiku's frozendict / FlatMapping(dict) as a plain dict."""
-  if not isinstance(items, dict):
-    raise ValueError(
-        f'a Haiku mapping of {type(items).__name__}: {NOT_RELEASE}.'
-    )
+  _require(isinstance(items, dict), f'a Haiku mapping of {type(items)}')
   return dict(items)
 
 
-_ALLOWED = {
+_GLOBALS = {
     ('dill._dill', '_create_array'): _create_array,
     ('dill._dill', '_create_namedtuple'): _namedtuple,
     ('numpy', 'ndarray'): _NDARRAY,
-    ('numpy', 'dtype'): _dtype,
+    ('numpy', 'dtype'): lambda spec, align=False, copy=True: _Dtype(spec),
     ('_codecs', 'encode'): _latin1,
     ('haiku._src.data_structures', 'frozendict'): _mapping,
     ('haiku._src.data_structures', 'FlatMapping'): _mapping,
 }
 for _numpy in ('numpy.core.multiarray', 'numpy._core.multiarray'):
-  _ALLOWED[(_numpy, '_reconstruct')] = _reconstruct
-  _ALLOWED[(_numpy, 'scalar')] = _scalar
+  _GLOBALS[(_numpy, '_reconstruct')] = _reconstruct
+  _GLOBALS[(_numpy, 'scalar')] = _scalar
 
 
 class _Unpickler(pickle.Unpickler):
-  """Resolves only _ALLOWED's names, to the stand-ins above."""
+  """Resolves only _GLOBALS' names, to the stand-ins above."""
 
   def find_class(self, module, name):
-    if (module, name) not in _ALLOWED:
-      raise ValueError(
-          f'the file asks for {module}.{name}, which a BYOL release does not '
-          f'hold; refusing to load it: {NOT_RELEASE}.'
-      )
-    return _ALLOWED[(module, name)]
+    why = 'which a BYOL release does not hold; refusing to load it'
+    _require((module, name) in _GLOBALS, f'it asks for {module}.{name}, {why}')
+    return _GLOBALS[(module, name)]
 
   def persistent_load(self, pid):
     raise ValueError(f'persistent id {pid!r}: {NOT_RELEASE}.')
 
 
 def read_release(path) -> dict:
-  """The release pickle as plain data, no code run (ValueError otherwise).
-
-  Args:
-    path: the .pkl file (local or gs://).
-
-  Returns:
-    {'step': int, 'online_params', 'online_state': {module: {name: array}}}.
-
-  Raises:
-    ValueError: the file is not a BYOL release checkpoint (one line: the
-      global, opcode or field that is not one's).
-    OSError: the file cannot be read.
-  """
+  """{'step', 'online_params', 'online_state'} of the pickle, no code run;
+  ValueError (one line) if it is not a release or cannot be read."""
   try:
     f = epath.Path(path).open('rb')
   except Exception as e:  # pylint: disable=broad-except
@@ -212,147 +189,81 @@ def read_release(path) -> dict:
   with f:
     try:
       data = _Unpickler(f).load()
+      state = data.get('experiment_state') if isinstance(data, dict) else None
+      fields = getattr(state, 'fields', None) or STATE_FIELDS
+      ok = isinstance(state, tuple) and len(state) == len(STATE_FIELDS)
+      ok = ok and isinstance(fields, tuple) and set(map(type, fields)) == {str}
+      _require(ok, 'no experiment_state (online_params, ...) tuple at the top')
+      step = data.get('step')
+      is_int = type(step) is int or isinstance(step, np.integer)  # not bool
+      _require(is_int and 0 < step < 2**31, f'step={step!r}')
+    except ValueError as e:
+      raise ValueError(f'--checkpoint={path}: {e}') from None
     except Exception as e:  # pylint: disable=broad-except
       # The file decides what fails here; no exception type is the program's.
-      detail = (
-          str(e)
-          if isinstance(e, ValueError)
-          else f'{type(e).__name__}: {e}: {NOT_RELEASE} (or a partial download)'
-      )
-      raise ValueError(f'--checkpoint={path}: {detail}') from None
-  state = data.get('experiment_state') if isinstance(data, dict) else None
-  if not isinstance(state, tuple) or len(state) != len(STATE_FIELDS):
-    raise ValueError(
-        f'--checkpoint={path}: no experiment_state (online_params, ...) '
-        f'tuple at the top: {NOT_RELEASE}.'
-    )
-  fields = getattr(state, 'fields', None) or STATE_FIELDS
-  if not isinstance(fields, tuple) or set(map(type, fields)) != {str}:
-    raise ValueError(f'--checkpoint={path}: experiment_state: {NOT_RELEASE}.')
-  state = dict(zip(fields, state))
-  step = data.get('step')
-  if (
-      not isinstance(step, (int, np.integer))
-      or isinstance(step, bool)
-      or not 0 < step < 2**31
-  ):
-    raise ValueError(f'--checkpoint={path}: step={step!r}: {NOT_RELEASE}.')
-  return dict(
-      step=int(step),
-      online_params=state.get('online_params'),
-      online_state=state.get('online_state'),
-  )
-
-
-# Official (deepmind-research byol/utils/networks.py on Haiku's ResNet v1
-# blocks) -> our module names (models/resnet.py, models/heads.py).
-_RENAMES = (
-    (r'^res_net\d+/~/', 'encoder/'),
-    (r'^encoder/initial_conv$', 'encoder/stem_conv'),
-    (r'^encoder/initial_batchnorm$', 'encoder/stem_norm'),
-    (r'block_group_(\d+)/~/block_(\d+)/~/', r'stage\1_block\2/'),
-    (r'batchnorm', 'norm'),
-    (r'^(projector|predictor)/batch_norm$', r'\1/norm_0'),
-    (r'^(projector|predictor)/linear$', r'\1/linear_0'),
-    (r'^classifier$', 'classifier/linear'),
-)
-_EMA = re.compile(r'^(.*)/~/(mean|var)_ema$')
-
-
-def our_module(name: str) -> str:
-  """Our Haiku module name of an official one."""
-  for pattern, replacement in _RENAMES:
-    name = re.sub(pattern, replacement, name)
-  return name
-
-
-def _entries(tree, what):
-  """(module, name, value) of a {module: {name: array}} tree."""
-  if not isinstance(tree, dict):
-    raise ValueError(f'{what} is not a Haiku mapping: {NOT_RELEASE}.')
-  for module, values in tree.items():
-    if not isinstance(module, str) or not isinstance(values, dict):
-      raise ValueError(f'{what} {module!r} is not a mapping: {NOT_RELEASE}.')
-    for name, value in values.items():
-      value = value.array if isinstance(value, _Array) else value
-      # Arrays the unpickler rebuilt, or scalars: nested lists (a memo bomb
-      # of a few bytes) are refused before numpy sees them.
-      if not isinstance(name, str) or not isinstance(
-          value, (np.ndarray, np.generic, int, float)
-      ):
-        raise ValueError(f'{what} {module}/{name!r}: {NOT_RELEASE}.')
-      yield module, name, np.asarray(value)
+      why = f'{type(e).__name__}: {e}: {NOT_RELEASE} (or a partial download)'
+      raise ValueError(f'--checkpoint={path}: {why}') from None
+  online = {k: v for k, v in zip(fields, state) if k.startswith('online_')}
+  return {'step': int(step), **online}
 
 
 def map_release(release: dict, template, arch: str) -> tuple[dict, dict]:
-  """(online params, online state) with our names, 1:1 with `template`'s.
-
-  `template`: experiment.state_template's TrainState (shapes); BN state maps
-  `average` (not `hidden`) to mean / var, with counter BN_COUNTER. ValueError
-  naming the first official entry without a counterpart, of another shape,
-  or the first of ours left unfilled.
-  """
+  """(online params, online state) with our names, 1:1 with `template`'s
+  (state_template's shapes); ValueError naming the first official entry
+  without a counterpart or of another shape, or the first of ours unfilled."""
   hint = f"is --arch={arch} the file's network?"
-  out = {'params': {}, 'state': {}}
   want = {'params': template.online_params, 'state': template.online_state}
-
-  def put(kind, official, module, name, value):
-    expected = want[kind].get(module, {}).get(name)
-    if expected is None:
-      raise ValueError(
-          f'{official} has no counterpart ({module}/{name}) in our {arch}; '
-          f'{hint}'
-      )
-    if (
-        value.dtype.kind != 'f'
-        or value.size != expected.size
-        or (value.shape[value.ndim - len(expected.shape) :] != expected.shape)
-    ):
-      raise ValueError(
-          f'{official} is {value.dtype}{list(value.shape)}, our {module}/{name}'
-          f' {expected.dtype}{list(expected.shape)}; {hint}'
-      )
-    if not np.all(np.isfinite(value)):
-      raise ValueError(f'{official} holds NaN or inf: {NOT_RELEASE}.')
-    out[kind].setdefault(module, {})[name] = value.reshape(
-        expected.shape
-    ).astype(expected.dtype, copy=False)
-
-  for module, name, value in _entries(
-      release['online_params'], 'online_params'
-  ):
-    put('params', f'{module}/{name}', our_module(module), name, value)
-  for module, name, value in _entries(release['online_state'], 'online_state'):
-    ema = _EMA.match(module)
-    if ema and name == 'average':
-      put('state', f'{module}/{name}', our_module(ema[1]), ema[2], value)
-    elif not (ema and name in ('hidden', 'counter')):
-      raise ValueError(f'online_state {module}/{name}: {NOT_RELEASE}.')
-  for module, values in want['state'].items():
-    if 'counter' in values:
-      out['state'].setdefault(module, {})['counter'] = np.int32(BN_COUNTER)
-  for kind, tree in want.items():
+  out = {'params': {}, 'state': {}}
+  for module, names in want['state'].items():
+    if 'counter' in names:
+      out['state'][module] = {'counter': np.int32(BN_COUNTER)}
+  for kind, shapes in want.items():
+    what = f'online_{kind}'
+    tree = release.get(what)
+    _require(isinstance(tree, dict), f'{what} is not a Haiku mapping')
     for module, values in tree.items():
-      for name in values:
-        if name not in out[kind].get(module, {}):
+      ok = isinstance(module, str) and isinstance(values, dict)
+      _require(ok, f'{what} {module!r} is not a mapping')
+      for name, value in values.items():
+        official = f'{module}/{name}'
+        value = value.array if isinstance(value, _Array) else value
+        # Rebuilt arrays or scalars: nested lists (a memo bomb of a few bytes)
+        # are refused before numpy sees them.
+        ok = isinstance(value, (np.ndarray, np.generic, int, float))
+        _require(ok and isinstance(name, str), f'{what} {module}/{name!r}')
+        ours, key, ema = module, name, _EMA.match(module)
+        if kind == 'state':  # BN: `average` (not `hidden`) as mean / var.
+          if ema and name in ('hidden', 'counter'):
+            continue
+          _require(ema and name == 'average', f'{what} {official}')
+          ours, key = ema[1], ema[2]
+        for pattern, replacement in _RENAMES:
+          ours = re.sub(pattern, replacement, ours)
+        value, expected = np.asarray(value), shapes.get(ours, {}).get(key)
+        if expected is None:
           raise ValueError(
-              f'our {arch} {kind} {module}/{name} has no counterpart in the '
-              f'file; {hint}'
+              f'{official} has no counterpart ({ours}/{key}) in our {arch}; '
+              f'{hint}'
           )
+        tail = value.shape[value.ndim - expected.ndim :]
+        fits = value.size == expected.size and tail == expected.shape
+        if value.dtype.kind != 'f' or not fits:
+          raise ValueError(
+              f'{official} is {value.dtype}{list(value.shape)}, our '
+              f'{ours}/{key} {expected.dtype}{list(expected.shape)}; {hint}'
+          )
+        _require(np.all(np.isfinite(value)), f'{official} holds NaN or inf')
+        value = value.reshape(expected.shape).astype(expected.dtype, copy=False)
+        out[kind].setdefault(ours, {})[key] = value
+  for kind, tree in want.items():
+    for module, names in tree.items():
+      missing = [n for n in names if n not in out[kind].get(module, {})]
+      if missing:
+        raise ValueError(
+            f'our {arch} {kind} {module}/{missing[0]} has no counterpart in '
+            f'the file; {hint}'
+        )
   return out['params'], out['state']
-
-
-def release_config(model: dict, step: int):
-  """experiments/byol_bn.py with `model`, `step` steps long: its plan.Run.
-
-  read_data=False: ImageNet's sizes from sources.KNOWN_SIZES, no image read.
-  """
-  config = configs.load_experiment('byol_bn')
-  config.model.update(model)
-  if model != ARCHS['resnet50x1']:
-    config.paper_top1 = -1.0  # byol_bn's number is ResNet-50's.
-  config.training.total_steps = step
-  return plan.build(config, read_data=False)
 
 
 def import_release(checkpoint, workdir, arch: str = 'resnet50x1', model=None):
@@ -368,9 +279,8 @@ def import_release(checkpoint, workdir, arch: str = 'resnet50x1', model=None):
     The release's step (the checkpoint's step in WORKDIR).
 
   Raises:
-    ValueError: not a release checkpoint, another --arch, a workdir in use
-      (one line each).
-    OSError: the checkpoint cannot be read.
+    ValueError: one line: not a release, another --arch, a used workdir.
+    OSError: WORKDIR cannot be written.
   """
   if not str(checkpoint) or not str(workdir):
     raise ValueError('--checkpoint and --workdir must be non-empty paths.')
@@ -388,8 +298,14 @@ def import_release(checkpoint, workdir, arch: str = 'resnet50x1', model=None):
         f'--workdir={workdir} is not empty: import into a new directory.'
     )
   release = read_release(checkpoint)
-  step = release['step']
-  run = release_config(model or ARCHS[arch], step)
+  step, model = release['step'], model or ARCHS[arch]
+  config = configs.load_experiment('byol_bn')
+  config.model.update(model)
+  if model != ARCHS['resnet50x1']:
+    config.paper_top1 = -1.0  # byol_bn's number is ResNet-50's.
+  config.training.total_steps = step
+  # byol_bn.py at the release's step; ImageNet's sizes, no image read.
+  run = plan.build(config, read_data=False)
   config, num_classes = run.config, run.data.num_classes
   template = experiment.state_template(config, num_classes)
   params, net_state = map_release(release, template, arch)
@@ -415,9 +331,6 @@ def import_release(checkpoint, workdir, arch: str = 'resnet50x1', model=None):
 
 def main(argv):
   """`python -m byol_jax.import_official`: import_release of the flags.
-
-  Args:
-    argv: the program name alone (flags: --checkpoint, --workdir, --arch).
 
   Raises:
     SystemExit: code 2 and one line on stderr for every ValueError or
