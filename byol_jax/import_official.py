@@ -19,6 +19,7 @@ the workdir is byol_bn.py's config at the release's step and one checkpoint
 (--config.eval.pretrain_workdir) read like any run's.
 """
 
+import math
 import pickle
 import re
 
@@ -99,13 +100,10 @@ class _Array:
 
   def __setstate__(self, state):
     shape, dtype, fortran, data = state[-4:]
-    _require(
-        isinstance(dtype, _Dtype)
-        and isinstance(data, bytes)
-        and all(isinstance(n, int) and n >= 0 for n in shape)
-        and len(data) == np.prod(shape, dtype=np.int64) * dtype.value.itemsize,
-        f'an array of shape {shape!r}',
-    )
+    ok = isinstance(dtype, _Dtype) and isinstance(data, bytes)
+    ok = ok and all(isinstance(n, int) and n >= 0 for n in shape)
+    ok = ok and len(data) == math.prod(shape) * dtype.value.itemsize
+    _require(ok, f'an array of shape {shape!r}')
     order = 'F' if fortran else 'C'
     self.array = np.frombuffer(data, dtype.value).reshape(shape, order=order)
 
@@ -219,9 +217,8 @@ def map_release(release: dict, template, arch: str) -> tuple[dict, dict]:
       out['state'][module] = {'counter': np.int32(BN_COUNTER)}
   for kind, shapes in want.items():
     what = f'online_{kind}'
-    tree = release.get(what)
-    _require(isinstance(tree, dict), f'{what} is not a Haiku mapping')
-    for module, values in tree.items():
+    _require(isinstance(release.get(what), dict), f'{what} is not a mapping')
+    for module, values in release[what].items():
       ok = isinstance(module, str) and isinstance(values, dict)
       _require(ok, f'{what} {module!r} is not a mapping')
       for name, value in values.items():
@@ -309,7 +306,6 @@ def import_release(checkpoint, workdir, arch: str = 'resnet50x1', model=None):
   config, num_classes = run.config, run.data.num_classes
   template = experiment.state_template(config, num_classes)
   params, net_state = map_release(release, template, arch)
-  del release
   _, optimizer = experiment.init_objects(config, num_classes)
   state = experiment.TrainState(
       step=np.int32(step),
