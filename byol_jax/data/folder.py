@@ -296,9 +296,10 @@ def arrays(listing, *, side=0, cache_dir='', num_threads=None):
       path, how = '', 'decoded, not cached'
   for split, (x, _, n) in out.items():
     (logging.warning if n else logging.info)(
-        f'folder:{root} split {split!r}: {len(x)} of {len(x) + n} files in '
-        f'memory, {x.shape[1]}x{x.shape[2]} uint8 ({x.nbytes / 2**20:.1f} MB),'
-        f' {n} skipped (not decodable JPEG/PNG); {how}'
+        f'folder:{root} split {split!r}: {len(x)} of {len(x) + n} files held '
+        f'in memory as {x.shape[1]}x{x.shape[2]} uint8 '
+        f'({x.nbytes / 2**20:.1f} MB), {n} skipped (not decodable JPEG/PNG); '
+        f'{how}'
     )
   images, labels, skipped = (dict(zip(out, v)) for v in zip(*out.values()))
   return images, labels, {s: int(n) for s, n in skipped.items()}, path

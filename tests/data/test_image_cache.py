@@ -66,7 +66,9 @@ def test_folder_is_decoded_skips_counted_then_read_from_cache(tmp_path, caplog):
   assert src.images['train'].dtype == np.uint8
   np.testing.assert_array_equal(src.labels['train'], [0, 0, 0, 1, 1])
   assert src.num_skipped == {'train': 2, 'test': 0}
-  assert "split 'train': 5 of 7 files in memory, 6x5 uint8" in (caplog.text)
+  assert "split 'train': 5 of 7 files held in memory as 6x5 uint8" in (
+      caplog.text
+  )
   assert '2 skipped (not decodable JPEG/PNG); decoded and cached in' in (
       caplog.text
   )
