@@ -8,10 +8,10 @@ size and mtime; a changed key or a bad CRC-32 rebuilds it.
 """
 
 import concurrent.futures
-import contextlib
 import hashlib
 import json
 import os
+import pathlib
 import re
 import socket
 import tempfile
@@ -44,21 +44,18 @@ def list_folder(root: str, *, validate_files: bool = True):
           f'folder:{root}: ignored the folders {ignored}: the split folders '
           f'read are {list(split_dirs)} (one of {list(SPLIT_DIRS)})'
       )
-    direct = [n for n in os.listdir(train) if _is_image(f'{train}/{n}')]
-    if direct:
+    if direct := [n for n in os.listdir(train) if _is_image(f'{train}/{n}')]:
       raise ValueError(
           f'folder:{root} is ambiguous: {train} holds images ({min(direct)}, '
-          f'...) where the split layout {root}/train/<class>/ expects class '
-          'folders; if train is a class of a flat folder, rename it (e.g. to '
-          f'train_class), else move those images into {train}/<class>/'
+          '...), not class folders; if train is a class, rename it, else '
+          f'move those images into {train}/<class>/'
       )
   elif split_dirs:
     named = min(split_dirs)
     raise ValueError(
-        f'folder:{root} is ambiguous: it has a {named}/ folder but no '
-        f'train/, so {named} would be read as a class of a flat folder; '
-        f'for the split layout put the training images in {root}/train/'
-        '<class>/, else rename that class folder'
+        f'folder:{root} is ambiguous: it has a {named}/ folder but no train/;'
+        f' for split folders add {root}/train/<class>/, else rename that class'
+        ' folder'
     )
   else:
     split_dirs = {'train': root}
@@ -90,9 +87,8 @@ def list_folder(root: str, *, validate_files: bool = True):
       )
     if not ok.any():
       raise ValueError(
-          f'folder:{root} split {split!r} ({path}) holds no decodable '
-          f'{"/".join(IMAGE_EXTENSIONS)} images in class sub-folders (found '
-          f'classes: {list(class_names)[:10]}); expected '
+          f'folder:{root} split {split!r} holds no decodable JPEG/PNG images '
+          f'in class folders ({list(class_names)[:10]}); expected '
           f'{path}/<class_name>/<image>.jpg'
       )
     files[split] = paths[ok]
@@ -148,8 +144,7 @@ def _file_ok(path) -> bool:
       tail = f.read()
   except OSError:
     return False
-  # A JPEG ends in FFD9, a PNG in an IEND chunk; junk after either is
-  # tolerated up to 1 KiB. Rare: a truncated file, or junk after the end.
+  # Junk after the end marker: tolerated up to 1 KiB, else (rare) decoded.
   for magic, end in _END_MARKERS.items():
     if head.startswith(magic):
       return end in tail or decode(path, 0) is not None
@@ -180,9 +175,7 @@ def decode(path: str, side: int) -> np.ndarray | None:
         return None
       if im.mode.startswith('I'):  # 16-bit grey: Pillow's RGB saturates
         grey = np.clip(np.asarray(im, np.int64), 0, 2**16 - 1) >> 8
-        im = PIL.Image.fromarray(  # the high byte, as libpng's 16->8 strip
-            np.repeat(grey.astype(np.uint8)[..., None], 3, -1)
-        )
+        im = np.repeat(grey.astype(np.uint8)[..., None], 3, -1)  # as libpng
       else:
         im = im.convert('RGB')  # decodes; a truncated file raises here
   except PIL.Image.DecompressionBombError as e:
@@ -204,9 +197,8 @@ def stack(what: str, images) -> tuple[np.ndarray, list[int]]:
       (h, w), (h2, w2) = kept[0].shape[:2], x.shape[:2]
       raise ValueError(
           f'{what}: images have different sizes (e.g. {w}x{h} and {w2}x{h2}); '
-          'set --config.data.cache_side=N to hold them at N x N (shorter side '
-          'resized to N, centre square), or stream it with '
-          '--config.data.max_in_memory_mb=0'
+          'set --config.data.cache_side=N (N x N centre squares), or stream it'
+          ' with --config.data.max_in_memory_mb=0'
       )
     if x is not None:
       kept.append(x)
@@ -214,11 +206,6 @@ def stack(what: str, images) -> tuple[np.ndarray, list[int]]:
   if not kept:
     raise ValueError(f'{what} holds no decodable JPEG/PNG images')
   return np.stack(kept).astype(np.uint8), keep
-
-
-def _remove(path: str):
-  with contextlib.suppress(FileNotFoundError):  # another process was first
-    os.remove(path)
 
 
 def _write(path: str, key: str, out):
@@ -234,18 +221,18 @@ def _write(path: str, key: str, out):
       np.savez(f, key=np.asarray(key), **arrays)
     os.replace(tmp, path)
   except BaseException:  # a full disk: leave nothing half-written behind
-    _remove(tmp)
+    pathlib.Path(tmp).unlink(missing_ok=True)
     raise
   prefix = name.rsplit('-', 1)[0] + '-'  # this folder and side
   ours = re.compile(rf'\.tmp-{re.escape(socket.gethostname())}-(\d+)-')
-  for entry in os.listdir(directory):
-    if entry.startswith(prefix) and entry != name:  # of another listing
-      _remove(os.path.join(directory, entry))
-    elif match := ours.match(entry):  # a temporary file of this host's
+  for entry in pathlib.Path(directory).iterdir():  # missing_ok: a race
+    if entry.name.startswith(prefix) and entry.name != name:  # stale listing
+      entry.unlink(missing_ok=True)
+    elif match := ours.match(entry.name):  # a temporary file of this host's
       try:  # removed if its writer died (signal 0 only asks if it lives)
         os.kill(int(match.group(1)), 0)
       except ProcessLookupError:
-        _remove(os.path.join(directory, entry))
+        entry.unlink(missing_ok=True)
       except PermissionError:  # alive: another user's
         pass
 
@@ -280,7 +267,6 @@ def arrays(listing, *, side=0, cache_dir='', num_threads=None):
         raise ValueError('it was written for another listing')
       out = {s: [z[f'{s}.{f}'] for f in _FIELDS] for s in listing.files}
     except Exception as e:  # pylint: disable=broad-except
-      # Whatever does not read back whole (a bad CRC-32, a missing split...).
       logging.warning(
           f'Image cache {path} is incomplete or corrupt ({e}); rebuilding it.'
       )

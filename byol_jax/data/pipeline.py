@@ -24,8 +24,6 @@ from byol_jax.data import sources
 from byol_jax.data import tf_stream
 from byol_jax.hosts import parallel
 
-_HIGHEST = jax.lax.Precision.HIGHEST
-
 
 class _Layout:
   """Per-host batch geometry (None: this process's)."""
@@ -43,10 +41,8 @@ class _Layout:
       )
     self.host_batch = global_batch // self.count
     self.per_device = self.host_batch // self.devices
-
-  def shard(self, n):
-    """This host's example indices of n: strided, so classes stay balanced."""
-    return np.arange(self.index, n, self.count)
+    # This host's example indices of n: strided, so classes stay balanced.
+    self.shard = lambda n: np.arange(self.index, n, self.count)
 
 
 def num_eval_batches(
@@ -90,10 +86,8 @@ def make_pretrain_iterator(
     views: int = 2,
     flip: bool = False,
 ) -> Iterator[dict[str, Any]]:
-  """Endless {'view1', 'view2': float32 [devices, per_device, S, S, 3], label}.
-
-  numpy when streaming; None host arguments: this process's.
-  """
+  """Endless {'view1', 'view2': float32 [devices, per_device, S, S, 3], label};
+  numpy when streaming; None host arguments: this process's."""
   layout = _Layout(
       global_batch_size, process_index, process_count, local_device_count
   )
@@ -194,8 +188,7 @@ def resize_weights(start, length, size: int, in_size: int) -> jax.Array:
   """[B, size, in_size] bicubic weights of the spans [start, start + length)."""
   start = jnp.asarray(start, jnp.float32)[:, None]
   length = jnp.asarray(length, jnp.float32)[:, None]
-  # [B, size], half-pixel centres
-  centre = start + (jnp.arange(size) + 0.5) * (length / size) - 0.5
+  centre = start + (jnp.arange(size) + 0.5) * (length / size) - 0.5  # [B, S]
   floor = jnp.floor(centre)
   grid = jnp.arange(in_size, dtype=jnp.float32)
   weights = 0.0
@@ -223,8 +216,8 @@ def crop_resize(
   if images.dtype == jnp.uint8:
     wy = wy * (1.0 / 255.0)
   x = images.astype(jnp.float32)
-  x = jnp.einsum('bsh,bhwc->bswc', wy, x, precision=_HIGHEST)
-  x = jnp.einsum('btw,bswc->bstc', wx, x, precision=_HIGHEST)
+  x = jnp.einsum('bsh,bhwc->bswc', wy, x, precision='highest')
+  x = jnp.einsum('btw,bswc->bstc', wx, x, precision='highest')
   return jnp.clip(x, 0.0, 1.0)
 
 

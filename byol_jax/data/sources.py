@@ -18,9 +18,7 @@ from byol_jax.data import folder
 # 'pretrain': BYOL pre-training; 'linear_train' / 'linear_valid': the linear
 # probe's training and hyper-parameter selection sets; 'test': reported numbers.
 LOGICAL_SPLITS = ('pretrain', 'linear_train', 'linear_valid', 'test')
-# The official ImageNet protocol (BYOL paper, Appendix C.1; official
-# byol/utils/dataset.py): pre-train on all of `train`, hold out its first
-# 10,000 images to select linear-probe hyper-parameters, report on `validation`.
+# ImageNet: the paper's protocol (Appendix C.1; official byol/utils/dataset.py).
 IMAGENET_VALID_EXAMPLES = 10_000
 IMAGENET_SPLITS = {
     'pretrain': 'train',
@@ -41,7 +39,7 @@ KNOWN_SIZES = {
     'tfds:cifar100': (100, (32, 32), dict(train=50_000, test=10_000)),
     'tfds:stl10': (10, (96, 96), dict(train=5000, test=8000, unlabelled=10**5)),
     'tfds:imagenette': (10, None, dict(train=9_469, validation=3_925)),
-    'digits': (10, (8, 8), dict(train=1500, test=297)),  # digits_source's
+    'digits': (10, (8, 8), dict(train=1500, test=297)),  # get_source's
 }
 
 
@@ -61,9 +59,8 @@ def generic_split(logical: str, available: tuple[str, ...], what: str) -> str:
       'test': ('test', *val, HELD_OUT),
       'linear_valid': (HELD_OUT, *(val if 'test' in available else ())),
   }.get(logical, ())
-  for s in order:
-    if s in available:
-      return s
+  if found := next((s for s in order if s in available), None):
+    return found
   hint = '' if HELD_OUT in available else f', or {_HOLD_OUT_HINT}'
   raise ValueError(
       f'{what} has no split for {logical!r} (its splits: '
@@ -171,8 +168,21 @@ def get_source(
   if kind == 'folder' and arg:
     root, *listing = folder.list_folder(arg, validate_files=validate_files)
     return FolderSource(f'folder:{root}', len(listing[0]), root, *listing)
-  if spec == 'digits':
-    return digits_source()
+  if spec == 'digits':  # scikit-learn's 8x8 as RGB float32, seed-0 split
+    try:
+      from sklearn import datasets  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ValueError(
+          f'the digits need scikit-learn, which is not importable ({e}); pip '
+          'install scikit-learn, or use synthetic or folder:PATH.'
+      ) from None
+    digits = datasets.load_digits()
+    x = np.repeat(digits.images[..., None] / 16.0, 3, -1).astype(np.float32)
+    y = digits.target.astype(np.int32)
+    perm = np.random.default_rng(0).permutation(len(y))
+    split = {'train': perm[:1500], 'test': perm[1500:]}
+    arrays = ({s: a[i] for s, i in split.items()} for a in (x, y))
+    return InMemorySource('digits', 10, *arrays)
   if kind == 'synthetic':
     side = int(arg) if arg.isdigit() else -1 if arg else 32
     if side <= 0:
@@ -196,23 +206,15 @@ def hold_out(source: Source, num_examples: int) -> Source:
   """A copy whose 'train' lends num_examples to 'held_out': a seed-0 random
   subset (orders kept), or TFDS's (shuffled when prepared) train[:N]."""
   what = f'cannot hold out num_examples={num_examples!r} of'
-  splits = source.raw_splits()
+  splits, why = source.raw_splits(), ''
   if _is_imagenet(source.name):
-    raise ValueError(
-        f'{what} {source.name}: its paper protocol holds out train[:10000] '
-        'as linear_valid already; set held_out_examples to 0 for it.'
-    )
-  if HELD_OUT in splits:
-    raise ValueError(
-        f'{what} {source.name}: it already has a {HELD_OUT!r} split (its '
-        f'splits: {sorted(splits)}); hold out once, from the source '
-        'get_source returns.'
-    )
-  if 'train' not in splits:
-    raise ValueError(
-        f'{source.name} has no train split to hold out from (its splits: '
-        f'{sorted(splits)}); set held_out_examples to 0.'
-    )
+    why = 'its paper protocol holds out train[:10000] as linear_valid already'
+  elif HELD_OUT in splits:  # hold out once, from get_source's source
+    why = f'it already has a {HELD_OUT!r} split (its splits: {sorted(splits)})'
+  elif 'train' not in splits:
+    why = f'it has no train split to hold out from: {sorted(splits)}'
+  if why:
+    raise ValueError(f'{what} {source.name}: {why}; set held_out_examples=0.')
   total = source.num_examples('train')
   if isinstance(num_examples, bool) or num_examples not in range(1, total):
     raise ValueError(
@@ -229,24 +231,6 @@ def hold_out(source: Source, num_examples: int) -> Source:
   if source.num_skipped:  # skipped files stay counted in train
     changes['num_skipped'] = {**source.num_skipped, HELD_OUT: 0}
   return dataclasses.replace(source, **changes)
-
-
-def digits_source() -> InMemorySource:
-  """scikit-learn's 8x8 digits, RGB float32; a seed-0 1500/297 train/test."""
-  try:
-    from sklearn import datasets  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ValueError(
-        f'the digits need scikit-learn, which is not importable ({e}); pip '
-        'install scikit-learn, or use synthetic or folder:PATH.'
-    ) from None
-  digits = datasets.load_digits()
-  images = np.repeat(digits.images[..., None] / 16.0, 3, -1).astype(np.float32)
-  labels = digits.target.astype(np.int32)
-  perm = np.random.default_rng(0).permutation(len(labels))
-  split = {'train': perm[:1500], 'test': perm[1500:]}
-  arrays = ({s: a[i] for s, i in split.items()} for a in (images, labels))
-  return InMemorySource('digits', 10, *arrays)
 
 
 def tfds_source(name: str, *, data_dir: str | None = None) -> TfdsSource:
@@ -266,16 +250,13 @@ def tfds_source(name: str, *, data_dir: str | None = None) -> TfdsSource:
     except AssertionError:  # TFDS's "could not find data in <data_dir>"
       dd = data_dir or str(builder.data_dir_root)
       manual = os.path.join(dd, 'downloads', 'manual')
-      fix = (
-          'ImageNet needs a manual download: register at '
-          'https://image-net.org/download-images, put ILSVRC2012_img_train.tar'
-          f' and ILSVRC2012_img_val.tar in {manual}, then run `tfds build '
-          f'imagenet2012 --data_dir={dd} --manual_dir={manual}` (about 150 '
-          'GB, hours).'
-          if _is_imagenet(name)
-          else f'run `tfds build {name} --data_dir={dd}` on a machine with '
-          'internet access first.'
-      )
+      fix = f'run `tfds build {name} --data_dir={dd}` online first.'
+      if _is_imagenet(name):  # about 150 GB, hours
+        fix = (
+            'ImageNet needs a manual download: put ILSVRC2012_img_train.tar '
+            f'and ILSVRC2012_img_val.tar (image-net.org) in {manual}, then '
+            f'`tfds build imagenet2012 --data_dir={dd} --manual_dir={manual}`.'
+        )
       raise ValueError(
           f'tfds:{name} is not prepared in {builder.data_dir}; {fix}'
       ) from None
@@ -351,16 +332,13 @@ def tensorflow_importable() -> bool:
 
 
 def open_source(data, read_data: bool):
-  """(source, IN_MEMORY or STREAMING, decoded MiB or None) of config.data.
-
-  read_data=False (--dry_run): sizes from a listing or metadata, no decoding.
-  """
+  """(source, IN_MEMORY or STREAMING, decoded MiB or None) of config.data;
+  read_data=False (--dry_run): sizes from a listing or metadata, no decoding."""
   spec, (kind, _, arg) = data.source, data.source.partition(':')
   if kind == 'tfds' and not tensorflow_importable():
     raise ValueError(
         f'data.source={spec!r}: TFDS datasets need TensorFlow, which is not '
-        'importable; install it (pip install tensorflow-cpu), or train on an '
-        'image folder (folder:<path>), digits or synthetic.'
+        'importable; pip install tensorflow-cpu, or use folder:<path>.'
     )
 
   def named(fn, *args, field='source', **kwargs):  # errors name the field
@@ -393,9 +371,7 @@ def open_source(data, read_data: bool):
         f'data.source={spec!r}: its decoded size ({megabytes} MiB) is above '
         f'data.max_in_memory_mb={data.max_in_memory_mb}, so it streams '
         'through tf.data, and TensorFlow is not importable; install it (pip '
-        'install tensorflow-cpu), or use an image folder that fits in memory '
-        '(raise --config.data.max_in_memory_mb, or lower '
-        '--config.data.cache_side).'
+        'install tensorflow-cpu), or raise that or lower data.cache_side.'
     )
   if read_data and kind == 'folder' and fits:
     source = named(

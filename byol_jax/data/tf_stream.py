@@ -6,6 +6,8 @@ in a stateless per-epoch order, 16 interleaved, shuffled in windows of about 10
 batches (resuming mid-epoch reads, not decodes, the records before).
 """
 
+import contextlib
+
 import numpy as np
 
 from byol_jax.data import crops
@@ -31,11 +33,9 @@ def _decode_crop_resize(tf, image_bytes, box_fn, size):
 
   def other():  # PNG: decode all, then crop
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    y0, x0, ch, cw = box(tf.shape(image))
-    return image[y0 : y0 + ch, x0 : x0 + cw]
+    return tf.image.crop_to_bounding_box(image, *box(tf.shape(image)))
 
   image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
-  # Bicubic then clip, as the official byol/utils/dataset.py.
   image = tf.image.resize(image, [size, size], method='bicubic') / 255.0
   return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), [size, size, 3])
 
@@ -70,7 +70,6 @@ def _stream(tf, source, split, layout, seed):
         f'split {split!r} of {source.name}: use one split (with an optional '
         "slice such as 'train[10000:]'), not a sum"
     )
-  # This host's contiguous slice of the split.
   name, lo, to = parts[0].splitname, parts[0].from_ or 0, parts[0].to
   total = (splits[name].num_examples if to is None else to) - lo
   start = lo + layout.index * total // layout.count
@@ -106,6 +105,7 @@ def _stream(tf, source, split, layout, seed):
     load, num_files = (lambda p: p), 1
   # Shuffle window: ~10 batches of records (the official code's 10 * batch).
   window = int(np.clip(10 * layout.host_batch, 1024, 10_000))
+  k = min(16, num_files)  # files interleaved
 
   def epoch(e):  # files in a stateless order, 16 interleaved, then windows
     order = tf.range(num_files, dtype=tf.int64)
@@ -113,10 +113,7 @@ def _stream(tf, source, split, layout, seed):
       return slices(order).flat_map(read).map(lambda i, p: (e, i, p))
     order = shuffle(order, seed=_fold(tf, seed, crops.SALT_FILES, e))
     recs = slices(order).interleave(
-        read,
-        cycle_length=min(16, num_files),
-        num_parallel_calls=min(16, num_files),
-        deterministic=True,
+        read, cycle_length=k, num_parallel_calls=k, deterministic=True
     )
 
     def window_shuffle(w, batch):
@@ -136,10 +133,8 @@ def _batches(source, split, layout, num_threads, seed, start, example, pad=0):
   """Numpy batches of example(tf, bytes, label, seed, epoch, index); pad."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  try:  # the input pipeline must never take accelerator memory
-    tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:  # already initialised
-    pass
+  with contextlib.suppress(RuntimeError):  # RuntimeError: TF initialised
+    tf.config.set_visible_devices([], 'GPU')  # input never takes GPU memory
   seed = None if seed is None else tf.constant([seed, 0], tf.int64)
   epoch, n, load = _stream(tf, source, split, layout, seed)
   last = 1 if seed is None else 2**62  # eval: one pass

@@ -188,7 +188,7 @@ def _check_partition(before, after, field):
 
 
 def test_hold_out_digits_partitions_train():
-  src = sources.digits_source()
+  src = sources.get_source('digits')
   train_before = src.images['train'].copy()
   held = sources.hold_out(src, 200)
   assert type(held) is sources.InMemorySource
@@ -213,14 +213,14 @@ def test_hold_out_digits_partitions_train():
 
 
 def test_hold_out_is_deterministic():
-  a = sources.hold_out(sources.digits_source(), 97)
-  b = sources.hold_out(sources.digits_source(), 97)
+  a = sources.hold_out(sources.get_source('digits'), 97)
+  b = sources.hold_out(sources.get_source('digits'), 97)
   np.testing.assert_array_equal(a.images['held_out'], b.images['held_out'])
   np.testing.assert_array_equal(a.labels['held_out'], b.labels['held_out'])
   np.testing.assert_array_equal(a.images['train'], b.images['train'])
   # Independent of numpy's global state and of any run seed.
   np.random.seed(123)
-  c = sources.hold_out(sources.digits_source(), 97)
+  c = sources.hold_out(sources.get_source('digits'), 97)
   np.testing.assert_array_equal(a.labels['held_out'], c.labels['held_out'])
   assert len(np.unique(a.labels['held_out'])) == 10  # random, not the first
 
@@ -302,7 +302,7 @@ def test_logical_mapping_with_held_out():
 
 
 def test_hold_out_errors(tmp_path):
-  src = sources.digits_source()
+  src = sources.get_source('digits')
   for bad in (0, -3, 1500, 1501, 2.5, True):
     with pytest.raises(ValueError, match=rf'num_examples={bad!r} .*1 to 1499'):
       sources.hold_out(src, bad)
@@ -482,7 +482,7 @@ def test_hold_out_tfds_prepared_slices_sizes(tfds_data_dir):
 def test_eval_iterator_reads_exactly_the_held_out_examples(tmp_path):
   from byol_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
-  digits = sources.hold_out(sources.digits_source(), 37)
+  digits = sources.hold_out(sources.get_source('digits'), 37)
   folder = sources.hold_out(
       sources.get_source(f'folder:{_png_folder(tmp_path / "f", (9, 8, 7))}'), 5
   )
