@@ -197,7 +197,7 @@ def test_a_child_past_its_box_is_killed_with_its_children(tmp_path):
   )
   start = time.perf_counter()
   run = device_suite._run_child([sys.executable, '-c', code], 2.0, log)
-  assert time.perf_counter() - start < 20
+  assert time.perf_counter() - start < 40  # unkilled: 60 s (the sleeps)
   assert run['timed_out'] and run['returncode'] is None
   assert 'started' in run['tail']
 

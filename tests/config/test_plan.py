@@ -12,7 +12,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import time
 
 from absl import flags
 from ml_collections import config_flags
@@ -267,8 +266,8 @@ def test_held_out_examples_carve_the_test_split(tmp_path):
 
 
 # ----------------------------------------------------------- the command line
-def _main(*args, timeout=120, cwd=REPO):
-  env = dict(os.environ, PYTHONUNBUFFERED='1')
+def _main(*args, timeout=120, cwd=REPO, **env):
+  env = dict(os.environ, PYTHONUNBUFFERED='1', **env)
   return subprocess.run(
       [sys.executable, '-m', 'byol_jax.main', *args],
       cwd=cwd,
@@ -578,14 +577,13 @@ def test_bad_input_is_one_line_exit_2(tmp_path, name, args, message):
       a.format(train_only=train_only, no_checkpoint=no_checkpoint) for a in args
   ]
   workdir = tmp_path / 'run'
-  start = time.time()
+  # JAX_LOG_COMPILES logs every compilation: one line means none happened.
   proc = _main(
       f'--config={EXPERIMENTS}/{args[0]}',
       *args[1:],
       f'--workdir={workdir}',
-      timeout=60,
+      JAX_LOG_COMPILES='1',
   )
-  elapsed = time.time() - start
   assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert len(lines) == 1, proc.stderr[-2000:]  # nothing but the error
@@ -594,7 +592,6 @@ def test_bad_input_is_one_line_exit_2(tmp_path, name, args, message):
   assert 'Traceback' not in proc.stderr
   assert not list(workdir.glob('checkpoints/*'))
   assert not (workdir / 'config.json').exists()
-  assert elapsed < 30, elapsed
 
 
 BAD_CONFIG_FILES = [
