@@ -231,9 +231,8 @@ def _probe_plan(config, source, num_classes, **pretrained) -> ProbePlan:
   # eval.num_epochs full passes of whole batches.
   steps = lambda count: e.num_epochs * max(1, count // e.global_batch_size)
   if len(e.learning_rates) > 1:
-    # The dataset's own validation split when it has one apart from the
-    # probe's splits (ImageNet: train[:10000], the probes trained on
-    # train[10000:], official byol/utils/dataset.py); else held out of train.
+    # The dataset's own validation split apart from the probe's (ImageNet:
+    # train[:10000], official byol/utils/dataset.py), else held out of train.
     try:
       ours = [source.resolve_split(s) for s in (e.train_split, e.test_split)]
       valid = source.resolve_split('linear_valid')
@@ -279,11 +278,8 @@ def build(
     read_data: bool = True,
     explicit=frozenset(),
 ) -> Run:
-  """Validates, opens the data (unless `source`) and derives the run, once.
-
-  read_data=False (dry runs, benchmarks) reads no image: sizes come from a
-  listing or sources.KNOWN_SIZES. Raises ConfigError, in one line.
-  """
+  """Validates, opens the data (unless `source`) and derives the run, once;
+  read_data=False (dry runs) reads no image. Raises ConfigError, one line."""
   inputs = _inputs(config)
   mode = validation.validate_inputs(inputs)
   probing = mode == 'linear_eval' or inputs.eval.after_pretraining

@@ -46,9 +46,8 @@ def _ints(lowest, note='', auto=False):
 
 
 def _numbers(sign, note=''):
-  above = operator.gt if sign == '>' else operator.ge
-  allowed = f'must be a finite number {sign} 0{_note(note)}'
-  return lambda v: _is_finite(v) and above(v, 0), allowed
+  ok = lambda v: _is_finite(v) and (v > 0 if sign == '>' else v >= 0)
+  return ok, f'must be a finite number {sign} 0{_note(note)}'
 
 
 def _interval(interval, note=''):
