@@ -49,10 +49,7 @@ flags.DEFINE_integer('num_processes', None, 'Processes (hosts) in the run.')
 flags.DEFINE_integer('process_id', None, 'This one, in [0, num_processes).')
 flags.DEFINE_bool('require_accelerator', False, "Stop on JAX's CPU backend.")
 flags.DEFINE_bool(
-    'require_pinned_stack',
-    False,
-    'Stop when jax, jaxlib, libtpu or jax-cuda12-* differ from '
-    'constraints.txt.',
+    'require_pinned_stack', False, 'Stop on versions not in constraints.txt.'
 )
 FLAGS = flags.FLAGS
 
@@ -139,18 +136,14 @@ def main(argv):
   # error line reach the console: a bad input reads as one line.
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.WARNING)
-  path = FLAGS['config'].serialize().partition('=')[2] or '?'
-  config = _CONFIG.value
+  flag, config = FLAGS['config'].serialize(), _CONFIG.value
   try:
     config.to_dict()  # a config file that failed to load raises here.
   except OSError as e:
     errno = re.search(r'\[Errno \d+\].*', str(e))
-    _exit('Config error', f'--config={path}: {errno.group(0) if errno else e}')
+    _exit('Config error', f'{flag}: {errno.group(0) if errno else e}')
   except AttributeError:
-    _exit(
-        'Config error',
-        f'--config={path}: get_config() gave {config!r}; {_FORM}',
-    )
+    _exit('Config error', f'{flag}: get_config() gave {config!r}; {_FORM}')
   explicit = frozenset(config_flags.get_override_values(FLAGS['config']))
   try:
     processes = distributed.process_plan(

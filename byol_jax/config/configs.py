@@ -1,9 +1,6 @@
-"""The experiment config: its schema, its options, and the experiment loader.
-
-experiments/<name>.py's `get_config(arg)` returns `experiment_config(arg, ...)`
-with its variant: inputs only (-1: plan.py derives the field); `arg` (after the
-colon in `--config=`) holds the options (README.md, "Configs and overrides").
-"""
+"""The experiment config (inputs only; -1: plan.py derives it), its options
+(after the colon of `--config=`; README.md, "Configs and overrides") and the
+experiments/<name>.py loader."""
 
 import pathlib
 import runpy
@@ -83,15 +80,12 @@ def experiment_config(
     training=None,
     options=None,
 ):
-  """The config of inputs: defaults, the variant, the scale preset, options.
-
-  `model`, `training`: the variant's overrides (training's after the presets
-  of `epochs`); `options`: parsed from `arg` unless given (ValueError if bad).
-  """
+  """Defaults, the variant's `model` / `training` overrides, the scale preset,
+  then the options (parsed from `arg` unless given; ValueError if bad)."""
   if options is None:
     options = parse_options(arg, COMMON_OPTIONS)
   epochs = options.get('epochs', epochs)
-  preset = epochs if epochs in presets.LR_PRESETS else 300
+  preset = presets.preset_epochs(epochs)
   model = model_config(**(model or {}))
   config = config_dict.create(
       options=arg or '',  # linear evaluation reads `dataset=` here.
@@ -105,16 +99,10 @@ def experiment_config(
           image_size=224,
           pretrain_split='pretrain',
           min_crop_area=0.08,  # random-resized crop area >= 8% (BYOL).
-          # Training examples held out as split 'held_out' (the test split
-          # of sources without one, else the probe's validation split).
-          held_out_examples=0,
+          held_out_examples=0,  # of train, as split 'held_out' (README).
           num_classes=-1,  # -1: the dataset's.
-          # Decoded MiB up to which a folder or TFDS set is held in memory
-          # (CIFAR-10: 176 MiB); larger ones stream.
-          max_in_memory_mb=4096,
-          # Side of the images held in memory: 0 keeps their own (all
-          # must share it); N: shorter side to N, central N x N square.
-          cache_side=0,
+          max_in_memory_mb=4096,  # decoded MiB; larger datasets stream.
+          cache_side=0,  # in memory: 0 their own side; N: N x N centre crop.
           cache_dir='',  # '': $XDG_CACHE_HOME/byol_jax/folders or ~/.cache
           in_memory_on='device',  # a copy per local device; or 'host'.
       ),
@@ -124,18 +112,14 @@ def experiment_config(
           total_steps=-1,  # > 0 wins over num_epochs.
           max_steps=-1,  # stop (with a checkpoint) before total_steps.
           global_batch_size=4096,  # BYOL §3.3 (512 TPU v3 cores).
-          # Micro-batches per device batch, gradients summed (lax.scan), then
-          # one LARS and one EMA update: exactly the whole batch for GN, LN or
-          # no norm; with BN, each its own statistics (ghost BN; noted).
+          # Micro-batches per device batch, one update (README); BN: ghost BN.
           accumulation_steps=1,
           base_learning_rate=presets.LR_PRESETS[preset],  # x batch / 256.
           warmup_epochs=10.0,  # BYOL §3.3; short runs warm up for less.
           warmup_steps=-1,  # >= 0 wins over warmup_epochs.
           weight_decay=presets.WD_PRESETS[preset],
           trust_coefficient=1e-3,  # LARS eta (BYOL §3.3, official).
-          # x the others' learning rate: 1 in the paper and the official
-          # code; short CPU runs use more (presets.apply_tiny).
-          predictor_lr_multiplier=1.0,
+          predictor_lr_multiplier=1.0,  # paper: 1; presets.apply_tiny: 30.
           base_ema=presets.EMA_PRESETS[preset],  # tau_base (BYOL §3.3).
           temperature=0.1,  # SimCLR's InfoNCE temperature (batch 4096).
           modified_init=False,  # paper §3.2
@@ -146,17 +130,14 @@ def experiment_config(
           every_steps=1000,
           every_secs=600,
           max_to_keep=3,
-          # Resume a checkpoint trained under another trajectory (e.g.
-          # to extend a finished run; config_history.jsonl records it).
-          allow_changed_config=False,
+          allow_changed_config=False,  # resume another trajectory (README).
       ),
       logging=dict(
           every_steps=50,
           knn_every_steps=5000,  # kNN monitor on the test split; 0: off.
           knn_max_train_examples=10_000,
-          # Stop pre-training (checkpoint kept, exit 1) when the collapse
-          # statistic stays below this for collapse_stop_after logged
-          # steps; 0: never (the variants the paper reports collapsing).
+          # Stop (checkpoint kept, exit 1) when the collapse statistic stays
+          # below this for collapse_stop_after logs; 0 (never): paper collapses.
           collapse_stop_below=presets.collapse_stop_below(method, model),
           collapse_stop_after=5,
       ),
@@ -186,16 +167,13 @@ def experiment_config(
     )
   if scales:
     getattr(presets, f'apply_{scales[0]}')(config)
-  if 'dataset' in options:
-    config.data.source = options['dataset']
+  t = config.training
   if 'epochs' in options:  # replaces a scale preset's step count
-    config.training.update(num_epochs=epochs, total_steps=-1)
-  if 'batch' in options:
-    config.training.global_batch_size = options['batch']
-  if 'steps' in options:
-    config.training.total_steps = options['steps']
-  if 'bf16' in options:
-    config.model.dtype = 'bfloat16'
+    t.update(num_epochs=epochs, total_steps=-1)
+  t.global_batch_size = options.get('batch', t.global_batch_size)
+  t.total_steps = options.get('steps', t.total_steps)
+  config.data.source = options.get('dataset', config.data.source)
+  config.model.dtype = 'bfloat16' if 'bf16' in options else config.model.dtype
   return config
 
 

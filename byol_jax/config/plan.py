@@ -1,10 +1,8 @@
 """The run plan: a config of inputs + the dataset + the devices -> the run.
 
-`build` runs once at start-up, after the `--config.*` overrides: every field
-validated, the data opened, the splits checked, then the typed plans (data,
-pre-training, probe) that the code below the entry points takes; nothing
-re-derives them. WORKDIR/config.json is `Run.record()`. The precedence of
-step counts and warm-up: README.md, "Configs and overrides".
+`build` runs once, after the `--config.*` overrides: it validates, opens the
+data and derives the plans all code below the entry points takes (README.md,
+"Configs and overrides"); WORKDIR/config.json is `Run.record()`.
 """
 
 import dataclasses
@@ -120,10 +118,9 @@ def _inputs(config) -> ml_collections.ConfigDict:
 
 
 def eval_inputs(config, pretrained, explicit=frozenset()):
-  """Linear evaluation's inputs: method, model, training (an `explicit`
-  override of them is an error) and data from the pre-training run, but the
-  data fields `explicit` names and data.source under a `dataset=` option (not
-  a preset's data); eval, logging, checkpoint and seed from `config`."""
+  """Linear evaluation's inputs: method, model, training and data (but the
+  fields `explicit` names and a `dataset=` option) from the pre-training run,
+  the rest from `config`; an `explicit` method, model or training refused."""
   for field in sorted(explicit):
     section = field.split('.')[0]
     if section in ('method', 'model', 'training'):
@@ -234,9 +231,8 @@ def _probe_plan(config, source, num_classes, **pretrained) -> ProbePlan:
   # eval.num_epochs full passes of whole batches.
   steps = lambda count: e.num_epochs * max(1, count // e.global_batch_size)
   if len(e.learning_rates) > 1:
-    # The dataset's own validation split when it has one apart from the
-    # probe's splits (ImageNet: train[:10000], the probes trained on
-    # train[10000:], official byol/utils/dataset.py); else held out of train.
+    # The dataset's own validation split apart from the probe's (ImageNet:
+    # train[:10000], official byol/utils/dataset.py), else held out of train.
     try:
       ours = [source.resolve_split(s) for s in (e.train_split, e.test_split)]
       valid = source.resolve_split('linear_valid')
@@ -282,13 +278,8 @@ def build(
     read_data: bool = True,
     explicit=frozenset(),
 ) -> Run:
-  """Validates the inputs, opens the data and derives the run, once.
-
-  `topology`: this process's devices when None; `source`: opened from
-  config.data when None; read_data=False (dry runs, benchmarks) reads no
-  image, sizes come from a listing or sources.KNOWN_SIZES; `explicit`: the
-  fields `--config.*` set (eval_inputs). Raises ConfigError, in one line.
-  """
+  """Validates, opens the data (unless `source`) and derives the run, once;
+  read_data=False (dry runs) reads no image. Raises ConfigError, one line."""
   inputs = _inputs(config)
   mode = validation.validate_inputs(inputs)
   probing = mode == 'linear_eval' or inputs.eval.after_pretraining
@@ -318,16 +309,9 @@ def build(
       )
   topology = topology or Topology(jax.process_count(), jax.local_device_count())
   if mode == 'pretrain':
-    validation.check_batch(
-        'training.global_batch_size',
-        inputs.training.global_batch_size,
-        topology,
-        validation.MIN_PRETRAIN_PER_DEVICE,
-    )
+    validation.check_batch(inputs, 'training', topology)
   if probing:
-    validation.check_batch(
-        'eval.global_batch_size', inputs.eval.global_batch_size, topology
-    )
+    validation.check_batch(inputs, 'eval', topology)
   megabytes = None
   if source is None:
     try:

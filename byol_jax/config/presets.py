@@ -1,8 +1,5 @@
-"""Hyper-parameter presets: the official ones, the paper's variants, the scales.
-
-The scale presets (`apply_*`) run after the variant's own hyper-parameters and
-set what depends on the run's length and size, for every variant alike.
-"""
+"""Hyper-parameter presets: the official ones, the paper's variants, the scales
+(`apply_*`: after the variant's own, for every variant alike)."""
 
 from byol_jax.results import paper
 
@@ -11,6 +8,12 @@ from byol_jax.results import paper
 LR_PRESETS = {40: 0.45, 100: 0.45, 300: 0.3, 1000: 0.2}
 WD_PRESETS = {40: 1e-6, 100: 1e-6, 300: 1e-6, 1000: 1.5e-6}
 EMA_PRESETS = {40: 0.97, 100: 0.99, 300: 0.99, 1000: 0.996}
+
+
+def preset_epochs(epochs) -> int:
+  """The official preset a run of `epochs` follows: its own, else 300's."""
+  return epochs if epochs in LR_PRESETS else 300
+
 
 # BYOL with GroupNorm + Weight Standardisation, paper §3.3: "we apply weight
 # standardization to convolutional and linear parameters ... and replace all
@@ -51,25 +54,17 @@ TABLE1_NORMS = ('bn', 'ln', 'none')
 def apply_tiny(config) -> None:
   """CPU-sized: ResNet-10 at width 1/4, 16 px digits, batch 256, 150 steps.
 
-  A 150-step run is a thousand times shorter than the paper's; what sets how
-  far a run travels is rescaled, identically for every variant (measured on
-  the digits; docs/RESULTS.md):
-    * LARS eta 1e-2 (paper 1e-3): LARS moves a weight matrix by about
-      lr x eta of its norm per step; at 1e-3 (batch 64, 300 steps, lr 0.06)
-      the encoder's weights moved 1.2% over the whole run.
-    * predictor lr x30 (paper x1): at x1 the BN-free variants collapse within
-      50 steps (GN+WS projection collapse statistic 0.04); a predictor faster
-      than the encoder keeps non-contrastive training from collapsing (Tian,
-      Chen & Ganguli, 2021).
-    * tau_base 0.99: 0.996-0.999 leave a 150-step run's target nearly frozen.
-    * crops of at least 50% (paper 8%): an 8% crop of an 8x8 digit is 2x2 px.
-    * one warm-up step per warm-up epoch (10; 50 for the modified init).
-
-  Probe: features computed once (centre crop), 400 epochs (seconds). The
-  per-step-augmented probe needs far more steps (44% vs 85% top-1 for one
-  random encoder after 100 steps); 100 epochs left the feature probe short of
-  convergence (random GN+WS encoder: 84.8%, 87.2% after 400, 87.9% for an
-  L-BFGS logistic regression on the same features).
+  A run a thousand times shorter than the paper's: what sets how far it
+  travels is rescaled for every variant alike (digits; docs/RESULTS.md).
+  LARS eta 1e-2: LARS moves a weight matrix by about lr x eta of its norm per
+  step (at 1e-3 the encoder's weights moved 1.2% in 300 steps of lr 0.06).
+  Predictor lr x30: at x1 the BN-free variants collapse within 50 steps; a
+  faster predictor prevents it (Tian, Chen & Ganguli, 2021). tau_base 0.99:
+  0.996-0.999 leave the target nearly frozen. Crops >= 50%: 8% of an 8x8
+  digit is 2x2 px. One warm-up step per warm-up epoch.
+  Probe: centre-crop features once, 400 epochs (a random GN+WS encoder: 84.8%
+  after 100, 87.2% after 400, L-BFGS 87.9%; a per-step-augmented probe gets
+  44% where features get 85% after 100 steps).
   """
   config.update(
       model=dict(
@@ -99,12 +94,9 @@ def apply_tiny(config) -> None:
 
 
 def apply_cifar10(config) -> None:
-  """One GPU: ResNet-18, small-image stem, 32 px, batch 512, 200 epochs.
-
-  The public BYOL-on-CIFAR-10 reproductions' scale (their kNN top-1: about
-  0.87 after 200 epochs). The variant's lr / weight decay are kept; tau_base
-  0.99 (official 300-epoch preset); the paper's probe (cheap at 32 px).
-  """
+  """One GPU: ResNet-18, small stem, 32 px, batch 512, 200 epochs (the public
+  BYOL-on-CIFAR-10 reproductions' scale, kNN top-1 about 0.87); the variant's
+  lr and weight decay, tau_base 0.99 (300-epoch preset), the paper's probe."""
   config.update(
       model=dict(depth=18, width_multiplier=1.0, stem='small'),
       data=dict(source='tfds:cifar10', image_size=32),
@@ -122,30 +114,23 @@ def apply_cifar10(config) -> None:
   )
 
 
-# The `small` scale's run length, and the official preset its optimiser
-# follows (the shortest); the official 10 warm-up epochs are a quarter of it.
-SMALL_EPOCHS = 4
-SMALL_PRESET_EPOCHS = 40
-SMALL_MAX_WARMUP_FRACTION = 0.5
+SMALL_EPOCHS = 4  # the `small` scale's run length
 
 
 def apply_small(config) -> None:
   """CIFAR-10 on a 2-core CPU with the paper's optimiser (docs/RESULTS.md).
 
-  ResNet-10 x1/4, small stem, 32 px images cropped (area from 8%) to 16 px,
-  batch 256, 4 epochs (781 steps): 8-9 minutes per variant on 2 CPU cores.
-  LARS eta 1e-3, predictor lr x1, lr x batch / 256, warm-up in epochs; base
-  lr, weight decay and 1 - tau move from the preset of the variant's own run
-  length (1000 epochs for Table 2, 300 for Table 1) to the official 40-epoch
+  ResNet-10 x1/4, 32 px images cropped (area from 8%) to 16 px, batch 256, 4
+  epochs (781 steps, 8-9 minutes per variant). Base lr, weight decay and
+  1 - tau move from the preset of the variant's own run length to the 40-epoch
   one by the same ratio (BN 0.2 -> 0.45, GN+WS 0.24 -> 0.54); warm-up: a
-  quarter of the run per 10 warm-up epochs of the variant, at most half.
-  Probe: the paper's protocol on frozen centre-crop features, 100 epochs, and
-  the random-init baseline.
+  quarter of the run per 10 warm-up epochs, at most half. Probe: frozen
+  centre-crop features, 100 epochs, and the random-init baseline.
   """
   t = config.training
-  own = t.num_epochs if t.num_epochs in LR_PRESETS else 300
-  to = SMALL_PRESET_EPOCHS
-  warmup = min(t.warmup_epochs / 10 / 4, SMALL_MAX_WARMUP_FRACTION)
+  # The shortest official preset, 40 epochs: its 10 warm-up are a quarter.
+  own, to = preset_epochs(t.num_epochs), 40
+  warmup = min(t.warmup_epochs / 10 / 4, 0.5)
 
   def moved(field, table, digits, one=0):
     # x preset[to] / preset[own]; for tau (one=1) 1 - tau moves so.

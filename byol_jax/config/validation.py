@@ -1,8 +1,7 @@
-"""Every input field's check: ConfigError, one line naming field, value, fix.
+"""Every input field's check: ConfigError, one line naming field, value, fix
+(plan.build runs them before any data is opened or anything compiles)."""
 
-plan.build runs them once, before any data is opened or anything compiles.
-"""
-
+import functools
 import math
 import operator
 
@@ -11,7 +10,6 @@ from byol_jax.data import sources
 from byol_jax.methods import networks
 
 METHODS = methods.METHODS
-MODES = ('pretrain', 'linear_eval')
 # jax.random.PRNGKey(seed) without jax_enable_x64 keeps the low 32 bits
 # (PRNGKey(2**32) == PRNGKey(0)) and overflows from 2**63.
 SEED_LIMIT = 2**32
@@ -34,16 +32,9 @@ def check(ok: bool, field: str, value, allowed: str) -> None:
     fail(field, value, allowed)
 
 
-def _is_int(x) -> bool:
-  return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_finite(x) -> bool:
-  return _is_int(x) or isinstance(x, float) and math.isfinite(x)
-
-
-def _note(note):
-  return f' ({note}).' if note else '.'
+_is_int = lambda x: isinstance(x, int) and not isinstance(x, bool)
+_is_finite = lambda x: _is_int(x) or isinstance(x, float) and math.isfinite(x)
+_note = lambda note: f' ({note}).' if note else '.'
 
 
 def _ints(lowest, note='', auto=False):
@@ -55,9 +46,8 @@ def _ints(lowest, note='', auto=False):
 
 
 def _numbers(sign, note=''):
-  above = operator.gt if sign == '>' else operator.ge
-  allowed = f'must be a finite number {sign} 0{_note(note)}'
-  return lambda v: _is_finite(v) and above(v, 0), allowed
+  ok = lambda v: _is_finite(v) and (v > 0 if sign == '>' else v >= 0)
+  return ok, f'must be a finite number {sign} 0{_note(note)}'
 
 
 def _interval(interval, note=''):
@@ -74,7 +64,7 @@ def _one_of(choices):
 
 # {field: (whether a value is allowed, what is allowed)}, in schema order.
 _FIELDS = {
-    'mode': _one_of(MODES),
+    'mode': _one_of(('pretrain', 'linear_eval')),
     'seed': (
         lambda v: _is_int(v) and 0 <= v < SEED_LIMIT,
         f'must be an integer in [0, 2**32) = [0, {SEED_LIMIT - 1}]: '
@@ -135,9 +125,11 @@ _FIELDS = {
 }
 
 
-def check_batch(field: str, batch, topology, per_device: int = 1) -> None:
-  """Refuses a global batch that gives a device 0 or < per_device examples."""
-  t, devices = topology, topology.device_count
+def check_batch(config, section: str, topology) -> None:
+  """Refuses a global batch that gives a device 0, or pre-training's < 2."""
+  field, t = f'{section}.global_batch_size', topology
+  batch, devices = config[section].global_batch_size, t.device_count
+  per_device = MIN_PRETRAIN_PER_DEVICE if section == 'training' else 1
   whole = _is_int(batch) and batch > 0
   if whole and batch >= per_device * devices and not batch % devices:
     return
@@ -166,9 +158,7 @@ def validate_inputs(config) -> str:
   )
   mode = 'linear_eval' if config.eval.pretrain_workdir else config.mode
   for field, (ok, allowed) in _FIELDS.items():
-    value = config
-    for name in field.split('.'):
-      value = value[name]
+    value = functools.reduce(operator.getitem, field.split('.'), config)
     check(ok(value), field, value, allowed)
   try:
     networks.validate_model_config(config.model)
