@@ -116,8 +116,7 @@ class Checkpointer(contextlib.AbstractContextManager):
     """Whether `state` and `extra` (JSON) were saved (not if `step` was)."""
     if self._read_only:
       raise ValueError(f'{self.directory} was opened read_only.')
-    step = int(step)
-    if step in self._manager.all_steps():
+    if (step := int(step)) in self._manager.all_steps():
       return False
     state = jax.device_get(state)
     if bad := [

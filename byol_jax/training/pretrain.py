@@ -137,8 +137,7 @@ class _MetricsBuffer:
 def train(run, workdir) -> dict:
   """Pre-trains or resumes `run`: {step, preempted, metrics, state_sha256}."""
   config, source, d = run.config, run.source, run.pretrain
-  workdir = epath.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   lg, batch_size = config.logging, config.training.global_batch_size
   every_steps = config.checkpoint.every_steps
   is_chief = jax.process_index() == 0
@@ -269,9 +268,7 @@ def train(run, workdir) -> dict:
 def _kept(ckpt) -> str:
   if (latest := ckpt.latest_step()) is None:
     return f'No checkpoint was saved yet in {ckpt.directory}.'
-  return (
-      f'The last good checkpoint (step {latest}) in {ckpt.directory} is kept.'
-  )
+  return f'The last good checkpoint, {ckpt.directory}/{latest}, is kept.'
 
 
 _DIVERGED = {
