@@ -73,7 +73,7 @@ def measure(spec: dict, saves: int) -> dict:
         )
         jax.block_until_ready(state)
         start = time.perf_counter()
-        ckpt.save(step, state, {'step': step}, force=True)
+        ckpt.save(step, state, {'step': step})
         stalls.append(time.perf_counter() - start)
         ckpt.wait()
         commits.append(time.perf_counter() - start)

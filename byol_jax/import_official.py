@@ -321,7 +321,7 @@ def import_release(checkpoint, workdir, arch: str = 'resnet50x1', model=None):
   resume.write_config(run, workdir, start_step=step, trajectory_changes={})
   extra = {'trajectory': resume.trajectory(run), 'imported': str(checkpoint)}
   with checkpointing.Checkpointer(workdir_lib.checkpoint_dir(workdir)) as ckpt:
-    ckpt.save(step, state, extra, force=True)
+    ckpt.save(step, state, extra)
   return step
 
 

@@ -49,7 +49,7 @@ def saved(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('pretrain')
   (workdir / 'config.json').write_text(json.dumps(run.record(), indent=2))
   with checkpointing.Checkpointer(workdir / 'checkpoints') as ckpt:
-    ckpt.save(STEP, state, force=True)
+    ckpt.save(STEP, state)
   return config, state, workdir
 
 

@@ -46,17 +46,16 @@ def _path_str(path) -> str:
 
 
 class Checkpointer(contextlib.AbstractContextManager):
-  """The last `max_to_keep` checkpoints, saved every `save_interval_steps`
-  steps and/or `save_interval_secs` of `time_fn` (None: off). `async_save`:
-  `save` returns once the state is on the host and checked, `wait`/`close`
-  commit. `read_only`: restore only (nothing created, deleted or renamed)."""
+  """The last `max_to_keep` checkpoints; a clock due every `save_interval_secs`
+  of `time_fn` (None: never). `async_save`: `save` returns once the state is
+  on the host and checked, `wait`/`close` commit. `read_only`: restore only
+  (nothing created, deleted or renamed)."""
 
   def __init__(
       self,
       directory,
       *,
       max_to_keep: int = 3,
-      save_interval_steps: Optional[int] = None,
       save_interval_secs: Optional[float] = None,
       time_fn: Callable[[], float] = time.monotonic,
       async_save: bool = False,
@@ -67,7 +66,6 @@ class Checkpointer(contextlib.AbstractContextManager):
     if '://' not in str(directory):
       directory = pathlib.Path(directory).absolute()
     self.directory = epath.Path(directory)
-    self._steps = save_interval_steps
     self._secs = math.inf if save_interval_secs is None else save_interval_secs
     self._time_fn, self._async, self._read_only = time_fn, async_save, read_only
     self.restart_clock()
@@ -114,21 +112,11 @@ class Checkpointer(contextlib.AbstractContextManager):
     """This process's clock (several: agree first, preemption.decide)."""
     return self._time_fn() - self._last_save_time >= self._secs
 
-  def should_save(self, step: int, *, time_due: Optional[bool] = None) -> bool:
-    """A schedule due at `step`, not saved yet (`time_due`: agreed clock)."""
-    if time_due is None:
-      time_due = jax.process_count() == 1 and self.time_due()
-    due = time_due or (self._steps and step % self._steps == 0)
-    return bool(due) and step not in self._manager.all_steps()
-
-  def save(self, step: int, state: Any, extra=None, *, force=False) -> bool:
-    """Whether `state` and `extra` (JSON) were saved (scheduled, or `force`)."""
+  def save(self, step: int, state: Any, extra=None) -> bool:
+    """Whether `state` and `extra` (JSON) were saved (not if `step` was)."""
     if self._read_only:
       raise ValueError(f'{self.directory} was opened read_only.')
-    step = int(step)
-    if step in self._manager.all_steps() or not (
-        force or self.should_save(step)
-    ):
+    if (step := int(step)) in self._manager.all_steps():
       return False
     state = jax.device_get(state)
     if bad := [

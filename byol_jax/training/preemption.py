@@ -1,10 +1,7 @@
-"""Preemption, and the checkpoint decision every process shares.
-
-Not orbax's: its `ContinuousCheckpointingPolicy` exchanges between hosts at
-every call (`decide`: at logging steps only), and its preemption policy needs
-JAX's SIGTERM notifier (the watcher also takes SIGINT, without
-jax.distributed).
-"""
+"""Preemption, and the checkpoint decision every process shares. Not orbax's:
+its ContinuousCheckpointingPolicy exchanges between hosts at every call (here
+at logging steps only); its preemption policy needs JAX's SIGTERM notifier
+(the watcher also takes SIGINT, without jax.distributed)."""
 
 import signal
 import threading

@@ -47,7 +47,6 @@ def _checkpointer(config, workdir, async_save: bool = False):
   return checkpointing.Checkpointer(
       workdir_lib.checkpoint_dir(workdir),
       max_to_keep=config.checkpoint.max_to_keep,
-      save_interval_steps=config.checkpoint.every_steps or None,
       save_interval_secs=config.checkpoint.every_secs or None,
       async_save=async_save,
   )
@@ -79,28 +78,17 @@ def _initial_state(config, num_classes, source):
     return state
   # A batch of augmented view-1 images, from its own data seed.
   chunk = config.training.modified_init_chunk_size
-  images = next(
-      _stream(
-          config,
-          source,
-          config.training.modified_init_batch_size,
-          seed=config.seed + 1,
-          process_index=0,
-          process_count=1,
-          local_device_count=1,
-      )
-  )['view1'][0]
+  one_host = dict(process_index=0, process_count=1, local_device_count=1)
+  batch_size = config.training.modified_init_batch_size
+  stream = _stream(config, source, batch_size, seed=config.seed + 1, **one_host)
+  images = next(stream)['view1'][0]
   keys = experiment.example_keys(
       jax.random.PRNGKey(config.seed + 2), len(images), None
   )
   # Per-example augmentation, so chunking it changes nothing but memory.
   augment = jax.jit(functools.partial(augment_lib.augment_examples, view=1))
-  images = np.concatenate(
-      [
-          augment(keys[i : i + chunk], images[i : i + chunk])
-          for i in range(0, len(images), chunk)
-      ]
-  )
+  chunks = [slice(i, i + chunk) for i in range(0, len(images), chunk)]
+  images = np.concatenate([augment(keys[c], images[c]) for c in chunks])
   logging.info(
       'Modified init (paper §3.2): calibrated %s on %d images.',
       ', '.join(modified_init.calibrated_components(config.model)),
@@ -149,22 +137,19 @@ class _MetricsBuffer:
 def train(run, workdir) -> dict:
   """Pre-trains or resumes `run`: {step, preempted, metrics, state_sha256}."""
   config, source, d = run.config, run.source, run.pretrain
-  workdir = epath.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   lg, batch_size = config.logging, config.training.global_batch_size
+  every_steps = config.checkpoint.every_steps
+  is_chief = jax.process_index() == 0
   # Asynchronous saves: a scheduled checkpoint stalls the loop for the
   # device-to-host copy only; ckpt.close() below waits for the writes.
   ckpt = _checkpointer(config, workdir, async_save=True)
-  trajectory_changes = resume.check_resume(run, ckpt)
+  diff = resume.check_resume(run, ckpt)
   _, _, update = experiment.make_update(config, d)
   template = experiment.state_template(config, d.num_classes)
   restored = ckpt.restore_latest(template)
-  resume.write_config(
-      run,
-      workdir,
-      start_step=0 if restored is None else restored.step,
-      trajectory_changes=trajectory_changes,
-  )
+  start = 0 if restored is None else restored.step
+  resume.write_config(run, workdir, start_step=start, trajectory_changes=diff)
   # Wall time summed over every segment of a resumed run.
   if restored is not None:
     state, resumed_s = restored.state, restored.extra.get('wall_time_s', 0)
@@ -177,7 +162,7 @@ def train(run, workdir) -> dict:
   _check_same_state(state, step, 'starting')
   writer = writers.MetricWriter(
       workdir,
-      is_chief=jax.process_index() == 0,
+      is_chief=is_chief,
       total_steps=d.total_steps,
       images_per_step=batch_size,
   )
@@ -223,16 +208,12 @@ def train(run, workdir) -> dict:
             watcher, ckpt, logging_step
         )
         agreements += exchanged
-        if (
-            preempted
-            or step == d.stop_step
-            or collapsed()
-            or ckpt.should_save(step, time_due=time_due)
-        ):
+        due = time_due or (every_steps and step % every_steps == 0)
+        if preempted or due or collapsed() or step == d.stop_step:
           metrics.flush()  # Never checkpoint a state whose loss is not finite.
           extra = {'wall_time_s': wall_time(), 'trajectory': trajectory}
           try:
-            ckpt.save(step, parallel.unreplicate(rstate), extra, force=True)
+            ckpt.save(step, parallel.unreplicate(rstate), extra)
           except checkpointing.NonFiniteStateError as e:
             # The weights went non-finite in this step's update; its loss
             # (computed before the update) was still finite.
@@ -277,12 +258,8 @@ def train(run, workdir) -> dict:
   done_path = workdir_lib.pretrain_done_path(workdir)
   # Written when the run is complete (not when max_steps stopped it early);
   # a rerun of a finished run trains nothing and leaves the record alone.
-  if (
-      jax.process_index() == 0
-      and not preempted
-      and step >= d.total_steps
-      and (step > start_step or not done_path.exists())
-  ):
+  fresh = step > start_step or not done_path.exists()
+  if is_chief and fresh and not preempted and step >= d.total_steps:
     done = dict(record, total_steps=d.total_steps, wall_time_s=wall_time())
     done_path.write_text(json.dumps(done))
   return dict(record, preempted=preempted)
@@ -291,9 +268,7 @@ def train(run, workdir) -> dict:
 def _kept(ckpt) -> str:
   if (latest := ckpt.latest_step()) is None:
     return f'No checkpoint was saved yet in {ckpt.directory}.'
-  return (
-      f'The last good checkpoint (step {latest}) in {ckpt.directory} is kept.'
-  )
+  return f'The last good checkpoint, {ckpt.directory}/{latest}, is kept.'
 
 
 _DIVERGED = {

@@ -10,7 +10,6 @@ import ml_collections
 
 from byol_jax.config import configs
 from byol_jax.config import validation
-from byol_jax.data.sources import STREAMING
 from byol_jax.training import workdir as workdir_lib
 
 
@@ -24,13 +23,8 @@ def _deep_update(base: dict, new: dict) -> dict:
 
 
 def from_saved(saved: dict) -> ml_collections.ConfigDict:
-  """A built config from a run's config.json (older ones too: defaults)."""
+  """A built config from a run's config.json (its defaults filled in)."""
   tree = _deep_update(configs.experiment_config(None).to_dict(), saved)
-  if 'derived' not in saved:  # what its readers take, from where it was then
-    tree['derived'] = dict(
-        num_classes=tree['data'].get('num_classes', -1),
-        total_steps=tree['training'].get('total_steps', -1),
-    )
   return ml_collections.ConfigDict(tree)
 
 
@@ -46,16 +40,6 @@ _NOT_TRAJECTORY = frozenset("""
 _TRAJECTORY_DERIVED = (
     'num_train_examples num_classes total_steps warmup_steps data_path'.split()
 )
-# Trajectory fields a checkpoint may lack, at the values it was trained under
-# (images at their own size, crops on the host, no accumulation): a streamed
-# run resumes as before; an in-memory one only with
-# checkpoint.allow_changed_config (its crops are now cut on the devices, from
-# other random draws).
-_TRAJECTORY_ADDED = {
-    'data.cache_side': 0,
-    'derived.data_path': STREAMING,
-    'training.accumulation_steps': 1,
-}
 
 
 def flatten(tree: dict, prefix: str = '') -> dict:
@@ -78,11 +62,6 @@ def trajectory(run) -> dict:
   return {k: flat[k] for k in sorted(flat) if k not in _NOT_TRAJECTORY}
 
 
-def upgrade_trajectory(old: dict) -> dict:
-  """A recorded trajectory with the fields added since, at their old values."""
-  return {**_TRAJECTORY_ADDED, **old}
-
-
 def changes(old: dict, new: dict) -> dict:
   """{field: (old, new)} where two flat dicts differ (None where missing)."""
   keys = sorted(set(old) | set(new))
@@ -95,24 +74,19 @@ def describe_changes(diff: dict) -> str:
 
 
 def check_resume(run, ckpt) -> dict:
-  """The trajectory changes a plan.Run resumes under from `ckpt`.
-
-  ConfigError if the network changed, or if anything did without
-  checkpoint.allow_changed_config.
-  """
+  """The trajectory changes a plan.Run resumes under from `ckpt` (ConfigError:
+  another network, or any change without checkpoint.allow_changed_config)."""
   latest = ckpt.latest_extra()
   if latest is None:
     return {}
   step, extra = latest
   where = f'{ckpt.directory} holds step {step} of a run'
   if (old := extra.get('trajectory')) is None:
-    logging.warning(
-        '%s from an older version, recording no config: resuming without '
-        'checking it.',
-        where,
+    raise validation.ConfigError(
+        f'{where} from an older version, recording no config: use a fresh '
+        '--workdir, or resume it with the version that wrote it.'
     )
-    return {}
-  diff = changes(upgrade_trajectory(old), trajectory(run))
+  diff = changes(old, trajectory(run))
   network = ('method', 'model.', 'derived.num_classes')
   if structural := {k: v for k, v in diff.items() if k.startswith(network)}:
     raise validation.ConfigError(

@@ -771,41 +771,39 @@ def test_trajectory_ignores_what_does_not_shape_training():
   assert np.isclose(lr.pretrain.peak_learning_rate, 0.3)
 
 
-def test_checkpoints_from_before_the_in_memory_path_resume_as_they_ran():
-  """A trajectory recorded before data.cache_side / derived.data_path."""
-  from byol_jax.data import sources  # pylint: disable=g-import-not-at-top
+class _Recorded:
+  """Checkpoints whose newest step (7) recorded `extra`."""
 
-  imagenet = plan.build(parse('gn_ws.py'), topology=EIGHT, read_data=False)
-  new = resume.trajectory(imagenet)
-  assert new['derived.data_path'] == 'streaming'
-  old = {
-      k: v
-      for k, v in new.items()
-      if k
-      not in (
-          'data.cache_side',
-          'derived.data_path',
-          'training.accumulation_steps',
-      )
-  }
-  assert resume.changes(resume.upgrade_trajectory(old), new) == {}
-  # A digits run's crops moved from the host to the devices: a change.
-  digits = plan.build(
-      parse('gn_ws.py:tiny'),
-      topology=EIGHT,
-      source=sources.get_source('digits'),
+  directory = '/ckpts'
+
+  def __init__(self, extra):
+    self.extra = extra
+
+  def latest_extra(self):
+    return 7, self.extra
+
+
+def test_resume_refuses_checkpoints_of_older_versions():
+  """No trajectory recorded, or one from before data.cache_side /
+  derived.data_path / training.accumulation_steps: never a silent resume."""
+  run = plan.build(parse('gn_ws.py'), topology=EIGHT, read_data=False)
+  new = resume.trajectory(run)
+  assert resume.check_resume(run, _Recorded({'trajectory': new})) == {}
+  with pytest.raises(
+      plan.ConfigError,
+      match=r'^/ckpts holds step 7 of a run from an older version, recording '
+      r'no config: use a fresh --workdir, or resume it with the version',
+  ):
+    resume.check_resume(run, _Recorded({'wall_time_s': 1.0}))
+  added = (
+      'data.cache_side',
+      'derived.data_path',
+      'training.accumulation_steps',
   )
-  new = resume.trajectory(digits)
-  old = {
-      k: v
-      for k, v in new.items()
-      if k
-      not in (
-          'data.cache_side',
-          'derived.data_path',
-          'training.accumulation_steps',
-      )
-  }
-  assert resume.changes(resume.upgrade_trajectory(old), new) == {
-      'derived.data_path': ('streaming', 'in_memory')
-  }
+  old = {k: v for k, v in new.items() if k not in added}
+  with pytest.raises(plan.ConfigError) as e:
+    resume.check_resume(run, _Recorded({'trajectory': old}))
+  assert 'holds step 7 of a run trained under another config' in str(e.value)
+  assert "data.cache_side None -> 0, derived.data_path None -> 'streaming'" in (
+      str(e.value)
+  )

@@ -74,7 +74,7 @@ def test_round_trip_is_bit_identical(tmp_path):
       'config_hash': 'abc',
       'metrics': {'loss': np.float32(0.5)},
   }
-  assert ckpt.save(3, state, extra, force=True)
+  assert ckpt.save(3, state, extra)
   ckpt.close()
 
   ckpt = checkpointing.Checkpointer(tmp_path / 'ckpt')  # A fresh process.
@@ -100,7 +100,7 @@ def test_relative_directory_restores(tmp_path, monkeypatch):
   # directory used to save fine and then fail to resume.
   monkeypatch.chdir(tmp_path)
   state = make_state(5)
-  checkpointing.Checkpointer('runs/x/checkpoints').save(4, state, force=True)
+  checkpointing.Checkpointer('runs/x/checkpoints').save(4, state)
   ckpt = checkpointing.Checkpointer(pathlib.Path('runs/x/checkpoints'))
   assert ckpt.directory == tmp_path / 'runs/x/checkpoints'
   restored = ckpt.restore_latest(abstract(state))
@@ -133,7 +133,7 @@ def test_optax_state_round_trip_from_eval_shape_template(tmp_path):
   )
   state = jax.device_get((params, opt_state))  # EmptyState / MaskedState nodes.
   ckpt = checkpointing.Checkpointer(tmp_path)
-  ckpt.save(1, state, force=True)
+  ckpt.save(1, state)
   template = jax.eval_shape(lambda: (params, opt.init(params)))
   restored = ckpt.restore_latest(template).state
   assert_identical(restored, state)
@@ -142,7 +142,7 @@ def test_optax_state_round_trip_from_eval_shape_template(tmp_path):
 
 def test_shape_mismatch_is_a_clear_error(tmp_path):
   ckpt = checkpointing.Checkpointer(tmp_path)
-  ckpt.save(1, make_state(1, size=8), force=True)
+  ckpt.save(1, make_state(1, size=8))
   with pytest.raises(ValueError, match='conv/b has shape'):
     ckpt.restore_latest(abstract(make_state(0, size=16)))
 
@@ -150,24 +150,26 @@ def test_shape_mismatch_is_a_clear_error(tmp_path):
 def test_max_to_keep(tmp_path):
   ckpt = checkpointing.Checkpointer(tmp_path, max_to_keep=2)
   for step in (1, 2, 3, 4):
-    ckpt.save(step, make_state(step), force=True)
+    ckpt.save(step, make_state(step))
   assert ckpt.all_steps() == [3, 4]
   assert sorted(p.name for p in tmp_path.iterdir()) == ['3', '4']
   # Saving a step that exists is skipped, not an error (preemption right after
   # a scheduled save).
-  assert not ckpt.save(4, make_state(99), force=True)
+  assert not ckpt.save(4, make_state(99))
   assert_identical(
       ckpt.restore_latest(abstract(make_state(0))).state, make_state(4)
   )
 
 
-def test_step_schedule(tmp_path):
-  ckpt = checkpointing.Checkpointer(tmp_path, save_interval_steps=5)
-  assert [s for s in range(1, 16) if ckpt.should_save(s)] == [5, 10, 15]
-  assert not ckpt.save(7, make_state(7))
+def test_a_new_step_is_saved_once(tmp_path):
+  """When to save is the loop's (checkpoint.every_steps, the agreed clock)."""
+  ckpt = checkpointing.Checkpointer(tmp_path)
   assert ckpt.save(10, make_state(10))
-  assert not ckpt.should_save(10)  # Already saved.
+  assert not ckpt.save(10, make_state(11))  # Already saved.
   assert ckpt.all_steps() == [10]
+  assert_identical(
+      ckpt.restore_latest(abstract(make_state(0))).state, make_state(10)
+  )
 
 
 def test_time_schedule(tmp_path):
@@ -175,35 +177,36 @@ def test_time_schedule(tmp_path):
   ckpt = checkpointing.Checkpointer(
       tmp_path, save_interval_secs=60, time_fn=lambda: now[0]
   )
-  assert not ckpt.should_save(1)
+  assert not ckpt.time_due()
   now[0] += 59.0
-  assert not ckpt.should_save(2)
+  assert not ckpt.time_due()
   now[0] += 1.0
-  assert ckpt.should_save(3)
+  assert ckpt.time_due()
   assert ckpt.save(3, make_state(3))
-  assert not ckpt.should_save(4)  # The clock restarts at each save.
+  assert not ckpt.time_due()  # The clock restarts at each save.
   now[0] += 60.0
-  assert ckpt.should_save(5)
+  assert ckpt.time_due()
   assert ckpt.all_steps() == [3]
 
 
-def test_no_schedule_saves_only_when_forced(tmp_path):
-  ckpt = checkpointing.Checkpointer(tmp_path)
-  assert not ckpt.save(1, make_state(1))
-  assert ckpt.save(1, make_state(1), force=True)
+def test_no_clock_is_never_due(tmp_path):
+  now = [100.0]
+  ckpt = checkpointing.Checkpointer(tmp_path, time_fn=lambda: now[0])
+  now[0] += 1e9
+  assert not ckpt.time_due()
 
 
 def test_non_finite_state_is_refused(tmp_path):
   ckpt = checkpointing.Checkpointer(tmp_path, max_to_keep=1)
-  ckpt.save(1, make_state(1), {'data_position': 1}, force=True)
+  ckpt.save(1, make_state(1), {'data_position': 1})
   bad = make_state(2)
   bad.params['conv']['b'][3] = np.nan  # A bfloat16 leaf.
   with pytest.raises(checkpointing.NonFiniteStateError, match='params/conv/b'):
-    ckpt.save(2, bad, force=True)
+    ckpt.save(2, bad)
   bad = make_state(2)
   bad.opt_state['mu']['w'][0, 0] = np.inf
   with pytest.raises(checkpointing.NonFiniteStateError, match='mu/w'):
-    ckpt.save(2, bad, force=True)
+    ckpt.save(2, bad)
   # max_to_keep=1 would have deleted step 1: it must still be there, intact.
   assert ckpt.all_steps() == [1]
   step, state, extra = ckpt.restore_latest(abstract(make_state(0)))
@@ -234,7 +237,7 @@ def _damage_largest_data_file(step_dir: pathlib.Path, how: str) -> None:
 def test_corrupt_latest_falls_back_to_previous(tmp_path, how, caplog):
   ckpt = checkpointing.Checkpointer(tmp_path, max_to_keep=3)
   for step in (1, 2):
-    ckpt.save(step, make_state(step, size=64), {'at': step}, force=True)
+    ckpt.save(step, make_state(step, size=64), {'at': step})
   _damage_largest_data_file(tmp_path / '2', how)
   fresh = checkpointing.Checkpointer(tmp_path)
   with caplog.at_level(std_logging.WARNING):
@@ -248,7 +251,7 @@ def test_corrupt_latest_falls_back_to_previous(tmp_path, how, caplog):
   # The corrupt step is moved aside, so training can save step 2 again.
   assert fresh.all_steps() == [1]
   assert (tmp_path / '2.corrupt').is_dir()
-  assert fresh.save(2, make_state(22, size=64), force=True)
+  assert fresh.save(2, make_state(22, size=64))
   assert fresh.restore_latest(abstract(make_state(0, size=64))).step == 2
 
 
@@ -256,7 +259,7 @@ def test_corrupt_latest_falls_back_to_previous(tmp_path, how, caplog):
 def test_all_corrupt_is_a_clear_error(tmp_path):
   ckpt = checkpointing.Checkpointer(tmp_path)
   for step in (1, 2):
-    ckpt.save(step, make_state(step, size=64), force=True)
+    ckpt.save(step, make_state(step, size=64))
   for step in (1, 2):
     _damage_largest_data_file(tmp_path / str(step), 'delete')
   with pytest.raises(
@@ -283,7 +286,7 @@ def test_read_only_skips_a_corrupt_latest_and_touches_nothing(tmp_path, caplog):
   """A reader of a run that may be training: no rename, no cleanup."""
   ckpt = checkpointing.Checkpointer(tmp_path, max_to_keep=3)
   for step in (1, 2):
-    ckpt.save(step, make_state(step, size=64), {'at': step}, force=True)
+    ckpt.save(step, make_state(step, size=64), {'at': step})
   ckpt.close()
   _damage_largest_data_file(tmp_path / '2', 'truncate')
   # A save in progress (the writer's), which a writer's manager would delete.
@@ -301,7 +304,7 @@ def test_read_only_skips_a_corrupt_latest_and_touches_nothing(tmp_path, caplog):
       for r in caplog.records
   )
   with pytest.raises(ValueError, match='read_only'):
-    reader.save(4, make_state(4), force=True)
+    reader.save(4, make_state(4))
   reader.close()
   assert _listing(tmp_path) == before
   # A missing directory is not created.
@@ -321,14 +324,14 @@ def test_read_only_rereads_the_steps_when_one_is_rotated_out(
   """A step deleted by its writer mid-read is not corrupt: the newer is read."""
   ckpt = checkpointing.Checkpointer(tmp_path, max_to_keep=2)
   for step in (1, 2):
-    ckpt.save(step, make_state(step), force=True)
+    ckpt.save(step, make_state(step))
   reader = checkpointing.Checkpointer(tmp_path, read_only=True)
   restore = reader._manager.restore
 
   def rotate_during_read(step, **kwargs):
     if step == 2 and not (tmp_path / '3').exists():  # the writer moves on
-      ckpt.save(3, make_state(3), force=True)
-      ckpt.save(4, make_state(4), force=True)  # deletes 2
+      ckpt.save(3, make_state(3))
+      ckpt.save(4, make_state(4))  # deletes 2
       raise FileNotFoundError(tmp_path / '2')
     return restore(step, **kwargs)
 
@@ -343,12 +346,12 @@ def test_async_save_returns_then_close_commits(tmp_path):
   """async_save: checks before returning, files committed by wait/close."""
   ckpt = checkpointing.Checkpointer(tmp_path, max_to_keep=1, async_save=True)
   big = {'w': np.random.RandomState(0).randn(512, 1024).astype(np.float32)}
-  assert ckpt.save(1, big, {'at': 1}, force=True)
+  assert ckpt.save(1, big, {'at': 1})
   big['w'][:] = 0.0  # The caller may reuse its buffers: the copy was taken.
   bad = {'w': np.full((512, 1024), np.nan, np.float32)}
   with pytest.raises(checkpointing.NonFiniteStateError):
-    ckpt.save(2, bad, force=True)  # refused at once, nothing written.
-  assert ckpt.save(3, make_state(3), force=True)
+    ckpt.save(2, bad)  # refused at once, nothing written.
+  assert ckpt.save(3, make_state(3))
   ckpt.close()
   # max_to_keep=1: only the last committed step remains, and it is whole.
   steps = checkpointing.Checkpointer(tmp_path).all_steps()
@@ -363,7 +366,7 @@ def test_async_save_returns_then_close_commits(tmp_path):
 def test_async_save_of_step_1_is_the_saved_values(tmp_path):
   ckpt = checkpointing.Checkpointer(tmp_path, async_save=True)
   state = make_state(5)
-  ckpt.save(5, state, force=True)
+  ckpt.save(5, state)
   state.params['conv']['w'][:] = 7.0  # mutated after save returned.
   ckpt.wait()
   assert_identical(
@@ -388,7 +391,7 @@ _SAVER = textwrap.dedent("""
                                       async_save=sys.argv[2] == 'async')
     step = (ckpt.latest_step() or 0) + 1
     while True:
-      ckpt.save(step, state(step), {'step': step}, force=True)
+      ckpt.save(step, state(step), {'step': step})
       print(step, flush=True)
       step += 1
 """)
@@ -445,7 +448,6 @@ def test_sigkill_during_save_never_leaves_a_bad_checkpoint(tmp_path, mode):
   assert ckpt.save(
       last_restored + 100,
       {'w': np.zeros((256, 1024), np.float32), 'step': np.int32(0)},
-      force=True,
   )
   assert not any('tmp' in p.name for p in directory.iterdir())
 
@@ -456,7 +458,7 @@ def test_read_only_lists_again_when_a_step_vanishes_mid_listing(
   """A step its writer deletes between orbax's exists() and is_dir() (CI)."""
   ckpt = checkpointing.Checkpointer(tmp_path, max_to_keep=3)
   for step in (1, 2):
-    ckpt.save(step, make_state(step), force=True)
+    ckpt.save(step, make_state(step))
   path_type = type(epath.Path(tmp_path))
   is_dir = path_type.is_dir
 
