@@ -59,8 +59,7 @@ def view_config(view: int) -> ViewConfig:
 
 def normalize(images: jax.Array) -> jax.Array:
   """(images [..., 3] in [0, 1] - ImageNet mean) / std, float32."""
-  mean = jnp.asarray(MEAN_RGB, jnp.float32)
-  std = jnp.asarray(STDDEV_RGB, jnp.float32)
+  mean, std = (jnp.asarray(v, jnp.float32) for v in (MEAN_RGB, STDDEV_RGB))
   return (jnp.asarray(images, jnp.float32) - mean) / std
 
 

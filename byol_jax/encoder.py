@@ -34,26 +34,18 @@ _RUN_HINT = (
 )
 
 
-def _encoder_part(tree):
-  return networks.restrict(tree, ('encoder',))
-
-
-def _encoder_transform(model) -> hk.TransformedWithState:
-  """The encoder alone: no projector parameters needed, same parameter paths."""
-  return hk.transform_with_state(
-      lambda x, is_training: networks.make_encoder(model)(x, is_training)
-  )
+_encoder_part = functools.partial(networks.restrict, modules=('encoder',))
 
 
 def encoder_apply(config) -> Callable[[Any, Any, jax.Array], jax.Array]:
-  """The frozen encoder as a pure, jit-able fn(params, state, images).
-
-  Images are float [N, H, W, 3] in [0, 1], normalised here (augment.normalize,
-  as pre-training); params/state are Haiku trees holding at least the 'encoder'
-  modules; BN in inference mode. Returns float32 [N, D] representations.
-  """
+  """The frozen encoder, pure and jit-able: fn(params, state, images float
+  [N, H, W, 3] in [0, 1], normalised here as in pre-training) -> float32 [N, D];
+  params/state hold at least the 'encoder' modules; BN in inference mode."""
   networks.validate_model_config(config.model)
-  transformed = _encoder_transform(config.model)
+  # The encoder alone: no projector parameters needed, same parameter paths.
+  transformed = hk.transform_with_state(
+      lambda x, is_training: networks.make_encoder(config.model)(x, is_training)
+  )
 
   def apply(params, state, images):
     params, state = _encoder_part(params), _encoder_part(state)
@@ -68,12 +60,8 @@ def _jitted_init(key: ml_collections.FrozenConfigDict, num_classes: int):
   # Jitted: one compilation, not one per initialiser op (hosts other than
   # process 0 never hit the compilation cache); the eager init's values bit
   # for bit (tiny GN+WS and BN configs, CPU).
-  method, optimizer = experiment.init_objects(
-      ml_collections.ConfigDict(key), num_classes
-  )
-  return jax.jit(
-      functools.partial(experiment.init_train_state, method, optimizer)
-  )
+  objects = experiment.init_objects(ml_collections.ConfigDict(key), num_classes)
+  return jax.jit(functools.partial(experiment.init_train_state, *objects))
 
 
 def initial_train_state(config, num_classes: int) -> experiment.TrainState:
@@ -137,12 +125,8 @@ def latest_checkpoint_step(workdir) -> int:
 
 
 def load_pretrained(workdir) -> Pretrained:
-  """Restores the online encoder of a run's latest checkpoint, read-only.
-
-  Safe while the run trains (nothing in its workdir is created, moved or
-  deleted); multi-host: call it on every host. FileNotFoundError, naming the
-  path and the command that creates it, without config.json or a checkpoint.
-  """
+  """The online encoder (+ classifier) of a run's latest checkpoint, read-only
+  (safe while the run trains); multi-host: call it on every host."""
   workdir = epath.Path(workdir)
   config = saved_config(workdir)
   latest_checkpoint_step(workdir)  # a clear error when there is none.

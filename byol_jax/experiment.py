@@ -104,10 +104,8 @@ def init_train_state(
     images: [B, H, W, 3], fixing the input shape (sample_images).
   """
   init_rng, base_rng = jax.random.split(rng)
-  # (online params, online state, target params, target state).
   trees = method.init(init_rng, images)
-  step = jnp.zeros((), jnp.int32)
-  return TrainState(step, base_rng, *trees, optimizer.init(trees[0]))
+  return TrainState(jnp.int32(0), base_rng, *trees, optimizer.init(trees[0]))
 
 
 def init_objects(config, num_classes: int):
@@ -118,12 +116,8 @@ def init_objects(config, num_classes: int):
 
 def state_template(config, num_classes: int) -> TrainState:
   """The TrainState as jax.ShapeDtypeStruct leaves (to restore into)."""
-  method, optimizer = init_objects(config, num_classes)
-  return jax.eval_shape(
-      lambda: init_train_state(
-          method, optimizer, jax.random.PRNGKey(0), sample_images(config)
-      )
-  )
+  init = functools.partial(init_train_state, *init_objects(config, num_classes))
+  return jax.eval_shape(init, jax.random.PRNGKey(0), sample_images(config))
 
 
 def example_keys(
@@ -195,42 +189,27 @@ def make_update(
   grad_fn = jax.grad(functools.partial(loss_fn, method), has_aux=True)
 
   def grads_of(state: TrainState, views, labels):
-    """grad_fn of the batch, or the mean of its `micro` equal micro-batches'
-    (the whole batch's mean loss), the BN state threaded through them."""
+    """grad_fn of the batch; micro > 1: the mean over its micro-batches."""
+    params, target = state.online_params, state.target_params
+    states = (state.online_state, state.target_state)
     if micro == 1:
-      return grad_fn(
-          state.online_params,
-          state.online_state,
-          state.target_params,
-          state.target_state,
-          views,
-          labels,
-      )
+      return grad_fn(params, states[0], target, states[1], views, labels)
 
     def accumulate(carry, inputs):
-      grads, online_state, target_state = carry
-      g, (online_state, target_state, metrics) = grad_fn(
-          state.online_params,
-          online_state,
-          state.target_params,
-          target_state,
-          *inputs,
+      grads, (online_state, target_state) = carry
+      g, (*new, metrics) = grad_fn(
+          params, online_state, target, target_state, *inputs
       )
-      return (optax.tree.add(grads, g), online_state, target_state), metrics
+      return (optax.tree.add(grads, g), tuple(new)), metrics
 
     split = lambda x: x.reshape((micro, -1) + x.shape[1:])
-    zeros = optax.tree.zeros_like(state.online_params)
-    (grads, online_state, target_state), metrics = jax.lax.scan(
+    (grads, states), metrics = jax.lax.scan(
         accumulate,
-        (zeros, state.online_state, state.target_state),
+        (optax.tree.zeros_like(params), states),
         jax.tree.map(split, (views, labels)),
     )
     metrics = jax.tree.map(lambda m: m.mean(0), metrics)
-    return optax.tree.scale(1 / micro, grads), (
-        online_state,
-        target_state,
-        metrics,
-    )
+    return optax.tree.scale(1 / micro, grads), (*states, metrics)
 
   def update(state: TrainState, batch):
     rng1, rng2 = jax.random.split(jax.random.fold_in(state.rng, state.step))
@@ -244,8 +223,7 @@ def make_update(
         state, views, batch['label']
     )
     if axis_name is not None:
-      grads = jax.lax.pmean(grads, axis_name)
-      metrics = jax.lax.pmean(metrics, axis_name)
+      grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
     updates, opt_state = optimizer.update(
         grads, state.opt_state, state.online_params
     )

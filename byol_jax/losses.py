@@ -1,6 +1,6 @@
 """Losses of BYOL and the SimCLR baseline: per-device (the caller pmeans)."""
 
-from typing import Dict, Optional, Tuple
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -11,13 +11,13 @@ import optax
 _LARGE_NUM = 1e9
 
 
-def l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   """x / max(||x||, sqrt(eps)) along the last axis (official helpers.py)."""
   square_sum = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
   return x * jax.lax.rsqrt(jnp.maximum(square_sum, eps))
 
 
-def regression_loss(x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+def regression_loss(x: jax.Array, y: jax.Array) -> jax.Array:
   """BYOL's per-example loss ||x/|x| - y/|y|||^2 = 2 - 2 cos(x, y) (eq. 2).
 
   Args:
@@ -32,17 +32,16 @@ def regression_loss(x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
         f'regression_loss: x and y must have the same shape, got '
         f'{x.shape} and {y.shape}.'
     )
-  normed_x = l2_normalize(x.astype(jnp.float32))
-  normed_y = l2_normalize(y.astype(jnp.float32))
-  return jnp.sum(jnp.square(normed_x - normed_y), axis=-1)
+  x, y = (l2_normalize(v.astype(jnp.float32)) for v in (x, y))
+  return jnp.sum(jnp.square(x - y), axis=-1)
 
 
 def byol_loss(
-    online_pred_1: jnp.ndarray,
-    online_pred_2: jnp.ndarray,
-    target_proj_1: jnp.ndarray,
-    target_proj_2: jnp.ndarray,
-) -> jnp.ndarray:
+    online_pred_1: jax.Array,
+    online_pred_2: jax.Array,
+    target_proj_1: jax.Array,
+    target_proj_2: jax.Array,
+) -> jax.Array:
   """Symmetrised BYOL loss (paper §3.1, L^BYOL = L + L~), mean over the batch
   of the views' summed losses (official byol_experiment.py); target: no grad.
 
@@ -60,10 +59,8 @@ def byol_loss(
 
 
 def softmax_cross_entropy(
-    logits: jnp.ndarray,
-    labels: jnp.ndarray,
-    where: Optional[jnp.ndarray] = None,
-) -> jnp.ndarray:
+    logits: jax.Array, labels: jax.Array, where: Optional[jax.Array] = None
+) -> jax.Array:
   """Mean cross-entropy of [B, C] logits and [B] int labels (optax's).
 
   With `where` ([B] bool) only the selected examples count (0 when none), and
@@ -76,7 +73,7 @@ def softmax_cross_entropy(
   return masked_mean(per_example, where)
 
 
-def masked_mean(x: jnp.ndarray, where: Optional[jnp.ndarray]) -> jnp.ndarray:
+def masked_mean(x: jax.Array, where: Optional[jax.Array]) -> jax.Array:
   """mean(x[where]) (0 when nothing is selected); mean(x) for where=None."""
   if where is None:
     return jnp.mean(x)
@@ -84,9 +81,7 @@ def masked_mean(x: jnp.ndarray, where: Optional[jnp.ndarray]) -> jnp.ndarray:
   return jnp.sum(x * where) / jnp.maximum(jnp.sum(where), 1.0)
 
 
-def topk_correct(
-    logits: jnp.ndarray, labels: jnp.ndarray, k: int
-) -> jnp.ndarray:
+def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
   """[B] float32: 1 where the label is among the k largest of [B, C] logits.
 
   Ties as `jax.lax.top_k` (lower index first), as the official
@@ -94,22 +89,19 @@ def topk_correct(
   """
   num_classes = logits.shape[-1]
   if not 1 <= k <= num_classes:
-    raise ValueError(
-        f'topk_correct: k must be in [1, {num_classes}] (the '
-        f'number of classes), got k={k}.'
-    )
+    raise ValueError(f'topk_correct: k must be in [1, {num_classes}], got {k}.')
   _, top = jax.lax.top_k(logits, k)
   hit = jnp.any(top == labels[..., None].astype(top.dtype), axis=-1)
   return hit.astype(jnp.float32)
 
 
 def infonce_loss(
-    z1: jnp.ndarray,
-    z2: jnp.ndarray,
+    z1: jax.Array,
+    z2: jax.Array,
     *,
     temperature: float,
     axis_name: Optional[str] = None,
-) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """SimCLR's NT-Xent (Chen et al., 2020, eq. 1) with global-batch negatives.
 
   An anchor's positive: its image's other view; negatives: the 2N - 2 other
@@ -128,9 +120,7 @@ def infonce_loss(
     'infonce_loss' (the same) and 'contrastive_top1_acc').
   """
   if temperature <= 0:
-    raise ValueError(
-        f'infonce_loss: temperature must be > 0, got {temperature}.'
-    )
+    raise ValueError(f'infonce_loss: temperature={temperature}; use one > 0.')
   if z1.ndim != 2 or z1.shape != z2.shape:
     raise ValueError(
         f'infonce_loss: z1 and z2 must both be [batch, dim] of '
@@ -138,12 +128,10 @@ def infonce_loss(
     )
   n = z1.shape[0]
   # float32 even under bfloat16 compute: 1/temperature magnifies rounding.
-  z1 = l2_normalize(z1.astype(jnp.float32))
-  z2 = l2_normalize(z2.astype(jnp.float32))
+  z1, z2 = (l2_normalize(z.astype(jnp.float32)) for z in (z1, z2))
   z1_all, z2_all, offset = z1, z2, 0
-  if axis_name is not None:  # [devices * n, D]: local row i is global row
-    z1_all = jax.lax.all_gather(z1, axis_name, tiled=True)  # index * n + i.
-    z2_all = jax.lax.all_gather(z2, axis_name, tiled=True)
+  if axis_name is not None:  # [devices * n, D]; local row i: global offset + i
+    z1_all, z2_all = jax.lax.all_gather((z1, z2), axis_name, tiled=True)
     offset = jax.lax.axis_index(axis_name) * n
   labels = jnp.arange(n) + offset  # the positive, in [0, N).
   # Each anchor's similarity with itself (column `labels` of the same-view

@@ -7,15 +7,6 @@ import numpy as np
 from byol_jax import losses
 
 
-def check_embeddings(name: str, z) -> None:
-  """ValueError naming `name` unless z is [N, D] with N >= 2."""
-  if np.ndim(z) != 2 or np.shape(z)[0] < 2:
-    raise ValueError(
-        f'{name} must be [N, D] with N >= 2 embeddings; got shape '
-        f'{np.shape(z)}. Flatten devices/views into N first.'
-    )
-
-
 def collapse_std(z: jnp.ndarray) -> jnp.ndarray:
   """Per-dimension std of L2-normalised embeddings [N, D] x sqrt(D), float32.
 
@@ -23,6 +14,10 @@ def collapse_std(z: jnp.ndarray) -> jnp.ndarray:
   1 spread on the unit sphere, 0 collapsed to one point; blind to dimensional
   collapse (the effective rank, Roy & Vetterli 2007, sees that).
   """
-  check_embeddings('z', z)
+  if np.ndim(z) != 2 or np.shape(z)[0] < 2:
+    raise ValueError(
+        f'z must be [N, D] with N >= 2 embeddings; got shape {np.shape(z)}. '
+        'Flatten devices/views into N first.'
+    )
   zn = losses.l2_normalize(jnp.asarray(z, jnp.float32))
   return jnp.mean(jnp.std(zn, axis=0)) * jnp.sqrt(jnp.float32(zn.shape[1]))

@@ -22,12 +22,11 @@ from byol_jax.hosts import parallel
 from byol_jax.methods import networks
 from byol_jax.models import norms
 
-COMPONENTS = ('encoder', 'projector', 'predictor')
-
 
 def calibrated_components(model) -> tuple:
   """The components (forward order) whose norm kind is 'affine'."""
-  return tuple(c for c in COMPONENTS if model[f'{c}_norm'] == 'affine')
+  components = ('encoder', 'projector', 'predictor')
+  return tuple(c for c in components if model[f'{c}_norm'] == 'affine')
 
 
 def _input_moments(forward, state, order: list):
@@ -67,7 +66,6 @@ def calibrate(
     params: hk.Params,
     images,
     *,
-    with_predictor: bool = True,
     chunk_size: Optional[int] = None,
     devices=None,
     return_statistics: bool = False,
@@ -77,9 +75,8 @@ def calibrate(
   Args:
     model: the `model` config (norm 'affine' somewhere).
     num_classes: classifier outputs (to build the same tree).
-    params: the affine network's initial online parameters.
+    params: the affine network's initial online parameters (a predictor's too).
     images: [B, H, W, 3] augmented, normalised images (host or device).
-    with_predictor: whether the online network has a predictor (BYOL).
     chunk_size: images per device per pass (None: the batch over devices).
     devices: local devices to spread the chunks over (default: all).
     return_statistics: also return {layer: (mean [C], var [C])} (float64).
@@ -88,12 +85,9 @@ def calibrate(
     New params: scale = gamma0 / std, offset = -mean * scale at each
     calibrated layer; (params, statistics) with return_statistics.
   """
+  predictor = any(name.startswith('predictor/') for name in params)
   forward = networks.make_forward(
-      model,
-      num_classes,
-      with_predictor=with_predictor,
-      with_classifier=False,
-      axis_name=None,
+      model, num_classes, with_predictor=predictor, with_classifier=False
   )
   images = np.asarray(images)
   new = jax.tree.map(np.asarray, jax.device_get(dict(params)))
@@ -147,14 +141,7 @@ def apply_to_state(
 ):
   """A fresh TrainState with calibrated online params; target a copy of them."""
   params = train_state.online_params
-  params = calibrate(
-      model,
-      num_classes,
-      params,
-      images,
-      with_predictor=any(name.startswith('predictor/') for name in params),
-      chunk_size=chunk_size,
-  )
+  params = calibrate(model, num_classes, params, images, chunk_size=chunk_size)
   target = {name: params[name] for name in train_state.target_params}
   return train_state._replace(
       online_params=params, target_params=jax.tree.map(jnp.copy, target)

@@ -6,6 +6,7 @@ TrainState filled with random values), as a pre-training run leaves it.
 
 import json
 
+import haiku as hk
 import jax
 import numpy as np
 import pytest
@@ -70,7 +71,10 @@ def test_encoder_matches_make_forward_representation(saved):
   shapes, _ = jax.eval_shape(
       lambda: forward.init(jax.random.PRNGKey(0), x, is_training=True)
   )
-  transform = encoder._encoder_transform(config.model)  # pylint: disable=protected-access
+  # encoder_apply's network: make_encoder alone.
+  transform = hk.transform_with_state(
+      lambda x, is_training: networks.make_encoder(config.model)(x, is_training)
+  )
   enc_shapes, _ = jax.eval_shape(
       lambda: transform.init(jax.random.PRNGKey(0), x, is_training=True)
   )

@@ -12,7 +12,6 @@ def effective_rank(z):
   Vetterli, 2007): k for k equal non-zero singular values, 1 for identical
   rows; the dimensional-collapse companion of collapse_std used to check
   what collapse_std does not see."""
-  metrics.check_embeddings('z', z)
   s = jnp.linalg.svd(jnp.asarray(z, jnp.float32), compute_uv=False)
   p = s / jnp.maximum(jnp.sum(s), 1e-12)
   entropy = -jnp.sum(

@@ -24,14 +24,12 @@ from byol_jax.hosts import parallel
 from byol_jax.hosts import sync
 from byol_jax.methods import networks
 
-# kNN monitor: the weighted kNN of Wu et al. 2018 with DINO's k = 20, T = 0.07
-# (Caron et al. 2021).
+# kNN monitor: Wu et al. 2018's weighted kNN, DINO's k = 20, T = 0.07 (2021).
 KNN_K = 20
 KNN_TEMPERATURE = 0.07
 SUBSET_SEED = 0  # fixed, so kNN numbers are comparable across steps/runs.
-# Feature extraction runs the frozen encoder on about this many pixels per
-# device per batch (4096 images at 32 px, 334 at 224 px): a split in a few
-# large batches; inference keeps no activations for a backward pass.
+# Pixels per device per feature batch (4096 images at 32 px, 334 at 224 px): a
+# split in a few large batches; inference keeps no activations for a backward.
 FEATURE_PIXELS_PER_DEVICE = 2**24
 
 
@@ -67,8 +65,7 @@ def extract_features(
   """(features float32 [N, D], labels int32 [N]) of a split's centre crops."""
   local = list(devices or jax.local_devices())
   n = source.num_examples(split)
-  if max_examples is None or not 0 < max_examples < n:
-    max_examples = None
+  max_examples = max_examples if 0 < (max_examples or 0) < n else None
   indices = None
   # max_examples: a fixed random subset (folders are sorted by class), or the
   # first ones (TFDS: files shuffled when prepared).
@@ -112,8 +109,7 @@ def extract_features(
       x.append(np.asarray(y).reshape(-1, *y.shape[2:]))
   out = [np.concatenate(x) for x in out]
   if jax.process_count() > 1:
-    # Hosts arrive after unequal work (compiling, reading); see
-    # sync.barrier for why CPU hosts must meet before a collective.
+    # Hosts arrive after unequal work; CPU hosts must meet (sync.barrier).
     sync.barrier('features extracted')
     out = multihost_utils.process_allgather(out, tiled=True)
   feats, labels, masks = out
@@ -124,7 +120,7 @@ def extract_features(
 @functools.partial(jax.jit, static_argnums=(5, 6, 7))
 def _knn_correct(train, labels, test, test_labels, t, num_classes, k, batch):
   """Number of test points whose weighted-kNN vote is their label."""
-  train = losses.l2_normalize(train)
+  train, test = losses.l2_normalize(train), losses.l2_normalize(test)
 
   def one(xy):
     # HIGHEST: the default TPU matmul precision (bf16) reorders near neighbours.
@@ -134,7 +130,6 @@ def _knn_correct(train, labels, test, test_labels, t, num_classes, k, batch):
     votes = jnp.sum(jax.nn.one_hot(labels[top_idx], num_classes) * weights, 0)
     return jnp.argmax(votes) == xy[1]
 
-  test = losses.l2_normalize(test)
   return jnp.sum(jax.lax.map(one, (test, test_labels), batch_size=batch))
 
 
@@ -149,12 +144,9 @@ def knn_accuracy(
     temperature: float = KNN_TEMPERATURE,
     batch_size: int = 256,
 ) -> float:
-  """Top-1 in [0, 1] of a weighted k-nearest-neighbour classifier.
-
-  Wu et al. (2018, InstDisc, §3.4; k 200 there): on L2-normalised features the
-  k training points of highest cosine s_i vote sum_i exp(s_i / T) [y_i = c];
-  batch_size test points at a time.
-  """
+  """Top-1 in [0, 1] of Wu et al.'s weighted kNN (2018, §3.4; k 200 there): on
+  L2-normalised features the k training points of highest cosine s_i vote
+  sum_i exp(s_i / T) [y_i = c]; batch_size test points at a time."""
   args = (train_features, train_labels, test_features, test_labels)
   shapes = [np.shape(x) for x in args]
   n, m, d = np.size(train_labels), np.size(test_labels), shapes[0][1:]
@@ -165,8 +157,7 @@ def knn_accuracy(
     )
   if not 1 <= k <= n:
     raise ValueError(f'k={k} must be in [1, {n}] (the train set size).')
-  batch = min(batch_size, m)
-  correct = _knn_correct(*args, temperature, num_classes, k, batch)
+  correct = _knn_correct(*args, temperature, num_classes, k, min(batch_size, m))
   return int(correct) / m
 
 
@@ -181,13 +172,9 @@ def knn_top1(config, num_classes: int, train, test) -> float:
   )
 
 
-def knn_eval(
-    config, num_classes: int, source, params, state, *, devices=None
-) -> float:
+def knn_eval(config, num_classes: int, source, params, state) -> float:
   """The kNN monitor: knn_top1 of eval.test_split against linear_train's."""
-  extract = functools.partial(
-      extract_features, config, source, params, state, devices=devices
-  )
+  extract = functools.partial(extract_features, config, source, params, state)
   max_train = config.logging.knn_max_train_examples
   train = extract(split='linear_train', max_examples=max_train)
   test = extract(split=config.eval.test_split)

@@ -102,14 +102,13 @@ def train_probes(
 
 def _fit(config, plan, train, peaks, steps: int):
   """train_probes on (features, labels) with the run's batch, momentum, seed."""
-  e = config.eval
   return train_probes(
       *train,
       peaks,
       num_classes=plan.num_classes,
       steps=steps,
-      batch_size=e.global_batch_size,
-      momentum=e.momentum,
+      batch_size=config.eval.global_batch_size,
+      momentum=config.eval.momentum,
       seed=config.seed,
   )
 
@@ -119,9 +118,8 @@ def sweep_learning_rate(config, plan, source, train, valid=None):
   rates = config.eval.learning_rates
   if valid is None:
     n = len(train[1])
-    if isinstance(source, sources.TfdsSource):
-      held = np.arange(plan.sweep_valid_examples)  # train[:N], as ImageNet's.
-    else:
+    held = np.arange(plan.sweep_valid_examples)  # TFDS: train[:N], as ImageNet
+    if not isinstance(source, sources.TfdsSource):
       held = features.subset_indices(n, plan.sweep_valid_examples)
     rest = np.setdiff1d(np.arange(n), held)
     valid, train = [x[held] for x in train], [x[rest] for x in train]
@@ -162,9 +160,7 @@ def train_final_probe(
     updates, opt_state = optimizer.update(grads, opt_state, clf_params)
     return optax.apply_updates(clf_params, updates), opt_state, metrics
 
-  step_fn = parallel.device_program(
-      step, devices=devices, donate_argnums=(0, 1)
-  )
+  fn = parallel.device_program(step, devices=devices, donate_argnums=(0, 1))
   clf_params = _init_probe(plan.num_classes, train[0].shape[-1])
   rclf, ropt, renc = parallel.replicate(
       (clf_params, optimizer.init(clf_params), (params, state)), local
@@ -181,10 +177,10 @@ def train_final_probe(
   )
   batches = pipeline.prefetch_to_device(it, devices=local)
   first = next(batches)
-  sync.compile_then_sync(step_fn, rclf, ropt, *renc, first, name='the probe')
+  sync.compile_then_sync(fn, rclf, ropt, *renc, first, name='the probe')
   log_every = max(1, steps // 10)
   for i, batch in zip(range(steps), itertools.chain([first], batches)):
-    rclf, ropt, m = step_fn(rclf, ropt, *renc, batch)
+    rclf, ropt, m = fn(rclf, ropt, *renc, batch)
     if (i + 1) % log_every == 0 or i + 1 == steps:
       m = jax.device_get(parallel.unreplicate(m))
       logging.info(

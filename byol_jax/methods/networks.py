@@ -17,13 +17,10 @@ from byol_jax.models import resnet
 TARGET_MODULES = ('encoder', 'projector')
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
-# The fewest hidden units per group of a GroupNorm (or LayerNorm) head.
-# Measured on gn_ws:tiny (16 groups), 30 steps: 1 per group normalises each
-# unit by itself to 0, so the head outputs 0 and nothing trains (loss and
-# collapse statistic 0.000 at every step; predictor alone: loss 2.000); 2 per
-# group keep only each unit's sign (collapse statistic 0.86 at step 5, 0.000
-# from step 20); 4 per group: 0.107 at step 30, not collapsed; the tiny
-# preset's 8 learns (0.30 -> 0.52).
+# The fewest hidden units per group of a GroupNorm (or LayerNorm) head,
+# measured on gn_ws:tiny (16 groups), 30 steps: 1 normalises each unit to 0
+# (loss and collapse statistic 0.000 at every step), 2 keep only its sign
+# (collapse statistic 0.000 from step 20), 4: 0.107 at step 30; 8 (tiny) learns.
 HEAD_MIN_PER_GROUP = 4
 
 

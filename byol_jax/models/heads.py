@@ -30,9 +30,8 @@ class MLP(hk.Module):
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
     ws = self.weight_standardization
-    x = layers.Linear(self.hidden_size, True, ws, name='linear_0')(
-        x.astype(self.dtype)
-    )
+    x = x.astype(self.dtype)
+    x = layers.Linear(self.hidden_size, True, ws, name='linear_0')(x)
     x = jax.nn.relu(norms.make_norm(self.norm, 'norm_0')(x, is_training))
     x = layers.Linear(self.output_size, False, ws, name='linear_1')(x)
     return x.astype(jnp.float32)

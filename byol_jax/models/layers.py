@@ -16,22 +16,19 @@ import numpy as np
 WS_EPS = 1e-4  # paper §2: eps of Weight Standardisation.
 
 
-def standardize_weight(
-    w: jax.Array, fan_in_axes: Sequence[int], eps: float = WS_EPS
-) -> jax.Array:
-  """Weight Standardisation (paper §2): (w - mean) / sqrt(var + eps).
+def standardize_weight(w: jax.Array, fan_in_axes: Sequence[int]) -> jax.Array:
+  """Weight Standardisation (paper §2): (w - mean) / sqrt(var + WS_EPS).
 
   Args:
     w: raw weight, output units on the last axis.
     fan_in_axes: the axes of each output unit's fan-in.
-    eps: added to the variance (paper: 1e-4).
 
   Returns:
     The standardised weight, shape and dtype of `w`.
   """
   mean = jnp.mean(w, axis=fan_in_axes, keepdims=True)
   var = jnp.var(w, axis=fan_in_axes, keepdims=True)
-  return (w - mean) * jax.lax.rsqrt(var + eps)
+  return (w - mean) * jax.lax.rsqrt(var + WS_EPS)
 
 
 def _weight(shape, fan_in_axes, ws: bool, init=None) -> jax.Array:

@@ -21,14 +21,13 @@ BN_EPS = 1e-5  # official BYOL bn_config.
 GN_GROUPS = 16  # paper §3.3: "GroupNorm with 16 groups".
 
 
-def check_norm_kind(kind: str, field: str = 'norm') -> str:
-  """Returns `kind`; a ValueError naming `field` unless it is in NORM_KINDS."""
+def check_norm_kind(kind: str, field: str = 'norm') -> None:
+  """A ValueError naming `field` unless `kind` is in NORM_KINDS."""
   if kind not in NORM_KINDS:
     raise ValueError(
         f'{field}={kind!r} is not a normalisation kind; use one '
         f'of {", ".join(NORM_KINDS)}.'
     )
-  return kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +130,7 @@ class GroupNorm(hk.Module):
     if c % self.groups:
       raise ValueError(
           f'GroupNorm {self.module_name!r}: groups={self.groups} does not '
-          f'divide the {c} channels; set the norm groups (config '
-          f'`model.gn_groups`) to a divisor of every channel count.'
+          f'divide the {c} channels; set model.gn_groups to divide every layer.'
       )
     scale, offset = _scale_offset(c, self.zero_init)
     grouped = x.reshape(x.shape[:-1] + (self.groups, c // self.groups))
@@ -172,6 +170,5 @@ def make_norm(
   elif spec.kind == 'affine':
     module = Affine(zero_init, name)
   else:
-    groups = spec.groups if spec.kind == 'gn' else 1
-    module = GroupNorm(groups, zero_init, name)
+    module = GroupNorm(spec.groups if spec.kind == 'gn' else 1, zero_init, name)
   return lambda x, t: module(x.astype(jnp.float32), t).astype(x.dtype)

@@ -42,10 +42,7 @@ _STAGE_WIDTHS = (64, 128, 256, 512)  # Bottleneck blocks output 4x these.
 def check_depth(depth: int, field: str = 'depth') -> int:
   """Returns `depth`; a ValueError naming `field` unless it is in DEPTHS."""
   if depth not in DEPTHS:
-    raise ValueError(
-        f'{field}={depth!r} is not a supported ResNet depth; use '
-        f'one of {sorted(DEPTHS)}.'
-    )
+    raise ValueError(f'{field}={depth!r}: use one of {sorted(DEPTHS)}.')
   return depth
 
 
@@ -77,9 +74,8 @@ def _width(channels: int, multiplier: float) -> int:
   width = channels * multiplier
   if width != int(width) or width < 1:
     raise ValueError(
-        f'width_multiplier={multiplier} gives {width} channels '
-        f'for a {channels}-channel layer; use a multiplier that '
-        'gives whole channel counts (e.g. 0.25, 0.5, 1, 2, 4).'
+        f'width_multiplier={multiplier} gives {width} channels for a {channels}'
+        '-channel layer; use one giving whole counts (e.g. 0.25, 0.5, 1, 2, 4).'
     )
   return int(width)
 
@@ -140,9 +136,8 @@ class ResNet(hk.Module):
     channels = _width(64, self.width_multiplier)
     kernel, stride = (7, 2) if imagenet else (3, 1)
     ws = self.weight_standardization
-    x = layers.Conv2D(channels, kernel, stride, ws, name='stem_conv')(
-        x.astype(self.dtype)
-    )
+    x = x.astype(self.dtype)
+    x = layers.Conv2D(channels, kernel, stride, ws, name='stem_conv')(x)
     x = jax.nn.relu(norms.make_norm(self.norm, 'stem_norm')(x, is_training))
     if imagenet:
       x = hk.max_pool(x, (1, 3, 3, 1), (1, 2, 2, 1), padding='SAME')
