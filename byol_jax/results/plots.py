@@ -10,10 +10,7 @@ from byol_jax.results import runs as runs_lib
 def plot(
     runs: Sequence[dict], out_dir, title: str = '', prefix: str = ''
 ) -> dict:
-  """A PNG per metric (plots/<prefix><metric>.png), a line per run logging it.
-
-  Returns {metric: {'path': str, 'num_lines': int, 'labels': [str]}}.
-  """
+  """plots/<prefix><metric>.png, a line per run: {prefix + metric: info}."""
   # A Figure without pyplot: no GUI backend, nothing global to close.
   from matplotlib import figure  # pylint: disable=g-import-not-at-top
 
@@ -38,8 +35,9 @@ def plot(
     if labels:
       ax.legend(fontsize=7)
     fig.tight_layout()
-    path = plot_dir / f'{prefix}{metric}.png'
+    name = prefix + metric
+    path = plot_dir / f'{name}.png'
     with path.open('wb') as f:
       fig.savefig(f, format='png')
-    out[metric] = dict(path=str(path), num_lines=len(labels), labels=labels)
+    out[name] = dict(path=str(path), num_lines=len(labels), labels=labels)
   return out
