@@ -1,14 +1,12 @@
 """The paper tables' cells as experiment configs (what reproduce.py runs)."""
 
 import dataclasses
-import functools
 import itertools
-import operator
 import shlex
 from typing import Sequence
 
-from absl import flags
-from ml_collections.config_flags import tuple_parser
+import ml_collections
+from ml_collections.config_flags import config_flags
 
 from byol_jax.config import configs
 from byol_jax.config import presets
@@ -90,16 +88,16 @@ def variant_config(
       experiments_dir=experiments_dir,
   )
   for key, value in overrides:
-    *parents, leaf = key.split('.')
+    parent, _, leaf = key.rpartition('.')
     try:
-      node = functools.reduce(operator.getitem, parents, config)
+      node = config[parent] if parent else config
       old = node[leaf]
     except (KeyError, AttributeError, TypeError):
       raise ValueError(
           f'--override {key}={value}: the config has no field {key!r}.'
       ) from None
     parser = _PARSERS.get(type(old))
-    if parser is None:
+    if parser is None or isinstance(old, ml_collections.ConfigDict):
       raise ValueError(
           f'--override {key}={value}: {key} is a section of the '
           f'config, not a field; name one of its fields, e.g. '
@@ -117,16 +115,9 @@ def variant_config(
   return config
 
 
-# The parsers of main.py's --config.<field> flags (ml_collections picks them
-# by the type of the field's default), so that an override means what the
-# printed command's --config.<field>=<value> means.
-_PARSERS = {
-    bool: flags.BooleanParser(),
-    int: flags.IntegerParser(),
-    float: flags.FloatParser(),
-    tuple: tuple_parser.TupleParser(),
-    str: flags.ArgumentParser(),
-}
+# main.py's --config.<field> parsers, by the type of the field's default: an
+# override means what the printed command's --config.<field>=<value> means.
+_PARSERS = config_flags._FIELD_TYPE_TO_PARSER  # pylint: disable=protected-access
 
 
 def parse_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
