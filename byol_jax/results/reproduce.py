@@ -127,10 +127,9 @@ def reproduce(
   for v, config in zip(chosen, variant_configs):  # every error before training
     if config.eval.pretrain_workdir:
       raise ValueError(
-          '--override=eval.pretrain_workdir: reproduce pre-trains every '
-          'variant itself; evaluate another run with python -m byol_jax.main '
-          '--config=experiments/linear_eval.py '
-          '--config.eval.pretrain_workdir=DIR.'
+          '--override=eval.pretrain_workdir: reproduce pre-trains every variant'
+          ' itself; evaluate another run with python -m byol_jax.main --config='
+          'experiments/linear_eval.py --config.eval.pretrain_workdir=DIR.'
       )
     if not config.eval.after_pretraining:
       raise ValueError(
