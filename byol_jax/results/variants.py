@@ -27,12 +27,10 @@ class Variant:
 
   def command(self, scale: str, dataset: str, workdir, overrides=()) -> str:
     """The equivalent `python -m byol_jax.main` command, one shell line."""
-    extra = ''.join(
-        ' ' + shlex.quote(f'--config.{k}={v}') for k, v in overrides
-    )
     return (
         f'python -m byol_jax.main --config=experiments/{self.config}.py:'
-        f'{self.config_arg(scale, dataset)} --workdir={workdir}{extra}'
+        f'{self.config_arg(scale, dataset)} --workdir={workdir}'
+        + ''.join(' ' + shlex.quote(f'--config.{k}={v}') for k, v in overrides)
     )
 
 
