@@ -38,16 +38,14 @@ def read_pins(path: Optional[pathlib.Path] = None) -> Dict[str, str]:
   path = pathlib.Path(path or CONSTRAINTS)
   if not path.is_file():
     raise StackError(
-        f"{path} not found: the pins live in the checkout's constraints.txt "
-        '(install with pip install -e . from a clone), or pass '
-        '--norequire_pinned_stack.'
+        f'{path} not found: install from a clone (pip install -e .), whose '
+        'constraints.txt holds the pins, or pass --norequire_pinned_stack.'
     )
   pin = r'^\s*([\w.-]+)\s*==\s*([^\s;#]+)'
   pins = {canonical(n): v for n, v in re.findall(pin, path.read_text(), re.M)}
   if 'jax' not in pins or 'jaxlib' not in pins:
     raise StackError(
-        f'{path} pins no jax or jaxlib version (lines like jax==0.10.2 '
-        'expected).'
+        f'{path} pins no jax or jaxlib (need lines like jax==0.10.2).'
     )
   return pins
 
