@@ -68,11 +68,7 @@ def variant_label(config: dict) -> str:
 
 
 def load_run(workdir) -> dict:
-  """What the table and plots need from one run directory.
-
-  Accuracies are fractions, None when unknown. ValueError (one line) for a
-  directory that holds no run (yet) or a file byol_jax did not write.
-  """
+  """A run directory's table and plot values (accuracies as fractions)."""
   workdir = epath.Path(workdir)
   metrics_path = workdir_lib.metrics_path(workdir)
   if not workdir.is_dir():
