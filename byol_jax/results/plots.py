@@ -23,11 +23,9 @@ def plot(
     labels = []
     for run in runs:
       points = [(r['step'], r[metric]) for r in run['rows'] if metric in r]
-      if not points:
-        continue
-      label = f'{run["variant"]} ({run["name"]})'
-      ax.plot(*zip(*points), marker='.', label=label)
-      labels.append(label)
+      if points:
+        labels.append(f'{run["variant"]} ({run["name"]})')
+        ax.plot(*zip(*points), marker='.', label=labels[-1])
     ax.set_xlabel('step')
     ax.set_ylabel(ylabel, fontsize=8)
     ax.set_title(f'{title}: {metric}' if title else metric)

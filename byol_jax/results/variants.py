@@ -60,8 +60,6 @@ def table_variants(table: int) -> list[Variant]:
 
 def select(variants: Sequence[Variant], names: Sequence[str]) -> list[Variant]:
   """The variants named in `names` (empty: all), in table order."""
-  if not names:
-    return list(variants)
   known = {v.name for v in variants}
   unknown = [n for n in names if n not in known]
   if unknown:
@@ -69,7 +67,7 @@ def select(variants: Sequence[Variant], names: Sequence[str]) -> list[Variant]:
         f'--variants: {", ".join(unknown)} not in this table; '
         f'use some of: {", ".join(sorted(known))}.'
     )
-  return [v for v in variants if v.name in names]
+  return [v for v in variants if not names or v.name in names]
 
 
 def variant_config(
