@@ -68,9 +68,8 @@ def _plan(source, values, names, local=None) -> Optional[Plan]:
     have = ', '.join(n for n, g in zip(names, given) if g)
     missing = ', '.join(n for n, g in zip(names, given) if not g)
     raise DistributedConfigError(
-        f'{have} set but {missing} not: a multi-process run needs all of '
-        f'{", ".join(names)} (or none of them, to detect SLURM or a Cloud '
-        'TPU VM).'
+        f'{have} set but {missing} not: set all of them, or none (to detect '
+        'SLURM or a Cloud TPU VM).'
     )
   address, count, index = values
   host, _, port = str(address).rpartition(':')
@@ -185,8 +184,8 @@ def on_cloud_tpu_vm() -> bool:
 def initialize(
     the_plan: Plan,
     *,
-    initialize_fn: Optional[Callable[..., None]] = None,
-    config_update: Optional[Callable[[str, Any], None]] = None,
+    initialize_fn: Callable[..., None] = jax.distributed.initialize,
+    config_update: Callable[[str, Any], None] = jax.config.update,
 ) -> bool:
   """Starts jax.distributed unless single-process; True if started."""
   logging.info('Distributed: %s.', the_plan.describe())
@@ -194,9 +193,7 @@ def initialize(
     return False
   # CPU collectives across processes need gloo (older jax defaults to none,
   # and a multi-process pmap fails); GPU and TPU backends ignore it.
-  (config_update or jax.config.update)(
-      'jax_cpu_collectives_implementation', 'gloo'
-  )
+  config_update('jax_cpu_collectives_implementation', 'gloo')
   # Exactly the plan's values: JAX's cluster detection would restrict each
   # SLURM task to one GPU. A Cloud TPU VM: none, JAX reads the metadata.
   kwargs, ids = {}, the_plan.local_device_ids
@@ -208,5 +205,5 @@ def initialize(
         local_device_ids=None if ids is None else list(ids),
         cluster_detection_method='deactivate',
     )
-  (initialize_fn or jax.distributed.initialize)(**kwargs)
+  initialize_fn(**kwargs)
   return True

@@ -38,16 +38,14 @@ def read_pins(path: Optional[pathlib.Path] = None) -> Dict[str, str]:
   path = pathlib.Path(path or CONSTRAINTS)
   if not path.is_file():
     raise StackError(
-        f"{path} not found: the pins live in the checkout's constraints.txt "
-        '(install with pip install -e . from a clone), or pass '
-        '--norequire_pinned_stack.'
+        f'{path} not found: install from a clone (pip install -e .), whose '
+        'constraints.txt holds the pins, or pass --norequire_pinned_stack.'
     )
   pin = r'^\s*([\w.-]+)\s*==\s*([^\s;#]+)'
   pins = {canonical(n): v for n, v in re.findall(pin, path.read_text(), re.M)}
   if 'jax' not in pins or 'jaxlib' not in pins:
     raise StackError(
-        f'{path} pins no jax or jaxlib version (lines like jax==0.10.2 '
-        'expected).'
+        f'{path} pins no jax or jaxlib (need lines like jax==0.10.2).'
     )
   return pins
 
@@ -101,16 +99,14 @@ def check_accelerator(
     env: Mapping[str, str] = os.environ,
 ) -> str:
   """The backend (after jax.distributed starts); StackError if 'cpu'."""
-  if backend is None:
-    backend = jax.default_backend()
+  backend = jax.default_backend() if backend is None else backend
   if backend != 'cpu':
     return backend
-  cuda = env.get('CUDA_VISIBLE_DEVICES', '<unset>')
   no_device = {
       'libtpu': 'TPU (not a TPU VM, another process holding the chips, or a '
       'runtime version for another TPU generation)',
       'jax-cuda12-plugin': 'GPU (check nvidia-smi, the driver, and '
-      f'CUDA_VISIBLE_DEVICES={cuda})',
+      f"CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '<unset>')})",
   }
   plugin = next((p for p in no_device if versions.get(p)), None)
   why = (
@@ -138,8 +134,7 @@ def resources(
   parts = [f'CPUs {usable} usable of {total}']
   shown = r'CUDA_VISIBLE_DEVICES|SLURM_(CPUS_PER_TASK|GPUS_ON_NODE|JOB_GPUS)'
   parts += [f'{k}={env[k]}' for k in sorted(env) if re.fullmatch(shown, k)]
-  if devices is None:
-    devices = jax.local_devices()
+  devices = jax.local_devices() if devices is None else devices
   kinds = collections.Counter(
       f'{d.device_kind} ({d.platform})' for d in devices
   )

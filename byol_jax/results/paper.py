@@ -1,9 +1,8 @@
 """The paper's numbers (CITATION), as data: every cell of Tables 1 and 2.
 
 ImageNet linear top-1 (%), ResNet-50. Table 1: 300 epochs, mean of 3 seeds
-('ln' = GroupNorm with one group, 'none' = "-"); Table 2: 1000 epochs.
-Transcribed from ../shared/paper/TABLES.md (tests/results/test_paper.py
-compares).
+('ln' = GroupNorm with one group, 'none' = "-"); Table 2: 1000 epochs. As in
+../shared/paper/TABLES.md (tests/results/test_paper.py compares).
 """
 
 from typing import Optional

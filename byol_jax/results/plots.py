@@ -10,10 +10,7 @@ from byol_jax.results import runs as runs_lib
 def plot(
     runs: Sequence[dict], out_dir, title: str = '', prefix: str = ''
 ) -> dict:
-  """A PNG per metric (plots/<prefix><metric>.png), a line per run logging it.
-
-  Returns {metric: {'path': str, 'num_lines': int, 'labels': [str]}}.
-  """
+  """plots/<prefix><metric>.png, a line per run: {prefix + metric: info}."""
   # A Figure without pyplot: no GUI backend, nothing global to close.
   from matplotlib import figure  # pylint: disable=g-import-not-at-top
 
@@ -26,11 +23,9 @@ def plot(
     labels = []
     for run in runs:
       points = [(r['step'], r[metric]) for r in run['rows'] if metric in r]
-      if not points:
-        continue
-      label = f'{run["variant"]} ({run["name"]})'
-      ax.plot(*zip(*points), marker='.', label=label)
-      labels.append(label)
+      if points:
+        labels.append(f'{run["variant"]} ({run["name"]})')
+        ax.plot(*zip(*points), marker='.', label=labels[-1])
     ax.set_xlabel('step')
     ax.set_ylabel(ylabel, fontsize=8)
     ax.set_title(f'{title}: {metric}' if title else metric)
@@ -38,8 +33,9 @@ def plot(
     if labels:
       ax.legend(fontsize=7)
     fig.tight_layout()
-    path = plot_dir / f'{prefix}{metric}.png'
+    name = prefix + metric
+    path = plot_dir / f'{name}.png'
     with path.open('wb') as f:
       fig.savefig(f, format='png')
-    out[metric] = dict(path=str(path), num_lines=len(labels), labels=labels)
+    out[name] = dict(path=str(path), num_lines=len(labels), labels=labels)
   return out

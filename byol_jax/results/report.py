@@ -114,8 +114,7 @@ def write_report(
   plots = {}
   for prefix, group in groups.items():
     group_title = f'{title}, {prefix[:-1].upper()}' if prefix else title
-    for m, info in plots_lib.plot(group, out_dir, group_title, prefix).items():
-      plots[prefix + m] = info
+    plots.update(plots_lib.plot(group, out_dir, group_title, prefix))
   parts = [f'# {title}\n' if title else '', table]
   parts += [f'\n{line}\n' for line in notes]
   parts.append(

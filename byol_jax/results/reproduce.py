@@ -52,12 +52,9 @@ def changed_inputs(config, workdir: epath.Path) -> dict:
   saved = runs_lib.read_json(workdir_lib.config_path(workdir))
   if saved is None:
     return {}
-
-  def inputs(tree):
-    flat = resume.flatten(json.loads(tree.to_json_best_effort()))
-    return {k: v for k, v in flat.items() if not k.startswith(_NOT_COMPARED)}
-
-  return resume.changes(inputs(resume.from_saved(saved)), inputs(config))
+  flat = lambda tree: resume.flatten(json.loads(tree.to_json_best_effort()))
+  diff = resume.changes(flat(resume.from_saved(saved)), flat(config))
+  return {k: d for k, d in diff.items() if not k.startswith(_NOT_COMPARED)}
 
 
 def _move_aside(root: epath.Path, vdir: epath.Path) -> epath.Path:
@@ -127,10 +124,9 @@ def reproduce(
   for v, config in zip(chosen, variant_configs):  # every error before training
     if config.eval.pretrain_workdir:
       raise ValueError(
-          '--override=eval.pretrain_workdir: reproduce pre-trains every '
-          'variant itself; evaluate another run with python -m byol_jax.main '
-          '--config=experiments/linear_eval.py '
-          '--config.eval.pretrain_workdir=DIR.'
+          '--override=eval.pretrain_workdir: reproduce pre-trains every variant'
+          ' itself; evaluate another run with python -m byol_jax.main --config='
+          'experiments/linear_eval.py --config.eval.pretrain_workdir=DIR.'
       )
     if not config.eval.after_pretraining:
       raise ValueError(
@@ -142,9 +138,8 @@ def reproduce(
       v.command(scale, dataset, root / v.name, overrides) for v in chosen
   ]
   out = dict(commands=commands, ran=[], skipped=[], failed={}, replaced={})
-  out['report'] = None
   if dry_run:
-    return out
+    return dict(out, report=None)
   changed = [
       changed_inputs(c, root / v.name) for v, c in zip(chosen, variant_configs)
   ]
@@ -174,8 +169,7 @@ def reproduce(
       raise  # a variant another run writes is not a failed variant
     except Exception as e:  # pylint: disable=broad-except
       # A diverged variant (NaN loss) is a result too: record it, go on.
-      failures[v.name] = f'{type(e).__name__}: {e}'
-      out['failed'][v.name] = failures[v.name]
+      out['failed'][v.name] = failures[v.name] = f'{type(e).__name__}: {e}'
       logging.error('%s failed: %s', v.name, failures[v.name])
     else:
       failures.pop(v.name, None)

@@ -68,24 +68,16 @@ def variant_label(config: dict) -> str:
 
 
 def load_run(workdir) -> dict:
-  """What the table and plots need from one run directory.
-
-  Accuracies are fractions, None when unknown. ValueError (one line) for a
-  directory that holds no run (yet) or a file byol_jax did not write.
-  """
+  """A run directory's table and plot values (accuracies as fractions)."""
   workdir = epath.Path(workdir)
   metrics_path = workdir_lib.metrics_path(workdir)
   if not workdir.is_dir():
-    raise ValueError(
-        f'{workdir} is not a directory; name run directories '
-        '(--workdirs=DIR1,DIR2).'
-    )
+    raise ValueError(f'{workdir} is not a directory: pass run directories.')
   if not metrics_path.exists():
     raise ValueError(
-        f'{metrics_path} does not exist: {workdir} is not a pre-training '
-        'workdir, or pre-training has not logged yet. Run `python -m '
-        f'byol_jax.main --config=experiments/<variant>.py --workdir={workdir}`'
-        ' first (or pass the right --workdirs).'
+        f'{metrics_path} does not exist: not a pre-training workdir, or not '
+        'logged yet; run python -m byol_jax.main --config=experiments/<variant>'
+        f'.py --workdir={workdir} first (or pass the right --workdirs).'
     )
   try:
     rows = writers.read_metrics(workdir)
@@ -96,15 +88,16 @@ def load_run(workdir) -> dict:
         f'{metrics_path} has no metric rows; let pre-training '
         'run to its first logging step.'
     )
-  keys = (*PLOT_METRICS, 'knn_top1')
+  final = dict.fromkeys((*PLOT_METRICS, 'knn_top1'))  # each one's last value
   for i, row in enumerate(rows):
     if not isinstance(row, dict) or not isinstance(row.get('step'), int):
       raise ValueError(
           f'{metrics_path}: row {i + 1} ({str(row)[:60]}) has no '
           'integer "step"; not a byol_jax metrics.jsonl.'
       )
-    for key in keys:
-      _number(row, key, f'{metrics_path} row {i + 1}')
+    for key in final:
+      value = _number(row, key, f'{metrics_path} row {i + 1}')
+      final[key] = final[key] if value is None else value
   config_path = workdir_lib.config_path(workdir)
   done_path = workdir_lib.pretrain_done_path(workdir)
   results_path = workdir_lib.eval_results_path(workdir)
@@ -112,9 +105,7 @@ def load_run(workdir) -> dict:
   results = read_json(results_path) or {}
   random_init = results.get('random_init') or {}
   paper = _number(config, 'paper_top1', config_path)
-  # training.total_steps: a config.json without the derived section.
-  steps = config.get('derived') or config.get('training') or {}
-  total = _number(steps, 'total_steps', config_path)
+  total = _number(config.get('derived') or {}, 'total_steps', config_path)
   wall = _number(done or {}, 'wall_time_s', done_path)
   exact = wall is not None
   if not exact and config_path.exists():
@@ -131,13 +122,7 @@ def load_run(workdir) -> dict:
       'rows': rows,
       'last_step': max(int(r['step']) for r in rows),
       'total_steps': int(total) if total and total > 0 else None,
-      'final': {
-          k: next(
-              (float(r[k]) for r in reversed(rows) if r.get(k) is not None),
-              None,
-          )
-          for k in keys
-      },
+      'final': final,
       'wall_time_s': wall,
       'wall_time_exact': exact,
       'finished': done is not None,

@@ -1,14 +1,12 @@
 """The paper tables' cells as experiment configs (what reproduce.py runs)."""
 
 import dataclasses
-import functools
 import itertools
-import operator
 import shlex
 from typing import Sequence
 
-from absl import flags
-from ml_collections.config_flags import tuple_parser
+import ml_collections
+from ml_collections.config_flags import config_flags
 
 from byol_jax.config import configs
 from byol_jax.config import presets
@@ -29,12 +27,10 @@ class Variant:
 
   def command(self, scale: str, dataset: str, workdir, overrides=()) -> str:
     """The equivalent `python -m byol_jax.main` command, one shell line."""
-    extra = ''.join(
-        ' ' + shlex.quote(f'--config.{k}={v}') for k, v in overrides
-    )
     return (
         f'python -m byol_jax.main --config=experiments/{self.config}.py:'
-        f'{self.config_arg(scale, dataset)} --workdir={workdir}{extra}'
+        f'{self.config_arg(scale, dataset)} --workdir={workdir}'
+        + ''.join(' ' + shlex.quote(f'--config.{k}={v}') for k, v in overrides)
     )
 
 
@@ -64,8 +60,6 @@ def table_variants(table: int) -> list[Variant]:
 
 def select(variants: Sequence[Variant], names: Sequence[str]) -> list[Variant]:
   """The variants named in `names` (empty: all), in table order."""
-  if not names:
-    return list(variants)
   known = {v.name for v in variants}
   unknown = [n for n in names if n not in known]
   if unknown:
@@ -73,7 +67,7 @@ def select(variants: Sequence[Variant], names: Sequence[str]) -> list[Variant]:
         f'--variants: {", ".join(unknown)} not in this table; '
         f'use some of: {", ".join(sorted(known))}.'
     )
-  return [v for v in variants if v.name in names]
+  return [v for v in variants if not names or v.name in names]
 
 
 def variant_config(
@@ -90,16 +84,16 @@ def variant_config(
       experiments_dir=experiments_dir,
   )
   for key, value in overrides:
-    *parents, leaf = key.split('.')
+    parent, _, leaf = key.rpartition('.')
     try:
-      node = functools.reduce(operator.getitem, parents, config)
+      node = config[parent] if parent else config
       old = node[leaf]
     except (KeyError, AttributeError, TypeError):
       raise ValueError(
           f'--override {key}={value}: the config has no field {key!r}.'
       ) from None
     parser = _PARSERS.get(type(old))
-    if parser is None:
+    if parser is None or isinstance(old, ml_collections.ConfigDict):
       raise ValueError(
           f'--override {key}={value}: {key} is a section of the '
           f'config, not a field; name one of its fields, e.g. '
@@ -117,16 +111,9 @@ def variant_config(
   return config
 
 
-# The parsers of main.py's --config.<field> flags (ml_collections picks them
-# by the type of the field's default), so that an override means what the
-# printed command's --config.<field>=<value> means.
-_PARSERS = {
-    bool: flags.BooleanParser(),
-    int: flags.IntegerParser(),
-    float: flags.FloatParser(),
-    tuple: tuple_parser.TupleParser(),
-    str: flags.ArgumentParser(),
-}
+# main.py's --config.<field> parsers, by the type of the field's default: an
+# override means what the printed command's --config.<field>=<value> means.
+_PARSERS = config_flags._FIELD_TYPE_TO_PARSER  # pylint: disable=protected-access
 
 
 def parse_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
