@@ -106,6 +106,11 @@ def saved_config(workdir) -> ml_collections.ConfigDict:
         f'{path} not found: {workdir} is not a pre-training workdir (the run '
         f'writes {workdir_lib.CONFIG} when it starts); {hint}'
     )
+  if 'derived' not in saved:
+    raise ValueError(
+        f'{path} has no derived section: an older version of byol_jax wrote '
+        f'{workdir}; read it with that version, or {hint}'
+    )
   return resume.from_saved(saved)
 
 

@@ -125,6 +125,10 @@ def test_missing_workdir_or_checkpoint_is_a_clear_error(tmp_path):
   no_config.mkdir()
   with pytest.raises(FileNotFoundError, match=r'empty/config\.json not found'):
     encoder.load_encoder(str(no_config))
+  older = {k: v for k, v in tiny_run().record().items() if k != 'derived'}
+  (no_config / 'config.json').write_text(json.dumps(older))
+  with pytest.raises(ValueError, match=r'no derived section: an older version'):
+    encoder.load_encoder(str(no_config))
   (no_config / 'config.json').write_text(json.dumps(tiny_run().record()))
   with pytest.raises(
       FileNotFoundError, match=r'empty/checkpoints holds no checkpoint'

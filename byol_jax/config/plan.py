@@ -293,8 +293,8 @@ def build(
       raise ConfigError(f'eval.pretrain_workdir={workdir!r}: {e}') from None
     inputs = eval_inputs(inputs, pretrained_config, explicit)
     # The pre-training run's own plan (its schedules shape the checkpoint).
-    total = (pretrained_config.get('derived') or {}).get('total_steps', -1)
-    finished = bool(total > 0 and step >= total)
+    total = pretrained_config.derived.total_steps
+    finished = step >= total
     pretrained = dict(checkpoint_step=step, pretrain_finished=finished)
     if not finished:
       notes.append(

@@ -83,7 +83,7 @@ def test_metric_writer_and_report_on_a_gs_workdir(fake_gcs):
           {
               'method': 'byol',
               'paper_top1': 73.9,
-              'training': {'total_steps': 4},
+              'derived': {'total_steps': 4},
               'model': {},
           }
       )
