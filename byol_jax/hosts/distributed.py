@@ -1,11 +1,4 @@
-"""How this process starts jax.distributed (before touching the backend).
-
-`process_plan` takes the first of: the flags --coordinator_address,
---num_processes, --process_id (all three); the BYOL_* variables of those names;
-SLURM with more than one task (coordinator JAX_COORDINATOR_ADDRESS, else the
-first node at BYOL_COORDINATOR_PORT or JAX's port for the job id); a Cloud TPU
-VM (jax.distributed.initialize() without arguments); one process.
-"""
+"""How this process starts jax.distributed (before touching the backend)."""
 
 import dataclasses
 import re
@@ -144,7 +137,7 @@ def process_plan(
     env: Mapping[str, str],
     on_cloud_tpu: bool = False,
 ) -> Plan:
-  """This process's Plan (in the module docstring's order)."""
+  """The first of: all three flags, BYOL_* variables, SLURM, TPU VM, none."""
   flags = _plan(
       'flags', (coordinator_address, num_processes, process_id), FLAG_NAMES
   )
@@ -191,11 +184,11 @@ def initialize(
   logging.info('Distributed: %s.', the_plan.describe())
   if not the_plan.is_multiprocess:
     return False
-  # CPU collectives across processes need gloo (older jax defaults to none,
-  # and a multi-process pmap fails); GPU and TPU backends ignore it.
+  # A multi-process CPU pmap needs gloo (older jax defaults to none); GPU and
+  # TPU ignore it.
   config_update('jax_cpu_collectives_implementation', 'gloo')
-  # Exactly the plan's values: JAX's cluster detection would restrict each
-  # SLURM task to one GPU. A Cloud TPU VM: none, JAX reads the metadata.
+  # The plan's values, not JAX's detection (a SLURM task: one GPU); none on a
+  # Cloud TPU VM (JAX reads the metadata).
   kwargs, ids = {}, the_plan.local_device_ids
   if the_plan.source != 'tpu':
     kwargs = dict(

@@ -1,8 +1,4 @@
-"""The local devices as one axis: its mesh, and the one home of jax.pmap.
-
-The prefetcher (`device_sharding`) and every per-device program share one
-mesh, so a [local_devices, ...] array reaches a program without a copy.
-"""
+"""The local devices as one axis: its mesh, and the one home of jax.pmap."""
 
 from typing import Any, Callable, Optional, Sequence
 
@@ -21,7 +17,7 @@ def device_mesh(devices: Optional[Sequence[jax.Device]] = None):
 
 
 def device_sharding(devices: Optional[Sequence[jax.Device]] = None):
-  """The layout of a [devices, ...] array: row d on device d."""
+  """Row d of a [devices, ...] array on device d (the prefetcher's: no copy)."""
   return jax.sharding.NamedSharding(
       device_mesh(devices), jax.sharding.PartitionSpec(AXIS_NAME)
   )
@@ -43,14 +39,10 @@ def replicate(tree: Any, devices: Optional[Sequence[jax.Device]] = None) -> Any:
 
 
 def unreplicate(tree: Any) -> Any:
-  """This process's first device's copy of a replicated pytree.
+  """This process's first device's copy of a replicated pytree."""
 
-  `x[0]` of a multi-device array is a jitted gather, a program with
-  collectives: on multi-process CPU runs (gloo) it waited forever while a peer
-  sliced its own buffer. Slicing this process's first buffer needs none.
-  """
-
-  def first(x):  # A single-device array is its own first buffer.
+  # Not x[0]: a jitted gather, whose collectives hung multi-process CPU runs.
+  def first(x):
     return x.addressable_data(0)[0] if isinstance(x, jax.Array) else x[0]
 
   return jax.tree.map(first, tree)

@@ -1,8 +1,4 @@
-"""The software stack and hardware a run got, against what it requires.
-
-jax, jaxlib and the backend's plugin (libtpu, jax-cuda12-*) decide the XLA a
-run compiles with; constraints.txt pins them.
-"""
+"""The software stack and hardware a run got, against what it requires."""
 
 import collections
 import contextlib
@@ -74,11 +70,9 @@ def check_pinned(
     *,
     source: str = 'constraints.txt',
 ) -> None:
-  """StackError (one line, each package, version and pin) unless on the pins.
-
-  A plugin only when installed: a CPU host has none, and a GPU/TPU run without
-  its plugin gets the CPU, which check_accelerator catches.
-  """
+  """StackError (one line, each package, version and pin) unless on the pins."""
+  # A missing plugin is no error: a CPU host has none; check_accelerator
+  # catches a GPU/TPU run without one.
   wrong = [
       f'{name} {version or "not installed"} (pinned {pins[canonical(name)]})'
       for name, version in versions.items()

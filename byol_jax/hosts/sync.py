@@ -14,12 +14,9 @@ _barrier_ids = itertools.count()
 
 
 def barrier(name: str, timeout_s: int = 1800) -> None:
-  """Waits until every process reaches this barrier (no-op on one process).
-
-  The coordination service, not a collective: on CPU a program's first gloo
-  collective gives up when a peer is more than 30 s late (fixed in XLA), and
-  compile times differ. Long timeout: a ResNet-50 step compiles for minutes.
-  """
+  """Waits until every process reaches this barrier (no-op on one process)."""
+  # Not a collective: a first gloo collective gives up on a peer 30 s late
+  # (fixed in XLA); compiles differ. A ResNet-50 step compiles for minutes.
   if jax.process_count() > 1:
     jax_distributed.global_state.client.wait_at_barrier(
         f'byol_jax/{name}/{next(_barrier_ids)}', timeout_in_ms=timeout_s * 1000
@@ -27,11 +24,8 @@ def barrier(name: str, timeout_s: int = 1800) -> None:
 
 
 def compile_then_sync(fn, *args, name: str) -> None:
-  """Compiles `fn` for `args`, then a barrier; call `fn` itself afterwards.
-
-  JAX reuses this compilation; the `.compile()` executable of a multi-process
-  pmap expects the global [all devices, ...] shape.
-  """
+  """Compiles `fn` for `args`, then a barrier; call `fn` (it reuses this)."""
+  # Not the .compile() executable: multi-process, it expects global shapes.
   start = time.monotonic()
   fn.lower(*args).compile()
   logging.info('Compiled %s in %.1fs.', name, time.monotonic() - start)

@@ -1,8 +1,7 @@
-"""The paper's numbers (CITATION), as data: every cell of Tables 1 and 2.
+"""The paper's (CITATION) ImageNet linear top-1 (%), ResNet-50, of Tables 1-2.
 
-ImageNet linear top-1 (%), ResNet-50. Table 1: 300 epochs, mean of 3 seeds
-('ln' = GroupNorm with one group, 'none' = "-"); Table 2: 1000 epochs. As in
-../shared/paper/TABLES.md (tests/results/test_paper.py compares).
+Table 1: mean of 3 seeds, 'ln' = GroupNorm with one group, 'none' = "-". As
+in ../shared/paper/TABLES.md (tests/results/test_paper.py compares).
 """
 
 from typing import Optional
@@ -50,9 +49,8 @@ TABLE2 = {
     'modified_init': 65.7,  # §3.2
     'gn_ws': 73.9,  # §3.3
 }
-# A paper cell below this top-1 (%) counts as collapsed: 0.1% is chance on
-# ImageNet's 1000 classes; the LN/LN/- BYOL cell (5.4%) counts as collapsed
-# too, next to the 53-74% of the cells that learn.
+# A paper cell below this top-1 (%) is collapsed: 0.1% is chance; LN/LN/- BYOL
+# (5.4%) too, next to the 53-74% of the cells that learn.
 COLLAPSED_BELOW = 10.0
 
 

@@ -1,7 +1,6 @@
 """Results tables, the paper's number beside ours, and plots of run workdirs.
 
-  python -m byol_jax.report --workdirs=/tmp/bn,/tmp/gnws,/tmp/nonorm \
-      --out=/tmp/report --title='Table 2, tiny scale'
+  python -m byol_jax.report --workdirs=/tmp/bn,/tmp/gnws --out=/tmp/report
 
 writes OUT/report.md (the table) and OUT/plots/<metric>.png, one line per run.
 """
@@ -20,8 +19,8 @@ from byol_jax.results import runs as runs_lib
 from byol_jax.training import writers
 
 _DASH = '—'
-# Our runs count as collapsed when the projection collapse statistic ends
-# below this (no-normalisation BYOL runs end at 0.000; healthy runs above 0.1).
+# Our run is collapsed below this projection std (no-norm BYOL ends at 0.000,
+# healthy runs above 0.1).
 COLLAPSE_STD_BELOW = 0.05
 
 
@@ -30,11 +29,6 @@ def _fmt(x: Optional[float], fmt: str = '.1f', scale: float = 1.0) -> str:
 
 
 _pct = functools.partial(_fmt, scale=100.0)
-
-
-def format_duration(seconds: Optional[float]) -> str:
-  """writers.format_duration's '12m34s', '—' for None (unknown)."""
-  return _DASH if seconds is None else writers.format_duration(seconds)
 
 
 def collapse_cell(run: dict) -> str:
@@ -58,9 +52,9 @@ def table_row(run: dict) -> dict[str, str]:
   steps = str(run['last_step'])
   if run['total_steps']:
     steps += f'/{run["total_steps"]}'
-  wall = format_duration(run['wall_time_s'])
-  if run['wall_time_s'] is not None and not run['wall_time_exact']:
-    wall = '~' + wall  # from file mtimes (see runs.load_run).
+  wall = run['wall_time_s']
+  if wall is not None:  # '~': from file mtimes (runs.load_run).
+    wall = '~' * (not run['wall_time_exact']) + writers.format_duration(wall)
   return {
       'run': run['name'],
       'variant': run['variant'],
@@ -75,7 +69,7 @@ def table_row(run: dict) -> dict[str, str]:
       'collapse: paper / ours': collapse_cell(run),
       'final loss': _fmt(final['loss'], '.4f'),
       'steps': steps,
-      'wall time': wall,
+      'wall time': _DASH if wall is None else wall,
   }
 
 
@@ -97,11 +91,10 @@ def write_report(
     notes: Sequence[str] = (),
     group_by_method: bool = False,
 ) -> dict:
-  """Writes out_dir/<table_name> (title, table, notes, plot links) and plots.
+  """Writes out_dir/<table_name> and plots/ (per method if group_by_method).
 
-  group_by_method: one set of plots/<method>_<metric>.png per method. Returns
-  {'table_path', 'table', 'plots', 'runs'}; ValueError for no workdirs or an
-  unreadable run (runs.load_run), OSError when out_dir cannot be written.
+  Returns {'table_path', 'table', 'plots', 'runs'}; ValueError for no or a bad
+  workdir (runs.load_run), OSError when out_dir cannot be written.
   """
   if not workdirs:
     raise ValueError('no run directories: pass --workdirs=DIR1,DIR2.')

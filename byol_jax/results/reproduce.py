@@ -1,14 +1,10 @@
 r"""Reproduce the paper's tables at small scale: every variant, then a report.
 
-    python -m byol_jax.reproduce --table=1 --scale=tiny --workdir=/tmp/table1
     python -m byol_jax.reproduce --table=2 --scale=small \
         --dataset=folder:/data/cifar10-jpg --workdir=/tmp/table2_small
 
 Each variant runs as byol_jax.main would (`--dry_run` prints those commands)
-in WORKDIR/<variant>, then report.py writes WORKDIR/table<N>.md and plots/.
-Resumable: a variant with eval_results.json is skipped; one whose workdir
-holds a run of other inputs is moved to WORKDIR/replaced/<variant>.<n> and
-trained again (only evaluated again when just eval.* fields changed).
+in WORKDIR/<variant>, resumably; then WORKDIR/table<N>.md and plots/.
 """
 
 import itertools
@@ -32,10 +28,8 @@ from byol_jax.training import workdir as workdir_lib
 
 FAILURES_FILE = 'failures.json'  # variant -> message; retried next time.
 REPLACED_DIR = 'replaced'
-# Inputs (prefixes) that change no number of the table: the option string (its
-# fields are compared themselves), where data, caches and in-memory arrays
-# live, the modified init's chunking (exactly merged), the checkpoint policy;
-# and the values plan.build derives from the inputs.
+# Inputs that change no number of the table: derived values, the option string
+# (its fields are compared), data locations, exact chunking, checkpoint policy.
 _NOT_COMPARED = (
     'derived.',
     'options',
@@ -93,25 +87,17 @@ def reproduce(
 ) -> dict:
   """Runs (or resumes) every selected variant, then writes the report.
 
-  Args:
-    table: 1 or 2 (the paper's table).
-    scale: 'tiny', 'small' or 'cifar10'.
-    workdir: root directory; each variant runs in workdir/<variant name>.
-    variants: names of the variants to run (default: all of the table).
-    dataset: data source for every variant (default: the scale's).
-    overrides: (field, value) pairs applied to every variant's config.
-    experiments_dir: where the experiment configs live.
-    dry_run: only print the commands.
+  Args: table 1 or 2; scale 'tiny', 'small' or 'cifar10'; each variant runs in
+  workdir/<name>; variants: names to run (default all); dataset: every
+  variant's source (default the scale's); overrides: (field, value) pairs for
+  every config; dry_run: only the commands.
 
-  Returns:
-    {'commands', 'ran', 'skipped', 'failed': {name: message}, 'replaced':
-    {name: where its old run went}, 'report': write_report's dict or None}.
+  Returns {'commands', 'ran', 'skipped', 'failed': {name: message}, 'replaced':
+  {name: where its old run went}, 'report': write_report's dict or None}.
 
-  Raises:
-    ValueError: a bad scale, table, variant, override or config, or an
-      unreadable config.json; all before any training.
-    KeyboardInterrupt: a variant was interrupted (other failures are
-      recorded in WORKDIR/failures.json and the next variant runs).
+  Raises ValueError (bad scale, table, variant, override, config or config.json)
+  before any training; KeyboardInterrupt when a variant is interrupted (other
+  failures go to WORKDIR/failures.json and the next variant runs).
   """
   if scale not in (scales := configs.SCALES):
     raise ValueError(f'--scale={scale!r}: use one of {", ".join(scales)}.')

@@ -124,13 +124,13 @@ def test_empty_metrics_file_is_refused(tmp_path):
     runs_lib.load_run(str(tmp_path))
 
 
-def test_format_duration():
-  assert [report.format_duration(s) for s in (None, 12, 754.4, 7380)] == [
-      '—',
-      '12s',
-      '12m34s',
-      '2h03m',
-  ]
+def test_wall_time_cell(workdirs):
+  run = runs_lib.load_run(workdirs[0])
+  cells = []
+  for wall, exact in ((None, False), (12, True), (754.4, True), (7380, False)):
+    run.update(wall_time_s=wall, wall_time_exact=exact)
+    cells.append(report.table_row(run)['wall time'])
+  assert cells == ['—', '12s', '12m34s', '~2h03m']
 
 
 @pytest.mark.parametrize(
