@@ -19,8 +19,7 @@ from byol_jax.results import runs as runs_lib
 from byol_jax.training import writers
 
 _DASH = '—'
-# Our run is collapsed below this projection std (no-norm BYOL ends at 0.000,
-# healthy runs above 0.1).
+# Ours collapsed below this projection std (no-norm BYOL: 0.000; healthy >0.1).
 COLLAPSE_STD_BELOW = 0.05
 
 
