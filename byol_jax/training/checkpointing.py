@@ -13,7 +13,7 @@ import json
 import math
 import pathlib
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 from absl import logging
 from etils import epath
@@ -47,7 +47,7 @@ def _path_str(path) -> str:
 
 class Checkpointer(contextlib.AbstractContextManager):
   """The last `max_to_keep` checkpoints; a clock due every `save_interval_secs`
-  of `time_fn` (None: never). `async_save`: `save` returns once the state is
+  (None: never). `async_save`: `save` returns once the state is
   on the host and checked, `wait`/`close` commit. `read_only`: restore only
   (nothing created, deleted or renamed)."""
 
@@ -57,7 +57,6 @@ class Checkpointer(contextlib.AbstractContextManager):
       *,
       max_to_keep: int = 3,
       save_interval_secs: Optional[float] = None,
-      time_fn: Callable[[], float] = time.monotonic,
       async_save: bool = False,
       read_only: bool = False,
   ):
@@ -67,7 +66,7 @@ class Checkpointer(contextlib.AbstractContextManager):
       directory = pathlib.Path(directory).absolute()
     self.directory = epath.Path(directory)
     self._secs = math.inf if save_interval_secs is None else save_interval_secs
-    self._time_fn, self._async, self._read_only = time_fn, async_save, read_only
+    self._async, self._read_only = async_save, read_only
     self.restart_clock()
     # read_only: set what orbax would otherwise reset, with a warning each.
     options = ocp.CheckpointManagerOptions(
@@ -106,11 +105,11 @@ class Checkpointer(contextlib.AbstractContextManager):
 
   def restart_clock(self) -> None:
     """Counts the time schedule from now (after a save, after compiling)."""
-    self._last_save_time = self._time_fn()
+    self._last_save_time = time.monotonic()
 
   def time_due(self) -> bool:
     """This process's clock (several: agree first, preemption.decide)."""
-    return self._time_fn() - self._last_save_time >= self._secs
+    return time.monotonic() - self._last_save_time >= self._secs
 
   def save(self, step: int, state: Any, extra=None) -> bool:
     """Whether `state` and `extra` (JSON) were saved (not if `step` was)."""
