@@ -1,8 +1,4 @@
-"""A run's metrics: WORKDIR/metrics.jsonl, TensorBoard and the console line.
-
-TensorBoard through the `tensorboard` package (no TensorFlow; without it one
-warning, the jsonl file still). Only the chief writes; elsewhere a no-op.
-"""
+"""metrics.jsonl, TensorBoard (if importable), the console line; chief only."""
 
 import json
 import time
@@ -82,8 +78,7 @@ class MetricWriter:
       self._use_tb = False
       return
     if self._tb_writer is None:
-      # ".v2" as tf.summary names its files (events.out.tfevents.<time>.
-      # <host>.<pid>.<n>.v2), so tools that parse the pid keep working.
+      # ".v2" as tf.summary's file names, for tools that parse them.
       self._tb_writer = event_file_writer.EventFileWriter(
           str(self._path.parent), filename_suffix='.v2'
       )
@@ -103,7 +98,7 @@ class MetricWriter:
     for name, fmt in (('loss', '.4f'), ('lr', '.2e'), ('tau', '.5f')):
       if name in metrics:
         parts.append(f'{name} {_scalar(name, metrics[name]):{fmt}}')
-    sps = None  # seconds per step since the last call
+    sps = None
     if self._last is not None and now > self._last[0] and step > self._last[1]:
       sps = (now - self._last[0]) / (step - self._last[1])
     rate = f'{self._images_per_step / sps:.1f}' if sps else '--'
