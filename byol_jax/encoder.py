@@ -1,13 +1,5 @@
-"""The pre-trained encoder of a run: build it, load it, apply it.
-
-    from byol_jax.encoder import load_encoder
-    encode = load_encoder('/tmp/byol_quickstart')
-    features = encode(images)   # float [N, H, W, 3] in [0, 1] -> [N, D]
-
-It is the online network's ResNet (the paper evaluates the online encoder,
-BYOL §3.1 and Appendix C.1; the official eval_experiment.py reads
-`online_params`) in inference mode: BN uses its moving averages, so a
-representation depends on its own image alone.
+"""A run's pre-trained online encoder (the one the paper evaluates, BYOL §3.1,
+App. C.1) in inference mode: `load_encoder(workdir)(images) -> [N, D]`.
 """
 
 import dataclasses
@@ -38,11 +30,9 @@ _encoder_part = functools.partial(networks.restrict, modules=('encoder',))
 
 
 def encoder_apply(config) -> Callable[[Any, Any, jax.Array], jax.Array]:
-  """The frozen encoder, pure and jit-able: fn(params, state, images float
-  [N, H, W, 3] in [0, 1], normalised here as in pre-training) -> float32 [N, D];
-  params/state hold at least the 'encoder' modules; BN in inference mode."""
+  """Frozen, jit-able fn(params, state, images [N, H, W, 3] in [0, 1]) -> [N, D]
+  (normalised here as in pre-training; BN in inference mode)."""
   networks.validate_model_config(config.model)
-  # The encoder alone: no projector parameters needed, same parameter paths.
   transformed = hk.transform_with_state(
       lambda x, is_training: networks.make_encoder(config.model)(x, is_training)
   )
@@ -57,9 +47,8 @@ def encoder_apply(config) -> Callable[[Any, Any, jax.Array], jax.Array]:
 
 @functools.lru_cache(maxsize=2)
 def _jitted_init(key: ml_collections.FrozenConfigDict, num_classes: int):
-  # Jitted: one compilation, not one per initialiser op (hosts other than
-  # process 0 never hit the compilation cache); the eager init's values bit
-  # for bit (tiny GN+WS and BN configs, CPU).
+  # Jitted: one compilation, not one per op (hosts other than 0 miss the
+  # compilation cache); bit-equal to the eager init (GN+WS and BN, CPU).
   objects = experiment.init_objects(ml_collections.ConfigDict(key), num_classes)
   return jax.jit(functools.partial(experiment.init_train_state, *objects))
 
@@ -71,9 +60,7 @@ def initial_train_state(config, num_classes: int) -> experiment.TrainState:
 
 
 def random_encoder(config, num_classes: int):
-  """Host (params, state) of the encoder of initial_train_state: linear
-  evaluation's random baseline is the trained encoder's own start (paper §3.2's
-  calibration not applied)."""
+  """Host (params, state) of initial_train_state's encoder (random baseline)."""
   state = initial_train_state(config, num_classes)
   return jax.device_get(
       tuple(map(_encoder_part, (state.online_params, state.online_state)))
@@ -115,8 +102,7 @@ def saved_config(workdir) -> ml_collections.ConfigDict:
 
 
 def latest_checkpoint_step(workdir) -> int:
-  """The newest finished checkpoint's step, listed (orbax would warn first and
-  plan.build's error would not be one line; unfinished ones carry a suffix)."""
+  """The newest finished checkpoint's step, listed (orbax would warn first)."""
   ckpt_dir = workdir_lib.checkpoint_dir(epath.Path(workdir))
   steps = [int(p.name) for p in ckpt_dir.glob('*') if p.name.isdigit()]
   if not steps:
@@ -130,20 +116,18 @@ def latest_checkpoint_step(workdir) -> int:
 
 
 def load_pretrained(workdir) -> Pretrained:
-  """The online encoder (+ classifier) of a run's latest checkpoint, read-only
-  (safe while the run trains); multi-host: call it on every host."""
+  """A run's latest online encoder (+ classifier), read-only; on every host."""
   workdir = epath.Path(workdir)
   config = saved_config(workdir)
   latest_checkpoint_step(workdir)  # a clear error when there is none.
-  # Read-only: the run may still be training in workdir (its lock, not ours).
+  # Read-only: the run may still be training there.
   ckpt_dir = workdir_lib.checkpoint_dir(workdir)
   with checkpointing.Checkpointer(ckpt_dir, read_only=True) as ckpt:
     template = experiment.state_template(config, config.derived.num_classes)
     restored = ckpt.restore_latest(template)
-  if restored is None:  # every step unreadable (each skipped with a warning)
+  if restored is None:  # every step unreadable (each warned)
     raise FileNotFoundError(f'{ckpt_dir} holds no readable checkpoint.')
   state = restored.state
-  # The online classifier too: linear evaluation scores it on test.
   params = networks.restrict(state.online_params, ('encoder', 'classifier'))
   net_state = _encoder_part(state.online_state)
   return Pretrained(config, params, net_state, int(restored.step), str(workdir))

@@ -1,17 +1,8 @@
-"""The linear probe (the paper's protocol) and its learning-rate sweep.
+"""The linear probe, BYOL App. C.1 (kept by Richemond et al. 2020, §3).
 
-BYOL Appendix C.1 (unchanged by Richemond et al. 2020, §3): the encoder frozen,
-in inference mode; a linear classifier trained with SGD + Nesterov momentum 0.9,
-no weight decay, the rate base * batch / 256 cosine decayed to 0, no warm-up
-(official byol/eval_experiment.py, utils/schedules.py), batch 1024, 80 epochs,
-on random-resized crops with flips (`eval.augment`; else on every training
-image's centre-crop features, computed once, far cheaper on CPU); top-1 / top-5
-on centre crops. The base rate is picked from {0.4, 0.3, 0.2, 0.1, 0.05} on a
-validation split (ImageNet: train[:10000], probes on train[10000:], as
-utils/dataset.py) or `eval.sweep_valid_examples` held out of train, by probes
-vmapped over the rate on centre-crop features (`train_probes`: about one
-probe's cost): with augmentation, our simplification (the official code runs
-one augmented probe per rate), said in eval_results.json ('sweep_on').
+The rate sweep's probes run vmapped on centre-crop features even with
+eval.augment: our simplification (the official code runs one augmented probe per
+rate), written as eval_results.json's 'sweep_on'.
 """
 
 import functools

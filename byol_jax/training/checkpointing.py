@@ -1,11 +1,6 @@
 """Orbax checkpoints of the whole TrainState: WORKDIR/checkpoints/<step>/.
 
-Each step holds `state` (the pytree) and `extra` (a small JSON dict), committed
-atomically. A NaN/Inf state is refused before any write, and old steps rotate
-out only after a new one commits, so divergence never costs a good step. A
-corrupt newest step is moved aside (`read_only` readers skip it) and the one
-before restored. Every process calls save/restore alike (orbax writes from
-process 0; the directory is shared).
+Each step holds `state` (the pytree) and `extra` (a small JSON dict).
 """
 
 import contextlib
@@ -13,7 +8,7 @@ import json
 import math
 import pathlib
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 from absl import logging
 from etils import epath
@@ -46,10 +41,8 @@ def _path_str(path) -> str:
 
 
 class Checkpointer(contextlib.AbstractContextManager):
-  """The last `max_to_keep` checkpoints; a clock due every `save_interval_secs`
-  of `time_fn` (None: never). `async_save`: `save` returns once the state is
-  on the host and checked, `wait`/`close` commit. `read_only`: restore only
-  (nothing created, deleted or renamed)."""
+  """The last `max_to_keep` checkpoints, a clock due every `save_interval_secs`;
+  `async_save`: `wait`/`close` commit; `read_only`: nothing created or moved."""
 
   def __init__(
       self,
@@ -57,27 +50,24 @@ class Checkpointer(contextlib.AbstractContextManager):
       *,
       max_to_keep: int = 3,
       save_interval_secs: Optional[float] = None,
-      time_fn: Callable[[], float] = time.monotonic,
       async_save: bool = False,
       read_only: bool = False,
   ):
-    # orbax restores only from absolute local paths (a relative workdir
-    # would save, then fail to resume); etils may lack absolute().
+    # orbax restores only from absolute local paths; etils may lack absolute().
     if '://' not in str(directory):
       directory = pathlib.Path(directory).absolute()
     self.directory = epath.Path(directory)
     self._secs = math.inf if save_interval_secs is None else save_interval_secs
-    self._time_fn, self._async, self._read_only = time_fn, async_save, read_only
+    self._async, self._read_only = async_save, read_only
     self.restart_clock()
-    # read_only: set what orbax would otherwise reset, with a warning each.
+    # read_only: set what orbax would reset with a warning each.
     options = ocp.CheckpointManagerOptions(
         read_only=read_only,
         create=not read_only,
         max_to_keep=None if read_only else max_to_keep,
         save_interval_steps=0 if read_only else 1,
         enable_async_checkpointing=async_save,
-        # `*.orbax-checkpoint-tmp-*` of a process killed mid-save: the
-        # workdir's lock (workdir.TrainingLock) makes them no one's.
+        # A killed save's tmp dirs: no one's, the workdir being locked.
         cleanup_tmp_directories=not read_only,
     )
     self._manager = self._listing(
@@ -106,11 +96,11 @@ class Checkpointer(contextlib.AbstractContextManager):
 
   def restart_clock(self) -> None:
     """Counts the time schedule from now (after a save, after compiling)."""
-    self._last_save_time = self._time_fn()
+    self._last_save_time = time.monotonic()
 
   def time_due(self) -> bool:
     """This process's clock (several: agree first, preemption.decide)."""
-    return self._time_fn() - self._last_save_time >= self._secs
+    return time.monotonic() - self._last_save_time >= self._secs
 
   def save(self, step: int, state: Any, extra=None) -> bool:
     """Whether `state` and `extra` (JSON) were saved (not if `step` was)."""
@@ -130,12 +120,11 @@ class Checkpointer(contextlib.AbstractContextManager):
           'checkpoint is kept. The run diverged: lower the learning rate or '
           'check the inputs, then resume from the last good checkpoint.'
       )
-    # Through JSON now (NumPy scalars as numbers): a bad `extra` fails first.
+    # A bad `extra` fails before the state is written.
     extra = json.loads(
         json.dumps(extra or {}, default=lambda x: np.asarray(x).tolist())
     )
-    # Host NumPy; async, own copies: the background write must not read
-    # buffers the caller may reuse (a donated state's host view, on CPU).
+    # async: own copies, the caller may reuse the buffers (donated, on CPU).
     state = jax.tree.map(np.array if self._async else np.asarray, state)
     self._manager.save(
         step,
@@ -204,8 +193,7 @@ class Checkpointer(contextlib.AbstractContextManager):
       try:
         restored = self._manager.restore(step, args=args)
       except Exception as e:  # pylint: disable=broad-except
-        # read_only: its writer may have rotated it out. Otherwise any failure
-        # to read counts as corruption: report it, try the previous step.
+        # read_only: its writer may have rotated it out; else corrupt.
         if self._read_only and step not in (listed := self.all_steps()):
           steps = [s for s in listed if s not in failed]
           continue

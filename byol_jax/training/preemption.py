@@ -1,7 +1,5 @@
-"""Preemption, and the checkpoint decision every process shares. Not orbax's:
-its ContinuousCheckpointingPolicy exchanges between hosts at every call (here
-at logging steps only); its preemption policy needs JAX's SIGTERM notifier
-(the watcher also takes SIGINT, without jax.distributed)."""
+"""Preemption, and the save decision every process shares (not orbax's: its
+policies exchange at every call and need JAX's SIGTERM notifier)."""
 
 import signal
 import threading
@@ -35,8 +33,7 @@ class PreemptionWatcher:
     if signum == signal.SIGINT:
       previous = self._previous[signal.SIGINT] or signal.SIG_DFL
       if previous is signal.SIG_IGN:
-        # An ignored SIGINT would make a second Ctrl-C a no-op; use Python's
-        # default (KeyboardInterrupt) so the user can always stop the process.
+        # Else a second Ctrl-C would be a no-op.
         previous = signal.default_int_handler
       signal.signal(signal.SIGINT, previous)
 
@@ -59,11 +56,8 @@ class PreemptionWatcher:
 
 
 def decide(watcher, ckpt, sync: bool) -> tuple[bool, bool, int]:
-  """(preempt, time_due, all-gathers: 0 or 1), the same on every process.
-
-  Several processes exchange [signal, clock due] at `sync` (logging) steps
-  only: preempt when any got a signal, save on process 0's clock.
-  """
+  """(preempt, time_due, all-gathers: 0 or 1), the same on every process:
+  exchanged at `sync` steps only (any process's signal, process 0's clock)."""
   if jax.process_count() == 1:
     return watcher.requested, ckpt.time_due(), 0
   if not sync:

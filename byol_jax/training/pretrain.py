@@ -1,9 +1,4 @@
-"""The pre-training loop: data -> pmapped update -> metrics and checkpoints.
-
-Resume is exact (state, data and randomness are functions of the step). All
-processes check they start and end with the same state and agree on
-preemption and the checkpoint clock at logging steps only.
-"""
+"""The pre-training loop: data -> pmapped update -> metrics and checkpoints."""
 
 import functools
 import itertools
@@ -76,7 +71,6 @@ def _initial_state(config, num_classes, source):
   state = encoder.initial_train_state(config, num_classes)
   if not config.training.modified_init:
     return state
-  # A batch of augmented view-1 images, from its own data seed.
   chunk = config.training.modified_init_chunk_size
   one_host = dict(process_index=0, process_count=1, local_device_count=1)
   batch_size = config.training.modified_init_batch_size
@@ -115,7 +109,6 @@ class _MetricsBuffer:
       return
     steps, rows = zip(*jax.device_get(self._pending))
     self._pending = []
-    # Each metric of the interval's steps, as the first device holds it.
     values = {k: np.array([r[k][0] for r in rows], np.float64) for k in rows[0]}
     if not (finite := np.isfinite(values['loss'])).all():
       i = np.argmin(finite)
@@ -141,8 +134,7 @@ def train(run, workdir) -> dict:
   lg, batch_size = config.logging, config.training.global_batch_size
   every_steps = config.checkpoint.every_steps
   is_chief = jax.process_index() == 0
-  # Asynchronous saves: a scheduled checkpoint stalls the loop for the
-  # device-to-host copy only; ckpt.close() below waits for the writes.
+  # Async: a save stalls the loop for the device-to-host copy only.
   ckpt = _checkpointer(config, workdir, async_save=True)
   diff = resume.check_resume(run, ckpt)
   _, _, update = experiment.make_update(config, d)
@@ -150,7 +142,6 @@ def train(run, workdir) -> dict:
   restored = ckpt.restore_latest(template)
   start = 0 if restored is None else restored.step
   resume.write_config(run, workdir, start_step=start, trajectory_changes=diff)
-  # Wall time summed over every segment of a resumed run.
   if restored is not None:
     state, resumed_s = restored.state, restored.extra.get('wall_time_s', 0)
     logging.info('Resumed from %s at step %d.', ckpt.directory, restored.step)
@@ -174,8 +165,7 @@ def train(run, workdir) -> dict:
   del state
   p_update = experiment.pmap_update(update)
   if step < d.stop_step:
-    # Compiled before the loop, then a barrier: every process enters the
-    # first step's collectives together (see sync.barrier).
+    # Every process enters the first step's collectives together.
     first_batch = next(data)
     sync.compile_then_sync(
         p_update, rstate, first_batch, name='the training step'
@@ -186,8 +176,7 @@ def train(run, workdir) -> dict:
   trajectory = resume.trajectory(run)
   preempted, agreements = False, 0  # agreements: all-gathers (logged, tested)
 
-  # The checkpoint clock counts training time, not restoring and compiling.
-  ckpt.restart_clock()
+  ckpt.restart_clock()  # training time, not restoring and compiling
   try:
     with preemption.PreemptionWatcher() as watcher:
       while step < d.stop_step:
@@ -215,8 +204,7 @@ def train(run, workdir) -> dict:
           try:
             ckpt.save(step, parallel.unreplicate(rstate), extra)
           except checkpointing.NonFiniteStateError as e:
-            # The weights went non-finite in this step's update; its loss
-            # (computed before the update) was still finite.
+            # This step's update; its loss (from before it) was finite.
             raise NonFiniteLossError(
                 f'the training state became non-finite at step {step}; '
                 f'stopping without saving it. {_kept(ckpt)} ({e})'
@@ -235,8 +223,7 @@ def train(run, workdir) -> dict:
           )
     metrics.flush()
   finally:
-    # Commits a save still being written (the final one, a preemption's or
-    # collapse's, or the last good one before a non-finite loss).
+    # Commits a save still being written (also before a non-finite loss).
     ckpt.close()
   writer.close()
   if preempted:
@@ -256,8 +243,7 @@ def train(run, workdir) -> dict:
   fingerprint = _check_same_state(parallel.unreplicate(rstate), step, 'final')
   record = dict(step=step, metrics=metrics.last, state_sha256=fingerprint)
   done_path = workdir_lib.pretrain_done_path(workdir)
-  # Written when the run is complete (not when max_steps stopped it early);
-  # a rerun of a finished run trains nothing and leaves the record alone.
+  # Complete runs only (not max_steps'); a finished run's rerun leaves it.
   fresh = step > start_step or not done_path.exists()
   if is_chief and fresh and not preempted and step >= d.total_steps:
     done = dict(record, total_steps=d.total_steps, wall_time_s=wall_time())

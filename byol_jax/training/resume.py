@@ -28,9 +28,8 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(tree)
 
 
-# Fields that do not change the trajectory of pre-training: when to stop
-# (max_steps), where data lives (derived.data_path records what it decides),
-# and the inputs the derived step counts replace.
+# Not the trajectory: when to stop, where data lives (derived.data_path
+# records what it decides), the inputs the derived step counts replace.
 _NOT_TRAJECTORY = frozenset("""
     training.max_steps training.num_epochs training.total_steps
     training.warmup_epochs training.warmup_steps

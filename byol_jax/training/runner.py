@@ -20,11 +20,8 @@ from byol_jax.training import workdir as workdir_lib
 
 
 def run(config, workdir: str, *, explicit=frozenset(), on_checked=None) -> dict:
-  """Pre-training and linear evaluation (each skipped once done) in `workdir`.
-
-  `explicit`: the fields `--config.*` set; `on_checked()`: once the run is
-  built and its checkpoint checked, before anything compiles.
-  """
+  """Pre-training and linear evaluation (each skipped once done) in `workdir`;
+  `explicit`: the fields --config.* set; on_checked(): before compiling."""
   workdir_lib.check_not_a_file(workdir)
   built = plan.build(config, explicit=explicit)
   try:
@@ -115,12 +112,9 @@ def _training_lock(workdir):
 
 
 def _is_disk_full(error) -> bool:
-  """Whether `error`, or one it chains, says the disk (or quota) is full.
-
-  orbax 0.12.8 raised tensorstore's ValueError('RESOURCE_EXHAUSTED: ... No
-  space left on device') on a full tmpfs; Python's own writes OSError(ENOSPC).
-  Not RESOURCE_EXHAUSTED alone: XLA says that for device memory too.
-  """
+  """Whether `error` or one it chains says the disk (or quota) is full (orbax
+  0.12.8: ValueError('RESOURCE_EXHAUSTED: ... No space left on device'); not
+  RESOURCE_EXHAUSTED alone: XLA's for device memory too)."""
   full, seen = (errno.ENOSPC, errno.EDQUOT), set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))

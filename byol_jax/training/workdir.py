@@ -50,9 +50,8 @@ def check_not_a_file(workdir) -> None:
 
 
 class TrainingLock:
-  """At most one run writes a workdir: fcntl.flock (freed when its process
-  dies), the file naming the holder; on gs:// the file itself, checked then
-  written (racy; a killed run's is deleted by hand)."""
+  """One run per workdir: fcntl.flock (freed when its process dies); on gs://
+  the file itself, checked then written (racy; a dead run's deleted by hand)."""
 
   def __init__(self, workdir):
     self._workdir, self.path = workdir, lock_path(workdir)

@@ -1,12 +1,8 @@
-"""A run's metrics: WORKDIR/metrics.jsonl, TensorBoard and the console line.
-
-TensorBoard through the `tensorboard` package (no TensorFlow; without it one
-warning, the jsonl file still). Only the chief writes; elsewhere a no-op.
-"""
+"""metrics.jsonl, TensorBoard (if importable), the console line; chief only."""
 
 import json
 import time
-from typing import Callable, Mapping, Optional
+from typing import Mapping
 
 from absl import logging
 import numpy as np
@@ -40,13 +36,11 @@ class MetricWriter:
       workdir,
       *,
       is_chief: bool = True,
-      total_steps: Optional[int] = None,
-      images_per_step: Optional[int] = None,
-      tensorboard: bool = True,
-      time_fn: Callable[[], float] = time.monotonic,
+      total_steps: int,
+      images_per_step: int,
   ):
     self._path = workdir_lib.metrics_path(workdir)
-    self._is_chief, self._use_tb, self._time_fn = is_chief, tensorboard, time_fn
+    self._is_chief, self._use_tb = is_chief, True
     self._total_steps, self._images_per_step = total_steps, images_per_step
     self._tb_writer = self._last = None  # _last: (time, step) of console().
     if is_chief:
@@ -84,8 +78,7 @@ class MetricWriter:
       self._use_tb = False
       return
     if self._tb_writer is None:
-      # ".v2" as tf.summary names its files (events.out.tfevents.<time>.
-      # <host>.<pid>.<n>.v2), so tools that parse the pid keep working.
+      # ".v2" as tf.summary's file names, for tools that parse them.
       self._tb_writer = event_file_writer.EventFileWriter(
           str(self._path.parent), filename_suffix='.v2'
       )
@@ -96,35 +89,28 @@ class MetricWriter:
         event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
     )
 
-  def console(self, step: int, metrics: Mapping[str, object]) -> Optional[str]:
-    """Logs and returns the progress line (rates since the last call)."""
+  def console(self, step: int, metrics: Mapping[str, object]) -> None:
+    """Logs the progress line (rates since the last call)."""
     if not self._is_chief:
-      return None
-    now, step, total = self._time_fn(), int(step), self._total_steps
-    parts = [f'step {step}']
-    if total is not None:
-      parts[0] += f'/{total} ({100.0 * step / max(total, 1):.1f}%)'
+      return
+    now, step, total = time.monotonic(), int(step), self._total_steps
+    parts = [f'step {step}/{total} ({100.0 * step / max(total, 1):.1f}%)']
     for name, fmt in (('loss', '.4f'), ('lr', '.2e'), ('tau', '.5f')):
       if name in metrics:
         parts.append(f'{name} {_scalar(name, metrics[name]):{fmt}}')
-    sps = None  # seconds per step since the last call
+    sps = None
     if self._last is not None and now > self._last[0] and step > self._last[1]:
       sps = (now - self._last[0]) / (step - self._last[1])
-    if self._images_per_step is not None:
-      rate = f'{self._images_per_step / sps:.1f}' if sps else '--'
-      parts.append(f'{rate} img/s')
-    if total is not None:
-      eta = format_duration(max(total - step, 0) * sps) if sps else '--'
-      parts.append(f'ETA {eta}')
+    rate = f'{self._images_per_step / sps:.1f}' if sps else '--'
+    eta = format_duration(max(total - step, 0) * sps) if sps else '--'
+    parts += [f'{rate} img/s', f'ETA {eta}']
     self._last = (now, step)
-    line = ' | '.join(parts)
-    logging.info(line)
-    return line
+    logging.info(' | '.join(parts))
 
-  def truncate_after(self, step: int) -> int:
-    """Drops rows past `step` and a partial last line; returns how many."""
+  def truncate_after(self, step: int) -> None:
+    """Drops rows past `step` and a partial last line."""
     if not self._is_chief or not self._path.exists():
-      return 0
+      return
     rows = read_metrics(self._path.parent)
     kept = [r for r in rows if r['step'] <= step]
     text = ''.join(json.dumps(r) + '\n' for r in kept)
@@ -136,7 +122,6 @@ class MetricWriter:
       logging.info(
           'Dropped %d rows after step %d from %s.', dropped, step, self._path
       )
-    return dropped
 
   def close(self) -> None:
     """Flushes and closes TensorBoard; later writes reopen it."""

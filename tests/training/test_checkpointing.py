@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from typing import NamedTuple
 
 from etils import epath
@@ -172,11 +173,11 @@ def test_a_new_step_is_saved_once(tmp_path):
   )
 
 
-def test_time_schedule(tmp_path):
+def test_time_schedule(tmp_path, monkeypatch):
   now = [100.0]
-  ckpt = checkpointing.Checkpointer(
-      tmp_path, save_interval_secs=60, time_fn=lambda: now[0]
-  )
+  clock = types.SimpleNamespace(monotonic=lambda: now[0])
+  monkeypatch.setattr(checkpointing, 'time', clock)
+  ckpt = checkpointing.Checkpointer(tmp_path, save_interval_secs=60)
   assert not ckpt.time_due()
   now[0] += 59.0
   assert not ckpt.time_due()
@@ -189,9 +190,11 @@ def test_time_schedule(tmp_path):
   assert ckpt.all_steps() == [3]
 
 
-def test_no_clock_is_never_due(tmp_path):
+def test_no_clock_is_never_due(tmp_path, monkeypatch):
   now = [100.0]
-  ckpt = checkpointing.Checkpointer(tmp_path, time_fn=lambda: now[0])
+  clock = types.SimpleNamespace(monotonic=lambda: now[0])
+  monkeypatch.setattr(checkpointing, 'time', clock)
+  ckpt = checkpointing.Checkpointer(tmp_path)
   now[0] += 1e9
   assert not ckpt.time_due()
 

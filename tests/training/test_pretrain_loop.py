@@ -12,6 +12,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import types
 
 import chex
 import jax
@@ -111,9 +112,9 @@ def test_the_checkpoint_clock_never_communicates(tmp_path, monkeypatch):
       lambda *a, **k: calls.append('allgather'),
   )
   now = [0.0]
-  ckpt = checkpointing.Checkpointer(
-      tmp_path, save_interval_secs=10, time_fn=lambda: now[0]
-  )
+  clock = types.SimpleNamespace(monotonic=lambda: now[0])
+  monkeypatch.setattr(checkpointing, 'time', clock)
+  ckpt = checkpointing.Checkpointer(tmp_path, save_interval_secs=10)
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
   watcher = preemption.PreemptionWatcher()
   decisions = set()
@@ -138,9 +139,9 @@ def test_two_process_decisions_use_one_allgather(monkeypatch, tmp_path):
     return np.stack([np.asarray(flags), other])
 
   now = [100.0]
-  ckpt = checkpointing.Checkpointer(
-      tmp_path, save_interval_secs=10, time_fn=lambda: now[0]
-  )
+  clock = types.SimpleNamespace(monotonic=lambda: now[0])
+  monkeypatch.setattr(checkpointing, 'time', clock)
+  ckpt = checkpointing.Checkpointer(tmp_path, save_interval_secs=10)
   monkeypatch.setattr(multihost_utils, 'process_allgather', allgather)
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
   now[0] += 10.0

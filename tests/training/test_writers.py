@@ -16,17 +16,22 @@ from byol_jax.training import writers
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-class FakeClock:
+def _writer(workdir, **kwargs):
+  return writers.MetricWriter(
+      workdir, total_steps=1000, images_per_step=256, **kwargs
+  )
 
-  def __init__(self, t=1000.0):
-    self.t = t
 
-  def __call__(self):
-    return self.t
+def _console(w, step, metrics, caplog):
+  """The progress line w.console logs."""
+  caplog.clear()
+  with caplog.at_level(std_logging.INFO):
+    w.console(step, metrics)
+  return caplog.records[-1].getMessage() if caplog.records else None
 
 
 def test_jsonl_rows_parse_back_exactly(tmp_path):
-  w = writers.MetricWriter(tmp_path, tensorboard=False)
+  w = _writer(tmp_path)
   w.write(0, {'loss': 1.5, 'lr': np.float32(0.25)})
   w.write(
       np.int64(10), {'loss': jnp.asarray(0.125), 'acc': np.array([0.5]), 'n': 3}
@@ -41,7 +46,7 @@ def test_jsonl_rows_parse_back_exactly(tmp_path):
 
 
 def test_write_rejects_non_scalar_and_step_key(tmp_path):
-  w = writers.MetricWriter(tmp_path, tensorboard=False)
+  w = _writer(tmp_path)
   with pytest.raises(ValueError, match="'loss' has shape"):
     w.write(1, {'loss': np.ones(8)})
   with pytest.raises(ValueError, match="'step'"):
@@ -49,20 +54,18 @@ def test_write_rejects_non_scalar_and_step_key(tmp_path):
   assert writers.read_metrics(tmp_path) == []
 
 
-def test_non_chief_writes_nothing(tmp_path):
+def test_non_chief_writes_nothing(tmp_path, caplog):
   workdir = tmp_path / 'run'
-  w = writers.MetricWriter(
-      workdir, is_chief=False, total_steps=10, images_per_step=8
-  )
+  w = _writer(workdir, is_chief=False)
   w.write(1, {'loss': 1.0})
-  assert w.console(1, {'loss': 1.0}) is None
-  assert w.truncate_after(0) == 0
+  assert _console(w, 1, {'loss': 1.0}, caplog) is None
+  w.truncate_after(0)
   w.close()
   assert not workdir.exists()
 
 
-def test_truncate_after_drops_later_rows_and_partial_line(tmp_path):
-  w = writers.MetricWriter(tmp_path, tensorboard=False)
+def test_truncate_after_drops_later_rows_and_partial_line(tmp_path, caplog):
+  w = _writer(tmp_path)
   for step in range(0, 50, 10):
     w.write(step, {'loss': float(step)})
   with open(tmp_path / 'metrics.jsonl', 'a') as f:
@@ -74,7 +77,9 @@ def test_truncate_after_drops_later_rows_and_partial_line(tmp_path):
       30,
       40,
   ]
-  assert w.truncate_after(20) == 2
+  with caplog.at_level(std_logging.INFO):
+    w.truncate_after(20)
+  assert 'Dropped 2 rows after step 20' in caplog.text
   w.write(30, {'loss': -1.0})  # The resumed run logs step 30 again.
   rows = writers.read_metrics(tmp_path)
   assert [(r['step'], r['loss']) for r in rows] == [
@@ -109,7 +114,7 @@ def _read_scalars(logdir):
 
 def test_tensorboard_event_file_holds_scalars(tmp_path):
   pytest.importorskip('tensorboard')
-  w = writers.MetricWriter(tmp_path)
+  w = _writer(tmp_path)
   w.write(3, {'loss': 0.5, 'lr': np.float32(0.125)})
   w.write(4, {'loss': 0.25})
   w.close()
@@ -125,7 +130,7 @@ _WITHOUT_TF = """
 import sys
 sys.modules['tensorflow'] = None
 from byol_jax.training import writers
-w = writers.MetricWriter(sys.argv[1], total_steps=2)
+w = writers.MetricWriter(sys.argv[1], total_steps=2, images_per_step=1)
 w.write(1, {'loss': 0.75})
 w.write(2, {'loss': 0.5, 'acc': 0.25})
 w.close()
@@ -165,7 +170,7 @@ def test_missing_tensorboard_warns_once_and_keeps_jsonl(
     return real_import(name, *args, **kwargs)
 
   monkeypatch.setattr(builtins, '__import__', fake_import)
-  w = writers.MetricWriter(tmp_path)
+  w = _writer(tmp_path)
   with caplog.at_level(std_logging.WARNING):
     w.write(1, {'loss': 1.0})
     w.write(2, {'loss': 0.5})
@@ -175,34 +180,28 @@ def test_missing_tensorboard_warns_once_and_keeps_jsonl(
   assert not list(tmp_path.glob('events.out.tfevents.*'))
 
 
-def test_console_images_per_second_and_eta_on_fake_clock(tmp_path):
-  clock = FakeClock()
-  w = writers.MetricWriter(
-      tmp_path,
-      total_steps=1000,
-      images_per_step=256,
-      tensorboard=False,
-      time_fn=clock,
-  )
-  first = w.console(
-      100, {'loss': 0.123456, 'lr': 0.2, 'tau': 0.99612, 'other': 5.0}
+def test_console_images_per_second_and_eta_on_fake_clock(
+    tmp_path, monkeypatch, caplog
+):
+  now = [1000.0]
+  monkeypatch.setattr(writers.time, 'monotonic', lambda: now[0])
+  w = _writer(tmp_path)
+  first = _console(
+      w,
+      100,
+      {'loss': 0.123456, 'lr': 0.2, 'tau': 0.99612, 'other': 5.0},
+      caplog,
   )
   assert first == (
       'step 100/1000 (10.0%) | loss 0.1235 | lr 2.00e-01 | '
       'tau 0.99612 | -- img/s | ETA --'
   )
-  clock.t += 20.0  # 100 steps in 20 s: 5 steps/s, 1280 img/s.
-  second = w.console(200, {'loss': 0.5})
+  now[0] += 20.0  # 100 steps in 20 s: 5 steps/s, 1280 img/s.
+  second = _console(w, 200, {'loss': 0.5}, caplog)
   # 800 steps left at 0.2 s/step = 160 s.
   assert second == (
       'step 200/1000 (20.0%) | loss 0.5000 | 1280.0 img/s | ' 'ETA 2m40s'
   )
-  clock.t += 7200.0  # Slows down: 100 steps in 2 h, 700 left -> 14 h.
-  third = w.console(300, {})
+  now[0] += 7200.0  # Slows down: 100 steps in 2 h, 700 left -> 14 h.
+  third = _console(w, 300, {}, caplog)
   assert third.endswith('| 3.6 img/s | ETA 14h00m'), third
-
-
-def test_console_without_totals(tmp_path):
-  clock = FakeClock()
-  w = writers.MetricWriter(tmp_path, tensorboard=False, time_fn=clock)
-  assert w.console(7, {'loss': 2.0}) == 'step 7 | loss 2.0000'
