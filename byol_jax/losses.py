@@ -1,4 +1,5 @@
-"""Losses of BYOL and the SimCLR baseline: per-device (the caller pmeans)."""
+"""Losses of BYOL and the SimCLR baseline, per device (the caller pmeans), and
+the collapse statistic the step reports beside them (paper §1, §3)."""
 
 from typing import Optional
 
@@ -15,6 +16,22 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   """x / max(||x||, sqrt(eps)) along the last axis (official helpers.py)."""
   square_sum = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
   return x * jax.lax.rsqrt(jnp.maximum(square_sum, eps))
+
+
+def collapse_std(z: jax.Array) -> jax.Array:
+  """Per-dimension std of L2-normalised embeddings [N, D] x sqrt(D), float32.
+
+  SimSiam's collapse monitor (Chen & He, 2021, §4.1) scaled by sqrt(D): about
+  1 spread on the unit sphere, 0 collapsed to one point; blind to dimensional
+  collapse (the effective rank, Roy & Vetterli 2007, sees that).
+  """
+  if jnp.ndim(z) != 2 or jnp.shape(z)[0] < 2:
+    raise ValueError(
+        f'z must be [N, D] with N >= 2 embeddings; got shape {jnp.shape(z)}. '
+        'Flatten devices/views into N first.'
+    )
+  zn = l2_normalize(jnp.asarray(z, jnp.float32))
+  return jnp.mean(jnp.std(zn, axis=0)) * jnp.sqrt(jnp.float32(zn.shape[1]))
 
 
 def regression_loss(x: jax.Array, y: jax.Array) -> jax.Array:
