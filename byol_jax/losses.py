@@ -59,17 +59,10 @@ def byol_loss(
     target_proj_1: jax.Array,
     target_proj_2: jax.Array,
 ) -> jax.Array:
-  """Symmetrised BYOL loss (paper §3.1, L^BYOL = L + L~), mean over the batch
-  of the views' summed losses (official byol_experiment.py); target: no grad.
-
-  Args:
-    online_pred_1, online_pred_2: [B, D] online predictions of views 1 and 2.
-    target_proj_1, target_proj_2: [B, D] target projections of views 1 and 2.
-
-  Returns:
-    float32 scalar mean_b [l(p1, sg(z2)) + l(p2, sg(z1))]; with equal local
-    batches its pmean over devices is the global batch's loss.
-  """
+  """Symmetrised BYOL loss (paper §3.1, L^BYOL = L + L~) of [B, D] online
+  predictions and target projections of views 1 and 2: float32
+  mean_b [l(p1, sg(z2)) + l(p2, sg(z1))] (official byol_experiment.py); with
+  equal local batches its pmean over devices is the global batch's loss."""
   sg = jax.lax.stop_gradient
   loss = regression_loss(online_pred_1, sg(target_proj_2))
   return jnp.mean(loss + regression_loss(online_pred_2, sg(target_proj_1)))
