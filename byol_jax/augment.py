@@ -176,13 +176,9 @@ def augment_examples(
   Ours per example (decisions drawn per key, vmapped, applied batch-wide):
   an example's augmentation then does not depend on the device split.
 
-  Args:
-    keys: [B] PRNG keys (experiment.example_keys).
-    images: [B, H, W, 3] float in [0, 1] (the pipeline's crops).
-    view: 1 or 2 (`VIEW1` / `VIEW2`; else ValueError).
-
-  Returns:
-    [B, H, W, 3] float32, normalised with the ImageNet mean and std.
+  keys [B] (experiment.example_keys); images [B, H, W, 3] float in [0, 1]
+  (the pipeline's crops); view 1 or 2 (VIEW1 / VIEW2; else ValueError).
+  Returns [B, H, W, 3] float32, normalised with the ImageNet mean and std.
   """
   config = view_config(view)
   decisions = jax.vmap(lambda key: sample_decisions(key, 1, config))(keys)

@@ -1,15 +1,8 @@
-"""One training step, top to bottom, from a built config (plan.build).
+"""One training step, top to bottom, as the official byol_experiment.py.
 
-As the official byol/byol_experiment.py, `make_update`'s step augments both
-views on device, forwards them through the online and target networks, takes
-the method's loss and its gradient, averages it over the devices, applies
-LARS, moves the target (BYOL's EMA) and reports the metrics; the methods
-(methods/byol.py, methods/simclr.py) say only what differs.
-
-Randomness: the step's key is fold_in(state.rng, step), each example's
-augmentation key fold_in(step key, global example index) (lax.axis_index is
-global under multi-controller pmap), so 1-device and 8-device updates of the
-same global batch are equal.
+Randomness: the step's key is fold_in(state.rng, step), each example's key
+fold_in(step key, global example index) (lax.axis_index is global under
+multi-controller pmap): 1-device and 8-device updates of a batch are equal.
 """
 
 import functools
@@ -32,13 +25,9 @@ from byol_jax.methods import simclr
 class TrainState(NamedTuple):
   """All mutable training state, one pytree (checkpointed whole).
 
-  Attributes:
-    step: int32 scalar, the number of updates applied.
-    rng: the base PRNG key.
-    online_params, online_state: Haiku trees (state: BN averages, or {}).
-    target_params, target_state: the online trees restricted to
-      networks.TARGET_MODULES ({} for SimCLR).
-    opt_state: LARS's state of the online params.
+  step: int32 scalar, updates applied; online_state: BN averages or {};
+  target_*: the online trees restricted to networks.TARGET_MODULES ({} for
+  SimCLR); opt_state: LARS's, of the online params.
   """
 
   step: jax.Array
@@ -96,13 +85,8 @@ def init_train_state(
     rng: jax.Array,
     images: jax.Array,
 ) -> TrainState:
-  """A TrainState at step 0 (target = copy of online), unreplicated.
-
-  Args:
-    method, optimizer: make_method's and optim.make_optimizer's (LARS).
-    rng: a PRNG key (the run's seed).
-    images: [B, H, W, 3], fixing the input shape (sample_images).
-  """
+  """A TrainState at step 0 (target = copy of online), unreplicated; images
+  [B, H, W, 3] fix the input shape (sample_images)."""
   init_rng, base_rng = jax.random.split(rng)
   trees = method.init(init_rng, images)
   return TrainState(jnp.int32(0), base_rng, *trees, optimizer.init(trees[0]))
@@ -139,12 +123,8 @@ def loss_fn(
     views,
     labels,
 ):
-  """(method loss + classifier loss, (online_state, target_state, metrics)).
-
-  Differentiate with respect to online_params. views: two augmented [B, H, W,
-  3] batches; labels [B] int, < 0 unlabelled. metrics (float32 scalars):
-  'loss' (the method's), networks.classifier_and_monitors, the method's own.
-  """
+  """(method loss + classifier loss, (online_state, target_state, metrics));
+  views: two augmented [B, H, W, 3] batches; labels [B] int, < 0 unlabelled."""
   online, online_state = method.online(online_params, online_state, views)
   # The target forward in training mode (batch statistics), as the official
   # code; the method's loss stops its gradient.
@@ -166,12 +146,10 @@ def make_update(
 
   Args:
     config: the run's inputs (plan.build's Run.config).
-    plan: its plan.PretrainPlan (step counts, classes). With
-      training.accumulation_steps N > 1 the device's batch is N micro-batches
-      (lax.scan) whose gradients are averaged before the pmean, one LARS and
-      one EMA update: the whole batch's gradient for GN, LN or no norm
-      (the paper's point, §3.3), ghost BN for BN; the activations of one
-      micro-batch at a time.
+    plan: its plan.PretrainPlan. With training.accumulation_steps N > 1 the
+      device's batch is N micro-batches (lax.scan) whose gradients are
+      averaged before the pmean: the whole batch's gradient for GN, LN or no
+      norm (the paper's point, §3.3), ghost BN for BN.
     axis_name: the step's collective axis, or None on one device.
     augment_fn: (keys [B], images [B, H, W, 3] in [0, 1], view 1|2) ->
       augmented, normalised images (tests swap in a cheaper one).

@@ -3,20 +3,10 @@ r"""DeepMind's released BYOL weights, read without running code, as a workdir.
     python -m byol_jax.import_official --checkpoint=pretrain_res50x1.pkl \
         --workdir=/tmp/byol_r50x1 [--arch=resnet50x1|resnet200x2]
 
-The release (deepmind-research/byol, README "Pretraining"; weights under CC
-BY-NC 4.0) is one dill protocol-2 pickle, as byol/utils/checkpointing.py
-writes it: {'experiment_state': (online_params, target_params, online_state,
-target_state, opt_state), 'step', 'rng'}. Haiku trees are frozendict /
-FlatMapping objects, namedtuples are rebuilt by dill._dill._create_namedtuple,
-arrays by dill._dill._create_array over numpy's own reduction (bytes as
-_codecs.encode(latin-1 text), protocol 2's way). A restricted unpickler
-rebuilds exactly those as plain dicts, tuples and numeric numpy arrays; every
-other global, persistent ids and object arrays are refused, and no module the
-file names is imported. The online encoder, projector, predictor and
-classifier map one to one onto our Haiku names (BN: the debiased `average`);
-the workdir is byol_bn.py's config at the release's step and one checkpoint
-(target = online, fresh LARS state), which load_encoder and linear evaluation
-(--config.eval.pretrain_workdir) read like any run's.
+The release (deepmind-research/byol README; CC BY-NC 4.0) is a dill protocol-2
+pickle (byol/utils/checkpointing.py): {'experiment_state': (online_params,
+target_params, online_state, target_state, opt_state), 'step', 'rng'}; what is
+read of it and how: docs/ARCHITECTURE.md.
 """
 
 import math
@@ -264,20 +254,13 @@ def map_release(release: dict, template, arch: str) -> tuple[dict, dict]:
 
 
 def import_release(checkpoint, workdir, arch: str = 'resnet50x1', model=None):
-  """Reads the release, maps it and writes WORKDIR (nothing written on error).
+  """Reads the release, maps it, writes WORKDIR; returns the release's step.
 
-  Args:
-    checkpoint: pretrain_res50x1.pkl or pretrain_res200x2.pkl (local, gs://).
-    workdir: a new or empty directory.
-    arch: a key of ARCHS (the encoder the file holds).
-    model: `model` config fields instead of ARCHS[arch] (tests: small widths).
-
-  Returns:
-    The release's step (the checkpoint's step in WORKDIR).
-
-  Raises:
-    ValueError: one line: not a release, another --arch, a used workdir.
-    OSError: WORKDIR cannot be written.
+  checkpoint: pretrain_res50x1.pkl or pretrain_res200x2.pkl (local, gs://);
+  workdir: new or empty; arch: a key of ARCHS; model: `model` fields instead
+  of ARCHS[arch] (tests: small widths). Nothing is written on error: a
+  ValueError (one line: not a release, another --arch, a used workdir) or an
+  OSError (WORKDIR cannot be written).
   """
   if not str(checkpoint) or not str(workdir):
     raise ValueError('--checkpoint and --workdir must be non-empty paths.')
@@ -326,13 +309,8 @@ def import_release(checkpoint, workdir, arch: str = 'resnet50x1', model=None):
 
 
 def main(argv):
-  """`python -m byol_jax.import_official`: import_release of the flags.
-
-  Raises:
-    SystemExit: code 2 and one line on stderr for every ValueError or
-      OSError of import_release (a file that is not a release, another
-      --arch, a used --workdir, an unreadable file), before anything compiles.
-  """
+  """import_release of the flags; its ValueError/OSError: exit 2, one line on
+  stderr, before anything compiles."""
   del argv
   runner.quiet_libraries()
   logging.set_verbosity(logging.WARNING)

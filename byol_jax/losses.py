@@ -1,4 +1,5 @@
-"""Losses of BYOL and the SimCLR baseline: per-device (the caller pmeans)."""
+"""Losses of BYOL and the SimCLR baseline, per device (the caller pmeans), and
+the collapse statistic the step reports beside them (paper §1, §3)."""
 
 from typing import Optional
 
@@ -15,6 +16,22 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   """x / max(||x||, sqrt(eps)) along the last axis (official helpers.py)."""
   square_sum = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
   return x * jax.lax.rsqrt(jnp.maximum(square_sum, eps))
+
+
+def collapse_std(z: jax.Array) -> jax.Array:
+  """Per-dimension std of L2-normalised embeddings [N, D] x sqrt(D), float32.
+
+  SimSiam's collapse monitor (Chen & He, 2021, §4.1) scaled by sqrt(D): about
+  1 spread on the unit sphere, 0 collapsed to one point; blind to dimensional
+  collapse (the effective rank, Roy & Vetterli 2007, sees that).
+  """
+  if jnp.ndim(z) != 2 or jnp.shape(z)[0] < 2:
+    raise ValueError(
+        f'z must be [N, D] with N >= 2 embeddings; got shape {jnp.shape(z)}. '
+        'Flatten devices/views into N first.'
+    )
+  zn = l2_normalize(jnp.asarray(z, jnp.float32))
+  return jnp.mean(jnp.std(zn, axis=0)) * jnp.sqrt(jnp.float32(zn.shape[1]))
 
 
 def regression_loss(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -42,17 +59,10 @@ def byol_loss(
     target_proj_1: jax.Array,
     target_proj_2: jax.Array,
 ) -> jax.Array:
-  """Symmetrised BYOL loss (paper §3.1, L^BYOL = L + L~), mean over the batch
-  of the views' summed losses (official byol_experiment.py); target: no grad.
-
-  Args:
-    online_pred_1, online_pred_2: [B, D] online predictions of views 1 and 2.
-    target_proj_1, target_proj_2: [B, D] target projections of views 1 and 2.
-
-  Returns:
-    float32 scalar mean_b [l(p1, sg(z2)) + l(p2, sg(z1))]; with equal local
-    batches its pmean over devices is the global batch's loss.
-  """
+  """Symmetrised BYOL loss (paper §3.1, L^BYOL = L + L~) of [B, D] online
+  predictions and target projections of views 1 and 2: float32
+  mean_b [l(p1, sg(z2)) + l(p2, sg(z1))] (official byol_experiment.py); with
+  equal local batches its pmean over devices is the global batch's loss."""
   sg = jax.lax.stop_gradient
   loss = regression_loss(online_pred_1, sg(target_proj_2))
   return jnp.mean(loss + regression_loss(online_pred_2, sg(target_proj_1)))

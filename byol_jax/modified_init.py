@@ -1,14 +1,7 @@
-"""BN-free "modified initialisation" (paper §3.2).
-
-The mean and std of every BN layer's input, on a batch of augmented images,
-set the affine layer that replaces it to compute what BN did on that batch:
-gamma = gamma0 / std, beta = -mean * gamma, std = sqrt(var + eps); gamma0 = 0
-for each residual block's last norm, 1 elsewhere (zero_init_last). The batch
-(4096 images at 224 px) does not fit on one accelerator: layers are calibrated
-one at a time in forward order (one forward pass per layer, 55 for a
-ResNet-50 with both heads, one compiled program), each pass in chunks of
-`chunk_size` images per device merged in float64 (Chan et al.).
-"""
+"""BN-free "modified initialisation" (paper §3.2): each affine layer computes
+what BN did on a batch of augmented images, gamma = gamma0 / sqrt(var + eps),
+beta = -mean * gamma; one pass per layer in forward order (55 for a ResNet-50
+with both heads, one compiled program), in chunks merged in float64."""
 
 import functools
 from typing import Optional
@@ -78,7 +71,7 @@ def calibrate(
     params: the affine network's initial online parameters (a predictor's too).
     images: [B, H, W, 3] augmented, normalised images (host or device).
     chunk_size: images per device per pass (None: the batch over devices).
-    devices: local devices to spread the chunks over (default: all).
+    devices: local devices (default: all).
     return_statistics: also return {layer: (mean [C], var [C])} (float64).
 
   Returns:

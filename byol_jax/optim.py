@@ -19,13 +19,9 @@ import optax
 
 
 def lars_mask(params) -> Any:
-  """Bools like `params` (leaves need `.shape`): weight decay and trust ratio?
-
-  BYOL §3.3 excludes "the biases and batch normalization parameters"; with
-  GN + WS: biases and every norm's scale and offset. So from shapes, not the
-  official module names: rank <= 1 -> False, a rank >= 2 kernel 'w' -> True,
-  another rank >= 2 leaf -> ValueError.
-  """
+  """Bools like `params`: weight decay and trust ratio? From shapes (BYOL §3.3
+  excludes biases and norm parameters): rank <= 1 False, a kernel 'w' True,
+  another leaf of rank >= 2 ValueError."""
 
   def is_weight(path, leaf):
     if len(leaf.shape) <= 1:
@@ -65,17 +61,16 @@ def make_optimizer(
   Args:
     learning_rate_fn: a float, or a schedule of the optimizer's step count
       (0 on the first update), e.g. schedules.learning_rate.
-    weight_decay: L2 coefficient added to the gradient, >= 0 (BYOL: 1.5e-6).
+    weight_decay: >= 0, added to the gradient as wd * w (BYOL: 1.5e-6).
     momentum: in [0, 1).
     trust_coefficient: LARS eta, > 0.
-    eps: added to ||d|| in the trust ratio (official: 0).
+    eps: >= 0, added to ||d|| in the trust ratio (official: 0).
     nesterov: Nesterov momentum (not in the official code).
-    lr_multipliers: {top-level module: factor > 0} scaling its updates
-      (None: one rate for all, as the paper).
+    lr_multipliers: {top-level module: factor > 0} scaling its updates.
 
   Returns:
-    An optax.GradientTransformation whose update needs `params` (ValueError
-    for an argument outside the ranges above).
+    An optax.GradientTransformation whose update needs `params`; ValueError
+    for an argument out of range.
   """
   checks = [
       ('weight_decay', weight_decay, weight_decay >= 0, '>= 0'),

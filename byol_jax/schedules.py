@@ -36,15 +36,10 @@ def learning_rate(
   peak * (1 + cos(pi * (step - warmup) / (total - warmup))) / 2: 0 from
   `total_steps` on.
 
-  Args:
-    step: int or integer array (may be traced).
-    base_learning_rate: the rate for a batch of 256, >= 0.
-    global_batch_size: over all devices and hosts, > 0.
-    total_steps: > 0.
-    warmup_steps: in [0, total_steps] (== total_steps: no decay).
-
-  Returns:
-    float32 shaped like `step`; ValueError for an argument out of range.
+  step: int or integer array (may be traced); base_learning_rate >= 0, the
+  rate for a batch of 256; global_batch_size > 0, over all devices and hosts;
+  total_steps > 0; warmup_steps in [0, total_steps] (== total_steps: no
+  decay). Returns float32 shaped like `step`; ValueError out of range.
   """
   fn = 'learning_rate'
   if not total_steps > 0:

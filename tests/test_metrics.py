@@ -1,10 +1,10 @@
-"""Tests for byol_jax/metrics.py (collapse statistics)."""
+"""Tests for losses.collapse_std (collapse statistics)."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from byol_jax import metrics
+from byol_jax import losses
 
 
 def effective_rank(z):
@@ -22,27 +22,27 @@ def effective_rank(z):
 
 def test_collapse_std_isotropic_gaussian_is_one():
   z = np.random.RandomState(0).randn(4096, 256).astype(np.float32)
-  value = float(metrics.collapse_std(z))
+  value = float(losses.collapse_std(z))
   # 10 seeds (AMD EPYC): 0.99981 +- 0.00001.
   assert abs(value - 1.0) < 0.05, value
 
 
 def test_collapse_std_identical_rows_is_zero():
   z = np.tile(np.random.RandomState(1).randn(1, 64), (128, 1))
-  assert float(metrics.collapse_std(z)) == pytest.approx(0.0, abs=1e-5)
+  assert float(losses.collapse_std(z)) == pytest.approx(0.0, abs=1e-5)
 
 
 def test_collapse_std_ignores_row_scale():
   z = np.random.RandomState(2).randn(256, 32).astype(np.float32)
   scale = np.random.RandomState(3).uniform(0.1, 10.0, (256, 1))
   np.testing.assert_allclose(
-      metrics.collapse_std(z), metrics.collapse_std(z * scale), rtol=1e-5
+      losses.collapse_std(z), losses.collapse_std(z * scale), rtol=1e-5
   )
 
 
 def test_collapse_std_rejects_1d():
   with pytest.raises(ValueError, match=r'\[N, D\]'):
-    metrics.collapse_std(np.ones(8))
+    losses.collapse_std(np.ones(8))
 
 
 @pytest.mark.parametrize('r', [1, 5, 16])

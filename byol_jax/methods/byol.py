@@ -1,6 +1,5 @@
-"""BYOL (Grill et al., 2020): what it adds to the shared step (experiment.py):
-the predictor, a target network (encoder -> projector) moved by the EMA (eq. 1).
-"""
+"""BYOL (Grill et al., 2020): the predictor and a target network (encoder ->
+projector) moved by the EMA (eq. 1), on top of the shared step."""
 
 import functools
 from typing import Optional
@@ -26,17 +25,9 @@ def ema(target_params, online_params, tau):
 def make_byol(
     model, num_classes: int, axis_name: Optional[str] = None
 ) -> networks.Method:
-  """BYOL's networks.Method for the `model` sub-config.
-
-  Args:
-    model: the `model` sub-config.
-    num_classes: outputs of the online classifier.
-    axis_name: collective axis for cross-replica BN, or None.
-
-  Returns:
-    A networks.Method: target = online restricted to TARGET_MODULES, loss
-    losses.byol_loss, target update `ema`.
-  """
+  """BYOL's networks.Method for the `model` sub-config: target = online
+  restricted to TARGET_MODULES, loss losses.byol_loss, target update `ema`;
+  num_classes: the online classifier's; axis_name: cross-replica BN's."""
   forward = functools.partial(
       networks.make_forward, model, num_classes, axis_name=axis_name
   )

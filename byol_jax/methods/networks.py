@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 
 from byol_jax import losses
-from byol_jax import metrics as metrics_lib
 from byol_jax.models import heads
 from byol_jax.models import norms
 from byol_jax.models import resnet
@@ -195,10 +194,8 @@ def classifier_and_monitors(out: dict, labels: jax.Array):
   return classif, {
       'classif_loss': classif,
       'online_top1': losses.masked_mean(top1, labelled),
-      'collapse_std_projection': metrics_lib.collapse_std(out['projection']),
-      'collapse_std_representation': metrics_lib.collapse_std(
-          out['representation']
-      ),
+      'collapse_std_projection': losses.collapse_std(out['projection']),
+      'collapse_std_representation': losses.collapse_std(out['representation']),
   }
 
 

@@ -13,14 +13,9 @@ def make_simclr(
     temperature: float,
     axis_name: Optional[str] = None,
 ) -> networks.Method:
-  """SimCLR's networks.Method: no target (trees {}, nothing to update).
-
-  Args:
-    model: the `model` sub-config.
-    num_classes: outputs of the online classifier.
-    temperature: InfoNCE temperature, > 0.
-    axis_name: axis of cross-replica BN and of the negatives, or None.
-  """
+  """SimCLR's networks.Method: no target (trees {}, nothing to update);
+  temperature: InfoNCE's, > 0; axis_name: cross-replica BN's and the
+  negatives'."""
   online = networks.make_forward(
       model,
       num_classes,

@@ -17,15 +17,8 @@ WS_EPS = 1e-4  # paper §2: eps of Weight Standardisation.
 
 
 def standardize_weight(w: jax.Array, fan_in_axes: Sequence[int]) -> jax.Array:
-  """Weight Standardisation (paper §2): (w - mean) / sqrt(var + WS_EPS).
-
-  Args:
-    w: raw weight, output units on the last axis.
-    fan_in_axes: the axes of each output unit's fan-in.
-
-  Returns:
-    The standardised weight, shape and dtype of `w`.
-  """
+  """Weight Standardisation (paper §2): (w - mean) / sqrt(var + WS_EPS) over
+  each output unit's (last axis) `fan_in_axes`; shape and dtype of `w`."""
   mean = jnp.mean(w, axis=fan_in_axes, keepdims=True)
   var = jnp.var(w, axis=fan_in_axes, keepdims=True)
   return (w - mean) * jax.lax.rsqrt(var + WS_EPS)

@@ -1,11 +1,6 @@
-"""Normalisation layers, the subject of Richemond et al. (2020), Tables 1-2.
-
-`bn` BatchNorm (official BYOL decay 0.9, eps 1e-5; cross-replica statistics
-with `axis_name`), `gn` GroupNorm (16 groups, §3.3), `ln` LayerNorm as the
-paper defines it (over H, W and C: GN with one group), `none` (the collapsing
-baseline, Table 2), `affine` (per-channel scale and offset: the modified init,
-§3.2). Every kind stores `scale` and `offset` [C] under the same module name
-(checkpoint paths do not depend on the kind; BN maps one-to-one onto `affine`).
+"""Normalisation layers, the subject of Richemond et al. (2020), Tables 1-2:
+`ln` is LayerNorm as the paper defines it (over H, W and C: GN with one group),
+`none` the collapsing baseline (Table 2), `affine` the modified init's (§3.2).
 """
 
 import dataclasses

@@ -108,12 +108,10 @@ class ResNet(hk.Module):
   """ResNet v1: images [N, H, W, C] -> pooled features [N, feature_size].
 
   Attributes:
-    depth: one of DEPTHS.
     width_multiplier: scales every layer's channels (paper: 1-4).
     stem: 'imagenet' (7x7/2 conv + 3x3/2 max-pool) or 'small' (3x3/1 conv,
       no pooling; 32 px images).
     norm: a norms.NormSpec or kind string, for every norm layer.
-    weight_standardization: standardise every convolution's kernel.
     zero_init_last: each block's last norm scale starts at 0.
     dtype: compute dtype (parameters, statistics and the output: float32).
 

@@ -9,7 +9,7 @@ byol_bn:tiny / gn_ws:tiny, one device):
     seeds from 2**32 on silently repeat seed 0's initialisation);
   * width multiplier 0.1: ValueError from the ResNet while tracing the
     initialisation;
-  * batch 1: ValueError from metrics.collapse_std inside the first step;
+  * batch 1: ValueError from losses.collapse_std inside the first step;
   * a GroupNorm head of 16 hidden units over 16 groups: a run whose loss and
     collapse statistic are 0.000 at every step (networks.HEAD_MIN_PER_GROUP);
   * projections of 1 dimension: loss 2.000 at every step.
