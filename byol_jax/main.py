@@ -6,10 +6,9 @@ r"""Entry point: pre-training or linear evaluation, chosen by the config.
     python -m byol_jax.main --config=experiments/linear_eval.py \
         --config.eval.pretrain_workdir=/tmp/run --workdir=/tmp/eval
 
-Rerunning a command on a workdir with a checkpoint resumes it (refused in one
-line under a changed trajectory: resume.py). `--dry_run` prints the built
-config as JSON, writing nothing and reading no image. The only module that
-reads flags. Multi-process runs run the same command on every host.
+A rerun on a workdir with a checkpoint resumes it (not under a changed config);
+`--dry_run` prints the built config as JSON, writing nothing and reading no
+image. Multi-process: the same command on every host.
 """
 
 import json
@@ -112,12 +111,8 @@ def parse_flags(argv):
 def main(argv):
   """Runs `python -m byol_jax.main`: pre-training or linear evaluation.
 
-  Args:
-    argv: what absl's flags leave of the command line: the program name alone.
-
-  Every expected failure (config, stack, distributed or checkpoint) ends the
-  process with one line on stderr and exit code 2; a diverged or collapsed run
-  with 'Training stopped: ...' and exit code 1.
+  An expected failure ends with one line on stderr and exit code 2; a diverged
+  or collapsed run with 'Training stopped: ...' and exit code 1.
   """
   if len(argv) > 1:
     _exit(

@@ -80,8 +80,7 @@ def experiment_config(
     training=None,
     options=None,
 ):
-  """Defaults, the variant's `model` / `training` overrides, the scale preset,
-  then the options (parsed from `arg` unless given; ValueError if bad)."""
+  """Defaults, the variant's model/training, the scale preset, then options."""
   if options is None:
     options = parse_options(arg, COMMON_OPTIONS)
   epochs = options.get('epochs', epochs)

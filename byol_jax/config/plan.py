@@ -1,9 +1,5 @@
-"""The run plan: a config of inputs + the dataset + the devices -> the run.
-
-`build` runs once, after the `--config.*` overrides: it validates, opens the
-data and derives the plans all code below the entry points takes (README.md,
-"Configs and overrides"); WORKDIR/config.json is `Run.record()`.
-"""
+"""The run plan: a config of inputs + the dataset + the devices -> the run;
+WORKDIR/config.json is `Run.record()`."""
 
 import dataclasses
 from typing import Any, Mapping, Optional, Tuple
@@ -118,9 +114,8 @@ def _inputs(config) -> ml_collections.ConfigDict:
 
 
 def eval_inputs(config, pretrained, explicit=frozenset()):
-  """Linear evaluation's inputs: method, model, training and data (but the
-  fields `explicit` names and a `dataset=` option) from the pre-training run,
-  the rest from `config`; an `explicit` method, model or training refused."""
+  """The pre-training run's method/model/training/data (but the data fields
+  `explicit` or dataset= names) + config's rest; explicit others refused."""
   for field in sorted(explicit):
     section = field.split('.')[0]
     if section in ('method', 'model', 'training'):
@@ -228,7 +223,6 @@ def _pretrain_plan(config, source, topology, num_classes, notes):
 def _probe_plan(config, source, num_classes, **pretrained) -> ProbePlan:
   e = config.eval
   n = source.num_examples(e.train_split)
-  # eval.num_epochs full passes of whole batches.
   steps = lambda count: e.num_epochs * max(1, count // e.global_batch_size)
   if len(e.learning_rates) > 1:
     # The dataset's own validation split apart from the probe's (ImageNet:
@@ -319,7 +313,8 @@ def build(
     except ValueError as e:  # one line naming the data field
       raise ConfigError(str(e)) from None
   else:
-    data_path = sources.data_path_of(source)
+    in_memory = isinstance(source, sources.InMemorySource)
+    data_path = sources.IN_MEMORY if in_memory else sources.STREAMING
   data = inputs.data
   num_classes = int(source.num_classes)
   if data.num_classes > 0:

@@ -15,10 +15,9 @@ def preset_epochs(epochs) -> int:
   return epochs if epochs in LR_PRESETS else 300
 
 
-# BYOL with GroupNorm + Weight Standardisation, paper §3.3: "we apply weight
-# standardization to convolutional and linear parameters ... and replace all
-# BN by GN layers", G = 16; base lr 0.24, weight decay 3e-8, tau_base 0.999.
-# (The online classifier, a monitor outside the objective, stays plain.)
+# GN + WS BYOL, paper §3.3: "we apply weight standardization to convolutional
+# and linear parameters ... and replace all BN by GN layers", G = 16; base lr
+# 0.24, weight decay 3e-8, tau_base 0.999 (the online classifier stays plain).
 GN_WS_MODEL = dict(
     encoder_norm='gn',
     projector_norm='gn',
@@ -32,10 +31,9 @@ GN_WS_TRAINING = dict(
 )
 GN_WS_PAPER_TOP1 = paper.TABLE2['gn_ws']
 
-# logging.collapse_stop_below for the projections' metrics.collapse_std: the
-# tiny runs' lowest final value that is not the paper's collapse is 0.031
-# (Table 1's LN / - / BN cell; the others 0.17-0.89), where no normalisation
-# ends at 0.000 (docs/RESULTS.md).
+# logging.collapse_stop_below: the tiny runs' lowest final collapse_std short of
+# the paper's collapse is 0.031 (Table 1's LN / - / BN cell; others 0.17-0.89);
+# no normalisation ends at 0.000 (docs/RESULTS.md).
 COLLAPSE_STOP_BELOW = 1e-3
 
 
@@ -54,17 +52,13 @@ TABLE1_NORMS = ('bn', 'ln', 'none')
 def apply_tiny(config) -> None:
   """CPU-sized: ResNet-10 at width 1/4, 16 px digits, batch 256, 150 steps.
 
-  A run a thousand times shorter than the paper's: what sets how far it
-  travels is rescaled for every variant alike (digits; docs/RESULTS.md).
-  LARS eta 1e-2: LARS moves a weight matrix by about lr x eta of its norm per
-  step (at 1e-3 the encoder's weights moved 1.2% in 300 steps of lr 0.06).
-  Predictor lr x30: at x1 the BN-free variants collapse within 50 steps; a
-  faster predictor prevents it (Tian, Chen & Ganguli, 2021). tau_base 0.99:
-  0.996-0.999 leave the target nearly frozen. Crops >= 50%: 8% of an 8x8
-  digit is 2x2 px. One warm-up step per warm-up epoch.
-  Probe: centre-crop features once, 400 epochs (a random GN+WS encoder: 84.8%
-  after 100, 87.2% after 400, L-BFGS 87.9%; a per-step-augmented probe gets
-  44% where features get 85% after 100 steps).
+  Rescaled alike for a run 1000x shorter (docs/RESULTS.md). LARS eta 1e-2: at
+  1e-3 the encoder's weights moved 1.2% in 300 steps of lr 0.06. Predictor lr
+  x30: at x1 the BN-free variants collapse within 50 steps (Tian, Chen &
+  Ganguli, 2021). tau_base 0.99: 0.996-0.999 leave the target nearly frozen.
+  Crops >= 50%: 8% of an 8x8 digit is 2x2 px. Probe: centre-crop features once,
+  400 epochs (random GN+WS encoder: 84.8% after 100, 87.2% after 400, L-BFGS
+  87.9%; per-step augmentation: 44% where features get 85% after 100 steps).
   """
   config.update(
       model=dict(
@@ -94,9 +88,7 @@ def apply_tiny(config) -> None:
 
 
 def apply_cifar10(config) -> None:
-  """One GPU: ResNet-18, small stem, 32 px, batch 512, 200 epochs (the public
-  BYOL-on-CIFAR-10 reproductions' scale, kNN top-1 about 0.87); the variant's
-  lr and weight decay, tau_base 0.99 (300-epoch preset), the paper's probe."""
+  """One GPU: public BYOL-on-CIFAR-10 reproductions' scale (kNN top-1 ~0.87)."""
   config.update(
       model=dict(depth=18, width_multiplier=1.0, stem='small'),
       data=dict(source='tfds:cifar10', image_size=32),
@@ -118,17 +110,14 @@ SMALL_EPOCHS = 4  # the `small` scale's run length
 
 
 def apply_small(config) -> None:
-  """CIFAR-10 on a 2-core CPU with the paper's optimiser (docs/RESULTS.md).
+  """CIFAR-10 on a 2-core CPU, the paper's optimiser: 781 steps, 8-9 minutes.
 
-  ResNet-10 x1/4, 32 px images cropped (area from 8%) to 16 px, batch 256, 4
-  epochs (781 steps, 8-9 minutes per variant). Base lr, weight decay and
-  1 - tau move from the preset of the variant's own run length to the 40-epoch
-  one by the same ratio (BN 0.2 -> 0.45, GN+WS 0.24 -> 0.54); warm-up: a
-  quarter of the run per 10 warm-up epochs, at most half. Probe: frozen
-  centre-crop features, 100 epochs, and the random-init baseline.
+  Base lr, weight decay and 1 - tau move from the preset of the variant's run
+  length to the shortest (40 epochs) by the same ratio (BN 0.2 -> 0.45, GN+WS
+  0.24 -> 0.54); warm-up: a quarter of the run per 10 warm-up epochs (as 40
+  epochs' 10), at most half.
   """
   t = config.training
-  # The shortest official preset, 40 epochs: its 10 warm-up are a quarter.
   own, to = preset_epochs(t.num_epochs), 40
   warmup = min(t.warmup_epochs / 10 / 4, 0.5)
 

@@ -1,24 +1,15 @@
-"""The official BYOL crop sampler, written once over a numpy-like module `xp`.
-
-`jax.numpy` on the devices (pipeline.py), `tf.math` in tf.data (tf_stream.py),
-`numpy` in tests; boxes (y0, x0, height, width) are floats of whole numbers.
-"""
+"""The official BYOL crop sampler over a numpy-like `xp` (jax.numpy, tf.math,
+numpy); boxes (y0, x0, height, width) are floats of whole numbers."""
 
 import math
 
-# Random-resized crop, the official BYOL sampler (byol/utils/dataset.py,
-# _decode_and_random_crop): ONE draw of the area fraction ~ U[0.08, 1] and of
-# the log aspect ratio ~ U[log 3/4, log 4/3]; width = round(sqrt(area x
-# ratio)), height = round(sqrt(area / ratio)), each clamped to the image (at
-# least 1 pixel); the box is placed uniformly. No rejection: a draw that
-# overflows the image is clamped, not redrawn (torchvision's RandomResizedCrop
-# and SimCLR's sample_distorted_bounding_box retry up to 10 times and then
-# fall back, which biases them towards smaller crops).
+# As byol/utils/dataset.py's _decode_and_random_crop: ONE draw of area and log
+# aspect ratio, clamped to the image, not redrawn (torchvision's and SimCLR's
+# retry up to 10 times, which biases them towards smaller crops).
 AREA_RANGE = (0.08, 1.0)
 ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)
-# Eval: centre crop of 224/256 of the shorter side, then resize (official
-# byol/utils/dataset.py). Images whose shorter side is already <= image_size
-# (32px CIFAR, 8px digits) are not cropped: the central square is resized.
+# Eval: centre crop of 224/256 of the shorter side (official); a shorter side
+# already <= image_size (32px CIFAR, 8px digits): the central square, resized.
 CENTER_CROP_FRACTION = 224.0 / 256.0
 NUM_U = 4  # uniforms per crop: area, log-ratio, y offset, x offset.
 # Salts of the stateless random draws (see pipeline.py's docstring).
@@ -30,8 +21,7 @@ def sample_crop(xp, u, height, width, min_area=AREA_RANGE[0]):
   area = height * width * (min_area + (AREA_RANGE[1] - min_area) * u[..., 0])
   lo, hi = math.log(ASPECT_RANGE[0]), math.log(ASPECT_RANGE[1])
   ratio = xp.exp(lo + (hi - lo) * u[..., 1])
-  # round() is half-to-even in numpy, jax.numpy and tf.math, as tf.round
-  # in the official code.
+  # round(): half-to-even in numpy, jax.numpy and tf.math, as official tf.round.
   cw = xp.minimum(xp.maximum(xp.round(xp.sqrt(area * ratio)), 1.0), width)
   ch = xp.minimum(xp.maximum(xp.round(xp.sqrt(area / ratio)), 1.0), height)
   y0 = xp.floor(u[..., 2] * (height - ch + 1))
@@ -42,9 +32,7 @@ def sample_crop(xp, u, height, width, min_area=AREA_RANGE[0]):
 def center_crop(xp, height, width, image_size):
   """The eval box (y0, x0, side, side); see CENTER_CROP_FRACTION."""
   side = xp.minimum(height, width)
-  # crop = floor(side x 224/256) when side > image_size, else side; written
-  # with minimum/maximum only (sides are whole numbers, so `cut` is 0 or 1),
-  # as tf.math has no `where`.
+  # `cut` is 0 or 1 (whole sides), by minimum/maximum: tf.math has no `where`.
   cut = xp.minimum(xp.maximum(side - image_size, 0.0), 1.0)
   crop = side - cut * (side - xp.floor(side * CENTER_CROP_FRACTION))
   y0, x0 = xp.floor((height - crop + 1) / 2), xp.floor((width - crop + 1) / 2)

@@ -1,11 +1,6 @@
-"""Image folders (`folder:<path>`): the listing, file checks and decoded cache.
-
-Layout: root/<class>/**/*.{jpg,jpeg,png} (split 'train'), or, when root/train/
-exists, root/<split>/<class>/... for each of SPLIT_DIRS; label i is train's
-i-th class folder, sorted. Decoded once with Pillow (CIFAR-10's 60,000 JPEGs: 4
-s on one core) into one .npz per folder and side, keyed by every file's path,
-size and mtime; a changed key or a bad CRC-32 rebuilds it.
-"""
+"""Image folders: root/<class>/**/*.{jpg,jpeg,png} ('train') or, given train/,
+root/<split>/<class>/...; label i: train's i-th class folder, sorted. Decoded
+once (CIFAR-10's 60,000 JPEGs: 4 s on one core) into a cached .npz."""
 
 import concurrent.futures
 import hashlib
@@ -271,9 +266,8 @@ def arrays(listing, *, side=0, cache_dir='', num_threads=None):
           f'Image cache {path} is incomplete or corrupt ({e}); rebuilding it.'
       )
   if out is None:
-    # Pillow releases the GIL while decoding. Side 0: the first image of
-    # another size stops the split before the rest is decoded (open_source's
-    # memory estimate takes the first file's size).
+    # Pillow releases the GIL. Side 0: an image of another size stops the split
+    # (open_source's memory estimate takes the first file's size).
     cores = min(16, os.cpu_count() or 1)
     pool, out = concurrent.futures.ThreadPoolExecutor(num_threads or cores), {}
     try:

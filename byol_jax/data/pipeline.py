@@ -1,12 +1,7 @@
 """Input pipelines: per-host batches [local_devices, per_device, ...] of crops.
 
-In memory, each step crops its examples on the devices (jit(shard_map));
-streaming, tf.data on each host (tf_stream.py). Both resize crops.sample_crop's
-boxes as tf.image.resize's bicubic (official byol/utils/dataset.py), clipped to
-[0, 1]; on device as products [S, H] x [H, W, 3] x [W, S], equal to TF's to
-3e-7 (measured, tensorflow-cpu 2.21). Batch k is stream positions [k B,
-(k + 1) B), every draw stateless in (seed, position): start_step=k resumes
-exactly; in memory the stream is global: batches do not depend on devices/hosts.
+Batch k is stream positions [k B, (k + 1) B), every draw stateless in (seed,
+position), so start_step=k resumes exactly (docs/ARCHITECTURE.md, data/).
 """
 
 import collections

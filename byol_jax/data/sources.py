@@ -1,9 +1,5 @@
-"""Data sources named by a config string, their splits, and how a run opens one.
-
-Specs: tfds:<name>, folder:<path> (folder.py), digits (scikit-learn's 8x8),
-synthetic[:<side>]. Split names are a source's own ('train[10000:]') or the
-paper protocol's LOGICAL_SPLITS, which `resolve_split` maps.
-"""
+"""Data sources (tfds:<name>, folder:<path>, digits, synthetic[:<side>]), their
+splits (a source's own, or LOGICAL_SPLITS) and how a run opens one."""
 
 import dataclasses
 import importlib.util
@@ -122,15 +118,14 @@ class FolderSource(Source):
 
 @dataclasses.dataclass
 class TfdsSource(Source):
-  """A prepared TFDS dataset; held out N: 'held_out' is train[:N], 'train'
-  train[N:]. Without a builder: a stand-in of known sizes that reads nothing."""
+  """A prepared TFDS set (held out N: train[:N], train[N:]), or a stand-in."""
 
   builder: Any = None
   image_key: str = 'image'
   label_key: str = 'label'
   held_out_examples: int = 0
   sizes: Mapping[str, int] | None = None
-  stand_in = property(lambda self: self.builder is None)
+  stand_in = property(lambda self: self.builder is None)  # known sizes only
   slices = True
 
   def split_sizes(self):
@@ -383,7 +378,3 @@ def open_source(data, read_data: bool):
     source = named(in_memory_tfds, source, side=data.cache_side)
   source = source if kind == 'tfds' else hold(source)
   return source, IN_MEMORY if fits else STREAMING, megabytes
-
-
-def data_path_of(source: Source) -> str:
-  return IN_MEMORY if isinstance(source, InMemorySource) else STREAMING

@@ -1,9 +1,7 @@
 """tf.data host streams of folder and TFDS sources (pipeline.py's contract).
 
-A folder host streams its strided shard in a stateless permutation of (seed,
-epoch); a TFDS host (TFRecords: no random access) its contiguous slice's files
-in a stateless per-epoch order, 16 interleaved, shuffled in windows of about 10
-batches (resuming mid-epoch reads, not decodes, the records before).
+A TFDS host (TFRecords: no random access) streams its contiguous slice: resuming
+mid-epoch reads, not decodes, the records before.
 """
 
 import contextlib
