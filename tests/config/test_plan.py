@@ -568,11 +568,10 @@ def test_bad_input_is_one_line_exit_2(tmp_path, name, args, message):
   train_only = _train_only_folder(tmp_path)
   no_checkpoint = tmp_path / 'no_checkpoint'  # config.json, no checkpoint
   no_checkpoint.mkdir()
-  (no_checkpoint / 'config.json').write_text(
-      plan.build(
-          configs.experiment_config('tiny'), topology=EIGHT, read_data=False
-      ).config.to_json()
+  run = plan.build(
+      configs.experiment_config('tiny'), topology=EIGHT, read_data=False
   )
+  (no_checkpoint / 'config.json').write_text(json.dumps(run.record()))
   args = [
       a.format(train_only=train_only, no_checkpoint=no_checkpoint) for a in args
   ]
