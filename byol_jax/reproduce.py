@@ -3,4 +3,6 @@
 import runpy
 
 if __name__ == '__main__':
-  runpy.run_module('byol_jax.results.reproduce', run_name='__main__')
+  runpy.run_module(
+      'byol_jax.results.reproduce', run_name='__main__', alter_sys=True
+  )

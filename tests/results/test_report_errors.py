@@ -208,3 +208,22 @@ def test_a_null_metric_counts_as_absent(tmp_path):
   last = runs.load_run(run)['final']['loss']
   (run / 'metrics.jsonl').write_text(rows + '{"step": 999999, "loss": null}\n')
   assert runs.load_run(run)['final']['loss'] == last is not None
+
+
+@pytest.mark.parametrize(
+    'module, usage',
+    [
+        ('byol_jax.report', 'python -m byol_jax.report --workdirs='),
+        ('byol_jax.reproduce', 'python -m byol_jax.reproduce --table=2'),
+    ],
+)
+def test_help_through_the_shim_shows_the_usage(module, usage):
+  """`python -m byol_jax.<x> --help` prints results/<x>.py's docstring."""
+  proc = subprocess.run(
+      [sys.executable, '-m', module, '--help'],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
+  assert usage in proc.stdout, proc.stdout[-2000:]  # (absl's exit code 1)
