@@ -104,6 +104,10 @@ def saved_config(workdir) -> ml_collections.ConfigDict:
 def latest_checkpoint_step(workdir) -> int:
   """The newest finished checkpoint's step, listed (orbax would warn first)."""
   ckpt_dir = workdir_lib.checkpoint_dir(epath.Path(workdir))
+  if ckpt_dir.exists() and not ckpt_dir.is_dir():
+    raise FileNotFoundError(
+        f'{ckpt_dir} is a file, not a checkpoint directory.'
+    )
   steps = [int(p.name) for p in ckpt_dir.glob('*') if p.name.isdigit()]
   if not steps:
     raise FileNotFoundError(

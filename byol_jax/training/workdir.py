@@ -37,7 +37,8 @@ lock_path = _path_of(LOCK)
 
 
 def check_not_a_file(workdir) -> None:
-  """WorkdirError when WORKDIR or its nearest existing parent is a file."""
+  """WorkdirError: WORKDIR (or its nearest existing parent, or its
+  checkpoints/) a file, or its config.json not JSON."""
   path = epath.Path(workdir)
   existing = next((p for p in (path, *path.parents) if p.exists()), None)
   if existing is not None and not existing.is_dir():
@@ -47,6 +48,20 @@ def check_not_a_file(workdir) -> None:
         "pass a directory (a new path, or an earlier run's workdir to "
         'resume it), e.g. --workdir=/tmp/byol_run.'
     )
+  if (ckpts := checkpoint_dir(workdir)).exists() and not ckpts.is_dir():
+    raise WorkdirError(
+        f'{ckpts} is a file, not a checkpoint directory: move it away, or '
+        'pass a fresh --workdir.'
+    )
+  config = config_path(path)
+  try:
+    if config.exists():
+      json.loads(config.read_text())
+  except (OSError, ValueError) as e:
+    raise WorkdirError(
+        f'{config} cannot be read as JSON ({" ".join(str(e).split())}); fix '
+        'or delete it (the checkpoints record what a resume checks).'
+    ) from None
 
 
 class TrainingLock:

@@ -312,6 +312,34 @@ def test_workdir_that_is_a_file_is_one_line(tmp_path):
     workdir_lib.check_not_a_file(afile / 'run')
 
 
+@pytest.mark.parametrize(
+    'name, text, message',
+    [
+        ('checkpoints', 'hi', 'is a file, not a checkpoint directory'),
+        ('config.json', '{not json', 'cannot be read as JSON'),
+    ],
+)
+def test_a_damaged_workdir_is_one_line(tmp_path, name, text, message):
+  """Refused before compiling, the file untouched (was: a traceback)."""
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / name).write_text(text)
+  proc = subprocess.run(
+      [sys.executable, *MAIN, f'--workdir={workdir}', *ARGS],
+      cwd=REPO,
+      env=xla_env.subprocess_env(1),
+      capture_output=True,
+      text=True,
+      timeout=TIMEOUT_S,
+  )
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert f'{workdir / name} {message}' in _one_line(proc)
+  assert (workdir / name).read_text() == text
+  if name == 'checkpoints':
+    with pytest.raises(FileNotFoundError, match=message):
+      encoder.latest_checkpoint_step(workdir)  # load_encoder, linear eval
+
+
 def test_full_disk_is_one_line_and_keeps_the_earlier_checkpoint(tmp_path):
   workdir, log = tmp_path / 'run', tmp_path / 'stderr.txt'
   script = tmp_path / 'full_disk.py'
