@@ -293,11 +293,10 @@ def test_load_encoder_skips_a_corrupt_newest_checkpoint_touching_nothing(
   assert _listing(workdir) == before
 
 
-def test_workdir_that_is_a_file_is_one_line(tmp_path):
-  afile = tmp_path / 'results.txt'
-  afile.write_text('not a run')
+def _refused(workdir) -> str:
+  """The one error line of a main run on `workdir` refused with exit 2."""
   proc = subprocess.run(
-      [sys.executable, *MAIN, f'--workdir={afile}', *ARGS],
+      [sys.executable, *MAIN, f'--workdir={workdir}', *ARGS],
       cwd=REPO,
       env=xla_env.subprocess_env(1),
       capture_output=True,
@@ -305,7 +304,13 @@ def test_workdir_that_is_a_file_is_one_line(tmp_path):
       timeout=TIMEOUT_S,
   )
   assert proc.returncode == 2, proc.stderr[-3000:]
-  line = _one_line(proc)
+  return _one_line(proc)
+
+
+def test_workdir_that_is_a_file_is_one_line(tmp_path):
+  afile = tmp_path / 'results.txt'
+  afile.write_text('not a run')
+  line = _refused(afile)
   assert f'--workdir={afile} is an existing file, not a directory' in line
   assert afile.read_text() == 'not a run'
   with pytest.raises(workdir_lib.WorkdirError, match='inside'):
@@ -324,16 +329,7 @@ def test_a_damaged_workdir_is_one_line(tmp_path, name, text, message):
   workdir = tmp_path / 'run'
   workdir.mkdir()
   (workdir / name).write_text(text)
-  proc = subprocess.run(
-      [sys.executable, *MAIN, f'--workdir={workdir}', *ARGS],
-      cwd=REPO,
-      env=xla_env.subprocess_env(1),
-      capture_output=True,
-      text=True,
-      timeout=TIMEOUT_S,
-  )
-  assert proc.returncode == 2, proc.stderr[-3000:]
-  assert f'{workdir / name} {message}' in _one_line(proc)
+  assert f'{workdir / name} {message}' in _refused(workdir)
   assert (workdir / name).read_text() == text
   if name == 'checkpoints':
     with pytest.raises(FileNotFoundError, match=message):
